@@ -1,0 +1,59 @@
+# Ecosystem — the two commands that matter: `make run` and `make test`.
+# Every target installs what it needs into .venv (and .tools/ for buf).
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+PY       := $(BIN)/python
+STAMP    := $(VENV)/.installed
+BUF      := .tools/node_modules/.bin/buf
+PYTEST_ARGS ?=
+
+.PHONY: run test test-unit lint gen check-gen bench install tools clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+$(BUF):
+	@command -v npm >/dev/null || { echo "npm is required to install buf (apt-get install -y npm)"; exit 1; }
+	mkdir -p .tools
+	cd .tools && npm install --silent --no-audit --no-fund --prefix . @bufbuild/buf@1.75.0
+
+tools: $(STAMP) $(BUF)
+
+## run: the control plane on the embedded SQLite store, plus what `eco dev` starts
+run: $(STAMP)
+	$(BIN)/eco dev
+
+## gen: regenerate gen/ from proto/ (the only way gen/ changes)
+gen: $(STAMP)
+	scripts/gen.sh $(PY) gen
+
+## check-gen: fail when the committed generated code differs from proto/
+check-gen: $(STAMP)
+	scripts/gen.sh $(PY) --check
+
+## lint: buf lint + format, ruff, mypy over hand-written code
+lint: tools
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy controlplane sdk sidecar eco
+
+## test: everything the suite needs, then the whole suite
+test: tools check-gen lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## bench: side-by-side benchmarks (never part of `make test`)
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .tools .eco build *.egg-info .pytest_cache .mypy_cache .ruff_cache

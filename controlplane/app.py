@@ -1,0 +1,291 @@
+"""One control-plane process: store, view, gRPC server, admin HTTP, and shutdown.
+
+Shutdown is "stop admitting, drain within a grace period, then cancel":
+health turns NOT_SERVING, new registry calls get UNAVAILABLE, watch streams
+end with UNAVAILABLE so their clients resume elsewhere, in-flight calls get
+``grace`` seconds, then everything is cancelled and the store closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from enum import Enum
+from types import TracebackType
+
+import grpc
+from aiohttp import web
+from ecosystem.v1 import registry_pb2 as pb
+from ecosystem.v1 import registry_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane.config import ControlPlaneConfig, parse_hostport
+from controlplane.metrics import Metrics
+from controlplane.registry import Registry
+from controlplane.servicer import RegistryServicer
+from controlplane.store import Store, open_store
+from controlplane.view import InstanceView, ViewConfig
+
+__all__ = ["ControlPlane", "StartupError", "run"]
+
+log = logging.getLogger(__name__)
+
+REGISTRY_SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+_SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class StartupError(Exception):
+    """The control plane could not start (address in use, bad store …)."""
+
+
+class _State(Enum):
+    NEW = "new"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class ControlPlane:
+    """A running control plane; use as ``async with ControlPlane(config) as cp``."""
+
+    def __init__(self, config: ControlPlaneConfig | None = None) -> None:
+        self.config = config or ControlPlaneConfig()
+        self._state = _State.NEW
+        self._store: Store | None = None
+        self._view: InstanceView | None = None
+        self._server: grpc.aio.Server | None = None
+        self._servicer: RegistryServicer | None = None
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._admin: web.AppRunner | None = None
+        self.metrics = Metrics()
+        self.address = ""
+        self.admin_address = ""
+        self._stopped = asyncio.Event()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("control plane is not started")
+        return self._store
+
+    @property
+    def view(self) -> InstanceView:
+        if self._view is None:
+            raise RuntimeError("control plane is not started")
+        return self._view
+
+    @property
+    def serving(self) -> bool:
+        return self._state is _State.SERVING and self.view.healthy
+
+    async def __aenter__(self) -> ControlPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._state is not _State.NEW:
+            raise RuntimeError("a control plane can be started once")
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> None:
+        config = self.config
+        try:
+            self._store = open_store(config.store_url)
+        except ValueError as exc:
+            raise StartupError(f"--store {config.store_url}: {exc}") from exc
+        try:
+            await self._store.start()
+        except Exception as exc:
+            raise StartupError(f"cannot open store {config.store_url}: {exc}") from exc
+        self._view = InstanceView(
+            self._store,
+            ViewConfig(ring_events=config.watch_history, max_pending=config.watch_queue),
+        )
+        await self._view.start()
+
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        self._server = server
+        self._servicer = servicer = RegistryServicer(
+            Registry(self._store),
+            self._view,
+            self._store,
+            self.metrics,
+            is_draining=lambda: self._state is not _State.SERVING,
+        )
+        pb_grpc.add_RegistryServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (REGISTRY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        host, _port = parse_hostport(config.listen)
+        try:
+            bound = server.add_insecure_port(config.listen)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {config.listen}: {exc}") from exc
+        if bound == 0:
+            raise StartupError(f"cannot listen on {config.listen}: address in use or invalid")
+        self.address = f"{_bracket(host)}:{bound}"
+        await server.start()
+        if config.admin_listen is not None:
+            await self._start_admin(config.admin_listen)
+        self._install_gauges()
+        self._state = _State.SERVING
+        for service in ("", REGISTRY_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "control plane serving on %s (admin %s, store %s, revision %d)",
+            self.address,
+            self.admin_address or "off",
+            config.store_url,
+            self._store.revision,
+        )
+
+    async def _start_admin(self, listen: str) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._admin = runner
+        host, port = parse_hostport(listen)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {listen} (admin): {exc.strerror}") from exc
+        bound = runner.addresses[0][1] if runner.addresses else port
+        self.admin_address = f"{_bracket(host)}:{bound}"
+
+    def _install_gauges(self) -> None:
+        view, store = self.view, self.store
+        self.metrics.gauge(
+            "eco_controlplane_instances", "Registered instances", lambda: view.instance_count
+        )
+        self.metrics.gauge(
+            "eco_controlplane_watchers", "Open watch streams", lambda: view.subscriber_count
+        )
+        self.metrics.gauge(
+            "eco_controlplane_view_revision", "Revision applied by the view", lambda: view.revision
+        )
+        self.metrics.gauge("eco_store_revision", "Current store revision", lambda: store.revision)
+        self.metrics.gauge(
+            "eco_controlplane_serving", "1 while serving", lambda: 1 if self.serving else 0
+        )
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        if self.serving:
+            return web.Response(text="SERVING\n")
+        return web.Response(status=503, text="NOT_SERVING\n")
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains and stops; idempotent. ``grace`` overrides the configured one."""
+        if self._state in (_State.DRAINING, _State.STOPPED):
+            await self._stopped.wait()
+            return
+        self._state = _State.DRAINING
+        grace = self.config.grace if grace is None else grace
+        log.info("control plane draining (grace %.1fs)", grace)
+        await self._health.enter_graceful_shutdown()
+        try:
+            if self._view is not None:
+                # Ends every watch stream with UNAVAILABLE: clients resume elsewhere.
+                await self._view.close()
+            if self._servicer is not None:
+                # New calls already get UNAVAILABLE; give the ones in flight
+                # the grace period before the server cancels what is left.
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + grace
+                drain = min(self.config.drain_delay, grace)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await asyncio.sleep(drain)
+                        await self._servicer.wait_idle()
+                grace = max(0.0, deadline - loop.time())
+            if self._server is not None:
+                await self._server.stop(min(grace, 0.1))
+            if self._admin is not None:
+                await self._admin.cleanup()
+            if self._store is not None:
+                await self._store.close()
+        finally:
+            self._state = _State.STOPPED
+            self._stopped.set()
+            log.info("control plane stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _serve(config: ControlPlaneConfig) -> int:
+    loop = asyncio.get_running_loop()
+    plane = ControlPlane(config)
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            # Acknowledged writes are already durable; nothing is lost by leaving now.
+            os._exit(128 + signum)
+        log.info("%s: shutting down (send again to exit at once)", signal.Signals(signum).name)
+        stopper.add(loop.create_task(plane.stop(), name="control-plane-stop"))
+
+    stopper: set[asyncio.Task[None]] = set()
+    try:
+        await plane.start()
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await plane.wait_stopped()
+        for task in stopper:
+            await task
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        with contextlib.suppress(Exception):
+            await plane.stop(grace=0)
+    return 0
+
+
+def run(config: ControlPlaneConfig) -> int:
+    """Runs a control plane until SIGTERM/SIGINT; returns the exit code."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(_serve(config))
+    return uvloop.run(_serve(config))

@@ -1,0 +1,57 @@
+"""Configuration of one control-plane process: validated, frozen, loaded at the edge."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["ControlPlaneConfig", "parse_hostport"]
+
+DEFAULT_STORE = "sqlite://.eco/controlplane.db"
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """Splits ``host:port`` (IPv6 as ``[::1]:port``); port 0 means "any free"."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: port must be a number between 0 and 65535")
+    return host, int(port)
+
+
+class ControlPlaneConfig(BaseModel):
+    """Everything one ``eco controlplane`` process needs to know."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # gRPC listen address; port 0 picks a free one (see ControlPlane.address).
+    listen: str = "127.0.0.1:7400"
+    # Admin HTTP (/healthz, /metrics); None disables it.
+    admin_listen: str | None = "127.0.0.1:7401"
+    # memory:// or sqlite://PATH.
+    store_url: str = DEFAULT_STORE
+    # Seconds in-flight calls get to finish on shutdown before they are cancelled.
+    grace: float = Field(default=5.0, ge=0, le=300)
+    # Seconds, after turning NOT_SERVING, during which new calls are answered
+    # UNAVAILABLE (so clients and balancers move away) before the listener closes.
+    drain_delay: float = Field(default=0.5, ge=0, le=60)
+    # Events kept in memory so watchers can resume without a snapshot.
+    watch_history: int = Field(default=20_000, ge=100)
+    # Pending events per watcher before it is sent a RESYNC instead.
+    watch_queue: int = Field(default=4_096, ge=16)
+
+    @field_validator("listen", "admin_listen")
+    @classmethod
+    def _hostport(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_hostport(value)
+        return value
+
+    @field_validator("store_url")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError(f"{value!r} is not a store URL: use memory:// or sqlite://PATH")
+        return value

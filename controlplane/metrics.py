@@ -1,0 +1,40 @@
+"""Prometheus metrics of one control-plane process (its own registry, so
+several control planes can live in one process, as they do in tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rpcs = Counter(
+            "eco_controlplane_rpcs",
+            "RPCs handled, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "eco_controlplane_rpc_seconds",
+            "Latency of unary RPCs",
+            ["method"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.watch_streams = Counter(
+            "eco_controlplane_watch_streams",
+            "Watch streams opened",
+            registry=self.registry,
+        )
+
+    def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A gauge whose value is read when scraped."""
+        Gauge(name, doc, registry=self.registry).set_function(read)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,204 @@
+"""The gRPC face of the registry: a thin adapter over ``Registry`` and the view.
+
+Every method goes through ``_call``, the one place where the control plane's
+errors become gRPC statuses (via ``controlplane.errors.to_status``) and where
+a draining process turns new calls away with UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from ecosystem.v1 import registry_pb2 as pb
+from ecosystem.v1 import registry_pb2_grpc as pb_grpc
+from grpc_status import rpc_status
+
+from controlplane.errors import (
+    NotFoundError,
+    UnavailableError,
+    code_for,
+    to_status,
+)
+from controlplane.metrics import Metrics
+from controlplane.registry import Registry
+from controlplane.store import Store
+from controlplane.validation import (
+    DEFAULT_NAMESPACE,
+    validate_get_service,
+    validate_selector,
+    validate_watch,
+)
+from controlplane.view import InstanceView, Selector
+
+__all__ = ["RegistryServicer"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DEFAULT_PROGRESS_MS = 5_000
+
+
+class RegistryServicer(pb_grpc.RegistryServiceServicer):
+    def __init__(
+        self,
+        registry: Registry,
+        view: InstanceView,
+        store: Store,
+        metrics: Metrics,
+        is_draining: Callable[[], bool],
+    ) -> None:
+        self._registry = registry
+        self._view = view
+        self._store = store
+        self._metrics = metrics
+        self._is_draining = is_draining
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Returns when no unary call is in flight (used while draining)."""
+        await self._idle.wait()
+
+    async def _call(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        work: Callable[[], Awaitable[T]],
+    ) -> T:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            if self._is_draining():
+                raise UnavailableError("control plane is draining; use another address")
+            return await work()
+        except Exception as exc:
+            code = code_for(exc) or grpc.StatusCode.INTERNAL
+            await self._abort(method, context, exc)
+            raise  # unreachable: abort raises
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+            self._metrics.rpcs.labels(method, code.name).inc()
+            self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+
+    async def _abort(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception
+    ) -> None:
+        if code_for(exc) is None:
+            log.exception("%s failed", method, exc_info=exc)
+        status = rpc_status.to_status(to_status(exc))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def _fresh(self) -> None:
+        """Read-your-writes: serve reads only once the view has caught up with
+        every write acknowledged before this call."""
+        await self._view.wait_for(self._store.revision)
+
+    # -- writes ---------------------------------------------------------------
+
+    async def RegisterInstance(
+        self, request: pb.RegisterInstanceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RegisterInstanceResponse:
+        reg = await self._call(
+            "RegisterInstance", context, lambda: self._registry.register(request)
+        )
+        return pb.RegisterInstanceResponse(
+            instance=reg.instance,
+            revision=reg.revision,
+            lease_id=reg.lease_id,
+            lease_ttl_seconds=reg.lease_ttl,
+        )
+
+    async def DeregisterInstance(
+        self, request: pb.DeregisterInstanceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeregisterInstanceResponse:
+        revision = await self._call(
+            "DeregisterInstance", context, lambda: self._registry.deregister(request)
+        )
+        return pb.DeregisterInstanceResponse(revision=revision)
+
+    async def KeepAlive(
+        self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.KeepAliveResponse:
+        ttl = await self._call(
+            "KeepAlive", context, lambda: self._registry.keepalive(request.lease_id)
+        )
+        return pb.KeepAliveResponse(lease_id=request.lease_id, ttl_seconds=ttl)
+
+    # -- reads ------------------------------------------------------------------
+
+    async def GetService(
+        self, request: pb.GetServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetServiceResponse:
+        async def get() -> pb.GetServiceResponse:
+            validate_get_service(request)
+            await self._fresh()
+            namespace = request.namespace or DEFAULT_NAMESPACE
+            found = self._view.service(namespace, request.name)
+            if found is None:
+                raise NotFoundError(
+                    f"service {request.name!r} has no instances in namespace {namespace!r}"
+                )
+            service, instances = found
+            return pb.GetServiceResponse(
+                service=service, instances=instances, revision=self._view.revision
+            )
+
+        return await self._call("GetService", context, get)
+
+    async def ListServices(
+        self, request: pb.ListServicesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListServicesResponse:
+        async def list_services() -> pb.ListServicesResponse:
+            validate_selector(pb.InstanceSelector(namespace=request.namespace), prefix="")
+            await self._fresh()
+            return pb.ListServicesResponse(
+                services=self._view.services(request.namespace), revision=self._view.revision
+            )
+
+        return await self._call("ListServices", context, list_services)
+
+    async def ListInstances(
+        self, request: pb.ListInstancesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListInstancesResponse:
+        async def list_instances() -> pb.ListInstancesResponse:
+            validate_selector(request.selector)
+            await self._fresh()
+            return pb.ListInstancesResponse(
+                instances=self._view.select(Selector.from_proto(request.selector)),
+                revision=self._view.revision,
+            )
+
+        return await self._call("ListInstances", context, list_instances)
+
+    # -- watch --------------------------------------------------------------------
+
+    async def Watch(
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchResponse]:
+        async def open_stream() -> AsyncIterator[pb.WatchResponse]:
+            validate_watch(request)
+            await self._fresh()
+            sub = self._view.subscribe(
+                Selector.from_proto(request.selector), request.since_revision
+            )
+            self._metrics.watch_streams.inc()
+            return sub.responses((request.progress_interval_ms or DEFAULT_PROGRESS_MS) / 1000)
+
+        stream = await self._call("Watch", context, open_stream)
+        try:
+            async for response in stream:
+                yield response
+        except Exception as exc:
+            await self._abort("Watch", context, exc)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,268 @@
+"""Validation of registry requests at the edge.
+
+Each validator collects every problem of a request (not just the first) as a
+``FieldViolation`` naming the field by its path in the request, e.g.
+``instance.port`` or ``instance.metadata["owner"]``, and raises one
+``InvalidArgumentError``. Nothing reaches the store unless this passed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+
+from ecosystem.v1 import registry_pb2 as pb
+
+from controlplane.errors import FieldViolation, InvalidArgumentError
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "LIMITS",
+    "validate_deregister",
+    "validate_get_service",
+    "validate_register",
+    "validate_selector",
+    "validate_watch",
+]
+
+DEFAULT_NAMESPACE = "default"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_LOCATION = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_META_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+
+
+class LIMITS:
+    """Size limits of one instance (documented in docs/api.md)."""
+
+    tags = 64
+    tag_length = 128
+    metadata_entries = 64
+    metadata_value_length = 1024
+    metadata_total_bytes = 16 * 1024
+    checks = 32
+    check_output_length = 4096
+    weight = 10_000
+    lease_ttl_seconds = 3600
+    progress_interval_ms = (100, 60_000)
+
+
+class _Violations:
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgumentError(self.items)
+
+
+def _check_name(v: _Violations, field: str, value: str, *, required: bool) -> None:
+    if not value:
+        if required:
+            v.add(field, "is required")
+        return
+    if not _DNS_LABEL.match(value):
+        v.add(
+            field,
+            f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit",
+        )
+
+
+def _check_pattern(
+    v: _Violations, field: str, value: str, pattern: re.Pattern[str], what: str
+) -> None:
+    if value and not pattern.match(value):
+        v.add(field, f"{value!r} is not valid: {what}")
+
+
+def _is_host(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        pass
+    if len(address) > 253 or address.endswith("."):
+        return False
+    labels = address.split(".")
+    # A bare number like "300" or "1.2.3.999" is a broken IP, not a host name.
+    if all(label.isdigit() for label in labels):
+        return False
+    return all(_HOST_LABEL.match(label) for label in labels)
+
+
+def _check_health(v: _Violations, field: str, value: int) -> None:
+    if value not in pb.HealthStatus.values():
+        v.add(field, f"unknown health status {value}")
+
+
+def _check_tags(v: _Violations, field: str, tags: Iterable[str]) -> None:
+    tags = list(tags)
+    if len(tags) > LIMITS.tags:
+        v.add(field, f"at most {LIMITS.tags} tags are allowed, got {len(tags)}")
+    seen: set[str] = set()
+    for i, tag in enumerate(tags):
+        if not tag:
+            v.add(f"{field}[{i}]", "must not be empty")
+        elif len(tag) > LIMITS.tag_length:
+            v.add(f"{field}[{i}]", f"longer than {LIMITS.tag_length} characters")
+        elif not tag.isprintable() or any(c.isspace() for c in tag):
+            v.add(f"{field}[{i}]", "must not contain spaces or control characters")
+        elif tag in seen:
+            v.add(f"{field}[{i}]", f"duplicate tag {tag!r}")
+        seen.add(tag)
+
+
+def _check_instance(v: _Violations, inst: pb.Instance, *, prefix: str) -> None:
+    _check_pattern(
+        v,
+        f"{prefix}.id",
+        inst.id,
+        _ID,
+        "use 1-128 letters, digits, '.', '_' and '-', starting with a letter or digit",
+    )
+    _check_name(v, f"{prefix}.service", inst.service, required=True)
+    _check_name(v, f"{prefix}.namespace", inst.namespace, required=False)
+    _check_pattern(
+        v, f"{prefix}.node", inst.node, _NODE, "use 1-128 letters, digits, '.', '_' and '-'"
+    )
+    for name in ("platform", "region", "zone"):
+        _check_pattern(
+            v,
+            f"{prefix}.{name}",
+            getattr(inst, name),
+            _LOCATION,
+            "use 1-63 lowercase letters, digits, '.', '_' and '-'",
+        )
+    if not inst.address:
+        v.add(f"{prefix}.address", "is required")
+    elif not _is_host(inst.address):
+        v.add(
+            f"{prefix}.address",
+            f"{inst.address!r} is neither an IP address nor a valid host name",
+        )
+    if not 1 <= inst.port <= 65535:
+        v.add(f"{prefix}.port", f"must be between 1 and 65535, got {inst.port}")
+    _check_tags(v, f"{prefix}.tags", inst.tags)
+    if len(inst.metadata) > LIMITS.metadata_entries:
+        v.add(
+            f"{prefix}.metadata",
+            f"at most {LIMITS.metadata_entries} entries are allowed, got {len(inst.metadata)}",
+        )
+    total = 0
+    for key, value in sorted(inst.metadata.items()):
+        field = f'{prefix}.metadata["{key}"]'
+        total += len(key.encode()) + len(value.encode())
+        if not _META_KEY.match(key):
+            v.add(
+                field,
+                "key must be 1-128 letters, digits, '.', '_', '/' and '-', "
+                "starting and ending with a letter or digit",
+            )
+        if len(value) > LIMITS.metadata_value_length:
+            v.add(field, f"value longer than {LIMITS.metadata_value_length} characters")
+    if total > LIMITS.metadata_total_bytes:
+        v.add(f"{prefix}.metadata", f"larger than {LIMITS.metadata_total_bytes} bytes in all")
+    if inst.weight > LIMITS.weight:
+        v.add(f"{prefix}.weight", f"must be at most {LIMITS.weight}, got {inst.weight}")
+    _check_health(v, f"{prefix}.health", inst.health)
+    if len(inst.checks) > LIMITS.checks:
+        v.add(f"{prefix}.checks", f"at most {LIMITS.checks} checks are allowed")
+    for i, check in enumerate(inst.checks):
+        if not check.name:
+            v.add(f"{prefix}.checks[{i}].name", "is required")
+        elif len(check.name) > 128:
+            v.add(f"{prefix}.checks[{i}].name", "longer than 128 characters")
+        _check_health(v, f"{prefix}.checks[{i}].status", check.status)
+        if len(check.output) > LIMITS.check_output_length:
+            v.add(
+                f"{prefix}.checks[{i}].output",
+                f"longer than {LIMITS.check_output_length} characters",
+            )
+    if inst.liveness not in pb.Liveness.values():
+        v.add(f"{prefix}.liveness", f"unknown liveness {inst.liveness}")
+
+
+def validate_register(req: pb.RegisterInstanceRequest) -> None:
+    v = _Violations()
+    if not req.HasField("instance"):
+        v.add("instance", "is required")
+        v.raise_if_any()
+    _check_instance(v, req.instance, prefix="instance")
+    if not req.instance.id:
+        v.add("instance.id", "is required")
+    ephemeral = req.instance.liveness == pb.LIVENESS_EPHEMERAL
+    if req.lease_id < 0:
+        v.add("lease_id", "must not be negative")
+    elif req.lease_id and not ephemeral:
+        v.add("lease_id", "only ephemeral instances are bound to a lease")
+    if not 0 <= req.lease_ttl_seconds <= LIMITS.lease_ttl_seconds:
+        v.add(
+            "lease_ttl_seconds",
+            f"must be between 1 and {LIMITS.lease_ttl_seconds} (0 for the default), "
+            f"got {req.lease_ttl_seconds}",
+        )
+    if req.HasField("expected_revision") and req.expected_revision < 0:
+        v.add("expected_revision", "must not be negative")
+    v.raise_if_any()
+
+
+def validate_deregister(req: pb.DeregisterInstanceRequest) -> None:
+    v = _Violations()
+    _check_name(v, "service", req.service, required=True)
+    _check_name(v, "namespace", req.namespace, required=False)
+    if not req.id:
+        v.add("id", "is required")
+    else:
+        _check_pattern(
+            v,
+            "id",
+            req.id,
+            _ID,
+            "use 1-128 letters, digits, '.', '_' and '-', starting with a letter or digit",
+        )
+    v.raise_if_any()
+
+
+def validate_get_service(req: pb.GetServiceRequest) -> None:
+    v = _Violations()
+    _check_name(v, "name", req.name, required=True)
+    _check_name(v, "namespace", req.namespace, required=False)
+    v.raise_if_any()
+
+
+def _selector_violations(v: _Violations, sel: pb.InstanceSelector, prefix: str) -> None:
+    _check_name(v, f"{prefix}.service", sel.service, required=False)
+    _check_name(v, f"{prefix}.namespace", sel.namespace, required=False)
+    _check_pattern(v, f"{prefix}.platform", sel.platform, _LOCATION, "not a valid platform")
+    _check_pattern(v, f"{prefix}.zone", sel.zone, _LOCATION, "not a valid zone")
+    _check_tags(v, f"{prefix}.tags", sel.tags)
+    for i, health in enumerate(sel.health):
+        _check_health(v, f"{prefix}.health[{i}]", health)
+
+
+def validate_selector(sel: pb.InstanceSelector, prefix: str = "selector") -> None:
+    v = _Violations()
+    _selector_violations(v, sel, prefix)
+    v.raise_if_any()
+
+
+def validate_watch(req: pb.WatchRequest) -> None:
+    v = _Violations()
+    _selector_violations(v, req.selector, "selector")
+    if req.since_revision < 0:
+        v.add("since_revision", "must not be negative")
+    low, high = LIMITS.progress_interval_ms
+    if req.progress_interval_ms and not low <= req.progress_interval_ms <= high:
+        v.add(
+            "progress_interval_ms",
+            f"must be between {low} and {high} (0 for the default), got {req.progress_interval_ms}",
+        )
+    v.raise_if_any()

@@ -1,0 +1,472 @@
+"""The in-memory view of the registry and the watch fan-out.
+
+One store watch per control-plane process feeds this view: the current
+instances, indexed by service, and a bounded ring of recent events. Every
+read RPC and every Watch subscriber is served from here, never by a store
+read of its own.
+
+Each subscriber owns a bounded list of pending events. Publishing never
+awaits: events are appended to each matching subscriber (shared, immutable
+``WatchEvent`` messages) and its wake-up event is set; the subscriber's
+stream drains everything pending into one response, which is how updates
+arriving together are batched. A subscriber that would exceed its bound gets
+no backlog at all but a RESYNC: the current state as a snapshot, then live
+events again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+from ecosystem.v1 import registry_pb2 as pb
+
+from controlplane.errors import UnavailableError
+from controlplane.registry import INSTANCES_PREFIX, ROOT_PREFIX, decode_instance
+from controlplane.store import Compacted, EventType, Store, StoreClosed, WatchBatch
+
+__all__ = ["InstanceView", "Selector", "Subscription", "ViewConfig"]
+
+log = logging.getLogger(__name__)
+
+_PUT = pb.WATCH_EVENT_TYPE_PUT
+_DELETE = pb.WATCH_EVENT_TYPE_DELETE
+
+
+@dataclass(frozen=True, slots=True)
+class ViewConfig:
+    # Events kept for resuming watchers without a snapshot.
+    ring_events: int = 20_000
+    # Pending events per subscriber before it is given a RESYNC instead.
+    max_pending: int = 4_096
+    # Instances per message of a snapshot.
+    snapshot_chunk: int = 1_000
+    # How often the store reports progress to the view while idle.
+    store_progress_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """Which instances a list or watch covers; empty fields match all."""
+
+    service: str = ""
+    namespace: str = ""
+    platform: str = ""
+    zone: str = ""
+    tags: frozenset[str] = frozenset()
+    health: frozenset[int] = frozenset()
+
+    @classmethod
+    def from_proto(cls, sel: pb.InstanceSelector) -> Selector:
+        return cls(
+            service=sel.service,
+            namespace=sel.namespace,
+            platform=sel.platform,
+            zone=sel.zone,
+            tags=frozenset(sel.tags),
+            health=frozenset(sel.health),
+        )
+
+    def matches(self, inst: pb.Instance) -> bool:
+        return (
+            (not self.service or inst.service == self.service)
+            and (not self.namespace or inst.namespace == self.namespace)
+            and (not self.platform or inst.platform == self.platform)
+            and (not self.zone or inst.zone == self.zone)
+            and (not self.health or inst.health in self.health)
+            and (not self.tags or self.tags.issubset(inst.tags))
+        )
+
+
+@dataclass(slots=True)
+class _Change:
+    """One instance change as the view saw it, with lazily built wire events."""
+
+    revision: int
+    new: pb.Instance | None  # None for a deletion
+    prev: pb.Instance | None
+    _put: pb.WatchEvent | None = None
+    _delete: pb.WatchEvent | None = None
+
+    def put_event(self) -> pb.WatchEvent:
+        if self._put is None:
+            self._put = pb.WatchEvent(type=_PUT, revision=self.revision, instance=self.new)
+        return self._put
+
+    def delete_event(self) -> pb.WatchEvent:
+        if self._delete is None:
+            last = self.prev if self.new is None else self.new
+            self._delete = pb.WatchEvent(type=_DELETE, revision=self.revision, instance=last)
+        return self._delete
+
+    def event_for(self, sel: Selector) -> pb.WatchEvent | None:
+        """The event a subscriber with ``sel`` should see, if any: an instance
+        that stops matching (e.g. turns critical under a health filter) is a
+        DELETE for that subscriber."""
+        if self.new is not None and sel.matches(self.new):
+            return self.put_event()
+        if self.prev is not None and sel.matches(self.prev):
+            return self.delete_event()
+        return None
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One watcher: a selector, a bounded list of pending events, a wake-up."""
+
+    view: InstanceView
+    selector: Selector
+    max_pending: int
+    pending: list[pb.WatchEvent] = field(default_factory=list)
+    resync: bool = False
+    closed: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    overflows: int = 0
+
+    def offer(self, events: list[pb.WatchEvent]) -> None:
+        if self.resync or self.closed:
+            return
+        if len(self.pending) + len(events) > self.max_pending:
+            # Latest state beats backlog: drop what is pending and resnapshot.
+            self.pending.clear()
+            self.resync = True
+            self.overflows += 1
+            if self.overflows == 1:
+                log.warning(
+                    "slow watcher of %s fell %d events behind; sending a RESYNC",
+                    self.selector.service or "all services",
+                    self.max_pending,
+                )
+        else:
+            self.pending.extend(events)
+        self.wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    async def responses(self, progress_interval: float) -> AsyncIterator[pb.WatchResponse]:
+        """The stream: snapshots, batched deltas, and PROGRESS while idle.
+        Raises ``UnavailableError`` when the view shuts down."""
+        try:
+            while True:
+                if self.closed:
+                    raise UnavailableError("control plane is shutting down; reconnect and resume")
+                if self.resync:
+                    self.resync = False
+                    self.pending.clear()
+                    for response in self.view.snapshot(self.selector):
+                        yield response
+                    continue
+                if self.pending:
+                    events, self.pending = self.pending, []
+                    self.wake.clear()
+                    yield pb.WatchResponse(events=events)
+                    continue
+                self.wake.clear()
+                try:
+                    async with asyncio.timeout(progress_interval):
+                        await self.wake.wait()
+                except TimeoutError:
+                    yield pb.WatchResponse(
+                        events=[
+                            pb.WatchEvent(
+                                type=pb.WATCH_EVENT_TYPE_PROGRESS, revision=self.view.revision
+                            )
+                        ]
+                    )
+        finally:
+            self.view.unsubscribe(self)
+
+
+class InstanceView:
+    """Current instances, a ring of recent changes, and the subscribers.
+
+    Lifecycle: ``await start()`` loads the state and starts the one task that
+    follows the store; ``await close()`` stops it and ends every subscriber.
+    """
+
+    def __init__(self, store: Store, config: ViewConfig | None = None) -> None:
+        self._store = store
+        self._config = config or ViewConfig()
+        self._instances: dict[str, pb.Instance] = {}
+        self._by_service: dict[tuple[str, str], dict[str, pb.Instance]] = {}
+        self._ring: deque[tuple[int, tuple[_Change, ...]]] = deque()
+        self._ring_count = 0
+        self._floor = 0  # the ring holds every change after this revision
+        self._revision = 0
+        self._tick = asyncio.Event()
+        self._subs_by_service: dict[str, set[Subscription]] = {}
+        self._subs_all: set[Subscription] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._closed = False
+
+    @property
+    def revision(self) -> int:
+        """Every change up to this revision has been applied and published."""
+        return self._revision
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs_all) + sum(len(s) for s in self._subs_by_service.values())
+
+    @property
+    def instance_count(self) -> int:
+        return len(self._instances)
+
+    @property
+    def healthy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        await self._load(self._store.revision, prefill=True)
+        self._task = asyncio.create_task(self._follow(), name="instance-view")
+        await self.wait_for(self._store.revision)
+
+    async def close(self) -> None:
+        self._closed = True
+        for sub in list(self._subscriptions()):
+            sub.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- following the store ---------------------------------------------
+
+    async def _load(self, current: int, *, prefill: bool) -> None:
+        """(Re)builds the state at a base revision; with ``prefill`` the base
+        is old enough that the ring can serve recent resumes after a restart."""
+        base = current
+        if prefill:
+            base = max(self._store.compact_revision, current - self._config.ring_events, 1)
+        try:
+            result = await self._store.range(INSTANCES_PREFIX, revision=base)
+        except Compacted:
+            base = self._store.revision
+            result = await self._store.range(INSTANCES_PREFIX, revision=base)
+        self._instances.clear()
+        self._by_service.clear()
+        for kv in result.kvs:
+            self._index(kv.key, decode_instance(kv))
+        self._ring.clear()
+        self._ring_count = 0
+        self._floor = result.revision
+        self._set_revision(result.revision)
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async for batch in self._store.watch(
+                    ROOT_PREFIX,
+                    start_revision=self._revision + 1,
+                    progress_interval=self._config.store_progress_interval,
+                ):
+                    self._apply(batch)
+            except Compacted:
+                log.warning("view fell behind the store's history; reloading")
+                await self._load(self._store.revision, prefill=False)
+                for sub in self._subscriptions():
+                    sub.resync = True
+                    sub.wake.set()
+            except StoreClosed as exc:
+                log.error("store closed under the view: %s", exc)
+                self._failure = exc
+                for sub in list(self._subscriptions()):
+                    sub.close()
+                return
+
+    def _apply(self, batch: WatchBatch) -> None:
+        changes: list[_Change] = []
+        for event in batch.events:
+            if not event.kv.key.startswith(INSTANCES_PREFIX):
+                continue
+            key = event.kv.key
+            prev = self._instances.get(key)
+            if event.type is EventType.PUT:
+                new = decode_instance(event.kv)
+                self._index(key, new)
+                changes.append(_Change(batch.revision, new, prev))
+            elif prev is not None:
+                self._unindex(key, prev)
+                changes.append(_Change(batch.revision, None, prev))
+        if changes:
+            self._remember(batch.revision, tuple(changes))
+            self._set_revision(batch.revision)
+            self._publish(changes)
+        elif batch.revision > self._revision:
+            self._set_revision(batch.revision)
+
+    def _index(self, key: str, inst: pb.Instance) -> None:
+        self._instances[key] = inst
+        self._by_service.setdefault((inst.namespace, inst.service), {})[key] = inst
+
+    def _unindex(self, key: str, inst: pb.Instance) -> None:
+        del self._instances[key]
+        group = self._by_service.get((inst.namespace, inst.service))
+        if group is not None:
+            group.pop(key, None)
+            if not group:
+                del self._by_service[(inst.namespace, inst.service)]
+
+    def _remember(self, revision: int, changes: tuple[_Change, ...]) -> None:
+        self._ring.append((revision, changes))
+        self._ring_count += len(changes)
+        while self._ring_count > self._config.ring_events and len(self._ring) > 1:
+            dropped_rev, dropped = self._ring.popleft()
+            self._ring_count -= len(dropped)
+            self._floor = dropped_rev
+
+    def _set_revision(self, revision: int) -> None:
+        self._revision = revision
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+    def _publish(self, changes: list[_Change]) -> None:
+        per_sub: dict[Subscription, list[pb.WatchEvent]] = {}
+        for change in changes:
+            inst = change.new if change.new is not None else change.prev
+            assert inst is not None
+            for sub in self._candidates(inst.service):
+                event = change.event_for(sub.selector)
+                if event is not None:
+                    per_sub.setdefault(sub, []).append(event)
+        for sub, events in per_sub.items():
+            sub.offer(events)
+
+    def _candidates(self, service: str) -> Iterable[Subscription]:
+        yield from self._subs_all
+        yield from self._subs_by_service.get(service, ())
+
+    def _subscriptions(self) -> Iterable[Subscription]:
+        yield from self._subs_all
+        for subs in self._subs_by_service.values():
+            yield from subs
+
+    # -- reads --------------------------------------------------------------
+
+    async def wait_for(self, revision: int, timeout: float = 5.0) -> None:
+        """Returns once the view has applied ``revision`` (read-your-writes)."""
+        if self._revision >= revision:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                while self._revision < revision:
+                    if self._failure is not None or self._closed:
+                        raise UnavailableError("registry view is not following the store")
+                    await self._tick.wait()
+        except TimeoutError:
+            raise UnavailableError(
+                f"registry view is behind the store (at {self._revision}, need {revision})"
+            ) from None
+
+    def select(self, selector: Selector) -> list[pb.Instance]:
+        if selector.service and selector.namespace:
+            pool: Iterable[pb.Instance] = self._by_service.get(
+                (selector.namespace, selector.service), {}
+            ).values()
+        elif selector.service:
+            pool = (
+                inst
+                for (_ns, svc), group in self._by_service.items()
+                if svc == selector.service
+                for inst in group.values()
+            )
+        else:
+            pool = self._instances.values()
+        found = [inst for inst in pool if selector.matches(inst)]
+        found.sort(key=lambda i: (i.namespace, i.service, i.id))
+        return found
+
+    def service(self, namespace: str, name: str) -> tuple[pb.Service, list[pb.Instance]] | None:
+        group = self._by_service.get((namespace, name))
+        if not group:
+            return None
+        instances = sorted(group.values(), key=lambda i: i.id)
+        return _summarize(namespace, name, instances), instances
+
+    def services(self, namespace: str = "") -> list[pb.Service]:
+        return [
+            _summarize(ns, name, list(group.values()))
+            for (ns, name), group in sorted(self._by_service.items())
+            if not namespace or ns == namespace
+        ]
+
+    # -- subscriptions ------------------------------------------------------
+
+    def subscribe(self, selector: Selector, since_revision: int = 0) -> Subscription:
+        """A new subscriber. Events after ``since_revision`` are queued at once
+        when the ring still holds them; otherwise the first thing it gets is a
+        snapshot. Registration and catch-up happen without yielding, so no
+        change can fall between them."""
+        if self._closed:
+            raise UnavailableError("control plane is shutting down")
+        sub = Subscription(self, selector, self._config.max_pending)
+        if since_revision <= 0 or since_revision < self._floor or since_revision > self._revision:
+            sub.resync = True
+        else:
+            backlog: list[pb.WatchEvent] = []
+            for revision, changes in reversed(self._ring):
+                if revision <= since_revision:
+                    break
+                for change in reversed(changes):
+                    event = change.event_for(selector)
+                    if event is not None:
+                        backlog.append(event)
+            backlog.reverse()
+            if backlog:
+                sub.offer(backlog)
+        if selector.service:
+            self._subs_by_service.setdefault(selector.service, set()).add(sub)
+        else:
+            self._subs_all.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.closed = True
+        self._subs_all.discard(sub)
+        subs = self._subs_by_service.get(sub.selector.service)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs_by_service[sub.selector.service]
+
+    def snapshot(self, selector: Selector) -> list[pb.WatchResponse]:
+        """RESYNC, the matching instances at the current revision, SNAPSHOT_END,
+        split into messages of at most ``snapshot_chunk`` instances."""
+        revision = self._revision
+        instances = self.select(selector)
+        chunk = self._config.snapshot_chunk
+        responses: list[pb.WatchResponse] = []
+        head = [pb.WatchEvent(type=pb.WATCH_EVENT_TYPE_RESYNC, revision=revision)]
+        for start in range(0, max(len(instances), 1), chunk):
+            events = head + [
+                pb.WatchEvent(type=_PUT, revision=revision, instance=inst)
+                for inst in instances[start : start + chunk]
+            ]
+            head = []
+            responses.append(pb.WatchResponse(events=events))
+        responses[-1].events.append(
+            pb.WatchEvent(type=pb.WATCH_EVENT_TYPE_SNAPSHOT_END, revision=revision)
+        )
+        return responses
+
+
+def _summarize(namespace: str, name: str, instances: list[pb.Instance]) -> pb.Service:
+    counts = {status: 0 for status in pb.HealthStatus.values()}
+    for inst in instances:
+        counts[inst.health] = counts.get(inst.health, 0) + 1
+    return pb.Service(
+        name=name,
+        namespace=namespace,
+        instance_count=len(instances),
+        passing_count=counts[pb.HEALTH_STATUS_PASSING],
+        warning_count=counts[pb.HEALTH_STATUS_WARNING],
+        critical_count=counts[pb.HEALTH_STATUS_CRITICAL],
+        unknown_count=counts[pb.HEALTH_STATUS_UNKNOWN] + counts[pb.HEALTH_STATUS_UNSPECIFIED],
+    )

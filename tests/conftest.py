@@ -1,0 +1,27 @@
+"""Suite-wide fixtures: no leaked asyncio tasks, and a helper to poll for a condition."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+async def _no_leaked_tasks() -> AsyncIterator[None]:
+    """Fails a test that leaves asyncio tasks running after its own fixtures are torn down."""
+    before = set(asyncio.all_tasks())
+    yield
+    # Give cancelled tasks one turn to finish unwinding.
+    for _ in range(5):
+        leaked = [
+            t
+            for t in asyncio.all_tasks() - before
+            if not t.done() and t is not asyncio.current_task()
+        ]
+        if not leaked:
+            return
+        await asyncio.sleep(0.02)
+    names = ", ".join(sorted(t.get_name() + ":" + repr(t.get_coro()) for t in leaked))
+    pytest.fail(f"test leaked {len(leaked)} running task(s): {names}")
