@@ -9,7 +9,9 @@ for ephemeral instances, nothing written when validation fails.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
+from typing import NoReturn
 
 from ecosystem.v1 import registry_pb2 as pb
 
@@ -27,9 +29,11 @@ from controlplane.validation import DEFAULT_NAMESPACE, validate_deregister, vali
 __all__ = [
     "INSTANCES_PREFIX",
     "ROOT_PREFIX",
+    "STORE_ID_KEY",
     "Registration",
     "Registry",
     "decode_instance",
+    "ensure_store_id",
     "instance_key",
 ]
 
@@ -37,13 +41,30 @@ log = logging.getLogger(__name__)
 
 ROOT_PREFIX = "/ecosystem/v1/"
 INSTANCES_PREFIX = ROOT_PREFIX + "instances/"
+STORE_ID_KEY = ROOT_PREFIX + "meta/store-id"
 DEFAULT_LEASE_TTL = 10
-# Attempts of the read-compare-write loop before giving up under contention.
-_CAS_ATTEMPTS = 8
 
 
 def instance_key(namespace: str, service: str, instance_id: str) -> str:
     return f"{INSTANCES_PREFIX}{namespace or DEFAULT_NAMESPACE}/{service}/{instance_id}"
+
+
+async def ensure_store_id(store: Store) -> str:
+    """The identity of this store's revision history, created on first use.
+
+    Revisions are only comparable within one store: a watcher that resumes
+    against a wiped or different store must get a snapshot, not deltas that
+    happen to carry the revisions it asked for.
+    """
+    fresh = uuid.uuid4().hex
+    result = await store.txn(
+        [Compare(STORE_ID_KEY, "exists", "==", False)], [PutOp(STORE_ID_KEY, fresh.encode())]
+    )
+    if result.succeeded:
+        return fresh
+    current = await store.get(STORE_ID_KEY)
+    assert current is not None
+    return current.value.decode()
 
 
 def decode_instance(kv: KeyValue, *, value: bytes | None = None) -> pb.Instance:
@@ -85,51 +106,55 @@ class Registry:
         inst.lease_id = lease_id
         value = inst.SerializeToString(deterministic=True)
         key = instance_key(inst.namespace, inst.service, inst.id)
-        expected = req.expected_revision if req.HasField("expected_revision") else None
-
-        for _ in range(_CAS_ATTEMPTS):
-            prev = await self._store.get(key)
-            if expected is not None:
-                self._check_expected(key, prev, expected)
-            elif prev is not None and prev.value == value and prev.lease == lease_id:
+        put = PutOp(key, value, lease=lease_id)
+        try:
+            if req.HasField("expected_revision"):
+                # Optimistic concurrency: write only at the expected revision.
+                expected = req.expected_revision
+                result = await self._store.txn(
+                    [Compare(key, "mod_revision", "==", expected)], [put]
+                )
+                if not result.succeeded:
+                    await self._conflict(key, expected)
+            else:
                 # Idempotent: the same registration again writes nothing, so a
                 # fleet re-registering after a reconnect does not flood watchers.
-                return Registration(decode_instance(prev), self._store.revision, lease_id, ttl)
-            compare = Compare(key, "mod_revision", "==", prev.mod_revision if prev else 0)
-            try:
-                result = await self._store.txn([compare], [PutOp(key, value, lease=lease_id)])
-            except LeaseNotFound as exc:
-                raise FailedPreconditionError(
-                    f"lease {lease_id} expired before the instance was stored; register again"
-                ) from exc
-            if result.succeeded:
-                inst.create_revision = prev.create_revision if prev else result.revision
-                inst.mod_revision = result.revision
-                log.info(
-                    "registered instance=%s service=%s namespace=%s revision=%d",
-                    inst.id,
-                    inst.service,
-                    inst.namespace,
-                    result.revision,
-                )
-                return Registration(inst, result.revision, lease_id, ttl)
-        raise RevisionConflictError(
-            f"instance {inst.id!r} is being changed concurrently; try again"
+                same = [Compare(key, "value", "==", value), Compare(key, "lease", "==", lease_id)]
+                result = await self._store.txn(same, [], [put])
+                if result.succeeded:
+                    current = await self._store.get(key)
+                    if current is not None:
+                        return Registration(
+                            decode_instance(current), result.revision, lease_id, ttl
+                        )
+                    # Deleted between the two reads: register it anew.
+                    result = await self._store.txn([], [put])
+        except LeaseNotFound as exc:
+            raise FailedPreconditionError(
+                f"lease {lease_id} expired before the instance was stored; register again"
+            ) from exc
+        prev = result.prev_kvs[0] if result.prev_kvs else None
+        inst.create_revision = prev.create_revision if prev else result.revision
+        inst.mod_revision = result.revision
+        log.debug(
+            "registered instance=%s service=%s namespace=%s revision=%d",
+            inst.id,
+            inst.service,
+            inst.namespace,
+            result.revision,
         )
+        return Registration(inst, result.revision, lease_id, ttl)
 
-    @staticmethod
-    def _check_expected(key: str, prev: KeyValue | None, expected: int) -> None:
-        if expected == 0 and prev is not None:
+    async def _conflict(self, key: str, expected: int) -> NoReturn:
+        current = await self._store.get(key)
+        if expected == 0:
+            actual = current.mod_revision if current else 0
             raise AlreadyExistsError(
-                f"{key} already exists (revision {prev.mod_revision}); "
+                f"{key} already exists (revision {actual}); "
                 "expected_revision=0 requires that it does not"
             )
-        if expected != 0:
-            actual = prev.mod_revision if prev else 0
-            if actual != expected:
-                raise RevisionConflictError(
-                    f"{key} is at revision {actual}, not the expected {expected}"
-                )
+        actual = current.mod_revision if current else 0
+        raise RevisionConflictError(f"{key} is at revision {actual}, not the expected {expected}")
 
     async def _lease_for(self, req: pb.RegisterInstanceRequest) -> tuple[int, int]:
         if req.lease_id:
@@ -154,8 +179,18 @@ class Registry:
                 f"instance {req.id!r} of service {req.service!r} in namespace "
                 f"{namespace!r} is not registered"
             )
-        log.info("deregistered instance=%s service=%s", req.id, req.service)
+        log.debug("deregistered instance=%s service=%s", req.id, req.service)
         return result.revision
+
+    async def revoke(self, lease_id: int) -> int:
+        if lease_id <= 0:
+            raise InvalidArgumentError([FieldViolation("lease_id", "must be a granted lease id")])
+        try:
+            await self._store.revoke(lease_id)
+        except LeaseNotFound as exc:
+            raise NotFoundError(f"lease {lease_id} has expired or never existed") from exc
+        log.debug("revoked lease %d", lease_id)
+        return self._store.revision
 
     async def keepalive(self, lease_id: int) -> int:
         if lease_id <= 0:

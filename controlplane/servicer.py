@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 from ecosystem.v1 import registry_pb2 as pb
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
+from google.protobuf.message import Message
 from grpc_status import rpc_status
 
 from controlplane.errors import (
@@ -35,7 +36,7 @@ from controlplane.validation import (
 )
 from controlplane.view import InstanceView, Selector
 
-__all__ = ["RegistryServicer"]
+__all__ = ["RegistryServicer", "handler"]
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
-            self._metrics.rpcs.labels(method, code.name).inc()
-            self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+            self._metrics.observe_rpc(method, code.name, time.perf_counter() - started)
 
     async def _abort(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception
@@ -133,6 +133,14 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             "KeepAlive", context, lambda: self._registry.keepalive(request.lease_id)
         )
         return pb.KeepAliveResponse(lease_id=request.lease_id, ttl_seconds=ttl)
+
+    async def RevokeLease(
+        self, request: pb.RevokeLeaseRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RevokeLeaseResponse:
+        revision = await self._call(
+            "RevokeLease", context, lambda: self._registry.revoke(request.lease_id)
+        )
+        return pb.RevokeLeaseResponse(revision=revision)
 
     # -- reads ------------------------------------------------------------------
 
@@ -184,12 +192,17 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def Watch(
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.WatchResponse]:
-        async def open_stream() -> AsyncIterator[pb.WatchResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Yields WatchResponse messages already serialized by the view (see
+        ``handler``: this method's serializer passes bytes through)."""
+
+        async def open_stream() -> AsyncIterator[bytes]:
             validate_watch(request)
             await self._fresh()
             sub = self._view.subscribe(
-                Selector.from_proto(request.selector), request.since_revision
+                Selector.from_proto(request.selector),
+                request.since_revision,
+                store_id=request.store_id,
             )
             self._metrics.watch_streams.inc()
             return sub.responses((request.progress_interval_ms or DEFAULT_PROGRESS_MS) / 1000)
@@ -202,3 +215,28 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             await self._abort("Watch", context, exc)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _serialize(message: bytes | Message) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def handler(servicer: RegistryServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """The RegistryService handlers, built from the proto descriptor like the
+    generated ``add_…_to_server``, except that responses may also be bytes
+    already serialized (the watch fan-out encodes each event once)."""
+    service = pb.DESCRIPTOR.services_by_name["RegistryService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request_type.FromString,
+            response_serializer=_serialize,
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

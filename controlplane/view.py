@@ -12,6 +12,11 @@ stream drains everything pending into one response, which is how updates
 arriving together are batched. A subscriber that would exceed its bound gets
 no backlog at all but a RESYNC: the current state as a snapshot, then live
 events again.
+
+Events are encoded once, as ready-made ``WatchResponse.events`` fields
+(``frame``), and shared by every subscriber that gets them: a response is
+the concatenation of its frames, so a change that reaches a thousand
+watchers is serialized once, not a thousand times.
 """
 
 from __future__ import annotations
@@ -35,6 +40,28 @@ log = logging.getLogger(__name__)
 
 _PUT = pb.WATCH_EVENT_TYPE_PUT
 _DELETE = pb.WATCH_EVENT_TYPE_DELETE
+# Tag of field 1 (events), wire type 2 (length-delimited), in WatchResponse.
+_EVENTS_TAG = b"\x0a"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def frame(event: pb.WatchEvent) -> bytes:
+    """``event`` encoded as one element of ``WatchResponse.events``; a
+    serialized WatchResponse is any concatenation of such frames."""
+    data = event.SerializeToString()
+    return _EVENTS_TAG + _varint(len(data)) + data
+
+
+def marker(kind: int, revision: int) -> bytes:
+    return frame(pb.WatchEvent(type=kind, revision=revision))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,48 +116,51 @@ class _Change:
     revision: int
     new: pb.Instance | None  # None for a deletion
     prev: pb.Instance | None
-    _put: pb.WatchEvent | None = None
-    _delete: pb.WatchEvent | None = None
+    _put: bytes | None = None
+    _delete: bytes | None = None
 
-    def put_event(self) -> pb.WatchEvent:
+    def put_frame(self) -> bytes:
         if self._put is None:
-            self._put = pb.WatchEvent(type=_PUT, revision=self.revision, instance=self.new)
+            self._put = frame(pb.WatchEvent(type=_PUT, revision=self.revision, instance=self.new))
         return self._put
 
-    def delete_event(self) -> pb.WatchEvent:
+    def delete_frame(self) -> bytes:
         if self._delete is None:
             last = self.prev if self.new is None else self.new
-            self._delete = pb.WatchEvent(type=_DELETE, revision=self.revision, instance=last)
+            self._delete = frame(pb.WatchEvent(type=_DELETE, revision=self.revision, instance=last))
         return self._delete
 
-    def event_for(self, sel: Selector) -> pb.WatchEvent | None:
+    def frame_for(self, sel: Selector) -> bytes | None:
         """The event a subscriber with ``sel`` should see, if any: an instance
         that stops matching (e.g. turns critical under a health filter) is a
         DELETE for that subscriber."""
         if self.new is not None and sel.matches(self.new):
-            return self.put_event()
+            return self.put_frame()
         if self.prev is not None and sel.matches(self.prev):
-            return self.delete_event()
+            return self.delete_frame()
         return None
 
 
 @dataclass(eq=False)
 class Subscription:
-    """One watcher: a selector, a bounded list of pending events, a wake-up."""
+    """One watcher: a selector, a bounded list of pending frames, a wake-up."""
 
     view: InstanceView
     selector: Selector
     max_pending: int
-    pending: list[pb.WatchEvent] = field(default_factory=list)
+    pending: list[bytes] = field(default_factory=list)
     resync: bool = False
     closed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflows: int = 0
+    _progress_due: bool = False
+    _sent_since_tick: bool = False
+    _timer: asyncio.TimerHandle | None = None
 
-    def offer(self, events: list[pb.WatchEvent]) -> None:
+    def offer(self, frames: list[bytes]) -> None:
         if self.resync or self.closed:
             return
-        if len(self.pending) + len(events) > self.max_pending:
+        if len(self.pending) + len(frames) > self.max_pending:
             # Latest state beats backlog: drop what is pending and resnapshot.
             self.pending.clear()
             self.resync = True
@@ -142,16 +172,30 @@ class Subscription:
                     self.max_pending,
                 )
         else:
-            self.pending.extend(events)
+            self.pending.extend(frames)
         self.wake.set()
 
     def close(self) -> None:
         self.closed = True
         self.wake.set()
 
-    async def responses(self, progress_interval: float) -> AsyncIterator[pb.WatchResponse]:
-        """The stream: snapshots, batched deltas, and PROGRESS while idle.
-        Raises ``UnavailableError`` when the view shuts down."""
+    def _tick(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        # One timer per watcher, re-armed each interval (cheaper than a timeout
+        # around every wait): PROGRESS is due when a whole interval passed
+        # without anything sent.
+        if not self._sent_since_tick:
+            self._progress_due = True
+            self.wake.set()
+        self._sent_since_tick = False
+        self._timer = loop.call_later(interval, self._tick, loop, interval)
+
+    async def responses(self, progress_interval: float) -> AsyncIterator[bytes]:
+        """The stream as serialized WatchResponse messages: snapshots, batched
+        deltas, and PROGRESS while idle. Raises ``UnavailableError`` when the
+        view shuts down."""
+        loop = asyncio.get_running_loop()
+        suffix = self.view.response_suffix
+        self._timer = loop.call_later(progress_interval, self._tick, loop, progress_interval)
         try:
             while True:
                 if self.closed:
@@ -159,27 +203,26 @@ class Subscription:
                 if self.resync:
                     self.resync = False
                     self.pending.clear()
+                    self._sent_since_tick = True
                     for response in self.view.snapshot(self.selector):
-                        yield response
+                        yield response + suffix
                     continue
                 if self.pending:
-                    events, self.pending = self.pending, []
+                    frames, self.pending = self.pending, []
                     self.wake.clear()
-                    yield pb.WatchResponse(events=events)
+                    self._sent_since_tick = True
+                    frames.append(suffix)
+                    yield b"".join(frames)
+                    continue
+                if self._progress_due:
+                    self._progress_due = False
+                    yield marker(pb.WATCH_EVENT_TYPE_PROGRESS, self.view.revision) + suffix
                     continue
                 self.wake.clear()
-                try:
-                    async with asyncio.timeout(progress_interval):
-                        await self.wake.wait()
-                except TimeoutError:
-                    yield pb.WatchResponse(
-                        events=[
-                            pb.WatchEvent(
-                                type=pb.WATCH_EVENT_TYPE_PROGRESS, revision=self.view.revision
-                            )
-                        ]
-                    )
+                await self.wake.wait()
         finally:
+            self._timer.cancel()
+            self._timer = None
             self.view.unsubscribe(self)
 
 
@@ -190,8 +233,15 @@ class InstanceView:
     follows the store; ``await close()`` stops it and ends every subscriber.
     """
 
-    def __init__(self, store: Store, config: ViewConfig | None = None) -> None:
+    def __init__(
+        self, store: Store, config: ViewConfig | None = None, *, store_id: str = ""
+    ) -> None:
         self._store = store
+        self.store_id = store_id
+        # Field 2 (store_id) of WatchResponse, appended to every response.
+        self.response_suffix = (
+            b"\x12" + _varint(len(store_id.encode())) + store_id.encode() if store_id else b""
+        )
         self._config = config or ViewConfig()
         self._instances: dict[str, pb.Instance] = {}
         self._by_service: dict[tuple[str, str], dict[str, pb.Instance]] = {}
@@ -328,16 +378,16 @@ class InstanceView:
         tick.set()
 
     def _publish(self, changes: list[_Change]) -> None:
-        per_sub: dict[Subscription, list[pb.WatchEvent]] = {}
+        per_sub: dict[Subscription, list[bytes]] = {}
         for change in changes:
             inst = change.new if change.new is not None else change.prev
             assert inst is not None
             for sub in self._candidates(inst.service):
-                event = change.event_for(sub.selector)
-                if event is not None:
-                    per_sub.setdefault(sub, []).append(event)
-        for sub, events in per_sub.items():
-            sub.offer(events)
+                encoded = change.frame_for(sub.selector)
+                if encoded is not None:
+                    per_sub.setdefault(sub, []).append(encoded)
+        for sub, frames in per_sub.items():
+            sub.offer(frames)
 
     def _candidates(self, service: str) -> Iterable[Subscription]:
         yield from self._subs_all
@@ -399,25 +449,33 @@ class InstanceView:
 
     # -- subscriptions ------------------------------------------------------
 
-    def subscribe(self, selector: Selector, since_revision: int = 0) -> Subscription:
+    def subscribe(
+        self, selector: Selector, since_revision: int = 0, *, store_id: str = ""
+    ) -> Subscription:
         """A new subscriber. Events after ``since_revision`` are queued at once
         when the ring still holds them; otherwise the first thing it gets is a
         snapshot. Registration and catch-up happen without yielding, so no
-        change can fall between them."""
+        change can fall between them. A ``store_id`` other than this view's
+        means the revisions are of another history: a snapshot, too."""
         if self._closed:
             raise UnavailableError("control plane is shutting down")
         sub = Subscription(self, selector, self._config.max_pending)
-        if since_revision <= 0 or since_revision < self._floor or since_revision > self._revision:
+        if (
+            since_revision <= 0
+            or since_revision < self._floor
+            or since_revision > self._revision
+            or (store_id and store_id != self.store_id)
+        ):
             sub.resync = True
         else:
-            backlog: list[pb.WatchEvent] = []
+            backlog: list[bytes] = []
             for revision, changes in reversed(self._ring):
                 if revision <= since_revision:
                     break
                 for change in reversed(changes):
-                    event = change.event_for(selector)
-                    if event is not None:
-                        backlog.append(event)
+                    encoded = change.frame_for(selector)
+                    if encoded is not None:
+                        backlog.append(encoded)
             backlog.reverse()
             if backlog:
                 sub.offer(backlog)
@@ -436,24 +494,23 @@ class InstanceView:
             if not subs:
                 del self._subs_by_service[sub.selector.service]
 
-    def snapshot(self, selector: Selector) -> list[pb.WatchResponse]:
+    def snapshot(self, selector: Selector) -> list[bytes]:
         """RESYNC, the matching instances at the current revision, SNAPSHOT_END,
-        split into messages of at most ``snapshot_chunk`` instances."""
+        as serialized WatchResponse messages of at most ``snapshot_chunk``
+        instances each."""
         revision = self._revision
         instances = self.select(selector)
         chunk = self._config.snapshot_chunk
-        responses: list[pb.WatchResponse] = []
-        head = [pb.WatchEvent(type=pb.WATCH_EVENT_TYPE_RESYNC, revision=revision)]
+        responses: list[bytes] = []
+        head = [marker(pb.WATCH_EVENT_TYPE_RESYNC, revision)]
         for start in range(0, max(len(instances), 1), chunk):
-            events = head + [
-                pb.WatchEvent(type=_PUT, revision=revision, instance=inst)
+            frames = head + [
+                frame(pb.WatchEvent(type=_PUT, revision=revision, instance=inst))
                 for inst in instances[start : start + chunk]
             ]
             head = []
-            responses.append(pb.WatchResponse(events=events))
-        responses[-1].events.append(
-            pb.WatchEvent(type=pb.WATCH_EVENT_TYPE_SNAPSHOT_END, revision=revision)
-        )
+            responses.append(b"".join(frames))
+        responses[-1] += marker(pb.WATCH_EVENT_TYPE_SNAPSHOT_END, revision)
         return responses
 
 

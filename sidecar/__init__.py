@@ -1,1 +1,1 @@
-"""The per-host sidecar agent (health checks, load balancing, proxying) — built in the sidecar issues."""
+"""The per-host sidecar agent: health checks, load balancing, proxying."""

@@ -272,3 +272,16 @@ async def test_health_reflection_and_admin(plane: ControlPlane, channel: grpc.ai
             text = await r.text()
     assert "eco_controlplane_instances" in text
     assert 'eco_controlplane_rpcs_total{code="OK",method="ListServices"} 1.0' in text
+
+
+async def test_revoke_lease_removes_its_instances_now(stub: pb_grpc.RegistryServiceStub) -> None:
+    reg = await register(stub, web("a", liveness=pb.LIVENESS_EPHEMERAL), lease_ttl_seconds=60)
+    await register(stub, web("b", liveness=pb.LIVENESS_EPHEMERAL), lease_id=reg.lease_id)
+    await register(stub, web("keep"))
+    revoked = await stub.RevokeLease(pb.RevokeLeaseRequest(lease_id=reg.lease_id))
+    assert revoked.revision > reg.revision
+    listed = await stub.ListInstances(pb.ListInstancesRequest())
+    assert [i.id for i in listed.instances] == ["keep"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RevokeLease(pb.RevokeLeaseRequest(lease_id=reg.lease_id))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -178,3 +178,57 @@ async def test_drain_ends_watches_and_refuses_calls() -> None:
             await stopping
     finally:
         await plane.stop()
+
+
+async def test_shutdown_leaves_no_task_or_thread_behind(tmp_path: object) -> None:
+    import threading
+
+    before_tasks = set(asyncio.all_tasks())
+    before_threads = set(threading.enumerate())
+    config = ControlPlaneConfig(
+        listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
+        store_url=f"sqlite://{tmp_path}/cp.db",
+        grace=0.5,
+        drain_delay=0,
+    )
+    async with ControlPlane(config) as plane, grpc.aio.insecure_channel(plane.address) as ch:
+        stub = pb_grpc.RegistryServiceStub(ch)
+        await stub.RegisterInstance(
+            pb.RegisterInstanceRequest(
+                instance=inst("a", liveness=pb.LIVENESS_EPHEMERAL), lease_ttl_seconds=30
+            )
+        )
+        calls = [watch(stub) for _ in range(20)]
+        for call in calls:
+            await Events(call).take(3)
+    leftover = [t for t in asyncio.all_tasks() - before_tasks if not t.done()]
+    leftover = [t for t in leftover if t is not asyncio.current_task()]
+    assert not leftover, f"tasks left after shutdown: {leftover}"
+    for _ in range(50):
+        # grpc's own process-wide poller thread starts with the first channel; not ours.
+        threads = [
+            t
+            for t in set(threading.enumerate()) - before_threads
+            if t.is_alive() and "_poll_wrapper" not in t.name
+        ]
+        if not threads:
+            break
+        await asyncio.sleep(0.02)
+    assert not threads, f"threads left after shutdown: {threads}"
+
+
+async def test_resume_against_another_store_gets_a_snapshot(
+    plane: ControlPlane, stub: pb_grpc.RegistryServiceStub
+) -> None:
+    seen = await put(stub, inst("a"))
+    await put(stub, inst("b"))
+    call = watch(stub, since_revision=seen, store_id="some-other-store")
+    first = await call.read()
+    assert [e.type for e in first.events] == [RESYNC, PUT, PUT, END]
+    assert first.store_id == plane.store_id != ""
+    call.cancel()
+    # With its own store id, the same request resumes.
+    call = watch(stub, since_revision=seen, store_id=plane.store_id)
+    assert [(e.type, e.instance.id) for e in (await call.read()).events] == [(PUT, "b")]
+    call.cancel()

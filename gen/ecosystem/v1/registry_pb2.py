@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x63osystem/v1/registry.proto\x12\x0c\x65\x63osystem.v1\"n\n\x0b\x43heckStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.ecosystem.v1.HealthStatus\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x15\n\rchanged_at_ms\x18\x04 \x01(\x03\"\xe0\x03\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x10\n\x08platform\x18\x05 \x01(\t\x12\x0e\n\x06region\x18\x06 \x01(\t\x12\x0c\n\x04zone\x18\x07 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\x12\x0c\n\x04port\x18\t \x01(\r\x12\x0c\n\x04tags\x18\n \x03(\t\x12\x36\n\x08metadata\x18\x0b \x03(\x0b\x32$.ecosystem.v1.Instance.MetadataEntry\x12\x0e\n\x06weight\x18\x0c \x01(\r\x12*\n\x06health\x18\r \x01(\x0e\x32\x1a.ecosystem.v1.HealthStatus\x12)\n\x06\x63hecks\x18\x0e \x03(\x0b\x32\x19.ecosystem.v1.CheckStatus\x12(\n\x08liveness\x18\x0f \x01(\x0e\x32\x16.ecosystem.v1.Liveness\x12\x10\n\x08lease_id\x18\x10 \x01(\x03\x12\x17\n\x0f\x63reate_revision\x18\x11 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x12 \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x01\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0einstance_count\x18\x03 \x01(\x05\x12\x15\n\rpassing_count\x18\x04 \x01(\x05\x12\x15\n\rwarning_count\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ritical_count\x18\x06 \x01(\x05\x12\x15\n\runknown_count\x18\x07 \x01(\x05\"\xa6\x01\n\x17RegisterInstanceRequest\x12(\n\x08instance\x18\x01 \x01(\x0b\x32\x16.ecosystem.v1.Instance\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x03 \x01(\x05\x12\x1e\n\x11\x65xpected_revision\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x14\n\x12_expected_revision\"\x83\x01\n\x18RegisterInstanceResponse\x12(\n\x08instance\x18\x01 \x01(\x0b\x32\x16.ecosystem.v1.Instance\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x04 \x01(\x05\"K\n\x19\x44\x65registerInstanceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\".\n\x1a\x44\x65registerInstanceResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"$\n\x10KeepAliveRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\":\n\x11KeepAliveResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"4\n\x11GetServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"y\n\x12GetServiceResponse\x12&\n\x07service\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Service\x12)\n\tinstances\x18\x02 \x03(\x0b\x32\x16.ecosystem.v1.Instance\x12\x10\n\x08revision\x18\x03 \x01(\x03\"(\n\x13ListServicesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"Q\n\x14ListServicesResponse\x12\'\n\x08services\x18\x01 \x03(\x0b\x32\x15.ecosystem.v1.Service\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x90\x01\n\x10InstanceSelector\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12*\n\x06health\x18\x06 \x03(\x0e\x32\x1a.ecosystem.v1.HealthStatus\"H\n\x14ListInstancesRequest\x12\x30\n\x08selector\x18\x01 \x01(\x0b\x32\x1e.ecosystem.v1.InstanceSelector\"T\n\x15ListInstancesResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.ecosystem.v1.Instance\x12\x10\n\x08revision\x18\x02 \x01(\x03\"v\n\x0cWatchRequest\x12\x30\n\x08selector\x18\x01 \x01(\x0b\x32\x1e.ecosystem.v1.InstanceSelector\x12\x16\n\x0esince_revision\x18\x02 \x01(\x03\x12\x1c\n\x14progress_interval_ms\x18\x03 \x01(\x05\"t\n\nWatchEvent\x12*\n\x04type\x18\x01 \x01(\x0e\x32\x1c.ecosystem.v1.WatchEventType\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12(\n\x08instance\x18\x03 \x01(\x0b\x32\x16.ecosystem.v1.Instance\"9\n\rWatchResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.ecosystem.v1.WatchEvent*\x9a\x01\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_PASSING\x10\x01\x12\x19\n\x15HEALTH_STATUS_WARNING\x10\x02\x12\x1a\n\x16HEALTH_STATUS_CRITICAL\x10\x03\x12\x19\n\x15HEALTH_STATUS_UNKNOWN\x10\x04*U\n\x08Liveness\x12\x18\n\x14LIVENESS_UNSPECIFIED\x10\x00\x12\x17\n\x13LIVENESS_PERSISTENT\x10\x01\x12\x16\n\x12LIVENESS_EPHEMERAL\x10\x02*\xc8\x01\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14WATCH_EVENT_TYPE_PUT\x10\x01\x12\x1b\n\x17WATCH_EVENT_TYPE_DELETE\x10\x02\x12\x1b\n\x17WATCH_EVENT_TYPE_RESYNC\x10\x03\x12!\n\x1dWATCH_EVENT_TYPE_SNAPSHOT_END\x10\x04\x12\x1d\n\x19WATCH_EVENT_TYPE_PROGRESS\x10\x05\x32\xf1\x04\n\x0fRegistryService\x12\x61\n\x10RegisterInstance\x12%.ecosystem.v1.RegisterInstanceRequest\x1a&.ecosystem.v1.RegisterInstanceResponse\x12g\n\x12\x44\x65registerInstance\x12\'.ecosystem.v1.DeregisterInstanceRequest\x1a(.ecosystem.v1.DeregisterInstanceResponse\x12L\n\tKeepAlive\x12\x1e.ecosystem.v1.KeepAliveRequest\x1a\x1f.ecosystem.v1.KeepAliveResponse\x12O\n\nGetService\x12\x1f.ecosystem.v1.GetServiceRequest\x1a .ecosystem.v1.GetServiceResponse\x12U\n\x0cListServices\x12!.ecosystem.v1.ListServicesRequest\x1a\".ecosystem.v1.ListServicesResponse\x12X\n\rListInstances\x12\".ecosystem.v1.ListInstancesRequest\x1a#.ecosystem.v1.ListInstancesResponse\x12\x42\n\x05Watch\x12\x1a.ecosystem.v1.WatchRequest\x1a\x1b.ecosystem.v1.WatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x63osystem/v1/registry.proto\x12\x0c\x65\x63osystem.v1\"n\n\x0b\x43heckStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.ecosystem.v1.HealthStatus\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x15\n\rchanged_at_ms\x18\x04 \x01(\x03\"\xe0\x03\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x10\n\x08platform\x18\x05 \x01(\t\x12\x0e\n\x06region\x18\x06 \x01(\t\x12\x0c\n\x04zone\x18\x07 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\x12\x0c\n\x04port\x18\t \x01(\r\x12\x0c\n\x04tags\x18\n \x03(\t\x12\x36\n\x08metadata\x18\x0b \x03(\x0b\x32$.ecosystem.v1.Instance.MetadataEntry\x12\x0e\n\x06weight\x18\x0c \x01(\r\x12*\n\x06health\x18\r \x01(\x0e\x32\x1a.ecosystem.v1.HealthStatus\x12)\n\x06\x63hecks\x18\x0e \x03(\x0b\x32\x19.ecosystem.v1.CheckStatus\x12(\n\x08liveness\x18\x0f \x01(\x0e\x32\x16.ecosystem.v1.Liveness\x12\x10\n\x08lease_id\x18\x10 \x01(\x03\x12\x17\n\x0f\x63reate_revision\x18\x11 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x12 \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x01\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0einstance_count\x18\x03 \x01(\x05\x12\x15\n\rpassing_count\x18\x04 \x01(\x05\x12\x15\n\rwarning_count\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ritical_count\x18\x06 \x01(\x05\x12\x15\n\runknown_count\x18\x07 \x01(\x05\"\xa6\x01\n\x17RegisterInstanceRequest\x12(\n\x08instance\x18\x01 \x01(\x0b\x32\x16.ecosystem.v1.Instance\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x03 \x01(\x05\x12\x1e\n\x11\x65xpected_revision\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x14\n\x12_expected_revision\"\x83\x01\n\x18RegisterInstanceResponse\x12(\n\x08instance\x18\x01 \x01(\x0b\x32\x16.ecosystem.v1.Instance\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x04 \x01(\x05\"K\n\x19\x44\x65registerInstanceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\".\n\x1a\x44\x65registerInstanceResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"$\n\x10KeepAliveRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\":\n\x11KeepAliveResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"&\n\x12RevokeLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\"\'\n\x13RevokeLeaseResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"4\n\x11GetServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"y\n\x12GetServiceResponse\x12&\n\x07service\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Service\x12)\n\tinstances\x18\x02 \x03(\x0b\x32\x16.ecosystem.v1.Instance\x12\x10\n\x08revision\x18\x03 \x01(\x03\"(\n\x13ListServicesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"Q\n\x14ListServicesResponse\x12\'\n\x08services\x18\x01 \x03(\x0b\x32\x15.ecosystem.v1.Service\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x90\x01\n\x10InstanceSelector\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12*\n\x06health\x18\x06 \x03(\x0e\x32\x1a.ecosystem.v1.HealthStatus\"H\n\x14ListInstancesRequest\x12\x30\n\x08selector\x18\x01 \x01(\x0b\x32\x1e.ecosystem.v1.InstanceSelector\"T\n\x15ListInstancesResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.ecosystem.v1.Instance\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x88\x01\n\x0cWatchRequest\x12\x30\n\x08selector\x18\x01 \x01(\x0b\x32\x1e.ecosystem.v1.InstanceSelector\x12\x16\n\x0esince_revision\x18\x02 \x01(\x03\x12\x1c\n\x14progress_interval_ms\x18\x03 \x01(\x05\x12\x10\n\x08store_id\x18\x04 \x01(\t\"t\n\nWatchEvent\x12*\n\x04type\x18\x01 \x01(\x0e\x32\x1c.ecosystem.v1.WatchEventType\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12(\n\x08instance\x18\x03 \x01(\x0b\x32\x16.ecosystem.v1.Instance\"K\n\rWatchResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.ecosystem.v1.WatchEvent\x12\x10\n\x08store_id\x18\x02 \x01(\t*\x9a\x01\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_PASSING\x10\x01\x12\x19\n\x15HEALTH_STATUS_WARNING\x10\x02\x12\x1a\n\x16HEALTH_STATUS_CRITICAL\x10\x03\x12\x19\n\x15HEALTH_STATUS_UNKNOWN\x10\x04*U\n\x08Liveness\x12\x18\n\x14LIVENESS_UNSPECIFIED\x10\x00\x12\x17\n\x13LIVENESS_PERSISTENT\x10\x01\x12\x16\n\x12LIVENESS_EPHEMERAL\x10\x02*\xc8\x01\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14WATCH_EVENT_TYPE_PUT\x10\x01\x12\x1b\n\x17WATCH_EVENT_TYPE_DELETE\x10\x02\x12\x1b\n\x17WATCH_EVENT_TYPE_RESYNC\x10\x03\x12!\n\x1dWATCH_EVENT_TYPE_SNAPSHOT_END\x10\x04\x12\x1d\n\x19WATCH_EVENT_TYPE_PROGRESS\x10\x05\x32\xc5\x05\n\x0fRegistryService\x12\x61\n\x10RegisterInstance\x12%.ecosystem.v1.RegisterInstanceRequest\x1a&.ecosystem.v1.RegisterInstanceResponse\x12g\n\x12\x44\x65registerInstance\x12\'.ecosystem.v1.DeregisterInstanceRequest\x1a(.ecosystem.v1.DeregisterInstanceResponse\x12L\n\tKeepAlive\x12\x1e.ecosystem.v1.KeepAliveRequest\x1a\x1f.ecosystem.v1.KeepAliveResponse\x12R\n\x0bRevokeLease\x12 .ecosystem.v1.RevokeLeaseRequest\x1a!.ecosystem.v1.RevokeLeaseResponse\x12O\n\nGetService\x12\x1f.ecosystem.v1.GetServiceRequest\x1a .ecosystem.v1.GetServiceResponse\x12U\n\x0cListServices\x12!.ecosystem.v1.ListServicesRequest\x1a\".ecosystem.v1.ListServicesResponse\x12X\n\rListInstances\x12\".ecosystem.v1.ListInstancesRequest\x1a#.ecosystem.v1.ListInstancesResponse\x12\x42\n\x05Watch\x12\x1a.ecosystem.v1.WatchRequest\x1a\x1b.ecosystem.v1.WatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INSTANCE_METADATAENTRY']._loaded_options = None
   _globals['_INSTANCE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_HEALTHSTATUS']._serialized_start=2235
-  _globals['_HEALTHSTATUS']._serialized_end=2389
-  _globals['_LIVENESS']._serialized_start=2391
-  _globals['_LIVENESS']._serialized_end=2476
-  _globals['_WATCHEVENTTYPE']._serialized_start=2479
-  _globals['_WATCHEVENTTYPE']._serialized_end=2679
+  _globals['_HEALTHSTATUS']._serialized_start=2353
+  _globals['_HEALTHSTATUS']._serialized_end=2507
+  _globals['_LIVENESS']._serialized_start=2509
+  _globals['_LIVENESS']._serialized_end=2594
+  _globals['_WATCHEVENTTYPE']._serialized_start=2597
+  _globals['_WATCHEVENTTYPE']._serialized_end=2797
   _globals['_CHECKSTATUS']._serialized_start=45
   _globals['_CHECKSTATUS']._serialized_end=155
   _globals['_INSTANCE']._serialized_start=158
@@ -59,26 +59,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEEPALIVEREQUEST']._serialized_end=1266
   _globals['_KEEPALIVERESPONSE']._serialized_start=1268
   _globals['_KEEPALIVERESPONSE']._serialized_end=1326
-  _globals['_GETSERVICEREQUEST']._serialized_start=1328
-  _globals['_GETSERVICEREQUEST']._serialized_end=1380
-  _globals['_GETSERVICERESPONSE']._serialized_start=1382
-  _globals['_GETSERVICERESPONSE']._serialized_end=1503
-  _globals['_LISTSERVICESREQUEST']._serialized_start=1505
-  _globals['_LISTSERVICESREQUEST']._serialized_end=1545
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=1547
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=1628
-  _globals['_INSTANCESELECTOR']._serialized_start=1631
-  _globals['_INSTANCESELECTOR']._serialized_end=1775
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=1777
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=1849
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1851
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1935
-  _globals['_WATCHREQUEST']._serialized_start=1937
-  _globals['_WATCHREQUEST']._serialized_end=2055
-  _globals['_WATCHEVENT']._serialized_start=2057
-  _globals['_WATCHEVENT']._serialized_end=2173
-  _globals['_WATCHRESPONSE']._serialized_start=2175
-  _globals['_WATCHRESPONSE']._serialized_end=2232
-  _globals['_REGISTRYSERVICE']._serialized_start=2682
-  _globals['_REGISTRYSERVICE']._serialized_end=3307
+  _globals['_REVOKELEASEREQUEST']._serialized_start=1328
+  _globals['_REVOKELEASEREQUEST']._serialized_end=1366
+  _globals['_REVOKELEASERESPONSE']._serialized_start=1368
+  _globals['_REVOKELEASERESPONSE']._serialized_end=1407
+  _globals['_GETSERVICEREQUEST']._serialized_start=1409
+  _globals['_GETSERVICEREQUEST']._serialized_end=1461
+  _globals['_GETSERVICERESPONSE']._serialized_start=1463
+  _globals['_GETSERVICERESPONSE']._serialized_end=1584
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1586
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1626
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1628
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1709
+  _globals['_INSTANCESELECTOR']._serialized_start=1712
+  _globals['_INSTANCESELECTOR']._serialized_end=1856
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=1858
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=1930
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1932
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=2016
+  _globals['_WATCHREQUEST']._serialized_start=2019
+  _globals['_WATCHREQUEST']._serialized_end=2155
+  _globals['_WATCHEVENT']._serialized_start=2157
+  _globals['_WATCHEVENT']._serialized_end=2273
+  _globals['_WATCHRESPONSE']._serialized_start=2275
+  _globals['_WATCHRESPONSE']._serialized_end=2350
+  _globals['_REGISTRYSERVICE']._serialized_start=2800
+  _globals['_REGISTRYSERVICE']._serialized_end=3509
 # @@protoc_insertion_point(module_scope)

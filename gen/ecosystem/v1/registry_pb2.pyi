@@ -175,6 +175,18 @@ class KeepAliveResponse(_message.Message):
     ttl_seconds: int
     def __init__(self, lease_id: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
+class RevokeLeaseRequest(_message.Message):
+    __slots__ = ("lease_id",)
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    lease_id: int
+    def __init__(self, lease_id: _Optional[int] = ...) -> None: ...
+
+class RevokeLeaseResponse(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+
 class GetServiceRequest(_message.Message):
     __slots__ = ("name", "namespace")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -238,14 +250,16 @@ class ListInstancesResponse(_message.Message):
     def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("selector", "since_revision", "progress_interval_ms")
+    __slots__ = ("selector", "since_revision", "progress_interval_ms", "store_id")
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
     SINCE_REVISION_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
     selector: InstanceSelector
     since_revision: int
     progress_interval_ms: int
-    def __init__(self, selector: _Optional[_Union[InstanceSelector, _Mapping]] = ..., since_revision: _Optional[int] = ..., progress_interval_ms: _Optional[int] = ...) -> None: ...
+    store_id: str
+    def __init__(self, selector: _Optional[_Union[InstanceSelector, _Mapping]] = ..., since_revision: _Optional[int] = ..., progress_interval_ms: _Optional[int] = ..., store_id: _Optional[str] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
     __slots__ = ("type", "revision", "instance")
@@ -258,7 +272,9 @@ class WatchEvent(_message.Message):
     def __init__(self, type: _Optional[_Union[WatchEventType, str]] = ..., revision: _Optional[int] = ..., instance: _Optional[_Union[Instance, _Mapping]] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "store_id")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[WatchEvent]
-    def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ...) -> None: ...
+    store_id: str
+    def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ..., store_id: _Optional[str] = ...) -> None: ...

@@ -57,6 +57,11 @@ class RegistryServiceStub:
                 request_serializer=ecosystem_dot_v1_dot_registry__pb2.KeepAliveRequest.SerializeToString,
                 response_deserializer=ecosystem_dot_v1_dot_registry__pb2.KeepAliveResponse.FromString,
                 _registered_method=True)
+        self.RevokeLease = channel.unary_unary(
+                '/ecosystem.v1.RegistryService/RevokeLease',
+                request_serializer=ecosystem_dot_v1_dot_registry__pb2.RevokeLeaseRequest.SerializeToString,
+                response_deserializer=ecosystem_dot_v1_dot_registry__pb2.RevokeLeaseResponse.FromString,
+                _registered_method=True)
         self.GetService = channel.unary_unary(
                 '/ecosystem.v1.RegistryService/GetService',
                 request_serializer=ecosystem_dot_v1_dot_registry__pb2.GetServiceRequest.SerializeToString,
@@ -111,6 +116,13 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeLease(self, request, context):
+        """Ends a lease now: every instance bound to it is removed at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetService(self, request, context):
         """One service with all its instances.
         """
@@ -158,6 +170,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.KeepAlive,
                     request_deserializer=ecosystem_dot_v1_dot_registry__pb2.KeepAliveRequest.FromString,
                     response_serializer=ecosystem_dot_v1_dot_registry__pb2.KeepAliveResponse.SerializeToString,
+            ),
+            'RevokeLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeLease,
+                    request_deserializer=ecosystem_dot_v1_dot_registry__pb2.RevokeLeaseRequest.FromString,
+                    response_serializer=ecosystem_dot_v1_dot_registry__pb2.RevokeLeaseResponse.SerializeToString,
             ),
             'GetService': grpc.unary_unary_rpc_method_handler(
                     servicer.GetService,
@@ -269,6 +286,33 @@ class RegistryService:
             '/ecosystem.v1.RegistryService/KeepAlive',
             ecosystem_dot_v1_dot_registry__pb2.KeepAliveRequest.SerializeToString,
             ecosystem_dot_v1_dot_registry__pb2.KeepAliveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecosystem.v1.RegistryService/RevokeLease',
+            ecosystem_dot_v1_dot_registry__pb2.RevokeLeaseRequest.SerializeToString,
+            ecosystem_dot_v1_dot_registry__pb2.RevokeLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

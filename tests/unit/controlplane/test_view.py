@@ -41,8 +41,8 @@ async def register(registry: Registry, id: str, service: str = "web") -> int:
     return reg.revision
 
 
-async def next_response(stream: AsyncIterator[pb.WatchResponse]) -> pb.WatchResponse:
-    return await asyncio.wait_for(stream.__anext__(), 2)
+async def next_response(stream: AsyncIterator[bytes]) -> pb.WatchResponse:
+    return pb.WatchResponse.FromString(await asyncio.wait_for(stream.__anext__(), 2))
 
 
 async def test_changes_arriving_together_are_one_message(store: MemoryStore) -> None:

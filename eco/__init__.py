@@ -1,0 +1,1 @@
+"""The ``eco`` command line; the entry point is :func:`eco.cli.main`."""

@@ -1,0 +1,198 @@
+"""``eco controlplane`` and ``eco dev``: run the control plane in this process.
+
+The control plane is imported inside the commands, so that the registry
+commands (``eco service …``) start fast and need nothing but the SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from eco._settings import Settings, configure_logging, pass_settings
+
+if TYPE_CHECKING:
+    from controlplane import ControlPlaneConfig
+
+__all__ = ["DEFAULT_STORE", "controlplane_command", "dev_command"]
+
+DEFAULT_LISTEN = "127.0.0.1:7400"
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:7401"
+DEFAULT_STORE = "sqlite://.eco/controlplane.db"
+
+_OPTION_OF_FIELD = {
+    "listen": "--listen",
+    "admin_listen": "--admin-listen",
+    "store_url": "--store",
+    "grace": "--grace",
+}
+
+
+def _config(**fields: Any) -> ControlPlaneConfig:
+    """The validated config, or a usage error naming the offending option."""
+    import pydantic
+
+    from controlplane import ControlPlaneConfig
+
+    if str(fields.get("admin_listen", "")).lower() in ("", "off", "none"):
+        fields["admin_listen"] = None
+    try:
+        return ControlPlaneConfig(**fields)
+    except pydantic.ValidationError as err:
+        problems = []
+        for error in err.errors():
+            loc = error.get("loc") or ("config",)
+            option = _OPTION_OF_FIELD.get(str(loc[0]), str(loc[0]))
+            problems.append(f"{option}: {error.get('msg', 'invalid')}")
+        raise click.UsageError("; ".join(problems)) from None
+
+
+def _listen_options(f: Any) -> Any:
+    f = click.option(
+        "--admin-listen",
+        default=DEFAULT_ADMIN_LISTEN,
+        show_default=True,
+        metavar="HOST:PORT",
+        help="Admin HTTP address serving /healthz and /metrics ('off' to disable).",
+    )(f)
+    return click.option(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        show_default=True,
+        metavar="HOST:PORT",
+        help="gRPC address to serve the API on (port 0: any free port).",
+    )(f)
+
+
+@click.command("controlplane")
+@_listen_options
+@click.option(
+    "--store",
+    "store_url",
+    default=DEFAULT_STORE,
+    show_default=True,
+    metavar="URL",
+    help="Where state lives: sqlite://PATH (durable) or memory:// (lost on exit).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0, 300),
+    default=5.0,
+    show_default=True,
+    help="Seconds in-flight calls get to finish on shutdown.",
+)
+@pass_settings
+@click.pass_context
+def controlplane_command(
+    ctx: click.Context,
+    settings: Settings,
+    listen: str,
+    admin_listen: str,
+    store_url: str,
+    grace: float,
+) -> None:
+    """Run the control plane until SIGTERM or Ctrl-C (twice: at once).
+
+    It serves the registry API over gRPC on --listen, with the standard gRPC
+    health service and server reflection, and /healthz and /metrics over
+    HTTP on --admin-listen. On shutdown it drains for up to --grace seconds.
+
+    \b
+    Examples:
+      eco controlplane
+      eco controlplane --listen 0.0.0.0:7400 --store sqlite:///var/lib/eco/cp.db
+      eco controlplane --store memory:// --admin-listen off
+    """
+    config = _config(listen=listen, admin_listen=admin_listen, store_url=store_url, grace=grace)
+    configure_logging(settings.verbose, base=logging.INFO)
+    from controlplane import run
+
+    ctx.exit(run(config))
+
+
+@click.command("dev")
+@_listen_options
+@click.option(
+    "--store",
+    "store_url",
+    default=DEFAULT_STORE,
+    show_default=True,
+    metavar="URL",
+    help="sqlite://PATH to keep state between runs, memory:// for a throwaway.",
+)
+@pass_settings
+@click.pass_context
+def dev_command(
+    ctx: click.Context, settings: Settings, listen: str, admin_listen: str, store_url: str
+) -> None:
+    """Run a local development stack and show what to try next.
+
+    Starts a control plane on 127.0.0.1:7400 with its state in
+    .eco/controlplane.db (use --store memory:// to forget it on exit).
+    Stop it with Ctrl-C.
+
+    \b
+    Example:
+      eco dev --store memory://
+    """
+    config = _config(listen=listen, admin_listen=admin_listen, store_url=store_url, grace=2.0)
+    configure_logging(settings.verbose, base=logging.INFO)
+    ctx.exit(asyncio.run(_run_dev(config)))
+
+
+async def _run_dev(config: ControlPlaneConfig) -> int:
+    from controlplane import ControlPlane, StartupError
+    from controlplane.app import tune_gc
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)  # the second signal: leave at once
+        stop.set()
+
+    try:
+        async with ControlPlane(config) as plane:
+            # Hook for the rest of the dev stack: once the sidecar exists, start
+            # a local one here (inside this block, so it stops before the
+            # control plane) and add its ports to the tips.
+            click.echo(next_steps(plane.address, plane.admin_address, config.store_url))
+            tune_gc()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, on_signal, signum)
+            await stop.wait()
+            click.echo("stopping (Ctrl-C again to exit at once)…", err=True)
+    except StartupError as err:
+        click.echo(f"eco: {err}", err=True)
+        return 1
+    finally:
+        # Installed until the drain above is over, so a second signal cuts it short.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+def next_steps(address: str, admin_address: str, store_url: str) -> str:
+    """The short tour printed by ``eco dev`` once everything is up."""
+    server = "" if address == DEFAULT_LISTEN else f" --server {address}"
+    admin = f"metrics on http://{admin_address}/metrics" if admin_address else "admin HTTP off"
+    return "\n".join(
+        [
+            f"Control plane ready on {address} (store {store_url}; {admin}).",
+            "",
+            "Try, in another terminal:",
+            f"  eco{server} service register web --address 127.0.0.1 --port 8080 --tag v1",
+            f"  eco{server} service list",
+            f"  eco{server} service get web",
+            f"  eco{server} service watch web        # one JSON event per line; Ctrl-C to stop",
+            f"  eco{server} service deregister web --id <id printed by register>",
+            "",
+            "Stop with Ctrl-C.",
+        ]
+    )

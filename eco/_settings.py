@@ -1,0 +1,96 @@
+"""The options every data command shares, and where commands find them."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+import sdk
+from eco._output import OutputFormat
+
+__all__ = [
+    "OUTPUT_CHOICE",
+    "Settings",
+    "check_server",
+    "configure_logging",
+    "data_options",
+    "pass_settings",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Settings:
+    """What the global options say; commands read it from the click context."""
+
+    server: str = sdk.DEFAULT_SERVER
+    output: OutputFormat = OutputFormat.TABLE
+    timeout: float = 5.0
+    verbose: int = 0
+
+    def client(self) -> sdk.Client:
+        return sdk.Client(self.server, timeout=self.timeout)
+
+
+#: Hands a command the shared :class:`Settings`.
+pass_settings = click.make_pass_decorator(Settings, ensure=True)
+
+OUTPUT_CHOICE = click.Choice([f.value for f in OutputFormat], case_sensitive=False)
+
+
+def check_server(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: ``value`` must be HOST:PORT[,HOST:PORT…]."""
+    if value is None:
+        return None
+    try:
+        sdk.resolve_servers(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+    return value
+
+
+def _set_server(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    value = check_server(ctx, param, value)
+    if value is not None:
+        ctx.ensure_object(Settings).server = value
+
+
+def _set_output(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Settings).output = OutputFormat(value.lower())
+
+
+def data_options(f: F) -> F:
+    """``--server`` and ``-o`` on a subcommand too, overriding the global ones."""
+    f = click.option(
+        "-o",
+        "--output",
+        type=OUTPUT_CHOICE,
+        callback=_set_output,
+        expose_value=False,
+        help="Output format: table, json or yaml (as the global option).",
+    )(f)
+    return click.option(
+        "--server",
+        metavar="HOST:PORT[,…]",
+        callback=_set_server,
+        expose_value=False,
+        help="Control plane(s) to talk to (as the global option).",
+    )(f)
+
+
+def configure_logging(verbose: int, *, base: int = logging.WARNING) -> None:
+    """Logs to stderr; each -v lowers the threshold one step below ``base``."""
+    level = max(logging.DEBUG, base - 10 * verbose)
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )

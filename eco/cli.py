@@ -1,0 +1,136 @@
+"""The ``eco`` command: one entry point for the control plane and the registry.
+
+Exit codes: 0 success; 1 the control plane failed or could not be reached;
+2 bad usage or input (including a request the control plane rejected as
+INVALID_ARGUMENT); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+import sdk
+from eco._controlplane import controlplane_command, dev_command
+from eco._output import OutputFormat
+from eco._service import service
+from eco._settings import OUTPUT_CHOICE, Settings, check_server, configure_logging
+
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "cli", "describe_error", "main"]
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _EcoGroup(click.Group):
+    """Turns SDK errors from any subcommand into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except sdk.EcoError as err:
+            settings = ctx.find_object(Settings) or Settings()
+            for line in describe_error(err, settings.server):
+                click.echo(f"eco: {line}", err=True)
+            ctx.exit(EXIT_USAGE if isinstance(err, sdk.InvalidArgumentError) else EXIT_FAILURE)
+
+
+def describe_error(err: sdk.EcoError, server: str) -> list[str]:
+    """Lines naming what went wrong; the first says it all."""
+    servers = ", ".join(sdk.resolve_servers(server))
+    if isinstance(err, sdk.InvalidArgumentError):
+        if not err.field_violations:
+            return [f"invalid request: {err.message or 'rejected by the control plane'}"]
+        count = len(err.field_violations)
+        lines = [f"invalid request: {count} field(s) rejected by the control plane"]
+        return lines + [f"  {v.field}: {v.description}" for v in err.field_violations]
+    if isinstance(err, sdk.UnavailableError):
+        return [f"cannot reach control plane at {servers}: {err.message or 'unavailable'}"]
+    if isinstance(err, sdk.DeadlineExceededError):
+        return [f"control plane at {servers} did not answer in time: {err.message}"]
+    if isinstance(err, sdk.NotFoundError):
+        return [f"not found: {err.message}"]
+    if isinstance(err, sdk.ConflictError):
+        return [f"conflict: {err.message}"]
+    return [f"{err.code.lower().replace('_', ' ')}: {err.message}"]
+
+
+@click.group(
+    cls=_EcoGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--server",
+    metavar="HOST:PORT[,HOST:PORT…]",
+    envvar=sdk.SERVER_ENV,
+    default=sdk.DEFAULT_SERVER,
+    show_default=True,
+    show_envvar=True,
+    callback=check_server,
+    help="Control plane(s) to talk to; several fail over in order.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=OUTPUT_CHOICE,
+    default=OutputFormat.TABLE.value,
+    show_default=True,
+    help="How to print data: a table for people, json or yaml for scripts.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds each request may take, retries included.",
+)
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
+@click.version_option(package_name="ecosystem", prog_name="eco")
+@click.pass_context
+def cli(ctx: click.Context, server: str, output: str, timeout: float, verbose: int) -> None:
+    """Ecosystem: a service registry and control plane, and the tools around it.
+
+    \b
+    Try it locally:
+      eco dev                                   # a control plane on 127.0.0.1:7400
+      eco service register web --address 127.0.0.1 --port 8080
+      eco service list
+      eco service get web
+      eco service watch web                     # one JSON event per line
+    \b
+    Point at other control planes with --server or ECO_SERVER, e.g.
+      ECO_SERVER=10.0.0.5:7400,10.0.0.6:7400 eco service list -o json
+    """
+    settings = ctx.ensure_object(Settings)
+    settings.server = server
+    settings.output = OutputFormat(output.lower())
+    settings.timeout = timeout
+    settings.verbose = verbose
+    configure_logging(verbose)
+
+
+cli.add_command(controlplane_command)
+cli.add_command(dev_command)
+cli.add_command(service)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs ``eco`` and exits with its status."""
+    try:
+        status = cli.main(args=argv, prog_name="eco", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as err:
+        err.show()
+        status = 0
+    except click.UsageError as err:
+        hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+        click.echo(f"eco: {err.format_message()}{hint}", err=True)
+        status = EXIT_USAGE
+    except click.ClickException as err:
+        click.echo(f"eco: {err.format_message()}", err=True)
+        status = err.exit_code
+    except click.Abort:
+        status = EXIT_INTERRUPTED
+    sys.exit(status if isinstance(status, int) else 0)

@@ -1,0 +1,88 @@
+"""The Ecosystem SDK: typed clients for the control plane's service registry.
+
+Start with :class:`AsyncClient` (asyncio) or :class:`Client` (blocking)::
+
+    import sdk
+
+    async with sdk.AsyncClient() as client:
+        await client.register("web", "10.0.0.9", 8080, ephemeral=True)
+        async for event in client.watch("web"):
+            print(event.type, event.revision, event.instance)
+
+Errors are the :class:`EcoError` tree (see ``sdk._errors``). For your own
+tests, :mod:`sdk.testing` starts an in-process control plane.
+"""
+
+from sdk._client import AsyncClient
+from sdk._errors import (
+    AlreadyExistsError,
+    ClientClosedError,
+    ConflictError,
+    DeadlineExceededError,
+    EcoError,
+    FailedPreconditionError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    RequestCancelledError,
+    ResourceExhaustedError,
+    RevisionMismatchError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+)
+from sdk._retry import RetryPolicy
+from sdk._sync import Client, WatchIterator
+from sdk._transport import DEFAULT_SERVER, SERVER_ENV, ChannelFactory, resolve_servers
+from sdk._types import (
+    CheckStatus,
+    HealthStatus,
+    Instance,
+    InstanceList,
+    Liveness,
+    Service,
+    ServiceDetail,
+    ServiceList,
+    WatchEvent,
+    WatchEventType,
+)
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "SERVER_ENV",
+    "AlreadyExistsError",
+    "AsyncClient",
+    "ChannelFactory",
+    "CheckStatus",
+    "Client",
+    "ClientClosedError",
+    "ConflictError",
+    "DeadlineExceededError",
+    "EcoError",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "HealthStatus",
+    "Instance",
+    "InstanceList",
+    "InternalError",
+    "InvalidArgumentError",
+    "Liveness",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RequestCancelledError",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "RevisionMismatchError",
+    "Service",
+    "ServiceDetail",
+    "ServiceList",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "WatchEvent",
+    "WatchEventType",
+    "WatchIterator",
+    "resolve_servers",
+]

@@ -1,0 +1,298 @@
+"""The asyncio client of the control plane's registry."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Self
+
+from ecosystem.v1 import registry_pb2
+
+from sdk._errors import ClientClosedError
+from sdk._lease import LeaseKeeper, instance_key
+from sdk._retry import RetryPolicy
+from sdk._transport import ChannelFactory, Transport, resolve_servers
+from sdk._types import (
+    HealthStatus,
+    Instance,
+    InstanceList,
+    Liveness,
+    Service,
+    ServiceDetail,
+    ServiceList,
+    WatchEvent,
+    health_filter,
+)
+from sdk._watch import watch_events
+
+__all__ = ["AsyncClient"]
+
+logger = logging.getLogger(__name__)
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class AsyncClient:
+    """Talks to the control plane's registry over gRPC (asyncio).
+
+    ``servers`` is one ``"host:port"``, a comma-separated list of them, or a
+    sequence; when None, ``ECO_SERVER`` is read, else ``127.0.0.1:7400``.
+    Every call has a deadline (``timeout`` seconds, retries included). Calls
+    that are safe to repeat are retried on UNAVAILABLE with jittered backoff
+    (tuned by ``retry``), failing over between the addresses.
+    ``channel_factory`` builds the channel to one address, e.g. for TLS.
+    Nothing connects until the first call.
+
+    Use it as an async context manager, or call :meth:`close`; a closed
+    client cannot be reopened::
+
+        async with AsyncClient("10.0.0.5:7400,10.0.0.6:7400") as client:
+            await client.register("web", "10.0.0.9", 8080, ephemeral=True)
+            async for event in client.watch("web"):
+                ...
+    """
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] | None = None,
+        *,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        channel_factory: ChannelFactory | None = None,
+    ) -> None:
+        self._transport = Transport(
+            resolve_servers(servers),
+            timeout=timeout,
+            policy=retry,
+            channel_factory=channel_factory,
+        )
+        self._lease = LeaseKeeper(self._transport)
+        self._state = _State.OPEN
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """The control-plane addresses, in order of preference."""
+        return self._transport.addresses
+
+    @property
+    def closed(self) -> bool:
+        return self._state is _State.CLOSED
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stops the lease keepalive and closes the channels. Idempotent.
+
+        The client's lease is revoked, so its ephemeral instances disappear
+        at once (or, if the control plane cannot be reached, when the lease
+        expires, at most ``lease_ttl`` seconds later). Watches iterating this
+        client end.
+        """
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        try:
+            await self._lease.close()
+        finally:
+            await self._transport.close()
+
+    async def register(
+        self,
+        service: str,
+        address: str,
+        port: int,
+        *,
+        id: str | None = None,
+        namespace: str = "",
+        node: str = "",
+        platform: str = "",
+        region: str = "",
+        zone: str = "",
+        tags: Iterable[str] = (),
+        metadata: Mapping[str, str] | None = None,
+        weight: int = 0,
+        ephemeral: bool = False,
+        lease_ttl: int = 10,
+        expected_revision: int | None = None,
+    ) -> Instance:
+        """Registers (or replaces) one instance and returns it as stored.
+
+        Without ``id`` a unique one is made (``"<service>-<12 hex digits>"``).
+        A persistent instance stays until deregistered. An ``ephemeral`` one
+        joins this client's lease, which the client keeps alive in the
+        background and re-creates if the control plane loses it; it goes
+        away ``lease_ttl`` seconds after the client closes or stops
+        refreshing. ``expected_revision`` makes the write conditional: 0 for
+        "must not exist yet" (AlreadyExistsError), N for "still at mod
+        revision N" (RevisionMismatchError); such writes are not retried.
+        """
+        self._check_open()
+        if id is None:
+            id = f"{service}-{uuid.uuid4().hex[:12]}"
+        # Only what the wire cannot carry is refused here; the control plane
+        # validates the rest and names each bad field (InvalidArgumentError).
+        if port < 0 or weight < 0:
+            raise ValueError("port and weight must not be negative")
+        instance = registry_pb2.Instance(
+            id=id,
+            service=service,
+            namespace=namespace,
+            node=node,
+            platform=platform,
+            region=region,
+            zone=zone,
+            address=address,
+            port=port,
+            tags=list(tags),
+            metadata=dict(metadata or {}),
+            weight=weight,
+            liveness=(Liveness.EPHEMERAL if ephemeral else Liveness.PERSISTENT).to_proto(),
+        )
+        if ephemeral:
+            return await self._lease.register(
+                instance, ttl=lease_ttl, expected_revision=expected_revision
+            )
+        request = registry_pb2.RegisterInstanceRequest(instance=instance)
+        if expected_revision is not None:
+            request.expected_revision = expected_revision
+        response = await self._transport.unary(
+            "RegisterInstance", request, idempotent=expected_revision is None
+        )
+        # Registered as persistent now: no longer ours to keep alive.
+        await self._lease.release(instance_key(namespace, service, id))
+        return Instance.from_proto(response.instance)
+
+    async def deregister(self, service: str, id: str, *, namespace: str = "") -> int:
+        """Removes one instance; returns the store revision of the removal.
+
+        Raises NotFoundError when no such instance is registered.
+        """
+        self._check_open()
+        request = registry_pb2.DeregisterInstanceRequest(
+            service=service, namespace=namespace, id=id
+        )
+        try:
+            response = await self._transport.unary("DeregisterInstance", request, idempotent=True)
+        finally:
+            await self._lease.release(instance_key(namespace, service, id))
+        return int(response.revision)
+
+    async def get_service(self, name: str, *, namespace: str = "") -> ServiceDetail:
+        """One service: its health summary, every instance, and the revision read at."""
+        self._check_open()
+        request = registry_pb2.GetServiceRequest(name=name, namespace=namespace)
+        response = await self._transport.unary("GetService", request, idempotent=True)
+        return ServiceDetail(
+            service=Service.from_proto(response.service),
+            instances=tuple(Instance.from_proto(i) for i in response.instances),
+            revision=int(response.revision),
+        )
+
+    async def list_services(self, *, namespace: str = "") -> ServiceList:
+        """Every service (in ``namespace``, or all when empty) with counts by health."""
+        self._check_open()
+        request = registry_pb2.ListServicesRequest(namespace=namespace)
+        response = await self._transport.unary("ListServices", request, idempotent=True)
+        return ServiceList(
+            services=tuple(Service.from_proto(s) for s in response.services),
+            revision=int(response.revision),
+        )
+
+    async def list_instances(
+        self,
+        *,
+        service: str = "",
+        namespace: str = "",
+        platform: str = "",
+        zone: str = "",
+        tags: Iterable[str] = (),
+        health: Iterable[HealthStatus | str] = (),
+    ) -> InstanceList:
+        """Instances matching every given filter; empty filters match all.
+
+        ``tags`` must all be present on an instance; ``health`` keeps
+        instances in any of the listed states.
+        """
+        self._check_open()
+        selector = _selector(service, namespace, platform, zone, tags, health)
+        request = registry_pb2.ListInstancesRequest(selector=selector)
+        response = await self._transport.unary("ListInstances", request, idempotent=True)
+        return InstanceList(
+            instances=tuple(Instance.from_proto(i) for i in response.instances),
+            revision=int(response.revision),
+        )
+
+    def watch(
+        self,
+        service: str = "",
+        *,
+        namespace: str = "",
+        platform: str = "",
+        zone: str = "",
+        tags: Iterable[str] = (),
+        since_revision: int = 0,
+        progress_interval: float = 5.0,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Streams changes to matching instances, for as long as it is iterated.
+
+        From ``since_revision`` 0 (or one the server no longer retains) it
+        starts with RESYNC, the current instances as PUTs, and SNAPSHOT_END;
+        from a retained revision, every event after it. Then live PUT and
+        DELETE events, and PROGRESS every ``progress_interval`` seconds while
+        idle. After a disconnect or a control-plane restart it reconnects
+        with jittered backoff and resumes after the last event it delivered;
+        if the server cannot resume, it sends RESYNC again and the caller
+        must drop what it holds. Close it with ``aclose()`` or by leaving the
+        ``async for``; it also ends when the client closes.
+        """
+        self._check_open()
+        if not 0.1 <= progress_interval <= 60.0:
+            raise ValueError("progress_interval must be between 0.1 and 60 seconds")
+        if since_revision < 0:
+            raise ValueError("since_revision must not be negative")
+        selector = _selector(service, namespace, platform, zone, tags, ())
+        return watch_events(
+            self._transport,
+            selector,
+            since_revision=since_revision,
+            progress_interval=progress_interval,
+            backoff=self._transport.policy.backoff(),
+        )
+
+    def _check_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise ClientClosedError()
+
+
+def _selector(
+    service: str,
+    namespace: str,
+    platform: str,
+    zone: str,
+    tags: Iterable[str],
+    health: Iterable[HealthStatus | str],
+) -> registry_pb2.InstanceSelector:
+    return registry_pb2.InstanceSelector(
+        service=service,
+        namespace=namespace,
+        platform=platform,
+        zone=zone,
+        tags=list(tags),
+        health=health_filter(health),
+    )

@@ -1,0 +1,243 @@
+"""Channels to the control plane, failover between them, and the one call helper.
+
+Every RPC the SDK makes goes through :meth:`Transport.unary` or
+:meth:`Transport.stream`, and every gRPC error is translated to the SDK's
+own in :meth:`Transport._translated` — the only place that happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+import tenacity
+from ecosystem.v1 import registry_pb2_grpc
+
+from sdk._errors import ClientClosedError, DeadlineExceededError, UnavailableError, from_rpc_error
+from sdk._retry import RetryPolicy
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "SERVER_ENV",
+    "ChannelFactory",
+    "Transport",
+    "resolve_servers",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Where the control plane listens unless told otherwise.
+DEFAULT_SERVER = "127.0.0.1:7400"
+#: The environment variable naming the control plane(s), comma-separated.
+SERVER_ENV = "ECO_SERVER"
+
+#: Builds the channel to one "host:port"; pass your own for TLS or extra options.
+ChannelFactory = Callable[[str], grpc.aio.Channel]
+
+# Our own retries decide what is safe to repeat, so gRPC's are off. Reconnect
+# quickly after a control-plane restart instead of backing off for minutes.
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def resolve_servers(servers: str | Sequence[str] | None = None) -> tuple[str, ...]:
+    """The control-plane addresses to use, in order of preference.
+
+    Taken from ``servers`` (a sequence, or one comma-separated string), else
+    from the ``ECO_SERVER`` environment variable, else ``127.0.0.1:7400``.
+    Raises ValueError for an entry that is not ``host:port``.
+    """
+    if servers is None:
+        servers = os.environ.get(SERVER_ENV, "").strip() or DEFAULT_SERVER
+    parts = servers.split(",") if isinstance(servers, str) else list(servers)
+    addresses = tuple(p.strip() for p in parts if p.strip())
+    if not addresses:
+        raise ValueError("no control-plane address given")
+    for address in addresses:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"control-plane address {address!r} is not HOST:PORT")
+    return addresses
+
+
+def default_channel(address: str) -> grpc.aio.Channel:
+    """A plaintext channel to ``address`` with the SDK's reconnect settings."""
+    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+
+
+class Transport:
+    """The channels to one or more control planes, and how calls use them.
+
+    Calls go to the current address. UNAVAILABLE from it moves the current
+    address to the next one, so the following attempt (and every later call)
+    fails over. Safe calls are retried with jittered backoff within their
+    deadline; the others are attempted once. Channels are opened lazily.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        timeout: float,
+        policy: RetryPolicy | None = None,
+        channel_factory: ChannelFactory | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if not addresses:
+            raise ValueError("no control-plane address given")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._addresses = tuple(addresses)
+        self._timeout = timeout
+        self._policy = policy or RetryPolicy()
+        self._factory = channel_factory or default_channel
+        self._sleep = sleep
+        self._channels: dict[int, grpc.aio.Channel] = {}
+        self._stubs: dict[int, Any] = {}
+        self._current = 0
+        self._closed = False
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self._addresses
+
+    @property
+    def current_address(self) -> str:
+        """The address the next call goes to."""
+        return self._addresses[self._current]
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._policy
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def unary(
+        self, method: str, request: Any, *, idempotent: bool, time_limit: float | None = None
+    ) -> Any:
+        """Calls the unary RPC ``method`` and returns its response message.
+
+        The call as a whole has ``time_limit`` seconds (the transport's
+        default timeout when None), sent to the server as the gRPC deadline.
+        An ``idempotent`` call is retried on UNAVAILABLE — on the next
+        address, then with jittered backoff — until it succeeds, the
+        attempts run out or the deadline passes.
+        """
+        budget = self._timeout if time_limit is None else time_limit
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        if not idempotent:
+            return await self._attempt(method, request, budget)
+        retrying = tenacity.AsyncRetrying(
+            stop=(
+                tenacity.stop_after_attempt(self._policy.max_attempts)
+                | tenacity.stop_before_delay(budget)
+            ),
+            wait=self._policy.wait(len(self._addresses)),
+            retry=tenacity.retry_if_exception_type(UnavailableError),
+            sleep=self._sleep,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise DeadlineExceededError(
+                        f"{method}: no attempt succeeded within {budget:g}s",
+                        code="DEADLINE_EXCEEDED",
+                        address=self.current_address,
+                    )
+                return await self._attempt(method, request, remaining)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def stream(self, method: str, request: Any) -> AsyncGenerator[Any, None]:
+        """Yields the responses of the server-streaming RPC ``method``: one attempt.
+
+        No deadline and no retry here; the watch loop owns reconnection.
+        Closing the generator cancels the call.
+        """
+        index, stub = self._stub()
+        call = getattr(stub, method)(request)
+        try:
+            with self._translated(index):
+                async for response in call:
+                    yield response
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        """Closes every channel, cancelling calls still in flight. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        channels = list(self._channels.values())
+        self._channels.clear()
+        self._stubs.clear()
+        for channel in channels:
+            await channel.close(grace=None)
+
+    async def _attempt(self, method: str, request: Any, time_limit: float) -> Any:
+        index, stub = self._stub()
+        with self._translated(index):
+            return await getattr(stub, method)(request, timeout=time_limit)
+
+    def _stub(self) -> tuple[int, Any]:
+        if self._closed:
+            raise ClientClosedError()
+        index = self._current
+        stub = self._stubs.get(index)
+        if stub is None:
+            channel = self._factory(self._addresses[index])
+            self._channels[index] = channel
+            stub = registry_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+            self._stubs[index] = stub
+        return index, stub
+
+    @contextlib.contextmanager
+    def _translated(self, index: int) -> Iterator[None]:
+        """The one point where gRPC errors become SDK errors."""
+        address = self._addresses[index]
+        try:
+            yield
+        except grpc.RpcError as err:
+            error = from_rpc_error(err, address=address)
+            if isinstance(error, UnavailableError):
+                self._fail_over(index)
+            raise error from err
+
+    def _fail_over(self, index: int) -> None:
+        # Only the first failure of an address moves on; concurrent calls that
+        # failed on the same address must not skip the next one too.
+        if len(self._addresses) > 1 and self._current == index:
+            self._current = (index + 1) % len(self._addresses)
+            logger.info(
+                "control plane %s unavailable; failing over to %s",
+                self._addresses[index],
+                self._addresses[self._current],
+            )
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    outcome = state.outcome
+    error = outcome.exception() if outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    logger.debug("attempt %d failed (%s); retrying in %.3fs", state.attempt_number, error, delay)

@@ -1,0 +1,92 @@
+"""Helpers for testing applications against a real, in-process control plane.
+
+::
+
+    import sdk.testing
+
+    async def test_my_service() -> None:
+        async with sdk.testing.control_plane() as cp:
+            async with cp.client() as client:
+                await client.register("web", "127.0.0.1", 8080)
+                ...
+
+This module is the one deliberate exception to "the SDK never imports the
+control plane": :func:`control_plane` imports it lazily, inside the call, so
+that importing ``sdk`` (or even ``sdk.testing``) never pulls it in, and
+applications that do not use this helper do not need it installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdk._client import AsyncClient
+from sdk._retry import RetryPolicy
+
+__all__ = ["TestControlPlane", "control_plane"]
+
+
+@dataclass(eq=False)
+class TestControlPlane:
+    """A running in-process control plane: where it listens, and clients for it.
+
+    Clients made by :meth:`client` are closed when the control plane stops.
+    """
+
+    __test__ = False  # not a test class, whatever the test collector thinks
+
+    address: str
+    admin_address: str
+    _clients: list[AsyncClient] = field(default_factory=list, repr=False)
+
+    def client(
+        self,
+        *,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        extra_servers: Sequence[str] = (),
+    ) -> AsyncClient:
+        """A new :class:`AsyncClient` for this control plane (plus ``extra_servers``)."""
+        client = AsyncClient([self.address, *extra_servers], timeout=timeout, retry=retry)
+        self._clients.append(client)
+        return client
+
+    async def aclose_clients(self) -> None:
+        clients, self._clients = self._clients, []
+        for client in clients:
+            await client.close()
+
+
+@contextlib.asynccontextmanager
+async def control_plane(
+    store_url: str = "memory://",
+    *,
+    listen: str = "127.0.0.1:0",
+    admin_listen: str = "127.0.0.1:0",
+    grace: float = 1.0,
+    **config: Any,
+) -> AsyncIterator[TestControlPlane]:
+    """Runs a control plane in this event loop for the duration of the block.
+
+    It listens on ``listen`` (a free port on 127.0.0.1 by default) with the
+    given store (``memory://`` by default; ``sqlite://PATH`` to test
+    restarts). Extra keyword arguments go to ``ControlPlaneConfig``. To
+    test a restart, start it again with ``listen=cp.address``.
+    """
+    # Deliberately lazy: see the module docstring.
+    from controlplane import ControlPlane, ControlPlaneConfig
+
+    # Tests want a fast shutdown: no pause for balancers to notice the drain.
+    config.setdefault("drain_delay", 0.0)
+    settings = ControlPlaneConfig(
+        listen=listen, admin_listen=admin_listen, store_url=store_url, grace=grace, **config
+    )
+    async with ControlPlane(settings) as cp:
+        handle = TestControlPlane(address=str(cp.address), admin_address=str(cp.admin_address))
+        try:
+            yield handle
+        finally:
+            await handle.aclose_clients()
