@@ -14,16 +14,19 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from enum import Enum
 from types import TracebackType
 
 import grpc
 from aiohttp import web
+from ecosystem.v1 import agent_pb2, agent_pb2_grpc
 from ecosystem.v1 import registry_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.agent import AgentServicer, AgentSettings, Reaper
 from controlplane.config import ControlPlaneConfig, parse_hostport
 from controlplane.metrics import Metrics
 from controlplane.registry import Registry, ensure_store_id
@@ -36,6 +39,7 @@ __all__ = ["ControlPlane", "StartupError", "run", "tune_gc"]
 log = logging.getLogger(__name__)
 
 REGISTRY_SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 _SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
@@ -67,6 +71,8 @@ class ControlPlane:
         self._view: InstanceView | None = None
         self._server: grpc.aio.Server | None = None
         self._servicer: RegistryServicer | None = None
+        self.agent: AgentServicer | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._admin: web.AppRunner | None = None
         self.metrics = Metrics()
@@ -140,9 +146,26 @@ class ControlPlane:
             is_draining=lambda: self._state is not _State.SERVING,
         )
         server.add_generic_rpc_handlers((handler(servicer),))
+        self.agent = AgentServicer(
+            self._store,
+            self._view,
+            AgentSettings(
+                replica=config.replica
+                or f"{socket.gethostname()}:{config.listen.rpartition(':')[2]}",
+                grace=config.session_grace,
+                deregister_critical_after=config.deregister_critical_after,
+                sync_interval=config.sync_interval,
+                token=config.agent_token,
+            ),
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent, server)  # type: ignore[no-untyped-call]
+        reaper = Reaper(
+            self._store, self._view, default_deregister_after=config.deregister_critical_after
+        )
+        self._reaper = asyncio.create_task(reaper.run(), name="session-reaper")
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (REGISTRY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (REGISTRY_SERVICE, AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         host, _port = parse_hostport(config.listen)
         try:
@@ -217,6 +240,12 @@ class ControlPlane:
         log.info("control plane draining (grace %.1fs)", grace)
         await self._health.enter_graceful_shutdown()
         try:
+            if self.agent is not None:
+                self.agent.drain()
+            if self._reaper is not None:
+                self._reaper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._reaper
             if self._view is not None:
                 # Ends every watch stream with UNAVAILABLE: clients resume elsewhere.
                 await self._view.close()

@@ -42,6 +42,19 @@ class ControlPlaneConfig(BaseModel):
     # Pending events per watcher before it is sent a RESYNC instead.
     watch_queue: int = Field(default=4_096, ge=16)
 
+    # Name of this replica, shown to sidecars and in `eco node list`
+    # (default: host name and port).
+    replica: str = ""
+    # Sidecar sessions: grace after a dropped stream before their instances
+    # turn CRITICAL, then how long they stay CRITICAL before removal, and the
+    # anti-entropy interval sidecars are asked to keep. Sidecars may ask for
+    # their own grace and removal delay in their hello.
+    session_grace: int = Field(default=15, ge=1, le=3600)
+    deregister_critical_after: int = Field(default=60, ge=1, le=7 * 24 * 3600)
+    sync_interval: int = Field(default=30, ge=1, le=3600)
+    # When set, sidecars must present this token in their hello.
+    agent_token: str = ""
+
     @field_validator("listen", "admin_listen")
     @classmethod
     def _hostport(cls, value: str | None) -> str | None:

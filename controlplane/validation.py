@@ -19,6 +19,8 @@ from controlplane.errors import FieldViolation, InvalidArgumentError
 __all__ = [
     "DEFAULT_NAMESPACE",
     "LIMITS",
+    "instance_violations",
+    "node_violations",
     "validate_deregister",
     "validate_get_service",
     "validate_register",
@@ -188,6 +190,24 @@ def _check_instance(v: _Violations, inst: pb.Instance, *, prefix: str) -> None:
             )
     if inst.liveness not in pb.Liveness.values():
         v.add(f"{prefix}.liveness", f"unknown liveness {inst.liveness}")
+
+
+def instance_violations(inst: pb.Instance, prefix: str) -> list[FieldViolation]:
+    """Every problem of one instance (an id is required), without raising."""
+    v = _Violations()
+    _check_instance(v, inst, prefix=prefix)
+    if not inst.id:
+        v.add(f"{prefix}.id", "is required")
+    return v.items
+
+
+def node_violations(node_id: str, prefix: str) -> list[FieldViolation]:
+    v = _Violations()
+    if not node_id:
+        v.add(prefix, "is required")
+    else:
+        _check_pattern(v, prefix, node_id, _NODE, "use 1-128 letters, digits, '.', '_' and '-'")
+    return v.items
 
 
 def validate_register(req: pb.RegisterInstanceRequest) -> None:

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, ItemsView, Iterable
 from dataclasses import dataclass, field
 
 from ecosystem.v1 import registry_pb2 as pb
@@ -440,6 +440,31 @@ class InstanceView:
         instances = sorted(group.values(), key=lambda i: i.id)
         return _summarize(namespace, name, instances), instances
 
+    def items(self) -> ItemsView[str, pb.Instance]:
+        """Every instance by store key (a live view: do not await while iterating)."""
+        return self._instances.items()
+
+    def node_instances(self, node: str) -> dict[str, pb.Instance]:
+        """Instances registered by one node, by store key."""
+        return {key: inst for key, inst in self._instances.items() if inst.node == node}
+
+    def services_changed_at(self, revision: int) -> set[tuple[str, str]] | None:
+        """(namespace, service) pairs changed at ``revision``; None when the
+        ring no longer (or never) held that revision."""
+        if revision <= self._floor:
+            return None
+        for rev, changes in reversed(self._ring):
+            if rev == revision:
+                found: set[tuple[str, str]] = set()
+                for change in changes:
+                    inst = change.new if change.new is not None else change.prev
+                    assert inst is not None
+                    found.add((inst.namespace, inst.service))
+                return found
+            if rev < revision:
+                break
+        return set()
+
     def services(self, namespace: str = "") -> list[pb.Service]:
         return [
             _summarize(ns, name, list(group.values()))
@@ -450,7 +475,12 @@ class InstanceView:
     # -- subscriptions ------------------------------------------------------
 
     def subscribe(
-        self, selector: Selector, since_revision: int = 0, *, store_id: str = ""
+        self,
+        selector: Selector,
+        since_revision: int = 0,
+        *,
+        store_id: str = "",
+        wake: asyncio.Event | None = None,
     ) -> Subscription:
         """A new subscriber. Events after ``since_revision`` are queued at once
         when the ring still holds them; otherwise the first thing it gets is a
@@ -460,6 +490,8 @@ class InstanceView:
         if self._closed:
             raise UnavailableError("control plane is shutting down")
         sub = Subscription(self, selector, self._config.max_pending)
+        if wake is not None:
+            sub.wake = wake  # several subscriptions of one session share a wake-up
         if (
             since_revision <= 0
             or since_revision < self._floor

@@ -1,0 +1,122 @@
+"""Lost sessions: instances turn CRITICAL after the grace, then go.
+
+A session is lost when its key is gone from the store — its lease ran out
+because no control plane kept it alive for the grace period. Every sweep
+(once a second) compares the nodes that own instances with the sessions that
+exist: a node without a session has its instances marked CRITICAL (the
+``sidecar-session`` check says why and since when), and removed once they
+have been CRITICAL for the node's ``deregister_critical_after``. A sidecar
+that comes back syncs its instances again, which clears both.
+
+Because the decision rests only on the store, a restarted control plane (or
+another replica) reaches the same conclusion with no state of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ecosystem.v1 import agent_pb2, registry_pb2
+
+from controlplane.agent._nodes import (
+    NODES_PREFIX,
+    SESSIONS_PREFIX,
+    node_key,
+    now_ms,
+    session_check,
+    with_session_check,
+)
+from controlplane.store import Compare, DeleteOp, Op, PutOp, Store, StoreError
+from controlplane.view import InstanceView
+
+__all__ = ["Reaper"]
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    def __init__(
+        self,
+        store: Store,
+        view: InstanceView,
+        *,
+        default_deregister_after: int,
+        interval: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._view = view
+        self._default_after = default_deregister_after
+        self._interval = interval
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except StoreError as exc:
+                log.warning("session sweep failed: %s", exc)
+            await asyncio.sleep(self._interval)
+
+    async def sweep(self) -> None:
+        live = {
+            kv.key[len(SESSIONS_PREFIX) :] for kv in (await self._store.range(SESSIONS_PREFIX)).kvs
+        }
+        owned: dict[str, dict[str, registry_pb2.Instance]] = {}
+        for key, inst in self._view.items():
+            if inst.node and session_check(inst) is not None:
+                owned.setdefault(inst.node, {})[key] = inst
+        lost = {node: insts for node, insts in owned.items() if node not in live}
+        if not lost:
+            return
+        records = {
+            kv.key[len(NODES_PREFIX) :]: agent_pb2.NodeStatus.FromString(kv.value)
+            for kv in (await self._store.range(NODES_PREFIX)).kvs
+        }
+        now = now_ms()
+        for node, instances in lost.items():
+            record = records.get(node)
+            after = (
+                record.deregister_critical_after_seconds if record else 0
+            ) or self._default_after
+            await self._settle(node, instances, record, now, after)
+
+    async def _settle(
+        self,
+        node: str,
+        instances: dict[str, registry_pb2.Instance],
+        record: agent_pb2.NodeStatus | None,
+        now: int,
+        after: int,
+    ) -> None:
+        compares: list[Compare] = []
+        ops: list[Op] = []
+        marked = removed = 0
+        for key, inst in instances.items():
+            check = session_check(inst)
+            assert check is not None
+            compares.append(Compare(key, "mod_revision", "==", inst.mod_revision))
+            if check.status != registry_pb2.HEALTH_STATUS_CRITICAL:
+                lost = with_session_check(
+                    inst, registry_pb2.HEALTH_STATUS_CRITICAL, "sidecar session lost", now
+                )
+                lost.ClearField("create_revision")
+                lost.ClearField("mod_revision")
+                ops.append(PutOp(key, lost.SerializeToString(deterministic=True)))
+                marked += 1
+            elif now - check.changed_at_ms >= after * 1000:
+                ops.append(DeleteOp(key))
+                removed += 1
+        if record is not None and record.lost_at_ms == 0 and marked:
+            record.lost_at_ms = now
+            record.connected = False
+            record.status = agent_pb2.NODE_SYNC_STATUS_DISCONNECTED
+            ops.append(PutOp(node_key(node), record.SerializeToString(deterministic=True)))
+        if not ops:
+            return
+        result = await self._store.txn(compares, ops)
+        if not result.succeeded:
+            return  # the node synced meanwhile; look again next sweep
+        if marked:
+            log.warning("node %s lost its session: %d instance(s) now CRITICAL", node, marked)
+        if removed:
+            log.warning("node %s: %d instance(s) removed after %ds CRITICAL", node, removed, after)
