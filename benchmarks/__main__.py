@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
+import importlib.util
 import os
 import platform
 import signal
@@ -23,6 +25,13 @@ from types import FrameType
 from benchmarks._report import Reporter
 from benchmarks._runner import BENCHES, FULL, QUICK, SYSTEMS, Runner
 from benchmarks._servers import EtcdServer, ServerError
+
+# Benchmarks of one component in this process, beside the registry runner:
+# a module with `run(quick: bool) -> list[dict]`, each dict one result line.
+STANDALONE = {
+    "balancer": "benchmarks.bench_balancer",
+    "health": "benchmarks.bench_health",
+}
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.jsonl"
 
@@ -39,9 +48,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=BENCHES,
+        choices=BENCHES + tuple(STANDALONE),
         metavar="NAME",
-        help=f"run only this benchmark (repeatable): {', '.join(BENCHES)}",
+        help=f"run only this benchmark (repeatable): {', '.join(BENCHES + tuple(STANDALONE))}",
     )
     parser.add_argument(
         "--system",
@@ -67,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     benches = tuple(b for b in BENCHES if not args.only or b in args.only)
+    standalone = [
+        name
+        for name, module in STANDALONE.items()
+        if (not args.only or name in args.only) and importlib.util.find_spec(module) is not None
+    ]
     systems = tuple(s for s in SYSTEMS if not args.system or s in args.system)
     reporter = Reporter(args.out)
     started = time.monotonic()
@@ -98,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                 benches=benches,
                 systems=systems,
             )
-            runner.run()
+            if benches:
+                runner.run()
+        for name in standalone:
+            print(f"[bench] {name}", file=sys.stderr)
+            for row in importlib.import_module(STANDALONE[name]).run(args.quick):
+                reporter.emit(row)
     except KeyboardInterrupt:
         print("[bench] interrupted; everything started was stopped", file=sys.stderr)
         return 130

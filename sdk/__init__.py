@@ -48,12 +48,23 @@ from sdk._types import (
     WatchEvent,
     WatchEventType,
 )
+from sdk.balancer import (
+    STRATEGIES,
+    Balancer,
+    Endpoint,
+    Locality,
+    LocalityBalancer,
+    NoEndpointsError,
+    make_balancer,
+)
 
 __all__ = [
     "DEFAULT_SERVER",
     "SERVER_ENV",
+    "STRATEGIES",
     "AlreadyExistsError",
     "AsyncClient",
+    "Balancer",
     "ChannelFactory",
     "CheckStatus",
     "Client",
@@ -61,6 +72,7 @@ __all__ = [
     "ConflictError",
     "DeadlineExceededError",
     "EcoError",
+    "Endpoint",
     "FailedPreconditionError",
     "FieldViolation",
     "HealthStatus",
@@ -69,6 +81,9 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "Liveness",
+    "Locality",
+    "LocalityBalancer",
+    "NoEndpointsError",
     "NotFoundError",
     "PermissionDeniedError",
     "RequestCancelledError",
@@ -84,5 +99,6 @@ __all__ = [
     "WatchEvent",
     "WatchEventType",
     "WatchIterator",
+    "make_balancer",
     "resolve_servers",
 ]

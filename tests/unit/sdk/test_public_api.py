@@ -10,6 +10,13 @@ from pathlib import Path
 import sdk
 
 PUBLIC = [
+    "STRATEGIES",
+    "Balancer",
+    "Endpoint",
+    "Locality",
+    "LocalityBalancer",
+    "NoEndpointsError",
+    "make_balancer",
     "DEFAULT_SERVER",
     "SERVER_ENV",
     "AlreadyExistsError",
