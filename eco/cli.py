@@ -14,6 +14,7 @@ import click
 
 import sdk
 from eco._controlplane import controlplane_command, dev_command
+from eco._node import node, wait
 from eco._output import OutputFormat
 from eco._service import service
 from eco._settings import OUTPUT_CHOICE, Settings, check_server, configure_logging
@@ -115,6 +116,8 @@ def cli(ctx: click.Context, server: str, output: str, timeout: float, verbose: i
 cli.add_command(controlplane_command)
 cli.add_command(dev_command)
 cli.add_command(service)
+cli.add_command(node)
+cli.add_command(wait)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,7 @@ from sdk._errors import (
     UnavailableError,
     UnimplementedError,
 )
+from sdk._nodes import NodeInfo, NodeState, RevisionWait
 from sdk._retry import RetryPolicy
 from sdk._sync import Client, WatchIterator
 from sdk._transport import DEFAULT_SERVER, SERVER_ENV, ChannelFactory, resolve_servers
@@ -84,12 +85,15 @@ __all__ = [
     "Locality",
     "LocalityBalancer",
     "NoEndpointsError",
+    "NodeInfo",
+    "NodeState",
     "NotFoundError",
     "PermissionDeniedError",
     "RequestCancelledError",
     "ResourceExhaustedError",
     "RetryPolicy",
     "RevisionMismatchError",
+    "RevisionWait",
     "Service",
     "ServiceDetail",
     "ServiceList",

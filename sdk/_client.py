@@ -9,10 +9,11 @@ from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
-from ecosystem.v1 import registry_pb2
+from ecosystem.v1 import agent_pb2, registry_pb2
 
 from sdk._errors import ClientClosedError
 from sdk._lease import LeaseKeeper, instance_key
+from sdk._nodes import NodeInfo, RevisionWait
 from sdk._retry import RetryPolicy
 from sdk._transport import ChannelFactory, Transport, resolve_servers
 from sdk._types import (
@@ -212,6 +213,36 @@ class AsyncClient:
         return ServiceList(
             services=tuple(Service.from_proto(s) for s in response.services),
             revision=int(response.revision),
+        )
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        """Every sidecar the control plane knows, with its session state."""
+        self._check_open()
+        response = await self._transport.unary(
+            "ListNodes", agent_pb2.ListNodesRequest(), idempotent=True
+        )
+        return [NodeInfo.from_proto(n) for n in response.nodes]
+
+    async def wait_for_revision(self, revision: int, *, timeout: float = 30.0) -> RevisionWait:
+        """Waits until every connected sidecar subscribed to a service changed
+        at ``revision`` has applied it, or ``timeout`` seconds pass; the
+        answer says which have not."""
+        self._check_open()
+        if revision <= 0:
+            raise ValueError("revision must be positive")
+        if not 0 < timeout <= 600:
+            raise ValueError("timeout must be between 0 and 600 seconds")
+        request = agent_pb2.WaitForRevisionRequest(
+            revision=revision, timeout_ms=max(1, round(timeout * 1000))
+        )
+        response = await self._transport.unary(
+            "WaitForRevision", request, idempotent=True, time_limit=timeout + 5.0
+        )
+        return RevisionWait(
+            revision=revision,
+            applied=response.applied,
+            affected=response.affected,
+            pending=tuple(NodeInfo.from_proto(n) for n in response.pending),
         )
 
     async def list_instances(

@@ -25,6 +25,7 @@ from typing import Any, Self, TypeVar
 
 from sdk._client import AsyncClient
 from sdk._errors import ClientClosedError
+from sdk._nodes import NodeInfo, RevisionWait
 from sdk._retry import RetryPolicy
 from sdk._transport import ChannelFactory, resolve_servers
 from sdk._types import HealthStatus, Instance, InstanceList, ServiceDetail, ServiceList, WatchEvent
@@ -196,6 +197,16 @@ class Client:
         """See :meth:`AsyncClient.list_services`."""
         portal, client = self._open()
         return portal.run(client.list_services(namespace=namespace))
+
+    def list_nodes(self) -> list[NodeInfo]:
+        """See :meth:`AsyncClient.list_nodes`."""
+        portal, client = self._open()
+        return portal.run(client.list_nodes())
+
+    def wait_for_revision(self, revision: int, *, timeout: float = 30.0) -> RevisionWait:
+        """See :meth:`AsyncClient.wait_for_revision`."""
+        portal, client = self._open()
+        return portal.run(client.wait_for_revision(revision, timeout=timeout))
 
     def list_instances(
         self,

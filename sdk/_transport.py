@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import tenacity
-from ecosystem.v1 import registry_pb2_grpc
+from ecosystem.v1 import agent_pb2_grpc, registry_pb2_grpc
 
 from sdk._errors import ClientClosedError, DeadlineExceededError, UnavailableError, from_rpc_error
 from sdk._retry import RetryPolicy
@@ -200,15 +200,26 @@ class Transport:
         with self._translated(index):
             return await getattr(stub, method)(request, timeout=time_limit)
 
+    def channel(self, index: int) -> grpc.aio.Channel:
+        """The channel to ``addresses[index]``, opened on first use and closed by
+        :meth:`close`; for calls the transport's own helpers do not make (the
+        agent session's bidirectional stream)."""
+        if self._closed:
+            raise ClientClosedError()
+        channel = self._channels.get(index)
+        if channel is None:
+            channel = self._factory(self._addresses[index])
+            self._channels[index] = channel
+        return channel
+
     def _stub(self) -> tuple[int, Any]:
         if self._closed:
             raise ClientClosedError()
         index = self._current
         stub = self._stubs.get(index)
         if stub is None:
-            channel = self._factory(self._addresses[index])
-            self._channels[index] = channel
-            stub = registry_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
+            channel = self.channel(index)
+            stub = _Stubs(channel)
             self._stubs[index] = stub
         return index, stub
 
@@ -241,3 +252,27 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
     error = outcome.exception() if outcome is not None else None
     delay = state.next_action.sleep if state.next_action is not None else 0.0
     logger.debug("attempt %d failed (%s); retrying in %.3fs", state.attempt_number, error, delay)
+
+
+class _Stubs:
+    """The control plane's services on one channel, looked up by method name
+    (method names are unique across them); each stub is made on first use."""
+
+    _FACTORIES: tuple[Callable[[grpc.aio.Channel], Any], ...] = (
+        registry_pb2_grpc.RegistryServiceStub,
+        agent_pb2_grpc.AgentServiceStub,
+    )
+    _SERVICES = (registry_pb2_grpc.RegistryServiceServicer, agent_pb2_grpc.AgentServiceServicer)
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self._made: dict[int, Any] = {}
+
+    def __getattr__(self, method: str) -> Any:
+        for index, servicer in enumerate(self._SERVICES):
+            if hasattr(servicer, method):
+                stub = self._made.get(index)
+                if stub is None:
+                    stub = self._made[index] = self._FACTORIES[index](self._channel)
+                return getattr(stub, method)
+        raise AttributeError(method)

@@ -1,0 +1,124 @@
+"""``eco node list`` and ``eco wait``: the fleet of sidecars as the control plane sees it."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from eco._output import emit, render_table
+from eco._settings import Settings, data_options, pass_settings
+
+__all__ = ["node", "wait"]
+
+
+@click.group()
+def node() -> None:
+    """Inspect the sidecars connected to the control plane.
+
+    \b
+    Examples:
+      eco node list
+      eco node list -o json
+    """
+
+
+def _ago(ms: int) -> str:
+    if not ms:
+        return "-"
+    seconds = max(0.0, time.time() - ms / 1000)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+@node.command("list")
+@data_options
+@pass_settings
+def list_nodes(settings: Settings) -> None:
+    """List every sidecar: where it is connected, when it was last seen, and
+    whether it has applied the latest update (SYNCED) or not (STALE).
+
+    \b
+    Examples:
+      eco node list
+      eco node list -o json | jq '.nodes[] | select(.state != "SYNCED")'
+    """
+    with settings.client() as client:
+        nodes = client.list_nodes()
+
+    def table() -> str:
+        if not nodes:
+            return "no sidecars have connected"
+        return render_table(
+            ("NODE", "STATE", "REPLICA", "LAST SEEN", "APPLIED", "INSTANCES", "ZONE", "ERROR"),
+            [
+                (
+                    n.id,
+                    n.state.value,
+                    n.replica,
+                    "now" if n.connected else _ago(n.last_seen_ms),
+                    n.applied_version,
+                    n.instance_count,
+                    n.zone,
+                    n.last_error,
+                )
+                for n in nodes
+            ],
+        )
+
+    emit({"nodes": [n.to_dict() for n in nodes]}, settings.output, table)
+
+
+@click.command("wait")
+@click.option(
+    "--revision",
+    required=True,
+    type=click.IntRange(min=1),
+    help="The store revision a write returned (e.g. printed by 'eco service register').",
+)
+@click.option(
+    "--timeout",
+    "wait_timeout",
+    type=click.FloatRange(0.1, 600),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait before giving up.",
+)
+@data_options
+@pass_settings
+def wait(settings: Settings, revision: int, wait_timeout: float) -> None:
+    """Wait until a change has reached every sidecar that needs it.
+
+    Returns once every connected sidecar subscribed to a service changed at
+    REVISION has applied it. On timeout it names the sidecars that have not,
+    and exits 1.
+
+    \b
+    Examples:
+      eco wait --revision 42
+      eco wait --revision 42 --timeout 5 -o json
+    """
+    with settings.client() as client:
+        result = client.wait_for_revision(revision, timeout=wait_timeout)
+
+    def table() -> str:
+        if result.applied:
+            return f"revision {revision} applied by all {result.affected} affected sidecar(s)"
+        lines = [
+            f"revision {revision} not applied by {len(result.pending)} of "
+            f"{result.affected} affected sidecar(s) after {wait_timeout:g}s:"
+        ]
+        lines += [
+            f"  {n.id} ({n.state.value}, applied {n.applied_version}"
+            + (f", error: {n.last_error}" if n.last_error else "")
+            + ")"
+            for n in result.pending
+        ]
+        return "\n".join(lines)
+
+    emit(result.to_dict(), settings.output, table)
+    if not result.applied:
+        raise click.exceptions.Exit(1)
