@@ -31,6 +31,7 @@ from benchmarks._servers import EtcdServer, ServerError
 STANDALONE = {
     "balancer": "benchmarks.bench_balancer",
     "health": "benchmarks.bench_health",
+    "proxyless": "benchmarks.bench_proxyless",
 }
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.jsonl"

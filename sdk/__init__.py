@@ -13,6 +13,16 @@ Errors are the :class:`EcoError` tree (see ``sdk._errors``). For your own
 tests, :mod:`sdk.testing` starts an in-process control plane.
 """
 
+from sdk._agent import AgentSession
+from sdk._agent_types import (
+    AgentNode,
+    AgentState,
+    AgentStatus,
+    EndpointUpdate,
+    ServiceEndpoints,
+    ServiceRef,
+    SyncOutcome,
+)
 from sdk._client import AsyncClient
 from sdk._errors import (
     AlreadyExistsError,
@@ -34,6 +44,13 @@ from sdk._errors import (
     UnimplementedError,
 )
 from sdk._nodes import NodeInfo, NodeState, RevisionWait
+from sdk._proxyless import ServiceChannel
+from sdk._proxyless_source import (
+    ControlPlaneSource,
+    EndpointSource,
+    SidecarSource,
+    StaticEndpointSource,
+)
 from sdk._retry import RetryPolicy
 from sdk._sync import Client, WatchIterator
 from sdk._transport import DEFAULT_SERVER, SERVER_ENV, ChannelFactory, resolve_servers
@@ -63,6 +80,10 @@ __all__ = [
     "DEFAULT_SERVER",
     "SERVER_ENV",
     "STRATEGIES",
+    "AgentNode",
+    "AgentSession",
+    "AgentState",
+    "AgentStatus",
     "AlreadyExistsError",
     "AsyncClient",
     "Balancer",
@@ -71,9 +92,12 @@ __all__ = [
     "Client",
     "ClientClosedError",
     "ConflictError",
+    "ControlPlaneSource",
     "DeadlineExceededError",
     "EcoError",
     "Endpoint",
+    "EndpointSource",
+    "EndpointUpdate",
     "FailedPreconditionError",
     "FieldViolation",
     "HealthStatus",
@@ -95,8 +119,14 @@ __all__ = [
     "RevisionMismatchError",
     "RevisionWait",
     "Service",
+    "ServiceChannel",
     "ServiceDetail",
+    "ServiceEndpoints",
     "ServiceList",
+    "ServiceRef",
+    "SidecarSource",
+    "StaticEndpointSource",
+    "SyncOutcome",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",

@@ -10,6 +10,19 @@ from pathlib import Path
 import sdk
 
 PUBLIC = [
+    "ServiceChannel",
+    "ControlPlaneSource",
+    "EndpointSource",
+    "SidecarSource",
+    "StaticEndpointSource",
+    "AgentNode",
+    "AgentState",
+    "AgentStatus",
+    "EndpointUpdate",
+    "ServiceEndpoints",
+    "ServiceRef",
+    "SyncOutcome",
+    "AgentSession",
     "STRATEGIES",
     "Balancer",
     "Endpoint",

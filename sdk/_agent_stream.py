@@ -1,0 +1,155 @@
+"""One agent stream after its Welcome: a reader, a writer and the sync timer.
+
+:class:`AgentStream` runs the three loops of one ``Connect`` call until the
+first of them ends (the stream broke, the control plane ended it, or the
+session is closing), cancels and awaits the others, and raises why. The
+session owns the call, the outbox and what the messages mean; this module
+knows how they move. It is also the one place where the stream's gRPC
+errors become SDK errors (:func:`translated`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+from ecosystem.v1 import agent_pb2
+
+from sdk._errors import from_rpc_error
+from sdk._outbox import Outbox
+from sdk._transport import _CHANNEL_OPTIONS, Sleep
+
+__all__ = ["EOF", "AgentStream", "StreamEnded", "agent_channel", "describe", "translated"]
+
+# The agent stream lives for hours: ask the transport to notice a peer that
+# vanished without closing the connection (the control plane allows a ping
+# every 5 s without data).
+_AGENT_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    *_CHANNEL_OPTIONS,
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+#: The marker a stream's read() returns at its end (missing from the type stubs).
+EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+def agent_channel(address: str) -> grpc.aio.Channel:
+    """A plaintext channel to ``address`` with keepalive, for the agent stream."""
+    return grpc.aio.insecure_channel(address, options=_AGENT_CHANNEL_OPTIONS)
+
+
+class StreamEnded(Exception):
+    """The stream ended or misbehaved; the message says how."""
+
+
+@contextlib.contextmanager
+def translated(address: str) -> Iterator[None]:
+    """The one point where the agent stream's gRPC errors become SDK errors."""
+    try:
+        yield
+    except grpc.RpcError as err:
+        raise from_rpc_error(err, address=address) from err
+
+
+def describe(message: Any) -> str:
+    """What a first message was, for "expected Welcome" errors."""
+    if message is EOF:
+        return "the end of the stream"
+    return str(message.WhichOneof("message") or "an empty message")
+
+
+class AgentStream:
+    """The loops of one welcomed stream; :meth:`run` returns only by raising.
+
+    ``on_update`` and ``on_sync_result`` receive what the control plane
+    sends; the writer drains ``outbox``, building Syncs and Subscribes when
+    they are written; the timer asks for a full Sync every
+    ``sync_interval()`` seconds, ±20%.
+    """
+
+    def __init__(
+        self,
+        call: Any,
+        address: str,
+        outbox: Outbox,
+        *,
+        on_update: Callable[[agent_pb2.EndpointUpdate], None],
+        on_sync_result: Callable[[agent_pb2.SyncResult], None],
+        on_sync_written: Callable[[], None],
+        build_sync: Callable[[], agent_pb2.SyncInstances],
+        build_subscribe: Callable[[], agent_pb2.Subscribe],
+        sync_interval: Callable[[], float],
+        rng: random.Random,
+        sleep: Sleep,
+    ) -> None:
+        self._call = call
+        self._address = address
+        self._outbox = outbox
+        self._on_update = on_update
+        self._on_sync_result = on_sync_result
+        self._on_sync_written = on_sync_written
+        self._build_sync = build_sync
+        self._build_subscribe = build_subscribe
+        self._sync_interval = sync_interval
+        self._rng = rng
+        self._sleep = sleep
+
+    async def run(self) -> None:
+        await _first_of(self._read(), self._write(), self._timer())
+
+    async def _read(self) -> None:
+        while True:
+            with translated(self._address):
+                message = await self._call.read()
+            if message is EOF:
+                raise StreamEnded("the control plane ended the stream")
+            kind = message.WhichOneof("message")
+            if kind == "update":
+                self._on_update(message.update)
+            elif kind == "sync_result":
+                self._on_sync_result(message.sync_result)
+            else:
+                raise StreamEnded(f"unexpected {kind or 'empty message'} on the agent stream")
+
+    async def _write(self) -> None:
+        outbox = self._outbox
+        while True:
+            await outbox.wait()
+            while (message := outbox.next(self._build_sync, self._build_subscribe)) is not None:
+                try:
+                    with translated(self._address):
+                        await self._call.write(message)
+                except asyncio.InvalidStateError:
+                    # The call finished under us; the reader reports how.
+                    raise StreamEnded("the stream closed while sending") from None
+                if message.WhichOneof("message") == "sync":
+                    self._on_sync_written()
+
+    async def _timer(self) -> None:
+        while True:
+            await self._sleep(self._sync_interval() * self._rng.uniform(0.8, 1.2))
+            self._outbox.sync()
+
+
+async def _first_of(*coros: Coroutine[Any, Any, None]) -> None:
+    """Runs the coroutines as tasks until the first ends; cancels and awaits the
+    rest, then re-raises what the first raised."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
