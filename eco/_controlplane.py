@@ -7,9 +7,11 @@ commands (``eco service …``) start fast and need nothing but the SDK.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -18,6 +20,7 @@ from eco._settings import Settings, configure_logging, pass_settings
 
 if TYPE_CHECKING:
     from controlplane import ControlPlaneConfig
+    from sidecar.config import SidecarConfig
 
 __all__ = ["DEFAULT_STORE", "controlplane_command", "dev_command"]
 
@@ -125,29 +128,62 @@ def controlplane_command(
     metavar="URL",
     help="sqlite://PATH to keep state between runs, memory:// for a throwaway.",
 )
+@click.option(
+    "--sidecar-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Run the local sidecar with this config file instead of the built-in one "
+    "(its control-plane addresses are replaced by this control plane's).",
+)
+@click.option("--no-sidecar", is_flag=True, help="Run only the control plane.")
 @pass_settings
 @click.pass_context
 def dev_command(
-    ctx: click.Context, settings: Settings, listen: str, admin_listen: str, store_url: str
+    ctx: click.Context,
+    settings: Settings,
+    listen: str,
+    admin_listen: str,
+    store_url: str,
+    sidecar_config: Path | None,
+    no_sidecar: bool,
 ) -> None:
     """Run a local development stack and show what to try next.
 
     Starts a control plane on 127.0.0.1:7400 with its state in
-    .eco/controlplane.db (use --store memory:// to forget it on exit).
-    Stop it with Ctrl-C.
+    .eco/controlplane.db (use --store memory:// to forget it on exit), and a
+    sidecar beside it: its local API on 127.0.0.1:7410, its admin HTTP
+    (/status, /metrics) on 127.0.0.1:7411. Stop both with Ctrl-C.
 
     \b
-    Example:
+    Examples:
       eco dev --store memory://
+      eco dev --sidecar-config sidecar.yaml
     """
     config = _config(listen=listen, admin_listen=admin_listen, store_url=store_url, grace=2.0)
+    sidecar = None if no_sidecar else _dev_sidecar_config(sidecar_config)
     configure_logging(settings.verbose, base=logging.INFO)
-    ctx.exit(asyncio.run(_run_dev(config)))
+    ctx.exit(asyncio.run(_run_dev(config, sidecar)))
 
 
-async def _run_dev(config: ControlPlaneConfig) -> int:
+def _dev_sidecar_config(path: Path | None) -> SidecarConfig:
+    """The sidecar `eco dev` runs: the user's file, or a node named "dev"."""
+    from sidecar.config import ConfigError, SidecarConfig, load_config
+
+    if path is None:
+        return SidecarConfig.model_validate({"node": {"id": "dev"}})
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+    except OSError as err:
+        raise click.UsageError(f"{path}: {err.strerror}") from None
+
+
+async def _run_dev(config: ControlPlaneConfig, sidecar_config: SidecarConfig | None) -> int:
     from controlplane import ControlPlane, StartupError
     from controlplane.app import tune_gc
+    from sidecar.agent import Sidecar
+    from sidecar.config import ControlPlaneLinkConfig
+    from sidecar.errors import StartupError as SidecarStartupError
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -158,17 +194,25 @@ async def _run_dev(config: ControlPlaneConfig) -> int:
         stop.set()
 
     try:
-        async with ControlPlane(config) as plane:
-            # Hook for the rest of the dev stack: once the sidecar exists, start
-            # a local one here (inside this block, so it stops before the
-            # control plane) and add its ports to the tips.
-            click.echo(next_steps(plane.address, plane.admin_address, config.store_url))
+        async with contextlib.AsyncExitStack() as stack:
+            plane = await stack.enter_async_context(ControlPlane(config))
+            local = ""
+            if sidecar_config is not None:
+                # Entered after the control plane, so it stops first.
+                link = ControlPlaneLinkConfig(
+                    addresses=(plane.address,), token=sidecar_config.controlplane.token
+                )
+                running = await stack.enter_async_context(
+                    Sidecar(sidecar_config.model_copy(update={"controlplane": link}))
+                )
+                local = f"{running.local_api_address} (admin {running.admin_address or 'off'})"
+            click.echo(next_steps(plane.address, plane.admin_address, config.store_url, local))
             tune_gc()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, on_signal, signum)
             await stop.wait()
             click.echo("stopping (Ctrl-C again to exit at once)…", err=True)
-    except StartupError as err:
+    except (StartupError, SidecarStartupError) as err:
         click.echo(f"eco: {err}", err=True)
         return 1
     finally:
@@ -178,13 +222,14 @@ async def _run_dev(config: ControlPlaneConfig) -> int:
     return 0
 
 
-def next_steps(address: str, admin_address: str, store_url: str) -> str:
+def next_steps(address: str, admin_address: str, store_url: str, sidecar: str = "") -> str:
     """The short tour printed by ``eco dev`` once everything is up."""
     server = "" if address == DEFAULT_LISTEN else f" --server {address}"
     admin = f"metrics on http://{admin_address}/metrics" if admin_address else "admin HTTP off"
     return "\n".join(
         [
             f"Control plane ready on {address} (store {store_url}; {admin}).",
+            *([f"Sidecar 'dev' ready: local API on {sidecar}."] if sidecar else []),
             "",
             "Try, in another terminal:",
             f"  eco{server} service register web --address 127.0.0.1 --port 8080 --tag v1",
@@ -192,6 +237,11 @@ def next_steps(address: str, admin_address: str, store_url: str) -> str:
             f"  eco{server} service get web",
             f"  eco{server} service watch web        # one JSON event per line; Ctrl-C to stop",
             f"  eco{server} service deregister web --id <id printed by register>",
+            *(
+                [f"  eco{server} node list                 # the sidecars and their sync state"]
+                if sidecar
+                else []
+            ),
             "",
             "Stop with Ctrl-C.",
         ]

@@ -18,6 +18,7 @@ from eco._node import node, wait
 from eco._output import OutputFormat
 from eco._service import service
 from eco._settings import OUTPUT_CHOICE, Settings, check_server, configure_logging
+from eco._sidecar import sidecar_command
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "cli", "describe_error", "main"]
 
@@ -116,6 +117,7 @@ def cli(ctx: click.Context, server: str, output: str, timeout: float, verbose: i
 cli.add_command(controlplane_command)
 cli.add_command(dev_command)
 cli.add_command(service)
+cli.add_command(sidecar_command)
 cli.add_command(node)
 cli.add_command(wait)
 

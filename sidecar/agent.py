@@ -1,0 +1,386 @@
+"""The sidecar: one object that owns every part of a running sidecar agent.
+
+::
+
+    Sidecar
+    ├── HealthEngine        checks of the local instances → edge-triggered reports
+    ├── AgentSession (sdk)  the stream to the control plane: Sync, Subscribe, reports, Acks
+    ├── EndpointCache       last good endpoints of every upstream, persisted to data_dir
+    ├── Router              one balancer per upstream, pick handles for feedback
+    ├── LocalApiServer      SidecarService + grpc.health.v1 on local_api
+    └── AdminServer         /healthz, /metrics, /status on admin
+
+Start order: data dir (locked, so two sidecars cannot share it), disk
+cache, checks, local API and admin listeners (a port in use fails the start
+before anything connects), cache persister, health engine, agent session.
+Stop runs the other way: leave (optional), session, listeners, engine,
+cache (its last write is awaited). Every task belongs to one of these
+parts, and each part cancels and awaits its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import fcntl
+import importlib.metadata
+import logging
+import os
+from collections import Counter
+from types import TracebackType
+from typing import Any
+
+from sdk import (
+    AgentNode,
+    AgentSession,
+    ChannelFactory,
+    EndpointUpdate,
+    HealthStatus,
+    Instance,
+    Liveness,
+    ServiceRef,
+)
+from sidecar.admin import AdminServer
+from sidecar.cache import CACHE_FILE, CacheSource, EndpointCache
+from sidecar.config import LocalServiceConfig, SidecarConfig
+from sidecar.errors import BadRequestError, StartupError, UnknownInstanceError, UnknownServiceError
+from sidecar.health import CheckKind, HealthChecker, HealthEngine, HealthTransition
+from sidecar.local_api import LocalApiServer, SidecarServicer
+from sidecar.metrics import MetricsSnapshot, SidecarMetrics
+from sidecar.routing import Router, endpoints_of
+from sidecar.status import status_document
+
+__all__ = ["Sidecar"]
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = "sidecar.lock"
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Sidecar:
+    """A running sidecar agent; ``async with Sidecar(config) as sidecar: ...``.
+
+    ``checker`` replaces the network health checker (tests pass a fake);
+    ``channel_factory`` builds the channel to each control-plane address.
+    The constructor does no I/O; :meth:`start` binds the listeners and
+    raises :class:`~sidecar.errors.StartupError` when it cannot. A stopped
+    sidecar cannot be restarted.
+    """
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        checker: HealthChecker | None = None,
+        channel_factory: ChannelFactory | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = SidecarMetrics()
+        self._channel_factory = channel_factory
+        self._services: dict[str, LocalServiceConfig] = {s.id: s for s in config.services}
+        self.cache = EndpointCache([u.key for u in config.upstreams], config.data_dir / CACHE_FILE)
+        self.router = Router(config.upstreams, config.node)
+        self.engine = HealthEngine(checker, on_transition=self._on_transition)
+        self._servicer = SidecarServicer(
+            self.cache,
+            self.router,
+            is_stale=lambda: self.stale,
+            update_ttl=self.update_ttl,
+            metrics=self.metrics,
+        )
+        self._local_api = LocalApiServer(self._servicer)
+        self._admin = (
+            AdminServer(
+                status=self.status,
+                metrics=self.metrics,
+                serving=lambda: self._state is _State.RUNNING,
+            )
+            if config.admin is not None
+            else None
+        )
+        self._session: AgentSession | None = None
+        self._lock_fd: int | None = None
+        self._state = _State.NEW
+        self._stopped = asyncio.Event()
+        self.metrics.watch(self._metrics_snapshot)
+
+    # -- what others read ----------------------------------------------------------
+
+    @property
+    def session(self) -> AgentSession | None:
+        """The agent session (None before start)."""
+        return self._session
+
+    @property
+    def local_api_address(self) -> str:
+        return self._local_api.address
+
+    @property
+    def admin_address(self) -> str:
+        return self._admin.address if self._admin is not None else ""
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None and self._session.connected
+
+    @property
+    def stale(self) -> bool:
+        """True unless connected and the endpoints come from the control plane
+        (e.g. still the disk cache, or disconnected)."""
+        if not self.connected:
+            return True
+        return bool(self.cache.keys) and self.cache.source is not CacheSource.CONTROL_PLANE
+
+    def local_instances(self) -> list[Instance]:
+        """The local instances with their current health: what a Sync sends."""
+        node = self.config.node
+        return [
+            Instance(
+                id=s.id,
+                service=s.name,
+                namespace=s.namespace,
+                address=s.address,
+                port=s.port,
+                node=node.id,
+                platform=node.platform,
+                region=node.region,
+                zone=node.zone,
+                tags=s.tags,
+                metadata=s.metadata,
+                weight=s.weight,
+                health=self.engine.status(s.id),
+                checks=tuple(d.to_check_status() for d in self.engine.checks(s.id)),
+                liveness=Liveness.EPHEMERAL,
+            )
+            for s in self.config.services
+        ]
+
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` document."""
+        return status_document(self)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._state is not _State.NEW:
+            raise RuntimeError("a sidecar can be started once")
+        self._state = _State.RUNNING
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        config = self.config
+        self._lock_data_dir()
+        self.cache.load()
+        for key in self.cache.keys:
+            state = self.cache.get(key)
+            if state is not None and state.instances:
+                try:
+                    self.router.update(key, state.instances)
+                except ValueError as exc:
+                    logger.warning("cached endpoints of %s ignored: %s", key[1], exc)
+        for service in config.services:
+            for check in service.checks:
+                self.engine.add(service.id, check)
+        await self._local_api.start(config.local_api)
+        if self._admin is not None and config.admin is not None:
+            await self._admin.start(config.admin)
+        await self.cache.start()
+        await self.engine.start()
+        node = config.node
+        self._session = AgentSession(
+            config.controlplane.addresses,
+            AgentNode(
+                id=node.id,
+                platform=node.platform,
+                region=node.region,
+                zone=node.zone,
+                address=self._local_api.address,
+                metadata={"version": _version(), **node.metadata},
+            ),
+            instances=self.local_instances,
+            on_update=self._apply_update,
+            subscriptions=[ServiceRef(u.service, u.namespace) for u in config.upstreams],
+            token=config.controlplane.token,
+            grace=config.grace,
+            deregister_critical_after=config.deregister_critical_after,
+            sync_interval=config.sync_interval,
+            applied_version=self.cache.version,
+            on_state=lambda _session: self.cache.notify_all(),
+            channel_factory=self._channel_factory,
+        )
+        await self._session.start()
+        logger.info(
+            "sidecar %s running: %d local instance(s), %d upstream(s), local API %s, admin %s",
+            node.id,
+            len(config.services),
+            len(config.upstreams),
+            self._local_api.address,
+            self.admin_address or "off",
+        )
+
+    async def stop(self) -> None:
+        """Leaves (if configured), then stops every part; idempotent."""
+        if self._state in (_State.STOPPING, _State.STOPPED):
+            await self._stopped.wait()
+            return
+        self._state = _State.STOPPING
+        try:
+            session = self._session
+            if session is not None:
+                leave = self.config.leave_on_shutdown and session.connected
+                if leave and await session.leave(timeout=1.0):
+                    logger.info("deregistered %d local instance(s)", len(self._services))
+                await session.close()
+            await self._local_api.stop(grace=1.0)
+            if self._admin is not None:
+                await self._admin.stop()
+            await self.engine.close()
+            await self.cache.close()
+        finally:
+            self._unlock_data_dir()
+            self._state = _State.STOPPED
+            self._stopped.set()
+            logger.info("sidecar %s stopped", self.config.node.id)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Sidecar:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- the local API's TTL call ---------------------------------------------------------
+
+    def update_ttl(
+        self, service: str, instance_id: str, check: str, status: HealthStatus, note: str
+    ) -> None:
+        """Sets a TTL check of a local instance.
+
+        ``instance_id`` may be empty when the service has one local
+        instance, ``check`` when that instance has one TTL check.
+        """
+        candidates = [s for s in self.config.services if s.name == service]
+        if not candidates:
+            names = sorted({s.name for s in self.config.services})
+            raise UnknownServiceError(service, "", names, "a local service")
+        if instance_id:
+            matching = [s for s in candidates if s.id == instance_id]
+            if not matching:
+                raise UnknownInstanceError(service, instance_id, [s.id for s in candidates])
+            local = matching[0]
+        elif len(candidates) == 1:
+            local = candidates[0]
+        else:
+            ids = ", ".join(s.id for s in candidates)
+            raise BadRequestError.one(
+                "instance_id", f"service {service!r} has {len(candidates)} local instances: {ids}"
+            )
+        if not check:
+            ttls = [c.name for c in local.checks if c.kind is CheckKind.TTL]
+            if len(ttls) != 1:
+                raise BadRequestError.one(
+                    "check",
+                    f"required: instance {local.id!r} has {len(ttls)} TTL checks "
+                    f"({', '.join(ttls) or 'none'})",
+                )
+            check = ttls[0]
+        self.engine.update_ttl(f"{local.id}:{check}", status, note)
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def _apply_update(self, update: EndpointUpdate) -> None:
+        """Checks an update whole, then commits it (raising leaves everything as it was)."""
+        changes = self.cache.prepare(update)
+        endpoints = {key: endpoints_of(instances) for key, instances in changes.items()}
+        self.cache.commit(changes, update.version)
+        for key, instances in changes.items():
+            self.router.update(key, instances, endpoints[key])
+
+    def _on_transition(self, transition: HealthTransition) -> None:
+        self.metrics.health_transitions.labels(transition.new.value).inc()
+        service = self._services.get(transition.instance_id)
+        if service is None or self._session is None:
+            return
+        self._session.report_health(
+            service=service.name,
+            namespace=service.namespace,
+            instance_id=service.id,
+            health=transition.instance_status,
+            checks=[d.to_check_status() for d in self.engine.checks(service.id)],
+        )
+
+    def _metrics_snapshot(self) -> MetricsSnapshot:
+        status = self._session.status() if self._session is not None else None
+        endpoints = {}
+        for key in self.cache.keys:
+            state = self.cache.get(key)
+            endpoints[key] = len(state.instances) if state is not None else 0
+        health = Counter(self.engine.status(s.id).value for s in self.config.services)
+        return MetricsSnapshot(
+            connected=self.connected,
+            stale=self.stale,
+            applied_version=self.cache.version,
+            connects=status.connects if status else 0,
+            updates_applied=status.updates_applied if status else 0,
+            updates_rejected=status.updates_rejected if status else 0,
+            reports_dropped=status.reports_dropped if status else 0,
+            endpoints=endpoints,
+            local_health=dict(health),
+            watch_streams=self._servicer.watch_streams,
+            outstanding_picks=self.router.outstanding,
+        )
+
+    # -- the data directory ------------------------------------------------------------------
+
+    def _lock_data_dir(self) -> None:
+        data_dir = self.config.data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StartupError(f"data_dir: cannot use {data_dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StartupError(
+                f"data_dir: {data_dir} is in use by another sidecar (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock_data_dir(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ecosystem")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,429 @@
+"""The sidecar's configuration: frozen, validated models, read from YAML in one place.
+
+::
+
+    node: {id: web-1, platform: onprem, region: eu, zone: eu-1a}
+    controlplane: {addresses: ["127.0.0.1:7400"], token: ""}
+    data_dir: .eco/sidecar
+    local_api: "127.0.0.1:7410"
+    admin: "127.0.0.1:7411"
+    services:
+      - name: web
+        address: 127.0.0.1
+        port: 8080
+        checks:
+          - {http: "http://127.0.0.1:8080/health", interval: 1s, timeout: 500ms}
+    upstreams:
+      - {service: orders}
+
+:func:`load_config` is the only reader of the file; components receive a
+:class:`SidecarConfig`, never the file. A bad file is one
+:class:`ConfigError` whose message names the line and the field, e.g.
+``sidecar.yaml:14: services[0].checks[0].interval: must be greater than 0``.
+See docs/sidecar.md for every key and its default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from sdk.balancer import STRATEGIES, make_balancer
+from sidecar._config_file import ConfigError, ConfigProblem, read_config
+from sidecar.health import AnyCheckConfig, CheckConfig, Duration, format_duration
+
+__all__ = [
+    "DEFAULT_ADMIN",
+    "DEFAULT_BALANCER",
+    "DEFAULT_CONTROLPLANE",
+    "DEFAULT_LOCAL_API",
+    "ConfigError",
+    "ConfigProblem",
+    "ControlPlaneLinkConfig",
+    "LocalServiceConfig",
+    "NodeConfig",
+    "SidecarConfig",
+    "UpstreamConfig",
+    "load_config",
+    "parse_config",
+    "split_hostport",
+]
+
+DEFAULT_LOCAL_API = "127.0.0.1:7410"
+DEFAULT_ADMIN = "127.0.0.1:7411"
+DEFAULT_CONTROLPLANE = "127.0.0.1:7400"
+#: Passing endpoints before warning ones, with panic routing: a safe default
+#: for a sidecar whose upstreams may be partly unhealthy.
+DEFAULT_BALANCER = "health_based"
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_INSTANCE_ID = _NODE_ID
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LOCATION = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_META_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+_MAX_CHECKS = 32
+_MAX_TAGS = 64
+_MAX_METADATA = 64
+
+
+def split_hostport(value: str, *, allow_zero: bool = False) -> tuple[str, int]:
+    """Splits ``host:port`` (IPv6 as ``[::1]:port``); ValueError naming the problem."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, like [::1]:7410")
+    low = 0 if allow_zero else 1
+    if not port.isdigit() or not low <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the port must be a number from {low} to 65535")
+    return host, int(port)
+
+
+def _check_host(value: str) -> str:
+    value = value.strip()
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    if not value or len(value) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"{value!r} is not an IP address or a host name")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NodeConfig(_Model):
+    """Who this sidecar is: ``id`` defaults to the host name."""
+
+    id: str = Field(default_factory=socket.gethostname)
+    platform: str = ""
+    region: str = ""
+    zone: str = ""
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not _NODE_ID.match(value):
+            raise ValueError(
+                f"{value!r} is not a node id: letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit, at most 128 characters"
+            )
+        return value
+
+    @field_validator("platform", "region", "zone")
+    @classmethod
+    def _check_location(cls, value: str) -> str:
+        if value and not _LOCATION.match(value):
+            raise ValueError(
+                f"{value!r}: lowercase letters, digits, '.', '_' and '-', at most 63 characters"
+            )
+        return value
+
+
+class ControlPlaneLinkConfig(_Model):
+    """Where the control plane is (several addresses fail over in turn) and the token."""
+
+    addresses: tuple[str, ...] = (DEFAULT_CONTROLPLANE,)
+    token: str = ""
+
+    @field_validator("addresses")
+    @classmethod
+    def _check_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("needs at least one HOST:PORT")
+        for address in value:
+            split_hostport(address)
+        return tuple(a.strip() for a in value)
+
+
+class LocalServiceConfig(_Model):
+    """One local instance to register, with its health checks.
+
+    ``id`` defaults to ``<node id>-<name>-<port>``; ``weight`` is 1-10000.
+    """
+
+    name: str
+    address: str
+    port: StrictInt = Field(ge=1, le=65535)
+    id: str = ""
+    namespace: str = ""
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = Field(default_factory=dict)
+    weight: StrictInt = Field(default=1, ge=1, le=10_000)
+    checks: tuple[AnyCheckConfig, ...] = Field(default=(), max_length=_MAX_CHECKS)
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _check_label(cls, value: str, info: ValidationInfo) -> str:
+        if (value or info.field_name == "name") and not _DNS_LABEL.match(value):
+            raise ValueError(
+                f"{value!r}: lowercase letters, digits and '-', starting and ending with a "
+                "letter or digit, at most 63 characters"
+            )
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        return _check_host(value)
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if value and not _INSTANCE_ID.match(value):
+            raise ValueError(
+                f"{value!r} is not an instance id: letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit, at most 128 characters"
+            )
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > _MAX_TAGS:
+            raise ValueError(f"at most {_MAX_TAGS} tags")
+        for tag in value:
+            if not tag or len(tag) > 128 or any(c.isspace() or ord(c) < 32 for c in tag):
+                raise ValueError(f"{tag!r}: a tag is 1-128 characters without spaces")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > _MAX_METADATA:
+            raise ValueError(f"at most {_MAX_METADATA} entries")
+        for key, item in value.items():
+            if not _META_KEY.match(key):
+                raise ValueError(f"{key!r} is not a valid metadata key")
+            if len(item) > 1024:
+                raise ValueError(f"the value of {key!r} is longer than 1024 characters")
+        return value
+
+    @property
+    def checks_by_name(self) -> dict[str, CheckConfig]:
+        return {c.name: c for c in self.checks}
+
+
+#: Balancer options a YAML upstream may set (``clock`` is for code only).
+BALANCER_OPTIONS = (
+    "panic_threshold",
+    "seed",
+    "smoothing",
+    "decay",
+    "failure_penalty",
+    "vnodes_per_weight",
+    "max_ring_size",
+)
+
+
+class UpstreamConfig(_Model):
+    """A service the local applications call, and how to balance across it.
+
+    ``balancer`` is one of ``sdk.balancer.STRATEGIES`` (default
+    ``health_based``); ``locality`` prefers endpoints in this node's zone,
+    then region. The other keys are the balancer's options and are checked
+    against the chosen strategy.
+    """
+
+    service: str
+    namespace: str = ""
+    balancer: str = DEFAULT_BALANCER
+    locality: StrictBool = True
+    panic_threshold: float | None = None
+    seed: StrictInt | None = None
+    smoothing: float | None = None
+    decay: float | None = None
+    failure_penalty: float | None = None
+    vnodes_per_weight: StrictInt | None = None
+    max_ring_size: StrictInt | None = None
+
+    @field_validator("service", "namespace")
+    @classmethod
+    def _check_label(cls, value: str, info: ValidationInfo) -> str:
+        if (value or info.field_name == "service") and not _DNS_LABEL.match(value):
+            raise ValueError(
+                f"{value!r}: lowercase letters, digits and '-', starting and ending with a "
+                "letter or digit, at most 63 characters"
+            )
+        return value
+
+    @field_validator("balancer")
+    @classmethod
+    def _check_balancer(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown balancer {value!r}; expected one of {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator(*BALANCER_OPTIONS)
+    @classmethod
+    def _check_option(cls, value: Any, info: ValidationInfo) -> Any:
+        balancer = info.data.get("balancer")
+        if value is None or balancer is None:
+            return value
+        try:
+            make_balancer(balancer, **{str(info.field_name): value})
+        except TypeError:
+            raise ValueError(f"the {balancer} balancer does not take this option") from None
+        return value
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The balancer options that were set."""
+        return {k: getattr(self, k) for k in BALANCER_OPTIONS if getattr(self, k) is not None}
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace or "default", self.service)
+
+
+def _positive(minimum: float) -> Any:
+    def check(value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        if value < minimum:
+            raise ValueError(f"must be at least {format_duration(minimum)}")
+        return value
+
+    return check
+
+
+class SidecarConfig(_Model):
+    """Everything one ``eco sidecar`` process needs to know.
+
+    ``grace`` and ``deregister_critical_after`` travel as whole seconds
+    (rounded up). ``admin`` may be ``off`` (or null) to disable admin HTTP.
+    ``leave_on_shutdown`` removes this node's instances from the registry
+    on a graceful stop instead of letting them go through grace.
+    """
+
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    controlplane: ControlPlaneLinkConfig = Field(default_factory=ControlPlaneLinkConfig)
+    data_dir: Path = Path(".eco/sidecar")
+    local_api: str = DEFAULT_LOCAL_API
+    admin: str | None = DEFAULT_ADMIN
+    services: tuple[LocalServiceConfig, ...] = ()
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    grace: Duration = 15.0
+    deregister_critical_after: Duration = 60.0
+    sync_interval: Duration = 30.0
+    leave_on_shutdown: StrictBool = True
+
+    @field_validator("local_api")
+    @classmethod
+    def _check_local_api(cls, value: str) -> str:
+        split_hostport(value, allow_zero=True)
+        return value.strip()
+
+    @field_validator("admin", mode="before")
+    @classmethod
+    def _check_admin(cls, value: Any) -> Any:
+        if value is None or value is False:
+            return None
+        if isinstance(value, str):
+            if value.strip().lower() in ("", "off", "none"):
+                return None
+            split_hostport(value, allow_zero=True)
+            return value.strip()
+        return value
+
+    _grace = field_validator("grace", "deregister_critical_after")(_positive(1.0))
+    _sync = field_validator("sync_interval")(_positive(0.1))
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        errors: list[InitErrorDetails] = []
+
+        def problem(loc: tuple[str | int, ...], message: str) -> None:
+            errors.append(
+                InitErrorDetails(
+                    type=PydanticCustomError("value_error", "{msg}", {"msg": message}),
+                    loc=loc,
+                    input=None,
+                )
+            )
+
+        services: list[LocalServiceConfig] = []
+        seen: dict[tuple[str, str, str], int] = {}
+        for i, service in enumerate(self.services):
+            if not service.id:
+                service = service.model_copy(
+                    update={"id": f"{self.node.id}-{service.name}-{service.port}"}
+                )
+                if not _INSTANCE_ID.match(service.id):
+                    problem(("services", i, "id"), f"the default id {service.id!r} is too long")
+            key = (service.namespace or "default", service.name, service.id)
+            if key in seen:
+                problem(
+                    ("services", i, "id"),
+                    f"{service.id!r} is also the id of services[{seen[key]}]",
+                )
+            seen.setdefault(key, i)
+            names: dict[str, int] = {}
+            for j, check in enumerate(service.checks):
+                if check.name in names:
+                    problem(
+                        ("services", i, "checks", j),
+                        f"check name {check.name!r} is also used by checks[{names[check.name]}]; "
+                        "give one a different name",
+                    )
+                names.setdefault(check.name, j)
+            services.append(service)
+        upstreams: dict[tuple[str, str], int] = {}
+        for i, upstream in enumerate(self.upstreams):
+            if upstream.key in upstreams:
+                problem(
+                    ("upstreams", i, "service"),
+                    f"{upstream.service!r} is also upstreams[{upstreams[upstream.key]}]",
+                )
+            upstreams.setdefault(upstream.key, i)
+        if errors:
+            raise ValidationError.from_exception_data("SidecarConfig", errors)
+        object.__setattr__(self, "services", tuple(services))
+        return self
+
+
+def parse_config(text: str, source: str = "sidecar.yaml") -> SidecarConfig:
+    """Validates YAML text; raises :class:`ConfigError` naming line and field."""
+    return read_config(text, source, SidecarConfig)
+
+
+def load_config(path: str | Path) -> SidecarConfig:
+    """Reads and validates a sidecar configuration file.
+
+    Raises :class:`ConfigError` (a ValueError) whose message is one line:
+    ``FILE:LINE: FIELD: what is wrong``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            str(path), [ConfigProblem(0, "", f"cannot read: {exc.strerror}")]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), [ConfigProblem(0, "", "not UTF-8 text")]) from None
+    return parse_config(text, path.name if path.parent == Path() else str(path))

@@ -1,0 +1,1 @@
+"""Unit tests of the sidecar health engine: fakes, no sockets."""
