@@ -32,6 +32,7 @@ STANDALONE = {
     "balancer": "benchmarks.bench_balancer",
     "health": "benchmarks.bench_health",
     "proxyless": "benchmarks.bench_proxyless",
+    "sidecar": "benchmarks.bench_sidecar",
 }
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.jsonl"
