@@ -27,6 +27,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, ItemsView, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ecosystem.v1 import registry_pb2 as pb
 
@@ -245,6 +246,7 @@ class InstanceView:
         self._config = config or ViewConfig()
         self._instances: dict[str, pb.Instance] = {}
         self._by_service: dict[tuple[str, str], dict[str, pb.Instance]] = {}
+        self._by_node: dict[str, dict[str, pb.Instance]] = {}
         self._ring: deque[tuple[int, tuple[_Change, ...]]] = deque()
         self._ring_count = 0
         self._floor = 0  # the ring holds every change after this revision
@@ -302,6 +304,7 @@ class InstanceView:
             result = await self._store.range(INSTANCES_PREFIX, revision=base)
         self._instances.clear()
         self._by_service.clear()
+        self._by_node.clear()
         for kv in result.kvs:
             self._index(kv.key, decode_instance(kv))
         self._ring.clear()
@@ -353,16 +356,18 @@ class InstanceView:
             self._set_revision(batch.revision)
 
     def _index(self, key: str, inst: pb.Instance) -> None:
+        old = self._instances.get(key)
+        if old is not None and old.node != inst.node:
+            _drop(self._by_node, old.node, key)
         self._instances[key] = inst
         self._by_service.setdefault((inst.namespace, inst.service), {})[key] = inst
+        if inst.node:
+            self._by_node.setdefault(inst.node, {})[key] = inst
 
     def _unindex(self, key: str, inst: pb.Instance) -> None:
         del self._instances[key]
-        group = self._by_service.get((inst.namespace, inst.service))
-        if group is not None:
-            group.pop(key, None)
-            if not group:
-                del self._by_service[(inst.namespace, inst.service)]
+        _drop(self._by_service, (inst.namespace, inst.service), key)
+        _drop(self._by_node, inst.node, key)
 
     def _remember(self, revision: int, changes: tuple[_Change, ...]) -> None:
         self._ring.append((revision, changes))
@@ -446,7 +451,7 @@ class InstanceView:
 
     def node_instances(self, node: str) -> dict[str, pb.Instance]:
         """Instances registered by one node, by store key."""
-        return {key: inst for key, inst in self._instances.items() if inst.node == node}
+        return dict(self._by_node.get(node, {}))
 
     def services_changed_at(self, revision: int) -> set[tuple[str, str]] | None:
         """(namespace, service) pairs changed at ``revision``; None when the
@@ -544,6 +549,14 @@ class InstanceView:
             responses.append(b"".join(frames))
         responses[-1] += marker(pb.WATCH_EVENT_TYPE_SNAPSHOT_END, revision)
         return responses
+
+
+def _drop(index: dict[Any, dict[str, pb.Instance]], group: Any, key: str) -> None:
+    members = index.get(group)
+    if members is not None:
+        members.pop(key, None)
+        if not members:
+            del index[group]
 
 
 def _summarize(namespace: str, name: str, instances: list[pb.Instance]) -> pb.Service:

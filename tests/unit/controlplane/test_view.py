@@ -121,3 +121,28 @@ async def test_close_ends_subscribers(store: MemoryStore) -> None:
     await view.close()
     with pytest.raises(UnavailableError):
         await next_response(stream)
+
+
+async def test_instances_are_indexed_by_node_as_they_move(store: MemoryStore) -> None:
+    view = await make_view(store)
+
+    async def put(id: str, node: str) -> None:
+        await Registry(store).register(
+            pb.RegisterInstanceRequest(
+                instance=pb.Instance(id=id, service="web", node=node, address="10.0.0.1", port=80)
+            )
+        )
+        await view.wait_for(store.revision)
+
+    await put("a", "n1")
+    await put("b", "n1")
+    await put("c", "")
+    assert sorted(i.id for i in view.node_instances("n1").values()) == ["a", "b"]
+    await put("b", "n2")  # moved to another node
+    assert sorted(i.id for i in view.node_instances("n1").values()) == ["a"]
+    assert sorted(i.id for i in view.node_instances("n2").values()) == ["b"]
+    await Registry(store).deregister(pb.DeregisterInstanceRequest(service="web", id="a"))
+    await view.wait_for(store.revision)
+    assert view.node_instances("n1") == {}
+    assert view.node_instances("") == {}
+    await view.close()
