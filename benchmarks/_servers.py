@@ -10,6 +10,7 @@ asked by the kernel to stop should this process die without cleaning up.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import ctypes
 import functools
@@ -84,7 +85,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class Server:
+class Server(abc.ABC):
     """A system under test as a subprocess; use as a context manager."""
 
     system = ""
@@ -103,11 +104,11 @@ class Server:
             raise ServerError(f"{self.system} is not running")
         return self._proc.pid
 
-    def command(self) -> list[str]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def command(self) -> list[str]: ...
 
-    def ready_url(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def ready_url(self) -> str: ...
 
     def _is_ready(self, body: bytes) -> bool:
         return True

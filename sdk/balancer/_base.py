@@ -18,6 +18,7 @@ Not thread-safe: a balancer belongs to one asyncio event loop (or one thread).
 
 from __future__ import annotations
 
+import abc
 import math
 import random
 import time
@@ -170,7 +171,7 @@ class Ejections:
         return frozenset(self.records)
 
 
-class BalancerBase:
+class BalancerBase(abc.ABC):
     """Endpoint bookkeeping, health, ejection and panic; subclasses add the picking.
 
     A subclass implements ``_rebuild(candidates)`` (called from ``update()``
@@ -333,11 +334,12 @@ class BalancerBase:
         """The slots to route to when not panicking; all available ones by default."""
         return available
 
-    def _rebuild(self, candidates: list[Slot]) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _rebuild(self, candidates: list[Slot]) -> None: ...
 
-    def _pick(self, key: str | bytes | None) -> Slot:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _pick(self, key: str | bytes | None) -> Slot: ...
 
-    def _on_release(self, slot: Slot, latency: float | None, failed: bool) -> None:
-        """Feedback hook; most strategies need only the in-flight count."""
+    def _on_release(self, slot: Slot, latency: float | None, failed: bool) -> None:  # noqa: B027
+        """Feedback hook; most strategies need only the in-flight count, so
+        the default does nothing."""

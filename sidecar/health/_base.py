@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import enum
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
@@ -120,9 +121,9 @@ class CheckConfig(BaseModel):
         return value
 
     @property
+    @abc.abstractmethod
     def target(self) -> str:
         """What the check looks at, for logs and outputs."""
-        raise NotImplementedError
 
 
 class ProbeCheckConfig(CheckConfig):
