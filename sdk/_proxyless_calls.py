@@ -44,6 +44,7 @@ from sdk._proxyless_policy import (
     CallOptions,
     CallPolicy,
     code_of,
+    never_sent,
     rpc_status,
     should_retry,
 )
@@ -388,6 +389,8 @@ class UnaryUnaryCall:
                     latency=time.monotonic() - started,
                     failed=code in ENDPOINT_FAILURES,
                 )
+                if never_sent(code, details):
+                    router.eject_unreachable(endpoint)
                 if (
                     self._attempts >= policy.max_attempts
                     or self._cancel_requested

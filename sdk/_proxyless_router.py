@@ -37,6 +37,9 @@ __all__ = ["Connection", "Router"]
 
 logger = logging.getLogger(__name__)
 
+# Seconds an endpoint that refused a connection is skipped before it is tried again.
+UNREACHABLE_EJECTION = 5.0
+
 ChannelMaker = Callable[[str], grpc.aio.Channel]
 
 
@@ -250,6 +253,18 @@ class Router:
         connection = self._connection(chosen)
         connection.started()
         return chosen, connection, fresh
+
+    def eject_unreachable(self, endpoint: Endpoint) -> None:
+        """Skips an endpoint that refused a connection for ``UNREACHABLE_EJECTION``
+        seconds, so later calls do not each pay a failed connect before their
+        retry. (Balancers run on the monotonic clock unless given another.)"""
+        self._balancer.eject(endpoint.id, time.monotonic() + UNREACHABLE_EJECTION)
+        logger.info(
+            "%s: %s refused the connection; skipped for %gs",
+            self.label,
+            endpoint.id,
+            UNREACHABLE_EJECTION,
+        )
 
     def release(
         self,
