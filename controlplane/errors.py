@@ -8,6 +8,7 @@
     ├── AlreadyExistsError        ALREADY_EXISTS  (expected "absent", found one)
     ├── RevisionConflictError     ABORTED         (expected revision N, found M)
     ├── FailedPreconditionError   FAILED_PRECONDITION
+    ├── UnauthenticatedError      UNAUTHENTICATED (a sidecar's token is wrong)
     └── UnavailableError          UNAVAILABLE     (draining, store gone)
 
 Servicers raise these (or let store errors through, which ``to_status``
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "RevisionConflictError",
+    "UnauthenticatedError",
     "UnavailableError",
     "to_status",
 ]
@@ -71,6 +73,10 @@ class FailedPreconditionError(ControlPlaneError):
     pass
 
 
+class UnauthenticatedError(ControlPlaneError):
+    pass
+
+
 class UnavailableError(ControlPlaneError):
     pass
 
@@ -82,6 +88,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (RevisionConflictError, grpc.StatusCode.ABORTED),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (LeaseNotFound, grpc.StatusCode.NOT_FOUND),
     (Compacted, grpc.StatusCode.OUT_OF_RANGE),

@@ -24,6 +24,7 @@ from controlplane.errors import (
     ControlPlaneError,
     FieldViolation,
     InvalidArgumentError,
+    UnauthenticatedError,
     UnavailableError,
     code_for,
     to_status,
@@ -37,10 +38,6 @@ __all__ = ["AgentServicer"]
 log = logging.getLogger(__name__)
 
 _MAX_WAIT_MS = 600_000
-
-
-class _Unauthenticated(ControlPlaneError):
-    pass
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -64,8 +61,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return self._sessions
 
     async def _abort(self, context: Any, exc: BaseException) -> None:
-        if isinstance(exc, _Unauthenticated):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         if code_for(exc) is None:
             log.error("agent session failed", exc_info=exc)
         status = rpc_status.to_status(to_status(exc))
@@ -87,7 +82,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if problems:
                 raise InvalidArgumentError(problems)
             if self._settings.token and hello.token != self._settings.token:
-                raise _Unauthenticated(f"node {hello.node.id!r}: wrong or missing token")
+                raise UnauthenticatedError(f"node {hello.node.id!r}: wrong or missing token")
             session = await open_session(self._store, self._settings, hello, context.peer())
         except Exception as exc:
             await self._abort(context, exc)
