@@ -19,7 +19,7 @@ to it again (``restore_*``: the way back, from flip to routable).
 ``sidecar_rss``: N instances of ``big`` registered through the SDK
 (persistent), a sidecar with ``upstreams: [{service: big}]``, VmRSS read from
 /proc once its local API returns all N; beside the VmRSS of a sidecar with no
-services and no upstreams.
+services and no upstreams. In MB of 10⁶ bytes, like every benchmark here.
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ async def _register_big(address: str, count: int) -> float:
 async def _settled_rss_mb(server: SidecarServer, seconds: float = 2.0) -> float:
     await asyncio.sleep(seconds)
     server.check_alive()
-    return rss_bytes(server.pid) / 2**20
+    return rss_bytes(server.pid) / 1e6
 
 
 async def _rss(workdir: Path, endpoints: int, cp: ControlPlaneServer) -> dict[str, Any]:
@@ -337,7 +337,7 @@ async def _rss(workdir: Path, endpoints: int, cp: ControlPlaneServer) -> dict[st
                 await asyncio.sleep(0.1)
             loaded_s = time.monotonic() - started
             rss_mb = await _settled_rss_mb(big)
-            peak_mb = peak_rss_bytes(big.pid) / 2**20
+            peak_mb = peak_rss_bytes(big.pid) / 1e6
     return {
         "bench": "sidecar_rss",
         "endpoints": endpoints,

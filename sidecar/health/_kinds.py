@@ -7,7 +7,6 @@ import shlex
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import yarl
 from pydantic import Field, StrictBool, field_serializer, field_validator
 
 from sidecar.health._base import CheckConfig, CheckKind, ProbeCheckConfig, split_host_port
@@ -49,6 +48,9 @@ class HttpCheckConfig(ProbeCheckConfig):
     @field_validator("http")
     @classmethod
     def _check_url(cls, value: str) -> str:
+        # Imported here: a sidecar without HTTP checks does not need it (about 1 MB).
+        import yarl
+
         value = value.strip()
         try:
             url = yarl.URL(value)

@@ -1,0 +1,383 @@
+"""A small HTTP/1.1 server for a few fixed ``GET`` routes: the sidecar's admin endpoints.
+
+Why it exists: the admin endpoints are three documents, and the general web
+framework cost the sidecar about 11 MB of resident memory just by being
+imported, against a budget of 60 MB for the whole process. Requests are
+parsed by ``httptools`` (which the proxy uses anyway).
+
+What it implements: keep-alive and pipelining (answers in request order);
+``GET`` and ``HEAD`` (no body, same headers) on the given paths, 405 with
+``Allow`` for another method there, 404 elsewhere; every response framed by
+``Content-Length``; ``Connection: close`` and HTTP/1.0 honoured. A request
+whose head exceeds ``max_head`` bytes gets 431, one whose body exceeds
+``max_body`` gets 413, an unparseable one 400 (so does a method unknown to
+the parser); each of these closes the connection. A connection is closed
+when no request has completed on it for ``idle_timeout`` seconds (which also
+bounds a slow request and a client that stopped reading). While the client
+does not read its responses, reading its further requests is paused.
+
+Handlers are synchronous callables returning a :class:`Response`; an
+exception in one is logged and answered with 500. :meth:`HttpServer.close`
+stops accepting, closes every connection (unsent responses get a short
+grace) and waits until they are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import enum
+import http
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, cast
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+__all__ = ["Handler", "HttpServer", "Response"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a connection may go without completing a request.
+IDLE_TIMEOUT = 30.0
+#: The largest request line plus headers accepted, in bytes.
+MAX_HEAD = 16 * 1024
+#: The largest request body accepted (and discarded), in bytes.
+MAX_BODY = 64 * 1024
+#: Seconds :meth:`HttpServer.close` lets connections flush what they were sending.
+CLOSE_GRACE = 1.0
+_ALLOWED = (b"GET", b"HEAD")
+_TEXT = "text/plain; charset=utf-8"
+
+
+class Response(NamedTuple):
+    """One answer: a status code, a full ``Content-Type`` and the body."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+Handler = Callable[[], Response]
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    SERVING = "serving"
+    CLOSED = "closed"
+
+
+class HttpServer:
+    """Serves ``routes`` (path → handler) on one listening address.
+
+    ``start()`` binds (raising ``OSError`` when it cannot) and returns the
+    bound socket addresses; ``close()`` is idempotent, and a closed server
+    cannot be started again.
+    """
+
+    def __init__(
+        self,
+        routes: Mapping[str, Handler],
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_head: int = MAX_HEAD,
+        max_body: int = MAX_BODY,
+        close_grace: float = CLOSE_GRACE,
+    ) -> None:
+        self.routes = {path.encode(): handler for path, handler in routes.items()}
+        self.idle_timeout = idle_timeout
+        self.max_head = max_head
+        self.max_body = max_body
+        self.close_grace = close_grace
+        self._state = _State.NEW
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_Connection] = set()
+        self._all_closed: asyncio.Event | None = None
+        self._date = (0, b"")
+
+    @property
+    def connections(self) -> int:
+        """How many client connections are open."""
+        return len(self._connections)
+
+    async def start(self, host: str, port: int) -> list[tuple[str, int]]:
+        """Listens on ``host:port`` (port 0: any free port); returns the bound addresses."""
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"the HTTP server is {self._state.value}")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True, backlog=128
+        )
+        self._state = _State.SERVING
+        return [sock.getsockname()[:2] for sock in self._server.sockets]
+
+    async def close(self) -> None:
+        """Stops accepting, closes every connection and waits until they are gone."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        if self._connections:
+            self._all_closed = asyncio.Event()
+            for conn in list(self._connections):
+                conn.close()
+            try:
+                async with asyncio.timeout(self.close_grace):
+                    await self._all_closed.wait()
+            except TimeoutError:
+                for conn in list(self._connections):
+                    conn.abort()
+                await self._all_closed.wait()
+        await server.wait_closed()
+
+    # -- for connections ---------------------------------------------------------------
+
+    def date(self) -> bytes:
+        """The ``Date`` header value, formatted at most once a second."""
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, email.utils.formatdate(now, usegmt=True).encode())
+        return self._date[1]
+
+    def added(self, conn: _Connection) -> None:
+        self._connections.add(conn)
+        if self._state is _State.CLOSED:
+            conn.close()  # accepted just before close() stopped the listener
+
+    def removed(self, conn: _Connection) -> None:
+        self._connections.discard(conn)
+        if not self._connections and self._all_closed is not None:
+            self._all_closed.set()
+
+
+class _Request(NamedTuple):
+    method: bytes
+    path: bytes
+    keep_alive: bool
+    http10: bool
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parser callbacks queue requests, ``_answer`` replies in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._queue: deque[_Request] = deque()
+        self._url = bytearray()
+        self._in_head = False
+        self._head_seen = 0  # head bytes delivered by the parser's callbacks
+        self._head_raw = 0  # bytes of reads that fell entirely inside one head
+        self._body_size = 0
+        self._error: http.HTTPStatus | None = None
+        self._upgraded = False
+        self._paused = False
+        self._closing = False
+        self._last_request = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._server.added(self)
+        self._last_request = self._loop.time()
+        self._timer = self._loop.call_at(
+            self._last_request + self._server.idle_timeout, self._on_timer
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._queue.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transport = None
+        self._server.removed(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._error is not None or self._upgraded:
+            return
+        was_in_head = self._in_head
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Not switching protocols: what follows the request is not HTTP, so the
+            # connection ends after the answer.
+            self._upgraded = True
+        except httptools.HttpParserCallbackError:
+            logger.exception("admin HTTP: parser callback failed")
+            self._fail(http.HTTPStatus.INTERNAL_SERVER_ERROR)
+        except httptools.HttpParserError:
+            self._fail(http.HTTPStatus.BAD_REQUEST)
+        else:
+            if was_in_head and self._in_head:
+                # The whole read belongs to one unfinished head: without this, a
+                # header line that never ends would be buffered by the parser.
+                self._head_raw += len(data)
+                if self._head_raw > self._server.max_head:
+                    self._fail(http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        self._answer()
+
+    def pause_writing(self) -> None:
+        # The client is not reading its answers: stop reading its questions too.
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+        self._answer()
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url.clear()
+        self._head_seen = 0
+        self._head_raw = 0
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._server.max_body:
+            self._fail(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+
+    def on_message_complete(self) -> None:
+        if self._error is not None:
+            return
+        parser = self._parser
+        self._queue.append(
+            _Request(
+                parser.get_method(),
+                _path_of(bytes(self._url)),
+                parser.should_keep_alive(),
+                parser.get_http_version() == "1.0",
+            )
+        )
+        self._last_request = self._loop.time()
+
+    # -- answering -----------------------------------------------------------------------
+
+    def _count_head(self, size: int) -> None:
+        self._head_seen += size
+        if self._head_seen > self._server.max_head:
+            self._fail(http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+
+    def _fail(self, status: http.HTTPStatus) -> None:
+        """Answers ``status`` after the requests already queued, then closes."""
+        if self._error is None:
+            self._error = status
+
+    def _answer(self) -> None:
+        while self._queue and not self._paused and not self._closing:
+            request = self._queue.popleft()
+            # After an upgrade request comes something that is not HTTP.
+            last = not request.keep_alive or (self._upgraded and not self._queue)
+            self._write(self._respond(request), request.method == b"HEAD", last, request.http10)
+        if self._closing or self._queue:
+            return
+        if self._error is not None:
+            self._write(_plain(self._error), False, True, False)
+        elif self._upgraded:
+            self.close()
+
+    def _respond(self, request: _Request) -> Response:
+        handler = self._server.routes.get(request.path)
+        if handler is None:
+            return _plain(http.HTTPStatus.NOT_FOUND)
+        if request.method not in _ALLOWED:
+            return _plain(http.HTTPStatus.METHOD_NOT_ALLOWED)
+        try:
+            return handler()
+        except Exception:
+            logger.exception("admin HTTP: %s failed", request.path.decode("latin-1"))
+            return _plain(http.HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _write(self, response: Response, head_only: bool, last: bool, http10: bool) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        status = http.HTTPStatus(response.status)
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()),
+            b"Content-Type: %s\r\n" % response.content_type.encode("latin-1"),
+            b"Content-Length: %d\r\n" % len(response.body),
+            b"Date: %s\r\n" % self._server.date(),
+        ]
+        if status is http.HTTPStatus.METHOD_NOT_ALLOWED:
+            head.append(b"Allow: %s\r\n" % b",".join(_ALLOWED))
+        if last:
+            head.append(b"Connection: close\r\n")
+        elif http10:
+            head.append(b"Connection: keep-alive\r\n")
+        head.append(b"\r\n")
+        if not head_only:
+            head.append(response.body)
+        transport.write(b"".join(head))
+        if last:
+            self._closing = True
+            self._queue.clear()
+            transport.close()  # after what is buffered has been sent
+
+    # -- closing -------------------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._transport is None:
+            return
+        due = self._last_request + self._server.idle_timeout
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._on_timer)
+            return
+        if self._transport.get_write_buffer_size():
+            self.abort()  # stuck on a client that stopped reading
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """Closes once what is buffered has been sent."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Closes now, dropping anything unsent."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _path_of(url: bytes) -> bytes:
+    """The decoded path of an origin-form or absolute-form request target."""
+    if not url.startswith(b"/"):
+        try:
+            url = httptools.parse_url(url).path or b"/"
+        except httptools.HttpParserInvalidURLError:
+            return b""
+    path = url.partition(b"?")[0].partition(b"#")[0]
+    return unquote_to_bytes(path) if b"%" in path else path
+
+
+def _plain(status: http.HTTPStatus) -> Response:
+    return Response(status, _TEXT, f"{status.value}: {status.phrase}".encode())

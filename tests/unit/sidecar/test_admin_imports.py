@@ -1,0 +1,46 @@
+"""What running a sidecar imports: not the general HTTP framework and client.
+
+aiohttp costs the sidecar process about 11 MB of resident memory (its budget
+is 60 MB): the admin endpoints have their own small server, and the health
+checker imports the general client only for the probes that need it
+(``https://`` URLs). A fresh interpreter, so that nothing else loaded it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+_PROGRAM = """
+import sys
+import eco.cli
+from sidecar.config import SidecarConfig
+import sidecar.agent
+import sidecar.admin
+from sidecar.health import NetworkHealthChecker, parse_check
+
+checker = NetworkHealthChecker()
+checker.prepare(parse_check({"http": "http://127.0.0.1:1/health"}))
+checker.prepare(parse_check({"tcp": "127.0.0.1:1"}))
+print(",".join(sorted(name for name in sys.modules if name.split(".")[0] == "aiohttp")))
+"""
+
+
+def test_the_sidecar_does_not_import_aiohttp() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROGRAM], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == ""
+
+
+def test_an_https_probe_still_gets_the_general_client() -> None:
+    program = (
+        "import sys\n"
+        "from sidecar.health import NetworkHealthChecker, parse_check\n"
+        "NetworkHealthChecker().prepare(parse_check({'http': 'https://127.0.0.1:1/health'}))\n"
+        "print('aiohttp' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "True"
