@@ -52,7 +52,9 @@ def sidecar_command(ctx: click.Context, settings: Settings, config_path: Path, c
     It registers the local services of the configuration file with the
     control plane, runs their health checks, keeps the endpoints of the
     upstream services (also on disk, for when the control plane is
-    unreachable), and serves the local API and admin HTTP. A bad
+    unreachable), and serves the local API and admin HTTP. Upstreams with a
+    `listen` address and `inbound` entries are proxy listeners (tcp, http or
+    grpc): applications dial 127.0.0.1:PORT and the sidecar forwards. A bad
     configuration file is one error naming the line and the field, and
     exit status 2; nothing is started.
 
@@ -69,11 +71,16 @@ def sidecar_command(ctx: click.Context, settings: Settings, config_path: Path, c
         click.echo(f"eco: {err}", err=True)
         ctx.exit(EXIT_USAGE)
     if check:
+        listeners = [
+            f"{u.protocol} {u.listen} -> {u.service}" for u in config.upstreams if u.listen
+        ] + [f"{i.protocol} {i.listen} -> {i.to} (inbound)" for i in config.inbound]
         click.echo(
             f"{config_path}: ok — node {config.node.id}, {len(config.services)} local "
             f"service(s), {len(config.upstreams)} upstream(s), control plane "
             f"{', '.join(config.controlplane.addresses)}"
         )
+        for line in listeners:
+            click.echo(f"  proxy: {line}")
         ctx.exit(0)
     configure_logging(settings.verbose, base=logging.INFO)
     ctx.exit(run(config))

@@ -43,11 +43,12 @@ from sdk import (
 )
 from sidecar.admin import AdminServer
 from sidecar.cache import CACHE_FILE, CacheSource, EndpointCache
-from sidecar.config import LocalServiceConfig, SidecarConfig
+from sidecar.config import INBOUND_PORT_KEY, LocalServiceConfig, SidecarConfig
 from sidecar.errors import BadRequestError, StartupError, UnknownInstanceError, UnknownServiceError
 from sidecar.health import CheckKind, HealthChecker, HealthEngine, HealthTransition
 from sidecar.local_api import LocalApiServer, SidecarServicer
 from sidecar.metrics import MetricsSnapshot, SidecarMetrics
+from sidecar.proxy._dataplane import DataPlane
 from sidecar.routing import Router, endpoints_of
 from sidecar.status import status_document
 
@@ -88,6 +89,7 @@ class Sidecar:
         self._services: dict[str, LocalServiceConfig] = {s.id: s for s in config.services}
         self.cache = EndpointCache([u.key for u in config.upstreams], config.data_dir / CACHE_FILE)
         self.router = Router(config.upstreams, config.node)
+        self.dataplane = DataPlane(config, self.router)
         self.engine = HealthEngine(checker, on_transition=self._on_transition)
         self._servicer = SidecarServicer(
             self.cache,
@@ -111,6 +113,7 @@ class Sidecar:
         self._state = _State.NEW
         self._stopped = asyncio.Event()
         self.metrics.watch(self._metrics_snapshot)
+        self.metrics.watch_proxy(lambda: self.dataplane.listeners)
 
     # -- what others read ----------------------------------------------------------
 
@@ -154,7 +157,7 @@ class Sidecar:
                 region=node.region,
                 zone=node.zone,
                 tags=s.tags,
-                metadata=s.metadata,
+                metadata=self._metadata(s),
                 weight=s.weight,
                 health=self.engine.status(s.id),
                 checks=tuple(d.to_check_status() for d in self.engine.checks(s.id)),
@@ -162,6 +165,12 @@ class Sidecar:
             )
             for s in self.config.services
         ]
+
+    def _metadata(self, service: LocalServiceConfig) -> dict[str, str]:
+        port = self.dataplane.inbound_port(service.name)
+        if port is None:
+            return service.metadata
+        return {**service.metadata, INBOUND_PORT_KEY: str(port)}
 
     def status(self) -> dict[str, Any]:
         """The ``/status`` document."""
@@ -196,6 +205,7 @@ class Sidecar:
         await self._local_api.start(config.local_api)
         if self._admin is not None and config.admin is not None:
             await self._admin.start(config.admin)
+        await self.dataplane.start()
         await self.cache.start()
         await self.engine.start()
         node = config.node
@@ -243,6 +253,7 @@ class Sidecar:
                 if leave and await session.leave(timeout=1.0):
                     logger.info("deregistered %d local instance(s)", len(self._services))
                 await session.close()
+            await self.dataplane.drain(self.config.drain_grace)
             await self._local_api.stop(grace=1.0)
             if self._admin is not None:
                 await self._admin.stop()
@@ -315,6 +326,7 @@ class Sidecar:
         self.cache.commit(changes, update.version)
         for key, instances in changes.items():
             self.router.update(key, instances, endpoints[key])
+            self.dataplane.endpoints_changed(key)
 
     def _on_transition(self, transition: HealthTransition) -> None:
         self.metrics.health_transitions.labels(transition.new.value).inc()

@@ -53,11 +53,18 @@ __all__ = [
     "DEFAULT_BALANCER",
     "DEFAULT_CONTROLPLANE",
     "DEFAULT_LOCAL_API",
+    "INBOUND_PORT_KEY",
+    "PROTOCOLS",
+    "CircuitBreakerConfig",
     "ConfigError",
     "ConfigProblem",
     "ControlPlaneLinkConfig",
+    "InboundConfig",
     "LocalServiceConfig",
     "NodeConfig",
+    "OutlierConfig",
+    "ProxyPolicy",
+    "RetryBudgetConfig",
     "SidecarConfig",
     "UpstreamConfig",
     "load_config",
@@ -240,7 +247,146 @@ BALANCER_OPTIONS = (
 )
 
 
-class UpstreamConfig(_Model):
+#: The protocols a proxy listener speaks.
+PROTOCOLS = ("tcp", "http", "grpc")
+#: Instance metadata naming the port of the sidecar's inbound listener in front
+#: of that instance: a client sidecar dials it instead of the instance's port.
+INBOUND_PORT_KEY = "eco.inbound.port"
+
+
+class CircuitBreakerConfig(_Model):
+    """Limits per upstream; past one, a new connection or request fails at once.
+
+    ``max_connections``: open upstream connections; ``max_pending``:
+    requests (or TCP connections) waiting for an upstream connection;
+    ``max_requests``: requests in flight (HTTP and gRPC).
+    """
+
+    max_connections: StrictInt = Field(default=1024, ge=1, le=1_000_000)
+    max_pending: StrictInt = Field(default=1024, ge=1, le=1_000_000)
+    max_requests: StrictInt = Field(default=1024, ge=1, le=1_000_000)
+
+
+class OutlierConfig(_Model):
+    """Ejects an endpoint after ``consecutive_failures`` failures in a row
+    (connect failures, resets, timeouts, 5xx / UNAVAILABLE) for
+    ``base_ejection`` * (times ejected), at most ``max_ejection``; never more
+    than ``max_ejected_percent`` of an upstream's endpoints at once.
+    ``consecutive_failures: 0`` turns ejection off."""
+
+    consecutive_failures: StrictInt = Field(default=5, ge=0, le=1000)
+    base_ejection: Duration = 30.0
+    max_ejection: Duration = 300.0
+    max_ejected_percent: StrictInt = Field(default=50, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _check_times(self) -> Self:
+        if self.base_ejection <= 0:
+            raise ValueError("base_ejection must be greater than 0")
+        if self.max_ejection < self.base_ejection:
+            raise ValueError("max_ejection must be at least base_ejection")
+        return self
+
+
+class RetryBudgetConfig(_Model):
+    """Retries in flight may be at most ``percent`` of the requests in flight,
+    but ``min_retries`` are always allowed: retries cannot multiply an overload."""
+
+    percent: float = Field(default=20.0, ge=0, le=100)
+    min_retries: StrictInt = Field(default=3, ge=0, le=10_000)
+
+
+class ProxyPolicy(_Model):
+    """How a proxy listener forwards: the keys shared by ``upstreams`` and ``inbound``.
+
+    ``timeout`` bounds a whole HTTP request or gRPC call, retries included
+    (0: none); ``per_try_timeout`` bounds each attempt (null: only
+    ``timeout``); ``idle_timeout`` closes a TCP connection, or an HTTP
+    keep-alive connection, that carried nothing for that long. ``retries``
+    are extra attempts on another endpoint: always when the upstream never
+    saw the request (connect failure), and for idempotent requests also on a
+    reset, a per-try timeout or a status in ``retry_on``.
+    """
+
+    protocol: str = "tcp"
+    connect_timeout: Duration = 2.0
+    idle_timeout: Duration = 300.0
+    timeout: Duration = 15.0
+    per_try_timeout: Duration | None = None
+    retries: StrictInt = Field(default=2, ge=0, le=10)
+    retry_on: tuple[StrictInt, ...] = (502, 503, 504)
+    retry_budget: RetryBudgetConfig = Field(default_factory=RetryBudgetConfig)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    outlier: OutlierConfig = Field(default_factory=OutlierConfig)
+
+    @field_validator("protocol")
+    @classmethod
+    def _check_protocol(cls, value: str) -> str:
+        if value not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {value!r}; expected one of {', '.join(PROTOCOLS)}")
+        return value
+
+    @field_validator("connect_timeout", "idle_timeout")
+    @classmethod
+    def _check_positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _check_timeout(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be 0 (no timeout) or greater")
+        return value
+
+    @field_validator("per_try_timeout")
+    @classmethod
+    def _check_per_try(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be greater than 0 (or null: only `timeout`)")
+        return value
+
+    @field_validator("retry_on")
+    @classmethod
+    def _check_retry_on(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for status in value:
+            if not 500 <= status <= 599:
+                raise ValueError(f"{status}: only 5xx statuses can be retried")
+        return value
+
+
+def _check_listen(value: str | None) -> str | None:
+    if value is None:
+        return None
+    split_hostport(value, allow_zero=True)
+    return value.strip()
+
+
+class InboundConfig(ProxyPolicy):
+    """A listener in front of a local application, which remote sidecars send to.
+
+    ``to`` is the application's address. ``service`` names the local service
+    it fronts (default: the one whose port is ``to``'s port, if any); that
+    service is registered with the listener's port in its metadata
+    (``eco.inbound.port``), so client sidecars dial the listener, not the app.
+    """
+
+    listen: str
+    to: str
+    service: str = ""
+
+    _listen = field_validator("listen")(_check_listen)
+
+    @field_validator("to")
+    @classmethod
+    def _check_to(cls, value: str) -> str:
+        host, _port = split_hostport(value)
+        _check_host(host)
+        return value.strip()
+
+
+class UpstreamConfig(ProxyPolicy):
     """A service the local applications call, and how to balance across it.
 
     ``balancer`` is one of ``sdk.balancer.STRATEGIES`` (default
@@ -251,6 +397,9 @@ class UpstreamConfig(_Model):
 
     service: str
     namespace: str = ""
+    #: where the applications dial this upstream through the sidecar (null: no listener,
+    #: the local API only)
+    listen: str | None = None
     balancer: str = DEFAULT_BALANCER
     locality: StrictBool = True
     panic_threshold: float | None = None
@@ -270,6 +419,8 @@ class UpstreamConfig(_Model):
                 "letter or digit, at most 63 characters"
             )
         return value
+
+    _listen = field_validator("listen")(_check_listen)
 
     @field_validator("balancer")
     @classmethod
@@ -327,6 +478,9 @@ class SidecarConfig(_Model):
     admin: str | None = DEFAULT_ADMIN
     services: tuple[LocalServiceConfig, ...] = ()
     upstreams: tuple[UpstreamConfig, ...] = ()
+    inbound: tuple[InboundConfig, ...] = ()
+    #: on shutdown, requests in flight through the proxy get this long to finish
+    drain_grace: Duration = 10.0
     grace: Duration = 15.0
     deregister_critical_after: Duration = 60.0
     sync_interval: Duration = 30.0
@@ -348,6 +502,18 @@ class SidecarConfig(_Model):
                 return None
             split_hostport(value, allow_zero=True)
             return value.strip()
+        return value
+
+    @field_validator("inbound", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("drain_grace")
+    @classmethod
+    def _check_drain(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be 0 or greater")
         return value
 
     _grace = field_validator("grace", "deregister_critical_after")(_positive(1.0))
@@ -400,6 +566,30 @@ class SidecarConfig(_Model):
                     f"{upstream.service!r} is also upstreams[{upstreams[upstream.key]}]",
                 )
             upstreams.setdefault(upstream.key, i)
+        listens: dict[str, str] = {}
+
+        def claim(listen: str | None, where: str, loc: tuple[str | int, ...]) -> None:
+            if listen is None:
+                return
+            host, port = split_hostport(listen, allow_zero=True)
+            if port and (key := f"{host}:{port}") in listens:
+                problem(loc, f"{listen} is also the listen address of {listens[key]}")
+            elif port:
+                listens[key] = where
+
+        claim(self.local_api, "local_api", ("local_api",))
+        claim(self.admin, "admin", ("admin",))
+        for i, upstream in enumerate(self.upstreams):
+            claim(upstream.listen, f"upstreams[{i}]", ("upstreams", i, "listen"))
+        local_names = {s.name for s in services}
+        for i, inbound in enumerate(self.inbound):
+            claim(inbound.listen, f"inbound[{i}]", ("inbound", i, "listen"))
+            if inbound.service and inbound.service not in local_names:
+                problem(
+                    ("inbound", i, "service"),
+                    f"{inbound.service!r} is not one of the local services "
+                    f"({', '.join(sorted(local_names)) or 'none'})",
+                )
         if errors:
             raise ValidationError.from_exception_data("SidecarConfig", errors)
         object.__setattr__(self, "services", tuple(services))

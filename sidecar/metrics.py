@@ -8,11 +8,13 @@ sidecar when scraped, by one collector, so it can never drift.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from sidecar.proxy import Listener
 
 __all__ = ["MetricsSnapshot", "SidecarMetrics"]
 
@@ -77,6 +79,84 @@ class _StateCollector:
         yield _gauge("eco_sidecar_outstanding_picks", "Picks not yet reported", s.outstanding_picks)
 
 
+class _ProxyCollector:
+    """Per-listener proxy counters, read from the targets' plain counters at scrape time."""
+
+    def __init__(self, read: Callable[[], Sequence[Listener]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        labels = ["listener", "protocol"]
+        requests = CounterMetricFamily(
+            "eco_sidecar_proxy_requests",
+            "Finished requests (TCP: connections) per proxy listener",
+            labels=labels,
+        )
+        active = GaugeMetricFamily(
+            "eco_sidecar_proxy_active", "Requests (TCP: connections) in flight", labels=labels
+        )
+        responses = CounterMetricFamily(
+            "eco_sidecar_proxy_responses",
+            "Responses sent downstream by class (HTTP 2xx…5xx, gRPC code, TCP closed)",
+            labels=[*labels, "code"],
+        )
+        errors = CounterMetricFamily(
+            "eco_sidecar_proxy_errors",
+            "Failures seen or made by the proxy, by kind",
+            labels=[*labels, "kind"],
+        )
+        retries = CounterMetricFamily("eco_sidecar_proxy_retries", "Retries made", labels=labels)
+        refused = CounterMetricFamily(
+            "eco_sidecar_proxy_retries_refused", "Retries the retry budget refused", labels=labels
+        )
+        ejections = CounterMetricFamily(
+            "eco_sidecar_proxy_ejections", "Endpoints ejected by outlier detection", labels=labels
+        )
+        ejected = GaugeMetricFamily(
+            "eco_sidecar_proxy_ejected_endpoints", "Endpoints ejected now", labels=labels
+        )
+        connections = GaugeMetricFamily(
+            "eco_sidecar_proxy_upstream_connections", "Open upstream connections", labels=labels
+        )
+        circuit = GaugeMetricFamily(
+            "eco_sidecar_proxy_circuit_open",
+            "1 while a circuit-breaker limit is reached",
+            labels=labels,
+        )
+        received = CounterMetricFamily(
+            "eco_sidecar_proxy_received_bytes", "Bytes received from downstream", labels=labels
+        )
+        sent = CounterMetricFamily(
+            "eco_sidecar_proxy_sent_bytes", "Bytes sent downstream", labels=labels
+        )
+        latency = HistogramMetricFamily(
+            "eco_sidecar_proxy_upstream_seconds",
+            "Time to the upstream's answer (TCP: to connect), per attempt",
+            labels=labels,
+        )
+        for listener in self._read():
+            target = listener.target
+            st = target.stats
+            lv = [listener.name, listener.protocol]
+            requests.add_metric(lv, st.requests)
+            active.add_metric(lv, st.active)
+            for code, n in sorted(st.responses.items()):
+                responses.add_metric([*lv, code], n)
+            for kind, n in sorted(st.errors.items()):
+                errors.add_metric([*lv, kind], n)
+            retries.add_metric(lv, st.retries)
+            refused.add_metric(lv, st.retries_refused)
+            ejections.add_metric(lv, st.ejections)
+            ejected.add_metric(lv, len(target.balancer.ejected))
+            connections.add_metric(lv, target.connections)
+            circuit.add_metric(lv, 1.0 if target.circuit_open else 0.0)
+            received.add_metric(lv, st.bytes_received)
+            sent.add_metric(lv, st.bytes_sent)
+            latency.add_metric(lv, buckets=st.latency.cumulative(), sum_value=st.latency.sum)
+        yield from (requests, active, responses, errors, retries, refused, ejections, ejected)
+        yield from (connections, circuit, received, sent, latency)
+
+
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=float(value))
 
@@ -128,6 +208,10 @@ class SidecarMetrics:
             if histogram is None:
                 histogram = self._latency[method] = self.request_seconds.labels(method)
             histogram.observe(seconds)
+
+    def watch_proxy(self, read: Callable[[], Sequence[Listener]]) -> None:
+        """Reports the proxy listeners' counters, read at every scrape."""
+        self.registry.register(_ProxyCollector(read))
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -6,7 +6,11 @@
      "controlplane": {"address", "replica", "session_id", "state", "last_error", …},
      "applied_version": 42, "cache": {"source": "controlplane", "path", "version", …},
      "instances": [{"id", "service", "health", "checks": [...]}, …],
-     "upstreams": [{"service", "balancer", "version", "endpoints": [...]}, …]}
+     "upstreams": [{"service", "balancer", "version", "endpoints": [...]}, …],
+     "proxy": [{"name", "protocol", "listen", "endpoints", "ejected", "panicking",
+                "circuit": {"open", "connections", "max_connections", …},
+                "stats": {"requests", "active", "responses", "errors", "retries",
+                          "ejections", "latency_ms": {"p50_le", "p99_le", "mean"}, …}}, …]}
 """
 
 from __future__ import annotations
@@ -125,4 +129,5 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
             }
         )
     doc["upstreams"] = upstreams
+    doc["proxy"] = sidecar.dataplane.status()
     return doc

@@ -1,7 +1,8 @@
-"""`eco controlplane` as a real subprocess that tests can kill and restart."""
+"""`eco controlplane` and `eco sidecar` as real subprocesses that tests can kill and restart."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -9,9 +10,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import grpc
 import pytest
+from ecosystem.v1 import sidecar_pb2, sidecar_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ECO = Path(sys.executable).with_name("eco")
@@ -104,3 +108,105 @@ def sqlite_plane(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
         yield plane
     finally:
         plane.stop()
+
+
+# Small values so the whole file stays well under a minute and a half.
+TIMING = """\
+sync_interval: 1s
+grace: 1s
+deregister_critical_after: 2s
+"""
+
+
+class SidecarProcess:
+    """One `eco sidecar` on fixed ports, with its own config file and data dir."""
+
+    def __init__(self, tmp_path: Path, name: str, body: str, controlplane: str) -> None:
+        self.name = name
+        self.local_api = f"127.0.0.1:{free_port()}"
+        self.admin = f"127.0.0.1:{free_port()}"
+        self.data_dir = tmp_path / f"{name}-data"
+        self.log_path = tmp_path / f"{name}.log"
+        self.config_path = tmp_path / f"{name}.yaml"
+        self.config_path.write_text(
+            f"node: {{id: {name}, zone: z1, region: r1}}\n"
+            f'controlplane: {{addresses: ["{controlplane}"]}}\n'
+            f"data_dir: {self.data_dir}\n"
+            f'local_api: "{self.local_api}"\n'
+            f'admin: "{self.admin}"\n' + TIMING + body
+        )
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 20.0) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(ECO),
+                "-v",
+                "sidecar",
+                "--config",
+                str(self.config_path),
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(self.local_api) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.proc.returncode is not None:
+                    raise AssertionError(
+                        f"{self.name} exited {self.proc.returncode}:\n{self.log()}"
+                    )
+                try:
+                    answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{self.name} not serving in {timeout}s:\n{self.log()}")
+                await asyncio.sleep(0.05)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), 15)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+    async def pick_ports(self, service: str = "web", n: int = 8) -> set[int]:
+        ports = set()
+        async with grpc.aio.insecure_channel(self.local_api) as channel:
+            stub = sidecar_pb2_grpc.SidecarServiceStub(channel)
+            for _ in range(n):
+                picked = await stub.PickEndpoint(
+                    sidecar_pb2.PickEndpointRequest(service=service), timeout=2
+                )
+                ports.add(picked.endpoint.port)
+                await stub.ReportResult(
+                    sidecar_pb2.ReportResultRequest(pick_id=picked.pick_id), timeout=2
+                )
+        return ports
+
+    async def resolve(self, service: str = "web") -> sidecar_pb2.ResolveEndpointsResponse:
+        async with grpc.aio.insecure_channel(self.local_api) as channel:
+            stub = sidecar_pb2_grpc.SidecarServiceStub(channel)
+            return await stub.ResolveEndpoints(
+                sidecar_pb2.ResolveEndpointsRequest(service=service), timeout=2
+            )
+
+    async def status(self) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http, http.get(f"http://{self.admin}/status") as r:
+            return dict(await r.json())

@@ -1,0 +1,63 @@
+"""What every proxy listener is: bind, forward through a :class:`Target`, drain."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from sidecar.config import ProxyPolicy, split_hostport
+from sidecar.errors import StartupError
+from sidecar.proxy._target import Target
+
+__all__ = ["Listener"]
+
+
+class Listener(abc.ABC):
+    """One listening address that forwards to one target, in one protocol.
+
+    ``name`` says which listener it is in logs and errors (``orders``,
+    ``inbound:15001``). The constructor does no I/O. :meth:`start` binds
+    (``port 0``: any free port; :attr:`address` is the bound ``host:port``)
+    and raises :class:`~sidecar.errors.StartupError` naming the listener when
+    it cannot. :meth:`drain` stops accepting at once, lets requests in
+    flight finish for up to ``grace`` seconds, then closes everything;
+    it is idempotent, and a drained listener cannot be started again.
+    """
+
+    protocol = ""
+
+    def __init__(self, name: str, listen: str, target: Target, policy: ProxyPolicy) -> None:
+        self.name = name
+        self.listen = listen
+        self.target = target
+        self.policy = policy
+        self.host, self.port = split_hostport(listen, allow_zero=True)
+        self.address = ""
+        target.on_removed(self.endpoints_removed)
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Binds the listening socket and starts accepting."""
+
+    @abc.abstractmethod
+    async def drain(self, grace: float) -> None:
+        """Stops accepting, waits up to ``grace`` s for what is in flight, closes the rest."""
+
+    def endpoints_removed(self, ids: frozenset[str]) -> None:
+        """The target lost these endpoints: established connections to them
+        may finish, but nothing new is sent (idle pooled connections close)."""
+        del ids
+
+    def _bound(self, port: int) -> None:
+        self.address = f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
+
+    def _cannot_listen(self, exc: OSError) -> StartupError:
+        return StartupError(f"{self.name}: cannot listen on {self.listen}: {exc.strerror or exc}")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "protocol": self.protocol,
+            "listen": self.address or self.listen,
+            **self.target.status(),
+        }

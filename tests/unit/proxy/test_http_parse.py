@@ -1,0 +1,119 @@
+"""The HTTP proxy's head rewriting helpers, and the proxy's own error answers."""
+
+from __future__ import annotations
+
+import httptools
+
+from sidecar.proxy._http_parse import (
+    ACT_CONNECTION,
+    ACT_DROP,
+    ACT_FORWARDED_FOR,
+    ACT_REQUEST_ID,
+    ACT_TRANSFER_ENCODING,
+    IDEMPOTENT,
+    REQUEST_ACTIONS,
+    RESPONSE_ACTIONS,
+    chunk_size_line,
+    connection_names,
+    drop_named,
+    error_response,
+    last_chunk,
+    new_request_id,
+    status_class,
+)
+
+
+class _Message:
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+def test_hop_by_hop_headers_are_dropped_on_both_sides() -> None:
+    for table in (REQUEST_ACTIONS, RESPONSE_ACTIONS):
+        for name in (b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"):
+            assert table[name] == ACT_DROP
+        assert table[b"connection"] == ACT_CONNECTION
+        assert table[b"transfer-encoding"] == ACT_TRANSFER_ENCODING
+        assert b"x-custom" not in table
+    assert REQUEST_ACTIONS[b"x-forwarded-for"] == ACT_FORWARDED_FOR
+    assert REQUEST_ACTIONS[b"x-request-id"] == ACT_REQUEST_ID
+    assert REQUEST_ACTIONS[b"x-forwarded-proto"] == ACT_DROP
+    assert b"host" not in REQUEST_ACTIONS
+
+
+def test_connection_names_lists_extra_hop_by_hop_headers() -> None:
+    assert connection_names(b"keep-alive") == frozenset()
+    assert connection_names(b"Close") == frozenset()
+    assert connection_names(b"keep-alive, X-Private ,  Upgrade,x-other,") == {
+        b"x-private",
+        b"x-other",
+    }
+
+
+def test_drop_named_removes_whole_headers_only() -> None:
+    out = [b"GET / HTTP/1.1\r\n"]
+    for name, value in ((b"X-Private", b"1"), (b"X-Keep", b"2"), (b"x-other", b"3")):
+        out += (name, b": ", value, b"\r\n")
+    kept = drop_named(out, frozenset({b"x-private", b"x-other"}))
+    assert b"".join(kept) == b"GET / HTTP/1.1\r\nX-Keep: 2\r\n"
+
+
+def test_rechunked_body_parses_back_with_trailers() -> None:
+    msg = _Message()
+    parser = httptools.HttpResponseParser(msg)
+    trailers = [b"x-checksum", b": ", b"abc", b"\r\n"]
+    body = [b"hello", b" ", b"world" * 1000]
+    data = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    data += b"".join(chunk_size_line(len(c)) + c + b"\r\n" for c in body)
+    data += last_chunk(trailers)
+    parser.feed_data(data)
+    assert msg.done
+    assert msg.body == b"".join(body)
+    assert msg.headers[-1] == (b"x-checksum", b"abc")
+    assert last_chunk(None) == b"0\r\n\r\n"
+
+
+def test_error_response_is_a_complete_message() -> None:
+    data = error_response(
+        503, "circuit_open", "upstream orders: circuit open (max_requests 1)", close=True
+    )
+    msg = _Message()
+    parser = httptools.HttpResponseParser(msg)
+    parser.feed_data(data)
+    assert msg.done and parser.get_status_code() == 503
+    headers = dict(msg.headers)
+    assert headers[b"x-eco-proxy-error"] == b"circuit_open"
+    assert headers[b"connection"] == b"close"
+    assert headers[b"content-type"] == b"text/plain; charset=utf-8"
+    assert msg.body == b"upstream orders: circuit open (max_requests 1)\n"
+    assert data.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    kept = error_response(504, "timeout", "t", close=False, keep_alive_header=True)
+    assert b"connection: keep-alive\r\n" in kept
+    assert b"connection" not in error_response(502, "reset", "r", close=False)
+
+
+def test_small_helpers() -> None:
+    assert [status_class(s) for s in (101, 200, 302, 404, 503, 799)] == [
+        "1xx",
+        "2xx",
+        "3xx",
+        "4xx",
+        "5xx",
+        "other",
+    ]
+    ids = {new_request_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert {b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"} == IDEMPOTENT
+    assert chunk_size_line(255) == b"ff\r\n"
