@@ -9,6 +9,7 @@ lowercase keys and enum values as their names (``"PASSING"``).
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -156,6 +157,19 @@ class CheckStatus:
         }
 
 
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def frozen_mapping(value: Mapping[str, str]) -> Mapping[str, str]:
+    """A read-only copy of ``value``; an already read-only one is kept, and every
+    empty one is the same object (most instances have no metadata)."""
+    if not value:
+        return _EMPTY
+    if isinstance(value, MappingProxyType):
+        return value
+    return MappingProxyType(dict(value))
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
     """One running copy of a service, as the registry holds it.
@@ -186,7 +200,7 @@ class Instance:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", tuple(self.tags))
-        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+        object.__setattr__(self, "metadata", frozen_mapping(self.metadata))
         object.__setattr__(self, "checks", tuple(self.checks))
 
     def to_proto(self) -> pb.Instance:
@@ -217,16 +231,18 @@ class Instance:
     @classmethod
     def from_proto(cls, msg: pb.Instance) -> Instance:
         """Reads an ``ecosystem.v1.Instance`` message."""
+        # Names shared by many instances are interned: a sidecar holding
+        # 10,000 endpoints keeps one copy of each service, node and zone name.
         return cls(
             id=str(msg.id),
-            service=str(msg.service),
+            service=sys.intern(msg.service),
             address=str(msg.address),
             port=int(msg.port),
-            namespace=str(msg.namespace),
-            node=str(msg.node),
-            platform=str(msg.platform),
-            region=str(msg.region),
-            zone=str(msg.zone),
+            namespace=sys.intern(msg.namespace),
+            node=sys.intern(msg.node),
+            platform=sys.intern(msg.platform),
+            region=sys.intern(msg.region),
+            zone=sys.intern(msg.zone),
             tags=tuple(str(t) for t in msg.tags),
             metadata={str(k): str(v) for k, v in msg.metadata.items()},
             weight=int(msg.weight),

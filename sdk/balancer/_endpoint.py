@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
-from sdk._types import HealthStatus, Instance
+from sdk._types import HealthStatus, Instance, frozen_mapping
 
 __all__ = ["Endpoint"]
 
@@ -42,7 +41,7 @@ class Endpoint:
             object.__setattr__(self, "weight", 1)
         if not isinstance(self.health, HealthStatus):
             object.__setattr__(self, "health", HealthStatus.parse(self.health))
-        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+        object.__setattr__(self, "metadata", frozen_mapping(self.metadata))
 
     @classmethod
     def from_instance(cls, instance: Instance) -> Endpoint:
