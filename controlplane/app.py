@@ -120,14 +120,15 @@ class ControlPlane:
 
     async def _start(self) -> None:
         config = self.config
+        store_url = _without_password(config.store_url)
         try:
             self._store = open_store(config.store_url)
         except ValueError as exc:
-            raise StartupError(f"--store {config.store_url}: {exc}") from exc
+            raise StartupError(f"--store {store_url}: {exc}") from exc
         try:
             await self._store.start()
         except Exception as exc:
-            raise StartupError(f"cannot open store {config.store_url}: {exc}") from exc
+            raise StartupError(f"cannot open store {store_url}: {exc}") from exc
         self.store_id = await ensure_store_id(self._store)
         self._view = InstanceView(
             self._store,
@@ -186,7 +187,7 @@ class ControlPlane:
             "control plane serving on %s (admin %s, store %s, revision %d)",
             self.address,
             self.admin_address or "off",
-            config.store_url,
+            store_url,
             self._store.revision,
         )
 
@@ -328,6 +329,17 @@ async def _serve(config: ControlPlaneConfig) -> int:
         with contextlib.suppress(Exception):
             await plane.stop(grace=0)
     return 0
+
+
+def _without_password(url: str) -> str:
+    """The store URL fit for logs: ``etcd://user:secret@h/p`` becomes ``etcd://user:***@h/p``."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    if scheme != "etcd" or "@" not in netloc:
+        return url
+    userinfo, _, hosts = netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{hosts}{slash}{tail}"
 
 
 def run(config: ControlPlaneConfig) -> int:

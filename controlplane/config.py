@@ -30,7 +30,7 @@ class ControlPlaneConfig(BaseModel):
     listen: str = "127.0.0.1:7400"
     # Admin HTTP (/healthz, /metrics); None disables it.
     admin_listen: str | None = "127.0.0.1:7401"
-    # memory:// or sqlite://PATH.
+    # memory://, sqlite://PATH or etcd://HOSTS/PREFIX.
     store_url: str = DEFAULT_STORE
     # Seconds in-flight calls get to finish on shutdown before they are cancelled.
     grace: float = Field(default=5.0, ge=0, le=300)
@@ -66,5 +66,8 @@ class ControlPlaneConfig(BaseModel):
     @classmethod
     def _store(cls, value: str) -> str:
         if "://" not in value:
-            raise ValueError(f"{value!r} is not a store URL: use memory:// or sqlite://PATH")
+            raise ValueError(
+                f"{value!r} is not a store URL: use memory://, sqlite://PATH "
+                "or etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
+            )
         return value

@@ -24,7 +24,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from controlplane.store import Compacted, LeaseNotFound, StoreClosed
+from controlplane.store import Compacted, LeaseNotFound, StoreClosed, StoreUnavailable
 
 __all__ = [
     "AlreadyExistsError",
@@ -93,6 +93,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (LeaseNotFound, grpc.StatusCode.NOT_FOUND),
     (Compacted, grpc.StatusCode.OUT_OF_RANGE),
     (StoreClosed, grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
 

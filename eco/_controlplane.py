@@ -80,7 +80,10 @@ def _listen_options(f: Any) -> Any:
     default=DEFAULT_STORE,
     show_default=True,
     metavar="URL",
-    help="Where state lives: sqlite://PATH (durable) or memory:// (lost on exit).",
+    help=(
+        "Where state lives: sqlite://PATH (durable, one machine), memory:// (lost on "
+        "exit) or etcd://HOST:PORT[,HOST:PORT...]/PREFIX (several replicas; docs/store-etcd.md)."
+    ),
 )
 @click.option(
     "--grace",
@@ -110,6 +113,7 @@ def controlplane_command(
       eco controlplane
       eco controlplane --listen 0.0.0.0:7400 --store sqlite:///var/lib/eco/cp.db
       eco controlplane --store memory:// --admin-listen off
+      eco controlplane --store etcd://127.0.0.1:2379/ecosystem
     """
     config = _config(listen=listen, admin_listen=admin_listen, store_url=store_url, grace=grace)
     configure_logging(settings.verbose, base=logging.INFO)

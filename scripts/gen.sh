@@ -10,8 +10,11 @@ if [ "$mode" = "--check" ]; then
 else
   find gen -name '*_pb2*.py*' -delete
 fi
-mkdir -p "$out/ecosystem/v1"
-touch "$out/ecosystem/__init__.py" "$out/ecosystem/v1/__init__.py"
+# Every folder under proto/ is a Python package.
+for dir in $(cd proto && find . -mindepth 1 -type d | sort); do
+  mkdir -p "$out/$dir"
+  touch "$out/$dir/__init__.py"
+done
 "$py" -m grpc_tools.protoc -Iproto \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
   $(find proto -name '*.proto' | sort)

@@ -236,8 +236,9 @@ class Engine:
         succeeded = self._mvcc.evaluate(compares)
         ops = success if succeeded else failure
         # Everything that can fail is checked before anything changes.
+        now = time.monotonic()
         for op in ops:
-            if isinstance(op, PutOp) and op.lease and self._leases.get(op.lease) is None:
+            if isinstance(op, PutOp) and op.lease and self._leases.live(op.lease, now) is None:
                 raise LeaseNotFound(op.lease)
         events, prevs = self._mvcc.plan(ops, self._mvcc.revision + 1)
         change = self._apply(events) if events else None

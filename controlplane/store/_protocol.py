@@ -46,6 +46,7 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreError",
+    "StoreUnavailable",
     "TxnResult",
     "WatchBatch",
 ]
@@ -73,6 +74,10 @@ class LeaseNotFound(StoreError):
 
 class StoreClosed(StoreError):
     """The store has been closed (or is unreachable for good)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's server cannot be reached now; the call may succeed later."""
 
 
 @dataclass(frozen=True, slots=True)
