@@ -1,0 +1,671 @@
+"""One request on one downstream connection, over one or more attempts.
+
+An :class:`Exchange` is made by the downstream connection when a request
+head is complete; it rewrites the head, and holds the request body while it
+may still be needed (until an upstream connection takes it, and up to
+``BODY_KEEP`` bytes for a retry). :meth:`Exchange.start` runs the attempts
+(see :mod:`sidecar.proxy._http`); the upstream connection calls back
+``response_head`` / ``response_body`` / ``response_complete`` (or
+``upstream_lost`` / ``upstream_bad``) as the response arrives. Every attempt
+ends with exactly one ``target.release``, the exchange with one
+``target.end_request``, whichever way it ends: answered, failed, timed out,
+or cancelled because the client went away.
+
+(The class is one state machine and stays in one piece, though past the
+usual module size: split, those two invariants would have no single home.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from sdk.balancer import Endpoint, NoEndpointsError
+from sidecar.proxy._http_parse import (
+    ACT_CONNECTION,
+    ACT_FORWARDED_FOR,
+    ACT_REQUEST_ID,
+    ACT_TRANSFER_ENCODING,
+    CRLF,
+    IDEMPOTENT,
+    LAST_CHUNK,
+    chunk_size_line,
+    connection_names,
+    drop_named,
+    error_response,
+    last_chunk,
+    new_request_id,
+    status_class,
+)
+from sidecar.proxy._http_pool import UpstreamConnection
+from sidecar.proxy._target import CircuitOpenError, Outcome
+
+if TYPE_CHECKING:
+    from sidecar.proxy._http import Downstream
+
+__all__ = ["BODY_KEEP", "P_QUEUE", "P_STOP", "P_UPSTREAM", "P_WAIT", "Exchange"]
+
+logger = logging.getLogger("sidecar.proxy._http")
+
+#: request bodies up to this size are kept, so that the request can be retried
+BODY_KEEP = 64 * 1024
+
+# Why a downstream connection is not being read (bits of Downstream.paused).
+P_UPSTREAM = 1  # the upstream connection's write buffer is full
+P_QUEUE = 2  # a pipelined request waits for its turn
+P_WAIT = 4  # the request body waits for an upstream connection
+P_STOP = 8  # nothing more will be read (upgrade, bad request)
+
+# How the response body is framed downstream.
+_BODY_NONE = 0
+_BODY_RAW = 1  # as the upstream sent it (Content-Length, or up to the close)
+_BODY_CHUNKED = 2  # re-chunked
+
+_SEP = b": "
+_EMPTY: frozenset[bytes] = frozenset()
+_monotonic = time.monotonic
+
+
+class Exchange:
+    """One request on one downstream connection, over one or more attempts."""
+
+    __slots__ = (
+        "begun",
+        "body",
+        "body_len",
+        "chunked",
+        "complete",
+        "connecting",
+        "dialing",
+        "down",
+        "drop",
+        "endpoint",
+        "forwarded_for",
+        "framing",
+        "has_request_id",
+        "head",
+        "head_done",
+        "http10",
+        "in_interim",
+        "interim_sent",
+        "keep_alive",
+        "latency",
+        "method",
+        "out",
+        "pooled",
+        "refuse",
+        "replayable",
+        "responded",
+        "response_done",
+        "retries",
+        "retry_active",
+        "stale_retried",
+        "started",
+        "status",
+        "t_attempt",
+        "t_start",
+        "timer",
+        "trailers",
+        "tried",
+        "try_timer",
+        "upstream",
+        "url",
+    )
+
+    def __init__(self, down: Downstream) -> None:
+        self.down = down
+        # the request, as parsed
+        self.out: list[bytes] = [b""]
+        self.url = b""
+        self.method = b""
+        self.head = b""
+        self.head_done = False
+        self.http10 = False
+        self.keep_alive = True
+        self.chunked = False
+        self.forwarded_for = b""
+        self.has_request_id = False
+        self.drop = _EMPTY
+        self.trailers: list[bytes] | None = None
+        self.refuse = False
+        #: the body so far while it is kept (≤ BODY_KEEP, or not yet sent anywhere)
+        self.body: list[bytes] = []
+        self.body_len = 0
+        #: the whole body so far is in ``body``: the request can be sent again
+        self.replayable = True
+        self.complete = False
+        # the attempts
+        self.started = False
+        self.begun = False
+        self.endpoint: Endpoint | None = None
+        self.tried: list[str] = []
+        self.retries = 0
+        self.retry_active = False
+        self.stale_retried = False
+        self.upstream: UpstreamConnection | None = None
+        self.pooled = False
+        self.connecting: asyncio.Task[None] | None = None
+        self.dialing: UpstreamConnection | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.try_timer: asyncio.TimerHandle | None = None
+        self.t_start = 0.0
+        self.t_attempt = 0.0
+        self.latency: float | None = None
+        # the response
+        self.responded = False
+        self.in_interim = False
+        self.interim_sent = False
+        self.response_done = False
+        self.framing = _BODY_NONE
+        self.status = 0
+
+    # -- the request, from the downstream parser ----------------------------------------
+
+    def special_header(self, action: int, name: bytes, value: bytes) -> None:
+        if action == ACT_FORWARDED_FOR:
+            ff = self.forwarded_for
+            self.forwarded_for = ff + b", " + value if ff else value
+        elif action == ACT_REQUEST_ID:
+            self.has_request_id = True
+            self.out += (name, _SEP, value, CRLF)
+        elif action == ACT_TRANSFER_ENCODING:
+            self.chunked = b"chunked" in value.lower()
+        elif action == ACT_CONNECTION:
+            self.drop |= connection_names(value)
+        # else ACT_DROP
+
+    def finish_head(self, client_ip: bytes) -> None:
+        out = self.out
+        if self.drop:
+            out = drop_named(out, self.drop)
+        out[0] = b"%s %s HTTP/1.1\r\n" % (self.method, self.url)
+        ff = self.forwarded_for
+        if ff:
+            out.append(b"x-forwarded-for: %s, %s\r\nx-forwarded-proto: http\r\n" % (ff, client_ip))
+        else:
+            out.append(b"x-forwarded-for: %s\r\nx-forwarded-proto: http\r\n" % client_ip)
+        if not self.has_request_id:
+            out.append(b"x-request-id: %s\r\n" % new_request_id())
+        if self.chunked:
+            out.append(b"transfer-encoding: chunked\r\n")
+        out.append(CRLF)
+        self.head = b"".join(out)
+        self.out = []
+        self.head_done = True
+
+    def add_trailer(self, name: bytes, value: bytes) -> None:
+        if self.trailers is None:
+            self.trailers = []
+        self.trailers += (name, _SEP, value, CRLF)
+
+    def request_body(self, chunk: bytes) -> None:
+        if self.response_done:
+            return  # answered already: the rest of the body is read and dropped
+        conn = self.upstream
+        if conn is not None:
+            conn.write(chunk_size_line(len(chunk)) + chunk + CRLF if self.chunked else chunk)
+            if self.replayable:
+                self.body_len += len(chunk)
+                if self.body_len > BODY_KEEP:
+                    self.replayable = False
+                    self.body = []
+                else:
+                    self.body.append(chunk)
+        else:
+            self.body.append(chunk)
+            self.body_len += len(chunk)
+            if self.body_len > BODY_KEEP and self.started:
+                self.down.pause(P_WAIT)
+
+    def request_complete(self) -> None:
+        self.complete = True
+        conn = self.upstream
+        if conn is not None and self.chunked:
+            conn.write(last_chunk(self.trailers))
+        if self.response_done:
+            self.down.exchange_done(self)
+
+    # -- attempts -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.started = True
+        down = self.down
+        listener = down.listener
+        if self.refuse:
+            down.close_after = True
+            self._send_error(
+                501, "upgrade", f"{listener.name}: Upgrade and CONNECT are not supported"
+            )
+            down.close()
+            return
+        try:
+            listener.target.begin_request()
+        except CircuitOpenError as exc:
+            self._proxy_error(503, "circuit_open", f"circuit open ({exc.limit} {exc.value})")
+            return
+        self.begun = True
+        now = self.t_start = _monotonic()
+        self._attempt(now)
+
+    def _attempt(self, now: float) -> None:
+        listener = self.down.listener
+        try:
+            endpoint = listener.target.pick(exclude=self.tried)
+        except NoEndpointsError as exc:
+            self._proxy_error(503, "no_endpoints", str(exc))
+            return
+        self.endpoint = endpoint
+        self.t_attempt = now
+        conn = listener.pool.take(endpoint.id)
+        if conn is not None:
+            self._attach(conn, pooled=True)
+        else:
+            self._connect(endpoint)
+
+    def _connect(self, endpoint: Endpoint) -> None:
+        listener = self.down.listener
+        target = listener.target
+        try:
+            target.begin_pending()
+            try:
+                target.open_connection()
+            except CircuitOpenError:
+                target.end_pending()
+                raise
+        except CircuitOpenError as exc:
+            self._release(Outcome.CANCELLED)
+            self._proxy_error(503, "circuit_open", f"circuit open ({exc.limit} {exc.value})")
+            return
+        if self.body_len > BODY_KEEP and not self.complete:
+            self.down.pause(P_WAIT)
+        conn = self.dialing = UpstreamConnection(listener.pool, endpoint.id)
+        host, port = target.dial(endpoint)
+        self.connecting = listener.spawn("connect", self._dial(conn, host, port))
+
+    async def _dial(self, conn: UpstreamConnection, host: str, port: int) -> None:
+        listener = self.down.listener
+        try:
+            await listener.pool.connect(conn, host, port, listener.policy.connect_timeout)
+        except OSError as exc:  # TimeoutError included
+            self._dialled(None)
+            if isinstance(exc, TimeoutError):
+                reason = f"timed out after {listener.policy.connect_timeout:g}s"
+            elif exc.errno:
+                reason = os.strerror(exc.errno)
+            else:
+                reason = str(exc) or type(exc).__name__
+            self._connect_failed(f"{host}:{port}: {reason}")
+            return
+        self._dialled(conn)
+
+    def _dialled(self, conn: UpstreamConnection | None) -> None:
+        self.connecting = None
+        self.dialing = None
+        self.down.listener.target.end_pending()
+        if conn is not None:
+            self._attach(conn, pooled=False)
+
+    def _cancel_connect(self) -> None:
+        task = self.connecting
+        if task is None:
+            return
+        conn = self.dialing
+        self.connecting = None
+        self.dialing = None
+        task.cancel()
+        if conn is not None:
+            conn.abort()
+            conn.uncount()
+        self.down.listener.target.end_pending()
+
+    def _connect_failed(self, reason: str) -> None:
+        self._release(Outcome.CONNECT_FAILURE)
+        if self._can_retry(any_method=True) and self._take_retry():
+            self._attempt(_monotonic())
+            return
+        self._proxy_error(502, "connect_failure", f"connect failed ({reason})")
+
+    def _attach(self, conn: UpstreamConnection, *, pooled: bool) -> None:
+        self.upstream = conn
+        self.pooled = pooled
+        conn.handler = self
+        conn.received = False
+        body = self.body
+        if body:
+            parts = [self.head]
+            if self.chunked:
+                for chunk in body:
+                    parts += (chunk_size_line(len(chunk)), chunk, CRLF)
+            else:
+                parts += body
+            if self.complete and self.chunked:
+                parts.append(last_chunk(self.trailers))
+            conn.write(b"".join(parts))
+            if self.body_len > BODY_KEEP:
+                self.replayable = False
+                self.body = []
+        elif self.complete and self.chunked:
+            conn.write(self.head + last_chunk(self.trailers))
+        else:
+            conn.write(self.head)
+        down = self.down
+        if down.paused & P_WAIT:
+            down.resume(P_WAIT)
+        if down.write_paused:
+            conn.pause_reading()
+        if conn.write_paused:
+            down.pause(P_UPSTREAM)
+
+    def _can_retry(self, *, any_method: bool) -> bool:
+        listener = self.down.listener
+        if (
+            self.retries >= listener.max_retries
+            or not self.replayable
+            or self.responded
+            or self.interim_sent
+        ):
+            return False
+        if not any_method and self.method not in IDEMPOTENT:
+            return False
+        return not (listener.timeout and _monotonic() >= self.t_start + listener.timeout)
+
+    def _take_retry(self) -> bool:
+        if not self.down.listener.target.allow_retry():
+            return False
+        self.retries += 1
+        self.retry_active = True
+        return True
+
+    def _release(self, outcome: Outcome) -> None:
+        """Ends the current attempt's pick (once)."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            return
+        self.endpoint = None
+        timer = self.try_timer
+        if timer is not None:
+            timer.cancel()
+            self.try_timer = None
+        latency = self.latency
+        if latency is None:
+            latency = _monotonic() - self.t_attempt
+        else:
+            self.latency = None
+        target = self.down.listener.target
+        target.release(endpoint, latency=latency, outcome=outcome)
+        if self.retry_active:
+            self.retry_active = False
+            target.end_retry()
+        if outcome is not Outcome.SUCCESS:
+            self.tried.append(endpoint.id)
+
+    def _detach(self, *, reuse: bool) -> None:
+        conn = self.upstream
+        if conn is None:
+            return
+        self.upstream = None
+        conn.handler = None
+        self.down.resume(P_UPSTREAM)
+        if reuse:
+            conn.resume_reading()
+            self.down.listener.pool.put(conn)
+        elif self.complete:
+            conn.close()
+        else:
+            conn.abort()
+
+    def _abandon_attempt(self) -> None:
+        self._cancel_connect()
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.handler = None
+            conn.abort()
+            self.down.resume(P_UPSTREAM)
+
+    # -- the response, from the upstream connection -------------------------------------
+
+    def response_head(self, conn: UpstreamConnection, status: int) -> None:
+        down = self.down
+        if status < 200:
+            if status == 101:
+                conn.handler = None
+                self.upstream_bad(conn, ValueError("101 Switching Protocols was not asked for"))
+                return
+            self.in_interim = True
+            if not self.http10:
+                self.interim_sent = True
+                conn.out.append(CRLF)
+                down.write(b"".join(conn.out))
+            return
+        listener = down.listener
+        now = _monotonic()
+        self.latency = now - self.t_attempt
+        timer = self.try_timer
+        if timer is not None:
+            timer.cancel()
+            self.try_timer = None
+        if status >= 500 and status in listener.retry_on and self._can_retry(any_method=False):
+            self._release(Outcome.SERVER_ERROR)
+            if self._take_retry():
+                self._abandon_attempt()
+                self._attempt(now)
+                return
+        self.status = status
+        out = conn.out
+        method = self.method
+        if method == b"HEAD" or status == 204 or status == 304:
+            framing = _BODY_NONE
+        elif conn.has_length and not conn.chunked:
+            framing = _BODY_RAW
+        elif self.http10:
+            framing = _BODY_RAW  # up to the close
+            down.close_after = True
+        else:
+            framing = _BODY_CHUNKED
+            out.append(b"transfer-encoding: chunked\r\n")
+        if down.close_after or not self.keep_alive or listener.draining or not self.complete:
+            # (an answer before the whole request: the rest is read and dropped,
+            # then the connection closes, whatever the client meant to send)
+            down.close_after = True
+            out.append(b"connection: close\r\n")
+        elif self.http10:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(CRLF)
+        self.framing = framing
+        self.responded = True
+        down.write(b"".join(out))
+        down.stats.responses[status_class(status)] += 1
+        if method == b"HEAD":
+            # The response parser cannot be told that a HEAD response has no
+            # body: the response ends here, and the connection is not reused.
+            conn.retire = True
+            self.response_complete(conn)
+
+    def response_body(self, data: bytes) -> None:
+        framing = self.framing
+        if framing == _BODY_RAW:
+            self.down.write(data)
+        elif framing == _BODY_CHUNKED:
+            down = self.down
+            down.write(chunk_size_line(len(data)))
+            down.write(data)
+            down.write(CRLF)
+
+    def response_complete(self, conn: UpstreamConnection) -> None:
+        if self.in_interim:
+            self.in_interim = False
+            return
+        if self.framing == _BODY_CHUNKED:
+            self.down.write(last_chunk(conn.trailers))
+        reuse = self.complete and conn.keep_alive()
+        self._release(Outcome.SERVER_ERROR if self.status >= 500 else Outcome.SUCCESS)
+        self._detach(reuse=reuse)
+        self._response_done()
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        self.upstream = None
+        down = self.down
+        down.resume(P_UPSTREAM)
+        if not self.responded:
+            self._attempt_failed(conn, Outcome.RESET, "reset", "connection reset")
+        elif (
+            self.framing != _BODY_NONE
+            and conn.head_done
+            and not conn.has_length
+            and not conn.chunked
+        ):
+            # A body without a length ends where the connection ends.
+            if self.framing == _BODY_CHUNKED:
+                down.write(LAST_CHUNK)
+            self._release(Outcome.SERVER_ERROR if self.status >= 500 else Outcome.SUCCESS)
+            self._response_done()
+        else:
+            # Cut short: the client must see it was, so its connection is cut too.
+            self._release(Outcome.RESET)
+            down.abort()
+
+    def upstream_bad(self, conn: UpstreamConnection, exc: Exception) -> None:
+        self.upstream = None
+        conn.abort()
+        self.down.resume(P_UPSTREAM)
+        if self.responded:
+            self._release(Outcome.RESET)
+            self.down.abort()
+        else:
+            self._attempt_failed(conn, Outcome.RESET, "bad_response", f"invalid response ({exc})")
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if paused:
+            self.down.pause(P_UPSTREAM)
+        else:
+            self.down.resume(P_UPSTREAM)
+
+    def _attempt_failed(
+        self, conn: UpstreamConnection, outcome: Outcome, kind: str, message: str
+    ) -> None:
+        endpoint = self.endpoint
+        if (
+            self.pooled
+            and not conn.received
+            and not self.stale_retried
+            and self.replayable
+            and endpoint is not None
+        ):
+            # A pooled connection the upstream had closed: it never saw the request.
+            self.stale_retried = True
+            self._connect(endpoint)
+            return
+        self._release(outcome)
+        if self._can_retry(any_method=False) and self._take_retry():
+            self._attempt(_monotonic())
+            return
+        self._proxy_error(502, kind, message)
+
+    # -- timeouts and endings -----------------------------------------------------------------
+
+    def arm_timers(self, now: float) -> None:
+        """Called by the listener's tick for an exchange still in flight.
+
+        Most exchanges end within milliseconds, so their timeouts are not
+        scheduled when they start (a timer per request costs more than the
+        rest of the request's bookkeeping); one that is still running at a
+        tick gets its timers, set for the deadlines counted from its start
+        (the tick comes at least three times per timeout, so they are set
+        in time).
+        """
+        listener = self.down.listener
+        timeout = listener.timeout
+        if timeout and self.timer is None:
+            self.timer = listener.loop.call_later(
+                max(0.0, self.t_start + timeout - now), self._on_timeout
+            )
+        per_try = listener.per_try_timeout
+        if per_try and self.try_timer is None and self.endpoint is not None and not self.responded:
+            self.try_timer = listener.loop.call_later(
+                max(0.0, self.t_attempt + per_try - now), self._on_try_timeout
+            )
+
+    def _on_try_timeout(self) -> None:
+        self.try_timer = None
+        if self.responded or self.response_done:
+            return
+        self._abandon_attempt()
+        self._release(Outcome.TIMEOUT)
+        if self._can_retry(any_method=False) and self._take_retry():
+            self._attempt(_monotonic())
+            return
+        per_try = self.down.listener.per_try_timeout
+        self._proxy_error(504, "timeout", f"timeout after {per_try:g}s (per try)")
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.response_done:
+            return
+        self._abandon_attempt()
+        self._release(Outcome.TIMEOUT)
+        if self.responded:
+            self.down.abort()
+        else:
+            timeout = self.down.listener.timeout
+            self._proxy_error(504, "timeout", f"timeout after {timeout:g}s")
+
+    def _proxy_error(self, status: int, kind: str, message: str) -> None:
+        """Answers for the upstream; no attempt may be in progress."""
+        listener = self.down.listener
+        text = f"upstream {listener.target.name}: {message}"
+        if self.retries:
+            text += f" after {self.retries + 1} attempts"
+        logger.debug("%s: %d %s: %s", listener.name, status, kind, text)
+        self._send_error(status, kind, text)
+
+    def _send_error(self, status: int, kind: str, text: str) -> None:
+        down = self.down
+        close = (
+            down.close_after or not self.keep_alive or down.listener.draining or not self.complete
+        )
+        if close:
+            down.close_after = True
+        down.write(error_response(status, kind, text, close=close, keep_alive_header=self.http10))
+        down.stats.responses[status_class(status)] += 1
+        self.responded = True
+        self._response_done()
+
+    def _response_done(self) -> None:
+        self.response_done = True
+        self._cancel_timers()
+        if self.begun:
+            self.begun = False
+            self.down.listener.target.end_request()
+        self.body = []
+        down = self.down
+        down.resume(P_WAIT)
+        if self.complete:
+            down.exchange_done(self)
+        else:
+            down.idle_since = _monotonic()  # the rest of the body must keep coming
+
+    def _cancel_timers(self) -> None:
+        timer = self.timer
+        if timer is not None:
+            timer.cancel()
+            self.timer = None
+        timer = self.try_timer
+        if timer is not None:
+            timer.cancel()
+            self.try_timer = None
+
+    def cancel(self) -> None:
+        """The client went away (or the listener is closing): undo what is in flight."""
+        if not self.started or self.response_done:
+            return
+        self.response_done = True
+        self._abandon_attempt()
+        self._release(Outcome.CANCELLED)
+        self._cancel_timers()
+        if self.begun:
+            self.begun = False
+            self.down.listener.target.end_request()

@@ -1,0 +1,357 @@
+"""Upstream HTTP/1.1 connections, and the keep-alive pool they return to.
+
+An :class:`UpstreamConnection` is an asyncio protocol with a response
+parser. While it carries a request it belongs to one :class:`ResponseHandler`
+(the proxy's exchange), which it calls back as the response arrives; in
+between it is idle in the :class:`UpstreamPool`, keyed by endpoint id, most
+recently used first. The pool keeps at most ``max_idle`` idle connections
+per endpoint and closes those idle for ``idle_timeout`` (:meth:`sweep`); a
+connection the upstream closes while idle simply leaves the pool. Each
+connection counts once against the target's ``max_connections``, from the
+moment the caller reserved it (``target.open_connection()``) until it is
+closed or its connect fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection
+from typing import Protocol, cast
+
+from httptools import HttpParserError, HttpResponseParser
+
+from sidecar.proxy._http_parse import (
+    ACT_CONNECTION,
+    ACT_CONTENT_LENGTH,
+    ACT_DROP,
+    ACT_TRANSFER_ENCODING,
+    CRLF,
+    RESPONSE_ACTIONS,
+    connection_names,
+    drop_named,
+)
+from sidecar.proxy._target import Target
+
+__all__ = ["Corkable", "ResponseHandler", "UpstreamConnection", "UpstreamPool"]
+
+_SEP = b": "
+
+
+class Corkable(Protocol):
+    """The downstream side: writes made between ``cork`` and ``uncork`` go out as one."""
+
+    def cork(self) -> None: ...
+
+    def uncork(self) -> None: ...
+
+
+class ResponseHandler(Protocol):
+    """Who an upstream connection reports its response to (one request's exchange)."""
+
+    @property
+    def down(self) -> Corkable: ...
+
+    def response_head(self, conn: UpstreamConnection, status: int) -> None: ...
+
+    def response_body(self, data: bytes) -> None: ...
+
+    def response_complete(self, conn: UpstreamConnection) -> None: ...
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None: ...
+
+    def upstream_bad(self, conn: UpstreamConnection, exc: Exception) -> None: ...
+
+    def upstream_write_paused(self, paused: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to one endpoint, and the response on it.
+
+    After ``on_headers_complete`` the handler reads the rewritten head from
+    :attr:`out` (hop-by-hop headers removed, no final blank line) and the
+    framing from :attr:`chunked` and :attr:`has_length`.
+    """
+
+    __slots__ = (
+        "chunked",
+        "closed",
+        "closing",
+        "drop",
+        "endpoint_id",
+        "handler",
+        "has_length",
+        "head_done",
+        "idle_since",
+        "out",
+        "parser",
+        "pool",
+        "read_paused",
+        "reason",
+        "received",
+        "retire",
+        "trailers",
+        "transport",
+        "uncounted",
+        "write_paused",
+    )
+
+    def __init__(self, pool: UpstreamPool, endpoint_id: str) -> None:
+        self.pool = pool
+        self.endpoint_id = endpoint_id
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.handler: ResponseHandler | None = None
+        #: any byte received while carrying the current request
+        self.received = False
+        #: close instead of pooling when the current request ends (endpoint removed)
+        self.retire = False
+        self.closing = False
+        self.closed = False
+        self.uncounted = False
+        self.read_paused = False
+        self.write_paused = False
+        self.idle_since = 0.0
+        self.out: list[bytes] = [b""]
+        self.reason = b""
+        self.head_done = False
+        self.chunked = False
+        self.has_length = False
+        self.trailers: list[bytes] | None = None
+        #: more hop-by-hop header names, from the Connection header
+        self.drop: frozenset[bytes] = frozenset()
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not asyncio.Transport subclasses, but behave as one)
+        self.transport = cast(asyncio.Transport, transport)
+        if self.closing:  # the caller gave up while the connect was completing
+            self.transport.abort()
+            return
+        self.pool.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.lost(self)
+        handler = self.handler
+        if handler is not None:
+            self.handler = None
+            handler.upstream_lost(self)
+
+    def eof_received(self) -> bool | None:
+        # The transport closes now (connection_lost reports it); nothing more may
+        # be written to it meanwhile (uvloop raises).
+        self.closing = True
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.handler is not None:
+            self.handler.upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.handler is not None:
+            self.handler.upstream_write_paused(False)
+
+    def data_received(self, data: bytes) -> None:
+        handler = self.handler
+        if handler is None:
+            # Bytes nobody asked for (or after a response we cut short): not reusable.
+            self.abort()
+            return
+        self.received = True
+        down = handler.down
+        down.cork()
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError as exc:
+            handler = self.handler
+            if handler is not None:
+                self.handler = None
+                handler.upstream_bad(self, exc)
+            else:
+                self.abort()
+        finally:
+            down.uncork()
+
+    # -- parser callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.out = [b""]
+        self.reason = b""
+        self.head_done = False
+        self.chunked = False
+        self.has_length = False
+        self.trailers = None
+        self.drop = frozenset()
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            if self.trailers is None:
+                self.trailers = []
+            self.trailers += (name, _SEP, value, CRLF)
+            return
+        action = RESPONSE_ACTIONS.get(name.lower())
+        if action is None:
+            self.out += (name, _SEP, value, CRLF)
+        elif action == ACT_CONTENT_LENGTH:
+            self.has_length = True
+            self.out += (name, _SEP, value, CRLF)
+        elif action == ACT_TRANSFER_ENCODING:
+            self.chunked = b"chunked" in value.lower()
+        elif action == ACT_CONNECTION:
+            self.drop |= connection_names(value)
+        else:
+            assert action == ACT_DROP
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        status = self.parser.get_status_code()
+        if self.drop:
+            self.out = drop_named(self.out, self.drop)
+        self.out[0] = b"HTTP/1.1 %d %s\r\n" % (status, self.reason)
+        if self.handler is not None:
+            self.handler.response_head(self, status)
+
+    def on_body(self, body: bytes) -> None:
+        if self.handler is not None:
+            self.handler.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.handler is not None:
+            self.handler.response_complete(self)
+
+    # -- for the handler and the pool ---------------------------------------------------
+
+    def keep_alive(self) -> bool:
+        """After a complete response: whether the upstream lets the connection be reused."""
+        return not self.closing and self.parser.should_keep_alive()
+
+    def write(self, data: bytes) -> None:
+        if not self.closing:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closing:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            if not self.closing:
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def uncount(self) -> None:
+        """Gives back this connection's place under ``max_connections`` (once)."""
+        if not self.uncounted:
+            self.uncounted = True
+            self.pool.target.close_connection()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per endpoint id, and every open connection."""
+
+    def __init__(self, target: Target, *, max_idle: int, idle_timeout: float) -> None:
+        self.target = target
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        #: every connection that is open (idle or carrying a request)
+        self.connections: set[UpstreamConnection] = set()
+        self._idle: dict[str, list[UpstreamConnection]] = {}
+        self._closed = False
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    def take(self, endpoint_id: str) -> UpstreamConnection | None:
+        """The most recently used idle connection to an endpoint, if any."""
+        idle = self._idle.get(endpoint_id)
+        while idle:
+            conn = idle.pop()
+            if not conn.closing:
+                return conn
+        return None
+
+    def put(self, conn: UpstreamConnection) -> None:
+        """A connection whose response is complete: back to the pool, or closed."""
+        if self._closed or conn.retire or conn.closing:
+            conn.close()
+            return
+        idle = self._idle.get(conn.endpoint_id)
+        if idle is None:
+            idle = self._idle[conn.endpoint_id] = []
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+        if len(idle) > self.max_idle:
+            idle.pop(0).close()
+
+    async def connect(self, conn: UpstreamConnection, host: str, port: int, timeout: float) -> None:
+        """Connects ``conn`` (made for this pool; the caller has already called
+        ``target.open_connection()``). Raises OSError or TimeoutError; on any
+        failure, cancellation included, the connection's place is given back."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: conn, host, port)
+        except BaseException:
+            conn.abort()
+            conn.uncount()
+            raise
+
+    def lost(self, conn: UpstreamConnection) -> None:
+        """``conn`` is closed: forget it."""
+        self.connections.discard(conn)
+        idle = self._idle.get(conn.endpoint_id)
+        if idle and conn in idle:
+            idle.remove(conn)
+        conn.uncount()
+
+    def retire(self, endpoint_ids: Collection[str]) -> None:
+        """Endpoints were removed: idle connections to them close now, busy ones after
+        their request."""
+        for endpoint_id in endpoint_ids:
+            for conn in self._idle.pop(endpoint_id, ()):
+                conn.close()
+        for conn in self.connections:
+            if conn.endpoint_id in endpoint_ids:
+                conn.retire = True
+
+    def sweep(self, now: float) -> None:
+        """Closes connections idle for ``idle_timeout`` (oldest first in each list)."""
+        limit = now - self.idle_timeout
+        for endpoint_id, idle in list(self._idle.items()):
+            while idle and idle[0].idle_since <= limit:
+                idle.pop(0).close()
+            if not idle:
+                del self._idle[endpoint_id]
+
+    def close_idle(self) -> None:
+        """Closes every idle connection; from now on, returned ones close too."""
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+    def abort_all(self) -> None:
+        self.close_idle()
+        for conn in list(self.connections):
+            conn.abort()
