@@ -31,6 +31,7 @@ from benchmarks._servers import EtcdServer, ServerError
 STANDALONE = {
     "balancer": "benchmarks.bench_balancer",
     "health": "benchmarks.bench_health",
+    "proxy": "benchmarks.bench_proxy",
     "proxyless": "benchmarks.bench_proxyless",
     "sidecar": "benchmarks.bench_sidecar",
 }
