@@ -148,6 +148,18 @@ async def test_http_tcp_and_grpc_cross_two_sidecars(
         assert proxy_entry(client_status, f"orders-{proto}")["stats"]["requests"] >= 1
         inbound = proxy_entry(server_status, f"inbound:orders-{proto}")
         assert inbound["stats"]["requests"] >= 1, inbound
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://{pair.client.admin}/metrics") as r,
+    ):
+        metrics = await r.text()
+    for proto in ("http", "tcp", "grpc"):
+        labels = f'listener="orders-{proto}",protocol="{proto}"'
+        assert f"eco_sidecar_proxy_requests_total{{{labels}}}" in metrics
+        assert f"eco_sidecar_proxy_upstream_seconds_count{{{labels}}}" in metrics
+    responses = [line for line in metrics.splitlines() if "proxy_responses_total{" in line]
+    assert any('listener="orders-http"' in r and 'code="2xx"' in r for r in responses), responses
+
     # the registry has the app's port, and the inbound listener's port in the metadata
     async with AsyncClient(pair.plane) as client:
         for proto, backend in servers.items():
