@@ -1,0 +1,297 @@
+"""The `Broker` protocol: what the message bus needs from a backend.
+
+The embedded broker (``EmbeddedBroker``, the default) and NATS
+(``NatsBroker``, JetStream for durable streams) implement it, and one
+conformance suite (tests/unit/bus/) holds both to the same behaviour. The
+gRPC ``MessagingService`` (proto/ecosystem/v1/messaging.proto) is a thin
+adapter over it; so is the sidecar relay.
+
+Semantics (the proto's comments say the same from the client's side):
+
+- **Subjects** are dot-separated tokens of letters, digits, ``-`` and ``_``
+  (and ``$`` for inbox subjects); patterns use ``*`` for one token and a
+  trailing ``>`` for one or more. :func:`~controlplane.bus.subjects` validates.
+- **Core** (at most once): ``publish`` hands the message to every core
+  subscription whose pattern matches and that exists at that moment; within
+  a queue group, to exactly one member. Nothing is stored; a subscriber
+  whose queue is full loses the message and is counted as slow.
+- **Durable**: when a stream captures the subject, ``publish`` returns only
+  after the message is stored (durably: it survives kill -9 of the process),
+  with its sequence; a message id seen within the stream's duplicate window
+  is not stored again (``duplicate=True``, the first sequence). Core
+  subscribers matching the subject get it too.
+- **Durable consumers** (``subscribe`` with ``durable``): named, per stream;
+  position and pending acknowledgements survive disconnects and restarts.
+  All live subscriptions with the same durable name share its deliveries
+  (each message to one of them). A delivery not acknowledged within
+  ``ack_wait`` (or NAKed) is redelivered with ``delivery_count + 1`` after
+  the backoff for that attempt; after ``max_deliver`` deliveries it is
+  published to the stream's dead-letter subject (headers
+  ``eco-dlq-stream``, ``eco-dlq-sequence``, ``eco-dlq-consumer``,
+  ``eco-dlq-deliveries``) and dropped from the consumer. At most
+  ``max_ack_pending`` deliveries are outstanding per consumer; more wait.
+  Per subject, first deliveries are in publish order.
+- **Request/reply**: ``request`` subscribes a unique inbox, publishes with
+  ``reply_to`` set to it, and returns the first reply; ``NoRespondersError``
+  at once when no subscription matches the subject.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "AckKind",
+    "AckNotFoundError",
+    "Broker",
+    "BusClosedError",
+    "BusError",
+    "BusUnavailableError",
+    "ConsumerInfo",
+    "DeliverPolicy",
+    "Delivery",
+    "InvalidSubjectError",
+    "NoRespondersError",
+    "OutgoingMessage",
+    "PayloadTooLargeError",
+    "PublishAck",
+    "StreamConfig",
+    "StreamConflictError",
+    "StreamInfo",
+    "StreamNotFoundError",
+    "Subscription",
+    "SubscriptionSpec",
+]
+
+#: Default payload limit (bytes); brokers may be configured lower or higher.
+MAX_PAYLOAD = 1024 * 1024
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+class BusError(Exception):
+    """Root of what a broker raises; ``field`` names the offending input, if any."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidSubjectError(BusError):
+    """A subject or pattern is malformed (INVALID_ARGUMENT)."""
+
+
+class PayloadTooLargeError(BusError):
+    """The payload is over the broker's limit (INVALID_ARGUMENT)."""
+
+
+class StreamNotFoundError(BusError):
+    """No stream by that name, or none captures the subject (NOT_FOUND)."""
+
+
+class StreamConflictError(BusError):
+    """A stream exists with another config, or its subjects overlap another's (ALREADY_EXISTS)."""
+
+
+class NoRespondersError(BusError):
+    """A request found no subscriber (UNAVAILABLE, reason NO_RESPONDERS)."""
+
+
+class AckNotFoundError(BusError):
+    """An ack id that is unknown or no longer pending (NOT_FOUND)."""
+
+
+class BusUnavailableError(BusError):
+    """The backend (e.g. nats-server) cannot be reached now (UNAVAILABLE)."""
+
+
+class BusClosedError(BusError):
+    """The broker was closed (UNAVAILABLE)."""
+
+
+# -- values -------------------------------------------------------------------------------
+
+
+class AckKind(enum.Enum):
+    ACK = "ack"
+    NAK = "nak"
+    TERM = "term"
+    IN_PROGRESS = "in_progress"
+
+
+class DeliverPolicy(enum.Enum):
+    ALL = "all"
+    NEW = "new"
+    BY_SEQUENCE = "by_sequence"
+    BY_TIME = "by_time"
+    LAST = "last"
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    subject: str
+    data: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: the publisher's id, for de-duplication within a stream's window
+    id: str = ""
+    reply_to: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishAck:
+    #: empty when no stream captured the subject
+    stream: str = ""
+    sequence: int = 0
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as a subscriber gets it."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    id: str = ""
+    reply_to: str = ""
+    stream: str = ""
+    sequence: int = 0
+    #: Unix time, seconds
+    published_at: float = 0.0
+    #: durable: 1 on the first delivery
+    delivery_count: int = 0
+    #: durable: what ``ack`` takes; empty for core messages
+    ack_id: str = ""
+
+    @property
+    def redelivered(self) -> bool:
+        return self.delivery_count > 1
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSpec:
+    subject: str
+    queue_group: str = ""
+    #: a durable consumer's name; empty: core
+    durable: str = ""
+    #: empty: the stream capturing ``subject``
+    stream: str = ""
+    deliver: DeliverPolicy = DeliverPolicy.ALL
+    start_sequence: int = 0
+    #: Unix time, seconds
+    start_time: float = 0.0
+    ack_wait: float = 30.0
+    max_deliver: int = 5
+    max_ack_pending: int = 1000
+    #: seconds, one per redelivery attempt (the last repeats); empty: ack_wait
+    backoff: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    name: str
+    subjects: tuple[str, ...]
+    #: seconds; 0: no limit
+    max_age: float = 0.0
+    max_msgs: int = 0
+    max_bytes: int = 0
+    duplicate_window: float = 120.0
+    #: empty: ``eco.dlq.<name>``
+    dead_letter_subject: str = ""
+
+    @property
+    def dlq_subject(self) -> str:
+        return self.dead_letter_subject or f"eco.dlq.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerInfo:
+    name: str
+    next_sequence: int
+    pending: int
+    redelivered: int = 0
+    dead_lettered: int = 0
+    subscribers: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    config: StreamConfig
+    messages: int
+    bytes: int
+    first_sequence: int
+    last_sequence: int
+    consumers: tuple[ConsumerInfo, ...] = ()
+    #: Unix time, seconds
+    created_at: float = 0.0
+
+
+# -- the protocol -------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """Deliveries of one subscription; iterate, then ``close()`` (idempotent).
+
+    Ready when ``subscribe`` returns: a message published after that reaches
+    it. The iterator ends when the subscription or the broker is closed.
+    Each subscription has a bounded queue; the broker never blocks on a slow
+    core subscriber (it drops and counts), and holds durable deliveries back
+    instead (``max_ack_pending``).
+    """
+
+    def __aiter__(self) -> AsyncIterator[Delivery]: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def dropped(self) -> int:
+        """Core messages lost because this subscriber's queue was full."""
+        ...
+
+    @property
+    def next_sequence(self) -> int:
+        """Durable: the consumer's next first-delivery sequence (0 for core)."""
+        ...
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """A message bus backend. ``start()`` before use; ``close()`` is idempotent."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, message: OutgoingMessage) -> PublishAck: ...
+
+    async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
+        """Raises InvalidSubjectError, StreamNotFoundError (durable, no stream)."""
+        ...
+
+    async def ack(self, ack_id: str, kind: AckKind, delay: float = 0.0) -> None:
+        """Raises AckNotFoundError when the delivery is unknown or no longer pending."""
+        ...
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> Delivery:
+        """Raises NoRespondersError, TimeoutError."""
+        ...
+
+    async def add_stream(self, config: StreamConfig) -> tuple[StreamInfo, bool]:
+        """The stream and whether it was created (False: an identical one existed)."""
+        ...
+
+    async def streams(self) -> list[StreamInfo]: ...
+
+    async def delete_stream(self, name: str) -> None: ...
