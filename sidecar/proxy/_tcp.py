@@ -23,15 +23,16 @@ that, when one side's write buffer passes ``HIGH_WATER`` (its protocol's
 ``pause_writing``), reading pauses on the other side until it drains.
 
 Idle connections are closed by one sweep per listener, every tenth of
-``idle_timeout`` (at most 5 s): each protocol sets a ``busy`` flag per chunk
-and the sweep clears it, so a connection closes between ``idle_timeout``
-and ``idle_timeout`` plus two sweeps after its last byte, and the hot path
-costs no clock reads or timers.
+``idle_timeout`` (at most 5 s): each protocol counts the bytes it forwards
+and the sweep compares the count with the last one it saw, so a connection
+closes between ``idle_timeout`` and ``idle_timeout`` plus two sweeps after
+its last byte, and the hot path costs one addition, no clock reads or timers.
 
 Each connection is released to the balancer once, when it ends, with the
 connect time as its latency (the connection's lifetime says nothing about
 the endpoint): ``SUCCESS``, or ``RESET`` if the upstream reset it. Counted
-per target: ``bytes_received`` / ``bytes_sent`` per chunk, and per finished
+per target: ``bytes_received`` / ``bytes_sent`` (added to the target's counters
+by the sweep and when a connection ends), and per finished
 connection ``responses["closed"]`` (forwarded, ended normally),
 ``responses["reset"]`` (the upstream reset it), ``responses["idle_timeout"]``,
 ``responses["unavailable"]`` (could not be forwarded) or
@@ -196,8 +197,8 @@ class TcpListener(Listener):
                 up = conn.up
                 if up is None:
                     continue  # still connecting: connect_timeout applies
-                if conn.busy or up.busy:
-                    conn.busy = up.busy = False
+                if conn.nbytes != conn.counted_in or up.nbytes != conn.counted_out:
+                    conn.count_bytes()
                     conn.idle_since = now
                 elif now - conn.idle_since >= idle_timeout:
                     idle.append(conn)
@@ -229,14 +230,14 @@ class _Abandoned(Exception):
 class _Upstream(asyncio.Protocol):
     """The connection to the endpoint: writes what it receives to the downstream."""
 
-    __slots__ = ("busy", "conn", "down", "paused", "stats", "transport")
+    __slots__ = ("conn", "down", "nbytes", "paused", "transport")
 
     def __init__(self, conn: _Downstream) -> None:
         self.conn = conn
         self.down = conn.transport
-        self.stats = conn.stats
         self.transport: asyncio.Transport | None = None
-        self.busy = False
+        #: bytes forwarded to the downstream
+        self.nbytes = 0
         #: our write buffer is over the high-water mark (downstream reading paused)
         self.paused = False
 
@@ -251,8 +252,7 @@ class _Upstream(asyncio.Protocol):
         _tune(transport)
 
     def data_received(self, data: bytes) -> None:
-        self.stats.bytes_sent += len(data)
-        self.busy = True
+        self.nbytes += len(data)
         self.down.write(data)
 
     def eof_received(self) -> bool:
@@ -276,7 +276,8 @@ class _Downstream(asyncio.Protocol):
     """One accepted connection: admission, the connect, and the client→upstream half."""
 
     __slots__ = (
-        "busy",
+        "counted_in",
+        "counted_out",
         "down_eof",
         "down_lost",
         "early",
@@ -286,6 +287,7 @@ class _Downstream(asyncio.Protocol):
         "idle_since",
         "latency",
         "listener",
+        "nbytes",
         "outcome",
         "result",
         "stats",
@@ -309,7 +311,10 @@ class _Downstream(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.early: list[bytes] | None = []
         self.early_size = 0
-        self.busy = False
+        #: bytes received from the downstream, and what of both directions the
+        #: target's counters have
+        self.nbytes = 0
+        self.counted_in = self.counted_out = 0
         self.idle_since = 0.0
         self.down_eof = self.up_eof = False
         self.down_lost = self.up_lost = False
@@ -353,8 +358,7 @@ class _Downstream(asyncio.Protocol):
         task.add_done_callback(listener._tasks.discard)
 
     def data_received(self, data: bytes) -> None:
-        self.stats.bytes_received += len(data)
-        self.busy = True
+        self.nbytes += len(data)
         up = self.up_transport
         if up is not None:
             up.write(data)
@@ -497,7 +501,7 @@ class _Downstream(asyncio.Protocol):
             return True
         target.close_connection()
         target.release(endpoint, latency=loop.time() - started, outcome=outcome)
-        if upstream.busy:
+        if upstream.nbytes:
             # Timed out just after connecting, with the endpoint's first bytes
             # already forwarded: another endpoint cannot continue that stream.
             raise _Abandoned
@@ -561,6 +565,15 @@ class _Downstream(asyncio.Protocol):
             size += up.get_write_buffer_size()
         return size
 
+    def count_bytes(self) -> None:
+        """Adds the bytes forwarded since the last count to the target's counters."""
+        stats = self.stats
+        stats.bytes_received += self.nbytes - self.counted_in
+        self.counted_in = self.nbytes
+        if self.up is not None:
+            stats.bytes_sent += self.up.nbytes - self.counted_out
+            self.counted_out = self.up.nbytes
+
     def _maybe_finish(self) -> None:
         if self.finished or not self.down_lost or self.task is not None:
             return
@@ -575,5 +588,7 @@ class _Downstream(asyncio.Protocol):
         elif self.result == "closed":
             self.result = "cancelled"  # the client left while we were connecting
         assert self.result is not None
-        self.stats.responses[self.result] += 1
+        stats = self.stats
+        stats.responses[self.result] += 1
+        self.count_bytes()
         target.end_request()
