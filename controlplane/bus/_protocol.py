@@ -10,7 +10,7 @@ Semantics (the proto's comments say the same from the client's side):
 
 - **Subjects** are dot-separated tokens of letters, digits, ``-`` and ``_``
   (and ``$`` for inbox subjects); patterns use ``*`` for one token and a
-  trailing ``>`` for one or more. :func:`~controlplane.bus.subjects` validates.
+  trailing ``>`` for one or more. ``controlplane.bus._subjects`` validates them.
 - **Core** (at most once): ``publish`` hands the message to every core
   subscription whose pattern matches and that exists at that moment; within
   a queue group, to exactly one member. Nothing is stored; a subscriber
