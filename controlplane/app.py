@@ -1,9 +1,17 @@
 """One control-plane process: store, view, gRPC server, admin HTTP, and shutdown.
 
+Several processes (replicas) may share one store: each serves the same state
+from its own view; the work that must run once (the session reaper) runs on the
+replica elected leader (`controlplane.leader`); each publishes how many sidecar
+streams it holds and sheds some when it holds far more than its share
+(`controlplane.agent.LoadSpreader`). Health follows the store: NOT_SERVING while
+the view hears nothing from it, SERVING again when it answers.
+
 Shutdown is "stop admitting, drain within a grace period, then cancel":
-health turns NOT_SERVING, new registry calls get UNAVAILABLE, watch streams
-end with UNAVAILABLE so their clients resume elsewhere, in-flight calls get
-``grace`` seconds, then everything is cancelled and the store closed.
+health turns NOT_SERVING, leadership is handed over, new registry calls get
+UNAVAILABLE, watch streams end with UNAVAILABLE so their clients resume
+elsewhere, in-flight calls get ``grace`` seconds, then everything is cancelled
+and the store closed.
 """
 
 from __future__ import annotations
@@ -13,10 +21,12 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 from enum import Enum
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -26,8 +36,11 @@ from ecosystem.v1 import registry_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane.agent import AgentServicer, AgentSettings, Reaper
+from controlplane.agent import AgentServicer, AgentSettings, LoadSpreader, Reaper
+from controlplane.bus import Broker, BusError, open_broker
+from controlplane.bus._servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
 from controlplane.config import ControlPlaneConfig, parse_hostport
+from controlplane.leader import Election
 from controlplane.metrics import Metrics
 from controlplane.registry import Registry, ensure_store_id
 from controlplane.servicer import RegistryServicer, handler
@@ -40,6 +53,9 @@ log = logging.getLogger(__name__)
 
 REGISTRY_SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+_HEALTH_SERVICES = ("", REGISTRY_SERVICE, AGENT_SERVICE, MESSAGING_SERVICE)
+# How often health is compared with the store's reachability.
+_HEALTH_INTERVAL = 0.25
 _SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
@@ -48,6 +64,18 @@ _SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 ]
+
+
+def bus_dir(store_url: str, replica: str) -> Path | None:
+    """Where the embedded broker keeps durable streams: next to a SQLite store,
+    nowhere (memory) for ``memory://``, and ``.eco/bus/<replica>`` for a replica
+    on etcd (each replica's embedded bus is its own: use NATS to share one)."""
+    scheme, _, rest = store_url.partition("://")
+    if scheme == "memory":
+        return None
+    if scheme == "sqlite":
+        return Path(rest).parent / "bus"
+    return Path(".eco") / "bus" / re.sub(r"[^A-Za-z0-9._-]", "_", replica or "default")
 
 
 class StartupError(Exception):
@@ -62,17 +90,31 @@ class _State(Enum):
 
 
 class ControlPlane:
-    """A running control plane; use as ``async with ControlPlane(config) as cp``."""
+    """A running control plane; use as ``async with ControlPlane(config) as cp``.
 
-    def __init__(self, config: ControlPlaneConfig | None = None) -> None:
+    ``store``, when given, is used instead of opening ``config.store_url``, and is
+    left open on stop: several control planes in one process can share it, as
+    replicas share an etcd cluster (tests do this).
+    """
+
+    def __init__(
+        self, config: ControlPlaneConfig | None = None, *, store: Store | None = None
+    ) -> None:
         self.config = config or ControlPlaneConfig()
         self._state = _State.NEW
-        self._store: Store | None = None
+        self._store: Store | None = store
+        self._owns_store = store is None
         self._view: InstanceView | None = None
         self._server: grpc.aio.Server | None = None
         self._servicer: RegistryServicer | None = None
         self.agent: AgentServicer | None = None
-        self._reaper: asyncio.Task[None] | None = None
+        self.broker: Broker | None = None
+        self.messaging: MessagingServicer | None = None
+        self.election: Election | None = None
+        self.spreader: LoadSpreader | None = None
+        self.replica = ""
+        self._health_task: asyncio.Task[None] | None = None
+        self._health_serving = False
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._admin: web.AppRunner | None = None
         self.metrics = Metrics()
@@ -95,7 +137,13 @@ class ControlPlane:
 
     @property
     def serving(self) -> bool:
+        """Serving, and hearing from the store."""
         return self._state is _State.SERVING and self.view.healthy
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this replica runs the work that must run once."""
+        return self.election is not None and self.election.is_leader
 
     async def __aenter__(self) -> ControlPlane:
         await self.start()
@@ -120,54 +168,33 @@ class ControlPlane:
 
     async def _start(self) -> None:
         config = self.config
-        store_url = _without_password(config.store_url)
-        try:
-            self._store = open_store(config.store_url)
-        except ValueError as exc:
-            raise StartupError(f"--store {store_url}: {exc}") from exc
-        try:
-            await self._store.start()
-        except Exception as exc:
-            raise StartupError(f"cannot open store {store_url}: {exc}") from exc
-        self.store_id = await ensure_store_id(self._store)
+        if self._store is None:
+            store_url = _without_password(config.store_url)
+            try:
+                self._store = open_store(config.store_url)
+            except ValueError as exc:
+                raise StartupError(f"--store {store_url}: {exc}") from exc
+            try:
+                await self._store.start()
+            except Exception as exc:
+                raise StartupError(f"cannot open store {store_url}: {exc}") from exc
+        else:
+            store_url = repr(self._store)
+        store = self._store
+        self.store_id = await ensure_store_id(store)
         self._view = InstanceView(
-            self._store,
-            ViewConfig(ring_events=config.watch_history, max_pending=config.watch_queue),
+            store,
+            ViewConfig(
+                ring_events=config.watch_history,
+                max_pending=config.watch_queue,
+                store_timeout=config.store_timeout,
+            ),
             store_id=self.store_id,
         )
         await self._view.start()
 
         server = grpc.aio.server(options=_SERVER_OPTIONS)
         self._server = server
-        self._servicer = servicer = RegistryServicer(
-            Registry(self._store),
-            self._view,
-            self._store,
-            self.metrics,
-            is_draining=lambda: self._state is not _State.SERVING,
-        )
-        server.add_generic_rpc_handlers((handler(servicer),))
-        self.agent = AgentServicer(
-            self._store,
-            self._view,
-            AgentSettings(
-                replica=config.replica
-                or f"{socket.gethostname()}:{config.listen.rpartition(':')[2]}",
-                grace=config.session_grace,
-                deregister_critical_after=config.deregister_critical_after,
-                sync_interval=config.sync_interval,
-                token=config.agent_token,
-            ),
-        )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent, server)  # type: ignore[no-untyped-call]
-        reaper = Reaper(
-            self._store, self._view, default_deregister_after=config.deregister_critical_after
-        )
-        self._reaper = asyncio.create_task(reaper.run(), name="session-reaper")
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (REGISTRY_SERVICE, AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
         host, _port = parse_hostport(config.listen)
         try:
             bound = server.add_insecure_port(config.listen)
@@ -176,19 +203,84 @@ class ControlPlane:
         if bound == 0:
             raise StartupError(f"cannot listen on {config.listen}: address in use or invalid")
         self.address = f"{_bracket(host)}:{bound}"
+        # Named after the port actually bound: replicas on port 0 get distinct names.
+        self.replica = config.replica or f"{socket.gethostname()}:{bound}"
+
+        self._servicer = servicer = RegistryServicer(
+            Registry(store),
+            self._view,
+            store,
+            self.metrics,
+            is_draining=lambda: self._state is not _State.SERVING,
+        )
+        server.add_generic_rpc_handlers((handler(servicer),))
+        self.agent = AgentServicer(
+            store,
+            self._view,
+            AgentSettings(
+                replica=self.replica,
+                grace=config.session_grace,
+                deregister_critical_after=config.deregister_critical_after,
+                sync_interval=config.sync_interval,
+                token=config.agent_token,
+            ),
+            peers=lambda: self.spreader.peers.values() if self.spreader is not None else (),
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent, server)  # type: ignore[no-untyped-call]
+        try:
+            self.broker = open_broker(config.bus_url, bus_dir(config.store_url, self.replica))
+        except BusError as exc:
+            raise StartupError(f"--bus {config.bus_url}: {exc}") from exc
+        try:
+            await self.broker.start()
+        except Exception as exc:
+            raise StartupError(f"cannot start the bus {config.bus_url}: {exc}") from exc
+        self.messaging = add_messaging(
+            server, self.broker, lambda: self._state is not _State.SERVING
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                REGISTRY_SERVICE,
+                AGENT_SERVICE,
+                MESSAGING_SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
         await server.start()
         if config.admin_listen is not None:
             await self._start_admin(config.admin_listen)
+
+        reaper = Reaper(
+            store, self._view, default_deregister_after=config.deregister_critical_after
+        )
+        self.election = Election(store, self.replica, ttl=config.leader_ttl)
+        self.election.while_leader("session-reaper", reaper.run)
+        await self.election.start()
+        self.spreader = LoadSpreader(
+            store,
+            self.agent,
+            self.replica,
+            address=config.advertise or _reachable(host, bound),
+            interval=config.rebalance_interval,
+            batch=config.rebalance_batch,
+            active=lambda: self.serving,
+            on_shed=self.metrics.agent_streams_shed.inc,
+        )
+        await self.spreader.start()
         self._install_gauges()
         self._state = _State.SERVING
-        for service in ("", REGISTRY_SERVICE):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(self.serving)
+        self._health_task = asyncio.create_task(self._follow_health(), name="health")
         log.info(
-            "control plane serving on %s (admin %s, store %s, revision %d)",
+            "control plane %s serving on %s (admin %s, store %s, revision %d)",
+            self.replica,
             self.address,
             self.admin_address or "off",
             store_url,
-            self._store.revision,
+            store.revision,
         )
 
     async def _start_admin(self, listen: str) -> None:
@@ -222,11 +314,50 @@ class ControlPlane:
         self.metrics.gauge(
             "eco_controlplane_serving", "1 while serving", lambda: 1 if self.serving else 0
         )
+        self.metrics.gauge(
+            "eco_controlplane_leader",
+            "1 while this replica is the elected leader",
+            lambda: 1 if self.is_leader else 0,
+        )
+        agent = self.agent
+        assert agent is not None
+        self.metrics.gauge(
+            "eco_controlplane_agent_streams",
+            "Sidecar streams connected to this replica",
+            lambda: agent.stream_count,
+        )
+
+    async def _set_health(self, serving: bool) -> None:
+        self._health_serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in _HEALTH_SERVICES:
+            await self._health.set(service, status)
+
+    async def _follow_health(self) -> None:
+        """Keeps grpc.health.v1 in step with the store's reachability."""
+        while self._state is _State.SERVING:
+            serving = self.serving
+            if serving != self._health_serving:
+                if serving:
+                    log.warning("control plane %s: the store answers again; SERVING", self.replica)
+                else:
+                    log.error(
+                        "control plane %s: no word from the store for %.1fs; NOT_SERVING",
+                        self.replica,
+                        self.view.silent_for,
+                    )
+                await self._set_health(serving)
+            await asyncio.sleep(_HEALTH_INTERVAL)
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        headers = {"X-Eco-Replica": self.replica, "X-Eco-Leader": "1" if self.is_leader else "0"}
         if self.serving:
-            return web.Response(text="SERVING\n")
-        return web.Response(status=503, text="NOT_SERVING\n")
+            return web.Response(text="SERVING\n", headers=headers)
+        return web.Response(status=503, text="NOT_SERVING\n", headers=headers)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
@@ -238,15 +369,14 @@ class ControlPlane:
             return
         self._state = _State.DRAINING
         grace = self.config.grace if grace is None else grace
-        log.info("control plane draining (grace %.1fs)", grace)
+        log.info("control plane %s draining (grace %.1fs)", self.replica or "", grace)
         await self._health.enter_graceful_shutdown()
         try:
+            await self._stop_background(revoke=True)
             if self.agent is not None:
                 self.agent.drain()
-            if self._reaper is not None:
-                self._reaper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._reaper
+            if self.messaging is not None:
+                await self.messaging.drain()
             if self._view is not None:
                 # Ends every watch stream with UNAVAILABLE: clients resume elsewhere.
                 await self._view.close()
@@ -260,17 +390,59 @@ class ControlPlane:
                     async with asyncio.timeout(grace):
                         await asyncio.sleep(drain)
                         await self._servicer.wait_idle()
+                        if self.messaging is not None:
+                            await self.messaging.wait_idle()
                 grace = max(0.0, deadline - loop.time())
             if self._server is not None:
                 await self._server.stop(min(grace, 0.1))
+            if self.broker is not None:
+                await self.broker.close()
             if self._admin is not None:
                 await self._admin.cleanup()
-            if self._store is not None:
+            if self._store is not None and self._owns_store:
                 await self._store.close()
         finally:
             self._state = _State.STOPPED
             self._stopped.set()
-            log.info("control plane stopped")
+            log.info("control plane %s stopped", self.replica or "")
+
+    async def abort(self) -> None:
+        """Stops at once, as a crash would (for failover tests): no draining and
+        no hand-over. The leader lease and the session leases are left to run
+        out; streams are cut; the store is closed only if this plane opened it."""
+        if self._state in (_State.DRAINING, _State.STOPPED):
+            await self._stopped.wait()
+            return
+        self._state = _State.DRAINING
+        log.warning("control plane %s aborting", self.replica or "")
+        try:
+            await self._stop_background(revoke=False)
+            if self._server is not None:
+                await self._server.stop(0)
+            if self.broker is not None:
+                await self.broker.close()
+            if self._view is not None:
+                await self._view.close()
+            if self._admin is not None:
+                await self._admin.cleanup()
+            if self._store is not None and self._owns_store:
+                await self._store.close()
+        finally:
+            self._state = _State.STOPPED
+            self._stopped.set()
+
+    async def _stop_background(self, *, revoke: bool) -> None:
+        """Stops the health follower, the load spreader and the election (whose
+        leader-only work stops with it); ``revoke`` hands leadership over now."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.wait({self._health_task})
+        # Concurrently: with the store unreachable, each revoke waits for its timeout.
+        async with asyncio.TaskGroup() as group:
+            if self.spreader is not None:
+                group.create_task(self.spreader.close(revoke=revoke))
+            if self.election is not None:
+                group.create_task(self.election.close(revoke=revoke))
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -293,6 +465,13 @@ def tune_gc() -> None:
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _reachable(host: str, port: int) -> str:
+    """Where other machines can reach a server listening on ``host:port``."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = socket.gethostname()
+    return f"{_bracket(host)}:{port}"
 
 
 async def _serve(config: ControlPlaneConfig) -> int:

@@ -32,6 +32,10 @@ class ControlPlaneConfig(BaseModel):
     admin_listen: str | None = "127.0.0.1:7401"
     # memory://, sqlite://PATH or etcd://HOSTS/PREFIX.
     store_url: str = DEFAULT_STORE
+    # The message bus: embedded:// (in this process; durable streams in a
+    # `bus/` directory next to a SQLite store, in memory with memory://) or
+    # nats://HOST:PORT[,HOST:PORT...] (JetStream for durable streams).
+    bus_url: str = "embedded://"
     # Seconds in-flight calls get to finish on shutdown before they are cancelled.
     grace: float = Field(default=5.0, ge=0, le=300)
     # Seconds, after turning NOT_SERVING, during which new calls are answered
@@ -42,9 +46,25 @@ class ControlPlaneConfig(BaseModel):
     # Pending events per watcher before it is sent a RESYNC instead.
     watch_queue: int = Field(default=4_096, ge=16)
 
-    # Name of this replica, shown to sidecars and in `eco node list`
-    # (default: host name and port).
+    # Name of this replica, unique among the replicas over one store: shown to
+    # sidecars and in `eco node list`, held in the leader key while it leads
+    # (default: host name and the port it listens on).
     replica: str = ""
+    # HOST:PORT the other replicas reach this one at (they ask it about its
+    # sidecars); default: the gRPC address, with a wildcard host replaced by
+    # this machine's host name.
+    advertise: str = ""
+    # Several replicas over one store: the elected replica's lease, so a crashed
+    # leader is replaced within this many seconds (a stopped one at once).
+    leader_ttl: float = Field(default=10.0, gt=0, le=300)
+    # Seconds without word from the store (its watch reports progress every
+    # second) before health turns NOT_SERVING; it turns back when the store answers.
+    store_timeout: float = Field(default=5.0, ge=1, le=300)
+    # Load spreading: every interval, a replica holding more than 1.5 x its
+    # share of sidecar streams + 1 ends up to `rebalance_batch` of them
+    # (they reconnect elsewhere and resume); 0 never sheds.
+    rebalance_interval: float = Field(default=5.0, gt=0, le=3600)
+    rebalance_batch: int = Field(default=10, ge=0, le=10_000)
     # Sidecar sessions: grace after a dropped stream before their instances
     # turn CRITICAL, then how long they stay CRITICAL before removal, and the
     # anti-entropy interval sidecars are asked to keep. Sidecars may ask for
@@ -61,6 +81,22 @@ class ControlPlaneConfig(BaseModel):
         if value is not None:
             parse_hostport(value)
         return value
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, value: str) -> str:
+        if value and parse_hostport(value)[1] == 0:
+            raise ValueError(f"{value!r}: give the port other replicas can reach")
+        return value
+
+    @field_validator("bus_url")
+    @classmethod
+    def _bus(cls, value: str) -> str:
+        if value.strip() != "embedded" and "://" not in value:
+            raise ValueError(
+                f"{value!r} is not a bus URL: use embedded:// or nats://HOST:PORT[,HOST:PORT...]"
+            )
+        return value.strip()
 
     @field_validator("store_url")
     @classmethod

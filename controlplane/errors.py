@@ -9,10 +9,14 @@
     ├── RevisionConflictError     ABORTED         (expected revision N, found M)
     ├── FailedPreconditionError   FAILED_PRECONDITION
     ├── UnauthenticatedError      UNAUTHENTICATED (a sidecar's token is wrong)
-    └── UnavailableError          UNAVAILABLE     (draining, store gone)
+    ├── UnavailableError          UNAVAILABLE     (draining, store gone)
+    ├── DeadlineExceededError     DEADLINE_EXCEEDED (a bus request got no reply in time)
+    └── ResourceExhaustedError    RESOURCE_EXHAUSTED (e.g. too many bus subscriptions)
 
-Servicers raise these (or let store errors through, which ``to_status``
-translates too); nothing else in the control plane knows about status codes.
+Servicers raise these (or let store and bus errors through, which ``to_status``
+translates too: see ``controlplane.bus`` for the bus rows; each bus error also
+carries a ``google.rpc.ErrorInfo`` whose reason names it, e.g. NO_RESPONDERS);
+nothing else in the control plane knows about status codes.
 """
 
 from __future__ import annotations
@@ -22,17 +26,32 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from controlplane.bus._protocol import (
+    AckNotFoundError,
+    BusClosedError,
+    BusError,
+    BusUnavailableError,
+    InvalidSubjectError,
+    NoRespondersError,
+    PayloadTooLargeError,
+    StreamConflictError,
+    StreamNotFoundError,
+)
 from controlplane.store import Compacted, LeaseNotFound, StoreClosed, StoreUnavailable
 
 __all__ = [
+    "BUS_ERROR_DOMAIN",
     "AlreadyExistsError",
     "ControlPlaneError",
+    "DeadlineExceededError",
     "FailedPreconditionError",
     "FieldViolation",
     "InvalidArgumentError",
     "NotFoundError",
+    "ResourceExhaustedError",
     "RevisionConflictError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -81,6 +100,14 @@ class UnavailableError(ControlPlaneError):
     pass
 
 
+class DeadlineExceededError(ControlPlaneError):
+    pass
+
+
+class ResourceExhaustedError(ControlPlaneError):
+    pass
+
+
 # The one mapping table: domain (and store) error → gRPC status code.
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -94,6 +121,35 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Compacted, grpc.StatusCode.OUT_OF_RANGE),
     (StoreClosed, grpc.StatusCode.UNAVAILABLE),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InvalidSubjectError, grpc.StatusCode.INVALID_ARGUMENT),
+    (PayloadTooLargeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (StreamNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (StreamConflictError, grpc.StatusCode.ALREADY_EXISTS),
+    (AckNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (NoRespondersError, grpc.StatusCode.UNAVAILABLE),
+    (BusUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (BusClosedError, grpc.StatusCode.UNAVAILABLE),
+)
+
+#: ``google.rpc.ErrorInfo.domain`` of the bus errors; the reasons follow.
+BUS_ERROR_DOMAIN = "bus.ecosystem"
+_BUS_REASONS: tuple[tuple[type[BusError], str], ...] = (
+    (InvalidSubjectError, "INVALID_SUBJECT"),
+    (PayloadTooLargeError, "PAYLOAD_TOO_LARGE"),
+    (StreamNotFoundError, "STREAM_NOT_FOUND"),
+    (StreamConflictError, "STREAM_CONFLICT"),
+    (AckNotFoundError, "ACK_NOT_FOUND"),
+    (NoRespondersError, "NO_RESPONDERS"),
+    (BusUnavailableError, "BUS_UNAVAILABLE"),
+    (BusClosedError, "BUS_CLOSED"),
+)
+# Bus errors rejecting an input, and the request field to name when the
+# broker did not say which.
+_BUS_INPUT_FIELDS: tuple[tuple[type[BusError], str], ...] = (
+    (InvalidSubjectError, "subject"),
+    (PayloadTooLargeError, "data"),
 )
 
 
@@ -111,17 +167,40 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     if code is None:
         return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
     status = status_pb2.Status(code=code.value[0], message=str(exc))
+    violations: Sequence[FieldViolation] = ()
     if isinstance(exc, InvalidArgumentError):
-        detail = any_pb2.Any()
-        detail.Pack(
+        violations = exc.violations
+    elif isinstance(exc, BusError):
+        violations = _bus_violations(exc)
+        for kind, reason in _BUS_REASONS:
+            if isinstance(exc, kind):
+                _add_detail(
+                    status, error_details_pb2.ErrorInfo(reason=reason, domain=BUS_ERROR_DOMAIN)
+                )
+                break
+    if violations:
+        _add_detail(
+            status,
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
                         field=v.field, description=v.description
                     )
-                    for v in exc.violations
+                    for v in violations
                 ]
-            )
+            ),
         )
-        status.details.append(detail)
     return status
+
+
+def _bus_violations(exc: BusError) -> tuple[FieldViolation, ...]:
+    for kind, default_field in _BUS_INPUT_FIELDS:
+        if isinstance(exc, kind):
+            return (FieldViolation(exc.field or default_field, exc.message),)
+    return ()
+
+
+def _add_detail(status: status_pb2.Status, detail: Message) -> None:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    status.details.append(packed)

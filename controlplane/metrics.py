@@ -33,6 +33,11 @@ class Metrics:
             "Watch streams opened",
             registry=self.registry,
         )
+        self.agent_streams_shed = Counter(
+            "eco_controlplane_agent_streams_shed",
+            "Sidecar streams ended to spread load over the replicas",
+            registry=self.registry,
+        )
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         """Counts one RPC; the labelled children are looked up once, not per call."""

@@ -8,6 +8,7 @@ a draining process turns new calls away with UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DEFAULT_PROGRESS_MS = 5_000
+# Seconds a resuming watch waits for this replica's view to reach a revision
+# that another replica served.
+_CATCH_UP = 3.0
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
@@ -199,6 +203,13 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         async def open_stream() -> AsyncIterator[bytes]:
             validate_watch(request)
             await self._fresh()
+            since = request.since_revision
+            if request.store_id == self._view.store_id and since > self._view.revision:
+                # A revision of this store that another replica has already
+                # served: wait for this view to reach it, rather than answer
+                # a resume with a snapshot.
+                with contextlib.suppress(UnavailableError):
+                    await self._view.wait_for(since, timeout=_CATCH_UP)
             sub = self._view.subscribe(
                 Selector.from_proto(request.selector),
                 request.since_revision,

@@ -33,7 +33,7 @@ from ecosystem.v1 import registry_pb2 as pb
 
 from controlplane.errors import UnavailableError
 from controlplane.registry import INSTANCES_PREFIX, ROOT_PREFIX, decode_instance
-from controlplane.store import Compacted, EventType, Store, StoreClosed, WatchBatch
+from controlplane.store import Compacted, EventType, Store, StoreClosed, StoreError, WatchBatch
 
 __all__ = ["InstanceView", "Selector", "Subscription", "ViewConfig"]
 
@@ -75,6 +75,9 @@ class ViewConfig:
     snapshot_chunk: int = 1_000
     # How often the store reports progress to the view while idle.
     store_progress_interval: float = 1.0
+    # Seconds without word from the store (not even progress) after which the
+    # view no longer counts as healthy: the store is unreachable.
+    store_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +260,7 @@ class InstanceView:
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._closed = False
+        self._heard = 0.0  # loop time of the last batch (or progress) from the store
 
     @property
     def revision(self) -> int:
@@ -273,9 +277,20 @@ class InstanceView:
 
     @property
     def healthy(self) -> bool:
-        return self._task is not None and not self._task.done()
+        """Following the store, and heard from it within ``store_timeout``."""
+        return (
+            self._task is not None
+            and not self._task.done()
+            and self.silent_for < self._config.store_timeout
+        )
+
+    @property
+    def silent_for(self) -> float:
+        """Seconds since the store last sent the view anything (progress included)."""
+        return asyncio.get_running_loop().time() - self._heard
 
     async def start(self) -> None:
+        self._heard = asyncio.get_running_loop().time()
         await self._load(self._store.revision, prefill=True)
         self._task = asyncio.create_task(self._follow(), name="instance-view")
         await self.wait_for(self._store.revision)
@@ -313,6 +328,7 @@ class InstanceView:
         self._set_revision(result.revision)
 
     async def _follow(self) -> None:
+        failures = 0
         while True:
             try:
                 async for batch in self._store.watch(
@@ -320,6 +336,7 @@ class InstanceView:
                     start_revision=self._revision + 1,
                     progress_interval=self._config.store_progress_interval,
                 ):
+                    failures = 0
                     self._apply(batch)
             except Compacted:
                 log.warning("view fell behind the store's history; reloading")
@@ -333,8 +350,15 @@ class InstanceView:
                 for sub in list(self._subscriptions()):
                     sub.close()
                 return
+            except StoreError as exc:
+                # Resumed from the last applied revision: nothing is lost or repeated.
+                failures += 1
+                delay = min(2.0, 0.1 * 2**failures)
+                log.warning("store watch of the view failed (%s); resuming in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
 
     def _apply(self, batch: WatchBatch) -> None:
+        self._heard = asyncio.get_running_loop().time()
         changes: list[_Change] = []
         for event in batch.events:
             if not event.kv.key.startswith(INSTANCES_PREFIX):
@@ -448,6 +472,10 @@ class InstanceView:
     def items(self) -> ItemsView[str, pb.Instance]:
         """Every instance by store key (a live view: do not await while iterating)."""
         return self._instances.items()
+
+    def get(self, key: str) -> pb.Instance | None:
+        """The instance stored at ``key``, if any."""
+        return self._instances.get(key)
 
     def node_instances(self, node: str) -> dict[str, pb.Instance]:
         """Instances registered by one node, by store key."""

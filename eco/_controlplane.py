@@ -32,7 +32,14 @@ _OPTION_OF_FIELD = {
     "listen": "--listen",
     "admin_listen": "--admin-listen",
     "store_url": "--store",
+    "bus_url": "--bus",
     "grace": "--grace",
+    "replica": "--replica-id",
+    "advertise": "--advertise",
+    "leader_ttl": "--leader-ttl",
+    "store_timeout": "--store-timeout",
+    "rebalance_interval": "--rebalance-interval",
+    "rebalance_batch": "--rebalance-batch",
 }
 
 
@@ -86,11 +93,64 @@ def _listen_options(f: Any) -> Any:
     ),
 )
 @click.option(
+    "--bus",
+    "bus_url",
+    default="embedded://",
+    show_default=True,
+    metavar="URL",
+    help=(
+        "The message bus: embedded:// (durable streams next to a SQLite store) or "
+        "nats://HOST:PORT[,HOST:PORT...] (JetStream; docs/bus.md)."
+    ),
+)
+@click.option(
     "--grace",
     type=click.FloatRange(0, 300),
     default=5.0,
     show_default=True,
     help="Seconds in-flight calls get to finish on shutdown.",
+)
+@click.option(
+    "--replica-id",
+    default="",
+    metavar="NAME",
+    help="Name of this replica, unique among those sharing the store (default: HOST:PORT).",
+)
+@click.option(
+    "--advertise",
+    default="",
+    metavar="HOST:PORT",
+    help="Address the other replicas reach this one at (default: --listen, with a "
+    "wildcard host replaced by the host name).",
+)
+@click.option(
+    "--leader-ttl",
+    type=click.FloatRange(min=0, min_open=True, max=300),
+    default=10.0,
+    show_default=True,
+    help="Seconds of the elected leader's lease: a crashed leader is replaced within it.",
+)
+@click.option(
+    "--store-timeout",
+    type=click.FloatRange(1, 300),
+    default=5.0,
+    show_default=True,
+    help="Seconds without word from the store before health turns NOT_SERVING.",
+)
+@click.option(
+    "--rebalance-interval",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between checks of this replica's share of sidecar streams.",
+)
+@click.option(
+    "--rebalance-batch",
+    type=click.IntRange(0, 10_000),
+    default=10,
+    show_default=True,
+    help="Most sidecar streams shed per check when holding more than 1.5x the fair "
+    "share + 1 (they resume on another replica); 0: never shed.",
 )
 @pass_settings
 @click.pass_context
@@ -100,22 +160,46 @@ def controlplane_command(
     listen: str,
     admin_listen: str,
     store_url: str,
+    bus_url: str,
     grace: float,
+    replica_id: str,
+    advertise: str,
+    leader_ttl: float,
+    store_timeout: float,
+    rebalance_interval: float,
+    rebalance_batch: int,
 ) -> None:
     """Run the control plane until SIGTERM or Ctrl-C (twice: at once).
 
-    It serves the registry API over gRPC on --listen, with the standard gRPC
+    It serves the registry API and the message bus over gRPC on --listen, with the standard gRPC
     health service and server reflection, and /healthz and /metrics over
     HTTP on --admin-listen. On shutdown it drains for up to --grace seconds.
+
+    Several replicas may share one etcd store (docs/controlplane.md, "Several
+    replicas"): one of them, elected, runs the work that must run once, and a
+    replica holding far more than its share of sidecar streams sheds some.
 
     \b
     Examples:
       eco controlplane
       eco controlplane --listen 0.0.0.0:7400 --store sqlite:///var/lib/eco/cp.db
       eco controlplane --store memory:// --admin-listen off
-      eco controlplane --store etcd://127.0.0.1:2379/ecosystem
+      eco controlplane --store etcd://127.0.0.1:2379/ecosystem --replica-id cp-1
+      eco controlplane --bus nats://127.0.0.1:4222
     """
-    config = _config(listen=listen, admin_listen=admin_listen, store_url=store_url, grace=grace)
+    config = _config(
+        listen=listen,
+        admin_listen=admin_listen,
+        store_url=store_url,
+        bus_url=bus_url,
+        grace=grace,
+        replica=replica_id,
+        advertise=advertise,
+        leader_ttl=leader_ttl,
+        store_timeout=store_timeout,
+        rebalance_interval=rebalance_interval,
+        rebalance_batch=rebalance_batch,
+    )
     configure_logging(settings.verbose, base=logging.INFO)
     from controlplane import run
 

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 import sdk
+from eco._bus import bus
 from eco._controlplane import controlplane_command, dev_command
 from eco._node import node, wait
 from eco._output import OutputFormat
@@ -120,6 +121,7 @@ cli.add_command(service)
 cli.add_command(sidecar_command)
 cli.add_command(node)
 cli.add_command(wait)
+cli.add_command(bus)
 
 
 def main(argv: list[str] | None = None) -> None:

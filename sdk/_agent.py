@@ -7,6 +7,8 @@
         ├── writer: the outbox, in priority order (Sync, Subscribe, Acks, HealthReports)
         └── timer:  a full Sync every sync interval, ±20% jitter (anti-entropy)
     any failure → jittered exponential backoff (full jitter, capped) → next address
+    shed by a busy replica (UNAVAILABLE "shedding load…") → a short jitter → another
+    address, picked at random among the others
 
 The caller's state is the source of truth and is re-sent after every
 (re)connect: the complete set of local instances (read from the
@@ -54,6 +56,7 @@ from sdk._errors import (
     NotFoundError,
     PermissionDeniedError,
     UnauthenticatedError,
+    UnavailableError,
     UnimplementedError,
 )
 from sdk._outbox import Outbox
@@ -67,6 +70,8 @@ logger = logging.getLogger(__name__)
 
 # Errors a retry will not fix until an operator acts: back off at the maximum.
 _PERMANENT = (UnauthenticatedError, PermissionDeniedError, InvalidArgumentError, UnimplementedError)
+# How the control plane's message starts when it ends a stream to spread load.
+_SHED = "shedding load"
 
 
 #: Called with each update, synchronously; raising rejects (NACKs) it.
@@ -390,14 +395,19 @@ class AgentSession:
                 )
             else:
                 delay = self._backoff.next_delay()
-                log = logger.warning if welcomed else logger.info
+                log = logger.warning if welcomed and not _was_shed(error) else logger.info
                 log(
                     "agent stream to %s ended (%s); reconnecting in %.2fs",
                     addresses[index],
                     reason,
                     delay,
                 )
-            index = (index + 1) % len(addresses)
+            if _was_shed(error) and len(addresses) > 1:
+                # That replica holds more than its share: any other one will do,
+                # and a random pick spreads the shed sidecars over all of them.
+                index = self._rng.choice([i for i in range(len(addresses)) if i != index])
+            else:
+                index = (index + 1) % len(addresses)
             await self._sleep(delay)
 
     async def _connect(self, index: int) -> bool:
@@ -520,6 +530,11 @@ class AgentSession:
 
     def _build_subscribe(self) -> agent_pb2.Subscribe:
         return agent_pb2.Subscribe(services=[s.to_proto() for s in self._subscriptions])
+
+
+def _was_shed(error: BaseException | None) -> bool:
+    """Whether a replica ended the stream to spread load (it asks to go elsewhere)."""
+    return isinstance(error, UnavailableError) and error.message.startswith(_SHED)
 
 
 def _reason(exc: BaseException) -> str:

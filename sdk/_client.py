@@ -11,6 +11,7 @@ from typing import Self
 
 from ecosystem.v1 import agent_pb2, registry_pb2
 
+from sdk._bus import BusClient
 from sdk._errors import ClientClosedError
 from sdk._lease import LeaseKeeper, instance_key
 from sdk._nodes import NodeInfo, RevisionWait
@@ -74,6 +75,7 @@ class AsyncClient:
             channel_factory=channel_factory,
         )
         self._lease = LeaseKeeper(self._transport)
+        self._bus: BusClient | None = None
         self._state = _State.OPEN
 
     @property
@@ -84,6 +86,14 @@ class AsyncClient:
     @property
     def closed(self) -> bool:
         return self._state is _State.CLOSED
+
+    @property
+    def bus(self) -> BusClient:
+        """The message bus over this client's connection (see ``docs/bus.md``)."""
+        self._check_open()
+        if self._bus is None:
+            self._bus = BusClient._over(self._transport)
+        return self._bus
 
     async def __aenter__(self) -> Self:
         self._check_open()
@@ -109,6 +119,8 @@ class AsyncClient:
             return
         self._state = _State.CLOSED
         try:
+            if self._bus is not None:
+                await self._bus.close()
             await self._lease.close()
         finally:
             await self._transport.close()

@@ -3,14 +3,17 @@
 Every failure the control plane reports reaches the caller as one of these
 classes; generated or gRPC exception types never escape the SDK::
 
-    EcoError                         base: .code (status name), .message, .address
+    EcoError                         base: .code (status name), .message, .address, .reason
     ├── NotFoundError                NOT_FOUND: unknown service, instance or lease
+    │   └── StreamNotFoundError      … or bus stream (reason STREAM_NOT_FOUND)
     ├── ConflictError                an optimistic-concurrency check failed
     │   ├── AlreadyExistsError       ALREADY_EXISTS: expected_revision=0 but it exists
     │   └── RevisionMismatchError    ABORTED: expected_revision is not the current one
     ├── InvalidArgumentError         INVALID_ARGUMENT / OUT_OF_RANGE: .field_violations
     ├── FailedPreconditionError      FAILED_PRECONDITION: e.g. a lease expired under a request
     ├── UnavailableError             UNAVAILABLE: unreachable, or draining (safe calls are retried)
+    ├── NoRespondersError            UNAVAILABLE, reason NO_RESPONDERS: a bus request found no
+    │                                subscriber (the control plane answered: no failover, no retry)
     ├── DeadlineExceededError        DEADLINE_EXCEEDED: the call's deadline passed
     ├── RequestCancelledError        CANCELLED: the server cancelled the call
     ├── ResourceExhaustedError       RESOURCE_EXHAUSTED: a limit was hit
@@ -23,7 +26,8 @@ classes; generated or gRPC exception types never escape the SDK::
 
 Translation happens in exactly one place, the transport's call helper, which
 raises ``from_rpc_error(err) from err`` so the original gRPC error stays on
-``__cause__``.
+``__cause__``. ``reason`` is the ``google.rpc.ErrorInfo`` reason the server
+attached, if any (the bus names each of its errors that way).
 """
 
 from __future__ import annotations
@@ -45,11 +49,13 @@ __all__ = [
     "FieldViolation",
     "InternalError",
     "InvalidArgumentError",
+    "NoRespondersError",
     "NotFoundError",
     "PermissionDeniedError",
     "RequestCancelledError",
     "ResourceExhaustedError",
     "RevisionMismatchError",
+    "StreamNotFoundError",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
@@ -76,15 +82,24 @@ class EcoError(Exception):
     """Root of every error the control plane reports through the SDK.
 
     ``code`` is the gRPC status name (``"NOT_FOUND"``), ``message`` the
-    server's description, and ``address`` the control plane that answered,
-    when known.
+    server's description, ``address`` the control plane that answered,
+    when known, and ``reason`` the machine-readable cause the server gave
+    (``"NO_RESPONDERS"``), or "".
     """
 
-    def __init__(self, message: str, *, code: str = "UNKNOWN", address: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "UNKNOWN",
+        address: str | None = None,
+        reason: str = "",
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.address = address
+        self.reason = reason
 
     def __str__(self) -> str:
         return self.message or self.code.lower().replace("_", " ")
@@ -95,6 +110,10 @@ class EcoError(Exception):
 
 class NotFoundError(EcoError):
     """The service, instance or lease does not exist."""
+
+
+class StreamNotFoundError(NotFoundError):
+    """No bus stream by that name, or none captures the subject."""
 
 
 class ConflictError(EcoError):
@@ -118,9 +137,10 @@ class InvalidArgumentError(EcoError):
         *,
         code: str = "INVALID_ARGUMENT",
         address: str | None = None,
+        reason: str = "",
         field_violations: list[FieldViolation] | None = None,
     ) -> None:
-        super().__init__(message, code=code, address=address)
+        super().__init__(message, code=code, address=address, reason=reason)
         self.field_violations: list[FieldViolation] = list(field_violations or [])
 
     def __str__(self) -> str:
@@ -135,6 +155,14 @@ class FailedPreconditionError(EcoError):
 
 class UnavailableError(EcoError):
     """No control plane could be reached, or the one reached is draining."""
+
+
+class NoRespondersError(EcoError):
+    """A bus request found nothing subscribed to its subject.
+
+    Not an :class:`UnavailableError`: the control plane answered, so the
+    SDK neither fails over nor retries.
+    """
 
 
 class DeadlineExceededError(EcoError):
@@ -195,24 +223,39 @@ _BY_CODE: dict[grpc.StatusCode, type[EcoError]] = {
     grpc.StatusCode.DATA_LOSS: InternalError,
 }
 
+# More specific classes by (code, google.rpc.ErrorInfo reason).
+_BY_REASON: dict[tuple[grpc.StatusCode, str], type[EcoError]] = {
+    (grpc.StatusCode.UNAVAILABLE, "NO_RESPONDERS"): NoRespondersError,
+    (grpc.StatusCode.NOT_FOUND, "STREAM_NOT_FOUND"): StreamNotFoundError,
+}
+
 
 def from_rpc_error(err: grpc.RpcError, *, address: str | None = None) -> EcoError:
     """Returns the most specific :class:`EcoError` for a gRPC error.
 
-    Reads the status code, the details string and, for INVALID_ARGUMENT, the
-    ``google.rpc.BadRequest`` field violations carried in the rich status
-    trailer. Works for both synchronous and asyncio calls.
+    Reads the status code, the details string, and the rich status trailer:
+    its ``google.rpc.ErrorInfo`` reason (which may pick a more specific
+    class) and, for INVALID_ARGUMENT, its ``google.rpc.BadRequest`` field
+    violations. Works for both synchronous and asyncio calls.
     """
     code = _call_attr(err, "code")
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
     details = _call_attr(err, "details")
     message = details if isinstance(details, str) else ""
-    cls = _BY_CODE.get(code, EcoError)
+    status = _rich_status(err)
+    reason = _reason(status)
+    cls = _BY_REASON.get((code, reason)) or _BY_CODE.get(code, EcoError)
     name = code.name
     if issubclass(cls, InvalidArgumentError):
-        return cls(message, code=name, address=address, field_violations=_field_violations(err))
-    return cls(message, code=name, address=address)
+        return cls(
+            message,
+            code=name,
+            address=address,
+            reason=reason,
+            field_violations=_field_violations(status),
+        )
+    return cls(message, code=name, address=address, reason=reason)
 
 
 def _call_attr(err: grpc.RpcError, name: str) -> Any:
@@ -226,9 +269,8 @@ def _call_attr(err: grpc.RpcError, name: str) -> Any:
         return None
 
 
-def _field_violations(err: grpc.RpcError) -> list[FieldViolation]:
+def _rich_status(err: grpc.RpcError) -> status_pb2.Status | None:
     trailing = _call_attr(err, "trailing_metadata") or ()
-    violations: list[FieldViolation] = []
     for key, value in trailing:
         if key != _DETAILS_KEY or not isinstance(value, bytes):
             continue
@@ -238,11 +280,26 @@ def _field_violations(err: grpc.RpcError) -> list[FieldViolation]:
         except Exception:
             logger.debug("unparseable %s trailer", _DETAILS_KEY, exc_info=True)
             continue
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                violations.extend(
-                    FieldViolation(str(v.field), str(v.description)) for v in bad.field_violations
-                )
+        return status
+    return None
+
+
+def _reason(status: status_pb2.Status | None) -> str:
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
+
+
+def _field_violations(status: status_pb2.Status | None) -> list[FieldViolation]:
+    violations: list[FieldViolation] = []
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend(
+                FieldViolation(str(v.field), str(v.description)) for v in bad.field_violations
+            )
     return violations

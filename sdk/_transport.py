@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import tenacity
-from ecosystem.v1 import agent_pb2_grpc, registry_pb2_grpc
+from ecosystem.v1 import agent_pb2_grpc, messaging_pb2_grpc, registry_pb2_grpc
 
 from sdk._errors import ClientClosedError, DeadlineExceededError, UnavailableError, from_rpc_error
 from sdk._retry import RetryPolicy
@@ -80,10 +80,11 @@ def default_channel(address: str) -> grpc.aio.Channel:
 class Transport:
     """The channels to one or more control planes, and how calls use them.
 
-    Calls go to the current address. UNAVAILABLE from it moves the current
-    address to the next one, so the following attempt (and every later call)
-    fails over. Safe calls are retried with jittered backoff within their
-    deadline; the others are attempted once. Channels are opened lazily.
+    Calls go to the current address. UNAVAILABLE from it, or no answer at
+    all before a call's deadline, moves the current address to the next one,
+    so the following attempt (and every later call) fails over. Safe calls
+    are retried with jittered backoff within their deadline; the others are
+    attempted once. Channels are opened lazily.
     """
 
     def __init__(
@@ -197,8 +198,26 @@ class Transport:
 
     async def _attempt(self, method: str, request: Any, time_limit: float) -> Any:
         index, stub = self._stub()
-        with self._translated(index):
-            return await getattr(stub, method)(request, timeout=time_limit)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            with self._translated(index):
+                return await getattr(stub, method)(request, timeout=time_limit)
+        except DeadlineExceededError:
+            # Silence for the whole time limit: the address is hung or cut off
+            # (a frozen process, a partition), which no connection error will
+            # ever report. Later calls go to the next address. A server that
+            # answers DEADLINE_EXCEEDED itself (a bus request nobody replied
+            # to) answers early, and stays current.
+            if loop.time() - started >= 0.9 * time_limit:
+                self._fail_over(index)
+            raise
+
+    def mark_unresponsive(self, address: str) -> None:
+        """Moves later calls off ``address``, as UNAVAILABLE from it would: for
+        streams that noticed silence themselves (the watch's idle timeout)."""
+        if address in self._addresses:
+            self._fail_over(self._addresses.index(address))
 
     def channel(self, index: int) -> grpc.aio.Channel:
         """The channel to ``addresses[index]``, opened on first use and closed by
@@ -261,8 +280,13 @@ class _Stubs:
     _FACTORIES: tuple[Callable[[grpc.aio.Channel], Any], ...] = (
         registry_pb2_grpc.RegistryServiceStub,
         agent_pb2_grpc.AgentServiceStub,
+        messaging_pb2_grpc.MessagingServiceStub,
     )
-    _SERVICES = (registry_pb2_grpc.RegistryServiceServicer, agent_pb2_grpc.AgentServiceServicer)
+    _SERVICES: tuple[type, ...] = (
+        registry_pb2_grpc.RegistryServiceServicer,
+        agent_pb2_grpc.AgentServiceServicer,
+        messaging_pb2_grpc.MessagingServiceServicer,
+    )
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._channel = channel

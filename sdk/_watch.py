@@ -96,6 +96,7 @@ async def watch_events(
     progress_interval: float,
     backoff: Backoff,
     sleep: Sleep = asyncio.sleep,
+    idle_timeout: float | None = None,
 ) -> AsyncGenerator[WatchEvent, None]:
     """Yields :class:`WatchEvent` for ``selector`` until closed, reconnecting as needed.
 
@@ -105,7 +106,8 @@ async def watch_events(
     progress_ms = round(progress_interval * 1000)
     # PROGRESS arrives every interval while idle: a much longer silence means
     # the connection is dead even if TCP has not noticed yet.
-    idle_timeout = 3 * progress_interval + 2.0
+    if idle_timeout is None:
+        idle_timeout = 3 * progress_interval + 2.0
     while not transport.closed:
         request = registry_pb2.WatchRequest(
             selector=selector,
@@ -134,6 +136,8 @@ async def watch_events(
                             return  # the client closed while the caller held this event
         except TimeoutError:
             reason = f"nothing received for {idle_timeout:g}s"
+            # A hung or cut-off replica: reconnecting to it would hang again.
+            transport.mark_unresponsive(address)
         except _TRANSIENT as err:
             reason = f"{err.code}: {err}"
         except asyncio.CancelledError:

@@ -9,7 +9,10 @@ have been CRITICAL for the node's ``deregister_critical_after``. A sidecar
 that comes back syncs its instances again, which clears both.
 
 Because the decision rests only on the store, a restarted control plane (or
-another replica) reaches the same conclusion with no state of its own.
+another replica) reaches the same conclusion with no state of its own. With
+several replicas it runs on the elected leader only (`controlplane.leader`);
+its writes are compare-and-swap on each instance's revision anyway, so a brief
+overlap of two leaders could not mark or remove anything twice.
 """
 
 from __future__ import annotations

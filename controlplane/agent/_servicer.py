@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -13,6 +15,7 @@ from ecosystem.v1 import agent_pb2, agent_pb2_grpc
 from grpc_status import rpc_status
 
 from controlplane.agent._nodes import NODES_PREFIX, now_ms
+from controlplane.agent._peers import answers_for_itself, ask_peers
 from controlplane.agent._session import (
     AgentSettings,
     NodeSession,
@@ -41,11 +44,23 @@ _MAX_WAIT_MS = 600_000
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, store: Store, view: InstanceView, settings: AgentSettings) -> None:
+    """The AgentService of one replica. ``peers`` returns the addresses of the
+    other live replicas over the same store (see `_peers`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        view: InstanceView,
+        settings: AgentSettings,
+        *,
+        peers: Callable[[], Iterable[str]] = tuple,
+    ) -> None:
         self._store = store
         self._view = view
         self._settings = settings
+        self._peers = peers
         self._sessions: dict[str, NodeSession] = {}
+        self._shed_at: dict[str, int] = {}  # node id -> when its stream was last shed (ms)
         self._changed = asyncio.Event()
         self._draining = False
 
@@ -59,6 +74,36 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     @property
     def sessions(self) -> dict[str, NodeSession]:
         return self._sessions
+
+    @property
+    def stream_count(self) -> int:
+        """Sidecar streams connected to this replica now."""
+        return sum(1 for s in self._sessions.values() if s.connected and not s.ending.is_set())
+
+    def shed(self, count: int, reason: str, *, min_age: float, rng: random.Random) -> list[str]:
+        """Ends up to ``count`` streams, chosen at random among those connected
+        for at least ``min_age`` seconds, with UNAVAILABLE and ``reason``; their
+        sidecars reconnect to another replica and resume. Returns the node ids.
+
+        A sidecar shed in the last ``10 * min_age`` seconds (at least a minute)
+        is not shed again: if it is back here, it knows no other address."""
+        now = now_ms()
+        spared_since = now - max(60.0, 10 * min_age) * 1000
+        self._shed_at = {node: at for node, at in self._shed_at.items() if at > spared_since}
+        oldest = now - min_age * 1000
+        eligible = [
+            s
+            for s in self._sessions.values()
+            if s.connected
+            and not s.ending.is_set()
+            and s.connected_at_ms <= oldest
+            and s.node.id not in self._shed_at
+        ]
+        chosen = rng.sample(eligible, min(count, len(eligible)))
+        for session in chosen:
+            session.end(reason)
+            self._shed_at[session.node.id] = now
+        return [s.node.id for s in chosen]
 
     async def _abort(self, context: Any, exc: BaseException) -> None:
         if code_for(exc) is None:
@@ -89,7 +134,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return
         node_id = session.node.id
         self._sessions[node_id] = session
-        await record_node(self._store, session.status(len(self._view.node_instances(node_id))))
+        session.record_revision = await record_node(
+            self._store, session.status(len(self._view.node_instances(node_id)))
+        )
         self._notify()
         runner = SessionRunner(
             session, self._store, self._view, self._settings, context, self._notify
@@ -108,6 +155,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                         record_node(
                             self._store,
                             session.status(len(self._view.node_instances(node_id))),
+                            if_revision=session.record_revision,
                         )
                     )
                 except Exception as exc:  # the store may be closing with us
@@ -117,8 +165,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def ListNodes(
         self, request: agent_pb2.ListNodesRequest, context: Any
     ) -> agent_pb2.ListNodesResponse:
-        result = await self._store.range(NODES_PREFIX)
+        if answers_for_itself(context):
+            return agent_pb2.ListNodesResponse(nodes=self._connected())
         nodes: dict[str, agent_pb2.NodeStatus] = {}
+        elsewhere = ask_peers(self._peers(), "ListNodes", request, timeout=5.0)
+        result, answers = await asyncio.gather(self._store.range(NODES_PREFIX), elsewhere)
         for kv in result.kvs:
             status = agent_pb2.NodeStatus.FromString(kv.value)
             status.instance_count = len(self._view.node_instances(status.node.id))
@@ -128,7 +179,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         for node_id, session in self._sessions.items():
             if session.connected or node_id not in nodes:
                 nodes[node_id] = session.status(len(self._view.node_instances(node_id)))
+        # The live state of the sidecars the other replicas hold.
+        for answer in answers:
+            for status in answer.nodes:
+                nodes[status.node.id] = status
         return agent_pb2.ListNodesResponse(nodes=[nodes[k] for k in sorted(nodes)])
+
+    def _connected(self) -> list[agent_pb2.NodeStatus]:
+        return [
+            s.status(len(self._view.node_instances(node_id)))
+            for node_id, s in sorted(self._sessions.items())
+            if s.connected
+        ]
 
     async def WaitForRevision(
         self, request: agent_pb2.WaitForRevisionRequest, context: Any
@@ -143,12 +205,29 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if problems:
             await self._abort(context, InvalidArgumentError(problems))
         timeout = (request.timeout_ms or 30_000) / 1000
+        if answers_for_itself(context):
+            return await self._wait(request.revision, timeout)
+        # Every replica waits for its own sidecars, at the same time.
+        async with asyncio.TaskGroup() as group:
+            local = group.create_task(self._wait(request.revision, timeout))
+            remote = group.create_task(
+                ask_peers(self._peers(), "WaitForRevision", request, timeout=timeout + 5.0)
+            )
+        mine = local.result()
+        for answer in remote.result():
+            mine.applied = mine.applied and answer.applied
+            mine.affected += answer.affected
+            mine.pending.extend(answer.pending)
+        return mine
+
+    async def _wait(self, revision: int, timeout: float) -> agent_pb2.WaitForRevisionResponse:
+        """Waits until every affected sidecar connected here applied ``revision``."""
         deadline = time.monotonic() + timeout
         with contextlib.suppress(UnavailableError):  # reported below as not applied
-            await self._view.wait_for(request.revision, timeout=timeout)
+            await self._view.wait_for(revision, timeout=timeout)
         while True:
-            affected, pending = self._pending(request.revision)
-            if not pending and self._view.revision >= request.revision:
+            affected, pending = self._pending(revision)
+            if not pending and self._view.revision >= revision:
                 return agent_pb2.WaitForRevisionResponse(applied=True, affected=len(affected))
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -1,9 +1,10 @@
 """One sidecar's session on this control plane: one ``Connect`` stream.
 
-A session is three owned tasks around one stream — a reader (sync, health,
+A session is four owned tasks around one stream — a reader (sync, health,
 subscribe, ack), an updater (waits for changes of subscribed services and
 queues one ``EndpointUpdate`` carrying the complete current endpoints of
-each changed service), and a keeper (holds the session lease) — plus the
+each changed service), a keeper (holds the session lease) and an ender
+(ends the stream with UNAVAILABLE when this replica sheds it) — plus the
 writer, which is the stream handler itself draining a small bounded queue.
 While a write is blocked by a slow sidecar, changes keep accumulating as a
 set of dirty services, so the next update carries the latest state and not
@@ -27,10 +28,11 @@ from controlplane.agent._nodes import (
     SESSION_CHECK,
     node_key,
     now_ms,
+    session_check,
     session_key,
     with_session_check,
 )
-from controlplane.errors import FieldViolation, InvalidArgumentError
+from controlplane.errors import FieldViolation, InvalidArgumentError, UnavailableError
 from controlplane.registry import instance_key
 from controlplane.store import (
     Compare,
@@ -39,6 +41,7 @@ from controlplane.store import (
     Op,
     PutOp,
     Store,
+    StoreUnavailable,
 )
 from controlplane.validation import DEFAULT_NAMESPACE, instance_violations
 from controlplane.view import InstanceView, Selector, Subscription
@@ -84,6 +87,12 @@ class NodeSession:
     desired: dict[str, registry_pb2.Instance] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # The mod revision of the node record this session wrote on connect: the
+    # disconnect is recorded only if no other replica has written it since.
+    record_revision: int = 0
+    # Set (with a reason) to end the stream from this side, e.g. to shed load.
+    ending: asyncio.Event = field(default_factory=asyncio.Event)
+    end_reason: str = ""
     _nonces: int = 0
 
     @property
@@ -117,6 +126,13 @@ class NodeSession:
             grace_seconds=self.grace,
             deregister_critical_after_seconds=self.deregister_after,
         )
+
+    def end(self, reason: str) -> None:
+        """Ends the stream with UNAVAILABLE and ``reason``: the sidecar reconnects
+        (elsewhere) and resumes this session."""
+        if self.connected and not self.ending.is_set():
+            self.end_reason = reason
+            self.ending.set()
 
     def next_nonce(self) -> str:
         self._nonces += 1
@@ -161,6 +177,7 @@ class SessionRunner:
                 reader = group.create_task(self._read(), name=f"agent-read-{s.node.id}")
                 group.create_task(self._update(), name=f"agent-update-{s.node.id}")
                 group.create_task(self._keep(), name=f"agent-lease-{s.node.id}")
+                group.create_task(self._until_ended(), name=f"agent-end-{s.node.id}")
                 writer = group.create_task(self._write(), name=f"agent-write-{s.node.id}")
                 # The stream ends when the sidecar stops sending; the rest follow.
                 await reader
@@ -230,8 +247,12 @@ class SessionRunner:
 
     async def _keep(self) -> None:
         """Holds the session lease while the stream is up; recreates the
-        session key if the lease was lost anyway (e.g. a long pause)."""
+        session key if the lease was lost anyway (e.g. a long pause). When the
+        store cannot be reached for half the grace period, ends the stream so
+        that the sidecar moves to a replica that can reach it."""
         s = self.session
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
         while True:
             await asyncio.sleep(max(s.grace / 3, 0.2))
             try:
@@ -244,6 +265,20 @@ class SessionRunner:
                 )
                 if s.desired:
                     await self.sync(list(s.desired.values()))
+            except StoreUnavailable as exc:
+                if loop.time() - renewed < s.grace / 2:
+                    log.info("session lease of node %s not renewed: %s", s.node.id, exc)
+                    continue
+                raise UnavailableError(
+                    "this replica cannot reach the store; reconnect to another"
+                ) from exc
+            renewed = loop.time()
+
+    async def _until_ended(self) -> None:
+        s = self.session
+        await s.ending.wait()
+        log.info("ending the stream of node %s: %s", s.node.id, s.end_reason)
+        raise UnavailableError(s.end_reason)
 
     # -- messages -----------------------------------------------------------------
 
@@ -255,15 +290,16 @@ class SessionRunner:
             result.errors.append(f"instances: at most {_MAX_SYNC} per node, got {len(instances)}")
             return result
         desired: dict[str, registry_pb2.Instance] = {}
+        current = self._view.node_instances(s.node.id)
         for i, raw in enumerate(instances):
-            inst = self._normalize(raw)
+            key = instance_key(raw.namespace or DEFAULT_NAMESPACE, raw.service, raw.id)
+            inst = self._normalize(raw, current.get(key))
             problems = instance_violations(inst, f"instances[{i}]")
             if problems:
                 result.errors.extend(f"{p.field}: {p.description}" for p in problems)
                 continue
             desired[instance_key(inst.namespace, inst.service, inst.id)] = inst
         s.desired = desired
-        current = self._view.node_instances(s.node.id)
         ops: list[Op] = []
         compares: list[Compare] = []
         for key, inst in desired.items():
@@ -298,7 +334,12 @@ class SessionRunner:
             )
         return result
 
-    def _normalize(self, raw: registry_pb2.Instance) -> registry_pb2.Instance:
+    def _normalize(
+        self, raw: registry_pb2.Instance, stored: registry_pb2.Instance | None
+    ) -> registry_pb2.Instance:
+        """The instance as stored: the node's identity filled in and the session
+        check PASSING. A check that was already PASSING keeps its time, so a
+        session that moved to another replica rewrites nothing."""
         s = self.session
         inst = registry_pb2.Instance()
         inst.CopyFrom(raw)
@@ -313,12 +354,11 @@ class SessionRunner:
         inst.ClearField("mod_revision")
         if inst.health == registry_pb2.HEALTH_STATUS_UNSPECIFIED:
             inst.health = registry_pb2.HEALTH_STATUS_UNKNOWN
-        return with_session_check(
-            inst,
-            registry_pb2.HEALTH_STATUS_PASSING,
-            f"connected to {s.replica}",
-            s.connected_at_ms,
-        )
+        since = s.connected_at_ms
+        check = session_check(stored) if stored is not None else None
+        if check is not None and check.status == registry_pb2.HEALTH_STATUS_PASSING:
+            since = check.changed_at_ms
+        return with_session_check(inst, registry_pb2.HEALTH_STATUS_PASSING, "session held", since)
 
     async def _health(self, report: agent_pb2.HealthReport) -> None:
         s = self.session
@@ -331,7 +371,7 @@ class SessionRunner:
         updated.health = report.health
         del updated.checks[:]
         updated.checks.extend(c for c in report.checks if c.name != SESSION_CHECK)
-        updated = self._normalize(updated)
+        updated = self._normalize(updated, self._view.get(key))
         s.desired[key] = updated
         await self._store.put(key, updated.SerializeToString(deterministic=True))
 
@@ -417,5 +457,11 @@ async def open_session(
     )
 
 
-async def record_node(store: Store, status: agent_pb2.NodeStatus) -> None:
-    await store.put(node_key(status.node.id), status.SerializeToString(deterministic=True))
+async def record_node(store: Store, status: agent_pb2.NodeStatus, *, if_revision: int = 0) -> int:
+    """Writes a node record; returns its mod revision (0 if not written). With
+    ``if_revision``, only if the record is still the one written then: another
+    replica the node has moved to may have written it since."""
+    key, value = node_key(status.node.id), status.SerializeToString(deterministic=True)
+    compares = [Compare(key, "mod_revision", "==", if_revision)] if if_revision else []
+    result = await store.txn(compares, [PutOp(key, value)])
+    return result.revision if result.succeeded else 0

@@ -17,6 +17,8 @@ Errors::
     └── BusClosedError          UNAVAILABLE
 """
 
+from typing import TYPE_CHECKING, Any
+
 from controlplane.bus._open import open_broker
 from controlplane.bus._protocol import (
     MAX_PAYLOAD,
@@ -54,6 +56,7 @@ __all__ = [
     "DeliverPolicy",
     "Delivery",
     "InvalidSubjectError",
+    "MessagingServicer",
     "NoRespondersError",
     "OutgoingMessage",
     "PayloadTooLargeError",
@@ -66,3 +69,16 @@ __all__ = [
     "SubscriptionSpec",
     "open_broker",
 ]
+
+if TYPE_CHECKING:
+    from controlplane.bus._servicer import MessagingServicer
+
+
+def __getattr__(name: str) -> Any:
+    # The gRPC face is imported on first use: it needs controlplane.errors,
+    # which imports this package's errors (and backends never need gRPC).
+    if name == "MessagingServicer":
+        from controlplane.bus._servicer import MessagingServicer
+
+        return MessagingServicer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

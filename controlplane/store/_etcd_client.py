@@ -118,7 +118,10 @@ class EtcdUnavailable(StoreUnavailable):
 def translate(method: str, exc: grpc.aio.AioRpcError) -> StoreError:
     """The store error for a failed call of ``method``."""
     code, detail = exc.code(), exc.details() or ""
-    if code in _UNAVAILABLE or code is grpc.StatusCode.DEADLINE_EXCEEDED:
+    # etcd answers a request cut short by a leader change with UNKNOWN
+    # "context deadline exceeded": as unavailable as a timeout.
+    timed_out = code is grpc.StatusCode.UNKNOWN and "deadline exceeded" in detail
+    if code in _UNAVAILABLE or code is grpc.StatusCode.DEADLINE_EXCEEDED or timed_out:
         return EtcdUnavailable(f"etcd {method.rpartition('/')[2]}: {detail or code.name}")
     return EtcdError(method, code, detail)
 

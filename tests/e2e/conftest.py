@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,17 @@ class ControlPlaneProcess:
     """One `eco controlplane` on fixed ports, so a restart comes back at the
     same address with the same store."""
 
-    def __init__(self, store_url: str, log_path: Path) -> None:
+    def __init__(
+        self,
+        store_url: str,
+        log_path: Path,
+        extra_args: Sequence[str] = (),
+        cwd: Path | None = None,
+    ) -> None:
         assert ECO.exists(), f"{ECO} is missing: run 'make install'"
         self.store_url = store_url
+        self.extra_args = tuple(extra_args)
+        self.cwd = cwd
         self.port = free_port()
         self.admin_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -53,9 +62,11 @@ class ControlPlaneProcess:
                 f"127.0.0.1:{self.admin_port}",
                 "--store",
                 self.store_url,
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            cwd=self.cwd,
         )
         log.close()
         self.wait_serving(timeout)
@@ -119,9 +130,18 @@ deregister_critical_after: 2s
 
 
 class SidecarProcess:
-    """One `eco sidecar` on fixed ports, with its own config file and data dir."""
+    """One `eco sidecar` on fixed ports, with its own config file and data dir.
+    ``controlplane`` is one address or several (every replica)."""
 
-    def __init__(self, tmp_path: Path, name: str, body: str, controlplane: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        name: str,
+        body: str,
+        controlplane: str | Sequence[str],
+        timing: str = TIMING,
+    ) -> None:
+        addresses = [controlplane] if isinstance(controlplane, str) else list(controlplane)
         self.name = name
         self.local_api = f"127.0.0.1:{free_port()}"
         self.admin = f"127.0.0.1:{free_port()}"
@@ -130,10 +150,10 @@ class SidecarProcess:
         self.config_path = tmp_path / f"{name}.yaml"
         self.config_path.write_text(
             f"node: {{id: {name}, zone: z1, region: r1}}\n"
-            f'controlplane: {{addresses: ["{controlplane}"]}}\n'
+            f"controlplane: {{addresses: {json.dumps(addresses)}}}\n"
             f"data_dir: {self.data_dir}\n"
             f'local_api: "{self.local_api}"\n'
-            f'admin: "{self.admin}"\n' + TIMING + body
+            f'admin: "{self.admin}"\n' + timing + body
         )
         self.proc: asyncio.subprocess.Process | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -288,6 +289,40 @@ async def test_close_is_idempotent_and_final() -> None:
     assert s.state is AgentState.CLOSED
     with pytest.raises(RuntimeError):
         await s.start()
+
+
+async def test_a_shed_stream_moves_to_another_address_and_resumes() -> None:
+    """A replica shedding load ends the stream with UNAVAILABLE "shedding load…":
+    the session goes to one of the other addresses (never straight back), at once,
+    and resumes there."""
+    recorder = Recorder()
+    async with (
+        fake_server() as (a, address_a),
+        fake_server() as (b, address_b),
+        fake_server() as (c, address_c),
+    ):
+        fakes = {address_a: a, address_b: b, address_c: c}
+        addresses = [address_a, address_b, address_c]
+        rng = random.Random(7)
+        async with session(addresses, recorder, rng=rng, initial_backoff=0.05) as s:
+            where = address_a
+            conn = await asyncio.wait_for(a.connections.get(), 5)
+            visited = [where]
+            for _ in range(6):
+                await s.wait_connected()
+                conn.end(abort=(grpc.StatusCode.UNAVAILABLE, "shedding load: go elsewhere"))
+                await assert_eventually(
+                    lambda: _check(any(f.connections.qsize() for f in fakes.values())), timeout=5
+                )
+                moved = next(addr for addr, f in fakes.items() if f.connections.qsize())
+                conn = fakes[moved].connections.get_nowait()
+                assert moved != where, "a shed stream went straight back"
+                assert conn.hello.session_id, "the session is offered for resumption"
+                where = moved
+                visited.append(where)
+            assert set(visited) == set(addresses), visited  # spread over all the others
+            await assert_eventually(lambda: _check(s.connected))
+            assert s.status().connects == 7
 
 
 def _check(condition: bool) -> None:

@@ -59,13 +59,15 @@ class FakeControlPlane:
     """Answers RPCs from scripts; every request is recorded in ``calls``.
 
     ``unary[method]`` returns the response or raises (an exception or a
-    grpc error); addresses in ``down`` answer UNAVAILABLE to everything.
+    grpc error); addresses in ``down`` answer UNAVAILABLE to everything, and
+    those in ``hung`` answer nothing (unary calls end at their deadline).
     ``watch_scripts`` are consumed one per Watch call; when none is left the
     stream stays open, silent, until cancelled.
     """
 
     unary: dict[str, UnaryHandler] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
+    hung: set[str] = field(default_factory=set)
     watch_scripts: deque[StreamScript] = field(default_factory=deque)
     calls: list[Call] = field(default_factory=list)
     channels: list[FakeChannel] = field(default_factory=list)
@@ -83,6 +85,9 @@ class FakeControlPlane:
         await asyncio.sleep(0)
         if address in self.down:
             raise unavailable(f"{address} is down")
+        if address in self.hung:
+            await asyncio.sleep(timeout or 0)
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         handler = self.unary.get(method)
         if handler is None:
             raise rpc_error(grpc.StatusCode.UNIMPLEMENTED, method)
@@ -92,6 +97,8 @@ class FakeControlPlane:
         self.calls.append(Call(address, method, request, None))
         if address in self.down:
             return ScriptedStream([unavailable(f"{address} is down")])
+        if address in self.hung:
+            return ScriptedStream([], hang=True)
         if self.watch_scripts:
             return self.watch_scripts.popleft()(request)
         return ScriptedStream([], hang=True)

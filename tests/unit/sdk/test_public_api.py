@@ -10,6 +10,16 @@ from pathlib import Path
 import sdk
 
 PUBLIC = [
+    "BusClient",
+    "BusSubscription",
+    "BusMessage",
+    "ConsumerInfo",
+    "DeliverPolicy",
+    "PublishResult",
+    "StreamConfig",
+    "StreamInfo",
+    "NoRespondersError",
+    "StreamNotFoundError",
     "ServiceChannel",
     "ControlPlaneSource",
     "EndpointSource",

@@ -139,6 +139,31 @@ async def test_retries_stop_at_the_deadline() -> None:
     await transport.close()
 
 
+async def test_an_address_that_answers_nothing_is_left_after_the_deadline() -> None:
+    # A frozen or cut-off replica: no connection error ever comes, only silence.
+    plane = FakeControlPlane(unary={"ListServices": ok}, hung={"a:1"})
+    transport = make(plane, "a:1", "b:2", timeout=0.05, sleep=RecordingSleep())
+    with pytest.raises(sdk.DeadlineExceededError):
+        await transport.unary("ListServices", pb.ListServicesRequest(), idempotent=True)
+    assert transport.current_address == "b:2"
+    response = await transport.unary("ListServices", pb.ListServicesRequest(), idempotent=True)
+    assert response.revision == 7
+    assert [c.address for c in plane.calls] == ["a:1", "b:2"]
+    await transport.close()
+
+
+async def test_a_deadline_the_server_answers_early_keeps_the_address() -> None:
+    def expired(_address: str, _request: object) -> object:
+        raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "nobody replied in time")
+
+    plane = FakeControlPlane(unary={"ListServices": expired})
+    transport = make(plane, "a:1", "b:2", sleep=RecordingSleep())
+    with pytest.raises(sdk.DeadlineExceededError):
+        await transport.unary("ListServices", pb.ListServicesRequest(), idempotent=True)
+    assert transport.current_address == "a:1"
+    await transport.close()
+
+
 async def test_close_is_idempotent_closes_channels_and_refuses_calls() -> None:
     plane = FakeControlPlane(unary={"ListServices": ok})
     transport = make(plane, "a:1")

@@ -198,7 +198,7 @@ async def test_errors_that_retrying_cannot_fix_reach_the_caller(code: grpc.Statu
     await transport.close()
 
 
-async def test_a_silent_stream_is_abandoned_and_resumed() -> None:
+async def test_a_silent_stream_is_abandoned_and_resumed_on_the_next_address() -> None:
     plane = FakeControlPlane()
     plane.watch_scripts.extend(
         [
@@ -206,11 +206,13 @@ async def test_a_silent_stream_is_abandoned_and_resumed() -> None:
             script(batch(event("PROGRESS", 6)), hang=True),
         ]
     )
-    transport, events = start(plane, progress_interval=0.1)
+    transport, events = start(plane, addresses=("a:1", "b:2"), progress_interval=0.1)
     await anext(events)
     assert (await anext(events)).revision == 6  # after ~2.3 s of silence
     assert since_revisions(plane) == [0, 5]
     assert plane.channels[0].stream_calls[0].cancelled
+    # A replica that went silent (frozen, cut off) would only hang again.
+    assert [c.address for c in plane.calls] == ["a:1", "b:2"]
     await events.aclose()
     await transport.close()
 

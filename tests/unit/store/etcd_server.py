@@ -8,9 +8,7 @@ timers (etcd's minimum lease TTL is about 1.5 election timeouts) and no fsync.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -53,9 +51,13 @@ def _free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def with_parent_death_signal(cmd: list[str]) -> list[str]:
+    """``cmd`` run so that it gets SIGTERM when the thread that started it ends,
+    through util-linux's ``setpriv`` where there is one. Not a ``preexec_fn``:
+    Python code between fork and exec in a process with gRPC's threads can
+    crash the child (it then dies of SIGSEGV before etcd even starts)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", *cmd] if setpriv else cmd
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,15 @@ class EtcdServer:
 
     def restart(self) -> None:
         """Stops the process and starts it again on the same ports and data."""
+        self.halt()
+        self.resume()
+
+    def halt(self) -> None:
+        """Stops the process (SIGTERM), keeping its ports and data for `resume`."""
         self._terminate()
+
+    def resume(self) -> None:
+        """Starts a halted server again on the same ports and data; returns once healthy."""
         self._launch()
 
     def _start_once(self) -> None:
@@ -142,7 +152,7 @@ class EtcdServer:
         log = open(self._dir / "etcd.log", "ab")  # noqa: SIM115 - handed to the child
         with log:
             self._proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                with_parent_death_signal(cmd), stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + _READY_TIMEOUT
         while time.monotonic() < deadline:

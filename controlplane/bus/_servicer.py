@@ -1,0 +1,245 @@
+"""The gRPC face of the bus: ``MessagingService`` over any ``Broker``.
+
+A thin adapter. Requests are checked at the edge (``_convert``), each unary
+method goes through ``_call`` — the one place where broker and domain errors
+become gRPC statuses, via ``controlplane.errors.to_status`` — and a draining
+process turns new calls away with UNAVAILABLE.
+
+A Subscribe call is one session: the broker subscription is in place before
+``Subscribed`` is sent; then deliveries are written as they come out of the
+subscription's bounded queue (a slow client stalls the writes, the broker
+then drops core messages for it and holds durable ones back); the session
+ends when the client cancels (the subscription is closed), when the broker
+ends the subscription, or on :meth:`MessagingServicer.drain` (UNAVAILABLE, so
+the client subscribes again elsewhere; a durable consumer resumes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from ecosystem.v1 import messaging_pb2 as pb
+from ecosystem.v1 import messaging_pb2_grpc as pb_grpc
+from grpc_status import rpc_status
+
+from controlplane.bus._convert import (
+    ack_items_from_proto,
+    delivery_to_proto,
+    publish_ack_to_proto,
+    publish_from_proto,
+    request_from_proto,
+    stream_config_from_proto,
+    stream_info_to_proto,
+    stream_name_from_proto,
+    subscription_from_proto,
+)
+from controlplane.bus._protocol import AckNotFoundError, Broker, Subscription
+from controlplane.errors import (
+    DeadlineExceededError,
+    ResourceExhaustedError,
+    UnavailableError,
+    code_for,
+    to_status,
+)
+
+__all__ = ["MESSAGING_SERVICE", "MessagingServicer", "add_messaging"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+#: The full name of the service, for health and reflection.
+MESSAGING_SERVICE: str = pb.DESCRIPTOR.services_by_name["MessagingService"].full_name
+
+
+class MessagingServicer(pb_grpc.MessagingServiceServicer):
+    """Serves ``broker`` (started and closed by its owner, not here).
+
+    ``is_draining`` turns new calls away with UNAVAILABLE; :meth:`drain` also
+    ends the open Subscribe streams. At most ``max_subscriptions`` Subscribe
+    streams are open at once (RESOURCE_EXHAUSTED beyond).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        is_draining: Callable[[], bool],
+        max_subscriptions: int = 10_000,
+    ) -> None:
+        if max_subscriptions < 1:
+            raise ValueError("max_subscriptions must be positive")
+        self._broker = broker
+        self._is_draining = is_draining
+        self._max_subscriptions = max_subscriptions
+        self._subscriptions: set[Subscription] = set()
+        self._draining = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def subscription_count(self) -> int:
+        """Subscribe streams open now."""
+        return len(self._subscriptions)
+
+    async def drain(self) -> None:
+        """Turns new calls away and ends every open Subscribe stream with
+        UNAVAILABLE (their clients subscribe again, elsewhere). Idempotent."""
+        self._draining = True
+        subscriptions = list(self._subscriptions)
+        if subscriptions:
+            log.info("bus: ending %d subscription(s) to drain", len(subscriptions))
+        for sub in subscriptions:
+            await sub.close()
+
+    async def wait_idle(self) -> None:
+        """Returns when no unary call is in flight (used while draining)."""
+        await self._idle.wait()
+
+    def _refuse_if_draining(self) -> None:
+        if self._draining or self._is_draining():
+            raise UnavailableError("control plane is draining; use another address")
+
+    async def _call(self, method: str, context: Context, work: Callable[[], Awaitable[T]]) -> T:
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            self._refuse_if_draining()
+            return await work()
+        except Exception as exc:
+            await self._abort(method, context, exc)
+            raise  # unreachable: abort raises
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _abort(self, method: str, context: Context, exc: Exception) -> None:
+        if code_for(exc) is None:
+            log.exception("bus %s failed", method, exc_info=exc)
+        status = rpc_status.to_status(to_status(exc))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    # -- unary ----------------------------------------------------------------------------
+
+    async def Publish(self, request: pb.PublishRequest, context: Context) -> pb.PublishResponse:
+        async def publish() -> pb.PublishResponse:
+            ack = await self._broker.publish(publish_from_proto(request))
+            return publish_ack_to_proto(ack)
+
+        return await self._call("Publish", context, publish)
+
+    async def Ack(self, request: pb.AckRequest, context: Context) -> pb.AckResponse:
+        async def ack() -> pb.AckResponse:
+            unknown: list[str] = []
+            for ack_id, kind, delay in ack_items_from_proto(request):
+                try:
+                    await self._broker.ack(ack_id, kind, delay)
+                except AckNotFoundError:
+                    unknown.append(ack_id)
+            return pb.AckResponse(unknown=unknown)
+
+        return await self._call("Ack", context, ack)
+
+    async def Request(self, request: pb.RequestRequest, context: Context) -> pb.RequestResponse:
+        async def ask() -> pb.RequestResponse:
+            subject, data, headers, timeout = request_from_proto(request)
+            try:
+                reply = await self._broker.request(subject, data, headers, timeout)
+            except TimeoutError as exc:
+                raise DeadlineExceededError(f"no reply on {subject!r} within {timeout:g}s") from exc
+            return pb.RequestResponse(reply=delivery_to_proto(reply))
+
+        return await self._call("Request", context, ask)
+
+    async def AddStream(
+        self, request: pb.AddStreamRequest, context: Context
+    ) -> pb.AddStreamResponse:
+        async def add() -> pb.AddStreamResponse:
+            info, created = await self._broker.add_stream(stream_config_from_proto(request.config))
+            if created:
+                log.info("bus: stream %s created (%s)", info.config.name, info.config.subjects)
+            return pb.AddStreamResponse(stream=stream_info_to_proto(info), created=created)
+
+        return await self._call("AddStream", context, add)
+
+    async def ListStreams(
+        self, request: pb.ListStreamsRequest, context: Context
+    ) -> pb.ListStreamsResponse:
+        async def list_streams() -> pb.ListStreamsResponse:
+            infos = await self._broker.streams()
+            return pb.ListStreamsResponse(streams=[stream_info_to_proto(i) for i in infos])
+
+        return await self._call("ListStreams", context, list_streams)
+
+    async def DeleteStream(
+        self, request: pb.DeleteStreamRequest, context: Context
+    ) -> pb.DeleteStreamResponse:
+        async def delete() -> pb.DeleteStreamResponse:
+            name = stream_name_from_proto(request.name)
+            await self._broker.delete_stream(name)
+            log.info("bus: stream %s deleted", name)
+            return pb.DeleteStreamResponse()
+
+        return await self._call("DeleteStream", context, delete)
+
+    # -- the subscription stream ----------------------------------------------------------
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: Context
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        async def open_subscription() -> Subscription:
+            spec = subscription_from_proto(request)
+            if len(self._subscriptions) >= self._max_subscriptions:
+                raise ResourceExhaustedError(
+                    f"this control plane serves {self._max_subscriptions} subscriptions "
+                    "already; try again later or another address"
+                )
+            return await self._broker.subscribe(spec)
+
+        sub = await self._call("Subscribe", context, open_subscription)
+        self._subscriptions.add(sub)
+        try:
+            # The broker has no stream name for us when the request named
+            # none (the capturing stream); brokers may expose it as `stream`.
+            stream = request.stream or str(getattr(sub, "stream", "") or "")
+            yield pb.SubscribeResponse(
+                subscribed=pb.Subscribed(stream=stream, next_sequence=sub.next_sequence)
+            )
+            async for delivery in sub:
+                yield pb.SubscribeResponse(message=delivery_to_proto(delivery))
+            if self._draining or self._is_draining():
+                raise UnavailableError("control plane is draining; subscribe again elsewhere")
+            raise UnavailableError("the broker ended this subscription; subscribe again")
+        except Exception as exc:
+            await self._abort("Subscribe", context, exc)
+        finally:
+            self._subscriptions.discard(sub)
+            await sub.close()
+            if sub.dropped:
+                log.info(
+                    "bus: subscription to %r closed; %d message(s) dropped for a slow consumer",
+                    request.subject,
+                    sub.dropped,
+                )
+
+
+def add_messaging(
+    server: grpc.aio.Server,
+    broker: Broker,
+    is_draining: Callable[[], bool],
+    *,
+    max_subscriptions: int = 10_000,
+) -> MessagingServicer:
+    """Adds ``MessagingService`` over ``broker`` to ``server`` (not yet started)."""
+    servicer = MessagingServicer(
+        broker, is_draining=is_draining, max_subscriptions=max_subscriptions
+    )
+    pb_grpc.add_MessagingServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    return servicer
