@@ -18,6 +18,7 @@ A failed flush is fatal: the broker fails closed (see `EmbeddedBroker`).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import logging
@@ -186,30 +187,32 @@ class _SqliteFile:
             self._conn = None
 
 
-class Journal:
+class Journal(abc.ABC):
     """What the broker needs from persistence (see the module docstring)."""
 
+    @abc.abstractmethod
     def add(self, op: Op) -> None:
         """Queues ``op`` for the next flush."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def after(self, callback: Callable[[], None]) -> None:
         """Runs ``callback`` on the loop once everything queued so far is durable."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def touch(self, key: Hashable, rows: Callable[[], list[Op]]) -> None:
         """Marks ``key`` dirty: ``rows()`` is called once at the next flush."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def commit(self) -> asyncio.Future[None] | None:
         """A future done once everything queued so far is durable; None if it already is."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def load(self) -> Snapshot:
-        raise NotImplementedError
+        """Everything stored, read once at start."""
 
+    @abc.abstractmethod
     async def close(self, grace: float) -> None:
-        raise NotImplementedError
+        """Flushes what is queued (waiting up to ``grace`` s), then closes."""
 
 
 class MemoryJournal(Journal):

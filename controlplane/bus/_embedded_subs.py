@@ -12,6 +12,7 @@ per queue group, round robin.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 from collections import deque
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 E = TypeVar("E")
 
 
-class SubscriptionBase(Generic[E]):
+class SubscriptionBase(abc.ABC, Generic[E]):
     """A buffer of entries ``E`` and the one task iterating it."""
 
     def __init__(self, limit: int) -> None:
@@ -67,9 +68,9 @@ class SubscriptionBase(Generic[E]):
             finally:
                 self._waiter = None
 
+    @abc.abstractmethod
     def _take(self, entry: E) -> Delivery | None:
         """The delivery for a buffered entry; None to skip it."""
-        raise NotImplementedError
 
     def _append(self, entry: E) -> None:
         self._buffer.append(entry)

