@@ -435,6 +435,9 @@ class AgentSession:
                 sync_interval=lambda: self.sync_interval,
                 rng=self._rng,
                 sleep=self._sleep,
+                # Pinged after a quarter of the grace in silence, left after
+                # three quarters: before the session's instances turn critical.
+                liveness=min(5.0, max(0.5, (self._server_grace or self._grace) / 4)),
             )
             await stream.run()
             return True

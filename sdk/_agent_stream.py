@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -72,7 +73,10 @@ class AgentStream:
     ``on_update`` and ``on_sync_result`` receive what the control plane
     sends; the writer drains ``outbox``, building Syncs and Subscribes when
     they are written; the timer asks for a full Sync every
-    ``sync_interval()`` seconds, ±20%.
+    ``sync_interval()`` seconds, ±20%. The liveness loop pings when nothing
+    was read for ``liveness`` seconds and ends the stream (StreamEnded) when
+    nothing at all was read for three times that: a replica that hangs
+    without closing the connection is left like one that died.
     """
 
     def __init__(
@@ -89,6 +93,8 @@ class AgentStream:
         sync_interval: Callable[[], float],
         rng: random.Random,
         sleep: Sleep,
+        liveness: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._call = call
         self._address = address
@@ -101,17 +107,26 @@ class AgentStream:
         self._sync_interval = sync_interval
         self._rng = rng
         self._sleep = sleep
+        self._liveness = liveness
+        self._clock = clock
+        self._last_read = clock()
 
     async def run(self) -> None:
-        await _first_of(self._read(), self._write(), self._timer())
+        loops = [self._read(), self._write(), self._timer()]
+        if self._liveness > 0:
+            loops.append(self._alive())
+        await _first_of(*loops)
 
     async def _read(self) -> None:
         while True:
             with translated(self._address):
                 message = await self._call.read()
+            self._last_read = self._clock()
             if message is EOF:
                 raise StreamEnded("the control plane ended the stream")
             kind = message.WhichOneof("message")
+            if kind == "pong":
+                continue
             if kind == "update":
                 self._on_update(message.update)
             elif kind == "sync_result":
@@ -132,6 +147,20 @@ class AgentStream:
                     raise StreamEnded("the stream closed while sending") from None
                 if message.WhichOneof("message") == "sync":
                     self._on_sync_written()
+
+    async def _alive(self) -> None:
+        interval = self._liveness
+        nonce = 0
+        while True:
+            await self._sleep(interval)
+            silent = self._clock() - self._last_read
+            if silent >= 3 * interval:
+                raise StreamEnded(
+                    f"no word from the control plane at {self._address} for {silent:.0f}s"
+                )
+            if silent >= interval:
+                nonce += 1
+                self._outbox.ping(nonce)
 
     async def _timer(self) -> None:
         while True:

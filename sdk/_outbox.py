@@ -38,6 +38,7 @@ class Outbox:
         self._acks: deque[agent_pb2.Ack] = deque(maxlen=MAX_ACKS)
         self._reports: deque[agent_pb2.HealthReport] = deque()
         self._overflowed = False
+        self._ping: int | None = None
         #: Health reports dropped in favour of a full Sync, for metrics.
         self.reports_dropped = 0
 
@@ -46,11 +47,17 @@ class Outbox:
         self._acks.clear()
         self._reports.clear()
         self._overflowed = False
+        self._ping = None
         self._sync = self._subscribe = True
         self._wakeup.set()
 
     def sync(self) -> None:
         self._sync = True
+        self._wakeup.set()
+
+    def ping(self, nonce: int) -> None:
+        """Asks the control plane for a Pong (a newer ping replaces an unsent one)."""
+        self._ping = nonce
         self._wakeup.set()
 
     def subscribe(self) -> None:
@@ -88,9 +95,12 @@ class Outbox:
     ) -> agent_pb2.ConnectRequest | None:
         """The next message to write, or None when nothing is pending.
 
-        Order: Sync (which makes pending reports moot), Subscribe, acks,
-        then health reports.
+        Order: a Ping (tiny, and it measures the path), Sync (which makes
+        pending reports moot), Subscribe, acks, then health reports.
         """
+        if self._ping is not None:
+            nonce, self._ping = self._ping, None
+            return agent_pb2.ConnectRequest(ping=agent_pb2.Ping(nonce=nonce))
         if self._sync:
             self._sync = False
             self._reports.clear()

@@ -213,6 +213,10 @@ class SessionRunner:
                 self._subscribe(request.subscribe)
             elif kind == "ack":
                 self._ack(request.ack)
+            elif kind == "ping":
+                pong = agent_pb2.Pong(nonce=request.ping.nonce)
+                await self._outgoing.put(agent_pb2.ConnectResponse(pong=pong))
+                continue
             elif kind == "hello":
                 raise InvalidArgumentError([FieldViolation("hello", "sent twice in one session")])
             self._on_change()

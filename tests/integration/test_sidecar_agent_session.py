@@ -71,6 +71,8 @@ class FakeAgentService(agent_pb2_grpc.AgentServiceServicer):
         self.refuse: tuple[grpc.StatusCode, str] | None = None
         self.known_sessions: set[str] = set()
         self.forget_sessions = False
+        #: after the Welcome, answer nothing (a replica that hangs without closing)
+        self.mute = False
         self._ids = itertools.count(1)
 
     async def Connect(self, request_iterator: Any, context: Any) -> None:
@@ -101,6 +103,11 @@ class FakeAgentService(agent_pb2_grpc.AgentServiceServicer):
                 message = await context.read()
                 if message is grpc.aio.EOF:  # type: ignore[attr-defined]
                     return
+                if self.mute:
+                    continue
+                if message.WhichOneof("message") == "ping":
+                    pong = agent_pb2.Pong(nonce=message.ping.nonce)
+                    await conn.outgoing.put(agent_pb2.ConnectResponse(pong=pong))
                 if message.WhichOneof("message") == "sync":
                     await conn.outgoing.put(
                         agent_pb2.ConnectResponse(
@@ -212,6 +219,35 @@ async def test_a_failing_callback_nacks_and_keeps_the_session() -> None:
             ack = await conn.next("ack")
             assert ack.rejected and ack.error == "cannot use this"
             assert s.connected
+
+
+async def test_leaves_a_replica_that_hangs_without_closing_the_stream() -> None:
+    recorder = Recorder()
+    async with (
+        fake_server() as (hung, hung_address),
+        fake_server() as (live, live_address),
+        session([hung_address, live_address], recorder) as s,
+    ):
+        hung.mute = True
+        first = await hung.connections.get()
+        assert s.status().address == hung_address
+        # grace 2.5 s: pinged after ~0.6 s of silence, left after ~1.9 s, before
+        # the control plane would give up on the session.
+        conn = await asyncio.wait_for(live.connections.get(), timeout=5)
+        assert conn.hello.session_id == first.session_id  # it tries to resume
+        await assert_eventually(lambda: _connected_to(s, live_address), timeout=5)
+
+
+def _connected_to(s: AgentSession, address: str) -> None:
+    assert s.connected and s.status().address == address, s.status()
+
+
+async def test_a_quiet_stream_is_kept_alive_by_pings() -> None:
+    async with fake_server() as (fake, address), session([address], Recorder()) as s:
+        conn = await fake.connections.get()
+        await conn.next("ping", timeout=5)  # nothing else to say: it pings
+        await asyncio.sleep(2.5)  # longer than 3 x the ping interval
+        assert s.connected and s.status().connects == 1
 
 
 async def test_fails_over_to_the_next_address_and_resumes_the_session() -> None:

@@ -51,18 +51,32 @@ class ServiceRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "sync", "health", "subscribe", "ack")
+    __slots__ = ("hello", "sync", "health", "subscribe", "ack", "ping")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SYNC_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     sync: SyncInstances
     health: HealthReport
     subscribe: Subscribe
     ack: Ack
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., sync: _Optional[_Union[SyncInstances, _Mapping]] = ..., health: _Optional[_Union[HealthReport, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
+    ping: Ping
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., sync: _Optional[_Union[SyncInstances, _Mapping]] = ..., health: _Optional[_Union[HealthReport, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
+
+class Ping(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: int
+    def __init__(self, nonce: _Optional[int] = ...) -> None: ...
+
+class Pong(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: int
+    def __init__(self, nonce: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node", "token", "session_id", "applied_version", "grace_seconds", "deregister_critical_after_seconds")
@@ -119,14 +133,16 @@ class Ack(_message.Message):
     def __init__(self, version: _Optional[int] = ..., nonce: _Optional[str] = ..., rejected: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "update", "sync_result")
+    __slots__ = ("welcome", "update", "sync_result", "pong")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     SYNC_RESULT_FIELD_NUMBER: _ClassVar[int]
+    PONG_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     update: EndpointUpdate
     sync_result: SyncResult
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., update: _Optional[_Union[EndpointUpdate, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ...) -> None: ...
+    pong: Pong
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., update: _Optional[_Union[EndpointUpdate, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "replica", "grace_seconds", "sync_interval_seconds", "resumed")
