@@ -38,6 +38,7 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane.agent import AgentServicer, AgentSettings, LoadSpreader, Reaper
 from controlplane.bus import Broker, BusError, open_broker
+from controlplane.bus._events import EventPublisher
 from controlplane.bus._servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
 from controlplane.config import ControlPlaneConfig, parse_hostport
 from controlplane.leader import Election
@@ -258,6 +259,9 @@ class ControlPlane:
         )
         self.election = Election(store, self.replica, ttl=config.leader_ttl)
         self.election.while_leader("session-reaper", reaper.run)
+        assert self.broker is not None  # opened above
+        # Registry changes as bus events (eco.events.<namespace>.<service>), once.
+        self.election.while_leader("bus-events", EventPublisher(store, self.broker).run)
         await self.election.start()
         self.spreader = LoadSpreader(
             store,

@@ -55,6 +55,7 @@ from sdk._errors import (
     UnavailableError,
     UnimplementedError,
 )
+from sdk._events import HandlerStats, ServiceEvent, ServiceEvents, ServiceEventType
 from sdk._nodes import NodeInfo, NodeState, RevisionWait
 from sdk._proxyless import ServiceChannel
 from sdk._proxyless_source import (
@@ -117,6 +118,7 @@ __all__ = [
     "EndpointUpdate",
     "FailedPreconditionError",
     "FieldViolation",
+    "HandlerStats",
     "HealthStatus",
     "Instance",
     "InstanceList",
@@ -141,6 +143,9 @@ __all__ = [
     "ServiceChannel",
     "ServiceDetail",
     "ServiceEndpoints",
+    "ServiceEvent",
+    "ServiceEventType",
+    "ServiceEvents",
     "ServiceList",
     "ServiceRef",
     "SidecarSource",

@@ -10,6 +10,10 @@ from pathlib import Path
 import sdk
 
 PUBLIC = [
+    "HandlerStats",
+    "ServiceEvent",
+    "ServiceEventType",
+    "ServiceEvents",
     "BusClient",
     "BusSubscription",
     "BusMessage",

@@ -1,0 +1,404 @@
+"""The HTTP bridge's routes: publish, request and Server-Sent-Events subscribe.
+
+Imported only by :mod:`sidecar.bridges` (which imports aiohttp): a sidecar
+without bridges never loads it. The routes translate HTTP to the `Broker`
+protocol and back; broker errors become JSON ``{"error", "message",
+"field"}`` bodies in one table (:func:`error_response`), which the WebSocket
+bridge reuses for its ``err`` frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from ecosystem.v1 import messaging_pb2 as pb
+
+from controlplane.bus import (
+    AckKind,
+    AckNotFoundError,
+    Broker,
+    BusClosedError,
+    BusError,
+    BusUnavailableError,
+    Delivery,
+    InvalidSubjectError,
+    NoRespondersError,
+    OutgoingMessage,
+    PayloadTooLargeError,
+    StreamConflictError,
+    StreamNotFoundError,
+    Subscription,
+    SubscriptionSpec,
+)
+from controlplane.bus._convert import publish_from_proto, subscription_from_proto
+from controlplane.errors import FieldViolation, InvalidArgumentError
+
+__all__ = [
+    "HEADER_PREFIX",
+    "BridgeContext",
+    "delivery_json",
+    "error_field",
+    "error_kind",
+    "handle_publish",
+    "handle_request",
+    "handle_subscribe",
+    "parse_timeout",
+    "publish_message",
+    "subscription_spec",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Request headers ``Eco-Header-<Name>: value`` become message headers (and back, on replies).
+HEADER_PREFIX = "Eco-Header-"
+MSG_ID_HEADER = "Eco-Msg-Id"
+DEFAULT_REQUEST_TIMEOUT = 5.0
+MAX_REQUEST_TIMEOUT = 300.0
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?")
+_FIELD_PREFIX = re.compile(r"([a-z_]+(?:\[[^\]]*\])?):")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+
+
+class BridgeContext:
+    """What the routes share: the broker, the limits, and the open streaming sessions
+    (each a close callback) so that :meth:`close_sessions` can end them on stop."""
+
+    def __init__(self, broker: Broker, *, max_body: int, heartbeat: float, send_queue: int) -> None:
+        self.broker = broker
+        self.max_body = max_body
+        self.heartbeat = heartbeat
+        self.send_queue = send_queue
+        self.closing = False
+        self.sessions: dict[object, Callable[[], Awaitable[None]]] = {}
+
+    async def close_sessions(self) -> None:
+        self.closing = True
+        closes = [close() for close in self.sessions.values()]
+        for result in await asyncio.gather(*closes, return_exceptions=True):
+            if isinstance(result, Exception):
+                logger.warning("bridge: closing a session failed: %s", result)
+
+
+# -- errors -------------------------------------------------------------------------------
+
+#: broker error class -> (kind, HTTP status); the first match wins.
+_ERRORS: tuple[tuple[type[BaseException], str, int], ...] = (
+    (InvalidArgumentError, "invalid_argument", 400),
+    (InvalidSubjectError, "invalid_subject", 400),
+    (PayloadTooLargeError, "payload_too_large", 413),
+    (StreamNotFoundError, "stream_not_found", 404),
+    (StreamConflictError, "stream_conflict", 409),
+    (AckNotFoundError, "ack_not_found", 404),
+    (NoRespondersError, "no_responders", 503),
+    (BusClosedError, "unavailable", 503),
+    (BusUnavailableError, "unavailable", 503),
+    (BusError, "unavailable", 503),
+    (TimeoutError, "timeout", 504),
+    (ValueError, "invalid_argument", 400),
+)
+
+
+def error_kind(exc: BaseException) -> tuple[str, int]:
+    """The JSON ``error`` kind and HTTP status for an exception the broker raised."""
+    if isinstance(exc, InvalidArgumentError) and error_field(exc) in ("subject", "reply_to"):
+        return "invalid_subject", 400
+    for cls, kind, status in _ERRORS:
+        if isinstance(exc, cls):
+            return kind, status
+    return "internal", 500
+
+
+def error_field(exc: BaseException) -> str:
+    """The input an error names: a BusError's ``field``, or the ``name:`` a ValueError's
+    message starts with (the broker's validators write them so)."""
+    if isinstance(exc, BusError):
+        return exc.field
+    if isinstance(exc, InvalidArgumentError):
+        return exc.violations[0].field if exc.violations else ""
+    match = _FIELD_PREFIX.match(str(exc))
+    return match.group(1) if match else ""
+
+
+def error_body(kind: str, message: str, field: str = "") -> dict[str, str]:
+    return {"error": kind, "message": message, "field": field}
+
+
+def error_message(exc: BaseException) -> str:
+    if isinstance(exc, BusError):
+        return exc.message
+    if isinstance(exc, InvalidArgumentError):
+        return "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
+    return str(exc) or type(exc).__name__
+
+
+def error_response(exc: BaseException) -> web.Response:
+    kind, status = error_kind(exc)
+    body = error_body(kind, error_message(exc), error_field(exc))
+    return web.json_response(body, status=status)
+
+
+def _bad(
+    message: str, field: str, kind: str = "invalid_argument", status: int = 400
+) -> web.Response:
+    return web.json_response(error_body(kind, message, field), status=status)
+
+
+# -- encoding -----------------------------------------------------------------------------
+
+
+def delivery_json(delivery: Delivery) -> dict[str, Any]:
+    """A delivery as JSON, as `eco bus subscribe` prints it: ``data`` as text, or base64
+    with ``"encoding": "base64"`` when it is not UTF-8."""
+    out: dict[str, Any] = {"subject": delivery.subject}
+    try:
+        out["data"] = delivery.data.decode("utf-8")
+    except UnicodeDecodeError:
+        out["data"] = base64.b64encode(delivery.data).decode("ascii")
+        out["encoding"] = "base64"
+    out["headers"] = dict(delivery.headers)
+    if delivery.id:
+        out["id"] = delivery.id
+    if delivery.reply_to:
+        out["reply_to"] = delivery.reply_to
+    if delivery.stream:
+        out["stream"] = delivery.stream
+    out["sequence"] = delivery.sequence
+    out["redelivered"] = delivery.redelivered
+    if delivery.delivery_count:
+        out["delivery_count"] = delivery.delivery_count
+    out["published_at_ms"] = int(delivery.published_at * 1000)
+    return out
+
+
+def parse_timeout(text: str) -> float:
+    """``2s``, ``500ms``, ``1m`` or a number of seconds; 1 ms to 300 s. Raises ValueError."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"timeout: {text!r} is not a duration (e.g. 2s, 500ms)")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0.001 <= seconds <= MAX_REQUEST_TIMEOUT:
+        raise ValueError(f"timeout: must be between 1ms and 300s (got {text})")
+    return seconds
+
+
+def _message_headers(request: web.Request) -> dict[str, str]:
+    prefix = HEADER_PREFIX.lower()
+    return {
+        name[len(prefix) :]: value
+        for name, value in request.headers.items()
+        if name.lower().startswith(prefix) and len(name) > len(prefix)
+    }
+
+
+async def _read_body(request: web.Request, ctx: BridgeContext) -> bytes | web.Response:
+    if request.content_length is not None and request.content_length > ctx.max_body:
+        return _bad(
+            f"data: {request.content_length} bytes is over the limit of {ctx.max_body}",
+            "data",
+            "payload_too_large",
+            413,
+        )
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _bad(
+            f"data: over the limit of {ctx.max_body} bytes", "data", "payload_too_large", 413
+        )
+
+
+# -- checked at the edge, as the gRPC API checks them ---------------------------------------
+
+_DELIVER = {
+    "": pb.DELIVER_POLICY_UNSPECIFIED,
+    "all": pb.DELIVER_POLICY_ALL,
+    "new": pb.DELIVER_POLICY_NEW,
+    "last": pb.DELIVER_POLICY_LAST,
+}
+
+
+def publish_message(
+    subject: str, data: bytes, headers: Mapping[str, str], msg_id: str = "", reply_to: str = ""
+) -> OutgoingMessage:
+    """The message to publish, checked against the limits of docs/bus.md (the same checks as
+    the gRPC API's); raises InvalidArgumentError naming each bad field."""
+    request = pb.PublishRequest(
+        subject=subject, data=data, headers=dict(headers), id=msg_id, reply_to=reply_to
+    )
+    return publish_from_proto(request)
+
+
+def subscription_spec(
+    subject: str, *, queue: str = "", durable: str = "", stream: str = "", deliver: str = ""
+) -> SubscriptionSpec:
+    """A subscription checked as the gRPC API checks one (``deliver``: all, new or last);
+    raises InvalidArgumentError naming each bad field."""
+    if deliver not in _DELIVER:
+        raise InvalidArgumentError(
+            [FieldViolation("deliver", f"must be all, new or last (got {deliver!r})")]
+        )
+    request = pb.SubscribeRequest(
+        subject=subject,
+        queue_group=queue,
+        durable=durable,
+        stream=stream,
+        deliver=_DELIVER[deliver],
+    )
+    return subscription_from_proto(request)
+
+
+# -- routes -------------------------------------------------------------------------------
+
+
+async def handle_publish(request: web.Request, ctx: BridgeContext) -> web.Response:
+    """``POST /v1/publish/{subject}``: 202 with where the message went."""
+    body = await _read_body(request, ctx)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        message = publish_message(
+            request.match_info["subject"],
+            body,
+            _message_headers(request),
+            request.headers.get(MSG_ID_HEADER, ""),
+        )
+        ack = await ctx.broker.publish(message)
+    except (BusError, ValueError, InvalidArgumentError) as exc:
+        return error_response(exc)
+    return web.json_response(
+        {"stream": ack.stream, "sequence": ack.sequence, "duplicate": ack.duplicate}, status=202
+    )
+
+
+async def handle_request(request: web.Request, ctx: BridgeContext) -> web.Response:
+    """``POST /v1/request/{subject}?timeout=2s``: 200 with the first reply."""
+    try:
+        timeout = parse_timeout(request.query.get("timeout", "") or str(DEFAULT_REQUEST_TIMEOUT))
+    except ValueError as exc:
+        return _bad(str(exc), "timeout")
+    body = await _read_body(request, ctx)
+    if isinstance(body, web.Response):
+        return body
+    subject = request.match_info["subject"]
+    try:
+        checked = publish_message(subject, body, _message_headers(request))
+        reply = await ctx.broker.request(subject, body, checked.headers, timeout)
+    except TimeoutError:
+        return web.json_response(
+            error_body("timeout", f"no reply on {subject} within {timeout:g}s"), status=504
+        )
+    except (BusError, ValueError, InvalidArgumentError) as exc:
+        return error_response(exc)
+    headers = {HEADER_PREFIX + name: value for name, value in reply.headers.items()}
+    headers["Eco-Subject"] = reply.subject
+    return web.Response(body=reply.data, headers=headers, content_type="application/octet-stream")
+
+
+def _event(event_id: int, payload: Mapping[str, Any]) -> bytes:
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return f"event: message\nid: {event_id}\ndata: {data}\n\n".encode()
+
+
+async def _pump(sub: Subscription, queue: asyncio.Queue[Delivery | None]) -> None:
+    # A bounded hand-off: when the client reads slowly this waits, and the broker
+    # drops core messages for the subscription (counted) or holds durable ones back.
+    try:
+        async for delivery in sub:
+            await queue.put(delivery)
+    finally:
+        await queue.put(None)
+
+
+async def _give_back(
+    broker: Broker, unwritten: Delivery | None, queue: asyncio.Queue[Delivery | None]
+) -> None:
+    # Durable deliveries taken but not written: NAK them so that they come again
+    # now (to another subscriber, or this client when it reconnects) and not only
+    # after their ack_wait.
+    pending = [unwritten] if unwritten is not None else []
+    while not queue.empty():
+        item = queue.get_nowait()
+        if item is not None:
+            pending.append(item)
+    for delivery in pending:
+        if delivery.ack_id:
+            with contextlib.suppress(BusError):
+                await broker.ack(delivery.ack_id, AckKind.NAK)
+
+
+async def handle_subscribe(request: web.Request, ctx: BridgeContext) -> web.StreamResponse:
+    """``GET /v1/subscribe/{subject}``: the subscription's messages as Server-Sent Events.
+
+    The response starts (with a ``: subscribed`` comment) once the subscription is in
+    place; errors before that are JSON. Durable messages are acknowledged once written
+    to the client's socket; a reconnecting client (``Last-Event-ID`` or not) resumes the
+    durable consumer where it is."""
+    if ctx.closing:
+        return web.json_response(error_body("unavailable", "the bridge is stopping"), status=503)
+    query = request.query
+    try:
+        spec = subscription_spec(
+            request.match_info["subject"],
+            queue=query.get("queue", ""),
+            durable=query.get("durable", ""),
+            stream=query.get("stream", ""),
+            deliver=query.get("deliver", ""),
+        )
+        sub = await ctx.broker.subscribe(spec)
+    except (BusError, ValueError, InvalidArgumentError) as exc:
+        return error_response(exc)
+    token = object()
+    ctx.sessions[token] = sub.close
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    counter = 0
+    unwritten: Delivery | None = None
+    queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=64)
+    try:
+        await response.prepare(request)
+        await response.write(b": subscribed\n\n")
+        pump = asyncio.create_task(_pump(sub, queue), name="bridge-sse-pump")
+        try:
+            while True:
+                try:
+                    delivery = await asyncio.wait_for(queue.get(), ctx.heartbeat)
+                except TimeoutError:
+                    await response.write(b": heartbeat\n\n")
+                    continue
+                if delivery is None:
+                    break
+                counter += 1
+                event_id = delivery.sequence if delivery.sequence else counter
+                unwritten = delivery
+                await response.write(_event(event_id, delivery_json(delivery)))
+                unwritten = None
+                if delivery.ack_id:
+                    # AckNotFound: its ack_wait passed while writing; it comes again.
+                    with contextlib.suppress(AckNotFoundError):
+                        await ctx.broker.ack(delivery.ack_id, AckKind.ACK)
+        finally:
+            pump.cancel()
+            await asyncio.wait([pump])
+            if not pump.cancelled() and pump.exception() is not None:
+                logger.info(
+                    "bridge: SSE subscription to %s failed: %s", spec.subject, pump.exception()
+                )
+    except (ConnectionError, BusError) as exc:
+        logger.info("bridge: SSE subscription to %s ended: %s", spec.subject, exc)
+    finally:
+        ctx.sessions.pop(token, None)
+        await sub.close()
+        await _give_back(ctx.broker, unwritten, queue)
+    return response
