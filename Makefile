@@ -55,6 +55,7 @@ test: tools check-gen lint
 ## bench: side-by-side benchmarks (never part of `make test`)
 bench: $(STAMP)
 	scripts/install-bench-tools.sh
+	scripts/install-nats.sh
 	$(PY) -m benchmarks
 
 clean:

@@ -30,6 +30,7 @@ from benchmarks._servers import EtcdServer, ServerError
 # a module with `run(quick: bool) -> list[dict]`, each dict one result line.
 STANDALONE = {
     "balancer": "benchmarks.bench_balancer",
+    "bus": "benchmarks.bench_bus",
     "ha": "benchmarks.bench_ha",
     "health": "benchmarks.bench_health",
     "proxy": "benchmarks.bench_proxy",

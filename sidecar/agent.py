@@ -49,6 +49,7 @@ from sidecar.health import CheckKind, HealthChecker, HealthEngine, HealthTransit
 from sidecar.local_api import LocalApiServer, SidecarServicer
 from sidecar.metrics import MetricsSnapshot, SidecarMetrics
 from sidecar.proxy._dataplane import DataPlane
+from sidecar.relay import RelayBroker
 from sidecar.routing import Router, endpoints_of
 from sidecar.status import status_document
 
@@ -98,7 +99,11 @@ class Sidecar:
             update_ttl=self.update_ttl,
             metrics=self.metrics,
         )
-        self._local_api = LocalApiServer(self._servicer)
+        self.relay = RelayBroker(
+            config.controlplane.addresses, config.data_dir, channel_factory=channel_factory
+        )
+        self._local_api = LocalApiServer(self._servicer, relay=self.relay)
+        self._bridges: list[Any] = []  # BridgeServer, imported only when configured
         self._admin = (
             AdminServer(
                 status=self.status,
@@ -202,7 +207,20 @@ class Sidecar:
         for service in config.services:
             for check in service.checks:
                 self.engine.add(service.id, check)
+        await self.relay.start()
         await self._local_api.start(config.local_api)
+        if config.bridges:
+            from sidecar.bridges import BridgeServer  # aiohttp only when a bridge is configured
+
+            for bridge in config.bridges:
+                server = BridgeServer(self.relay, bridge.listen, max_body=bridge.max_body)
+                self._bridges.append(server)
+                try:
+                    await server.start()
+                except OSError as exc:
+                    raise StartupError(
+                        f"bridge: cannot listen on {bridge.listen}: {exc.strerror or exc}"
+                    ) from None
         if self._admin is not None and config.admin is not None:
             await self._admin.start(config.admin)
         await self.dataplane.start()
@@ -254,7 +272,10 @@ class Sidecar:
                     logger.info("deregistered %d local instance(s)", len(self._services))
                 await session.close()
             await self.dataplane.drain(self.config.drain_grace)
+            for bridge in self._bridges:
+                await bridge.stop()
             await self._local_api.stop(grace=1.0)
+            await self.relay.close()
             if self._admin is not None:
                 await self._admin.stop()
             await self.engine.close()

@@ -29,7 +29,7 @@ import ipaddress
 import re
 import socket
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_LOCAL_API",
     "INBOUND_PORT_KEY",
     "PROTOCOLS",
+    "BridgeConfig",
     "CircuitBreakerConfig",
     "ConfigError",
     "ConfigProblem",
@@ -386,6 +387,17 @@ class InboundConfig(ProxyPolicy):
         return value.strip()
 
 
+class BridgeConfig(_Model):
+    """A bus bridge (docs/bus.md#bridges): ``http`` serves HTTP, Server-Sent
+    Events and WebSocket on ``listen``, relayed through this sidecar."""
+
+    protocol: Literal["http"] = "http"
+    listen: str
+    max_body: StrictInt = Field(default=1024 * 1024, ge=1, le=8 * 1024 * 1024)
+
+    _listen = field_validator("listen")(_check_listen)
+
+
 class UpstreamConfig(ProxyPolicy):
     """A service the local applications call, and how to balance across it.
 
@@ -479,6 +491,7 @@ class SidecarConfig(_Model):
     services: tuple[LocalServiceConfig, ...] = ()
     upstreams: tuple[UpstreamConfig, ...] = ()
     inbound: tuple[InboundConfig, ...] = ()
+    bridges: tuple[BridgeConfig, ...] = Field(default=(), max_length=8)
     #: on shutdown, requests in flight through the proxy get this long to finish
     drain_grace: Duration = 10.0
     grace: Duration = 15.0
@@ -581,6 +594,8 @@ class SidecarConfig(_Model):
         claim(self.admin, "admin", ("admin",))
         for i, upstream in enumerate(self.upstreams):
             claim(upstream.listen, f"upstreams[{i}]", ("upstreams", i, "listen"))
+        for i, bridge in enumerate(self.bridges):
+            claim(bridge.listen, f"bridges[{i}]", ("bridges", i, "listen"))
         local_names = {s.name for s in services}
         for i, inbound in enumerate(self.inbound):
             claim(inbound.listen, f"inbound[{i}]", ("inbound", i, "listen"))

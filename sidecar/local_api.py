@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from controlplane.bus._servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
 from sdk import HealthStatus
 from sidecar.cache import EndpointCache, UpstreamKey, UpstreamState
 from sidecar.config import split_hostport
@@ -43,6 +44,7 @@ from sidecar.errors import (
     to_status,
 )
 from sidecar.metrics import SidecarMetrics
+from sidecar.relay import RelayBroker
 from sidecar.routing import Router
 
 __all__ = ["SIDECAR_SERVICE", "LocalApiServer", "SidecarServicer", "TtlUpdater"]
@@ -271,8 +273,10 @@ async def _abort(method: str, context: grpc.aio.ServicerContext[Any, Any], exc: 
 class LocalApiServer:
     """The gRPC server on the local API address."""
 
-    def __init__(self, servicer: SidecarServicer) -> None:
+    def __init__(self, servicer: SidecarServicer, *, relay: RelayBroker | None = None) -> None:
         self._servicer = servicer
+        self._relay = relay
+        self._messaging: MessagingServicer | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self.address = ""
@@ -285,9 +289,11 @@ class LocalApiServer:
         )
         sidecar_pb2_grpc.add_SidecarServiceServicer_to_server(self._servicer, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SIDECAR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        services = [SIDECAR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if self._relay is not None:
+            self._messaging = add_messaging(server, self._relay, lambda: self._server is None)
+            services.append(MESSAGING_SERVICE)
+        reflection.enable_server_reflection(services, server)
         try:
             port = server.add_insecure_port(listen)
         except RuntimeError as exc:
@@ -308,6 +314,8 @@ class LocalApiServer:
         server, self._server = self._server, None
         if server is None:
             return
+        if self._messaging is not None:
+            await self._messaging.drain()
         await self._health.enter_graceful_shutdown()
         await server.stop(grace)
         logger.info("local API stopped")
