@@ -46,6 +46,7 @@ See docs/benchmarks.md, "Message bus".
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import contextlib
@@ -371,7 +372,7 @@ def relay_main(argv: list[str]) -> int:
 Handler = Callable[[bytes], None]
 
 
-class _Route:
+class _Route(abc.ABC):
     """One way to the bus: publish, subscribe (core and durable), durable streams."""
 
     system = ""
@@ -383,28 +384,30 @@ class _Route:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Closes the route's clients."""
 
+    @abc.abstractmethod
     async def publish(self, subject: str, data: bytes) -> None:
         """Core: returns once the message is handed over (sent, or buffered to send)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def publish_durable(self, subject: str, data: bytes) -> None:
         """Returns once the stream acknowledged it stored the message."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def subscribe(self, subject: str, on_message: Handler) -> Callable[[], Awaitable[None]]:
         """Calls ``on_message`` with each payload; returns a function that unsubscribes."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def consume(self, subject: str, durable: str, count: int) -> float:
         """Reads ``count`` stored messages with a new durable consumer, acknowledging
         each; returns the seconds from the subscription to the last acknowledgement."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def add_stream(self, name: str, subjects: list[str]) -> None:
-        raise NotImplementedError
+        """Creates a durable stream capturing ``subjects``."""
 
 
 class _SdkRoute(_Route):
