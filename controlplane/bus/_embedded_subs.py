@@ -13,7 +13,6 @@ per queue group, round robin.
 from __future__ import annotations
 
 import abc
-import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Generic, TypeVar
 
 from ._protocol import Delivery
 from ._subjects import SubjectIndex
+from ._waiter import Waiter
 
 __all__ = ["CoreRouter", "CoreSubscription", "Route", "SubscriptionBase"]
 
@@ -35,7 +35,7 @@ class SubscriptionBase(abc.ABC, Generic[E]):
     def __init__(self, limit: int) -> None:
         self._buffer: deque[E] = deque()
         self._limit = limit
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter = Waiter()
         self._closed = False
 
     @property
@@ -60,13 +60,7 @@ class SubscriptionBase(abc.ABC, Generic[E]):
                     return delivery
             if self._closed:
                 raise StopAsyncIteration
-            if self._waiter is not None:
-                raise RuntimeError("a subscription is iterated by one task at a time")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._waiter.wait()
 
     @abc.abstractmethod
     def _take(self, entry: E) -> Delivery | None:
@@ -74,17 +68,13 @@ class SubscriptionBase(abc.ABC, Generic[E]):
 
     def _append(self, entry: E) -> None:
         self._buffer.append(entry)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._waiter.wake()
 
     def end(self) -> None:
         """Ends the iteration (after what is buffered is dropped); the broker calls it."""
         self._closed = True
         self._buffer.clear()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._waiter.wake()
 
 
 class CoreSubscription(SubscriptionBase[Delivery]):

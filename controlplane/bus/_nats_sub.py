@@ -15,7 +15,6 @@ expired in time is replaced.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
@@ -40,6 +39,7 @@ from controlplane.bus._nats_js import (
 )
 from controlplane.bus._protocol import AckNotFoundError, Delivery, SubscriptionSpec
 from controlplane.bus._subjects import subject_matches
+from controlplane.bus._waiter import Waiter
 
 __all__ = ["HAND_BACK", "AckTable", "CoreSubscription", "DurableSubscription"]
 
@@ -152,28 +152,20 @@ class _Buffered:
     def __init__(self) -> None:
         self._buffer: deque[Delivery] = deque()
         self._closed = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter = Waiter()
 
     def _push(self, delivery: Delivery) -> None:
         self._buffer.append(delivery)
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._waiter.wake()
 
     async def _next(self) -> Delivery:
         while not self._buffer:
             if self._closed:
                 raise StopAsyncIteration
-            if self._waiter is not None:
-                raise RuntimeError("a subscription is iterated by one task at a time")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._waiter.wait()
         if self._closed:
             raise StopAsyncIteration
         return self._buffer.popleft()
