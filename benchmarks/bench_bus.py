@@ -25,7 +25,11 @@ Measurements (128-byte payloads):
 - ``bus_core_throughput``: one publisher, one subscriber on ``bench.core``;
   the publisher keeps at most 64 publishes in flight and at most 1,000
   messages published but not yet received; msgs/s received from the first
-  publish to the last receipt.
+  publish to the last receipt. A publish is handed over without waiting for
+  an answer, as nats-py's ``publish`` does: ``BusClient.send``.
+- ``bus_core_throughput_acked`` (the project's routes only): the same, each
+  publish awaiting the control plane's answer (``BusClient.publish``), so
+  at most 64 messages are on their way at once.
 - ``bus_core_latency``: an open-loop publisher at 1,000 msgs/s; latency from
   each message's scheduled send time (in its payload) to its receipt.
 - ``bus_durable_publish``: a stream captures ``durable.<route>.>``; 64 concurrent
@@ -422,9 +426,12 @@ class _SdkRoute(_Route):
         await self._pub.close()
 
     async def publish(self, subject: str, data: bytes) -> None:
+        await self._pub.send(subject, data)
+
+    async def publish_durable(self, subject: str, data: bytes) -> None:
         await self._pub.publish(subject, data)
 
-    publish_durable = publish
+    publish_acked = publish_durable
 
     async def subscribe(self, subject: str, on_message: Handler) -> Callable[[], Awaitable[None]]:
         sub = await self._sub.subscribe(subject, buffer=RECEIVE_WINDOW * 2).start()
@@ -535,7 +542,7 @@ class _NatsRoute(_Route):
 # -- measurements --------------------------------------------------------------------------------
 
 
-async def _core_throughput(route: _Route, seconds: float) -> dict[str, Any]:
+async def _core_throughput(route: _Route, seconds: float, *, acked: bool = False) -> dict[str, Any]:
     received = 0
     last_receipt = 0.0
     progress = asyncio.Event()
@@ -547,6 +554,7 @@ async def _core_throughput(route: _Route, seconds: float) -> dict[str, Any]:
         progress.set()
 
     stop = await route.subscribe("bench.core", on_message)
+    publish = route.publish_acked if acked and isinstance(route, _SdkRoute) else route.publish
     data = _payload()
     slots = asyncio.Semaphore(PUBLISH_WINDOW)
     in_flight: set[asyncio.Task[None]] = set()
@@ -571,7 +579,7 @@ async def _core_throughput(route: _Route, seconds: float) -> dict[str, Any]:
                     await asyncio.wait_for(progress.wait(), 0.5)
                 continue
             await slots.acquire()
-            task = asyncio.create_task(route.publish("bench.core", data))
+            task = asyncio.create_task(publish("bench.core", data))
             in_flight.add(task)
             task.add_done_callback(done)
             published += 1
@@ -701,6 +709,7 @@ async def _durable_consume(route: _Route, count: int) -> dict[str, Any]:
 
 _VALUE = {
     "bus_core_throughput": "msgs_per_s",
+    "bus_core_throughput_acked": "msgs_per_s",
     "bus_core_latency": "p50_ms",
     "bus_durable_publish": "msgs_per_s",
     "bus_durable_consume": "msgs_per_s",
@@ -740,6 +749,10 @@ async def _measure_route(route: _Route, sizes: _Sizes) -> Figures:
     await _step(
         route, "bus_core_throughput", figures, limit, _core_throughput(route, sizes.seconds)
     )
+    if isinstance(route, _SdkRoute):
+        _progress(f"{route.system}: core throughput, each publish awaited")
+        work = _core_throughput(route, sizes.seconds, acked=True)
+        await _step(route, "bus_core_throughput_acked", figures, limit, work)
     _progress(f"{route.system}: core latency at {LATENCY_RATE}/s")
     await _step(
         route, "bus_core_latency", figures, limit, _core_latency(route, sizes.latency_seconds)

@@ -1,9 +1,9 @@
-"""The moving parts of bus subscriptions: the subscription stream and the ack batcher.
+"""The moving part of bus subscriptions: the subscription stream.
 
 :class:`BusSubscription` is one ``Subscribe`` call read by one task into a
 bounded queue (a durable one resubscribes after the control plane went
-away); :class:`AckBatcher` coalesces acknowledgements into few ``Ack``
-calls. Both are owned, started and closed by :class:`~sdk._bus.BusClient`.
+away), owned, started and closed by :class:`~sdk._bus.BusClient`.
+Acknowledgements and publishes are coalesced by :mod:`sdk._bus_batch`.
 """
 
 from __future__ import annotations
@@ -22,89 +22,15 @@ from sdk._bus_types import BusMessage, MessageOwner
 from sdk._errors import ClientClosedError, DeadlineExceededError, UnavailableError
 from sdk._transport import Transport
 
-__all__ = ["AckBatcher", "BusSubscription"]
+__all__ = ["BusSubscription"]
 
 logger = logging.getLogger(__name__)
-
-# Most acknowledgements one Ack call carries (the server's limit).
-_ACK_BATCH = 1000
 
 
 class _State(enum.Enum):
     NEW = "new"
     OPEN = "open"
     CLOSED = "closed"
-
-
-class AckBatcher:
-    """Sends acknowledgements in as few ``Ack`` calls as possible.
-
-    The first acknowledgement starts a call at once; those that arrive while
-    a call is in flight go together in the next one. One task, started on
-    first use and stopped by :meth:`close`.
-    """
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
-        self._pending: list[tuple[pb.AckItem, asyncio.Future[bool]]] = []
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    async def submit(self, item: pb.AckItem) -> bool:
-        if self._closed:
-            raise ClientClosedError()
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        self._idle.clear()
-        self._wake.set()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="bus-acks")
-        return await future
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch = self._pending[:_ACK_BATCH]
-                del self._pending[:_ACK_BATCH]
-                await self._send(batch)
-            self._idle.set()
-
-    async def _send(self, batch: list[tuple[pb.AckItem, asyncio.Future[bool]]]) -> None:
-        request = pb.AckRequest(items=[item for item, _ in batch])
-        try:
-            response = await self._transport.unary("Ack", request, idempotent=True)
-        except Exception as err:  # each waiting caller gets it
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(err)
-            return
-        unknown = set(response.unknown)
-        for item, future in batch:
-            if not future.done():
-                future.set_result(item.ack_id not in unknown)
-
-    async def close(self, grace: float) -> None:
-        """Lets acknowledgements already submitted go out (for up to ``grace``
-        seconds), then stops; what is left fails with ClientClosedError."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._task is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await self._idle.wait()
-        self._task.cancel()
-        await asyncio.wait({self._task})
-        for _, future in self._pending:
-            if not future.done():
-                future.set_exception(ClientClosedError())
-        self._pending.clear()
 
 
 class _End:
@@ -238,20 +164,25 @@ class BusSubscription:
         assert self._ready is not None
         ready = self._ready
         transport = self._transport
+        owner = self._owner
         while True:
             address = transport.current_address
             try:
                 async with contextlib.aclosing(transport.stream("Subscribe", self._request)) as it:
                     async for response in it:
-                        if response.WhichOneof("kind") == "subscribed":
+                        kind = response.WhichOneof("kind")
+                        if kind == "batch":
+                            for item in response.batch.messages:
+                                await self._queue.put(BusMessage.from_proto(item, owner=owner))
+                        elif kind == "message":
+                            message = BusMessage.from_proto(response.message, owner=owner)
+                            await self._queue.put(message)
+                        elif kind == "subscribed":
                             self.stream = response.subscribed.stream
                             self.next_sequence = response.subscribed.next_sequence
                             self._backoff.reset()
                             if not ready.done():
                                 ready.set_result(None)
-                        else:
-                            message = BusMessage.from_proto(response.message, owner=self._owner)
-                            await self._queue.put(message)
                 error: BaseException = UnavailableError(
                     "the control plane ended the subscription", code="UNAVAILABLE", address=address
                 )

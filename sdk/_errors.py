@@ -33,6 +33,7 @@ attached, if any (the bus names each of its errors that way).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ __all__ = [
     "UnavailableError",
     "UnimplementedError",
     "from_rpc_error",
+    "from_status",
 ]
 
 logger = logging.getLogger(__name__)
@@ -230,6 +232,9 @@ _BY_REASON: dict[tuple[grpc.StatusCode, str], type[EcoError]] = {
 }
 
 
+_CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
 def from_rpc_error(err: grpc.RpcError, *, address: str | None = None) -> EcoError:
     """Returns the most specific :class:`EcoError` for a gRPC error.
 
@@ -244,17 +249,35 @@ def from_rpc_error(err: grpc.RpcError, *, address: str | None = None) -> EcoErro
     details = _call_attr(err, "details")
     message = details if isinstance(details, str) else ""
     status = _rich_status(err)
-    reason = _reason(status)
+    return _build(code, message, _reason(status), _field_violations(status), address)
+
+
+def from_status(
+    code: int,
+    message: str,
+    reason: str = "",
+    violations: Sequence[tuple[str, str]] = (),
+    address: str | None = None,
+) -> EcoError:
+    """The :class:`EcoError` for a status carried in a response (one message of a
+    ``PublishBatch``): a numeric gRPC code, its message, the ErrorInfo reason
+    and the ``(field, description)`` violations."""
+    status_code = _CODE_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    fields = [FieldViolation(field, description) for field, description in violations]
+    return _build(status_code, message, reason, fields, address)
+
+
+def _build(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    violations: list[FieldViolation],
+    address: str | None,
+) -> EcoError:
     cls = _BY_REASON.get((code, reason)) or _BY_CODE.get(code, EcoError)
     name = code.name
     if issubclass(cls, InvalidArgumentError):
-        return cls(
-            message,
-            code=name,
-            address=address,
-            reason=reason,
-            field_violations=_field_violations(status),
-        )
+        return cls(message, code=name, address=address, reason=reason, field_violations=violations)
     return cls(message, code=name, address=address, reason=reason)
 
 

@@ -79,7 +79,7 @@ def _field_of(err: sdk_errors.EcoError, default: str) -> str:
     return default
 
 
-def bus_error(err: sdk_errors.EcoError, field: str = "") -> BaseException:
+def bus_error(err: sdk_errors.EcoError, field: str = "") -> Exception:
     """The broker error for what the control plane answered (the one place
     where SDK errors become broker errors; the servicer then maps those back
     to the same status codes)."""
@@ -137,8 +137,9 @@ def stream_info_from_proto(msg: pb.StreamInfo) -> StreamInfo:
 def subscribe_request(spec: SubscriptionSpec) -> pb.SubscribeRequest:
     """The upstream request for ``spec`` (already validated by the local servicer)."""
     if not spec.durable:
-        return pb.SubscribeRequest(subject=spec.subject, queue_group=spec.queue_group)
+        return pb.SubscribeRequest(subject=spec.subject, queue_group=spec.queue_group, batched=True)
     return pb.SubscribeRequest(
+        batched=True,
         subject=spec.subject,
         queue_group=spec.queue_group,
         durable=spec.durable,

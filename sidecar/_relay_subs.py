@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import MappingProxyType
 
 from ecosystem.v1 import messaging_pb2 as pb
 
@@ -32,11 +33,15 @@ logger = logging.getLogger(__name__)
 ErrorMapper = Callable[[EcoError], BaseException]
 
 
+#: The headers of every delivery that has none (read-only, shared).
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 def delivery_from_proto(msg: pb.Message) -> Delivery:
     return Delivery(
         subject=msg.subject,
         data=msg.data,
-        headers=dict(msg.headers),
+        headers=dict(msg.headers) if msg.headers else _NO_HEADERS,
         id=msg.id,
         reply_to=msg.reply_to,
         stream=msg.stream,
@@ -227,23 +232,29 @@ class Upstream:
         stream = self._transport.stream("Subscribe", self.request)
         async with contextlib.aclosing(stream) as responses:
             async for response in responses:
-                if response.WhichOneof("kind") == "subscribed":
+                kind = response.WhichOneof("kind")
+                if kind == "batch":
+                    for message in response.batch.messages:
+                        await self._deliver(delivery_from_proto(message))
+                elif kind == "message":
+                    await self._deliver(delivery_from_proto(response.message))
+                elif kind == "subscribed":
                     self.stream = response.subscribed.stream
                     self.next_sequence = response.subscribed.next_sequence
                     self.connects += 1
                     self._backoff.reset()
                     if not ready.done():
                         ready.set_result(None)
-                    continue
-                delivery = delivery_from_proto(response.message)
-                if self.durable:
-                    for sub in self._subscribers[:1]:
-                        await sub.put(delivery)
-                elif self.request.queue_group:
-                    self._offer_one(delivery)
-                else:
-                    for sub in self._subscribers:
-                        sub.offer(delivery)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        if self.durable:
+            for sub in self._subscribers[:1]:
+                await sub.put(delivery)
+        elif self.request.queue_group:
+            self._offer_one(delivery)
+        else:
+            for sub in self._subscribers:
+                sub.offer(delivery)
 
     def _offer_one(self, delivery: Delivery) -> None:
         """Queue group: the upstream stream is one member of the group upstream;

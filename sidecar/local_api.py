@@ -285,7 +285,7 @@ class LocalApiServer:
         """Binds ``listen`` (port 0: any free port) and serves; returns the bound address."""
         host, _ = split_hostport(listen, allow_zero=True)
         server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1 << 20)]
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)]
         )
         sidecar_pb2_grpc.add_SidecarServiceServicer_to_server(self._servicer, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -43,6 +43,7 @@ from controlplane.bus._protocol import (
     AckKind,
     AckNotFoundError,
     BusClosedError,
+    BusError,
     Delivery,
     InvalidSubjectError,
     OutgoingMessage,
@@ -56,6 +57,7 @@ from controlplane.bus._protocol import (
 from controlplane.bus._servicer import MessagingServicer, add_messaging
 from controlplane.bus._subjects import subject_matches
 from sdk import _errors as sdk_errors
+from sdk._bus_batch import AckBatcher, PublishBatcher
 from sdk._retry import Backoff, RetryPolicy
 from sdk._transport import ChannelFactory, Transport
 from sidecar._relay_buffer import BUFFER_FILE, Outbox
@@ -76,6 +78,21 @@ class QueuedPublishAck(PublishAck):
     """
 
     queued: bool = True
+
+
+def _publish_request(message: OutgoingMessage) -> pb.PublishRequest:
+    request = pb.PublishRequest(
+        subject=message.subject, data=message.data, id=message.id, reply_to=message.reply_to
+    )
+    if message.headers:  # a map field fills item by item: skip it when empty
+        request.headers.update(message.headers)
+    return request
+
+
+def _publish_ack(response: pb.PublishResponse) -> PublishAck:
+    return PublishAck(
+        stream=response.stream, sequence=response.sequence, duplicate=response.duplicate
+    )
 
 
 class RelayBroker:
@@ -107,6 +124,9 @@ class RelayBroker:
             policy=RetryPolicy(max_attempts=2),
             channel_factory=channel_factory,
         )
+        # Concurrent local publishes go upstream together, in order.
+        self._publishes = PublishBatcher(self._transport)
+        self._acks = AckBatcher(self._transport)
         path = data_dir / BUFFER_FILE if data_dir is not None else None
         self._outbox = Outbox(path, max_messages=max_buffered, max_bytes=max_buffered_bytes)
         self._queue_limit = queue_limit
@@ -157,6 +177,8 @@ class RelayBroker:
             await asyncio.wait({self._task})
         for upstream in [*self._upstreams.values(), *self._durables]:
             await upstream.close()
+        await self._publishes.close(self._transport.timeout)
+        await self._acks.close(self._transport.timeout)
         lost = self._outbox.drop_memory()
         if lost:
             logger.warning("bus relay closed: %d buffered core publish(es) lost", lost)
@@ -234,17 +256,7 @@ class RelayBroker:
     # -- publish ----------------------------------------------------------------------------
 
     async def _send(self, message: OutgoingMessage) -> PublishAck:
-        request = pb.PublishRequest(
-            subject=message.subject,
-            data=message.data,
-            headers=dict(message.headers),
-            id=message.id,
-            reply_to=message.reply_to,
-        )
-        response = await self._transport.unary("Publish", request, idempotent=bool(message.id))
-        return PublishAck(
-            stream=response.stream, sequence=response.sequence, duplicate=response.duplicate
-        )
+        return _publish_ack(await self._publishes.submit(_publish_request(message)))
 
     async def publish(self, message: OutgoingMessage) -> PublishAck:
         self._check_open()
@@ -256,6 +268,38 @@ class RelayBroker:
                 self._disconnected(err)
             except sdk_errors.EcoError as err:
                 raise bus_error(err) from err
+        return self._buffer(message)
+
+    async def publish_many(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> list[PublishAck | Exception]:
+        """Each message as :meth:`publish` would, in order, going upstream together."""
+        self._check_open()
+        if not (self._connected and not len(self._outbox)):
+            return [self._buffer_or_error(message) for message in messages]
+        futures = self._publishes.submit_all([_publish_request(m) for m in messages])
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        results: list[PublishAck | Exception] = []
+        for message, outcome in zip(messages, outcomes, strict=True):
+            if isinstance(outcome, pb.PublishResponse):
+                results.append(_publish_ack(outcome))
+            elif isinstance(outcome, sdk_errors.UnavailableError):
+                self._disconnected(outcome)
+                results.append(self._buffer_or_error(message))
+            elif isinstance(outcome, sdk_errors.EcoError):
+                results.append(bus_error(outcome))
+            else:
+                raise outcome
+        return results
+
+    def _buffer_or_error(self, message: OutgoingMessage) -> PublishAck | Exception:
+        try:
+            return self._buffer(message)
+        except BusError as exc:
+            return exc
+
+    def _buffer(self, message: OutgoingMessage) -> PublishAck:
+        """Keeps ``message`` for the flush (on disk when a stream captures it)."""
         # What the control plane would refuse at the flush is refused now.
         problem = subject_problem(message.subject, pattern=False)
         if problem is not None:
@@ -328,13 +372,18 @@ class RelayBroker:
             raise bus_error(err, field) from err
 
     async def ack(self, ack_id: str, kind: AckKind, delay: float = 0.0) -> None:
+        self._check_open()
         item = pb.AckItem(ack_id=ack_id, kind=ACK_KINDS[kind], delay_ms=round(delay * 1000))
         try:
-            response = await self._unary("Ack", pb.AckRequest(items=[item]), idempotent=True)
-        except InvalidSubjectError as err:  # an id the control plane cannot even parse
+            known = await self._acks.submit(item)  # together with the others in flight
+        except sdk_errors.InvalidArgumentError as err:  # an id the control plane cannot parse
             raise AckNotFoundError(err.message, field="ack_id") from err
-        assert isinstance(response, pb.AckResponse)
-        if ack_id in response.unknown:
+        except sdk_errors.UnavailableError as err:
+            self._disconnected(err)
+            raise bus_error(err) from err
+        except sdk_errors.EcoError as err:
+            raise bus_error(err) from err
+        if not known:
             raise AckNotFoundError(f"no pending delivery {ack_id!r}", field="ack_id")
 
     async def request(

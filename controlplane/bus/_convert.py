@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 
 from ecosystem.v1 import messaging_pb2 as pb
+from google.rpc import error_details_pb2
 
 from controlplane.bus._protocol import (
     AckKind,
@@ -31,13 +32,14 @@ from controlplane.bus._subjects import (
     validate_pattern,
     validate_subject,
 )
-from controlplane.errors import FieldViolation, InvalidArgumentError
+from controlplane.errors import FieldViolation, InvalidArgumentError, to_status
 
 __all__ = [
     "LIMITS",
     "ack_items_from_proto",
     "delivery_to_proto",
     "publish_ack_to_proto",
+    "publish_error",
     "publish_from_proto",
     "request_from_proto",
     "stream_config_from_proto",
@@ -361,10 +363,9 @@ def stream_name_from_proto(name: str, *, field: str = "name") -> str:
 
 
 def delivery_to_proto(delivery: Delivery) -> pb.Message:
-    return pb.Message(
+    message = pb.Message(
         subject=delivery.subject,
         data=delivery.data,
-        headers=dict(delivery.headers),
         id=delivery.id,
         reply_to=delivery.reply_to,
         stream=delivery.stream,
@@ -373,10 +374,33 @@ def delivery_to_proto(delivery: Delivery) -> pb.Message:
         delivery_count=delivery.delivery_count,
         ack_id=delivery.ack_id,
     )
+    if delivery.headers:  # a map field fills item by item: skip it when empty
+        message.headers.update(delivery.headers)
+    return message
 
 
 def publish_ack_to_proto(ack: PublishAck) -> pb.PublishResponse:
     return pb.PublishResponse(stream=ack.stream, sequence=ack.sequence, duplicate=ack.duplicate)
+
+
+def publish_error(exc: BaseException) -> pb.PublishError:
+    """What Publish would have failed with, for one message of a batch: the
+    same code, message, ErrorInfo reason and field violations."""
+    status = to_status(exc)
+    error = pb.PublishError(code=status.code, message=status.message)
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            error.reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            error.violations.extend(
+                pb.FieldViolation(field=v.field, description=v.description)
+                for v in bad.field_violations
+            )
+    return error
 
 
 def stream_config_to_proto(config: StreamConfig) -> pb.StreamConfig:

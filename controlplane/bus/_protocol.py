@@ -39,13 +39,14 @@ Semantics (the proto's comments say the same from the client's side):
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 __all__ = [
     "AckKind",
     "AckNotFoundError",
+    "BatchPublisher",
     "Broker",
     "BusClosedError",
     "BusError",
@@ -257,6 +258,18 @@ class Subscription(Protocol):
     @property
     def next_sequence(self) -> int:
         """Durable: the consumer's next first-delivery sequence (0 for core)."""
+        ...
+
+
+@runtime_checkable
+class BatchPublisher(Protocol):
+    """A broker that also takes several publishes at once (optional; the gRPC
+    servicer uses it for ``PublishBatch`` when the broker has it)."""
+
+    async def publish_many(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> list[PublishAck | Exception]:
+        """Each message as ``publish`` would, in order; a refused one is its error."""
         ...
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from controlplane.bus._convert import (
     ack_items_from_proto,
     delivery_to_proto,
     publish_ack_to_proto,
+    publish_error,
     publish_from_proto,
     request_from_proto,
     stream_config_from_proto,
@@ -37,21 +39,39 @@ from controlplane.bus._convert import (
     stream_name_from_proto,
     subscription_from_proto,
 )
-from controlplane.bus._protocol import AckNotFoundError, Broker, Subscription
+from controlplane.bus._protocol import (
+    AckNotFoundError,
+    BatchPublisher,
+    Broker,
+    Delivery,
+    OutgoingMessage,
+    PublishAck,
+    Subscription,
+)
 from controlplane.errors import (
     DeadlineExceededError,
+    FieldViolation,
+    InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
     code_for,
     to_status,
 )
 
-__all__ = ["MESSAGING_SERVICE", "MessagingServicer", "add_messaging"]
+__all__ = ["MAX_PUBLISH_BATCH", "MESSAGING_SERVICE", "MessagingServicer", "add_messaging"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
+
+#: Messages in one PublishBatch call, at most.
+MAX_PUBLISH_BATCH = 1000
+
+#: A `batch` response of a batched Subscribe carries at most this many
+#: messages and this much payload (one larger message goes alone).
+BATCH_MESSAGES = 256
+BATCH_BYTES = 1024 * 1024
 
 #: The full name of the service, for health and reflection.
 MESSAGING_SERVICE: str = pb.DESCRIPTOR.services_by_name["MessagingService"].full_name
@@ -75,6 +95,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
         if max_subscriptions < 1:
             raise ValueError("max_subscriptions must be positive")
         self._broker = broker
+        self._batch_publisher = broker if isinstance(broker, BatchPublisher) else None
         self._is_draining = is_draining
         self._max_subscriptions = max_subscriptions
         self._subscriptions: set[Subscription] = set()
@@ -135,14 +156,61 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
 
         return await self._call("Publish", context, publish)
 
+    async def PublishBatch(
+        self, request: pb.PublishBatchRequest, context: Context
+    ) -> pb.PublishBatchResponse:
+        async def publish_all() -> pb.PublishBatchResponse:
+            count = len(request.messages)
+            if count > MAX_PUBLISH_BATCH:
+                problem = f"{count} in one batch; at most {MAX_PUBLISH_BATCH}"
+                raise InvalidArgumentError([FieldViolation("messages", problem)])
+            if self._batch_publisher is not None:
+                return pb.PublishBatchResponse(results=await self._publish_many(request))
+            # Started in order: a broker takes each message's place (its
+            # sequence) before it first waits, so the batch keeps its order,
+            # and the durable ones share one commit.
+            results = await asyncio.gather(*map(self._publish_one, request.messages))
+            return pb.PublishBatchResponse(results=results)
+
+        return await self._call("PublishBatch", context, publish_all)
+
+    async def _publish_many(self, request: pb.PublishBatchRequest) -> list[pb.PublishResult]:
+        assert self._batch_publisher is not None
+        results: list[pb.PublishResult | None] = []
+        messages: list[OutgoingMessage] = []
+        for item in request.messages:
+            try:
+                messages.append(publish_from_proto(item))
+            except InvalidArgumentError as exc:
+                results.append(pb.PublishResult(error=publish_error(exc)))
+            else:
+                results.append(None)
+        outcomes = iter(await self._batch_publisher.publish_many(messages))
+        return [result or _publish_result(next(outcomes)) for result in results]
+
+    async def _publish_one(self, request: pb.PublishRequest) -> pb.PublishResult:
+        try:
+            ack = await self._broker.publish(publish_from_proto(request))
+        except Exception as exc:
+            if code_for(exc) is None:
+                raise
+            return pb.PublishResult(error=publish_error(exc))
+        return pb.PublishResult(ack=publish_ack_to_proto(ack))
+
     async def Ack(self, request: pb.AckRequest, context: Context) -> pb.AckResponse:
         async def ack() -> pb.AckResponse:
+            items = ack_items_from_proto(request)
+            # Together: a broker that stores acknowledgements commits them at once.
+            outcomes = await asyncio.gather(
+                *(self._broker.ack(ack_id, kind, delay) for ack_id, kind, delay in items),
+                return_exceptions=True,
+            )
             unknown: list[str] = []
-            for ack_id, kind, delay in ack_items_from_proto(request):
-                try:
-                    await self._broker.ack(ack_id, kind, delay)
-                except AckNotFoundError:
+            for (ack_id, _, _), outcome in zip(items, outcomes, strict=True):
+                if isinstance(outcome, AckNotFoundError):
                     unknown.append(ack_id)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
             return pb.AckResponse(unknown=unknown)
 
         return await self._call("Ack", context, ack)
@@ -212,8 +280,13 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
             yield pb.SubscribeResponse(
                 subscribed=pb.Subscribed(stream=stream, next_sequence=sub.next_sequence)
             )
-            async for delivery in sub:
-                yield pb.SubscribeResponse(message=delivery_to_proto(delivery))
+            if request.batched:
+                async for batch in _batches(sub):
+                    messages = [delivery_to_proto(delivery) for delivery in batch]
+                    yield pb.SubscribeResponse(batch=pb.MessageBatch(messages=messages))
+            else:
+                async for delivery in sub:
+                    yield pb.SubscribeResponse(message=delivery_to_proto(delivery))
             if self._draining or self._is_draining():
                 raise UnavailableError("control plane is draining; subscribe again elsewhere")
             raise UnavailableError("the broker ended this subscription; subscribe again")
@@ -228,6 +301,65 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
                     request.subject,
                     sub.dropped,
                 )
+
+
+#: The result of a core publish (nothing stored): the same every time.
+_CORE_RESULT = pb.PublishResult(ack=pb.PublishResponse())
+
+
+def _publish_result(outcome: PublishAck | Exception) -> pb.PublishResult:
+    if isinstance(outcome, PublishAck):
+        if not outcome.stream:
+            return _CORE_RESULT
+        return pb.PublishResult(ack=publish_ack_to_proto(outcome))
+    return pb.PublishResult(error=publish_error(outcome))
+
+
+async def _batches(sub: Subscription) -> AsyncIterator[list[Delivery]]:
+    """What ``sub`` delivers, in order, as lists of what was ready together.
+
+    One task reads ahead into a buffer of about ``BATCH_MESSAGES`` (so the
+    subscription's own bound still applies behind it) while the stream
+    writes; each list is what gathered meanwhile, at most ``BATCH_MESSAGES``
+    messages and ``BATCH_BYTES`` of payload (a larger message goes alone).
+    """
+    ready: deque[Delivery] = deque()
+    more = asyncio.Event()
+    room = asyncio.Event()
+    room.set()
+
+    async def read() -> None:
+        try:
+            async for delivery in sub:
+                ready.append(delivery)
+                more.set()
+                if len(ready) >= BATCH_MESSAGES:
+                    room.clear()
+                    await room.wait()
+        finally:
+            more.set()
+
+    reader = asyncio.create_task(read(), name="bus-subscribe-read")
+    try:
+        while True:
+            await more.wait()
+            more.clear()
+            while ready:
+                batch = [ready.popleft()]
+                size = len(batch[0].data)
+                while ready and len(batch) < BATCH_MESSAGES:
+                    size += len(ready[0].data)
+                    if size > BATCH_BYTES:
+                        break
+                    batch.append(ready.popleft())
+                room.set()
+                yield batch
+            if reader.done():
+                reader.result()  # the subscription's error, if it ended with one
+                return
+    finally:
+        reader.cancel()
+        await asyncio.wait({reader})
 
 
 def add_messaging(

@@ -31,7 +31,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -54,6 +54,7 @@ from ._protocol import (
     AckKind,
     AckNotFoundError,
     BusClosedError,
+    BusError,
     BusUnavailableError,
     Delivery,
     NoRespondersError,
@@ -212,6 +213,33 @@ class EmbeddedBroker:
     async def publish(self, message: OutgoingMessage) -> PublishAck:
         """Routes ``message``; for a subject a stream captures, returns once it is stored."""
         self._check_running()
+        ack, stored = self._accept(message)
+        if stored:
+            await self._commit()
+        return ack
+
+    async def publish_many(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> list[PublishAck | Exception]:
+        """Publishes each message in order as :meth:`publish` would, the stored ones
+        in one commit; a refused message is its error in the list, not raised."""
+        self._check_running()
+        results: list[PublishAck | Exception] = []
+        stored = False
+        for message in messages:
+            try:
+                ack, kept = self._accept(message)
+            except BusError as exc:
+                results.append(exc)
+            else:
+                results.append(ack)
+                stored = stored or kept
+        if stored:
+            await self._commit()
+        return results
+
+    def _accept(self, message: OutgoingMessage) -> tuple[PublishAck, bool]:
+        """Checks and routes ``message``; whether its ack must wait for the journal."""
         validate_subject(message.subject, field="subject")
         if message.reply_to:
             validate_subject(message.reply_to, field="reply_to")
@@ -224,9 +252,7 @@ class EmbeddedBroker:
         ack, stored, _ = self._route(
             message.subject, bytes(message.data), headers, message.id, message.reply_to
         )
-        if stored:
-            await self._commit()
-        return ack
+        return ack, stored
 
     def _route(
         self, subject: str, data: bytes, headers: dict[str, str], msg_id: str, reply_to: str

@@ -375,3 +375,44 @@ async def test_what_would_be_refused_is_not_buffered(plane: ControlPlane) -> Non
         await plane.up()
     finally:
         await relay.close()
+
+
+async def test_concurrent_publishes_go_upstream_together_in_order(
+    bus: BusClient, plane: ControlPlane
+) -> None:
+    await bus.add_stream("ledger", ["ledger.>"])
+    outcomes = await asyncio.gather(
+        *(bus.publish("ledger.entry", str(i)) for i in range(200)),
+        bus.publish("ledger..bad", "refused"),
+        return_exceptions=True,
+    )
+    results, refused = outcomes[:200], outcomes[200]
+    assert [getattr(r, "sequence", r) for r in results] == list(range(1, 201))
+    assert isinstance(refused, sdk.InvalidArgumentError)
+    watcher = await plane.broker.subscribe(SubscriptionSpec("ledger.>", durable="audit"))
+    async with asyncio.timeout(WAIT):
+        got = [await anext(aiter(watcher)) for _ in range(200)]
+    assert [d.data for d in got] == [str(i).encode() for i in range(200)]
+    await watcher.close()
+
+
+async def test_sends_while_the_control_plane_is_down_are_buffered_and_arrive_in_order(
+    bus: BusClient, sidecar: Sidecar, plane: ControlPlane
+) -> None:
+    relay = sidecar.relay
+    assert relay is not None
+    watcher = await plane.broker.subscribe(SubscriptionSpec("tick"))
+    async with asyncio.timeout(WAIT):
+        for i in range(100):
+            await bus.send("tick", str(i))
+        got = [await anext(aiter(watcher)) for _ in range(100)]
+    await plane.down()
+    for i in range(100, 300):
+        await bus.send("tick", str(i))
+    await assert_eventually(lambda: relay.buffered == 200, timeout=WAIT)
+    await plane.up()
+    async with asyncio.timeout(WAIT):
+        got += [await anext(aiter(watcher)) for _ in range(200)]
+    assert [d.data for d in got] == [str(i).encode() for i in range(300)]
+    assert bus.send_errors == 0
+    await watcher.close()

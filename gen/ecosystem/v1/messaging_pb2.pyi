@@ -97,8 +97,48 @@ class PublishResponse(_message.Message):
     duplicate: bool
     def __init__(self, stream: _Optional[str] = ..., sequence: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
+class PublishBatchRequest(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[PublishRequest]
+    def __init__(self, messages: _Optional[_Iterable[_Union[PublishRequest, _Mapping]]] = ...) -> None: ...
+
+class PublishBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[PublishResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[PublishResult, _Mapping]]] = ...) -> None: ...
+
+class PublishResult(_message.Message):
+    __slots__ = ("ack", "error")
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ack: PublishResponse
+    error: PublishError
+    def __init__(self, ack: _Optional[_Union[PublishResponse, _Mapping]] = ..., error: _Optional[_Union[PublishError, _Mapping]] = ...) -> None: ...
+
+class PublishError(_message.Message):
+    __slots__ = ("code", "message", "reason", "violations")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    reason: str
+    violations: _containers.RepeatedCompositeFieldContainer[FieldViolation]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., violations: _Optional[_Iterable[_Union[FieldViolation, _Mapping]]] = ...) -> None: ...
+
+class FieldViolation(_message.Message):
+    __slots__ = ("field", "description")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    description: str
+    def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
 class SubscribeRequest(_message.Message):
-    __slots__ = ("subject", "queue_group", "durable", "stream", "deliver", "start_sequence", "start_time_ms", "ack_wait_ms", "max_deliver", "max_ack_pending", "backoff_ms")
+    __slots__ = ("subject", "queue_group", "durable", "stream", "deliver", "start_sequence", "start_time_ms", "ack_wait_ms", "max_deliver", "max_ack_pending", "backoff_ms", "batched")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_GROUP_FIELD_NUMBER: _ClassVar[int]
     DURABLE_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +150,7 @@ class SubscribeRequest(_message.Message):
     MAX_DELIVER_FIELD_NUMBER: _ClassVar[int]
     MAX_ACK_PENDING_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_FIELD_NUMBER: _ClassVar[int]
     subject: str
     queue_group: str
     durable: str
@@ -121,15 +162,24 @@ class SubscribeRequest(_message.Message):
     max_deliver: int
     max_ack_pending: int
     backoff_ms: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., durable: _Optional[str] = ..., stream: _Optional[str] = ..., deliver: _Optional[_Union[DeliverPolicy, str]] = ..., start_sequence: _Optional[int] = ..., start_time_ms: _Optional[int] = ..., ack_wait_ms: _Optional[int] = ..., max_deliver: _Optional[int] = ..., max_ack_pending: _Optional[int] = ..., backoff_ms: _Optional[_Iterable[int]] = ...) -> None: ...
+    batched: bool
+    def __init__(self, subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., durable: _Optional[str] = ..., stream: _Optional[str] = ..., deliver: _Optional[_Union[DeliverPolicy, str]] = ..., start_sequence: _Optional[int] = ..., start_time_ms: _Optional[int] = ..., ack_wait_ms: _Optional[int] = ..., max_deliver: _Optional[int] = ..., max_ack_pending: _Optional[int] = ..., backoff_ms: _Optional[_Iterable[int]] = ..., batched: _Optional[bool] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("message", "subscribed")
+    __slots__ = ("message", "subscribed", "batch")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     message: Message
     subscribed: Subscribed
-    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ...) -> None: ...
+    batch: MessageBatch
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ..., batch: _Optional[_Union[MessageBatch, _Mapping]] = ...) -> None: ...
+
+class MessageBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
 
 class Subscribed(_message.Message):
     __slots__ = ("stream", "next_sequence")

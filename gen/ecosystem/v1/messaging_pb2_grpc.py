@@ -53,6 +53,11 @@ class MessagingServiceStub:
                 request_serializer=ecosystem_dot_v1_dot_messaging__pb2.PublishRequest.SerializeToString,
                 response_deserializer=ecosystem_dot_v1_dot_messaging__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.PublishBatch = channel.unary_unary(
+                '/ecosystem.v1.MessagingService/PublishBatch',
+                request_serializer=ecosystem_dot_v1_dot_messaging__pb2.PublishBatchRequest.SerializeToString,
+                response_deserializer=ecosystem_dot_v1_dot_messaging__pb2.PublishBatchResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/ecosystem.v1.MessagingService/Subscribe',
                 request_serializer=ecosystem_dot_v1_dot_messaging__pb2.SubscribeRequest.SerializeToString,
@@ -111,6 +116,18 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishBatch(self, request, context):
+        """Publishes several messages in one call, in their order, each as Publish
+        would; one result per message, in the same order. A message that is
+        refused (bad subject, too large…) does not stop the others. At most
+        1000 messages; the call fails as a whole only when it cannot be served
+        (UNAVAILABLE, INVALID_ARGUMENT for too many messages). The SDK and the
+        sidecar's relay coalesce concurrent publishes into these calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Subscribe(self, request, context):
         """Messages matching a pattern, as they arrive (core), or from a durable
         consumer of a stream (at least once; acknowledge with Ack).
@@ -164,6 +181,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.Publish,
                     request_deserializer=ecosystem_dot_v1_dot_messaging__pb2.PublishRequest.FromString,
                     response_serializer=ecosystem_dot_v1_dot_messaging__pb2.PublishResponse.SerializeToString,
+            ),
+            'PublishBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishBatch,
+                    request_deserializer=ecosystem_dot_v1_dot_messaging__pb2.PublishBatchRequest.FromString,
+                    response_serializer=ecosystem_dot_v1_dot_messaging__pb2.PublishBatchResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -237,6 +259,33 @@ class MessagingService:
             '/ecosystem.v1.MessagingService/Publish',
             ecosystem_dot_v1_dot_messaging__pb2.PublishRequest.SerializeToString,
             ecosystem_dot_v1_dot_messaging__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecosystem.v1.MessagingService/PublishBatch',
+            ecosystem_dot_v1_dot_messaging__pb2.PublishBatchRequest.SerializeToString,
+            ecosystem_dot_v1_dot_messaging__pb2.PublishBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
