@@ -5,9 +5,15 @@ method goes through ``_call`` — the one place where broker and domain errors
 become gRPC statuses, via ``controlplane.errors.to_status`` — and a draining
 process turns new calls away with UNAVAILABLE.
 
+``PublishBatch`` publishes its messages in order, through the broker's
+``publish_many`` when it has one (the embedded broker: one commit for the
+batch), else one ``publish`` each, all started before any is awaited; each
+message gets its own result. An ``Ack`` call's items are settled together.
+
 A Subscribe call is one session: the broker subscription is in place before
 ``Subscribed`` is sent; then deliveries are written as they come out of the
-subscription's bounded queue (a slow client stalls the writes, the broker
+subscription's bounded queue — several per response for a ``batched``
+request (a slow client stalls the writes, the broker
 then drops core messages for it and holds durable ones back); the session
 ends when the client cancels (the subscription is closed), when the broker
 ends the subscription, or on :meth:`MessagingServicer.drain` (UNAVAILABLE, so
