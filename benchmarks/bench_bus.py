@@ -50,20 +50,14 @@ See docs/benchmarks.md, "Message bus".
 
 from __future__ import annotations
 
-import abc
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import json
 import math
 import os
-import shutil
 import signal
-import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,25 +67,28 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from benchmarks._bus_processes import (
+    BusControlPlane,
+    NatsServer,
+    RelayProcess,
+    nats_server_binary,
+    relay_available,
+)
+from benchmarks._bus_routes import DIRECT, RECEIVE_WINDOW, NatsRoute, Route, SdkRoute
 from benchmarks._report import Reporter, percentile
-from benchmarks._servers import Server, ServerError, _eco_cli, cpu_seconds, free_port
-from sdk import BusClient
+from benchmarks._servers import ServerError, cpu_seconds
 
 __all__ = ["run"]
 
 PAYLOAD = 128  # bytes
 PUBLISH_WINDOW = 64  # core: publishes in flight
-RECEIVE_WINDOW = 1_000  # core: published but not yet received
 DURABLE_PUBLISHERS = 64
 LATENCY_RATE = 1_000  # msgs/s
 DURABLE_PUBLISH_BUDGET = 5_000  # msgs/s, embedded broker with SQLite
 BUDGET_SYSTEM = "embedded-sqlite"
-DIRECT = "direct-nats"
 RELAY = "relay-nats"
 RELAY_BUDGET = 0.5  # times the direct client's core msgs/s
-_READY_TIMEOUT = 30.0
 _DRAIN_TIMEOUT = 5.0  # for the last messages after the publisher stops
-_PR_SET_PDEATHSIG = 1
 _STAMP = struct.Struct("<q")
 
 
@@ -123,426 +120,10 @@ def _payload(stamp: int = 0) -> bytes:
     return _STAMP.pack(stamp) + b"x" * (PAYLOAD - _STAMP.size)
 
 
-# -- the processes -----------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def nats_server_binary() -> str:
-    found = shutil.which("nats-server") or shutil.which(
-        "nats-server", path="/usr/sbin:/usr/local/sbin:/sbin"
-    )
-    if found is None:
-        raise ServerError("nats-server not found: run scripts/install-nats.sh")
-    return found
-
-
-class NatsServer:
-    """``nats-server -js`` on a free port with its store in ``workdir``; ready once it
-    greets a client with JetStream on."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None, "not started"
-        return self._proc.pid
-
-    def version(self) -> str:
-        out = subprocess.run(
-            [nats_server_binary(), "--version"], capture_output=True, timeout=10, check=False
-        )
-        return out.stdout.decode(errors="replace").strip().rpartition(" ")[2]
-
-    def __enter__(self) -> NatsServer:
-        binary = nats_server_binary()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self._proc = subprocess.Popen(
-            [
-                binary,
-                "--addr=127.0.0.1",
-                f"--port={self.port}",
-                "--server_name=eco-bench",
-                "--jetstream",
-                f"--store_dir={self.workdir / 'jetstream'}",
-                f"--log={self.workdir / 'nats.log'}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        deadline = time.monotonic() + _READY_TIMEOUT
-        while not self._ready():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise ServerError(f"nats-server did not start: {self._log_tail()}")
-            time.sleep(0.02)
-        return self
-
-    def _ready(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                line = sock.makefile("rb").readline()
-        except OSError:
-            return False
-        if not line.startswith(b"INFO "):
-            return False
-        try:
-            return bool(json.loads(line[5:]).get("jetstream"))
-        except ValueError:
-            return False
-
-    def _log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return (self.workdir / "nats.log").read_text(errors="replace")[-2000:]
-        return "(no log)"
-
-    def __exit__(self, *exc: object) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class BusControlPlane(Server):
-    """``eco controlplane --store STORE --bus BUS``."""
-
-    system = "ecosystem"
-
-    def __init__(self, workdir: Path, store_url: str, bus_url: str) -> None:
-        super().__init__(workdir)
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.store_url = store_url
-        self.bus_url = bus_url
-
-    def command(self) -> list[str]:
-        eco = _eco_cli()
-        if eco is None:
-            raise ServerError("the eco CLI is not installed: pip install -e '.[dev]'")
-        self.launcher = "eco controlplane"
-        return [
-            eco,
-            "controlplane",
-            "--listen",
-            self.target,
-            "--admin-listen",
-            f"127.0.0.1:{self.admin_port}",
-            "--store",
-            self.store_url,
-            "--bus",
-            self.bus_url,
-        ]
-
-    def ready_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}/healthz"
-
-
-_ROOT = Path(__file__).resolve().parent.parent
-# The relay runs in its temp dir, so it finds this module through argv[1].
-_RUN_RELAY = (
-    "import sys\n"
-    "sys.path.insert(0, sys.argv[1])\n"
-    "from benchmarks.bench_bus import relay_main\n"
-    "sys.exit(relay_main(sys.argv[2:]))\n"
-)
-
-
-def relay_available() -> bool:
-    """Whether the sidecar's bus relay (``sidecar.relay.attach_relay``) is there."""
-    try:
-        from sidecar import relay
-    except ImportError:
-        return False
-    return hasattr(relay, "RelayBroker") and hasattr(relay, "attach_relay")
-
-
-class RelayProcess:
-    """The sidecar's bus relay alone in its own process (what ``eco sidecar`` serves
-    on its local API): ``MessagingService`` on a free port over a ``RelayBroker``
-    to ``upstream``; ready once its port accepts connections."""
-
-    def __init__(self, workdir: Path, upstream: str) -> None:
-        self.workdir = workdir
-        self.upstream = upstream
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None, "not started"
-        return self._proc.pid
-
-    def __enter__(self) -> RelayProcess:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        log = self.workdir / "relay.log"
-        with open(log, "ab") as out:
-            self._proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _RUN_RELAY,
-                    str(_ROOT),
-                    str(self.port),
-                    self.upstream,
-                    str(self.workdir),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        deadline = time.monotonic() + _READY_TIMEOUT
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                return self
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                tail = log.read_text(errors="replace")[-2000:]
-                raise ServerError(f"the relay did not start: {tail}")
-            time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def relay_main(argv: list[str]) -> int:
-    """``PORT UPSTREAM DATA_DIR``: serves the relay until SIGTERM (the relay process)."""
-    import grpc.aio
-
-    from sidecar.relay import attach_relay
-
-    port, upstream, data_dir = int(argv[0]), argv[1], Path(argv[2])
-
-    async def serve() -> None:
-        stopping = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
-        server = grpc.aio.server()
-        relay, _ = await attach_relay(server, [upstream], data_dir, lambda: False)
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        await stopping.wait()
-        await server.stop(1.0)
-        await relay.close()
-
-    try:
-        import uvloop  # as the sidecar runs
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(serve())
-    else:
-        uvloop.run(serve())
-    return 0
-
-
-# -- the clients: one interface over BusClient and nats-py -------------------------------------
-
-Handler = Callable[[bytes], None]
-
-
-class _Route(abc.ABC):
-    """One way to the bus: publish, subscribe (core and durable), durable streams."""
-
-    system = ""
-    pids: dict[str, int]  # the processes serving it, by role
-
-    async def __aenter__(self) -> _Route:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Closes the route's clients."""
-
-    @abc.abstractmethod
-    async def publish(self, subject: str, data: bytes) -> None:
-        """Core: returns once the message is handed over (sent, or buffered to send)."""
-
-    @abc.abstractmethod
-    async def publish_durable(self, subject: str, data: bytes) -> None:
-        """Returns once the stream acknowledged it stored the message."""
-
-    @abc.abstractmethod
-    async def subscribe(self, subject: str, on_message: Handler) -> Callable[[], Awaitable[None]]:
-        """Calls ``on_message`` with each payload; returns a function that unsubscribes."""
-
-    @abc.abstractmethod
-    async def consume(self, subject: str, durable: str, count: int) -> float:
-        """Reads ``count`` stored messages with a new durable consumer, acknowledging
-        each; returns the seconds from the subscription to the last acknowledgement."""
-
-    @abc.abstractmethod
-    async def add_stream(self, name: str, subjects: list[str]) -> None:
-        """Creates a durable stream capturing ``subjects``."""
-
-
-class _SdkRoute(_Route):
-    def __init__(self, system: str, target: str, pids: dict[str, int]) -> None:
-        self.system = system
-        self.pids = pids
-        self._pub = BusClient(target, timeout=30.0)
-        self._sub = BusClient(target, timeout=30.0)
-
-    async def close(self) -> None:
-        await self._sub.close()
-        await self._pub.close()
-
-    async def publish(self, subject: str, data: bytes) -> None:
-        await self._pub.send(subject, data)
-
-    async def publish_durable(self, subject: str, data: bytes) -> None:
-        await self._pub.publish(subject, data)
-
-    publish_acked = publish_durable
-
-    async def subscribe(self, subject: str, on_message: Handler) -> Callable[[], Awaitable[None]]:
-        sub = await self._sub.subscribe(subject, buffer=RECEIVE_WINDOW * 2).start()
-
-        async def read() -> None:
-            async for message in sub:
-                on_message(message.data)
-
-        reader = asyncio.create_task(read(), name="bench-bus-reader")
-
-        async def stop() -> None:
-            await sub.close()
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-
-        return stop
-
-    async def consume(self, subject: str, durable: str, count: int) -> float:
-        acks: list[asyncio.Task[bool]] = []
-        started = time.perf_counter()
-        async with self._sub.subscribe(
-            subject, durable=durable, deliver="all", max_ack_pending=10_000, buffer=1_000
-        ) as sub:
-            async for message in sub:
-                acks.append(asyncio.create_task(message.ack()))
-                if len(acks) >= count:
-                    break
-            done = await asyncio.gather(*acks)
-        if not all(done):
-            raise ServerError(f"{self.system}: {done.count(False)} acknowledgements not taken")
-        return time.perf_counter() - started
-
-    async def add_stream(self, name: str, subjects: list[str]) -> None:
-        await self._pub.add_stream(name, subjects)
-
-
-class _NatsRoute(_Route):
-    system = DIRECT
-
-    def __init__(self, url: str, pid: int) -> None:
-        self._url = url
-        self.pids = {"nats_server": pid}
-        self._pub: Any = None
-        self._sub: Any = None
-
-    async def __aenter__(self) -> _NatsRoute:
-        import nats
-
-        self._pub = await nats.connect(self._url)
-        try:
-            self._sub = await nats.connect(self._url)
-        except BaseException:
-            await self._pub.close()
-            raise
-        return self
-
-    async def close(self) -> None:
-        for conn in (self._sub, self._pub):
-            if conn is not None:
-                await conn.close()
-
-    async def publish(self, subject: str, data: bytes) -> None:
-        await self._pub.publish(subject, data)
-
-    async def publish_durable(self, subject: str, data: bytes) -> None:
-        await self._pub.jetstream().publish(subject, data)
-
-    async def subscribe(self, subject: str, on_message: Handler) -> Callable[[], Awaitable[None]]:
-        async def handle(msg: Any) -> None:
-            on_message(msg.data)
-
-        sub = await self._sub.subscribe(subject, cb=handle)
-        await self._sub.flush()  # the server has the interest before the first publish
-
-        async def stop() -> None:
-            await sub.unsubscribe()
-
-        return stop
-
-    async def consume(self, subject: str, durable: str, count: int) -> float:
-        got = 0
-        finished = asyncio.get_running_loop().create_future()
-
-        async def handle(msg: Any) -> None:
-            nonlocal got
-            await msg.ack()
-            got += 1
-            if got >= count and not finished.done():
-                finished.set_result(None)
-
-        js = self._sub.jetstream()
-        started = time.perf_counter()
-        sub = await js.subscribe(
-            subject, durable=durable, cb=handle, manual_ack=True, pending_msgs_limit=100_000
-        )
-        try:
-            await finished
-            await self._sub.flush()  # the acknowledgements have reached the server
-            return time.perf_counter() - started
-        finally:
-            await sub.unsubscribe()
-
-    async def add_stream(self, name: str, subjects: list[str]) -> None:
-        await self._pub.jetstream().add_stream(name=name, subjects=subjects)
-
-
 # -- measurements --------------------------------------------------------------------------------
 
 
-async def _core_throughput(route: _Route, seconds: float, *, acked: bool = False) -> dict[str, Any]:
+async def _core_throughput(route: Route, seconds: float, *, acked: bool = False) -> dict[str, Any]:
     received = 0
     last_receipt = 0.0
     progress = asyncio.Event()
@@ -554,7 +135,7 @@ async def _core_throughput(route: _Route, seconds: float, *, acked: bool = False
         progress.set()
 
     stop = await route.subscribe("bench.core", on_message)
-    publish = route.publish_acked if acked and isinstance(route, _SdkRoute) else route.publish
+    publish = route.publish_acked if acked and isinstance(route, SdkRoute) else route.publish
     data = _payload()
     slots = asyncio.Semaphore(PUBLISH_WINDOW)
     in_flight: set[asyncio.Task[None]] = set()
@@ -601,7 +182,7 @@ async def _core_throughput(route: _Route, seconds: float, *, acked: bool = False
     }
 
 
-async def _core_latency(route: _Route, seconds: float) -> dict[str, Any]:
+async def _core_latency(route: Route, seconds: float) -> dict[str, Any]:
     clock = time.perf_counter_ns
     latencies: list[float] = []
     progress = asyncio.Event()
@@ -657,14 +238,14 @@ async def _core_latency(route: _Route, seconds: float) -> dict[str, Any]:
     }
 
 
-def _durable_names(route: _Route) -> tuple[str, str]:
+def _durable_names(route: Route) -> tuple[str, str]:
     """The stream and subject prefix of a route: its own, as two routes share one
     nats-server (and the project may name JetStream streams as given)."""
     tag = route.system.replace("-", "_")
     return f"BENCH_{tag}", f"durable.{tag}"
 
 
-async def _durable_publish(route: _Route, seconds: float) -> dict[str, Any]:
+async def _durable_publish(route: Route, seconds: float) -> dict[str, Any]:
     stream, prefix = _durable_names(route)
     await route.add_stream(stream, [f"{prefix}.>"])
     data = _payload()
@@ -701,7 +282,7 @@ async def _durable_publish(route: _Route, seconds: float) -> dict[str, Any]:
     }
 
 
-async def _durable_consume(route: _Route, count: int) -> dict[str, Any]:
+async def _durable_consume(route: Route, count: int) -> dict[str, Any]:
     _, prefix = _durable_names(route)
     seconds = await route.consume(f"{prefix}.>", "bench", count)
     return {"msgs_per_s": count / seconds, "messages": count, "seconds": seconds}
@@ -718,7 +299,7 @@ Figures = dict[str, dict[str, Any]]  # bench → its figures (or {"error": …})
 
 
 async def _step(
-    route: _Route, bench: str, figures: Figures, limit: float, work: Awaitable[dict[str, Any]]
+    route: Route, bench: str, figures: Figures, limit: float, work: Awaitable[dict[str, Any]]
 ) -> None:
     """One measurement within ``limit`` seconds; a failure is that bench's error only."""
     client = time.process_time()
@@ -742,14 +323,14 @@ async def _step(
         }
 
 
-async def _measure_route(route: _Route, sizes: _Sizes) -> Figures:
+async def _measure_route(route: Route, sizes: _Sizes) -> Figures:
     figures: Figures = {}
     limit = sizes.seconds + 30
     _progress(f"{route.system}: core throughput")
     await _step(
         route, "bus_core_throughput", figures, limit, _core_throughput(route, sizes.seconds)
     )
-    if isinstance(route, _SdkRoute):
+    if isinstance(route, SdkRoute):
         _progress(f"{route.system}: core throughput, each publish awaited")
         work = _core_throughput(route, sizes.seconds, acked=True)
         await _step(route, "bus_core_throughput_acked", figures, limit, work)
@@ -798,7 +379,7 @@ def _rows(system: str, figures: Figures, direct: Figures) -> list[dict[str, Any]
 
 
 async def _measure_all(
-    routes: list[tuple[str, Callable[[], _Route]]],
+    routes: list[tuple[str, Callable[[], Route]]],
     sizes: _Sizes,
     emit: Callable[[dict[str, Any]], None],
 ) -> None:
@@ -878,17 +459,17 @@ def run(quick: bool, emit: Callable[[dict[str, Any]], None] | None = None) -> li
                 "relay": relay_note,
             }
         )
-        routes: list[tuple[str, Callable[[], _Route]]] = [
-            (DIRECT, lambda: _NatsRoute(nats.url, nats.pid)),
+        routes: list[tuple[str, Callable[[], Route]]] = [
+            (DIRECT, lambda: NatsRoute(nats.url, nats.pid)),
             *(
-                (system, lambda s=system, p=plane: _SdkRoute(s, p.target, _pids(p, s, nats)))
+                (system, lambda s=system, p=plane: SdkRoute(s, p.target, _pids(p, s, nats)))
                 for system, plane in planes.items()
             ),
         ]
         if relay is not None:
             pids = _pids(planes["nats"], "nats", nats) | {"relay": relay.pid}
             target = relay.target
-            routes.append((RELAY, lambda: _SdkRoute(RELAY, target, pids)))
+            routes.append((RELAY, lambda: SdkRoute(RELAY, target, pids)))
         asyncio.run(_measure_all(routes, sizes, collect))
         for plane in planes.values():
             plane.check_alive()

@@ -1,0 +1,268 @@
+"""The processes of the bus benchmark: nats-server, ``eco controlplane`` with a bus,
+and the sidecar's bus relay alone in a process (see benchmarks/bench_bus.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks._servers import Server, ServerError, _eco_cli, free_port
+
+__all__ = ["BusControlPlane", "NatsServer", "RelayProcess", "nats_server_binary", "relay_available"]
+
+_READY_TIMEOUT = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def nats_server_binary() -> str:
+    found = shutil.which("nats-server") or shutil.which(
+        "nats-server", path="/usr/sbin:/usr/local/sbin:/sbin"
+    )
+    if found is None:
+        raise ServerError("nats-server not found: run scripts/install-nats.sh")
+    return found
+
+
+class NatsServer:
+    """``nats-server -js`` on a free port with its store in ``workdir``; ready once it
+    greets a client with JetStream on."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
+    def version(self) -> str:
+        out = subprocess.run(
+            [nats_server_binary(), "--version"], capture_output=True, timeout=10, check=False
+        )
+        return out.stdout.decode(errors="replace").strip().rpartition(" ")[2]
+
+    def __enter__(self) -> NatsServer:
+        binary = nats_server_binary()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self._proc = subprocess.Popen(
+            [
+                binary,
+                "--addr=127.0.0.1",
+                f"--port={self.port}",
+                "--server_name=eco-bench",
+                "--jetstream",
+                f"--store_dir={self.workdir / 'jetstream'}",
+                f"--log={self.workdir / 'nats.log'}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        deadline = time.monotonic() + _READY_TIMEOUT
+        while not self._ready():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise ServerError(f"nats-server did not start: {self._log_tail()}")
+            time.sleep(0.02)
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                line = sock.makefile("rb").readline()
+        except OSError:
+            return False
+        if not line.startswith(b"INFO "):
+            return False
+        try:
+            return bool(json.loads(line[5:]).get("jetstream"))
+        except ValueError:
+            return False
+
+    def _log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return (self.workdir / "nats.log").read_text(errors="replace")[-2000:]
+        return "(no log)"
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class BusControlPlane(Server):
+    """``eco controlplane --store STORE --bus BUS``."""
+
+    system = "ecosystem"
+
+    def __init__(self, workdir: Path, store_url: str, bus_url: str) -> None:
+        super().__init__(workdir)
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.store_url = store_url
+        self.bus_url = bus_url
+
+    def command(self) -> list[str]:
+        eco = _eco_cli()
+        if eco is None:
+            raise ServerError("the eco CLI is not installed: pip install -e '.[dev]'")
+        self.launcher = "eco controlplane"
+        return [
+            eco,
+            "controlplane",
+            "--listen",
+            self.target,
+            "--admin-listen",
+            f"127.0.0.1:{self.admin_port}",
+            "--store",
+            self.store_url,
+            "--bus",
+            self.bus_url,
+        ]
+
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}/healthz"
+
+
+_ROOT = Path(__file__).resolve().parent.parent
+# The relay runs in its temp dir, so it finds this module through argv[1].
+_RUN_RELAY = (
+    "import sys\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "from benchmarks._bus_processes import relay_main\n"
+    "sys.exit(relay_main(sys.argv[2:]))\n"
+)
+
+
+def relay_available() -> bool:
+    """Whether the sidecar's bus relay (``sidecar.relay.attach_relay``) is there."""
+    try:
+        from sidecar import relay
+    except ImportError:
+        return False
+    return hasattr(relay, "RelayBroker") and hasattr(relay, "attach_relay")
+
+
+class RelayProcess:
+    """The sidecar's bus relay alone in its own process (what ``eco sidecar`` serves
+    on its local API): ``MessagingService`` on a free port over a ``RelayBroker``
+    to ``upstream``; ready once its port accepts connections."""
+
+    def __init__(self, workdir: Path, upstream: str) -> None:
+        self.workdir = workdir
+        self.upstream = upstream
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
+    def __enter__(self) -> RelayProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        log = self.workdir / "relay.log"
+        with open(log, "ab") as out:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _RUN_RELAY,
+                    str(_ROOT),
+                    str(self.port),
+                    self.upstream,
+                    str(self.workdir),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + _READY_TIMEOUT
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1),
+            ):
+                return self
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                tail = log.read_text(errors="replace")[-2000:]
+                raise ServerError(f"the relay did not start: {tail}")
+            time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def relay_main(argv: list[str]) -> int:
+    """``PORT UPSTREAM DATA_DIR``: serves the relay until SIGTERM (the relay process)."""
+    import grpc.aio
+
+    from sidecar.relay import attach_relay
+
+    port, upstream, data_dir = int(argv[0]), argv[1], Path(argv[2])
+
+    async def serve() -> None:
+        stopping = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+        server = grpc.aio.server()
+        relay, _ = await attach_relay(server, [upstream], data_dir, lambda: False)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await stopping.wait()
+        await server.stop(1.0)
+        await relay.close()
+
+    try:
+        import uvloop  # as the sidecar runs
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
+    return 0
