@@ -50,6 +50,7 @@ lint: tools
 ## test: everything the suite needs, then the whole suite
 test: tools check-gen lint
 	scripts/install-nats.sh
+	scripts/install-rabbitmq.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 ## bench: side-by-side benchmarks (never part of `make test`)

@@ -29,7 +29,7 @@ import logging
 import os
 from collections import Counter
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from sdk import (
     AgentNode,
@@ -43,7 +43,7 @@ from sdk import (
 )
 from sidecar.admin import AdminServer
 from sidecar.cache import CACHE_FILE, CacheSource, EndpointCache
-from sidecar.config import INBOUND_PORT_KEY, LocalServiceConfig, SidecarConfig
+from sidecar.config import INBOUND_PORT_KEY, AmqpBridgeConfig, LocalServiceConfig, SidecarConfig
 from sidecar.errors import BadRequestError, StartupError, UnknownInstanceError, UnknownServiceError
 from sidecar.health import CheckKind, HealthChecker, HealthEngine, HealthTransition
 from sidecar.local_api import LocalApiServer, SidecarServicer
@@ -65,6 +65,14 @@ class _State(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+
+class Bridge(Protocol):
+    """A bus bridge the sidecar runs (HTTP/WebSocket, AMQP)."""
+
+    async def stop(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
 
 
 class Sidecar:
@@ -103,7 +111,7 @@ class Sidecar:
             config.controlplane.addresses, config.data_dir, channel_factory=channel_factory
         )
         self._local_api = LocalApiServer(self._servicer, relay=self.relay)
-        self._bridges: list[Any] = []  # BridgeServer, imported only when configured
+        self._bridges: list[Bridge] = []  # BridgeServer, AmqpBridge: imported only when configured
         self._admin = (
             AdminServer(
                 status=self.status,
@@ -134,6 +142,11 @@ class Sidecar:
     @property
     def admin_address(self) -> str:
         return self._admin.address if self._admin is not None else ""
+
+    @property
+    def bridges(self) -> tuple[Bridge, ...]:
+        """The bus bridges, started (each has ``status()``)."""
+        return tuple(self._bridges)
 
     @property
     def connected(self) -> bool:
@@ -209,18 +222,24 @@ class Sidecar:
                 self.engine.add(service.id, check)
         await self.relay.start()
         await self._local_api.start(config.local_api)
-        if config.bridges:
+        for bridge in config.bridges:
+            if isinstance(bridge, AmqpBridgeConfig):
+                from sidecar._bridge_amqp import AmqpBridge  # aio-pika only when configured
+
+                amqp = AmqpBridge(self.relay, bridge)
+                self._bridges.append(amqp)
+                await amqp.start()  # connects in the background, retrying
+                continue
             from sidecar.bridges import BridgeServer  # aiohttp only when a bridge is configured
 
-            for bridge in config.bridges:
-                server = BridgeServer(self.relay, bridge.listen, max_body=bridge.max_body)
-                self._bridges.append(server)
-                try:
-                    await server.start()
-                except OSError as exc:
-                    raise StartupError(
-                        f"bridge: cannot listen on {bridge.listen}: {exc.strerror or exc}"
-                    ) from None
+            server = BridgeServer(self.relay, bridge.listen, max_body=bridge.max_body)
+            self._bridges.append(server)
+            try:
+                await server.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"bridge: cannot listen on {bridge.listen}: {exc.strerror or exc}"
+                ) from None
         if self._admin is not None and config.admin is not None:
             await self._admin.start(config.admin)
         await self.dataplane.start()

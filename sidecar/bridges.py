@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -87,6 +88,15 @@ class BridgeServer:
     def address(self) -> str:
         """``HOST:PORT`` once started."""
         return self._address
+
+    def status(self) -> dict[str, Any]:
+        """The bridge's state, for the sidecar's status."""
+        return {
+            "protocol": "http",
+            "listen": self._address or f"{self._host}:{self._port}",
+            "state": self._state,
+            "streams": len(self._ctx.sessions),
+        }
 
     def _route(self, handler: _Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         ctx = self._ctx

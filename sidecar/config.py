@@ -29,10 +29,11 @@ import ipaddress
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeGuard
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -45,21 +46,37 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sdk.balancer import STRATEGIES, make_balancer
+from sidecar._bridge_amqp_config import (
+    AmqpBindingConfig,
+    AmqpBridgeConfig,
+    AmqpExchangeConfig,
+    AmqpInboundConfig,
+    AmqpOutboundConfig,
+    AmqpQueueConfig,
+)
 from sidecar._config_file import ConfigError, ConfigProblem, read_config
 from sidecar.health import AnyCheckConfig, CheckConfig, Duration, format_duration
 
 __all__ = [
+    "BRIDGE_PROTOCOLS",
     "DEFAULT_ADMIN",
     "DEFAULT_BALANCER",
     "DEFAULT_CONTROLPLANE",
     "DEFAULT_LOCAL_API",
     "INBOUND_PORT_KEY",
     "PROTOCOLS",
+    "AmqpBindingConfig",
+    "AmqpBridgeConfig",
+    "AmqpExchangeConfig",
+    "AmqpInboundConfig",
+    "AmqpOutboundConfig",
+    "AmqpQueueConfig",
     "BridgeConfig",
     "CircuitBreakerConfig",
     "ConfigError",
     "ConfigProblem",
     "ControlPlaneLinkConfig",
+    "HttpBridgeConfig",
     "InboundConfig",
     "LocalServiceConfig",
     "NodeConfig",
@@ -387,7 +404,7 @@ class InboundConfig(ProxyPolicy):
         return value.strip()
 
 
-class BridgeConfig(_Model):
+class HttpBridgeConfig(_Model):
     """A bus bridge (docs/bus.md#bridges): ``http`` serves HTTP, Server-Sent
     Events and WebSocket on ``listen``, relayed through this sidecar."""
 
@@ -396,6 +413,88 @@ class BridgeConfig(_Model):
     max_body: StrictInt = Field(default=1024 * 1024, ge=1, le=8 * 1024 * 1024)
 
     _listen = field_validator("listen")(_check_listen)
+
+
+#: The bridge kinds by their ``protocol`` (``http`` when a bridge names none).
+BRIDGE_PROTOCOLS: dict[str, type[BaseModel]] = {
+    "http": HttpBridgeConfig,
+    "amqp": AmqpBridgeConfig,
+}
+
+
+def _bridge_kind(value: Any) -> Any:
+    """Validates a bridge as the model its ``protocol`` names, so that its errors name
+    its own fields (``bridges[1].url``), not every kind's."""
+    if not isinstance(value, dict):
+        return value
+    protocol = value.get("protocol", "http")
+    model = BRIDGE_PROTOCOLS.get(protocol) if isinstance(protocol, str) else None
+    if model is None:
+        raise ValidationError.from_exception_data(
+            "BridgeConfig",
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "value_error",
+                        "{msg}",
+                        {
+                            "msg": f"unknown protocol {protocol!r}; expected one of "
+                            + ", ".join(BRIDGE_PROTOCOLS)
+                        },
+                    ),
+                    loc=("protocol",),
+                    input=protocol,
+                )
+            ],
+        )
+    try:
+        return model.model_validate(value)
+    except ValidationError as err:
+        raise _with_known_keys(err, model) from None
+
+
+def _with_known_keys(err: ValidationError, model: type[BaseModel]) -> ValidationError:
+    """``err`` with each unknown key's message listing the keys of the model it is in
+    (the file reader would otherwise list those of the first bridge kind)."""
+    details: list[InitErrorDetails] = []
+    for error in err.errors(include_url=False):
+        loc, kind, message = tuple(error["loc"]), error["type"], str(error["msg"])
+        if kind == "extra_forbidden":
+            keys = ", ".join(_keys_at(model, loc[:-1]))
+            kind = "value_error"
+            message = f"unknown key {loc[-1]!r}" + (f" (expected one of: {keys})" if keys else "")
+        # "{msg}": a message may hold braces (templates) that are not placeholders.
+        error_type = PydanticCustomError(kind, "{msg}", {"msg": message})
+        details.append(InitErrorDetails(type=error_type, loc=loc, input=error.get("input")))
+    return ValidationError.from_exception_data(err.title, details)
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = current.model_fields if _is_model(current) else {}
+        info = fields.get(part)
+        if info is None:
+            return []
+        current = next(
+            (
+                a
+                for a in (info.annotation, *getattr(info.annotation, "__args__", ()))
+                if _is_model(a)
+            ),
+            None,
+        )
+    return sorted(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(value: Any) -> TypeGuard[type[BaseModel]]:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+#: A bus bridge: ``protocol: http`` (the default) or ``protocol: amqp``.
+BridgeConfig = Annotated[HttpBridgeConfig | AmqpBridgeConfig, BeforeValidator(_bridge_kind)]
 
 
 class UpstreamConfig(ProxyPolicy):
@@ -594,8 +693,18 @@ class SidecarConfig(_Model):
         claim(self.admin, "admin", ("admin",))
         for i, upstream in enumerate(self.upstreams):
             claim(upstream.listen, f"upstreams[{i}]", ("upstreams", i, "listen"))
+        amqp_names: dict[str, int] = {}
         for i, bridge in enumerate(self.bridges):
-            claim(bridge.listen, f"bridges[{i}]", ("bridges", i, "listen"))
+            if isinstance(bridge, HttpBridgeConfig):
+                claim(bridge.listen, f"bridges[{i}]", ("bridges", i, "listen"))
+            elif bridge.name in amqp_names:
+                problem(
+                    ("bridges", i, "name"),
+                    f"{bridge.name!r} is also the name of bridges[{amqp_names[bridge.name]}]; "
+                    "give each AMQP bridge its own",
+                )
+            else:
+                amqp_names[bridge.name] = i
         local_names = {s.name for s in services}
         for i, inbound in enumerate(self.inbound):
             claim(inbound.listen, f"inbound[{i}]", ("inbound", i, "listen"))

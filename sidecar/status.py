@@ -130,4 +130,5 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
         )
     doc["upstreams"] = upstreams
     doc["proxy"] = sidecar.dataplane.status()
+    doc["bridges"] = [bridge.status() for bridge in sidecar.bridges]
     return doc

@@ -1,4 +1,5 @@
-"""What running a sidecar imports: not the general HTTP framework and client.
+"""What running a sidecar imports: not the general HTTP framework and client, nor
+the AMQP client (aio-pika) unless an AMQP bridge starts.
 
 aiohttp costs the sidecar process about 11 MB of resident memory (its budget
 is 60 MB): the admin endpoints have their own small server, and the health
@@ -44,3 +45,33 @@ def test_an_https_probe_still_gets_the_general_client() -> None:
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "True"
+
+
+_AMQP_PROGRAM = """
+import sys
+import eco.cli
+import sidecar.agent
+from sidecar.config import parse_config
+
+parse_config('''
+bridges:
+  - protocol: amqp
+    url: amqp://127.0.0.1/
+    queues: [{name: q}]
+    inbound: [{queue: q, subject: "amqp.{routing_key}"}]
+''')
+amqp = ("aio_pika", "aiormq", "pamqp")
+print(",".join(sorted(n for n in sys.modules if n.split(".")[0] in amqp)))
+"""
+
+
+def test_reading_an_amqp_bridge_config_does_not_import_the_amqp_client() -> None:
+    """aio-pika is imported when an AMQP bridge starts, not before (nor without one)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _AMQP_PROGRAM],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == ""
