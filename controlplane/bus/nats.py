@@ -369,9 +369,16 @@ class NatsBroker:
                 return PublishAck()
             raise BusUnavailableError(f"NATS: JetStream did not store {subject!r} in time") from e
         if (answer.headers or {}).get("Status") == "503":
-            # No stream (and nobody listening) any more: a core publish after all.
+            # Nothing answered for JetStream: either the stream is gone (then this
+            # was a core publish after all), or JetStream is not serving it yet
+            # (just after a server restart): then nothing is stored, say so.
             await self._refresh_streams_quietly()
-            return PublishAck()
+            if self._capturing(subject) is None:
+                return PublishAck()
+            raise BusUnavailableError(
+                f"NATS: JetStream did not answer for {subject!r} (not ready yet?); publish "
+                "it again (with the same id, to store it once)"
+            )
         try:
             ack = json.loads(answer.data)
         except ValueError as e:

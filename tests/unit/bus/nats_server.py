@@ -106,8 +106,11 @@ class NatsServer:
         """Stops the process, keeping its port and store for `resume`."""
         self._terminate(signal.SIGKILL if kill else signal.SIGTERM)
 
-    def resume(self) -> None:
-        """Starts a halted server again on the same port and store."""
+    def resume(self, *, jetstream: bool | None = None) -> None:
+        """Starts a halted server again on the same port and store (with JetStream
+        switched on or off when ``jetstream`` says)."""
+        if jetstream is not None:
+            self._jetstream = jetstream
         # The old process's socket may linger for a moment; retry binding briefly.
         deadline = time.monotonic() + _READY_TIMEOUT
         while True:

@@ -248,6 +248,34 @@ async def test_request_reply_works_after_a_restart(server: NatsServer, broker: N
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_publish_jetstream_does_not_answer_is_not_taken_for_a_core_one(
+    server: NatsServer, broker: NatsBroker
+) -> None:
+    """While JetStream is away (as while nats-server shuts down, or comes up without
+    it), a publish to a subject a known stream captures is not stored: the broker
+    says so (UNAVAILABLE, publish again) instead of answering it as a core publish."""
+    await broker.add_stream(StreamConfig("HELD", ("held.>",)))
+    await asyncio.to_thread(server.halt)
+    await asyncio.to_thread(server.resume, jetstream=False)
+
+    def reconnected() -> None:
+        assert broker._nc is not None and broker._nc.is_connected
+
+    await assert_eventually(reconnected, timeout=30)
+    with pytest.raises(BusUnavailableError) as err:
+        ack = await broker.publish(OutgoingMessage("held.1", b"x", id="h1"))
+        raise AssertionError(f"taken for a core publish ({ack}): nothing was stored")
+    assert "JetStream" in err.value.message
+    await asyncio.to_thread(server.halt)
+    await asyncio.to_thread(server.resume, jetstream=True)
+
+    async def stored() -> None:
+        ack = await broker.publish(OutgoingMessage("held.1", b"x", id="h1"))
+        assert (ack.stream, ack.sequence) == ("HELD", 1)
+
+    await assert_eventually(stored, timeout=30)
+
+
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
 async def test_restart_mid_stream_loses_no_acknowledged_message(
     server: NatsServer, broker: NatsBroker, kill: bool
