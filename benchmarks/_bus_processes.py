@@ -37,9 +37,12 @@ def nats_server_binary() -> str:
     return found
 
 
-class NatsServer:
-    """``nats-server -js`` on a free port with its store in ``workdir``; ready once it
-    greets a client with JetStream on."""
+class _Child:
+    """A process of this benchmark on a free port with its files in ``workdir``:
+    ``_start`` spawns it (tied to this process's life) and waits until
+    ``_ready()``; leaving the ``with`` stops it (SIGTERM, then SIGKILL)."""
+
+    what = "the process"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -47,13 +50,65 @@ class NatsServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    @property
     def pid(self) -> int:
         assert self._proc is not None, "not started"
         return self._proc.pid
+
+    def _start(self, argv: list[str], log: Path, *, capture: bool) -> None:
+        """Runs ``argv``; its output goes to ``log`` when ``capture`` (else it writes
+        ``log`` itself); returns once ``_ready()``, or raises ServerError with the
+        log's tail when it exits or is not ready in time."""
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(open(log, "ab")) if capture else subprocess.DEVNULL
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + _READY_TIMEOUT
+        while not self._ready():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                tail = "(no log)"
+                with contextlib.suppress(OSError):
+                    tail = log.read_text(errors="replace")[-2000:]
+                raise ServerError(f"{self.what} did not start: {tail}")
+            time.sleep(0.02)
+
+    def _ready(self) -> bool:
+        """Whether its port accepts connections."""
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), timeout=1),
+        ):
+            return True
+        return False
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class NatsServer(_Child):
+    """``nats-server -js`` on a free port with its store in ``workdir``; ready once it
+    greets a client with JetStream on."""
+
+    what = "nats-server"
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
 
     def version(self) -> str:
         out = subprocess.run(
@@ -65,28 +120,17 @@ class NatsServer:
         binary = nats_server_binary()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self._proc = subprocess.Popen(
-            [
-                binary,
-                "--addr=127.0.0.1",
-                f"--port={self.port}",
-                "--server_name=eco-bench",
-                "--jetstream",
-                f"--store_dir={self.workdir / 'jetstream'}",
-                f"--log={self.workdir / 'nats.log'}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        deadline = time.monotonic() + _READY_TIMEOUT
-        while not self._ready():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise ServerError(f"nats-server did not start: {self._log_tail()}")
-            time.sleep(0.02)
+        log = self.workdir / "nats.log"
+        argv = [
+            binary,
+            "--addr=127.0.0.1",
+            f"--port={self.port}",
+            "--server_name=eco-bench",
+            "--jetstream",
+            f"--store_dir={self.workdir / 'jetstream'}",
+            f"--log={log}",
+        ]
+        self._start(argv, log, capture=False)
         return self
 
     def _ready(self) -> bool:
@@ -101,22 +145,6 @@ class NatsServer:
             return bool(json.loads(line[5:]).get("jetstream"))
         except ValueError:
             return False
-
-    def _log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return (self.workdir / "nats.log").read_text(errors="replace")[-2000:]
-        return "(no log)"
-
-    def __exit__(self, *exc: object) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class BusControlPlane(Server):
@@ -173,71 +201,35 @@ def relay_available() -> bool:
     return hasattr(relay, "RelayBroker") and hasattr(relay, "attach_relay")
 
 
-class RelayProcess:
+class RelayProcess(_Child):
     """The sidecar's bus relay alone in its own process (what ``eco sidecar`` serves
     on its local API): ``MessagingService`` on a free port over a ``RelayBroker``
     to ``upstream``; ready once its port accepts connections."""
 
+    what = "the relay"
+
     def __init__(self, workdir: Path, upstream: str) -> None:
-        self.workdir = workdir
+        super().__init__(workdir)
         self.upstream = upstream
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None, "not started"
-        return self._proc.pid
-
     def __enter__(self) -> RelayProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        log = self.workdir / "relay.log"
-        with open(log, "ab") as out:
-            self._proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _RUN_RELAY,
-                    str(_ROOT),
-                    str(self.port),
-                    self.upstream,
-                    str(self.workdir),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        deadline = time.monotonic() + _READY_TIMEOUT
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                return self
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                tail = log.read_text(errors="replace")[-2000:]
-                raise ServerError(f"the relay did not start: {tail}")
-            time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        argv = [
+            sys.executable,
+            "-c",
+            _RUN_RELAY,
+            str(_ROOT),
+            str(self.port),
+            self.upstream,
+            str(self.workdir),
+        ]
+        self._start(argv, self.workdir / "relay.log", capture=True)
+        return self
 
 
 def relay_main(argv: list[str]) -> int:

@@ -5,9 +5,8 @@
 # nothing is downloaded when all three are there. Debian/Ubuntu (apt-get)
 # only; elsewhere it says what to install and exits 1.
 set -euo pipefail
-
-export PATH="$PATH:/usr/sbin:/sbin"
-export DEBIAN_FRONTEND=noninteractive
+me=install-bench-tools
+. "$(dirname "$0")/_apt.sh"
 
 missing=()
 for tool in wrk haproxy nginx; do
@@ -19,29 +18,20 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 
 fail() {
-  echo "install-bench-tools: $*" >&2
-  echo "install-bench-tools: the proxy benchmark needs wrk, haproxy and nginx on PATH" \
+  echo "$me: $*" >&2
+  echo "$me: the proxy benchmark needs wrk, haproxy and nginx on PATH" \
     "(missing: ${missing[*]})" >&2
   exit 1
 }
 
-command -v apt-get >/dev/null 2>&1 \
-  || fail "no apt-get here; install ${missing[*]} with this system's package manager"
-
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null 2>&1 || fail "not root and no sudo: run this script as root"
-  sudo=(sudo)
-fi
-
-known() { apt-cache show "$1" >/dev/null 2>&1; }
+apt_ready "${missing[@]}"
 
 # The package of each missing tool; nginx-light is the smallest nginx where it exists.
 packages() {
   local tool
   for tool in "${missing[@]}"; do
     if [ "$tool" = nginx ]; then
-      if known nginx-light; then echo nginx-light; else echo nginx; fi
+      if apt_known nginx-light; then echo nginx-light; else echo nginx; fi
     else
       echo "$tool"
     fi
@@ -49,18 +39,9 @@ packages() {
 }
 
 wanted=($(packages))
-for package in "${wanted[@]}"; do
-  if ! known "$package"; then
-    echo "install-bench-tools: $package not in the package lists; running apt-get update"
-    "${sudo[@]}" apt-get update -qq || fail "apt-get update failed"
-    wanted=($(packages))
-    break
-  fi
-done
-
-echo "install-bench-tools: apt-get install ${wanted[*]}"
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${wanted[@]}" \
-  || fail "apt-get install ${wanted[*]} failed"
+apt_lists_for "${wanted[@]}"
+wanted=($(packages))
+apt_install "${wanted[@]}" || fail "apt-get install ${wanted[*]} failed"
 
 for tool in "${missing[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || fail "$tool is still not on PATH after installing"
