@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import shutil
 import signal
@@ -15,17 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks._servers import Server, ServerError, _eco_cli, free_port
+from benchmarks._servers import (
+    Server,
+    ServerError,
+    _eco_cli,
+    free_port,
+    with_parent_death_signal,
+)
 
 __all__ = ["BusControlPlane", "NatsServer", "RelayProcess", "nats_server_binary", "relay_available"]
 
 _READY_TIMEOUT = 30.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def nats_server_binary() -> str:
@@ -61,13 +60,12 @@ class _Child:
         with contextlib.ExitStack() as files:
             out = files.enter_context(open(log, "ab")) if capture else subprocess.DEVNULL
             self._proc = subprocess.Popen(
-                argv,
+                with_parent_death_signal(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + _READY_TIMEOUT
         while not self._ready():

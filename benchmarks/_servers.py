@@ -11,8 +11,6 @@ asked by the kernel to stop should this process die without cleaning up.
 from __future__ import annotations
 
 import abc
-import contextlib
-import ctypes
 import functools
 import os
 import shutil
@@ -38,7 +36,6 @@ __all__ = [
 
 _READY_TIMEOUT = 60.0
 _STOP_TIMEOUT = 20.0
-_PR_SET_PDEATHSIG = 1
 
 
 class ServerError(RuntimeError):
@@ -79,10 +76,13 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def with_parent_death_signal(cmd: list[str]) -> list[str]:
+    """``cmd`` run so that the kernel stops it (SIGTERM) when the thread that
+    started it ends, through util-linux's ``setpriv`` where there is one. Not a
+    ``preexec_fn``: Python code between fork and exec in a process with gRPC's
+    threads can crash the child."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", *cmd] if setpriv else cmd
 
 
 class Server(abc.ABC):
@@ -118,14 +118,13 @@ class Server(abc.ABC):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                cmd,
+                with_parent_death_signal(cmd),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.workdir,
                 start_new_session=True,  # Ctrl-C reaches us; we stop it in order
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + _READY_TIMEOUT
         url = self.ready_url()

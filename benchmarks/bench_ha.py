@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +64,7 @@ from benchmarks._servers import (
     cpu_seconds,
     etcd_binary,
     free_port,
+    with_parent_death_signal,
 )
 from benchmarks._workers import (
     Child,
@@ -172,14 +172,9 @@ class EtcdMember(Server):
     def start(self) -> None:
         """Launches the member and returns at once: no member answers before
         a quorum of them runs, so the cluster waits for all of them."""
-        # Stopped by the kernel if this process dies, through util-linux's
-        # setpriv rather than a preexec_fn: no Python code runs between fork
-        # and exec, which is not safe in a process with gRPC's threads.
-        setpriv = shutil.which("setpriv")
-        prefix = [setpriv, "--pdeathsig", "TERM"] if setpriv else []
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                [*prefix, *self.command()],
+                with_parent_death_signal(self.command()),  # stopped if this process dies
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
