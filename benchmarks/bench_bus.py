@@ -13,13 +13,15 @@ directory, stopped at the end (also on an error or Ctrl-C):
   that nats-server);
 - when ``sidecar.relay`` is there, the sidecar's bus relay in its own process
   (``attach_relay`` on a gRPC server, as the sidecar's local API serves it),
-  relaying to the control plane on NATS.
+  twice: relaying to the control plane on NATS, and to the one on SQLite.
 
 The project's routes are measured through ``sdk.BusClient`` over gRPC, as an
 application uses the bus (one client to publish, another to subscribe);
 ``direct-nats`` is a ``nats-py`` client on the same nats-server. The
 ``system`` of a line: ``embedded-memory``, ``embedded-sqlite``, ``nats`` (via
-the control plane), ``relay-nats`` (via the relay) or ``direct-nats``.
+the control plane), ``relay-nats`` and ``relay-embedded`` (via the relay, to
+the control plane on NATS or on the embedded broker with SQLite) or
+``direct-nats``.
 Measurements (128-byte payloads):
 
 - ``bus_core_throughput``: one publisher, one subscriber on ``bench.core``;
@@ -53,6 +55,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -87,6 +90,7 @@ LATENCY_RATE = 1_000  # msgs/s
 DURABLE_PUBLISH_BUDGET = 5_000  # msgs/s, embedded broker with SQLite
 BUDGET_SYSTEM = "embedded-sqlite"
 RELAY = "relay-nats"
+RELAY_EMBEDDED = "relay-embedded"
 RELAY_BUDGET = 0.5  # times the direct client's core msgs/s
 _DRAIN_TIMEOUT = 5.0  # for the last messages after the publisher stops
 _STAMP = struct.Struct("<q")
@@ -439,13 +443,18 @@ def run(quick: bool, emit: Callable[[dict[str, Any]], None] | None = None) -> li
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eco-bench-bus-")))
         nats, planes = stack.enter_context(_processes(workdir))
-        relay: RelayProcess | None = None
+        relays: dict[str, tuple[RelayProcess, str]] = {}  # system -> relay, its plane's system
         relay_note = "not measured: sidecar.relay is not there"
         if relay_available():
-            _progress("the sidecar relay, to the control plane on NATS")
+            _progress("the sidecar relay, to the control plane on NATS and on SQLite")
             try:
-                relay = stack.enter_context(RelayProcess(workdir / "relay", planes["nats"].target))
-                relay_note = "relay-nats: app → relay → control plane → nats-server"
+                for system, behind in ((RELAY, "nats"), (RELAY_EMBEDDED, BUDGET_SYSTEM)):
+                    process = RelayProcess(workdir / system, planes[behind].target)
+                    relays[system] = (stack.enter_context(process), behind)
+                relay_note = (
+                    "relay-nats: app → relay → control plane → nats-server; "
+                    "relay-embedded: app → relay → control plane (embedded broker, SQLite)"
+                )
             except ServerError as exc:
                 relay_note = f"the relay did not start: {str(exc)[-300:]}"
                 _progress(relay_note)
@@ -466,10 +475,9 @@ def run(quick: bool, emit: Callable[[dict[str, Any]], None] | None = None) -> li
                 for system, plane in planes.items()
             ),
         ]
-        if relay is not None:
-            pids = _pids(planes["nats"], "nats", nats) | {"relay": relay.pid}
-            target = relay.target
-            routes.append((RELAY, lambda: SdkRoute(RELAY, target, pids)))
+        for system, (relay, behind) in relays.items():
+            pids = _pids(planes[behind], behind, nats) | {"relay": relay.pid}
+            routes.append((system, functools.partial(SdkRoute, system, relay.target, pids)))
         asyncio.run(_measure_all(routes, sizes, collect))
         for plane in planes.values():
             plane.check_alive()
