@@ -215,24 +215,27 @@ class Links:
             max_ack_pending=rule.max_ack_pending,
         )
         subscription = await self._broker.subscribe(spec)
-        # Deliveries whose publish did not finish when the session ended: NAKed on the way out.
-        unsettled: list[Delivery] = []
+        # Deliveries taken from the bus and not yet settled there, from the moment
+        # they are taken (a forwarding task cancelled before it even started
+        # counts): NAKed on the way out, so they come again at once.
+        outstanding: dict[int, Delivery] = {}
         try:
             window = asyncio.Semaphore(rule.max_ack_pending)
             in_flight: dict[str, asyncio.Future[None]] = {}
             ready.set()
             async with asyncio.TaskGroup() as group:
                 async for delivery in subscription:
+                    outstanding[id(delivery)] = delivery
                     await window.acquire()
                     group.create_task(
-                        self._forward_out(rule, exchange, delivery, window, in_flight, unsettled)
+                        self._forward_out(rule, exchange, delivery, window, in_flight, outstanding)
                     )
                 raise SessionLost(f"the bus subscription to {rule.subject!r} ended")
         finally:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(TEARDOWN):
                     await subscription.close()
-                    for delivery in unsettled:
+                    for delivery in list(outstanding.values()):
                         await self._settle(delivery, AckKind.NAK)
 
     def _message_id(self, delivery: Delivery) -> str:
@@ -249,7 +252,7 @@ class Links:
         delivery: Delivery,
         window: asyncio.Semaphore,
         in_flight: dict[str, asyncio.Future[None]],
-        unsettled: list[Delivery],
+        outstanding: dict[int, Delivery],
     ) -> None:
         stats = self.stats
         stats.out_received += 1
@@ -259,20 +262,18 @@ class Links:
             if visited(delivery.headers, self.name):
                 stats.out_looped += 1
                 await self._settle(delivery, AckKind.ACK)
+                outstanding.pop(id(delivery), None)
                 return
             # RabbitMQ names a returned message by its id only: one at a time per id.
             while msg_id and (other := in_flight.get(msg_id)) is not None:
                 await asyncio.shield(other)
             if msg_id:
                 done = in_flight[msg_id] = asyncio.get_running_loop().create_future()
+            # Settles it on the bus. When the channel or the connection goes, this
+            # raises, the session ends, and the delivery, still outstanding, is
+            # NAKed on the way out.
             await self._publish(rule, exchange, delivery, msg_id)
-        except asyncio.CancelledError:
-            unsettled.append(delivery)
-            raise
-        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
-            # The channel or the connection went: the session ends; NAKed on the way out.
-            unsettled.append(delivery)
-            raise
+            outstanding.pop(id(delivery), None)
         finally:
             window.release()
             if done is not None:

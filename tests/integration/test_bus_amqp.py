@@ -554,7 +554,11 @@ async def test_rabbitmq_restart_while_messages_flow_both_ways_loses_none(
         exchanges=[{"name": x_out, "type": "fanout"}],
         queues=[{"name": q_in}, {"name": q_out, "bindings": [{"exchange": x_out}]}],
         inbound=[{"queue": q_in, "subject": f"in{tag}.x", "prefetch": 10}],
-        outbound=[{"subject": f"out{tag}.>", "durable": "to-amqp", "exchange": x_out}],
+        # A delivery the restart catches half way is NAKed at once; should one ever
+        # miss that, its ack_wait brings it again within the test's wait.
+        outbound=[
+            {"subject": f"out{tag}.>", "durable": "to-amqp", "exchange": x_out, "ack_wait": "5s"}
+        ],
     )
     count = 40
     slow = SlowBroker(broker, delay=0.1)  # inbound takes ~4 s: the restart finds some in flight
