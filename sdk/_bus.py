@@ -19,7 +19,7 @@ from typing import Self
 
 from ecosystem.v1 import messaging_pb2 as pb
 
-from sdk._bus_batch import AckBatcher, PublishBatcher
+from sdk._bus_batch import AckBatcher, PublishBatcher, publish_request
 from sdk._bus_session import BusSubscription
 from sdk._bus_types import AckKind, BusMessage, DeliverPolicy, PublishResult, StreamInfo
 from sdk._errors import ClientClosedError
@@ -39,19 +39,6 @@ def _payload(data: bytes | bytearray | memoryview | str) -> bytes:
     if isinstance(data, bytes | bytearray | memoryview):
         return bytes(data)
     raise TypeError(f"data must be bytes or str, not {type(data).__name__}")
-
-
-def _publish_request(
-    subject: str,
-    data: bytes | str,
-    headers: Mapping[str, str] | None,
-    msg_id: str,
-    reply_to: str,
-) -> pb.PublishRequest:
-    request = pb.PublishRequest(subject=subject, data=_payload(data), id=msg_id, reply_to=reply_to)
-    if headers:  # a map field fills item by item: skip it when empty
-        request.headers.update(headers)
-    return request
 
 
 def _millis(name: str, seconds: float | None, *, default: int = 0) -> int:
@@ -174,7 +161,7 @@ class BusClient:
         returns or raises on its own.
         """
         self._check_open()
-        request = _publish_request(subject, data, headers, id, reply_to)
+        request = publish_request(subject, _payload(data), headers, id, reply_to)
         response = await self._publishes.submit(request)
         return PublishResult(
             subject=subject,
@@ -203,7 +190,7 @@ class BusClient:
         message was stored.
         """
         self._check_open()
-        request = _publish_request(subject, data, headers, id, reply_to)
+        request = publish_request(subject, _payload(data), headers, id, reply_to)
         await self._publishes.enqueue(request)
 
     @property

@@ -21,7 +21,7 @@ import abc
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from ecosystem.v1 import messaging_pb2 as pb
@@ -30,7 +30,7 @@ from sdk._errors import ClientClosedError, EcoError, UnavailableError, Unimpleme
 from sdk._errors import from_status as _from_status
 from sdk._transport import Transport
 
-__all__ = ["MAX_ACK_BATCH", "MAX_PUBLISH_BATCH", "AckBatcher", "PublishBatcher"]
+__all__ = ["MAX_ACK_BATCH", "MAX_PUBLISH_BATCH", "AckBatcher", "PublishBatcher", "publish_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,17 @@ MAX_ACK_BATCH = 1000
 MAX_PUBLISH_BATCH = 1000
 #: Bytes of messages in one PublishBatch call (a larger single message goes alone).
 MAX_PUBLISH_BATCH_BYTES = 1024 * 1024
+
+
+def publish_request(
+    subject: str, data: bytes, headers: Mapping[str, str] | None, msg_id: str, reply_to: str
+) -> pb.PublishRequest:
+    """One message for ``PublishBatch`` (or ``Publish``)."""
+    request = pb.PublishRequest(subject=subject, data=data, id=msg_id, reply_to=reply_to)
+    if headers:  # a map field fills item by item: skip it when empty
+        request.headers.update(headers)
+    return request
+
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

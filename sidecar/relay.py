@@ -57,7 +57,7 @@ from controlplane.bus._protocol import (
 from controlplane.bus._servicer import MessagingServicer, add_messaging
 from controlplane.bus._subjects import subject_matches
 from sdk import _errors as sdk_errors
-from sdk._bus_batch import AckBatcher, PublishBatcher
+from sdk._bus_batch import AckBatcher, PublishBatcher, publish_request
 from sdk._retry import Backoff, RetryPolicy
 from sdk._transport import ChannelFactory, Transport
 from sidecar._relay_buffer import BUFFER_FILE, Outbox
@@ -81,12 +81,8 @@ class QueuedPublishAck(PublishAck):
 
 
 def _publish_request(message: OutgoingMessage) -> pb.PublishRequest:
-    request = pb.PublishRequest(
-        subject=message.subject, data=message.data, id=message.id, reply_to=message.reply_to
-    )
-    if message.headers:  # a map field fills item by item: skip it when empty
-        request.headers.update(message.headers)
-    return request
+    m = message
+    return publish_request(m.subject, m.data, m.headers, m.id, m.reply_to)
 
 
 def _publish_ack(response: pb.PublishResponse) -> PublishAck:

@@ -23,9 +23,10 @@ the client subscribes again elsewhere; a durable consumer resumes).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -101,7 +102,11 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
         if max_subscriptions < 1:
             raise ValueError("max_subscriptions must be positive")
         self._broker = broker
-        self._batch_publisher = broker if isinstance(broker, BatchPublisher) else None
+        self._publish_all: Callable[[Sequence[OutgoingMessage]], Awaitable[Outcomes]] = (
+            broker.publish_many
+            if isinstance(broker, BatchPublisher)
+            else functools.partial(_publish_each, broker)
+        )
         self._is_draining = is_draining
         self._max_subscriptions = max_subscriptions
         self._subscriptions: set[Subscription] = set()
@@ -170,18 +175,11 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
             if count > MAX_PUBLISH_BATCH:
                 problem = f"{count} in one batch; at most {MAX_PUBLISH_BATCH}"
                 raise InvalidArgumentError([FieldViolation("messages", problem)])
-            if self._batch_publisher is not None:
-                return pb.PublishBatchResponse(results=await self._publish_many(request))
-            # Started in order: a broker takes each message's place (its
-            # sequence) before it first waits, so the batch keeps its order,
-            # and the durable ones share one commit.
-            results = await asyncio.gather(*map(self._publish_one, request.messages))
-            return pb.PublishBatchResponse(results=results)
+            return pb.PublishBatchResponse(results=await self._publish_many(request))
 
         return await self._call("PublishBatch", context, publish_all)
 
     async def _publish_many(self, request: pb.PublishBatchRequest) -> list[pb.PublishResult]:
-        assert self._batch_publisher is not None
         results: list[pb.PublishResult | None] = []
         messages: list[OutgoingMessage] = []
         for item in request.messages:
@@ -191,17 +189,8 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
                 results.append(pb.PublishResult(error=publish_error(exc)))
             else:
                 results.append(None)
-        outcomes = iter(await self._batch_publisher.publish_many(messages))
+        outcomes = iter(await self._publish_all(messages))
         return [result or _publish_result(next(outcomes)) for result in results]
-
-    async def _publish_one(self, request: pb.PublishRequest) -> pb.PublishResult:
-        try:
-            ack = await self._broker.publish(publish_from_proto(request))
-        except Exception as exc:
-            if code_for(exc) is None:
-                raise
-            return pb.PublishResult(error=publish_error(exc))
-        return pb.PublishResult(ack=publish_ack_to_proto(ack))
 
     async def Ack(self, request: pb.AckRequest, context: Context) -> pb.AckResponse:
         async def ack() -> pb.AckResponse:
@@ -307,6 +296,25 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
                     request.subject,
                     sub.dropped,
                 )
+
+
+Outcomes = list[PublishAck | Exception]
+
+
+async def _publish_each(broker: Broker, messages: Sequence[OutgoingMessage]) -> Outcomes:
+    """``publish_many`` for a broker without it: one ``publish`` per message, all
+    started in order before any is awaited. A broker takes each message's place
+    (its sequence) before it first waits, so the order holds, and the durable
+    ones share one commit. An unexpected error (a bug) is raised, not returned."""
+    outcomes = await asyncio.gather(*map(broker.publish, messages), return_exceptions=True)
+    results: Outcomes = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and (
+            not isinstance(outcome, Exception) or code_for(outcome) is None
+        ):
+            raise outcome
+        results.append(outcome)
+    return results
 
 
 #: The result of a core publish (nothing stored): the same every time.
