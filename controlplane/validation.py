@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ecosystem.v1 import registry_pb2 as pb
 
@@ -19,6 +19,9 @@ from controlplane.errors import FieldViolation, InvalidArgumentError
 __all__ = [
     "DEFAULT_NAMESPACE",
     "LIMITS",
+    "MAX_VIOLATIONS",
+    "check_violations",
+    "excerpt",
     "instance_violations",
     "node_violations",
     "validate_deregister",
@@ -30,12 +33,12 @@ __all__ = [
 
 DEFAULT_NAMESPACE = "default"
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_LOCATION = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
-_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_META_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_LOCATION = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?\Z")
+_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+_META_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?\Z")
 
 
 class LIMITS:
@@ -47,22 +50,53 @@ class LIMITS:
     metadata_value_length = 1024
     metadata_total_bytes = 16 * 1024
     checks = 32
+    check_name_length = 128
     check_output_length = 4096
+    check_output_total = 32 * 1024
     weight = 10_000
+    #: one instance, serialized: every field at its limit stays below this
+    instance_bytes = 64 * 1024
     lease_ttl_seconds = 3600
     progress_interval_ms = (100, 60_000)
+
+
+#: characters of a rejected value quoted back in an error
+EXCERPT = 32
+
+
+def excerpt(value: str, limit: int = EXCERPT) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters.
+
+    Errors travel back in status details (and trailers): quoting a rejected
+    megabyte would make the error itself too large for a stock client and
+    keep the input alive in memory, so only the start of it is shown.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
+#: field violations listed in one error; the rest are counted
+MAX_VIOLATIONS = 20
 
 
 class _Violations:
     def __init__(self) -> None:
         self.items: list[FieldViolation] = []
+        self.more = 0
 
     def add(self, field: str, description: str) -> None:
-        self.items.append(FieldViolation(field, description))
+        if len(self.items) < MAX_VIOLATIONS:
+            self.items.append(FieldViolation(field, description))
+        else:
+            self.more += 1
 
     def raise_if_any(self) -> None:
         if self.items:
-            raise InvalidArgumentError(self.items)
+            items = self.items
+            if self.more:
+                items = [*items, FieldViolation("", f"and {self.more} more problems")]
+            raise InvalidArgumentError(items)
 
 
 def _check_name(v: _Violations, field: str, value: str, *, required: bool) -> None:
@@ -73,7 +107,7 @@ def _check_name(v: _Violations, field: str, value: str, *, required: bool) -> No
     if not _DNS_LABEL.match(value):
         v.add(
             field,
-            f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
+            f"{excerpt(value)} is not a valid name: use 1-63 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit",
         )
 
@@ -82,16 +116,18 @@ def _check_pattern(
     v: _Violations, field: str, value: str, pattern: re.Pattern[str], what: str
 ) -> None:
     if value and not pattern.match(value):
-        v.add(field, f"{value!r} is not valid: {what}")
+        v.add(field, f"{excerpt(value)} is not valid: {what}")
 
 
 def _is_host(address: str) -> bool:
+    if len(address) > 253 or not address.isascii() or not address.isprintable():
+        return False
     try:
         ipaddress.ip_address(address)
         return True
     except ValueError:
         pass
-    if len(address) > 253 or address.endswith("."):
+    if address.endswith("."):
         return False
     labels = address.split(".")
     # A bare number like "300" or "1.2.3.999" is a broken IP, not a host name.
@@ -109,6 +145,7 @@ def _check_tags(v: _Violations, field: str, tags: Iterable[str]) -> None:
     tags = list(tags)
     if len(tags) > LIMITS.tags:
         v.add(field, f"at most {LIMITS.tags} tags are allowed, got {len(tags)}")
+        return
     seen: set[str] = set()
     for i, tag in enumerate(tags):
         if not tag:
@@ -118,7 +155,7 @@ def _check_tags(v: _Violations, field: str, tags: Iterable[str]) -> None:
         elif not tag.isprintable() or any(c.isspace() for c in tag):
             v.add(f"{field}[{i}]", "must not contain spaces or control characters")
         elif tag in seen:
-            v.add(f"{field}[{i}]", f"duplicate tag {tag!r}")
+            v.add(f"{field}[{i}]", f"duplicate tag {excerpt(tag)}")
         seen.add(tag)
 
 
@@ -148,7 +185,7 @@ def _check_instance(v: _Violations, inst: pb.Instance, *, prefix: str) -> None:
     elif not _is_host(inst.address):
         v.add(
             f"{prefix}.address",
-            f"{inst.address!r} is neither an IP address nor a valid host name",
+            f"{excerpt(inst.address)} is neither an IP address nor a valid host name",
         )
     if not 1 <= inst.port <= 65535:
         v.add(f"{prefix}.port", f"must be between 1 and 65535, got {inst.port}")
@@ -159,8 +196,9 @@ def _check_instance(v: _Violations, inst: pb.Instance, *, prefix: str) -> None:
             f"at most {LIMITS.metadata_entries} entries are allowed, got {len(inst.metadata)}",
         )
     total = 0
-    for key, value in sorted(inst.metadata.items()):
-        field = f'{prefix}.metadata["{key}"]'
+    entries = sorted(inst.metadata.items()) if len(inst.metadata) <= LIMITS.metadata_entries else []
+    for key, value in entries:
+        field = f"{prefix}.metadata[{_key_path(key)}]"
         total += len(key.encode()) + len(value.encode())
         if not _META_KEY.match(key):
             v.add(
@@ -175,21 +213,56 @@ def _check_instance(v: _Violations, inst: pb.Instance, *, prefix: str) -> None:
     if inst.weight > LIMITS.weight:
         v.add(f"{prefix}.weight", f"must be at most {LIMITS.weight}, got {inst.weight}")
     _check_health(v, f"{prefix}.health", inst.health)
-    if len(inst.checks) > LIMITS.checks:
-        v.add(f"{prefix}.checks", f"at most {LIMITS.checks} checks are allowed")
-    for i, check in enumerate(inst.checks):
-        if not check.name:
-            v.add(f"{prefix}.checks[{i}].name", "is required")
-        elif len(check.name) > 128:
-            v.add(f"{prefix}.checks[{i}].name", "longer than 128 characters")
-        _check_health(v, f"{prefix}.checks[{i}].status", check.status)
-        if len(check.output) > LIMITS.check_output_length:
-            v.add(
-                f"{prefix}.checks[{i}].output",
-                f"longer than {LIMITS.check_output_length} characters",
-            )
+    _check_checks(v, f"{prefix}.checks", inst.checks)
     if inst.liveness not in pb.Liveness.values():
         v.add(f"{prefix}.liveness", f"unknown liveness {inst.liveness}")
+    if not v.items and inst.ByteSize() > LIMITS.instance_bytes:
+        # Only reachable past the field limits by unknown fields or a future
+        # field: the backstop that keeps every stored instance small.
+        v.add(
+            prefix,
+            f"takes {inst.ByteSize()} bytes serialized; at most {LIMITS.instance_bytes} "
+            "are allowed",
+        )
+
+
+def _key_path(key: str) -> str:
+    """A map key as it appears in a field path: quoted, and cut when long."""
+    if len(key) <= 128 and key.isprintable():
+        return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return excerpt(key)
+
+
+def _check_checks(v: _Violations, field: str, checks: Sequence[pb.CheckStatus]) -> None:
+    if len(checks) > LIMITS.checks:
+        v.add(field, f"at most {LIMITS.checks} checks are allowed, got {len(checks)}")
+        return
+    total = 0
+    for i, check in enumerate(checks):
+        if not check.name:
+            v.add(f"{field}[{i}].name", "is required")
+        elif len(check.name) > LIMITS.check_name_length:
+            v.add(f"{field}[{i}].name", f"longer than {LIMITS.check_name_length} characters")
+        elif not check.name.isprintable():
+            v.add(f"{field}[{i}].name", "must not contain control characters")
+        _check_health(v, f"{field}[{i}].status", check.status)
+        total += len(check.output)
+        if len(check.output) > LIMITS.check_output_length:
+            v.add(
+                f"{field}[{i}].output",
+                f"longer than {LIMITS.check_output_length} characters",
+            )
+        if check.changed_at_ms < 0:
+            v.add(f"{field}[{i}].changed_at_ms", "must not be negative")
+    if total > LIMITS.check_output_total:
+        v.add(field, f"outputs longer than {LIMITS.check_output_total} characters in all")
+
+
+def check_violations(checks: Sequence[pb.CheckStatus], prefix: str) -> list[FieldViolation]:
+    """Every problem of a list of check results (as a health report carries), without raising."""
+    v = _Violations()
+    _check_checks(v, prefix, checks)
+    return v.items
 
 
 def instance_violations(inst: pb.Instance, prefix: str) -> list[FieldViolation]:

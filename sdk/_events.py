@@ -59,7 +59,7 @@ EVENTS_PREFIX = "eco.events"
 Handler = Callable[["ServiceEvent"], Awaitable[None]]
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 
 class ServiceEventType(enum.StrEnum):

@@ -54,14 +54,14 @@ __all__ = [
 ]
 
 #: Exchange and queue names as AMQP 0-9-1 defines them (RabbitMQ is more lenient).
-AMQP_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+AMQP_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,255}\Z")
 #: AMQP short strings (names, routing keys, message ids): at most 255 bytes.
 MAX_SHORTSTR = 255
 #: The header listing the bridges a message went through.
 BRIDGE_HEADER = "eco-bridge"
 INBOUND_FIELDS = frozenset({"routing_key", "exchange", "queue"})
 OUTBOUND_FIELDS = frozenset({"subject"})
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}\Z")
 _FORMATTER = string.Formatter()
 
 

@@ -57,7 +57,7 @@ SIDECAR_SERVICE = sidecar_pb2.DESCRIPTOR.services_by_name["SidecarService"].full
 #: WatchEndpoints streams open at once, at most.
 MAX_WATCHES = 1024
 _NOTE_LIMIT = 4096
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _DEFAULT_HEALTH = (HealthStatus.PASSING, HealthStatus.WARNING)
 _TTL_STATUSES = (HealthStatus.PASSING, HealthStatus.WARNING, HealthStatus.CRITICAL)
 

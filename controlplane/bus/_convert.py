@@ -73,7 +73,7 @@ class LIMITS:
     max_ack_pending = 100_000
 
 
-_HEADER_KEY = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_KEY = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 _KINDS = {
     pb.ACK_KIND_ACK: AckKind.ACK,

@@ -21,8 +21,8 @@ __all__ = [
 ]
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_STATUS_PART = re.compile(r"^\s*([1-5])xx\s*$|^\s*(\d{3})\s*(?:-\s*(\d{3})\s*)?$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_STATUS_PART = re.compile(r"^\s*([1-5])xx\s*$|^\s*(\d{3})\s*(?:-\s*(\d{3})\s*)?\Z")
 
 
 class HttpCheckConfig(ProbeCheckConfig):
