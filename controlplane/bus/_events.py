@@ -18,7 +18,12 @@ continue exactly where it stopped after a restart or on another replica; the
 view's ring only serves recent revisions and then falls back to a snapshot.
 
 Delivery: changes are published one at a time, in revision order; a publish
-that fails is retried (with backoff) before the next one. The last published
+that fails for now (the broker is unavailable) is retried with backoff before
+the next one. A message the broker refuses for good (a subject it cannot
+carry, a payload over its limit: data stored before such input was refused
+at the edge) is never retried: a short report of it goes to
+``EVENTS_DEAD_LETTER_SUBJECT`` (``eco.dlq.events``), it is logged and
+counted (``dead_lettered``), and the events after it flow on. The last published
 revision is written to ``EVENTS_REVISION_KEY`` every ``persist_every`` events
 or ``persist_interval`` seconds, and when the publisher stops; a new run (after
 a restart or a leader failover) resumes after it. Events between the persisted
@@ -41,7 +46,13 @@ from typing import Any
 
 from ecosystem.v1 import registry_pb2 as pb
 
-from controlplane.bus._protocol import Broker, BusError, OutgoingMessage
+from controlplane.bus._protocol import (
+    Broker,
+    BusError,
+    InvalidSubjectError,
+    OutgoingMessage,
+    PayloadTooLargeError,
+)
 from controlplane.registry import INSTANCES_PREFIX, ROOT_PREFIX, decode_instance
 from controlplane.store import (
     Compacted,
@@ -55,6 +66,7 @@ from controlplane.store import (
 )
 
 __all__ = [
+    "EVENTS_DEAD_LETTER_SUBJECT",
     "EVENTS_REVISION_KEY",
     "EVENTS_SUBJECT_PREFIX",
     "EventPublisher",
@@ -70,6 +82,12 @@ log = logging.getLogger(__name__)
 #: Where the publisher keeps the last revision it published.
 EVENTS_REVISION_KEY = ROOT_PREFIX + "meta/events-revision"
 EVENTS_SUBJECT_PREFIX = "eco.events"
+#: Where an event the broker refuses for good is reported instead.
+EVENTS_DEAD_LETTER_SUBJECT = "eco.dlq.events"
+# Broker errors that no retry can cure: the message itself is refused.
+_REFUSED = (InvalidSubjectError, PayloadTooLargeError)
+# Characters of a refused subject or id quoted in its report.
+_EXCERPT = 64
 
 _HEALTH_FIELDS = ("health", "checks")
 
@@ -219,6 +237,7 @@ class EventPublisher:
         self.published = 0
         self.skipped = 0
         self.failures = 0
+        self.dead_lettered = 0
         self.gaps = 0
 
     @property
@@ -322,11 +341,14 @@ class EventPublisher:
         while True:
             try:
                 await self._broker.publish(message)
+            except _REFUSED as exc:
+                await self._dead_letter(revision, message, exc)
+                return False
             except BusError as exc:
                 self.failures += 1
                 log.warning(
                     "cannot publish %s (%s: %s); again in %.1fs",
-                    message.id,
+                    message.id[:_EXCERPT],
                     type(exc).__name__,
                     exc,
                     delay,
@@ -336,3 +358,44 @@ class EventPublisher:
                 continue
             self.published += 1
             return True
+
+    async def _dead_letter(self, revision: int, message: OutgoingMessage, exc: BusError) -> None:
+        """Reports an event the broker refused for good, instead of retrying it
+        forever (which would hold back every later event)."""
+        self.dead_lettered += 1
+        reason = type(exc).__name__
+        log.error(
+            "registry event %s refused by the bus (%s: %s); reported on %s, later events go on",
+            message.id[:_EXCERPT],
+            reason,
+            str(exc)[:200],
+            EVENTS_DEAD_LETTER_SUBJECT,
+        )
+        report = {
+            "revision": revision,
+            "id": message.id[:_EXCERPT],
+            "subject": message.subject[:_EXCERPT],
+            "type": message.headers.get("eco-event-type", ""),
+            "size": len(message.data),
+            "reason": reason,
+            "error": str(exc)[:200],
+        }
+        dead = OutgoingMessage(
+            subject=EVENTS_DEAD_LETTER_SUBJECT,
+            data=json.dumps(report, separators=(",", ":")).encode(),
+            headers={"eco-revision": str(revision), "eco-dlq-reason": reason},
+            id=f"dlq:{revision}:{message.id[:_EXCERPT]}",
+        )
+        delay = self._config.retry_initial
+        while True:
+            try:
+                await self._broker.publish(dead)
+                return
+            except _REFUSED as again:  # pragma: no cover - the report is small and valid
+                log.error("the report of %s was refused too (%s)", dead.id, again)
+                return
+            except BusError as again:
+                self.failures += 1
+                log.warning("cannot report %s (%s); again in %.1fs", dead.id, again, delay)
+                await asyncio.sleep(delay)
+                delay = min(self._config.retry_max, delay * 2)

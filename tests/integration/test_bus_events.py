@@ -369,3 +369,37 @@ async def test_the_position_only_moves_forward(env: Env) -> None:
     await asyncio.wait({task})
     assert deposed.revision < ahead
     assert await _persisted(env.store) == ahead
+
+
+async def test_a_poisoned_event_is_dead_lettered_and_later_events_flow(
+    env: Env, publisher: EventPublisher
+) -> None:
+    """Hardening finding 2: data stored before the edge refused it (a service
+    name ending in a newline, an instance over the bus's payload limit) must
+    not stop registry events for everyone."""
+    events = ServiceEvents(env.bus)
+    seen = _recorder(events, "orders")
+    async with events, env.bus.subscribe("eco.dlq.events") as dead:
+        await assert_eventually(
+            lambda: _check(env.server.servicer.subscription_count == 2), timeout=WAIT
+        )
+        bad_name = rpb.Instance(
+            id="w-1", service="web\n", namespace="default", address="10.0.0.1", port=80
+        )
+        huge = rpb.Instance(
+            id="h-1",
+            service="huge",
+            namespace="default",
+            address="10.0.0.1",
+            port=80,
+            metadata={"k": "x" * (2 << 20)},
+        )
+        for inst in (bad_name, huge):
+            key = instance_key("default", inst.service, inst.id)
+            await env.store.put(key, inst.SerializeToString(deterministic=True))
+        await env.register("orders", "o-1")
+        await _count(seen, 1)
+        reports = [json.loads((await anext(dead)).data) for _ in range(2)]
+    assert [r["reason"] for r in reports] == ["InvalidSubjectError", "PayloadTooLargeError"]
+    assert publisher.dead_lettered == 2
+    assert all(len(json.dumps(r)) < 1024 for r in reports)
