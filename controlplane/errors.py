@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from controlplane.bus._protocol import (
     AckNotFoundError,
@@ -55,6 +57,7 @@ __all__ = [
     "RevisionConflictError",
     "UnauthenticatedError",
     "UnavailableError",
+    "end_call",
     "to_status",
 ]
 
@@ -153,6 +156,16 @@ _BUS_INPUT_FIELDS: tuple[tuple[type[BusError], str], ...] = (
 )
 
 
+#: An error never carries more than this back (characters of the message, and
+#: of each field path and description): a rejected input is quoted, not echoed.
+MAX_MESSAGE = 1024
+MAX_FIELD = 256
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def code_for(exc: BaseException) -> grpc.StatusCode | None:
     """The status code for an expected error, or None for a bug."""
     for kind, code in _CODES:
@@ -166,7 +179,7 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     code = code_for(exc)
     if code is None:
         return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-    status = status_pb2.Status(code=code.value[0], message=str(exc))
+    status = status_pb2.Status(code=code.value[0], message=_cut(str(exc), MAX_MESSAGE))
     violations: Sequence[FieldViolation] = ()
     if isinstance(exc, InvalidArgumentError):
         violations = exc.violations
@@ -184,7 +197,7 @@ def to_status(exc: BaseException) -> status_pb2.Status:
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=_cut(v.field, MAX_FIELD), description=_cut(v.description, MAX_FIELD)
                     )
                     for v in violations
                 ]
@@ -204,3 +217,19 @@ def _add_detail(status: status_pb2.Status, detail: Message) -> None:
     packed = any_pb2.Any()
     packed.Pack(detail)
     status.details.append(packed)
+
+
+def end_call(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
+    """Sets ``status`` as the call's outcome without raising: the handler then
+    returns (a unary one returns None) and the server sends the status.
+
+    Not ``context.abort()``: that keeps the exception it raises in the call's
+    state, and that exception's traceback holds the handler's frames, the
+    request among them: a reference cycle that only a full garbage
+    collection frees, which a process tuned for rare full collections seldom
+    runs (60 rejected 1 MiB requests kept 70 MB that way).
+    """
+    grpc_status = rpc_status.to_status(status)
+    context.set_code(grpc_status.code)
+    context.set_details(grpc_status.details)
+    context.set_trailing_metadata(grpc_status.trailing_metadata)

@@ -1,8 +1,9 @@
 """The gRPC face of the registry: a thin adapter over ``Registry`` and the view.
 
 Every method goes through ``_call``, the one place where the control plane's
-errors become gRPC statuses (via ``controlplane.errors.to_status``) and where
-a draining process turns new calls away with UNAVAILABLE.
+errors become gRPC statuses (via ``controlplane.errors.to_status``, set with
+``end_call``, which leaves no reference cycle holding the request behind) and
+where a draining process turns new calls away with UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import grpc
 from ecosystem.v1 import registry_pb2 as pb
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
-from grpc_status import rpc_status
 
 from controlplane.errors import (
     NotFoundError,
     UnavailableError,
     code_for,
+    end_call,
     to_status,
 )
 from controlplane.metrics import Metrics
@@ -75,7 +76,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         method: str,
         context: grpc.aio.ServicerContext[Any, Any],
         work: Callable[[], Awaitable[T]],
-    ) -> T:
+    ) -> T | None:
+        """``work()``'s result, or None once the call has been given the status of
+        what ``work`` raised."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         self._inflight += 1
@@ -86,21 +89,20 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             return await work()
         except Exception as exc:
             code = code_for(exc) or grpc.StatusCode.INTERNAL
-            await self._abort(method, context, exc)
-            raise  # unreachable: abort raises
+            self._fail(method, context, exc)
+            return None
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
             self._metrics.observe_rpc(method, code.name, time.perf_counter() - started)
 
-    async def _abort(
+    def _fail(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception
     ) -> None:
         if code_for(exc) is None:
             log.exception("%s failed", method, exc_info=exc)
-        status = rpc_status.to_status(to_status(exc))
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        end_call(context, to_status(exc))
 
     async def _fresh(self) -> None:
         """Read-your-writes: serve reads only once the view has caught up with
@@ -111,46 +113,48 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def RegisterInstance(
         self, request: pb.RegisterInstanceRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.RegisterInstanceResponse:
-        reg = await self._call(
-            "RegisterInstance", context, lambda: self._registry.register(request)
-        )
-        return pb.RegisterInstanceResponse(
-            instance=reg.instance,
-            revision=reg.revision,
-            lease_id=reg.lease_id,
-            lease_ttl_seconds=reg.lease_ttl,
-        )
+    ) -> pb.RegisterInstanceResponse | None:
+        async def register() -> pb.RegisterInstanceResponse:
+            reg = await self._registry.register(request)
+            return pb.RegisterInstanceResponse(
+                instance=reg.instance,
+                revision=reg.revision,
+                lease_id=reg.lease_id,
+                lease_ttl_seconds=reg.lease_ttl,
+            )
+
+        return await self._call("RegisterInstance", context, register)
 
     async def DeregisterInstance(
         self, request: pb.DeregisterInstanceRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.DeregisterInstanceResponse:
-        revision = await self._call(
-            "DeregisterInstance", context, lambda: self._registry.deregister(request)
-        )
-        return pb.DeregisterInstanceResponse(revision=revision)
+    ) -> pb.DeregisterInstanceResponse | None:
+        async def deregister() -> pb.DeregisterInstanceResponse:
+            return pb.DeregisterInstanceResponse(revision=await self._registry.deregister(request))
+
+        return await self._call("DeregisterInstance", context, deregister)
 
     async def KeepAlive(
         self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.KeepAliveResponse:
-        ttl = await self._call(
-            "KeepAlive", context, lambda: self._registry.keepalive(request.lease_id)
-        )
-        return pb.KeepAliveResponse(lease_id=request.lease_id, ttl_seconds=ttl)
+    ) -> pb.KeepAliveResponse | None:
+        async def keepalive() -> pb.KeepAliveResponse:
+            ttl = await self._registry.keepalive(request.lease_id)
+            return pb.KeepAliveResponse(lease_id=request.lease_id, ttl_seconds=ttl)
+
+        return await self._call("KeepAlive", context, keepalive)
 
     async def RevokeLease(
         self, request: pb.RevokeLeaseRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.RevokeLeaseResponse:
-        revision = await self._call(
-            "RevokeLease", context, lambda: self._registry.revoke(request.lease_id)
-        )
-        return pb.RevokeLeaseResponse(revision=revision)
+    ) -> pb.RevokeLeaseResponse | None:
+        async def revoke() -> pb.RevokeLeaseResponse:
+            return pb.RevokeLeaseResponse(revision=await self._registry.revoke(request.lease_id))
+
+        return await self._call("RevokeLease", context, revoke)
 
     # -- reads ------------------------------------------------------------------
 
     async def GetService(
         self, request: pb.GetServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.GetServiceResponse:
+    ) -> pb.GetServiceResponse | None:
         async def get() -> pb.GetServiceResponse:
             validate_get_service(request)
             await self._fresh()
@@ -169,7 +173,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def ListServices(
         self, request: pb.ListServicesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ListServicesResponse:
+    ) -> pb.ListServicesResponse | None:
         async def list_services() -> pb.ListServicesResponse:
             validate_selector(pb.InstanceSelector(namespace=request.namespace), prefix="")
             await self._fresh()
@@ -181,7 +185,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def ListInstances(
         self, request: pb.ListInstancesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ListInstancesResponse:
+    ) -> pb.ListInstancesResponse | None:
         async def list_instances() -> pb.ListInstancesResponse:
             validate_selector(request.selector)
             await self._fresh()
@@ -219,11 +223,13 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             return sub.responses((request.progress_interval_ms or DEFAULT_PROGRESS_MS) / 1000)
 
         stream = await self._call("Watch", context, open_stream)
+        if stream is None:
+            return
         try:
             async for response in stream:
                 yield response
         except Exception as exc:
-            await self._abort("Watch", context, exc)
+            self._fail("Watch", context, exc)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from sdk.balancer import NoEndpointsError
 from sidecar.health import CheckNotFoundError, DuplicateCheckError, NotATtlCheckError
@@ -45,6 +47,8 @@ __all__ = [
     "UnknownPickError",
     "UnknownServiceError",
     "code_for",
+    "end_call",
+    "excerpt",
     "to_status",
 ]
 
@@ -71,10 +75,13 @@ class UnknownServiceError(SidecarError):
     def __init__(self, service: str, namespace: str, known: Sequence[str], kind: str) -> None:
         self.service = service
         self.namespace = namespace
-        where = f" in namespace {namespace!r}" if namespace and namespace != "default" else ""
+        where = (
+            f" in namespace {excerpt(namespace)}" if namespace and namespace != "default" else ""
+        )
         listed = ", ".join(known) if known else "none"
         super().__init__(
-            f"service {service!r}{where} is not {kind} of this sidecar (configured: {listed})"
+            f"service {excerpt(service)}{where} is not {kind} of this sidecar "
+            f"(configured: {listed})"
         )
 
 
@@ -83,7 +90,7 @@ class UnknownInstanceError(SidecarError):
         self.service = service
         self.instance_id = instance_id
         super().__init__(
-            f"service {service!r} has no local instance {instance_id!r} "
+            f"service {excerpt(service)} has no local instance {excerpt(instance_id)} "
             f"(local instances: {', '.join(known) or 'none'})"
         )
 
@@ -91,7 +98,9 @@ class UnknownInstanceError(SidecarError):
 class UnknownPickError(SidecarError):
     def __init__(self, pick_id: str) -> None:
         self.pick_id = pick_id
-        super().__init__(f"pick_id {pick_id!r} is unknown: already reported, expired or never made")
+        super().__init__(
+            f"pick_id {excerpt(pick_id)} is unknown: already reported, expired or never made"
+        )
 
 
 class BadRequestError(SidecarError):
@@ -130,6 +139,24 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 )
 
 
+#: An error never carries more than this back (characters of the message, and
+#: of each field path and description): a rejected input is quoted, not echoed.
+MAX_MESSAGE = 1024
+MAX_FIELD = 256
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def excerpt(value: str, limit: int = 32) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters (the
+    control plane quotes rejected input the same way)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
 def code_for(exc: BaseException) -> grpc.StatusCode | None:
     """The status code of an expected error, or None for a bug."""
     for kind, code in _CODES:
@@ -143,14 +170,14 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     code = code_for(exc)
     if code is None:
         return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-    status = status_pb2.Status(code=code.value[0], message=str(exc))
+    status = status_pb2.Status(code=code.value[0], message=_cut(str(exc), MAX_MESSAGE))
     if isinstance(exc, BadRequestError):
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=_cut(v.field, MAX_FIELD), description=_cut(v.description, MAX_FIELD)
                     )
                     for v in exc.violations
                 ]
@@ -158,3 +185,13 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         )
         status.details.append(detail)
     return status
+
+
+def end_call(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    """Sets the status for ``exc`` as the call's outcome without raising (the
+    handler then returns): ``context.abort()`` would leave a reference cycle
+    holding the request until a full garbage collection."""
+    status = rpc_status.to_status(to_status(exc))
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.set_trailing_metadata(status.trailing_metadata)

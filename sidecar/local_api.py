@@ -27,7 +27,6 @@ import grpc.aio
 from ecosystem.v1 import registry_pb2, sidecar_pb2, sidecar_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
 
 from controlplane.bus._servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
 from sdk import HealthStatus
@@ -41,7 +40,8 @@ from sidecar.errors import (
     TooManyWatchesError,
     UnknownServiceError,
     code_for,
-    to_status,
+    end_call,
+    excerpt,
 )
 from sidecar.metrics import SidecarMetrics
 from sidecar.relay import RelayBroker
@@ -106,7 +106,9 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
         method: str,
         context: grpc.aio.ServicerContext[Any, Any],
         work: Callable[[], T],
-    ) -> T:
+    ) -> T | None:
+        """``work()``'s result, or None once the call has been given the status
+        of what ``work`` raised."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -115,8 +117,8 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
             return work()
         except Exception as exc:
             code = code_for(exc) or grpc.StatusCode.INTERNAL
-            await _abort(method, context, exc)
-            raise  # unreachable: abort raises
+            _fail(method, context, exc)
+            return None
         finally:
             if self._metrics is not None:
                 self._metrics.observe(method, code.name, time.perf_counter() - started)
@@ -127,7 +129,7 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
         self,
         request: sidecar_pb2.ResolveEndpointsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> sidecar_pb2.ResolveEndpointsResponse:
+    ) -> sidecar_pb2.ResolveEndpointsResponse | None:
         def resolve() -> sidecar_pb2.ResolveEndpointsResponse:
             key = _upstream_key(request.service, request.namespace)
             wanted = _health_filter(request.health)
@@ -142,7 +144,7 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
 
     async def PickEndpoint(
         self, request: sidecar_pb2.PickEndpointRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> sidecar_pb2.PickEndpointResponse:
+    ) -> sidecar_pb2.PickEndpointResponse | None:
         def pick() -> sidecar_pb2.PickEndpointResponse:
             key = _upstream_key(request.service, request.namespace)
             instance, pick_id = self._router.pick(key, request.key)
@@ -152,7 +154,7 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
 
     async def ReportResult(
         self, request: sidecar_pb2.ReportResultRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> sidecar_pb2.ReportResultResponse:
+    ) -> sidecar_pb2.ReportResultResponse | None:
         def report() -> sidecar_pb2.ReportResultResponse:
             violations = []
             if not request.pick_id:
@@ -183,6 +185,8 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
             return key
 
         key = await self._call("WatchEndpoints", context, open_watch)
+        if key is None:
+            return
         self._watches += 1
         try:
             last: tuple[object, bool] | None = None
@@ -198,7 +202,7 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
                         stale=stale,
                     )
                 await self._cache.wait_changed(key, generation)
-            await _abort("WatchEndpoints", context, ShuttingDownError())
+            _fail("WatchEndpoints", context, ShuttingDownError())
         finally:
             self._watches -= 1
 
@@ -212,7 +216,7 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
 
     async def UpdateTTL(
         self, request: sidecar_pb2.UpdateTTLRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> sidecar_pb2.UpdateTTLResponse:
+    ) -> sidecar_pb2.UpdateTTLResponse | None:
         def update() -> sidecar_pb2.UpdateTTLResponse:
             violations = []
             if not request.service:
@@ -238,11 +242,11 @@ def _upstream_key(service: str, namespace: str) -> UpstreamKey:
         violations.append(FieldViolation("service", "required: the name of an upstream service"))
     elif not _DNS_LABEL.match(service):
         violations.append(
-            FieldViolation("service", f"{service!r} is not a service name (a DNS label)")
+            FieldViolation("service", f"{excerpt(service)} is not a service name (a DNS label)")
         )
     if namespace and not _DNS_LABEL.match(namespace):
         violations.append(
-            FieldViolation("namespace", f"{namespace!r} is not a namespace (a DNS label)")
+            FieldViolation("namespace", f"{excerpt(namespace)} is not a namespace (a DNS label)")
         )
     if violations:
         raise BadRequestError(violations)
@@ -263,11 +267,10 @@ def _health_filter(values: Sequence[int]) -> frozenset[HealthStatus]:
 _KNOWN_HEALTH = frozenset(h.to_proto() for h in HealthStatus)
 
 
-async def _abort(method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+def _fail(method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
     if code_for(exc) is None:
         logger.error("local API %s failed", method, exc_info=exc)
-    status = rpc_status.to_status(to_status(exc))
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    end_call(context, exc)
 
 
 class LocalApiServer:

@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 import grpc
 from ecosystem.v1 import messaging_pb2 as pb
 from ecosystem.v1 import messaging_pb2_grpc as pb_grpc
-from grpc_status import rpc_status
 
 from controlplane.bus._convert import (
     ack_items_from_proto,
@@ -62,6 +61,7 @@ from controlplane.errors import (
     ResourceExhaustedError,
     UnavailableError,
     code_for,
+    end_call,
     to_status,
 )
 
@@ -138,29 +138,34 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
         if self._draining or self._is_draining():
             raise UnavailableError("control plane is draining; use another address")
 
-    async def _call(self, method: str, context: Context, work: Callable[[], Awaitable[T]]) -> T:
+    async def _call(
+        self, method: str, context: Context, work: Callable[[], Awaitable[T]]
+    ) -> T | None:
+        """``work()``'s result, or None once the call has been given the status of
+        what ``work`` raised (see ``controlplane.errors.end_call``)."""
         self._inflight += 1
         self._idle.clear()
         try:
             self._refuse_if_draining()
             return await work()
         except Exception as exc:
-            await self._abort(method, context, exc)
-            raise  # unreachable: abort raises
+            self._fail(method, context, exc)
+            return None
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _abort(self, method: str, context: Context, exc: Exception) -> None:
+    def _fail(self, method: str, context: Context, exc: Exception) -> None:
         if code_for(exc) is None:
             log.exception("bus %s failed", method, exc_info=exc)
-        status = rpc_status.to_status(to_status(exc))
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        end_call(context, to_status(exc))
 
     # -- unary ----------------------------------------------------------------------------
 
-    async def Publish(self, request: pb.PublishRequest, context: Context) -> pb.PublishResponse:
+    async def Publish(
+        self, request: pb.PublishRequest, context: Context
+    ) -> pb.PublishResponse | None:
         async def publish() -> pb.PublishResponse:
             ack = await self._broker.publish(publish_from_proto(request))
             return publish_ack_to_proto(ack)
@@ -169,7 +174,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
 
     async def PublishBatch(
         self, request: pb.PublishBatchRequest, context: Context
-    ) -> pb.PublishBatchResponse:
+    ) -> pb.PublishBatchResponse | None:
         async def publish_all() -> pb.PublishBatchResponse:
             count = len(request.messages)
             if count > MAX_PUBLISH_BATCH:
@@ -192,7 +197,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
         outcomes = iter(await self._publish_all(messages))
         return [result or _publish_result(next(outcomes)) for result in results]
 
-    async def Ack(self, request: pb.AckRequest, context: Context) -> pb.AckResponse:
+    async def Ack(self, request: pb.AckRequest, context: Context) -> pb.AckResponse | None:
         async def ack() -> pb.AckResponse:
             items = ack_items_from_proto(request)
             # Together: a broker that stores acknowledgements commits them at once.
@@ -210,7 +215,9 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
 
         return await self._call("Ack", context, ack)
 
-    async def Request(self, request: pb.RequestRequest, context: Context) -> pb.RequestResponse:
+    async def Request(
+        self, request: pb.RequestRequest, context: Context
+    ) -> pb.RequestResponse | None:
         async def ask() -> pb.RequestResponse:
             subject, data, headers, timeout = request_from_proto(request)
             try:
@@ -223,7 +230,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
 
     async def AddStream(
         self, request: pb.AddStreamRequest, context: Context
-    ) -> pb.AddStreamResponse:
+    ) -> pb.AddStreamResponse | None:
         async def add() -> pb.AddStreamResponse:
             info, created = await self._broker.add_stream(stream_config_from_proto(request.config))
             if created:
@@ -234,7 +241,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
 
     async def ListStreams(
         self, request: pb.ListStreamsRequest, context: Context
-    ) -> pb.ListStreamsResponse:
+    ) -> pb.ListStreamsResponse | None:
         async def list_streams() -> pb.ListStreamsResponse:
             infos = await self._broker.streams()
             return pb.ListStreamsResponse(streams=[stream_info_to_proto(i) for i in infos])
@@ -243,7 +250,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
 
     async def DeleteStream(
         self, request: pb.DeleteStreamRequest, context: Context
-    ) -> pb.DeleteStreamResponse:
+    ) -> pb.DeleteStreamResponse | None:
         async def delete() -> pb.DeleteStreamResponse:
             name = stream_name_from_proto(request.name)
             await self._broker.delete_stream(name)
@@ -267,6 +274,8 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
             return await self._broker.subscribe(spec)
 
         sub = await self._call("Subscribe", context, open_subscription)
+        if sub is None:
+            return
         self._subscriptions.add(sub)
         try:
             # The broker has no stream name for us when the request named
@@ -286,7 +295,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
                 raise UnavailableError("control plane is draining; subscribe again elsewhere")
             raise UnavailableError("the broker ended this subscription; subscribe again")
         except Exception as exc:
-            await self._abort("Subscribe", context, exc)
+            self._fail("Subscribe", context, exc)
         finally:
             self._subscriptions.discard(sub)
             await sub.close()
