@@ -28,12 +28,14 @@ from controlplane.errors import (
     to_status,
 )
 from controlplane.metrics import Metrics
+from controlplane.paging import page_of
 from controlplane.registry import Registry
 from controlplane.store import Store
 from controlplane.validation import (
     DEFAULT_NAMESPACE,
     validate_get_service,
-    validate_selector,
+    validate_list_instances,
+    validate_list_services,
     validate_watch,
 )
 from controlplane.view import InstanceView, Selector
@@ -165,8 +167,18 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                     f"service {request.name!r} has no instances in namespace {namespace!r}"
                 )
             service, instances = found
+            page = page_of(
+                instances,
+                _instance_id,
+                _size,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
             return pb.GetServiceResponse(
-                service=service, instances=instances, revision=self._view.revision
+                service=service,
+                instances=page.items,
+                revision=self._view.revision,
+                next_page_token=page.next_token,
             )
 
         return await self._call("GetService", context, get)
@@ -175,10 +187,19 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.ListServicesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListServicesResponse | None:
         async def list_services() -> pb.ListServicesResponse:
-            validate_selector(pb.InstanceSelector(namespace=request.namespace), prefix="")
+            validate_list_services(request)
             await self._fresh()
+            page = page_of(
+                self._view.services(request.namespace),
+                _service_key,
+                _size,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
             return pb.ListServicesResponse(
-                services=self._view.services(request.namespace), revision=self._view.revision
+                services=page.items,
+                revision=self._view.revision,
+                next_page_token=page.next_token,
             )
 
         return await self._call("ListServices", context, list_services)
@@ -187,11 +208,19 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.ListInstancesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListInstancesResponse | None:
         async def list_instances() -> pb.ListInstancesResponse:
-            validate_selector(request.selector)
+            validate_list_instances(request)
             await self._fresh()
+            page = page_of(
+                self._view.select(Selector.from_proto(request.selector)),
+                _instance_key,
+                _size,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
             return pb.ListInstancesResponse(
-                instances=self._view.select(Selector.from_proto(request.selector)),
+                instances=page.items,
                 revision=self._view.revision,
+                next_page_token=page.next_token,
             )
 
         return await self._call("ListInstances", context, list_instances)
@@ -232,6 +261,24 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             self._fail("Watch", context, exc)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _instance_id(inst: pb.Instance) -> str:
+    return inst.id
+
+
+def _instance_key(inst: pb.Instance) -> str:
+    # The order of InstanceView.select; "\x00" sorts below every allowed character.
+    return f"{inst.namespace}\x00{inst.service}\x00{inst.id}"
+
+
+def _service_key(service: pb.Service) -> str:
+    return f"{service.namespace}\x00{service.name}"
+
+
+def _size(message: Message) -> int:
+    # An element of a repeated field: its bytes, plus a tag and a length.
+    return message.ByteSize() + 6
 
 
 def _serialize(message: bytes | Message) -> bytes:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from ecosystem.v1 import registry_pb2 as pb
 
 from controlplane.errors import FieldViolation, InvalidArgumentError
+from controlplane.paging import check_paging
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -26,6 +27,8 @@ __all__ = [
     "node_violations",
     "validate_deregister",
     "validate_get_service",
+    "validate_list_instances",
+    "validate_list_services",
     "validate_register",
     "validate_selector",
     "validate_watch",
@@ -328,6 +331,21 @@ def validate_get_service(req: pb.GetServiceRequest) -> None:
     v = _Violations()
     _check_name(v, "name", req.name, required=True)
     _check_name(v, "namespace", req.namespace, required=False)
+    v.items += check_paging(req.page_size, req.page_token)
+    v.raise_if_any()
+
+
+def validate_list_services(req: pb.ListServicesRequest) -> None:
+    v = _Violations()
+    _check_name(v, "namespace", req.namespace, required=False)
+    v.items += check_paging(req.page_size, req.page_token)
+    v.raise_if_any()
+
+
+def validate_list_instances(req: pb.ListInstancesRequest) -> None:
+    v = _Violations()
+    _selector_violations(v, req.selector, "selector")
+    v.items += check_paging(req.page_size, req.page_token)
     v.raise_if_any()
 
 

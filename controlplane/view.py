@@ -13,6 +13,13 @@ arriving together are batched. A subscriber that would exceed its bound gets
 no backlog at all but a RESYNC: the current state as a snapshot, then live
 events again.
 
+Each response stays under ``MESSAGE_BYTES`` (1 MiB), far below the 4 MiB a
+stock client accepts: a snapshot is cut into several responses, and so is a
+backlog, at revision boundaries where it can be. A single revision larger
+than that is cut inside, and the response that ends in the middle of it says
+so (``revision_continues``), so that a client knows that revision is not yet
+whole.
+
 Events are encoded once, as ready-made ``WatchResponse.events`` fields
 (``frame``), and shared by every subscriber that gets them: a response is
 the concatenation of its frames, so a change that reaches a thousand
@@ -43,6 +50,10 @@ _PUT = pb.WATCH_EVENT_TYPE_PUT
 _DELETE = pb.WATCH_EVENT_TYPE_DELETE
 # Tag of field 1 (events), wire type 2 (length-delimited), in WatchResponse.
 _EVENTS_TAG = b"\x0a"
+# Field 3 (revision_continues, a varint) set to true.
+_CONTINUES = b"\x18\x01"
+#: Bytes of events in one WatchResponse (one event may take it past this).
+MESSAGE_BYTES = 1024 * 1024
 
 
 def _varint(n: int) -> bytes:
@@ -69,8 +80,10 @@ def marker(kind: int, revision: int) -> bytes:
 class ViewConfig:
     # Events kept for resuming watchers without a snapshot.
     ring_events: int = 20_000
-    # Pending events per subscriber before it is given a RESYNC instead.
+    # Pending events per subscriber before it is given a RESYNC instead …
     max_pending: int = 4_096
+    # … or pending bytes of events.
+    max_pending_bytes: int = 16 * 1024 * 1024
     # Instances per message of a snapshot.
     snapshot_chunk: int = 1_000
     # How often the store reports progress to the view while idle.
@@ -152,7 +165,11 @@ class Subscription:
     view: InstanceView
     selector: Selector
     max_pending: int
+    max_pending_bytes: int = 16 * 1024 * 1024
     pending: list[bytes] = field(default_factory=list)
+    # Bytes in ``pending``, and where each revision's frames end in it.
+    pending_bytes: int = 0
+    ends: list[int] = field(default_factory=list)
     resync: bool = False
     closed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -162,11 +179,21 @@ class Subscription:
     _timer: asyncio.TimerHandle | None = None
 
     def offer(self, frames: list[bytes]) -> None:
+        """Queues the frames of one revision."""
         if self.resync or self.closed:
             return
-        if len(self.pending) + len(frames) > self.max_pending:
+        if not self.pending:  # (an agent session clears pending on its own)
+            self.pending_bytes = 0
+            self.ends.clear()
+        size = sum(map(len, frames))
+        if (
+            len(self.pending) + len(frames) > self.max_pending
+            or self.pending_bytes + size > self.max_pending_bytes
+        ):
             # Latest state beats backlog: drop what is pending and resnapshot.
             self.pending.clear()
+            self.pending_bytes = 0
+            self.ends.clear()
             self.resync = True
             self.overflows += 1
             if self.overflows == 1:
@@ -177,7 +204,41 @@ class Subscription:
                 )
         else:
             self.pending.extend(frames)
+            self.pending_bytes += size
+            self.ends.append(len(self.pending))
         self.wake.set()
+
+    def take(self, budget: int) -> tuple[list[bytes], bool]:
+        """Pending frames for one response of about ``budget`` bytes: whole
+        revisions while they fit, else part of the first one; and whether
+        that response ends inside a revision."""
+        if self.pending_bytes <= budget:
+            frames, self.pending = self.pending, []
+            self.pending_bytes = 0
+            self.ends.clear()
+            return frames, False
+        pending = self.pending
+        size = 0
+        taken = 0
+        for end in self.ends:
+            segment = sum(map(len, pending[taken:end]))
+            if size + segment > budget:
+                break
+            size += segment
+            taken = end
+        continues = False
+        if taken == 0:
+            # One revision alone is larger than a response: cut inside it.
+            end = self.ends[0]
+            while taken < end and (taken == 0 or size + len(pending[taken]) <= budget):
+                size += len(pending[taken])
+                taken += 1
+            continues = taken < end
+        frames = pending[:taken]
+        self.pending = pending[taken:]
+        self.pending_bytes -= size
+        self.ends = [e - taken for e in self.ends if e > taken]
+        return frames, continues
 
     def close(self) -> None:
         self.closed = True
@@ -207,15 +268,20 @@ class Subscription:
                 if self.resync:
                     self.resync = False
                     self.pending.clear()
+                    self.pending_bytes = 0
+                    self.ends.clear()
                     self._sent_since_tick = True
                     for response in self.view.snapshot(self.selector):
                         yield response + suffix
                     continue
                 if self.pending:
-                    frames, self.pending = self.pending, []
-                    self.wake.clear()
+                    frames, continues = self.take(MESSAGE_BYTES)
+                    if not self.pending:
+                        self.wake.clear()
                     self._sent_since_tick = True
                     frames.append(suffix)
+                    if continues:
+                        frames.append(_CONTINUES)
                     yield b"".join(frames)
                     continue
                 if self._progress_due:
@@ -522,7 +588,7 @@ class InstanceView:
         means the revisions are of another history: a snapshot, too."""
         if self._closed:
             raise UnavailableError("control plane is shutting down")
-        sub = Subscription(self, selector, self._config.max_pending)
+        sub = Subscription(self, selector, self._config.max_pending, self._config.max_pending_bytes)
         if wake is not None:
             sub.wake = wake  # several subscriptions of one session share a wake-up
         if (
@@ -562,20 +628,22 @@ class InstanceView:
     def snapshot(self, selector: Selector) -> list[bytes]:
         """RESYNC, the matching instances at the current revision, SNAPSHOT_END,
         as serialized WatchResponse messages of at most ``snapshot_chunk``
-        instances each."""
+        instances and about ``MESSAGE_BYTES`` each."""
         revision = self._revision
-        instances = self.select(selector)
         chunk = self._config.snapshot_chunk
         responses: list[bytes] = []
-        head = [marker(pb.WATCH_EVENT_TYPE_RESYNC, revision)]
-        for start in range(0, max(len(instances), 1), chunk):
-            frames = head + [
-                frame(pb.WatchEvent(type=_PUT, revision=revision, instance=inst))
-                for inst in instances[start : start + chunk]
-            ]
-            head = []
-            responses.append(b"".join(frames))
-        responses[-1] += marker(pb.WATCH_EVENT_TYPE_SNAPSHOT_END, revision)
+        frames = [marker(pb.WATCH_EVENT_TYPE_RESYNC, revision)]
+        size = count = 0
+        for inst in self.select(selector):
+            encoded = frame(pb.WatchEvent(type=_PUT, revision=revision, instance=inst))
+            if count >= chunk or (count and size + len(encoded) > MESSAGE_BYTES):
+                responses.append(b"".join(frames))
+                frames, size, count = [], 0, 0
+            frames.append(encoded)
+            size += len(encoded)
+            count += 1
+        frames.append(marker(pb.WATCH_EVENT_TYPE_SNAPSHOT_END, revision))
+        responses.append(b"".join(frames))
         return responses
 
 

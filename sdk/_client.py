@@ -210,10 +210,16 @@ class AsyncClient:
         """One service: its health summary, every instance, and the revision read at."""
         self._check_open()
         request = registry_pb2.GetServiceRequest(name=name, namespace=namespace)
-        response = await self._transport.unary("GetService", request, idempotent=True)
+        instances: list[Instance] = []
+        while True:  # page by page: a large service comes in several responses
+            response = await self._transport.unary("GetService", request, idempotent=True)
+            instances += (Instance.from_proto(i) for i in response.instances)
+            if not response.next_page_token:
+                break
+            request.page_token = response.next_page_token
         return ServiceDetail(
             service=Service.from_proto(response.service),
-            instances=tuple(Instance.from_proto(i) for i in response.instances),
+            instances=tuple(instances),
             revision=int(response.revision),
         )
 
@@ -221,11 +227,14 @@ class AsyncClient:
         """Every service (in ``namespace``, or all when empty) with counts by health."""
         self._check_open()
         request = registry_pb2.ListServicesRequest(namespace=namespace)
-        response = await self._transport.unary("ListServices", request, idempotent=True)
-        return ServiceList(
-            services=tuple(Service.from_proto(s) for s in response.services),
-            revision=int(response.revision),
-        )
+        services: list[Service] = []
+        while True:
+            response = await self._transport.unary("ListServices", request, idempotent=True)
+            services += (Service.from_proto(s) for s in response.services)
+            if not response.next_page_token:
+                break
+            request.page_token = response.next_page_token
+        return ServiceList(services=tuple(services), revision=int(response.revision))
 
     async def list_nodes(self) -> list[NodeInfo]:
         """Every sidecar the control plane knows, with its session state."""
@@ -275,11 +284,14 @@ class AsyncClient:
         self._check_open()
         selector = _selector(service, namespace, platform, zone, tags, health)
         request = registry_pb2.ListInstancesRequest(selector=selector)
-        response = await self._transport.unary("ListInstances", request, idempotent=True)
-        return InstanceList(
-            instances=tuple(Instance.from_proto(i) for i in response.instances),
-            revision=int(response.revision),
-        )
+        instances: list[Instance] = []
+        while True:
+            response = await self._transport.unary("ListInstances", request, idempotent=True)
+            instances += (Instance.from_proto(i) for i in response.instances)
+            if not response.next_page_token:
+                break
+            request.page_token = response.next_page_token
+        return InstanceList(instances=tuple(instances), revision=int(response.revision))
 
     def watch(
         self,

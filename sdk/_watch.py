@@ -13,7 +13,11 @@ SNAPSHOT_END or a PROGRESS. PUTs between RESYNC and SNAPSHOT_END are not:
 the snapshot is only whole at its end. If the stream breaks inside a
 snapshot, the caller has already been told to forget its state, so the
 generator asks for a fresh snapshot (revision 0) rather than deltas.
-RESYNC is always passed through: it means "drop what you hold".
+RESYNC is always passed through: it means "drop what you hold". A
+response marked ``revision_continues`` ends inside a revision too large for
+one response: until the rest of it arrives, the safe revision is the one
+before it (a resume then repeats that revision's first events rather than
+lose its last ones).
 
 No task is created: the stream is read inside the generator, so closing it
 (``aclose()``, or leaving an ``async for``) cancels the call and leaves
@@ -68,17 +72,20 @@ class ResumePoint:
     # with a snapshot instead of deltas (the store was wiped or replaced).
     store_id: str = ""
 
-    def advance(self, event: WatchEvent) -> None:
-        """Accounts for one event the caller is about to receive."""
+    def advance(self, event: WatchEvent, *, partial: bool = False) -> None:
+        """Accounts for one event the caller is about to receive; ``partial``:
+        more events of its revision are still to come."""
         kind = event.type
         if kind is WatchEventType.RESYNC:
             self.in_snapshot = True
         elif kind is WatchEventType.SNAPSHOT_END:
             self.in_snapshot = False
             self.revision = event.revision
-        elif not self.in_snapshot and event.revision > self.revision:
-            # A delta or PROGRESS: everything up to it has been delivered.
-            self.revision = event.revision
+        elif not self.in_snapshot:
+            # A delta or PROGRESS: everything up to it has been delivered
+            # (everything before it, while its revision is not yet whole).
+            safe = event.revision - 1 if partial else event.revision
+            self.revision = max(self.revision, safe)
 
     def after_disconnect(self) -> int:
         """The revision to reconnect from; 0 (a fresh snapshot) if one was cut short."""
@@ -128,9 +135,10 @@ async def watch_events(
                     backoff.reset()
                     if response.store_id:
                         resume.store_id = response.store_id
+                    cut = response.events[-1].revision if response.revision_continues else -1
                     for message in response.events:
                         event = WatchEvent.from_proto(message)
-                        resume.advance(event)
+                        resume.advance(event, partial=event.revision == cut)
                         yield event
                         if transport.closed:
                             return  # the client closed while the caller held this event

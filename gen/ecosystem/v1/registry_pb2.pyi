@@ -188,36 +188,48 @@ class RevokeLeaseResponse(_message.Message):
     def __init__(self, revision: _Optional[int] = ...) -> None: ...
 
 class GetServiceRequest(_message.Message):
-    __slots__ = ("name", "namespace")
+    __slots__ = ("name", "namespace", "page_size", "page_token")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetServiceResponse(_message.Message):
-    __slots__ = ("service", "instances", "revision")
+    __slots__ = ("service", "instances", "revision", "next_page_token")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     service: Service
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     revision: int
-    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., revision: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListServicesRequest(_message.Message):
-    __slots__ = ("namespace",)
+    __slots__ = ("namespace", "page_size", "page_token")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     namespace: str
-    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, namespace: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListServicesResponse(_message.Message):
-    __slots__ = ("services", "revision")
+    __slots__ = ("services", "revision", "next_page_token")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[Service]
     revision: int
-    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., revision: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class InstanceSelector(_message.Message):
     __slots__ = ("service", "namespace", "platform", "zone", "tags", "health")
@@ -236,18 +248,24 @@ class InstanceSelector(_message.Message):
     def __init__(self, service: _Optional[str] = ..., namespace: _Optional[str] = ..., platform: _Optional[str] = ..., zone: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., health: _Optional[_Iterable[_Union[HealthStatus, str]]] = ...) -> None: ...
 
 class ListInstancesRequest(_message.Message):
-    __slots__ = ("selector",)
+    __slots__ = ("selector", "page_size", "page_token")
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     selector: InstanceSelector
-    def __init__(self, selector: _Optional[_Union[InstanceSelector, _Mapping]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, selector: _Optional[_Union[InstanceSelector, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListInstancesResponse(_message.Message):
-    __slots__ = ("instances", "revision")
+    __slots__ = ("instances", "revision", "next_page_token")
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     revision: int
-    def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., revision: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("selector", "since_revision", "progress_interval_ms", "store_id")
@@ -272,9 +290,11 @@ class WatchEvent(_message.Message):
     def __init__(self, type: _Optional[_Union[WatchEventType, str]] = ..., revision: _Optional[int] = ..., instance: _Optional[_Union[Instance, _Mapping]] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
-    __slots__ = ("events", "store_id")
+    __slots__ = ("events", "store_id", "revision_continues")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_CONTINUES_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[WatchEvent]
     store_id: str
-    def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ..., store_id: _Optional[str] = ...) -> None: ...
+    revision_continues: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ..., store_id: _Optional[str] = ..., revision_continues: _Optional[bool] = ...) -> None: ...

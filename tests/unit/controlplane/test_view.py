@@ -146,3 +146,26 @@ async def test_instances_are_indexed_by_node_as_they_move(store: MemoryStore) ->
     assert view.node_instances("n1") == {}
     assert view.node_instances("") == {}
     await view.close()
+
+
+async def test_a_backlog_is_cut_at_revision_boundaries(store: MemoryStore) -> None:
+    from controlplane.view import Subscription
+
+    view = await make_view(store)
+    try:
+        sub = Subscription(view, Selector(), max_pending=100, max_pending_bytes=10_000)
+        sub.offer([b"a" * 300, b"b" * 300])  # revision 1: 600 bytes
+        sub.offer([b"c" * 300])  # revision 2
+        sub.offer([b"d" * 300] * 5)  # revision 3: 1500 bytes, more than a response
+        sub.offer([b"e" * 10])  # revision 4
+        frames, continues = sub.take(1000)
+        assert frames == [b"a" * 300, b"b" * 300, b"c" * 300] and not continues
+        frames, continues = sub.take(1000)
+        assert len(frames) == 3 and continues  # inside revision 3
+        frames, continues = sub.take(1000)
+        assert frames == [b"d" * 300] * 2 + [b"e" * 10] and not continues
+        assert sub.pending == [] and sub.pending_bytes == 0
+        sub.offer([b"f" * 20_000])  # past max_pending_bytes: a RESYNC instead
+        assert sub.resync and sub.pending == []
+    finally:
+        await view.close()

@@ -61,6 +61,15 @@ class TestResumePoint:
         point.advance(ev(T.PUT, 9))
         assert point.after_disconnect() == 9
 
+    def test_a_revision_cut_across_responses_is_not_safe_until_whole(self) -> None:
+        point = ResumePoint(revision=5)
+        point.advance(ev(T.PUT, 6))
+        point.advance(ev(T.DELETE, 7), partial=True)
+        point.advance(ev(T.DELETE, 7), partial=True)
+        assert point.after_disconnect() == 6  # revision 7 is sent again, whole
+        point.advance(ev(T.DELETE, 7))
+        assert point.revision == 7
+
     def test_revisions_never_go_back(self) -> None:
         point = ResumePoint(revision=9)
         point.advance(ev(T.PROGRESS, 4))
