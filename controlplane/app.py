@@ -39,6 +39,7 @@ from grpc_reflection.v1alpha import reflection
 from controlplane.agent import AgentServicer, AgentSettings, LoadSpreader, Reaper
 from controlplane.bus import Broker, BusError, open_broker
 from controlplane.bus._events import EventPublisher
+from controlplane.bus._rpc_guard import MalformedRequestGuard
 from controlplane.bus._servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
 from controlplane.config import ControlPlaneConfig, parse_hostport
 from controlplane.leader import Election
@@ -194,7 +195,7 @@ class ControlPlane:
         )
         await self._view.start()
 
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=(MalformedRequestGuard(),))
         self._server = server
         host, _port = parse_hostport(config.listen)
         try:

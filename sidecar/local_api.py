@@ -28,6 +28,7 @@ from ecosystem.v1 import registry_pb2, sidecar_pb2, sidecar_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.bus._rpc_guard import MalformedRequestGuard
 from controlplane.bus._servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
 from sdk import HealthStatus
 from sidecar.cache import EndpointCache, UpstreamKey, UpstreamState
@@ -288,7 +289,8 @@ class LocalApiServer:
         """Binds ``listen`` (port 0: any free port) and serves; returns the bound address."""
         host, _ = split_hostport(listen, allow_zero=True)
         server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)]
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)],
+            interceptors=(MalformedRequestGuard(),),
         )
         sidecar_pb2_grpc.add_SidecarServiceServicer_to_server(self._servicer, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
