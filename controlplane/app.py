@@ -214,6 +214,7 @@ class ControlPlane:
             store,
             self.metrics,
             is_draining=lambda: self._state is not _State.SERVING,
+            max_watch_streams=config.max_watch_streams,
         )
         server.add_generic_rpc_handlers((handler(servicer),))
         self.agent = AgentServicer(

@@ -45,6 +45,8 @@ class ControlPlaneConfig(BaseModel):
     watch_history: int = Field(default=20_000, ge=100)
     # Pending events per watcher before it is sent a RESYNC instead.
     watch_queue: int = Field(default=4_096, ge=16)
+    # Registry watch streams served at once; more get RESOURCE_EXHAUSTED.
+    max_watch_streams: int = Field(default=10_000, ge=1, le=1_000_000)
 
     # Name of this replica, unique among the replicas over one store: shown to
     # sidecars and in `eco node list`, held in the leader key while it leads

@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from controlplane.errors import (
     NotFoundError,
+    ResourceExhaustedError,
     UnavailableError,
     code_for,
     end_call,
@@ -59,7 +60,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         store: Store,
         metrics: Metrics,
         is_draining: Callable[[], bool],
+        max_watch_streams: int = 10_000,
     ) -> None:
+        if max_watch_streams < 1:
+            raise ValueError("max_watch_streams must be positive")
+        self._max_watch_streams = max_watch_streams
+        self._watch_streams = 0
         self._registry = registry
         self._view = view
         self._store = store
@@ -235,6 +241,11 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
         async def open_stream() -> AsyncIterator[bytes]:
             validate_watch(request)
+            if self._watch_streams >= self._max_watch_streams:
+                raise ResourceExhaustedError(
+                    f"this control plane serves {self._max_watch_streams} watch streams "
+                    "already; try again later or another address"
+                )
             await self._fresh()
             since = request.since_revision
             if request.store_id == self._view.store_id and since > self._view.revision:
@@ -254,12 +265,14 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         stream = await self._call("Watch", context, open_stream)
         if stream is None:
             return
+        self._watch_streams += 1
         try:
             async for response in stream:
                 yield response
         except Exception as exc:
             self._fail("Watch", context, exc)
         finally:
+            self._watch_streams -= 1
             await stream.aclose()  # type: ignore[attr-defined]
 
 

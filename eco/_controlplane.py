@@ -40,6 +40,7 @@ _OPTION_OF_FIELD = {
     "store_timeout": "--store-timeout",
     "rebalance_interval": "--rebalance-interval",
     "rebalance_batch": "--rebalance-batch",
+    "max_watch_streams": "--max-watch-streams",
 }
 
 
@@ -152,6 +153,14 @@ def _listen_options(f: Any) -> Any:
     help="Most sidecar streams shed per check when holding more than 1.5x the fair "
     "share + 1 (they resume on another replica); 0: never shed.",
 )
+@click.option(
+    "--max-watch-streams",
+    type=click.IntRange(1, 1_000_000),
+    default=10_000,
+    show_default=True,
+    help="Registry watch streams served at once; more are refused with RESOURCE_EXHAUSTED "
+    "(docs/limits.md).",
+)
 @pass_settings
 @click.pass_context
 def controlplane_command(
@@ -168,6 +177,7 @@ def controlplane_command(
     store_timeout: float,
     rebalance_interval: float,
     rebalance_batch: int,
+    max_watch_streams: int,
 ) -> None:
     """Run the control plane until SIGTERM or Ctrl-C (twice: at once).
 
@@ -199,6 +209,7 @@ def controlplane_command(
         store_timeout=store_timeout,
         rebalance_interval=rebalance_interval,
         rebalance_batch=rebalance_batch,
+        max_watch_streams=max_watch_streams,
     )
     configure_logging(settings.verbose, base=logging.INFO)
     from controlplane import run

@@ -232,3 +232,32 @@ async def test_resume_against_another_store_gets_a_snapshot(
     call = watch(stub, since_revision=seen, store_id=plane.store_id)
     assert [(e.type, e.instance.id) for e in (await call.read()).events] == [(PUT, "b")]
     call.cancel()
+
+
+async def test_watch_streams_are_capped_server_wide() -> None:
+    """Hardening finding 9: there was no cap on registry watch streams."""
+    from tests.util import assert_eventually
+
+    config = ControlPlaneConfig(
+        listen="127.0.0.1:0", admin_listen=None, store_url="memory://", max_watch_streams=2
+    )
+    async with ControlPlane(config) as cp, grpc.aio.insecure_channel(cp.address) as channel:
+        stub = pb_grpc.RegistryServiceStub(channel)
+        streams = [stub.Watch(pb.WatchRequest()) for _ in range(2)]
+        for stream in streams:
+            await stream.read()  # RESYNC … SNAPSHOT_END: the stream is being served
+        third = stub.Watch(pb.WatchRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await third.read()
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        streams[0].cancel()
+
+        async def admitted() -> None:
+            again = stub.Watch(pb.WatchRequest())
+            try:
+                await again.read()
+            finally:
+                again.cancel()
+
+        await assert_eventually(admitted, timeout=5)
+        streams[1].cancel()
