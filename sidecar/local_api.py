@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -30,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane.bus._rpc_guard import MalformedRequestGuard
 from controlplane.bus._servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
+from controlplane.paging import check_paging, page_of
 from sdk import HealthStatus
 from sidecar.cache import EndpointCache, UpstreamKey, UpstreamState
 from sidecar.config import split_hostport
@@ -58,6 +59,10 @@ SIDECAR_SERVICE = sidecar_pb2.DESCRIPTOR.services_by_name["SidecarService"].full
 #: WatchEndpoints streams open at once, at most.
 MAX_WATCHES = 1024
 _NOTE_LIMIT = 4096
+_KEY_LIMIT = 1024
+#: Bytes of endpoints in one WatchEndpoints response; a larger set is sent
+#: in several, all but the last marked ``more``.
+WATCH_RESPONSE_BYTES = 1024 * 1024
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _DEFAULT_HEALTH = (HealthStatus.PASSING, HealthStatus.WARNING)
 _TTL_STATUSES = (HealthStatus.PASSING, HealthStatus.WARNING, HealthStatus.CRITICAL)
@@ -134,11 +139,25 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
         def resolve() -> sidecar_pb2.ResolveEndpointsResponse:
             key = _upstream_key(request.service, request.namespace)
             wanted = _health_filter(request.health)
+            problems = check_paging(request.page_size, request.page_token)
+            if problems:
+                raise BadRequestError([FieldViolation(p.field, p.description) for p in problems])
             state = self._state(key)
+            endpoints = sorted(
+                (i.to_proto() for i in state.instances if i.health in wanted), key=_endpoint_id
+            )
+            page = page_of(
+                endpoints,
+                _endpoint_id,
+                _endpoint_size,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
             return sidecar_pb2.ResolveEndpointsResponse(
-                endpoints=[i.to_proto() for i in state.instances if i.health in wanted],
+                endpoints=page.items,
                 version=state.version,
                 stale=self._is_stale(),
+                next_page_token=page.next_token,
             )
 
         return await self._call("ResolveEndpoints", context, resolve)
@@ -147,6 +166,8 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
         self, request: sidecar_pb2.PickEndpointRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> sidecar_pb2.PickEndpointResponse | None:
         def pick() -> sidecar_pb2.PickEndpointResponse:
+            if len(request.key) > _KEY_LIMIT:
+                raise BadRequestError.one("key", f"at most {_KEY_LIMIT} characters")
             key = _upstream_key(request.service, request.namespace)
             instance, pick_id = self._router.pick(key, request.key)
             return sidecar_pb2.PickEndpointResponse(endpoint=instance.to_proto(), pick_id=pick_id)
@@ -197,11 +218,8 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
                 stale = self._is_stale()
                 if last is None or last[0] is not state or last[1] != stale:
                     last = (state, stale)
-                    yield sidecar_pb2.WatchEndpointsResponse(
-                        endpoints=[i.to_proto() for i in state.instances],
-                        version=state.version,
-                        stale=stale,
-                    )
+                    for response in _endpoint_set(state, stale):
+                        yield response
                 await self._cache.wait_changed(key, generation)
             _fail("WatchEndpoints", context, ShuttingDownError())
         finally:
@@ -235,6 +253,34 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
             return sidecar_pb2.UpdateTTLResponse()
 
         return await self._call("UpdateTTL", context, update)
+
+
+def _endpoint_id(endpoint: registry_pb2.Instance) -> str:
+    return endpoint.id
+
+
+def _endpoint_size(endpoint: registry_pb2.Instance) -> int:
+    return endpoint.ByteSize() + 6
+
+
+def _endpoint_set(
+    state: UpstreamState, stale: bool
+) -> Iterator[sidecar_pb2.WatchEndpointsResponse]:
+    """The whole endpoint set of ``state``: one response, or several under
+    ``WATCH_RESPONSE_BYTES`` each, all but the last marked ``more``."""
+    chunk: list[registry_pb2.Instance] = []
+    size = 0
+    for instance in state.instances:
+        endpoint = instance.to_proto()
+        grown = size + _endpoint_size(endpoint)
+        if chunk and grown > WATCH_RESPONSE_BYTES:
+            yield sidecar_pb2.WatchEndpointsResponse(
+                endpoints=chunk, version=state.version, stale=stale, more=True
+            )
+            chunk, grown = [], _endpoint_size(endpoint)
+        chunk.append(endpoint)
+        size = grown
+    yield sidecar_pb2.WatchEndpointsResponse(endpoints=chunk, version=state.version, stale=stale)
 
 
 def _upstream_key(service: str, namespace: str) -> UpstreamKey:

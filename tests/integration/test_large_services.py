@@ -29,6 +29,7 @@ def maximal(i: int, *, lease_id: int = 0) -> pb.RegisterInstanceRequest:
         service="big",
         address="10.0.0.1",
         port=8000 + i,
+        health=pb.HEALTH_STATUS_PASSING,
         tags=[f"t{j:02d}-" + "x" * 120 for j in range(LIMITS.tags)],
         metadata={f"key-{j:02d}": "v" * 1000 for j in range(15)},
         checks=[
@@ -130,3 +131,61 @@ async def test_a_stock_watcher_gets_a_large_snapshot_and_a_large_revision(
                 break
     assert continued >= 1
     stream.cancel()
+
+
+async def test_the_sidecar_local_api_serves_a_large_upstream_in_parts() -> None:
+    """The local API bounds its responses the same way: ResolveEndpoints in
+    pages, WatchEndpoints in responses marked ``more`` until the set is whole."""
+    from ecosystem.v1 import sidecar_pb2, sidecar_pb2_grpc
+
+    from sdk import Instance
+    from sdk._agent_types import EndpointUpdate, ServiceEndpoints, ServiceRef
+    from sidecar.cache import EndpointCache
+    from sidecar.config import NodeConfig, UpstreamConfig
+    from sidecar.local_api import LocalApiServer, SidecarServicer
+    from sidecar.routing import Router
+
+    upstreams = [UpstreamConfig(service="big")]
+    cache = EndpointCache([u.key for u in upstreams])
+    router = Router(upstreams, NodeConfig(id="n1"))
+    instances = tuple(Instance.from_proto(maximal(i).instance) for i in range(COUNT))
+    changes = cache.prepare(
+        EndpointUpdate(5, "n", (ServiceEndpoints(ServiceRef("big"), instances),))
+    )
+    cache.commit(changes, 5)
+    for key, items in changes.items():
+        router.update(key, items)
+
+    async def no_ttl(*_args: object) -> None:
+        return None
+
+    server = LocalApiServer(
+        SidecarServicer(cache, router, is_stale=lambda: False, update_ttl=no_ttl)  # type: ignore[arg-type]
+    )
+    address = await server.start("127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = sidecar_pb2_grpc.SidecarServiceStub(channel)
+            request = sidecar_pb2.ResolveEndpointsRequest(service="big")
+            resolved: list[str] = []
+            while True:
+                response = await stub.ResolveEndpoints(request)
+                resolved += [e.id for e in response.endpoints]
+                if not response.next_page_token:
+                    break
+                request.page_token = response.next_page_token
+            assert resolved == [f"big-{i:03d}" for i in range(COUNT)]
+
+            watch = stub.WatchEndpoints(sidecar_pb2.WatchEndpointsRequest(service="big"))
+            watched: list[str] = []
+            parts = 0
+            async for part in watch:
+                assert part.ByteSize() < 1024 * 1024 + 64 * 1024
+                watched += [e.id for e in part.endpoints]
+                parts += 1
+                if not part.more:
+                    break
+            watch.cancel()
+            assert parts >= 4 and sorted(watched) == resolved
+    finally:
+        await server.stop(0)

@@ -25,33 +25,33 @@ _sym_db = _symbol_database.Default()
 from ecosystem.v1 import registry_pb2 as ecosystem_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x63osystem/v1/sidecar.proto\x12\x0c\x65\x63osystem.v1\x1a\x1b\x65\x63osystem/v1/registry.proto\"i\n\x17ResolveEndpointsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12*\n\x06health\x18\x03 \x03(\x0e\x32\x1a.ecosystem.v1.HealthStatus\"e\n\x18ResolveEndpointsResponse\x12)\n\tendpoints\x18\x01 \x03(\x0b\x32\x16.ecosystem.v1.Instance\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05stale\x18\x03 \x01(\x08\"F\n\x13PickEndpointRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"Q\n\x14PickEndpointResponse\x12(\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x16.ecosystem.v1.Instance\x12\x0f\n\x07pick_id\x18\x02 \x01(\t\";\n\x15WatchEndpointsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"c\n\x16WatchEndpointsResponse\x12)\n\tendpoints\x18\x01 \x03(\x0b\x32\x16.ecosystem.v1.Instance\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05stale\x18\x03 \x01(\x08\"\x81\x01\n\x10UpdateTTLRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\r\n\x05\x63heck\x18\x03 \x01(\t\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.ecosystem.v1.HealthStatus\x12\x0c\n\x04note\x18\x05 \x01(\t\"\x13\n\x11UpdateTTLResponse\"O\n\x13ReportResultRequest\x12\x0f\n\x07pick_id\x18\x01 \x01(\t\x12\x17\n\x0flatency_seconds\x18\x02 \x01(\x01\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x08\"\x16\n\x14ReportResultResponse2\xce\x03\n\x0eSidecarService\x12\x61\n\x10ResolveEndpoints\x12%.ecosystem.v1.ResolveEndpointsRequest\x1a&.ecosystem.v1.ResolveEndpointsResponse\x12U\n\x0cPickEndpoint\x12!.ecosystem.v1.PickEndpointRequest\x1a\".ecosystem.v1.PickEndpointResponse\x12]\n\x0eWatchEndpoints\x12#.ecosystem.v1.WatchEndpointsRequest\x1a$.ecosystem.v1.WatchEndpointsResponse0\x01\x12L\n\tUpdateTTL\x12\x1e.ecosystem.v1.UpdateTTLRequest\x1a\x1f.ecosystem.v1.UpdateTTLResponse\x12U\n\x0cReportResult\x12!.ecosystem.v1.ReportResultRequest\x1a\".ecosystem.v1.ReportResultResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x63osystem/v1/sidecar.proto\x12\x0c\x65\x63osystem.v1\x1a\x1b\x65\x63osystem/v1/registry.proto\"\x90\x01\n\x17ResolveEndpointsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12*\n\x06health\x18\x03 \x03(\x0e\x32\x1a.ecosystem.v1.HealthStatus\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"~\n\x18ResolveEndpointsResponse\x12)\n\tendpoints\x18\x01 \x03(\x0b\x32\x16.ecosystem.v1.Instance\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05stale\x18\x03 \x01(\x08\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"F\n\x13PickEndpointRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"Q\n\x14PickEndpointResponse\x12(\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x16.ecosystem.v1.Instance\x12\x0f\n\x07pick_id\x18\x02 \x01(\t\";\n\x15WatchEndpointsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"q\n\x16WatchEndpointsResponse\x12)\n\tendpoints\x18\x01 \x03(\x0b\x32\x16.ecosystem.v1.Instance\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05stale\x18\x03 \x01(\x08\x12\x0c\n\x04more\x18\x04 \x01(\x08\"\x81\x01\n\x10UpdateTTLRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\r\n\x05\x63heck\x18\x03 \x01(\t\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.ecosystem.v1.HealthStatus\x12\x0c\n\x04note\x18\x05 \x01(\t\"\x13\n\x11UpdateTTLResponse\"O\n\x13ReportResultRequest\x12\x0f\n\x07pick_id\x18\x01 \x01(\t\x12\x17\n\x0flatency_seconds\x18\x02 \x01(\x01\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x08\"\x16\n\x14ReportResultResponse2\xce\x03\n\x0eSidecarService\x12\x61\n\x10ResolveEndpoints\x12%.ecosystem.v1.ResolveEndpointsRequest\x1a&.ecosystem.v1.ResolveEndpointsResponse\x12U\n\x0cPickEndpoint\x12!.ecosystem.v1.PickEndpointRequest\x1a\".ecosystem.v1.PickEndpointResponse\x12]\n\x0eWatchEndpoints\x12#.ecosystem.v1.WatchEndpointsRequest\x1a$.ecosystem.v1.WatchEndpointsResponse0\x01\x12L\n\tUpdateTTL\x12\x1e.ecosystem.v1.UpdateTTLRequest\x1a\x1f.ecosystem.v1.UpdateTTLResponse\x12U\n\x0cReportResult\x12!.ecosystem.v1.ReportResultRequest\x1a\".ecosystem.v1.ReportResultResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ecosystem.v1.sidecar_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESOLVEENDPOINTSREQUEST']._serialized_start=73
-  _globals['_RESOLVEENDPOINTSREQUEST']._serialized_end=178
-  _globals['_RESOLVEENDPOINTSRESPONSE']._serialized_start=180
-  _globals['_RESOLVEENDPOINTSRESPONSE']._serialized_end=281
-  _globals['_PICKENDPOINTREQUEST']._serialized_start=283
-  _globals['_PICKENDPOINTREQUEST']._serialized_end=353
-  _globals['_PICKENDPOINTRESPONSE']._serialized_start=355
-  _globals['_PICKENDPOINTRESPONSE']._serialized_end=436
-  _globals['_WATCHENDPOINTSREQUEST']._serialized_start=438
-  _globals['_WATCHENDPOINTSREQUEST']._serialized_end=497
-  _globals['_WATCHENDPOINTSRESPONSE']._serialized_start=499
-  _globals['_WATCHENDPOINTSRESPONSE']._serialized_end=598
-  _globals['_UPDATETTLREQUEST']._serialized_start=601
-  _globals['_UPDATETTLREQUEST']._serialized_end=730
-  _globals['_UPDATETTLRESPONSE']._serialized_start=732
-  _globals['_UPDATETTLRESPONSE']._serialized_end=751
-  _globals['_REPORTRESULTREQUEST']._serialized_start=753
-  _globals['_REPORTRESULTREQUEST']._serialized_end=832
-  _globals['_REPORTRESULTRESPONSE']._serialized_start=834
-  _globals['_REPORTRESULTRESPONSE']._serialized_end=856
-  _globals['_SIDECARSERVICE']._serialized_start=859
-  _globals['_SIDECARSERVICE']._serialized_end=1321
+  _globals['_RESOLVEENDPOINTSREQUEST']._serialized_start=74
+  _globals['_RESOLVEENDPOINTSREQUEST']._serialized_end=218
+  _globals['_RESOLVEENDPOINTSRESPONSE']._serialized_start=220
+  _globals['_RESOLVEENDPOINTSRESPONSE']._serialized_end=346
+  _globals['_PICKENDPOINTREQUEST']._serialized_start=348
+  _globals['_PICKENDPOINTREQUEST']._serialized_end=418
+  _globals['_PICKENDPOINTRESPONSE']._serialized_start=420
+  _globals['_PICKENDPOINTRESPONSE']._serialized_end=501
+  _globals['_WATCHENDPOINTSREQUEST']._serialized_start=503
+  _globals['_WATCHENDPOINTSREQUEST']._serialized_end=562
+  _globals['_WATCHENDPOINTSRESPONSE']._serialized_start=564
+  _globals['_WATCHENDPOINTSRESPONSE']._serialized_end=677
+  _globals['_UPDATETTLREQUEST']._serialized_start=680
+  _globals['_UPDATETTLREQUEST']._serialized_end=809
+  _globals['_UPDATETTLRESPONSE']._serialized_start=811
+  _globals['_UPDATETTLRESPONSE']._serialized_end=830
+  _globals['_REPORTRESULTREQUEST']._serialized_start=832
+  _globals['_REPORTRESULTREQUEST']._serialized_end=911
+  _globals['_REPORTRESULTRESPONSE']._serialized_start=913
+  _globals['_REPORTRESULTRESPONSE']._serialized_end=935
+  _globals['_SIDECARSERVICE']._serialized_start=938
+  _globals['_SIDECARSERVICE']._serialized_end=1400
 # @@protoc_insertion_point(module_scope)

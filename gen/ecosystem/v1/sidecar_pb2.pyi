@@ -8,24 +8,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ResolveEndpointsRequest(_message.Message):
-    __slots__ = ("service", "namespace", "health")
+    __slots__ = ("service", "namespace", "health", "page_size", "page_token")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     service: str
     namespace: str
     health: _containers.RepeatedScalarFieldContainer[_registry_pb2.HealthStatus]
-    def __init__(self, service: _Optional[str] = ..., namespace: _Optional[str] = ..., health: _Optional[_Iterable[_Union[_registry_pb2.HealthStatus, str]]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, service: _Optional[str] = ..., namespace: _Optional[str] = ..., health: _Optional[_Iterable[_Union[_registry_pb2.HealthStatus, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ResolveEndpointsResponse(_message.Message):
-    __slots__ = ("endpoints", "version", "stale")
+    __slots__ = ("endpoints", "version", "stale", "next_page_token")
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     endpoints: _containers.RepeatedCompositeFieldContainer[_registry_pb2.Instance]
     version: int
     stale: bool
-    def __init__(self, endpoints: _Optional[_Iterable[_Union[_registry_pb2.Instance, _Mapping]]] = ..., version: _Optional[int] = ..., stale: _Optional[bool] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[_registry_pb2.Instance, _Mapping]]] = ..., version: _Optional[int] = ..., stale: _Optional[bool] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class PickEndpointRequest(_message.Message):
     __slots__ = ("service", "namespace", "key")
@@ -54,14 +60,16 @@ class WatchEndpointsRequest(_message.Message):
     def __init__(self, service: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class WatchEndpointsResponse(_message.Message):
-    __slots__ = ("endpoints", "version", "stale")
+    __slots__ = ("endpoints", "version", "stale", "more")
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     endpoints: _containers.RepeatedCompositeFieldContainer[_registry_pb2.Instance]
     version: int
     stale: bool
-    def __init__(self, endpoints: _Optional[_Iterable[_Union[_registry_pb2.Instance, _Mapping]]] = ..., version: _Optional[int] = ..., stale: _Optional[bool] = ...) -> None: ...
+    more: bool
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[_registry_pb2.Instance, _Mapping]]] = ..., version: _Optional[int] = ..., stale: _Optional[bool] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class UpdateTTLRequest(_message.Message):
     __slots__ = ("service", "instance_id", "check", "status", "note")
