@@ -355,6 +355,12 @@ def _selector_violations(v: _Violations, sel: pb.InstanceSelector, prefix: str) 
     _check_pattern(v, f"{prefix}.platform", sel.platform, _LOCATION, "not a valid platform")
     _check_pattern(v, f"{prefix}.zone", sel.zone, _LOCATION, "not a valid zone")
     _check_tags(v, f"{prefix}.tags", sel.tags)
+    if len(sel.health) > len(pb.HealthStatus.values()):
+        v.add(
+            f"{prefix}.health",
+            f"at most {len(pb.HealthStatus.values())} states, got {len(sel.health)}",
+        )
+        return
     for i, health in enumerate(sel.health):
         _check_health(v, f"{prefix}.health[{i}]", health)
 
