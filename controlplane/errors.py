@@ -21,7 +21,7 @@ nothing else in the control plane knows about status codes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,8 @@ __all__ = [
     "RevisionConflictError",
     "UnauthenticatedError",
     "UnavailableError",
+    "bad_request",
+    "cut",
     "end_call",
     "to_status",
 ]
@@ -156,14 +158,45 @@ _BUS_INPUT_FIELDS: tuple[tuple[type[BusError], str], ...] = (
 )
 
 
-#: An error never carries more than this back (characters of the message, and
-#: of each field path and description): a rejected input is quoted, not echoed.
-MAX_MESSAGE = 1024
-MAX_FIELD = 256
+#: An error never carries more than this back: bytes of its message, of each
+#: field path and description, and of its BadRequest detail in all. A
+#: rejected input is quoted, not echoed, and the whole status stays well
+#: inside the 8 KiB of trailers a stock gRPC client accepts (the message
+#: travels twice, percent-encoded and inside the base64 detail).
+MAX_MESSAGE = 512
+MAX_FIELD = 128
+MAX_DESCRIPTION = 256
+MAX_BAD_REQUEST = 3 * 1024
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8 (marked with "…")."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "…"
+
+
+def bad_request(violations: Iterable[tuple[str, str]]) -> error_details_pb2.BadRequest:
+    """A BadRequest of ``(field, description)`` pairs, cut to fit in
+    ``MAX_BAD_REQUEST`` bytes: the violations that do not fit are counted in a
+    last one."""
+    detail = error_details_pb2.BadRequest()
+    size = 0
+    left = 0
+    for field, description in violations:
+        item = error_details_pb2.BadRequest.FieldViolation(
+            field=cut(field, MAX_FIELD), description=cut(description, MAX_DESCRIPTION)
+        )
+        grown = size + item.ByteSize() + 3
+        if left or grown > MAX_BAD_REQUEST - 64:
+            left += 1
+            continue
+        detail.field_violations.append(item)
+        size = grown
+    if left:
+        detail.field_violations.add(field="", description=f"and {left} more problems")
+    return detail
 
 
 def code_for(exc: BaseException) -> grpc.StatusCode | None:
@@ -179,7 +212,7 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     code = code_for(exc)
     if code is None:
         return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-    status = status_pb2.Status(code=code.value[0], message=_cut(str(exc), MAX_MESSAGE))
+    status = status_pb2.Status(code=code.value[0], message=cut(str(exc), MAX_MESSAGE))
     violations: Sequence[FieldViolation] = ()
     if isinstance(exc, InvalidArgumentError):
         violations = exc.violations
@@ -192,17 +225,7 @@ def to_status(exc: BaseException) -> status_pb2.Status:
                 )
                 break
     if violations:
-        _add_detail(
-            status,
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=_cut(v.field, MAX_FIELD), description=_cut(v.description, MAX_FIELD)
-                    )
-                    for v in violations
-                ]
-            ),
-        )
+        _add_detail(status, bad_request((v.field, v.description) for v in violations))
     return status
 
 

@@ -30,9 +30,10 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
+from controlplane.errors import MAX_MESSAGE, bad_request, cut
 from sdk.balancer import NoEndpointsError
 from sidecar.health import CheckNotFoundError, DuplicateCheckError, NotATtlCheckError
 
@@ -139,16 +140,6 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 )
 
 
-#: An error never carries more than this back (characters of the message, and
-#: of each field path and description): a rejected input is quoted, not echoed.
-MAX_MESSAGE = 1024
-MAX_FIELD = 256
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def excerpt(value: str, limit: int = 32) -> str:
     """``value`` quoted for an error message, cut to ``limit`` characters (the
     control plane quotes rejected input the same way)."""
@@ -170,19 +161,10 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     code = code_for(exc)
     if code is None:
         return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-    status = status_pb2.Status(code=code.value[0], message=_cut(str(exc), MAX_MESSAGE))
+    status = status_pb2.Status(code=code.value[0], message=cut(str(exc), MAX_MESSAGE))
     if isinstance(exc, BadRequestError):
         detail = any_pb2.Any()
-        detail.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=_cut(v.field, MAX_FIELD), description=_cut(v.description, MAX_FIELD)
-                    )
-                    for v in exc.violations
-                ]
-            )
-        )
+        detail.Pack(bad_request((v.field, v.description) for v in exc.violations))
         status.details.append(detail)
     return status
 

@@ -113,3 +113,20 @@ def test_a_check_name_with_control_characters_is_refused() -> None:
     with pytest.raises(InvalidArgumentError) as err:
         validate_register(request(checks=checks))
     assert [v.field for v in err.value.violations] == ["instance.checks[0].name"]
+
+
+def test_a_status_fits_in_a_stock_clients_trailers() -> None:
+    """A thousand bad items (a batch, say) still give a status that a stock
+    client's 8 KiB of trailers can carry: the violations that do not fit are
+    counted, every text is cut by bytes (percent- and base64-encoded later)."""
+    from controlplane.errors import FieldViolation
+
+    many = [FieldViolation(f"messages[{i}].subject", "é" * 500) for i in range(1000)]
+    status = to_status(InvalidArgumentError(many))
+    assert len(status.message.encode()) <= 512
+    assert status.ByteSize() < 4096
+    from google.rpc import error_details_pb2
+
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    assert bad.field_violations[-1].description.startswith("and ")
