@@ -324,6 +324,14 @@ class ProxyPolicy(_Model):
     are extra attempts on another endpoint: always when the upstream never
     saw the request (connect failure), and for idempotent requests also on a
     reset, a per-try timeout or a status in ``retry_on``.
+
+    HTTP only: a request head (start line and header fields) may be at most
+    ``max_request_headers_kb`` KiB (431 past it; trailers get as much again),
+    with at most ``max_headers`` fields (431; trailer fields count too), and
+    its target at most ``max_url_kb`` KiB (414; the head's limit bounds it
+    too); an upstream's response head at most ``max_response_headers_kb``
+    KiB, with at most ``max_headers`` fields (502). TRACE is refused with 405
+    unless ``allow_trace``.
     """
 
     protocol: str = "tcp"
@@ -336,6 +344,11 @@ class ProxyPolicy(_Model):
     retry_budget: RetryBudgetConfig = Field(default_factory=RetryBudgetConfig)
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     outlier: OutlierConfig = Field(default_factory=OutlierConfig)
+    max_request_headers_kb: StrictInt = Field(default=60, ge=1, le=1024)
+    max_url_kb: StrictInt = Field(default=16, ge=1, le=1024)
+    max_headers: StrictInt = Field(default=100, ge=1, le=10_000)
+    max_response_headers_kb: StrictInt = Field(default=60, ge=1, le=1024)
+    allow_trace: StrictBool = False
 
     @field_validator("protocol")
     @classmethod

@@ -35,7 +35,19 @@ Both are armed lazily, by a tick, for the exchanges still in flight (see
 :meth:`Exchange.arm_timers`). Errors the proxy answers itself carry
 ``x-eco-proxy-error``: ``connect_failure``, ``reset`` and ``bad_response``
 (502), ``no_endpoints`` and ``circuit_open`` (503), ``timeout`` (504),
-``upgrade`` (501), ``bad_request`` (400).
+``upgrade`` and ``transfer_coding`` (501), ``bad_request`` (400),
+``method_not_allowed`` (405, TRACE), ``url_too_long`` (414),
+``headers_too_large`` (431), ``http_version`` (505).
+
+Hostile input is bounded where it arrives. A head (and a trailer section)
+is counted in ``data_received`` with one subtraction per read, before the
+parser, which joins a header's pieces in memory, is given more than the
+limit (:func:`~sidecar.proxy._http_parse.feed_within`); fields are counted
+one by one, the target as it is parsed. A request refused for its framing,
+its size or its version is answered and the connection closed; the
+connection lingers, reading and dropping what the client still sends (at
+most ``LINGER_BYTES``, for ``LINGER_SECONDS``), so that the client reads the
+answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -51,8 +63,16 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from sidecar.config import ProxyPolicy
 from sidecar.proxy._http_exchange import P_QUEUE, P_STOP, Exchange
-from sidecar.proxy._http_parse import CRLF, REQUEST_ACTIONS, error_response
-from sidecar.proxy._http_pool import UpstreamPool
+from sidecar.proxy._http_parse import (
+    CRLF,
+    IDEMPOTENT,
+    REQUEST_ACTIONS,
+    Rejected,
+    error_response,
+    feed_within,
+    status_class,
+)
+from sidecar.proxy._http_pool import Address, UpstreamPool
 from sidecar.proxy._listener import Listener
 from sidecar.proxy._target import Target
 
@@ -60,8 +80,11 @@ __all__ = ["HttpListener"]
 
 logger = logging.getLogger(__name__)
 
-#: idle pooled connections kept per endpoint
+#: idle pooled connections kept per endpoint address
 MAX_IDLE_PER_ENDPOINT = 64
+#: after refusing a request, what a client may still send (dropped) before the close
+LINGER_BYTES = 1024 * 1024
+LINGER_SECONDS = 2.0
 
 _SEP = b": "
 _monotonic = time.monotonic
@@ -77,7 +100,11 @@ class HttpListener(Listener):
     def __init__(self, name: str, listen: str, target: Target, policy: ProxyPolicy) -> None:
         super().__init__(name, listen, target, policy)
         self.pool = UpstreamPool(
-            target, max_idle=MAX_IDLE_PER_ENDPOINT, idle_timeout=policy.idle_timeout
+            target,
+            max_idle=MAX_IDLE_PER_ENDPOINT,
+            idle_timeout=policy.idle_timeout,
+            head_limit=policy.max_response_headers_kb * 1024,
+            max_headers=policy.max_headers,
         )
         self.downstreams: set[Downstream] = set()
         self.draining = False
@@ -86,6 +113,12 @@ class HttpListener(Listener):
         self.per_try_timeout = policy.per_try_timeout or 0.0
         self.retry_on = frozenset(policy.retry_on)
         self.max_retries = policy.retries
+        self.head_limit = policy.max_request_headers_kb * 1024
+        self.url_limit = policy.max_url_kb * 1024
+        self.max_headers = policy.max_headers
+        self.allow_trace = policy.allow_trace
+        #: methods retried after the upstream saw them (TRACE only where it is let through)
+        self.idempotent = IDEMPOTENT | {b"TRACE"} if policy.allow_trace else IDEMPOTENT
         self._sweep_every = max(0.05, min(1.0, policy.idle_timeout / 4))
         timeouts = [t for t in (policy.timeout, policy.per_try_timeout) if t]
         #: how often exchanges in flight get their timers (see Exchange.arm_timers)
@@ -168,7 +201,12 @@ class HttpListener(Listener):
         self._drained.set()
 
     def endpoints_removed(self, ids: frozenset[str]) -> None:
-        self.pool.retire(ids)
+        self.pool.keep_only(self._addresses())
+
+    def _addresses(self) -> set[Address]:
+        """Where the target's endpoints are dialled now."""
+        dial = self.target.dial
+        return {dial(endpoint) for endpoint in self.target.balancer.endpoints}
 
     def status(self) -> dict[str, Any]:
         status = super().status()
@@ -203,14 +241,21 @@ class HttpListener(Listener):
         self._ticker = self.loop.call_later(self._tick_every, self._tick)
 
     def _sweep(self) -> None:
-        """Closes downstream connections idle for ``idle_timeout``, and idle pooled ones."""
+        """Closes downstream connections idle for ``idle_timeout`` or done lingering,
+        idle pooled ones, and pooled ones to addresses no endpoint has any more (an
+        endpoint that moved keeps its id: no removal is reported)."""
         now = _monotonic()
         limit = now - self.policy.idle_timeout
         for down in list(self.downstreams):
             ex = down.current
-            if (ex is None or ex.response_done) and down.idle_since <= limit:
+            if down.lingering:
+                if down.linger_until <= now:
+                    down.close()
+            elif (ex is None or ex.response_done) and down.idle_since <= limit:
                 down.close()
         self.pool.sweep(now)
+        if self.pool.connections:
+            self.pool.keep_only(self._addresses())
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
 
@@ -222,15 +267,21 @@ class Downstream(asyncio.Protocol):
         "close_after",
         "closing",
         "corked",
+        "counting",
         "current",
+        "fields",
         "gone",
         "idle_since",
+        "linger_until",
+        "lingering",
         "listener",
         "out",
         "parser",
         "parsing",
         "paused",
         "queue",
+        "room",
+        "size",
         "stats",
         "transport",
         "write_paused",
@@ -255,6 +306,15 @@ class Downstream(asyncio.Protocol):
         self.corked = False
         self.out: list[bytes] = []
         self.idle_since = _monotonic()
+        # head and trailer bytes left (see feed_within); header fields, and bytes
+        # of them, left
+        self.counting = True
+        self.room = listener.head_limit
+        self.fields = listener.max_headers
+        self.size = listener.head_limit
+        #: after a refusal: bytes the client may still send before the close (0: none)
+        self.lingering = 0
+        self.linger_until = 0.0
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -294,28 +354,74 @@ class Downstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.paused & P_STOP:
+            if self.lingering:
+                self.lingering = max(0, self.lingering - len(data))
+                if not self.lingering:
+                    self.transport.close()
             return
         self.stats.bytes_received += len(data)
+        if self.counting:
+            room = self.room - len(data)
+            if room >= 0:
+                self.room = room
+                self.feed(data)
+            elif not feed_within(self, data):
+                self._refuse(self._too_large())
+        else:
+            self.feed(data)
+        ex = self.current
+        if ex is not None and not ex.started and not self.closing:
+            ex.start()
+
+    def feed(self, data: bytes | memoryview) -> bool:
+        """Parses ``data``; False once nothing more is read."""
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
             # What follows is not HTTP; the request itself is refused with 501.
             self.pause(P_STOP)
+            return False
         except HttpParserError as exc:
-            self._bad_request(exc)
-        ex = self.current
-        if ex is not None and not ex.started and not self.closing:
-            ex.start()
+            context = exc.__context__
+            if isinstance(context, Rejected):
+                self._refuse(context)
+            else:
+                self._refuse(Rejected(400, "bad_request", f"bad request: {exc}"))
+            return False
+        return not (self.closing or self.paused & P_STOP)
+
+    def _too_large(self, fields: bool = False) -> Rejected:
+        listener = self.listener
+        if fields:
+            text = f"more than {listener.max_headers} header fields"
+        else:
+            what = "trailers" if self.parsing.head_done else "head"
+            text = f"request {what} over {listener.head_limit // 1024} KiB"
+        return Rejected(431, "headers_too_large", text)
 
     # -- request parser callbacks -----------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.parsing = Exchange(self)
+        self.fields = self.listener.max_headers
+        self.size = self.listener.head_limit
 
     def on_url(self, url: bytes) -> None:
-        self.parsing.url += url
+        ex = self.parsing
+        ex.url += url
+        if len(ex.url) > self.listener.url_limit:
+            limit = self.listener.url_limit // 1024
+            raise Rejected(414, "url_too_long", f"request target over {limit} KiB")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Counted again field by field: a head or trailers that began in the
+        # middle of a read were not counted whole there.
+        fields = self.fields - 1
+        size = self.size - len(name) - len(value) - 4
+        if fields < 0 or size < 0:
+            raise self._too_large(fields < 0)
+        self.fields = fields
+        self.size = size
         ex = self.parsing
         if ex.head_done:
             ex.add_trailer(name, value)
@@ -331,10 +437,19 @@ class Downstream(asyncio.Protocol):
         parser = self.parser
         ex.method = method = parser.get_method()
         ex.keep_alive = parser.should_keep_alive()
-        ex.http10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        ex.http10 = version == "1.0"
+        if version != "1.1" and not ex.http10:
+            raise Rejected(505, "http_version", f"HTTP/{version} is not supported")
         if method == b"CONNECT" or parser.should_upgrade():
-            ex.refuse = True
+            ex.refuse = _REFUSE_UPGRADE
+        elif method == b"TRACE" and not self.listener.allow_trace:
+            ex.refuse = _REFUSE_TRACE
+        if self.size < len(ex.url) + len(method) + 12:  # the request line, and the blank one
+            raise self._too_large()
+        self.size = self.listener.head_limit  # trailers get as much again
         ex.finish_head(self.client_ip)
+        self.counting = False
         if self.current is None:
             self.current = ex
         else:
@@ -342,9 +457,17 @@ class Downstream(asyncio.Protocol):
             self.pause(P_QUEUE)
 
     def on_body(self, body: bytes) -> None:
+        self.counting = False
         self.parsing.request_body(body)
 
+    def on_chunk_header(self) -> None:
+        # Perhaps the last chunk, and trailers next: counted like a head.
+        self.counting = True
+        self.room = self.listener.head_limit
+
     def on_message_complete(self) -> None:
+        self.counting = True
+        self.room = self.listener.head_limit
         self.parsing.request_complete()
 
     # -- for the exchanges ----------------------------------------------------------------
@@ -389,6 +512,9 @@ class Downstream(asyncio.Protocol):
     def close(self) -> None:
         """Closes after what was written (the rest of a corked write included)."""
         if self.closing:
+            if self.lingering:
+                self.lingering = 0
+                self.transport.close()
             return
         if self.out:
             self.uncork()
@@ -426,17 +552,50 @@ class Downstream(asyncio.Protocol):
             if not self.paused and not self.closing:
                 self.transport.resume_reading()
 
-    def _bad_request(self, exc: HttpParserError) -> None:
+    def _refuse(self, rejected: Rejected) -> None:
+        """A request the proxy will not forward: answered (when it can be), then
+        the connection closes. Nothing more of it is parsed."""
         self.pause(P_STOP)
+        listener = self.listener
+        logger.debug(
+            "%s: %d %s from %s: %s",
+            listener.name,
+            rejected.status,
+            rejected.kind,
+            self.client_ip,
+            rejected.message,
+        )
         ex = self.current
         if ex is None:
-            logger.debug("%s: bad request from %s: %s", self.listener.name, self.client_ip, exc)
-            self.stats.responses["4xx"] += 1
-            self.write(error_response(400, "bad_request", f"bad request: {exc}", close=True))
-            self.close()
+            self.stats.responses[status_class(rejected.status)] += 1
+            self.write(error_response(rejected.status, rejected.kind, rejected.message, close=True))
+            self._linger()
         elif ex.complete:
             # The bad bytes follow a complete request: answer that one, then close.
             self.close_after = True
             self.queue.clear()
+        elif ex.reject(rejected):
+            self._linger()
         else:
             self.abort()
+
+    def _linger(self) -> None:
+        """Closes after the answer to a refused request, but first reads (and drops)
+        what the client still sends, for a while: closing with unread bytes would
+        reset the connection, and the client could lose the answer."""
+        if self.closing:
+            return
+        self.closing = True
+        transport = self.transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.lingering = LINGER_BYTES
+        self.linger_until = _monotonic() + LINGER_SECONDS
+        self.paused = 0
+        transport.resume_reading()
+
+
+_REFUSE_UPGRADE = Rejected(501, "upgrade", "Upgrade and CONNECT are not supported")
+_REFUSE_TRACE = Rejected(405, "method_not_allowed", "TRACE is not allowed")

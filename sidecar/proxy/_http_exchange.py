@@ -26,16 +26,19 @@ from typing import TYPE_CHECKING
 from sdk.balancer import Endpoint, NoEndpointsError
 from sidecar.proxy._http_parse import (
     ACT_CONNECTION,
+    ACT_CONTENT_LENGTH,
     ACT_FORWARDED_FOR,
+    ACT_HOST,
     ACT_REQUEST_ID,
     ACT_TRANSFER_ENCODING,
     CRLF,
-    IDEMPOTENT,
     LAST_CHUNK,
+    Rejected,
     chunk_size_line,
     connection_names,
     drop_named,
     error_response,
+    is_chunked,
     last_chunk,
     new_request_id,
     status_class,
@@ -79,6 +82,7 @@ class Exchange:
         "chunked",
         "complete",
         "connecting",
+        "content_length",
         "dialing",
         "down",
         "drop",
@@ -88,6 +92,7 @@ class Exchange:
         "has_request_id",
         "head",
         "head_done",
+        "hosts",
         "http10",
         "in_interim",
         "interim_sent",
@@ -107,6 +112,7 @@ class Exchange:
         "status",
         "t_attempt",
         "t_start",
+        "te",
         "timer",
         "trailers",
         "tried",
@@ -129,8 +135,12 @@ class Exchange:
         self.forwarded_for = b""
         self.has_request_id = False
         self.drop = _EMPTY
+        self.hosts = 0
+        self.te: bytes | None = None
+        self.content_length: bytes | None = None
         self.trailers: list[bytes] | None = None
-        self.refuse = False
+        #: answered by the proxy itself, not forwarded (Upgrade, CONNECT, TRACE)
+        self.refuse: Rejected | None = None
         #: the body so far while it is kept (≤ BODY_KEEP, or not yet sent anywhere)
         self.body: list[bytes] = []
         self.body_len = 0
@@ -165,19 +175,40 @@ class Exchange:
     # -- the request, from the downstream parser ----------------------------------------
 
     def special_header(self, action: int, name: bytes, value: bytes) -> None:
-        if action == ACT_FORWARDED_FOR:
+        if action == ACT_HOST:
+            self.hosts += 1
+            self.out += (name, _SEP, value, CRLF)
+        elif action == ACT_CONTENT_LENGTH:
+            self.content_length = value  # (the parser refuses a second one)
+        elif action == ACT_FORWARDED_FOR:
             ff = self.forwarded_for
             self.forwarded_for = ff + b", " + value if ff else value
         elif action == ACT_REQUEST_ID:
             self.has_request_id = True
             self.out += (name, _SEP, value, CRLF)
         elif action == ACT_TRANSFER_ENCODING:
-            self.chunked = b"chunked" in value.lower()
+            te = self.te
+            self.te = value if te is None else te + b", " + value
         elif action == ACT_CONNECTION:
             self.drop |= connection_names(value)
         # else ACT_DROP
 
     def finish_head(self, client_ip: bytes) -> None:
+        """Checks the framing and the host (raises :class:`Rejected`), and writes
+        the head to forward: hop-by-hop headers dropped, the proxy's own added,
+        the body framed by one header the proxy writes itself."""
+        hosts = self.hosts
+        if hosts != 1 and (hosts or not self.http10):
+            raise Rejected(400, "bad_request", f"{hosts} Host headers (one is required)")
+        te = self.te
+        if te is not None:
+            # (RFC 9112, 6.1 and 6.3: either could make this hop and the next
+            # disagree on where the body ends)
+            if self.http10:
+                raise Rejected(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request")
+            if self.content_length is not None:
+                raise Rejected(400, "bad_request", "both Transfer-Encoding and Content-Length")
+            self.chunked = is_chunked(te)
         out = self.out
         if self.drop:
             out = drop_named(out, self.drop)
@@ -191,6 +222,8 @@ class Exchange:
             out.append(b"x-request-id: %s\r\n" % new_request_id())
         if self.chunked:
             out.append(b"transfer-encoding: chunked\r\n")
+        elif self.content_length is not None:
+            out.append(b"content-length: %d\r\n" % int(self.content_length))
         out.append(CRLF)
         self.head = b"".join(out)
         self.out = []
@@ -234,12 +267,16 @@ class Exchange:
         self.started = True
         down = self.down
         listener = down.listener
-        if self.refuse:
-            down.close_after = True
-            self._send_error(
-                501, "upgrade", f"{listener.name}: Upgrade and CONNECT are not supported"
-            )
-            down.close()
+        refuse = self.refuse
+        if refuse is not None:
+            text = f"{listener.name}: {refuse.message}"
+            if refuse.kind == "upgrade":
+                # What follows the head is not HTTP: nothing more is read.
+                down.close_after = True
+                self._send_error(refuse.status, refuse.kind, text)
+                down.close()
+            else:
+                self._send_error(refuse.status, refuse.kind, text)
             return
         try:
             listener.target.begin_request()
@@ -259,7 +296,7 @@ class Exchange:
             return
         self.endpoint = endpoint
         self.t_attempt = now
-        conn = listener.pool.take(endpoint.id)
+        conn = listener.pool.take(listener.target.dial(endpoint))
         if conn is not None:
             self._attach(conn, pooled=True)
         else:
@@ -281,8 +318,8 @@ class Exchange:
             return
         if self.body_len > BODY_KEEP and not self.complete:
             self.down.pause(P_WAIT)
-        conn = self.dialing = UpstreamConnection(listener.pool, endpoint.id)
         host, port = target.dial(endpoint)
+        conn = self.dialing = UpstreamConnection(listener.pool, (host, port))
         self.connecting = listener.spawn("connect", self._dial(conn, host, port))
 
     async def _dial(self, conn: UpstreamConnection, host: str, port: int) -> None:
@@ -368,7 +405,7 @@ class Exchange:
             or self.interim_sent
         ):
             return False
-        if not any_method and self.method not in IDEMPOTENT:
+        if not any_method and self.method not in listener.idempotent:
             return False
         return not (listener.timeout and _monotonic() >= self.t_start + listener.timeout)
 
@@ -657,6 +694,19 @@ class Exchange:
         if timer is not None:
             timer.cancel()
             self.try_timer = None
+
+    def reject(self, rejected: Rejected) -> bool:
+        """The rest of this request is refused (its trailers are over the limits,
+        or its body is not valid HTTP): the attempt in flight is given up and,
+        when no response has begun, the proxy answers. False when nothing can
+        be answered any more (the caller cuts the connection)."""
+        if self.responded or self.response_done:
+            return False
+        self._abandon_attempt()
+        self._release(Outcome.CANCELLED)
+        self.down.close_after = True
+        self._send_error(rejected.status, rejected.kind, rejected.message)
+        return True
 
     def cancel(self) -> None:
         """The client went away (or the listener is closing): undo what is in flight."""

@@ -8,31 +8,46 @@ b"\\r\\n", …]`` that becomes the forwarded head with one ``join``.
 Hop-by-hop headers (``Connection`` and the headers it names,
 ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``,
 ``Transfer-Encoding``, ``Upgrade``) are dropped on both sides: each hop
-frames its own body (chunked bodies are re-chunked) and decides its own
-keep-alive.
+frames its own body (chunked bodies are re-chunked, a request's
+``Content-Length`` is written anew from the value the parser framed the body
+by) and decides its own keep-alive. ``Connection`` cannot name a header the
+framing or the proxy depends on (:data:`NEVER_HOP_BY_HOP`): that name is
+ignored, so the length sent on is always the length of the body sent on.
+
+Limits are counted where bytes arrive, before the parser (which joins a
+header's pieces itself) can hold them: a connection in a head or a trailer
+section has ``room`` bytes left; a read that fits costs one subtraction, one
+that does not goes through :func:`feed_within`.
 """
 
 from __future__ import annotations
 
 import http
 from random import getrandbits
+from typing import Protocol
 
 __all__ = [
     "ACT_CONNECTION",
     "ACT_CONTENT_LENGTH",
     "ACT_DROP",
     "ACT_FORWARDED_FOR",
+    "ACT_HOST",
     "ACT_REQUEST_ID",
     "ACT_TRANSFER_ENCODING",
     "CRLF",
     "IDEMPOTENT",
     "LAST_CHUNK",
+    "NEVER_HOP_BY_HOP",
     "REQUEST_ACTIONS",
     "RESPONSE_ACTIONS",
+    "Counted",
+    "Rejected",
     "chunk_size_line",
     "connection_names",
     "drop_named",
     "error_response",
+    "feed_within",
+    "is_chunked",
     "last_chunk",
     "new_request_id",
     "status_class",
@@ -45,6 +60,7 @@ ACT_TRANSFER_ENCODING = 3
 ACT_FORWARDED_FOR = 4
 ACT_REQUEST_ID = 5
 ACT_CONTENT_LENGTH = 6
+ACT_HOST = 7
 
 _HOP_BY_HOP = {
     b"connection": ACT_CONNECTION,
@@ -63,6 +79,10 @@ REQUEST_ACTIONS: dict[bytes, int] = {
     # the proxy says how it was reached; a client cannot claim https through it
     b"x-forwarded-proto": ACT_DROP,
     b"x-request-id": ACT_REQUEST_ID,
+    # counted (exactly one), and kept
+    b"host": ACT_HOST,
+    # written anew from the value the body was framed by
+    b"content-length": ACT_CONTENT_LENGTH,
 }
 
 #: response headers (lower-cased names) the proxy does not simply pass on
@@ -71,8 +91,24 @@ RESPONSE_ACTIONS: dict[bytes, int] = {
     b"content-length": ACT_CONTENT_LENGTH,
 }
 
-#: methods whose requests may be sent twice (RFC 9110, 9.2.2)
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+#: methods whose requests may be sent twice (RFC 9110, 9.2.2); TRACE too where
+#: a listener lets it through (it is refused by default)
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+
+#: names a ``Connection`` header cannot make hop-by-hop: the framing, the
+#: target's host, and what the proxy itself writes (RFC 9110, 7.6.1: a sender
+#: must not list them; a receiver that dropped them would be steered by its client)
+NEVER_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"content-length",
+        b"host",
+        b"transfer-encoding",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-request-id",
+    }
+)
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -85,15 +121,88 @@ _STATUS_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 _REASONS = {int(s): s.phrase.encode() for s in http.HTTPStatus}
 
 
+class Rejected(Exception):
+    """A message the proxy will not pass on, and how it answers: ``status`` and
+    ``kind`` (``x-eco-proxy-error``). Raised in parser callbacks; the parser
+    hands it back as the context of its own error."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+
 def connection_names(value: bytes) -> frozenset[bytes]:
     """The header names a ``Connection`` value lists (lower-cased), beyond
-    ``close``, ``keep-alive`` and ``upgrade``: hop-by-hop headers too."""
+    ``close``, ``keep-alive`` and ``upgrade``: hop-by-hop headers too. Names in
+    :data:`NEVER_HOP_BY_HOP` are left out."""
     if value in _COMMON_CONNECTION:
         return _NO_NAMES
     names = {token.strip().lower() for token in value.split(b",")}
     names -= _CONNECTION_OPTIONS
+    names -= NEVER_HOP_BY_HOP
     names.discard(b"")
     return frozenset(names)
+
+
+def is_chunked(value: bytes) -> bool:
+    """Whether a ``Transfer-Encoding`` value (every field line's, joined with
+    commas) is exactly ``chunked``. Raises :class:`Rejected`: 400 when chunked
+    is not the one final coding (the body's end could not be found, RFC 9112,
+    6.3), 501 for other codings before it, which the proxy does not apply."""
+    if value == b"chunked":
+        return True
+    codings = [c.strip().lower() for c in value.split(b",")]
+    if codings == [b"chunked"]:
+        return True
+    if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+        raise Rejected(
+            400, "bad_request", f"Transfer-Encoding {_excerpt(value)}: chunked must be last, once"
+        )
+    raise Rejected(
+        501, "transfer_coding", f"Transfer-Encoding {_excerpt(value)}: only chunked is supported"
+    )
+
+
+def _excerpt(value: bytes) -> str:
+    text = value[:64].decode("ascii", "replace")
+    return repr(text + "…" if len(value) > 64 else text)
+
+
+class Counted(Protocol):
+    """A connection whose head and trailer bytes are counted as they arrive:
+    while ``counting``, ``room`` bytes are left before the limit."""
+
+    counting: bool
+    room: int
+
+    def feed(self, data: memoryview) -> bool:
+        """Parses ``data``; False once the connection stopped reading."""
+        ...
+
+
+def feed_within(conn: Counted, data: bytes) -> bool:
+    """Feeds a read longer than ``conn.room`` in pieces that stop at the room
+    left, so that the parser never holds a counted section past its limit.
+    A piece may end the section (the parser's callbacks then stop the count or
+    give new room) and the rest goes on. False when a section outgrew its
+    room: the caller refuses the message."""
+    view = memoryview(data)
+    while view:
+        room = conn.room
+        if not conn.counting or len(view) <= room:
+            if conn.counting:
+                conn.room = room - len(view)
+            conn.feed(view)
+            return True
+        conn.room = 0
+        if not conn.feed(view[:room]):
+            return True
+        if conn.counting and conn.room == 0:
+            return False
+        view = view[room:]
+    return True
 
 
 def drop_named(out: list[bytes], names: frozenset[bytes]) -> list[bytes]:

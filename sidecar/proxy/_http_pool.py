@@ -3,13 +3,21 @@
 An :class:`UpstreamConnection` is an asyncio protocol with a response
 parser. While it carries a request it belongs to one :class:`ResponseHandler`
 (the proxy's exchange), which it calls back as the response arrives; in
-between it is idle in the :class:`UpstreamPool`, keyed by endpoint id, most
-recently used first. The pool keeps at most ``max_idle`` idle connections
-per endpoint and closes those idle for ``idle_timeout`` (:meth:`sweep`); a
-connection the upstream closes while idle simply leaves the pool. Each
-connection counts once against the target's ``max_connections``, from the
-moment the caller reserved it (``target.open_connection()``) until it is
-closed or its connect fails.
+between it is idle in the :class:`UpstreamPool`, keyed by the address it is
+connected to (not by endpoint id: an endpoint that moves keeps its id),
+most recently used first. The pool keeps at most ``max_idle`` idle
+connections per address and closes those idle for ``idle_timeout``
+(:meth:`sweep`) and those to addresses no endpoint has any more
+(:meth:`keep_only`); a connection the upstream closes while idle simply
+leaves the pool. Each connection counts once against the target's
+``max_connections``, from the moment the caller reserved it
+(``target.open_connection()``) until it is closed or its connect fails.
+
+A connection is pooled again only when its response was framed without
+doubt: a response head past ``head_limit`` bytes or ``max_headers`` fields,
+a transfer coding other than ``chunked``, or framing the parser refuses
+make it a bad response (the connection is dropped), and so do bytes after a
+complete response in the same read, which no request asked for.
 """
 
 from __future__ import annotations
@@ -28,14 +36,24 @@ from sidecar.proxy._http_parse import (
     ACT_TRANSFER_ENCODING,
     CRLF,
     RESPONSE_ACTIONS,
+    Rejected,
     connection_names,
     drop_named,
+    feed_within,
+    is_chunked,
 )
 from sidecar.proxy._target import Target
 
-__all__ = ["Corkable", "ResponseHandler", "UpstreamConnection", "UpstreamPool"]
+__all__ = ["Address", "Corkable", "ResponseHandler", "UpstreamConnection", "UpstreamPool"]
+
+#: where a connection goes: (host, port) as dialled
+Address = tuple[str, int]
 
 _SEP = b": "
+
+
+class _Unasked(Exception):
+    """A message starts after the complete response, in the same read."""
 
 
 class Corkable(Protocol):
@@ -70,15 +88,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     After ``on_headers_complete`` the handler reads the rewritten head from
     :attr:`out` (hop-by-hop headers removed, no final blank line) and the
-    framing from :attr:`chunked` and :attr:`has_length`.
+    framing from :attr:`chunked` and :attr:`has_length`. A final response's
+    completion is reported once the read that completed it is parsed, so
+    that bytes behind it are seen first.
     """
 
     __slots__ = (
+        "address",
         "chunked",
         "closed",
         "closing",
+        "complete",
+        "counting",
         "drop",
-        "endpoint_id",
+        "fields",
         "handler",
         "has_length",
         "head_done",
@@ -90,15 +113,19 @@ class UpstreamConnection(asyncio.Protocol):
         "reason",
         "received",
         "retire",
+        "reusable",
+        "room",
+        "size",
+        "te",
         "trailers",
         "transport",
         "uncounted",
         "write_paused",
     )
 
-    def __init__(self, pool: UpstreamPool, endpoint_id: str) -> None:
+    def __init__(self, pool: UpstreamPool, address: Address) -> None:
         self.pool = pool
-        self.endpoint_id = endpoint_id
+        self.address = address
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.handler: ResponseHandler | None = None
@@ -120,6 +147,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.trailers: list[bytes] | None = None
         #: more hop-by-hop header names, from the Connection header
         self.drop: frozenset[bytes] = frozenset()
+        self.te: bytes | None = None
+        #: the final response is complete (reported after the read is parsed), and
+        #: whether the upstream lets the connection carry another request
+        self.complete = False
+        self.reusable = False
+        # head and trailer bytes left (see feed_within); header fields, and bytes
+        # of them, left
+        self.counting = True
+        self.room = pool.head_limit
+        self.fields = pool.max_headers
+        self.size = pool.head_limit
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -165,32 +203,79 @@ class UpstreamConnection(asyncio.Protocol):
         down = handler.down
         down.cork()
         try:
-            self.parser.feed_data(data)
-        except HttpParserError as exc:
-            handler = self.handler
-            if handler is not None:
-                self.handler = None
-                handler.upstream_bad(self, exc)
+            if self.counting:
+                room = self.room - len(data)
+                if room >= 0:
+                    self.room = room
+                    self.feed(data)
+                elif not feed_within(self, data):
+                    limit = self.pool.head_limit // 1024
+                    self._bad(Rejected(502, "bad_response", f"response head over {limit} KiB"))
             else:
-                self.abort()
+                self.feed(data)
+            if self.complete:
+                self.complete = False
+                handler = self.handler
+                if handler is not None:
+                    handler.response_complete(self)
         finally:
             down.uncork()
+
+    def feed(self, data: bytes | memoryview) -> bool:
+        """Parses ``data``; False once the connection is given up."""
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError as exc:
+            if self.complete:
+                # Bytes behind the complete response that nobody asked for (or
+                # garbage): the response stands, the connection is not reused.
+                self.abort()
+            else:
+                context = exc.__context__
+                self._bad(context if isinstance(context, Rejected) else exc)
+            return False
+        return not self.closing
+
+    def _bad(self, exc: Exception) -> None:
+        handler = self.handler
+        if handler is not None:
+            self.handler = None
+            handler.upstream_bad(self, exc)
+        else:
+            self.abort()
 
     # -- parser callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Unasked
         self.out = [b""]
         self.reason = b""
         self.head_done = False
         self.chunked = False
         self.has_length = False
         self.trailers = None
+        self.te = None
         self.drop = frozenset()
+        self.fields = self.pool.max_headers
+        self.size = self.pool.head_limit
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Counted again field by field: a head or trailers that began in the
+        # middle of a read were not counted whole there.
+        fields = self.fields - 1
+        size = self.size - len(name) - len(value) - 4
+        if fields < 0:
+            limit = self.pool.max_headers
+            raise Rejected(502, "bad_response", f"more than {limit} response header fields")
+        if size < 0:
+            limit = self.pool.head_limit // 1024
+            raise Rejected(502, "bad_response", f"response head or trailers over {limit} KiB")
+        self.fields = fields
+        self.size = size
         if self.head_done:
             if self.trailers is None:
                 self.trailers = []
@@ -203,7 +288,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.has_length = True
             self.out += (name, _SEP, value, CRLF)
         elif action == ACT_TRANSFER_ENCODING:
-            self.chunked = b"chunked" in value.lower()
+            te = self.te
+            self.te = value if te is None else te + b", " + value
         elif action == ACT_CONNECTION:
             self.drop |= connection_names(value)
         else:
@@ -211,6 +297,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_done = True
+        self.counting = False
+        self.size = self.pool.head_limit  # trailers get as much again
+        te = self.te
+        if te is not None:
+            try:
+                self.chunked = is_chunked(te)
+            except Rejected as exc:
+                raise Rejected(502, "bad_response", exc.message) from None
         status = self.parser.get_status_code()
         if self.drop:
             self.out = drop_named(self.out, self.drop)
@@ -219,18 +313,32 @@ class UpstreamConnection(asyncio.Protocol):
             self.handler.response_head(self, status)
 
     def on_body(self, body: bytes) -> None:
+        self.counting = False
         if self.handler is not None:
             self.handler.response_body(body)
 
+    def on_chunk_header(self) -> None:
+        # Perhaps the last chunk, and trailers next: counted like a head.
+        self.counting = True
+        self.room = self.pool.head_limit
+
     def on_message_complete(self) -> None:
-        if self.handler is not None:
-            self.handler.response_complete(self)
+        self.counting = True
+        self.room = self.pool.head_limit
+        handler = self.handler
+        if handler is not None:
+            if self.parser.get_status_code() < 200:
+                handler.response_complete(self)  # an interim response: the final one follows
+            else:
+                # (asked now: once the parser is past the message, it no longer knows)
+                self.reusable = self.parser.should_keep_alive()
+                self.complete = True
 
     # -- for the handler and the pool ---------------------------------------------------
 
     def keep_alive(self) -> bool:
         """After a complete response: whether the upstream lets the connection be reused."""
-        return not self.closing and self.parser.should_keep_alive()
+        return not self.closing and self.reusable
 
     def write(self, data: bytes) -> None:
         if not self.closing:
@@ -266,24 +374,38 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per endpoint id, and every open connection."""
+    """Idle keep-alive connections per address, and every open connection.
 
-    def __init__(self, target: Target, *, max_idle: int, idle_timeout: float) -> None:
+    ``head_limit`` (bytes) and ``max_headers`` bound each response head, and
+    each response's trailers, on the connections made for this pool.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        max_idle: int,
+        idle_timeout: float,
+        head_limit: int = 60 * 1024,
+        max_headers: int = 100,
+    ) -> None:
         self.target = target
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
+        self.head_limit = head_limit
+        self.max_headers = max_headers
         #: every connection that is open (idle or carrying a request)
         self.connections: set[UpstreamConnection] = set()
-        self._idle: dict[str, list[UpstreamConnection]] = {}
+        self._idle: dict[Address, list[UpstreamConnection]] = {}
         self._closed = False
 
     @property
     def idle_count(self) -> int:
         return sum(len(idle) for idle in self._idle.values())
 
-    def take(self, endpoint_id: str) -> UpstreamConnection | None:
-        """The most recently used idle connection to an endpoint, if any."""
-        idle = self._idle.get(endpoint_id)
+    def take(self, address: Address) -> UpstreamConnection | None:
+        """The most recently used idle connection to an address, if any."""
+        idle = self._idle.get(address)
         while idle:
             conn = idle.pop()
             if not conn.closing:
@@ -295,9 +417,9 @@ class UpstreamPool:
         if self._closed or conn.retire or conn.closing:
             conn.close()
             return
-        idle = self._idle.get(conn.endpoint_id)
+        idle = self._idle.get(conn.address)
         if idle is None:
-            idle = self._idle[conn.endpoint_id] = []
+            idle = self._idle[conn.address] = []
         conn.idle_since = time.monotonic()
         idle.append(conn)
         if len(idle) > self.max_idle:
@@ -319,29 +441,29 @@ class UpstreamPool:
     def lost(self, conn: UpstreamConnection) -> None:
         """``conn`` is closed: forget it."""
         self.connections.discard(conn)
-        idle = self._idle.get(conn.endpoint_id)
+        idle = self._idle.get(conn.address)
         if idle and conn in idle:
             idle.remove(conn)
         conn.uncount()
 
-    def retire(self, endpoint_ids: Collection[str]) -> None:
-        """Endpoints were removed: idle connections to them close now, busy ones after
-        their request."""
-        for endpoint_id in endpoint_ids:
-            for conn in self._idle.pop(endpoint_id, ()):
+    def keep_only(self, addresses: Collection[Address]) -> None:
+        """Only ``addresses`` are current (endpoints were removed or moved): idle
+        connections elsewhere close now, busy ones after their request."""
+        for address in [a for a in self._idle if a not in addresses]:
+            for conn in self._idle.pop(address):
                 conn.close()
         for conn in self.connections:
-            if conn.endpoint_id in endpoint_ids:
+            if conn.address not in addresses:
                 conn.retire = True
 
     def sweep(self, now: float) -> None:
         """Closes connections idle for ``idle_timeout`` (oldest first in each list)."""
         limit = now - self.idle_timeout
-        for endpoint_id, idle in list(self._idle.items()):
+        for address, idle in list(self._idle.items()):
             while idle and idle[0].idle_since <= limit:
                 idle.pop(0).close()
             if not idle:
-                del self._idle[endpoint_id]
+                del self._idle[address]
 
     def close_idle(self) -> None:
         """Closes every idle connection; from now on, returned ones close too."""

@@ -4,28 +4,32 @@
 tests need byte-exact upstream behaviour (trailers, hop-by-hop response
 headers, a pooled connection closed under the proxy) and use a scripted
 upstream in the test process instead. Clients are aiohttp, or raw sockets
-where the exact bytes matter.
+where the exact bytes matter (both peers are in ``http_peers``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
-import httptools
 import pytest
 import uvloop
 
 from sidecar.proxy import Target, fixed_endpoint
 from sidecar.proxy._http import HttpListener
 from tests.integration.proxy.conftest import Backend, policy, target
+from tests.integration.proxy.http_peers import (
+    RawClient,
+    ScriptedUpstream,
+    free_port,
+    get,
+    proxy,
+    url,
+)
 from tests.util import assert_eventually
 
 PATTERN = bytes(range(256)) * 256
@@ -41,25 +45,6 @@ def pair() -> Iterator[tuple[Backend, Backend]]:
     b2.stop()
 
 
-async def proxy(listeners: list[Any], tgt: Target) -> HttpListener:
-    listener = HttpListener(tgt.name, "127.0.0.1:0", tgt, tgt.policy)
-    await listener.start()
-    listeners.append(listener)
-    return listener
-
-
-def url(listener: HttpListener, path: str = "/") -> str:
-    return f"http://{listener.address}{path}"
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
@@ -70,166 +55,6 @@ async def count(session: aiohttp.ClientSession, backend: Backend) -> int:
     async with session.get(f"http://127.0.0.1:{backend.port}/count") as resp:
         n: int = (await resp.json())["count"]
     return n
-
-
-# -- a raw client ---------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int = 0
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-    trailers: list[tuple[str, str]] = field(default_factory=list)
-    head_done: bool = False
-    done: bool = False
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
-    @property
-    def names(self) -> set[str]:
-        return {k for k, _ in self.headers}
-
-
-class RawClient:
-    """One client connection with exact bytes out and parsed responses in."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.replies: list[Reply] = []
-        self.raw = b""
-        self._parser = httptools.HttpResponseParser(self)
-
-    @classmethod
-    async def connect(cls, listener: HttpListener) -> RawClient:
-        host, port = listener.address.rsplit(":", 1)
-        return cls(*await asyncio.open_connection(host, int(port)))
-
-    def on_message_begin(self) -> None:
-        self.replies.append(Reply())
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        reply = self.replies[-1]
-        (reply.trailers if reply.head_done else reply.headers).append(
-            (name.decode().lower(), value.decode())
-        )
-
-    def on_headers_complete(self) -> None:
-        self.replies[-1].head_done = True
-        self.replies[-1].status = self._parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self.replies[-1].body += body
-
-    def on_message_complete(self) -> None:
-        self.replies[-1].done = True
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def replies_done(self, n: int, timeout: float = 10.0) -> list[Reply]:
-        """Reads until ``n`` responses are complete (or the connection closes)."""
-        async with asyncio.timeout(timeout):
-            while sum(r.done for r in self.replies) < n:
-                data = await self.reader.read(65536)
-                if not data:
-                    break
-                self.raw += data
-                self._parser.feed_data(data)
-        return self.replies
-
-    async def head_reply(self, timeout: float = 10.0) -> bytes:
-        """Reads the answer to a HEAD request (a head, no body)."""
-        head = b""
-        async with asyncio.timeout(timeout):
-            while b"\r\n\r\n" not in head:
-                data = await self.reader.read(65536)
-                assert data, "closed"
-                head += data
-        assert head.endswith(b"\r\n\r\n"), head
-        self._parser = httptools.HttpResponseParser(self)
-        return head
-
-    async def closed(self, timeout: float = 5.0) -> bool:
-        """True once the proxy closes the connection (EOF or reset)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    data = await self.reader.read(65536)
-                except ConnectionResetError:
-                    return True
-                if not data:
-                    return True
-                self.raw += data
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
-
-
-def get(path: str = "/", *headers: str, method: str = "GET", version: str = "1.1") -> bytes:
-    lines = [f"{method} {path} HTTP/{version}", "Host: orders", *headers, "", ""]
-    return "\r\n".join(lines).encode()
-
-
-# -- a scripted upstream ---------------------------------------------------------------------
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-
-
-class ScriptedUpstream:
-    """An upstream in the test process: each connection runs ``script(reader, writer, n)``
-    (``n``: the connection's number, from 0)."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> ScriptedUpstream:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        port: int = self.server.sockets[0].getsockname()[1]
-        return port
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        n = self.connections
-        self.connections += 1
-        try:
-            await self.script(reader, writer, n)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            self._tasks.discard(task)
-
-    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
-        head = await reader.readuntil(b"\r\n\r\n")
-        self.requests.append(head)
-        return head
 
 
 # -- headers ---------------------------------------------------------------------------------

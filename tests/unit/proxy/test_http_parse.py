@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import httptools
+import pytest
 
 from sidecar.proxy._http_parse import (
     ACT_CONNECTION,
+    ACT_CONTENT_LENGTH,
     ACT_DROP,
     ACT_FORWARDED_FOR,
+    ACT_HOST,
     ACT_REQUEST_ID,
     ACT_TRANSFER_ENCODING,
     IDEMPOTENT,
+    NEVER_HOP_BY_HOP,
     REQUEST_ACTIONS,
     RESPONSE_ACTIONS,
+    Rejected,
     chunk_size_line,
     connection_names,
     drop_named,
     error_response,
+    feed_within,
+    is_chunked,
     last_chunk,
     new_request_id,
     status_class,
@@ -49,7 +56,12 @@ def test_hop_by_hop_headers_are_dropped_on_both_sides() -> None:
     assert REQUEST_ACTIONS[b"x-forwarded-for"] == ACT_FORWARDED_FOR
     assert REQUEST_ACTIONS[b"x-request-id"] == ACT_REQUEST_ID
     assert REQUEST_ACTIONS[b"x-forwarded-proto"] == ACT_DROP
-    assert b"host" not in REQUEST_ACTIONS
+    # Host is counted (one is required) and kept; a request's Content-Length is
+    # written anew; a response's is passed on.
+    assert REQUEST_ACTIONS[b"host"] == ACT_HOST
+    assert REQUEST_ACTIONS[b"content-length"] == ACT_CONTENT_LENGTH
+    assert RESPONSE_ACTIONS[b"content-length"] == ACT_CONTENT_LENGTH
+    assert b"host" not in RESPONSE_ACTIONS
 
 
 def test_connection_names_lists_extra_hop_by_hop_headers() -> None:
@@ -115,5 +127,69 @@ def test_small_helpers() -> None:
     ids = {new_request_id() for _ in range(100)}
     assert len(ids) == 100
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
-    assert {b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"} == IDEMPOTENT
+    # TRACE is refused unless a listener allows it, and then that listener adds it.
+    assert {b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS"} == IDEMPOTENT
     assert chunk_size_line(255) == b"ff\r\n"
+
+
+def test_connection_cannot_name_framing_host_or_what_the_proxy_writes() -> None:
+    value = b"close, Content-Length, HOST, transfer-encoding, x-request-id, X-Forwarded-For"
+    assert connection_names(value + b", x-forwarded-proto, connection, x-private") == {b"x-private"}
+    assert {b"content-length", b"host", b"transfer-encoding", b"x-request-id"} <= NEVER_HOP_BY_HOP
+
+
+def test_only_exactly_chunked_is_a_transfer_encoding() -> None:
+    for value in (b"chunked", b"Chunked", b"chunked  ", b" CHUNKED"):
+        assert is_chunked(value)
+    for value, status in (
+        (b"gzip", 400),
+        (b"chunked, gzip", 400),
+        (b"chunked, chunked", 400),
+        (b"identity", 400),
+        (b"xchunked", 400),
+        (b"gzip, chunked", 501),
+        (b"deflate,chunked", 501),
+    ):
+        with pytest.raises(Rejected) as caught:
+            is_chunked(value)
+        assert caught.value.status == status, value
+
+
+class _Sections:
+    """A fake counted connection over a toy format: each ``;`` ends a section
+    (as a head's blank line would), ``|`` starts an uncounted stretch up to the
+    next section (as a body would)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counting = True
+        self.room = limit
+        self.fed: list[bytes] = []
+        self.sections = 0
+
+    def feed(self, data: memoryview) -> bool:
+        self.fed.append(bytes(data))
+        for byte in bytes(data):
+            if byte == ord(";"):
+                self.sections += 1
+                self.counting = True
+                self.room = self.limit
+            elif byte == ord("|"):
+                self.counting = False
+        return True
+
+
+def test_feed_within_stops_a_section_at_its_limit_and_lets_the_rest_through() -> None:
+    data = b"abc;ef|" + b"x" * 100 + b";ghi"
+    conn = _Sections(4)
+    assert feed_within(conn, data)
+    assert conn.sections == 2 and b"".join(conn.fed) == data
+    assert conn.fed[:2] == [b"abc;", b"ef|x"]  # pieces end at the room left
+    # Never more than the room left is fed while a section is open.
+    conn = _Sections(4)
+    assert not feed_within(conn, b"abcdefgh;")
+    assert b"".join(conn.fed) == b"abcd" and conn.sections == 0
+    conn = _Sections(4)
+    conn.room = 2
+    assert not feed_within(conn, b"abc;")
+    assert b"".join(conn.fed) == b"ab"

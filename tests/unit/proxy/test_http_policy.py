@@ -1,0 +1,63 @@
+"""The HTTP proxy's limits in the sidecar configuration: defaults, how to change them, bounds."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from sidecar.config import ConfigError, ProxyPolicy, parse_config
+
+
+def test_defaults() -> None:
+    policy = ProxyPolicy(protocol="http")
+    assert policy.max_request_headers_kb == 60
+    assert policy.max_url_kb == 16
+    assert policy.max_headers == 100
+    assert policy.max_response_headers_kb == 60
+    assert policy.allow_trace is False
+
+
+def test_set_per_upstream_and_per_inbound_listener() -> None:
+    config = parse_config(
+        textwrap.dedent(
+            """\
+            services: [{name: web, address: 127.0.0.1, port: 8080}]
+            upstreams:
+              - service: orders
+                protocol: http
+                listen: "127.0.0.1:9001"
+                max_request_headers_kb: 8
+                max_url_kb: 4
+                max_headers: 50
+                max_response_headers_kb: 128
+            inbound:
+              - {listen: "0.0.0.0:15001", to: "127.0.0.1:8080", protocol: http, allow_trace: true}
+            """
+        )
+    )
+    (orders,) = config.upstreams
+    assert (orders.max_request_headers_kb, orders.max_url_kb, orders.max_headers) == (8, 4, 50)
+    assert orders.max_response_headers_kb == 128 and not orders.allow_trace
+    (inbound,) = config.inbound
+    assert inbound.allow_trace and inbound.max_request_headers_kb == 60
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ("max_request_headers_kb: 0", "max_request_headers_kb"),
+        ("max_request_headers_kb: 2048", "max_request_headers_kb"),
+        ("max_url_kb: 0", "max_url_kb"),
+        ("max_headers: 0", "max_headers"),
+        ("max_headers: 1.5", "max_headers"),
+        ("max_response_headers_kb: -1", "max_response_headers_kb"),
+        ('allow_trace: "yes"', "allow_trace"),
+    ],
+)
+def test_bad_values_name_the_field_and_line(line: str, field: str) -> None:
+    text = f"upstreams:\n  - service: orders\n    protocol: http\n    {line}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "sidecar.yaml")
+    message = str(info.value)
+    assert "sidecar.yaml:4" in message and field in message
