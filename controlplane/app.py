@@ -36,6 +36,7 @@ from ecosystem.v1 import registry_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.admin import admin_runner
 from controlplane.agent import AgentServicer, AgentSettings, LoadSpreader, Reaper
 from controlplane.bus import Broker, BusError, open_broker
 from controlplane.bus._events import EventPublisher
@@ -290,10 +291,7 @@ class ControlPlane:
         )
 
     async def _start_admin(self, listen: str) -> None:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None)
+        runner = admin_runner(healthz=self._healthz, metrics=self._metrics)
         await runner.setup()
         self._admin = runner
         host, port = parse_hostport(listen)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from eco._process import raise_open_files_limit
 from eco._settings import Settings, configure_logging, pass_settings
 
 if TYPE_CHECKING:
@@ -212,6 +213,7 @@ def controlplane_command(
         max_watch_streams=max_watch_streams,
     )
     configure_logging(settings.verbose, base=logging.INFO)
+    raise_open_files_limit()
     from controlplane import run
 
     ctx.exit(run(config))
@@ -260,6 +262,7 @@ def dev_command(
     config = _config(listen=listen, admin_listen=admin_listen, store_url=store_url, grace=2.0)
     sidecar = None if no_sidecar else _dev_sidecar_config(sidecar_config)
     configure_logging(settings.verbose, base=logging.INFO)
+    raise_open_files_limit()
     ctx.exit(asyncio.run(_run_dev(config, sidecar)))
 
 

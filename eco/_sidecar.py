@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from eco._process import raise_open_files_limit
 from eco._settings import Settings, configure_logging, pass_settings
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ def sidecar_command(ctx: click.Context, settings: Settings, config_path: Path, c
             click.echo(f"  proxy: {line}")
         ctx.exit(0)
     configure_logging(settings.verbose, base=logging.INFO)
+    raise_open_files_limit()
     ctx.exit(run(config))
 
 

@@ -11,10 +11,15 @@ What it implements: keep-alive and pipelining (answers in request order);
 ``Content-Length``; ``Connection: close`` and HTTP/1.0 honoured. A request
 whose head exceeds ``max_head`` bytes gets 431, one whose body exceeds
 ``max_body`` gets 413, an unparseable one 400 (so does a method unknown to
-the parser); each of these closes the connection. A connection is closed
-when no request has completed on it for ``idle_timeout`` seconds (which also
-bounds a slow request and a client that stopped reading). While the client
-does not read its responses, reading its further requests is paused.
+the parser); each of these closes the connection. A request (head and
+body) must arrive within ``head_timeout`` seconds of its first byte, the
+first one within ``head_timeout`` of the connection opening, else 408 and the
+connection closes; a connection is closed when no request has completed on
+it for ``idle_timeout`` seconds (which also bounds a client that stopped
+reading). While the client does not read its responses, reading its further
+requests is paused. At most ``max_connections`` connections are held, and
+``max_connections_per_ip`` from one client address: the excess is answered
+503 and closed as it is accepted (`controlplane.http_limits`).
 
 Handlers are synchronous callables returning a :class:`Response`; an
 exception in one is logged and answered with 500. :meth:`HttpServer.close`
@@ -37,12 +42,19 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from controlplane.http_limits import ConnectionGate, refuse
+
 __all__ = ["Handler", "HttpServer", "Response"]
 
 logger = logging.getLogger(__name__)
 
 #: Seconds a connection may go without completing a request.
 IDLE_TIMEOUT = 30.0
+#: Seconds a request may take to arrive, from its first byte (or the connection opening).
+HEAD_TIMEOUT = 10.0
+#: Connections held at most, in all and from one client address.
+MAX_CONNECTIONS = 128
+MAX_CONNECTIONS_PER_IP = 64
 #: The largest request line plus headers accepted, in bytes.
 MAX_HEAD = 16 * 1024
 #: The largest request body accepted (and discarded), in bytes.
@@ -83,12 +95,19 @@ class HttpServer:
         routes: Mapping[str, Handler],
         *,
         idle_timeout: float = IDLE_TIMEOUT,
+        head_timeout: float = HEAD_TIMEOUT,
         max_head: int = MAX_HEAD,
         max_body: int = MAX_BODY,
+        max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP,
         close_grace: float = CLOSE_GRACE,
     ) -> None:
         self.routes = {path.encode(): handler for path, handler in routes.items()}
         self.idle_timeout = idle_timeout
+        self.head_timeout = head_timeout
+        self.gate = ConnectionGate(
+            "admin HTTP", max_connections=max_connections, max_per_client=max_connections_per_ip
+        )
         self.max_head = max_head
         self.max_body = max_body
         self.close_grace = close_grace
@@ -182,19 +201,30 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._closing = False
         self._last_request = 0.0
+        self._request_due: float | None = None  # when the request being read must be in
+        self._in_request = False  # part of a request has come
         self._timer: asyncio.TimerHandle | None = None
+        self._key: str | None = None  # the gate's, while admitted
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._key = self._server.gate.admit(transport.get_extra_info("peername"))
+        if self._key is None:
+            self._closing = True
+            refuse(transport)
+            return
         self._transport = cast(asyncio.Transport, transport)
         self._server.added(self)
         self._last_request = self._loop.time()
-        self._timer = self._loop.call_at(
-            self._last_request + self._server.idle_timeout, self._on_timer
-        )
+        self._request_due = self._last_request + self._server.head_timeout
+        self._schedule()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._key is None:
+            return  # refused
+        self._server.gate.release(self._key)
+        self._key = None
         self._closing = True
         self._queue.clear()
         if self._timer is not None:
@@ -242,6 +272,10 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._request_due is None:
+            self._request_due = self._loop.time() + self._server.head_timeout
+            self._schedule()
+        self._in_request = True
         self._in_head = True
         self._url.clear()
         self._head_seen = 0
@@ -276,6 +310,8 @@ class _Connection(asyncio.Protocol):
             )
         )
         self._last_request = self._loop.time()
+        self._request_due = None
+        self._in_request = False
 
     # -- answering -----------------------------------------------------------------------
 
@@ -342,16 +378,32 @@ class _Connection(asyncio.Protocol):
 
     # -- closing -------------------------------------------------------------------------
 
+    def _due(self) -> float:
+        due = self._last_request + self._server.idle_timeout
+        return due if self._request_due is None else min(due, self._request_due)
+
+    def _schedule(self) -> None:
+        due = self._due()
+        if self._timer is not None:
+            if self._timer.when() <= due:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(due, self._on_timer)
+
     def _on_timer(self) -> None:
         self._timer = None
         if self._transport is None:
             return
-        due = self._last_request + self._server.idle_timeout
-        if self._loop.time() < due:
-            self._timer = self._loop.call_at(due, self._on_timer)
+        now = self._loop.time()
+        if now < self._due():
+            self._schedule()
             return
-        if self._transport.get_write_buffer_size():
+        if self._transport.get_write_buffer_size() or self._queue:
             self.abort()  # stuck on a client that stopped reading
+        elif self._in_request:
+            # Part of a request came, not all of it in time: say so, then close.
+            self._fail(http.HTTPStatus.REQUEST_TIMEOUT)
+            self._answer()
         else:
             self.close()
 

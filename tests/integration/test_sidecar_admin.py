@@ -285,9 +285,10 @@ async def test_idle_connections_are_closed() -> None:
         assert (await c.get("/ok")).status == 200  # a request restarts the idle time
         assert await closed(c.reader)
         c.close()
-        # A client that never finishes its request is dropped the same way.
+        # A client that never finishes its request is told so (408) and dropped.
         slow = await connect(f"{host}:{port}")
         slow.writer.write(b"GET /ok HTTP/1.1\r\n")
+        assert (await read_reply(slow.reader)).status == 408
         assert await closed(slow.reader)
         slow.close()
         await assert_eventually(lambda: _no_connections(server))
