@@ -5,6 +5,14 @@ without bridges never loads it. The routes translate HTTP to the `Broker`
 protocol and back; broker errors become JSON ``{"error", "message",
 "field"}`` bodies in one table (:func:`error_response`), which the WebSocket
 bridge reuses for its ``err`` frames.
+
+A publish or request body must say it is ``application/json``,
+``application/octet-stream`` or another type that is not one of the three a
+web page may send to another site without asking first (``text/plain``,
+``application/x-www-form-urlencoded``, ``multipart/form-data``; nor none at
+all): 415 otherwise. A browser then sends a CORS preflight, which only an
+allowed origin passes. A body must arrive within ``body_timeout`` (408), and
+an event stream whose client takes nothing for ``send_timeout`` is ended.
 """
 
 from __future__ import annotations
@@ -65,17 +73,36 @@ MAX_REQUEST_TIMEOUT = 300.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?")
 _FIELD_PREFIX = re.compile(r"([a-z_]+(?:\[[^\]]*\])?):")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+#: The content types a page may send to another site without a preflight (Fetch's
+#: "CORS-safelisted"); a publish must not have one of them, nor none.
+_SIMPLE_TYPES = frozenset(
+    ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
+)
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 
 
 class BridgeContext:
     """What the routes share: the broker, the limits, and the open streaming sessions
     (each a close callback) so that :meth:`close_sessions` can end them on stop."""
 
-    def __init__(self, broker: Broker, *, max_body: int, heartbeat: float, send_queue: int) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        max_body: int,
+        heartbeat: float,
+        send_queue: int,
+        body_timeout: float = 30.0,
+        send_timeout: float = 30.0,
+        max_subscriptions: int = 256,
+    ) -> None:
         self.broker = broker
         self.max_body = max_body
         self.heartbeat = heartbeat
         self.send_queue = send_queue
+        self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
+        self.max_subscriptions = max_subscriptions
         self.closing = False
         self.sessions: dict[object, Callable[[], Awaitable[None]]] = {}
 
@@ -198,7 +225,25 @@ def _message_headers(request: web.Request) -> dict[str, str]:
     }
 
 
+def _needs_preflight(content_type: str | None) -> bool:
+    """Whether a browser must ask (preflight) before sending this Content-Type cross-site."""
+    if content_type is None:
+        return False
+    essence = content_type.partition(";")[0].strip().lower()
+    return _MEDIA_TYPE.fullmatch(essence) is not None and essence not in _SIMPLE_TYPES
+
+
 async def _read_body(request: web.Request, ctx: BridgeContext) -> bytes | web.Response:
+    content_types = request.headers.getall("Content-Type", [])
+    if len(content_types) != 1 or not _needs_preflight(content_types[0]):
+        return _bad(
+            "Content-Type: send application/json or application/octet-stream "
+            f"(got {content_types[0][:100] if content_types else 'none'!r}); a type a web "
+            "page may send to any site is refused",
+            "",
+            "unsupported_media_type",
+            415,
+        )
     if request.content_length is not None and request.content_length > ctx.max_body:
         return _bad(
             f"data: {request.content_length} bytes is over the limit of {ctx.max_body}",
@@ -207,11 +252,21 @@ async def _read_body(request: web.Request, ctx: BridgeContext) -> bytes | web.Re
             413,
         )
     try:
-        return await request.read()
+        async with asyncio.timeout(ctx.body_timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _bad(
             f"data: over the limit of {ctx.max_body} bytes", "data", "payload_too_large", 413
         )
+    except TimeoutError:
+        response = _bad(
+            f"data: the body did not arrive within {ctx.body_timeout:g}s",
+            "data",
+            "request_timeout",
+            408,
+        )
+        response.force_close()  # the rest of the body is not worth waiting for
+        return response
 
 
 # -- checked at the edge, as the gRPC API checks them ---------------------------------------
@@ -309,11 +364,15 @@ def _event(event_id: int, payload: Mapping[str, Any]) -> bytes:
 async def _pump(sub: Subscription, queue: asyncio.Queue[Delivery | None]) -> None:
     # A bounded hand-off: when the client reads slowly this waits, and the broker
     # drops core messages for the subscription (counted) or holds durable ones back.
+    # None tells the writer that the subscription ended; when the writer cancels this
+    # (its client is gone), nobody reads the queue any more: waiting to put would hang.
     try:
         async for delivery in sub:
             await queue.put(delivery)
-    finally:
+    except Exception:
         await queue.put(None)
+        raise
+    await queue.put(None)
 
 
 async def _give_back(
@@ -366,23 +425,35 @@ async def handle_subscribe(request: web.Request, ctx: BridgeContext) -> web.Stre
     counter = 0
     unwritten: Delivery | None = None
     queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=64)
+
+    async def send(data: bytes) -> None:
+        # A client that takes nothing for send_timeout holds its subscription's
+        # messages back (durable ones) for nobody: end the stream.
+        try:
+            async with asyncio.timeout(ctx.send_timeout):
+                await response.write(data)
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()  # close() would wait for the unsent data
+            raise ConnectionError(f"the client took nothing for {ctx.send_timeout:g}s") from None
+
     try:
         await response.prepare(request)
-        await response.write(b": subscribed\n\n")
+        await send(b": subscribed\n\n")
         pump = asyncio.create_task(_pump(sub, queue), name="bridge-sse-pump")
         try:
             while True:
                 try:
                     delivery = await asyncio.wait_for(queue.get(), ctx.heartbeat)
                 except TimeoutError:
-                    await response.write(b": heartbeat\n\n")
+                    await send(b": heartbeat\n\n")
                     continue
                 if delivery is None:
                     break
                 counter += 1
                 event_id = delivery.sequence if delivery.sequence else counter
                 unwritten = delivery
-                await response.write(_event(event_id, delivery_json(delivery)))
+                await send(_event(event_id, delivery_json(delivery)))
                 unwritten = None
                 if delivery.ack_id:
                     # AckNotFound: its ack_wait passed while writing; it comes again.

@@ -8,6 +8,13 @@ frame, when room returns), a durable one waits (the broker holds further
 deliveries back), and a reply frame closes the socket with 1008: a client
 that does not read its replies is broken. When the socket closes, every
 subscription it opened is closed.
+
+What a client may send is bounded: a message of at most twice ``max_body``
+plus 64 KiB (larger: close 1009), JSON nested at most :data:`MAX_DEPTH` deep and at
+most ``max_subscriptions`` subscriptions open (else an ``err`` frame); frames
+RFC 6455 forbids (unmasked, reserved bits or opcodes, fragmented control
+frames: 1002; text that is not UTF-8: 1007) close the socket
+(`controlplane.web_server`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 #: WebSocket close code for a client that does not read its frames (policy violation).
 CLOSE_SLOW = 1008
+#: How deep a client frame's JSON may nest (a frame's own objects nest 2 deep).
+MAX_DEPTH = 16
+#: A JSON string, or a bracket outside of one.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 _ACK_KINDS = {kind.value: kind for kind in AckKind}
 
 
@@ -50,6 +62,37 @@ class FrameError(ValueError):
         super().__init__(message)
         self.message = message
         self.field = field
+
+
+def _nesting(text: str, limit: int) -> int:
+    """How deep ``text`` nests JSON arrays and objects, counted up to ``limit`` + 1."""
+    depth = deepest = 0
+    for token in _JSON_TOKEN.finditer(text):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        elif bracket in "]}":
+            depth -= 1
+    return deepest
+
+
+def _parse_frame(text: str) -> dict[str, Any]:
+    """A client frame: a JSON object nested at most MAX_DEPTH deep; raises FrameError."""
+    # Counting brackets first keeps a frame of plain text from being scanned twice.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _nesting(text, MAX_DEPTH) > MAX_DEPTH:
+        raise FrameError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    try:
+        frame = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FrameError(f"not JSON: {exc}") from None
+    except RecursionError:  # not expected past the check above; never let it escape
+        raise FrameError("JSON nested too deep") from None
+    if not isinstance(frame, dict):
+        raise FrameError("a frame is a JSON object")
+    return frame
 
 
 def _str(frame: Mapping[str, Any], key: str, *, required: bool = False) -> str:
@@ -101,15 +144,11 @@ class WsSession:
                 continue
             ref = ""
             try:
-                frame = json.loads(msg.data)
-                if not isinstance(frame, dict):
-                    raise FrameError("a frame is a JSON object")
+                frame = _parse_frame(msg.data)
                 ref = _str(frame, "ref") or (
                     frame["id"] if isinstance(frame.get("id"), str) else ""
                 )
                 await self._execute(frame, ref)
-            except json.JSONDecodeError as exc:
-                self._reply_err(ref, "invalid_frame", f"not JSON: {exc}", "")
             except FrameError as exc:
                 self._reply_err(ref, "invalid_frame", exc.message, exc.field)
             except (BusError, ValueError, TimeoutError, InvalidArgumentError) as exc:
@@ -149,6 +188,11 @@ class WsSession:
         sub_id = _str(frame, "id", required=True)
         if sub_id in self._subs:
             raise FrameError(f"id: subscription {sub_id!r} exists", "id")
+        if len(self._subs) >= self._ctx.max_subscriptions:
+            limit = self._ctx.max_subscriptions
+            message = f"id: this socket holds {limit} subscriptions, its limit; unsub one first"
+            self._reply_err(ref, "too_many_subscriptions", message, "id")
+            return
         spec = subscription_spec(
             _str(frame, "subject", required=True),
             queue=_str(frame, "queue"),

@@ -86,6 +86,7 @@ __all__ = [
     "SidecarConfig",
     "UpstreamConfig",
     "load_config",
+    "normalize_origin",
     "parse_config",
     "split_hostport",
 ]
@@ -417,15 +418,66 @@ class InboundConfig(ProxyPolicy):
         return value.strip()
 
 
+_ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://(\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(?::(\d{1,5}))?\Z")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def normalize_origin(value: str) -> str:
+    """An origin as browsers send it in ``Origin``: ``scheme://host[:port]``, lower case,
+    without a default port or a trailing slash. Raises ValueError for anything else,
+    ``*`` and ``null`` (what sandboxed pages and local files send) included."""
+    text = value.strip().lower().removesuffix("/")
+    if text == "*":
+        raise ValueError("'*' would let any web page use the bus: list each origin")
+    if text == "null":
+        raise ValueError(
+            "'null' is what sandboxed pages and local files send: any of them could use "
+            "the bus; list each origin"
+        )
+    match = _ORIGIN.match(text)
+    if match is None:
+        raise ValueError(f"{value!r} is not an origin like https://app.example.com[:port]")
+    scheme, host, port = match.groups()
+    if port is None or _DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
+
+
 class HttpBridgeConfig(_Model):
     """A bus bridge (docs/bus.md#bridges): ``http`` serves HTTP, Server-Sent
-    Events and WebSocket on ``listen``, relayed through this sidecar."""
+    Events and WebSocket on ``listen``, relayed through this sidecar.
+
+    Requests that carry an ``Origin`` (those of web pages) are refused unless it
+    is in ``allowed_origins``. A request head must arrive within
+    ``head_timeout``, a body within ``body_timeout``; a connection idle for
+    ``idle_timeout`` is closed; at most ``max_connections`` connections are
+    held, ``max_connections_per_ip`` from one client address; a WebSocket
+    holds at most ``max_subscriptions``."""
 
     protocol: Literal["http"] = "http"
     listen: str
     max_body: StrictInt = Field(default=1024 * 1024, ge=1, le=8 * 1024 * 1024)
+    allowed_origins: tuple[str, ...] = Field(default=(), max_length=64)
+    head_timeout: Duration = 10.0
+    body_timeout: Duration = 30.0
+    idle_timeout: Duration = 30.0
+    max_connections: StrictInt = Field(default=1024, ge=1, le=1_000_000)
+    max_connections_per_ip: StrictInt = Field(default=512, ge=1, le=1_000_000)
+    max_subscriptions: StrictInt = Field(default=256, ge=1, le=100_000)
 
     _listen = field_validator("listen")(_check_listen)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(normalize_origin(origin) for origin in value))
+
+    @field_validator("head_timeout", "body_timeout", "idle_timeout")
+    @classmethod
+    def _check_timeout(cls, value: float) -> float:
+        if not 0.001 <= value <= 3600:
+            raise ValueError("must be between 1ms and 1h")
+        return value
 
 
 #: The bridge kinds by their ``protocol`` (``http`` when a bridge names none).

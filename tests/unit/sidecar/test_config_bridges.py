@@ -302,3 +302,55 @@ def test_bus_headers_become_an_amqp_table() -> None:
         "eco-bridge": "me",
     }
     assert "eco-stream" not in amqp_headers({}, subject="s", stream="", sequence=0, bridge="me")
+
+
+def test_an_http_bridge_has_limits_and_allowed_origins() -> None:
+    config = parse_config(
+        textwrap.dedent(
+            """\
+            bridges:
+              - listen: 127.0.0.1:7420
+                allowed_origins: ["https://App.Example.com/", "http://localhost:3000", "https://a.b:443"]
+                head_timeout: 5s
+                body_timeout: 1m
+                idle_timeout: 500ms
+                max_connections: 100
+                max_connections_per_ip: 10
+                max_subscriptions: 5
+            """
+        )
+    )
+    (bridge,) = config.bridges
+    assert isinstance(bridge, HttpBridgeConfig)
+    assert bridge.allowed_origins == (
+        "https://app.example.com",
+        "http://localhost:3000",
+        "https://a.b",
+    )
+    assert (bridge.head_timeout, bridge.body_timeout, bridge.idle_timeout) == (5.0, 60.0, 0.5)
+    assert (bridge.max_connections, bridge.max_connections_per_ip) == (100, 10)
+    assert bridge.max_subscriptions == 5
+    default = parse_config("bridges: [{listen: 127.0.0.1:7420}]").bridges[0]
+    assert isinstance(default, HttpBridgeConfig)
+    assert default.allowed_origins == ()
+    assert (default.head_timeout, default.max_connections) == (10.0, 1024)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('["*"]', "'*' would let any web page use the bus"),
+        ('["null"]', "'null' is what sandboxed pages and local files send"),
+        ('["https://app.example.com/path"]', "is not an origin like https://app.example.com"),
+        ('["app.example.com"]', "is not an origin like https://app.example.com"),
+    ],
+)
+def test_an_allowed_origin_is_an_origin(value: str, message: str) -> None:
+    [line] = problems(f"bridges: [{{listen: 127.0.0.1:7420, allowed_origins: {value}}}]")
+    assert line.startswith("sidecar.yaml:1: bridges[0].allowed_origins")
+    assert message in line
+
+
+def test_a_bridge_timeout_is_positive() -> None:
+    [line] = problems("bridges: [{listen: 127.0.0.1:7420, head_timeout: 0s}]")
+    assert line == "sidecar.yaml:1: bridges[0].head_timeout: must be between 1ms and 1h"
