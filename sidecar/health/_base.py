@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     BaseModel,
@@ -27,9 +27,11 @@ __all__ = [
     "MAX_DEFAULT_TIMEOUT",
     "MAX_JITTER",
     "MIN_INTERVAL",
+    "NAME_MAX",
     "CheckConfig",
     "CheckKind",
     "ProbeCheckConfig",
+    "clip_name",
     "split_host_port",
 ]
 
@@ -44,7 +46,9 @@ MAX_JITTER = 0.5
 #: The smallest interval accepted: anything shorter is a configuration mistake.
 MIN_INTERVAL = 0.01
 
-_NAME_MAX = 200
+#: The longest check name: the control plane's limit (LIMITS.check_name_length in
+#: controlplane/validation.py; the sidecar may not import the control plane).
+NAME_MAX = 128
 
 
 class CheckKind(enum.StrEnum):
@@ -83,8 +87,12 @@ _Status = Annotated[HealthStatus, BeforeValidator(_status)]
 class CheckConfig(BaseModel):
     """What every kind of check has: a name and the status it starts in.
 
-    ``name`` defaults to the kind and target (``"tcp 127.0.0.1:5432"``,
-    ``"ttl"``); it must be unique among one instance's checks.
+    ``name`` is 1-128 printable characters, unique among one instance's
+    checks. Without one, the check is named after its kind and target with
+    nothing that may be a credential: ``http http://host:8080/health`` (no
+    user, password, query or fragment), ``grpc host:9000/orders``, ``tcp
+    host:5432``, ``exec check-disk`` (the program, not its arguments), ``ttl``
+    (see :attr:`default_name`).
     ``initial_status`` is what the check reports before its first result:
     CRITICAL by default, so an instance receives traffic only once it has
     proven healthy. It is accepted in any case (``passing``).
@@ -94,36 +102,57 @@ class CheckConfig(BaseModel):
 
     kind: ClassVar[CheckKind]
 
-    name: str = Field(default="", max_length=_NAME_MAX)
+    name: str = ""
     initial_status: _Status = HealthStatus.CRITICAL
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_name(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and not data.get("name"):
-            derived = cls._derive_name(data)
-            data = {**data, "name": derived[:_NAME_MAX]}
-        return data
-
-    @classmethod
-    def _derive_name(cls, data: Mapping[str, Any]) -> str:
-        target = data.get(cls.kind.value)
-        return f"{cls.kind.value} {target}" if target is not None else cls.kind.value
 
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
+        if not value:
+            return value  # named after the target, below
         value = value.strip()
         if not value:
             raise ValueError("a check name cannot be blank")
-        if any(ord(c) < 32 for c in value):
-            raise ValueError("a check name cannot contain control characters")
+        if len(value) > NAME_MAX:
+            raise ValueError(f"a check name is at most {NAME_MAX} characters, got {len(value)}")
+        if not value.isprintable():
+            raise ValueError(
+                "a check name must be printable: no tabs, line breaks or control characters"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _default_name(self) -> Self:
+        if not self.name:
+            # The model is frozen; this is its own construction.
+            object.__setattr__(self, "name", self.default_name)
+        return self
+
+    @property
+    def default_name(self) -> str:
+        """The name the check gets without one: its kind and :attr:`target`, cut to
+        :data:`NAME_MAX` characters, with anything unprintable replaced."""
+        return clip_name(f"{self.kind.value} {self.target}")
 
     @property
     @abc.abstractmethod
     def target(self) -> str:
-        """What the check looks at, for logs and outputs."""
+        """What the check looks at, for names, logs and outputs: never a credential."""
+
+    def numbered(self, n: int) -> Self:
+        """A copy named ``<default name> #n``: how the sidecar tells apart several
+        checks of one instance that would get the same default name."""
+        return self.model_copy(update={"name": clip_name(self.default_name, f" #{n}")})
+
+
+def clip_name(text: str, suffix: str = "") -> str:
+    """``text`` + ``suffix`` as a valid check name: unprintable characters become '?', and
+    the text is cut (ending in '…') so that the whole is at most :data:`NAME_MAX` long."""
+    text = "".join(c if c.isprintable() else "?" for c in text.strip()) or "check"
+    room = NAME_MAX - len(suffix)
+    if len(text) > room:
+        text = text[: room - 1] + "…"
+    return text + suffix
 
 
 class ProbeCheckConfig(CheckConfig):

@@ -8,7 +8,6 @@ requests serialized; running it is one request and a comparison.
 from __future__ import annotations
 
 import asyncio
-import base64
 import errno
 import ipaddress
 import logging
@@ -26,13 +25,15 @@ from sidecar.health._base import ProbeCheckConfig, split_host_port
 from sidecar.health._duration import format_duration
 from sidecar.health._exec import run_command
 from sidecar.health._http1 import Http1Error, Http1Pool
+from sidecar.health._http_judge import USER_AGENT, Judge, read_capped, request_head
 from sidecar.health._kinds import (
+    BODY_LIMIT,
     ExecCheckConfig,
     GrpcCheckConfig,
     HttpCheckConfig,
     TcpCheckConfig,
 )
-from sidecar.health._probe import OUTPUT_LIMIT, Probe, ProbeResult
+from sidecar.health._probe import Probe, ProbeResult
 
 if TYPE_CHECKING:
     # Imported where a probe needs them: only https:// (and non-lean) HTTP probes use
@@ -49,13 +50,11 @@ _PASSING = HealthStatus.PASSING
 _WARNING = HealthStatus.WARNING
 _CRITICAL = HealthStatus.CRITICAL
 
-#: How much of an HTTP body is read, for ``body_contains`` and the output.
-BODY_LIMIT = 64 * 1024
-_BODY_IN_OUTPUT = 512
-_USER_AGENT = "ecosystem-health-check/1"
 # SO_LINGER {on, 0 s}: close() sends a reset, so a thousand connects a second
 # do not leave a thousand TIME_WAIT sockets a second on this host.
 _LINGER_RESET = struct.pack("ii", 1, 0)
+#: The largest gRPC health answer read, in bytes.
+GRPC_MESSAGE_LIMIT = 64 * 1024
 # A health channel must notice a recovered server within about a second, not
 # after gRPC's default reconnect backoff of up to two minutes.
 _GRPC_OPTIONS = [
@@ -63,6 +62,9 @@ _GRPC_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
+    # A health answer is a few bytes; a server sending megabytes is not healthy, and
+    # is not read whole (the default would be 4 MiB).
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
 ]
 _CHECK_METHOD = "/grpc.health.v1.Health/Check"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -177,7 +179,7 @@ class NetworkHealthChecker:
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
-            headers={"User-Agent": _USER_AGENT, "Accept": "text/plain, */*"},
+            headers={"User-Agent": USER_AGENT, "Accept": "text/plain, */*"},
         )
         return self._session
 
@@ -192,10 +194,10 @@ class NetworkHealthChecker:
     def _http_lean(self, config: HttpCheckConfig, url: yarl.URL) -> Probe:
         host = url.raw_host or ""
         port = url.port or 80
-        request = _request_head(config, url)
+        request = request_head(config, url)
         head_only = config.method == "HEAD"
         timeout = config.timeout
-        judge = _Judge(config)
+        judge = Judge(config)
         pool = self._pool
 
         async def probe() -> ProbeResult:
@@ -207,9 +209,9 @@ class NetworkHealthChecker:
             except TimeoutError:
                 return judge.timed_out
             except Http1Error as exc:
-                return ProbeResult(_CRITICAL, f"{judge.label}: invalid HTTP response: {exc}")
+                return judge.failed(f"invalid HTTP response: {exc}")
             except OSError as exc:
-                return ProbeResult(_CRITICAL, f"{judge.label}: {_describe(exc)}")
+                return judge.failed(_describe(exc))
             return judge(response.status, response.reason, response.body)
 
         return probe
@@ -221,7 +223,7 @@ class NetworkHealthChecker:
         headers = dict(config.headers) or None
         timeout = aiohttp.ClientTimeout(total=config.timeout)
         ssl = not config.tls_skip_verify
-        judge = _Judge(config)
+        judge = Judge(config)
 
         async def probe() -> ProbeResult:
             if self._closed:
@@ -236,15 +238,15 @@ class NetworkHealthChecker:
                     ssl=ssl,
                     allow_redirects=False,
                 ) as resp:
-                    body = await _read_capped(resp.content) if method != "HEAD" else b""
+                    body = await read_capped(resp.content) if method != "HEAD" else b""
                     code = resp.status
                     reason = resp.reason or ""
             except TimeoutError:
                 return judge.timed_out
             except aiohttp.ClientError as exc:  # before OSError: some are both
-                return ProbeResult(_CRITICAL, f"{judge.label}: {str(exc) or type(exc).__name__}")
+                return judge.failed(str(exc) or type(exc).__name__)
             except (OSError, ValueError) as exc:
-                return ProbeResult(_CRITICAL, f"{judge.label}: {_describe(exc)}")
+                return judge.failed(_describe(exc))
             return judge(code, reason, body)
 
         return probe
@@ -295,56 +297,6 @@ class NetworkHealthChecker:
                 return await run_command(argv, timeout)
 
         return probe
-
-
-class _Judge:
-    """Turns an HTTP response into a result, the same way for both clients."""
-
-    __slots__ = ("body_contains", "closed", "label", "needle", "passing", "timed_out")
-
-    def __init__(self, config: HttpCheckConfig) -> None:
-        self.label = f"HTTP {config.method} {config.http}"
-        # A lookup table instead of a walk over the ranges on every response.
-        self.passing = frozenset(c for c in range(100, 600) if config.accepts(c))
-        self.body_contains = config.body_contains
-        self.needle = config.body_contains.encode() if config.body_contains is not None else None
-        self.timed_out = ProbeResult(
-            _CRITICAL, f"{self.label}: timed out after {format_duration(config.timeout)}"
-        )
-        self.closed = ProbeResult(_CRITICAL, f"{self.label}: the health checker is closed")
-
-    def __call__(self, code: int, reason: str, body: bytes) -> ProbeResult:
-        text = f"{self.label}: {code} {reason}".rstrip()
-        if code in self.passing:
-            if self.needle is not None and self.needle not in body:
-                text += f"; the body does not contain {self.body_contains!r}"
-                return ProbeResult(_CRITICAL, _with_body(text, body))
-            return ProbeResult(_PASSING, _with_body(text, body))
-        return ProbeResult(_WARNING if code == 429 else _CRITICAL, _with_body(text, body))
-
-
-def _request_head(config: HttpCheckConfig, url: yarl.URL) -> bytes:
-    """The request line and headers, built once per check."""
-    given = {name.lower() for name in config.headers}
-    host = url.raw_host or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if url.explicit_port is not None and url.explicit_port != 80:
-        host = f"{host}:{url.explicit_port}"
-    lines = [f"{config.method} {url.raw_path_qs} HTTP/1.1"]
-    if "host" not in given:
-        lines.append(f"Host: {host}")
-    if "user-agent" not in given:
-        lines.append(f"User-Agent: {_USER_AGENT}")
-    if "accept" not in given:
-        lines.append("Accept: text/plain, */*")
-    if url.user is not None and "authorization" not in given:
-        token = base64.b64encode(f"{url.user}:{url.password or ''}".encode()).decode()
-        lines.append(f"Authorization: Basic {token}")
-    lines.extend(f"{name}: {value}" for name, value in config.headers.items())
-    if config.method in ("POST", "PUT", "PATCH") and "content-length" not in given:
-        lines.append("Content-Length: 0")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 # -- TCP ----------------------------------------------------------------------
@@ -447,32 +399,6 @@ async def _resolve(
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-async def _read_capped(content: aiohttp.StreamReader) -> bytes:
-    first = await content.read(BODY_LIMIT)
-    if not first or content.at_eof():
-        return first
-    chunks = [first]
-    size = len(first)
-    while size < BODY_LIMIT:
-        chunk = await content.read(BODY_LIMIT - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
-def _with_body(text: str, body: bytes) -> str:
-    if not body:
-        return text
-    snippet = body[:_BODY_IN_OUTPUT].decode("utf-8", "replace").strip()
-    if not snippet:
-        return text
-    if len(body) > _BODY_IN_OUTPUT:
-        snippet += "…"
-    return f"{text} Output: {snippet}"[:OUTPUT_LIMIT]
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -21,6 +21,7 @@ firing in lockstep. A check never has two probes in flight.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import heapq
 import itertools
@@ -43,7 +44,7 @@ from sidecar.health._errors import (
     NotATtlCheckError,
 )
 from sidecar.health._kinds import TtlCheckConfig
-from sidecar.health._probe import OUTPUT_LIMIT, HealthChecker, Probe, ProbeResult
+from sidecar.health._probe import HealthChecker, Probe, ProbeResult, clip_output, fit_outputs
 from sidecar.health._state import CheckDetail, CheckState, HealthTransition, worst_status
 from sidecar.health._stream import TransitionStream
 
@@ -280,7 +281,7 @@ class HealthEngine:
         value = HealthStatus.parse(status)
         if value is HealthStatus.UNKNOWN:
             raise ValueError("a TTL update must be PASSING, WARNING or CRITICAL")
-        self._apply(check, value, note[:OUTPUT_LIMIT], force=True)
+        self._apply(check, value, note, force=True)
         if self._state is _State.RUNNING:
             assert self._clock is not None
             check.due = self._clock.monotonic() + config.ttl
@@ -299,8 +300,17 @@ class HealthEngine:
         return worst_status(c.state.status for c in checks.values())
 
     def checks(self, instance_id: str) -> list[CheckDetail]:
-        """Per-check detail of an instance, in the order the checks were added."""
-        return [c.state.detail() for c in self._instances.get(instance_id, {}).values()]
+        """Per-check detail of an instance, in the order the checks were added; outputs
+        that add up to more than the control plane takes for one instance (32 KiB) are
+        cut, the longest first, to an even share of what the short ones leave."""
+        details = [c.state.detail() for c in self._instances.get(instance_id, {}).values()]
+        cap = fit_outputs([len(d.output) for d in details])
+        if cap is None:
+            return details
+        return [
+            d if len(d.output) <= cap else dataclasses.replace(d, output=clip_output(d.output, cap))
+            for d in details
+        ]
 
     def check(self, check_id: str) -> CheckDetail:
         check = self._checks.get(check_id)
@@ -413,7 +423,7 @@ class HealthEngine:
                 result = await check.probe()
             except Exception as exc:  # a checker bug must not stop the schedule
                 logger.warning("health probe %s failed: %r", check.state.check_id, exc)
-                result = ProbeResult(HealthStatus.CRITICAL, f"probe error: {exc!r}"[:OUTPUT_LIMIT])
+                result = ProbeResult(HealthStatus.CRITICAL, f"probe error: {exc!r}")
             if not check.removed:
                 self._apply(check, result.status, result.output, force=False)
         finally:
@@ -436,6 +446,8 @@ class HealthEngine:
 
     def _apply(self, check: _Check, status: HealthStatus, output: str, *, force: bool) -> None:
         assert self._clock is not None or self._state is _State.NEW
+        # The one place every output passes: probes, TTL notes, expiry.
+        output = clip_output(output)
         now = self._clock.time() if self._clock is not None else _wall()
         state = check.state
         old = state.force(status, output, now) if force else state.record(status, output, now)

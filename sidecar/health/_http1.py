@@ -10,14 +10,19 @@ What it implements of RFC 9112: a status line and headers (at most 64 KiB),
 interim 1xx responses skipped, a body framed by ``Transfer-Encoding:
 chunked``, by ``Content-Length``, or by the connection closing; no body for
 HEAD, 204 and 304; ``Connection: close`` and HTTP/1.0 honoured; a gzip or
-deflate ``Content-Encoding`` decoded. Bodies are kept up to a limit and the
-rest is read and dropped. A reused connection that the server closed while
-idle is replaced once, transparently.
+deflate ``Content-Encoding`` decoded. Bodies are read up to a limit: a longer
+one is judged on what was read and its connection closed, so a server that
+streams without end costs one limit's worth of reading, not a timeout's. A
+reused connection that the server closed while idle is replaced once,
+transparently. Numbers are ASCII digits of a sane length (a chunk size at most
+16 hex digits), so a hostile answer is an :class:`Http1Error`, never another
+exception.
 """
 
 from __future__ import annotations
 
 import asyncio
+import string
 import time
 import zlib
 from collections import deque
@@ -28,6 +33,7 @@ __all__ = ["Http1Error", "Http1Pool", "Http1Response"]
 HEAD_LIMIT = 64 * 1024
 IDLE_TIMEOUT = 30.0  # seconds an unused connection is kept
 _CRLF = b"\r\n"
+_HEX = frozenset(string.hexdigits.encode())
 
 
 class Http1Error(Exception):
@@ -73,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self._body = bytearray()
         self._keep_alive = True
         self._encoding = ""
+        self._cut = False  # the body reached the limit before its end
 
     # -- used by the pool ---------------------------------------------------
 
@@ -140,7 +147,7 @@ class _Connection(asyncio.Protocol):
                     return
             elif self._framing == _LENGTH:
                 self._take(self._remaining)
-                if self._remaining:
+                if self._remaining and not self._cut:
                     return
                 self._complete()
             elif self._framing == _CHUNKED:
@@ -148,11 +155,13 @@ class _Connection(asyncio.Protocol):
                     return
             else:  # until close: everything that comes is body
                 self._take(len(self._buf))
-                return
+                if not self._cut:
+                    return
+                self._complete()
 
     def _parse_head(self) -> bool:
         end = self._buf.find(b"\r\n\r\n")
-        if end < 0:
+        if end < 0 or end > HEAD_LIMIT:
             if len(self._buf) > HEAD_LIMIT:
                 raise Http1Error("the response head is larger than 64 KiB")
             return False
@@ -160,7 +169,7 @@ class _Connection(asyncio.Protocol):
         del self._buf[: end + 4]
         lines = head.split("\r\n")
         parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _digits(parts[1], 3):
             raise Http1Error(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
         status = int(parts[1])
         if not 100 <= status <= 599:
@@ -177,7 +186,7 @@ class _Connection(asyncio.Protocol):
             name = name.strip().lower()
             value = value.strip()
             if name == "content-length":
-                if not value.isdigit() or (length is not None and int(value) != length):
+                if not _digits(value, 18) or (length is not None and int(value) != length):
                     raise Http1Error(f"bad Content-Length: {value[:40]!r}")
                 length = int(value)
             elif name == "transfer-encoding":
@@ -221,13 +230,15 @@ class _Connection(asyncio.Protocol):
                     return False
                 text = bytes(self._buf[:end]).split(b";", 1)[0].strip()
                 del self._buf[: end + 2]
-                try:
-                    self._remaining = int(text, 16)
-                except ValueError:
-                    raise Http1Error(f"bad chunk size: {text[:20]!r}") from None
+                if not 0 < len(text) <= 16 or not _HEX.issuperset(text):
+                    raise Http1Error(f"bad chunk size: {text[:20]!r}")
+                self._remaining = int(text, 16)
                 self._chunk_state = 1 if self._remaining else 3
             elif self._chunk_state == 1:  # data
                 self._take(self._remaining)
+                if self._cut:
+                    self._complete()
+                    return True
                 if self._remaining:
                     return False
                 self._chunk_state = 2
@@ -250,14 +261,17 @@ class _Connection(asyncio.Protocol):
                     return True
 
     def _take(self, n: int) -> None:
-        """Moves up to ``n`` buffered bytes into the body (past the limit: dropped)."""
-        n = min(n, len(self._buf))
+        """Moves up to ``n`` buffered bytes into the body, and notes when the body is
+        full before its end: the rest is not read, and the connection not reused."""
         room = self.body_limit - len(self._body)
-        if room > 0:
-            self._body += self._buf[: min(n, room)]
+        n = min(n, len(self._buf), room)
+        self._body += self._buf[:n]
         del self._buf[:n]
         if self._framing != _UNTIL_CLOSE:
             self._remaining -= n
+        if len(self._body) >= self.body_limit and (self._framing != _LENGTH or self._remaining > 0):
+            self._cut = True
+            self._keep_alive = False
 
     def _complete(self) -> None:
         waiter = self._waiter
@@ -267,7 +281,7 @@ class _Connection(asyncio.Protocol):
         body = bytes(self._body)
         if self._encoding in ("gzip", "x-gzip", "deflate") and body:
             try:
-                body = _decode(body, self._encoding, self.body_limit)
+                body = _decode(body, self._encoding, self.body_limit, partial=self._cut)
             except Http1Error as exc:
                 self._fail(exc)
                 return
@@ -283,22 +297,28 @@ class _Connection(asyncio.Protocol):
         self.close()
 
 
-def _decode(body: bytes, encoding: str, limit: int) -> bytes:
+def _digits(text: str, most: int) -> bool:
+    """Whether ``text`` is 1 to ``most`` ASCII digits (``str.isdigit`` takes '²' too)."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
+def _decode(body: bytes, encoding: str, limit: int, *, partial: bool = False) -> bytes:
     # 16 + MAX_WBITS reads a gzip wrapper; 32 + MAX_WBITS detects gzip or zlib.
     wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else 32 + zlib.MAX_WBITS
     try:
-        return _inflate(body, wbits, limit)
+        return _inflate(body, wbits, limit, partial)
     except zlib.error:
         try:  # deflate sent raw, without its zlib header
-            return _inflate(body, -zlib.MAX_WBITS, limit)
+            return _inflate(body, -zlib.MAX_WBITS, limit, partial)
         except zlib.error:
             raise Http1Error(f"the body is not valid {encoding}") from None
 
 
-def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
+def _inflate(body: bytes, wbits: int, limit: int, partial: bool) -> bytes:
     inflater = zlib.decompressobj(wbits)
     out = inflater.decompress(body, limit)
-    if not inflater.eof and not inflater.unconsumed_tail:
+    # A body cut at the read limit is a cut compressed stream: judge what it holds.
+    if not partial and not inflater.eof and not inflater.unconsumed_tail:
         raise zlib.error("the compressed stream is cut short")
     return out
 

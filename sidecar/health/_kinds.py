@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic import Field, StrictBool, field_serializer, field_validator
@@ -13,6 +13,7 @@ from sidecar.health._base import CheckConfig, CheckKind, ProbeCheckConfig, split
 from sidecar.health._duration import Duration, format_duration
 
 __all__ = [
+    "BODY_LIMIT",
     "ExecCheckConfig",
     "GrpcCheckConfig",
     "HttpCheckConfig",
@@ -23,6 +24,29 @@ __all__ = [
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _STATUS_PART = re.compile(r"^\s*([1-5])xx\s*$|^\s*(\d{3})\s*(?:-\s*(\d{3})\s*)?\Z")
+#: How much of an HTTP response body a probe reads, for ``body_contains`` and the output.
+BODY_LIMIT = 64 * 1024
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its user, password, query and fragment: what names, logs and
+    outputs show of an HTTP check's URL (the probe itself still sends all of them)."""
+    import yarl
+
+    try:
+        parsed = yarl.URL(url)
+    except (ValueError, TypeError):
+        return "<invalid URL>"
+    if (
+        parsed.raw_user is None
+        and parsed.raw_password is None
+        and not parsed.raw_query_string
+        and not parsed.raw_fragment
+        and "?" not in url
+        and "#" not in url
+    ):
+        return url
+    return str(parsed.with_user(None).with_query(None).with_fragment(None))
 
 
 class HttpCheckConfig(ProbeCheckConfig):
@@ -87,6 +111,11 @@ class HttpCheckConfig(ProbeCheckConfig):
     def _check_body(cls, value: str | None) -> str | None:
         if value is not None and not value:
             raise ValueError("cannot be empty (leave it out to accept any body)")
+        if value is not None and len(value.encode()) > BODY_LIMIT:
+            raise ValueError(
+                f"is longer than the {BODY_LIMIT // 1024} KiB of the body a probe reads, "
+                "so it could never be found"
+            )
         return value
 
     @field_validator("headers")
@@ -101,7 +130,7 @@ class HttpCheckConfig(ProbeCheckConfig):
 
     @property
     def target(self) -> str:
-        return f"{self.method} {self.http}"
+        return redact_url(self.http)
 
     def accepts(self, status: int) -> bool:
         """Whether an HTTP response status counts as passing."""
@@ -197,12 +226,6 @@ class GrpcCheckConfig(ProbeCheckConfig):
     service: str = ""
     tls: StrictBool = False
 
-    @classmethod
-    def _derive_name(cls, data: Mapping[str, Any]) -> str:
-        service = data.get("service")
-        base = super()._derive_name(data)
-        return f"{base}/{service}" if service else base
-
     @field_validator("grpc")
     @classmethod
     def _check_target(cls, value: str) -> str:
@@ -211,7 +234,9 @@ class GrpcCheckConfig(ProbeCheckConfig):
 
     @property
     def target(self) -> str:
-        return f"{self.grpc}/{self.service}" if self.service else self.grpc
+        # "token@host:9000" dials host:9000 with a user part nobody should read back.
+        address = self.grpc.rpartition("@")[2]
+        return f"{address}/{self.service}" if self.service else address
 
 
 class ExecCheckConfig(ProbeCheckConfig):
@@ -225,13 +250,6 @@ class ExecCheckConfig(ProbeCheckConfig):
     kind: ClassVar[CheckKind] = CheckKind.EXEC
 
     exec: str | tuple[str, ...]
-
-    @classmethod
-    def _derive_name(cls, data: Mapping[str, Any]) -> str:
-        command = data.get("exec")
-        if isinstance(command, list | tuple) and all(isinstance(a, str) for a in command):
-            return f"exec {shlex.join(command)}"
-        return super()._derive_name(data)
 
     @field_validator("exec")
     @classmethod
@@ -255,7 +273,18 @@ class ExecCheckConfig(ProbeCheckConfig):
 
     @property
     def target(self) -> str:
-        return self.exec if isinstance(self.exec, str) else shlex.join(self.exec)
+        """The program's base name: its arguments (and a shell command's words) may
+        hold credentials, so names, logs and outputs never show them."""
+        if isinstance(self.exec, tuple):
+            program = self.exec[0]
+        else:
+            try:
+                words = shlex.split(self.exec)
+            except ValueError:
+                words = []
+            # Skip leading NAME=value assignments: "PGPASSWORD=x psql …" runs psql.
+            program = next((w for w in words if "=" not in w), "sh")
+        return os.path.basename(program.rstrip("/")) or program
 
 
 class TtlCheckConfig(CheckConfig):
@@ -272,16 +301,16 @@ class TtlCheckConfig(CheckConfig):
 
     ttl: Duration
 
-    @classmethod
-    def _derive_name(cls, data: Mapping[str, Any]) -> str:
-        return "ttl"
-
     @field_validator("ttl")
     @classmethod
     def _check_ttl(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be greater than 0")
         return value
+
+    @property
+    def default_name(self) -> str:
+        return "ttl"
 
     @property
     def target(self) -> str:

@@ -8,10 +8,46 @@ from typing import NamedTuple, Protocol
 from sdk import HealthStatus
 from sidecar.health._base import ProbeCheckConfig
 
-__all__ = ["OUTPUT_LIMIT", "HealthChecker", "Probe", "ProbeResult"]
+__all__ = [
+    "INSTANCE_OUTPUT_LIMIT",
+    "OUTPUT_LIMIT",
+    "HealthChecker",
+    "Probe",
+    "ProbeResult",
+    "clip_output",
+    "fit_outputs",
+]
 
-#: Outputs are cut to this many characters (bytes, for exec) before they are kept.
+# The control plane refuses a check status past these (LIMITS.check_output_length and
+# LIMITS.check_output_total in controlplane/validation.py; the sidecar may not import the
+# control plane), so the sidecar never keeps or reports more.
+#: The longest output one check keeps, in characters.
 OUTPUT_LIMIT = 4096
+#: The most output all the checks of one instance report together, in characters.
+INSTANCE_OUTPUT_LIMIT = 32 * 1024
+
+
+def clip_output(text: str, limit: int = OUTPUT_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, the last one '…' when something was cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - 1, 0)] + "…" if limit > 0 else ""
+
+
+def fit_outputs(lengths: list[int], budget: int = INSTANCE_OUTPUT_LIMIT) -> int | None:
+    """The largest per-output length that makes outputs of these ``lengths`` fit in
+    ``budget`` together, or None when they fit already. Short outputs stay whole; the
+    long ones share what is left evenly."""
+    if sum(lengths) <= budget:
+        return None
+    remaining = budget
+    ordered = sorted(lengths)
+    for i, length in enumerate(ordered):
+        share = remaining // (len(ordered) - i)
+        if length > share:
+            return share
+        remaining -= length
+    return None  # not reached: the sum is over the budget
 
 
 class ProbeResult(NamedTuple):

@@ -78,7 +78,7 @@ def test_exec_list_and_string() -> None:
     listed = parse_check({"exec": ["/bin/check", "--fast"], "timeout": "1s", "interval": "5s"})
     assert isinstance(listed, ExecCheckConfig)
     assert listed.argv == ("/bin/check", "--fast")
-    assert listed.name == "exec /bin/check --fast"
+    assert listed.name == "exec check"  # the program, not its arguments
     shell = parse_check({"exec": "test -f /tmp/ready"})
     assert isinstance(shell, ExecCheckConfig)
     assert shell.argv == ("/bin/sh", "-c", "test -f /tmp/ready")
