@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: Problems of a configuration file `--check` lists; the rest are counted.
+MAX_PROBLEMS_SHOWN = 20
 
 
 @click.command("sidecar")
@@ -43,7 +45,7 @@ EXIT_USAGE = 2
 @click.option(
     "--check",
     is_flag=True,
-    help="Only validate the configuration file, print a summary and exit.",
+    help="Only validate the configuration file (listing every problem), print a summary and exit.",
 )
 @pass_settings
 @click.pass_context
@@ -69,7 +71,13 @@ def sidecar_command(ctx: click.Context, settings: Settings, config_path: Path, c
     try:
         config = load_config(config_path)
     except ConfigError as err:
-        click.echo(f"eco: {err}", err=True)
+        # --check is where one looks at a file: every problem, one a line; a start
+        # names the first and counts the rest.
+        lines = err.lines() if check else [str(err)]
+        for line in lines[:MAX_PROBLEMS_SHOWN]:
+            click.echo(f"eco: {line}", err=True)
+        if len(lines) > MAX_PROBLEMS_SHOWN:
+            click.echo(f"eco: … and {len(lines) - MAX_PROBLEMS_SHOWN} more problems", err=True)
         ctx.exit(EXIT_USAGE)
     if check:
         listeners = [

@@ -4,24 +4,58 @@ The text is composed once into YAML nodes (which know their line), checked
 for duplicate keys (which plain YAML loading silently merges), constructed,
 and validated. Each pydantic error location (``services, 0, checks, 0,
 interval``) is walked down the node tree to the line it came from.
+
+A configuration file is input nobody has checked yet, so reading it is
+bounded before anything is built from it: at most :data:`MAX_FILE_BYTES`,
+nested at most :data:`MAX_DEPTH` levels, and aliases (``*name``) may add at
+most :data:`MAX_ALIAS_NODES` nodes once expanded. Aliases stay allowed —
+sharing one list of checks between services is a fair use — but ten lines of
+aliases that expand to a billion strings (a "billion laughs") are refused
+while the text is composed, before any of it is walked, built or validated;
+an alias inside the node it names is refused too. A value YAML cannot build
+(an integer of 5,000 digits, the date 2001-13-01) is a problem at its line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.events import AliasEvent
+from yaml.resolver import Resolver
 
 from sidecar.health import CheckKind
 
-__all__ = ["ConfigError", "ConfigProblem", "format_loc", "read_config"]
+__all__ = [
+    "MAX_ALIAS_NODES",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "ConfigError",
+    "ConfigProblem",
+    "format_loc",
+    "read_config",
+    "read_config_file",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
 _KINDS = frozenset(k.value for k in CheckKind)
+
+#: The largest configuration file read, in bytes (UTF-8).
+MAX_FILE_BYTES = 1024 * 1024
+#: How deeply mappings and lists may nest (the top-level mapping is level 1; the
+#: deepest documented key, an AMQP queue binding's argument, is at level 7).
+MAX_DEPTH = 32
+#: How many nodes aliases may add to the document once expanded.
+MAX_ALIAS_NODES = 100_000
+#: The longest message of one problem (a quoted value is cut in the middle).
+MAX_MESSAGE = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,18 +104,158 @@ class ConfigError(ValueError):
         return out
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses but is not read: over a limit, or a value that cannot be built."""
+
+
+class _Bounded(Composer, SafeConstructor, Resolver):
+    """Composes with the limits of the module docstring; constructs like ``SafeLoader``."""
+
+    def __init__(self) -> None:
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        self._depth = 0
+        self._open: set[str] = set()  # anchors of the nodes being composed
+        self._alias_nodes = 0
+        self._measured: dict[int, tuple[int, int]] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[attr-defined]
+        mark: Any = event.start_mark
+        if isinstance(event, AliasEvent):
+            anchor = event.anchor
+            node = self.anchors.get(anchor)
+            if anchor in self._open:
+                raise _Refused(
+                    None,
+                    None,
+                    f"the alias *{anchor} is inside the node it refers to",
+                    mark,
+                )
+            if node is not None:
+                size, height = self._measure(node)
+                if self._depth + height > MAX_DEPTH:
+                    raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+                self._alias_nodes += size
+                if self._alias_nodes > MAX_ALIAS_NODES:
+                    raise _Refused(
+                        None,
+                        None,
+                        f"aliases expand to more than {MAX_ALIAS_NODES} nodes; "
+                        "write the repeated parts out, or alias less",
+                        mark,
+                    )
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._open.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open.discard(anchor)
+
+    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+        """The node's size and height with its aliases expanded (a complete node: no cycle)."""
+        known = self._measured.get(id(node))
+        if known is not None:
+            return known
+        size, height = 1, 0
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        for child in children:
+            child_size, child_height = self._measure(child)
+            size += child_size
+            height = max(height, child_height)
+        result = self._measured[id(node)] = (size, height + 1)
+        return result
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            mark: Any = node.start_mark
+            raise _Refused(None, None, f"cannot read the value: {exc}", mark) from None
+
+
+# Events come from the C scanner and parser when PyYAML has them (what its own
+# CSafeLoader uses; about three times faster than the pure-Python ones on a 1 MiB file),
+# and are composed, bounded, in Python either way.
+try:
+    from yaml._yaml import CParser as _EventParser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml.parser import Parser as _Parser
+    from yaml.reader import Reader as _Reader
+    from yaml.scanner import Scanner as _Scanner
+
+    class _Loader(_Reader, _Scanner, _Parser, _Bounded):
+        def __init__(self, text: str) -> None:
+            _Reader.__init__(self, text)
+            _Scanner.__init__(self)
+            _Parser.__init__(self)
+            _Bounded.__init__(self)
+
+else:
+
+    class _Loader(_Bounded, _EventParser):  # type: ignore[no-redef]
+        def __init__(self, text: str) -> None:
+            _EventParser.__init__(self, text)
+            _Bounded.__init__(self)
+
+
+def read_config_file(path: Path, model: type[M], source: str | None = None) -> M:
+    """Reads a file (at most :data:`MAX_FILE_BYTES` of it) and validates it as ``model``;
+    raises ConfigError naming ``source`` (default: the path)."""
+    source = str(path) if source is None else source
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(
+            source, [ConfigProblem(0, "", f"cannot read: {exc.strerror or exc}")]
+        ) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(source, [_too_large()])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(source, [ConfigProblem(0, "", "not UTF-8 text")]) from None
+    return read_config(text, source, model)
+
+
+def _too_large() -> ConfigProblem:
+    return ConfigProblem(
+        0, "", f"larger than 1 MiB ({MAX_FILE_BYTES} bytes); is this the right file?"
+    )
+
+
 def read_config(text: str, source: str, model: type[M]) -> M:
     """Parses YAML ``text`` and validates it as ``model``; raises ConfigError."""
-    loader = yaml.SafeLoader(text)
+    if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
+        raise ConfigError(source, [_too_large()])
+    loader = _Loader(text)
     try:
         root = loader.get_single_node()
         if root is None:
             data: Any = {}
         else:
-            duplicates = list(_duplicate_keys(root, ()))
+            duplicates = list(_duplicate_keys(root, (), set()))
             if duplicates:
                 raise ConfigError(source, duplicates)
             data = loader.construct_document(root)
+    except _Refused as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else 0
+        raise ConfigError(source, [ConfigProblem(line, "", str(exc.problem))]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
@@ -108,7 +282,11 @@ def read_config(text: str, source: str, model: type[M]) -> M:
         raise ConfigError(source, problems) from None
 
 
-def _duplicate_keys(node: yaml.Node, path: tuple[str | int, ...]) -> Any:
+def _duplicate_keys(node: yaml.Node, path: tuple[str | int, ...], seen_nodes: set[int]) -> Any:
+    # A node reached again through an alias was checked the first time.
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
@@ -118,10 +296,10 @@ def _duplicate_keys(node: yaml.Node, path: tuple[str | int, ...]) -> Any:
                     key.start_mark.line + 1, format_loc((*path, name)), "duplicate key"
                 )
             seen.add(name)
-            yield from _duplicate_keys(value, (*path, name))
+            yield from _duplicate_keys(value, (*path, name), seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, (*path, i))
+            yield from _duplicate_keys(item, (*path, i), seen_nodes)
 
 
 def _clean_loc(loc: Sequence[str | int]) -> tuple[str | int, ...]:
@@ -191,7 +369,16 @@ def _problem(
         message = "required"
     else:
         message = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    return ConfigProblem(_line(root, clean), format_loc(clean), message)
+    return ConfigProblem(_line(root, clean), format_loc(clean), _shorten(message))
+
+
+def _shorten(message: str) -> str:
+    """A message quoting a huge value, cut in the middle: the start quotes the value, the
+    end says what is wrong with it."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    keep = (MAX_MESSAGE - 40) // 2
+    return f"{message[:keep]}… ({len(message) - 2 * keep} characters) …{message[-keep:]}"
 
 
 def _fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:

@@ -54,7 +54,7 @@ from sidecar._bridge_amqp_config import (
     AmqpOutboundConfig,
     AmqpQueueConfig,
 )
-from sidecar._config_file import ConfigError, ConfigProblem, read_config
+from sidecar._config_file import ConfigError, ConfigProblem, read_config, read_config_file
 from sidecar.health import AnyCheckConfig, CheckConfig, Duration, format_duration
 
 __all__ = [
@@ -104,9 +104,57 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _LOCATION = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?\Z")
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _META_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?\Z")
+# What the control plane accepts of one instance (LIMITS in controlplane/validation.py)
+# and of one node's sync (_MAX_SYNC in controlplane/agent/_session.py), repeated because
+# the sidecar may not import the control plane: a configuration the sidecar accepts is
+# one the control plane accepts.
+#: Local services per sidecar: the instances the control plane takes in one sync.
+MAX_SERVICES = 1_000
 _MAX_CHECKS = 32
 _MAX_TAGS = 64
+_MAX_TAG_LENGTH = 128
 _MAX_METADATA = 64
+_MAX_METADATA_VALUE = 1024
+_MAX_METADATA_BYTES = 16 * 1024
+#: Upstreams, inbound listeners and control-plane addresses one sidecar may have.
+MAX_UPSTREAMS = 1_000
+MAX_INBOUND = 256
+MAX_CONTROLPLANE_ADDRESSES = 32
+
+
+def _at_most(limit: int, what: str, why: str = "") -> BeforeValidator:
+    """A list of at most ``limit`` items, counted before any item is validated (so
+    20,000 services cost one error, not 20,000 validations)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) > limit:
+            raise ValueError(f"at most {limit} {what} are allowed{why}, got {len(value)}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _metadata_bytes(value: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+
+
+def _valid_metadata(value: dict[str, str]) -> dict[str, str]:
+    """Metadata as the control plane takes it: entries, keys, values and total size."""
+    if len(value) > _MAX_METADATA:
+        raise ValueError(f"at most {_MAX_METADATA} entries are allowed, got {len(value)}")
+    for key, item in value.items():
+        if not _META_KEY.match(key):
+            raise ValueError(f"{key[:64]!r} is not a valid metadata key")
+        if len(item) > _MAX_METADATA_VALUE:
+            raise ValueError(
+                f"the value of {key!r} is longer than {_MAX_METADATA_VALUE} characters"
+            )
+    size = _metadata_bytes(value)
+    if size > _MAX_METADATA_BYTES:
+        raise ValueError(
+            f"larger than {_MAX_METADATA_BYTES} bytes in all (keys and values, UTF-8), got {size}"
+        )
+    return value
 
 
 def split_hostport(value: str, *, allow_zero: bool = False) -> tuple[str, int]:
@@ -169,11 +217,15 @@ class NodeConfig(_Model):
             )
         return value
 
+    _metadata = field_validator("metadata")(_valid_metadata)
+
 
 class ControlPlaneLinkConfig(_Model):
     """Where the control plane is (several addresses fail over in turn) and the token."""
 
-    addresses: tuple[str, ...] = (DEFAULT_CONTROLPLANE,)
+    addresses: Annotated[tuple[str, ...], _at_most(MAX_CONTROLPLANE_ADDRESSES, "addresses")] = (
+        DEFAULT_CONTROLPLANE,
+    )
     token: str = ""
 
     @field_validator("addresses")
@@ -197,10 +249,10 @@ class LocalServiceConfig(_Model):
     port: StrictInt = Field(ge=1, le=65535)
     id: str = ""
     namespace: str = ""
-    tags: tuple[str, ...] = ()
+    tags: Annotated[tuple[str, ...], _at_most(_MAX_TAGS, "tags")] = ()
     metadata: dict[str, str] = Field(default_factory=dict)
     weight: StrictInt = Field(default=1, ge=1, le=10_000)
-    checks: tuple[AnyCheckConfig, ...] = Field(default=(), max_length=_MAX_CHECKS)
+    checks: Annotated[tuple[AnyCheckConfig, ...], _at_most(_MAX_CHECKS, "checks")] = ()
 
     @field_validator("name", "namespace")
     @classmethod
@@ -230,24 +282,40 @@ class LocalServiceConfig(_Model):
     @field_validator("tags")
     @classmethod
     def _check_tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(value) > _MAX_TAGS:
-            raise ValueError(f"at most {_MAX_TAGS} tags")
+        seen: set[str] = set()
         for tag in value:
-            if not tag or len(tag) > 128 or any(c.isspace() or ord(c) < 32 for c in tag):
-                raise ValueError(f"{tag!r}: a tag is 1-128 characters without spaces")
+            if (
+                not tag
+                or len(tag) > _MAX_TAG_LENGTH
+                or not tag.isprintable()
+                or any(c.isspace() for c in tag)
+            ):
+                raise ValueError(
+                    f"{tag[:64]!r}: a tag is 1-{_MAX_TAG_LENGTH} printable characters "
+                    "without spaces"
+                )
+            if tag in seen:
+                raise ValueError(f"{tag!r} is listed twice")
+            seen.add(tag)
         return value
 
-    @field_validator("metadata")
-    @classmethod
-    def _check_metadata(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > _MAX_METADATA:
-            raise ValueError(f"at most {_MAX_METADATA} entries")
-        for key, item in value.items():
-            if not _META_KEY.match(key):
-                raise ValueError(f"{key!r} is not a valid metadata key")
-            if len(item) > 1024:
-                raise ValueError(f"the value of {key!r} is longer than 1024 characters")
-        return value
+    _metadata = field_validator("metadata")(_valid_metadata)
+
+    @model_validator(mode="after")
+    def _number_default_names(self) -> Self:
+        """Checks without a name of their own that would share one are numbered in file
+        order (``exec check``, ``exec check #2``); names given must be unique (below)."""
+        seen: dict[str, int] = {}
+        checks = list(self.checks)
+        for j, check in enumerate(checks):
+            if check.name != check.default_name:
+                continue
+            seen[check.name] = count = seen.get(check.name, 0) + 1
+            if count > 1:
+                checks[j] = check.numbered(count)
+        if checks != list(self.checks):
+            object.__setattr__(self, "checks", tuple(checks))  # its own construction
+        return self
 
     @property
     def checks_by_name(self) -> dict[str, CheckConfig]:
@@ -652,9 +720,16 @@ class SidecarConfig(_Model):
     data_dir: Path = Path(".eco/sidecar")
     local_api: str = DEFAULT_LOCAL_API
     admin: str | None = DEFAULT_ADMIN
-    services: tuple[LocalServiceConfig, ...] = ()
-    upstreams: tuple[UpstreamConfig, ...] = ()
-    inbound: tuple[InboundConfig, ...] = ()
+    services: Annotated[
+        tuple[LocalServiceConfig, ...],
+        _at_most(
+            MAX_SERVICES,
+            "services",
+            f" (the control plane takes at most {MAX_SERVICES} instances per node)",
+        ),
+    ] = ()
+    upstreams: Annotated[tuple[UpstreamConfig, ...], _at_most(MAX_UPSTREAMS, "upstreams")] = ()
+    inbound: Annotated[tuple[InboundConfig, ...], _at_most(MAX_INBOUND, "inbound listeners")] = ()
     bridges: tuple[BridgeConfig, ...] = Field(default=(), max_length=8)
     #: on shutdown, requests in flight through the proxy get this long to finish
     drain_grace: Duration = 10.0
@@ -735,6 +810,27 @@ class SidecarConfig(_Model):
                     )
                 names.setdefault(check.name, j)
             services.append(service)
+        # The sidecar adds eco.inbound.port to a service behind an inbound listener:
+        # leave it room within what the control plane takes.
+        fronted = _fronted_services(self.inbound, services)
+        reserve = len(INBOUND_PORT_KEY) + 5
+        for i, service in enumerate(services):
+            if service.name not in fronted:
+                continue
+            behind = (
+                f"for a service behind an inbound listener (the sidecar adds {INBOUND_PORT_KEY})"
+            )
+            if len(service.metadata) >= _MAX_METADATA:
+                problem(
+                    ("services", i, "metadata"),
+                    f"at most {_MAX_METADATA - 1} entries {behind}, got {len(service.metadata)}",
+                )
+            elif (size := _metadata_bytes(service.metadata)) > _MAX_METADATA_BYTES - reserve:
+                problem(
+                    ("services", i, "metadata"),
+                    f"larger than {_MAX_METADATA_BYTES - reserve} bytes in all {behind}, "
+                    f"got {size}",
+                )
         upstreams: dict[tuple[str, str], int] = {}
         for i, upstream in enumerate(self.upstreams):
             if upstream.key in upstreams:
@@ -785,6 +881,24 @@ class SidecarConfig(_Model):
         return self
 
 
+def _fronted_services(
+    inbound: tuple[InboundConfig, ...], services: list[LocalServiceConfig]
+) -> set[str]:
+    """The local services an inbound listener fronts: its ``service``, or the one on
+    ``to``'s port (as the data plane chooses)."""
+    names: set[str] = set()
+    for entry in inbound:
+        if entry.service:
+            names.add(entry.service)
+            continue
+        port = split_hostport(entry.to)[1]
+        for service in services:
+            if service.port == port:
+                names.add(service.name)
+                break
+    return names
+
+
 def parse_config(text: str, source: str = "sidecar.yaml") -> SidecarConfig:
     """Validates YAML text; raises :class:`ConfigError` naming line and field."""
     return read_config(text, source, SidecarConfig)
@@ -797,12 +911,4 @@ def load_config(path: str | Path) -> SidecarConfig:
     ``FILE:LINE: FIELD: what is wrong``.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            str(path), [ConfigProblem(0, "", f"cannot read: {exc.strerror}")]
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), [ConfigProblem(0, "", "not UTF-8 text")]) from None
-    return parse_config(text, path.name if path.parent == Path() else str(path))
+    return read_config_file(path, SidecarConfig, path.name if path.parent == Path() else str(path))
