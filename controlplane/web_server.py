@@ -51,6 +51,10 @@ _TOO_LARGE = (
 #: A frame header aiohttp's reader refuses with 1002 (opcode 3 is reserved): fed to it in
 #: place of an unmasked frame, so that it closes the socket as for any protocol error.
 _PROTOCOL_ERROR = b"\x83\x80"
+#: aiohttp's parser limits, stated (its defaults): a request line or header field
+#: in bytes (400 past it), and header fields in one head.
+MAX_LINE = 8190
+MAX_FIELDS = 128
 _Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
@@ -92,6 +96,9 @@ class LimitedRunner(web.AppRunner):
             limits=self.limits,
             keepalive_timeout=self.limits.idle_timeout,
             lingering_time=self.limits.body_timeout,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_LINE,
+            max_headers=MAX_FIELDS,
             logger=cast(logging.Logger, _QuietClientErrors(self._logger, {})),
             access_log=None,
         )
@@ -125,10 +132,23 @@ class _LimitedServer(web.Server):
         if isinstance(protocol, _LimitedProtocol):
             protocol.request_started()
         try:
-            return await self._app_handler(request)
-        finally:
-            if isinstance(protocol, _LimitedProtocol):
-                protocol.request_ended()
+            response = await self._app_handler(request)
+        except web.HTTPException as exc:  # aiohttp answers with it as with a returned one
+            _answered(request, exc)
+            raise
+        _answered(request, response)
+        return response
+
+
+def _answered(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """The handler is done. When part of the body has not even arrived (the handler
+    answered an error first), aiohttp discards the rest for up to ``lingering_time``
+    (body_timeout) after the answer; then the connection closes, since what follows is
+    not a request head. Otherwise the connection is idle until the next head."""
+    if not request.content.is_eof():
+        response.force_close()
+    elif isinstance(request.protocol, _LimitedProtocol):
+        request.protocol.request_ended()
 
 
 class _LimitedProtocol(web.RequestHandler):
