@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["REFUSED", "ConnectionGate", "HttpLimits", "refuse"]
 
@@ -135,14 +135,13 @@ class ConnectionGate:
 
 
 def refuse(transport: asyncio.BaseTransport) -> None:
-    """Answers 503 and closes; the connection never reaches the HTTP parser."""
-    if isinstance(transport, asyncio.WriteTransport):
-        try:
-            transport.write(REFUSED)
-        except (ConnectionError, RuntimeError):
-            transport.abort()
-            return
-        if transport.get_write_buffer_size():
-            transport.abort()  # the socket would not take even that: do not wait for it
-            return
-    transport.close()
+    """Answers 503 and closes; the connection never reaches the HTTP parser. (The
+    answer fits in any new socket's buffer: closing does not wait on the client.)"""
+    # Not isinstance(…, WriteTransport): uvloop's transports are not its subclasses.
+    writable = cast(asyncio.Transport, transport)
+    try:
+        writable.write(REFUSED)
+    except (ConnectionError, RuntimeError):
+        writable.abort()
+        return
+    writable.close()

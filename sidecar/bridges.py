@@ -195,6 +195,7 @@ class BridgeServer:
             raise
         host, port = runner.addresses[0][:2]
         self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        runner.gate.name = f"bus bridge {self._address}"
         self._state = "running"
         logger.info("bus bridge listening on http://%s", self._address)
         return self._address

@@ -10,6 +10,7 @@ what a user of the bridge notices.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 
 from controlplane.bus import OutgoingMessage, Subscription, SubscriptionSpec
 from controlplane.bus.embedded import EmbeddedBroker
@@ -516,3 +518,35 @@ def _no_connections(bridge: BridgeServer) -> None:
 
 def _connections(bridge: BridgeServer, count: int) -> None:
     assert bridge.status()["connections"] == count
+
+
+# -- on the sidecar's event loop ------------------------------------------------------------
+
+
+def test_the_limits_hold_on_uvloop() -> None:
+    """The sidecar runs on uvloop, whose transports are not asyncio's own classes."""
+
+    async def scenario() -> None:
+        broker = EmbeddedBroker(None)
+        await broker.start()
+        limits = HttpLimits(head_timeout=0.5, max_connections=10, max_connections_per_ip=2)
+        try:
+            async with BridgeServer(broker, "127.0.0.1:0", limits=limits) as bridge:
+                flood = [await raw(bridge) for _ in range(5)]
+                for client in flood:
+                    client.send(HALF_SENT)
+                answers = [await client.until_closed() for client in flood]
+                assert (
+                    sorted(answer[:12] for answer in answers)
+                    == [b"HTTP/1.1 408"] * 2 + [b"HTTP/1.1 503"] * 3
+                )
+                ws = await ws_client(bridge)
+                ws.ws_send(OP_TEXT, b'{"op": "pub", "subject": "a"}', mask=False)
+                assert await ws.ws_close_code() == 1002
+                for client in [*flood, ws]:
+                    client.close()
+        finally:
+            await broker.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(uvloop.run, scenario()).result(timeout=30)
