@@ -28,7 +28,6 @@ from sidecar.proxy._http_parse import (
     ACT_CONNECTION,
     ACT_CONTENT_LENGTH,
     ACT_FORWARDED_FOR,
-    ACT_HOST,
     ACT_REQUEST_ID,
     ACT_TRANSFER_ENCODING,
     CRLF,
@@ -47,7 +46,7 @@ from sidecar.proxy._http_pool import UpstreamConnection
 from sidecar.proxy._target import CircuitOpenError, Outcome
 
 if TYPE_CHECKING:
-    from sidecar.proxy._http import Downstream
+    from sidecar.proxy._http_downstream import Downstream
 
 __all__ = ["BODY_KEEP", "P_QUEUE", "P_STOP", "P_UPSTREAM", "P_WAIT", "Exchange"]
 
@@ -175,10 +174,9 @@ class Exchange:
     # -- the request, from the downstream parser ----------------------------------------
 
     def special_header(self, action: int, name: bytes, value: bytes) -> None:
-        if action == ACT_HOST:
-            self.hosts += 1
-            self.out += (name, _SEP, value, CRLF)
-        elif action == ACT_CONTENT_LENGTH:
+        """A request header in REQUEST_ACTIONS (but Host, which the downstream
+        counts and keeps itself)."""
+        if action == ACT_CONTENT_LENGTH:
             self.content_length = value  # (the parser refuses a second one)
         elif action == ACT_FORWARDED_FOR:
             ff = self.forwarded_for

@@ -15,9 +15,13 @@ framing or the proxy depends on (:data:`NEVER_HOP_BY_HOP`): that name is
 ignored, so the length sent on is always the length of the body sent on.
 
 Limits are counted where bytes arrive, before the parser (which joins a
-header's pieces itself) can hold them: a connection in a head or a trailer
-section has ``room`` bytes left; a read that fits costs one subtraction, one
-that does not goes through :func:`feed_within`.
+header's pieces in memory) is given them: a connection in a head or a
+trailer section has ``room`` bytes left (elsewhere :data:`UNCOUNTED`, so that
+a read costs one subtraction either way); a read that does not fit goes
+through :func:`feed_within`. The count is exact for a section that begins
+a read; one that begins in the middle of a read (a pipelined request, the
+trailers after a body) is counted from the next piece, and also field by
+field as the parser reports them.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "NEVER_HOP_BY_HOP",
     "REQUEST_ACTIONS",
     "RESPONSE_ACTIONS",
+    "UNCOUNTED",
     "Counted",
     "Rejected",
     "chunk_size_line",
@@ -170,11 +175,15 @@ def _excerpt(value: bytes) -> str:
     return repr(text + "…" if len(value) > 64 else text)
 
 
+#: ``room`` outside a head or a trailer section: no read gets it to 0
+UNCOUNTED = 1 << 62
+
+
 class Counted(Protocol):
     """A connection whose head and trailer bytes are counted as they arrive:
-    while ``counting``, ``room`` bytes are left before the limit."""
+    ``room`` bytes are left before the limit; its parser's callbacks set it
+    (the limit when a section begins, :data:`UNCOUNTED` when it ends)."""
 
-    counting: bool
     room: int
 
     def feed(self, data: memoryview) -> bool:
@@ -184,22 +193,20 @@ class Counted(Protocol):
 
 def feed_within(conn: Counted, data: bytes) -> bool:
     """Feeds a read longer than ``conn.room`` in pieces that stop at the room
-    left, so that the parser never holds a counted section past its limit.
-    A piece may end the section (the parser's callbacks then stop the count or
-    give new room) and the rest goes on. False when a section outgrew its
-    room: the caller refuses the message."""
+    left, so that the parser never holds a section past its limit. A piece
+    may end the section (the callbacks then give new room) and the rest goes
+    on. False when a section outgrew its room: the caller refuses the message."""
     view = memoryview(data)
     while view:
         room = conn.room
-        if not conn.counting or len(view) <= room:
-            if conn.counting:
-                conn.room = room - len(view)
+        if len(view) <= room:
+            conn.room = room - len(view)
             conn.feed(view)
             return True
         conn.room = 0
         if not conn.feed(view[:room]):
             return True
-        if conn.counting and conn.room == 0:
+        if conn.room == 0:
             return False
         view = view[room:]
     return True

@@ -36,6 +36,7 @@ from sidecar.proxy._http_parse import (
     ACT_TRANSFER_ENCODING,
     CRLF,
     RESPONSE_ACTIONS,
+    UNCOUNTED,
     Rejected,
     connection_names,
     drop_named,
@@ -99,7 +100,6 @@ class UpstreamConnection(asyncio.Protocol):
         "closed",
         "closing",
         "complete",
-        "counting",
         "drop",
         "fields",
         "handler",
@@ -116,6 +116,7 @@ class UpstreamConnection(asyncio.Protocol):
         "reusable",
         "room",
         "size",
+        "status",
         "te",
         "trailers",
         "transport",
@@ -152,12 +153,12 @@ class UpstreamConnection(asyncio.Protocol):
         #: whether the upstream lets the connection carry another request
         self.complete = False
         self.reusable = False
-        # head and trailer bytes left (see feed_within); header fields, and bytes
-        # of them, left
-        self.counting = True
+        self.status = 0
+        #: bytes left before the head (or trailers) limit, UNCOUNTED in a body
         self.room = pool.head_limit
-        self.fields = pool.max_headers
-        self.size = pool.head_limit
+        #: trailer fields so far, and their bytes
+        self.fields = 0
+        self.size = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -203,16 +204,16 @@ class UpstreamConnection(asyncio.Protocol):
         down = handler.down
         down.cork()
         try:
-            if self.counting:
-                room = self.room - len(data)
-                if room >= 0:
-                    self.room = room
-                    self.feed(data)
-                elif not feed_within(self, data):
-                    limit = self.pool.head_limit // 1024
-                    self._bad(Rejected(502, "bad_response", f"response head over {limit} KiB"))
-            else:
-                self.feed(data)
+            room = self.room - len(data)
+            if room >= 0:
+                self.room = room
+                try:
+                    self.parser.feed_data(data)
+                except HttpParserError as exc:
+                    self._parse_error(exc)
+            elif not feed_within(self, data):
+                limit = self.pool.head_limit // 1024
+                self._bad(Rejected(502, "bad_response", f"response head over {limit} KiB"))
             if self.complete:
                 self.complete = False
                 handler = self.handler
@@ -226,15 +227,18 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except HttpParserError as exc:
-            if self.complete:
-                # Bytes behind the complete response that nobody asked for (or
-                # garbage): the response stands, the connection is not reused.
-                self.abort()
-            else:
-                context = exc.__context__
-                self._bad(context if isinstance(context, Rejected) else exc)
+            self._parse_error(exc)
             return False
         return not self.closing
+
+    def _parse_error(self, exc: HttpParserError) -> None:
+        if self.complete:
+            # Bytes behind the complete response that nobody asked for (or
+            # garbage): the response stands, the connection is not reused.
+            self.abort()
+        else:
+            context = exc.__context__
+            self._bad(context if isinstance(context, Rejected) else exc)
 
     def _bad(self, exc: Exception) -> None:
         handler = self.handler
@@ -257,26 +261,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.trailers = None
         self.te = None
         self.drop = frozenset()
-        self.fields = self.pool.max_headers
-        self.size = self.pool.head_limit
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Counted again field by field: a head or trailers that began in the
-        # middle of a read were not counted whole there.
-        fields = self.fields - 1
-        size = self.size - len(name) - len(value) - 4
-        if fields < 0:
-            limit = self.pool.max_headers
-            raise Rejected(502, "bad_response", f"more than {limit} response header fields")
-        if size < 0:
-            limit = self.pool.head_limit // 1024
-            raise Rejected(502, "bad_response", f"response head or trailers over {limit} KiB")
-        self.fields = fields
-        self.size = size
         if self.head_done:
+            # Trailers: counted field by field too (they may begin mid-read).
+            self.fields += 1
+            self.size += len(name) + len(value) + 3
+            pool = self.pool
+            if self.fields > pool.max_headers or self.size > pool.head_limit:
+                raise Rejected(502, "bad_response", "response trailers over the limits")
             if self.trailers is None:
                 self.trailers = []
             self.trailers += (name, _SEP, value, CRLF)
@@ -297,15 +293,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_done = True
-        self.counting = False
-        self.size = self.pool.head_limit  # trailers get as much again
+        self.room = UNCOUNTED
+        self.fields = self.size = 0
+        pool = self.pool
+        if len(self.out) > 4 * pool.max_headers:  # (the fields it passes on)
+            raise Rejected(
+                502, "bad_response", f"more than {pool.max_headers} response header fields"
+            )
         te = self.te
         if te is not None:
             try:
                 self.chunked = is_chunked(te)
             except Rejected as exc:
                 raise Rejected(502, "bad_response", exc.message) from None
-        status = self.parser.get_status_code()
+        self.status = status = self.parser.get_status_code()
         if self.drop:
             self.out = drop_named(self.out, self.drop)
         self.out[0] = b"HTTP/1.1 %d %s\r\n" % (status, self.reason)
@@ -313,21 +314,19 @@ class UpstreamConnection(asyncio.Protocol):
             self.handler.response_head(self, status)
 
     def on_body(self, body: bytes) -> None:
-        self.counting = False
+        self.room = UNCOUNTED
         if self.handler is not None:
             self.handler.response_body(body)
 
     def on_chunk_header(self) -> None:
         # Perhaps the last chunk, and trailers next: counted like a head.
-        self.counting = True
         self.room = self.pool.head_limit
 
     def on_message_complete(self) -> None:
-        self.counting = True
         self.room = self.pool.head_limit
         handler = self.handler
         if handler is not None:
-            if self.parser.get_status_code() < 200:
+            if self.status < 200:
                 handler.response_complete(self)  # an interim response: the final one follows
             else:
                 # (asked now: once the parser is past the message, it no longer knows)

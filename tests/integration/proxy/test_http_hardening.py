@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import socket
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from sidecar.proxy import Target, fixed_endpoint
 from tests.integration.proxy.conftest import policy
@@ -370,6 +372,30 @@ async def test_request_heads_over_the_limit_answer_431_and_the_limit_can_be_rais
     assert [s.path for s in upstream.seen] == ["/at-limit", "/roomy"]
 
 
+def _send_all_then_read(port: int, request: bytes) -> bytes:
+    """A blocking client that reads only once it has sent everything."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+async def test_a_client_that_sends_everything_first_still_reads_the_431(
+    listeners: list[Any],
+) -> None:
+    """The proxy reads and drops what follows a refused head for a while (up to 1 MiB)
+    instead of closing with it unread, which would reset the connection under the answer."""
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream))
+        port = int(listener.address.rsplit(":", 1)[1])
+        answer = await asyncio.to_thread(_send_all_then_read, port, padded(900 * KIB))
+        assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+        await assert_eventually(lambda: _assert(not listener.downstreams))
+    assert upstream.seen == []
+
+
 async def test_a_head_split_over_many_reads_is_counted_whole(listeners: list[Any]) -> None:
     async with RecordingUpstream() as upstream:
         listener = await proxy(listeners, to(upstream, max_request_headers_kb=4))
@@ -383,6 +409,24 @@ async def test_a_head_split_over_many_reads_is_counted_whole(listeners: list[Any
         assert await client.closed()
         await client.close()
     assert upstream.seen == []
+
+
+@pytest.mark.parametrize("kind", ["bytes", "fields"])
+async def test_an_oversized_head_pipelined_behind_a_request_is_not_forwarded(
+    listeners: list[Any], kind: str
+) -> None:
+    """Behind a request in the same read, a head is counted field by field: the
+    request before it is answered, then the connection closes."""
+    big = padded(5 * KIB) if kind == "bytes" else get("/", *[f"X-{i}: v" for i in range(12)])
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream, max_request_headers_kb=4, max_headers=10))
+        client = await RawClient.connect(listener)
+        await client.send(get("/first") + big)
+        (first,) = await client.replies_done(1, timeout=5)
+        assert first.status == 200 and first.header("connection") == "close"
+        assert await client.closed()
+        await client.close()
+    assert [s.path for s in upstream.seen] == ["/first"]
 
 
 async def test_more_header_fields_than_allowed_answer_431(listeners: list[Any]) -> None:
@@ -588,3 +632,40 @@ async def test_oversized_heads_take_no_memory_and_leave_none_behind(listeners: l
     assert grown < 8 * MB, f"RSS grew by {grown / MB:.1f} MB"
     assert reply.status == 200
     assert upstream.seen[-1].path == "/after" and len(upstream.seen) == 1
+
+
+def test_refusals_and_smuggling_on_uvloop() -> None:
+    """The production event loop: a refused head is answered before the close, the
+    smuggling scenario stays in step, TRACE is refused."""
+
+    async def scenario() -> None:
+        listeners: list[Any] = []
+        try:
+            async with RecordingUpstream(hold=("/hidden",)) as upstream:
+                listener = await proxy(listeners, to(upstream))
+                assert await refused(listener, padded(60 * KIB + 1)) == (431, "headers_too_large")
+                # More than the limit in one write: the answer is read, not a reset.
+                client = await RawClient.connect(listener)
+                await client.send(padded(200 * KIB))
+                (reply,) = await client.replies_done(1, timeout=5)
+                assert reply.status == 431 and await client.closed()
+                await client.close()
+                a = await RawClient.connect(listener)
+                await a.send(
+                    get("/a", "Connection: content-length", f"Content-Length: {len(HIDDEN)}")
+                    + HIDDEN
+                )
+                b = await RawClient.connect(listener)
+                (reply_a,) = await a.replies_done(1, timeout=5)
+                await b.send(get("/b", method="TRACE") + get("/b"))
+                trace, reply_b = await b.replies_done(2, timeout=5)
+                for client in (a, b):
+                    await client.close()
+                assert reply_a.body == b"GET /a %d" % len(HIDDEN)
+                assert trace.status == 405 and reply_b.body == b"GET /b 0"
+                assert [s.path for s in upstream.seen] == ["/a", "/b"]
+        finally:
+            for listener in listeners:
+                await listener.drain(0.0)
+
+    uvloop.run(scenario())

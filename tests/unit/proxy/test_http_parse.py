@@ -17,6 +17,7 @@ from sidecar.proxy._http_parse import (
     NEVER_HOP_BY_HOP,
     REQUEST_ACTIONS,
     RESPONSE_ACTIONS,
+    UNCOUNTED,
     Rejected,
     chunk_size_line,
     connection_names,
@@ -162,7 +163,6 @@ class _Sections:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.counting = True
         self.room = limit
         self.fed: list[bytes] = []
         self.sections = 0
@@ -172,10 +172,9 @@ class _Sections:
         for byte in bytes(data):
             if byte == ord(";"):
                 self.sections += 1
-                self.counting = True
                 self.room = self.limit
             elif byte == ord("|"):
-                self.counting = False
+                self.room = UNCOUNTED
         return True
 
 
@@ -193,3 +192,7 @@ def test_feed_within_stops_a_section_at_its_limit_and_lets_the_rest_through() ->
     conn.room = 2
     assert not feed_within(conn, b"abc;")
     assert b"".join(conn.fed) == b"ab"
+    # Outside a section, a read of any length goes through whole.
+    conn = _Sections(4)
+    conn.room = UNCOUNTED
+    assert feed_within(conn, b"x" * 100) and conn.fed == [b"x" * 100]
