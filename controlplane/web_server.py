@@ -19,6 +19,7 @@ connections
   the rest of RFC 6455 (reserved bits and opcodes, fragmented or long control
   frames: 1002; text that is not UTF-8: 1007; a message over the handler's
   ``max_msg_size``: 1009);
+- cancel the handler of a request whose client went away;
 - log a malformed request at DEBUG in one line.
 
 Reading a request body within ``body_timeout`` is the handler's part (aiohttp
@@ -72,7 +73,12 @@ class LimitedRunner(web.AppRunner):
         logger: logging.Logger | None = None,
         shutdown_timeout: float = 2.0,
     ) -> None:
-        super().__init__(app, access_log=None, shutdown_timeout=shutdown_timeout)
+        # handler_cancellation: a handler is cancelled when its client goes away, so that
+        # a client cannot leave work running (a request waiting 300 s for a reply) behind
+        # a connection that no longer counts against any cap.
+        super().__init__(
+            app, access_log=None, shutdown_timeout=shutdown_timeout, handler_cancellation=True
+        )
         self.limits = limits
         self.gate = ConnectionGate(
             name,

@@ -233,6 +233,40 @@ async def test_an_sse_stream_is_not_cut_by_the_timeouts(
     client.close()
 
 
+class CountingBroker(EmbeddedBroker):
+    """Counts the requests waiting for a reply."""
+
+    waiting = 0
+
+    async def request(self, *args: Any, **kwargs: Any) -> Any:
+        self.waiting += 1
+        try:
+            return await super().request(*args, **kwargs)
+        finally:
+            self.waiting -= 1
+
+
+async def test_a_client_that_gives_up_on_a_request_frees_what_it_held() -> None:
+    broker = CountingBroker(None)
+    await broker.start()
+    silent = await broker.subscribe(SubscriptionSpec("slow"))  # a responder that never answers
+    try:
+        async with BridgeServer(broker, "127.0.0.1:0") as bridge:
+            for _ in range(3):
+                client = await raw(bridge)
+                client.send(head("POST", "/v1/request/slow?timeout=300s", JSON, body=b"{}"))
+                await assert_eventually(lambda: _waiting(broker, 1))
+                client.close()  # gone: the request is not waited for 300 s
+                await assert_eventually(lambda: _waiting(broker, 0))
+    finally:
+        await silent.close()
+        await broker.close()
+
+
+def _waiting(broker: CountingBroker, count: int) -> None:
+    assert broker.waiting == count
+
+
 async def test_an_event_stream_whose_client_reads_nothing_is_ended(
     bridge: BridgeServer, broker: EmbeddedBroker
 ) -> None:
