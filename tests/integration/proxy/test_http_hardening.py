@@ -208,6 +208,11 @@ BAD_REQUESTS = {
     "cl_list": (_post(b"Host: o", b"Content-Length: 3, 3", body=b"abc"), 400, "bad_request"),
     "cl_signed": (_post(b"Host: o", b"Content-Length: +3", body=b"abc"), 400, "bad_request"),
     "cl_hex": (_post(b"Host: o", b"Content-Length: 0x3", body=b"abc"), 400, "bad_request"),
+    "cl_overflow": (
+        _post(b"Host: o", b"Content-Length: 99999999999999999999999", body=b"abc"),
+        400,
+        "bad_request",
+    ),
     "obs_fold": (_post(b"Host: o", b"X-A: b", b" Content-Length: 3"), 400, "bad_request"),
     "space_before_colon": (
         _post(b"Host: o", b"Content-Length : 3", body=b"abc"),
