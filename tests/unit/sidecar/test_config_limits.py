@@ -145,7 +145,7 @@ def test_twenty_thousand_services_are_refused_quickly() -> None:
     err = error_of(text)
     assert len(err.problems) == 1 and "at most 1000 services" in str(err)
     # Most of it is reading the YAML; the 20,000 entries are not validated one by one.
-    assert time.perf_counter() - started < 5.0
+    assert time.perf_counter() - started < 10.0
 
 
 @pytest.mark.parametrize(
