@@ -13,6 +13,8 @@ web page may send to another site without asking first (``text/plain``,
 all): 415 otherwise. A browser then sends a CORS preflight, which only an
 allowed origin passes. A body must arrive within ``body_timeout`` (408), and
 an event stream whose client takes nothing for ``send_timeout`` is ended.
+The bodies held at once (being read, published, or waiting for a reply) add
+up to at most :data:`BODIES_HELD` times ``max_body``: past it, 503.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -70,6 +72,8 @@ HEADER_PREFIX = "Eco-Header-"
 MSG_ID_HEADER = "Eco-Msg-Id"
 DEFAULT_REQUEST_TIMEOUT = 5.0
 MAX_REQUEST_TIMEOUT = 300.0
+#: How many bodies of ``max_body`` bytes the bridge holds in memory at once, at most.
+BODIES_HELD = 64
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?")
 _FIELD_PREFIX = re.compile(r"([a-z_]+(?:\[[^\]]*\])?):")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
@@ -103,6 +107,9 @@ class BridgeContext:
         self.body_timeout = body_timeout
         self.send_timeout = send_timeout
         self.max_subscriptions = max_subscriptions
+        self.body_budget = BODIES_HELD * max_body
+        #: bytes of request bodies held now (reserved when a body is about to be read)
+        self.bodies_held = 0
         self.closing = False
         self.sessions: dict[object, Callable[[], Awaitable[None]]] = {}
 
@@ -233,13 +240,38 @@ def _needs_preflight(content_type: str | None) -> bool:
     return _MEDIA_TYPE.fullmatch(essence) is not None and essence not in _SIMPLE_TYPES
 
 
-async def _read_body(request: web.Request, ctx: BridgeContext) -> bytes | web.Response:
+@contextlib.asynccontextmanager
+async def _body_of(request: web.Request, ctx: BridgeContext) -> AsyncIterator[bytes | web.Response]:
+    """The request's body, or the error response to give instead. The body counts against
+    the bridge's budget of bodies held (its declared length, else ``max_body``) until the
+    block ends."""
+    refused = _check_body(request, ctx)
+    if refused is not None:
+        yield refused
+        return
+    size = ctx.max_body if request.content_length is None else request.content_length
+    if ctx.bodies_held + size > ctx.body_budget:
+        held = ctx.bodies_held // 1024
+        yield web.json_response(
+            error_body("unavailable", f"the bridge holds {held} KiB of bodies, its limit"),
+            status=503,
+            headers={"Retry-After": "1"},
+        )
+        return
+    ctx.bodies_held += size
+    try:
+        yield await _read_body(request, ctx)
+    finally:
+        ctx.bodies_held -= size
+
+
+def _check_body(request: web.Request, ctx: BridgeContext) -> web.Response | None:
     content_types = request.headers.getall("Content-Type", [])
     if len(content_types) != 1 or not _needs_preflight(content_types[0]):
+        got = content_types[0][:100] if content_types else "none"
         return _bad(
-            "Content-Type: send application/json or application/octet-stream "
-            f"(got {content_types[0][:100] if content_types else 'none'!r}); a type a web "
-            "page may send to any site is refused",
+            f"Content-Type: send application/json or application/octet-stream (got {got!r}); "
+            "a type a web page may send to any site is refused",
             "",
             "unsupported_media_type",
             415,
@@ -251,6 +283,10 @@ async def _read_body(request: web.Request, ctx: BridgeContext) -> bytes | web.Re
             "payload_too_large",
             413,
         )
+    return None
+
+
+async def _read_body(request: web.Request, ctx: BridgeContext) -> bytes | web.Response:
     try:
         async with asyncio.timeout(ctx.body_timeout):
             return await request.read()
@@ -314,19 +350,19 @@ def subscription_spec(
 
 async def handle_publish(request: web.Request, ctx: BridgeContext) -> web.Response:
     """``POST /v1/publish/{subject}``: 202 with where the message went."""
-    body = await _read_body(request, ctx)
-    if isinstance(body, web.Response):
-        return body
-    try:
-        message = publish_message(
-            request.match_info["subject"],
-            body,
-            _message_headers(request),
-            request.headers.get(MSG_ID_HEADER, ""),
-        )
-        ack = await ctx.broker.publish(message)
-    except (BusError, ValueError, InvalidArgumentError) as exc:
-        return error_response(exc)
+    async with _body_of(request, ctx) as body:
+        if isinstance(body, web.Response):
+            return body
+        try:
+            message = publish_message(
+                request.match_info["subject"],
+                body,
+                _message_headers(request),
+                request.headers.get(MSG_ID_HEADER, ""),
+            )
+            ack = await ctx.broker.publish(message)
+        except (BusError, ValueError, InvalidArgumentError) as exc:
+            return error_response(exc)
     return web.json_response(
         {"stream": ack.stream, "sequence": ack.sequence, "duplicate": ack.duplicate}, status=202
     )
@@ -338,19 +374,19 @@ async def handle_request(request: web.Request, ctx: BridgeContext) -> web.Respon
         timeout = parse_timeout(request.query.get("timeout", "") or str(DEFAULT_REQUEST_TIMEOUT))
     except ValueError as exc:
         return _bad(str(exc), "timeout")
-    body = await _read_body(request, ctx)
-    if isinstance(body, web.Response):
-        return body
     subject = request.match_info["subject"]
-    try:
-        checked = publish_message(subject, body, _message_headers(request))
-        reply = await ctx.broker.request(subject, body, checked.headers, timeout)
-    except TimeoutError:
-        return web.json_response(
-            error_body("timeout", f"no reply on {subject} within {timeout:g}s"), status=504
-        )
-    except (BusError, ValueError, InvalidArgumentError) as exc:
-        return error_response(exc)
+    async with _body_of(request, ctx) as body:
+        if isinstance(body, web.Response):
+            return body
+        try:
+            checked = publish_message(subject, body, _message_headers(request))
+            reply = await ctx.broker.request(subject, body, checked.headers, timeout)
+        except TimeoutError:
+            return web.json_response(
+                error_body("timeout", f"no reply on {subject} within {timeout:g}s"), status=504
+            )
+        except (BusError, ValueError, InvalidArgumentError) as exc:
+            return error_response(exc)
     headers = {HEADER_PREFIX + name: value for name, value in reply.headers.items()}
     headers["Eco-Subject"] = reply.subject
     return web.Response(body=reply.data, headers=headers, content_type="application/octet-stream")

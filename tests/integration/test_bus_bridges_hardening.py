@@ -152,6 +152,34 @@ async def test_a_body_that_stops_gets_408_and_publishes_nothing(
     await nothing_was_published(broker, published)
 
 
+async def test_bodies_held_at_once_are_bounded(broker: EmbeddedBroker) -> None:
+    # 64 bodies of max_body (1 KiB) in all: 64 slow publishes hold it, the next gets 503.
+    limits = HttpLimits(head_timeout=5.0, body_timeout=2.0)
+    async with BridgeServer(broker, "127.0.0.1:0", max_body=1024, limits=limits) as bridge:
+        slow = [await raw(bridge) for _ in range(64)]
+        for client in slow:
+            client.send(
+                b"POST /v1/publish/a HTTP/1.1\r\nHost: bridge\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1024\r\n\r\n{"
+            )
+        other = await raw(bridge, source="127.0.0.2")
+
+        async def refused() -> None:
+            other.send(head("POST", "/v1/publish/a", JSON, body=b"{}"))
+            response = await other.response()
+            assert response.status == 503, response
+            assert json.loads(response.body)["error"] == "unavailable"
+
+        await assert_eventually(refused)
+        # once the slow bodies time out (408), there is room again
+        for client in slow:
+            assert (await client.response()).status == 408
+            client.close()
+        other.send(head("POST", "/v1/publish/a", JSON, body=b"{}"))
+        assert (await other.response()).status == 202
+        other.close()
+
+
 async def test_an_idle_keep_alive_connection_is_closed(bridge: BridgeServer) -> None:
     client = await raw(bridge)
     for _ in range(2):  # kept alive between requests
