@@ -1,0 +1,167 @@
+"""Fuzzing the sidecar's HTTP proxy with generated and mutated raw requests.
+
+The sidecar's upstream listener ``fz-web`` (``protocol: http``) forwards to
+the recording upstream (:mod:`tests.fuzz.upstream`). Each example opens one
+or two client connections at once, each sending a :class:`Plan` (one to
+three pipelined requests, generated and mutated, in pieces), half-closes and
+reads until the proxy closes. Properties:
+
+- every response is well framed and parseable, and none is a 500 (a 5xx
+  the proxy makes itself says why in ``x-eco-proxy-error``);
+- no smuggling: the upstream parses everything the proxy sends it, and it
+  never sees a request that a strict parser does not find whole in what a
+  client sent (counted per request target, each holding its connection's
+  tag, over the whole test, so that a late request is still counted);
+- every response from the upstream reaches the connection whose request it
+  answers, in the order of the requests;
+- after each example a normal request through the listener gets its own
+  answer, and the sidecar process is alive; after the test its memory grew
+  within the bound of :mod:`tests.fuzz.rpc`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+
+import pytest
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+from tests.fuzz.http_plans import TAG_LENGTH, Plan, plans
+from tests.fuzz.http_wire import Exchange, converse, read_responses, sent_requests
+from tests.fuzz.profiles import fuzz_settings, time_limit
+from tests.fuzz.stack import Stack
+from tests.fuzz.upstream import RecordingUpstream
+
+# The proxy's own timeout is 5 s: by then it has answered or closed.
+READ_TIMEOUT = 8.0
+
+_tags = itertools.count(1)
+
+
+def new_tag() -> bytes:
+    tag = b"t%07d" % next(_tags)
+    assert len(tag) == TAG_LENGTH
+    return tag
+
+
+def origin_form(target: bytes) -> bytes:
+    """A target as the upstream may see it: an absolute-form target rewritten."""
+    for scheme in (b"http://", b"https://"):
+        if target.lower().startswith(scheme):
+            path = target[len(scheme) :].partition(b"/")[2]
+            return b"/" + path
+    return target
+
+
+class Ledger:
+    """Which request targets the clients sent whole, against what the upstream saw."""
+
+    def __init__(self, upstream: RecordingUpstream) -> None:
+        self.upstream = upstream
+        self.mark = upstream.snapshot()
+        self.allowed: Counter[bytes] = Counter()
+
+    def allow(self, data: bytes) -> list[bytes]:
+        """Counts the requests a strict parser finds whole in ``data``; returns their
+        targets, in order."""
+        targets = [origin_form(r.target) for r in sent_requests(data)]
+        self.allowed.update(targets)
+        return targets
+
+    def check(self) -> None:
+        seen, garbled = self.upstream.since(self.mark)
+        assert not garbled, f"the upstream could not parse what the proxy sent: {garbled[:3]}"
+        counted = Counter(origin_form(s.target) for s in seen)
+        extra = {t: n for t, n in counted.items() if n > self.allowed[t]}
+        assert not extra, f"the upstream saw requests no client sent whole: {extra}"
+
+
+def check_exchange(exchange: Exchange, tag: bytes, targets: list[bytes]) -> None:
+    if exchange.abandoned:
+        return
+    note(f"received {exchange.received[:1500]!r}")
+    responses, problem = read_responses(exchange.received, ended=exchange.closed)
+    assert problem is None, problem
+    if not exchange.closed:
+        answered = sum(r.complete and r.status >= 200 for r in responses)
+        assert answered >= len(targets), (
+            f"{len(targets)} whole request(s), {answered} answered, and the connection still open"
+        )
+    upstream_bodies = []
+    for response in responses:
+        assert response.status != 500, response
+        if response.status >= 500:
+            assert response.header(b"x-eco-proxy-error"), response
+        if response.header(b"x-fuzz-seq") is not None:
+            upstream_bodies.append(response.body)
+    # Whose answers: this connection's requests only, in their order.
+    for body in upstream_bodies:
+        assert b"/fz/" + tag + b"/" in body or b"/fz/" not in body, (
+            f"connection {tag!r} received the answer to {body[:80]!r}"
+        )
+    position = 0
+    for body in upstream_bodies:
+        assert body in targets[position:], f"answer {body[:80]!r} out of order: {targets}"
+        position = targets.index(body, position) + 1
+
+
+def probe(stack: Stack, ledger: Ledger) -> None:
+    """A normal request through the listener gets its own answer."""
+    tag = new_tag()
+    target = b"/fz/" + tag + b"/probe"
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: fz-web\r\n\r\n"
+    ledger.allow(request)
+    exchange = asyncio.run(converse(stack.proxy, [request], expected=1, timeout=READ_TIMEOUT))
+    responses, problem = read_responses(exchange.received, ended=exchange.closed)
+    assert problem is None and len(responses) == 1, (problem, exchange)
+    assert responses[0].status == 200 and responses[0].body == target, responses[0]
+
+
+async def _run(
+    address: str, plans_: list[Plan], tags: list[bytes], targets: list[list[bytes]]
+) -> list[Exchange]:
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(
+                converse(
+                    address,
+                    plan.render(tag),
+                    expected=len(sent),
+                    timeout=READ_TIMEOUT,
+                    abandon=plan.abandon,
+                )
+            )
+            for plan, tag, sent in zip(plans_, tags, targets, strict=True)
+        ]
+    return [t.result() for t in tasks]
+
+
+@pytest.mark.timeout(time_limit(150))
+def test_http_proxy(stack: Stack) -> None:
+    served = stack.served
+    ledger = Ledger(stack.upstream)
+
+    def still_works() -> None:
+        probe(stack, ledger)
+        ledger.check()
+
+    with served.bounded(still_works):
+
+        @fuzz_settings(60)
+        @given(st.lists(plans(), min_size=1, max_size=2))
+        def one(connections: list[Plan]) -> None:
+            tags = [new_tag() for _ in connections]
+            targets = [
+                ledger.allow(b"".join(p.render(t))) for p, t in zip(connections, tags, strict=True)
+            ]
+            exchanges = asyncio.run(_run(stack.proxy, connections, tags, targets))
+            for exchange, tag, sent in zip(exchanges, tags, targets, strict=True):
+                check_exchange(exchange, tag, sent)
+            probe(stack, ledger)
+            ledger.check()
+            served.pid  # noqa: B018 - fails when the sidecar has exited
+
+        one()
