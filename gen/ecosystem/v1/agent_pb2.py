@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ecosystem.v1 import registry_pb2 as ecosystem_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x63osystem/v1/agent.proto\x12\x0c\x65\x63osystem.v1\x1a\x1b\x65\x63osystem/v1/registry.proto\"\xb8\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x32\n\x08metadata\x18\x06 \x03(\x0b\x32 .ecosystem.v1.Node.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\nServiceRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\x90\x02\n\x0e\x43onnectRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.ecosystem.v1.HelloH\x00\x12+\n\x04sync\x18\x02 \x01(\x0b\x32\x1b.ecosystem.v1.SyncInstancesH\x00\x12,\n\x06health\x18\x03 \x01(\x0b\x32\x1a.ecosystem.v1.HealthReportH\x00\x12,\n\tsubscribe\x18\x04 \x01(\x0b\x32\x17.ecosystem.v1.SubscribeH\x00\x12 \n\x03\x61\x63k\x18\x05 \x01(\x0b\x32\x11.ecosystem.v1.AckH\x00\x12\"\n\x04ping\x18\x06 \x01(\x0b\x32\x12.ecosystem.v1.PingH\x00\x42\t\n\x07message\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\xa7\x01\n\x05Hello\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.ecosystem.v1.Node\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x04 \x01(\x03\x12\x15\n\rgrace_seconds\x18\x05 \x01(\x05\x12)\n!deregister_critical_after_seconds\x18\x06 \x01(\x05\":\n\rSyncInstances\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.ecosystem.v1.Instance\"\x9e\x01\n\x0cHealthReport\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12*\n\x06health\x18\x04 \x01(\x0e\x32\x1a.ecosystem.v1.HealthStatus\x12)\n\x06\x63hecks\x18\x05 \x03(\x0b\x32\x19.ecosystem.v1.CheckStatus\"7\n\tSubscribe\x12*\n\x08services\x18\x01 \x03(\x0b\x32\x18.ecosystem.v1.ServiceRef\"F\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x10\n\x08rejected\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xcb\x01\n\x0f\x43onnectResponse\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.WelcomeH\x00\x12.\n\x06update\x18\x02 \x01(\x0b\x32\x1c.ecosystem.v1.EndpointUpdateH\x00\x12/\n\x0bsync_result\x18\x03 \x01(\x0b\x32\x18.ecosystem.v1.SyncResultH\x00\x12\"\n\x04pong\x18\x04 \x01(\x0b\x32\x12.ecosystem.v1.PongH\x00\x42\t\n\x07message\"u\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\t\x12\x15\n\rgrace_seconds\x18\x03 \x01(\x05\x12\x1d\n\x15sync_interval_seconds\x18\x04 \x01(\x05\x12\x0f\n\x07resumed\x18\x05 \x01(\x08\"p\n\x0e\x45ndpointUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x30\n\x08services\x18\x03 \x03(\x0b\x32\x1e.ecosystem.v1.ServiceEndpoints\x12\x0c\n\x04\x66ull\x18\x04 \x01(\x08\"h\n\x10ServiceEndpoints\x12)\n\x07service\x18\x01 \x01(\x0b\x32\x18.ecosystem.v1.ServiceRef\x12)\n\tinstances\x18\x02 \x03(\x0b\x32\x16.ecosystem.v1.Instance\"a\n\nSyncResult\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x05\x12\x0f\n\x07updated\x18\x03 \x01(\x05\x12\x0f\n\x07removed\x18\x04 \x01(\x05\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\"\x12\n\x10ListNodesRequest\"\xb3\x03\n\nNodeStatus\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.ecosystem.v1.Node\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.ecosystem.v1.NodeSyncStatus\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0f\n\x07replica\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x17\n\x0f\x63onnected_at_ms\x18\x06 \x01(\x03\x12\x14\n\x0clast_seen_ms\x18\x07 \x01(\x03\x12\x17\n\x0f\x61pplied_version\x18\x08 \x01(\x03\x12\x14\n\x0csent_version\x18\t \x01(\x03\x12/\n\rsubscriptions\x18\n \x03(\x0b\x32\x18.ecosystem.v1.ServiceRef\x12\x16\n\x0einstance_count\x18\x0b \x01(\x05\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x12\n\nsession_id\x18\r \x01(\t\x12\x15\n\rgrace_seconds\x18\x0e \x01(\x05\x12)\n!deregister_critical_after_seconds\x18\x0f \x01(\x05\x12\x12\n\nlost_at_ms\x18\x10 \x01(\x03\"<\n\x11ListNodesResponse\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.ecosystem.v1.NodeStatus\">\n\x16WaitForRevisionRequest\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\"g\n\x17WaitForRevisionResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12)\n\x07pending\x18\x02 \x03(\x0b\x32\x18.ecosystem.v1.NodeStatus\x12\x10\n\x08\x61\x66\x66\x65\x63ted\x18\x03 \x01(\x05*\x8e\x01\n\x0eNodeSyncStatus\x12 \n\x1cNODE_SYNC_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17NODE_SYNC_STATUS_SYNCED\x10\x01\x12\x1a\n\x16NODE_SYNC_STATUS_STALE\x10\x02\x12!\n\x1dNODE_SYNC_STATUS_DISCONNECTED\x10\x03\x32\x88\x02\n\x0c\x41gentService\x12J\n\x07\x43onnect\x12\x1c.ecosystem.v1.ConnectRequest\x1a\x1d.ecosystem.v1.ConnectResponse(\x01\x30\x01\x12L\n\tListNodes\x12\x1e.ecosystem.v1.ListNodesRequest\x1a\x1f.ecosystem.v1.ListNodesResponse\x12^\n\x0fWaitForRevision\x12$.ecosystem.v1.WaitForRevisionRequest\x1a%.ecosystem.v1.WaitForRevisionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x63osystem/v1/agent.proto\x12\x0c\x65\x63osystem.v1\x1a\x1b\x65\x63osystem/v1/registry.proto\"\xb8\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x32\n\x08metadata\x18\x06 \x03(\x0b\x32 .ecosystem.v1.Node.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\nServiceRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\x90\x02\n\x0e\x43onnectRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.ecosystem.v1.HelloH\x00\x12+\n\x04sync\x18\x02 \x01(\x0b\x32\x1b.ecosystem.v1.SyncInstancesH\x00\x12,\n\x06health\x18\x03 \x01(\x0b\x32\x1a.ecosystem.v1.HealthReportH\x00\x12,\n\tsubscribe\x18\x04 \x01(\x0b\x32\x17.ecosystem.v1.SubscribeH\x00\x12 \n\x03\x61\x63k\x18\x05 \x01(\x0b\x32\x11.ecosystem.v1.AckH\x00\x12\"\n\x04ping\x18\x06 \x01(\x0b\x32\x12.ecosystem.v1.PingH\x00\x42\t\n\x07message\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\xa7\x01\n\x05Hello\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.ecosystem.v1.Node\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x04 \x01(\x03\x12\x15\n\rgrace_seconds\x18\x05 \x01(\x05\x12)\n!deregister_critical_after_seconds\x18\x06 \x01(\x05\"H\n\rSyncInstances\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.ecosystem.v1.Instance\x12\x0c\n\x04more\x18\x02 \x01(\x08\"\x9e\x01\n\x0cHealthReport\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12*\n\x06health\x18\x04 \x01(\x0e\x32\x1a.ecosystem.v1.HealthStatus\x12)\n\x06\x63hecks\x18\x05 \x03(\x0b\x32\x19.ecosystem.v1.CheckStatus\"7\n\tSubscribe\x12*\n\x08services\x18\x01 \x03(\x0b\x32\x18.ecosystem.v1.ServiceRef\"F\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x10\n\x08rejected\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xcb\x01\n\x0f\x43onnectResponse\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.WelcomeH\x00\x12.\n\x06update\x18\x02 \x01(\x0b\x32\x1c.ecosystem.v1.EndpointUpdateH\x00\x12/\n\x0bsync_result\x18\x03 \x01(\x0b\x32\x18.ecosystem.v1.SyncResultH\x00\x12\"\n\x04pong\x18\x04 \x01(\x0b\x32\x12.ecosystem.v1.PongH\x00\x42\t\n\x07message\"u\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\t\x12\x15\n\rgrace_seconds\x18\x03 \x01(\x05\x12\x1d\n\x15sync_interval_seconds\x18\x04 \x01(\x05\x12\x0f\n\x07resumed\x18\x05 \x01(\x08\"~\n\x0e\x45ndpointUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x30\n\x08services\x18\x03 \x03(\x0b\x32\x1e.ecosystem.v1.ServiceEndpoints\x12\x0c\n\x04\x66ull\x18\x04 \x01(\x08\x12\x0c\n\x04more\x18\x05 \x01(\x08\"h\n\x10ServiceEndpoints\x12)\n\x07service\x18\x01 \x01(\x0b\x32\x18.ecosystem.v1.ServiceRef\x12)\n\tinstances\x18\x02 \x03(\x0b\x32\x16.ecosystem.v1.Instance\"a\n\nSyncResult\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x05\x12\x0f\n\x07updated\x18\x03 \x01(\x05\x12\x0f\n\x07removed\x18\x04 \x01(\x05\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\"9\n\x10ListNodesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xb3\x03\n\nNodeStatus\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.ecosystem.v1.Node\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.ecosystem.v1.NodeSyncStatus\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0f\n\x07replica\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x17\n\x0f\x63onnected_at_ms\x18\x06 \x01(\x03\x12\x14\n\x0clast_seen_ms\x18\x07 \x01(\x03\x12\x17\n\x0f\x61pplied_version\x18\x08 \x01(\x03\x12\x14\n\x0csent_version\x18\t \x01(\x03\x12/\n\rsubscriptions\x18\n \x03(\x0b\x32\x18.ecosystem.v1.ServiceRef\x12\x16\n\x0einstance_count\x18\x0b \x01(\x05\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x12\n\nsession_id\x18\r \x01(\t\x12\x15\n\rgrace_seconds\x18\x0e \x01(\x05\x12)\n!deregister_critical_after_seconds\x18\x0f \x01(\x05\x12\x12\n\nlost_at_ms\x18\x10 \x01(\x03\"U\n\x11ListNodesResponse\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.ecosystem.v1.NodeStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x16WaitForRevisionRequest\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\"~\n\x17WaitForRevisionResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12)\n\x07pending\x18\x02 \x03(\x0b\x32\x18.ecosystem.v1.NodeStatus\x12\x10\n\x08\x61\x66\x66\x65\x63ted\x18\x03 \x01(\x05\x12\x15\n\rpending_count\x18\x04 \x01(\x05*\x8e\x01\n\x0eNodeSyncStatus\x12 \n\x1cNODE_SYNC_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17NODE_SYNC_STATUS_SYNCED\x10\x01\x12\x1a\n\x16NODE_SYNC_STATUS_STALE\x10\x02\x12!\n\x1dNODE_SYNC_STATUS_DISCONNECTED\x10\x03\x32\x88\x02\n\x0c\x41gentService\x12J\n\x07\x43onnect\x12\x1c.ecosystem.v1.ConnectRequest\x1a\x1d.ecosystem.v1.ConnectResponse(\x01\x30\x01\x12L\n\tListNodes\x12\x1e.ecosystem.v1.ListNodesRequest\x1a\x1f.ecosystem.v1.ListNodesResponse\x12^\n\x0fWaitForRevision\x12$.ecosystem.v1.WaitForRevisionRequest\x1a%.ecosystem.v1.WaitForRevisionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODE_METADATAENTRY']._loaded_options = None
   _globals['_NODE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_NODESYNCSTATUS']._serialized_start=2480
-  _globals['_NODESYNCSTATUS']._serialized_end=2622
+  _globals['_NODESYNCSTATUS']._serialized_start=2595
+  _globals['_NODESYNCSTATUS']._serialized_end=2737
   _globals['_NODE']._serialized_start=72
   _globals['_NODE']._serialized_end=256
   _globals['_NODE_METADATAENTRY']._serialized_start=209
@@ -51,33 +51,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=627
   _globals['_HELLO']._serialized_end=794
   _globals['_SYNCINSTANCES']._serialized_start=796
-  _globals['_SYNCINSTANCES']._serialized_end=854
-  _globals['_HEALTHREPORT']._serialized_start=857
-  _globals['_HEALTHREPORT']._serialized_end=1015
-  _globals['_SUBSCRIBE']._serialized_start=1017
-  _globals['_SUBSCRIBE']._serialized_end=1072
-  _globals['_ACK']._serialized_start=1074
-  _globals['_ACK']._serialized_end=1144
-  _globals['_CONNECTRESPONSE']._serialized_start=1147
-  _globals['_CONNECTRESPONSE']._serialized_end=1350
-  _globals['_WELCOME']._serialized_start=1352
-  _globals['_WELCOME']._serialized_end=1469
-  _globals['_ENDPOINTUPDATE']._serialized_start=1471
-  _globals['_ENDPOINTUPDATE']._serialized_end=1583
-  _globals['_SERVICEENDPOINTS']._serialized_start=1585
-  _globals['_SERVICEENDPOINTS']._serialized_end=1689
-  _globals['_SYNCRESULT']._serialized_start=1691
-  _globals['_SYNCRESULT']._serialized_end=1788
-  _globals['_LISTNODESREQUEST']._serialized_start=1790
-  _globals['_LISTNODESREQUEST']._serialized_end=1808
-  _globals['_NODESTATUS']._serialized_start=1811
-  _globals['_NODESTATUS']._serialized_end=2246
-  _globals['_LISTNODESRESPONSE']._serialized_start=2248
-  _globals['_LISTNODESRESPONSE']._serialized_end=2308
-  _globals['_WAITFORREVISIONREQUEST']._serialized_start=2310
-  _globals['_WAITFORREVISIONREQUEST']._serialized_end=2372
-  _globals['_WAITFORREVISIONRESPONSE']._serialized_start=2374
-  _globals['_WAITFORREVISIONRESPONSE']._serialized_end=2477
-  _globals['_AGENTSERVICE']._serialized_start=2625
-  _globals['_AGENTSERVICE']._serialized_end=2889
+  _globals['_SYNCINSTANCES']._serialized_end=868
+  _globals['_HEALTHREPORT']._serialized_start=871
+  _globals['_HEALTHREPORT']._serialized_end=1029
+  _globals['_SUBSCRIBE']._serialized_start=1031
+  _globals['_SUBSCRIBE']._serialized_end=1086
+  _globals['_ACK']._serialized_start=1088
+  _globals['_ACK']._serialized_end=1158
+  _globals['_CONNECTRESPONSE']._serialized_start=1161
+  _globals['_CONNECTRESPONSE']._serialized_end=1364
+  _globals['_WELCOME']._serialized_start=1366
+  _globals['_WELCOME']._serialized_end=1483
+  _globals['_ENDPOINTUPDATE']._serialized_start=1485
+  _globals['_ENDPOINTUPDATE']._serialized_end=1611
+  _globals['_SERVICEENDPOINTS']._serialized_start=1613
+  _globals['_SERVICEENDPOINTS']._serialized_end=1717
+  _globals['_SYNCRESULT']._serialized_start=1719
+  _globals['_SYNCRESULT']._serialized_end=1816
+  _globals['_LISTNODESREQUEST']._serialized_start=1818
+  _globals['_LISTNODESREQUEST']._serialized_end=1875
+  _globals['_NODESTATUS']._serialized_start=1878
+  _globals['_NODESTATUS']._serialized_end=2313
+  _globals['_LISTNODESRESPONSE']._serialized_start=2315
+  _globals['_LISTNODESRESPONSE']._serialized_end=2400
+  _globals['_WAITFORREVISIONREQUEST']._serialized_start=2402
+  _globals['_WAITFORREVISIONREQUEST']._serialized_end=2464
+  _globals['_WAITFORREVISIONRESPONSE']._serialized_start=2466
+  _globals['_WAITFORREVISIONRESPONSE']._serialized_end=2592
+  _globals['_AGENTSERVICE']._serialized_start=2740
+  _globals['_AGENTSERVICE']._serialized_end=3004
 # @@protoc_insertion_point(module_scope)

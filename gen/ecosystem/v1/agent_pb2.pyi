@@ -95,10 +95,12 @@ class Hello(_message.Message):
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., token: _Optional[str] = ..., session_id: _Optional[str] = ..., applied_version: _Optional[int] = ..., grace_seconds: _Optional[int] = ..., deregister_critical_after_seconds: _Optional[int] = ...) -> None: ...
 
 class SyncInstances(_message.Message):
-    __slots__ = ("instances",)
+    __slots__ = ("instances", "more")
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     instances: _containers.RepeatedCompositeFieldContainer[_registry_pb2.Instance]
-    def __init__(self, instances: _Optional[_Iterable[_Union[_registry_pb2.Instance, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, instances: _Optional[_Iterable[_Union[_registry_pb2.Instance, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class HealthReport(_message.Message):
     __slots__ = ("service", "namespace", "instance_id", "health", "checks")
@@ -159,16 +161,18 @@ class Welcome(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., replica: _Optional[str] = ..., grace_seconds: _Optional[int] = ..., sync_interval_seconds: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class EndpointUpdate(_message.Message):
-    __slots__ = ("version", "nonce", "services", "full")
+    __slots__ = ("version", "nonce", "services", "full", "more")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     FULL_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     version: int
     nonce: str
     services: _containers.RepeatedCompositeFieldContainer[ServiceEndpoints]
     full: bool
-    def __init__(self, version: _Optional[int] = ..., nonce: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceEndpoints, _Mapping]]] = ..., full: _Optional[bool] = ...) -> None: ...
+    more: bool
+    def __init__(self, version: _Optional[int] = ..., nonce: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceEndpoints, _Mapping]]] = ..., full: _Optional[bool] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class ServiceEndpoints(_message.Message):
     __slots__ = ("service", "instances")
@@ -193,8 +197,12 @@ class SyncResult(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., created: _Optional[int] = ..., updated: _Optional[int] = ..., removed: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node", "status", "connected", "replica", "peer", "connected_at_ms", "last_seen_ms", "applied_version", "sent_version", "subscriptions", "instance_count", "last_error", "session_id", "grace_seconds", "deregister_critical_after_seconds", "lost_at_ms")
@@ -233,10 +241,12 @@ class NodeStatus(_message.Message):
     def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., status: _Optional[_Union[NodeSyncStatus, str]] = ..., connected: _Optional[bool] = ..., replica: _Optional[str] = ..., peer: _Optional[str] = ..., connected_at_ms: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., applied_version: _Optional[int] = ..., sent_version: _Optional[int] = ..., subscriptions: _Optional[_Iterable[_Union[ServiceRef, _Mapping]]] = ..., instance_count: _Optional[int] = ..., last_error: _Optional[str] = ..., session_id: _Optional[str] = ..., grace_seconds: _Optional[int] = ..., deregister_critical_after_seconds: _Optional[int] = ..., lost_at_ms: _Optional[int] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
-    __slots__ = ("nodes",)
+    __slots__ = ("nodes", "next_page_token")
     NODES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WaitForRevisionRequest(_message.Message):
     __slots__ = ("revision", "timeout_ms")
@@ -247,11 +257,13 @@ class WaitForRevisionRequest(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class WaitForRevisionResponse(_message.Message):
-    __slots__ = ("applied", "pending", "affected")
+    __slots__ = ("applied", "pending", "affected", "pending_count")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_COUNT_FIELD_NUMBER: _ClassVar[int]
     applied: bool
     pending: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     affected: int
-    def __init__(self, applied: _Optional[bool] = ..., pending: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., affected: _Optional[int] = ...) -> None: ...
+    pending_count: int
+    def __init__(self, applied: _Optional[bool] = ..., pending: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., affected: _Optional[int] = ..., pending_count: _Optional[int] = ...) -> None: ...

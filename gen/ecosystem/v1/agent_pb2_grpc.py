@@ -62,14 +62,17 @@ class AgentServiceServicer:
         """One bidirectional stream per sidecar. The sidecar opens with Hello and
         then sends registrations of its local instances, health transitions
         (edge-triggered), subscriptions and ACK/NACKs of updates; the control
-        plane answers with Welcome and versioned endpoint updates.
+        plane answers with Welcome and versioned endpoint updates. Each message
+        is at most 1 MiB serialized: larger syncs and updates come in parts
+        (see `more`). The limits of every field are in docs/api.md.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListNodes(self, request, context):
-        """Every sidecar the control plane knows, with its session state.
+        """Every sidecar the control plane knows, with its session state, in pages
+        ordered by node id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
