@@ -198,7 +198,10 @@ class Downstream(asyncio.Protocol):
         if fields:
             text = f"more than {listener.max_headers} header fields"
         else:
-            what = "trailers" if self.parsing.head_done else "head"
+            # (no message may have begun yet: the parser skips empty lines before one)
+            ex = getattr(self, "parsing", None)
+            trailers = ex is not None and ex.head_done and not ex.complete
+            what = "trailers" if trailers else "head"
             text = f"request {what} over {listener.head_limit // 1024} KiB"
         return Rejected(431, "headers_too_large", text)
 

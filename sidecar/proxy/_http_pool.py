@@ -296,7 +296,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.room = UNCOUNTED
         self.fields = self.size = 0
         pool = self.pool
-        if len(self.out) > 4 * pool.max_headers:  # (the fields it passes on)
+        if len(self.out) > 4 * pool.max_headers + 1:  # (the fields it passes on)
             raise Rejected(
                 502, "bad_response", f"more than {pool.max_headers} response header fields"
             )

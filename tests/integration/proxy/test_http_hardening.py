@@ -434,6 +434,22 @@ async def test_an_oversized_head_pipelined_behind_a_request_is_not_forwarded(
     assert [s.path for s in upstream.seen] == ["/first"]
 
 
+async def test_empty_lines_before_a_request_count_toward_its_head(listeners: list[Any]) -> None:
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream, max_request_headers_kb=4))
+        assert await refused(listener, b"\r\n" * (3 * KIB) + get("/")) == (
+            431,
+            "headers_too_large",
+        )
+        client = await RawClient.connect(listener)
+        await client.send(get("/first") + b"\r\n" * (3 * KIB))
+        (reply,) = await client.replies_done(1, timeout=5)
+        await client.send(b"\r\n" * KIB)
+        assert reply.status == 200 and await client.closed()
+        await client.close()
+    assert [s.path for s in upstream.seen] == ["/first"]
+
+
 async def test_more_header_fields_than_allowed_answer_431(listeners: list[Any]) -> None:
     async with RecordingUpstream() as upstream:
         listener = await proxy(listeners, to(upstream))
@@ -504,21 +520,23 @@ async def test_upstream_response_heads_are_bounded_too(listeners: list[Any]) -> 
             return (
                 b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * (70 * KIB) + b"\r\nContent-Length: 0\r\n\r\n"
             )
-        if seen.path == "/many":
-            fields = b"".join(b"X-F%d: 1\r\n" % i for i in range(150))
+        if seen.path in ("/many", "/100"):
+            n = 101 if seen.path == "/many" else 100
+            fields = b"".join(b"X-F%d: 1\r\n" % i for i in range(n - 1))
             return b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n"
         return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
     async with RecordingUpstream(answer=answer) as upstream:
         listener = await proxy(listeners, to(upstream, retries=0))
         client = await RawClient.connect(listener)
-        for i, path in enumerate(("/big", "/many", "/fine")):
+        for i, path in enumerate(("/big", "/many", "/100", "/fine")):
             await client.send(get(path))
             replies = await client.replies_done(i + 1, timeout=5)
         await client.close()
-        big, many, fine = replies
+        big, many, at_limit, fine = replies
         assert big.status == 502 and big.header("x-eco-proxy-error") == "bad_response"
         assert many.status == 502 and many.header("x-eco-proxy-error") == "bad_response"
+        assert at_limit.status == 200 and len(at_limit.headers) == 100
         assert fine.status == 200 and fine.body == b"ok"
         roomy = await proxy(listeners, to(upstream, max_response_headers_kb=128))
         client = await RawClient.connect(roomy)
