@@ -41,6 +41,9 @@ def list_nodes(settings: Settings) -> None:
     """List every sidecar: where it is connected, when it was last seen, and
     whether it has applied the latest update (SYNCED) or not (STALE).
 
+    The control plane answers in pages; this follows them all. A sidecar
+    gone for an hour (its instances removed) is no longer listed.
+
     \b
     Examples:
       eco node list
@@ -108,7 +111,7 @@ def wait(settings: Settings, revision: int, wait_timeout: float) -> None:
         if result.applied:
             return f"revision {revision} applied by all {result.affected} affected sidecar(s)"
         lines = [
-            f"revision {revision} not applied by {len(result.pending)} of "
+            f"revision {revision} not applied by {result.pending_count} of "
             f"{result.affected} affected sidecar(s) after {wait_timeout:g}s:"
         ]
         lines += [
@@ -117,6 +120,8 @@ def wait(settings: Settings, revision: int, wait_timeout: float) -> None:
             + ")"
             for n in result.pending
         ]
+        if result.pending_count > len(result.pending):
+            lines.append(f"  … and {result.pending_count - len(result.pending)} more")
         return "\n".join(lines)
 
     emit(result.to_dict(), settings.output, table)

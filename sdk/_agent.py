@@ -9,6 +9,10 @@
     any failure → jittered exponential backoff (full jitter, capped) → next address
     shed by a busy replica (UNAVAILABLE "shedding load…") → a short jitter → another
     address, picked at random among the others
+    refused because another sidecar holds the node (ALREADY_EXISTS), or ended
+    because another stream took the session over (ABORTED "session taken over…")
+    → logged as an error, shown in status().last_error, retried at the maximum
+    backoff with a new session
 
 The caller's state is the source of truth and is re-sent after every
 (re)connect: the complete set of local instances (read from the
@@ -38,6 +42,7 @@ from typing import Self
 
 from ecosystem.v1 import agent_pb2, agent_pb2_grpc
 
+from sdk._agent_chunks import UpdateAssembler
 from sdk._agent_stream import EOF, AgentStream, StreamEnded, agent_channel, describe, translated
 from sdk._agent_types import (
     AgentNode,
@@ -49,12 +54,14 @@ from sdk._agent_types import (
     check_update,
 )
 from sdk._errors import (
+    AlreadyExistsError,
     ClientClosedError,
     EcoError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    RevisionMismatchError,
     UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
@@ -70,8 +77,12 @@ logger = logging.getLogger(__name__)
 
 # Errors a retry will not fix until an operator acts: back off at the maximum.
 _PERMANENT = (UnauthenticatedError, PermissionDeniedError, InvalidArgumentError, UnimplementedError)
-# How the control plane's message starts when it ends a stream to spread load.
+# How the control plane's message starts when it ends a stream to spread load,
+# and when it ends one because another stream took its session over.
 _SHED = "shedding load"
+_TAKEN_OVER = "session taken over"
+# The longest NACK reason sent (the control plane refuses longer ones).
+_MAX_ACK_ERROR = 1024
 
 
 #: Called with each update, synchronously; raising rejects (NACKs) it.
@@ -164,6 +175,7 @@ class AgentSession:
         self._connected_event = asyncio.Event()
 
         self._outbox = Outbox(max_pending_reports)
+        self._assembler = UpdateAssembler()
         self._leaving = False
         self._syncs_written = 0
         self._sync_results = 0
@@ -369,8 +381,21 @@ class AgentSession:
                 welcomed = self.connected
             self._set_state(AgentState.DISCONNECTED)
             self._last_error = reason
-            if welcomed:
+            # A stream that failed right after its Welcome does not count as a
+            # success: the backoff grows, so a failure that repeats on every
+            # stream cannot make a reconnect loop.
+            if welcomed and time.time() - self._connected_at >= self._max_backoff:
                 self._backoff.reset()
+            if _was_taken_over(error):
+                self._last_error = f"another sidecar took over this node's session: {reason}"
+                logger.error(
+                    "node %s: another sidecar took over session %s (%s); this one starts a "
+                    "new session once the node is free",
+                    self._node.id,
+                    self._session_id,
+                    reason,
+                )
+                self._session_id = ""
             if (
                 isinstance(error, NotFoundError | FailedPreconditionError)
                 and self._session_id
@@ -384,7 +409,7 @@ class AgentSession:
                 )
                 self._session_id = ""
                 continue
-            if isinstance(error, _PERMANENT):
+            if isinstance(error, (*_PERMANENT, AlreadyExistsError)) or _was_taken_over(error):
                 delay = self._max_backoff * (0.5 + self._rng.random() / 2)
                 logger.error(
                     "control plane %s refused node %s: %s; retrying in %.1fs",
@@ -469,6 +494,7 @@ class AgentSession:
         # Syncs of the last stream will not be answered; state is re-sent whole.
         self._sync_results = self._syncs_written
         self._outbox.reset()
+        self._assembler.reset()
         self._set_state(AgentState.CONNECTED)
         logger.info(
             "agent session %s %s on %s (replica %s%s)",
@@ -481,20 +507,23 @@ class AgentSession:
             else "",
         )
 
-    def _handle_update(self, message: agent_pb2.EndpointUpdate) -> None:
-        ack = agent_pb2.Ack(version=message.version, nonce=message.nonce)
+    def _handle_update(self, part: agent_pb2.EndpointUpdate) -> None:
+        ack = agent_pb2.Ack(version=part.version, nonce=part.nonce)
         try:
+            message = self._assembler.add(part)
+            if message is None:
+                return  # more parts follow; the update is acknowledged whole
             update = EndpointUpdate.from_proto(message)
             check_update(update)
             self._on_update(update)
         except Exception as exc:
             self._updates_rejected += 1
             ack.rejected = True
-            ack.error = str(exc) or type(exc).__name__
+            ack.error = (str(exc) or type(exc).__name__)[:_MAX_ACK_ERROR]
             logger.warning(
                 "rejected endpoint update version %d (nonce %s): %s",
-                message.version,
-                message.nonce,
+                part.version,
+                part.nonce,
                 ack.error,
             )
         else:
@@ -533,6 +562,12 @@ class AgentSession:
 
     def _build_subscribe(self) -> agent_pb2.Subscribe:
         return agent_pb2.Subscribe(services=[s.to_proto() for s in self._subscriptions])
+
+
+def _was_taken_over(error: BaseException | None) -> bool:
+    """Whether the control plane ended the stream because another stream took
+    its session over (the node is then held by another sidecar)."""
+    return isinstance(error, RevisionMismatchError) and error.message.startswith(_TAKEN_OVER)
 
 
 def _was_shed(error: BaseException | None) -> bool:

@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 from ecosystem.v1 import agent_pb2
 
+from sdk._agent_chunks import MESSAGE_BYTES, sync_parts
 from sdk._errors import from_rpc_error
 from sdk._outbox import Outbox
 from sdk._transport import _CHANNEL_OPTIONS, Sleep
@@ -29,13 +30,17 @@ __all__ = ["EOF", "AgentStream", "StreamEnded", "agent_channel", "describe", "tr
 
 # The agent stream lives for hours: ask the transport to notice a peer that
 # vanished without closing the connection (the control plane allows a ping
-# every 5 s without data).
+# every 5 s without data). Messages are at most MESSAGE_BYTES both ways;
+# reading up to four times that leaves room for a control plane that cuts
+# its parts a little larger.
 _AGENT_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     *_CHANNEL_OPTIONS,
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 4 * MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MESSAGE_BYTES),
 ]
 
 #: The marker a stream's read() returns at its end (missing from the type stubs).
@@ -73,10 +78,14 @@ class AgentStream:
     ``on_update`` and ``on_sync_result`` receive what the control plane
     sends; the writer drains ``outbox``, building Syncs and Subscribes when
     they are written; the timer asks for a full Sync every
-    ``sync_interval()`` seconds, ±20%. The liveness loop pings when nothing
-    was read for ``liveness`` seconds and ends the stream (StreamEnded) when
-    nothing at all was read for three times that: a replica that hangs
-    without closing the connection is left like one that died.
+    ``sync_interval()`` seconds, ±20%; a Sync larger than one message is
+    written in parts. The liveness loop pings when nothing was read, or
+    nothing written, for ``liveness`` seconds, and ends the stream
+    (StreamEnded) when nothing at all was read for three times that: a
+    replica that hangs without closing the connection is left like one that
+    died, and the control plane, which ends a stream it hears nothing on for
+    its idle timeout (20 s), hears from a live sidecar at least every
+    ``liveness`` seconds.
     """
 
     def __init__(
@@ -109,7 +118,7 @@ class AgentStream:
         self._sleep = sleep
         self._liveness = liveness
         self._clock = clock
-        self._last_read = clock()
+        self._last_read = self._last_write = clock()
 
     async def run(self) -> None:
         loops = [self._read(), self._write(), self._timer()]
@@ -139,26 +148,34 @@ class AgentStream:
         while True:
             await outbox.wait()
             while (message := outbox.next(self._build_sync, self._build_subscribe)) is not None:
-                try:
-                    with translated(self._address):
-                        await self._call.write(message)
-                except asyncio.InvalidStateError:
-                    # The call finished under us; the reader reports how.
-                    raise StreamEnded("the stream closed while sending") from None
                 if message.WhichOneof("message") == "sync":
+                    for part in sync_parts(message.sync):
+                        await self._send(agent_pb2.ConnectRequest(sync=part))
                     self._on_sync_written()
+                else:
+                    await self._send(message)
+
+    async def _send(self, message: agent_pb2.ConnectRequest) -> None:
+        try:
+            with translated(self._address):
+                await self._call.write(message)
+        except asyncio.InvalidStateError:
+            # The call finished under us; the reader reports how.
+            raise StreamEnded("the stream closed while sending") from None
+        self._last_write = self._clock()
 
     async def _alive(self) -> None:
         interval = self._liveness
         nonce = 0
         while True:
-            await self._sleep(interval)
+            # Half the interval: a gap between two writes is at most 1.5 x it.
+            await self._sleep(interval / 2)
             silent = self._clock() - self._last_read
             if silent >= 3 * interval:
                 raise StreamEnded(
                     f"no word from the control plane at {self._address} for {silent:.0f}s"
                 )
-            if silent >= interval:
+            if silent >= interval or self._clock() - self._last_write >= interval:
                 nonce += 1
                 self._outbox.ping(nonce)
 

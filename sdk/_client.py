@@ -14,7 +14,7 @@ from ecosystem.v1 import agent_pb2, registry_pb2
 from sdk._bus import BusClient
 from sdk._errors import ClientClosedError
 from sdk._lease import LeaseKeeper, instance_key
-from sdk._nodes import NodeInfo, RevisionWait
+from sdk._nodes import NodeInfo, RevisionWait, list_all_nodes
 from sdk._retry import RetryPolicy
 from sdk._transport import ChannelFactory, Transport, resolve_servers
 from sdk._types import (
@@ -237,12 +237,17 @@ class AsyncClient:
         return ServiceList(services=tuple(services), revision=int(response.revision))
 
     async def list_nodes(self) -> list[NodeInfo]:
-        """Every sidecar the control plane knows, with its session state."""
+        """Every sidecar the control plane knows, with its session state (all
+        pages of them)."""
         self._check_open()
-        response = await self._transport.unary(
-            "ListNodes", agent_pb2.ListNodesRequest(), idempotent=True
-        )
-        return [NodeInfo.from_proto(n) for n in response.nodes]
+
+        async def page(request: agent_pb2.ListNodesRequest) -> agent_pb2.ListNodesResponse:
+            response: agent_pb2.ListNodesResponse = await self._transport.unary(
+                "ListNodes", request, idempotent=True
+            )
+            return response
+
+        return await list_all_nodes(page)
 
     async def wait_for_revision(self, revision: int, *, timeout: float = 30.0) -> RevisionWait:
         """Waits until every connected sidecar subscribed to a service changed
@@ -259,12 +264,7 @@ class AsyncClient:
         response = await self._transport.unary(
             "WaitForRevision", request, idempotent=True, time_limit=timeout + 5.0
         )
-        return RevisionWait(
-            revision=revision,
-            applied=response.applied,
-            affected=response.affected,
-            pending=tuple(NodeInfo.from_proto(n) for n in response.pending),
-        )
+        return RevisionWait.from_proto(revision, response)
 
     async def list_instances(
         self,

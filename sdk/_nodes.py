@@ -1,15 +1,21 @@
 """What the control plane knows about sidecars: typed results of ListNodes
-and WaitForRevision."""
+and WaitForRevision, and the loop that follows ListNodes' pages."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ecosystem.v1 import agent_pb2
 
-__all__ = ["NodeInfo", "NodeState", "RevisionWait"]
+__all__ = ["NodeInfo", "NodeState", "RevisionWait", "list_all_nodes"]
+
+# Nodes asked for per page (the control plane also stops a page at 1 MiB).
+_PAGE_SIZE = 1_000
+# A guard against a server that keeps answering with the same token.
+_MAX_PAGES = 100_000
 
 
 class NodeState(enum.StrEnum):
@@ -97,17 +103,49 @@ class NodeInfo:
 
 @dataclass(frozen=True, slots=True)
 class RevisionWait:
-    """The answer to "has revision R reached every sidecar that needs it?"."""
+    """The answer to "has revision R reached every sidecar that needs it?".
+
+    ``pending_count`` sidecars have not; ``pending`` lists the first of them
+    (at most 100, by node id)."""
 
     revision: int
     applied: bool
     affected: int
     pending: tuple[NodeInfo, ...]
+    pending_count: int = 0
+
+    @classmethod
+    def from_proto(cls, revision: int, msg: agent_pb2.WaitForRevisionResponse) -> RevisionWait:
+        pending = tuple(NodeInfo.from_proto(n) for n in msg.pending)
+        return cls(
+            revision=revision,
+            applied=msg.applied,
+            affected=msg.affected,
+            pending=pending,
+            pending_count=max(msg.pending_count, len(pending)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "revision": self.revision,
             "applied": self.applied,
             "affected": self.affected,
+            "pending_count": self.pending_count,
             "pending": [n.to_dict() for n in self.pending],
         }
+
+
+async def list_all_nodes(
+    call: Callable[[agent_pb2.ListNodesRequest], Awaitable[agent_pb2.ListNodesResponse]],
+) -> list[NodeInfo]:
+    """Every node, page after page of ``ListNodes`` (``call`` makes one call)."""
+    nodes: list[NodeInfo] = []
+    token = ""
+    for _ in range(_MAX_PAGES):
+        request = agent_pb2.ListNodesRequest(page_size=_PAGE_SIZE, page_token=token)
+        response = await call(request)
+        nodes.extend(NodeInfo.from_proto(n) for n in response.nodes)
+        if not response.next_page_token or response.next_page_token == token:
+            break
+        token = response.next_page_token
+    return nodes

@@ -16,6 +16,9 @@ Instances registered through a session carry a check named
 ``sidecar-session``: PASSING while the session is held, CRITICAL once it is
 lost. That check is also how the reaper tells session-owned instances from
 ones registered directly.
+
+A node record is deleted once its session has been gone for the node
+retention and the node owns no instances any more (see `_reaper`).
 """
 
 from __future__ import annotations
@@ -24,14 +27,19 @@ import time
 
 from ecosystem.v1 import agent_pb2, registry_pb2
 
+from controlplane.errors import RevisionConflictError
 from controlplane.registry import ROOT_PREFIX
+from controlplane.store import Compare, PutOp, Store
 
 __all__ = [
     "NODES_PREFIX",
     "SESSIONS_PREFIX",
     "SESSION_CHECK",
+    "TAKEN_OVER",
+    "SessionTakenOverError",
     "node_key",
     "now_ms",
+    "record_node",
     "session_check",
     "session_key",
     "with_session_check",
@@ -40,6 +48,13 @@ __all__ = [
 NODES_PREFIX = ROOT_PREFIX + "nodes/"
 SESSIONS_PREFIX = ROOT_PREFIX + "sessions/"
 SESSION_CHECK = "sidecar-session"
+#: How the status message of a stream ended by a takeover starts (the SDK looks for it).
+TAKEN_OVER = "session taken over"
+
+
+class SessionTakenOverError(RevisionConflictError):
+    """ABORTED: another stream took this stream's session over; this one is over."""
+
 
 _WORST: dict[int, int] = {
     registry_pb2.HEALTH_STATUS_PASSING: 0,
@@ -92,5 +107,11 @@ def with_session_check(
     return out
 
 
-def node_status_for_store(status: agent_pb2.NodeStatus) -> bytes:
-    return status.SerializeToString(deterministic=True)
+async def record_node(store: Store, status: agent_pb2.NodeStatus, *, if_revision: int = 0) -> int:
+    """Writes a node record; returns its mod revision (0 if not written). With
+    ``if_revision``, only if the record is still the one written then: another
+    replica the node has moved to may have written it since."""
+    key, value = node_key(status.node.id), status.SerializeToString(deterministic=True)
+    compares = [Compare(key, "mod_revision", "==", if_revision)] if if_revision else []
+    result = await store.txn(compares, [PutOp(key, value)])
+    return result.revision if result.succeeded else 0

@@ -8,17 +8,27 @@ exist: a node without a session has its instances marked CRITICAL (the
 have been CRITICAL for the node's ``deregister_critical_after``. A sidecar
 that comes back syncs its instances again, which clears both.
 
+Node records go the same way, on a slower round (every ``node_interval``,
+a minute by default): a record whose session key is gone is marked
+disconnected with the time it was lost (``lost_at_ms``), and deleted once it
+has been lost for ``node_retention`` (an hour by default) and the node owns
+no instances any more — so records of sidecars that are gone for good, or of
+Hellos that never came back, do not pile up. A sidecar that comes back later
+is simply a new node.
+
 Because the decision rests only on the store, a restarted control plane (or
 another replica) reaches the same conclusion with no state of its own. With
 several replicas it runs on the elected leader only (`controlplane.leader`);
-its writes are compare-and-swap on each instance's revision anyway, so a brief
-overlap of two leaders could not mark or remove anything twice.
+its writes are compare-and-swap on each instance's (and record's) revision
+anyway, so a brief overlap of two leaders could not mark or remove anything
+twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from ecosystem.v1 import agent_pb2, registry_pb2
 
@@ -30,7 +40,7 @@ from controlplane.agent._nodes import (
     session_check,
     with_session_check,
 )
-from controlplane.store import Compare, DeleteOp, Op, PutOp, Store, StoreError
+from controlplane.store import Compare, DeleteOp, KeyValue, Op, PutOp, Store, StoreError
 from controlplane.view import InstanceView
 
 __all__ = ["Reaper"]
@@ -38,7 +48,14 @@ __all__ = ["Reaper"]
 log = logging.getLogger(__name__)
 
 
+#: seconds a node record is kept after its session was lost (and its instances are gone)
+NODE_RETENTION = 3600.0
+
+
 class Reaper:
+    """Sweeps lost sessions every ``interval`` seconds, and node records every
+    ``node_interval`` (0: every sweep)."""
+
     def __init__(
         self,
         store: Store,
@@ -46,11 +63,18 @@ class Reaper:
         *,
         default_deregister_after: int,
         interval: float = 1.0,
+        node_retention: float = NODE_RETENTION,
+        node_interval: float = 60.0,
     ) -> None:
+        if node_retention < 0 or node_interval < 0:
+            raise ValueError("node_retention and node_interval must not be negative")
         self._store = store
         self._view = view
         self._default_after = default_deregister_after
         self._interval = interval
+        self._node_retention = node_retention
+        self._node_interval = node_interval
+        self._nodes_swept = float("-inf")
 
     async def run(self) -> None:
         while True:
@@ -69,6 +93,10 @@ class Reaper:
             if inst.node and session_check(inst) is not None:
                 owned.setdefault(inst.node, {})[key] = inst
         lost = {node: insts for node, insts in owned.items() if node not in live}
+        now = time.monotonic()
+        if now - self._nodes_swept >= self._node_interval:
+            self._nodes_swept = now
+            await self._sweep_records(live, owned)
         if not lost:
             return
         records = {
@@ -82,6 +110,43 @@ class Reaper:
                 record.deregister_critical_after_seconds if record else 0
             ) or self._default_after
             await self._settle(node, instances, record, now, after)
+
+    async def _sweep_records(
+        self, live: set[str], owned: dict[str, dict[str, registry_pb2.Instance]]
+    ) -> None:
+        """Marks the records of lost sessions, and deletes those lost for the
+        retention whose node owns no instances."""
+        now = now_ms()
+        marked = deleted = 0
+        for kv in (await self._store.range(NODES_PREFIX)).kvs:
+            node = kv.key[len(NODES_PREFIX) :]
+            if node in live:
+                continue
+            record = agent_pb2.NodeStatus.FromString(kv.value)
+            if record.lost_at_ms == 0:
+                # Lost without instances (the instance sweep marks the others),
+                # or by a replica that died while its record said connected.
+                record.lost_at_ms = now
+                record.connected = False
+                record.status = agent_pb2.NODE_SYNC_STATUS_DISCONNECTED
+                marked += await self._swap(kv, PutOp(kv.key, record.SerializeToString()))
+            elif now - record.lost_at_ms >= self._node_retention * 1000 and node not in owned:
+                deleted += await self._swap(kv, DeleteOp(kv.key))
+        if marked or deleted:
+            log.info("node records: %d marked lost, %d deleted (retention)", marked, deleted)
+
+    async def _swap(self, kv: KeyValue, op: Op) -> int:
+        """Applies ``op`` if the record is still ``kv`` and its session still
+        gone (a sidecar may have come back meanwhile); 1 if it was."""
+        node = kv.key[len(NODES_PREFIX) :]
+        result = await self._store.txn(
+            [
+                Compare(kv.key, "mod_revision", "==", kv.mod_revision),
+                Compare(SESSIONS_PREFIX + node, "exists", "==", False),
+            ],
+            [op],
+        )
+        return int(result.succeeded)
 
     async def _settle(
         self,

@@ -1,4 +1,11 @@
-"""The gRPC face of the agent protocol: Connect, ListNodes, WaitForRevision."""
+"""The gRPC face of the agent protocol: Connect, ListNodes, WaitForRevision.
+
+``Connect`` admits a stream (the replica's and the peer's stream caps), waits
+for its Hello (at most the hello timeout), checks it (`_validation`, the
+token, the replica's Hello rate) and opens the session (`_handshake`), then
+runs it (`_session`). ``ListNodes`` and ``WaitForRevision`` answer in bounded
+pages (`_listing`).
+"""
 
 from __future__ import annotations
 
@@ -14,26 +21,38 @@ import grpc
 from ecosystem.v1 import agent_pb2, agent_pb2_grpc
 from grpc_status import rpc_status
 
-from controlplane.agent._nodes import NODES_PREFIX, now_ms
-from controlplane.agent._peers import answers_for_itself, ask_peers
-from controlplane.agent._session import (
-    AgentSettings,
-    NodeSession,
-    SessionRunner,
-    open_session,
+from controlplane.agent._handshake import open_session
+from controlplane.agent._limits import StreamGate, TokenBucket, peer_host
+from controlplane.agent._listing import (
+    PENDING_LISTED,
+    Source,
+    bounded,
+    merge_page,
+    page_request,
+    page_token,
+)
+from controlplane.agent._nodes import (
+    NODES_PREFIX,
+    TAKEN_OVER,
+    SessionTakenOverError,
+    now_ms,
     record_node,
 )
+from controlplane.agent._peers import answers_for_itself, ask_peers
+from controlplane.agent._session import AgentSettings, NodeSession, SessionRunner
+from controlplane.agent._validation import hello_violations, raise_if_any, size_violation
 from controlplane.errors import (
     ControlPlaneError,
+    DeadlineExceededError,
     FieldViolation,
     InvalidArgumentError,
+    ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
     code_for,
     to_status,
 )
 from controlplane.store import Store
-from controlplane.validation import node_violations
 from controlplane.view import InstanceView
 
 __all__ = ["AgentServicer"]
@@ -45,7 +64,8 @@ _MAX_WAIT_MS = 600_000
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """The AgentService of one replica. ``peers`` returns the addresses of the
-    other live replicas over the same store (see `_peers`)."""
+    other live replicas over the same store (see `_peers`). ``settings`` may be
+    replaced while it runs: new limits apply to streams opened after that."""
 
     def __init__(
         self,
@@ -57,9 +77,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> None:
         self._store = store
         self._view = view
-        self._settings = settings
+        self.settings = settings
         self._peers = peers
+        # This replica's sessions, connected or ending; removed when their stream ends.
         self._sessions: dict[str, NodeSession] = {}
+        self._gate = StreamGate()
+        self._hellos: tuple[tuple[float, int], TokenBucket] | None = None
         self._shed_at: dict[str, int] = {}  # node id -> when its stream was last shed (ms)
         self._changed = asyncio.Event()
         self._draining = False
@@ -101,7 +124,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         ]
         chosen = rng.sample(eligible, min(count, len(eligible)))
         for session in chosen:
-            session.end(reason)
+            session.end(UnavailableError(reason))
             self._shed_at[session.node.id] = now
         return [s.node.id for s in chosen]
 
@@ -112,34 +135,42 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     async def Connect(self, request_iterator: Any, context: Any) -> None:
+        host = peer_host(context.peer())
+        refusal = self._gate.admit(host, self.settings.limits)
+        if refusal:
+            log.warning("agent stream from %s refused: %s", host, refusal)
+            await self._abort(context, ResourceExhaustedError(refusal))
+            return
         try:
-            if self._draining:
-                raise UnavailableError("control plane is draining; use another address")
-            first = await context.read()
-            if first is grpc.aio.EOF:  # type: ignore[attr-defined]
-                return
-            if first.WhichOneof("message") != "hello":
-                raise InvalidArgumentError(
-                    [FieldViolation("hello", "the first message of a session must be hello")]
-                )
-            hello = first.hello
-            problems = node_violations(hello.node.id, "hello.node.id")
-            if problems:
-                raise InvalidArgumentError(problems)
-            if self._settings.token and hello.token != self._settings.token:
-                raise UnauthenticatedError(f"node {hello.node.id!r}: wrong or missing token")
-            session = await open_session(self._store, self._settings, hello, context.peer())
+            await self._connect(context)
+        finally:
+            self._gate.release(host)
+
+    async def _connect(self, context: Any) -> None:
+        try:
+            session = await self._hello(context)
         except Exception as exc:
             await self._abort(context, exc)
             return
+        if session is None:
+            return
         node_id = session.node.id
+        previous = self._sessions.get(node_id)
+        if previous is not None and previous.connected:
+            # The new stream resumed the session this one carried (the Hello
+            # had its id): only one stream may carry a session.
+            previous.end(
+                SessionTakenOverError(
+                    f"{TAKEN_OVER}: another stream (peer {session.peer}) resumed it"
+                )
+            )
         self._sessions[node_id] = session
         session.record_revision = await record_node(
             self._store, session.status(len(self._view.node_instances(node_id)))
         )
         self._notify()
         runner = SessionRunner(
-            session, self._store, self._view, self._settings, context, self._notify
+            session, self._store, self._view, self.settings, context, self._notify
         )
         try:
             await runner.run()
@@ -160,37 +191,92 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     )
                 except Exception as exc:  # the store may be closing with us
                     log.debug("could not record disconnect of %s: %s", node_id, exc)
+                if self._sessions.get(node_id) is session:
+                    del self._sessions[node_id]
             log.info("node %s disconnected (session %s)", node_id, session.session_id)
+
+    async def _hello(self, context: Any) -> NodeSession | None:
+        """Reads and checks the Hello and opens its session (None: the stream
+        ended first); raises what to end the stream with."""
+        limits = self.settings.limits
+        if self._draining:
+            raise UnavailableError("control plane is draining; use another address")
+        try:
+            async with asyncio.timeout(limits.hello_timeout):
+                first = await context.read()
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"no Hello within {limits.hello_timeout:g}s of opening the stream"
+            ) from None
+        if first is grpc.aio.EOF:  # type: ignore[attr-defined]
+            return None
+        if first.WhichOneof("message") != "hello":
+            raise InvalidArgumentError(
+                [FieldViolation("hello", "the first message of a session must be hello")]
+            )
+        raise_if_any(size_violation("hello", first.ByteSize()))
+        hello = first.hello
+        raise_if_any(hello_violations(hello))
+        if self.settings.token and hello.token != self.settings.token:
+            raise UnauthenticatedError(f"node {hello.node.id!r}: wrong or missing token")
+        rate = (limits.hellos_per_second, limits.hello_burst)
+        if self._hellos is None or self._hellos[0] != rate:
+            self._hellos = (rate, TokenBucket(*rate))
+        if not self._hellos[1].try_take():
+            raise ResourceExhaustedError(
+                f"this replica takes at most {limits.hellos_per_second:g} Hellos a second; "
+                "retry shortly"
+            )
+        return await open_session(
+            self._store,
+            self.settings,
+            hello,
+            context.peer(),
+            local=self._sessions.get(hello.node.id),
+        )
 
     async def ListNodes(
         self, request: agent_pb2.ListNodesRequest, context: Any
     ) -> agent_pb2.ListNodesResponse:
+        try:
+            page = page_request(request)
+        except InvalidArgumentError as exc:
+            await self._abort(context, exc)
+            raise  # not reached: abort ends the call
+        mine = sorted(
+            (
+                s.status(len(self._view.node_instances(node_id)))
+                for node_id, s in self._sessions.items()
+                if node_id > page.after
+            ),
+            key=lambda status: status.node.id,
+        )
         if answers_for_itself(context):
-            return agent_pb2.ListNodesResponse(nodes=self._connected())
-        nodes: dict[str, agent_pb2.NodeStatus] = {}
+            # Another replica's fan-out: this replica's connected sidecars only.
+            connected = [status for status in mine if status.connected]
+            nodes, more = bounded(connected, page.size)
+            token = page_token(nodes[-1].node.id) if more and nodes else ""
+            return agent_pb2.ListNodesResponse(nodes=nodes, next_page_token=token)
         elsewhere = ask_peers(self._peers(), "ListNodes", request, timeout=5.0)
         result, answers = await asyncio.gather(self._store.range(NODES_PREFIX), elsewhere)
+        stored = []
         for kv in result.kvs:
+            node_id = kv.key[len(NODES_PREFIX) :]
+            if node_id <= page.after:
+                continue
             status = agent_pb2.NodeStatus.FromString(kv.value)
             status.instance_count = len(self._view.node_instances(status.node.id))
             if not status.connected:
                 status.status = agent_pb2.NODE_SYNC_STATUS_DISCONNECTED
-            nodes[status.node.id] = status
-        for node_id, session in self._sessions.items():
-            if session.connected or node_id not in nodes:
-                nodes[node_id] = session.status(len(self._view.node_instances(node_id)))
-        # The live state of the sidecars the other replicas hold.
-        for answer in answers:
-            for status in answer.nodes:
-                nodes[status.node.id] = status
-        return agent_pb2.ListNodesResponse(nodes=[nodes[k] for k in sorted(nodes)])
-
-    def _connected(self) -> list[agent_pb2.NodeStatus]:
-        return [
-            s.status(len(self._view.node_instances(node_id)))
-            for node_id, s in sorted(self._sessions.items())
-            if s.connected
+            stored.append(status)
+        stored.sort(key=lambda status: status.node.id)
+        # The live state of this replica's sidecars, then of those the others hold.
+        sources = [Source(stored), Source(mine)]
+        sources += [
+            Source(list(answer.nodes), complete=not answer.next_page_token) for answer in answers
         ]
+        nodes, token = merge_page(sources, page.size)
+        return agent_pb2.ListNodesResponse(nodes=nodes, next_page_token=token)
 
     async def WaitForRevision(
         self, request: agent_pb2.WaitForRevisionRequest, context: Any
@@ -204,6 +290,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             )
         if problems:
             await self._abort(context, InvalidArgumentError(problems))
+            raise InvalidArgumentError(problems)  # not reached: abort ends the call
         timeout = (request.timeout_ms or 30_000) / 1000
         if answers_for_itself(context):
             return await self._wait(request.revision, timeout)
@@ -214,10 +301,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 ask_peers(self._peers(), "WaitForRevision", request, timeout=timeout + 5.0)
             )
         mine = local.result()
+        pending = list(mine.pending)
         for answer in remote.result():
             mine.applied = mine.applied and answer.applied
             mine.affected += answer.affected
-            mine.pending.extend(answer.pending)
+            mine.pending_count += answer.pending_count or len(answer.pending)
+            pending.extend(answer.pending)
+        pending.sort(key=lambda status: status.node.id)
+        del mine.pending[:]
+        mine.pending.extend(bounded(pending, PENDING_LISTED)[0])
         return mine
 
     async def _wait(self, revision: int, timeout: float) -> agent_pb2.WaitForRevisionResponse:
@@ -231,10 +323,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 return agent_pb2.WaitForRevisionResponse(applied=True, affected=len(affected))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                pending.sort(key=lambda s: s.node.id)
+                listed, _ = bounded(
+                    [
+                        s.status(len(self._view.node_instances(s.node.id)))
+                        for s in pending[:PENDING_LISTED]
+                    ],
+                    PENDING_LISTED,
+                )
                 return agent_pb2.WaitForRevisionResponse(
                     applied=False,
                     affected=len(affected),
-                    pending=[s.status(len(self._view.node_instances(s.node.id))) for s in pending],
+                    pending=listed,
+                    pending_count=len(pending),
                 )
             changed = self._changed
             try:

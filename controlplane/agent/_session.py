@@ -1,57 +1,76 @@
 """One sidecar's session on this control plane: one ``Connect`` stream.
 
-A session is four owned tasks around one stream — a reader (sync, health,
+A session is five owned tasks around one stream — a reader (sync, health,
 subscribe, ack), an updater (waits for changes of subscribed services and
 queues one ``EndpointUpdate`` carrying the complete current endpoints of
-each changed service), a keeper (holds the session lease) and an ender
-(ends the stream with UNAVAILABLE when this replica sheds it) — plus the
-writer, which is the stream handler itself draining a small bounded queue.
-While a write is blocked by a slow sidecar, changes keep accumulating as a
-set of dirty services, so the next update carries the latest state and not
-a backlog.
+each changed service, in parts of at most 1 MiB), a keeper (holds the
+session lease and notices when another stream took the session over), an
+idle watch (ends a stream the sidecar has said nothing on for the idle
+timeout) and an ender (ends the stream when this replica sheds it or another
+stream resumed its session) — plus the writer, which is the stream handler
+itself draining a small bounded queue. While a write is blocked by a slow
+sidecar, changes keep accumulating as a set of dirty services, so the next
+update carries the latest state and not a backlog.
+
+Every message is validated before it changes anything (`_validation` says
+what a bad one does) and charged to the stream's work budget (`_limits`):
+a stream over budget is read more slowly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from ecosystem.v1 import agent_pb2, registry_pb2
+from ecosystem.v1 import agent_pb2
 
+from controlplane.agent._chunks import update_parts
+from controlplane.agent._instances import SessionInstances
+from controlplane.agent._limits import AgentLimits, TokenBucket, message_cost
 from controlplane.agent._nodes import (
-    SESSION_CHECK,
+    TAKEN_OVER,
+    SessionTakenOverError,
     node_key,
     now_ms,
-    session_check,
+    record_node,
     session_key,
-    with_session_check,
 )
-from controlplane.errors import FieldViolation, InvalidArgumentError, UnavailableError
-from controlplane.registry import instance_key
+from controlplane.agent._validation import (
+    AGENT_LIMITS,
+    ack_violations,
+    health_violations,
+    raise_if_any,
+    size_violation,
+    subscribe_violations,
+)
+from controlplane.errors import (
+    ControlPlaneError,
+    FieldViolation,
+    InvalidArgumentError,
+    UnavailableError,
+)
 from controlplane.store import (
     Compare,
-    DeleteOp,
     LeaseNotFound,
-    Op,
-    PutOp,
     Store,
     StoreUnavailable,
 )
-from controlplane.validation import DEFAULT_NAMESPACE, instance_violations
+from controlplane.validation import DEFAULT_NAMESPACE
 from controlplane.view import InstanceView, Selector, Subscription
 
-__all__ = ["AgentSettings", "NodeSession", "SessionRunner", "open_session", "record_node"]
+__all__ = ["AgentSettings", "NodeSession", "SessionRunner"]
 
 log = logging.getLogger(__name__)
 
-_OUTGOING = 16
-_MAX_SYNC = 1_000
+# Messages queued for the writer: with update parts of up to 1 MiB, this
+# bounds what a slow sidecar keeps in memory here.
+_OUTGOING = 4
+# Room left in a part for the message's own framing.
+_PART_BYTES = AGENT_LIMITS.message_bytes - 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +80,7 @@ class AgentSettings:
     deregister_critical_after: int = 60
     sync_interval: int = 30
     token: str = ""
+    limits: AgentLimits = field(default_factory=AgentLimits)
 
 
 @dataclass(eq=False)
@@ -84,15 +104,15 @@ class NodeSession:
     last_error: str = ""
     connected: bool = True
     subscriptions: dict[tuple[str, str], Subscription] = field(default_factory=dict)
-    desired: dict[str, registry_pb2.Instance] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # The mod revision of the node record this session wrote on connect: the
     # disconnect is recorded only if no other replica has written it since.
     record_revision: int = 0
-    # Set (with a reason) to end the stream from this side, e.g. to shed load.
+    # Set (with the error to end it with) to end the stream from this side,
+    # e.g. to shed load, or because another stream took the session over.
     ending: asyncio.Event = field(default_factory=asyncio.Event)
-    end_reason: str = ""
+    end_error: ControlPlaneError | None = None
     _nonces: int = 0
 
     @property
@@ -127,11 +147,11 @@ class NodeSession:
             deregister_critical_after_seconds=self.deregister_after,
         )
 
-    def end(self, reason: str) -> None:
-        """Ends the stream with UNAVAILABLE and ``reason``: the sidecar reconnects
-        (elsewhere) and resumes this session."""
+    def end(self, error: ControlPlaneError) -> None:
+        """Ends the stream with ``error``: UnavailableError when the sidecar
+        should reconnect (elsewhere) and resume this session."""
         if self.connected and not self.ending.is_set():
-            self.end_reason = reason
+            self.end_error = error
             self.ending.set()
 
     def next_nonce(self) -> str:
@@ -158,6 +178,11 @@ class SessionRunner:
         self._context = context
         self._on_change = on_change
         self._outgoing: asyncio.Queue[agent_pb2.ConnectResponse] = asyncio.Queue(_OUTGOING)
+        limits = settings.limits
+        self._budget = TokenBucket(limits.rate, limits.burst)
+        self._idle_timeout = limits.idle_timeout
+        self._last_read = asyncio.get_running_loop().time()
+        self.instances = SessionInstances(session.node, session.connected_at_ms, store, view)
 
     async def run(self) -> None:
         s = self.session
@@ -178,6 +203,7 @@ class SessionRunner:
                 group.create_task(self._update(), name=f"agent-update-{s.node.id}")
                 group.create_task(self._keep(), name=f"agent-lease-{s.node.id}")
                 group.create_task(self._until_ended(), name=f"agent-end-{s.node.id}")
+                group.create_task(self._watch_idle(), name=f"agent-idle-{s.node.id}")
                 writer = group.create_task(self._write(), name=f"agent-write-{s.node.id}")
                 # The stream ends when the sidecar stops sending; the rest follow.
                 await reader
@@ -198,17 +224,29 @@ class SessionRunner:
             await self._context.write(message)
 
     async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             request = await self._context.read()
             if request is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
+            self._last_read = loop.time()
             self.session.last_seen_ms = now_ms()
             kind = request.WhichOneof("message")
+            size = request.ByteSize()
+            raise_if_any(size_violation(kind or "", size))
+            raise_if_any(_violations(request))
+            delay = self._budget.take(message_cost(request, size))
+            if delay > 0:
+                # Over its budget: this stream is read more slowly, not ended.
+                await asyncio.sleep(delay)
+                self._last_read = loop.time()
             if kind == "sync":
-                result = await self.sync(list(request.sync.instances))
+                result = await self.instances.sync_part(request.sync)
+                if result is None:
+                    continue  # more parts follow
                 await self._outgoing.put(agent_pb2.ConnectResponse(sync_result=result))
             elif kind == "health":
-                await self._health(request.health)
+                await self.instances.health(request.health)
             elif kind == "subscribe":
                 self._subscribe(request.subscribe)
             elif kind == "ack":
@@ -219,7 +257,27 @@ class SessionRunner:
                 continue
             elif kind == "hello":
                 raise InvalidArgumentError([FieldViolation("hello", "sent twice in one session")])
+            else:
+                continue
             self._on_change()
+
+    async def _watch_idle(self) -> None:
+        """Ends the stream once the sidecar has said nothing for the idle
+        timeout: a hung sidecar must not hold its node (the SDK pings at
+        least every 5 s, whatever else happens)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            silent = loop.time() - self._last_read
+            if silent >= self._idle_timeout:
+                log.warning(
+                    "ending the stream of node %s: nothing from it for %.0fs",
+                    self.session.node.id,
+                    silent,
+                )
+                raise UnavailableError(
+                    f"nothing from the sidecar for {self._idle_timeout:g}s; its stream is ended"
+                )
+            await asyncio.sleep(self._idle_timeout - silent + 0.01)
 
     async def _update(self) -> None:
         s = self.session
@@ -235,31 +293,31 @@ class SessionRunner:
                 continue
             full = s.sent_nonce == ""
             dirty, s.dirty = s.dirty, set()
-            update = agent_pb2.EndpointUpdate(version=self._view.revision, full=full)
+            version = self._view.revision
+            # The instances as of ``version``, taken now; serialized part by part.
+            services = []
             for namespace, name in sorted(dirty):
                 found = self._view.service(namespace, name)
-                update.services.append(
-                    agent_pb2.ServiceEndpoints(
-                        service=agent_pb2.ServiceRef(namespace=namespace, name=name),
-                        instances=found[1] if found else [],
-                    )
-                )
-            update.nonce = s.next_nonce()
-            s.sent_version, s.sent_nonce = update.version, update.nonce
+                services.append(((namespace, name), found[1] if found else []))
+            nonce = s.next_nonce()
+            s.sent_version, s.sent_nonce = version, nonce
             self._on_change()
-            await self._outgoing.put(agent_pb2.ConnectResponse(update=update))
+            for part in update_parts(version, nonce, full, services, _PART_BYTES):
+                await self._outgoing.put(agent_pb2.ConnectResponse(update=part))
 
     async def _keep(self) -> None:
         """Holds the session lease while the stream is up; recreates the
         session key if the lease was lost anyway (e.g. a long pause). When the
         store cannot be reached for half the grace period, ends the stream so
-        that the sidecar moves to a replica that can reach it."""
+        that the sidecar moves to a replica that can reach it. Each round also
+        checks that no other stream has taken the session over."""
         s = self.session
         loop = asyncio.get_running_loop()
         renewed = loop.time()
         while True:
             await asyncio.sleep(max(s.grace / 3, 0.2))
             try:
+                await self._check_held()
                 await self._store.keepalive(s.lease_id)
             except LeaseNotFound:
                 log.warning("session lease of node %s was lost; renewing the session", s.node.id)
@@ -267,8 +325,8 @@ class SessionRunner:
                 await self._store.put(
                     session_key(s.node.id), s.session_id.encode(), lease=s.lease_id
                 )
-                if s.desired:
-                    await self.sync(list(s.desired.values()))
+                if self.instances.desired:
+                    await self.instances.sync(list(self.instances.desired.values()))
             except StoreUnavailable as exc:
                 if loop.time() - renewed < s.grace / 2:
                     log.info("session lease of node %s not renewed: %s", s.node.id, exc)
@@ -278,106 +336,53 @@ class SessionRunner:
                 ) from exc
             renewed = loop.time()
 
+    async def _check_held(self) -> None:
+        """Ends this stream when the store says another holds its session: the
+        session key names another session, or the node record was rewritten by
+        a stream on another replica that resumed it."""
+        s = self.session
+        key, record = session_key(s.node.id), node_key(s.node.id)
+        mine = await self._store.txn(
+            [
+                Compare(key, "value", "==", s.session_id.encode()),
+                Compare(record, "mod_revision", "==", s.record_revision),
+            ],
+            [],
+        )
+        if mine.succeeded:
+            return
+        current = await self._store.get(key)
+        if current is not None and current.value.decode() != s.session_id:
+            s.end(SessionTakenOverError(f"{TAKEN_OVER}: another sidecar started a new session"))
+            return
+        kv = await self._store.get(record)
+        status = agent_pb2.NodeStatus.FromString(kv.value) if kv is not None else None
+        if (
+            status is not None
+            and status.connected
+            and status.session_id == s.session_id
+            and (status.replica, status.connected_at_ms) != (s.replica, s.connected_at_ms)
+        ):
+            s.end(
+                SessionTakenOverError(
+                    f"{TAKEN_OVER}: another stream resumed it on replica {status.replica}"
+                )
+            )
+            return
+        # Rewritten by someone else (the reaper, during a lapse of the lease):
+        # this stream still holds the session, so the record says so again.
+        s.record_revision = await record_node(
+            self._store, s.status(len(self._view.node_instances(s.node.id)))
+        )
+
     async def _until_ended(self) -> None:
         s = self.session
         await s.ending.wait()
-        log.info("ending the stream of node %s: %s", s.node.id, s.end_reason)
-        raise UnavailableError(s.end_reason)
+        assert s.end_error is not None
+        log.info("ending the stream of node %s: %s", s.node.id, s.end_error)
+        raise s.end_error
 
     # -- messages -----------------------------------------------------------------
-
-    async def sync(self, instances: list[registry_pb2.Instance]) -> agent_pb2.SyncResult:
-        """Makes the node's instances in the store exactly ``instances``."""
-        s = self.session
-        result = agent_pb2.SyncResult()
-        if len(instances) > _MAX_SYNC:
-            result.errors.append(f"instances: at most {_MAX_SYNC} per node, got {len(instances)}")
-            return result
-        desired: dict[str, registry_pb2.Instance] = {}
-        current = self._view.node_instances(s.node.id)
-        for i, raw in enumerate(instances):
-            key = instance_key(raw.namespace or DEFAULT_NAMESPACE, raw.service, raw.id)
-            inst = self._normalize(raw, current.get(key))
-            problems = instance_violations(inst, f"instances[{i}]")
-            if problems:
-                result.errors.extend(f"{p.field}: {p.description}" for p in problems)
-                continue
-            desired[instance_key(inst.namespace, inst.service, inst.id)] = inst
-        s.desired = desired
-        ops: list[Op] = []
-        compares: list[Compare] = []
-        for key, inst in desired.items():
-            value = inst.SerializeToString(deterministic=True)
-            existing = current.get(key)
-            if existing is not None and _stored_value(existing) == value:
-                continue
-            ops.append(PutOp(key, value))
-            if existing is None:
-                result.created += 1
-            else:
-                result.updated += 1
-        for key, existing in current.items():
-            if key not in desired and existing.node == s.node.id:
-                ops.append(DeleteOp(key))
-                compares.append(Compare(key, "mod_revision", "==", existing.mod_revision))
-                result.removed += 1
-        if ops:
-            txn = await self._store.txn(compares, ops, [op for op in ops if isinstance(op, PutOp)])
-            result.revision = txn.revision
-            if not txn.succeeded:
-                result.removed = 0  # changed under us: left for the next sync
-        else:
-            result.revision = self._store.revision
-        if ops:
-            log.info(
-                "node %s synced: %d created, %d updated, %d removed",
-                s.node.id,
-                result.created,
-                result.updated,
-                result.removed,
-            )
-        return result
-
-    def _normalize(
-        self, raw: registry_pb2.Instance, stored: registry_pb2.Instance | None
-    ) -> registry_pb2.Instance:
-        """The instance as stored: the node's identity filled in and the session
-        check PASSING. A check that was already PASSING keeps its time, so a
-        session that moved to another replica rewrites nothing."""
-        s = self.session
-        inst = registry_pb2.Instance()
-        inst.CopyFrom(raw)
-        inst.namespace = inst.namespace or DEFAULT_NAMESPACE
-        inst.node = s.node.id
-        inst.platform = inst.platform or s.node.platform
-        inst.region = inst.region or s.node.region
-        inst.zone = inst.zone or s.node.zone
-        inst.liveness = registry_pb2.LIVENESS_EPHEMERAL
-        inst.lease_id = 0
-        inst.ClearField("create_revision")
-        inst.ClearField("mod_revision")
-        if inst.health == registry_pb2.HEALTH_STATUS_UNSPECIFIED:
-            inst.health = registry_pb2.HEALTH_STATUS_UNKNOWN
-        since = s.connected_at_ms
-        check = session_check(stored) if stored is not None else None
-        if check is not None and check.status == registry_pb2.HEALTH_STATUS_PASSING:
-            since = check.changed_at_ms
-        return with_session_check(inst, registry_pb2.HEALTH_STATUS_PASSING, "session held", since)
-
-    async def _health(self, report: agent_pb2.HealthReport) -> None:
-        s = self.session
-        key = instance_key(report.namespace, report.service, report.instance_id)
-        base = s.desired.get(key)
-        if base is None:
-            return  # not (yet) synced; the next sync carries the health
-        updated = registry_pb2.Instance()
-        updated.CopyFrom(base)
-        updated.health = report.health
-        del updated.checks[:]
-        updated.checks.extend(c for c in report.checks if c.name != SESSION_CHECK)
-        updated = self._normalize(updated, self._view.get(key))
-        s.desired[key] = updated
-        await self._store.put(key, updated.SerializeToString(deterministic=True))
 
     def _subscribe(self, request: agent_pb2.Subscribe) -> None:
         s = self.session
@@ -405,67 +410,19 @@ class SessionRunner:
             s.applied_version = max(s.applied_version, ack.version)
 
 
-def _stored_value(inst: registry_pb2.Instance) -> bytes:
-    plain = registry_pb2.Instance()
-    plain.CopyFrom(inst)
-    plain.ClearField("create_revision")
-    plain.ClearField("mod_revision")
-    return plain.SerializeToString(deterministic=True)
+def _violations(request: agent_pb2.ConnectRequest) -> list[FieldViolation]:
+    """The problems of a message that end the stream, found before it is
+    charged or applied (a sync's instances are checked, and reported, one by
+    one as it is applied)."""
+    kind = request.WhichOneof("message")
+    if kind == "health":
+        return health_violations(request.health)
+    if kind == "subscribe":
+        return subscribe_violations(request.subscribe)
+    if kind == "ack":
+        return ack_violations(request.ack)
+    return []
 
 
 class _StreamEnded(Exception):
     pass
-
-
-async def open_session(
-    store: Store,
-    settings: AgentSettings,
-    hello: agent_pb2.Hello,
-    peer: str,
-) -> NodeSession:
-    """Starts (or resumes, within its grace) the session a Hello asks for."""
-    node_id = hello.node.id
-    grace = hello.grace_seconds or settings.grace
-    deregister_after = hello.deregister_critical_after_seconds or settings.deregister_critical_after
-    key = session_key(node_id)
-    current = await store.get(key)
-    if hello.session_id and current is not None and current.value.decode() == hello.session_id:
-        with contextlib.suppress(LeaseNotFound):
-            await store.keepalive(current.lease)
-            log.info("node %s resumed session %s", node_id, hello.session_id)
-            return NodeSession(
-                hello.node,
-                hello.session_id,
-                current.lease,
-                grace,
-                deregister_after,
-                peer,
-                settings.replica,
-                resumed=True,
-                applied_version=hello.applied_version,
-            )
-    session_id = uuid.uuid4().hex
-    lease_id = await store.grant(grace)
-    await store.put(key, session_id.encode(), lease=lease_id)
-    log.info("node %s opened session %s (peer %s)", node_id, session_id, peer)
-    return NodeSession(
-        hello.node,
-        session_id,
-        lease_id,
-        grace,
-        deregister_after,
-        peer,
-        settings.replica,
-        resumed=False,
-        applied_version=hello.applied_version,
-    )
-
-
-async def record_node(store: Store, status: agent_pb2.NodeStatus, *, if_revision: int = 0) -> int:
-    """Writes a node record; returns its mod revision (0 if not written). With
-    ``if_revision``, only if the record is still the one written then: another
-    replica the node has moved to may have written it since."""
-    key, value = node_key(status.node.id), status.SerializeToString(deterministic=True)
-    compares = [Compare(key, "mod_revision", "==", if_revision)] if if_revision else []
-    result = await store.txn(compares, [PutOp(key, value)])
-    return result.revision if result.succeeded else 0

@@ -73,6 +73,7 @@ async def test_node_list_and_wait_follow_what_sidecars_applied(
             "revision": revision,
             "applied": True,
             "affected": 1,
+            "pending_count": 0,
             "pending": [],
         }
         table = (await eco(sqlite_plane, "node", "list")).stdout
