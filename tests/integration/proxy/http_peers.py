@@ -164,6 +164,7 @@ class ScriptedUpstream:
         self.requests: list[bytes] = []
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     async def __aenter__(self) -> ScriptedUpstream:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -172,6 +173,7 @@ class ScriptedUpstream:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -192,6 +194,11 @@ class ScriptedUpstream:
             await self.script(reader, writer, n)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Cancelled by __aexit__: end quietly (the server's own callback
+            # would log a cancelled connection task as an error).
+            if not self._stopping:
+                raise
         finally:
             self.closed += 1
             writer.close()
