@@ -386,16 +386,9 @@ class AgentSession:
             # stream cannot make a reconnect loop.
             if welcomed and time.time() - self._connected_at >= self._max_backoff:
                 self._backoff.reset()
-            if _was_taken_over(error):
+            taken_over = _was_taken_over(error)
+            if taken_over:
                 self._last_error = f"another sidecar took over this node's session: {reason}"
-                logger.error(
-                    "node %s: another sidecar took over session %s (%s); this one starts a "
-                    "new session once the node is free",
-                    self._node.id,
-                    self._session_id,
-                    reason,
-                )
-                self._session_id = ""
             if (
                 isinstance(error, NotFoundError | FailedPreconditionError)
                 and self._session_id
@@ -409,7 +402,20 @@ class AgentSession:
                 )
                 self._session_id = ""
                 continue
-            if isinstance(error, (*_PERMANENT, AlreadyExistsError)) or _was_taken_over(error):
+            if taken_over:
+                # Taking it back would end the other stream in turn: wait until
+                # the node is free, as a new session.
+                delay = self._max_backoff * (0.5 + self._rng.random() / 2)
+                logger.error(
+                    "node %s: another sidecar took over session %s (%s); trying again as a "
+                    "new session in %.1fs",
+                    self._node.id,
+                    self._session_id,
+                    reason,
+                    delay,
+                )
+                self._session_id = ""
+            elif isinstance(error, (*_PERMANENT, AlreadyExistsError)):
                 delay = self._max_backoff * (0.5 + self._rng.random() / 2)
                 logger.error(
                     "control plane %s refused node %s: %s; retrying in %.1fs",

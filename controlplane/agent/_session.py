@@ -315,7 +315,9 @@ class SessionRunner:
         loop = asyncio.get_running_loop()
         renewed = loop.time()
         while True:
-            await asyncio.sleep(max(s.grace / 3, 0.2))
+            # At most every 5 s, so a takeover on another replica ends this
+            # stream within that, whatever the grace.
+            await asyncio.sleep(max(min(s.grace / 3, 5.0), 0.2))
             try:
                 await self._check_held()
                 await self._store.keepalive(s.lease_id)

@@ -29,6 +29,7 @@ from grpc_status import rpc_status
 from controlplane import ControlPlane, ControlPlaneConfig
 from controlplane.agent import Reaper
 from controlplane.agent._nodes import node_key
+from controlplane.store import MemoryStore
 from sdk import AsyncClient, HealthStatus, Instance
 from sdk._agent import AgentSession
 from sdk._agent_types import AgentNode, EndpointUpdate, ServiceRef
@@ -439,6 +440,34 @@ async def test_resuming_a_connected_session_ends_the_old_stream_as_taken_over(
     assert err.code() == grpc.StatusCode.ABORTED, err.details()
     assert (err.details() or "").startswith("session taken over")
     new.drop()
+
+
+async def test_a_node_connected_to_one_replica_cannot_be_taken_over_on_another() -> None:
+    config = ControlPlaneConfig(
+        listen="127.0.0.1:0", admin_listen=None, store_url="memory://", drain_delay=0, grace=0.5
+    )
+    async with (
+        MemoryStore() as store,
+        ControlPlane(config, store=store) as a,
+        ControlPlane(config, store=store) as b,
+        grpc.aio.insecure_channel(a.address) as to_a,
+        grpc.aio.insecure_channel(b.address) as to_b,
+    ):
+        real = Stream(to_a, node="web-1", grace_seconds=3)
+        welcome = await real.connect()
+        err = await Stream(to_b, node="web-1").refused()
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS, err.details()
+        assert a.replica in (err.details() or "")
+
+        # Resumed on B with the session id: A ends its stream (within a third
+        # of the grace: 1 s here).
+        moved = Stream(to_b, node="web-1", session_id=welcome.session_id, grace_seconds=3)
+        assert (await moved.connect()).resumed
+        ended = await real.ended(timeout=5)
+        assert ended.code() == grpc.StatusCode.ABORTED
+        assert (ended.details() or "").startswith("session taken over")
+        assert b.replica in (ended.details() or "")
+        moved.drop()
 
 
 async def test_the_sdk_notices_that_its_session_was_taken_over(
