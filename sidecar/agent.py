@@ -254,7 +254,7 @@ class Sidecar:
                 region=node.region,
                 zone=node.zone,
                 address=self._local_api.address,
-                metadata={"version": _version(), **node.metadata},
+                metadata=_node_metadata(node.metadata),
             ),
             instances=self.local_instances,
             on_update=self._apply_update,
@@ -429,6 +429,22 @@ class Sidecar:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+# What the control plane takes as node metadata (docs/api.md, AgentService).
+_NODE_METADATA_ENTRIES = 64
+_NODE_METADATA_BYTES = 16 * 1024
+
+
+def _node_metadata(configured: dict[str, str]) -> dict[str, str]:
+    """The node metadata a Hello carries: the configured entries, and the
+    sidecar's version when they leave room for it (a Hello over the control
+    plane's limits would be refused, and the sidecar never connect)."""
+    merged = {"version": _version(), **configured}
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in merged.items())
+    if len(merged) > _NODE_METADATA_ENTRIES or size > _NODE_METADATA_BYTES:
+        return dict(configured)
+    return merged
 
 
 def _version() -> str:

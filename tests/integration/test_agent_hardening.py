@@ -536,6 +536,28 @@ async def test_a_sidecar_shows_a_takeover_in_its_status(
         await asyncio.wait_for(session.wait_connected(), 15)
 
 
+async def test_a_sidecar_with_all_the_node_metadata_it_may_have_connects(
+    plane: ControlPlane, channel: grpc.aio.Channel, tmp_path: Path
+) -> None:
+    """64 configured entries leave no room for the version the sidecar adds:
+    it is left out rather than making every Hello too large."""
+    metadata = {f"m{k:02d}": "v" * 200 for k in range(64)}
+    config = SidecarConfig.model_validate(
+        {
+            "node": {"id": "meta-full", "metadata": metadata},
+            "controlplane": {"addresses": [plane.address]},
+            "data_dir": str(tmp_path / "meta-full"),
+            "local_api": "127.0.0.1:0",
+            "admin": "off",
+        }
+    )
+    async with Sidecar(config) as sidecar:
+        assert sidecar.session is not None
+        await asyncio.wait_for(sidecar.session.wait_connected(), 10)
+    nodes = (await agent_pb2_grpc.AgentServiceStub(channel).ListNodes(apb.ListNodesRequest())).nodes
+    assert dict(nodes[0].node.metadata) == metadata
+
+
 async def test_node_records_of_gone_sidecars_are_deleted_after_the_retention(
     plane: ControlPlane, channel: grpc.aio.Channel
 ) -> None:
