@@ -19,7 +19,6 @@ from typing import Any
 
 import grpc
 from ecosystem.v1 import agent_pb2, agent_pb2_grpc
-from grpc_status import rpc_status
 
 from controlplane.agent._handshake import open_session
 from controlplane.agent._limits import StreamGate, TokenBucket, peer_host
@@ -50,6 +49,7 @@ from controlplane.errors import (
     UnauthenticatedError,
     UnavailableError,
     code_for,
+    end_call,
     to_status,
 )
 from controlplane.store import Store
@@ -128,18 +128,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             self._shed_at[session.node.id] = now
         return [s.node.id for s in chosen]
 
-    async def _abort(self, context: Any, exc: BaseException) -> None:
+    def _fail(self, context: Any, exc: BaseException) -> None:
+        """Ends the call with the status of ``exc`` (see ``end_call``: no abort,
+        whose exception would keep the call's messages alive in a cycle)."""
         if code_for(exc) is None:
             log.error("agent session failed", exc_info=exc)
-        status = rpc_status.to_status(to_status(exc))
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        end_call(context, to_status(exc))
 
     async def Connect(self, request_iterator: Any, context: Any) -> None:
         host = peer_host(context.peer())
         refusal = self._gate.admit(host, self.settings.limits)
         if refusal:
             log.warning("agent stream from %s refused: %s", host, refusal)
-            await self._abort(context, ResourceExhaustedError(refusal))
+            self._fail(context, ResourceExhaustedError(refusal))
             return
         try:
             await self._connect(context)
@@ -150,7 +151,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         try:
             session = await self._hello(context)
         except Exception as exc:
-            await self._abort(context, exc)
+            self._fail(context, exc)
             return
         if session is None:
             return
@@ -175,7 +176,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         try:
             await runner.run()
         except* ControlPlaneError as group:
-            await self._abort(context, group.exceptions[0])
+            self._fail(context, group.exceptions[0])
         finally:
             session.connected = False
             session.last_seen_ms = now_ms()
@@ -237,12 +238,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def ListNodes(
         self, request: agent_pb2.ListNodesRequest, context: Any
-    ) -> agent_pb2.ListNodesResponse:
+    ) -> agent_pb2.ListNodesResponse | None:
         try:
             page = page_request(request)
         except InvalidArgumentError as exc:
-            await self._abort(context, exc)
-            raise  # not reached: abort ends the call
+            self._fail(context, exc)
+            return None
         mine = sorted(
             (
                 s.status(len(self._view.node_instances(node_id)))
@@ -280,7 +281,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def WaitForRevision(
         self, request: agent_pb2.WaitForRevisionRequest, context: Any
-    ) -> agent_pb2.WaitForRevisionResponse:
+    ) -> agent_pb2.WaitForRevisionResponse | None:
         problems = []
         if request.revision <= 0:
             problems.append(FieldViolation("revision", "must be a positive store revision"))
@@ -289,8 +290,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 FieldViolation("timeout_ms", f"must be between 0 and {_MAX_WAIT_MS} (0: 30 s)")
             )
         if problems:
-            await self._abort(context, InvalidArgumentError(problems))
-            raise InvalidArgumentError(problems)  # not reached: abort ends the call
+            self._fail(context, InvalidArgumentError(problems))
+            return None
         timeout = (request.timeout_ms or 30_000) / 1000
         if answers_for_itself(context):
             return await self._wait(request.revision, timeout)
