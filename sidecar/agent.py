@@ -232,7 +232,7 @@ class Sidecar:
                 continue
             from sidecar.bridges import BridgeServer  # aiohttp only when a bridge is configured
 
-            server = BridgeServer(self.relay, bridge.listen, max_body=bridge.max_body)
+            server = BridgeServer.from_config(self.relay, bridge)
             self._bridges.append(server)
             try:
                 await server.start()

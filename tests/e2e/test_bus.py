@@ -38,10 +38,23 @@ async def test_bus_through_a_sidecar_relay_its_bridge_and_the_cli(
 ) -> None:
     bridge = f"127.0.0.1:{free_port()}"
     sidecar = SidecarProcess(
-        tmp_path, "relay", f'bridges: [{{protocol: http, listen: "{bridge}"}}]\n', plane.address
+        tmp_path,
+        "relay",
+        f'bridges: [{{protocol: http, listen: "{bridge}", '
+        'allowed_origins: ["https://app.example"]}]\n',
+        plane.address,
     )
     await sidecar.start()
     try:
+        # the bridge follows its configuration: a page of another origin is refused
+        async with aiohttp.ClientSession() as http:
+            for origin, status in (("https://evil.example", 403), ("https://app.example", 202)):
+                async with http.post(
+                    f"http://{bridge}/v1/publish/probe",
+                    data=b"{}",
+                    headers={"Origin": origin, "Content-Type": "application/json"},
+                ) as r:
+                    assert r.status == status, (origin, await r.text())
         # a durable stream, made through the sidecar's local API
         code, out, err = await eco(
             "--server",
