@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane.admin import admin_runner
-from controlplane.agent import AgentServicer, AgentSettings, LoadSpreader, Reaper
+from controlplane.agent import AgentLimits, AgentServicer, AgentSettings, LoadSpreader, Reaper
 from controlplane.bus import Broker, BusError, open_broker
 from controlplane.bus._events import EventPublisher
 from controlplane.bus._rpc_guard import MalformedRequestGuard
@@ -227,6 +227,11 @@ class ControlPlane:
                 deregister_critical_after=config.deregister_critical_after,
                 sync_interval=config.sync_interval,
                 token=config.agent_token,
+                limits=AgentLimits(
+                    max_streams=config.max_agent_streams,
+                    max_streams_per_peer=config.max_agent_streams_per_peer,
+                    idle_timeout=config.agent_idle_timeout,
+                ),
             ),
             peers=lambda: self.spreader.peers.values() if self.spreader is not None else (),
         )
@@ -258,7 +263,10 @@ class ControlPlane:
             await self._start_admin(config.admin_listen)
 
         reaper = Reaper(
-            store, self._view, default_deregister_after=config.deregister_critical_after
+            store,
+            self._view,
+            default_deregister_after=config.deregister_critical_after,
+            node_retention=config.node_retention,
         )
         self.election = Election(store, self.replica, ttl=config.leader_ttl)
         self.election.while_leader("session-reaper", reaper.run)

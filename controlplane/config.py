@@ -76,6 +76,16 @@ class ControlPlaneConfig(BaseModel):
     sync_interval: int = Field(default=30, ge=1, le=3600)
     # When set, sidecars must present this token in their hello.
     agent_token: str = ""
+    # Sidecar (agent) streams this replica holds at once, and from one peer
+    # address; more get RESOURCE_EXHAUSTED.
+    max_agent_streams: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_agent_streams_per_peer: int = Field(default=1_000, ge=1, le=1_000_000)
+    # Seconds a sidecar stream may stay silent before it is ended (sidecars
+    # ping every few seconds while idle).
+    agent_idle_timeout: float = Field(default=20.0, ge=5, le=3600)
+    # Seconds a node record is kept after its session was lost and its
+    # instances are gone (then `eco node list` forgets it).
+    node_retention: float = Field(default=3600.0, ge=0, le=30 * 24 * 3600)
 
     @field_validator("listen", "admin_listen")
     @classmethod

@@ -42,6 +42,9 @@ _OPTION_OF_FIELD = {
     "rebalance_interval": "--rebalance-interval",
     "rebalance_batch": "--rebalance-batch",
     "max_watch_streams": "--max-watch-streams",
+    "max_agent_streams": "--max-agent-streams",
+    "max_agent_streams_per_peer": "--max-agent-streams-per-peer",
+    "node_retention": "--node-retention",
 }
 
 
@@ -162,6 +165,29 @@ def _listen_options(f: Any) -> Any:
     help="Registry watch streams served at once; more are refused with RESOURCE_EXHAUSTED "
     "(docs/limits.md).",
 )
+@click.option(
+    "--max-agent-streams",
+    type=click.IntRange(1, 1_000_000),
+    default=10_000,
+    show_default=True,
+    help="Sidecar streams this replica holds at once; more are refused with "
+    "RESOURCE_EXHAUSTED (and go to another replica).",
+)
+@click.option(
+    "--max-agent-streams-per-peer",
+    type=click.IntRange(1, 1_000_000),
+    default=1_000,
+    show_default=True,
+    help="Of those, from one peer address.",
+)
+@click.option(
+    "--node-retention",
+    type=click.FloatRange(0, 30 * 24 * 3600),
+    default=3600.0,
+    show_default=True,
+    help="Seconds a sidecar's node record is kept after its session was lost and its "
+    "instances are gone.",
+)
 @pass_settings
 @click.pass_context
 def controlplane_command(
@@ -179,6 +205,9 @@ def controlplane_command(
     rebalance_interval: float,
     rebalance_batch: int,
     max_watch_streams: int,
+    max_agent_streams: int,
+    max_agent_streams_per_peer: int,
+    node_retention: float,
 ) -> None:
     """Run the control plane until SIGTERM or Ctrl-C (twice: at once).
 
@@ -211,6 +240,9 @@ def controlplane_command(
         rebalance_interval=rebalance_interval,
         rebalance_batch=rebalance_batch,
         max_watch_streams=max_watch_streams,
+        max_agent_streams=max_agent_streams,
+        max_agent_streams_per_peer=max_agent_streams_per_peer,
+        node_retention=node_retention,
     )
     configure_logging(settings.verbose, base=logging.INFO)
     raise_open_files_limit()

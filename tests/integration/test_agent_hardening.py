@@ -845,3 +845,21 @@ async def test_an_sdk_session_stays_up_under_the_idle_timeout(plane: ControlPlan
         await session.wait_connected()
         await asyncio.sleep(4)
         assert session.connected and session.status().connects == 1
+
+
+async def test_the_stream_caps_come_from_the_control_plane_config() -> None:
+    """`eco controlplane --max-agent-streams/--max-agent-streams-per-peer` reach the servicer."""
+    config = ControlPlaneConfig(
+        listen="127.0.0.1:0",
+        admin_listen=None,
+        store_url="memory://",
+        drain_delay=0,
+        grace=0.5,
+        max_agent_streams=1,
+    )
+    async with ControlPlane(config) as cp, grpc.aio.insecure_channel(cp.address) as channel:
+        first = Stream(channel, node="a")
+        await first.connect()
+        err = await Stream(channel, node="b").refused()
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+        first.drop()
