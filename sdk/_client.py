@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from ecosystem.v1 import agent_pb2, registry_pb2
 
@@ -210,16 +210,10 @@ class AsyncClient:
         """One service: its health summary, every instance, and the revision read at."""
         self._check_open()
         request = registry_pb2.GetServiceRequest(name=name, namespace=namespace)
-        instances: list[Instance] = []
-        while True:  # page by page: a large service comes in several responses
-            response = await self._transport.unary("GetService", request, idempotent=True)
-            instances += (Instance.from_proto(i) for i in response.instances)
-            if not response.next_page_token:
-                break
-            request.page_token = response.next_page_token
+        instances, response = await self._all_pages("GetService", request, "instances")
         return ServiceDetail(
             service=Service.from_proto(response.service),
-            instances=tuple(instances),
+            instances=tuple(Instance.from_proto(i) for i in instances),
             revision=int(response.revision),
         )
 
@@ -227,14 +221,11 @@ class AsyncClient:
         """Every service (in ``namespace``, or all when empty) with counts by health."""
         self._check_open()
         request = registry_pb2.ListServicesRequest(namespace=namespace)
-        services: list[Service] = []
-        while True:
-            response = await self._transport.unary("ListServices", request, idempotent=True)
-            services += (Service.from_proto(s) for s in response.services)
-            if not response.next_page_token:
-                break
-            request.page_token = response.next_page_token
-        return ServiceList(services=tuple(services), revision=int(response.revision))
+        services, response = await self._all_pages("ListServices", request, "services")
+        return ServiceList(
+            services=tuple(Service.from_proto(s) for s in services),
+            revision=int(response.revision),
+        )
 
     async def list_nodes(self) -> list[NodeInfo]:
         """Every sidecar the control plane knows, with its session state (all
@@ -284,14 +275,23 @@ class AsyncClient:
         self._check_open()
         selector = _selector(service, namespace, platform, zone, tags, health)
         request = registry_pb2.ListInstancesRequest(selector=selector)
-        instances: list[Instance] = []
+        instances, response = await self._all_pages("ListInstances", request, "instances")
+        return InstanceList(
+            instances=tuple(Instance.from_proto(i) for i in instances),
+            revision=int(response.revision),
+        )
+
+    async def _all_pages(self, method: str, request: Any, field: str) -> tuple[list[Any], Any]:
+        """Every item of ``field`` over the pages of a list call (a large
+        registry comes in several responses), and the last response."""
+        items: list[Any] = []
         while True:
-            response = await self._transport.unary("ListInstances", request, idempotent=True)
-            instances += (Instance.from_proto(i) for i in response.instances)
-            if not response.next_page_token:
-                break
-            request.page_token = response.next_page_token
-        return InstanceList(instances=tuple(instances), revision=int(response.revision))
+            response = await self._transport.unary(method, request, idempotent=True)
+            items.extend(getattr(response, field))
+            token = response.next_page_token
+            if not token or token == request.page_token:
+                return items, response
+            request.page_token = token
 
     def watch(
         self,
