@@ -13,6 +13,7 @@ from ecosystem.v1 import registry_pb2 as pb
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
 
 from controlplane import ControlPlane, ControlPlaneConfig
+from tests.integration.agent_stream import Stream
 from tests.util import assert_eventually
 
 
@@ -37,45 +38,11 @@ async def channel(agent_plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel]:
         yield ch
 
 
-class Sidecar:
-    """A scripted sidecar: one Connect stream driven by the test."""
+class Sidecar(Stream):
+    """A scripted sidecar with the token and a platform, as a real one sends."""
 
     def __init__(self, channel: grpc.aio.Channel, node: str = "web-1", **hello: object) -> None:
-        self.stub = agent_pb2_grpc.AgentServiceStub(channel)
-        self.node = apb.Node(id=node, platform="onprem", region="eu", zone="eu-1a")
-        self.hello = apb.Hello(node=self.node, token="s3cret", **hello)  # type: ignore[arg-type]
-        self.call: grpc.aio.StreamStreamCall | None = None  # type: ignore[type-arg]
-
-    async def connect(self) -> apb.Welcome:
-        self.call = self.stub.Connect()
-        await self.call.write(apb.ConnectRequest(hello=self.hello))
-        first = await self.read()
-        assert first.WhichOneof("message") == "welcome"
-        self.hello.session_id = first.welcome.session_id
-        return first.welcome
-
-    async def send(self, **message: object) -> None:
-        assert self.call is not None
-        await self.call.write(apb.ConnectRequest(**message))  # type: ignore[arg-type]
-
-    async def read(self) -> apb.ConnectResponse:
-        assert self.call is not None
-        response = await asyncio.wait_for(self.call.read(), 5)
-        assert response is not grpc.aio.EOF, "stream ended"  # type: ignore[attr-defined]
-        return response  # type: ignore[no-any-return]
-
-    async def read_kind(self, kind: str) -> apb.ConnectResponse:
-        while (response := await self.read()).WhichOneof("message") != kind:
-            pass
-        return response
-
-    async def sync(self, *instances: pb.Instance) -> apb.SyncResult:
-        await self.send(sync=apb.SyncInstances(instances=instances))
-        return (await self.read_kind("sync_result")).sync_result
-
-    def drop(self) -> None:
-        assert self.call is not None
-        self.call.cancel()
+        super().__init__(channel, node, platform="onprem", token="s3cret", **hello)
 
 
 def local(id: str, port: int = 8080, service: str = "web") -> pb.Instance:

@@ -36,6 +36,7 @@ from sdk._agent_types import AgentNode, EndpointUpdate, ServiceRef
 from sdk._types import CheckStatus
 from sidecar.agent import Sidecar
 from sidecar.config import SidecarConfig
+from tests.integration.agent_stream import Stream
 from tests.util import assert_eventually
 
 
@@ -59,61 +60,6 @@ def limit(plane: ControlPlane, **changes: Any) -> None:
     assert plane.agent is not None
     limits = dataclasses.replace(plane.agent.settings.limits, **changes)
     plane.agent.settings = dataclasses.replace(plane.agent.settings, limits=limits)
-
-
-class Stream:
-    """One raw Connect stream driven by the test, as a careless or hostile sidecar."""
-
-    def __init__(self, channel: grpc.aio.Channel, node: str = "web-1", **hello: Any) -> None:
-        self.stub = agent_pb2_grpc.AgentServiceStub(channel)
-        self.hello = apb.Hello(node=apb.Node(id=node, zone="eu-1a"), **hello)
-        self.call: Any = None
-
-    async def open(self, first: apb.ConnectRequest | None = None) -> None:
-        self.call = self.stub.Connect()
-        await self.call.write(first or apb.ConnectRequest(hello=self.hello))
-
-    async def connect(self) -> apb.Welcome:
-        await self.open()
-        first = await self.read()
-        assert first.WhichOneof("message") == "welcome", first
-        self.hello.session_id = first.welcome.session_id
-        return first.welcome
-
-    async def refused(self) -> grpc.aio.AioRpcError:
-        """Sends the Hello and returns the error that ends the stream."""
-        await self.open()
-        return await self.ended()
-
-    async def send(self, **message: Any) -> None:
-        await self.call.write(apb.ConnectRequest(**message))
-
-    async def read(self, timeout: float = 5.0) -> apb.ConnectResponse:
-        response = await asyncio.wait_for(self.call.read(), timeout)
-        assert response is not grpc.aio.EOF, "stream ended"  # type: ignore[attr-defined]
-        return response  # type: ignore[no-any-return]
-
-    async def read_kind(self, kind: str) -> apb.ConnectResponse:
-        while (response := await self.read()).WhichOneof("message") != kind:
-            pass
-        return response
-
-    async def sync(self, *instances: pb.Instance) -> apb.SyncResult:
-        await self.send(sync=apb.SyncInstances(instances=instances))
-        return (await self.read_kind("sync_result")).sync_result
-
-    async def ended(self, timeout: float = 10.0) -> grpc.aio.AioRpcError:
-        """Reads until the control plane ends the stream; returns how it did."""
-        async with asyncio.timeout(timeout):
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                while True:
-                    message = await self.call.read()
-                    assert message is not grpc.aio.EOF, "ended without a status"  # type: ignore[attr-defined]
-        return caught.value
-
-    def drop(self) -> None:
-        if self.call is not None:
-            self.call.cancel()
 
 
 def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
