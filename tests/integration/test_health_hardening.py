@@ -15,6 +15,7 @@ from aiohttp import web
 
 from sdk import HealthStatus
 from sidecar.health import HealthEngine, NetworkHealthChecker, parse_check
+from tests.integration.test_health_checks import BOTH_CLIENTS, eventually_status
 from tests.util import assert_eventually
 
 P, C = HealthStatus.PASSING, HealthStatus.CRITICAL
@@ -32,19 +33,6 @@ async def engine(request: pytest.FixtureRequest) -> AsyncIterator[HealthEngine]:
             yield eng
     finally:
         await checker.close()
-
-
-BOTH_CLIENTS = pytest.mark.parametrize("engine", ["lean", "session"], indirect=True)
-
-
-async def eventually_status(engine: HealthEngine, check_id: str, status: HealthStatus) -> str:
-    def check() -> str:
-        detail = engine.check(check_id)
-        assert detail.checked_at is not None
-        assert detail.status is status, (detail.status, detail.output)
-        return detail.output
-
-    return await assert_eventually(check, timeout=10.0)
 
 
 @contextlib.asynccontextmanager
