@@ -1,4 +1,4 @@
-"""A real control plane on 127.0.0.1:0 and a raw gRPC stub for it."""
+"""A real control plane on 127.0.0.1:0 and a raw gRPC stub for it; an in-memory broker."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
 
 from controlplane import ControlPlane, ControlPlaneConfig
+from controlplane.bus.embedded import EmbeddedBroker
 
 
 @pytest.fixture
@@ -33,3 +34,14 @@ async def channel(plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture
 def stub(channel: grpc.aio.Channel) -> pb_grpc.RegistryServiceStub:
     return pb_grpc.RegistryServiceStub(channel)
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[EmbeddedBroker]:
+    """An embedded broker in memory (the bridge tests serve it)."""
+    b = EmbeddedBroker(None)
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.close()

@@ -28,16 +28,6 @@ WAIT = 10.0
 
 
 @pytest.fixture
-async def broker() -> AsyncIterator[EmbeddedBroker]:
-    b = EmbeddedBroker(None)
-    await b.start()
-    try:
-        yield b
-    finally:
-        await b.close()
-
-
-@pytest.fixture
 async def bridge(broker: EmbeddedBroker) -> AsyncIterator[BridgeServer]:
     async with BridgeServer(broker, "127.0.0.1:0", max_body=1024, heartbeat=0.2) as server:
         yield server

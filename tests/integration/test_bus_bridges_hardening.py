@@ -52,16 +52,6 @@ JSON = "Content-Type: application/json"
 
 
 @pytest.fixture
-async def broker() -> AsyncIterator[EmbeddedBroker]:
-    b = EmbeddedBroker(None)
-    await b.start()
-    try:
-        yield b
-    finally:
-        await b.close()
-
-
-@pytest.fixture
 async def bridge(broker: EmbeddedBroker) -> AsyncIterator[BridgeServer]:
     server = BridgeServer(
         broker,
