@@ -400,7 +400,14 @@ class ProxyPolicy(_Model):
     its target at most ``max_url_kb`` KiB (414; the head's limit bounds it
     too); an upstream's response head at most ``max_response_headers_kb``
     KiB, with at most ``max_headers`` fields (502). TRACE is refused with 405
-    unless ``allow_trace``.
+    unless ``allow_trace``. A request head (and a chunked request's trailers)
+    must be complete within ``head_timeout`` of its first byte (408 past it),
+    and a new connection's first byte must come within it too (closed).
+
+    Every protocol: the listener holds at most ``max_connections`` client
+    connections, and at most ``max_connections_per_ip`` from one address (an
+    IPv6 client: from one /64); the excess is refused as it is accepted (HTTP:
+    503; TCP: reset; gRPC: closed, and only ``max_connections`` applies).
     """
 
     protocol: str = "tcp"
@@ -418,6 +425,9 @@ class ProxyPolicy(_Model):
     max_headers: StrictInt = Field(default=100, ge=1, le=10_000)
     max_response_headers_kb: StrictInt = Field(default=60, ge=1, le=1024)
     allow_trace: StrictBool = False
+    head_timeout: Duration = 10.0
+    max_connections: StrictInt = Field(default=10_000, ge=1, le=1_000_000)
+    max_connections_per_ip: StrictInt = Field(default=1_000, ge=1, le=1_000_000)
 
     @field_validator("protocol")
     @classmethod
@@ -438,6 +448,13 @@ class ProxyPolicy(_Model):
     def _check_timeout(cls, value: float) -> float:
         if value < 0:
             raise ValueError("must be 0 (no timeout) or greater")
+        return value
+
+    @field_validator("head_timeout")
+    @classmethod
+    def _check_head_timeout(cls, value: float) -> float:
+        if not 1.0 <= value <= 300.0:
+            raise ValueError("must be between 1s and 5m")
         return value
 
     @field_validator("per_try_timeout")

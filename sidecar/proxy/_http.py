@@ -46,6 +46,17 @@ they are read, before the parser holds them; what a request may not be
 1.0 and 1.1) is refused before anything is forwarded. The upstream pool is
 keyed by the address dialled, and connections to addresses no endpoint has
 any more are retired at the next sweep.
+
+Time and connections are bounded without a cost per request. Each accepted
+connection is admitted by the listener's
+:class:`~controlplane.http_limits.ConnectionGate` (``max_connections``,
+``max_connections_per_ip``) or answered 503 ``connection_limit`` and
+closed; that is one dict update per connection. ``head_timeout`` is kept
+by the sweep (at most a quarter of it apart, at most 1 s): it notes the
+head or trailer section a connection is in the middle of, and a
+connection still in the same one at a sweep ``head_timeout`` later is
+answered 408 ``request_timeout`` (:meth:`Downstream.sweep`). The request
+path reads no clock and arms no timer for it.
 """
 
 from __future__ import annotations
@@ -58,7 +69,7 @@ from typing import Any
 
 from sidecar.config import ProxyPolicy
 from sidecar.proxy._http_downstream import Downstream
-from sidecar.proxy._http_parse import IDEMPOTENT
+from sidecar.proxy._http_parse import IDEMPOTENT, error_response
 from sidecar.proxy._http_pool import Address, UpstreamPool
 from sidecar.proxy._listener import Listener
 from sidecar.proxy._target import Target
@@ -100,9 +111,14 @@ class HttpListener(Listener):
         self.url_limit = policy.max_url_kb * 1024
         self.max_headers = policy.max_headers
         self.allow_trace = policy.allow_trace
+        self.head_timeout = policy.head_timeout
+        #: what a connection over ``max_connections`` (or per IP) is told before the close
+        self.over_limit = error_response(
+            503, "connection_limit", f"{name}: too many connections", close=True
+        )
         #: methods retried after the upstream saw them (TRACE only where it is let through)
         self.idempotent = IDEMPOTENT | {b"TRACE"} if policy.allow_trace else IDEMPOTENT
-        self._sweep_every = max(0.05, min(1.0, policy.idle_timeout / 4))
+        self._sweep_every = max(0.05, min(1.0, policy.idle_timeout / 4, policy.head_timeout / 4))
         timeouts = [t for t in (policy.timeout, policy.per_try_timeout) if t]
         #: how often exchanges in flight get their timers (see Exchange.arm_timers)
         self._tick_every = max(0.005, min(0.25, min(timeouts) / 3)) if timeouts else 0.0
@@ -209,7 +225,9 @@ class HttpListener(Listener):
         return task
 
     def forget(self, down: Downstream) -> None:
-        """``down`` is closed; the drain waits for the last one."""
+        """``down`` is closed (called once for each admitted one); the drain waits
+        for the last one."""
+        self.gate.release(down.key)
         self.downstreams.discard(down)
         if self._quiet is not None and not self.downstreams:
             self._quiet.set()
@@ -224,18 +242,15 @@ class HttpListener(Listener):
         self._ticker = self.loop.call_later(self._tick_every, self._tick)
 
     def _sweep(self) -> None:
-        """Closes downstream connections idle for ``idle_timeout`` or done lingering,
-        idle pooled ones, and pooled ones to addresses no endpoint has any more (an
+        """Times the downstream connections (``idle_timeout``, ``head_timeout``, the
+        linger after a refusal: see :meth:`Downstream.sweep`), closes idle pooled
+        connections, and pooled ones to addresses no endpoint has any more (an
         endpoint that moved keeps its id: no removal is reported)."""
         now = _monotonic()
-        limit = now - self.policy.idle_timeout
+        idle_due = now - self.policy.idle_timeout
+        head_due = now - self.head_timeout
         for down in list(self.downstreams):
-            ex = down.current
-            if down.lingering:
-                if down.linger_until <= now:
-                    down.close()
-            elif (ex is None or ex.response_done) and down.idle_since <= limit:
-                down.close()
+            down.sweep(now, idle_due, head_due)
         self.pool.sweep(now)
         if self.pool.connections:
             self.pool.keep_only(self._addresses())

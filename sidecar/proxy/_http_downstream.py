@@ -19,6 +19,15 @@ still sends, up to ``LINGER_BYTES`` or ``LINGER_SECONDS`` (the listener's
 sweep ends it). Closing with unread bytes would reset the connection, and a
 client that sends everything before it reads would see the reset, not the
 answer.
+
+Time is kept by the listener's sweep (:meth:`Downstream.sweep`), not on the
+request path: the sweep notes which head or trailer section a connection is
+in the middle of (``head_key``, from the request parser's state and
+``room``) and when it first saw it; a connection still in that section
+``head_timeout`` later is answered 408 and closed, like a refused request.
+A new connection that sent nothing within ``head_timeout`` is closed; between
+requests, ``idle_timeout`` applies. A connection whose reading the proxy has
+paused (a pipelined request waiting its turn, backpressure) is not timed.
 """
 
 from __future__ import annotations
@@ -69,7 +78,10 @@ class Downstream(asyncio.Protocol):
         "current",
         "fields",
         "gone",
+        "head_key",
+        "head_since",
         "idle_since",
+        "key",
         "linger_until",
         "lingering",
         "listener",
@@ -112,16 +124,34 @@ class Downstream(asyncio.Protocol):
         #: after a refusal: bytes the client may still send before the close (0: none)
         self.lingering = 0
         self.linger_until = 0.0
+        #: the head or trailer section the sweep last saw unfinished, and since when
+        self.head_key: tuple[object, int] | None = None
+        self.head_since = 0.0
+        #: the listener's connection gate's, while admitted
+        self.key = ""
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        listener = self.listener
         peer = transport.get_extra_info("peername")
+        key = listener.gate.admit(peer)
+        if key is None:
+            # Over max_connections (or per IP): told so and closed; never parsed.
+            self.closing = self.gone = True
+            self.stats.errors["connection_limit"] += 1
+            try:
+                self.transport.write(listener.over_limit)
+            except (ConnectionError, RuntimeError):
+                self.transport.abort()
+                return
+            self.transport.close()
+            return
+        self.key = key
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0]).encode()
         self.parser = HttpRequestParser(self)
-        listener = self.listener
         listener.downstreams.add(self)
         if listener.draining:
             self.close()
@@ -318,6 +348,55 @@ class Downstream(asyncio.Protocol):
             nxt.start()
         else:
             self.idle_since = _monotonic()
+
+    def sweep(self, now: float, idle_due: float, head_due: float) -> None:
+        """The listener's sweep (``*_due``: now less ``idle_timeout``, ``head_timeout``).
+
+        A head or trailer section is told by the parser's state: a message
+        begun whose head is not done; trailers (the head done, the message
+        not, and bytes counted in ``room``); bytes before a message begins
+        (empty lines). The section is noted with the time of the sweep that
+        first sees it, so a client is refused between ``head_timeout`` and
+        ``head_timeout`` plus two sweeps after its first byte of it.
+        """
+        if self.lingering:
+            if self.linger_until <= now:
+                self.close()
+            return
+        if self.closing:
+            return
+        listener = self.listener
+        ex: Exchange | None = getattr(self, "parsing", None)
+        if ex is None and self.room == listener.head_limit:
+            # Not a byte since the connection opened (idle_since is when it did).
+            if self.idle_since <= head_due or self.idle_since <= idle_due:
+                self.close()
+            return
+        key: tuple[object, int] | None
+        if ex is not None and not ex.head_done:
+            key = (ex, 0)
+        elif self.room >= listener.head_limit:
+            key = None
+        elif ex is not None and not ex.complete:
+            key = (ex, 1)
+        else:
+            key = (ex, 2)
+        if key is None or self.paused:
+            self.head_key = None
+            current = self.current
+            if (current is None or current.response_done) and self.idle_since <= idle_due:
+                self.close()
+        elif key != self.head_key:
+            self.head_key = key
+            self.head_since = now
+        elif self.head_since <= head_due:
+            self.head_key = None
+            self.stats.errors["request_timeout"] += 1
+            what = "trailers" if key[1] == 1 else "head"
+            timeout = listener.head_timeout
+            self._refuse(
+                Rejected(408, "request_timeout", f"request {what} not complete within {timeout:g}s")
+            )
 
     def close(self) -> None:
         """Closes after what was written (the rest of a corked write included)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+from controlplane.http_limits import ConnectionGate
 from sidecar.config import ProxyPolicy, split_hostport
 from sidecar.errors import StartupError
 from sidecar.proxy._target import Target
@@ -33,6 +34,14 @@ class Listener(abc.ABC):
         self.policy = policy
         self.host, self.port = split_hostport(listen, allow_zero=True)
         self.address = ""
+        #: client connections held, in all and per address (``max_connections``,
+        #: ``max_connections_per_ip``): a listener that accepts itself admits each
+        #: accepted connection here, and releases it once when it ends
+        self.gate = ConnectionGate(
+            f"{self.protocol} listener {name}",
+            max_connections=policy.max_connections,
+            max_per_client=policy.max_connections_per_ip,
+        )
         target.on_removed(self.endpoints_removed)
 
     @abc.abstractmethod
@@ -55,9 +64,16 @@ class Listener(abc.ABC):
         return StartupError(f"{self.name}: cannot listen on {self.listen}: {exc.strerror or exc}")
 
     def status(self) -> dict[str, Any]:
+        gate = self.gate
         return {
             "name": self.name,
             "protocol": self.protocol,
             "listen": self.address or self.listen,
+            "connections": {
+                "open": gate.count,
+                "max": gate.max_connections,
+                "max_per_ip": gate.max_per_client,
+                "refused": gate.refused,
+            },
             **self.target.status(),
         }

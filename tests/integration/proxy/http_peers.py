@@ -74,9 +74,12 @@ class RawClient:
         self._parser = httptools.HttpResponseParser(self)
 
     @classmethod
-    async def connect(cls, listener: HttpListener) -> RawClient:
+    async def connect(cls, listener: HttpListener, *, source: str | None = None) -> RawClient:
+        """A connection to ``listener``, from the address ``source`` if given (on
+        Linux any of 127.0.0.0/8 is a loopback address of its own)."""
         host, port = listener.address.rsplit(":", 1)
-        return cls(*await asyncio.open_connection(host, int(port)))
+        local = None if source is None else (source, 0)
+        return cls(*await asyncio.open_connection(host, int(port), local_addr=local))
 
     def on_message_begin(self) -> None:
         self.replies.append(Reply())

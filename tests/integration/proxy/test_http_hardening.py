@@ -2,7 +2,8 @@
 
 Request smuggling (``Connection`` naming framing headers, ambiguous framing
 in either direction, bytes an upstream sends unasked), oversized heads and
-trailers, TRACE, and a pooled connection whose endpoint moved. Clients are
+trailers, TRACE, a pooled connection whose endpoint moved, heads and
+trailers sent too slowly, and connections past the listener's caps. Clients are
 raw sockets; upstreams run in the test process and parse what they receive
 as a real server would, so a test can say exactly which requests reached
 them.
@@ -16,6 +17,7 @@ import dataclasses
 import gc
 import socket
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -595,6 +597,202 @@ async def test_a_pooled_connection_is_not_reused_after_its_endpoint_moved(
         # The connection to the old address is retired, not kept idle.
         await assert_eventually(lambda: _assert(old.closed == 1))
         assert new.closed == 0
+
+
+# -- time and connections --------------------------------------------------------------------
+
+
+async def trickle(client: RawClient, data: bytes, every: float = 0.1) -> None:
+    """Sends ``data`` a byte at a time, ``every`` seconds apart, until the proxy closes."""
+    for i in range(len(data)):
+        try:
+            await client.send(data[i : i + 1])
+        except ConnectionError:
+            return
+        await asyncio.sleep(every)
+
+
+@contextlib.asynccontextmanager
+async def trickling(client: RawClient, data: bytes) -> AsyncIterator[None]:
+    task = asyncio.create_task(trickle(client, data))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def errors(listener: Any) -> dict[str, int]:
+    errors: dict[str, int] = listener.status()["stats"]["errors"]
+    return errors
+
+
+async def test_a_head_trickled_a_byte_at_a_time_is_answered_408_and_closed(
+    listeners: list[Any],
+) -> None:
+    """Only ``idle_timeout`` (5 minutes) used to end it; a normal request goes through
+    meanwhile."""
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream, head_timeout=1.0))
+        loop = asyncio.get_running_loop()
+        slow = await RawClient.connect(listener)
+        started = loop.time()
+        async with trickling(slow, get("/slow", "X-Pad: " + "p" * 300)):
+            client = await RawClient.connect(listener)
+            await client.send(get("/normal"))
+            (normal,) = await client.replies_done(1, timeout=5)
+            await client.close()
+            (reply,) = await slow.replies_done(1, timeout=10)
+            answered = loop.time() - started
+            assert await slow.closed()
+        await slow.close()
+        await assert_eventually(lambda: _assert(not listener.downstreams))
+    assert normal.status == 200
+    assert reply.status == 408 and reply.header("x-eco-proxy-error") == "request_timeout"
+    assert reply.header("connection") == "close"
+    assert b"not complete within 1s" in reply.body
+    # head_timeout, plus at most two sweeps of a quarter of it (and a loaded machine)
+    assert 1.0 <= answered < 3.0, answered
+    assert [s.path for s in upstream.seen] == ["/normal"]
+    assert errors(listener)["request_timeout"] == 1
+
+
+async def test_trickled_trailers_are_answered_408(listeners: list[Any]) -> None:
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream, head_timeout=1.0))
+        client = await RawClient.connect(listener)
+        await client.send(
+            get("/upload", "Transfer-Encoding: chunked", method="POST") + b"5\r\nhello\r\n0\r\n"
+        )
+        async with trickling(client, b"X-Checksum: " + b"c" * 300 + b"\r\n\r\n"):
+            (reply,) = await client.replies_done(1, timeout=10)
+            assert await client.closed()
+        await client.close()
+    assert reply.status == 408 and reply.header("x-eco-proxy-error") == "request_timeout"
+    assert b"trailers not complete" in reply.body
+    assert upstream.seen == []  # the upstream never got a whole request
+
+
+async def test_a_trickled_head_pipelined_behind_a_request_is_answered_408_after_it(
+    listeners: list[Any],
+) -> None:
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream, head_timeout=1.0))
+        client = await RawClient.connect(listener)
+        await client.send(get("/first") + b"GET /second HTTP/1.1\r\nHo")
+        async with trickling(client, b"st: orders\r\nX-Pad: " + b"p" * 300 + b"\r\n\r\n"):
+            first, second = await client.replies_done(2, timeout=10)
+            assert await client.closed()
+        await client.close()
+    assert first.status == 200 and first.body == b"GET /first 0"
+    assert second.status == 408 and second.header("x-eco-proxy-error") == "request_timeout"
+    assert [s.path for s in upstream.seen] == ["/first"]
+
+
+async def test_a_silent_new_connection_is_closed_but_an_idle_keep_alive_one_is_kept(
+    listeners: list[Any],
+) -> None:
+    """``head_timeout`` counts from a new connection's opening until its first byte;
+    between requests only ``idle_timeout`` applies."""
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream, head_timeout=1.0))
+        kept = await RawClient.connect(listener)
+        await kept.send(get("/1"))
+        await kept.replies_done(1, timeout=5)
+        silent = await RawClient.connect(listener)
+        assert await silent.closed(timeout=5)
+        assert silent.raw == b""  # nothing was asked: nothing is answered
+        await silent.close()
+        await asyncio.sleep(1.0)  # kept: idle for longer than head_timeout and its sweeps
+        await kept.send(get("/2"))
+        _, second = await kept.replies_done(2, timeout=5)
+        await kept.close()
+    assert second.status == 200 and second.body == b"GET /2 0"
+
+
+async def test_past_max_connections_a_new_connection_is_refused_while_open_ones_work(
+    listeners: list[Any],
+) -> None:
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream, max_connections=2))
+        a = await RawClient.connect(listener)
+        b = await RawClient.connect(listener)
+        for client, path in ((a, "/a"), (b, "/b")):
+            await client.send(get(path))
+            await client.replies_done(1, timeout=5)
+        over = await RawClient.connect(listener)
+        (refusal,) = await over.replies_done(1, timeout=5)
+        assert await over.closed()
+        await over.close()
+        for client, path in ((a, "/a2"), (b, "/b2")):
+            await client.send(get(path))
+            _, reply = await client.replies_done(2, timeout=5)
+            assert reply.status == 200, path
+        connections = listener.status()["connections"]
+        assert connections == {"open": 2, "max": 2, "max_per_ip": 1000, "refused": 1}
+        assert errors(listener)["connection_limit"] == 1
+        await a.close()
+        await assert_eventually(lambda: _assert(listener.gate.count == 1))
+        c = await RawClient.connect(listener)
+        await c.send(get("/c"))
+        (reply_c,) = await c.replies_done(1, timeout=5)
+        for client in (b, c):
+            await client.close()
+    assert refusal.status == 503 and refusal.header("x-eco-proxy-error") == "connection_limit"
+    assert refusal.header("connection") == "close"
+    assert reply_c.status == 200
+    assert [s.path for s in upstream.seen] == ["/a", "/b", "/a2", "/b2", "/c"]
+
+
+async def test_max_connections_per_ip_refuses_one_address_not_another(
+    listeners: list[Any],
+) -> None:
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream, max_connections_per_ip=1))
+        first = await RawClient.connect(listener, source="127.0.0.1")
+        await first.send(get("/first"))
+        await first.replies_done(1, timeout=5)
+        again = await RawClient.connect(listener, source="127.0.0.1")
+        (refusal,) = await again.replies_done(1, timeout=5)
+        await again.close()
+        other = await RawClient.connect(listener, source="127.0.0.2")
+        await other.send(get("/other"))
+        (reply,) = await other.replies_done(1, timeout=5)
+        for client in (first, other):
+            await client.close()
+    assert refusal.status == 503 and refusal.header("x-eco-proxy-error") == "connection_limit"
+    assert reply.status == 200
+    assert [s.path for s in upstream.seen] == ["/first", "/other"]
+
+
+def test_head_timeout_and_connection_limit_on_uvloop() -> None:
+    """The production event loop: the 503 is written before the close (uvloop's
+    transports are not asyncio's classes), and a trickled head gets its 408."""
+
+    async def scenario() -> None:
+        listeners: list[Any] = []
+        try:
+            async with RecordingUpstream() as upstream:
+                listener = await proxy(listeners, to(upstream, head_timeout=1.0, max_connections=1))
+                slow = await RawClient.connect(listener)
+                async with trickling(slow, get("/slow", "X-Pad: " + "p" * 300)):
+                    over = await RawClient.connect(listener)
+                    (refusal,) = await over.replies_done(1, timeout=5)
+                    await over.close()
+                    (reply,) = await slow.replies_done(1, timeout=10)
+                await slow.close()
+                await assert_eventually(lambda: _assert(listener.gate.count == 0))
+                client = await RawClient.connect(listener)
+                await client.send(get("/after"))
+                (after,) = await client.replies_done(1, timeout=5)
+                await client.close()
+            assert refusal.status == 503 and reply.status == 408 and after.status == 200
+            assert [s.path for s in upstream.seen] == ["/after"]
+        finally:
+            for listener in listeners:
+                await listener.drain(0.0)
+
+    uvloop.run(scenario())
 
 
 # -- memory -----------------------------------------------------------------------------------

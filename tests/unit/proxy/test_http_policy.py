@@ -1,4 +1,4 @@
-"""The HTTP proxy's limits in the sidecar configuration: defaults, how to change them, bounds."""
+"""The proxy's limits in the sidecar configuration: defaults, how to change them, bounds."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def test_defaults() -> None:
     assert policy.max_headers == 100
     assert policy.max_response_headers_kb == 60
     assert policy.allow_trace is False
+    assert policy.head_timeout == 10.0
+    assert policy.max_connections == 10_000
+    assert policy.max_connections_per_ip == 1_000
 
 
 def test_set_per_upstream_and_per_inbound_listener() -> None:
@@ -53,6 +56,12 @@ def test_set_per_upstream_and_per_inbound_listener() -> None:
         ("max_headers: 1.5", "max_headers"),
         ("max_response_headers_kb: -1", "max_response_headers_kb"),
         ('allow_trace: "yes"', "allow_trace"),
+        ("head_timeout: 500ms", "head_timeout"),
+        ("head_timeout: 6m", "head_timeout"),
+        ("max_connections: 0", "max_connections"),
+        ("max_connections: 2000000", "max_connections"),
+        ("max_connections_per_ip: 0", "max_connections_per_ip"),
+        ('max_connections_per_ip: "many"', "max_connections_per_ip"),
     ],
 )
 def test_bad_values_name_the_field_and_line(line: str, field: str) -> None:
@@ -61,3 +70,30 @@ def test_bad_values_name_the_field_and_line(line: str, field: str) -> None:
         parse_config(text, "sidecar.yaml")
     message = str(info.value)
     assert "sidecar.yaml:4" in message and field in message
+
+
+def test_time_and_connection_limits_per_listener() -> None:
+    config = parse_config(
+        textwrap.dedent(
+            """\
+            services: [{name: web, address: 127.0.0.1, port: 8080}]
+            upstreams:
+              - service: orders
+                protocol: http
+                listen: "127.0.0.1:9001"
+                head_timeout: 2s
+                max_connections: 500
+                max_connections_per_ip: 50
+            inbound:
+              - {listen: "0.0.0.0:15001", to: "127.0.0.1:8080", protocol: tcp, max_connections: 7}
+            """
+        )
+    )
+    (orders,) = config.upstreams
+    assert (orders.head_timeout, orders.max_connections, orders.max_connections_per_ip) == (
+        2.0,
+        500,
+        50,
+    )
+    (inbound,) = config.inbound
+    assert (inbound.max_connections, inbound.max_connections_per_ip) == (7, 1_000)
