@@ -37,6 +37,16 @@ connection for ``max_connections``, closed when the endpoint is removed
 (after the calls on it) and on drain. A call started while its channel is
 not connected is *pending* (``max_pending``) until it connects or fails,
 within ``connect_timeout``.
+
+Client connections are accepted by the gRPC runtime, not by the event loop,
+so their limits are its options: ``max_connections`` (the policy's own, not
+the circuit breaker's) is ``grpc.max_allowed_incoming_connections``, past
+which the runtime closes a new connection as it accepts it, and a client
+must send its HTTP/2 preface and settings within ``head_timeout``
+(``grpc.server_handshake_timeout_ms``; the runtime's default is 120 s). The
+runtime has no cap per client address and does not say how many it
+refused: ``max_connections_per_ip`` does not apply, and ``/status`` shows
+the cap only.
 """
 
 from __future__ import annotations
@@ -313,11 +323,14 @@ class GrpcListener(Listener):
         if self._started or self._drained is not None:
             raise RuntimeError(f"{self.name}: a listener starts once, and not after drain")
         self._started = True
+        policy = self.policy
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_allowed_incoming_connections", policy.max_connections),
+                ("grpc.server_handshake_timeout_ms", int(policy.head_timeout * 1000)),
             ]
         )
         server.add_generic_rpc_handlers((_Handler(self),))
@@ -358,6 +371,17 @@ class GrpcListener(Listener):
             while self._closing:
                 await asyncio.wait(self._closing)
             self._drained.set()
+
+    def status(self) -> dict[str, Any]:
+        status = super().status()
+        # Enforced by the runtime, which counts nothing it reports (see the module docstring).
+        status["connections"] = {
+            "open": None,
+            "max": self.policy.max_connections,
+            "max_per_ip": None,
+            "refused": None,
+        }
+        return status
 
     def endpoints_removed(self, ids: frozenset[str]) -> None:
         for endpoint_id in ids:

@@ -1,17 +1,18 @@
 """The TCP proxy listener: each accepted connection is spliced to one upstream endpoint.
 
 Per downstream connection (the application, or a remote sidecar on an
-inbound listener) the listener admits it through the target's circuit
-breaker (``max_requests`` counts connections, ``max_pending`` connections
-still connecting), picks an endpoint and connects within
+inbound listener) the listener admits it through its connection gate
+(``max_connections``, ``max_connections_per_ip``: one dict update) and the
+target's circuit breaker (``max_requests`` counts connections,
+``max_pending`` connections still connecting), picks an endpoint and connects within
 ``connect_timeout``. A refused or timed-out connect is released as a
 failure (outlier detection counts it) and retried on another endpoint, up
 to ``retries`` times as the retry budget allows. Once connected, bytes are
 forwarded both ways by two :class:`asyncio.Protocol` objects that write
 each chunk straight into the other side's transport.
 
-Failing to forward (circuit open, no endpoint, every connect failed) resets
-the downstream connection (``SO_LINGER 0``, an RST) so the client sees an
+Failing to forward (over a connection cap, circuit open, no endpoint, every
+connect failed) resets the downstream connection (``SO_LINGER 0``, an RST) so the client sees an
 error at once rather than an empty but clean stream; a reset from the
 upstream is passed on the same way. A clean end (FIN) is passed on as a
 half-close: ``write_eof`` on the other side, which keeps sending until it
@@ -285,6 +286,7 @@ class _Downstream(asyncio.Protocol):
         "endpoint",
         "finished",
         "idle_since",
+        "key",
         "latency",
         "listener",
         "nbytes",
@@ -323,9 +325,11 @@ class _Downstream(asyncio.Protocol):
         self.endpoint: Endpoint | None = None
         self.latency = 0.0
         self.outcome = Outcome.SUCCESS
-        #: None: not admitted (circuit open); else how the connection ended
+        #: None: not admitted (over a cap, circuit open); else how the connection ended
         self.result: str | None = "closed"
         self.finished = False
+        #: the listener's connection gate's, while admitted
+        self.key = ""
 
     # -- asyncio.Protocol: the downstream transport ---------------------------------------
 
@@ -334,13 +338,22 @@ class _Downstream(asyncio.Protocol):
         self.transport = transport
         listener = self.listener
         target = self.target
+        key = listener.gate.admit(transport.get_extra_info("peername"))
+        if key is None:
+            self.result = None
+            self.finished = True
+            self.stats.errors["connection_limit"] += 1
+            _reset(transport)
+            return
         try:
             target.begin_request()
         except CircuitOpenError:
+            listener.gate.release(key)
             self.result = None
             self.finished = True
             _reset(transport)
             return
+        self.key = key
         listener._conns.add(self)
         if listener._state != "serving":
             # Accepted in the same loop turn as drain() closed the server.
@@ -580,7 +593,9 @@ class _Downstream(asyncio.Protocol):
         if self.up_transport is not None and not self.up_lost:
             return
         self.finished = True
-        self.listener._forget(self)
+        listener = self.listener
+        listener.gate.release(self.key)
+        listener._forget(self)
         target = self.target
         if self.endpoint is not None:
             target.close_connection()

@@ -41,8 +41,10 @@ def port_of(listener: TcpListener) -> int:
     return int(listener.address.rsplit(":", 1)[1])
 
 
-async def connect(listener: TcpListener) -> Stream:
-    return await asyncio.open_connection("127.0.0.1", port_of(listener))
+async def connect(listener: TcpListener, source: str | None = None) -> Stream:
+    """A connection to ``listener`` (from the loopback address ``source`` if given)."""
+    local = None if source is None else (source, 0)
+    return await asyncio.open_connection("127.0.0.1", port_of(listener), local_addr=local)
 
 
 async def close(stream: Stream) -> None:
@@ -384,6 +386,56 @@ async def test_circuit_overflow_closes_the_extra_connection(
     assert tgt.stats.errors["circuit_open"] == 1
 
 
+async def test_past_max_connections_a_new_connection_is_reset_while_open_ones_work(
+    backends: Backends, listeners: list[Listener]
+) -> None:
+    backend = backends("tcp_backend.py", "--mode", "echo")
+    tgt = target("orders", "tcp", backend, max_connections=2)
+    listener = await start_listener(listeners, tgt)
+    first, second = await connect(listener), await connect(listener)
+    await echoes(first)
+    await echoes(second)
+
+    third = await connect(listener)
+    assert await closed_by_proxy(third, within=1) == "reset"
+    await close(third)
+    await echoes(first)  # the admitted ones are unaffected
+    await echoes(second)
+    assert listener.status()["connections"] == {
+        "open": 2,
+        "max": 2,
+        "max_per_ip": 1000,
+        "refused": 1,
+    }
+    assert tgt.stats.errors["connection_limit"] == 1
+    assert tgt.stats.requests == 0  # the refused one never reached the target
+
+    await close(first)
+    await assert_eventually(lambda: equal(listener.gate.count, 1))
+    fourth = await connect(listener)
+    await echoes(fourth)
+    await close(fourth)
+    await close(second)
+    await assert_eventually(lambda: equal(listener.gate.count, 0))
+
+
+async def test_max_connections_per_ip_resets_one_address_not_another(
+    backends: Backends, listeners: list[Listener]
+) -> None:
+    backend = backends("tcp_backend.py", "--mode", "echo")
+    tgt = target("orders", "tcp", backend, max_connections_per_ip=1)
+    listener = await start_listener(listeners, tgt)
+    first = await connect(listener, "127.0.0.1")
+    await echoes(first)
+    again = await connect(listener, "127.0.0.1")
+    assert await closed_by_proxy(again, within=1) == "reset"
+    await close(again)
+    other = await connect(listener, "127.0.0.2")
+    await echoes(other)
+    for stream in (first, other):
+        await close(stream)
+
+
 async def test_removed_endpoint_keeps_its_connection_but_gets_no_new_ones(
     backends: Backends, listeners: list[Listener]
 ) -> None:
@@ -459,7 +511,7 @@ async def test_busy_port_is_a_startup_error(listeners: list[Listener]) -> None:
 
 
 def test_forwarding_on_uvloop(backends: Backends) -> None:
-    """The production loop: echo with a half-close, a backpressured stream, a reset."""
+    """The production loop: echo with a half-close, a backpressured stream, resets."""
     echo = backends("tcp_backend.py", "--mode", "echo")
     big = backends("tcp_backend.py", "--mode", "big", "--size", "20")
     dead = dead_backend(backends)
@@ -487,6 +539,16 @@ def test_forwarding_on_uvloop(backends: Backends) -> None:
                 dead_listener = await start_listener(listeners, dead_target)
                 assert await closed_by_proxy(await connect(dead_listener)) == "reset"
                 assert dead_target.stats.errors["connect_failure"] == 1
+
+                # So does a connection past max_connections.
+                capped = await start_listener(
+                    listeners, target("capped", "tcp", echo, max_connections=1)
+                )
+                held = await connect(capped)
+                await echoes(held)
+                assert await closed_by_proxy(await connect(capped)) == "reset"
+                await echoes(held)
+                await close(held)
         finally:
             for listener in listeners:
                 await listener.drain(0.0)
