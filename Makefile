@@ -9,7 +9,7 @@ STAMP    := $(VENV)/.installed
 BUF      := .tools/node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit lint gen check-gen bench install tools clean
+.PHONY: run test test-unit fuzz lint gen check-gen bench install tools clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
@@ -52,6 +52,11 @@ test: tools check-gen lint
 	scripts/install-nats.sh
 	scripts/install-rabbitmq.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## fuzz: the fuzz tests (tests/fuzz) with many examples from random seeds; `make test`
+## runs them briefly and reproducibly. ECO_FUZZ_SCALE=N: N times the short run's examples (50)
+fuzz: $(STAMP)
+	ECO_FUZZ_PROFILE=fuzz $(BIN)/python -m pytest -q tests/fuzz $(PYTEST_ARGS)
 
 ## bench: side-by-side benchmarks (never part of `make test`)
 bench: $(STAMP)

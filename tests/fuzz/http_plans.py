@@ -18,6 +18,7 @@ its own has been smuggled one, unless the client really sent it as one.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hypothesis import strategies as st
@@ -205,22 +206,55 @@ ANOMALIES = [
 ]
 
 
+NO_LINES: st.SearchStrategy[list[bytes]] = st.just([])
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What valid requests to one server look like; :func:`requests` adds the anomalies."""
+
+    methods: st.SearchStrategy[bytes]
+    targets: st.SearchStrategy[bytes]
+    odd_targets: st.SearchStrategy[bytes]
+    # Extra header lines a normal client sends, beside Host and the framing.
+    headers: st.SearchStrategy[list[bytes]]
+    bodies: st.SearchStrategy[bytes]
+    # Odd header lines this server in particular may trip on.
+    odd_headers: st.SearchStrategy[list[bytes]] = NO_LINES
+
+
+def proxy_shape(index: int) -> Shape:
+    """Requests to the proxy's upstream listener: the ``index``-th on a connection."""
+    return Shape(
+        methods=st.sampled_from(COMMON_METHODS),
+        targets=targets(index),
+        odd_targets=odd_targets(index),
+        headers=st.lists(st.sampled_from(PLAIN_HEADERS), max_size=3),
+        bodies=st.one_of(
+            st.just(b""),
+            st.binary(max_size=32),
+            st.just(smuggled()),
+            st.just(b"a" * 70_000),
+        ),
+    )
+
+
 @st.composite
-def requests(draw: st.DrawFn, index: int) -> bytes:
+def requests(draw: st.DrawFn, shape: Shape) -> bytes:
     """One request: a valid one with none, one or a few anomalies."""
     # Valid requests (no anomaly) keep a connection going to the next one.
     anomalies: set[str] = set()
     if draw(st.booleans()):
         anomalies = set(draw(st.lists(st.sampled_from(ANOMALIES), min_size=1, max_size=3)))
-    method = draw(st.sampled_from(COMMON_METHODS))
-    target = draw(targets(index))
+    method = draw(shape.methods)
+    target = draw(shape.targets)
     version = b"HTTP/1.1"
     end = b"\r\n"
-    lines = [b"Host: fz-web", *draw(st.lists(st.sampled_from(PLAIN_HEADERS), max_size=3))]
+    lines = [b"Host: fz-web", *draw(shape.headers)]
     if "method" in anomalies:
         method = draw(st.sampled_from(ODD_METHODS))
     if "target" in anomalies:
-        target = draw(odd_targets(index))
+        target = draw(shape.odd_targets)
     if "version" in anomalies:
         version = draw(st.sampled_from(ODD_VERSIONS))
     if "line-end" in anomalies:
@@ -228,7 +262,7 @@ def requests(draw: st.DrawFn, index: int) -> bytes:
     if "host" in anomalies:
         lines[0] = draw(st.sampled_from([b"", b"Host: fz-web", b"Host: other", b"Host:"]))
     if "headers" in anomalies:
-        lines += draw(odd_header_lines())
+        lines += draw(st.one_of(odd_header_lines(), shape.odd_headers))
     if "connection" in anomalies:
         # Connection naming other headers: a proxy drops those, but must not drop
         # the ones that frame the request or that it adds itself.
@@ -245,14 +279,7 @@ def requests(draw: st.DrawFn, index: int) -> bytes:
             )
         )
         lines.append(b"Connection: " + b", ".join(named))
-    body = draw(
-        st.one_of(
-            st.just(b""),
-            st.binary(max_size=32),
-            st.just(smuggled()),
-            st.just(b"a" * 70_000),
-        )
-    )
+    body = draw(shape.bodies)
     if "framing" in anomalies:
         framing = draw(
             st.sampled_from(
@@ -325,10 +352,20 @@ def mutate(draw: st.DrawFn, data: bytes) -> bytes:
     return bytes(out) if bytes(out).count(TAG) == data.count(TAG) else data
 
 
+def proxy_shapes(index: int) -> st.SearchStrategy[Shape]:
+    return st.just(proxy_shape(index))
+
+
 @st.composite
-def plans(draw: st.DrawFn) -> Plan:
-    count = draw(st.integers(1, 3))
-    data = b"".join(draw(requests(i)) for i in range(count))
+def plans(
+    draw: st.DrawFn,
+    shapes: Callable[[int], st.SearchStrategy[Shape]] = proxy_shapes,
+    most: int = 3,
+) -> Plan:
+    """One connection: one to ``most`` requests, ``shapes(i)`` drawing what the i-th
+    looks like when valid."""
+    count = draw(st.integers(1, most))
+    data = b"".join(draw(requests(draw(shapes(i)))) for i in range(count))
     data = draw(mutate(data))
     cuts = tuple(draw(st.lists(st.integers(0, len(data)), max_size=2)))
     abandon = draw(st.integers(0, 9)) == 0

@@ -61,7 +61,7 @@ async def converse(
             for piece in pieces:
                 writer.write(piece)
                 await writer.drain()
-        except (ConnectionResetError, BrokenPipeError):
+        except ConnectionError:
             exchange.reset = True  # the server closed early: read what it said
         if abandon:
             return exchange
@@ -82,7 +82,7 @@ async def converse(
                     received += chunk
         except TimeoutError:
             pass
-        except ConnectionResetError:
+        except ConnectionError:  # a reset, or the broken pipe of a write that failed
             exchange.closed = exchange.reset = True
         exchange.received = bytes(received)
         return exchange
@@ -93,10 +93,13 @@ async def converse(
 
 
 def _complete(data: bytes | bytearray) -> int:
-    """How many responses in ``data`` are complete (all of them when it does not parse:
-    there is nothing more to wait for)."""
-    responses, problem = read_responses(bytes(data), ended=False)
-    return 1 << 30 if problem else sum(r.complete for r in responses)
+    """How many responses in ``data`` are complete; all of them when ``data`` does
+    not parse, or holds an event stream or a switch to WebSocket: after those,
+    nothing more will come."""
+    responses, problem = read_responses(bytes(data), ended=False, close_framed_ok=True)
+    if problem or any(r.streaming for r in responses):
+        return 1 << 30  # nothing more will come
+    return sum(r.complete for r in responses)
 
 
 @dataclass
@@ -143,6 +146,13 @@ class Response:
                 return value
         return None
 
+    @property
+    def streaming(self) -> bool:
+        """A head that opens a stream with no end: Server-Sent Events, or a switch
+        of protocols."""
+        kind = self.header(b"content-type") or b""
+        return self.status == 101 or (self.status == 200 and kind.startswith(b"text/event-stream"))
+
 
 class _ResponseReader:
     def __init__(self) -> None:
@@ -165,11 +175,14 @@ class _ResponseReader:
         self.responses[-1].complete = True
 
 
-def read_responses(data: bytes, *, ended: bool) -> tuple[list[Response], str | None]:
+def read_responses(
+    data: bytes, *, ended: bool, close_framed_ok: bool = False
+) -> tuple[list[Response], str | None]:
     """The responses in ``data`` and what is wrong with their framing, if anything:
     a parse error, a response framed by closing the connection (neither
-    Content-Length nor chunked), or, once the server ``ended`` the
-    connection, a response it left unfinished."""
+    Content-Length nor chunked) unless ``close_framed_ok`` and it is the
+    last, or, once the server ``ended`` the connection, a response it left
+    unfinished (an event stream is never finished)."""
     reader = _ResponseReader()
     try:
         reader.parser.feed_data(data)
@@ -177,7 +190,8 @@ def read_responses(data: bytes, *, ended: bool) -> tuple[list[Response], str | N
         pass  # a 101 answer: what follows is another protocol
     except httptools.HttpParserError as err:
         return reader.responses, f"not HTTP/1.1: {err}"
-    for response in reader.responses:
+    ends_with_close = False
+    for i, response in enumerate(reader.responses):
         if not response.status:
             continue  # a head still arriving
         framed = (
@@ -186,8 +200,10 @@ def read_responses(data: bytes, *, ended: bool) -> tuple[list[Response], str | N
             or response.status < 200
             or response.status in _BODILESS
         )
-        if not framed:
+        ends_with_close = not framed and close_framed_ok and i == len(reader.responses) - 1
+        if not framed and not ends_with_close:
             return reader.responses, f"{response.status} framed by closing the connection"
-    if ended and reader.responses and not reader.responses[-1].complete:
+    last = reader.responses[-1] if reader.responses else None
+    if ended and last is not None and not (last.complete or last.streaming or ends_with_close):
         return reader.responses, "the connection ended inside a response"
     return reader.responses, None

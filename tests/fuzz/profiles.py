@@ -16,7 +16,10 @@ settings.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
@@ -65,3 +68,13 @@ def time_limit(seconds: float) -> float:
     """A per-test timeout for ``pytest.mark.timeout``: ``seconds`` in ``ci``, none
     (0) in ``fuzz``, whose length depends on LONG_SCALE."""
     return 0 if LONG else seconds
+
+
+def run(test: Callable[[], None], request: pytest.FixtureRequest) -> None:
+    """Runs ``test``, a ``@given`` function defined inside the pytest test of
+    ``request``, with that test's own seed (``ci``) and example database key
+    (``fuzz``): the id of the test, parameters included, as Hypothesis's pytest
+    plugin gives a parametrized ``@given`` test."""
+    inner: Any = getattr(test, "hypothesis").inner_test  # noqa: B009 - set by @given
+    inner._hypothesis_internal_add_digest = request.node.nodeid.encode()
+    test()

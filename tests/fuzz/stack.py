@@ -81,7 +81,10 @@ upstreams:
   - {{service: fz-web, protocol: http, listen: "{proxy}", timeout: 5s}}
   - {{service: fz-api}}
 bridges:
-  - {{protocol: http, listen: "{bridge}", max_body: 65536}}
+  - protocol: http
+    listen: "{bridge}"
+    max_body: 65536
+    allowed_origins: ["http://fz.example"]
 """
 
 # Quiet timing: one anti-entropy sync every few seconds, nothing else.

@@ -20,10 +20,13 @@ from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.profiles import fuzz_settings, time_limit
+from tests.fuzz.findings import step_over
+from tests.fuzz.profiles import fuzz_settings, run, time_limit
 from tests.fuzz.protos import requests
 from tests.fuzz.rpc import Rpc, call, check_outcome, rpcs
 from tests.fuzz.stack import Plane
+
+pytestmark = pytest.mark.fuzz
 
 pb = agent_pb2
 RPCS = {rpc.name: rpc for rpc in rpcs(pb.DESCRIPTOR.services_by_name["AgentService"])}
@@ -100,20 +103,21 @@ def _opened(first: Message | bytes) -> bool:
 
 
 @pytest.mark.timeout(time_limit(120))
-def test_connect(plane: Plane) -> None:
+def test_connect(plane: Plane, request: pytest.FixtureRequest) -> None:
     rpc = RPCS["Connect"]
     with plane.served.bounded(plane.still_works):
 
         @fuzz_settings(40)
         @given(sessions())
         def one(messages: list[Message | bytes]) -> None:
+            step_over(rpc, messages)
             outcome = call(plane.served.channel, rpc, messages, timeout=3, max_responses=100)
             check_outcome(outcome, server=plane.served)
             if _opened(messages[0]) and outcome.responses:
                 assert outcome.responses[0].WhichOneof("message") == "welcome", outcome
             plane.served.assert_serving()
 
-        one()
+        run(one, request)
 
 
 WAIT_SEEDS: dict[str, list[Message]] = {
@@ -127,16 +131,17 @@ WAIT_SEEDS: dict[str, list[Message]] = {
 
 @pytest.mark.timeout(time_limit(60))
 @pytest.mark.parametrize("rpc", [RPCS["ListNodes"], RPCS["WaitForRevision"]], ids=str)
-def test_unary(plane: Plane, rpc: Rpc) -> None:
+def test_unary(plane: Plane, rpc: Rpc, request: pytest.FixtureRequest) -> None:
     with plane.served.bounded(plane.still_works):
 
         @fuzz_settings(20)
         @given(requests(rpc.request, WAIT_SEEDS[rpc.name]))
         def one(request: Message | bytes) -> None:
+            step_over(rpc, request)
             # A revision not reached yet is waited for up to timeout_ms: the
             # test cuts the wait short.
             outcome = call(plane.served.channel, rpc, request, timeout=0.5)
             check_outcome(outcome, may_wait=rpc.name == "WaitForRevision", server=plane.served)
             plane.served.assert_serving()
 
-        one()
+        run(one, request)

@@ -31,9 +31,11 @@ from hypothesis import strategies as st
 
 from tests.fuzz.http_plans import TAG_LENGTH, Plan, plans
 from tests.fuzz.http_wire import Exchange, converse, read_responses, sent_requests
-from tests.fuzz.profiles import fuzz_settings, time_limit
+from tests.fuzz.profiles import fuzz_settings, run, time_limit
 from tests.fuzz.stack import Stack
 from tests.fuzz.upstream import RecordingUpstream
+
+pytestmark = pytest.mark.fuzz
 
 # The proxy's own timeout is 5 s: by then it has answered or closed.
 READ_TIMEOUT = 8.0
@@ -85,6 +87,10 @@ def check_exchange(exchange: Exchange, tag: bytes, targets: list[bytes]) -> None
     note(f"received {exchange.received[:1500]!r}")
     responses, problem = read_responses(exchange.received, ended=exchange.closed)
     assert problem is None, problem
+    # One answer per whole request, and at most one more: the refusal of what
+    # followed them.
+    final = [r for r in responses if r.status >= 200]
+    assert len(final) <= len(targets) + 1, f"{len(final)} answers to {len(targets)} request(s)"
     if not exchange.closed:
         answered = sum(r.complete and r.status >= 200 for r in responses)
         assert answered >= len(targets), (
@@ -140,7 +146,7 @@ async def _run(
 
 
 @pytest.mark.timeout(time_limit(150))
-def test_http_proxy(stack: Stack) -> None:
+def test_http_proxy(stack: Stack, request: pytest.FixtureRequest) -> None:
     served = stack.served
     ledger = Ledger(stack.upstream)
 
@@ -164,4 +170,4 @@ def test_http_proxy(stack: Stack) -> None:
             ledger.check()
             served.pid  # noqa: B018 - fails when the sidecar has exited
 
-        one()
+        run(one, request)

@@ -18,10 +18,13 @@ from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.profiles import fuzz_settings, time_limit
+from tests.fuzz.findings import step_over
+from tests.fuzz.profiles import fuzz_settings, run, time_limit
 from tests.fuzz.protos import requests
 from tests.fuzz.rpc import Outcome, Rpc, call, check_outcome, rpcs
 from tests.fuzz.stack import Plane
+
+pytestmark = pytest.mark.fuzz
 
 pb = registry_pb2
 RPCS = rpcs(pb.DESCRIPTOR.services_by_name["RegistryService"])
@@ -31,6 +34,13 @@ EXAMPLES = {"Watch": 15}
 DEFAULT_EXAMPLES = 30
 
 Seeds = dict[str, list[Message]]
+# What the module's control plane holds from the start: (namespace, service, id).
+SEEDED = {
+    ("default", "fz-web", "fz-1"),
+    ("default", "fz-web", "fz-2"),
+    ("fz-ns", "fz-api", "fz-1"),
+    ("default", "fz-web", "fz-eph"),
+}
 
 
 def instance(**fields: object) -> registry_pb2.Instance:
@@ -112,25 +122,41 @@ def _watch_settled(response: Message) -> bool:
     return any(event.type in settled for event in response.events)
 
 
-def _release_leases(plane: Plane, outcome: Outcome) -> None:
-    """Ends a lease a generated registration was granted, so that no lease
-    expires in the middle of a later example and moves the revision there."""
+def _clean_up(plane: Plane, seeds: Seeds, outcome: Outcome) -> None:
+    """Removes what a generated registration created: its lease (so that no lease
+    expires in the middle of a later example and moves the revision there) or
+    the instance itself, so that the registry, and the memory bound, do not
+    grow with the number of examples. The seeded instances stay."""
+    held = {m.lease_id for m in seeds["KeepAlive"] if isinstance(m, pb.KeepAliveRequest)}
     for response in outcome.responses:
-        if isinstance(response, pb.RegisterInstanceResponse) and response.lease_id:
+        if not isinstance(response, pb.RegisterInstanceResponse):
+            continue
+        registered = response.instance
+        if response.lease_id and response.lease_id not in held:
             plane.registry.RevokeLease(
                 pb.RevokeLeaseRequest(lease_id=response.lease_id), timeout=10
+            )
+        elif (registered.namespace, registered.service, registered.id) not in SEEDED:
+            plane.registry.DeregisterInstance(
+                pb.DeregisterInstanceRequest(
+                    service=registered.service,
+                    namespace=registered.namespace,
+                    id=registered.id,
+                ),
+                timeout=10,
             )
 
 
 @pytest.mark.timeout(time_limit(120))
 @pytest.mark.parametrize("rpc", RPCS, ids=str)
-def test_registry_rpc(plane: Plane, seeds: Seeds, rpc: Rpc) -> None:
+def test_registry_rpc(plane: Plane, seeds: Seeds, rpc: Rpc, request: pytest.FixtureRequest) -> None:
     with plane.served.bounded(plane.still_works):
 
         @fuzz_settings(EXAMPLES.get(rpc.name, DEFAULT_EXAMPLES))
         @given(st.data())
         def one(data: st.DataObject) -> None:
             request = data.draw(requests(rpc.request, seeds[rpc.name]), label="request")
+            step_over(rpc, request)
             before = plane.revision() if rpc.name in WRITES else None
             # A watch that has nothing to say is cut after a second.
             timeout = 1.0 if rpc.server_streaming else 5.0
@@ -138,7 +164,7 @@ def test_registry_rpc(plane: Plane, seeds: Seeds, rpc: Rpc) -> None:
             check_outcome(outcome, exhausted_ok=rpc.name == "Watch", server=plane.served)
             if before is not None and not outcome.ok:
                 assert plane.revision() == before, f"{outcome.code.name} yet the store changed"
-            _release_leases(plane, outcome)
+            _clean_up(plane, seeds, outcome)
             plane.served.assert_serving()
 
-        one()
+        run(one, request)

@@ -17,10 +17,13 @@ from ecosystem.v1 import registry_pb2, sidecar_pb2, sidecar_pb2_grpc
 from google.protobuf.message import Message
 from hypothesis import given
 
-from tests.fuzz.profiles import fuzz_settings, time_limit
+from tests.fuzz.findings import step_over
+from tests.fuzz.profiles import fuzz_settings, run, time_limit
 from tests.fuzz.protos import requests
 from tests.fuzz.rpc import Rpc, call, check_outcome, rpcs
 from tests.fuzz.stack import Stack
+
+pytestmark = pytest.mark.fuzz
 
 pb = sidecar_pb2
 RPCS = rpcs(pb.DESCRIPTOR.services_by_name["SidecarService"])
@@ -75,16 +78,17 @@ def still_works(stack: Stack) -> None:
 
 @pytest.mark.timeout(time_limit(90))
 @pytest.mark.parametrize("rpc", RPCS, ids=str)
-def test_sidecar_rpc(stack: Stack, seeds: Seeds, rpc: Rpc) -> None:
+def test_sidecar_rpc(stack: Stack, seeds: Seeds, rpc: Rpc, request: pytest.FixtureRequest) -> None:
     served = stack.served
     with served.bounded(lambda: still_works(stack)):
 
         @fuzz_settings(30)
         @given(requests(rpc.request, seeds[rpc.name]))
         def one(request: Message | bytes) -> None:
+            step_over(rpc, request)
             timeout = 1.0 if rpc.server_streaming else 5.0
             outcome = call(served.channel, rpc, request, timeout=timeout, max_responses=1)
             check_outcome(outcome, exhausted_ok=rpc.name == "WatchEndpoints", server=served)
             served.assert_serving()
 
-        one()
+        run(one, request)
