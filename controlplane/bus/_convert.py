@@ -73,6 +73,8 @@ class LIMITS:
     max_ack_pending = 100_000
 
 
+# The last millisecond of year 9999: later times have no calendar date.
+_LAST_MS = 253_402_300_799_999
 _HEADER_KEY = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 _KINDS = {
@@ -244,6 +246,8 @@ def subscription_from_proto(request: pb.SubscribeRequest) -> SubscriptionSpec:
 
 def _deliver_policy(v: _Violations, request: pb.SubscribeRequest) -> DeliverPolicy:
     """The policy asked for; start_sequence or start_time_ms alone imply theirs."""
+    if not 0 <= request.start_time_ms <= _LAST_MS:
+        v.add("start_time_ms", f"must be Unix milliseconds between 0 and {_LAST_MS}")
     deliver = request.deliver
     if deliver == pb.DELIVER_POLICY_UNSPECIFIED:
         if request.start_sequence and request.start_time_ms:
