@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ecosystem.v1 import messaging_pb2
 from google.protobuf.message import DecodeError, Message
 from hypothesis import note, reject
 
@@ -28,23 +27,7 @@ class Finding:
     matches: Callable[[str, Message], bool]
 
 
-def _negative_start_time(rpc: str, request: Message) -> bool:
-    return (
-        rpc == "Subscribe"
-        and isinstance(request, messaging_pb2.SubscribeRequest)
-        and request.deliver == messaging_pb2.DELIVER_POLICY_UNSPECIFIED
-        and request.start_sequence == 0
-        and request.start_time_ms < 0
-    )
-
-
-OPEN: list[Finding] = [
-    Finding(
-        "a durable Subscribe with a negative start_time_ms and no deliver policy is INTERNAL",
-        "controlplane/bus/_convert.py",
-        _negative_start_time,
-    ),
-]
+OPEN: list[Finding] = []
 
 
 def step_over(rpc: Rpc, request: Message | bytes | list[Message | bytes]) -> None:

@@ -109,22 +109,27 @@ _INT_RANGES = {
 LONG_LISTS = [21, 65, 1001]
 
 
-def strings() -> st.SearchStrategy[str]:
-    """Mostly short text and the edge cases above; one draw in 32 a very long string."""
+def strings(small: bool = False) -> st.SearchStrategy[str]:
+    """Mostly short text and the edge cases above; one draw in 32 a very long
+    string, unless ``small``."""
     short = st.text(
         st.characters(exclude_categories=["Cs"]),  # protobuf strings hold no surrogates
         max_size=40,
     )
     edges = st.sampled_from(EDGE_STRINGS)
     big = st.builds(lambda c, n: c * n, st.sampled_from("a\x00é\n-"), st.sampled_from(BIG_LENGTHS))
+    if small:
+        return st.one_of(short, edges)
     return st.integers(0, 31).flatmap(lambda p: short if p < 16 else big if p == 31 else edges)
 
 
-def byte_strings() -> st.SearchStrategy[bytes]:
-    """Short binary; one draw in 16 a long run of one byte."""
+def byte_strings(small: bool = False) -> st.SearchStrategy[bytes]:
+    """Short binary; one draw in 16 a long run of one byte, unless ``small``."""
     big = st.builds(
         lambda c, n: c * n, st.sampled_from([b"\x00", b"\xff", b"a"]), st.sampled_from(BIG_LENGTHS)
     )
+    if small:
+        return st.binary(max_size=64)
     return st.integers(0, 15).flatmap(lambda p: big if p == 15 else st.binary(max_size=64))
 
 
@@ -143,12 +148,12 @@ def enum_values(field: FieldDescriptor) -> st.SearchStrategy[int]:
     return st.one_of(st.sampled_from(defined), undefined)
 
 
-def scalars(field: FieldDescriptor) -> st.SearchStrategy[Any]:
+def scalars(field: FieldDescriptor, small: bool = False) -> st.SearchStrategy[Any]:
     kind = field.type
     if kind == FieldDescriptor.TYPE_STRING:
-        return strings()
+        return strings(small)
     if kind == FieldDescriptor.TYPE_BYTES:
-        return byte_strings()
+        return byte_strings(small)
     if kind == FieldDescriptor.TYPE_BOOL:
         return st.booleans()
     if kind == FieldDescriptor.TYPE_ENUM:
@@ -159,9 +164,12 @@ def scalars(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     return integers(kind)
 
 
-def _lists(element: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
+def _lists(
+    element: st.SearchStrategy[Any], small_element: st.SearchStrategy[Any]
+) -> st.SearchStrategy[list[Any]]:
     # A long list repeats one drawn element: cheap to draw, still past the caps.
-    long = st.builds(lambda e, n: [e] * n, element, st.sampled_from(LONG_LISTS))
+    # Its element is a small one: a thousand 1 MiB strings would take a GiB here.
+    long = st.builds(lambda e, n: [e] * n, small_element, st.sampled_from(LONG_LISTS))
     return st.integers(0, 15).flatmap(
         lambda p: long if p == 15 else st.lists(element, max_size=4 if p < 12 else 12)
     )
@@ -171,16 +179,16 @@ def _is_map(field: FieldDescriptor) -> bool:
     return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
 
 
-def field_values(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
-    """Values of one field, ready for :func:`_assign`."""
+def field_values(field: FieldDescriptor, depth: int, small: bool = False) -> st.SearchStrategy[Any]:
+    """Values of one field, ready for :func:`_assign` (``small``: no long strings)."""
     if _is_map(field):
         key_field = field.message_type.fields_by_name["key"]
         value_field = field.message_type.fields_by_name["value"]
-        keys, values = scalars(key_field), field_values(value_field, depth)
+        keys, values = scalars(key_field, small), field_values(value_field, depth, small)
         long = st.builds(
             lambda k, v, n: {f"{k}{i}": v for i in range(n)},
-            keys,
-            values,
+            scalars(key_field, small=True),
+            field_values(value_field, depth, small=True),
             st.sampled_from(LONG_LISTS),
         )
         return st.integers(0, 15).flatmap(
@@ -188,12 +196,15 @@ def field_values(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
         )
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         element: st.SearchStrategy[Any] = st.deferred(
-            lambda: _messages_of(field.message_type, depth + 1)
+            lambda: _messages_of(field.message_type, depth + 1, small)
+        )
+        small_element: st.SearchStrategy[Any] = st.deferred(
+            lambda: _messages_of(field.message_type, depth + 1, small=True)
         )
     else:
-        element = scalars(field)
+        element, small_element = scalars(field, small), scalars(field, small=True)
     if field.is_repeated:
-        return _lists(element)
+        return _lists(element, small_element)
     return element
 
 
@@ -216,13 +227,15 @@ def _assign(message: Message, field: FieldDescriptor, value: Any) -> None:
         setattr(message, field.name, value)
 
 
-def _messages_of(descriptor: Descriptor, depth: int) -> st.SearchStrategy[Message]:
+def _messages_of(
+    descriptor: Descriptor, depth: int, small: bool = False
+) -> st.SearchStrategy[Message]:
     cls = _class_of(descriptor)
     if depth > 4:  # no message here is recursive; this only bounds a future one
         return st.just(cls())
     # Every field optional: absent, set to its default or to anything. Fields
     # of a oneof may all be drawn: the last one set wins, as on the wire.
-    fields = {f.name: field_values(f, depth) for f in descriptor.fields}
+    fields = {f.name: field_values(f, depth, small) for f in descriptor.fields}
 
     def build(values: dict[str, Any]) -> Message:
         message = cls()

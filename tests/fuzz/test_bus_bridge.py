@@ -52,7 +52,7 @@ from tests.fuzz.stack import Stack
 
 pytestmark = pytest.mark.fuzz
 
-READ_TIMEOUT = 5.0
+READ_TIMEOUT = 10.0
 # How long to wait for more once the expected answers are in.
 QUIET = 0.15
 

@@ -16,13 +16,8 @@ from tests.fuzz.stack import Stack
 pytestmark = pytest.mark.fuzz
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: Subscribe(durable, start_time_ms=-1) without deliver is INTERNAL "
-    "(ValueError in controlplane/bus/_subjects.py validate_spec): "
-    "controlplane/bus/_convert.py checks start_time_ms only for an explicit BY_TIME",
-)
 def test_subscribe_with_negative_start_time_is_invalid_argument(stack: Stack) -> None:
+    # Was INTERNAL (a ValueError below the request checks) without a deliver policy.
     bus = messaging_pb2_grpc.MessagingServiceStub(stack.plane.served.channel)
     request = messaging_pb2.SubscribeRequest(subject="fz.>", durable="fz-neg", start_time_ms=-1)
     with pytest.raises(grpc.RpcError) as err:

@@ -102,7 +102,7 @@ def check_exchange(exchange: Exchange, tag: bytes, targets: list[bytes]) -> None
         if response.status >= 500:
             assert response.header(b"x-eco-proxy-error"), response
         if response.header(b"x-fuzz-seq") is not None:
-            upstream_bodies.append(response.body)
+            upstream_bodies.append(origin_form(response.body))
     # Whose answers: this connection's requests only, in their order.
     for body in upstream_bodies:
         assert b"/fz/" + tag + b"/" in body or b"/fz/" not in body, (
