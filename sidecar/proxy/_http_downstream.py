@@ -142,7 +142,7 @@ class Downstream(asyncio.Protocol):
             self.closing = self.gone = True
             self.stats.errors["connection_limit"] += 1
             try:
-                self.transport.write(listener.over_limit)
+                self.transport.write(_OVER_LIMIT)
             except (ConnectionError, RuntimeError):
                 self.transport.abort()
                 return
@@ -393,7 +393,7 @@ class Downstream(asyncio.Protocol):
             self.head_key = None
             self.stats.errors["request_timeout"] += 1
             what = "trailers" if key[1] == 1 else "head"
-            timeout = listener.head_timeout
+            timeout = listener.policy.head_timeout
             self._refuse(
                 Rejected(408, "request_timeout", f"request {what} not complete within {timeout:g}s")
             )
@@ -486,5 +486,7 @@ class Downstream(asyncio.Protocol):
         transport.resume_reading()
 
 
+#: what a connection over ``max_connections`` (or per IP) is told before the close
+_OVER_LIMIT = error_response(503, "connection_limit", "too many connections", close=True)
 _REFUSE_UPGRADE = Rejected(501, "upgrade", "Upgrade and CONNECT are not supported")
 _REFUSE_TRACE = Rejected(405, "method_not_allowed", "TRACE is not allowed")
