@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import note
+from hypothesis.control import currently_in_test_context
 
 # An error's details and trailing metadata together stay under this: a
 # rejected value is quoted as a short excerpt, never echoed whole.
@@ -172,7 +173,7 @@ def check_outcome(
     server to wait past the test's deadline (DEADLINE_EXCEEDED). ``server``:
     whose log to show when the answer is INTERNAL or UNKNOWN."""
     code = outcome.code
-    note(f"answer: {code.name} {outcome.details[:300]!r}, {len(outcome.responses)} response(s)")
+    say(f"answer: {code.name} {outcome.details[:300]!r}, {len(outcome.responses)} response(s)")
     if code in NEVER:
         log = server.log_tail() if server is not None else ""
         raise AssertionError(f"{code.name}: {outcome.details[:500]!r}\n{log}")
@@ -185,6 +186,12 @@ def check_outcome(
     assert outcome.error_bytes() <= MAX_ERROR_BYTES, (
         f"{code.name} with {outcome.error_bytes()} bytes of details and trailing metadata"
     )
+
+
+def say(text: str) -> None:
+    """Adds ``text`` to the report of a failing example (outside one: nothing)."""
+    if currently_in_test_context():
+        note(text)
 
 
 def rss_kb(pid: int) -> int:

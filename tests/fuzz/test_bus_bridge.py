@@ -30,7 +30,7 @@ import json
 import struct
 
 import pytest
-from hypothesis import given, note
+from hypothesis import given
 
 from tests.fuzz.bridge_plans import (
     CLOSE_CODES,
@@ -48,6 +48,7 @@ from tests.fuzz.bridge_plans import (
 from tests.fuzz.http_plans import TAG, Plan, plans
 from tests.fuzz.http_wire import Exchange, Response, converse, read_responses, sent_requests
 from tests.fuzz.profiles import fuzz_settings, run, time_limit
+from tests.fuzz.rpc import say
 from tests.fuzz.stack import Stack
 
 pytestmark = pytest.mark.fuzz
@@ -75,7 +76,7 @@ def _json_error(response: Response) -> None:
 def check_http(exchange: Exchange, whole: int) -> None:
     if exchange.abandoned:
         return
-    note(f"received {exchange.received[:1500]!r}")
+    say(f"received {exchange.received[:1500]!r}")
     responses, problem = read_responses(
         exchange.received, ended=exchange.closed, close_framed_ok=True
     )
@@ -192,7 +193,7 @@ class Socket:
 
 
 def check_frames(data: bytes, closed: bool) -> None:
-    note(f"received {data[:1500]!r}")
+    say(f"received {data[:1500]!r}")
     received, rest = read_frames(data)
     assert not (closed and rest), f"the connection ended inside a frame: {rest[:100]!r}"
     for i, frame in enumerate(received):

@@ -26,12 +26,13 @@ import itertools
 from collections import Counter
 
 import pytest
-from hypothesis import given, note
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz.http_plans import TAG_LENGTH, Plan, plans
 from tests.fuzz.http_wire import Exchange, converse, read_responses, sent_requests
 from tests.fuzz.profiles import fuzz_settings, run, time_limit
+from tests.fuzz.rpc import say
 from tests.fuzz.stack import Stack
 from tests.fuzz.upstream import RecordingUpstream
 
@@ -84,7 +85,7 @@ class Ledger:
 def check_exchange(exchange: Exchange, tag: bytes, targets: list[bytes]) -> None:
     if exchange.abandoned:
         return
-    note(f"received {exchange.received[:1500]!r}")
+    say(f"received {exchange.received[:1500]!r}")
     responses, problem = read_responses(exchange.received, ended=exchange.closed)
     assert problem is None, problem
     # One answer per whole request, and at most one more: the refusal of what
