@@ -61,9 +61,7 @@ def test_a_trailing_newline_is_refused(fields: dict[str, object]) -> None:
     with pytest.raises(InvalidArgumentError) as err:
         validate_register(request(**fields))
     [violation] = err.value.violations
-    assert violation.field == "instance." + next(iter(fields)) + (
-        "[0]" if "tags" in fields else ""
-    )
+    assert violation.field == "instance." + next(iter(fields)) + ("[0]" if "tags" in fields else "")
 
 
 def test_a_huge_value_is_quoted_as_a_short_excerpt() -> None:
