@@ -34,7 +34,7 @@ from tests.fuzz.http_wire import Exchange, converse, read_responses, sent_reques
 from tests.fuzz.profiles import fuzz_settings, run, time_limit
 from tests.fuzz.rpc import say
 from tests.fuzz.stack import Stack
-from tests.fuzz.upstream import RecordingUpstream
+from tests.fuzz.upstream import RecordingUpstream, Seen
 
 pytestmark = pytest.mark.fuzz
 
@@ -80,6 +80,32 @@ class Ledger:
         counted = Counter(origin_form(s.target) for s in seen)
         extra = {t: n for t, n in counted.items() if n > self.allowed[t]}
         assert not extra, f"the upstream saw requests no client sent whole: {extra}"
+        for request in seen:
+            check_forwarded_head(request)
+
+
+# Hop-by-hop headers (RFC 9110 7.6.1): never passed on by a proxy.
+HOP_BY_HOP = {b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
+
+
+def check_forwarded_head(request: Seen) -> None:
+    """What the proxy sends on: one Host, its own X-Forwarded-* and X-Request-Id
+    (whatever the client's Connection header named), no hop-by-hop header, one
+    framing."""
+    names = Counter(name.lower() for name, _ in request.headers)
+    values = {name.lower(): value for name, value in request.headers}
+    problems = []
+    if names[b"host"] != 1:
+        problems.append(f"{names[b'host']} Host headers")
+    if names[b"x-forwarded-proto"] != 1 or names[b"x-request-id"] != 1:
+        problems.append("not one X-Forwarded-Proto and one X-Request-Id")
+    if not values.get(b"x-forwarded-for", b"").replace(b" ", b"").endswith(b"127.0.0.1"):
+        problems.append("X-Forwarded-For does not end with the client's address")
+    if hop := HOP_BY_HOP & set(names):
+        problems.append(f"hop-by-hop headers passed on: {sorted(hop)}")
+    if names[b"content-length"] + names[b"transfer-encoding"] > 1:
+        problems.append("more than one framing header")
+    assert not problems, f"{request.target[:80]!r}: {problems}; headers {request.headers[:40]}"
 
 
 def check_exchange(exchange: Exchange, tag: bytes, targets: list[bytes]) -> None:

@@ -1,8 +1,8 @@
 """The fuzz tests' own judges, on bytes written by hand: they must catch what they claim to.
 
 No sockets and no servers: a strict reading of what a client sent, a strict
-reading of what a server answered, the smuggling ledger, and the protobuf
-generators' size bound.
+reading of what a server answered, the smuggling ledger and the check of a
+forwarded head, and the protobuf generators' size bound.
 """
 
 from __future__ import annotations
@@ -44,14 +44,41 @@ def test_answers_must_be_framed_and_finished() -> None:
     assert "not HTTP/1.1" in (read_responses(b"HTTP/1.1 2000 OK\r\n\r\n", ended=True)[1] or "")
 
 
+PROXIED = [
+    (b"Host", b"x"),
+    (b"X-Forwarded-For", b"127.0.0.1"),
+    (b"X-Forwarded-Proto", b"http"),
+    (b"X-Request-Id", b"r-1"),
+]
+
+
 def test_the_ledger_catches_a_request_no_client_sent_whole() -> None:
     upstream = RecordingUpstream()  # not started: requests are recorded by hand
     ledger = Ledger(upstream)
     ledger.allow(b"GET /fz/a/0 HTTP/1.1\r\nHost: x\r\n\r\n")
-    upstream.record("GET", _Request(target=b"/fz/a/0"))
+    upstream.record("GET", _Request(b"/fz/a/0", list(PROXIED)))
     ledger.check()
-    upstream.record("GET", _Request(target=b"/fz/a/0"))  # the same request twice
+    upstream.record("GET", _Request(b"/fz/a/0", list(PROXIED)))  # the same request twice
     with pytest.raises(AssertionError, match="no client sent whole"):
+        ledger.check()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [*PROXIED, (b"Keep-Alive", b"timeout=5")],
+        [*PROXIED, (b"Host", b"y")],
+        PROXIED[:2],
+        [*PROXIED, (b"Content-Length", b"0"), (b"Transfer-Encoding", b"chunked")],
+    ],
+    ids=["hop-by-hop", "two-hosts", "no-request-id", "two-framings"],
+)
+def test_a_forwarded_head_is_checked(headers: list[tuple[bytes, bytes]]) -> None:
+    upstream = RecordingUpstream()
+    ledger = Ledger(upstream)
+    ledger.allow(b"GET /fz/a/0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    upstream.record("GET", _Request(b"/fz/a/0", headers))
+    with pytest.raises(AssertionError):
         ledger.check()
 
 
