@@ -407,7 +407,8 @@ class ProxyPolicy(_Model):
     Every protocol: the listener holds at most ``max_connections`` client
     connections, and at most ``max_connections_per_ip`` from one address (an
     IPv6 client: from one /64); the excess is refused as it is accepted (HTTP:
-    503; TCP: reset; gRPC: closed, and only ``max_connections`` applies).
+    503; TCP: reset; gRPC: closed, and only ``max_connections`` applies). A
+    gRPC client's HTTP/2 preface and settings must come within ``head_timeout``.
     """
 
     protocol: str = "tcp"

@@ -51,7 +51,7 @@ Time and connections are bounded without a cost per request. Each accepted
 connection is admitted by the listener's
 :class:`~controlplane.http_limits.ConnectionGate` (``max_connections``,
 ``max_connections_per_ip``) or answered 503 ``connection_limit`` and
-closed; that is one dict update per connection. ``head_timeout`` is kept
+closed: a count per connection, not per request. ``head_timeout`` is kept
 by the sweep (at most a quarter of it apart, at most 1 s): it notes the
 head or trailer section a connection is in the middle of, and a
 connection still in the same one at a sweep ``head_timeout`` later is

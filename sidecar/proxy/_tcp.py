@@ -2,10 +2,10 @@
 
 Per downstream connection (the application, or a remote sidecar on an
 inbound listener) the listener admits it through its connection gate
-(``max_connections``, ``max_connections_per_ip``: one dict update) and the
-target's circuit breaker (``max_requests`` counts connections,
-``max_pending`` connections still connecting), picks an endpoint and connects within
-``connect_timeout``. A refused or timed-out connect is released as a
+(``max_connections``, ``max_connections_per_ip``: its address is looked up
+and counted) and the target's circuit breaker (``max_requests`` counts
+connections, ``max_pending`` connections still connecting), picks an
+endpoint and connects within ``connect_timeout``. A refused or timed-out connect is released as a
 failure (outlier detection counts it) and retried on another endpoint, up
 to ``retries`` times as the retry budget allows. Once connected, bytes are
 forwarded both ways by two :class:`asyncio.Protocol` objects that write
