@@ -673,6 +673,27 @@ async def test_trickled_trailers_are_answered_408(listeners: list[Any]) -> None:
     assert upstream.seen == []  # the upstream never got a whole request
 
 
+async def test_a_body_trickled_for_longer_than_head_timeout_is_not_a_slow_head(
+    listeners: list[Any],
+) -> None:
+    """Bodies are bounded by ``timeout``: chunk-size lines, chunks and a
+    Content-Length body sent a byte at a time for over 2 s pass."""
+    chunked = b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n"
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream, head_timeout=1.0))
+        a = await RawClient.connect(listener)
+        b = await RawClient.connect(listener)
+        await a.send(get("/chunked", "Transfer-Encoding: chunked", method="POST"))
+        await b.send(get("/length", "Content-Length: 23", method="POST"))
+        await asyncio.gather(trickle(a, chunked), trickle(b, b"x" * 23))
+        (reply_a,) = await a.replies_done(1, timeout=5)
+        (reply_b,) = await b.replies_done(1, timeout=5)
+        for client in (a, b):
+            await client.close()
+    assert (reply_a.status, reply_a.body) == (200, b"POST /chunked 3")
+    assert (reply_b.status, reply_b.body) == (200, b"POST /length 23")
+
+
 async def test_a_trickled_head_pipelined_behind_a_request_is_answered_408_after_it(
     listeners: list[Any],
 ) -> None:
