@@ -22,6 +22,7 @@ This module has no HTTP framework in it: the sidecar's own small admin server
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -69,6 +70,13 @@ def client_key(peername: Any) -> str:
     """The address a per-client cap counts by: the IP, an IPv4-mapped IPv6 address as
     IPv4, and for IPv6 its /64 (one host commonly holds all of one)."""
     host = peername[0] if isinstance(peername, tuple) and peername else str(peername or "")
+    return _host_key(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_key(host: str) -> str:
+    """:func:`client_key` of one host, remembered: parsing an address costs a few
+    microseconds, and a server's clients mostly come back from the same ones."""
     try:
         ip = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
