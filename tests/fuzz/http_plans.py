@@ -7,6 +7,9 @@ Content-Length and Transfer-Encoding, chunked bodies with bad sizes and
 extensions, ``Connection`` naming other headers, very long heads), then a
 few byte-level mutations of the whole stream (CR, LF, NUL or spaces
 inserted, bytes dropped, the stream cut short), sent in one to three pieces.
+A :class:`Shape` says what a valid request to one server looks like (the
+proxy's here, the bus bridge's in :mod:`tests.fuzz.bridge_plans`); the
+anomalies are added to it.
 
 Every request target holds the connection's tag (``/fz/<tag>/<i>``), put in
 when the plan is rendered, so that the upstream and the client can tell

@@ -17,7 +17,6 @@ details. :class:`Served` holds the per-process ones: alive, answering
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,11 +256,3 @@ class Served:
 
     def close(self) -> None:
         self.channel.close()
-
-
-_names = itertools.count(1)
-
-
-def unique(prefix: str) -> str:
-    """A fresh valid name (``fz-ok-7``) for a test's normal requests."""
-    return f"{prefix}-{next(_names)}"
