@@ -140,8 +140,9 @@ def test_unary(plane: Plane, rpc: Rpc, request: pytest.FixtureRequest) -> None:
             step_over(rpc, request)
             # A revision not reached yet is waited for up to timeout_ms: the
             # test cuts the wait short.
-            outcome = call(plane.served.channel, rpc, request, timeout=0.5)
-            check_outcome(outcome, may_wait=rpc.name == "WaitForRevision", server=plane.served)
+            waits = rpc.name == "WaitForRevision"
+            outcome = call(plane.served.channel, rpc, request, timeout=0.5 if waits else 5.0)
+            check_outcome(outcome, may_wait=waits, server=plane.served)
             plane.served.assert_serving()
 
         run(one, request)
