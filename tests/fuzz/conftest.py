@@ -3,8 +3,9 @@
 ``plane``: a fresh `eco controlplane` per test module (the registry and agent
 tests change its store in ways the other modules must not see).
 ``stack``: one control plane, recording upstream and `eco sidecar` for the
-whole session (the sidecar's local API, its relayed bus, its HTTP proxy and
-its bus bridge). See :mod:`tests.fuzz.stack`.
+whole package (the sidecar's local API, its relayed bus, its HTTP proxy and
+its bus bridge), stopped once the last fuzz test has run rather than at the
+end of the whole suite. See :mod:`tests.fuzz.stack`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
         started.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def upstream() -> Iterator[RecordingUpstream]:
     with RecordingUpstream() as running:
         yield running
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="package", loop_scope="package")
 async def stack(
     tmp_path_factory: pytest.TempPathFactory, upstream: RecordingUpstream
 ) -> AsyncIterator[Stack]:
