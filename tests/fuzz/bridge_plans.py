@@ -250,6 +250,43 @@ def frames(draw: st.DrawFn) -> list[Frame]:
     return draw(st.lists(one(), min_size=1, max_size=4))
 
 
+RESERVED_OPCODES = {3, 4, 5, 6, 7, 11, 12, 13, 14, 15}
+
+
+def must_close(frames_: list[Frame]) -> str | None:
+    """Why a server must end the connection after ``frames_``, if it must: a
+    close frame, or a break of RFC 6455 that fails the connection (5.1, 5.2,
+    5.4, 5.5, 8.1). Only frames received whole count: a frame that announces
+    more than is sent swallows what follows it."""
+    fragmented = False
+    for frame in frames_:
+        if frame.short_by:
+            return None
+        if not frame.masked:
+            return "an unmasked frame"
+        if frame.rsv:
+            return "reserved bits set without an extension"
+        if frame.opcode in RESERVED_OPCODES:
+            return f"reserved opcode {frame.opcode}"
+        if frame.opcode >= OP_CLOSE:
+            if len(frame.payload) > 125 or not frame.fin:
+                return "a control frame longer than 125 bytes or fragmented"
+            if frame.opcode == OP_CLOSE:
+                return "a close frame"
+            continue
+        if frame.opcode == OP_CONTINUATION and not fragmented:
+            return "a continuation frame with nothing to continue"
+        if frame.opcode != OP_CONTINUATION and fragmented:
+            return "a new message inside a fragmented one"
+        fragmented = not frame.fin
+        if frame.opcode == OP_TEXT and frame.fin:
+            try:
+                frame.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return "a text message that is not UTF-8"
+    return None
+
+
 @dataclass
 class ServerFrame:
     opcode: int

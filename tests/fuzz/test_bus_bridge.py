@@ -13,7 +13,10 @@ frames. Properties: the handshake is answered 101; every server frame is
 well formed (unmasked, no reserved bits or opcodes), text frames are JSON
 operations of the documented kinds, never an ``internal`` error; a close
 carries a code a server may send, never 1011 (the server's own failure), and
-nothing follows it.
+nothing follows it; after a close frame or a break of the protocol (unmasked,
+reserved bits or opcodes, a long or fragmented control frame, a stray
+continuation, a text message that is not UTF-8) the server ends the
+connection.
 
 After each example a normal publish through the bridge is accepted, and the
 sidecar process is alive; after each test a normal WebSocket subscribe and
@@ -42,6 +45,7 @@ from tests.fuzz.bridge_plans import (
     Frame,
     bridge_shapes,
     frames,
+    must_close,
     read_frames,
     ws_text,
 )
@@ -56,6 +60,8 @@ pytestmark = pytest.mark.fuzz
 READ_TIMEOUT = 10.0
 # How long to wait for more once the expected answers are in.
 QUIET = 0.15
+# How long a server may take to close a WebSocket that must be closed.
+CLOSING = 1.0
 
 _checks = itertools.count(1)
 
@@ -211,11 +217,13 @@ def check_frames(data: bytes, closed: bool) -> None:
                 assert code != 1011, f"closed for an internal error: {frame.payload!r}"
 
 
-async def _ws_example(address: str, frames_: list[Frame]) -> tuple[bytes, bytes, bool]:
+async def _ws_example(
+    address: str, frames_: list[Frame], quiet: float
+) -> tuple[bytes, bytes, bool]:
     socket, head = await Socket.open(address)
     try:
         await socket.send(frames_)
-        await socket.read()
+        await socket.read(quiet=quiet)
         return head, socket.received, socket.closed
     finally:
         await socket.close()
@@ -254,9 +262,14 @@ def test_websocket_bridge(stack: Stack, request: pytest.FixtureRequest) -> None:
         @fuzz_settings(40)
         @given(frames())
         def one(frames_: list[Frame]) -> None:
-            head, data, closed = asyncio.run(_ws_example(stack.bridge, frames_))
+            reason = must_close(frames_)
+            quiet = CLOSING if reason else QUIET
+            head, data, closed = asyncio.run(_ws_example(stack.bridge, frames_, quiet))
             assert head.startswith(b"HTTP/1.1 101"), head
             check_frames(data, closed)
+            if reason is not None:
+                said_close = any(f.opcode == OP_CLOSE for f in read_frames(data)[0])
+                assert closed or said_close, f"after {reason}, the connection stays open"
             publish_works(stack)
             served.pid  # noqa: B018 - fails when the sidecar has exited
 
