@@ -65,10 +65,10 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.upstream.garbled.append(Garbled("upgrade forwarded", bytes(self.received)))
+            self.upstream.record_garbled("upgrade forwarded", bytes(self.received))
             self._close()
         except httptools.HttpParserError as err:
-            self.upstream.garbled.append(Garbled(repr(err), bytes(self.received)))
+            self.upstream.record_garbled(repr(err), bytes(self.received))
             self._close()
 
     def _close(self) -> None:
@@ -110,8 +110,8 @@ class RecordingUpstream:
         self.garbled: list[Garbled] = []
         self.port = 0
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fuzz-upstream")
+        self._loop: asyncio.AbstractEventLoop | None = None  # its own, in its thread
+        self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()  # touched on its loop only
 
@@ -123,6 +123,10 @@ class RecordingUpstream:
             self.seen.append(seen)
         return seen
 
+    def record_garbled(self, error: str, data: bytes) -> None:
+        with self._lock:
+            self.garbled.append(Garbled(error, data))
+
     def snapshot(self) -> tuple[int, int]:
         """How many requests and garbled connections so far (a mark to diff from)."""
         with self._lock:
@@ -133,14 +137,16 @@ class RecordingUpstream:
             return self.seen[mark[0] :], self.garbled[mark[1] :]
 
     def __enter__(self) -> RecordingUpstream:
+        loop = self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="fuzz-upstream")
         self._thread.start()
 
         async def serve() -> asyncio.Server:
-            return await self._loop.create_server(
+            return await loop.create_server(
                 lambda: _Connection(self), "127.0.0.1", 0, reuse_address=True
             )
 
-        self._server = asyncio.run_coroutine_threadsafe(serve(), self._loop).result(10)
+        self._server = asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -152,6 +158,7 @@ class RecordingUpstream:
                 connection._close()
             await self._server.wait_closed()
 
+        assert self._loop is not None and self._thread is not None
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
