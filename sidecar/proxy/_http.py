@@ -43,7 +43,10 @@ Hostile input is bounded where it arrives (see
 :mod:`sidecar.proxy._http_downstream`): heads and trailers are counted as
 they are read, before the parser holds them; what a request may not be
 (ambiguous framing, a Host missing or doubled, an HTTP version other than
-1.0 and 1.1) is refused before anything is forwarded. The upstream pool is
+1.0 and 1.1, a target it cannot forward) is refused before anything is
+forwarded. A target in absolute-form is forwarded in origin-form with the
+Host it names (:func:`~sidecar.proxy._http_parse.origin_form`); only a
+target whose first byte is not ``/`` is looked at. The upstream pool is
 keyed by the address dialled, and connections to addresses no endpoint has
 any more are retired at the next sweep.
 

@@ -280,15 +280,20 @@ class Downstream(asyncio.Protocol):
             if version != "1.0":
                 raise Rejected(505, "http_version", f"HTTP/{version} is not supported")
             ex.http10 = True
-        if method == b"CONNECT" or parser.should_upgrade():
+        if parser.should_upgrade():  # (the parser counts every CONNECT as one)
             ex.refuse = _REFUSE_UPGRADE
         elif method == b"TRACE" and not listener.allow_trace:
             ex.refuse = _REFUSE_TRACE
         if self.fields > listener.max_headers:
             raise self._too_large(fields=True)
+        url = ex.url
         # (+ 13: the request line's spaces, version and CRLF, and the blank line)
-        if self.size + len(ex.url) + len(method) + 13 > listener.head_limit:
+        if self.size + len(url) + len(method) + 13 > listener.head_limit:
             raise self._too_large()
+        if url[0] != 0x2F and ex.refuse is not _REFUSE_UPGRADE:
+            # Not "/" (rare): absolute-form or "*". (An upgrade or a CONNECT, whatever
+            # its target, is refused 501 instead.)
+            ex.retarget()
         self.size = 0  # trailers get as much again
         ex.finish_head(self.client_ip)
         self.room = UNCOUNTED

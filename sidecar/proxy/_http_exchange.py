@@ -40,6 +40,7 @@ from sidecar.proxy._http_parse import (
     is_chunked,
     last_chunk,
     new_request_id,
+    origin_form,
     status_class,
 )
 from sidecar.proxy._http_pool import UpstreamConnection
@@ -68,6 +69,7 @@ _BODY_CHUNKED = 2  # re-chunked
 
 _SEP = b": "
 _EMPTY: frozenset[bytes] = frozenset()
+_HOST = frozenset({b"host"})
 _monotonic = time.monotonic
 
 
@@ -190,6 +192,17 @@ class Exchange:
         elif action == ACT_CONNECTION:
             self.drop |= connection_names(value)
         # else ACT_DROP
+
+    def retarget(self) -> None:
+        """A target not in origin-form (its first byte is not ``/``): forwarded as
+        :func:`~sidecar.proxy._http_parse.origin_form` says, with the Host it names in
+        place of the client's (raises :class:`Rejected`). Called before
+        :meth:`finish_head`, which still checks the client's Host count."""
+        self.url, host = origin_form(self.method, self.url)
+        if host is not None:
+            out = drop_named(self.out, _HOST)
+            out += (b"host", _SEP, host, CRLF)
+            self.out = out
 
     def finish_head(self, client_ip: bytes) -> None:
         """Checks the framing and the host (raises :class:`Rejected`), and writes

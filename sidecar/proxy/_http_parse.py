@@ -22,11 +22,18 @@ through :func:`feed_within`. The count is exact for a section that begins
 a read; one that begins in the middle of a read (a pipelined request, the
 trailers after a body) is counted from the next piece, and also field by
 field as the parser reports them.
+
+Request targets (RFC 9112, 3.2): a target in origin-form (``/path?query``)
+is forwarded as it is; :func:`origin_form` turns the others, which a client
+sends rarely, into what an origin server expects. It is called only for a
+target whose first byte is not ``/``, so the common request pays one
+comparison for it.
 """
 
 from __future__ import annotations
 
 import http
+import re
 from random import getrandbits
 from typing import Protocol
 
@@ -55,6 +62,7 @@ __all__ = [
     "is_chunked",
     "last_chunk",
     "new_request_id",
+    "origin_form",
     "status_class",
 ]
 
@@ -210,6 +218,57 @@ def feed_within(conn: Counted, data: bytes) -> bool:
             return False
         view = view[room:]
     return True
+
+
+#: an absolute-form target: scheme, authority, and what follows (path, query)
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
+#: an authority a request may name (RFC 3986, 3.2): a host (a name, IPv4, or an IP
+#: literal in brackets) and perhaps a port; no userinfo (RFC 9110, 4.2.4)
+_AUTHORITY = re.compile(
+    rb"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+"  # a name or IPv4 (reg-name)
+    rb"|\[[0-9A-Fa-f:.]+\]"  # an IPv6 literal
+    rb"|\[[vV][0-9A-Fa-f]+\.[A-Za-z0-9._~!$&'()*+,;=:-]+\])"  # IPvFuture
+    rb"(?::[0-9]*)?"
+)
+
+
+def origin_form(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
+    """A request target that does not start with ``/``, as the proxy forwards it to an
+    origin server (RFC 9112, 3.2), and the ``Host`` to send with it (None: the client's).
+
+    ``*`` (asterisk-form) passes for OPTIONS. An absolute-form target
+    (``http://host:port/path?query``) becomes its path and query (``/`` for an empty
+    path; ``*`` for OPTIONS with neither), and its authority the Host: an origin server
+    takes a request's host from an absolute-form target, not from Host (RFC 9112,
+    3.2.2), and a proxy forwards the host the target names (RFC 9110, 7.2). Raises
+    :class:`Rejected` (400) for anything else: another form (authority-form is for
+    CONNECT, refused before this), a scheme other than http and https, an authority
+    that is empty or has userinfo."""
+    if target == b"*":
+        if method == b"OPTIONS":
+            return target, None
+        raise Rejected(
+            400, "bad_request", f"request target * with {_excerpt(method)}: OPTIONS only"
+        )
+    match = _ABSOLUTE.fullmatch(target)
+    if match is None:
+        raise Rejected(
+            400, "bad_request", f"request target {_excerpt(target)}: not a path or an absolute URI"
+        )
+    scheme, authority, rest = match.groups()
+    if scheme.lower() not in (b"http", b"https"):
+        raise Rejected(
+            400, "bad_request", f"request target {_excerpt(target)}: only http and https URIs"
+        )
+    if _AUTHORITY.fullmatch(authority) is None:
+        what = "userinfo" if b"@" in authority else "no valid host"
+        raise Rejected(400, "bad_request", f"request target {_excerpt(target)}: {what}")
+    if authority[-1:] == b":":
+        authority = authority[:-1]  # an empty port is no port (RFC 3986, 6.2.3)
+    if rest[:1] != b"/":
+        # An empty path: "/" (RFC 9112, 3.2.1), or "*" for OPTIONS without a query (3.2.4).
+        rest = b"*" if method == b"OPTIONS" and rest[:1] != b"?" else b"/" + rest
+    return rest, authority
 
 
 def drop_named(out: list[bytes], names: frozenset[bytes]) -> list[bytes]:

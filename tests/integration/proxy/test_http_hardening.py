@@ -572,6 +572,91 @@ async def test_trace_is_refused_unless_allowed(listeners: list[Any]) -> None:
     assert [s.method for s in upstream.seen] == ["GET", "TRACE"]
 
 
+# -- request targets --------------------------------------------------------------------------
+
+#: (method, target as sent, version) -> (target the upstream sees, its Host)
+ABSOLUTE_FORMS = {
+    "path_and_query": ("GET", "http://evil.example/p?q=1", "1.1", "/p?q=1", "evil.example"),
+    "no_path": ("GET", "http://evil.example", "1.1", "/", "evil.example"),
+    "query_only": ("GET", "http://evil.example?q=1", "1.1", "/?q=1", "evil.example"),
+    "scheme_in_capitals_and_port": (
+        "GET",
+        "HTTP://Evil.Example:8080/a/b",
+        "1.1",
+        "/a/b",
+        "Evil.Example:8080",
+    ),
+    "https": ("GET", "https://evil.example/s", "1.1", "/s", "evil.example"),
+    "ip_literal": ("GET", "http://[::1]:8080/v6", "1.1", "/v6", "[::1]:8080"),
+    "options_without_path": ("OPTIONS", "http://evil.example", "1.1", "*", "evil.example"),
+    "options_with_path": ("OPTIONS", "http://evil.example/o", "1.1", "/o", "evil.example"),
+    "http10_without_host": ("GET", "http://evil.example/old", "1.0", "/old", "evil.example"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ABSOLUTE_FORMS))
+async def test_an_absolute_form_target_is_forwarded_in_origin_form_with_its_host(
+    listeners: list[Any], case: str
+) -> None:
+    """RFC 9112 3.2.2: a server takes the host of an absolute-form target, not Host; the
+    proxy forwards origin-form with that host, so that the upstream and the proxy agree
+    on which host was asked for."""
+    method, target, version, path, host = ABSOLUTE_FORMS[case]
+    request = f"{method} {target} HTTP/{version}\r\n".encode()
+    request += b"Connection: keep-alive\r\n\r\n" if version == "1.0" else b"Host: fz-web\r\n\r\n"
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream))
+        client = await RawClient.connect(listener)
+        await client.send(request + get("/after"))
+        replies = await client.replies_done(2, timeout=5)
+        await client.close()
+    assert [r.status for r in replies] == [200, 200]
+    first, after = upstream.seen
+    assert (first.method, first.path) == (method, path)
+    assert first.all("host") == [host]
+    assert (after.path, after.all("host")) == ("/after", ["orders"])
+
+
+async def test_origin_and_asterisk_forms_pass_unchanged(listeners: list[Any]) -> None:
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream))
+        client = await RawClient.connect(listener)
+        await client.send(get("*", method="OPTIONS") + get("/a//b?c=http://x/y"))
+        replies = await client.replies_done(2, timeout=5)
+        await client.close()
+    assert [r.status for r in replies] == [200, 200]
+    assert [(s.path, s.all("host")) for s in upstream.seen] == [
+        ("*", ["orders"]),
+        ("/a//b?c=http://x/y", ["orders"]),
+    ]
+
+
+REFUSED_TARGETS = {
+    "other_scheme": ("GET", "ftp://evil.example/p", 400, "bad_request"),
+    "urn": ("GET", "urn:isbn:0451450523", 400, "bad_request"),
+    "userinfo": ("GET", "http://user:pw@evil.example/p", 400, "bad_request"),
+    "empty_authority": ("GET", "http:///p", 400, "bad_request"),
+    "authority_form_not_connect": ("GET", "evil.example:80", 400, "bad_request"),
+    "asterisk_not_options": ("GET", "*", 400, "bad_request"),
+    "connect": ("CONNECT", "evil.example:443", 501, "upgrade"),
+    # (the parser takes every CONNECT for an upgrade, whatever its target)
+    "connect_origin_form": ("CONNECT", "/x", 501, "upgrade"),
+    "connect_absolute_form": ("CONNECT", "http://evil.example/", 501, "upgrade"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_TARGETS))
+async def test_a_target_in_no_form_the_proxy_forwards_is_refused(
+    listeners: list[Any], case: str
+) -> None:
+    method, target, status, kind = REFUSED_TARGETS[case]
+    async with RecordingUpstream() as upstream:
+        listener = await proxy(listeners, to(upstream))
+        request = f"{method} {target} HTTP/1.1\r\nHost: orders\r\n\r\n".encode()
+        assert await refused(listener, request + SMUGGLED) == (status, kind)
+    assert upstream.seen == [] and upstream.connections == 0
+
+
 # -- the pool ---------------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from sidecar.proxy._http_parse import (
     is_chunked,
     last_chunk,
     new_request_id,
+    origin_form,
     status_class,
 )
 
@@ -196,3 +197,47 @@ def test_feed_within_stops_a_section_at_its_limit_and_lets_the_rest_through() ->
     conn = _Sections(4)
     conn.room = UNCOUNTED
     assert feed_within(conn, b"x" * 100) and conn.fed == [b"x" * 100]
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "forwarded", "host"),
+    [
+        (b"GET", b"http://h/p?q=1", b"/p?q=1", b"h"),
+        (b"GET", b"http://h", b"/", b"h"),
+        (b"GET", b"http://h?q", b"/?q", b"h"),
+        (b"GET", b"hTTpS://H.example:8443/a/b/", b"/a/b/", b"H.example:8443"),
+        (b"GET", b"http://h:/p", b"/p", b"h"),  # an empty port is no port
+        (b"GET", b"http://10.0.0.1:80/p", b"/p", b"10.0.0.1:80"),
+        (b"GET", b"http://[2001:db8::1]:80/p", b"/p", b"[2001:db8::1]:80"),
+        (b"GET", b"http://h%41/p", b"/p", b"h%41"),
+        (b"OPTIONS", b"http://h", b"*", b"h"),
+        (b"OPTIONS", b"http://h?q", b"/?q", b"h"),
+        (b"OPTIONS", b"http://h/", b"/", b"h"),
+        (b"OPTIONS", b"*", b"*", None),
+    ],
+)
+def test_origin_form_of_a_target(
+    method: bytes, target: bytes, forwarded: bytes, host: bytes | None
+) -> None:
+    assert origin_form(method, target) == (forwarded, host)
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        (b"GET", b"*"),
+        (b"GET", b"h:80"),
+        (b"GET", b"ftp://h/p"),
+        (b"GET", b"urn:x:y"),
+        (b"GET", b"http://u@h/p"),
+        (b"GET", b"http://u:pw@h/p"),
+        (b"GET", b"http:///p"),
+        (b"GET", b"http://h h/p"),
+        (b"GET", b"http://h:8o/p"),
+        (b"GET", b"http:/h/p"),
+    ],
+)
+def test_targets_the_proxy_cannot_forward_are_refused(method: bytes, target: bytes) -> None:
+    with pytest.raises(Rejected) as refused:
+        origin_form(method, target)
+    assert (refused.value.status, refused.value.kind) == (400, "bad_request")
