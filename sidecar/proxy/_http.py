@@ -28,6 +28,9 @@ a connect. How one request goes:
   connection to the same endpoint once, not counted as a failure.
 - Backpressure: when a side's write buffer passes its high-water mark, the
   other side stops being read until it drains.
+- A client that shuts its sending side (half-close) still gets the answers
+  to the requests it sent whole, then the connection closes (see
+  :meth:`Downstream.eof_received`).
 
 ``timeout`` bounds an exchange from its start until its response is
 complete; ``per_try_timeout`` bounds an attempt until its response head.

@@ -28,6 +28,11 @@ in the middle of (``head_key``, from the request parser's state and
 A new connection that sent nothing within ``head_timeout`` is closed; between
 requests, ``idle_timeout`` applies. A connection whose reading the proxy has
 paused (a pipelined request waiting its turn, backpressure) is not timed.
+
+A client that shuts its sending side (``shutdown(SHUT_WR)``; RFC 9112, 9.6)
+still gets the answers to the requests it sent whole, pipelined ones
+included; one it cut short is answered 400 after them, and the connection
+then closes (:meth:`Downstream.eof_received`).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from sidecar.proxy._http_exchange import P_QUEUE, P_STOP, Exchange
+from sidecar.proxy._http_exchange import P_EOF, P_QUEUE, P_STOP, Exchange
 from sidecar.proxy._http_parse import (
     ACT_HOST,
     CRLF,
@@ -161,11 +166,26 @@ class Downstream(asyncio.Protocol):
         self._gone()
 
     def eof_received(self) -> bool | None:
-        # A client that shuts its sending side is taken to have gone away (a
-        # half-closed HTTP/1.1 client cannot be told from a closed one). The
-        # transport closes now; nothing more may be written to it.
-        self.closing = True
-        return None
+        """The client shut its sending side. It may still read (RFC 9112, 9.6: a
+        client may half-close after its last request): the requests read whole are
+        answered, in order, the last with ``Connection: close``; a request cut short
+        is answered 400; then the connection closes. (A client that closed both ways
+        looks the same until a write to it fails: connection_lost then cancels what
+        is in flight.)"""
+        if self.closing:
+            return None  # closing already (a refusal's linger, a drain): close now
+        self.paused |= P_EOF  # (the transport reads no more: it is never resumed)
+        ex: Exchange | None = getattr(self, "parsing", None)
+        if ex is not None and not ex.complete:
+            self._cut_short(ex)
+        if self.closing:
+            return None
+        last = self.queue[-1] if self.queue else self.current
+        if last is None:
+            self.closing = True  # nothing to answer
+            return None
+        last.keep_alive = False
+        return True
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -472,6 +492,32 @@ class Downstream(asyncio.Protocol):
             self._linger()
         else:
             self.abort()
+
+    def _cut_short(self, ex: Exchange) -> None:
+        """``ex`` will not be complete: the client shut its sending side in its head or
+        its body. It is answered 400 in its turn, or at once when it is the current
+        one, and the connection then closes."""
+        rejected = Rejected(
+            400, "bad_request", "request incomplete: the client shut its sending side"
+        )
+        if ex is self.current:
+            # Its head went upstream; the attempt is given up. When the upstream has
+            # answered already, its answer ends the connection instead.
+            if ex.response_done:
+                self.close()
+            else:
+                ex.reject(rejected)
+            return
+        ex.refuse = rejected
+        ex.complete = True
+        if ex.head_done:
+            return  # queued already
+        if self.current is None:
+            self.current = ex
+            ex.keep_alive = False
+            ex.start()
+        else:
+            self.queue.append(ex)
 
     def _linger(self) -> None:
         """Closes after the answer to a refused request, but first reads (and drops)

@@ -49,7 +49,7 @@ from sidecar.proxy._target import CircuitOpenError, Outcome
 if TYPE_CHECKING:
     from sidecar.proxy._http_downstream import Downstream
 
-__all__ = ["BODY_KEEP", "P_QUEUE", "P_STOP", "P_UPSTREAM", "P_WAIT", "Exchange"]
+__all__ = ["BODY_KEEP", "P_EOF", "P_QUEUE", "P_STOP", "P_UPSTREAM", "P_WAIT", "Exchange"]
 
 logger = logging.getLogger("sidecar.proxy._http")
 
@@ -61,6 +61,7 @@ P_UPSTREAM = 1  # the upstream connection's write buffer is full
 P_QUEUE = 2  # a pipelined request waits for its turn
 P_WAIT = 4  # the request body waits for an upstream connection
 P_STOP = 8  # nothing more will be read (upgrade, bad request)
+P_EOF = 16  # the client shut its sending side: nothing more will come
 
 # How the response body is framed downstream.
 _BODY_NONE = 0
@@ -693,6 +694,8 @@ class Exchange:
         down.resume(P_WAIT)
         if self.complete:
             down.exchange_done(self)
+        elif down.paused & P_EOF:
+            down.close()  # the rest of the body will not come: the client shut its side
         else:
             down.idle_since = _monotonic()  # the rest of the body must keep coming
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -496,7 +498,7 @@ async def test_stale_pooled_connection_is_replaced_without_counting_a_failure(
     assert tgt.stats.retries == 0
 
 
-async def test_a_client_that_goes_away_cancels_its_request(
+async def test_a_client_that_resets_its_connection_cancels_its_request(
     pair: tuple[Backend, Backend], listeners: list[Any]
 ) -> None:
     tgt = target("orders", "http", pair[0])
@@ -504,12 +506,32 @@ async def test_a_client_that_goes_away_cancels_its_request(
     client = await RawClient.connect(listener)
     await client.send(get("/slow?ms=5000"))
     await assert_eventually(lambda: _assert(tgt.requests == 1 and tgt.connections == 1))
-    await client.close()
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await client.close()  # a reset (RST), not an end of sending (FIN)
     # The upstream connection carrying it is closed; nothing counts as a failure.
     await assert_eventually(lambda: _assert(tgt.requests == 0 and tgt.connections == 0))
     assert tgt.balancer.in_flight(f"127.0.0.1:{pair[0].port}") == 0
     assert not tgt.stats.errors
     assert tgt.stats.requests == 1
+
+
+async def test_a_client_that_closes_has_its_request_finished_then_the_connection_ends(
+    pair: tuple[Backend, Backend], listeners: list[Any]
+) -> None:
+    """A client's FIN cannot be told from a half-close, after which the client may still
+    read (RFC 9112, 9.6): its request runs to its answer (or ``timeout``), whose write
+    finds the connection gone; nothing is left behind."""
+    tgt = target("orders", "http", pair[0])
+    listener = await proxy(listeners, tgt)
+    client = await RawClient.connect(listener)
+    await client.send(get("/slow?ms=300"))
+    await assert_eventually(lambda: _assert(tgt.requests == 1))
+    await client.close()
+    await assert_eventually(lambda: _assert(tgt.requests == 0 and not listener.downstreams))
+    assert tgt.balancer.in_flight(f"127.0.0.1:{pair[0].port}") == 0
+    assert not tgt.stats.errors
+    assert tgt.stats.responses["2xx"] == 1
 
 
 # -- circuit breaking, endpoints, ejection -------------------------------------------------

@@ -29,6 +29,7 @@ from tests.integration.proxy.conftest import policy
 from tests.integration.proxy.http_peers import (
     RawClient,
     RecordingUpstream,
+    Reply,
     ScriptedUpstream,
     Seen,
     get,
@@ -899,6 +900,121 @@ def test_head_timeout_and_connection_limit_on_uvloop() -> None:
                 await listener.drain(0.0)
 
     uvloop.run(scenario())
+
+
+# -- a client that half-closes ----------------------------------------------------------------
+
+
+async def half_closed(listener: Any, request: bytes, answers: int) -> tuple[list[Reply], bool]:
+    """Sends ``request``, shuts the sending side (``shutdown(SHUT_WR)``), reads ``answers``
+    responses; and whether the proxy then closed the connection."""
+    client = await RawClient.connect(listener)
+    await client.send(request)
+    client.writer.write_eof()
+    replies = await client.replies_done(answers, timeout=5)
+    closed = await client.closed()
+    await client.close()
+    return replies, closed
+
+
+async def half_close_scenarios(listeners: list[Any]) -> None:
+    async def slow_answers(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        # Each request answered 50 ms after it came, with its path: the client's end of
+        # sending reaches the proxy while a request is in flight.
+        while True:
+            path = (await upstream.read_request(reader)).split(b" ", 2)[1]
+            await asyncio.sleep(0.05)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(path), path))
+
+    async with ScriptedUpstream(slow_answers) as upstream:
+        listener = await proxy(listeners, to(upstream))
+        # One request, then the end of sending: still answered (RFC 9112 9.6).
+        (one,), closed = await half_closed(listener, get("/one"), 1)
+        assert (one.status, one.body, closed) == (200, b"/one", True)
+        assert one.header("connection") == "close"
+        # Pipelined ones, every one answered in order, the last saying it closes.
+        replies, closed = await half_closed(listener, get("/p1") + get("/p2") + get("/p3"), 3)
+        assert [(r.status, r.body) for r in replies] == [
+            (200, b"/p1"),
+            (200, b"/p2"),
+            (200, b"/p3"),
+        ]
+        assert replies[-1].header("connection") == "close" and closed
+        # An HTTP/1.0 client that half-closes after its request (as some do).
+        (old,), closed = await half_closed(listener, b"GET /old HTTP/1.0\r\n\r\n", 1)
+        assert (old.status, old.body, closed) == (200, b"/old", True)
+        # A request cut short by the end of sending: the whole ones are answered, then
+        # it is answered 400, and the connection closes.
+        cut = get("/whole") + b"GET /cut HTTP/1.1\r\nHo"
+        (whole, bad), closed = await half_closed(listener, cut, 2)
+        assert (whole.status, whole.body) == (200, b"/whole") and closed
+        assert bad.status == 400 and bad.header("x-eco-proxy-error") == "bad_request"
+        assert bad.header("connection") == "close"
+        # A body cut short: its head went upstream; the request is answered 400.
+        body = get("/body", "Content-Length: 10", method="POST") + b"abc"
+        (short,), closed = await half_closed(listener, body, 1)
+        assert short.status == 400 and short.header("x-eco-proxy-error") == "bad_request"
+        assert closed
+        # Nothing pending: closed at once, nothing said.
+        client = await RawClient.connect(listener)
+        client.writer.write_eof()
+        assert await client.closed() and client.raw == b""
+        await client.close()
+        await assert_eventually(lambda: _assert(not listener.downstreams))
+    # (the head of the cut body may have gone upstream, or not yet when it was refused)
+    heads = [r.split(b" ", 2)[1] for r in upstream.requests if b" /body " not in r]
+    assert heads == [b"/one", b"/p1", b"/p2", b"/p3", b"/old", b"/whole"]
+
+
+async def test_a_client_that_half_closes_after_its_requests_is_answered(
+    listeners: list[Any],
+) -> None:
+    await half_close_scenarios(listeners)
+
+
+def test_a_client_that_half_closes_is_answered_on_uvloop() -> None:
+    async def scenario() -> None:
+        listeners: list[Any] = []
+        try:
+            await half_close_scenarios(listeners)
+        finally:
+            for listener in listeners:
+                await listener.drain(0.0)
+
+    uvloop.run(scenario())
+
+
+UPSTREAM_HALF_CLOSES = {
+    "framed_by_close": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody until the end",
+    "length_and_close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbody",
+    "length_keep_alive": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody",
+}
+
+
+@pytest.mark.parametrize("case", sorted(UPSTREAM_HALF_CLOSES))
+async def test_an_upstream_that_half_closes_after_its_answer_is_passed_on(
+    listeners: list[Any], case: str
+) -> None:
+    answer = UPSTREAM_HALF_CLOSES[case]
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await upstream.read_request(reader)
+        writer.write(answer)
+        writer.write_eof()
+        await reader.read()  # until the proxy closes its side
+
+    async with ScriptedUpstream(script) as upstream:
+        listener = await proxy(listeners, to(upstream))
+        client = await RawClient.connect(listener)
+        for i in range(2):
+            await client.send(get(f"/{i}"))
+            replies = await client.replies_done(i + 1, timeout=5)
+        await client.close()
+        await assert_eventually(lambda: _assert(upstream.closed == 2))
+    assert [(r.status, r.body) for r in replies] == [(200, answer.split(b"\r\n\r\n")[1])] * 2
+    assert upstream.connections == 2
 
 
 # -- memory -----------------------------------------------------------------------------------
