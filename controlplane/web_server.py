@@ -15,6 +15,9 @@ connections
   ``max_head`` bytes (else 431 and closed);
 - are closed after ``idle_timeout`` without a request (aiohttp's keep-alive
   timer), and get ``body_timeout`` to send what a handler did not read;
+- answer a request whose version is not HTTP/1.0 or HTTP/1.1 with 505 and
+  close (aiohttp's parser takes HTTP/2.0 and HTTP/0.9 request lines, and
+  served them as HTTP/1.x: a WebSocket handshake in "HTTP/2.0" got its 101);
 - refuse an unmasked WebSocket frame (close 1002), aiohttp's reader enforcing
   the rest of RFC 6455 (reserved bits and opcodes, fragmented or long control
   frames: 1002; text that is not UTF-8: 1007; a message over the handler's
@@ -34,7 +37,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 
 from controlplane.http_limits import ConnectionGate, HttpLimits, refuse
 
@@ -57,6 +64,13 @@ _PROTOCOL_ERROR = b"\x83\x80"
 MAX_LINE = 8190
 MAX_FIELDS = 128
 _Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+_RequestFactory = Callable[
+    [RawRequestMessage, StreamReader, RequestHandler, AbstractStreamWriter, "asyncio.Task[None]"],
+    web.BaseRequest,
+]
+_SUPPORTED = (HttpVersion11, HttpVersion10)
+#: The version of a request refused with 505 (set on it by the request factory).
+_REFUSED_VERSION = web.RequestKey("refused_version", HttpVersion)
 
 
 class LimitedRunner(web.AppRunner):
@@ -118,13 +132,14 @@ class _LimitedServer(web.Server):
         self, app_server: web.Server, *, gate: ConnectionGate, limits: HttpLimits, **kwargs: Any
     ) -> None:
         self._app_handler: _Handler = app_server.request_handler
+        self._app_request: _RequestFactory = app_server.request_factory
         self.gate = gate
         self.limits = limits
         self._own_loop = asyncio.get_running_loop()
         self._protocol_kwargs = kwargs
         super().__init__(
             self._handle,
-            request_factory=app_server.request_factory,
+            request_factory=self._make_request,
             handler_cancellation=app_server.handler_cancellation,
             loop=self._own_loop,
             **kwargs,
@@ -133,11 +148,37 @@ class _LimitedServer(web.Server):
     def __call__(self) -> _LimitedProtocol:
         return _LimitedProtocol(self, loop=self._own_loop, **self._protocol_kwargs)
 
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        """The application's request; one in another HTTP version than 1.0 and 1.1 is
+        marked to be refused, and made an HTTP/1.1 request that closes the connection,
+        so that the 505 is written in HTTP/1.1 (RFC 9110, 2.5: the highest version the
+        server speaks) with ``Connection: close``."""
+        version = message.version
+        if version in _SUPPORTED:
+            return self._app_request(message, payload, protocol, writer, task)
+        message = message._replace(version=HttpVersion11, should_close=True)
+        request = self._app_request(message, payload, protocol, writer, task)
+        request[_REFUSED_VERSION] = version
+        return request
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
         if isinstance(protocol, _LimitedProtocol):
             protocol.request_started()
         try:
+            refused = request.get(_REFUSED_VERSION)
+            if refused is not None:
+                raise web.HTTPVersionNotSupported(
+                    text=f"HTTP/{refused.major}.{refused.minor} is not supported: "
+                    "HTTP/1.1 and HTTP/1.0 are"
+                )
             response = await self._app_handler(request)
         except web.HTTPException as exc:  # aiohttp answers with it as with a returned one
             _answered(request, exc)

@@ -1,6 +1,7 @@
 """The WebSocket bridge: subscribe, publish and acknowledge over one socket, JSON frames.
 
-One :class:`WsSession` per socket (``GET /v1/ws``): a reader (this handler's
+One :class:`WsSession` per socket (``GET /v1/ws``, in HTTP/1.1: another
+method or version is answered 400, RFC 6455 §4.1): a reader (this handler's
 task) that executes the client's frames, one pump task per subscription, and
 one writer task that drains a bounded send queue. When the queue is full a
 core message is dropped and counted (the client is told once, with a ``warn``
@@ -29,12 +30,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiohttp.http import HttpVersion11
 
 from controlplane.bus import AckKind, BusError, Subscription
 from controlplane.errors import InvalidArgumentError
 from sidecar._bridge_http import (
     BridgeContext,
     delivery_json,
+    error_body,
     error_field,
     error_kind,
     error_message,
@@ -297,6 +300,12 @@ class WsSession:
 
 async def handle_ws(request: web.Request, ctx: BridgeContext) -> web.StreamResponse:
     """``GET /v1/ws``: a WebSocket session (see the module docstring)."""
+    if request.method != "GET" or request.version != HttpVersion11:
+        # RFC 6455, 4.1: the handshake is a GET in HTTP/1.1 or later (the server refuses
+        # other versions with 505); aiohttp's handshake checks neither, and a HEAD comes
+        # here too. (HTTP/1.0 knows no Upgrade: RFC 9110, 7.8.)
+        message = "a WebSocket handshake is a GET request in HTTP/1.1"
+        return web.json_response(error_body("invalid_argument", message), status=400)
     # timeout: how long close() waits for the client's close frame (bounds stop()).
     ws = web.WebSocketResponse(
         heartbeat=ctx.heartbeat, timeout=2.0, max_msg_size=ctx.max_body * 2 + 65536

@@ -145,6 +145,22 @@ async def test_a_malformed_admin_request_is_logged_quietly(
     assert not loud, [(r.name, r.levelname, r.getMessage()) for r in loud]
 
 
+@pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/0.9"])
+async def test_an_admin_request_in_another_http_version_is_answered_505(
+    plane: ControlPlane, version: str
+) -> None:
+    client = await open_raw(plane.admin_address)
+    client.send(f"GET /healthz {version}\r\nHost: admin\r\n\r\n".encode())
+    answer = await client.until_closed()
+    client.close()
+    assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer[:200]
+    # HTTP/1.0 is served
+    old = await open_raw(plane.admin_address)
+    old.send(b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert (await old.response()).status == 200
+    old.close()
+
+
 # -- the sidecar's admin server --------------------------------------------------------------
 
 

@@ -537,6 +537,55 @@ async def test_a_socket_has_a_bounded_number_of_subscriptions(
         assert json.loads((await ws.receive(timeout=5)).data) == {"op": "ok", "ref": "s9"}
 
 
+# -- HTTP versions ----------------------------------------------------------------------------
+
+HANDSHAKE = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+REQUESTS = {
+    "ws": "GET /v1/ws {version}\r\nHost: bridge\r\n" + HANDSHAKE + "\r\n",
+    "publish": "POST /v1/publish/orders.eu {version}\r\nHost: bridge\r\n"
+    "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
+    "subscribe": "GET /v1/subscribe/orders.eu {version}\r\nHost: bridge\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/0.9"])
+@pytest.mark.parametrize("kind", sorted(REQUESTS))
+async def test_a_request_in_another_http_version_than_1_0_and_1_1_is_answered_505(
+    bridge: BridgeServer,
+    broker: EmbeddedBroker,
+    published: Subscription,
+    kind: str,
+    version: str,
+) -> None:
+    """It was served as if it were HTTP/1.x: a WebSocket handshake got its 101."""
+    client = await raw(bridge)
+    client.send(REQUESTS[kind].format(version=version).encode())
+    answer = await client.until_closed()
+    client.close()
+    assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer[:200]
+    assert b"\r\nConnection: close\r\n" in answer
+    await nothing_was_published(broker, published)
+
+
+@pytest.mark.parametrize(
+    "line", ["GET /v1/ws HTTP/1.0", "HEAD /v1/ws HTTP/1.1", "POST /v1/ws HTTP/1.1"]
+)
+async def test_a_websocket_handshake_must_be_a_get_in_http_1_1(
+    bridge: BridgeServer, line: str
+) -> None:
+    """RFC 6455 4.1: "the method of the request MUST be GET, and the HTTP version MUST
+    be at least 1.1"; anything else is answered 400, never 101."""
+    client = await raw(bridge)
+    client.send(f"{line}\r\nHost: bridge\r\n{HANDSHAKE}\r\n".encode())
+    async with asyncio.timeout(5):
+        answer = await client.reader.readuntil(b"\r\n\r\n")
+    client.close()
+    assert answer.split(b" ", 2)[1] in (b"400", b"405"), answer
+
+
 # -- malformed requests are the client's problem -------------------------------------------
 
 
@@ -595,7 +644,10 @@ def test_the_limits_hold_on_uvloop() -> None:
                 ws = await ws_client(bridge)
                 ws.ws_send(OP_TEXT, b'{"op": "pub", "subject": "a"}', mask=False)
                 assert await ws.ws_close_code() == 1002
-                for client in [*flood, ws]:
+                http2 = await raw(bridge)
+                http2.send(REQUESTS["ws"].format(version="HTTP/2.0").encode())
+                assert (await http2.until_closed()).startswith(b"HTTP/1.1 505 ")
+                for client in [*flood, ws, http2]:
                     client.close()
         finally:
             await broker.close()
