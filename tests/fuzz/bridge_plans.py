@@ -38,6 +38,9 @@ SUB_QUERIES += ["?deliver=bogus", "?durable=", "?queue=" + "q" * 100, "?durable=
 SUB_QUERIES += ["?stream=NOPE&durable=fz-b2", "?deliver=last&durable=fz-b3", "?x=1&x=2"]
 
 JSON = b"Content-Type: application/json"
+#: A WebSocket handshake's version: HTTP/1.1, one in four times another, which the
+#: bridge refuses (RFC 6455, 4.1: at least 1.1; the bridge speaks 1.0 and 1.1 only).
+HANDSHAKE_VERSIONS = st.sampled_from([b"HTTP/1.1"] * 9 + [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/0.9"])
 WS_HANDSHAKE = [
     b"Upgrade: websocket",
     b"Connection: Upgrade",

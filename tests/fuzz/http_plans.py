@@ -6,7 +6,8 @@ header names and values with CR, LF and NUL, duplicate and conflicting
 Content-Length and Transfer-Encoding, chunked bodies with bad sizes and
 extensions, ``Connection`` naming other headers, very long heads), then a
 few byte-level mutations of the whole stream (CR, LF, NUL or spaces
-inserted, bytes dropped, the stream cut short), sent in one to three pieces.
+inserted, bytes dropped, the stream cut short), sent in one to three pieces,
+after which the client may shut its sending side (half-close) and read on.
 A :class:`Shape` says what a valid request to one server looks like (the
 proxy's here, the bus bridge's in :mod:`tests.fuzz.bridge_plans`); the
 anomalies are added to it.
@@ -111,12 +112,14 @@ def smuggled(tag: bytes = TAG) -> bytes:
 @dataclass
 class Plan:
     """One client connection: its bytes (with TAG in place of its tag), the
-    offsets at which they are sent in separate writes, and whether the client
-    closes without reading."""
+    offsets at which they are sent in separate writes, whether the client
+    closes without reading, and whether it shuts its sending side after the
+    last write (and reads on)."""
 
     data: bytes
     cuts: tuple[int, ...] = ()
     abandon: bool = False
+    half_close: bool = False
 
     def render(self, tag: bytes) -> list[bytes]:
         assert len(tag) == TAG_LENGTH, tag
@@ -126,17 +129,44 @@ class Plan:
 
     def __repr__(self) -> str:
         shown = self.data if len(self.data) <= 600 else self.data[:600] + b"..."
-        return f"Plan({shown!r}, cuts={self.cuts}, abandon={self.abandon}, size={len(self.data)})"
+        return (
+            f"Plan({shown!r}, cuts={self.cuts}, abandon={self.abandon}, "
+            f"half_close={self.half_close}, size={len(self.data)})"
+        )
+
+
+#: what a client configured to use the proxy as its proxy puts before the path
+#: (absolute-form, RFC 9112, 3.2.2): the proxy forwards the path, with this host
+ABSOLUTE_PREFIXES = [
+    b"http://fz-web",
+    b"HTTP://fz-web:80",
+    b"https://fz-other.example:8443",
+    b"http://10.0.0.1",
+]
 
 
 def targets(index: int) -> st.SearchStrategy[bytes]:
+    """A valid target: mostly a path, one in four in absolute-form."""
     base = b"/fz/" + TAG + b"/" + str(index).encode()
-    return st.sampled_from(TARGET_SUFFIXES).map(lambda s: base + s)
+    origin = st.sampled_from(TARGET_SUFFIXES).map(lambda s: base + s)
+    absolute = st.builds(
+        lambda prefix, path: prefix + path, st.sampled_from(ABSOLUTE_PREFIXES), origin
+    )
+    return st.one_of(origin, origin, origin, absolute)
 
 
 def odd_targets(index: int) -> st.SearchStrategy[bytes]:
     base = b"/fz/" + TAG + b"/" + str(index).encode()
-    return st.sampled_from([b"http://fz-web" + base, b"fz-web:80", b"*", b"", base + b" x"])
+    absolute = [
+        b"http://fz-web" + base,
+        b"HTTPS://fz-other.example:8080" + base,
+        b"http://fz-web?q=" + base,  # no path: "/?q=…"
+        # refused: userinfo, no host, another scheme
+        b"http://user@fz-web" + base,
+        b"http://" + base,
+        b"ftp://fz-web" + base,
+    ]
+    return st.sampled_from([*absolute, b"fz-web:80", b"*", b"", base + b" x"])
 
 
 # Well-formed extra headers a normal client sends.
@@ -364,12 +394,15 @@ def plans(
     draw: st.DrawFn,
     shapes: Callable[[int], st.SearchStrategy[Shape]] = proxy_shapes,
     most: int = 3,
+    half_closes: bool = False,
 ) -> Plan:
     """One connection: one to ``most`` requests, ``shapes(i)`` drawing what the i-th
-    looks like when valid."""
+    looks like when valid; with ``half_closes``, a third of the connections that do
+    not abandon shut their sending side after their last write."""
     count = draw(st.integers(1, most))
     data = b"".join(draw(requests(draw(shapes(i)))) for i in range(count))
     data = draw(mutate(data))
     cuts = tuple(draw(st.lists(st.integers(0, len(data)), max_size=2)))
     abandon = draw(st.integers(0, 9)) == 0
-    return Plan(data, cuts, abandon)
+    half_close = half_closes and not abandon and draw(st.integers(0, 2)) == 0
+    return Plan(data, cuts, abandon, half_close)

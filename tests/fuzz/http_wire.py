@@ -1,8 +1,8 @@
 """HTTP/1.1 on the wire for the fuzz tests: a raw client connection, a strict reading
 of what a client sent, and a strict reading of what a server answered.
 
-:func:`converse` sends exact bytes (in the pieces given), half-closes, and
-reads until the server closes or a deadline passes. :func:`sent_requests`
+:func:`converse` sends exact bytes (in the pieces given), half-closes if
+asked, and reads until the server closes or a deadline passes. :func:`sent_requests`
 says which requests a strict parser finds complete in what was sent, up to
 its first error: what an honest intermediary may forward, at most.
 :func:`read_responses` parses the answers and says when they are not
@@ -33,6 +33,8 @@ class Exchange:
     reset: bool = False
     # The client stopped early and closed without reading.
     abandoned: bool = False
+    # The client shut its sending side after the last piece (and still read).
+    half_closed: bool = False
 
 
 async def converse(
@@ -43,13 +45,14 @@ async def converse(
     timeout: float,
     quiet: float = 0.2,
     abandon: bool = False,
+    half_close: bool = False,
 ) -> Exchange:
     """Sends ``pieces``, one write each, and reads until the server closes, or
     until ``expected`` responses are complete and nothing more came for
     ``quiet`` seconds, or ``timeout``. ``abandon``: close right after sending.
-
-    The client does not half-close: a proxy may take a client's EOF for the
-    client going away, and drop what it had not answered yet."""
+    ``half_close``: shut the sending side after the last piece (``shutdown(SHUT_WR)``),
+    and read until the server closes or ``timeout``: a server answers what it was
+    sent whole, then closes (RFC 9112, 9.6)."""
     host, port = address.rsplit(":", 1)
     exchange = Exchange(b"".join(pieces), abandoned=abandon)
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -65,6 +68,13 @@ async def converse(
             exchange.reset = True  # the server closed early: read what it said
         if abandon:
             return exchange
+        if half_close and not exchange.reset:
+            try:
+                writer.write_eof()
+                exchange.half_closed = True
+                expected = 1 << 30  # until the server closes
+            except (ConnectionError, RuntimeError):
+                exchange.reset = True
         received = bytearray()
         try:
             async with asyncio.timeout(timeout):
@@ -106,6 +116,7 @@ def _complete(data: bytes | bytearray) -> int:
 class SentRequest:
     method: bytes
     target: bytes
+    version: str = "1.1"
 
 
 class _RequestReader:
@@ -121,7 +132,10 @@ class _RequestReader:
         self._target += url
 
     def on_message_complete(self) -> None:
-        self.complete.append(SentRequest(self.parser.get_method(), self._target))
+        parser = self.parser
+        self.complete.append(
+            SentRequest(parser.get_method(), self._target, parser.get_http_version())
+        )
 
 
 def sent_requests(data: bytes) -> list[SentRequest]:

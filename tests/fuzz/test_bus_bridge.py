@@ -3,13 +3,15 @@
 HTTP: each example is one connection with one or two requests to the
 bridge's routes (:func:`tests.fuzz.bridge_plans.bridge_shapes`), with the
 anomalies of :mod:`tests.fuzz.http_plans`. Properties: every response well
-framed and parseable, never 500 (a 5xx is 503 or 504, as documented), an
-error body is the documented JSON and never the ``internal`` kind; every
+framed and parseable, never 500 (a 5xx is 503, 504 or 505, as documented),
+an error body is the documented JSON and never the ``internal`` kind; every
 whole request answered unless the connection closed or became an event
-stream.
+stream; a request in another HTTP version than 1.0 and 1.1 answered 505 (never
+served, nor switched to WebSocket), and nothing after it.
 
 WebSocket: each example opens a socket and sends one to four generated
-frames. Properties: the handshake is answered 101; every server frame is
+frames. Properties: the handshake is answered 101 (in HTTP/1.1; one in four
+handshakes says HTTP/1.0, 2.0 or 0.9, and is answered 400 or 505 and closed); every server frame is
 well formed (unmasked, no reserved bits or opcodes), text frames are JSON
 operations of the documented kinds, never an ``internal`` error; a close
 carries a code a server may send, never 1011 (the server's own failure), and
@@ -37,6 +39,7 @@ from hypothesis import given
 
 from tests.fuzz.bridge_plans import (
     CLOSE_CODES,
+    HANDSHAKE_VERSIONS,
     OP_CLOSE,
     OP_TEXT,
     SERVER_OPCODES,
@@ -50,7 +53,14 @@ from tests.fuzz.bridge_plans import (
     ws_text,
 )
 from tests.fuzz.http_plans import TAG, Plan, plans
-from tests.fuzz.http_wire import Exchange, Response, converse, read_responses, sent_requests
+from tests.fuzz.http_wire import (
+    Exchange,
+    Response,
+    SentRequest,
+    converse,
+    read_responses,
+    sent_requests,
+)
 from tests.fuzz.profiles import fuzz_settings, run, time_limit
 from tests.fuzz.rpc import say
 from tests.fuzz.stack import Stack
@@ -79,7 +89,9 @@ def _json_error(response: Response) -> None:
     assert body["error"] != "internal", body
 
 
-def check_http(exchange: Exchange, whole: int) -> None:
+def check_http(exchange: Exchange, requests: list[SentRequest]) -> None:
+    """``requests``: those a strict parser finds whole in what the client sent."""
+    whole = len(requests)
     if exchange.abandoned:
         return
     say(f"received {exchange.received[:1500]!r}")
@@ -89,12 +101,20 @@ def check_http(exchange: Exchange, whole: int) -> None:
     assert problem is None, problem
     for response in responses:
         assert response.status != 500, response
-        assert response.status < 500 or response.status in (503, 504), response
+        assert response.status < 500 or response.status in (503, 504, 505), response
         _json_error(response)
     # One answer per whole request, and at most one more: the refusal of what
     # followed them. More means bytes that were never a request were answered.
     final = [r for r in responses if r.status >= 200]
     assert len(final) <= whole + 1, f"{len(final)} answers to {whole} whole request(s)"
+    # Answers come in the order of the requests (a switch to WebSocket is one): a
+    # request in another version is refused, and the connection ends there.
+    answers = [r for r in responses if r.status >= 200 or r.status == 101]
+    for i, (request, response) in enumerate(zip(requests, answers, strict=False)):
+        if request.version not in ("1.0", "1.1"):
+            assert response.status == 505, f"HTTP/{request.version} answered {response}"
+            assert i == len(answers) - 1, "answers after a 505"
+            break
     streaming = any(r.streaming for r in responses)
     if not exchange.closed and not streaming:
         answered = sum(r.complete and r.status >= 200 for r in responses)
@@ -130,12 +150,12 @@ def test_http_bridge(stack: Stack, request: pytest.FixtureRequest) -> None:
         @given(plans(bridge_shapes, most=2))
         def one(plan: Plan) -> None:
             pieces = plan.render(TAG)
-            whole = len(sent_requests(b"".join(pieces)))
+            whole = sent_requests(b"".join(pieces))
             exchange = asyncio.run(
                 converse(
                     stack.bridge,
                     pieces,
-                    expected=whole,
+                    expected=len(whole),
                     timeout=READ_TIMEOUT,
                     quiet=QUIET,
                     abandon=plan.abandon,
@@ -161,11 +181,11 @@ class Socket:
         self.closed = False
 
     @classmethod
-    async def open(cls, address: str) -> tuple[Socket, bytes]:
+    async def open(cls, address: str, version: bytes = b"HTTP/1.1") -> tuple[Socket, bytes]:
         host, port = address.rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
         socket = cls(reader, writer)
-        lines = [b"GET /v1/ws HTTP/1.1", b"Host: fz", *WS_HANDSHAKE]
+        lines = [b"GET /v1/ws " + version, b"Host: fz", *WS_HANDSHAKE]
         writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
         async with asyncio.timeout(READ_TIMEOUT):
             head = await reader.readuntil(b"\r\n\r\n")
@@ -229,6 +249,18 @@ async def _ws_example(
         await socket.close()
 
 
+async def _refused_handshake(address: str, version: bytes) -> bytes:
+    """A handshake in ``version``: the head of the answer, once the bridge closed."""
+    socket, head = await Socket.open(address, version)
+    try:
+        async with asyncio.timeout(READ_TIMEOUT):
+            with contextlib.suppress(ConnectionError):
+                await socket.reader.read()  # until the bridge closes
+        return head
+    finally:
+        await socket.close()
+
+
 async def _ws_round_trip(address: str) -> None:
     """A normal subscribe, publish and delivery over one socket."""
     subject = f"fz.sub.ws.check{next(_checks)}"
@@ -260,8 +292,15 @@ def test_websocket_bridge(stack: Stack, request: pytest.FixtureRequest) -> None:
     with served.bounded(still_works):
 
         @fuzz_settings(40)
-        @given(frames())
-        def one(frames_: list[Frame]) -> None:
+        @given(frames(), HANDSHAKE_VERSIONS)
+        def one(frames_: list[Frame], version: bytes) -> None:
+            if version != b"HTTP/1.1":
+                # RFC 6455, 4.1: a handshake is a GET of HTTP/1.1 or later.
+                head = asyncio.run(_refused_handshake(stack.bridge, version))
+                status = head.split(b" ", 2)[1]
+                assert status == (b"400" if version == b"HTTP/1.0" else b"505"), head
+                publish_works(stack)
+                return
             reason = must_close(frames_)
             quiet = CLOSING if reason else QUIET
             head, data, closed = asyncio.run(_ws_example(stack.bridge, frames_, quiet))

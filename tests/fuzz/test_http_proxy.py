@@ -3,8 +3,9 @@
 The sidecar's upstream listener ``fz-web`` (``protocol: http``) forwards to
 the recording upstream (:mod:`tests.fuzz.upstream`). Each example opens one
 or two client connections at once, each sending a :class:`Plan` (one to
-three pipelined requests, generated and mutated, in pieces), half-closes and
-reads until the proxy closes. Properties:
+three pipelined requests, generated and mutated, in pieces), perhaps
+half-closing after them, and reads until the proxy closes or its answers
+are in. Properties:
 
 - every response is well framed and parseable, and none is a 500 (a 5xx
   the proxy makes itself says why in ``x-eco-proxy-error``);
@@ -14,6 +15,12 @@ reads until the proxy closes. Properties:
   tag, over the whole test, so that a late request is still counted);
 - every response from the upstream reaches the connection whose request it
   answers, in the order of the requests;
+- the upstream sees request targets in origin-form only; one the client
+  sent in absolute-form arrives as its path and query, with the Host it
+  named (RFC 9112, 3.2.2);
+- a client that half-closes after its requests is answered (its first
+  whole request at least: a refusal may end the connection before the
+  others), and the proxy then closes the connection;
 - after each example a normal request through the listener gets its own
   answer, and the sidecar process is alive; after the test its memory grew
   within the bound of :mod:`tests.fuzz.rpc`.
@@ -50,13 +57,20 @@ def new_tag() -> bytes:
     return tag
 
 
-def origin_form(target: bytes) -> bytes:
-    """A target as the upstream may see it: an absolute-form target rewritten."""
-    for scheme in (b"http://", b"https://"):
-        if target.lower().startswith(scheme):
-            path = target[len(scheme) :].partition(b"/")[2]
-            return b"/" + path
-    return target
+def forwarded(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
+    """A target as the upstream must see it, and the Host it must see with it (None:
+    the client's): an http or https URI becomes its path and query ("/" when the path
+    is empty, "*" for OPTIONS with no query either), its authority the Host. (Those
+    the proxy refuses, with userinfo or no host, are never seen.)"""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return target, None
+    ends = [i for i in (rest.find(b"/"), rest.find(b"?"), rest.find(b"#")) if i >= 0]
+    end = min(ends, default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    if not path.startswith(b"/"):
+        path = b"*" if method == b"OPTIONS" and not path.startswith(b"?") else b"/" + path
+    return path, authority.removesuffix(b":")
 
 
 class Ledger:
@@ -72,11 +86,18 @@ class Ledger:
         self.cursor = upstream.snapshot()
         self.allowed: Counter[bytes] = Counter()
         self.seen: Counter[bytes] = Counter()
+        #: the Host a target sent in absolute-form must arrive with, by forwarded target
+        self.hosts: dict[bytes, bytes] = {}
 
     def allow(self, data: bytes) -> list[bytes]:
         """Counts the requests a strict parser finds whole in ``data``; returns their
-        targets, in order."""
-        targets = [origin_form(r.target) for r in sent_requests(data)]
+        targets as the upstream must see them, in order."""
+        targets = []
+        for request in sent_requests(data):
+            target, host = forwarded(request.method, request.target)
+            if host is not None:
+                self.hosts[target] = host
+            targets.append(target)
         self.allowed.update(targets)
         return targets
 
@@ -84,12 +105,19 @@ class Ledger:
         seen, garbled = self.upstream.since(self.cursor)
         self.cursor = (self.cursor[0] + len(seen), self.cursor[1] + len(garbled))
         assert not garbled, f"the upstream could not parse what the proxy sent: {garbled[:3]}"
-        new = [origin_form(s.target) for s in seen]
+        new = [s.target for s in seen]
         self.seen.update(new)
-        extra = {t: self.seen[t] for t in set(new) if self.seen[t] > self.allowed[t]}
+        extra = {t[:100]: self.seen[t] for t in set(new) if self.seen[t] > self.allowed[t]}
         assert not extra, f"the upstream saw requests no client sent whole: {extra}"
         for request in seen:
             check_forwarded_head(request)
+            host = self.hosts.get(request.target)
+            if host is not None:
+                hosts = [value for name, value in request.headers if name.lower() == b"host"]
+                assert hosts == [host], (
+                    f"{request.target[:80]!r} sent in absolute-form for {host!r} "
+                    f"arrived with Host {hosts}"
+                )
 
 
 # Hop-by-hop headers (RFC 9110 7.6.1): never passed on by a proxy.
@@ -103,6 +131,10 @@ def check_forwarded_head(request: Seen) -> None:
     names = Counter(name.lower() for name, _ in request.headers)
     values = {name.lower(): value for name, value in request.headers}
     problems = []
+    if not request.target.startswith(b"/") and request.target != b"*":
+        problems.append("a target not in origin-form")
+    elif request.target == b"*" and request.method != "OPTIONS":
+        problems.append(f"* with {request.method}")
     if names[b"host"] != 1:
         problems.append(f"{names[b'host']} Host headers")
     if names[b"x-forwarded-proto"] != 1:
@@ -128,10 +160,17 @@ def check_exchange(exchange: Exchange, tag: bytes, targets: list[bytes]) -> None
     # followed them.
     final = [r for r in responses if r.status >= 200]
     assert len(final) <= len(targets) + 1, f"{len(final)} answers to {len(targets)} request(s)"
+    answered = sum(r.complete and r.status >= 200 for r in responses)
     if not exchange.closed:
-        answered = sum(r.complete and r.status >= 200 for r in responses)
         assert answered >= len(targets), (
             f"{len(targets)} whole request(s), {answered} answered, and the connection still open"
+        )
+    if exchange.half_closed and not exchange.reset:
+        # (RFC 9112, 9.6: the client may still read.) A refusal may end the connection
+        # before the later requests; the first whole one is always answered.
+        assert exchange.closed, "the proxy kept a half-closed connection open"
+        assert answered or not targets, (
+            f"{len(targets)} whole request(s) then a half-close, and no answer"
         )
     upstream_bodies = []
     for response in responses:
@@ -139,7 +178,7 @@ def check_exchange(exchange: Exchange, tag: bytes, targets: list[bytes]) -> None
         if response.status >= 500:
             assert response.header(b"x-eco-proxy-error"), response
         if response.header(b"x-fuzz-seq") is not None:
-            upstream_bodies.append(origin_form(response.body))
+            upstream_bodies.append(response.body)
     # Whose answers: this connection's requests only, in their order.
     for body in upstream_bodies:
         assert b"/fz/" + tag + b"/" in body or b"/fz/" not in body, (
@@ -175,6 +214,7 @@ async def _run(
                     expected=len(sent),
                     timeout=READ_TIMEOUT,
                     abandon=plan.abandon,
+                    half_close=plan.half_close,
                 )
             )
             for plan, tag, sent in zip(plans_, tags, targets, strict=True)
@@ -194,7 +234,7 @@ def test_http_proxy(stack: Stack, request: pytest.FixtureRequest) -> None:
     with served.bounded(still_works):
 
         @fuzz_settings(60)
-        @given(st.lists(plans(), min_size=1, max_size=2))
+        @given(st.lists(plans(half_closes=True), min_size=1, max_size=2))
         def one(connections: list[Plan]) -> None:
             tags = [new_tag() for _ in connections]
             targets = [

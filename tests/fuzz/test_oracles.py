@@ -82,6 +82,45 @@ def test_a_forwarded_head_is_checked(headers: list[tuple[bytes, bytes]]) -> None
         ledger.check()
 
 
+ABSOLUTE = b"GET http://h.example/fz/a/0?q HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "caught"),
+    [
+        (b"/fz/a/0?q", b"h.example", None),
+        (b"/fz/a/0?q", b"x", "arrived with Host"),
+        (b"http://h.example/fz/a/0?q", b"h.example", "no client sent whole"),
+    ],
+    ids=["origin-form", "client-host", "absolute-form"],
+)
+def test_an_absolute_form_target_must_arrive_in_origin_form_with_its_host(
+    target: bytes, host: bytes, caught: str | None
+) -> None:
+    upstream = RecordingUpstream()
+    ledger = Ledger(upstream)
+    assert ledger.allow(ABSOLUTE) == [b"/fz/a/0?q"]
+    upstream.record("GET", _Request(target, [(b"Host", host), *PROXIED[1:]]))
+    if caught is None:
+        ledger.check()
+    else:
+        with pytest.raises(AssertionError, match=caught):
+            ledger.check()
+
+
+def test_a_half_closed_connection_must_be_answered_and_closed() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nx-fuzz-seq: 1\r\n\r\n/fz/a/0"
+    unanswered = Exchange(b"", received=b"", closed=True, half_closed=True)
+    with pytest.raises(AssertionError, match="no answer"):
+        check_exchange(unanswered, b"a", [b"/fz/a/0"])
+    left_open = Exchange(b"", received=answer, closed=False, half_closed=True)
+    with pytest.raises(AssertionError, match="kept a half-closed connection open"):
+        check_exchange(left_open, b"a", [b"/fz/a/0"])
+    check_exchange(
+        Exchange(b"", received=answer, closed=True, half_closed=True), b"a", [b"/fz/a/0"]
+    )
+
+
 def test_an_answer_to_another_connection_is_caught() -> None:
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nx-fuzz-seq: 1\r\n\r\n/fz/b/0"
     exchange = Exchange(b"", received=answer, closed=True)
