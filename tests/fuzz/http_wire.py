@@ -73,7 +73,8 @@ async def converse(
                 writer.write_eof()
                 exchange.half_closed = True
                 expected = 1 << 30  # until the server closes
-            except (ConnectionError, RuntimeError):
+            except (OSError, RuntimeError):
+                # ENOTCONN as well as a reset: the server closed first.
                 exchange.reset = True
         received = bytearray()
         try:
