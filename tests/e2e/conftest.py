@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,9 @@ import pytest
 from ecosystem.v1 import sidecar_pb2, sidecar_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.util import free_port
+
 ECO = Path(sys.executable).with_name("eco")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ControlPlaneProcess:

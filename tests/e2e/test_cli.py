@@ -6,7 +6,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,16 +17,11 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import ControlPlaneProcess
+from tests.util import free_port
 
 pytestmark = pytest.mark.e2e
 
 ECO = str(Path(sys.executable).with_name("eco"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def dead_address() -> str:

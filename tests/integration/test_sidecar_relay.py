@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
@@ -29,15 +28,9 @@ from controlplane.bus.embedded import EmbeddedBroker
 from sdk._bus import BusClient
 from sdk._bus_session import BusSubscription
 from sidecar.relay import QueuedPublishAck, RelayBroker, attach_relay
-from tests.util import assert_eventually
+from tests.util import assert_eventually, free_port
 
 WAIT = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ControlPlane:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,14 +29,6 @@ async def proxy(listeners: list[Any], tgt: Target) -> HttpListener:
 
 def url(listener: HttpListener, path: str = "/") -> str:
     return f"http://{listener.address}{path}"
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # -- a raw client ---------------------------------------------------------------------------

@@ -27,12 +27,11 @@ from tests.integration.proxy.conftest import Backend, policy, target
 from tests.integration.proxy.http_peers import (
     RawClient,
     ScriptedUpstream,
-    free_port,
     get,
     proxy,
     url,
 )
-from tests.util import assert_eventually
+from tests.util import assert_eventually, free_port
 
 PATTERN = bytes(range(256)) * 256
 
