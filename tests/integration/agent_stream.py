@@ -11,8 +11,9 @@ import pytest
 from ecosystem.v1 import agent_pb2 as apb
 from ecosystem.v1 import agent_pb2_grpc
 from ecosystem.v1 import registry_pb2 as pb
+from ecosystem.v1 import registry_pb2_grpc as pb_grpc
 
-__all__ = ["Stream"]
+__all__ = ["Stream", "instances", "session_status"]
 
 
 class Stream:
@@ -73,3 +74,17 @@ class Stream:
     def drop(self) -> None:
         if self.call is not None:
             self.call.cancel()
+
+
+async def instances(channel: grpc.aio.Channel, service: str = "web") -> dict[str, pb.Instance]:
+    """The registered instances of ``service`` by id, read over the registry API."""
+    stub = pb_grpc.RegistryServiceStub(channel)
+    got = await stub.ListInstances(
+        pb.ListInstancesRequest(selector=pb.InstanceSelector(service=service))
+    )
+    return {i.id: i for i in got.instances}
+
+
+def session_status(inst: pb.Instance) -> int:
+    """The status of the check the control plane keeps for a sidecar's session."""
+    return next(c.status for c in inst.checks if c.name == "sidecar-session")

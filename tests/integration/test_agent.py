@@ -13,7 +13,7 @@ from ecosystem.v1 import registry_pb2 as pb
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
 
 from controlplane import ControlPlane, ControlPlaneConfig
-from tests.integration.agent_stream import Stream
+from tests.integration.agent_stream import Stream, instances, session_status
 from tests.util import assert_eventually
 
 
@@ -49,18 +49,6 @@ def local(id: str, port: int = 8080, service: str = "web") -> pb.Instance:
     return pb.Instance(
         id=id, service=service, address="127.0.0.1", port=port, health=pb.HEALTH_STATUS_PASSING
     )
-
-
-async def instances(channel: grpc.aio.Channel, service: str = "web") -> dict[str, pb.Instance]:
-    stub = pb_grpc.RegistryServiceStub(channel)
-    got = await stub.ListInstances(
-        pb.ListInstancesRequest(selector=pb.InstanceSelector(service=service))
-    )
-    return {i.id: i for i in got.instances}
-
-
-def session_status(inst: pb.Instance) -> int:
-    return next(c.status for c in inst.checks if c.name == "sidecar-session")
 
 
 async def test_sync_creates_updates_and_removes_the_nodes_instances(

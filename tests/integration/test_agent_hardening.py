@@ -36,7 +36,7 @@ from sdk._agent_types import AgentNode, EndpointUpdate, ServiceRef
 from sdk._types import CheckStatus
 from sidecar.agent import Sidecar
 from sidecar.config import SidecarConfig
-from tests.integration.agent_stream import Stream
+from tests.integration.agent_stream import Stream, instances, session_status
 from tests.util import assert_eventually
 
 
@@ -104,18 +104,6 @@ def maximal(i: int, service: str = "big") -> pb.Instance:
             for k in range(32)
         ],
     )
-
-
-async def stored(channel: grpc.aio.Channel, service: str = "web") -> dict[str, pb.Instance]:
-    stub = pb_grpc.RegistryServiceStub(channel)
-    got = await stub.ListInstances(
-        pb.ListInstancesRequest(selector=pb.InstanceSelector(service=service))
-    )
-    return {i.id: i for i in got.instances}
-
-
-def session_status(inst: pb.Instance) -> int:
-    return next(c.status for c in inst.checks if c.name == "sidecar-session")
 
 
 # -- finding 4: every agent-stream message is validated at the edge ---------------------------
@@ -187,7 +175,7 @@ async def test_a_health_report_of_3_mb_with_an_unknown_status_is_refused(
     err = await stream.ended()
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert len(err.details() or "") < 4096
-    inst = (await stored(channel))["a"]
+    inst = (await instances(channel))["a"]
     assert inst.health == pb.HEALTH_STATUS_PASSING
     assert inst.ByteSize() < 1024, "the report was stored"
 
@@ -211,7 +199,7 @@ async def test_a_health_report_names_each_bad_field(channel: grpc.aio.Channel) -
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     found = violations(err)
     assert {"health.health", "health.checks[0].output", "health.checks[1].status"} <= set(found)
-    assert (await stored(channel))["a"].health == pb.HEALTH_STATUS_PASSING
+    assert (await instances(channel))["a"].health == pb.HEALTH_STATUS_PASSING
 
 
 async def test_a_health_report_may_carry_32_checks(channel: grpc.aio.Channel) -> None:
@@ -230,7 +218,7 @@ async def test_a_health_report_may_carry_32_checks(channel: grpc.aio.Channel) ->
     )
 
     async def critical() -> None:
-        inst = (await stored(channel))["a"]
+        inst = (await instances(channel))["a"]
         assert inst.health == pb.HEALTH_STATUS_CRITICAL and len(inst.checks) == 33
 
     await assert_eventually(critical)
@@ -311,7 +299,7 @@ async def test_one_oversized_message_ends_the_stream(channel: grpc.aio.Channel) 
     err = await stream.ended()
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert "sync" in violations(err)
-    assert await stored(channel) == {}
+    assert await instances(channel) == {}
 
 
 async def test_a_sync_in_parts_is_applied_whole(channel: grpc.aio.Channel) -> None:
@@ -319,11 +307,11 @@ async def test_a_sync_in_parts_is_applied_whole(channel: grpc.aio.Channel) -> No
     await stream.connect()
     await stream.send(sync=apb.SyncInstances(instances=[local("a")], more=True))
     await stream.send(sync=apb.SyncInstances(instances=[local("b")], more=True))
-    assert await stored(channel) == {}, "a part of a sync was applied"
+    assert await instances(channel) == {}, "a part of a sync was applied"
     await stream.send(sync=apb.SyncInstances(instances=[local("c")]))
     result = (await stream.read_kind("sync_result")).sync_result
     assert result.created == 3
-    assert set(await stored(channel)) == {"a", "b", "c"}
+    assert set(await instances(channel)) == {"a", "b", "c"}
     stream.drop()
 
 
@@ -344,7 +332,7 @@ async def test_an_anonymous_hello_cannot_take_over_a_connected_node(
     assert "web-1" in (err.details() or "") and "another sidecar" in (err.details() or "")
 
     await asyncio.sleep(2.5)  # past the grace and a reaper sweep
-    inst = (await stored(channel))["a"]
+    inst = (await instances(channel))["a"]
     assert inst.health == pb.HEALTH_STATUS_PASSING
     assert session_status(inst) == pb.HEALTH_STATUS_PASSING
     # The real sidecar's stream is still up.
