@@ -60,6 +60,7 @@ __all__ = [
     "bad_request",
     "cut",
     "end_call",
+    "excerpt",
     "to_status",
 ]
 
@@ -175,6 +176,18 @@ def cut(text: str, limit: int) -> str:
     if len(data) <= limit:
         return text
     return data[: limit - 3].decode(errors="ignore") + "…"
+
+
+def excerpt(value: str, limit: int = 32) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters.
+
+    Errors travel back in status details (and trailers): quoting a rejected
+    megabyte would make the error itself too large for a stock client and
+    keep the input alive in memory, so only the start of it is shown.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
 
 
 def bad_request(violations: Iterable[tuple[str, str]]) -> error_details_pb2.BadRequest:

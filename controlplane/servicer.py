@@ -241,11 +241,6 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
         async def open_stream() -> AsyncIterator[bytes]:
             validate_watch(request)
-            if self._watch_streams >= self._max_watch_streams:
-                raise ResourceExhaustedError(
-                    f"this control plane serves {self._max_watch_streams} watch streams "
-                    "already; try again later or another address"
-                )
             await self._fresh()
             since = request.since_revision
             if request.store_id == self._view.store_id and since > self._view.revision:
@@ -254,6 +249,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 # a resume with a snapshot.
                 with contextlib.suppress(UnavailableError):
                     await self._view.wait_for(since, timeout=_CATCH_UP)
+            # Checked after the last await: the stream is counted before any other can open.
+            if self._watch_streams >= self._max_watch_streams:
+                raise ResourceExhaustedError(
+                    f"this control plane serves {self._max_watch_streams} watch streams "
+                    "already; try again later or another address"
+                )
             sub = self._view.subscribe(
                 Selector.from_proto(request.selector),
                 request.since_revision,

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from ecosystem.v1 import registry_pb2 as pb
 
-from controlplane.errors import FieldViolation, InvalidArgumentError
+from controlplane.errors import FieldViolation, InvalidArgumentError, excerpt
 from controlplane.paging import check_paging
 
 __all__ = [
@@ -61,22 +61,6 @@ class LIMITS:
     instance_bytes = 64 * 1024
     lease_ttl_seconds = 3600
     progress_interval_ms = (100, 60_000)
-
-
-#: characters of a rejected value quoted back in an error
-EXCERPT = 32
-
-
-def excerpt(value: str, limit: int = EXCERPT) -> str:
-    """``value`` quoted for an error message, cut to ``limit`` characters.
-
-    Errors travel back in status details (and trailers): quoting a rejected
-    megabyte would make the error itself too large for a stock client and
-    keep the input alive in memory, so only the start of it is shown.
-    """
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}… ({len(value)} characters)"
 
 
 #: field violations listed in one error; the rest are counted

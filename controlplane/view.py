@@ -183,17 +183,14 @@ class Subscription:
         if self.resync or self.closed:
             return
         if not self.pending:  # (an agent session clears pending on its own)
-            self.pending_bytes = 0
-            self.ends.clear()
+            self.discard_pending()
         size = sum(map(len, frames))
         if (
             len(self.pending) + len(frames) > self.max_pending
             or self.pending_bytes + size > self.max_pending_bytes
         ):
             # Latest state beats backlog: drop what is pending and resnapshot.
-            self.pending.clear()
-            self.pending_bytes = 0
-            self.ends.clear()
+            self.discard_pending()
             self.resync = True
             self.overflows += 1
             if self.overflows == 1:
@@ -208,14 +205,20 @@ class Subscription:
             self.ends.append(len(self.pending))
         self.wake.set()
 
+    def discard_pending(self) -> None:
+        """Forgets every pending frame (the state will be sent whole instead)."""
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.ends.clear()
+
     def take(self, budget: int) -> tuple[list[bytes], bool]:
         """Pending frames for one response of about ``budget`` bytes: whole
         revisions while they fit, else part of the first one; and whether
         that response ends inside a revision."""
         if self.pending_bytes <= budget:
-            frames, self.pending = self.pending, []
-            self.pending_bytes = 0
-            self.ends.clear()
+            frames = self.pending
+            self.pending = []
+            self.discard_pending()
             return frames, False
         pending = self.pending
         size = 0
@@ -267,9 +270,7 @@ class Subscription:
                     raise UnavailableError("control plane is shutting down; reconnect and resume")
                 if self.resync:
                     self.resync = False
-                    self.pending.clear()
-                    self.pending_bytes = 0
-                    self.ends.clear()
+                    self.discard_pending()
                     self._sent_since_tick = True
                     for response in self.view.snapshot(self.selector):
                         yield response + suffix

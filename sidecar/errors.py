@@ -33,7 +33,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
-from controlplane.errors import MAX_MESSAGE, bad_request, cut
+from controlplane.errors import MAX_MESSAGE, bad_request, cut, excerpt
 from sdk.balancer import NoEndpointsError
 from sidecar.health import CheckNotFoundError, DuplicateCheckError, NotATtlCheckError
 
@@ -138,14 +138,6 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotATtlCheckError, grpc.StatusCode.FAILED_PRECONDITION),
     (DuplicateCheckError, grpc.StatusCode.ALREADY_EXISTS),
 )
-
-
-def excerpt(value: str, limit: int = 32) -> str:
-    """``value`` quoted for an error message, cut to ``limit`` characters (the
-    control plane quotes rejected input the same way)."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}… ({len(value)} characters)"
 
 
 def code_for(exc: BaseException) -> grpc.StatusCode | None:

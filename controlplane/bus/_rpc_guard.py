@@ -121,27 +121,23 @@ def _guard(handler: Handler) -> Handler:
     decode = _decoder(deserializer)
     serialize = handler.response_serializer
 
-    if handler.unary_unary is not None:
-        behavior_uu: Any = handler.unary_unary
+    def unary(behavior: Any) -> Any:
+        """``behavior`` (a coroutine taking one request) behind the check."""
 
-        async def unary_unary(request: Any, context: Any) -> Any:
+        async def call(request: Any, context: Any) -> Any:
             if type(request) is _Malformed:
                 _refuse(context, name, request)
                 return None
-            return await behavior_uu(request, context)
+            return await behavior(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, decode, serialize)
+        return call
+
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), decode, serialize)
     if handler.unary_stream is not None:
         behavior_us: Any = handler.unary_stream
         if not inspect.isasyncgenfunction(behavior_us):  # writes through the context
-
-            async def unary_writer(request: Any, context: Any) -> Any:
-                if type(request) is _Malformed:
-                    _refuse(context, name, request)
-                    return None
-                return await behavior_us(request, context)
-
-            return grpc.unary_stream_rpc_method_handler(unary_writer, decode, serialize)
+            return grpc.unary_stream_rpc_method_handler(unary(behavior_us), decode, serialize)
 
         async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
             if type(request) is _Malformed:
