@@ -13,22 +13,25 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from controlplane.errors import FieldViolation, InvalidArgumentError
+from google.protobuf.message import Message
+
+from controlplane.errors import FieldViolation
 
 __all__ = [
     "MAX_PAGE_SIZE",
     "MAX_RESPONSE_BYTES",
     "Page",
     "check_paging",
+    "chunked",
     "page_of",
-    "raise_if_bad_paging",
+    "wire_size",
 ]
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Message)
 
 #: Bytes of items in one response, below the 4 MiB stock clients accept
 #: (the rest of the response and gRPC's framing fit in what is left).
@@ -75,10 +78,33 @@ def check_paging(page_size: int, page_token: str) -> list[FieldViolation]:
     return problems
 
 
+def wire_size(message: Message) -> int:
+    """The bytes ``message`` takes as one element of a repeated field (its
+    bytes, plus a tag and a length)."""
+    return message.ByteSize() + 6
+
+
+def chunked(
+    items: Iterable[T], budget: int, size: Callable[[T], int] = wire_size
+) -> Iterator[list[T]]:
+    """``items`` in consecutive lists of at most ``budget`` bytes by ``size``
+    (an item larger than that alone in its list); at least one list, maybe empty."""
+    chunk: list[T] = []
+    total = 0
+    for item in items:
+        grown = total + size(item)
+        if chunk and grown > budget:
+            yield chunk
+            chunk, grown = [], size(item)
+        chunk.append(item)
+        total = grown
+    yield chunk
+
+
 def page_of(
     items: Sequence[T],
     key: Callable[[T], str],
-    size: Callable[[T], int],
+    size: Callable[[T], int] = wire_size,
     *,
     page_size: int,
     page_token: str,
@@ -103,10 +129,3 @@ def page_of(
         taken.append(item)
     more = start + len(taken) < len(items)
     return Page(taken, _encode(key(taken[-1])) if more and taken else "")
-
-
-def raise_if_bad_paging(page_size: int, page_token: str) -> None:
-    """``check_paging`` for RPCs that have nothing else to validate."""
-    problems = check_paging(page_size, page_token)
-    if problems:
-        raise InvalidArgumentError(problems)

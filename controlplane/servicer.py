@@ -176,7 +176,6 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             page = page_of(
                 instances,
                 _instance_id,
-                _size,
                 page_size=request.page_size,
                 page_token=request.page_token,
             )
@@ -198,7 +197,6 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             page = page_of(
                 self._view.services(request.namespace),
                 _service_key,
-                _size,
                 page_size=request.page_size,
                 page_token=request.page_token,
             )
@@ -219,7 +217,6 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             page = page_of(
                 self._view.select(Selector.from_proto(request.selector)),
                 _instance_key,
-                _size,
                 page_size=request.page_size,
                 page_token=request.page_token,
             )
@@ -288,11 +285,6 @@ def _instance_key(inst: pb.Instance) -> str:
 
 def _service_key(service: pb.Service) -> str:
     return f"{service.namespace}\x00{service.name}"
-
-
-def _size(message: Message) -> int:
-    # An element of a repeated field: its bytes, plus a tag and a length.
-    return message.ByteSize() + 6
 
 
 def _serialize(message: bytes | Message) -> bytes:

@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane.bus._rpc_guard import MalformedRequestGuard
 from controlplane.bus._servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
-from controlplane.paging import check_paging, page_of
+from controlplane.paging import check_paging, chunked, page_of
 from sdk import HealthStatus
 from sidecar.cache import EndpointCache, UpstreamKey, UpstreamState
 from sidecar.config import split_hostport
@@ -147,11 +147,7 @@ class SidecarServicer(sidecar_pb2_grpc.SidecarServiceServicer):
                 (i.to_proto() for i in state.instances if i.health in wanted), key=_endpoint_id
             )
             page = page_of(
-                endpoints,
-                _endpoint_id,
-                _endpoint_size,
-                page_size=request.page_size,
-                page_token=request.page_token,
+                endpoints, _endpoint_id, page_size=request.page_size, page_token=request.page_token
             )
             return sidecar_pb2.ResolveEndpointsResponse(
                 endpoints=page.items,
@@ -259,28 +255,16 @@ def _endpoint_id(endpoint: registry_pb2.Instance) -> str:
     return endpoint.id
 
 
-def _endpoint_size(endpoint: registry_pb2.Instance) -> int:
-    return endpoint.ByteSize() + 6
-
-
 def _endpoint_set(
     state: UpstreamState, stale: bool
 ) -> Iterator[sidecar_pb2.WatchEndpointsResponse]:
     """The whole endpoint set of ``state``: one response, or several under
     ``WATCH_RESPONSE_BYTES`` each, all but the last marked ``more``."""
-    chunk: list[registry_pb2.Instance] = []
-    size = 0
-    for instance in state.instances:
-        endpoint = instance.to_proto()
-        grown = size + _endpoint_size(endpoint)
-        if chunk and grown > WATCH_RESPONSE_BYTES:
-            yield sidecar_pb2.WatchEndpointsResponse(
-                endpoints=chunk, version=state.version, stale=stale, more=True
-            )
-            chunk, grown = [], _endpoint_size(endpoint)
-        chunk.append(endpoint)
-        size = grown
-    yield sidecar_pb2.WatchEndpointsResponse(endpoints=chunk, version=state.version, stale=stale)
+    chunks = list(chunked((i.to_proto() for i in state.instances), WATCH_RESPONSE_BYTES))
+    for n, chunk in enumerate(chunks, 1):
+        yield sidecar_pb2.WatchEndpointsResponse(
+            endpoints=chunk, version=state.version, stale=stale, more=n < len(chunks)
+        )
 
 
 def _upstream_key(service: str, namespace: str) -> UpstreamKey:
