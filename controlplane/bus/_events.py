@@ -337,13 +337,23 @@ class EventPublisher:
         if message is None:
             self.skipped += 1
             return False
+        refused = await self._publish_retrying(message)
+        if refused is None:
+            self.published += 1
+            return True
+        await self._dead_letter(revision, message, refused)
+        return False
+
+    async def _publish_retrying(self, message: OutgoingMessage) -> BusError | None:
+        """Publishes ``message``, retrying with backoff while the bus is
+        unavailable; returns the error of a bus that refuses it for good."""
         delay = self._config.retry_initial
         while True:
             try:
                 await self._broker.publish(message)
+                return None
             except _REFUSED as exc:
-                await self._dead_letter(revision, message, exc)
-                return False
+                return exc
             except BusError as exc:
                 self.failures += 1
                 log.warning(
@@ -355,9 +365,6 @@ class EventPublisher:
                 )
                 await asyncio.sleep(delay)
                 delay = min(self._config.retry_max, delay * 2)
-                continue
-            self.published += 1
-            return True
 
     async def _dead_letter(self, revision: int, message: OutgoingMessage, exc: BusError) -> None:
         """Reports an event the broker refused for good, instead of retrying it
@@ -386,16 +393,6 @@ class EventPublisher:
             headers={"eco-revision": str(revision), "eco-dlq-reason": reason},
             id=f"dlq:{revision}:{message.id[:_EXCERPT]}",
         )
-        delay = self._config.retry_initial
-        while True:
-            try:
-                await self._broker.publish(dead)
-                return
-            except _REFUSED as again:  # pragma: no cover - the report is small and valid
-                log.error("the report of %s was refused too (%s)", dead.id, again)
-                return
-            except BusError as again:
-                self.failures += 1
-                log.warning("cannot report %s (%s); again in %.1fs", dead.id, again, delay)
-                await asyncio.sleep(delay)
-                delay = min(self._config.retry_max, delay * 2)
+        again = await self._publish_retrying(dead)
+        if again is not None:  # pragma: no cover - the report is small and valid
+            log.error("the report of %s was refused too (%s)", dead.id, again)
