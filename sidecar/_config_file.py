@@ -224,24 +224,27 @@ def read_config_file(path: Path, model: type[M], source: str | None = None) -> M
             source, [ConfigProblem(0, "", f"cannot read: {exc.strerror or exc}")]
         ) from None
     if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(source, [_too_large()])
+        raise ConfigError(source, [_TOO_LARGE])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(source, [ConfigProblem(0, "", "not UTF-8 text")]) from None
-    return read_config(text, source, model)
+    return _parse(text, source, model)  # measured already, as bytes
 
 
-def _too_large() -> ConfigProblem:
-    return ConfigProblem(
-        0, "", f"larger than 1 MiB ({MAX_FILE_BYTES} bytes); is this the right file?"
-    )
+_TOO_LARGE = ConfigProblem(
+    0, "", f"larger than 1 MiB ({MAX_FILE_BYTES} bytes); is this the right file?"
+)
 
 
 def read_config(text: str, source: str, model: type[M]) -> M:
     """Parses YAML ``text`` and validates it as ``model``; raises ConfigError."""
     if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
-        raise ConfigError(source, [_too_large()])
+        raise ConfigError(source, [_TOO_LARGE])
+    return _parse(text, source, model)
+
+
+def _parse(text: str, source: str, model: type[M]) -> M:
     loader = _Loader(text)
     try:
         root = loader.get_single_node()

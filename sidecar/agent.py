@@ -43,7 +43,13 @@ from sdk import (
 )
 from sidecar.admin import AdminServer
 from sidecar.cache import CACHE_FILE, CacheSource, EndpointCache
-from sidecar.config import INBOUND_PORT_KEY, AmqpBridgeConfig, LocalServiceConfig, SidecarConfig
+from sidecar.config import (
+    INBOUND_PORT_KEY,
+    AmqpBridgeConfig,
+    LocalServiceConfig,
+    SidecarConfig,
+    metadata_fits,
+)
 from sidecar.errors import BadRequestError, StartupError, UnknownInstanceError, UnknownServiceError
 from sidecar.health import CheckKind, HealthChecker, HealthEngine, HealthTransition
 from sidecar.local_api import LocalApiServer, SidecarServicer
@@ -431,20 +437,12 @@ class Sidecar:
             os.close(fd)
 
 
-# What the control plane takes as node metadata (docs/api.md, AgentService).
-_NODE_METADATA_ENTRIES = 64
-_NODE_METADATA_BYTES = 16 * 1024
-
-
 def _node_metadata(configured: dict[str, str]) -> dict[str, str]:
     """The node metadata a Hello carries: the configured entries, and the
     sidecar's version when they leave room for it (a Hello over the control
     plane's limits would be refused, and the sidecar never connect)."""
     merged = {"version": _version(), **configured}
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in merged.items())
-    if len(merged) > _NODE_METADATA_ENTRIES or size > _NODE_METADATA_BYTES:
-        return dict(configured)
-    return merged
+    return merged if metadata_fits(merged) else dict(configured)
 
 
 def _version() -> str:

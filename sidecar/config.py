@@ -28,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeGuard
 
@@ -85,7 +86,9 @@ __all__ = [
     "RetryBudgetConfig",
     "SidecarConfig",
     "UpstreamConfig",
+    "fronted_service",
     "load_config",
+    "metadata_fits",
     "normalize_origin",
     "parse_config",
     "split_hostport",
@@ -136,6 +139,12 @@ def _at_most(limit: int, what: str, why: str = "") -> BeforeValidator:
 
 def _metadata_bytes(value: dict[str, str]) -> int:
     return sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+
+
+def metadata_fits(value: dict[str, str]) -> bool:
+    """Whether metadata is within the entries and total size the control plane takes:
+    for what the sidecar adds to configured metadata before sending it."""
+    return len(value) <= _MAX_METADATA and _metadata_bytes(value) <= _MAX_METADATA_BYTES
 
 
 def _valid_metadata(value: dict[str, str]) -> dict[str, str]:
@@ -830,7 +839,7 @@ class SidecarConfig(_Model):
             services.append(service)
         # The sidecar adds eco.inbound.port to a service behind an inbound listener:
         # leave it room within what the control plane takes.
-        fronted = _fronted_services(self.inbound, services)
+        fronted = {fronted_service(entry, services) for entry in self.inbound}
         reserve = len(INBOUND_PORT_KEY) + 5
         for i, service in enumerate(services):
             if service.name not in fronted:
@@ -899,22 +908,13 @@ class SidecarConfig(_Model):
         return self
 
 
-def _fronted_services(
-    inbound: tuple[InboundConfig, ...], services: list[LocalServiceConfig]
-) -> set[str]:
-    """The local services an inbound listener fronts: its ``service``, or the one on
-    ``to``'s port (as the data plane chooses)."""
-    names: set[str] = set()
-    for entry in inbound:
-        if entry.service:
-            names.add(entry.service)
-            continue
-        port = split_hostport(entry.to)[1]
-        for service in services:
-            if service.port == port:
-                names.add(service.name)
-                break
-    return names
+def fronted_service(inbound: InboundConfig, services: Sequence[LocalServiceConfig]) -> str:
+    """The local service an inbound listener fronts: its ``service``, or the one on
+    ``to``'s port; "" when none is."""
+    if inbound.service:
+        return inbound.service
+    port = split_hostport(inbound.to)[1]
+    return next((service.name for service in services if service.port == port), "")
 
 
 def parse_config(text: str, source: str = "sidecar.yaml") -> SidecarConfig:
