@@ -197,7 +197,7 @@ class NetworkHealthChecker:
         request = request_head(config, url)
         head_only = config.method == "HEAD"
         timeout = config.timeout
-        judge = Judge(config)
+        judge = Judge(config, url)
         pool = self._pool
 
         async def probe() -> ProbeResult:
@@ -223,7 +223,7 @@ class NetworkHealthChecker:
         headers = dict(config.headers) or None
         timeout = aiohttp.ClientTimeout(total=config.timeout)
         ssl = not config.tls_skip_verify
-        judge = Judge(config)
+        judge = Judge(config, url)
 
         async def probe() -> ProbeResult:
             if self._closed:

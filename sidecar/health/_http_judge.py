@@ -6,7 +6,8 @@ outputs travel to the control plane and are readable by everyone who can read
 the registry. So the label of every output is the URL without them
 (:func:`~sidecar.health._kinds.redact_url`), and the parts of an output that
 come from elsewhere — the server's reason phrase and body, an error's text —
-have each credential replaced by ``[redacted]`` before they are kept.
+have each credential replaced by ``[redacted]`` before they are kept (and cut
+to length where every output is, in the engine).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from sdk import HealthStatus
 from sidecar.health._duration import format_duration
-from sidecar.health._kinds import BODY_LIMIT, HttpCheckConfig, redact_url
-from sidecar.health._probe import OUTPUT_LIMIT, ProbeResult
+from sidecar.health._kinds import BODY_LIMIT, HttpCheckConfig
+from sidecar.health._probe import ProbeResult
 
 if TYPE_CHECKING:
     import aiohttp
@@ -42,9 +43,10 @@ class Judge:
 
     __slots__ = ("body_contains", "closed", "label", "needle", "passing", "secrets", "timed_out")
 
-    def __init__(self, config: HttpCheckConfig) -> None:
-        self.label = f"HTTP {config.method} {redact_url(config.http)}"
-        self.secrets = _secrets(config.http)
+    def __init__(self, config: HttpCheckConfig, url: yarl.URL) -> None:
+        target = config.target
+        self.label = f"HTTP {config.method} {target}"
+        self.secrets = _secrets(config.http, url, target)
         # A lookup table instead of a walk over the ranges on every response.
         self.passing = frozenset(c for c in range(100, 600) if config.accepts(c))
         self.body_contains = config.body_contains
@@ -55,7 +57,7 @@ class Judge:
         self.closed = ProbeResult(_CRITICAL, f"{self.label}: the health checker is closed")
 
     def __call__(self, code: int, reason: str, body: bytes) -> ProbeResult:
-        text = f"{code} {self.scrub(reason[:OUTPUT_LIMIT])}".rstrip()
+        text = f"{code} {self.scrub(reason)}".rstrip()
         if code in self.passing:
             if self.needle is not None and self.needle not in body:
                 text += f"; the body does not contain {self.body_contains!r}"
@@ -65,7 +67,7 @@ class Judge:
 
     def failed(self, what: str) -> ProbeResult:
         """A CRITICAL result for an error, described by ``what``."""
-        return ProbeResult(_CRITICAL, f"{self.label}: {self.scrub(what[:OUTPUT_LIMIT])}")
+        return ProbeResult(_CRITICAL, f"{self.label}: {self.scrub(what)}")
 
     def scrub(self, text: str) -> str:
         """``text`` with every credential of the check's URL replaced."""
@@ -86,18 +88,12 @@ class Judge:
         return f"{text} Output: {self.scrub(snippet)}"
 
 
-def _secrets(url_text: str) -> tuple[tuple[str, str], ...]:
-    """(text, replacement) pairs for the credentials of a URL, longest first."""
-    import yarl
-
-    redacted = redact_url(url_text)
+def _secrets(url_text: str, url: yarl.URL, redacted: str) -> tuple[tuple[str, str], ...]:
+    """(text, replacement) pairs for the credentials of a URL (``url_text`` parsed, and
+    shown as ``redacted``), longest first."""
     if redacted == url_text:
         return ()
     pairs = {url_text: redacted}
-    try:
-        url = yarl.URL(url_text)
-    except (ValueError, TypeError):
-        return tuple(pairs.items())
     pairs.setdefault(str(url), redacted)
     pieces = [
         url.raw_user,

@@ -31,7 +31,7 @@ def clip_output(text: str, limit: int = OUTPUT_LIMIT) -> str:
     """``text`` cut to ``limit`` characters, the last one '…' when something was cut."""
     if len(text) <= limit:
         return text
-    return text[: max(limit - 1, 0)] + "…" if limit > 0 else ""
+    return text[: limit - 1] + "…" if limit > 0 else ""
 
 
 def fit_outputs(lengths: list[int], budget: int = INSTANCE_OUTPUT_LIMIT) -> int | None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from sidecar.config import ConfigError, parse_config
+from sidecar.config import parse_config
 from sidecar.health import AnyCheckConfig, parse_check
 
 
@@ -83,6 +83,8 @@ def test_bad_names_are_refused(name: str, message: str) -> None:
     )
 
 
+# Only default names are numbered: a name of one's own used twice stays an error
+# (test_bad_input_names_the_line_and_the_field in tests/unit/sidecar/test_config.py).
 def test_equal_default_names_in_one_service_are_numbered() -> None:
     config = parse_config(
         """\
@@ -105,24 +107,6 @@ services:
         "http http://127.0.0.1/h #2",
         "exec check #3",
     ]
-
-
-def test_an_own_name_used_twice_is_still_an_error() -> None:
-    with pytest.raises(ConfigError) as info:
-        parse_config(
-            """\
-services:
-  - name: web
-    address: 127.0.0.1
-    port: 80
-    checks:
-      - {tcp: "127.0.0.1:80", name: up}
-      - {exec: ["/bin/true"], name: up}
-"""
-        )
-    assert str(info.value).startswith(
-        "sidecar.yaml:7: services[0].checks[1]: check name 'up' is also used by checks[0]"
-    )
 
 
 def test_names_in_a_larger_model_are_numbered_only_by_the_sidecar_config() -> None:
