@@ -28,6 +28,8 @@ __all__ = [
     "check_paging",
     "chunked",
     "page_of",
+    "page_token",
+    "page_token_key",
     "wire_size",
 ]
 
@@ -61,6 +63,17 @@ def _decode(token: str) -> str:
     if not raw.startswith(_TOKEN_PREFIX):
         raise ValueError("not a page token")
     return raw[len(_TOKEN_PREFIX) :].decode()
+
+
+def page_token(key: str) -> str:
+    """The token of the page that starts after ``key``, as :func:`page_of`
+    hands out (for a listing that puts its pages together itself)."""
+    return _encode(key)
+
+
+def page_token_key(token: str) -> str:
+    """The key ``token`` continues after; ValueError when it is not one of ours."""
+    return _decode(token)
 
 
 def check_paging(page_size: int, page_token: str) -> list[FieldViolation]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ecosystem.v1 import registry_pb2 as pb
 
@@ -23,8 +23,11 @@ __all__ = [
     "MAX_VIOLATIONS",
     "check_violations",
     "excerpt",
+    "instance_id_violations",
     "instance_violations",
+    "name_violations",
     "node_violations",
+    "placement_violations",
     "validate_deregister",
     "validate_get_service",
     "validate_list_instances",
@@ -159,14 +162,7 @@ def _check_instance(v: _Violations, inst: pb.Instance, *, prefix: str) -> None:
     _check_pattern(
         v, f"{prefix}.node", inst.node, _NODE, "use 1-128 letters, digits, '.', '_' and '-'"
     )
-    for name in ("platform", "region", "zone"):
-        _check_pattern(
-            v,
-            f"{prefix}.{name}",
-            getattr(inst, name),
-            _LOCATION,
-            "use 1-63 lowercase letters, digits, '.', '_' and '-'",
-        )
+    _check_location(v, prefix, inst.platform, inst.region, inst.zone)
     if not inst.address:
         v.add(f"{prefix}.address", "is required")
     elif not _is_host(inst.address):
@@ -177,26 +173,7 @@ def _check_instance(v: _Violations, inst: pb.Instance, *, prefix: str) -> None:
     if not 1 <= inst.port <= 65535:
         v.add(f"{prefix}.port", f"must be between 1 and 65535, got {inst.port}")
     _check_tags(v, f"{prefix}.tags", inst.tags)
-    if len(inst.metadata) > LIMITS.metadata_entries:
-        v.add(
-            f"{prefix}.metadata",
-            f"at most {LIMITS.metadata_entries} entries are allowed, got {len(inst.metadata)}",
-        )
-    total = 0
-    entries = sorted(inst.metadata.items()) if len(inst.metadata) <= LIMITS.metadata_entries else []
-    for key, value in entries:
-        field = f"{prefix}.metadata[{_key_path(key)}]"
-        total += len(key.encode()) + len(value.encode())
-        if not _META_KEY.match(key):
-            v.add(
-                field,
-                "key must be 1-128 letters, digits, '.', '_', '/' and '-', "
-                "starting and ending with a letter or digit",
-            )
-        if len(value) > LIMITS.metadata_value_length:
-            v.add(field, f"value longer than {LIMITS.metadata_value_length} characters")
-    if total > LIMITS.metadata_total_bytes:
-        v.add(f"{prefix}.metadata", f"larger than {LIMITS.metadata_total_bytes} bytes in all")
+    _check_metadata(v, f"{prefix}.metadata", inst.metadata)
     if inst.weight > LIMITS.weight:
         v.add(f"{prefix}.weight", f"must be at most {LIMITS.weight}, got {inst.weight}")
     _check_health(v, f"{prefix}.health", inst.health)
@@ -211,6 +188,40 @@ def _check_instance(v: _Violations, inst: pb.Instance, *, prefix: str) -> None:
             f"takes {inst.ByteSize()} bytes serialized; at most {LIMITS.instance_bytes} "
             "are allowed",
         )
+
+
+def _check_location(v: _Violations, prefix: str, platform: str, region: str, zone: str) -> None:
+    for name, value in (("platform", platform), ("region", region), ("zone", zone)):
+        _check_pattern(
+            v,
+            f"{prefix}.{name}",
+            value,
+            _LOCATION,
+            "use 1-63 lowercase letters, digits, '.', '_' and '-'",
+        )
+
+
+def _check_metadata(v: _Violations, field: str, metadata: Mapping[str, str]) -> None:
+    if len(metadata) > LIMITS.metadata_entries:
+        v.add(
+            field,
+            f"at most {LIMITS.metadata_entries} entries are allowed, got {len(metadata)}",
+        )
+    total = 0
+    entries = sorted(metadata.items()) if len(metadata) <= LIMITS.metadata_entries else []
+    for key, value in entries:
+        entry = f"{field}[{_key_path(key)}]"
+        total += len(key.encode()) + len(value.encode())
+        if not _META_KEY.match(key):
+            v.add(
+                entry,
+                "key must be 1-128 letters, digits, '.', '_', '/' and '-', "
+                "starting and ending with a letter or digit",
+            )
+        if len(value) > LIMITS.metadata_value_length:
+            v.add(entry, f"value longer than {LIMITS.metadata_value_length} characters")
+    if total > LIMITS.metadata_total_bytes:
+        v.add(field, f"larger than {LIMITS.metadata_total_bytes} bytes in all")
 
 
 def _key_path(key: str) -> str:
@@ -270,6 +281,44 @@ def node_violations(node_id: str, prefix: str) -> list[FieldViolation]:
     return v.items
 
 
+def _check_id(v: _Violations, field: str, value: str) -> None:
+    if not value:
+        v.add(field, "is required")
+    else:
+        _check_pattern(
+            v,
+            field,
+            value,
+            _ID,
+            "use 1-128 letters, digits, '.', '_' and '-', starting with a letter or digit",
+        )
+
+
+def name_violations(field: str, value: str, *, required: bool) -> list[FieldViolation]:
+    """The problems of a service or namespace name (a DNS label), without raising."""
+    v = _Violations()
+    _check_name(v, field, value, required=required)
+    return v.items
+
+
+def instance_id_violations(field: str, value: str) -> list[FieldViolation]:
+    """The problems of an instance id (required), without raising."""
+    v = _Violations()
+    _check_id(v, field, value)
+    return v.items
+
+
+def placement_violations(
+    prefix: str, *, platform: str, region: str, zone: str, metadata: Mapping[str, str]
+) -> list[FieldViolation]:
+    """The problems of a platform, region, zone and metadata held to the rules
+    of an instance's (a sidecar's node is), named under ``prefix``, without raising."""
+    v = _Violations()
+    _check_location(v, prefix, platform, region, zone)
+    _check_metadata(v, f"{prefix}.metadata", metadata)
+    return v.items
+
+
 def validate_register(req: pb.RegisterInstanceRequest) -> None:
     v = _Violations()
     if not req.HasField("instance"):
@@ -298,16 +347,7 @@ def validate_deregister(req: pb.DeregisterInstanceRequest) -> None:
     v = _Violations()
     _check_name(v, "service", req.service, required=True)
     _check_name(v, "namespace", req.namespace, required=False)
-    if not req.id:
-        v.add("id", "is required")
-    else:
-        _check_pattern(
-            v,
-            "id",
-            req.id,
-            _ID,
-            "use 1-128 letters, digits, '.', '_' and '-', starting with a letter or digit",
-        )
+    _check_id(v, "id", req.id)
     v.raise_if_any()
 
 

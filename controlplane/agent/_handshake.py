@@ -32,9 +32,8 @@ from ecosystem.v1 import agent_pb2
 
 from controlplane.agent._nodes import node_key, session_key
 from controlplane.agent._session import AgentSettings, NodeSession
-from controlplane.errors import AlreadyExistsError
+from controlplane.errors import AlreadyExistsError, excerpt
 from controlplane.store import Compare, KeyValue, LeaseNotFound, PutOp, Store, StoreError
-from controlplane.validation import excerpt
 
 __all__ = ["open_session"]
 
@@ -54,24 +53,27 @@ async def open_session(
     when another sidecar holds the node."""
     node_id = hello.node.id
     grace = hello.grace_seconds or settings.grace
-    deregister_after = hello.deregister_critical_after_seconds or settings.deregister_critical_after
+
+    def session(session_id: str, lease_id: int, *, resumed: bool) -> NodeSession:
+        return NodeSession(
+            hello.node,
+            session_id,
+            lease_id,
+            grace,
+            hello.deregister_critical_after_seconds or settings.deregister_critical_after,
+            peer,
+            settings.replica,
+            resumed=resumed,
+            applied_version=hello.applied_version,
+        )
+
     key = session_key(node_id)
     current = await store.get(key)
     if hello.session_id and current is not None and current.value.decode() == hello.session_id:
         with contextlib.suppress(LeaseNotFound):
             await store.keepalive(current.lease)
             log.info("node %s resumed session %s", node_id, hello.session_id)
-            return NodeSession(
-                hello.node,
-                hello.session_id,
-                current.lease,
-                grace,
-                deregister_after,
-                peer,
-                settings.replica,
-                resumed=True,
-                applied_version=hello.applied_version,
-            )
+            return session(hello.session_id, current.lease, resumed=True)
     holder = await _holder(store, settings.replica, node_id, current, local)
     if holder:
         raise AlreadyExistsError(
@@ -90,17 +92,7 @@ async def open_session(
             f"node {excerpt(node_id)}: another sidecar opened a session for it at the same time"
         )
     log.info("node %s opened session %s (peer %s)", node_id, session_id, peer)
-    return NodeSession(
-        hello.node,
-        session_id,
-        lease_id,
-        grace,
-        deregister_after,
-        peer,
-        settings.replica,
-        resumed=False,
-        applied_version=hello.applied_version,
-    )
+    return session(session_id, lease_id, resumed=False)
 
 
 async def _holder(
@@ -111,7 +103,7 @@ async def _holder(
     local: NodeSession | None,
 ) -> str:
     """The replica whose stream holds the node's session now, or ""."""
-    if local is not None and local.connected and not local.ending.is_set():
+    if local is not None and local.active:
         return f"this replica ({replica})"
     if current is None:
         return ""  # no session, or its grace ran out

@@ -49,10 +49,13 @@ class SessionInstances:
         self._count = 0
         self._bytes = 0
 
-    async def sync_part(self, message: agent_pb2.SyncInstances) -> agent_pb2.SyncResult | None:
-        """Takes one part of a sync; returns the result once the last part is in."""
+    async def sync_part(
+        self, message: agent_pb2.SyncInstances, size: int
+    ) -> agent_pb2.SyncResult | None:
+        """Takes one part of a sync, ``size`` bytes as read (measured once, on
+        the way in); returns the result once the last part is in."""
         self._count += len(message.instances)
-        self._bytes += message.ByteSize()
+        self._bytes += size
         if self._count <= AGENT_LIMITS.sync_instances and self._bytes <= AGENT_LIMITS.sync_bytes:
             self._parts.extend(message.instances)
         else:

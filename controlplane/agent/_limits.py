@@ -5,8 +5,9 @@ The sizes of what a message may carry are fixed by the protocol (see
 carried by the servicer's `AgentSettings`:
 
 - a cap on the agent streams this replica holds at once, and on those from
-  one peer address (a host behind one address cannot take every slot); a
-  stream counts from its first byte, before its Hello;
+  one peer address (a host behind one address cannot take every slot; an
+  IPv6 peer counts by its /64, as on the HTTP listeners); a stream counts
+  from its first byte, before its Hello;
 - a rate of Hellos (the only messages that create sessions and node records),
   server-wide;
 - a budget of work per stream: a token bucket that every message draws from
@@ -21,13 +22,13 @@ carried by the servicer's `AgentSettings`:
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ecosystem.v1 import agent_pb2
 
 from controlplane.agent._validation import AGENT_LIMITS
+from controlplane.http_limits import ConnectionGate, client_key
 from controlplane.validation import LIMITS
 
 __all__ = ["AgentLimits", "StreamGate", "TokenBucket", "message_cost", "peer_host"]
@@ -89,21 +90,22 @@ class TokenBucket:
         self._at = clock()
 
     def take(self, amount: float) -> float:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
+        self._refill()
         self._tokens -= amount
         return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
     def try_take(self, amount: float = 1.0) -> bool:
         """Takes ``amount`` if it is there now; otherwise takes nothing."""
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
+        self._refill()
         if self._tokens < amount:
             return False
         self._tokens -= amount
         return True
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
 
 
 def peer_host(peer: str) -> str:
@@ -117,35 +119,34 @@ def peer_host(peer: str) -> str:
 
 
 class StreamGate:
-    """Counts the agent streams of this replica, in total and per peer host."""
+    """Counts the agent streams of this replica, in total and per peer host,
+    with the `ConnectionGate` the HTTP listeners use (which also logs the
+    refused at most every 10 s), held to the limits in force as each opens."""
 
     def __init__(self) -> None:
-        self._total = 0
-        self._per_peer: Counter[str] = Counter()
+        self._gate = ConnectionGate("agent streams", max_connections=1, max_per_client=1)
 
     @property
     def total(self) -> int:
-        return self._total
+        return self._gate.count
 
     def admit(self, host: str, limits: AgentLimits) -> str:
         """Counts a new stream from ``host``; returns "" when admitted, else why not
         (and counts nothing)."""
-        if self._total >= limits.max_streams:
+        gate = self._gate
+        gate.max_connections = limits.max_streams
+        gate.max_per_client = limits.max_streams_per_peer
+        if gate.admit(host) is not None:
+            return ""
+        if gate.count >= limits.max_streams:
             return (
                 f"this replica holds its maximum of {limits.max_streams} agent streams; "
                 "try another address"
             )
-        if self._per_peer[host] >= limits.max_streams_per_peer:
-            return (
-                f"{limits.max_streams_per_peer} agent streams from {host} are open already, "
-                "the most one address may hold"
-            )
-        self._total += 1
-        self._per_peer[host] += 1
-        return ""
+        return (
+            f"{limits.max_streams_per_peer} agent streams from {client_key(host)} are open "
+            "already, the most one address may hold"
+        )
 
     def release(self, host: str) -> None:
-        self._total -= 1
-        self._per_peer[host] -= 1
-        if self._per_peer[host] <= 0:
-            del self._per_peer[host]
+        self._gate.release(client_key(host))

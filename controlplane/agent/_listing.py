@@ -3,8 +3,9 @@
 ``ListNodes`` answers in pages ordered by node id: at most ``page_size``
 nodes (0: 100, at most 1,000) and at most `PAGE_BYTES` serialized (always at
 least one node: a node status is far smaller). The page token is the last
-node id of the previous page, encoded; a node added or removed between pages
-is simply seen or not, as with any paged listing. ``WaitForRevision`` lists at
+node id of the previous page, in the token format of every list of the API
+(`controlplane.paging`); a node added or removed between pages is simply
+seen or not, as with any paged listing. ``WaitForRevision`` lists at
 most `PENDING_LISTED` pending nodes, within the same byte bound, and counts
 them all.
 
@@ -15,14 +16,13 @@ own — by `merge_page`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ecosystem.v1 import agent_pb2
 
 from controlplane.errors import FieldViolation, InvalidArgumentError
+from controlplane.paging import chunked, page_token, page_token_key
 from controlplane.validation import node_violations
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "bounded",
     "merge_page",
     "page_request",
-    "page_token",
 ]
 
 DEFAULT_PAGE_SIZE = 100
@@ -44,7 +43,6 @@ MAX_PAGE_SIZE = 1_000
 PAGE_BYTES = 1024 * 1024
 #: pending nodes one WaitForRevision answer lists
 PENDING_LISTED = 100
-_TOKEN_LENGTH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +51,6 @@ class PageRequest:
 
     after: str
     size: int
-
-
-def page_token(node_id: str) -> str:
-    return base64.urlsafe_b64encode(node_id.encode()).decode()
 
 
 def page_request(request: agent_pb2.ListNodesRequest) -> PageRequest:
@@ -73,12 +67,10 @@ def page_request(request: agent_pb2.ListNodesRequest) -> PageRequest:
     after = ""
     if request.page_token:
         try:
-            if len(request.page_token) > _TOKEN_LENGTH:
-                raise ValueError("too long")
-            after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
+            after = page_token_key(request.page_token)
             if node_violations(after, "page_token"):
                 raise ValueError("not a node id")
-        except (ValueError, binascii.Error, UnicodeError):
+        except ValueError:
             problems.append(FieldViolation("page_token", "is not a next_page_token from ListNodes"))
     if problems:
         raise InvalidArgumentError(problems)
@@ -118,11 +110,5 @@ def bounded(
 ) -> tuple[list[agent_pb2.NodeStatus], bool]:
     """The first of ``nodes`` up to ``size`` of them and `PAGE_BYTES` (at least
     one), and whether any were left out."""
-    page: list[agent_pb2.NodeStatus] = []
-    total = 0
-    for status in nodes[:size]:
-        total += status.ByteSize() + 8
-        if page and total > PAGE_BYTES:
-            break
-        page.append(status)
+    page = next(chunked(nodes[:size], PAGE_BYTES))
     return page, len(page) < len(nodes)

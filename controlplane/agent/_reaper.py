@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 from ecosystem.v1 import agent_pb2, registry_pb2
 
@@ -93,32 +94,39 @@ class Reaper:
             if inst.node and session_check(inst) is not None:
                 owned.setdefault(inst.node, {})[key] = inst
         lost = {node: insts for node, insts in owned.items() if node not in live}
-        now = time.monotonic()
-        if now - self._nodes_swept >= self._node_interval:
-            self._nodes_swept = now
-            await self._sweep_records(live, owned)
-        if not lost:
+        tick = time.monotonic()
+        sweep_records = tick - self._nodes_swept >= self._node_interval
+        if not lost and not sweep_records:
             return
-        records = {
-            kv.key[len(NODES_PREFIX) :]: agent_pb2.NodeStatus.FromString(kv.value)
-            for kv in (await self._store.range(NODES_PREFIX)).kvs
-        }
-        now = now_ms()
-        for node, instances in lost.items():
-            record = records.get(node)
-            after = (
-                record.deregister_critical_after_seconds if record else 0
-            ) or self._default_after
-            await self._settle(node, instances, record, now, after)
+        # One read of the node records serves both rounds. The instances go
+        # first: a record they mark changes, so the record round leaves it be.
+        kvs = (await self._store.range(NODES_PREFIX)).kvs
+        if lost:
+            records = {
+                kv.key[len(NODES_PREFIX) :]: agent_pb2.NodeStatus.FromString(kv.value) for kv in kvs
+            }
+            now = now_ms()
+            for node, instances in lost.items():
+                record = records.get(node)
+                after = (
+                    record.deregister_critical_after_seconds if record else 0
+                ) or self._default_after
+                await self._settle(node, instances, record, now, after)
+        if sweep_records:
+            self._nodes_swept = tick
+            await self._sweep_records(kvs, live, owned)
 
     async def _sweep_records(
-        self, live: set[str], owned: dict[str, dict[str, registry_pb2.Instance]]
+        self,
+        kvs: Sequence[KeyValue],
+        live: set[str],
+        owned: dict[str, dict[str, registry_pb2.Instance]],
     ) -> None:
-        """Marks the records of lost sessions, and deletes those lost for the
-        retention whose node owns no instances."""
+        """Marks the records (``kvs``) of lost sessions, and deletes those lost
+        for the retention whose node owns no instances."""
         now = now_ms()
         marked = deleted = 0
-        for kv in (await self._store.range(NODES_PREFIX)).kvs:
+        for kv in kvs:
             node = kv.key[len(NODES_PREFIX) :]
             if node in live:
                 continue

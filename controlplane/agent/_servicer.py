@@ -22,14 +22,7 @@ from ecosystem.v1 import agent_pb2, agent_pb2_grpc
 
 from controlplane.agent._handshake import open_session
 from controlplane.agent._limits import StreamGate, TokenBucket, peer_host
-from controlplane.agent._listing import (
-    PENDING_LISTED,
-    Source,
-    bounded,
-    merge_page,
-    page_request,
-    page_token,
-)
+from controlplane.agent._listing import PENDING_LISTED, Source, bounded, merge_page, page_request
 from controlplane.agent._nodes import (
     NODES_PREFIX,
     TAKEN_OVER,
@@ -101,7 +94,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     @property
     def stream_count(self) -> int:
         """Sidecar streams connected to this replica now."""
-        return sum(1 for s in self._sessions.values() if s.connected and not s.ending.is_set())
+        return sum(1 for s in self._sessions.values() if s.active)
 
     def shed(self, count: int, reason: str, *, min_age: float, rng: random.Random) -> list[str]:
         """Ends up to ``count`` streams, chosen at random among those connected
@@ -117,10 +110,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         eligible = [
             s
             for s in self._sessions.values()
-            if s.connected
-            and not s.ending.is_set()
-            and s.connected_at_ms <= oldest
-            and s.node.id not in self._shed_at
+            if s.active and s.connected_at_ms <= oldest and s.node.id not in self._shed_at
         ]
         chosen = rng.sample(eligible, min(count, len(eligible)))
         for session in chosen:
@@ -138,8 +128,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Connect(self, request_iterator: Any, context: Any) -> None:
         host = peer_host(context.peer())
         refusal = self._gate.admit(host, self.settings.limits)
-        if refusal:
-            log.warning("agent stream from %s refused: %s", host, refusal)
+        if refusal:  # logged by the gate, at most every 10 s
             self._fail(context, ResourceExhaustedError(refusal))
             return
         try:
@@ -157,7 +146,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return
         node_id = session.node.id
         previous = self._sessions.get(node_id)
-        if previous is not None and previous.connected:
+        if previous is not None:
             # The new stream resumed the session this one carried (the Hello
             # had its id): only one stream may carry a session.
             previous.end(
@@ -255,8 +244,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if answers_for_itself(context):
             # Another replica's fan-out: this replica's connected sidecars only.
             connected = [status for status in mine if status.connected]
-            nodes, more = bounded(connected, page.size)
-            token = page_token(nodes[-1].node.id) if more and nodes else ""
+            nodes, token = merge_page([Source(connected)], page.size)
             return agent_pb2.ListNodesResponse(nodes=nodes, next_page_token=token)
         elsewhere = ask_peers(self._peers(), "ListNodes", request, timeout=5.0)
         result, answers = await asyncio.gather(self._store.range(NODES_PREFIX), elsewhere)

@@ -116,6 +116,11 @@ class NodeSession:
     _nonces: int = 0
 
     @property
+    def active(self) -> bool:
+        """Whether a stream carries this session and is not being ended."""
+        return self.connected and not self.ending.is_set()
+
+    @property
     def synced(self) -> bool:
         return self.connected and self.acked_nonce == self.sent_nonce and not self.last_error
 
@@ -150,7 +155,7 @@ class NodeSession:
     def end(self, error: ControlPlaneError) -> None:
         """Ends the stream with ``error``: UnavailableError when the sidecar
         should reconnect (elsewhere) and resume this session."""
-        if self.connected and not self.ending.is_set():
+        if self.active:
             self.end_error = error
             self.ending.set()
 
@@ -241,7 +246,7 @@ class SessionRunner:
                 await asyncio.sleep(delay)
                 self._last_read = loop.time()
             if kind == "sync":
-                result = await self.instances.sync_part(request.sync)
+                result = await self.instances.sync_part(request.sync, size)
                 if result is None:
                     continue  # more parts follow
                 await self._outgoing.put(agent_pb2.ConnectResponse(sync_result=result))

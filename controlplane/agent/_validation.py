@@ -13,27 +13,28 @@ problem is a ``FieldViolation`` named by its path in the message
   skipped, the rest are applied; a sync over the count or size limit is
   reported there and applied not at all.
 
-Instances, check lists and names are checked by `controlplane.validation`,
-the same code the registry API uses, so the limits are the same everywhere.
+Instances, check lists, names, and the node's location and metadata are
+checked by `controlplane.validation`, the same code the registry API uses, so
+the limits are the same everywhere.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from ecosystem.v1 import agent_pb2
 from ecosystem.v1 import registry_pb2 as pb
 
-from controlplane.errors import FieldViolation, InvalidArgumentError
+from controlplane.errors import FieldViolation, InvalidArgumentError, excerpt
 from controlplane.validation import (
+    DEFAULT_NAMESPACE,
     MAX_VIOLATIONS,
     check_violations,
-    excerpt,
-    instance_violations,
+    instance_id_violations,
+    name_violations,
     node_violations,
-    validate_deregister,
-    validate_get_service,
+    placement_violations,
 )
 
 __all__ = [
@@ -114,21 +115,16 @@ def _text(field: str, value: str, limit: int) -> list[FieldViolation]:
 
 def hello_violations(hello: agent_pb2.Hello) -> list[FieldViolation]:
     """Every problem of a Hello."""
-    problems = node_violations(hello.node.id, "hello.node.id")
-    # The node's location and metadata follow the rules of an instance's: check
-    # them as those of an otherwise valid instance, under the node's field names.
-    probe = pb.Instance(
-        id="node",
-        service="node",
-        address="127.0.0.1",
-        port=1,
-        platform=hello.node.platform,
-        region=hello.node.region,
-        zone=hello.node.zone,
-        metadata=hello.node.metadata,
+    node = hello.node
+    problems = node_violations(node.id, "hello.node.id")
+    problems += placement_violations(
+        "hello.node",
+        platform=node.platform,
+        region=node.region,
+        zone=node.zone,
+        metadata=node.metadata,
     )
-    problems += instance_violations(probe, "hello.node")
-    problems += _text("hello.node.address", hello.node.address, AGENT_LIMITS.node_address_length)
+    problems += _text("hello.node.address", node.address, AGENT_LIMITS.node_address_length)
     if len(hello.token) > AGENT_LIMITS.token_length:
         problems.append(
             FieldViolation("hello.token", f"longer than {AGENT_LIMITS.token_length} characters")
@@ -158,22 +154,6 @@ def hello_violations(hello: agent_pb2.Hello) -> list[FieldViolation]:
     return problems
 
 
-def _renamed(exc: InvalidArgumentError, names: dict[str, str]) -> Iterable[FieldViolation]:
-    for v in exc.violations:
-        yield FieldViolation(names.get(v.field, v.field), v.description)
-
-
-def _service_violations(
-    name: str, namespace: str, *, prefix: str, name_field: str = "name"
-) -> list[FieldViolation]:
-    try:
-        validate_get_service(pb.GetServiceRequest(name=name, namespace=namespace))
-    except InvalidArgumentError as exc:
-        names = {"name": f"{prefix}.{name_field}", "namespace": f"{prefix}.namespace"}
-        return list(_renamed(exc, names))
-    return []
-
-
 def subscribe_violations(subscribe: agent_pb2.Subscribe) -> list[FieldViolation]:
     """Every problem of a Subscribe: too many services, bad names, repeats."""
     services = subscribe.services
@@ -188,9 +168,10 @@ def subscribe_violations(subscribe: agent_pb2.Subscribe) -> list[FieldViolation]
     seen: set[tuple[str, str]] = set()
     for i, ref in enumerate(services):
         prefix = f"subscribe.services[{i}]"
-        found = _service_violations(ref.name, ref.namespace, prefix=prefix)
+        found = name_violations(f"{prefix}.name", ref.name, required=True)
+        found += name_violations(f"{prefix}.namespace", ref.namespace, required=False)
         problems += found
-        key = (ref.namespace or "default", ref.name)
+        key = (ref.namespace or DEFAULT_NAMESPACE, ref.name)
         if not found and key in seen:
             problems.append(FieldViolation(prefix, f"{key[0]}/{key[1]} is listed twice"))
         seen.add(key)
@@ -218,22 +199,9 @@ def ack_violations(ack: agent_pb2.Ack) -> list[FieldViolation]:
 def health_violations(report: agent_pb2.HealthReport) -> list[FieldViolation]:
     """Every problem of a HealthReport taken alone (the merged instance is
     checked again before it is written)."""
-    problems: list[FieldViolation] = []
-    try:
-        validate_deregister(
-            pb.DeregisterInstanceRequest(
-                service=report.service, namespace=report.namespace, id=report.instance_id
-            )
-        )
-    except InvalidArgumentError as exc:
-        problems += _renamed(
-            exc,
-            {
-                "service": "health.service",
-                "namespace": "health.namespace",
-                "id": "health.instance_id",
-            },
-        )
+    problems = name_violations("health.service", report.service, required=True)
+    problems += name_violations("health.namespace", report.namespace, required=False)
+    problems += instance_id_violations("health.instance_id", report.instance_id)
     if report.health not in pb.HealthStatus.values():
         problems.append(FieldViolation("health.health", f"unknown health status {report.health}"))
     problems += check_violations(report.checks, "health.checks")

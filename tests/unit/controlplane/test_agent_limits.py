@@ -14,14 +14,7 @@ from controlplane.agent._limits import (
     message_cost,
     peer_host,
 )
-from controlplane.agent._listing import (
-    PAGE_BYTES,
-    Source,
-    bounded,
-    merge_page,
-    page_request,
-    page_token,
-)
+from controlplane.agent._listing import PAGE_BYTES, Source, bounded, merge_page, page_request
 from controlplane.agent._validation import (
     AGENT_LIMITS,
     ack_violations,
@@ -31,6 +24,7 @@ from controlplane.agent._validation import (
     subscribe_violations,
 )
 from controlplane.errors import InvalidArgumentError
+from controlplane.paging import page_token
 from sdk._agent_chunks import UpdateAssembler
 
 
