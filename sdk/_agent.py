@@ -386,9 +386,6 @@ class AgentSession:
             # stream cannot make a reconnect loop.
             if welcomed and time.time() - self._connected_at >= self._max_backoff:
                 self._backoff.reset()
-            taken_over = _was_taken_over(error)
-            if taken_over:
-                self._last_error = f"another sidecar took over this node's session: {reason}"
             if (
                 isinstance(error, NotFoundError | FailedPreconditionError)
                 and self._session_id
@@ -402,9 +399,10 @@ class AgentSession:
                 )
                 self._session_id = ""
                 continue
-            if taken_over:
+            if _was_taken_over(error):
                 # Taking it back would end the other stream in turn: wait until
                 # the node is free, as a new session.
+                self._last_error = f"another sidecar took over this node's session: {reason}"
                 delay = self._max_backoff * (0.5 + self._rng.random() / 2)
                 logger.error(
                     "node %s: another sidecar took over session %s (%s); trying again as a "
