@@ -182,8 +182,6 @@ class Subscription:
         """Queues the frames of one revision."""
         if self.resync or self.closed:
             return
-        if not self.pending:  # (an agent session clears pending on its own)
-            self.discard_pending()
         size = sum(map(len, frames))
         if (
             len(self.pending) + len(frames) > self.max_pending

@@ -14,7 +14,7 @@ from ecosystem.v1 import agent_pb2, registry_pb2
 from sdk._bus import BusClient
 from sdk._errors import ClientClosedError
 from sdk._lease import LeaseKeeper, instance_key
-from sdk._nodes import NodeInfo, RevisionWait, list_all_nodes
+from sdk._nodes import NodeInfo, RevisionWait
 from sdk._retry import RetryPolicy
 from sdk._transport import ChannelFactory, Transport, resolve_servers
 from sdk._types import (
@@ -33,6 +33,9 @@ from sdk._watch import watch_events
 __all__ = ["AsyncClient"]
 
 logger = logging.getLogger(__name__)
+
+#: Nodes asked for per ListNodes page (the most the control plane gives).
+_NODES_PAGE = 1_000
 
 
 class _State(enum.Enum):
@@ -231,14 +234,9 @@ class AsyncClient:
         """Every sidecar the control plane knows, with its session state (all
         pages of them)."""
         self._check_open()
-
-        async def page(request: agent_pb2.ListNodesRequest) -> agent_pb2.ListNodesResponse:
-            response: agent_pb2.ListNodesResponse = await self._transport.unary(
-                "ListNodes", request, idempotent=True
-            )
-            return response
-
-        return await list_all_nodes(page)
+        request = agent_pb2.ListNodesRequest(page_size=_NODES_PAGE)
+        nodes, _ = await self._all_pages("ListNodes", request, "nodes")
+        return [NodeInfo.from_proto(n) for n in nodes]
 
     async def wait_for_revision(self, revision: int, *, timeout: float = 30.0) -> RevisionWait:
         """Waits until every connected sidecar subscribed to a service changed

@@ -4,18 +4,12 @@ and WaitForRevision, and the loop that follows ListNodes' pages."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ecosystem.v1 import agent_pb2
 
-__all__ = ["NodeInfo", "NodeState", "RevisionWait", "list_all_nodes"]
-
-# Nodes asked for per page (the control plane also stops a page at 1 MiB).
-_PAGE_SIZE = 1_000
-# A guard against a server that keeps answering with the same token.
-_MAX_PAGES = 100_000
+__all__ = ["NodeInfo", "NodeState", "RevisionWait"]
 
 
 class NodeState(enum.StrEnum):
@@ -133,19 +127,3 @@ class RevisionWait:
             "pending_count": self.pending_count,
             "pending": [n.to_dict() for n in self.pending],
         }
-
-
-async def list_all_nodes(
-    call: Callable[[agent_pb2.ListNodesRequest], Awaitable[agent_pb2.ListNodesResponse]],
-) -> list[NodeInfo]:
-    """Every node, page after page of ``ListNodes`` (``call`` makes one call)."""
-    nodes: list[NodeInfo] = []
-    token = ""
-    for _ in range(_MAX_PAGES):
-        request = agent_pb2.ListNodesRequest(page_size=_PAGE_SIZE, page_token=token)
-        response = await call(request)
-        nodes.extend(NodeInfo.from_proto(n) for n in response.nodes)
-        if not response.next_page_token or response.next_page_token == token:
-            break
-        token = response.next_page_token
-    return nodes

@@ -291,7 +291,7 @@ class SessionRunner:
             s.wake.clear()
             for ref, sub in s.subscriptions.items():
                 if sub.pending or sub.resync:
-                    sub.pending.clear()
+                    sub.discard_pending()
                     sub.resync = False
                     s.dirty.add(ref)
             if not s.dirty:
