@@ -15,8 +15,8 @@ gRPC API timed out too. So each HTTP server here
   excess ``503`` and closing it as soon as it is accepted.
 
 This module has no HTTP framework in it: the sidecar's own small admin server
-(`sidecar._http_server`) uses it as the framework-based servers
-(`controlplane.web_server`) do.
+(`sidecar._http_server`) and its proxy's listeners use it as the
+framework-based servers (`controlplane.web_server`) do.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-__all__ = ["REFUSED", "ConnectionGate", "HttpLimits", "refuse"]
+__all__ = ["ADMIN_LIMITS", "REFUSED", "ConnectionGate", "HttpLimits", "refuse"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,21 @@ class HttpLimits:
         for name in ("max_head", "max_connections", "max_connections_per_ip"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
+
+
+#: The admin ports' limits, the control plane's (`controlplane.admin`) and the
+#: sidecar's (`sidecar._http_server`): their clients are health checkers and
+#: metrics scrapers, a few connections from a few hosts. A request head within
+#: 10 s, idle connections closed after 30 s, at most 128 connections and 64 from
+#: one client address.
+ADMIN_LIMITS = HttpLimits(
+    head_timeout=10.0,
+    body_timeout=10.0,
+    idle_timeout=30.0,
+    max_head=16 * 1024,
+    max_connections=128,
+    max_connections_per_ip=64,
+)
 
 
 def client_key(peername: Any) -> str:
@@ -142,13 +157,14 @@ class ConnectionGate:
             self._reported_at = now
 
 
-def refuse(transport: asyncio.BaseTransport) -> None:
-    """Answers 503 and closes; the connection never reaches the HTTP parser. (The
-    answer fits in any new socket's buffer: closing does not wait on the client.)"""
+def refuse(transport: asyncio.BaseTransport, answer: bytes = REFUSED) -> None:
+    """Answers a connection over a cap (503, :data:`REFUSED` unless the server words it
+    its own way) and closes it; it never reaches the HTTP parser. (The answer fits in
+    any new socket's buffer: closing does not wait on the client.)"""
     # Not isinstance(…, WriteTransport): uvloop's transports are not its subclasses.
     writable = cast(asyncio.Transport, transport)
     try:
-        writable.write(REFUSED)
+        writable.write(answer)
     except (ConnectionError, RuntimeError):
         writable.abort()
         return

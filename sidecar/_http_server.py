@@ -8,18 +8,23 @@ parsed by ``httptools`` (which the proxy uses anyway).
 What it implements: keep-alive and pipelining (answers in request order);
 ``GET`` and ``HEAD`` (no body, same headers) on the given paths, 405 with
 ``Allow`` for another method there, 404 elsewhere; every response framed by
-``Content-Length``; ``Connection: close`` and HTTP/1.0 honoured. A request
-whose head exceeds ``max_head`` bytes gets 431, one whose body exceeds
-``max_body`` gets 413, an unparseable one 400 (so does a method unknown to
-the parser); each of these closes the connection. A request (head and
-body) must arrive within ``head_timeout`` seconds of its first byte, the
-first one within ``head_timeout`` of the connection opening, else 408 and the
-connection closes; a connection is closed when no request has completed on
-it for ``idle_timeout`` seconds (which also bounds a client that stopped
-reading). While the client does not read its responses, reading its further
-requests is paused. At most ``max_connections`` connections are held, and
+``Content-Length``; ``Connection: close`` and HTTP/1.0 honoured.
+
+Limits are an :class:`~controlplane.http_limits.HttpLimits`, the admin ports'
+(``ADMIN_LIMITS``) by default. A request whose head exceeds ``max_head``
+bytes gets 431, one whose body exceeds ``max_body`` (the server's own
+setting) gets 413, an unparseable one 400 (so does a method unknown to the
+parser); each of these closes the connection. A request (head and body: a
+body is small here, ``body_timeout`` does not apply) must arrive within
+``head_timeout`` seconds of its first byte, the first one within
+``head_timeout`` of the connection opening, else 408 and the connection
+closes; a connection is closed when no request has completed on it for
+``idle_timeout`` seconds (which also bounds a client that stopped reading).
+While the client does not read its responses, reading its further requests
+is paused. At most ``max_connections`` connections are held, and
 ``max_connections_per_ip`` from one client address: the excess is answered
-503 and closed as it is accepted (`controlplane.http_limits`).
+503 and closed as it is accepted (a
+:class:`~controlplane.http_limits.ConnectionGate`).
 
 Handlers are synchronous callables returning a :class:`Response`; an
 exception in one is logged and answered with 500. :meth:`HttpServer.close`
@@ -42,21 +47,12 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from controlplane.http_limits import ConnectionGate, refuse
+from controlplane.http_limits import ADMIN_LIMITS, ConnectionGate, HttpLimits, refuse
 
 __all__ = ["Handler", "HttpServer", "Response"]
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a connection may go without completing a request.
-IDLE_TIMEOUT = 30.0
-#: Seconds a request may take to arrive, from its first byte (or the connection opening).
-HEAD_TIMEOUT = 10.0
-#: Connections held at most, in all and from one client address.
-MAX_CONNECTIONS = 128
-MAX_CONNECTIONS_PER_IP = 64
-#: The largest request line plus headers accepted, in bytes.
-MAX_HEAD = 16 * 1024
 #: The largest request body accepted (and discarded), in bytes.
 MAX_BODY = 64 * 1024
 #: Seconds :meth:`HttpServer.close` lets connections flush what they were sending.
@@ -94,21 +90,17 @@ class HttpServer:
         self,
         routes: Mapping[str, Handler],
         *,
-        idle_timeout: float = IDLE_TIMEOUT,
-        head_timeout: float = HEAD_TIMEOUT,
-        max_head: int = MAX_HEAD,
+        limits: HttpLimits = ADMIN_LIMITS,
         max_body: int = MAX_BODY,
-        max_connections: int = MAX_CONNECTIONS,
-        max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP,
         close_grace: float = CLOSE_GRACE,
     ) -> None:
         self.routes = {path.encode(): handler for path, handler in routes.items()}
-        self.idle_timeout = idle_timeout
-        self.head_timeout = head_timeout
+        self.limits = limits
         self.gate = ConnectionGate(
-            "admin HTTP", max_connections=max_connections, max_per_client=max_connections_per_ip
+            "admin HTTP",
+            max_connections=limits.max_connections,
+            max_per_client=limits.max_connections_per_ip,
         )
-        self.max_head = max_head
         self.max_body = max_body
         self.close_grace = close_grace
         self._state = _State.NEW
@@ -217,7 +209,7 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self._server.added(self)
         self._last_request = self._loop.time()
-        self._request_due = self._last_request + self._server.head_timeout
+        self._request_due = self._last_request + self._server.limits.head_timeout
         self._schedule()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -253,7 +245,7 @@ class _Connection(asyncio.Protocol):
                 # The whole read belongs to one unfinished head: without this, a
                 # header line that never ends would be buffered by the parser.
                 self._head_raw += len(data)
-                if self._head_raw > self._server.max_head:
+                if self._head_raw > self._server.limits.max_head:
                     self._fail(http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
         self._answer()
 
@@ -273,7 +265,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self._request_due is None:
-            self._request_due = self._loop.time() + self._server.head_timeout
+            self._request_due = self._loop.time() + self._server.limits.head_timeout
             self._schedule()
         self._in_request = True
         self._in_head = True
@@ -317,7 +309,7 @@ class _Connection(asyncio.Protocol):
 
     def _count_head(self, size: int) -> None:
         self._head_seen += size
-        if self._head_seen > self._server.max_head:
+        if self._head_seen > self._server.limits.max_head:
             self._fail(http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
 
     def _fail(self, status: http.HTTPStatus) -> None:
@@ -379,7 +371,7 @@ class _Connection(asyncio.Protocol):
     # -- closing -------------------------------------------------------------------------
 
     def _due(self) -> float:
-        due = self._last_request + self._server.idle_timeout
+        due = self._last_request + self._server.limits.idle_timeout
         return due if self._request_due is None else min(due, self._request_due)
 
     def _schedule(self) -> None:

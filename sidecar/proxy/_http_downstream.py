@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from controlplane.http_limits import refuse
 from sidecar.proxy._http_exchange import P_EOF, P_QUEUE, P_STOP, Exchange
 from sidecar.proxy._http_parse import (
     ACT_HOST,
@@ -146,12 +147,7 @@ class Downstream(asyncio.Protocol):
             # Over max_connections (or per IP): told so and closed; never parsed.
             self.closing = self.gone = True
             self.stats.errors["connection_limit"] += 1
-            try:
-                self.transport.write(_OVER_LIMIT)
-            except (ConnectionError, RuntimeError):
-                self.transport.abort()
-                return
-            self.transport.close()
+            refuse(transport, _OVER_LIMIT)
             return
         self.key = key
         if isinstance(peer, tuple) and peer:

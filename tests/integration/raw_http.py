@@ -1,16 +1,20 @@
 """Raw HTTP/1.1 and WebSocket clients over asyncio streams, for the hardening tests.
 
 They send what a stock client would not: half-sent request heads, bodies that
-stop, unmasked or malformed WebSocket frames; and they can connect from
-another loopback address (127.0.0.2, …) to stand for another client host.
+stop, heads trickled a byte at a time, unmasked or malformed WebSocket frames;
+and they can connect from another loopback address (127.0.0.2, …) to stand
+for another client host. The HTTP proxy's tests parse answers their own way
+(``tests.integration.proxy.http_peers``) and share the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import struct
+from collections.abc import AsyncIterator, Iterable
 from typing import NamedTuple
 
 WAIT = 5.0
@@ -55,14 +59,7 @@ class RawConnection:
     async def until_closed(self, *, timeout: float = WAIT) -> bytes:
         """Everything the server sends until it closes the connection (a reset counts as
         closed); raises TimeoutError when it does not close within ``timeout``."""
-        received = bytearray()
-        async with asyncio.timeout(timeout):
-            try:
-                while chunk := await self.reader.read(65536):
-                    received += chunk
-            except ConnectionResetError:
-                pass
-        return bytes(received)
+        return await until_closed(self.reader, timeout=timeout)
 
     # -- WebSocket --------------------------------------------------------------------
 
@@ -138,3 +135,54 @@ def head(method: str, path: str, *headers: str, body: bytes = b"") -> bytes:
     if body or method == "POST":
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def until_closed(reader: asyncio.StreamReader, *, timeout: float = WAIT) -> bytes:
+    """Everything ``reader`` gets until the server closes the connection (a reset counts
+    as closed); raises TimeoutError when it does not close within ``timeout``."""
+    received = bytearray()
+    async with asyncio.timeout(timeout):
+        try:
+            while chunk := await reader.read(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    return bytes(received)
+
+
+async def closed_within(clients: Iterable[RawConnection], seconds: float) -> list[bytes]:
+    """What the server sent each client it closed within ``seconds`` (all are waited for
+    at once); the clients it kept open are left out."""
+
+    async def answer(client: RawConnection) -> bytes | None:
+        try:
+            return await client.until_closed(timeout=seconds)
+        except TimeoutError:
+            return None
+
+    answers = await asyncio.gather(*(answer(client) for client in clients))
+    return [answer for answer in answers if answer is not None]
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, every: float = 0.1) -> None:
+    """Sends ``data`` a byte at a time, ``every`` seconds apart, until the server closes."""
+    for i in range(len(data)):
+        try:
+            writer.write(data[i : i + 1])
+            await writer.drain()
+        except ConnectionError:
+            return
+        await asyncio.sleep(every)
+
+
+@contextlib.asynccontextmanager
+async def trickling(
+    writer: asyncio.StreamWriter, data: bytes, every: float = 0.1
+) -> AsyncIterator[None]:
+    """:func:`trickle` in the background while the block runs."""
+    task = asyncio.create_task(trickle(writer, data, every))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -11,6 +11,7 @@ and in all, refusing the rest at once; the gRPC API is served throughout.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import resource
 import signal
@@ -22,41 +23,31 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import controlplane.admin
-from controlplane import ControlPlane, ControlPlaneConfig
-from controlplane.http_limits import HttpLimits
+from controlplane import ControlPlane
+from controlplane.http_limits import ADMIN_LIMITS, HttpLimits
 from sidecar._http_server import HttpServer, Response
-from tests.integration.raw_http import RawConnection, head, open_raw
+from tests.integration.raw_http import closed_within, head, open_raw, trickling
 from tests.util import assert_eventually
 
 HALF_SENT = b"GET /metrics HTTP/1.1\r\nHost: admin\r\nAccept: text/pl"
-
-
-async def answer_within(client: RawConnection, seconds: float) -> bytes | None:
-    """What the server sent before closing, or None when it kept the connection open."""
-    try:
-        return await client.until_closed(timeout=seconds)
-    except TimeoutError:
-        return None
 
 
 # -- the control plane ---------------------------------------------------------------------
 
 
 @pytest.fixture
-async def plane(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ControlPlane]:
+def small_admin_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     limits = HttpLimits(
         head_timeout=2.0, idle_timeout=2.0, max_connections=10, max_connections_per_ip=5
     )
     monkeypatch.setattr(controlplane.admin, "ADMIN_LIMITS", limits)
-    config = ControlPlaneConfig(
-        listen="127.0.0.1:0",
-        admin_listen="127.0.0.1:0",
-        store_url="memory://",
-        grace=1.0,
-        drain_delay=0,
-    )
-    async with ControlPlane(config) as cp:
-        yield cp
+
+
+@pytest.fixture
+def plane(small_admin_limits: None, plane: ControlPlane) -> ControlPlane:
+    """The integration tests' control plane, its admin port under small limits (set
+    before it starts)."""
+    return plane
 
 
 async def grpc_health(plane: ControlPlane) -> int:
@@ -73,8 +64,7 @@ async def test_a_flood_of_half_sent_requests_does_not_take_the_control_plane_dow
     flood = [await open_raw(plane.admin_address) for _ in range(200)]
     for client in flood:
         client.send(HALF_SENT)
-    answers = await asyncio.gather(*(answer_within(client, 0.5) for client in flood))
-    refused = [answer for answer in answers if answer is not None]
+    refused = await closed_within(flood, 0.5)
     assert len(refused) == 195
     assert all(answer.startswith(b"HTTP/1.1 503 ") for answer in refused), refused[0]
 
@@ -104,9 +94,7 @@ async def test_the_whole_admin_port_holds_a_bounded_number_of_connections(
             client = await open_raw(plane.admin_address, source=source)
             client.send(HALF_SENT)
             held.append(client)
-    assert all(answer is None for answer in await asyncio.gather(
-        *(answer_within(client, 0.3) for client in held)
-    ))  # fmt: skip
+    assert await closed_within(held, 0.3) == []
     fourth = await open_raw(plane.admin_address, source="127.0.0.4")
     assert (await fourth.until_closed(timeout=2)).startswith(b"HTTP/1.1 503 ")
     for client in [*held, fourth]:
@@ -168,10 +156,13 @@ async def test_an_admin_request_in_another_http_version_is_answered_505(
 async def sidecar_admin() -> AsyncIterator[str]:
     server = HttpServer(
         {"/healthz": lambda: Response(200, "text/plain", b"SERVING\n")},
-        head_timeout=0.5,
-        idle_timeout=30.0,
-        max_connections=6,
-        max_connections_per_ip=3,
+        limits=dataclasses.replace(
+            ADMIN_LIMITS,
+            head_timeout=0.5,
+            idle_timeout=30.0,
+            max_connections=6,
+            max_connections_per_ip=3,
+        ),
     )
     (host, port), *_ = await server.start("127.0.0.1", 0)
     try:
@@ -185,18 +176,8 @@ async def test_a_head_sent_a_byte_at_a_time_is_cut_at_the_head_timeout(
 ) -> None:
     # The idle timeout (30 s) would never fire: the client keeps sending.
     client = await open_raw(sidecar_admin)
-
-    async def dribble() -> None:
-        for byte in HALF_SENT * 100:
-            client.send(bytes([byte]))
-            await asyncio.sleep(0.05)
-
-    async with asyncio.TaskGroup() as tg:
-        feeding = tg.create_task(dribble())
-        try:
-            answer = await client.until_closed(timeout=5)
-        finally:
-            feeding.cancel()
+    async with trickling(client.writer, HALF_SENT * 100, every=0.05):
+        answer = await client.until_closed(timeout=5)
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer
     client.close()
 
@@ -205,8 +186,7 @@ async def test_the_sidecar_admin_refuses_connections_over_its_caps(sidecar_admin
     flood = [await open_raw(sidecar_admin) for _ in range(10)]
     for client in flood:
         client.send(HALF_SENT)
-    answers = await asyncio.gather(*(answer_within(client, 0.3) for client in flood))
-    refused = [answer for answer in answers if answer is not None]
+    refused = await closed_within(flood, 0.3)
     assert len(refused) == 7
     assert all(answer.startswith(b"HTTP/1.1 503 ") for answer in refused), refused[0]
     # another address is served

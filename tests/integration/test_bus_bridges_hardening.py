@@ -32,8 +32,10 @@ from tests.integration.raw_http import (
     OP_PING,
     OP_TEXT,
     RawConnection,
+    closed_within,
     head,
     open_raw,
+    trickling,
 )
 from tests.util import assert_eventually
 
@@ -108,20 +110,10 @@ async def test_half_sent_request_heads_are_closed_after_the_head_timeout(
         client.send(HALF_SENT)
     # one more sends its head a byte at a time, never finishing
     dribbler = await raw(bridge)
-
-    async def dribble() -> None:
-        for byte in HALF_SENT * 100:
-            dribbler.send(bytes([byte]))
-            await asyncio.sleep(0.05)
-
-    async with asyncio.TaskGroup() as tg:
-        feeding = tg.create_task(dribble())
-        try:
-            for client in [*clients, dribbler]:
-                answer = await client.until_closed(timeout=5)
-                assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer
-        finally:
-            feeding.cancel()
+    async with trickling(dribbler.writer, HALF_SENT * 100, every=0.05):
+        for client in [*clients, dribbler]:
+            answer = await client.until_closed(timeout=5)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer
     for client in [*clients, dribbler]:
         client.close()
 
@@ -180,14 +172,6 @@ async def test_an_idle_keep_alive_connection_is_closed(bridge: BridgeServer) -> 
     client.close()
 
 
-async def answer_within(client: RawConnection, seconds: float) -> bytes | None:
-    """What the server sent before closing, or None when it kept the connection open."""
-    try:
-        return await client.until_closed(timeout=seconds)
-    except TimeoutError:
-        return None
-
-
 async def test_connections_over_the_caps_are_refused_and_others_still_served(
     broker: EmbeddedBroker,
 ) -> None:
@@ -200,8 +184,7 @@ async def test_connections_over_the_caps_are_refused_and_others_still_served(
         flood = [await raw(bridge) for _ in range(30)]
         for client in flood:
             client.send(HALF_SENT)
-        answers = await asyncio.gather(*(answer_within(client, 0.5) for client in flood))
-        refused = [answer for answer in answers if answer is not None]
+        refused = await closed_within(flood, 0.5)
         assert len(refused) == 24
         assert all(answer.startswith(b"HTTP/1.1 503 ") for answer in refused), refused[0]
         _connections(bridge, 6)
@@ -608,13 +591,9 @@ async def test_a_malformed_request_is_answered_400_and_logged_quietly(
     answer = await client.until_closed()
     assert answer == b"" or answer.split(b" ")[1] in (b"400", b"431"), answer[:200]
     client.close()
-    await assert_eventually(lambda: _no_connections(bridge))
+    await assert_eventually(lambda: _connections(bridge, 0))
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert not loud, [(r.name, r.levelname, r.getMessage()) for r in loud]
-
-
-def _no_connections(bridge: BridgeServer) -> None:
-    _connections(bridge, 0)
 
 
 def _connections(bridge: BridgeServer, count: int) -> None:

@@ -7,6 +7,7 @@ the connection closing are what is asserted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.http_limits import ADMIN_LIMITS
 from sidecar._http_server import HttpServer, Response
 from sidecar.admin import AdminServer
 from sidecar.errors import StartupError
@@ -276,7 +278,8 @@ async def test_a_failing_handler_is_500_and_the_connection_lives_on() -> None:
 
 
 async def test_idle_connections_are_closed() -> None:
-    server = HttpServer({"/ok": lambda: Response(200, TEXT, b"ok")}, idle_timeout=0.2)
+    limits = dataclasses.replace(ADMIN_LIMITS, idle_timeout=0.2)
+    server = HttpServer({"/ok": lambda: Response(200, TEXT, b"ok")}, limits=limits)
     (host, port), *_ = await server.start("127.0.0.1", 0)
     try:
         c = await connect(f"{host}:{port}")

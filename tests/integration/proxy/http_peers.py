@@ -1,8 +1,9 @@
 """Peers for the HTTP proxy tests: a raw client and a scripted upstream, on real sockets.
 
-A :class:`RawClient` sends exact bytes and parses what comes back; a
-:class:`ScriptedUpstream` runs a coroutine per upstream connection, in the
-test process, for byte-exact upstream behaviour.
+A :class:`RawClient` sends exact bytes and parses what comes back (reading
+until the proxy closes and trickling bytes, as ``tests.integration.raw_http``
+does for the other servers); a :class:`ScriptedUpstream` runs a coroutine per
+upstream connection, in the test process, for byte-exact upstream behaviour.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
+import uvloop
 
 from sidecar.proxy import Target
 from sidecar.proxy._http import HttpListener
+from tests.integration.raw_http import until_closed
 
 
 async def proxy(listeners: list[Any], tgt: Target) -> HttpListener:
@@ -29,6 +32,26 @@ async def proxy(listeners: list[Any], tgt: Target) -> HttpListener:
 
 def url(listener: HttpListener, path: str = "/") -> str:
     return f"http://{listener.address}{path}"
+
+
+def on_uvloop(scenario: Callable[[list[Any]], Awaitable[None]]) -> None:
+    """Runs ``scenario(listeners)`` on uvloop, the sidecar's event loop; the listeners it
+    appends are drained after it, as the ``listeners`` fixture does."""
+
+    async def main() -> None:
+        listeners: list[Any] = []
+        try:
+            await scenario(listeners)
+        finally:
+            for listener in listeners:
+                await listener.drain(0.0)
+
+    uvloop.run(main())
+
+
+def holds(condition: bool) -> None:
+    """For ``assert_eventually(lambda: holds(...))``."""
+    assert condition
 
 
 # -- a raw client ---------------------------------------------------------------------------
@@ -119,16 +142,10 @@ class RawClient:
         return head
 
     async def closed(self, timeout: float = 5.0) -> bool:
-        """True once the proxy closes the connection (EOF or reset)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    data = await self.reader.read(65536)
-                except ConnectionResetError:
-                    return True
-                if not data:
-                    return True
-                self.raw += data
+        """True once the proxy closes the connection (EOF or reset); what it sent until
+        then is added to :attr:`raw`."""
+        self.raw += await until_closed(self.reader, timeout=timeout)
+        return True
 
     async def close(self) -> None:
         self.writer.close()

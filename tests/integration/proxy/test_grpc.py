@@ -27,6 +27,7 @@ from sidecar.errors import StartupError
 from sidecar.proxy import Listener, Target, fixed_endpoint
 from sidecar.proxy._grpc import GrpcListener
 from tests.integration.proxy.conftest import Backend, policy, target
+from tests.integration.raw_http import open_raw, trickling
 from tests.util import assert_eventually
 
 EOF = grpc.aio.EOF  # type: ignore[attr-defined]
@@ -518,37 +519,6 @@ async def test_drain_grace_over_cancels_calls(
     assert upstream.connections == upstream.requests == 0
 
 
-def _raw_connection(address: str) -> socket.socket:
-    host, port = address.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    return sock
-
-
-def _closed_after(sock: socket.socket, send: bytes = b"") -> tuple[bytes, float]:
-    """Sends ``send`` a byte at a time, 0.1 s apart, and reads until the server closes:
-    what it sent, and after how many seconds."""
-    started = time.monotonic()
-    sock.setblocking(False)
-    received = b""
-    deadline = started + 10
-    while time.monotonic() < deadline:
-        if send:
-            with contextlib.suppress(OSError):
-                sock.send(send[:1])
-            send = send[1:]
-        try:
-            data = sock.recv(65536)
-        except BlockingIOError:
-            time.sleep(0.1)
-            continue
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        received += data
-    return received, time.monotonic() - started
-
-
 async def test_past_max_connections_a_new_connection_is_closed_while_open_ones_work(
     backends: StartBackend, listeners: list[Listener]
 ) -> None:
@@ -556,8 +526,9 @@ async def test_past_max_connections_a_new_connection_is_closed_while_open_ones_w
     listener = await proxy(listeners, target("orders", "grpc", b1, max_connections=1))
     async with dial(listener.address) as channel:
         assert await unary(channel, "Unary")(b"x", timeout=5) == b"x"
-        with _raw_connection(listener.address) as over:
-            received, _ = await asyncio.to_thread(_closed_after, over)
+        over = await open_raw(listener.address)
+        received = await over.until_closed(timeout=10)
+        over.close()
         assert received == b""  # closed as it was accepted, before the server's settings
         assert await unary(channel, "Unary")(b"y", timeout=5) == b"y"
         assert listener.status()["connections"]["max"] == 1
@@ -578,8 +549,12 @@ async def test_a_client_slower_than_head_timeout_with_its_preface_is_closed(
 ) -> None:
     b1 = backends("grpc_backend.py", "--name", "b1")
     listener = await proxy(listeners, target("orders", "grpc", b1, head_timeout=1.0))
-    with _raw_connection(listener.address) as slow:
-        _, after = await asyncio.to_thread(_closed_after, slow, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    slow = await open_raw(listener.address)
+    started = time.monotonic()
+    async with trickling(slow.writer, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+        await slow.until_closed(timeout=10)
+    after = time.monotonic() - started
+    slow.close()
     assert after < 3.0  # the runtime's own default is 120 s
     async with dial(listener.address) as channel:
         assert await unary(channel, "Unary")(b"x", timeout=5) == b"x"

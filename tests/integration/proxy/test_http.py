@@ -28,6 +28,7 @@ from tests.integration.proxy.http_peers import (
     RawClient,
     ScriptedUpstream,
     get,
+    holds,
     proxy,
     url,
 )
@@ -504,12 +505,12 @@ async def test_a_client_that_resets_its_connection_cancels_its_request(
     listener = await proxy(listeners, tgt)
     client = await RawClient.connect(listener)
     await client.send(get("/slow?ms=5000"))
-    await assert_eventually(lambda: _assert(tgt.requests == 1 and tgt.connections == 1))
+    await assert_eventually(lambda: holds(tgt.requests == 1 and tgt.connections == 1))
     sock = client.writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await client.close()  # a reset (RST), not an end of sending (FIN)
     # The upstream connection carrying it is closed; nothing counts as a failure.
-    await assert_eventually(lambda: _assert(tgt.requests == 0 and tgt.connections == 0))
+    await assert_eventually(lambda: holds(tgt.requests == 0 and tgt.connections == 0))
     assert tgt.balancer.in_flight(f"127.0.0.1:{pair[0].port}") == 0
     assert not tgt.stats.errors
     assert tgt.stats.requests == 1
@@ -525,9 +526,9 @@ async def test_a_client_that_closes_has_its_request_finished_then_the_connection
     listener = await proxy(listeners, tgt)
     client = await RawClient.connect(listener)
     await client.send(get("/slow?ms=300"))
-    await assert_eventually(lambda: _assert(tgt.requests == 1))
+    await assert_eventually(lambda: holds(tgt.requests == 1))
     await client.close()
-    await assert_eventually(lambda: _assert(tgt.requests == 0 and not listener.downstreams))
+    await assert_eventually(lambda: holds(tgt.requests == 0 and not listener.downstreams))
     assert tgt.balancer.in_flight(f"127.0.0.1:{pair[0].port}") == 0
     assert not tgt.stats.errors
     assert tgt.stats.responses["2xx"] == 1
@@ -561,7 +562,7 @@ async def test_circuit_overflow_fails_fast(
             return resp.status
 
     in_flight = asyncio.create_task(slow())
-    await assert_eventually(lambda: _assert(tgt.requests == 1))
+    await assert_eventually(lambda: holds(tgt.requests == 1))
     started = time.monotonic()
     async with session.get(url(listener)) as resp:
         assert resp.status == 503
@@ -572,10 +573,6 @@ async def test_circuit_overflow_fails_fast(
     async with session.get(url(listener)) as resp:
         assert resp.status == 200
     assert tgt.stats.errors["circuit_open"] == 1
-
-
-def _assert(condition: bool) -> None:
-    assert condition
 
 
 async def test_outlier_ejection_and_recovery(
@@ -634,7 +631,7 @@ async def test_endpoint_removal_lets_the_request_in_flight_finish(
             return await resp.text()
 
     in_flight = asyncio.create_task(slow())
-    await assert_eventually(lambda: _assert(tgt.requests == 1))
+    await assert_eventually(lambda: holds(tgt.requests == 1))
     busy = next(b for b in pair if tgt.balancer.in_flight(f"127.0.0.1:{b.port}"))
     other = next(b for b in pair if b is not busy)
     tgt.update([fixed_endpoint(*other.address)])
@@ -644,7 +641,7 @@ async def test_endpoint_removal_lets_the_request_in_flight_finish(
             assert (await resp.json())["name"] == ("b1" if other is pair[0] else "b2")
     assert await in_flight == ("b1" if busy is pair[0] else "b2")
     # Its connection was closed, not pooled.
-    await assert_eventually(lambda: _assert(tgt.connections == 1))
+    await assert_eventually(lambda: holds(tgt.connections == 1))
 
 
 async def test_drain_finishes_requests_in_flight_and_refuses_new_connections(
@@ -681,7 +678,7 @@ async def test_drain_grace_cuts_what_is_left(
     listener = await proxy(listeners, tgt)
     client = await RawClient.connect(listener)
     await client.send(get("/hang"))
-    await assert_eventually(lambda: _assert(tgt.requests == 1))
+    await assert_eventually(lambda: holds(tgt.requests == 1))
     started = time.monotonic()
     await listener.drain(0.3)
     assert 0.25 <= time.monotonic() - started < 1.5
@@ -730,7 +727,7 @@ async def test_idle_keep_alive_connection_is_closed_after_idle_timeout(
     assert await client.closed(timeout=3)
     assert 0.25 <= time.monotonic() - started < 1.5
     await client.close()
-    await assert_eventually(lambda: _assert(listener.pool.idle_count == 0))
+    await assert_eventually(lambda: holds(listener.pool.idle_count == 0))
 
 
 def test_works_on_uvloop(pair: tuple[Backend, Backend]) -> None:
@@ -764,7 +761,7 @@ def test_works_on_uvloop(pair: tuple[Backend, Backend]) -> None:
                 await client.send(get("/slow?ms=3000"))
                 await asyncio.sleep(0.2)
                 await client.close()
-                await assert_eventually(lambda: _assert(tgt.requests == 0))
+                await assert_eventually(lambda: holds(tgt.requests == 0))
 
                 async def slow() -> bytes:
                     async with session.get(url(listener, "/slow?ms=300")) as resp:

@@ -17,12 +17,10 @@ import dataclasses
 import gc
 import socket
 import tracemalloc
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 
 from sidecar.proxy import Target, fixed_endpoint
 from tests.integration.proxy.conftest import policy
@@ -33,8 +31,11 @@ from tests.integration.proxy.http_peers import (
     ScriptedUpstream,
     Seen,
     get,
+    holds,
+    on_uvloop,
     proxy,
 )
+from tests.integration.raw_http import trickle, trickling
 from tests.util import assert_eventually
 
 KIB = 1024
@@ -56,10 +57,6 @@ async def refused(listener: Any, request: bytes) -> tuple[int, str | None]:
     assert await client.closed()
     await client.close()
     return reply.status, reply.header("x-eco-proxy-error")
-
-
-def _assert(condition: bool) -> None:
-    assert condition
 
 
 # -- Connection naming headers the proxy must keep --------------------------------------------
@@ -400,7 +397,7 @@ async def test_a_client_that_sends_everything_first_still_reads_the_431(
         port = int(listener.address.rsplit(":", 1)[1])
         answer = await asyncio.to_thread(_send_all_then_read, port, padded(900 * KIB))
         assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
-        await assert_eventually(lambda: _assert(not listener.downstreams))
+        await assert_eventually(lambda: holds(not listener.downstreams))
     assert upstream.seen == []
 
 
@@ -681,31 +678,11 @@ async def test_a_pooled_connection_is_not_reused_after_its_endpoint_moved(
         assert [s.path for s in old.seen] == ["/1"]
         assert [s.path for s in new.seen] == ["/2"]
         # The connection to the old address is retired, not kept idle.
-        await assert_eventually(lambda: _assert(old.closed == 1))
+        await assert_eventually(lambda: holds(old.closed == 1))
         assert new.closed == 0
 
 
 # -- time and connections --------------------------------------------------------------------
-
-
-async def trickle(client: RawClient, data: bytes, every: float = 0.1) -> None:
-    """Sends ``data`` a byte at a time, ``every`` seconds apart, until the proxy closes."""
-    for i in range(len(data)):
-        try:
-            await client.send(data[i : i + 1])
-        except ConnectionError:
-            return
-        await asyncio.sleep(every)
-
-
-@contextlib.asynccontextmanager
-async def trickling(client: RawClient, data: bytes) -> AsyncIterator[None]:
-    task = asyncio.create_task(trickle(client, data))
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def errors(listener: Any) -> dict[str, int]:
@@ -723,7 +700,7 @@ async def test_a_head_trickled_a_byte_at_a_time_is_answered_408_and_closed(
         loop = asyncio.get_running_loop()
         slow = await RawClient.connect(listener)
         started = loop.time()
-        async with trickling(slow, get("/slow", "X-Pad: " + "p" * 300)):
+        async with trickling(slow.writer, get("/slow", "X-Pad: " + "p" * 300)):
             client = await RawClient.connect(listener)
             await client.send(get("/normal"))
             (normal,) = await client.replies_done(1, timeout=5)
@@ -732,7 +709,7 @@ async def test_a_head_trickled_a_byte_at_a_time_is_answered_408_and_closed(
             answered = loop.time() - started
             assert await slow.closed()
         await slow.close()
-        await assert_eventually(lambda: _assert(not listener.downstreams))
+        await assert_eventually(lambda: holds(not listener.downstreams))
     assert normal.status == 200
     assert reply.status == 408 and reply.header("x-eco-proxy-error") == "request_timeout"
     assert reply.header("connection") == "close"
@@ -750,7 +727,7 @@ async def test_trickled_trailers_are_answered_408(listeners: list[Any]) -> None:
         await client.send(
             get("/upload", "Transfer-Encoding: chunked", method="POST") + b"5\r\nhello\r\n0\r\n"
         )
-        async with trickling(client, b"X-Checksum: " + b"c" * 300 + b"\r\n\r\n"):
+        async with trickling(client.writer, b"X-Checksum: " + b"c" * 300 + b"\r\n\r\n"):
             (reply,) = await client.replies_done(1, timeout=10)
             assert await client.closed()
         await client.close()
@@ -771,7 +748,7 @@ async def test_a_body_trickled_for_longer_than_head_timeout_is_not_a_slow_head(
         b = await RawClient.connect(listener)
         await a.send(get("/chunked", "Transfer-Encoding: chunked", method="POST"))
         await b.send(get("/length", "Content-Length: 23", method="POST"))
-        await asyncio.gather(trickle(a, chunked), trickle(b, b"x" * 23))
+        await asyncio.gather(trickle(a.writer, chunked), trickle(b.writer, b"x" * 23))
         (reply_a,) = await a.replies_done(1, timeout=5)
         (reply_b,) = await b.replies_done(1, timeout=5)
         for client in (a, b):
@@ -787,7 +764,7 @@ async def test_a_trickled_head_pipelined_behind_a_request_is_answered_408_after_
         listener = await proxy(listeners, to(upstream, head_timeout=1.0))
         client = await RawClient.connect(listener)
         await client.send(get("/first") + b"GET /second HTTP/1.1\r\nHo")
-        async with trickling(client, b"st: orders\r\nX-Pad: " + b"p" * 300 + b"\r\n\r\n"):
+        async with trickling(client.writer, b"st: orders\r\nX-Pad: " + b"p" * 300 + b"\r\n\r\n"):
             first, second = await client.replies_done(2, timeout=10)
             assert await client.closed()
         await client.close()
@@ -839,7 +816,7 @@ async def test_past_max_connections_a_new_connection_is_refused_while_open_ones_
         assert connections == {"open": 2, "max": 2, "max_per_ip": 1000, "refused": 1}
         assert errors(listener)["connection_limit"] == 1
         await a.close()
-        await assert_eventually(lambda: _assert(listener.gate.count == 1))
+        await assert_eventually(lambda: holds(listener.gate.count == 1))
         c = await RawClient.connect(listener)
         await c.send(get("/c"))
         (reply_c,) = await c.replies_done(1, timeout=5)
@@ -876,30 +853,25 @@ def test_head_timeout_and_connection_limit_on_uvloop() -> None:
     """The production event loop: the 503 is written before the close (uvloop's
     transports are not asyncio's classes), and a trickled head gets its 408."""
 
-    async def scenario() -> None:
-        listeners: list[Any] = []
-        try:
-            async with RecordingUpstream() as upstream:
-                listener = await proxy(listeners, to(upstream, head_timeout=1.0, max_connections=1))
-                slow = await RawClient.connect(listener)
-                async with trickling(slow, get("/slow", "X-Pad: " + "p" * 300)):
-                    over = await RawClient.connect(listener)
-                    (refusal,) = await over.replies_done(1, timeout=5)
-                    await over.close()
-                    (reply,) = await slow.replies_done(1, timeout=10)
-                await slow.close()
-                await assert_eventually(lambda: _assert(listener.gate.count == 0))
-                client = await RawClient.connect(listener)
-                await client.send(get("/after"))
-                (after,) = await client.replies_done(1, timeout=5)
-                await client.close()
-            assert refusal.status == 503 and reply.status == 408 and after.status == 200
-            assert [s.path for s in upstream.seen] == ["/after"]
-        finally:
-            for listener in listeners:
-                await listener.drain(0.0)
+    async def scenario(listeners: list[Any]) -> None:
+        async with RecordingUpstream() as upstream:
+            listener = await proxy(listeners, to(upstream, head_timeout=1.0, max_connections=1))
+            slow = await RawClient.connect(listener)
+            async with trickling(slow.writer, get("/slow", "X-Pad: " + "p" * 300)):
+                over = await RawClient.connect(listener)
+                (refusal,) = await over.replies_done(1, timeout=5)
+                await over.close()
+                (reply,) = await slow.replies_done(1, timeout=10)
+            await slow.close()
+            await assert_eventually(lambda: holds(listener.gate.count == 0))
+            client = await RawClient.connect(listener)
+            await client.send(get("/after"))
+            (after,) = await client.replies_done(1, timeout=5)
+            await client.close()
+        assert refusal.status == 503 and reply.status == 408 and after.status == 200
+        assert [s.path for s in upstream.seen] == ["/after"]
 
-    uvloop.run(scenario())
+    on_uvloop(scenario)
 
 
 # -- a client that half-closes ----------------------------------------------------------------
@@ -962,7 +934,7 @@ async def half_close_scenarios(listeners: list[Any]) -> None:
         client.writer.write_eof()
         assert await client.closed() and client.raw == b""
         await client.close()
-        await assert_eventually(lambda: _assert(not listener.downstreams))
+        await assert_eventually(lambda: holds(not listener.downstreams))
     # (the head of the cut body may have gone upstream, or not yet when it was refused)
     heads = [r.split(b" ", 2)[1] for r in upstream.requests if b" /body " not in r]
     assert heads == [b"/one", b"/p1", b"/p2", b"/p3", b"/old", b"/whole"]
@@ -975,15 +947,7 @@ async def test_a_client_that_half_closes_after_its_requests_is_answered(
 
 
 def test_a_client_that_half_closes_is_answered_on_uvloop() -> None:
-    async def scenario() -> None:
-        listeners: list[Any] = []
-        try:
-            await half_close_scenarios(listeners)
-        finally:
-            for listener in listeners:
-                await listener.drain(0.0)
-
-    uvloop.run(scenario())
+    on_uvloop(half_close_scenarios)
 
 
 UPSTREAM_HALF_CLOSES = {
@@ -1012,7 +976,7 @@ async def test_an_upstream_that_half_closes_after_its_answer_is_passed_on(
             await client.send(get(f"/{i}"))
             replies = await client.replies_done(i + 1, timeout=5)
         await client.close()
-        await assert_eventually(lambda: _assert(upstream.closed == 2))
+        await assert_eventually(lambda: holds(upstream.closed == 2))
     assert [(r.status, r.body) for r in replies] == [(200, answer.split(b"\r\n\r\n")[1])] * 2
     assert upstream.connections == 2
 
@@ -1063,7 +1027,7 @@ async def test_oversized_heads_take_no_memory_and_leave_none_behind(listeners: l
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        await assert_eventually(lambda: _assert(not listener.downstreams))
+        await assert_eventually(lambda: holds(not listener.downstreams))
         gc.collect()
         grown = rss() - before
         client = await RawClient.connect(listener)
@@ -1081,34 +1045,28 @@ def test_refusals_and_smuggling_on_uvloop() -> None:
     """The production event loop: a refused head is answered before the close, the
     smuggling scenario stays in step, TRACE is refused."""
 
-    async def scenario() -> None:
-        listeners: list[Any] = []
-        try:
-            async with RecordingUpstream(hold=("/hidden",)) as upstream:
-                listener = await proxy(listeners, to(upstream))
-                assert await refused(listener, padded(60 * KIB + 1)) == (431, "headers_too_large")
-                # More than the limit in one write: the answer is read, not a reset.
-                client = await RawClient.connect(listener)
-                await client.send(padded(200 * KIB))
-                (reply,) = await client.replies_done(1, timeout=5)
-                assert reply.status == 431 and await client.closed()
+    async def scenario(listeners: list[Any]) -> None:
+        async with RecordingUpstream(hold=("/hidden",)) as upstream:
+            listener = await proxy(listeners, to(upstream))
+            assert await refused(listener, padded(60 * KIB + 1)) == (431, "headers_too_large")
+            # More than the limit in one write: the answer is read, not a reset.
+            client = await RawClient.connect(listener)
+            await client.send(padded(200 * KIB))
+            (reply,) = await client.replies_done(1, timeout=5)
+            assert reply.status == 431 and await client.closed()
+            await client.close()
+            a = await RawClient.connect(listener)
+            await a.send(
+                get("/a", "Connection: content-length", f"Content-Length: {len(HIDDEN)}") + HIDDEN
+            )
+            b = await RawClient.connect(listener)
+            (reply_a,) = await a.replies_done(1, timeout=5)
+            await b.send(get("/b", method="TRACE") + get("/b"))
+            trace, reply_b = await b.replies_done(2, timeout=5)
+            for client in (a, b):
                 await client.close()
-                a = await RawClient.connect(listener)
-                await a.send(
-                    get("/a", "Connection: content-length", f"Content-Length: {len(HIDDEN)}")
-                    + HIDDEN
-                )
-                b = await RawClient.connect(listener)
-                (reply_a,) = await a.replies_done(1, timeout=5)
-                await b.send(get("/b", method="TRACE") + get("/b"))
-                trace, reply_b = await b.replies_done(2, timeout=5)
-                for client in (a, b):
-                    await client.close()
-                assert reply_a.body == b"GET /a %d" % len(HIDDEN)
-                assert trace.status == 405 and reply_b.body == b"GET /b 0"
-                assert [s.path for s in upstream.seen] == ["/a", "/b"]
-        finally:
-            for listener in listeners:
-                await listener.drain(0.0)
+            assert reply_a.body == b"GET /a %d" % len(HIDDEN)
+            assert trace.status == 405 and reply_b.body == b"GET /b 0"
+            assert [s.path for s in upstream.seen] == ["/a", "/b"]
 
-    uvloop.run(scenario())
+    on_uvloop(scenario)

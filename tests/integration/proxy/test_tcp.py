@@ -361,19 +361,25 @@ async def test_killed_endpoint_is_ejected_then_recovers(
     assert tgt.stats.errors["connect_failure"] == failures
 
 
+async def two_admitted_and_a_third_reset(listener: TcpListener) -> tuple[Stream, Stream]:
+    """Opens two connections, which echo, and a third, which ``listener`` (admitting two
+    at most) must reset; returns the two."""
+    first, second = await connect(listener), await connect(listener)
+    await echoes(first)
+    await echoes(second)
+    third = await connect(listener)
+    assert await closed_by_proxy(third, within=1) == "reset"
+    await close(third)
+    return first, second
+
+
 async def test_circuit_overflow_closes_the_extra_connection(
     backends: Backends, listeners: list[Listener]
 ) -> None:
     backend = backends("tcp_backend.py", "--mode", "echo")
     tgt = target("orders", "tcp", backend, circuit_breaker={"max_requests": 2})
     listener = await start_listener(listeners, tgt)
-    first, second = await connect(listener), await connect(listener)
-    await echoes(first)
-    await echoes(second)
-
-    third = await connect(listener)
-    assert await closed_by_proxy(third, within=1) == "reset"
-    await close(third)
+    first, second = await two_admitted_and_a_third_reset(listener)
     assert tgt.stats.errors["circuit_open"] == 1
     await echoes(first)  # the admitted ones are unaffected
 
@@ -392,13 +398,7 @@ async def test_past_max_connections_a_new_connection_is_reset_while_open_ones_wo
     backend = backends("tcp_backend.py", "--mode", "echo")
     tgt = target("orders", "tcp", backend, max_connections=2)
     listener = await start_listener(listeners, tgt)
-    first, second = await connect(listener), await connect(listener)
-    await echoes(first)
-    await echoes(second)
-
-    third = await connect(listener)
-    assert await closed_by_proxy(third, within=1) == "reset"
-    await close(third)
+    first, second = await two_admitted_and_a_third_reset(listener)
     await echoes(first)  # the admitted ones are unaffected
     await echoes(second)
     assert listener.status()["connections"] == {

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from sidecar.config import ConfigError, ProxyPolicy, parse_config
+from sidecar.config import ConfigError, ProxyPolicy, SidecarConfig, parse_config
 
 
 def test_defaults() -> None:
@@ -21,23 +21,32 @@ def test_defaults() -> None:
     assert policy.max_connections_per_ip == 1_000
 
 
+def with_limits(orders: str, inbound: str) -> SidecarConfig:
+    """A configuration with one HTTP upstream, orders, and one inbound listener: ``orders``
+    is the upstream's further fields (YAML lines), ``inbound`` the listener's."""
+    text = textwrap.dedent(
+        """\
+        services: [{name: web, address: 127.0.0.1, port: 8080}]
+        upstreams:
+          - service: orders
+            protocol: http
+            listen: "127.0.0.1:9001"
+        """
+    )
+    text += textwrap.indent(textwrap.dedent(orders), "    ")
+    text += f'inbound:\n  - {{listen: "0.0.0.0:15001", to: "127.0.0.1:8080", {inbound}}}\n'
+    return parse_config(text)
+
+
 def test_set_per_upstream_and_per_inbound_listener() -> None:
-    config = parse_config(
-        textwrap.dedent(
-            """\
-            services: [{name: web, address: 127.0.0.1, port: 8080}]
-            upstreams:
-              - service: orders
-                protocol: http
-                listen: "127.0.0.1:9001"
-                max_request_headers_kb: 8
-                max_url_kb: 4
-                max_headers: 50
-                max_response_headers_kb: 128
-            inbound:
-              - {listen: "0.0.0.0:15001", to: "127.0.0.1:8080", protocol: http, allow_trace: true}
-            """
-        )
+    config = with_limits(
+        """\
+        max_request_headers_kb: 8
+        max_url_kb: 4
+        max_headers: 50
+        max_response_headers_kb: 128
+        """,
+        "protocol: http, allow_trace: true",
     )
     (orders,) = config.upstreams
     assert (orders.max_request_headers_kb, orders.max_url_kb, orders.max_headers) == (8, 4, 50)
@@ -73,21 +82,13 @@ def test_bad_values_name_the_field_and_line(line: str, field: str) -> None:
 
 
 def test_time_and_connection_limits_per_listener() -> None:
-    config = parse_config(
-        textwrap.dedent(
-            """\
-            services: [{name: web, address: 127.0.0.1, port: 8080}]
-            upstreams:
-              - service: orders
-                protocol: http
-                listen: "127.0.0.1:9001"
-                head_timeout: 2s
-                max_connections: 500
-                max_connections_per_ip: 50
-            inbound:
-              - {listen: "0.0.0.0:15001", to: "127.0.0.1:8080", protocol: tcp, max_connections: 7}
-            """
-        )
+    config = with_limits(
+        """\
+        head_timeout: 2s
+        max_connections: 500
+        max_connections_per_ip: 50
+        """,
+        "protocol: tcp, max_connections: 7",
     )
     (orders,) = config.upstreams
     assert (orders.head_timeout, orders.max_connections, orders.max_connections_per_ip) == (
