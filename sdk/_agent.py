@@ -43,7 +43,7 @@ from typing import Self
 from ecosystem.v1 import agent_pb2, agent_pb2_grpc
 
 from sdk._agent_chunks import UpdateAssembler
-from sdk._agent_stream import EOF, AgentStream, StreamEnded, agent_channel, describe, translated
+from sdk._agent_stream import EOF, AgentStream, StreamEnded, agent_channel, describe
 from sdk._agent_types import (
     AgentNode,
     AgentState,
@@ -65,6 +65,7 @@ from sdk._errors import (
     UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
+    translated,
 )
 from sdk._outbox import Outbox
 from sdk._retry import Backoff

@@ -4,17 +4,16 @@
 first of them ends (the stream broke, the control plane ended it, or the
 session is closing), cancels and awaits the others, and raises why. The
 session owns the call, the outbox and what the messages mean; this module
-knows how they move. It is also the one place where the stream's gRPC
-errors become SDK errors (:func:`translated`).
+knows how they move. The stream's gRPC errors become SDK errors through
+:func:`sdk._errors.translated`, as every call's do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -22,11 +21,11 @@ import grpc.aio
 from ecosystem.v1 import agent_pb2
 
 from sdk._agent_chunks import MESSAGE_BYTES, sync_parts
-from sdk._errors import from_rpc_error
+from sdk._errors import translated
 from sdk._outbox import Outbox
 from sdk._transport import _CHANNEL_OPTIONS, Sleep
 
-__all__ = ["EOF", "AgentStream", "StreamEnded", "agent_channel", "describe", "translated"]
+__all__ = ["EOF", "AgentStream", "StreamEnded", "agent_channel", "describe"]
 
 # The agent stream lives for hours: ask the transport to notice a peer that
 # vanished without closing the connection (the control plane allows a ping
@@ -54,15 +53,6 @@ def agent_channel(address: str) -> grpc.aio.Channel:
 
 class StreamEnded(Exception):
     """The stream ended or misbehaved; the message says how."""
-
-
-@contextlib.contextmanager
-def translated(address: str) -> Iterator[None]:
-    """The one point where the agent stream's gRPC errors become SDK errors."""
-    try:
-        yield
-    except grpc.RpcError as err:
-        raise from_rpc_error(err, address=address) from err
 
 
 def describe(message: Any) -> str:

@@ -1,8 +1,8 @@
 """The asyncio client of the message bus (``MessagingService``).
 
 Every call goes through the SDK's :class:`~sdk._transport.Transport`, so
-errors are the SDK's own (translated in its one call helper), deadlines and
-failover are the registry client's. A subscription is one server stream
+errors are the SDK's own (translated at its one point, ``sdk._errors``),
+deadlines and failover are the registry client's. A subscription is one server stream
 read by one task into a bounded queue: when the caller falls behind, the
 queue fills, the stream stalls and the broker holds durable deliveries back
 (or drops core messages for this subscriber). Acknowledgements from any

@@ -24,16 +24,25 @@ classes; generated or gRPC exception types never escape the SDK::
 
     ClientClosedError (RuntimeError) the client was used after close(): misuse, not an EcoError
 
-Translation happens in exactly one place, the transport's call helper, which
-raises ``from_rpc_error(err) from err`` so the original gRPC error stays on
-``__cause__``. ``reason`` is the ``google.rpc.ErrorInfo`` reason the server
-attached, if any (the bus names each of its errors that way).
+This module is the SDK's one translation from gRPC statuses to these
+classes: one table (by code, then by code and ErrorInfo reason), and two
+ways in. Every call path raises through :func:`translated` — the
+transport's unary calls and server streams (registry, watch, bus
+subscriptions), the agent session's stream, the proxyless channel's sidecar
+source — which raises ``from_rpc_error(err) from err`` so the original gRPC
+error stays on ``__cause__``; a status carried inside a response (one
+message of a ``PublishBatch``) goes through :func:`from_status`. ``reason``
+is the ``google.rpc.ErrorInfo`` reason the server attached, if any (the bus
+names each of its errors that way). The errors a proxyless channel's calls
+get from the application's own backends are not translated: those statuses
+are the application's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +71,7 @@ __all__ = [
     "UnimplementedError",
     "from_rpc_error",
     "from_status",
+    "translated",
 ]
 
 logger = logging.getLogger(__name__)
@@ -233,6 +243,26 @@ _BY_REASON: dict[tuple[grpc.StatusCode, str], type[EcoError]] = {
 
 
 _CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@contextlib.contextmanager
+def translated(
+    address: str | None = None, *, on_error: Callable[[EcoError], None] | None = None
+) -> Iterator[None]:
+    """The one point where a call's gRPC error becomes an SDK error.
+
+    A ``grpc.RpcError`` raised inside the block is raised again as the most
+    specific :class:`EcoError` (``from`` the gRPC error), naming ``address``
+    as the server that answered; ``on_error`` sees the SDK error first (the
+    transport fails over on UNAVAILABLE). Anything else passes untouched.
+    """
+    try:
+        yield
+    except grpc.RpcError as err:
+        error = from_rpc_error(err, address=address)
+        if on_error is not None:
+            on_error(error)
+        raise error from err
 
 
 def from_rpc_error(err: grpc.RpcError, *, address: str | None = None) -> EcoError:

@@ -38,7 +38,7 @@ from sdk._errors import (
     RequestCancelledError,
     ResourceExhaustedError,
     UnavailableError,
-    from_rpc_error,
+    translated,
 )
 from sdk._retry import RetryPolicy
 from sdk._transport import ChannelFactory, default_channel
@@ -285,24 +285,24 @@ class SidecarSource:
             stub = _SIDECAR_STUB(self._open())  # ClientClosedError once closed
             call = stub.WatchEndpoints(request)
             try:
-                async for response in call:
-                    backoff.reset()
-                    if response.stale != stale:
-                        stale = bool(response.stale)
-                        logger.info(
-                            "sidecar %s %s endpoints of %s",
-                            self._address,
-                            "serves cached" if stale else "serves live",
-                            service,
-                        )
-                    yield endpoints_of(Instance.from_proto(i) for i in response.endpoints)
+                with translated(self._address):
+                    async for response in call:
+                        backoff.reset()
+                        if response.stale != stale:
+                            stale = bool(response.stale)
+                            logger.info(
+                                "sidecar %s %s endpoints of %s",
+                                self._address,
+                                "serves cached" if stale else "serves live",
+                                service,
+                            )
+                        yield endpoints_of(Instance.from_proto(i) for i in response.endpoints)
                 reason = "the sidecar ended the stream"
-            except grpc.RpcError as err:
+            except EcoError as error:
                 if self._closed:
                     return
-                error = from_rpc_error(err, address=self._address)
                 if not isinstance(error, _TRANSIENT):
-                    raise error from err
+                    raise
                 reason = f"{error.code}: {error}"
             except asyncio.CancelledError:
                 current = asyncio.current_task()

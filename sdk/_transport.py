@@ -1,8 +1,10 @@
-"""Channels to the control plane, failover between them, and the one call helper.
+"""Channels to the control plane, failover between them, and the call helpers.
 
-Every RPC the SDK makes goes through :meth:`Transport.unary` or
-:meth:`Transport.stream`, and every gRPC error is translated to the SDK's
-own in :meth:`Transport._translated` — the only place that happens.
+The SDK's unary calls and server streams to the control plane go through
+:meth:`Transport.unary` and :meth:`Transport.stream`; their gRPC errors
+become the SDK's own through :func:`sdk._errors.translated` (the SDK's one
+translation point), which also tells the transport to fail over on
+UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -19,7 +21,13 @@ import grpc.aio
 import tenacity
 from ecosystem.v1 import agent_pb2_grpc, messaging_pb2_grpc, registry_pb2_grpc
 
-from sdk._errors import ClientClosedError, DeadlineExceededError, UnavailableError, from_rpc_error
+from sdk._errors import (
+    ClientClosedError,
+    DeadlineExceededError,
+    EcoError,
+    UnavailableError,
+    translated,
+)
 from sdk._retry import RetryPolicy
 
 __all__ = [
@@ -242,17 +250,14 @@ class Transport:
             self._stubs[index] = stub
         return index, stub
 
-    @contextlib.contextmanager
-    def _translated(self, index: int) -> Iterator[None]:
-        """The one point where gRPC errors become SDK errors."""
-        address = self._addresses[index]
-        try:
-            yield
-        except grpc.RpcError as err:
-            error = from_rpc_error(err, address=address)
+    def _translated(self, index: int) -> contextlib.AbstractContextManager[None]:
+        """SDK errors for a call to ``addresses[index]``; UNAVAILABLE moves later calls on."""
+
+        def fail_over(error: EcoError) -> None:
             if isinstance(error, UnavailableError):
                 self._fail_over(index)
-            raise error from err
+
+        return translated(self._addresses[index], on_error=fail_over)
 
     def _fail_over(self, index: int) -> None:
         # Only the first failure of an address moves on; concurrent calls that

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 import sdk
-from sdk._errors import from_rpc_error
+from sdk._errors import from_rpc_error, from_status, translated
 from sdk._transport import Transport
 from tests.unit.sdk.fakes import FakeControlPlane, rpc_error
 
@@ -135,3 +135,37 @@ async def test_the_transport_raises_from_the_grpc_error() -> None:
     assert caught.value.__cause__ is failure
     assert caught.value.address == "a:1"
     await transport.close()
+
+
+@pytest.mark.parametrize("code", list(EXPECTED), ids=lambda c: c.name)
+def test_a_status_carried_in_a_response_reads_as_the_same_error(code: grpc.StatusCode) -> None:
+    # One message of a PublishBatch carries its own status: same table, same error.
+    violations = [("subject", "empty")] if code is grpc.StatusCode.INVALID_ARGUMENT else []
+    raised = from_rpc_error(rpc_error(code, "refused", violations=violations), address="a:1")
+    carried = from_status(code.value[0], "refused", "", violations, address="a:1")
+    assert type(carried) is type(raised)
+    assert (carried.code, carried.message, carried.address) == (
+        raised.code,
+        raised.message,
+        raised.address,
+    )
+    assert getattr(carried, "field_violations", []) == getattr(raised, "field_violations", [])
+
+
+def test_a_reason_picks_the_more_specific_class_either_way() -> None:
+    assert type(from_status(14, "nobody", "NO_RESPONDERS")) is sdk.NoRespondersError
+    assert type(from_status(5, "none", "STREAM_NOT_FOUND")) is sdk.StreamNotFoundError
+    assert type(from_status(5, "none", "ACK_NOT_FOUND")) is sdk.NotFoundError
+
+
+def test_translated_raises_the_sdk_error_from_the_grpc_one() -> None:
+    seen: list[sdk.EcoError] = []
+    failure = rpc_error(grpc.StatusCode.UNAVAILABLE, "gone")
+    with pytest.raises(sdk.UnavailableError) as caught, translated("b:2", on_error=seen.append):
+        raise failure
+    assert caught.value.__cause__ is failure
+    assert caught.value.address == "b:2"
+    assert seen == [caught.value]
+    with pytest.raises(KeyError), translated("b:2", on_error=seen.append):
+        raise KeyError("not a gRPC error: untouched")
+    assert len(seen) == 1
