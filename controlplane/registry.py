@@ -4,12 +4,20 @@ Reads are served by the in-memory view (``controlplane.view``); this module
 only writes, and decides what a write means: idempotent registration by
 instance id, optimistic concurrency on ``expected_revision``, leases granted
 for ephemeral instances, nothing written when validation fails.
+
+It is the one writer of instance keys. Besides the RegistryService calls, it
+writes what sidecar sessions say about their nodes' instances (a node's
+instances synced in one transaction, a health report replacing one
+instance) and what the reaper decides about a lost session's instances (a
+compare-and-swap batch); the agent code decides what to write, this module
+how it is keyed, stored and guarded.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -23,13 +31,14 @@ from controlplane.errors import (
     NotFoundError,
     RevisionConflictError,
 )
-from controlplane.store import Compare, DeleteOp, KeyValue, LeaseNotFound, PutOp, Store
+from controlplane.store import Compare, DeleteOp, KeyValue, LeaseNotFound, Op, PutOp, Store
 from controlplane.validation import DEFAULT_NAMESPACE, validate_deregister, validate_register
 
 __all__ = [
     "INSTANCES_PREFIX",
     "ROOT_PREFIX",
     "STORE_ID_KEY",
+    "NodeSync",
     "Registration",
     "Registry",
     "decode_instance",
@@ -83,11 +92,27 @@ class Registration:
     lease_ttl: int
 
 
+@dataclass(frozen=True, slots=True)
+class NodeSync:
+    """What `Registry.sync_node` wrote, at ``revision`` (the store's current
+    revision when there was nothing to write)."""
+
+    revision: int
+    created: int = 0
+    updated: int = 0
+    removed: int = 0
+
+
 class Registry:
     """Registers, deregisters and keeps alive instances in a ``Store``."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
+
+    @property
+    def revision(self) -> int:
+        """The store's current revision."""
+        return self._store.revision
 
     async def register(self, req: pb.RegisterInstanceRequest) -> Registration:
         validate_register(req)
@@ -202,3 +227,93 @@ class Registry:
                 f"lease {lease_id} has expired or never existed; its instances are gone"
             ) from exc
         return round(ttl)
+
+    # -- writes on behalf of sidecar sessions and the reaper ------------------------
+
+    async def sync_node(
+        self, node: str, desired: Iterable[pb.Instance], current: Mapping[str, pb.Instance]
+    ) -> NodeSync:
+        """Makes the instances of ``node`` in the store exactly ``desired``, in
+        one transaction. ``current`` is what the caller saw stored, by key
+        (with mod revisions): an instance whose stored value is already the
+        desired one is not rewritten, and an instance of ``node`` there that is
+        not desired is deleted only if it has not changed since it was seen.
+        If one has, the desired instances are still written and the deletions
+        are left for the next sync (``removed`` is then 0)."""
+        wanted: dict[str, bytes] = {}
+        for inst in desired:
+            if inst.node != node:
+                raise ValueError(f"instance {inst.id!r} is of node {inst.node!r}, not {node!r}")
+            wanted[_key(inst)] = _stored_value(inst)
+        ops: list[Op] = []
+        puts: list[Op] = []
+        compares: list[Compare] = []
+        created = updated = removed = 0
+        for key, value in wanted.items():
+            existing = current.get(key)
+            if existing is not None and _stored_value(existing) == value:
+                continue
+            puts.append(PutOp(key, value))
+            if existing is None:
+                created += 1
+            else:
+                updated += 1
+        ops.extend(puts)
+        for key, existing in current.items():
+            if key not in wanted and existing.node == node:
+                ops.append(DeleteOp(key))
+                compares.append(Compare(key, "mod_revision", "==", existing.mod_revision))
+                removed += 1
+        if not ops:
+            return NodeSync(self._store.revision)
+        result = await self._store.txn(compares, ops, puts)
+        if not result.succeeded:
+            removed = 0  # changed under us: left for the next sync
+        return NodeSync(result.revision, created, updated, removed)
+
+    async def put_node_instance(self, inst: pb.Instance) -> int:
+        """Stores ``inst`` as it is (a session's health report replacing the
+        health of one of its node's instances); returns the revision."""
+        if not inst.node:
+            raise ValueError(f"instance {inst.id!r} belongs to no node")
+        return await self._store.put(_key(inst), _stored_value(inst))
+
+    async def write_if_unchanged(
+        self,
+        seen: Iterable[pb.Instance],
+        *,
+        put: Iterable[pb.Instance] = (),
+        delete: Iterable[pb.Instance] = (),
+        also: Sequence[PutOp] = (),
+    ) -> bool:
+        """Stores ``put`` and deletes ``delete`` in one transaction, only if
+        none of the ``seen`` instances (as read, with their mod revisions) has
+        changed since; ``also`` are writes of other keys made in the same
+        transaction (the reaper marks a node record lost with its instances).
+        True if it was written."""
+        compares = [Compare(_key(i), "mod_revision", "==", i.mod_revision) for i in seen]
+        ops: list[Op] = [PutOp(_key(i), _stored_value(i)) for i in put]
+        ops.extend(DeleteOp(_key(i)) for i in delete)
+        for op in also:
+            if op.key.startswith(INSTANCES_PREFIX):
+                raise ValueError(f"{op.key}: instances are written as instances, not as `also`")
+            ops.append(op)
+        if not ops:
+            return True
+        result = await self._store.txn(compares, ops)
+        return result.succeeded
+
+
+def _key(inst: pb.Instance) -> str:
+    return instance_key(inst.namespace, inst.service, inst.id)
+
+
+def _stored_value(inst: pb.Instance) -> bytes:
+    """``inst`` as stored: its revisions are the store's, never part of the value."""
+    if inst.create_revision or inst.mod_revision:
+        plain = pb.Instance()
+        plain.CopyFrom(inst)
+        plain.ClearField("create_revision")
+        plain.ClearField("mod_revision")
+        inst = plain
+    return inst.SerializeToString(deterministic=True)

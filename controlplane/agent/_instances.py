@@ -3,7 +3,9 @@ validated and then written.
 
 A sync makes the node's instances in the store exactly the ones it lists,
 in one transaction, and only once its last part has arrived: nothing of a
-sync is stored before it is whole. An instance is validated as the sidecar
+sync is stored before it is whole. The writes go through the registry
+(`controlplane.registry`), the one writer of instance keys; this module
+decides what the node's instances are. An instance is validated as the sidecar
 sent it, with the node's identity filled in; the control plane then adds
 its own ``sidecar-session`` check, which does not count against the
 instance's limits. A health report replaces the health and checks of one
@@ -18,8 +20,7 @@ from ecosystem.v1 import agent_pb2, registry_pb2
 
 from controlplane.agent._nodes import SESSION_CHECK, session_check, with_session_check
 from controlplane.agent._validation import AGENT_LIMITS, raise_if_any
-from controlplane.registry import instance_key
-from controlplane.store import Compare, DeleteOp, Op, PutOp, Store
+from controlplane.registry import Registry, instance_key
 from controlplane.validation import DEFAULT_NAMESPACE, instance_violations
 from controlplane.view import InstanceView
 
@@ -37,11 +38,11 @@ class SessionInstances:
     """
 
     def __init__(
-        self, node: agent_pb2.Node, connected_at_ms: int, store: Store, view: InstanceView
+        self, node: agent_pb2.Node, connected_at_ms: int, registry: Registry, view: InstanceView
     ) -> None:
         self._node = node
         self._connected_at_ms = connected_at_ms
-        self._store = store
+        self._registry = registry
         self._view = view
         self.desired: dict[str, registry_pb2.Instance] = {}
         # The parts of a sync still coming: kept only while within the limits.
@@ -76,7 +77,7 @@ class SessionInstances:
 
     def _refused(self, error: str) -> agent_pb2.SyncResult:
         log.warning("node %s: sync refused: %s", self._node.id, error)
-        return agent_pb2.SyncResult(revision=self._store.revision, errors=[error])
+        return agent_pb2.SyncResult(revision=self._registry.revision, errors=[error])
 
     async def sync(self, instances: list[registry_pb2.Instance]) -> agent_pb2.SyncResult:
         """Makes the node's instances in the store exactly the valid ones of
@@ -99,28 +100,12 @@ class SessionInstances:
         if errors > AGENT_LIMITS.sync_errors:
             result.errors.append(f"and {errors - AGENT_LIMITS.sync_errors} more problems")
         self.desired = desired
-        ops: list[Op] = []
-        compares: list[Compare] = []
-        for key, inst in desired.items():
-            value = inst.SerializeToString(deterministic=True)
-            existing = current.get(key)
-            if existing is not None and _stored_value(existing) == value:
-                continue
-            ops.append(PutOp(key, value))
-            if existing is None:
-                result.created += 1
-            else:
-                result.updated += 1
-        for key, existing in current.items():
-            if key not in desired and existing.node == self._node.id:
-                ops.append(DeleteOp(key))
-                compares.append(Compare(key, "mod_revision", "==", existing.mod_revision))
-                result.removed += 1
-        if ops:
-            txn = await self._store.txn(compares, ops, [op for op in ops if isinstance(op, PutOp)])
-            result.revision = txn.revision
-            if not txn.succeeded:
-                result.removed = 0  # changed under us: left for the next sync
+        written = await self._registry.sync_node(self._node.id, desired.values(), current)
+        result.revision = written.revision
+        result.created = written.created
+        result.updated = written.updated
+        result.removed = written.removed
+        if written.created or written.updated or written.removed:
             log.info(
                 "node %s synced: %d created, %d updated, %d removed",
                 self._node.id,
@@ -128,8 +113,6 @@ class SessionInstances:
                 result.updated,
                 result.removed,
             )
-        else:
-            result.revision = self._store.revision
         return result
 
     async def health(self, report: agent_pb2.HealthReport) -> None:
@@ -149,7 +132,7 @@ class SessionInstances:
         raise_if_any(instance_violations(prepared, "health"))
         final = self._with_session(prepared, self._view.get(key))
         self.desired[key] = final
-        await self._store.put(key, final.SerializeToString(deterministic=True))
+        await self._registry.put_node_instance(final)
 
     def _prepare(self, raw: registry_pb2.Instance) -> registry_pb2.Instance:
         """The instance as the sidecar means it: the node's identity filled in,
@@ -184,11 +167,3 @@ class SessionInstances:
         if check is not None and check.status == registry_pb2.HEALTH_STATUS_PASSING:
             since = check.changed_at_ms
         return with_session_check(inst, registry_pb2.HEALTH_STATUS_PASSING, "session held", since)
-
-
-def _stored_value(inst: registry_pb2.Instance) -> bytes:
-    plain = registry_pb2.Instance()
-    plain.CopyFrom(inst)
-    plain.ClearField("create_revision")
-    plain.ClearField("mod_revision")
-    return plain.SerializeToString(deterministic=True)

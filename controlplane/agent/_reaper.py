@@ -21,7 +21,8 @@ another replica) reaches the same conclusion with no state of its own. With
 several replicas it runs on the elected leader only (`controlplane.leader`);
 its writes are compare-and-swap on each instance's (and record's) revision
 anyway, so a brief overlap of two leaders could not mark or remove anything
-twice.
+twice. Instances are written through the registry (`controlplane.registry`),
+the one writer of instance keys, in the same transaction as the node record.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from controlplane.agent._nodes import (
     session_check,
     with_session_check,
 )
+from controlplane.registry import Registry
 from controlplane.store import Compare, DeleteOp, KeyValue, Op, PutOp, Store, StoreError
 from controlplane.view import InstanceView
 
@@ -70,6 +72,7 @@ class Reaper:
         if node_retention < 0 or node_interval < 0:
             raise ValueError("node_retention and node_interval must not be negative")
         self._store = store
+        self._registry = Registry(store)
         self._view = view
         self._default_after = default_deregister_after
         self._interval = interval
@@ -164,34 +167,35 @@ class Reaper:
         now: int,
         after: int,
     ) -> None:
-        compares: list[Compare] = []
-        ops: list[Op] = []
-        marked = removed = 0
-        for key, inst in instances.items():
+        critical: list[registry_pb2.Instance] = []
+        gone: list[registry_pb2.Instance] = []
+        for inst in instances.values():
             check = session_check(inst)
             assert check is not None
-            compares.append(Compare(key, "mod_revision", "==", inst.mod_revision))
             if check.status != registry_pb2.HEALTH_STATUS_CRITICAL:
-                lost = with_session_check(
-                    inst, registry_pb2.HEALTH_STATUS_CRITICAL, "sidecar session lost", now
+                critical.append(
+                    with_session_check(
+                        inst, registry_pb2.HEALTH_STATUS_CRITICAL, "sidecar session lost", now
+                    )
                 )
-                lost.ClearField("create_revision")
-                lost.ClearField("mod_revision")
-                ops.append(PutOp(key, lost.SerializeToString(deterministic=True)))
-                marked += 1
             elif now - check.changed_at_ms >= after * 1000:
-                ops.append(DeleteOp(key))
-                removed += 1
+                gone.append(inst)
+        marked, removed = len(critical), len(gone)
+        also: list[PutOp] = []
         if record is not None and record.lost_at_ms == 0 and marked:
             record.lost_at_ms = now
             record.connected = False
             record.status = agent_pb2.NODE_SYNC_STATUS_DISCONNECTED
-            ops.append(PutOp(node_key(node), record.SerializeToString(deterministic=True)))
-        if not ops:
+            also.append(PutOp(node_key(node), record.SerializeToString(deterministic=True)))
+        if not (marked or removed):
             return
-        result = await self._store.txn(compares, ops)
-        if not result.succeeded:
-            return  # the node synced meanwhile; look again next sweep
+        # Only if none of the node's instances changed since read: the node
+        # may have synced meanwhile (then look again next sweep).
+        written = await self._registry.write_if_unchanged(
+            instances.values(), put=critical, delete=gone, also=also
+        )
+        if not written:
+            return
         if marked:
             log.warning("node %s lost its session: %d instance(s) now CRITICAL", node, marked)
         if removed:

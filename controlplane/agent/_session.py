@@ -53,6 +53,7 @@ from controlplane.errors import (
     InvalidArgumentError,
     UnavailableError,
 )
+from controlplane.registry import Registry
 from controlplane.store import (
     Compare,
     LeaseNotFound,
@@ -187,7 +188,9 @@ class SessionRunner:
         self._budget = TokenBucket(limits.rate, limits.burst)
         self._idle_timeout = limits.idle_timeout
         self._last_read = asyncio.get_running_loop().time()
-        self.instances = SessionInstances(session.node, session.connected_at_ms, store, view)
+        self.instances = SessionInstances(
+            session.node, session.connected_at_ms, Registry(store), view
+        )
 
     async def run(self) -> None:
         s = self.session
