@@ -1,6 +1,6 @@
 """The sidecar's bus relay: applications use the bus through their local sidecar.
 
-:class:`RelayBroker` implements :class:`controlplane.bus.Broker` over one
+:class:`RelayBroker` implements :class:`bus.Broker` over one
 upstream connection (the SDK's transport, failing over between the
 sidecar's ``controlplane.addresses``), and :func:`attach_relay` serves it as
 ``MessagingService`` on the sidecar's local API server, so ``eco bus …
@@ -15,12 +15,12 @@ sidecar's ``controlplane.addresses``), and :func:`attach_relay` serves it as
 - Publishes while the control plane is unreachable are buffered (bounded:
   ``max_buffered`` messages and ``max_buffered_bytes``; beyond,
   BusUnavailableError) and flushed in order on reconnect; those for
-  subjects a durable stream captures are kept on disk (``_relay_buffer``)
+  subjects a durable stream captures are kept on disk (``_outbox``)
   and survive a sidecar restart. A buffered publish returns a
   :class:`QueuedPublishAck` (``stream=""``, ``sequence=0``, ``queued=True``).
 - Ack, request and the stream calls pass through; UNAVAILABLE when the
   control plane cannot be reached. What the control plane answers becomes
-  the matching broker error in one place (``_relay_convert.bus_error``), so the local
+  the matching broker error in one place (``_errors.bus_error``), so the local
   servicer answers with the same status code.
 """
 
@@ -37,10 +37,9 @@ from pathlib import Path
 import grpc
 from ecosystem.v1 import messaging_pb2 as pb
 
-from controlplane.bus._convert import stream_config_to_proto, subject_problem
-from controlplane.bus._protocol import (
+import sdk
+from bus import (
     MAX_PAYLOAD,
-    AckKind,
     AckNotFoundError,
     BusClosedError,
     BusError,
@@ -49,20 +48,23 @@ from controlplane.bus._protocol import (
     OutgoingMessage,
     PayloadTooLargeError,
     PublishAck,
-    StreamConfig,
-    StreamInfo,
     Subscription,
     SubscriptionSpec,
 )
-from controlplane.bus._servicer import MessagingServicer, add_messaging
-from controlplane.bus._subjects import subject_matches
-from sdk import _errors as sdk_errors
-from sdk._bus_batch import AckBatcher, PublishBatcher, publish_request
-from sdk._retry import Backoff, RetryPolicy
-from sdk._transport import ChannelFactory, Transport
-from sidecar._relay_buffer import BUFFER_FILE, Outbox
-from sidecar._relay_convert import ACK_KINDS, bus_error, stream_info_from_proto, subscribe_request
-from sidecar._relay_subs import Upstream, delivery_from_proto
+from bus.convert import subject_problem
+from bus.servicer import MessagingServicer, add_messaging
+from bus.subjects import subject_matches
+from sdk import (
+    AckKind,
+    ChannelFactory,
+    RetryPolicy,
+    StreamConfig,
+    StreamInfo,
+)
+from sdk.lowlevel import AckBatcher, Backoff, PublishBatcher, Transport, publish_request
+from sidecar.relay._errors import bus_error
+from sidecar.relay._outbox import BUFFER_FILE, Outbox
+from sidecar.relay._subscriptions import Upstream, delivery_from_proto, subscribe_request
 
 __all__ = ["QueuedPublishAck", "RelayBroker", "attach_relay"]
 
@@ -92,7 +94,7 @@ def _publish_ack(response: pb.PublishResponse) -> PublishAck:
 
 
 class RelayBroker:
-    """A :class:`~controlplane.bus.Broker` that forwards to the control plane.
+    """A :class:`~bus.Broker` that forwards to the control plane.
 
     ``addresses``: the control planes, in order of preference. ``data_dir``:
     where durable-subject publishes are buffered (None: memory only).
@@ -211,7 +213,7 @@ class RelayBroker:
             try:
                 await self._refresh_captured()
                 await self._flush()
-            except sdk_errors.EcoError as err:
+            except sdk.EcoError as err:
                 self._disconnected(err)
                 await asyncio.sleep(backoff.next_delay())
                 continue
@@ -235,9 +237,9 @@ class RelayBroker:
         while (item := self._outbox.peek()) is not None:
             try:
                 await self._send(item.message)
-            except sdk_errors.UnavailableError:
+            except sdk.UnavailableError:
                 raise
-            except sdk_errors.EcoError as err:  # the control plane refused it: never will take it
+            except sdk.EcoError as err:  # the control plane refused it: never will take it
                 logger.warning(
                     "bus relay: buffered publish to %r refused: %s", item.message.subject, err
                 )
@@ -260,9 +262,9 @@ class RelayBroker:
         if self._connected and not len(self._outbox):
             try:
                 return await self._send(message)
-            except sdk_errors.UnavailableError as err:
+            except sdk.UnavailableError as err:
                 self._disconnected(err)
-            except sdk_errors.EcoError as err:
+            except sdk.EcoError as err:
                 raise bus_error(err) from err
         return self._buffer(message)
 
@@ -279,10 +281,10 @@ class RelayBroker:
         for message, outcome in zip(messages, outcomes, strict=True):
             if isinstance(outcome, pb.PublishResponse):
                 results.append(_publish_ack(outcome))
-            elif isinstance(outcome, sdk_errors.UnavailableError):
+            elif isinstance(outcome, sdk.UnavailableError):
                 self._disconnected(outcome)
                 results.append(self._buffer_or_error(message))
-            elif isinstance(outcome, sdk_errors.EcoError):
+            elif isinstance(outcome, sdk.EcoError):
                 results.append(bus_error(outcome))
             else:
                 raise outcome
@@ -361,23 +363,23 @@ class RelayBroker:
             return await self._transport.unary(
                 method, request, idempotent=idempotent, time_limit=time_limit
             )
-        except sdk_errors.UnavailableError as err:
+        except sdk.UnavailableError as err:
             self._disconnected(err)
             raise bus_error(err, field) from err
-        except sdk_errors.EcoError as err:
+        except sdk.EcoError as err:
             raise bus_error(err, field) from err
 
     async def ack(self, ack_id: str, kind: AckKind, delay: float = 0.0) -> None:
         self._check_open()
-        item = pb.AckItem(ack_id=ack_id, kind=ACK_KINDS[kind], delay_ms=round(delay * 1000))
+        item = pb.AckItem(ack_id=ack_id, kind=kind.to_proto(), delay_ms=round(delay * 1000))
         try:
             known = await self._acks.submit(item)  # together with the others in flight
-        except sdk_errors.InvalidArgumentError as err:  # an id the control plane cannot parse
+        except sdk.InvalidArgumentError as err:  # an id the control plane cannot parse
             raise AckNotFoundError(err.message, field="ack_id") from err
-        except sdk_errors.UnavailableError as err:
+        except sdk.UnavailableError as err:
             self._disconnected(err)
             raise bus_error(err) from err
-        except sdk_errors.EcoError as err:
+        except sdk.EcoError as err:
             raise bus_error(err) from err
         if not known:
             raise AckNotFoundError(f"no pending delivery {ack_id!r}", field="ack_id")
@@ -405,16 +407,16 @@ class RelayBroker:
         if config.max_age and config.duplicate_window > config.max_age:
             # The API refuses a window longer than the age limit; brokers clamp it.
             config = dataclasses.replace(config, duplicate_window=config.max_age)
-        request = pb.AddStreamRequest(config=stream_config_to_proto(config))
+        request = pb.AddStreamRequest(config=config.to_proto())
         response = await self._unary("AddStream", request, idempotent=True, field="name")
         assert isinstance(response, pb.AddStreamResponse)
         await self._note_streams()
-        return stream_info_from_proto(response.stream), response.created
+        return StreamInfo.from_proto(response.stream), response.created
 
     async def streams(self) -> list[StreamInfo]:
         response = await self._unary("ListStreams", pb.ListStreamsRequest(), idempotent=True)
         assert isinstance(response, pb.ListStreamsResponse)
-        return [stream_info_from_proto(s) for s in response.streams]
+        return [StreamInfo.from_proto(s) for s in response.streams]
 
     async def delete_stream(self, name: str) -> None:
         await self._unary(
@@ -426,7 +428,7 @@ class RelayBroker:
         """Learns the captured subjects again after a stream change (best effort)."""
         try:
             await self._refresh_captured()
-        except sdk_errors.EcoError as err:
+        except sdk.EcoError as err:
             logger.debug("bus relay: cannot list streams: %s", err)
 
 

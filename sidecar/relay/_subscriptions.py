@@ -21,12 +21,11 @@ from types import MappingProxyType
 
 from ecosystem.v1 import messaging_pb2 as pb
 
-from controlplane.bus._protocol import BusClosedError, Delivery
-from sdk._errors import EcoError, UnavailableError
-from sdk._retry import Backoff
-from sdk._transport import Transport
+from bus import BusClosedError, Delivery, SubscriptionSpec
+from sdk import EcoError, UnavailableError
+from sdk.lowlevel import Backoff, Transport
 
-__all__ = ["LocalSubscription", "Upstream", "delivery_from_proto"]
+__all__ = ["LocalSubscription", "Upstream", "delivery_from_proto", "subscribe_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +48,26 @@ def delivery_from_proto(msg: pb.Message) -> Delivery:
         published_at=msg.published_at_ms / 1000,
         delivery_count=msg.delivery_count,
         ack_id=msg.ack_id,
+    )
+
+
+def subscribe_request(spec: SubscriptionSpec) -> pb.SubscribeRequest:
+    """The upstream request for ``spec`` (already validated by the local servicer)."""
+    if not spec.durable:
+        return pb.SubscribeRequest(subject=spec.subject, queue_group=spec.queue_group, batched=True)
+    return pb.SubscribeRequest(
+        batched=True,
+        subject=spec.subject,
+        queue_group=spec.queue_group,
+        durable=spec.durable,
+        stream=spec.stream,
+        deliver=spec.deliver.to_proto(),
+        start_sequence=spec.start_sequence,
+        start_time_ms=round(spec.start_time * 1000),
+        ack_wait_ms=round(spec.ack_wait * 1000),
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+        backoff_ms=[max(1, round(b * 1000)) for b in spec.backoff],
     )
 
 

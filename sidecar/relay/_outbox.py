@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from controlplane.bus._protocol import BusUnavailableError, OutgoingMessage
+from bus import BusUnavailableError, OutgoingMessage
 
 __all__ = ["BUFFER_FILE", "Outbox", "Queued"]
 
