@@ -38,6 +38,7 @@ __all__ = [
     "INSTANCES_PREFIX",
     "ROOT_PREFIX",
     "STORE_ID_KEY",
+    "Deregistration",
     "NodeSync",
     "Registration",
     "Registry",
@@ -90,6 +91,14 @@ class Registration:
     revision: int
     lease_id: int
     lease_ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deregistration:
+    """A deregister's answer: the revision, and whether it removed anything."""
+
+    revision: int
+    deleted: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,18 +203,29 @@ class Registry:
         ttl = req.lease_ttl_seconds or DEFAULT_LEASE_TTL
         return await self._store.grant(ttl), ttl
 
-    async def deregister(self, req: pb.DeregisterInstanceRequest) -> int:
+    async def deregister(self, req: pb.DeregisterInstanceRequest) -> Deregistration:
+        """Removes one instance. Idempotent, as a delete in etcd or Consul is:
+        an instance that is not registered is not an error (``deleted`` is
+        False), so a retry whose first attempt was applied succeeds. With
+        ``expected_revision`` N, an instance registered at another revision is
+        kept (RevisionConflictError); a missing one is still not an error."""
         validate_deregister(req)
         key = instance_key(req.namespace, req.service, req.id)
-        result = await self._store.txn([], [DeleteOp(key)])
-        if not result.prev_kvs or result.prev_kvs[0] is None:
-            namespace = req.namespace or DEFAULT_NAMESPACE
-            raise NotFoundError(
-                f"instance {req.id!r} of service {req.service!r} in namespace "
-                f"{namespace!r} is not registered"
-            )
-        log.debug("deregistered instance=%s service=%s", req.id, req.service)
-        return result.revision
+        compares = []
+        if req.HasField("expected_revision"):
+            compares.append(Compare(key, "mod_revision", "==", req.expected_revision))
+        result = await self._store.txn(compares, [DeleteOp(key)])
+        if not result.succeeded:
+            current = await self._store.get(key)
+            if current is not None:
+                raise RevisionConflictError(
+                    f"{key} is at revision {current.mod_revision}, "
+                    f"not the expected {req.expected_revision}; it was not removed"
+                )
+            return Deregistration(result.revision, deleted=False)
+        deleted = bool(result.prev_kvs) and result.prev_kvs[0] is not None
+        log.debug("deregistered instance=%s service=%s deleted=%s", req.id, req.service, deleted)
+        return Deregistration(result.revision, deleted=deleted)
 
     async def revoke(self, lease_id: int) -> int:
         if lease_id <= 0:

@@ -137,7 +137,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.DeregisterInstanceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeregisterInstanceResponse | None:
         async def deregister() -> pb.DeregisterInstanceResponse:
-            return pb.DeregisterInstanceResponse(revision=await self._registry.deregister(request))
+            done = await self._registry.deregister(request)
+            return pb.DeregisterInstanceResponse(revision=done.revision, deleted=done.deleted)
 
         return await self._call("DeregisterInstance", context, deregister)
 

@@ -348,6 +348,11 @@ def validate_deregister(req: pb.DeregisterInstanceRequest) -> None:
     _check_name(v, "service", req.service, required=True)
     _check_name(v, "namespace", req.namespace, required=False)
     _check_id(v, "id", req.id)
+    if req.HasField("expected_revision") and req.expected_revision <= 0:
+        v.add(
+            "expected_revision",
+            "must be a revision (> 0); leave it unset to remove the instance at any revision",
+        )
     v.raise_if_any()
 
 

@@ -125,16 +125,24 @@ def register(
 def deregister(settings: Settings, name: str, instance_id: str, namespace: str) -> None:
     """Remove the instance --id of service NAME.
 
+    Removing an instance that is not registered succeeds too (as a retry
+    would): the output says nothing was removed ("deleted": false).
+
     \b
     Example:
       eco service deregister web --id web-1
     """
     with settings.client() as client:
-        revision = client.deregister(name, instance_id, namespace=namespace)
+        done = client.deregister(name, instance_id, namespace=namespace)
     emit(
-        {"service": name, "namespace": namespace, "id": instance_id, "revision": revision},
+        {"service": name, "namespace": namespace, "id": instance_id, **done.to_dict()},
         settings.output,
-        lambda: f"deregistered {name}/{instance_id} (revision {revision})",
+        lambda: (
+            f"deregistered {name}/{instance_id} (revision {done.revision})"
+            if done.deleted
+            else f"{name}/{instance_id} was not registered; nothing removed "
+            f"(revision {done.revision})"
+        ),
     )
 
 

@@ -69,6 +69,7 @@ from sdk._sync import Client, WatchIterator
 from sdk._transport import DEFAULT_SERVER, SERVER_ENV, ChannelFactory, resolve_servers
 from sdk._types import (
     CheckStatus,
+    Deregistration,
     HealthStatus,
     Instance,
     InstanceList,
@@ -112,6 +113,7 @@ __all__ = [
     "ControlPlaneSource",
     "DeadlineExceededError",
     "DeliverPolicy",
+    "Deregistration",
     "EcoError",
     "Endpoint",
     "EndpointSource",

@@ -18,6 +18,7 @@ from sdk._nodes import NodeInfo, RevisionWait
 from sdk._retry import RetryPolicy
 from sdk._transport import ChannelFactory, Transport, resolve_servers
 from sdk._types import (
+    Deregistration,
     HealthStatus,
     Instance,
     InstanceList,
@@ -194,20 +195,34 @@ class AsyncClient:
         await self._lease.release(instance_key(namespace, service, id))
         return Instance.from_proto(response.instance)
 
-    async def deregister(self, service: str, id: str, *, namespace: str = "") -> int:
-        """Removes one instance; returns the store revision of the removal.
+    async def deregister(
+        self,
+        service: str,
+        id: str,
+        *,
+        namespace: str = "",
+        expected_revision: int | None = None,
+    ) -> Deregistration:
+        """Removes one instance; returns the revision and whether it was removed.
 
-        Raises NotFoundError when no such instance is registered.
+        Idempotent, like a delete in etcd or Consul: an instance that is not
+        registered is not an error, only ``deleted=False``; so the call is
+        retried on UNAVAILABLE like a read (a retry after a lost answer
+        succeeds, with ``deleted=False``). ``expected_revision`` N removes it
+        only while it is at mod revision N (RevisionMismatchError when it is
+        registered at another); a missing one is not an error then either.
         """
         self._check_open()
         request = registry_pb2.DeregisterInstanceRequest(
             service=service, namespace=namespace, id=id
         )
+        if expected_revision is not None:
+            request.expected_revision = expected_revision
         try:
             response = await self._transport.unary("DeregisterInstance", request, idempotent=True)
         finally:
             await self._lease.release(instance_key(namespace, service, id))
-        return int(response.revision)
+        return Deregistration.from_proto(response)
 
     async def get_service(self, name: str, *, namespace: str = "") -> ServiceDetail:
         """One service: its health summary, every instance, and the revision read at."""

@@ -28,7 +28,15 @@ from sdk._errors import ClientClosedError
 from sdk._nodes import NodeInfo, RevisionWait
 from sdk._retry import RetryPolicy
 from sdk._transport import ChannelFactory, resolve_servers
-from sdk._types import HealthStatus, Instance, InstanceList, ServiceDetail, ServiceList, WatchEvent
+from sdk._types import (
+    Deregistration,
+    HealthStatus,
+    Instance,
+    InstanceList,
+    ServiceDetail,
+    ServiceList,
+    WatchEvent,
+)
 
 __all__ = ["Client", "WatchIterator"]
 
@@ -183,10 +191,19 @@ class Client:
             )
         )
 
-    def deregister(self, service: str, id: str, *, namespace: str = "") -> int:
+    def deregister(
+        self,
+        service: str,
+        id: str,
+        *,
+        namespace: str = "",
+        expected_revision: int | None = None,
+    ) -> Deregistration:
         """See :meth:`AsyncClient.deregister`."""
         portal, client = self._open()
-        return portal.run(client.deregister(service, id, namespace=namespace))
+        return portal.run(
+            client.deregister(service, id, namespace=namespace, expected_revision=expected_revision)
+        )
 
     def get_service(self, name: str, *, namespace: str = "") -> ServiceDetail:
         """See :meth:`AsyncClient.get_service`."""

@@ -19,6 +19,7 @@ from ecosystem.v1 import registry_pb2 as pb
 
 __all__ = [
     "CheckStatus",
+    "Deregistration",
     "HealthStatus",
     "Instance",
     "InstanceList",
@@ -322,6 +323,24 @@ class Service:
             "critical_count": self.critical_count,
             "unknown_count": self.unknown_count,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Deregistration:
+    """What a deregister did: the store revision of the removal (the current
+    one when nothing was removed), and whether this request removed the
+    instance. ``deleted`` is False when it was not registered — also when an
+    earlier attempt of the same call removed it and its answer was lost."""
+
+    revision: int
+    deleted: bool
+
+    @classmethod
+    def from_proto(cls, msg: pb.DeregisterInstanceResponse) -> Deregistration:
+        return cls(revision=int(msg.revision), deleted=bool(msg.deleted))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"revision": self.revision, "deleted": self.deleted}
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,7 +127,13 @@ def test_register_list_get_deregister_in_json(eco: Eco) -> None:
 
     removed = eco.json("service", "deregister", "web", "--id", "web-1")
     assert removed["id"] == "web-1" and removed["revision"] > registered["mod_revision"]
+    assert removed["deleted"] is True
     assert [i["id"] for i in eco.json("service", "get", "web")["instances"]] == [generated["id"]]
+    # Again, as a retry would: it succeeds, and says that nothing was removed.
+    again = eco.json("service", "deregister", "web", "--id", "web-1")
+    assert again["deleted"] is False and again["revision"] == removed["revision"]
+    said = eco.ok("service", "deregister", "web", "--id", "web-1")
+    assert "was not registered; nothing removed" in said
 
 
 def test_tables_and_yaml_for_people_and_scripts(eco: Eco) -> None:
@@ -208,7 +214,7 @@ def test_bad_input_exits_2_naming_the_field_and_stores_nothing(
 
 
 def test_server_side_failures_exit_1(eco: Eco) -> None:
-    result = eco("service", "deregister", "web", "--id", "nope")
+    result = eco("service", "get", "nope")
     assert result.returncode == 1
     assert "not found" in result.stderr and "nope" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

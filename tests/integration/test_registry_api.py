@@ -54,14 +54,55 @@ async def test_register_get_list_deregister(stub: pb_grpc.RegistryServiceStub) -
     assert [(s.namespace, s.name) for s in services.services] == [("default", "web")]
 
     dereg = await stub.DeregisterInstance(pb.DeregisterInstanceRequest(service="web", id="web-1"))
-    assert dereg.revision > resp.revision
+    assert dereg.revision > resp.revision and dereg.deleted
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetService(pb.GetServiceRequest(name="web"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_deregister_is_idempotent(stub: pb_grpc.RegistryServiceStub) -> None:
+    """A deregister sent again (as a retry after a lost answer is) succeeds and
+    writes nothing; ``deleted`` tells the two apart."""
+    await register(stub, web())
+    request = pb.DeregisterInstanceRequest(service="web", id="web-1")
+    first = await stub.DeregisterInstance(request)
+    again = await stub.DeregisterInstance(request)
+    assert first.deleted and not again.deleted
+    assert again.revision == first.revision, "a deregister of nothing wrote a revision"
+    never = await stub.DeregisterInstance(
+        pb.DeregisterInstanceRequest(service="api", namespace="other", id="never-1")
+    )
+    assert not never.deleted and never.revision == first.revision
+
+
+async def test_deregister_with_expected_revision(stub: pb_grpc.RegistryServiceStub) -> None:
+    reg = await register(stub, web())
+    stale = pb.DeregisterInstanceRequest(
+        service="web", id="web-1", expected_revision=reg.revision + 10
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.DeregisterInstance(pb.DeregisterInstanceRequest(service="web", id="web-1"))
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "web-1" in (err.value.details() or "")
+        await stub.DeregisterInstance(stale)
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    assert f"not the expected {reg.revision + 10}" in (err.value.details() or "")
+    assert [i.id for i in (await stub.GetService(pb.GetServiceRequest(name="web"))).instances] == [
+        "web-1"
+    ]
+
+    guarded = pb.DeregisterInstanceRequest(
+        service="web", id="web-1", expected_revision=reg.revision
+    )
+    first = await stub.DeregisterInstance(guarded)
+    assert first.deleted
+    # The guarded instance is gone either way: a retry is not a conflict.
+    again = await stub.DeregisterInstance(guarded)
+    assert not again.deleted and again.revision == first.revision
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.DeregisterInstance(
+            pb.DeregisterInstanceRequest(service="web", id="web-1", expected_revision=0)
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expected_revision" in violations(err.value)
 
 
 async def test_registration_is_idempotent_by_id(stub: pb_grpc.RegistryServiceStub) -> None:

@@ -336,8 +336,8 @@ async def test_a_watch_moves_to_another_replica_without_losing_or_repeating_even
                     if i == total // 3:
                         await (a.stop(grace=0) if how == "stop" else a.abort())
                     if i % 10 == 9:
-                        revision = await writer.deregister("orders", f"o{i - 1}")
-                        written.append((f"-o{i - 1}", revision))
+                        done = await writer.deregister("orders", f"o{i - 1}")
+                        written.append((f"-o{i - 1}", done.revision))
                     else:
                         inst = await writer.register("orders", "10.0.0.1", 1000 + i, id=f"o{i}")
                         written.append((f"o{i}", inst.mod_revision))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
+import grpc
 import pytest
 
 import sdk
@@ -49,8 +51,8 @@ async def test_register_get_list_deregister(cp: sdk.testing.TestControlPlane) ->
         tagged = await client.list_instances(tags=["v1"])
         assert [i.id for i in tagged] == ["web-1"]
 
-        revision = await client.deregister("web", "web-1")
-        assert revision > detail.revision
+        removed = await client.deregister("web", "web-1")
+        assert removed.deleted and removed.revision > detail.revision
         assert [i.id for i in (await client.get_service("web")).instances] == ["web-2"]
 
 
@@ -75,7 +77,7 @@ async def test_invalid_input_names_every_bad_field(cp: sdk.testing.TestControlPl
 async def test_not_found_and_conflicts(cp: sdk.testing.TestControlPlane) -> None:
     async with cp.client() as client:
         with pytest.raises(sdk.NotFoundError):
-            await client.deregister("web", "missing")
+            await client.get_service("missing")
         first = await client.register("web", "127.0.0.1", 8080, id="web-1", expected_revision=0)
         with pytest.raises(sdk.AlreadyExistsError):
             await client.register("web", "127.0.0.1", 8080, id="web-1", expected_revision=0)
@@ -87,6 +89,64 @@ async def test_not_found_and_conflicts(cp: sdk.testing.TestControlPlane) -> None
             "web", "127.0.0.1", 8081, id="web-1", expected_revision=first.mod_revision
         )
         assert updated.port == 8081
+        with pytest.raises(sdk.RevisionMismatchError):
+            await client.deregister("web", "web-1", expected_revision=first.mod_revision)
+        removed = await client.deregister("web", "web-1", expected_revision=updated.mod_revision)
+        assert removed.deleted
+
+
+async def test_deregister_again_succeeds(cp: sdk.testing.TestControlPlane) -> None:
+    async with cp.client() as client:
+        await client.register("web", "127.0.0.1", 8080, id="web-1")
+        first = await client.deregister("web", "web-1")
+        again = await client.deregister("web", "web-1")
+        assert first.deleted and not again.deleted
+        assert again.revision == first.revision
+        assert not (await client.deregister("web", "never-registered")).deleted
+
+
+class _LoseFirstAnswer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Lets the first call of ``method`` reach the control plane and be
+    applied, then loses its answer, as a connection cut at that moment would:
+    the caller sees UNAVAILABLE."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.lost: list[object] = []
+
+    async def intercept_unary_unary(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        call = await continuation(details, request)
+        name = details.method.decode() if isinstance(details.method, bytes) else details.method
+        if name.endswith("/" + self.method) and not self.lost:
+            self.lost.append(await call)  # the control plane applied it and answered
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details="connection reset after the request was sent (test)",
+            )
+        return call
+
+
+async def test_a_deregister_whose_answer_was_lost_succeeds_on_retry(
+    cp: sdk.testing.TestControlPlane,
+) -> None:
+    """The SDK retries a deregister on UNAVAILABLE; the retry finds the
+    instance already gone, and the caller sees success, not NOT_FOUND."""
+    loser = _LoseFirstAnswer("DeregisterInstance")
+
+    def channel(address: str) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(address, interceptors=[loser])
+
+    async with sdk.AsyncClient(cp.address, channel_factory=channel) as client:
+        await client.register("web", "127.0.0.1", 8080, id="web-1")
+        done = await client.deregister("web", "web-1")
+        assert len(loser.lost) == 1, "the first answer was not lost"
+        assert not done.deleted  # the retry's view: the first attempt removed it
+        with pytest.raises(sdk.NotFoundError):
+            await client.get_service("web")
 
 
 async def test_fails_over_past_a_dead_address(cp: sdk.testing.TestControlPlane) -> None:

@@ -146,20 +146,24 @@ class RegisterInstanceResponse(_message.Message):
     def __init__(self, instance: _Optional[_Union[Instance, _Mapping]] = ..., revision: _Optional[int] = ..., lease_id: _Optional[int] = ..., lease_ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class DeregisterInstanceRequest(_message.Message):
-    __slots__ = ("service", "namespace", "id")
+    __slots__ = ("service", "namespace", "id", "expected_revision")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     service: str
     namespace: str
     id: str
-    def __init__(self, service: _Optional[str] = ..., namespace: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+    expected_revision: int
+    def __init__(self, service: _Optional[str] = ..., namespace: _Optional[str] = ..., id: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
 
 class DeregisterInstanceResponse(_message.Message):
-    __slots__ = ("revision",)
+    __slots__ = ("revision", "deleted")
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
     revision: int
-    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+    deleted: bool
+    def __init__(self, revision: _Optional[int] = ..., deleted: _Optional[bool] = ...) -> None: ...
 
 class KeepAliveRequest(_message.Message):
     __slots__ = ("lease_id",)

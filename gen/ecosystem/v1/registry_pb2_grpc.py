@@ -30,7 +30,7 @@ class RegistryServiceStub:
     and a resumable watch of every change.
 
     Errors (see docs/api.md): INVALID_ARGUMENT carries google.rpc.BadRequest
-    field violations; NOT_FOUND for an unknown instance or lease;
+    field violations; NOT_FOUND for an unknown service or lease;
     ALREADY_EXISTS / ABORTED for a failed optimistic-concurrency check;
     FAILED_PRECONDITION for a lease that expired under a request;
     UNAVAILABLE while the control plane drains.
@@ -89,7 +89,7 @@ class RegistryServiceServicer:
     and a resumable watch of every change.
 
     Errors (see docs/api.md): INVALID_ARGUMENT carries google.rpc.BadRequest
-    field violations; NOT_FOUND for an unknown instance or lease;
+    field violations; NOT_FOUND for an unknown service or lease;
     ALREADY_EXISTS / ABORTED for a failed optimistic-concurrency check;
     FAILED_PRECONDITION for a lease that expired under a request;
     UNAVAILABLE while the control plane drains.
@@ -103,7 +103,9 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeregisterInstance(self, request, context):
-        """Removes one instance.
+        """Removes one instance. Idempotent: removing an instance that is not
+        registered (e.g. again, by a retry whose first response was lost)
+        succeeds, with deleted = false.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,7 +211,7 @@ class RegistryService:
     and a resumable watch of every change.
 
     Errors (see docs/api.md): INVALID_ARGUMENT carries google.rpc.BadRequest
-    field violations; NOT_FOUND for an unknown instance or lease;
+    field violations; NOT_FOUND for an unknown service or lease;
     ALREADY_EXISTS / ABORTED for a failed optimistic-concurrency check;
     FAILED_PRECONDITION for a lease that expired under a request;
     UNAVAILABLE while the control plane drains.

@@ -36,7 +36,9 @@ def plane() -> FakeControlPlane:
     return FakeControlPlane(
         unary={
             "RegisterInstance": echo_register,
-            "DeregisterInstance": lambda _a, _r: pb.DeregisterInstanceResponse(revision=5),
+            "DeregisterInstance": lambda _a, _r: pb.DeregisterInstanceResponse(
+                revision=5, deleted=True
+            ),
             "GetService": get_service,
             "ListServices": lambda _a, _r: pb.ListServicesResponse(
                 services=[pb.Service(name="web")], revision=3
@@ -108,12 +110,12 @@ async def test_reads_return_typed_results(plane: FakeControlPlane) -> None:
         instances = await client.list_instances(
             service="web", zone="z1", tags=["a", "b"], health=["passing", sdk.HealthStatus.WARNING]
         )
-        revision = await client.deregister("web", "web-1")
+        removed = await client.deregister("web", "web-1")
     assert detail.revision == 12 and detail.service.name == "web"
     assert detail.instances[0].health is sdk.HealthStatus.CRITICAL
     assert [s.name for s in services] == ["web"] and services.revision == 3
     assert [i.id for i in instances] == ["web-1"]
-    assert revision == 5
+    assert removed == sdk.Deregistration(revision=5, deleted=True)
     (selector,) = [r.selector for r in plane.requests("ListInstances")]
     assert list(selector.health) == [pb.HEALTH_STATUS_PASSING, pb.HEALTH_STATUS_WARNING]
     assert list(selector.tags) == ["a", "b"] and selector.zone == "z1"
@@ -176,7 +178,7 @@ class TestSyncClient:
             instance = client.register("web", "10.0.0.9", 8080, id="web-1")
             assert instance.id == "web-1"
             assert client.get_service("web").revision == 12
-            assert client.deregister("web", "web-1") == 5
+            assert client.deregister("web", "web-1") == sdk.Deregistration(5, deleted=True)
         assert client.closed
         assert not [t for t in threading.enumerate() if t.name.startswith("eco-client-")]
 

@@ -54,6 +54,7 @@ PUBLIC = [
     "ClientClosedError",
     "ConflictError",
     "DeadlineExceededError",
+    "Deregistration",
     "EcoError",
     "FailedPreconditionError",
     "FieldViolation",
