@@ -10,7 +10,7 @@ Start with :class:`AsyncClient` (asyncio) or :class:`Client` (blocking)::
             print(event.type, event.revision, event.instance)
 
 Errors are the :class:`EcoError` tree (see ``sdk._errors``). For your own
-tests, :mod:`sdk.testing` starts an in-process control plane.
+tests, :mod:`controlplane.testing` starts an in-process control plane.
 """
 
 from sdk._agent import AgentSession
@@ -18,6 +18,7 @@ from sdk._agent_types import (
     AgentNode,
     AgentState,
     AgentStatus,
+    BusAccess,
     EndpointUpdate,
     ServiceEndpoints,
     ServiceRef,
@@ -26,6 +27,7 @@ from sdk._agent_types import (
 from sdk._bus import BusClient
 from sdk._bus_session import BusSubscription
 from sdk._bus_types import (
+    AckKind,
     BusMessage,
     ConsumerInfo,
     DeliverPolicy,
@@ -94,6 +96,7 @@ __all__ = [
     "DEFAULT_SERVER",
     "SERVER_ENV",
     "STRATEGIES",
+    "AckKind",
     "AgentNode",
     "AgentSession",
     "AgentState",
@@ -101,6 +104,7 @@ __all__ = [
     "AlreadyExistsError",
     "AsyncClient",
     "Balancer",
+    "BusAccess",
     "BusClient",
     "BusMessage",
     "BusSubscription",

@@ -1,4 +1,11 @@
-"""Values of the message bus as the SDK hands them out: messages, streams, results."""
+"""Values of the message bus: messages, streams, consumers, results.
+
+The one definition of each: the SDK hands them out, and the server side
+(``bus``: the brokers, the ``MessagingService`` servicer; the sidecar's relay
+and bridges) takes and returns the same types. Each converts itself to and
+from its ``ecosystem.v1.messaging`` message; checking a request at the edge
+is the servicer's (``bus.convert``).
+"""
 
 from __future__ import annotations
 
@@ -26,10 +33,16 @@ __all__ = [
 
 
 class AckKind(enum.StrEnum):
-    ACK = "ACK"
-    NAK = "NAK"
-    TERM = "TERM"
-    IN_PROGRESS = "IN_PROGRESS"
+    """How a durable delivery is settled (the WebSocket bridge's ``kind`` names)."""
+
+    #: done: never deliver it again
+    ACK = "ack"
+    #: deliver it again (after a delay, if given)
+    NAK = "nak"
+    #: give up on it: never again, not dead-lettered
+    TERM = "term"
+    #: still working on it: restart its ack_wait
+    IN_PROGRESS = "in_progress"
 
     def to_proto(self) -> pb.AckKind:
         return _ACK_TO_PB[self]
@@ -241,6 +254,11 @@ class StreamConfig:
     #: empty: ``eco.dlq.<name>``
     dead_letter_subject: str = ""
 
+    @property
+    def dlq_subject(self) -> str:
+        """Where dead letters go: ``dead_letter_subject``, or ``eco.dlq.<name>``."""
+        return self.dead_letter_subject or f"eco.dlq.{self.name}"
+
     @classmethod
     def from_proto(cls, msg: pb.StreamConfig) -> StreamConfig:
         return cls(
@@ -251,6 +269,18 @@ class StreamConfig:
             max_bytes=msg.max_bytes,
             duplicate_window=msg.duplicate_window_ms / 1000,
             dead_letter_subject=msg.dead_letter_subject,
+        )
+
+    def to_proto(self) -> pb.StreamConfig:
+        """The message, naming the dead-letter subject in effect."""
+        return pb.StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            max_age_ms=round(self.max_age * 1000),
+            max_msgs=self.max_msgs,
+            max_bytes=self.max_bytes,
+            duplicate_window_ms=round(self.duplicate_window * 1000),
+            dead_letter_subject=self.dlq_subject,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -288,6 +318,16 @@ class ConsumerInfo:
             redelivered=msg.redelivered,
             dead_lettered=msg.dead_lettered,
             subscribers=msg.subscribers,
+        )
+
+    def to_proto(self) -> pb.ConsumerInfo:
+        return pb.ConsumerInfo(
+            name=self.name,
+            next_sequence=self.next_sequence,
+            pending=self.pending,
+            redelivered=self.redelivered,
+            dead_lettered=self.dead_lettered,
+            subscribers=self.subscribers,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -328,6 +368,17 @@ class StreamInfo:
             last_sequence=msg.last_sequence,
             consumers=tuple(ConsumerInfo.from_proto(c) for c in msg.consumers),
             created_at=msg.created_at_ms / 1000,
+        )
+
+    def to_proto(self) -> pb.StreamInfo:
+        return pb.StreamInfo(
+            config=self.config.to_proto(),
+            messages=self.messages,
+            bytes=self.bytes,
+            first_sequence=self.first_sequence,
+            last_sequence=self.last_sequence,
+            consumers=[c.to_proto() for c in self.consumers],
+            created_at_ms=round(self.created_at * 1000),
         )
 
     def to_dict(self) -> dict[str, Any]:

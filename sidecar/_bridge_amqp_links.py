@@ -21,19 +21,18 @@ import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
 
-from controlplane.bus import (
-    AckKind,
+from bus import (
     AckNotFoundError,
     Broker,
     BusError,
-    DeliverPolicy,
     Delivery,
     InvalidSubjectError,
     OutgoingMessage,
     PayloadTooLargeError,
     SubscriptionSpec,
 )
-from controlplane.bus._convert import LIMITS
+from bus.convert import LIMITS
+from sdk import AckKind, DeliverPolicy
 from sidecar._bridge_amqp_config import AmqpInboundConfig, AmqpOutboundConfig
 from sidecar._bridge_amqp_convert import (
     MAX_SHORTSTR,

@@ -31,8 +31,7 @@ from typing import Any
 from aiohttp import web
 from ecosystem.v1 import messaging_pb2 as pb
 
-from controlplane.bus import (
-    AckKind,
+from bus import (
     AckNotFoundError,
     Broker,
     BusClosedError,
@@ -48,8 +47,9 @@ from controlplane.bus import (
     Subscription,
     SubscriptionSpec,
 )
-from controlplane.bus._convert import publish_from_proto, subscription_from_proto
-from controlplane.errors import FieldViolation, InvalidArgumentError
+from bus.convert import publish_from_proto, subscription_from_proto
+from sdk import AckKind
+from serving.errors import FieldViolation, InvalidArgumentError
 
 __all__ = [
     "HEADER_PREFIX",

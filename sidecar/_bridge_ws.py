@@ -15,7 +15,7 @@ plus 64 KiB (larger: close 1009), JSON nested at most :data:`MAX_DEPTH` deep and
 most ``max_subscriptions`` subscriptions open (else an ``err`` frame); frames
 RFC 6455 forbids (unmasked, reserved bits or opcodes, fragmented control
 frames: 1002; text that is not UTF-8: 1007) close the socket
-(`controlplane.web_server`).
+(`serving.web_server`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiohttp.http import HttpVersion11
 
-from controlplane.bus import AckKind, BusError, Subscription
-from controlplane.errors import InvalidArgumentError
+from bus import BusError, Subscription
+from sdk import AckKind
+from serving.errors import InvalidArgumentError
 from sidecar._bridge_http import (
     BridgeContext,
     delivery_json,

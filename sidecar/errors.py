@@ -25,7 +25,6 @@ them; nothing else in the sidecar knows about status codes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -33,13 +32,12 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
-from controlplane.errors import MAX_MESSAGE, bad_request, cut, excerpt
 from sdk.balancer import NoEndpointsError
+from serving.errors import MAX_MESSAGE, FieldViolation, bad_request, cut, excerpt
 from sidecar.health import CheckNotFoundError, DuplicateCheckError, NotATtlCheckError
 
 __all__ = [
     "BadRequestError",
-    "FieldViolation",
     "ShuttingDownError",
     "SidecarError",
     "StartupError",
@@ -56,14 +54,6 @@ __all__ = [
 
 class StartupError(Exception):
     """The sidecar could not start; the message says what to fix."""
-
-
-@dataclass(frozen=True, slots=True)
-class FieldViolation:
-    """One bad field of a request: its name and why."""
-
-    field: str
-    description: str
 
 
 class SidecarError(Exception):

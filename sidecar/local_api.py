@@ -28,15 +28,14 @@ from ecosystem.v1 import registry_pb2, sidecar_pb2, sidecar_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane.bus._rpc_guard import MalformedRequestGuard
-from controlplane.bus._servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
-from controlplane.paging import check_paging, chunked, page_of
-from sdk import HealthStatus
+from bus.servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
+from sdk import FieldViolation, HealthStatus
+from serving.paging import check_paging, chunked, page_of
+from serving.rpc_guard import MalformedRequestGuard
 from sidecar.cache import EndpointCache, UpstreamKey, UpstreamState
 from sidecar.config import split_hostport
 from sidecar.errors import (
     BadRequestError,
-    FieldViolation,
     ShuttingDownError,
     StartupError,
     TooManyWatchesError,

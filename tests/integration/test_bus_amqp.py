@@ -13,17 +13,16 @@ import aio_pika
 import pika
 import pytest
 
-from controlplane.bus import (
-    AckKind,
+from bus import (
     BusUnavailableError,
     Delivery,
     OutgoingMessage,
     PublishAck,
-    StreamConfig,
     Subscription,
     SubscriptionSpec,
 )
-from controlplane.bus.embedded import EmbeddedBroker
+from bus.embedded import EmbeddedBroker
+from sdk import AckKind, StreamConfig
 from sidecar._bridge_amqp import AmqpBridge
 from sidecar.config import AmqpBridgeConfig
 from tests.integration.rabbitmq_server import RabbitMQServer, rabbitmq_fixture  # noqa: F401

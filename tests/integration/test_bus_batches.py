@@ -18,10 +18,16 @@ from ecosystem.v1 import messaging_pb2 as pb
 from ecosystem.v1 import messaging_pb2_grpc as pb_grpc
 
 import sdk
-from controlplane.bus import MAX_PAYLOAD, Broker, OutgoingMessage, PublishAck, StreamConfig
-from controlplane.bus._protocol import BatchPublisher
-from controlplane.bus._servicer import MessagingServicer
-from controlplane.bus.embedded import EmbeddedBroker
+from bus import (
+    MAX_PAYLOAD,
+    BatchPublisher,
+    Broker,
+    OutgoingMessage,
+    PublishAck,
+)
+from bus.embedded import EmbeddedBroker
+from bus.servicer import MessagingServicer
+from sdk import StreamConfig
 from sdk._bus import BusClient
 from tests.integration.bus_server import BusServer
 from tests.util import assert_eventually

@@ -13,14 +13,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controlplane.bus import (
+from bus import (
     NoRespondersError,
     OutgoingMessage,
-    StreamConfig,
     Subscription,
     SubscriptionSpec,
 )
-from controlplane.bus.embedded import EmbeddedBroker
+from bus.embedded import EmbeddedBroker
+from sdk import StreamConfig
 from sidecar.bridges import BridgeServer
 from tests.util import assert_eventually
 

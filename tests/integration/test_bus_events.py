@@ -12,17 +12,17 @@ import pytest
 from ecosystem.v1 import registry_pb2 as rpb
 
 import sdk
-from controlplane.bus._events import (
+from controlplane.events import (
     EVENTS_REVISION_KEY,
     EventPublisher,
     EventPublisherConfig,
     classify,
     instance_dict,
 )
-from controlplane.bus._protocol import StreamConfig
 from controlplane.leader import Election
 from controlplane.registry import Registry, instance_key
 from controlplane.store import Event, EventType, KeyValue, MemoryStore
+from sdk import StreamConfig
 from sdk._bus import BusClient
 from sdk._events import ServiceEvent, ServiceEvents, ServiceEventType
 from tests.integration.bus_server import BusServer

@@ -31,16 +31,15 @@ from typing import Any, cast
 
 import pytest
 
-from controlplane.bus import (
+from bus import (
     Broker,
     Delivery,
     OutgoingMessage,
-    StreamConfig,
-    StreamInfo,
     Subscription,
     SubscriptionSpec,
 )
-from controlplane.bus.embedded import EmbeddedBroker
+from bus.embedded import EmbeddedBroker
+from sdk import StreamConfig, StreamInfo
 
 from .nats_server import _stop_nats_servers, nats_broker_factory  # noqa: F401 - a fixture
 

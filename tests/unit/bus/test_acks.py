@@ -8,10 +8,10 @@ import asyncio
 import itertools
 import time
 
-from controlplane.bus import (
-    AckKind,
+from bus import (
     Broker,
 )
+from sdk import AckKind
 from tests.util import assert_eventually
 
 from .conftest import (

@@ -9,15 +9,14 @@ import time
 
 import pytest
 
-from controlplane.bus import (
-    AckKind,
+from bus import (
     AckNotFoundError,
     Broker,
-    DeliverPolicy,
     Delivery,
     StreamConflictError,
     Subscription,
 )
+from sdk import AckKind, DeliverPolicy
 from tests.util import assert_eventually
 
 from .conftest import (

@@ -10,20 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.bus import (
-    AckKind,
+from bus import (
     AckNotFoundError,
     BusClosedError,
     BusUnavailableError,
-    DeliverPolicy,
     Delivery,
     OutgoingMessage,
-    StreamConfig,
     SubscriptionSpec,
     open_broker,
 )
-from controlplane.bus._embedded_journal import _SqliteFile
-from controlplane.bus.embedded import EmbeddedBroker
+from bus._embedded_journal import _SqliteFile
+from bus.embedded import EmbeddedBroker
+from sdk import AckKind, DeliverPolicy, StreamConfig
 from tests.util import assert_eventually
 
 from .conftest import assert_quiet, next_delivery, take
@@ -126,9 +124,10 @@ async def test_acknowledgements_are_durable_when_ack_returns(data_dir: Path) -> 
 CRASH_SCRIPT = """
 import asyncio, sys, time
 from pathlib import Path
-from controlplane.bus import AckKind, OutgoingMessage, StreamConfig, SubscriptionSpec
-from controlplane.bus._embedded_journal import _SqliteFile
-from controlplane.bus.embedded import EmbeddedBroker
+from bus import OutgoingMessage, SubscriptionSpec
+from bus._embedded_journal import _SqliteFile
+from bus.embedded import EmbeddedBroker
+from sdk import AckKind, StreamConfig
 
 # Slow commits widen the windows a crash can land in (between a change and its commit).
 flush = _SqliteFile.flush

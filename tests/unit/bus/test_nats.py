@@ -13,18 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.bus import (
-    AckKind,
+from bus import (
     BusError,
     BusUnavailableError,
     Delivery,
     InvalidSubjectError,
     OutgoingMessage,
-    StreamConfig,
     SubscriptionSpec,
     open_broker,
 )
-from controlplane.bus.nats import NatsBroker
+from bus.nats import NatsBroker
+from sdk import AckKind, StreamConfig
 from tests.util import assert_eventually
 
 from .conftest import assert_quiet, next_delivery, take

@@ -7,16 +7,15 @@ import asyncio
 
 import pytest
 
-from controlplane.bus import (
-    AckKind,
+from bus import (
     Broker,
     InvalidSubjectError,
     OutgoingMessage,
-    StreamConfig,
     StreamConflictError,
     StreamNotFoundError,
     SubscriptionSpec,
 )
+from sdk import AckKind, StreamConfig
 from tests.util import assert_eventually
 
 from .conftest import (

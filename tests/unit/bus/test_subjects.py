@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from controlplane.bus import DeliverPolicy, InvalidSubjectError, StreamConfig, SubscriptionSpec
-from controlplane.bus._subjects import (
+from bus import InvalidSubjectError, SubscriptionSpec
+from bus.subjects import (
     SubjectIndex,
     patterns_overlap,
     subject_matches,
@@ -19,6 +19,7 @@ from controlplane.bus._subjects import (
     validate_stream_config,
     validate_subject,
 )
+from sdk import DeliverPolicy, StreamConfig
 
 
 @pytest.mark.parametrize(
