@@ -39,13 +39,14 @@ gen: $(STAMP)
 check-gen: $(STAMP)
 	scripts/gen.sh $(PY) --check
 
-## lint: buf lint + format, ruff, mypy over hand-written code
+## lint: buf lint + format, ruff, mypy over hand-written code, the import layers (pyproject.toml)
 lint: tools
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy controlplane sdk sidecar eco
+	$(BIN)/mypy bus controlplane eco sdk serving sidecar
+	$(BIN)/lint-imports --no-cache
 
 ## test: everything the suite needs, then the whole suite
 test: tools check-gen lint

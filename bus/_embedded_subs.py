@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from ._protocol import Delivery
-from ._subjects import SubjectIndex
 from ._waiter import Waiter
+from .subjects import SubjectIndex
 
 __all__ = ["CoreRouter", "CoreSubscription", "Route", "SubscriptionBase"]
 

@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from controlplane.bus._nats_js import (
+from bus._nats_js import (
     ACK_PREFIX,
     PUBACK_PREFIX,
     AckRef,
@@ -37,9 +37,9 @@ from controlplane.bus._nats_js import (
     ns,
     parse_ack_id,
 )
-from controlplane.bus._protocol import AckNotFoundError, Delivery, SubscriptionSpec
-from controlplane.bus._subjects import subject_matches
-from controlplane.bus._waiter import Waiter
+from bus._protocol import AckNotFoundError, Delivery, SubscriptionSpec
+from bus._waiter import Waiter
+from bus.subjects import subject_matches
 
 __all__ = ["HAND_BACK", "AckTable", "CoreSubscription", "DurableSubscription"]
 

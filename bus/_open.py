@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from controlplane.bus._protocol import MAX_PAYLOAD, Broker, BusError
+from bus._protocol import MAX_PAYLOAD, Broker, BusError
 
 __all__ = ["open_broker"]
 
@@ -22,14 +22,14 @@ def open_broker(url: str, data_dir: Path | None, *, max_payload: int = MAX_PAYLO
     """
     scheme, sep, rest = url.strip().partition("://")
     if url.strip() == "embedded" or (sep and scheme == "embedded" and not rest):
-        module: Any = importlib.import_module("controlplane.bus.embedded")
+        module: Any = importlib.import_module("bus.embedded")
         broker: Broker = module.EmbeddedBroker(data_dir, max_payload=max_payload)
         return broker
     if sep and scheme in ("nats", "tls"):
         servers = [f"{scheme}://{s.strip()}" for s in rest.split(",") if s.strip()]
         if not servers:
             raise BusError(f"{url!r}: name at least one NATS server", field="bus")
-        module = importlib.import_module("controlplane.bus.nats")
+        module = importlib.import_module("bus.nats")
         broker = module.NatsBroker(servers, max_payload=max_payload)
         return broker
     raise BusError(

@@ -2,7 +2,7 @@
 
 Its clients are health checkers and metrics scrapers: a few connections, from
 a few hosts. Any more, or a client that sends its request slowly, is held to
-:data:`ADMIN_LIMITS` (defined in `controlplane.http_limits`, for the sidecar's
+:data:`ADMIN_LIMITS` (defined in `serving.http_limits`, for the sidecar's
 admin port too), so that the port can never take the file descriptors the
 gRPC API needs.
 """
@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from controlplane.http_limits import ADMIN_LIMITS
-from controlplane.web_server import LimitedRunner
+from serving.http_limits import ADMIN_LIMITS
+from serving.web_server import LimitedRunner
 
 __all__ = ["ADMIN_LIMITS", "admin_runner"]
 

@@ -36,19 +36,19 @@ from ecosystem.v1 import registry_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bus import Broker, BusError, open_broker
+from bus.servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
 from controlplane.admin import admin_runner
 from controlplane.agent import AgentLimits, AgentServicer, AgentSettings, LoadSpreader, Reaper
-from controlplane.bus import Broker, BusError, open_broker
-from controlplane.bus._events import EventPublisher
-from controlplane.bus._rpc_guard import MalformedRequestGuard
-from controlplane.bus._servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
 from controlplane.config import ControlPlaneConfig, parse_hostport
+from controlplane.events import EventPublisher
 from controlplane.leader import Election
 from controlplane.metrics import Metrics
 from controlplane.registry import Registry, ensure_store_id
 from controlplane.servicer import RegistryServicer, handler
 from controlplane.store import Store, open_store
 from controlplane.view import InstanceView, ViewConfig
+from serving.rpc_guard import MalformedRequestGuard
 
 __all__ = ["ControlPlane", "StartupError", "run", "tune_gc"]
 
@@ -227,6 +227,7 @@ class ControlPlane:
                 deregister_critical_after=config.deregister_critical_after,
                 sync_interval=config.sync_interval,
                 token=config.agent_token,
+                bus_url=config.announced_bus_url,
                 limits=AgentLimits(
                     max_streams=config.max_agent_streams,
                     max_streams_per_peer=config.max_agent_streams_per_peer,

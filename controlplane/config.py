@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["ControlPlaneConfig", "parse_hostport"]
 
 DEFAULT_STORE = "sqlite://.eco/controlplane.db"
+#: ``sidecar_bus_url`` that keeps sidecars relaying through the control plane.
+SIDECARS_VIA_CONTROLPLANE = "controlplane"
+
+
+def _is_nats(url: str) -> bool:
+    return url.strip().partition("://")[0] in ("nats", "tls") and "://" in url
 
 
 def parse_hostport(value: str) -> tuple[str, int]:
@@ -36,6 +42,13 @@ class ControlPlaneConfig(BaseModel):
     # `bus/` directory next to a SQLite store, in memory with memory://) or
     # nats://HOST:PORT[,HOST:PORT...] (JetStream for durable streams).
     bus_url: str = "embedded://"
+    # The broker sidecars relay their applications' messages to, told to each
+    # in its session: "" means the --bus URL when that is NATS (sidecars dial
+    # NATS themselves) and this control plane with the embedded broker;
+    # another NATS URL of the same servers as sidecars reach them (other
+    # hosts, other credentials); "controlplane" keeps them relaying through
+    # this control plane.
+    sidecar_bus_url: str = ""
     # Seconds in-flight calls get to finish on shutdown before they are cancelled.
     grace: float = Field(default=5.0, ge=0, le=300)
     # Seconds, after turning NOT_SERVING, during which new calls are answered
@@ -109,6 +122,34 @@ class ControlPlaneConfig(BaseModel):
                 f"{value!r} is not a bus URL: use embedded:// or nats://HOST:PORT[,HOST:PORT...]"
             )
         return value.strip()
+
+    @field_validator("sidecar_bus_url")
+    @classmethod
+    def _sidecar_bus(cls, value: str) -> str:
+        value = value.strip()
+        if value and value != SIDECARS_VIA_CONTROLPLANE and not _is_nats(value):
+            raise ValueError(
+                f"{value!r}: give a NATS URL (nats://HOST:PORT[,HOST:PORT...]) or "
+                f"{SIDECARS_VIA_CONTROLPLANE!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _sidecars_on_the_same_bus(self) -> ControlPlaneConfig:
+        if _is_nats(self.sidecar_bus_url) and not _is_nats(self.bus_url):
+            raise ValueError(
+                "sidecar_bus_url: sidecars can reach NATS only when the bus is NATS (--bus nats://…)"
+            )
+        return self
+
+    @property
+    def announced_bus_url(self) -> str:
+        """The broker URL sidecars are told to relay to ("": through this control plane)."""
+        if self.sidecar_bus_url == SIDECARS_VIA_CONTROLPLANE:
+            return ""
+        if self.sidecar_bus_url:
+            return self.sidecar_bus_url
+        return self.bus_url if _is_nats(self.bus_url) else ""
 
     @field_validator("store_url")
     @classmethod

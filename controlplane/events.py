@@ -46,7 +46,7 @@ from typing import Any
 
 from ecosystem.v1 import registry_pb2 as pb
 
-from controlplane.bus._protocol import (
+from bus import (
     Broker,
     BusError,
     InvalidSubjectError,

@@ -23,7 +23,9 @@ from typing import NoReturn
 
 from ecosystem.v1 import registry_pb2 as pb
 
-from controlplane.errors import (
+from controlplane.store import Compare, DeleteOp, KeyValue, LeaseNotFound, Op, PutOp, Store
+from controlplane.validation import DEFAULT_NAMESPACE, validate_deregister, validate_register
+from serving.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     FieldViolation,
@@ -31,8 +33,6 @@ from controlplane.errors import (
     NotFoundError,
     RevisionConflictError,
 )
-from controlplane.store import Compare, DeleteOp, KeyValue, LeaseNotFound, Op, PutOp, Store
-from controlplane.validation import DEFAULT_NAMESPACE, validate_deregister, validate_register
 
 __all__ = [
     "INSTANCES_PREFIX",

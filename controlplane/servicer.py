@@ -1,7 +1,7 @@
 """The gRPC face of the registry: a thin adapter over ``Registry`` and the view.
 
 Every method goes through ``_call``, the one place where the control plane's
-errors become gRPC statuses (via ``controlplane.errors.to_status``, set with
+errors become gRPC statuses (via ``serving.errors.to_status``, set with
 ``end_call``, which leaves no reference cycle holding the request behind) and
 where a draining process turns new calls away with UNAVAILABLE.
 """
@@ -20,16 +20,7 @@ from ecosystem.v1 import registry_pb2 as pb
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
 
-from controlplane.errors import (
-    NotFoundError,
-    ResourceExhaustedError,
-    UnavailableError,
-    code_for,
-    end_call,
-    to_status,
-)
 from controlplane.metrics import Metrics
-from controlplane.paging import page_of
 from controlplane.registry import Registry
 from controlplane.store import Store
 from controlplane.validation import (
@@ -40,6 +31,15 @@ from controlplane.validation import (
     validate_watch,
 )
 from controlplane.view import InstanceView, Selector
+from serving.errors import (
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+    code_for,
+    end_call,
+    to_status,
+)
+from serving.paging import page_of
 
 __all__ = ["RegistryServicer", "handler"]
 

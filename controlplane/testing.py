@@ -2,18 +2,16 @@
 
 ::
 
-    import sdk.testing
+    import controlplane.testing
 
     async def test_my_service() -> None:
-        async with sdk.testing.control_plane() as cp:
+        async with controlplane.testing.control_plane() as cp:
             async with cp.client() as client:
                 await client.register("web", "127.0.0.1", 8080)
                 ...
 
-This module is the one deliberate exception to "the SDK never imports the
-control plane": :func:`control_plane` imports it lazily, inside the call, so
-that importing ``sdk`` (or even ``sdk.testing``) never pulls it in, and
-applications that do not use this helper do not need it installed.
+It needs the control plane installed (``pip install 'ecosystem[server]'``);
+an application's own code needs only the SDK.
 """
 
 from __future__ import annotations
@@ -23,8 +21,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdk._client import AsyncClient
-from sdk._retry import RetryPolicy
+from controlplane.app import ControlPlane
+from controlplane.config import ControlPlaneConfig
+from sdk import AsyncClient, RetryPolicy
 
 __all__ = ["TestControlPlane", "control_plane"]
 
@@ -76,9 +75,6 @@ async def control_plane(
     restarts). Extra keyword arguments go to ``ControlPlaneConfig``. To
     test a restart, start it again with ``listen=cp.address``.
     """
-    # Deliberately lazy: see the module docstring.
-    from controlplane import ControlPlane, ControlPlaneConfig
-
     # Tests want a fast shutdown: no pause for balancers to notice the drain.
     config.setdefault("drain_delay", 0.0)
     settings = ControlPlaneConfig(

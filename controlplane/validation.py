@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from ecosystem.v1 import registry_pb2 as pb
 
-from controlplane.errors import FieldViolation, InvalidArgumentError, excerpt
-from controlplane.paging import check_paging
+from serving.errors import FieldViolation, InvalidArgumentError, excerpt
+from serving.paging import check_paging
 
 __all__ = [
     "DEFAULT_NAMESPACE",

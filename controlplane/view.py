@@ -38,9 +38,9 @@ from typing import Any
 
 from ecosystem.v1 import registry_pb2 as pb
 
-from controlplane.errors import UnavailableError
 from controlplane.registry import INSTANCES_PREFIX, ROOT_PREFIX, decode_instance
 from controlplane.store import Compacted, EventType, Store, StoreClosed, StoreError, WatchBatch
+from serving.errors import UnavailableError
 
 __all__ = ["InstanceView", "Selector", "Subscription", "ViewConfig"]
 

@@ -19,9 +19,7 @@ import click
 
 from eco._output import emit, json_line, render_table
 from eco._settings import Settings, data_options, pass_settings
-from sdk._bus import BusClient
-from sdk._bus_types import BusMessage, StreamInfo
-from sdk._errors import DeadlineExceededError, NoRespondersError
+from sdk import BusClient, BusMessage, DeadlineExceededError, NoRespondersError, StreamInfo
 
 __all__ = ["bus", "parse_bytes", "parse_duration"]
 

@@ -34,6 +34,7 @@ _OPTION_OF_FIELD = {
     "admin_listen": "--admin-listen",
     "store_url": "--store",
     "bus_url": "--bus",
+    "sidecar_bus_url": "--sidecar-bus",
     "grace": "--grace",
     "replica": "--replica-id",
     "advertise": "--advertise",
@@ -106,6 +107,18 @@ def _listen_options(f: Any) -> Any:
     help=(
         "The message bus: embedded:// (durable streams next to a SQLite store) or "
         "nats://HOST:PORT[,HOST:PORT...] (JetStream; docs/bus.md)."
+    ),
+)
+@click.option(
+    "--sidecar-bus",
+    "sidecar_bus_url",
+    default="",
+    metavar="URL",
+    help=(
+        "The broker sidecars relay their applications' messages to, told to each in its "
+        "session (default: the --bus URL when it is NATS; with the embedded bus, this control "
+        "plane). A NATS URL of the same servers as sidecars reach them, or 'controlplane' to "
+        "keep messages going through this control plane (docs/bus.md)."
     ),
 )
 @click.option(
@@ -197,6 +210,7 @@ def controlplane_command(
     admin_listen: str,
     store_url: str,
     bus_url: str,
+    sidecar_bus_url: str,
     grace: float,
     replica_id: str,
     advertise: str,
@@ -226,12 +240,14 @@ def controlplane_command(
       eco controlplane --store memory:// --admin-listen off
       eco controlplane --store etcd://127.0.0.1:2379/ecosystem --replica-id cp-1
       eco controlplane --bus nats://127.0.0.1:4222
+      eco controlplane --bus nats://127.0.0.1:4222 --sidecar-bus nats://10.0.0.5:4222
     """
     config = _config(
         listen=listen,
         admin_listen=admin_listen,
         store_url=store_url,
         bus_url=bus_url,
+        sidecar_bus_url=sidecar_bus_url,
         grace=grace,
         replica=replica_id,
         advertise=advertise,

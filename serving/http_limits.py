@@ -16,7 +16,7 @@ gRPC API timed out too. So each HTTP server here
 
 This module has no HTTP framework in it: the sidecar's own small admin server
 (`sidecar._http_server`) and its proxy's listeners use it as the
-framework-based servers (`controlplane.web_server`) do.
+framework-based servers (`serving.web_server`) do.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
-from controlplane.errors import FieldViolation
+from serving.errors import FieldViolation
 
 __all__ = [
     "MAX_PAGE_SIZE",

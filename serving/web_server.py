@@ -1,4 +1,4 @@
-"""aiohttp applications served under :class:`~controlplane.http_limits.HttpLimits`.
+"""aiohttp applications served under :class:`~serving.http_limits.HttpLimits`.
 
 aiohttp (3.14) has no timeout for a request head: its keep-alive timer
 (3,630 s by default) was all that ever closed a client that sent half a head,
@@ -8,7 +8,7 @@ malformed request at ERROR with a traceback, so that anyone who can reach a
 port can fill the log. :class:`LimitedRunner` is an ``AppRunner`` whose
 connections
 
-- are admitted by a :class:`~controlplane.http_limits.ConnectionGate` (the excess
+- are admitted by a :class:`~serving.http_limits.ConnectionGate` (the excess
   is answered 503 and closed before aiohttp sees it);
 - must deliver each request head within ``head_timeout`` of the connection
   opening or of the head's first byte (else 408 and closed), in at most
@@ -43,7 +43,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from controlplane.http_limits import ConnectionGate, HttpLimits, refuse
+from serving.http_limits import ConnectionGate, HttpLimits, refuse
 
 __all__ = ["LimitedRunner"]
 

@@ -1,7 +1,7 @@
 """The AMQP 0-9-1 bridge: subjects to and from RabbitMQ exchanges and queues.
 
 One :class:`AmqpBridge` per ``bridges: [{protocol: amqp, …}]`` entry, in front
-of the sidecar's relay (any `controlplane.bus.Broker` works). Each connection
+of the sidecar's relay (any `bus.Broker` works). Each connection
 to RabbitMQ is a *session*: it declares the configured exchanges, queues and
 bindings, then runs every inbound and outbound rule on a channel of its own.
 When anything in a session fails (RabbitMQ or the bus goes away, a channel is
@@ -41,7 +41,7 @@ import aio_pika
 import aio_pika.abc
 from yarl import URL
 
-from controlplane.bus import Broker
+from bus import Broker
 from sidecar._bridge_amqp_config import AmqpBridgeConfig
 from sidecar._bridge_amqp_links import TEARDOWN, AmqpBridgeStats, Links, SessionLost
 

@@ -37,9 +37,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from controlplane.bus import InvalidSubjectError
-from controlplane.bus._convert import LIMITS
-from controlplane.bus._subjects import validate_name, validate_pattern
+from bus import InvalidSubjectError
+from bus.convert import LIMITS
+from bus.subjects import validate_name, validate_pattern
 from sidecar._bridge_amqp_convert import (
     AMQP_NAME,
     INBOUND_FIELDS,

@@ -35,8 +35,8 @@ import string
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from controlplane.bus._convert import LIMITS
-from controlplane.bus._subjects import validate_subject
+from bus.convert import LIMITS
+from bus.subjects import validate_subject
 
 __all__ = [
     "AMQP_NAME",

@@ -10,7 +10,7 @@ What it implements: keep-alive and pipelining (answers in request order);
 ``Allow`` for another method there, 404 elsewhere; every response framed by
 ``Content-Length``; ``Connection: close`` and HTTP/1.0 honoured.
 
-Limits are an :class:`~controlplane.http_limits.HttpLimits`, the admin ports'
+Limits are an :class:`~serving.http_limits.HttpLimits`, the admin ports'
 (``ADMIN_LIMITS``) by default. A request whose head exceeds ``max_head``
 bytes gets 431, one whose body exceeds ``max_body`` (the server's own
 setting) gets 413, an unparseable one 400 (so does a method unknown to the
@@ -24,7 +24,7 @@ While the client does not read its responses, reading its further requests
 is paused. At most ``max_connections`` connections are held, and
 ``max_connections_per_ip`` from one client address: the excess is answered
 503 and closed as it is accepted (a
-:class:`~controlplane.http_limits.ConnectionGate`).
+:class:`~serving.http_limits.ConnectionGate`).
 
 Handlers are synchronous callables returning a :class:`Response`; an
 exception in one is logged and answered with 500. :meth:`HttpServer.close`
@@ -47,7 +47,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from controlplane.http_limits import ADMIN_LIMITS, ConnectionGate, HttpLimits, refuse
+from serving.http_limits import ADMIN_LIMITS, ConnectionGate, HttpLimits, refuse
 
 __all__ = ["Handler", "HttpServer", "Response"]
 

@@ -13,7 +13,7 @@ For applications that speak no gRPC: one listener serves
 - ``GET /v1/ws`` — a WebSocket of JSON frames (see :mod:`sidecar._bridge_ws`).
 
 Errors are JSON ``{"error": kind, "message", "field"}`` with a matching status.
-The sidecar passes its relay broker; any `controlplane.bus.Broker` works.
+The sidecar passes its relay broker; any `bus.Broker` works.
 aiohttp is imported here and only here: the sidecar imports this module only
 when a bridge is configured (see tests/unit/sidecar/test_admin_imports.py).
 
@@ -24,7 +24,7 @@ have a content type a page cannot send without a CORS preflight (see
 `sidecar._bridge_http`), and preflights are answered for allowed origins
 only, so that a page of another site can neither read nor write the bus.
 Slow and greedy clients are held to :data:`BRIDGE_LIMITS` (or the
-configured limits) by `controlplane.web_server`.
+configured limits) by `serving.web_server`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from controlplane.bus import MAX_PAYLOAD, Broker
-from controlplane.http_limits import HttpLimits
-from controlplane.web_server import LimitedRunner
+from bus import MAX_PAYLOAD, Broker
+from serving.http_limits import HttpLimits
+from serving.web_server import LimitedRunner
 from sidecar._bridge_http import (
     BridgeContext,
     error_body,

@@ -32,8 +32,8 @@ from ecosystem.v1 import agent_pb2
 
 from controlplane.agent._nodes import node_key, session_key
 from controlplane.agent._session import AgentSettings, NodeSession
-from controlplane.errors import AlreadyExistsError, excerpt
 from controlplane.store import Compare, KeyValue, LeaseNotFound, PutOp, Store, StoreError
+from serving.errors import AlreadyExistsError, excerpt
 
 __all__ = ["open_session"]
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from ecosystem.v1 import agent_pb2
 
 from controlplane.agent._validation import AGENT_LIMITS
-from controlplane.http_limits import ConnectionGate, client_key
 from controlplane.validation import LIMITS
+from serving.http_limits import ConnectionGate, client_key
 
 __all__ = ["AgentLimits", "StreamGate", "TokenBucket", "message_cost", "peer_host"]
 

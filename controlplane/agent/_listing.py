@@ -4,7 +4,7 @@
 nodes (0: 100, at most 1,000) and at most `PAGE_BYTES` serialized (always at
 least one node: a node status is far smaller). The page token is the last
 node id of the previous page, in the token format of every list of the API
-(`controlplane.paging`); a node added or removed between pages is simply
+(`serving.paging`); a node added or removed between pages is simply
 seen or not, as with any paged listing. ``WaitForRevision`` lists at
 most `PENDING_LISTED` pending nodes, within the same byte bound, and counts
 them all.
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from ecosystem.v1 import agent_pb2
 
-from controlplane.errors import FieldViolation, InvalidArgumentError
-from controlplane.paging import chunked, page_token, page_token_key
 from controlplane.validation import node_violations
+from serving.errors import FieldViolation, InvalidArgumentError
+from serving.paging import chunked, page_token, page_token_key
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",

@@ -27,9 +27,9 @@ import time
 
 from ecosystem.v1 import agent_pb2, registry_pb2
 
-from controlplane.errors import RevisionConflictError
 from controlplane.registry import ROOT_PREFIX
 from controlplane.store import Compare, PutOp, Store
+from serving.errors import RevisionConflictError
 
 __all__ = [
     "NODES_PREFIX",

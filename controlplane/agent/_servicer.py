@@ -33,20 +33,20 @@ from controlplane.agent._nodes import (
 from controlplane.agent._peers import answers_for_itself, ask_peers
 from controlplane.agent._session import AgentSettings, NodeSession, SessionRunner
 from controlplane.agent._validation import hello_violations, raise_if_any, size_violation
-from controlplane.errors import (
-    ControlPlaneError,
+from controlplane.store import Store
+from controlplane.view import InstanceView
+from serving.errors import (
     DeadlineExceededError,
     FieldViolation,
     InvalidArgumentError,
     ResourceExhaustedError,
+    ServiceError,
     UnauthenticatedError,
     UnavailableError,
     code_for,
     end_call,
     to_status,
 )
-from controlplane.store import Store
-from controlplane.view import InstanceView
 
 __all__ = ["AgentServicer"]
 
@@ -164,7 +164,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
         try:
             await runner.run()
-        except* ControlPlaneError as group:
+        except* ServiceError as group:
             self._fail(context, group.exceptions[0])
         finally:
             session.connected = False

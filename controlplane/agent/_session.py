@@ -47,12 +47,6 @@ from controlplane.agent._validation import (
     size_violation,
     subscribe_violations,
 )
-from controlplane.errors import (
-    ControlPlaneError,
-    FieldViolation,
-    InvalidArgumentError,
-    UnavailableError,
-)
 from controlplane.registry import Registry
 from controlplane.store import (
     Compare,
@@ -62,6 +56,12 @@ from controlplane.store import (
 )
 from controlplane.validation import DEFAULT_NAMESPACE
 from controlplane.view import InstanceView, Selector, Subscription
+from serving.errors import (
+    FieldViolation,
+    InvalidArgumentError,
+    ServiceError,
+    UnavailableError,
+)
 
 __all__ = ["AgentSettings", "NodeSession", "SessionRunner"]
 
@@ -82,6 +82,9 @@ class AgentSettings:
     sync_interval: int = 30
     token: str = ""
     limits: AgentLimits = field(default_factory=AgentLimits)
+    #: The broker sidecars relay messages to, told in each Welcome ("": this
+    #: control plane).
+    bus_url: str = ""
 
 
 @dataclass(eq=False)
@@ -113,7 +116,7 @@ class NodeSession:
     # Set (with the error to end it with) to end the stream from this side,
     # e.g. to shed load, or because another stream took the session over.
     ending: asyncio.Event = field(default_factory=asyncio.Event)
-    end_error: ControlPlaneError | None = None
+    end_error: ServiceError | None = None
     _nonces: int = 0
 
     @property
@@ -153,7 +156,7 @@ class NodeSession:
             deregister_critical_after_seconds=self.deregister_after,
         )
 
-    def end(self, error: ControlPlaneError) -> None:
+    def end(self, error: ServiceError) -> None:
         """Ends the stream with ``error``: UnavailableError when the sidecar
         should reconnect (elsewhere) and resume this session."""
         if self.active:
@@ -202,6 +205,7 @@ class SessionRunner:
                     grace_seconds=s.grace,
                     sync_interval_seconds=self._settings.sync_interval,
                     resumed=s.resumed,
+                    bus=agent_pb2.BusAccess(url=self._settings.bus_url),
                 )
             )
         )

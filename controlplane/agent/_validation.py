@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from ecosystem.v1 import agent_pb2
 from ecosystem.v1 import registry_pb2 as pb
 
-from controlplane.errors import FieldViolation, InvalidArgumentError, excerpt
 from controlplane.validation import (
     DEFAULT_NAMESPACE,
     MAX_VIOLATIONS,
@@ -36,6 +35,7 @@ from controlplane.validation import (
     node_violations,
     placement_violations,
 )
+from serving.errors import FieldViolation, InvalidArgumentError, excerpt
 
 __all__ = [
     "AGENT_LIMITS",

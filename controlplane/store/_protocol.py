@@ -30,6 +30,8 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+import grpc
+
 __all__ = [
     "Compacted",
     "Compare",
@@ -59,6 +61,8 @@ class StoreError(Exception):
 class Compacted(StoreError):
     """The requested revision is older than the retained history."""
 
+    status_code = grpc.StatusCode.OUT_OF_RANGE
+
     def __init__(self, compact_revision: int) -> None:
         super().__init__(f"revision has been compacted; oldest retained is {compact_revision}")
         self.compact_revision = compact_revision
@@ -66,6 +70,8 @@ class Compacted(StoreError):
 
 class LeaseNotFound(StoreError):
     """The lease does not exist (never granted, revoked or expired)."""
+
+    status_code = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, lease_id: int) -> None:
         super().__init__(f"lease {lease_id} not found")
@@ -75,9 +81,13 @@ class LeaseNotFound(StoreError):
 class StoreClosed(StoreError):
     """The store has been closed (or is unreachable for good)."""
 
+    status_code = grpc.StatusCode.UNAVAILABLE
+
 
 class StoreUnavailable(StoreError):
     """The store's server cannot be reached now; the call may succeed later."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,7 @@ any more are retired at the next sweep.
 
 Time and connections are bounded without a cost per request. Each accepted
 connection is admitted by the listener's
-:class:`~controlplane.http_limits.ConnectionGate` (``max_connections``,
+:class:`~serving.http_limits.ConnectionGate` (``max_connections``,
 ``max_connections_per_ip``) or answered 503 ``connection_limit`` and
 closed: a count per connection, not per request. ``head_timeout`` is kept
 by the sweep (at most a quarter of it apart, at most 1 s): it notes the

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from controlplane.http_limits import refuse
+from serving.http_limits import refuse
 from sidecar.proxy._http_exchange import P_EOF, P_QUEUE, P_STOP, Exchange
 from sidecar.proxy._http_parse import (
     ACT_HOST,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from controlplane.http_limits import ConnectionGate
+from serving.http_limits import ConnectionGate
 from sidecar.config import ProxyPolicy, split_hostport
 from sidecar.errors import StartupError
 from sidecar.proxy._target import Target

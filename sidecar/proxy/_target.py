@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from sdk._types import HealthStatus
+from sdk import HealthStatus
 from sdk.balancer import Balancer, Endpoint, NoEndpointsError, make_balancer
 from sidecar.config import INBOUND_PORT_KEY, ProxyPolicy
 from sidecar.proxy._stats import TargetStats

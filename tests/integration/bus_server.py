@@ -16,14 +16,14 @@ from typing import Any, Self, TypeVar
 
 import grpc
 
-from controlplane.bus import Broker
-from controlplane.bus._servicer import MessagingServicer, add_messaging
+from bus import Broker
+from bus.servicer import MessagingServicer, add_messaging
 
 T = TypeVar("T")
 
 
 def default_broker() -> Broker:
-    from controlplane.bus.embedded import EmbeddedBroker
+    from bus.embedded import EmbeddedBroker
 
     return EmbeddedBroker(None)
 

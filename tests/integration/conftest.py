@@ -8,8 +8,8 @@ import grpc
 import pytest
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
 
+from bus.embedded import EmbeddedBroker
 from controlplane import ControlPlane, ControlPlaneConfig
-from controlplane.bus.embedded import EmbeddedBroker
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import controlplane.admin
 from controlplane import ControlPlane
-from controlplane.http_limits import ADMIN_LIMITS, HttpLimits
+from serving.http_limits import ADMIN_LIMITS, HttpLimits
 from sidecar._http_server import HttpServer, Response
 from tests.integration.raw_http import closed_within, head, open_raw, trickling
 from tests.util import assert_eventually

@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 import uvloop
 
-from controlplane.bus import OutgoingMessage, Subscription, SubscriptionSpec
-from controlplane.bus.embedded import EmbeddedBroker
-from controlplane.http_limits import HttpLimits
+from bus import OutgoingMessage, Subscription, SubscriptionSpec
+from bus.embedded import EmbeddedBroker
+from serving.http_limits import HttpLimits
 from sidecar.bridges import BridgeServer
 from sidecar.config import HttpBridgeConfig
 from tests.integration.raw_http import (

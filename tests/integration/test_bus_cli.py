@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from controlplane.bus import OutgoingMessage, Subscription, SubscriptionSpec
+from bus import OutgoingMessage, Subscription, SubscriptionSpec
 from eco._bus import parse_bytes, parse_duration
 from eco.cli import cli
 from tests.integration.bus_server import ThreadedBusServer

@@ -18,7 +18,7 @@ from ecosystem.v1 import registry_pb2, registry_pb2_grpc, sidecar_pb2, sidecar_p
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-import sdk.testing
+import controlplane.testing
 from sdk import AsyncClient
 from sdk._proxyless import ServiceChannel
 from sdk._proxyless_source import SidecarSource
@@ -92,14 +92,14 @@ async def backends() -> AsyncIterator[list[Backend]]:
 
 
 @pytest.fixture
-async def plane() -> AsyncIterator[sdk.testing.TestControlPlane]:
-    async with sdk.testing.control_plane() as cp:
+async def plane() -> AsyncIterator[controlplane.testing.TestControlPlane]:
+    async with controlplane.testing.control_plane() as cp:
         yield cp
 
 
 @pytest.fixture
 async def client(
-    plane: sdk.testing.TestControlPlane, backends: list[Backend]
+    plane: controlplane.testing.TestControlPlane, backends: list[Backend]
 ) -> AsyncIterator[AsyncClient]:
     async with plane.client() as client:
         for backend in backends:
@@ -108,7 +108,9 @@ async def client(
 
 
 async def set_health(
-    plane: sdk.testing.TestControlPlane, backend: Backend, health: registry_pb2.HealthStatus
+    plane: controlplane.testing.TestControlPlane,
+    backend: Backend,
+    health: registry_pb2.HealthStatus,
 ) -> None:
     """Re-registers an instance with the given health, as a sidecar's check would."""
     async with grpc.aio.insecure_channel(plane.address) as channel:
@@ -142,7 +144,7 @@ async def test_calls_spread_across_the_backends(
 
 
 async def test_a_critical_instance_gets_no_calls_once_the_update_is_applied(
-    plane: sdk.testing.TestControlPlane, client: AsyncClient, backends: list[Backend]
+    plane: controlplane.testing.TestControlPlane, client: AsyncClient, backends: list[Backend]
 ) -> None:
     async with ServiceChannel.open(client, SERVICE, balancer="least_connections") as channel:
         stub = health_pb2_grpc.HealthStub(channel)

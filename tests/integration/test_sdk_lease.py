@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+import controlplane.testing
 import sdk
-import sdk.testing
 from tests.util import assert_eventually
 
 
 @pytest.fixture
-async def cp() -> AsyncIterator[sdk.testing.TestControlPlane]:
-    async with sdk.testing.control_plane() as running:
+async def cp() -> AsyncIterator[controlplane.testing.TestControlPlane]:
+    async with controlplane.testing.control_plane() as running:
         yield running
 
 
@@ -23,7 +23,7 @@ async def ids(client: sdk.AsyncClient, service: str = "web") -> list[str]:
 
 
 async def test_ephemeral_instance_lives_while_kept_alive_and_goes_after_close(
-    cp: sdk.testing.TestControlPlane,
+    cp: controlplane.testing.TestControlPlane,
 ) -> None:
     observer = cp.client()
     owner = cp.client()
@@ -55,7 +55,7 @@ async def test_ephemeral_instance_lives_while_kept_alive_and_goes_after_close(
 
 
 async def test_deregistering_the_last_ephemeral_instance_stops_the_keepalive(
-    cp: sdk.testing.TestControlPlane,
+    cp: controlplane.testing.TestControlPlane,
 ) -> None:
     async with cp.client() as client:
         await client.register("web", "127.0.0.1", 8080, id="web-1", ephemeral=True, lease_ttl=2)
@@ -75,13 +75,13 @@ def keepalives() -> list[asyncio.Task[object]]:
 
 async def test_a_lost_lease_is_regranted_with_every_instance() -> None:
     # A control plane restarted on an empty store no longer knows the lease.
-    async with sdk.testing.control_plane("memory://") as first:
+    async with controlplane.testing.control_plane("memory://") as first:
         address = first.address
         client = sdk.AsyncClient(address, timeout=2.0)
         await client.register("web", "127.0.0.1", 8080, id="web-1", ephemeral=True, lease_ttl=2)
         await client.register("web", "127.0.0.1", 8081, id="web-2", ephemeral=True, lease_ttl=2)
     try:
-        async with sdk.testing.control_plane("memory://", listen=address) as second:
+        async with controlplane.testing.control_plane("memory://", listen=address) as second:
             observer = second.client()
 
             async def both_back() -> None:
@@ -100,7 +100,7 @@ def _assert(condition: bool) -> None:
 
 
 async def test_closing_the_client_removes_its_instances_at_once(
-    cp: sdk.testing.TestControlPlane,
+    cp: controlplane.testing.TestControlPlane,
 ) -> None:
     observer = cp.client()
     owner = cp.client()

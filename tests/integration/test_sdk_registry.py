@@ -10,13 +10,13 @@ from typing import Any
 import grpc
 import pytest
 
+import controlplane.testing
 import sdk
-import sdk.testing
 
 
 @pytest.fixture
-async def cp() -> AsyncIterator[sdk.testing.TestControlPlane]:
-    async with sdk.testing.control_plane() as running:
+async def cp() -> AsyncIterator[controlplane.testing.TestControlPlane]:
+    async with controlplane.testing.control_plane() as running:
         yield running
 
 
@@ -27,7 +27,7 @@ def dead_address() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
-async def test_register_get_list_deregister(cp: sdk.testing.TestControlPlane) -> None:
+async def test_register_get_list_deregister(cp: controlplane.testing.TestControlPlane) -> None:
     async with cp.client() as client:
         web1 = await client.register(
             "web", "127.0.0.1", 8080, id="web-1", zone="z1", tags=("v1",), metadata={"a": "b"}
@@ -56,7 +56,7 @@ async def test_register_get_list_deregister(cp: sdk.testing.TestControlPlane) ->
         assert [i.id for i in (await client.get_service("web")).instances] == ["web-2"]
 
 
-async def test_registration_is_idempotent_by_id(cp: sdk.testing.TestControlPlane) -> None:
+async def test_registration_is_idempotent_by_id(cp: controlplane.testing.TestControlPlane) -> None:
     async with cp.client() as client:
         first = await client.register("web", "127.0.0.1", 8080, id="web-1")
         again = await client.register("web", "127.0.0.1", 8080, id="web-1", weight=5)
@@ -65,7 +65,9 @@ async def test_registration_is_idempotent_by_id(cp: sdk.testing.TestControlPlane
         assert len((await client.get_service("web")).instances) == 1
 
 
-async def test_invalid_input_names_every_bad_field(cp: sdk.testing.TestControlPlane) -> None:
+async def test_invalid_input_names_every_bad_field(
+    cp: controlplane.testing.TestControlPlane,
+) -> None:
     async with cp.client() as client:
         with pytest.raises(sdk.InvalidArgumentError) as caught:
             await client.register("Not_A_Name", "not an address", 70000, id="x")
@@ -74,7 +76,7 @@ async def test_invalid_input_names_every_bad_field(cp: sdk.testing.TestControlPl
         assert (await client.list_services()).services == ()
 
 
-async def test_not_found_and_conflicts(cp: sdk.testing.TestControlPlane) -> None:
+async def test_not_found_and_conflicts(cp: controlplane.testing.TestControlPlane) -> None:
     async with cp.client() as client:
         with pytest.raises(sdk.NotFoundError):
             await client.get_service("missing")
@@ -95,7 +97,7 @@ async def test_not_found_and_conflicts(cp: sdk.testing.TestControlPlane) -> None
         assert removed.deleted
 
 
-async def test_deregister_again_succeeds(cp: sdk.testing.TestControlPlane) -> None:
+async def test_deregister_again_succeeds(cp: controlplane.testing.TestControlPlane) -> None:
     async with cp.client() as client:
         await client.register("web", "127.0.0.1", 8080, id="web-1")
         first = await client.deregister("web", "web-1")
@@ -131,7 +133,7 @@ class _LoseFirstAnswer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[mi
 
 
 async def test_a_deregister_whose_answer_was_lost_succeeds_on_retry(
-    cp: sdk.testing.TestControlPlane,
+    cp: controlplane.testing.TestControlPlane,
 ) -> None:
     """The SDK retries a deregister on UNAVAILABLE; the retry finds the
     instance already gone, and the caller sees success, not NOT_FOUND."""
@@ -149,7 +151,7 @@ async def test_a_deregister_whose_answer_was_lost_succeeds_on_retry(
             await client.get_service("web")
 
 
-async def test_fails_over_past_a_dead_address(cp: sdk.testing.TestControlPlane) -> None:
+async def test_fails_over_past_a_dead_address(cp: controlplane.testing.TestControlPlane) -> None:
     async with sdk.AsyncClient([dead_address(), cp.address], timeout=5.0) as client:
         await client.register("web", "127.0.0.1", 8080, id="web-1")
         assert [i.id for i in (await client.get_service("web")).instances] == ["web-1"]
@@ -167,7 +169,9 @@ async def test_nothing_reachable_is_unavailable_within_the_timeout() -> None:
         assert loop.time() - started < 3.0
 
 
-async def test_the_sync_client_works_from_a_thread(cp: sdk.testing.TestControlPlane) -> None:
+async def test_the_sync_client_works_from_a_thread(
+    cp: controlplane.testing.TestControlPlane,
+) -> None:
     def script() -> list[str]:
         with sdk.Client(cp.address) as client:
             client.register("web", "127.0.0.1", 8080, id="web-1")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import controlplane.testing
 import sdk
-import sdk.testing
 from tests.util import assert_eventually
 
 T = sdk.WatchEventType
@@ -59,7 +59,7 @@ async def registered(client: sdk.AsyncClient) -> dict[str, sdk.Instance]:
 
 
 async def test_snapshot_then_live_events() -> None:
-    async with sdk.testing.control_plane() as cp:
+    async with controlplane.testing.control_plane() as cp:
         client = cp.client()
         await client.register("web", "127.0.0.1", 8080, id="web-1")
         await client.register("api", "127.0.0.1", 9090, id="api-1")
@@ -75,7 +75,7 @@ async def test_snapshot_then_live_events() -> None:
 
 async def test_resumes_across_a_restart_without_loss_or_duplicates(tmp_path: Path) -> None:
     store = f"sqlite://{tmp_path / 'cp.db'}"
-    async with sdk.testing.control_plane(store) as first:
+    async with controlplane.testing.control_plane(store) as first:
         address = first.address
         writer = sdk.AsyncClient(address, timeout=10.0)
         watcher = sdk.AsyncClient(address)
@@ -86,7 +86,7 @@ async def test_resumes_across_a_restart_without_loss_or_duplicates(tmp_path: Pat
         await writer.register("web", "127.0.0.1", 8083, id="web-3")
         await recorder.wait_for(T.PUT, "web-3")
     try:
-        async with sdk.testing.control_plane(store, listen=address):
+        async with controlplane.testing.control_plane(store, listen=address):
             await writer.register("web", "127.0.0.1", 8084, id="web-4")
             await writer.deregister("web", "web-1")
             await recorder.wait_for(T.DELETE, "web-1")
@@ -110,7 +110,7 @@ async def test_resumes_across_a_restart_without_loss_or_duplicates(tmp_path: Pat
 
 
 async def test_a_restart_on_an_empty_store_resyncs() -> None:
-    async with sdk.testing.control_plane() as first:
+    async with controlplane.testing.control_plane() as first:
         address = first.address
         client = first.client()
         await client.register("web", "127.0.0.1", 8081, id="web-1")
@@ -119,7 +119,7 @@ async def test_a_restart_on_an_empty_store_resyncs() -> None:
         recorder = Recorder(watcher.watch("web", progress_interval=0.2))
         await recorder.wait_for(T.SNAPSHOT_END)
     try:
-        async with sdk.testing.control_plane(listen=address) as second:
+        async with controlplane.testing.control_plane(listen=address) as second:
             # The new store's revision is behind the watcher's: it cannot
             # resume, so it gets RESYNC and an empty snapshot, passed through.
             def resynced() -> None:
@@ -137,7 +137,7 @@ async def test_a_restart_on_an_empty_store_resyncs() -> None:
 
 
 async def test_closing_the_client_ends_a_watch_being_read() -> None:
-    async with sdk.testing.control_plane() as cp:
+    async with controlplane.testing.control_plane() as cp:
         client = sdk.AsyncClient(cp.address)
         events = client.watch("web")
         assert (await anext(events)).type is T.RESYNC
@@ -150,7 +150,7 @@ async def test_closing_the_client_ends_a_watch_being_read() -> None:
 
 
 async def test_a_bad_selector_is_an_error_not_a_retry_loop() -> None:
-    async with sdk.testing.control_plane() as cp:
+    async with controlplane.testing.control_plane() as cp:
         client = cp.client()
         events = client.watch("Not_A_Name")
         with pytest.raises(sdk.InvalidArgumentError) as caught:
@@ -162,18 +162,18 @@ async def test_a_replaced_store_with_a_longer_history_resyncs(tmp_path: Path) ->
     """The new store's revisions pass the watcher's: only the store id tells
     the histories apart, and the watcher must get a snapshot, not deltas."""
     other_db = f"sqlite://{tmp_path / 'other.db'}"
-    async with sdk.testing.control_plane(other_db) as other:
+    async with controlplane.testing.control_plane(other_db) as other:
         writer = other.client()
         for n in range(10):
             await writer.register("web", "127.0.0.1", 9000 + n, id=f"other-{n}")
-    async with sdk.testing.control_plane() as first:
+    async with controlplane.testing.control_plane() as first:
         address = first.address
         await first.client().register("web", "127.0.0.1", 8081, id="web-1")
         watcher = sdk.AsyncClient(address)
         recorder = Recorder(watcher.watch("web", progress_interval=0.2))
         await recorder.wait_for(T.SNAPSHOT_END)
     try:
-        async with sdk.testing.control_plane(other_db, listen=address):
+        async with controlplane.testing.control_plane(other_db, listen=address):
 
             def resynced() -> None:
                 assert [e.type for e in recorder.events].count(T.SNAPSHOT_END) == 2

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.http_limits import ADMIN_LIMITS
+from serving.http_limits import ADMIN_LIMITS
 from sidecar._http_server import HttpServer, Response
 from sidecar.admin import AdminServer
 from sidecar.errors import StartupError

@@ -15,8 +15,8 @@ from aiohttp import web
 from ecosystem.v1 import registry_pb2, sidecar_pb2, sidecar_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import controlplane.testing
 import sdk
-import sdk.testing
 from sidecar.agent import Sidecar
 from sidecar.cache import CACHE_FILE
 from sidecar.config import SidecarConfig
@@ -117,7 +117,7 @@ async def test_a_failing_backend_turns_critical_and_is_no_longer_picked(
     tmp_path: Path, backends: list[Backend]
 ) -> None:
     a, b = backends
-    async with sdk.testing.control_plane() as cp:
+    async with controlplane.testing.control_plane() as cp:
         config_a = sidecar_config(tmp_path, "node-a", cp.address, services=[a.service()])
         config_b = sidecar_config(
             tmp_path,
@@ -153,7 +153,7 @@ async def test_a_failing_backend_turns_critical_and_is_no_longer_picked(
 
 async def test_resolve_watch_and_status(tmp_path: Path, backends: list[Backend]) -> None:
     a, _ = backends
-    async with sdk.testing.control_plane() as cp:
+    async with controlplane.testing.control_plane() as cp:
         config = sidecar_config(
             tmp_path, "node-a", cp.address, services=[a.service()], upstreams=[{"service": "web"}]
         )
@@ -200,7 +200,7 @@ async def test_resolve_watch_and_status(tmp_path: Path, backends: list[Backend])
 
 
 async def test_update_ttl_through_the_local_api(tmp_path: Path) -> None:
-    async with sdk.testing.control_plane() as cp:
+    async with controlplane.testing.control_plane() as cp:
         config = sidecar_config(
             tmp_path,
             "node-a",
@@ -263,7 +263,7 @@ async def test_restarted_control_plane_with_an_empty_store_gets_everything_back(
     tmp_path: Path, backends: list[Backend]
 ) -> None:
     a, _ = backends
-    async with sdk.testing.control_plane() as cp:
+    async with controlplane.testing.control_plane() as cp:
         address = cp.address
         config = sidecar_config(
             tmp_path, "node-a", address, services=[a.service()], upstreams=[{"service": "web"}]
@@ -278,7 +278,7 @@ async def test_restarted_control_plane_with_an_empty_store_gets_everything_back(
                 sidecar_pb2.ResolveEndpointsRequest(service="web")
             )
             assert response.stale
-        async with sdk.testing.control_plane(listen=address) as cp, cp.client() as client:
+        async with controlplane.testing.control_plane(listen=address) as cp, cp.client() as client:
 
             async def back() -> None:
                 found = await instances(client, "web")
@@ -299,7 +299,7 @@ async def test_a_sidecar_started_with_the_control_plane_down_serves_from_disk(
     tmp_path: Path, backends: list[Backend]
 ) -> None:
     a, _ = backends
-    async with sdk.testing.control_plane() as cp:
+    async with controlplane.testing.control_plane() as cp:
         address = cp.address
         config_a = sidecar_config(tmp_path, "node-a", address, services=[a.service()])
         config_b = sidecar_config(tmp_path, "node-b", address, upstreams=[{"service": "web"}])

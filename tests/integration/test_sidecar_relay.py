@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 import sdk
-from controlplane.bus import (
+from bus import (
     MAX_PAYLOAD,
     BusUnavailableError,
     InvalidSubjectError,
@@ -23,8 +23,8 @@ from controlplane.bus import (
     PayloadTooLargeError,
     SubscriptionSpec,
 )
-from controlplane.bus._servicer import MessagingServicer, add_messaging
-from controlplane.bus.embedded import EmbeddedBroker
+from bus.embedded import EmbeddedBroker
+from bus.servicer import MessagingServicer, add_messaging
 from sdk._bus import BusClient
 from sdk._bus_session import BusSubscription
 from sidecar.relay import QueuedPublishAck, RelayBroker, attach_relay

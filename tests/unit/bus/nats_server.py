@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.bus.nats import NatsBroker
+from bus.nats import NatsBroker
 
 __all__ = ["NatsServer", "nats_broker_factory", "nats_server_binary"]
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from controlplane.bus import (
+from bus import (
     MAX_PAYLOAD,
     Broker,
     BusClosedError,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from controlplane.bus import Broker, InvalidSubjectError, NoRespondersError
+from bus import Broker, InvalidSubjectError, NoRespondersError
 
 from .conftest import next_delivery, responder, subscribe
 

@@ -23,9 +23,9 @@ from controlplane.agent._validation import (
     size_violation,
     subscribe_violations,
 )
-from controlplane.errors import InvalidArgumentError
-from controlplane.paging import page_token
 from sdk._agent_chunks import UpdateAssembler
+from serving.errors import InvalidArgumentError
+from serving.paging import page_token
 
 
 def fields(problems: list) -> set[str]:  # type: ignore[type-arg]

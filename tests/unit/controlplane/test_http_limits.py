@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from controlplane.http_limits import ConnectionGate, HttpLimits, client_key
-from controlplane.web_server import _MaskedFramesOnly
+from serving.http_limits import ConnectionGate, HttpLimits, client_key
+from serving.web_server import _MaskedFramesOnly
 
 
 class RecordingParser:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from ecosystem.v1 import registry_pb2 as pb
 
-from controlplane.errors import InvalidArgumentError, to_status
 from controlplane.validation import validate_register
+from serving.errors import InvalidArgumentError, to_status
 
 
 def request(**fields: object) -> pb.RegisterInstanceRequest:
@@ -117,7 +117,7 @@ def test_a_status_fits_in_a_stock_clients_trailers() -> None:
     """A thousand bad items (a batch, say) still give a status that a stock
     client's 8 KiB of trailers can carry: the violations that do not fit are
     counted, every text is cut by bytes (percent- and base64-encoded later)."""
-    from controlplane.errors import FieldViolation
+    from serving.errors import FieldViolation
 
     many = [FieldViolation(f"messages[{i}].subject", "é" * 500) for i in range(1000)]
     status = to_status(InvalidArgumentError(many))

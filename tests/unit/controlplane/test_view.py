@@ -113,7 +113,7 @@ async def test_view_restarted_on_old_history_serves_resumes(store: MemoryStore) 
 
 
 async def test_close_ends_subscribers(store: MemoryStore) -> None:
-    from controlplane.errors import UnavailableError
+    from serving.errors import UnavailableError
 
     view = await make_view(store)
     stream = view.subscribe(Selector()).responses(progress_interval=5)

@@ -15,6 +15,10 @@
   ``Fail``          request = a status code name: fails with it, details
                     ``failed by NAME``, trailing ``x-trailer: NAME`` and a rich
                     status (``grpc-status-details-bin``) with an ErrorInfo
+  ``Abort``         fails at once, before reading any request message, with the
+                    code named by the ``x-abort`` metadata (default NOT_FOUND),
+                    details ``aborted by NAME`` and trailing ``x-trailer: NAME``
+                    (a stream handler: call it as any kind)
   ``Sleep``         request = milliseconds: sleeps, then answers ``NAME``; trailing
                     ``x-deadline-ms``: the deadline it was given (``none`` without)
   ``Count``         request ``""``: ``test.Echo`` calls handled (Count excluded);
@@ -128,6 +132,14 @@ class Echo:
             status.code, status.details, (*status.trailing_metadata, ("x-trailer", self.name))
         )
 
+    async def abort(self, requests: AsyncIterator[bytes], context: Context) -> None:
+        del requests  # never read: the status goes out before the request arrives
+        self.calls += 1
+        code = dict(context.invocation_metadata() or ()).get("x-abort", "NOT_FOUND")
+        await context.abort(
+            grpc.StatusCode[str(code)], f"aborted by {self.name}", (("x-trailer", self.name),)
+        )
+
     async def sleep(self, request: bytes, context: Context) -> bytes:
         await self._begin(context)
         remaining = context.time_remaining()
@@ -154,6 +166,7 @@ class Echo:
                 "ClientStream": grpc.stream_unary_rpc_method_handler(self.client_stream),
                 "Bidi": grpc.stream_stream_rpc_method_handler(self.bidi),
                 "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
+                "Abort": grpc.stream_stream_rpc_method_handler(self.abort),
                 "Sleep": grpc.unary_unary_rpc_method_handler(self.sleep),
                 "Count": grpc.unary_unary_rpc_method_handler(self.count),
             },

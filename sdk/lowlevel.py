@@ -1,0 +1,20 @@
+"""The SDK's lower-level pieces, for code that builds its own client on them
+(the sidecar's message relay does): stable enough to import, but not what an
+application needs — start with :class:`sdk.AsyncClient`.
+
+- :class:`Transport`: one gRPC connection to the control plane's replicas,
+  with failover, per-call deadlines and the retry policy; ``unary(method,
+  request)`` and the streaming calls raise every gRPC error as the
+  :class:`sdk.EcoError` tree, through the SDK's one translation point.
+- :class:`Backoff`: the SDK's jittered exponential backoff, as an async
+  iterator of waits.
+- :class:`PublishBatcher`, :class:`AckBatcher`: coalesce concurrent publishes
+  and acks into ``PublishBatch`` and ``Ack`` calls; :func:`publish_request`
+  builds one ``PublishRequest``.
+"""
+
+from sdk._bus_batch import AckBatcher, PublishBatcher, publish_request
+from sdk._retry import Backoff
+from sdk._transport import Transport
+
+__all__ = ["AckBatcher", "Backoff", "PublishBatcher", "Transport", "publish_request"]
