@@ -1,7 +1,8 @@
 """``eco controlplane`` and ``eco dev``: run the control plane in this process.
 
 The control plane is imported inside the commands, so that the registry
-commands (``eco service …``) start fast and need nothing but the SDK.
+commands (``eco service …``) start fast and need nothing but the SDK; the
+commands check first that the server dependencies are installed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from eco._extras import require_server
 from eco._process import raise_open_files_limit
 from eco._settings import Settings, configure_logging, pass_settings
 
@@ -242,6 +244,7 @@ def controlplane_command(
       eco controlplane --bus nats://127.0.0.1:4222
       eco controlplane --bus nats://127.0.0.1:4222 --sidecar-bus nats://10.0.0.5:4222
     """
+    require_server("controlplane")
     config = _config(
         listen=listen,
         admin_listen=admin_listen,
@@ -307,6 +310,7 @@ def dev_command(
       eco dev --store memory://
       eco dev --sidecar-config sidecar.yaml
     """
+    require_server("dev")
     config = _config(listen=listen, admin_listen=admin_listen, store_url=store_url, grace=2.0)
     sidecar = None if no_sidecar else _dev_sidecar_config(sidecar_config)
     configure_logging(settings.verbose, base=logging.INFO)
@@ -331,7 +335,7 @@ def _dev_sidecar_config(path: Path | None) -> SidecarConfig:
 async def _run_dev(config: ControlPlaneConfig, sidecar_config: SidecarConfig | None) -> int:
     from controlplane import ControlPlane, StartupError
     from controlplane.app import tune_gc
-    from sidecar.agent import Sidecar
+    from sidecar.app import Sidecar
     from sidecar.config import ControlPlaneLinkConfig
     from sidecar.errors import StartupError as SidecarStartupError
 

@@ -1,7 +1,8 @@
 """``eco sidecar --config sidecar.yaml``: run a sidecar agent in this process.
 
 The sidecar is imported inside the command, so that the registry commands
-start fast and need nothing but the SDK.
+start fast and need nothing but the SDK; the command checks first that the
+server dependencies are installed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from eco._extras import require_server
 from eco._process import raise_open_files_limit
 from eco._settings import Settings, configure_logging, pass_settings
 
@@ -66,6 +68,7 @@ def sidecar_command(ctx: click.Context, settings: Settings, config_path: Path, c
       eco sidecar --config sidecar.yaml
       eco sidecar --config sidecar.yaml --check
     """
+    require_server("sidecar")
     from sidecar.config import ConfigError, load_config
 
     try:
@@ -106,7 +109,7 @@ def run(config: SidecarConfig) -> int:
 
 
 async def _serve(config: SidecarConfig) -> int:
-    from sidecar.agent import Sidecar
+    from sidecar.app import Sidecar
     from sidecar.errors import StartupError
 
     loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ connections
 - log a malformed request at DEBUG in one line.
 
 Reading a request body within ``body_timeout`` is the handler's part (aiohttp
-reads bodies only when asked): see ``sidecar._bridge_http``.
+reads bodies only when asked): see ``sidecar.bridges._http``.
 """
 
 from __future__ import annotations

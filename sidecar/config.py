@@ -47,7 +47,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sdk.balancer import STRATEGIES, make_balancer
-from sidecar._bridge_amqp_config import (
+from sidecar._config_file import ConfigError, ConfigProblem, read_config, read_config_file
+from sidecar.bridges.amqp._config import (
     AmqpBindingConfig,
     AmqpBridgeConfig,
     AmqpExchangeConfig,
@@ -55,7 +56,6 @@ from sidecar._bridge_amqp_config import (
     AmqpOutboundConfig,
     AmqpQueueConfig,
 )
-from sidecar._config_file import ConfigError, ConfigProblem, read_config, read_config_file
 from sidecar.health import AnyCheckConfig, CheckConfig, Duration, format_duration
 
 __all__ = [

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar.cache import CacheSource
 
 if TYPE_CHECKING:
-    from sidecar.agent import Sidecar
+    from sidecar.app import Sidecar
 
 __all__ = ["status_document", "status_message"]
 

@@ -10,8 +10,6 @@ sidecar's local API and bridges; :func:`attach_relay` serves it as
   unreachable, on disk for subjects a durable stream captures;
 - ``_subscriptions``: upstream ``Subscribe`` streams and the local
   subscribers they feed;
-- ``_errors``: the one place where the control plane's answers become
-  broker errors.
 """
 
 from sidecar.relay._broker import QueuedPublishAck, RelayBroker, attach_relay

@@ -1,46 +1,51 @@
 """The sidecar's bus relay: applications use the bus through their local sidecar.
 
-:class:`RelayBroker` implements :class:`bus.Broker` over one
-upstream connection (the SDK's transport, failing over between the
-sidecar's ``controlplane.addresses``), and :func:`attach_relay` serves it as
+:class:`RelayBroker` implements :class:`bus.Broker` over one link at a time
+(``_link``): to the control plane (the SDK's transport, failing over between
+the sidecar's ``controlplane.addresses``), or, when the control plane names
+the deployment's broker in the sidecar's session (:meth:`RelayBroker.use_broker`),
+straight to NATS with the bus's own NATS backend, so that messages do not
+pass through the control plane. :func:`attach_relay` serves it as
 ``MessagingService`` on the sidecar's local API server, so ``eco bus …
 --server <local api>`` and ``sdk.BusClient(<local api>)`` work unchanged.
 
 - Core subscriptions to the same pattern and queue group share one upstream
-  ``Subscribe`` stream (reference-counted) and fan out locally, each local
+  subscription (reference-counted) and fan out locally, each local
   subscriber with its own bounded queue: a slow one is reported once and
   loses messages without stalling the others. Durable subscriptions get one
-  upstream stream each (per-consumer flow control). Upstream streams
-  resubscribe by themselves when the control plane comes back.
-- Publishes while the control plane is unreachable are buffered (bounded:
+  upstream subscription each (per-consumer flow control). Upstream
+  subscriptions subscribe again by themselves when the broker comes back,
+  and over the new link when the link changes.
+- Publishes while the link's broker is unreachable are buffered (bounded:
   ``max_buffered`` messages and ``max_buffered_bytes``; beyond,
-  BusUnavailableError) and flushed in order on reconnect; those for
+  BusUnavailableError) and flushed in order when it is back; those for
   subjects a durable stream captures are kept on disk (``_outbox``)
   and survive a sidecar restart. A buffered publish returns a
   :class:`QueuedPublishAck` (``stream=""``, ``sequence=0``, ``queued=True``).
+  A durable publish without an id is given one before it is first sent, so
+  that a publish sent again after a lost answer is stored once.
 - Ack, request and the stream calls pass through; UNAVAILABLE when the
-  control plane cannot be reached. What the control plane answers becomes
-  the matching broker error in one place (``_errors.bus_error``), so the local
-  servicer answers with the same status code.
+  broker cannot be reached. Errors are the broker's (a control plane's
+  answers become broker errors in ``bus.broker_error``), so the local
+  servicer answers with the same statuses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
-import uuid
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
-from ecosystem.v1 import messaging_pb2 as pb
 
-import sdk
 from bus import (
     MAX_PAYLOAD,
-    AckNotFoundError,
     BusClosedError,
     BusError,
     Delivery,
@@ -53,18 +58,12 @@ from bus import (
 )
 from bus.convert import subject_problem
 from bus.servicer import MessagingServicer, add_messaging
-from bus.subjects import subject_matches
-from sdk import (
-    AckKind,
-    ChannelFactory,
-    RetryPolicy,
-    StreamConfig,
-    StreamInfo,
-)
-from sdk.lowlevel import AckBatcher, Backoff, PublishBatcher, Transport, publish_request
-from sidecar.relay._errors import bus_error
+from sdk import AckKind, ChannelFactory, StreamConfig, StreamInfo
+from sdk.lowlevel import Backoff
+from sidecar.relay._controlplane_link import ControlPlaneLink
+from sidecar.relay._link import CUT_OFF, Link
 from sidecar.relay._outbox import BUFFER_FILE, Outbox
-from sidecar.relay._subscriptions import Upstream, delivery_from_proto, subscribe_request
+from sidecar.relay._subscriptions import Upstream
 
 __all__ = ["QueuedPublishAck", "RelayBroker", "attach_relay"]
 
@@ -73,7 +72,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class QueuedPublishAck(PublishAck):
-    """A publish the relay buffered (the control plane was unreachable).
+    """A publish the relay buffered (the broker was unreachable).
 
     Over gRPC it reads as ``stream=""``, ``sequence=0``: for a subject a
     durable stream captures, that pair means "queued by the relay".
@@ -82,25 +81,18 @@ class QueuedPublishAck(PublishAck):
     queued: bool = True
 
 
-def _publish_request(message: OutgoingMessage) -> pb.PublishRequest:
-    m = message
-    return publish_request(m.subject, m.data, m.headers, m.id, m.reply_to)
-
-
-def _publish_ack(response: pb.PublishResponse) -> PublishAck:
-    return PublishAck(
-        stream=response.stream, sequence=response.sequence, duplicate=response.duplicate
-    )
-
-
 class RelayBroker:
-    """A :class:`~bus.Broker` that forwards to the control plane.
+    """A :class:`~bus.Broker` that forwards to the control plane, or to the
+    broker it names.
 
     ``addresses``: the control planes, in order of preference. ``data_dir``:
-    where durable-subject publishes are buffered (None: memory only).
-    ``queue_limit``: each local subscriber's queue. ``start()`` loads the
-    buffer and begins connecting; ``close()`` (idempotent) ends every
-    subscription and keeps the on-disk buffer for the next start.
+    where durable-subject publishes are buffered and the broker last named is
+    remembered (None: memory only). ``broker_url``: the broker to start with
+    ("" the control plane; None: the one remembered in ``data_dir``, else the
+    control plane). ``queue_limit``: each local subscriber's queue.
+    ``start()`` loads the buffer and begins connecting; ``close()``
+    (idempotent) ends every subscription and keeps the on-disk buffer for
+    the next start.
     """
 
     def __init__(
@@ -108,6 +100,7 @@ class RelayBroker:
         addresses: Sequence[str],
         data_dir: Path | None,
         *,
+        broker_url: str | None = None,
         timeout: float = 5.0,
         queue_limit: int = 1024,
         max_buffered: int = 10_000,
@@ -116,23 +109,28 @@ class RelayBroker:
     ) -> None:
         if queue_limit < 1:
             raise ValueError("queue_limit must be positive")
-        self._transport = Transport(
-            tuple(addresses),
-            timeout=timeout,
-            policy=RetryPolicy(max_attempts=2),
-            channel_factory=channel_factory,
-        )
-        # Concurrent local publishes go upstream together, in order.
-        self._publishes = PublishBatcher(self._transport)
-        self._acks = AckBatcher(self._transport)
+        self._addresses = tuple(addresses)
+        self._timeout = timeout
+        self._channel_factory = channel_factory
         path = data_dir / BUFFER_FILE if data_dir is not None else None
         self._outbox = Outbox(path, max_messages=max_buffered, max_bytes=max_buffered_bytes)
         self._queue_limit = queue_limit
+        self._wanted: str | None = broker_url
+        self._captured: tuple[str, ...] = ()
+        self._link: Link = self._make_link("")
         self._upstreams: dict[tuple[str, str], Upstream] = {}
         self._durables: set[Upstream] = set()
-        self._captured: tuple[str, ...] = ()
         self._connected = False
+        # Set once the current link had its first try: publishes wait for it
+        # (briefly) rather than queue behind a link that is coming up.
+        self._settled = asyncio.Event()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._wake = asyncio.Event()
+        self._last_error = ""
+        self._ids = itertools.count(1)
+        self._id_prefix = f"relay-{secrets.token_hex(6)}-"
         self._task: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -141,18 +139,35 @@ class RelayBroker:
 
     @property
     def connected(self) -> bool:
-        """Whether the last call to the control plane got through and nothing waits to flush."""
-        return self._connected and not len(self._outbox)
+        """Whether the broker answers and nothing waits to flush."""
+        return self._connected and self._link.available and not len(self._outbox)
 
     @property
     def buffered(self) -> int:
-        """Publishes waiting for the control plane."""
+        """Publishes waiting for the broker."""
         return len(self._outbox)
 
     @property
     def upstream_subscriptions(self) -> int:
-        """Open upstream Subscribe streams (shared core ones count once)."""
+        """Open upstream subscriptions (shared core ones count once)."""
         return len(self._upstreams) + len(self._durables)
+
+    @property
+    def route(self) -> str:
+        """``"controlplane"`` or ``"nats"``: where messages go now."""
+        return self._link.kind
+
+    def status(self) -> dict[str, Any]:
+        """The relay's part of the sidecar's ``/status``."""
+        return {
+            "route": self._link.kind,
+            "broker": self._link.where,
+            "connected": self.connected,
+            "buffered": len(self._outbox),
+            "buffered_bytes": self._outbox.bytes,
+            "upstream_subscriptions": self.upstream_subscriptions,
+            "last_error": self._last_error,
+        }
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -161,9 +176,21 @@ class RelayBroker:
             raise RuntimeError("a relay can be started once")
         self._started = True
         self._captured = tuple(self._outbox.open())
-        # Optimistic until a call fails: publishes go straight through (unless
-        # a previous run left some to flush first, which keeps them in order).
-        self._connected = True
+        if self._wanted is None:
+            self._wanted = self._outbox.remembered_broker() or ""
+        try:
+            self._link = self._make_link(self._wanted)
+        except BusError as err:
+            logger.error("bus relay: cannot relay to %r: %s", self._wanted, err)
+            self._wanted = ""
+            self._link = self._make_link("")
+        if self._wanted:
+            logger.info("bus relay: relaying to NATS at %s", self._link.where)
+        else:
+            # Optimistic until a call fails: publishes go straight through (unless
+            # a previous run left some to flush first, which keeps them in order).
+            self._connected = True
+            self._settled.set()
         self._task = asyncio.create_task(self._connect_loop(), name="relay-connect")
 
     async def close(self) -> None:
@@ -175,15 +202,13 @@ class RelayBroker:
             await asyncio.wait({self._task})
         for upstream in [*self._upstreams.values(), *self._durables]:
             await upstream.close()
-        await self._publishes.close(self._transport.timeout)
-        await self._acks.close(self._transport.timeout)
+        await self._link.close()
         lost = self._outbox.drop_memory()
         if lost:
             logger.warning("bus relay closed: %d buffered core publish(es) lost", lost)
         if len(self._outbox):
             logger.info("bus relay closed: %d durable publish(es) kept on disk", len(self._outbox))
         self._outbox.close()
-        await self._transport.close()
 
     def _check_open(self) -> None:
         if self._closed or not self._started:
@@ -191,43 +216,116 @@ class RelayBroker:
                 "the relay is closed" if self._closed else "the relay is not started"
             )
 
+    def use_broker(self, url: str) -> None:
+        """Relays to the broker at ``url`` from now on ("": through the control
+        plane), as the control plane said in the sidecar's session; remembered
+        in ``data_dir`` for the next start. Returns at once: the relay changes
+        links in the background (in-flight publishes finish first, publishes
+        meanwhile keep their order, subscriptions move over)."""
+        if url == self._wanted:
+            return
+        self._wanted = url
+        self._outbox.remember_broker(url)
+        self._wake.set()
+
     # -- connection -------------------------------------------------------------------------
 
+    def _make_link(self, url: str) -> Link:
+        patterns = self._captured
+        if not url:
+            return ControlPlaneLink(
+                self._addresses,
+                timeout=self._timeout,
+                patterns=patterns,
+                channel_factory=self._channel_factory,
+            )
+        from sidecar.relay._nats_link import NatsLink  # nats-py only when NATS is named
+
+        return NatsLink(url, patterns=patterns)
+
     def _disconnected(self, err: BaseException) -> None:
+        self._last_error = str(err)
         if self._connected and not self._closed:
-            logger.warning("bus relay: control plane unreachable (%s); buffering publishes", err)
+            logger.warning(
+                "bus relay: %s unreachable (%s); buffering publishes", self._describe(), err
+            )
         self._connected = False
         self._wake.set()
 
+    def _describe(self) -> str:
+        link = self._link
+        return f"NATS at {link.where}" if link.kind == "nats" else "the control plane"
+
     async def _connect_loop(self) -> None:
-        """Learns the captured subjects and flushes the buffer in order, first on
-        start and then whenever a call found the control plane unreachable
-        (retrying with jittered backoff until it answers)."""
+        """Opens the link, learns the captured subjects and flushes the buffer
+        in order, first on start and then whenever a call found the broker
+        unreachable (retrying with jittered backoff until it answers); moves to
+        another link when the control plane names another broker."""
         backoff = Backoff(0.05, 2.0)
         due = True
         while True:
-            if self._connected and not due:
+            if self._wanted is not None and self._wanted != self._link.url:
+                await self._switch(self._wanted)
+                due = True
+                backoff.reset()
+            if self._connected and not due and not len(self._outbox):
                 await self._wake.wait()
                 self._wake.clear()
                 continue
             try:
+                await self._link.open()
                 await self._refresh_captured()
                 await self._flush()
-            except sdk.EcoError as err:
+            except CUT_OFF as err:
                 self._disconnected(err)
-                await asyncio.sleep(backoff.next_delay())
+                self._settled.set()  # publishes buffer now rather than wait
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(backoff.next_delay()):
+                        await self._wake.wait()  # or a new broker named meanwhile
+                except TimeoutError:
+                    pass
                 continue
             due = False
             backoff.reset()
+            self._settled.set()
             if not self._connected:
                 self._connected = True
-                logger.info("bus relay: connected to %s", self._transport.current_address)
+                self._last_error = ""
+                logger.info("bus relay: connected to %s", self._describe_where())
+
+    def _describe_where(self) -> str:
+        link = self._link
+        return f"NATS at {link.where}" if link.kind == "nats" else link.where
+
+    async def _switch(self, url: str) -> None:
+        """Moves to the link for ``url``: publishes wait (briefly) while the
+        ones in flight on the old link finish, then the old link closes and the
+        subscriptions subscribe again over the new one."""
+        old = self._link
+        self._settled.clear()
+        self._connected = False
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            logger.warning("bus relay: publishes still in flight on %s; moving on", old.where)
+        try:
+            new = self._make_link(url)
+        except BusError as err:
+            logger.error("bus relay: cannot relay to %r: %s; keeping %s", url, err, old.where)
+            self._wanted = old.url
+            self._connected = True
+            self._settled.set()
+            return
+        self._link = new
+        await old.close()
+        logger.info("bus relay: relaying to %s (was %s)", self._describe(), old.where or old.kind)
+        for upstream in [*self._upstreams.values(), *self._durables]:
+            await upstream.relink()
 
     async def _refresh_captured(self) -> None:
-        response = await self._transport.unary(
-            "ListStreams", pb.ListStreamsRequest(), idempotent=True
-        )
-        patterns = tuple(p for s in response.streams for p in s.config.subjects)
+        patterns = await self._link.captured()
         if patterns != self._captured:
             self._captured = patterns
             self._outbox.remember_captured(patterns)
@@ -236,10 +334,10 @@ class RelayBroker:
         sent = 0
         while (item := self._outbox.peek()) is not None:
             try:
-                await self._send(item.message)
-            except sdk.UnavailableError:
+                await self._link.publish(item.message)
+            except CUT_OFF:
                 raise
-            except sdk.EcoError as err:  # the control plane refused it: never will take it
+            except BusError as err:  # refused: it never will be taken
                 logger.warning(
                     "bus relay: buffered publish to %r refused: %s", item.message.subject, err
                 )
@@ -248,24 +346,49 @@ class RelayBroker:
         if sent:
             logger.info("bus relay: %d buffered publish(es) flushed", sent)
 
-    def _captures(self, subject: str) -> bool:
-        return any(subject_matches(p, subject) for p in self._captured)
-
     # -- publish ----------------------------------------------------------------------------
 
-    async def _send(self, message: OutgoingMessage) -> PublishAck:
-        return _publish_ack(await self._publishes.submit(_publish_request(message)))
+    def _straight(self) -> bool:
+        """Whether a publish may go to the broker now (else: the buffer)."""
+        return self._connected and not len(self._outbox) and self._link.available
+
+    async def _wait_settled(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._settled.wait()
+        except TimeoutError:
+            pass
+
+    def _with_id(self, message: OutgoingMessage) -> OutgoingMessage:
+        """A durable publish without an id gets one, so that sending it again
+        (after an answer was lost) stores it once."""
+        if message.id or not self._link.captures(message.subject):
+            return message
+        return dataclasses.replace(message, id=f"{self._id_prefix}{next(self._ids)}")
+
+    def _begin(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def _end(self) -> None:
+        self._inflight -= 1
+        if not self._inflight:
+            self._idle.set()
 
     async def publish(self, message: OutgoingMessage) -> PublishAck:
         self._check_open()
+        if not self._settled.is_set():
+            await self._wait_settled()
+        message = self._with_id(message)
         # While anything waits in the buffer, new publishes queue behind it (order).
-        if self._connected and not len(self._outbox):
+        if self._straight():
+            self._begin()
             try:
-                return await self._send(message)
-            except sdk.UnavailableError as err:
+                return await self._link.publish(message)
+            except CUT_OFF as err:
                 self._disconnected(err)
-            except sdk.EcoError as err:
-                raise bus_error(err) from err
+            finally:
+                self._end()
         return self._buffer(message)
 
     async def publish_many(
@@ -273,21 +396,23 @@ class RelayBroker:
     ) -> list[PublishAck | Exception]:
         """Each message as :meth:`publish` would, in order, going upstream together."""
         self._check_open()
-        if not (self._connected and not len(self._outbox)):
+        if not self._settled.is_set():
+            await self._wait_settled()
+        messages = [self._with_id(m) for m in messages]
+        if not self._straight():
             return [self._buffer_or_error(message) for message in messages]
-        futures = self._publishes.submit_all([_publish_request(m) for m in messages])
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        self._begin()
+        try:
+            outcomes = await self._link.publish_many(messages)
+        finally:
+            self._end()
         results: list[PublishAck | Exception] = []
         for message, outcome in zip(messages, outcomes, strict=True):
-            if isinstance(outcome, pb.PublishResponse):
-                results.append(_publish_ack(outcome))
-            elif isinstance(outcome, sdk.UnavailableError):
+            if isinstance(outcome, CUT_OFF):
                 self._disconnected(outcome)
                 results.append(self._buffer_or_error(message))
-            elif isinstance(outcome, sdk.EcoError):
-                results.append(bus_error(outcome))
             else:
-                raise outcome
+                results.append(outcome)
         return results
 
     def _buffer_or_error(self, message: OutgoingMessage) -> PublishAck | Exception:
@@ -298,7 +423,7 @@ class RelayBroker:
 
     def _buffer(self, message: OutgoingMessage) -> PublishAck:
         """Keeps ``message`` for the flush (on disk when a stream captures it)."""
-        # What the control plane would refuse at the flush is refused now.
+        # What the broker would refuse at the flush is refused now.
         problem = subject_problem(message.subject, pattern=False)
         if problem is not None:
             raise InvalidSubjectError(problem, field="subject")
@@ -306,83 +431,42 @@ class RelayBroker:
             raise PayloadTooLargeError(
                 f"{len(message.data)} bytes is over the limit of {MAX_PAYLOAD}", field="data"
             )
-        durable = self._captures(message.subject)
-        if durable and not message.id:
-            # An id makes the flush safe to retry: the stream's duplicate
-            # window drops a second copy of a publish whose answer was lost.
-            message = dataclasses.replace(message, id=f"relay-{uuid.uuid4().hex}")
-        self._outbox.push(message, durable=durable)
+        durable = self._link.captures(message.subject)
+        self._outbox.push(message, durable=durable, unreachable=self._describe())
+        self._wake.set()
         return QueuedPublishAck()
 
     # -- subscribe --------------------------------------------------------------------------
 
     async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
         self._check_open()
-        request = subscribe_request(spec)
-        timeout = self._transport.timeout
         if spec.durable:
-            blame = "stream" if spec.stream else "subject"
-            upstream = Upstream(
-                self._transport,
-                request,
-                map_error=lambda err: bus_error(err, blame),
-                on_idle=self._durables.discard,
-            )
+            upstream = Upstream(spec, lambda: self._link, on_idle=self._durables.discard)
             self._durables.add(upstream)
-            return await upstream.attach(self._queue_limit, timeout)
+            return await upstream.attach(self._queue_limit, self._timeout)
         key = (spec.subject, spec.queue_group)
         shared = self._upstreams.get(key)
         if shared is None:
-            shared = Upstream(
-                self._transport,
-                request,
-                map_error=lambda err: bus_error(err, "subject"),
-                on_idle=self._forget,
-            )
+            shared = Upstream(spec, lambda: self._link, on_idle=self._forget)
             self._upstreams[key] = shared
-        return await shared.attach(self._queue_limit, timeout)
+        return await shared.attach(self._queue_limit, self._timeout)
 
     def _forget(self, upstream: Upstream) -> None:
-        key = (upstream.request.subject, upstream.request.queue_group)
-        if self._upstreams.get(key) is upstream:
-            del self._upstreams[key]
+        if self._upstreams.get(upstream.key) is upstream:
+            del self._upstreams[upstream.key]
 
     # -- pass-through -----------------------------------------------------------------------
 
-    async def _unary(
-        self,
-        method: str,
-        request: object,
-        *,
-        idempotent: bool,
-        time_limit: float | None = None,
-        field: str = "",
-    ) -> object:
+    async def _through(self, call: Callable[[Link], Any]) -> Any:
         self._check_open()
         try:
-            return await self._transport.unary(
-                method, request, idempotent=idempotent, time_limit=time_limit
-            )
-        except sdk.UnavailableError as err:
+            return await call(self._link)
+        except CUT_OFF as err:
             self._disconnected(err)
-            raise bus_error(err, field) from err
-        except sdk.EcoError as err:
-            raise bus_error(err, field) from err
+            raise
 
     async def ack(self, ack_id: str, kind: AckKind, delay: float = 0.0) -> None:
-        self._check_open()
-        item = pb.AckItem(ack_id=ack_id, kind=kind.to_proto(), delay_ms=round(delay * 1000))
-        try:
-            known = await self._acks.submit(item)  # together with the others in flight
-        except sdk.InvalidArgumentError as err:  # an id the control plane cannot parse
-            raise AckNotFoundError(err.message, field="ack_id") from err
-        except sdk.UnavailableError as err:
-            self._disconnected(err)
-            raise bus_error(err) from err
-        except sdk.EcoError as err:
-            raise bus_error(err) from err
-        if not known:
-            raise AckNotFoundError(f"no pending delivery {ack_id!r}", field="ack_id")
+        await self._through(lambda link: link.ack(ack_id, kind, delay))
 
     async def request(
         self,
@@ -391,44 +475,29 @@ class RelayBroker:
         headers: Mapping[str, str] | None = None,
         timeout: float = 5.0,
     ) -> Delivery:
-        request = pb.RequestRequest(
-            subject=subject,
-            data=data,
-            headers=dict(headers or {}),
-            timeout_ms=max(1, round(timeout * 1000)),
+        reply: Delivery = await self._through(
+            lambda link: link.request(subject, data, headers, timeout)
         )
-        response = await self._unary(
-            "Request", request, idempotent=False, time_limit=timeout + self._transport.timeout
-        )
-        assert isinstance(response, pb.RequestResponse)
-        return delivery_from_proto(response.reply)
+        return reply
 
     async def add_stream(self, config: StreamConfig) -> tuple[StreamInfo, bool]:
-        if config.max_age and config.duplicate_window > config.max_age:
-            # The API refuses a window longer than the age limit; brokers clamp it.
-            config = dataclasses.replace(config, duplicate_window=config.max_age)
-        request = pb.AddStreamRequest(config=config.to_proto())
-        response = await self._unary("AddStream", request, idempotent=True, field="name")
-        assert isinstance(response, pb.AddStreamResponse)
+        added: tuple[StreamInfo, bool] = await self._through(lambda link: link.add_stream(config))
         await self._note_streams()
-        return StreamInfo.from_proto(response.stream), response.created
+        return added
 
     async def streams(self) -> list[StreamInfo]:
-        response = await self._unary("ListStreams", pb.ListStreamsRequest(), idempotent=True)
-        assert isinstance(response, pb.ListStreamsResponse)
-        return [StreamInfo.from_proto(s) for s in response.streams]
+        infos: list[StreamInfo] = await self._through(lambda link: link.streams())
+        return infos
 
     async def delete_stream(self, name: str) -> None:
-        await self._unary(
-            "DeleteStream", pb.DeleteStreamRequest(name=name), idempotent=False, field="name"
-        )
+        await self._through(lambda link: link.delete_stream(name))
         await self._note_streams()
 
     async def _note_streams(self) -> None:
         """Learns the captured subjects again after a stream change (best effort)."""
         try:
             await self._refresh_captured()
-        except sdk.EcoError as err:
+        except BusError as err:
             logger.debug("bus relay: cannot list streams: %s", err)
 
 
@@ -438,12 +507,15 @@ async def attach_relay(
     data_dir: Path | None,
     is_draining: Callable[[], bool],
     *,
+    broker_url: str | None = None,
     channel_factory: ChannelFactory | None = None,
 ) -> tuple[RelayBroker, MessagingServicer]:
-    """Starts a relay to ``addresses`` and adds ``MessagingService`` over it to
-    ``server`` (not yet started). The caller stops the server, then
-    ``await relay.close()``."""
-    relay = RelayBroker(addresses, data_dir, channel_factory=channel_factory)
+    """Starts a relay to ``addresses`` (or to ``broker_url``, see
+    :class:`RelayBroker`) and adds ``MessagingService`` over it to ``server``
+    (not yet started). The caller stops the server, then ``await relay.close()``."""
+    relay = RelayBroker(
+        addresses, data_dir, broker_url=broker_url, channel_factory=channel_factory
+    )
     await relay.start()
     servicer = add_messaging(server, relay, is_draining)
     return relay, servicer

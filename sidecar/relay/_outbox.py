@@ -1,4 +1,4 @@
-"""The relay's outbox: publishes made while the control plane is unreachable.
+"""The relay's outbox: publishes made while the broker is unreachable.
 
 Bounded (messages and bytes, together across memory and disk) and in
 order. Messages for subjects a durable stream captures are also written to
@@ -6,7 +6,8 @@ a small SQLite file in the sidecar's data_dir before ``publish`` returns, so
 a sidecar restart does not lose them; core messages live in memory only
 (at most once anyway). The file also remembers the subjects the durable
 streams captured when last seen, so a sidecar restarted while the control
-plane is down still knows which publishes to keep on disk.
+plane is down still knows which publishes to keep on disk, and the broker
+the control plane named last, so that such a sidecar relays to it at once.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     reply_to TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS captured (pattern TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS remembered (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -106,6 +108,18 @@ class Outbox:
             self._db.execute("DELETE FROM captured")
             self._db.executemany("INSERT INTO captured VALUES (?)", [(p,) for p in patterns])
 
+    def remembered_broker(self) -> str | None:
+        """The broker URL the control plane named last ("" for itself), or None
+        when it never did (or there is no file)."""
+        if self._db is None:
+            return None
+        row = self._db.execute("SELECT value FROM remembered WHERE key = 'broker'").fetchone()
+        return str(row[0]) if row is not None else None
+
+    def remember_broker(self, url: str) -> None:
+        if self._db is not None:
+            self._db.execute("INSERT OR REPLACE INTO remembered VALUES ('broker', ?)", (url,))
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -113,12 +127,13 @@ class Outbox:
     def bytes(self) -> int:
         return self._bytes
 
-    def push(self, message: OutgoingMessage, *, durable: bool) -> None:
-        """Appends ``message`` (to disk too when ``durable``); BusUnavailableError when full."""
+    def push(self, message: OutgoingMessage, *, durable: bool, unreachable: str) -> None:
+        """Appends ``message`` (to disk too when ``durable``); BusUnavailableError
+        (saying that ``unreachable`` cannot be reached) when full."""
         item = Queued(message, None)
         if len(self._items) >= self._max_messages or self._bytes + item.size > self._max_bytes:
             raise BusUnavailableError(
-                f"the control plane is unreachable and the relay buffer is full "
+                f"{unreachable} is unreachable and the relay buffer is full "
                 f"({len(self._items)} messages, {self._bytes} bytes)"
             )
         if durable and self._db is not None:

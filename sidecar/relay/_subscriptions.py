@@ -1,74 +1,31 @@
-"""The relay's subscriptions: upstream Subscribe streams and the local subscribers they feed.
+"""The relay's subscriptions: upstream subscriptions and the local subscribers they feed.
 
-An :class:`Upstream` is one ``Subscribe`` stream to the control plane, read
-by one task that resubscribes (with jittered backoff) when the control
-plane goes away. Core upstreams are shared by every local subscription to
-the same pattern and queue group, and hand each message to every local
-subscriber (in a queue group: to one local member, in turn) through its
-bounded queue without waiting: a full queue drops the message for that
-subscriber only (counted, and reported once). A durable upstream feeds exactly one
-local subscriber and waits for room instead, so the control plane's
-``max_ack_pending`` flow control reaches the application.
+An :class:`Upstream` is one subscription over the relay's current link (a
+``Subscribe`` stream to the control plane, or a subscription on NATS), read
+by one task that subscribes again (with jittered backoff) when it was cut
+off, and on the new link when the relay changes links. Core upstreams are
+shared by every local subscription to the same pattern and queue group, and
+hand each message to every local subscriber (in a queue group: to one local
+member, in turn) through its bounded queue without waiting: a full queue
+drops the message for that subscriber only (counted, and reported once). A
+durable upstream feeds exactly one local subscriber and waits for room
+instead, so the consumer's ``max_ack_pending`` flow control reaches the
+application.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from types import MappingProxyType
-
-from ecosystem.v1 import messaging_pb2 as pb
+from collections.abc import AsyncIterator, Callable
 
 from bus import BusClosedError, Delivery, SubscriptionSpec
-from sdk import EcoError, UnavailableError
-from sdk.lowlevel import Backoff, Transport
+from sdk.lowlevel import Backoff
+from sidecar.relay._link import CUT_OFF, Link, Subscribed
 
-__all__ = ["LocalSubscription", "Upstream", "delivery_from_proto", "subscribe_request"]
+__all__ = ["LocalSubscription", "Upstream"]
 
 logger = logging.getLogger(__name__)
-
-ErrorMapper = Callable[[EcoError], BaseException]
-
-
-#: The headers of every delivery that has none (read-only, shared).
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
-
-
-def delivery_from_proto(msg: pb.Message) -> Delivery:
-    return Delivery(
-        subject=msg.subject,
-        data=msg.data,
-        headers=dict(msg.headers) if msg.headers else _NO_HEADERS,
-        id=msg.id,
-        reply_to=msg.reply_to,
-        stream=msg.stream,
-        sequence=msg.sequence,
-        published_at=msg.published_at_ms / 1000,
-        delivery_count=msg.delivery_count,
-        ack_id=msg.ack_id,
-    )
-
-
-def subscribe_request(spec: SubscriptionSpec) -> pb.SubscribeRequest:
-    """The upstream request for ``spec`` (already validated by the local servicer)."""
-    if not spec.durable:
-        return pb.SubscribeRequest(subject=spec.subject, queue_group=spec.queue_group, batched=True)
-    return pb.SubscribeRequest(
-        batched=True,
-        subject=spec.subject,
-        queue_group=spec.queue_group,
-        durable=spec.durable,
-        stream=spec.stream,
-        deliver=spec.deliver.to_proto(),
-        start_sequence=spec.start_sequence,
-        start_time_ms=round(spec.start_time * 1000),
-        ack_wait_ms=round(spec.ack_wait * 1000),
-        max_deliver=spec.max_deliver,
-        max_ack_pending=spec.max_ack_pending,
-        backoff_ms=[max(1, round(b * 1000)) for b in spec.backoff],
-    )
 
 
 class LocalSubscription:
@@ -105,7 +62,7 @@ class LocalSubscription:
             if self._dropped == 1:
                 logger.warning(
                     "bus relay: slow local subscriber to %r; dropping its messages",
-                    self._upstream.request.subject,
+                    self._upstream.spec.subject,
                 )
 
     async def put(self, delivery: Delivery) -> None:
@@ -139,19 +96,18 @@ class LocalSubscription:
 
 
 class Upstream:
-    """One ``Subscribe`` stream to the control plane and its local subscribers."""
+    """One subscription upstream and its local subscribers. ``link()`` is the
+    relay's current link (read at each subscribe)."""
 
     def __init__(
         self,
-        transport: Transport,
-        request: pb.SubscribeRequest,
+        spec: SubscriptionSpec,
+        link: Callable[[], Link],
         *,
-        map_error: ErrorMapper,
         on_idle: Callable[[Upstream], None],
     ) -> None:
-        self.request = request
-        self._transport = transport
-        self._map_error = map_error
+        self.spec = spec
+        self._link = link
         self._on_idle = on_idle
         self._subscribers: list[LocalSubscription] = []
         self._task: asyncio.Task[None] | None = None
@@ -160,25 +116,29 @@ class Upstream:
         self._turn = 0
         self.stream = ""
         self.next_sequence = 0
-        #: times the stream was (re)opened, for tests and status
+        #: times the subscription was (re)made upstream, for tests and status
         self.connects = 0
 
     @property
     def durable(self) -> bool:
-        return bool(self.request.durable)
+        return bool(self.spec.durable)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.spec.subject, self.spec.queue_group)
 
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
 
     async def attach(self, limit: int, timeout: float) -> LocalSubscription:
-        """A new local subscriber; the first one opens the stream and waits for
-        the control plane to confirm it (raising what it answered instead)."""
+        """A new local subscriber; the first one makes the subscription and waits
+        for the broker to confirm it (raising what it answered instead)."""
         sub = LocalSubscription(self, limit)
         self._subscribers.append(sub)
         if self._task is None:
             self._ready = asyncio.get_running_loop().create_future()
-            self._task = asyncio.create_task(self._run(), name=f"relay-sub:{self.request.subject}")
+            self._start()
         assert self._ready is not None
         try:
             async with asyncio.timeout(timeout):
@@ -188,6 +148,20 @@ class Upstream:
             raise
         return sub
 
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"relay-sub:{self.spec.subject}")
+
+    async def relink(self) -> None:
+        """Subscribes again over the relay's current link (it changed): core
+        messages published meanwhile are not seen; a durable consumer resumes."""
+        task = self._task
+        if task is None or self._ready is None or not self._ready.done():
+            return  # not subscribed yet (its first try reads the new link) or ended
+        task.cancel()
+        await asyncio.wait({task})
+        if self._task is task:
+            self._start()
+
     async def detach(self, sub: LocalSubscription) -> None:
         if sub in self._subscribers:
             self._subscribers.remove(sub)
@@ -195,7 +169,7 @@ class Upstream:
             await self.close()
 
     async def close(self) -> None:
-        """Ends the stream and every local subscriber. Idempotent."""
+        """Ends the subscription and every local subscriber. Idempotent."""
         self._on_idle(self)
         task, self._task = self._task, None
         if task is not None:
@@ -211,32 +185,32 @@ class Upstream:
     async def _run(self) -> None:
         assert self._ready is not None
         ready = self._ready
-        # The first subscribe tries each address once (the transport moves on
-        # after UNAVAILABLE) before the caller hears of it.
-        tries = len(self._transport.addresses)
+        # The first subscribe tries each control-plane address once (the
+        # transport moves on after UNAVAILABLE) before the caller hears of it.
+        tries = self._link().attempts
         while True:
             try:
                 await self._read(ready)
-                error: BaseException = UnavailableError("the control plane ended the subscription")
-            except EcoError as exc:
+                error: Exception = BusClosedError("the subscription ended")
+            except Exception as exc:
                 error = exc
+            cut_off = isinstance(error, CUT_OFF)
             tries -= 1
-            if not ready.done() and isinstance(error, UnavailableError) and tries > 0:
+            if not ready.done() and cut_off and tries > 0:
                 continue
             if not ready.done():
                 # The first subscribe failed: the caller gets the answer.
-                mapped = self._map_error(error) if isinstance(error, EcoError) else error
-                ready.set_exception(mapped)
+                ready.set_exception(error)
                 self._finish()
                 return
-            if not isinstance(error, UnavailableError):
-                logger.warning("bus relay: subscription %r ended: %s", self.request.subject, error)
+            if not cut_off:
+                logger.warning("bus relay: subscription %r ended: %s", self.spec.subject, error)
                 self._finish()
                 return
             delay = self._backoff.next_delay()
             logger.info(
                 "bus relay: subscription %r interrupted (%s); resubscribing in %.2fs",
-                self.request.subject,
+                self.spec.subject,
                 error,
                 delay,
             )
@@ -248,35 +222,35 @@ class Upstream:
             sub.end()
 
     async def _read(self, ready: asyncio.Future[None]) -> None:
-        stream = self._transport.stream("Subscribe", self.request)
-        async with contextlib.aclosing(stream) as responses:
-            async for response in responses:
-                kind = response.WhichOneof("kind")
-                if kind == "batch":
-                    for message in response.batch.messages:
-                        await self._deliver(delivery_from_proto(message))
-                elif kind == "message":
-                    await self._deliver(delivery_from_proto(response.message))
-                elif kind == "subscribed":
-                    self.stream = response.subscribed.stream
-                    self.next_sequence = response.subscribed.next_sequence
+        events: AsyncIterator[Subscribed | Delivery] = self._link().subscribe(self.spec)
+        try:
+            async for event in events:
+                if isinstance(event, Delivery):
+                    await self._deliver(event)
+                else:
+                    self.stream = event.stream
+                    self.next_sequence = event.next_sequence
                     self.connects += 1
                     self._backoff.reset()
                     if not ready.done():
                         ready.set_result(None)
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def _deliver(self, delivery: Delivery) -> None:
         if self.durable:
             for sub in self._subscribers[:1]:
                 await sub.put(delivery)
-        elif self.request.queue_group:
+        elif self.spec.queue_group:
             self._offer_one(delivery)
         else:
             for sub in self._subscribers:
                 sub.offer(delivery)
 
     def _offer_one(self, delivery: Delivery) -> None:
-        """Queue group: the upstream stream is one member of the group upstream;
+        """Queue group: the upstream subscription is one member of the group upstream;
         each of its messages goes to one local member, in turn, skipping
         members whose queue is full (dropped only when all are)."""
         subs = self._subscribers

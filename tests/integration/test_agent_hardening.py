@@ -34,7 +34,7 @@ from sdk import AsyncClient, HealthStatus, Instance
 from sdk._agent import AgentSession
 from sdk._agent_types import AgentNode, EndpointUpdate, ServiceRef
 from sdk._types import CheckStatus
-from sidecar.agent import Sidecar
+from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 from tests.integration.agent_stream import Stream, instances, session_status
 from tests.util import assert_eventually

@@ -23,7 +23,7 @@ from bus import (
 )
 from bus.embedded import EmbeddedBroker
 from sdk import AckKind, StreamConfig
-from sidecar._bridge_amqp import AmqpBridge
+from sidecar.bridges.amqp.bridge import AmqpBridge
 from sidecar.config import AmqpBridgeConfig
 from tests.integration.rabbitmq_server import RabbitMQServer, rabbitmq_fixture  # noqa: F401
 from tests.util import assert_eventually

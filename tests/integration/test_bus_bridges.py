@@ -21,7 +21,7 @@ from bus import (
 )
 from bus.embedded import EmbeddedBroker
 from sdk import StreamConfig
-from sidecar.bridges import BridgeServer
+from sidecar.bridges.web import BridgeServer
 from tests.util import assert_eventually
 
 WAIT = 10.0
@@ -491,8 +491,8 @@ class StuckSocket:
 
 
 async def test_a_slow_socket_drops_core_messages_then_is_told(broker: EmbeddedBroker) -> None:
-    from sidecar._bridge_http import BridgeContext
-    from sidecar._bridge_ws import WsSession
+    from sidecar.bridges._http import BridgeContext
+    from sidecar.bridges._ws import WsSession
 
     ctx = BridgeContext(broker, max_body=1024, heartbeat=15, send_queue=4)
     ws = StuckSocket()
@@ -537,8 +537,8 @@ async def test_a_slow_socket_drops_core_messages_then_is_told(broker: EmbeddedBr
 async def test_a_socket_that_does_not_read_its_answers_is_closed_1008(
     broker: EmbeddedBroker,
 ) -> None:
-    from sidecar._bridge_http import BridgeContext
-    from sidecar._bridge_ws import WsSession
+    from sidecar.bridges._http import BridgeContext
+    from sidecar.bridges._ws import WsSession
 
     ctx = BridgeContext(broker, max_body=1024, heartbeat=15, send_queue=2)
     ws = StuckSocket()

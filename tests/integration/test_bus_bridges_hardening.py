@@ -24,7 +24,7 @@ import uvloop
 from bus import OutgoingMessage, Subscription, SubscriptionSpec
 from bus.embedded import EmbeddedBroker
 from serving.http_limits import HttpLimits
-from sidecar.bridges import BridgeServer
+from sidecar.bridges.web import BridgeServer
 from sidecar.config import HttpBridgeConfig
 from tests.integration.raw_http import (
     OP_BINARY,

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import controlplane.testing
 import sdk
-from sidecar.agent import Sidecar
+from sidecar.app import Sidecar
 from sidecar.cache import CACHE_FILE
 from sidecar.config import SidecarConfig
 from sidecar.errors import StartupError

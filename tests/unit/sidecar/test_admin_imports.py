@@ -16,7 +16,7 @@ _PROGRAM = """
 import sys
 import eco.cli
 from sidecar.config import SidecarConfig
-import sidecar.agent
+import sidecar.app
 import sidecar.admin
 from sidecar.health import NetworkHealthChecker, parse_check
 
@@ -50,7 +50,7 @@ def test_an_https_probe_still_gets_the_general_client() -> None:
 _AMQP_PROGRAM = """
 import sys
 import eco.cli
-import sidecar.agent
+import sidecar.app
 from sidecar.config import parse_config
 
 parse_config('''

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from sidecar._bridge_amqp_convert import amqp_headers, bus_headers, check_template, visited
+from sidecar.bridges.amqp._convert import amqp_headers, bus_headers, check_template, visited
 from sidecar.config import (
     AmqpBridgeConfig,
     ConfigError,

@@ -230,13 +230,13 @@ class Sidecar:
         await self._local_api.start(config.local_api)
         for bridge in config.bridges:
             if isinstance(bridge, AmqpBridgeConfig):
-                from sidecar._bridge_amqp import AmqpBridge  # aio-pika only when configured
+                from sidecar.bridges.amqp.bridge import AmqpBridge  # aio-pika only when configured
 
                 amqp = AmqpBridge(self.relay, bridge)
                 self._bridges.append(amqp)
                 await amqp.start()  # connects in the background, retrying
                 continue
-            from sidecar.bridges import BridgeServer  # aiohttp only when a bridge is configured
+            from sidecar.bridges.web import BridgeServer  # aiohttp only when a bridge is configured
 
             server = BridgeServer.from_config(self.relay, bridge)
             self._bridges.append(server)

@@ -23,7 +23,7 @@ backoff; nothing is acknowledged on one side before the other side has it:
   (unroutable) or refused it. Deliveries in flight when a session ends are
   NAKed so that they come again at once.
 
-The rules themselves run in :mod:`sidecar._bridge_amqp_links`. aio-pika is
+The rules themselves run in :mod:`sidecar.bridges.amqp._links`. aio-pika is
 imported by these two modules only: the sidecar imports them only when an
 AMQP bridge is configured (tests/unit/sidecar/test_admin_imports.py).
 """
@@ -42,8 +42,8 @@ import aio_pika.abc
 from yarl import URL
 
 from bus import Broker
-from sidecar._bridge_amqp_config import AmqpBridgeConfig
-from sidecar._bridge_amqp_links import TEARDOWN, AmqpBridgeStats, Links, SessionLost
+from sidecar.bridges.amqp._config import AmqpBridgeConfig
+from sidecar.bridges.amqp._links import TEARDOWN, AmqpBridgeStats, Links, SessionLost
 
 __all__ = ["AmqpBridge", "AmqpBridgeStats"]
 

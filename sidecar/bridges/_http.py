@@ -1,6 +1,6 @@
 """The HTTP bridge's routes: publish, request and Server-Sent-Events subscribe.
 
-Imported only by :mod:`sidecar.bridges` (which imports aiohttp): a sidecar
+Imported only by :mod:`sidecar.bridges.web` (which imports aiohttp): a sidecar
 without bridges never loads it. The routes translate HTTP to the `Broker`
 protocol and back; broker errors become JSON ``{"error", "message",
 "field"}`` bodies in one table (:func:`error_response`), which the WebSocket

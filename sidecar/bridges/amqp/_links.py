@@ -1,7 +1,7 @@
 """The AMQP bridge's links: the inbound and outbound rules of one session.
 
 :class:`Links` runs each rule on a channel of its own for as long as the
-session lasts (see :mod:`sidecar._bridge_amqp` for the session and its
+session lasts (see :mod:`sidecar.bridges.amqp.bridge` for the session and its
 guarantees). A rule returns only by raising: :class:`SessionLost` when its
 channel, the connection or its bus subscription ended, which ends the
 session; what it had not settled on either side is left to be delivered
@@ -33,8 +33,8 @@ from bus import (
 )
 from bus.convert import LIMITS
 from sdk import AckKind, DeliverPolicy
-from sidecar._bridge_amqp_config import AmqpInboundConfig, AmqpOutboundConfig
-from sidecar._bridge_amqp_convert import (
+from sidecar.bridges.amqp._config import AmqpInboundConfig, AmqpOutboundConfig
+from sidecar.bridges.amqp._convert import (
     MAX_SHORTSTR,
     amqp_headers,
     bus_headers,

@@ -35,7 +35,7 @@ from aiohttp.http import HttpVersion11
 from bus import BusError, Subscription
 from sdk import AckKind
 from serving.errors import InvalidArgumentError
-from sidecar._bridge_http import (
+from sidecar.bridges._http import (
     BridgeContext,
     delivery_json,
     error_body,

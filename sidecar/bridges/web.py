@@ -10,7 +10,7 @@ For applications that speak no gRPC: one listener serves
 - ``GET /v1/subscribe/{subject}?queue=&durable=&stream=&deliver=`` — Server-Sent
   Events (``event: message``), heartbeat comments, durable messages
   acknowledged once written to the client.
-- ``GET /v1/ws`` — a WebSocket of JSON frames (see :mod:`sidecar._bridge_ws`).
+- ``GET /v1/ws`` — a WebSocket of JSON frames (see :mod:`sidecar.bridges._ws`).
 
 Errors are JSON ``{"error": kind, "message", "field"}`` with a matching status.
 The sidecar passes its relay broker; any `bus.Broker` works.
@@ -21,7 +21,7 @@ Web pages: a request that carries ``Origin`` (a browser's, from a page) is
 refused with 403 unless its origin is in ``allowed_origins`` (none by
 default); one without (curl, a service) is served. A publish or request must
 have a content type a page cannot send without a CORS preflight (see
-`sidecar._bridge_http`), and preflights are answered for allowed origins
+`sidecar.bridges._http`), and preflights are answered for allowed origins
 only, so that a page of another site can neither read nor write the bus.
 Slow and greedy clients are held to :data:`BRIDGE_LIMITS` (or the
 configured limits) by `serving.web_server`.
@@ -40,14 +40,14 @@ from aiohttp.typedefs import Handler, Middleware
 from bus import MAX_PAYLOAD, Broker
 from serving.http_limits import HttpLimits
 from serving.web_server import LimitedRunner
-from sidecar._bridge_http import (
+from sidecar.bridges._http import (
     BridgeContext,
     error_body,
     handle_publish,
     handle_request,
     handle_subscribe,
 )
-from sidecar._bridge_ws import handle_ws
+from sidecar.bridges._ws import handle_ws
 from sidecar.config import HttpBridgeConfig, normalize_origin
 
 __all__ = ["BRIDGE_LIMITS", "BridgeServer"]

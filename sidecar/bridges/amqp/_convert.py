@@ -1,7 +1,7 @@
 """What the AMQP bridge translates, without the AMQP client: names, templates, headers.
 
 Pure functions, imported by the configuration (to check templates and names
-when the file is read) and by :mod:`sidecar._bridge_amqp` (to translate each
+when the file is read) and by :mod:`sidecar.bridges.amqp.bridge` (to translate each
 message). aio-pika is not imported here: a sidecar without an AMQP bridge
 never loads it.
 

@@ -40,7 +40,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from bus import InvalidSubjectError
 from bus.convert import LIMITS
 from bus.subjects import validate_name, validate_pattern
-from sidecar._bridge_amqp_convert import (
+from sidecar.bridges.amqp._convert import (
     AMQP_NAME,
     INBOUND_FIELDS,
     MAX_SHORTSTR,
