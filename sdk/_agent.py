@@ -48,6 +48,7 @@ from sdk._agent_types import (
     AgentNode,
     AgentState,
     AgentStatus,
+    BusAccess,
     EndpointUpdate,
     ServiceRef,
     SyncOutcome,
@@ -169,6 +170,7 @@ class AgentSession:
         self._resumed = False
         self._server_grace = 0
         self._server_sync_interval = 0
+        self._bus: BusAccess | None = None
         self._applied_version = applied_version
         self._last_error = ""
         self._last_sync: SyncOutcome | None = None
@@ -201,6 +203,12 @@ class AgentSession:
     def session_id(self) -> str:
         """The session id of the last Welcome, offered again on reconnect."""
         return self._session_id
+
+    @property
+    def bus(self) -> BusAccess | None:
+        """How the last Welcome said to reach the message bus (None before the
+        first Welcome); see :class:`BusAccess`."""
+        return self._bus
 
     @property
     def applied_version(self) -> int:
@@ -493,6 +501,7 @@ class AgentSession:
         self._resumed = bool(welcome.resumed)
         self._server_grace = int(welcome.grace_seconds)
         self._server_sync_interval = int(welcome.sync_interval_seconds)
+        self._bus = BusAccess.from_proto(welcome.bus)
         self._connected_at = time.time()
         self._connects += 1
         self._last_error = ""

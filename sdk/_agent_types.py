@@ -3,7 +3,8 @@
 Plain frozen dataclasses over the ``ecosystem.v1`` agent messages, so that
 the sidecar (and anyone else holding an :class:`~sdk._agent.AgentSession`)
 works with the SDK's own types: :class:`ServiceRef`, :class:`AgentNode`,
-:class:`EndpointUpdate` of :class:`ServiceEndpoints`, :class:`SyncOutcome`.
+:class:`EndpointUpdate` of :class:`ServiceEndpoints`, :class:`SyncOutcome`,
+:class:`BusAccess`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "AgentNode",
     "AgentState",
     "AgentStatus",
+    "BusAccess",
     "EndpointUpdate",
     "ServiceEndpoints",
     "ServiceRef",
@@ -199,6 +201,22 @@ def check_update(update: EndpointUpdate) -> None:
                     f"{at}.service: instance {instance.id!r} of {instance.service!r} "
                     f"listed under {entry.service.name!r}"
                 )
+
+
+@dataclass(frozen=True, slots=True)
+class BusAccess:
+    """How a Welcome tells the sidecar to reach the message bus.
+
+    ``url`` is the broker's (``nats://HOST:PORT``, or several comma-separated)
+    when the sidecar relays its applications' messages to it directly; empty
+    when they go through the control plane (its embedded broker).
+    """
+
+    url: str = ""
+
+    @classmethod
+    def from_proto(cls, msg: agent_pb2.BusAccess) -> BusAccess:
+        return cls(url=str(msg.url))
 
 
 class AgentState(enum.Enum):

@@ -5,6 +5,8 @@
     Sidecar
     ├── HealthEngine        checks of the local instances → edge-triggered reports
     ├── AgentSession (sdk)  the stream to the control plane: Sync, Subscribe, reports, Acks
+    ├── RelayBroker         the bus for local apps: to NATS when the session names it,
+    │                       else through the control plane
     ├── EndpointCache       last good endpoints of every upstream, persisted to data_dir
     ├── Router              one balancer per upstream, pick handles for feedback
     ├── LocalApiServer      SidecarService + grpc.health.v1 on local_api
@@ -270,7 +272,7 @@ class Sidecar:
             deregister_critical_after=config.deregister_critical_after,
             sync_interval=config.sync_interval,
             applied_version=self.cache.version,
-            on_state=lambda _session: self.cache.notify_all(),
+            on_state=self._on_session_state,
             channel_factory=self._channel_factory,
         )
         await self._session.start()
@@ -373,6 +375,13 @@ class Sidecar:
         for key, instances in changes.items():
             self.router.update(key, instances, endpoints[key])
             self.dataplane.endpoints_changed(key)
+
+    def _on_session_state(self, session: AgentSession) -> None:
+        self.cache.notify_all()
+        bus = session.bus
+        if session.connected and bus is not None:
+            # The control plane says where messages go: NATS itself, or through it.
+            self.relay.use_broker(bus.url)
 
     def _on_transition(self, transition: HealthTransition) -> None:
         self.metrics.health_transitions.labels(transition.new.value).inc()

@@ -5,6 +5,7 @@
     {"node": {...}, "connected": true, "stale": false, "message": "connected to …",
      "controlplane": {"address", "replica", "session_id", "state", "last_error", …},
      "applied_version": 42, "cache": {"source": "controlplane", "path", "version", …},
+     "bus": {"route": "nats", "broker", "connected", "buffered", "last_error", …},
      "instances": [{"id", "service", "health", "checks": [...]}, …],
      "upstreams": [{"service", "balancer", "version", "endpoints": [...]}, …],
      "proxy": [{"name", "protocol", "listen", "endpoints", "ejected", "panicking",
@@ -82,6 +83,7 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
         "updates_applied": session.updates_applied if session else 0,
         "updates_rejected": session.updates_rejected if session else 0,
     }
+    doc["bus"] = sidecar.relay.status()
     doc["cache"] = {
         "source": cache.source.value,
         "version": cache.version,

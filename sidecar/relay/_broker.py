@@ -513,9 +513,7 @@ async def attach_relay(
     """Starts a relay to ``addresses`` (or to ``broker_url``, see
     :class:`RelayBroker`) and adds ``MessagingService`` over it to ``server``
     (not yet started). The caller stops the server, then ``await relay.close()``."""
-    relay = RelayBroker(
-        addresses, data_dir, broker_url=broker_url, channel_factory=channel_factory
-    )
+    relay = RelayBroker(addresses, data_dir, broker_url=broker_url, channel_factory=channel_factory)
     await relay.start()
     servicer = add_messaging(server, relay, is_draining)
     return relay, servicer

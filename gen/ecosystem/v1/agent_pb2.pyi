@@ -147,18 +147,26 @@ class ConnectResponse(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., update: _Optional[_Union[EndpointUpdate, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "replica", "grace_seconds", "sync_interval_seconds", "resumed")
+    __slots__ = ("session_id", "replica", "grace_seconds", "sync_interval_seconds", "resumed", "bus")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SYNC_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
+    BUS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     replica: str
     grace_seconds: int
     sync_interval_seconds: int
     resumed: bool
-    def __init__(self, session_id: _Optional[str] = ..., replica: _Optional[str] = ..., grace_seconds: _Optional[int] = ..., sync_interval_seconds: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
+    bus: BusAccess
+    def __init__(self, session_id: _Optional[str] = ..., replica: _Optional[str] = ..., grace_seconds: _Optional[int] = ..., sync_interval_seconds: _Optional[int] = ..., resumed: _Optional[bool] = ..., bus: _Optional[_Union[BusAccess, _Mapping]] = ...) -> None: ...
+
+class BusAccess(_message.Message):
+    __slots__ = ("url",)
+    URL_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    def __init__(self, url: _Optional[str] = ...) -> None: ...
 
 class EndpointUpdate(_message.Message):
     __slots__ = ("version", "nonce", "services", "full", "more")
