@@ -360,10 +360,12 @@ async def _run_dev(config: ControlPlaneConfig, sidecar_config: SidecarConfig | N
                     Sidecar(sidecar_config.model_copy(update={"controlplane": link}))
                 )
                 local = f"{running.local_api_address} (admin {running.admin_address or 'off'})"
-            click.echo(next_steps(plane.address, plane.admin_address, config.store_url, local))
             tune_gc()
+            # Before the tour is printed: a script that waits for it and then
+            # stops the stack must get a clean stop, not the default SIGTERM.
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, on_signal, signum)
+            click.echo(next_steps(plane.address, plane.admin_address, config.store_url, local))
             await stop.wait()
             click.echo("stopping (Ctrl-C again to exit at once)…", err=True)
     except (StartupError, SidecarStartupError) as err:
