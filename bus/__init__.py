@@ -9,7 +9,8 @@ streams in a file next to the control plane's store) and NATS
 (``nats://HOST:PORT[,HOST:PORT…]``, JetStream for durable streams), each
 imported only when opened. ``MessagingServicer`` serves any broker over gRPC:
 the control plane mounts it with its broker, the sidecar with its relay.
-Errors::
+Errors (``_errors``; each is served with its code and an ErrorInfo reason
+of the same name)::
 
     BusError
     ├── InvalidSubjectError     INVALID_ARGUMENT
@@ -17,28 +18,39 @@ Errors::
     ├── StreamNotFoundError     NOT_FOUND
     ├── StreamConflictError     ALREADY_EXISTS
     ├── AckNotFoundError        NOT_FOUND
-    ├── NoRespondersError       UNAVAILABLE (reason NO_RESPONDERS)
+    ├── NoRespondersError       UNAVAILABLE
     ├── BusUnavailableError     UNAVAILABLE
-    └── BusClosedError          UNAVAILABLE
+    ├── BusClosedError          UNAVAILABLE
+    └── UpstreamError           the code an upstream MessagingService answered
+        └── UpstreamTimeoutError    DEADLINE_EXCEEDED (a TimeoutError too)
+
+:func:`broker_error` turns what an upstream ``MessagingService`` answered
+(an SDK error) back into the broker error that is served with the same
+status: the relay's one translation.
 """
 
-from bus._open import open_broker
-from bus._protocol import (
-    MAX_PAYLOAD,
+from bus._errors import (
     AckNotFoundError,
-    BatchPublisher,
-    Broker,
     BusClosedError,
     BusError,
     BusUnavailableError,
-    Delivery,
     InvalidSubjectError,
     NoRespondersError,
-    OutgoingMessage,
     PayloadTooLargeError,
-    PublishAck,
     StreamConflictError,
     StreamNotFoundError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    broker_error,
+)
+from bus._open import open_broker
+from bus._protocol import (
+    MAX_PAYLOAD,
+    BatchPublisher,
+    Broker,
+    Delivery,
+    OutgoingMessage,
+    PublishAck,
     Subscription,
     SubscriptionSpec,
 )
@@ -63,5 +75,8 @@ __all__ = [
     "StreamNotFoundError",
     "Subscription",
     "SubscriptionSpec",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+    "broker_error",
     "open_broker",
 ]

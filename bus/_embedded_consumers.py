@@ -32,7 +32,8 @@ from sdk import AckKind, ConsumerInfo
 from ._embedded_journal import Journal, Op
 from ._embedded_streams import StoredMessage, Stream
 from ._embedded_subs import SubscriptionBase
-from ._protocol import AckNotFoundError, Delivery
+from ._errors import AckNotFoundError
+from ._protocol import Delivery
 from .subjects import subject_matches
 
 __all__ = [

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._protocol import BusUnavailableError
+from ._errors import BusUnavailableError
 
 __all__ = ["Journal", "MemoryJournal", "Op", "Snapshot", "SqliteJournal"]
 

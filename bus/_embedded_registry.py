@@ -20,11 +20,8 @@ from ._embedded_streams import (
     message_size,
     same_config,
 )
-from ._protocol import (
-    StreamConflictError,
-    StreamNotFoundError,
-    SubscriptionSpec,
-)
+from ._errors import StreamConflictError, StreamNotFoundError
+from ._protocol import SubscriptionSpec
 from .subjects import SubjectIndex, patterns_overlap, subject_matches
 
 __all__ = ["Registry"]

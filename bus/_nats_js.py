@@ -26,14 +26,14 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 
-from bus._protocol import (
+from bus._errors import (
     BusError,
     BusUnavailableError,
     InvalidSubjectError,
     StreamConflictError,
     StreamNotFoundError,
-    SubscriptionSpec,
 )
+from bus._protocol import SubscriptionSpec
 from sdk import ConsumerInfo, DeliverPolicy, StreamConfig, StreamInfo
 
 __all__ = [

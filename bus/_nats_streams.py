@@ -19,6 +19,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from bus._errors import BusError, StreamConflictError, StreamNotFoundError
 from bus._nats_js import (
     ConsumerNotFoundError,
     JetStreamApi,
@@ -31,14 +32,7 @@ from bus._nats_js import (
     stream_meta,
 )
 from bus._nats_sub import AckTable
-from bus._protocol import (
-    BusError,
-    OutgoingMessage,
-    PublishAck,
-    StreamConflictError,
-    StreamNotFoundError,
-    SubscriptionSpec,
-)
+from bus._protocol import OutgoingMessage, PublishAck, SubscriptionSpec
 from bus.subjects import patterns_overlap, subject_matches
 from sdk import DeliverPolicy, StreamConfig
 

@@ -29,6 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
+from bus._errors import AckNotFoundError
 from bus._nats_js import (
     ACK_PREFIX,
     PUBACK_PREFIX,
@@ -37,7 +38,7 @@ from bus._nats_js import (
     ns,
     parse_ack_id,
 )
-from bus._protocol import AckNotFoundError, Delivery, SubscriptionSpec
+from bus._protocol import Delivery, SubscriptionSpec
 from bus._waiter import Waiter
 from bus.subjects import subject_matches
 

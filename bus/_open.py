@@ -6,7 +6,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from bus._protocol import MAX_PAYLOAD, Broker, BusError
+from bus._errors import BusError
+from bus._protocol import MAX_PAYLOAD, Broker
 
 __all__ = ["open_broker"]
 

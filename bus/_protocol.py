@@ -4,7 +4,8 @@ The embedded broker (``EmbeddedBroker``, the default) and NATS
 (``NatsBroker``, JetStream for durable streams) implement it, and one
 conformance suite (tests/unit/bus/) holds both to the same behaviour. The
 gRPC ``MessagingService`` (proto/ecosystem/v1/messaging.proto) is a thin
-adapter over it; so is the sidecar relay.
+adapter over it; the sidecar relay implements it. What a broker raises is
+the tree in ``_errors``.
 
 Semantics (the proto's comments say the same from the client's side):
 
@@ -40,120 +41,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-import grpc
-
-from sdk import AckKind, DeliverPolicy, FieldViolation, StreamConfig, StreamInfo
+from sdk import AckKind, DeliverPolicy, StreamConfig, StreamInfo
 
 __all__ = [
-    "AckNotFoundError",
     "BatchPublisher",
     "Broker",
-    "BusClosedError",
-    "BusError",
-    "BusUnavailableError",
     "Delivery",
-    "InvalidSubjectError",
-    "NoRespondersError",
     "OutgoingMessage",
-    "PayloadTooLargeError",
     "PublishAck",
-    "StreamConflictError",
-    "StreamNotFoundError",
     "Subscription",
     "SubscriptionSpec",
 ]
 
 #: Default payload limit (bytes); brokers may be configured lower or higher.
 MAX_PAYLOAD = 1024 * 1024
-
-
-# -- errors -------------------------------------------------------------------------------
-
-
-class BusError(Exception):
-    """Root of what a broker raises; ``field`` names the offending input, if any.
-
-    Each kind says the gRPC status it is served as (``status_code``) and the
-    ``google.rpc.ErrorInfo`` reason that names it (domain
-    :data:`ERROR_DOMAIN`); ``serving.errors.to_status`` reads them.
-    """
-
-    error_domain: ClassVar[str] = "bus.ecosystem"
-    error_reason: ClassVar[str] = ""
-    #: The request field a rejected input is reported on when the broker did not say.
-    input_field: ClassVar[str] = ""
-
-    def __init__(self, message: str, *, field: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-
-    @property
-    def violations(self) -> tuple[FieldViolation, ...]:
-        """The rejected input, for an error that rejects one."""
-        if not self.input_field:
-            return ()
-        return (FieldViolation(self.field or self.input_field, self.message),)
-
-
-class InvalidSubjectError(BusError):
-    """A subject or pattern is malformed (INVALID_ARGUMENT)."""
-
-    status_code = grpc.StatusCode.INVALID_ARGUMENT
-    error_reason = "INVALID_SUBJECT"
-    input_field = "subject"
-
-
-class PayloadTooLargeError(BusError):
-    """The payload is over the broker's limit (INVALID_ARGUMENT)."""
-
-    status_code = grpc.StatusCode.INVALID_ARGUMENT
-    error_reason = "PAYLOAD_TOO_LARGE"
-    input_field = "data"
-
-
-class StreamNotFoundError(BusError):
-    """No stream by that name, or none captures the subject (NOT_FOUND)."""
-
-    status_code = grpc.StatusCode.NOT_FOUND
-    error_reason = "STREAM_NOT_FOUND"
-
-
-class StreamConflictError(BusError):
-    """A stream exists with another config, or its subjects overlap another's (ALREADY_EXISTS)."""
-
-    status_code = grpc.StatusCode.ALREADY_EXISTS
-    error_reason = "STREAM_CONFLICT"
-
-
-class NoRespondersError(BusError):
-    """A request found no subscriber (UNAVAILABLE, reason NO_RESPONDERS)."""
-
-    status_code = grpc.StatusCode.UNAVAILABLE
-    error_reason = "NO_RESPONDERS"
-
-
-class AckNotFoundError(BusError):
-    """An ack id that is unknown or no longer pending (NOT_FOUND)."""
-
-    status_code = grpc.StatusCode.NOT_FOUND
-    error_reason = "ACK_NOT_FOUND"
-
-
-class BusUnavailableError(BusError):
-    """The backend (e.g. nats-server) cannot be reached now (UNAVAILABLE)."""
-
-    status_code = grpc.StatusCode.UNAVAILABLE
-    error_reason = "BUS_UNAVAILABLE"
-
-
-class BusClosedError(BusError):
-    """The broker was closed (UNAVAILABLE)."""
-
-    status_code = grpc.StatusCode.UNAVAILABLE
-    error_reason = "BUS_CLOSED"
 
 
 # -- values -------------------------------------------------------------------------------

@@ -16,13 +16,8 @@ from collections.abc import Mapping
 from ecosystem.v1 import messaging_pb2 as pb
 from google.rpc import error_details_pb2
 
-from bus._protocol import (
-    Delivery,
-    InvalidSubjectError,
-    OutgoingMessage,
-    PublishAck,
-    SubscriptionSpec,
-)
+from bus._errors import InvalidSubjectError
+from bus._protocol import Delivery, OutgoingMessage, PublishAck, SubscriptionSpec
 from bus.subjects import (
     subject_matches,
     validate_name,

@@ -51,19 +51,21 @@ from ._embedded_streams import (
 )
 from ._embedded_subs import CoreRouter, Route
 from ._embedded_timers import Timers
-from ._protocol import (
-    MAX_PAYLOAD,
+from ._errors import (
     AckNotFoundError,
     BusClosedError,
     BusError,
     BusUnavailableError,
-    Delivery,
     NoRespondersError,
-    OutgoingMessage,
     PayloadTooLargeError,
-    PublishAck,
     StreamConflictError,
     StreamNotFoundError,
+)
+from ._protocol import (
+    MAX_PAYLOAD,
+    Delivery,
+    OutgoingMessage,
+    PublishAck,
     Subscription,
     SubscriptionSpec,
 )

@@ -40,6 +40,15 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
+from bus._errors import (
+    AckNotFoundError,
+    BusClosedError,
+    BusError,
+    BusUnavailableError,
+    NoRespondersError,
+    PayloadTooLargeError,
+    StreamNotFoundError,
+)
 from bus._nats_js import (
     INBOX_PREFIX,
     MSG_ID,
@@ -60,16 +69,9 @@ from bus._nats_streams import DeadLetters, StreamCache, ensure_consumer
 from bus._nats_sub import HAND_BACK, AckTable, CoreSubscription, DurableSubscription
 from bus._protocol import (
     MAX_PAYLOAD,
-    AckNotFoundError,
-    BusClosedError,
-    BusError,
-    BusUnavailableError,
     Delivery,
-    NoRespondersError,
     OutgoingMessage,
-    PayloadTooLargeError,
     PublishAck,
-    StreamNotFoundError,
     Subscription,
     SubscriptionSpec,
 )
@@ -265,6 +267,11 @@ class NatsBroker:
         """Connected to a NATS server now: False before ``start()``, while the
         connection is being re-established, and once closed."""
         return self._state == "started" and self._nc is not None and self._nc.is_connected
+
+    def stream_for(self, subject: str) -> str | None:
+        """The stream that stores what is published to ``subject`` (None: core),
+        as this broker knows the streams."""
+        return self._streams.capturing(subject)
 
     def captured_subjects(self) -> tuple[str, ...]:
         """The subjects and patterns the streams capture, as this broker last read

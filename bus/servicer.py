@@ -33,8 +33,8 @@ import grpc
 from ecosystem.v1 import messaging_pb2 as pb
 from ecosystem.v1 import messaging_pb2_grpc as pb_grpc
 
+from bus._errors import AckNotFoundError
 from bus._protocol import (
-    AckNotFoundError,
     BatchPublisher,
     Broker,
     Delivery,

@@ -17,7 +17,8 @@ from typing import Generic, TypeVar
 
 from sdk import DeliverPolicy, StreamConfig
 
-from ._protocol import InvalidSubjectError, SubscriptionSpec
+from ._errors import InvalidSubjectError
+from ._protocol import SubscriptionSpec
 
 __all__ = [
     "MAX_NAME_LENGTH",

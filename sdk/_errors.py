@@ -3,7 +3,8 @@
 Every failure the control plane reports reaches the caller as one of these
 classes; generated or gRPC exception types never escape the SDK::
 
-    EcoError                         base: .code (status name), .message, .address, .reason
+    EcoError                         base: .code (status name), .message, .address, .reason,
+                                     .metadata
     ├── NotFoundError                NOT_FOUND: unknown service, instance or lease
     │   └── StreamNotFoundError      … or bus stream (reason STREAM_NOT_FOUND)
     ├── ConflictError                an optimistic-concurrency check failed
@@ -32,8 +33,9 @@ subscriptions), the agent session's stream, the proxyless channel's sidecar
 source — which raises ``from_rpc_error(err) from err`` so the original gRPC
 error stays on ``__cause__``; a status carried inside a response (one
 message of a ``PublishBatch``) goes through :func:`from_status`. ``reason``
-is the ``google.rpc.ErrorInfo`` reason the server attached, if any (the bus
-names each of its errors that way). The errors a proxyless channel's calls
+and ``metadata`` are the ``google.rpc.ErrorInfo`` reason and metadata the
+server attached, if any (the bus names each of its errors that way, and the
+input it blames as ``metadata["field"]``). The errors a proxyless channel's calls
 get from the application's own backends are not translated: those statuses
 are the application's.
 """
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,8 +97,9 @@ class EcoError(Exception):
 
     ``code`` is the gRPC status name (``"NOT_FOUND"``), ``message`` the
     server's description, ``address`` the control plane that answered,
-    when known, and ``reason`` the machine-readable cause the server gave
-    (``"NO_RESPONDERS"``), or "".
+    when known, ``reason`` the machine-readable cause the server gave
+    (``"NO_RESPONDERS"``), or "", and ``metadata`` what the server's
+    ErrorInfo added to it (e.g. ``{"field": "stream"}``).
     """
 
     def __init__(
@@ -106,12 +109,14 @@ class EcoError(Exception):
         code: str = "UNKNOWN",
         address: str | None = None,
         reason: str = "",
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.address = address
         self.reason = reason
+        self.metadata: Mapping[str, str] = dict(metadata or {})
 
     def __str__(self) -> str:
         return self.message or self.code.lower().replace("_", " ")
@@ -150,9 +155,10 @@ class InvalidArgumentError(EcoError):
         code: str = "INVALID_ARGUMENT",
         address: str | None = None,
         reason: str = "",
+        metadata: Mapping[str, str] | None = None,
         field_violations: list[FieldViolation] | None = None,
     ) -> None:
-        super().__init__(message, code=code, address=address, reason=reason)
+        super().__init__(message, code=code, address=address, reason=reason, metadata=metadata)
         self.field_violations: list[FieldViolation] = list(field_violations or [])
 
     def __str__(self) -> str:
@@ -279,7 +285,8 @@ def from_rpc_error(err: grpc.RpcError, *, address: str | None = None) -> EcoErro
     details = _call_attr(err, "details")
     message = details if isinstance(details, str) else ""
     status = _rich_status(err)
-    return _build(code, message, _reason(status), _field_violations(status), address)
+    reason, metadata = _error_info(status)
+    return _build(code, message, reason, metadata, _field_violations(status), address)
 
 
 def from_status(
@@ -294,21 +301,30 @@ def from_status(
     and the ``(field, description)`` violations."""
     status_code = _CODE_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
     fields = [FieldViolation(field, description) for field, description in violations]
-    return _build(status_code, message, reason, fields, address)
+    return _build(status_code, message, reason, {}, fields, address)
 
 
 def _build(
     code: grpc.StatusCode,
     message: str,
     reason: str,
+    metadata: Mapping[str, str],
     violations: list[FieldViolation],
     address: str | None,
 ) -> EcoError:
+    """The one choice of a class for a status: by code and reason, then by code."""
     cls = _BY_REASON.get((code, reason)) or _BY_CODE.get(code, EcoError)
     name = code.name
     if issubclass(cls, InvalidArgumentError):
-        return cls(message, code=name, address=address, reason=reason, field_violations=violations)
-    return cls(message, code=name, address=address, reason=reason)
+        return cls(
+            message,
+            code=name,
+            address=address,
+            reason=reason,
+            metadata=metadata,
+            field_violations=violations,
+        )
+    return cls(message, code=name, address=address, reason=reason, metadata=metadata)
 
 
 def _call_attr(err: grpc.RpcError, name: str) -> Any:
@@ -337,13 +353,14 @@ def _rich_status(err: grpc.RpcError) -> status_pb2.Status | None:
     return None
 
 
-def _reason(status: status_pb2.Status | None) -> str:
+def _error_info(status: status_pb2.Status | None) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo's reason and metadata ("" and {} without one)."""
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return str(info.reason)
-    return ""
+            return str(info.reason), dict(info.metadata)
+    return "", {}
 
 
 def _field_violations(status: status_pb2.Status | None) -> list[FieldViolation]:

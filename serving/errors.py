@@ -16,7 +16,8 @@
 An error class of a higher layer says its own status by a ``status_code``
 class attribute (the bus's errors in ``bus``, the store's in
 ``controlplane.store``); it may name a ``google.rpc.ErrorInfo`` reason
-(``error_reason``, in ``error_domain``) and carry ``violations`` (a sequence
+(``error_reason``, in ``error_domain``, with ``error_metadata`` for the
+ErrorInfo's metadata) and carry ``violations`` (a sequence
 of :class:`FieldViolation`, the SDK's: one model of a rejected field, on
 both sides of the wire). :func:`to_status` reads those and nothing else,
 so an exception without a ``status_code`` is a bug: INTERNAL, with no
@@ -25,7 +26,7 @@ detail. Servicers raise these; nothing else knows about status codes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import grpc
@@ -171,6 +172,9 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     reason = getattr(exc, "error_reason", "")
     if reason:
         info = error_details_pb2.ErrorInfo(reason=reason, domain=getattr(exc, "error_domain", ""))
+        metadata: Mapping[str, str] = getattr(exc, "error_metadata", None) or {}
+        for key, value in metadata.items():
+            info.metadata[key] = cut(value, MAX_FIELD)
         _add_detail(status, info)
     violations: Sequence[FieldViolation] = getattr(exc, "violations", ())
     if violations:

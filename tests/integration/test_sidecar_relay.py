@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import grpc
 import pytest
+from ecosystem.v1 import messaging_pb2 as pb
+from ecosystem.v1 import messaging_pb2_grpc as pb_grpc
+from google.rpc import error_details_pb2, status_pb2
 
 import sdk
 from bus import (
@@ -25,6 +28,7 @@ from bus import (
 )
 from bus.embedded import EmbeddedBroker
 from bus.servicer import MessagingServicer, add_messaging
+from sdk import StreamConfig
 from sdk._bus import BusClient
 from sdk._bus_session import BusSubscription
 from sidecar.relay import QueuedPublishAck, RelayBroker, attach_relay
@@ -37,15 +41,18 @@ class ControlPlane:
     """MessagingService over one embedded broker on a fixed port, stoppable and
     restartable (the broker, and what its streams hold, outlive the server)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_subscriptions: int = 10_000) -> None:
         self.broker = EmbeddedBroker(None)
         self.address = f"127.0.0.1:{free_port()}"
         self.servicer: MessagingServicer | None = None
         self._server: grpc.aio.Server | None = None
+        self._max_subscriptions = max_subscriptions
 
     async def up(self) -> None:
         server = grpc.aio.server()
-        self.servicer = add_messaging(server, self.broker, lambda: False)
+        self.servicer = add_messaging(
+            server, self.broker, lambda: False, max_subscriptions=self._max_subscriptions
+        )
         assert server.add_insecure_port(self.address)
         await server.start()
         self._server = server
@@ -303,6 +310,111 @@ async def test_errors_of_the_control_plane_reach_the_application(bus: BusClient)
         await bus.subscribe("unstored.subject", durable="d").start()
     with pytest.raises(sdk.StreamNotFoundError):
         await bus.delete_stream("NOPE")
+
+
+Status = tuple[grpc.StatusCode, str, list[tuple[str, str, dict[str, str]]], list[tuple[str, str]]]
+
+
+async def _status_of(call: Awaitable[object]) -> Status:
+    """All an application can read of a failed call: code, message, every
+    ErrorInfo (reason, domain, metadata) and every BadRequest violation."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    error = caught.value
+    status = status_pb2.Status()
+    trailers: Any = error.trailing_metadata() or ()
+    for key, value in trailers:
+        if key == "grpc-status-details-bin":
+            status.ParseFromString(value)
+    infos: list[tuple[str, str, dict[str, str]]] = []
+    violations: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            infos.append((info.reason, info.domain, dict(info.metadata)))
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend((v.field, v.description) for v in bad.field_violations)
+    return error.code(), error.details() or "", infos, violations
+
+
+async def _first(call: AsyncIterable[object]) -> object:
+    async for response in call:
+        if isinstance(response, pb.SubscribeResponse) and response.HasField("subscribed"):
+            continue
+        return response
+    return None
+
+
+@contextlib.asynccontextmanager
+async def _stubs(*addresses: str) -> AsyncIterator[list[pb_grpc.MessagingServiceStub]]:
+    channels = [grpc.aio.insecure_channel(address) for address in addresses]
+    try:
+        yield [pb_grpc.MessagingServiceStub(channel) for channel in channels]  # type: ignore[no-untyped-call]
+    finally:
+        for channel in channels:
+            await channel.close(None)
+
+
+async def test_a_refusal_reads_the_same_through_the_relay_as_from_the_control_plane(
+    sidecar: Sidecar, plane: ControlPlane
+) -> None:
+    """Code, message, ErrorInfo (reason, domain, the field it blames) and BadRequest:
+    what the control plane answers directly is what an application gets from
+    its sidecar."""
+    await plane.broker.add_stream(StreamConfig("HELD", ("held.>",)))
+    silent = await plane.broker.subscribe(SubscriptionSpec("silent.peer"))
+    calls: dict[str, Callable[[pb_grpc.MessagingServiceStub], Awaitable[object]]] = {
+        "no responders": lambda s: s.Request(pb.RequestRequest(subject="nobody.home")),
+        "no reply in time": lambda s: s.Request(
+            pb.RequestRequest(subject="silent.peer", timeout_ms=100)
+        ),
+        "durable, no stream": lambda s: _first(
+            s.Subscribe(pb.SubscribeRequest(subject="unstored.x", durable="d", batched=True))
+        ),
+        "durable, unknown stream": lambda s: _first(
+            s.Subscribe(pb.SubscribeRequest(subject="held.x", durable="d", stream="NOPE"))
+        ),
+        "delete unknown": lambda s: s.DeleteStream(pb.DeleteStreamRequest(name="NOPE")),
+        "overlapping stream": lambda s: s.AddStream(
+            pb.AddStreamRequest(config=pb.StreamConfig(name="OTHER", subjects=["held.x"]))
+        ),
+        "same name, other subjects": lambda s: s.AddStream(
+            pb.AddStreamRequest(config=pb.StreamConfig(name="HELD", subjects=["else.>"]))
+        ),
+        "payload too large": lambda s: s.Publish(
+            pb.PublishRequest(subject="big", data=b"x" * (MAX_PAYLOAD + 1))
+        ),
+        "bad subject": lambda s: s.Publish(pb.PublishRequest(subject="a..b")),
+        "bad stream config": lambda s: s.AddStream(
+            pb.AddStreamRequest(config=pb.StreamConfig(name="X", subjects=["x", "x"]))
+        ),
+    }
+    async with _stubs(plane.address, sidecar.address) as (direct, relayed):
+        for case, call in calls.items():
+            expected = await _status_of(call(direct))
+            assert await _status_of(call(relayed)) == expected, case
+    await silent.close()
+
+
+async def test_a_limit_of_the_control_plane_reads_the_same_through_the_relay(
+    tmp_path: Path,
+) -> None:
+    """A status the bus names no reason for (the control plane's subscription
+    cap) crosses the relay with its code and message."""
+    async with contextlib.AsyncExitStack() as stack:
+        plane = await stack.enter_async_context(ControlPlane(max_subscriptions=1))
+        sidecar = await stack.enter_async_context(Sidecar(plane, tmp_path))
+        direct, relayed = await stack.enter_async_context(_stubs(plane.address, sidecar.address))
+        held = direct.Subscribe(pb.SubscribeRequest(subject="one"))
+        assert (await anext(aiter(held))).HasField("subscribed")
+        second = pb.SubscribeRequest(subject="two", batched=True)
+        expected = await _status_of(_first(direct.Subscribe(second)))
+        assert expected[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await _status_of(_first(relayed.Subscribe(second))) == expected
+        held.cancel()
 
 
 async def test_a_local_subscription_outlives_a_control_plane_restart(
