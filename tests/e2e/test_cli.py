@@ -131,7 +131,7 @@ def test_register_list_get_deregister_in_json(eco: Eco) -> None:
     assert [i["id"] for i in eco.json("service", "get", "web")["instances"]] == [generated["id"]]
     # Again, as a retry would: it succeeds, and says that nothing was removed.
     again = eco.json("service", "deregister", "web", "--id", "web-1")
-    assert again["deleted"] is False and again["revision"] == removed["revision"]
+    assert again["deleted"] is False and again["revision"] >= removed["revision"]
     said = eco.ok("service", "deregister", "web", "--id", "web-1")
     assert "was not registered; nothing removed" in said
 
