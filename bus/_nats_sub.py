@@ -83,12 +83,17 @@ class AckTable:
         self._out: OrderedDict[str, None] = OrderedDict()
 
     def delivered(self, ref: AckRef) -> int | None:
-        """Records a delivery; its delivery count, or None when the message was
-        settled or dead-lettered already (the caller settles it again)."""
+        """Records a delivery; its delivery count, None when the message was
+        settled or dead-lettered already (the caller settles it again), or 0
+        when this very delivery came before (the same ack subject: the server
+        sent it twice, as it may around a restart), which the caller drops: the
+        first copy is the one a reader has."""
         key = ref.message
         prev = self._latest.get(key)
         if isinstance(prev, str):
             return None
+        if prev is not None and prev[0] == ref.subject:
+            return 0
         count = ref.delivery_count
         if prev is not None:
             count = max(count, prev[1] + 1)
@@ -349,6 +354,8 @@ class DurableSubscription(_Buffered):
                 await self._nc.publish(msg.reply, HAND_BACK)
             return
         count = None if skip else self._acks.delivered(ref)
+        if count == 0:
+            return  # a second copy of a delivery already taken
         if count is None:
             # Below the requested start or outside the pattern (see NatsBroker), or
             # settled before the server lost track of it: settle it (again).

@@ -48,6 +48,7 @@ from bus import (
     MAX_PAYLOAD,
     BusClosedError,
     BusError,
+    BusUnavailableError,
     Delivery,
     InvalidSubjectError,
     OutgoingMessage,
@@ -178,6 +179,8 @@ class RelayBroker:
         self._captured = tuple(self._outbox.open())
         if self._wanted is None:
             self._wanted = self._outbox.remembered_broker() or ""
+        else:
+            self._outbox.remember_broker(self._wanted)
         try:
             self._link = self._make_link(self._wanted)
         except BusError as err:
@@ -431,6 +434,8 @@ class RelayBroker:
             raise PayloadTooLargeError(
                 f"{len(message.data)} bytes is over the limit of {MAX_PAYLOAD}", field="data"
             )
+        if self._connected and not self._link.available:
+            self._disconnected(BusUnavailableError(f"{self._describe()}: not connected"))
         durable = self._link.captures(message.subject)
         self._outbox.push(message, durable=durable, unreachable=self._describe())
         self._wake.set()
