@@ -7,7 +7,7 @@ One backend runs in its own process (this module with ``--serve``): a
 grpc.aio server with ``grpc.health.v1``. This process calls its ``Check``
 through the generated ``HealthStub``, built once on a plain
 ``grpc.aio.insecure_channel`` (``system: "direct"``) and once on a
-:class:`~sdk._proxyless.ServiceChannel` holding that one backend as its only
+:class:`~sdk.proxyless._channel.ServiceChannel` holding that one backend as its only
 endpoint (``system: "proxyless"``, round robin, a static endpoint source, so
 only the per-call path is measured: pick, the endpoint's channel, release).
 
@@ -47,8 +47,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sdk._proxyless import ServiceChannel
-from sdk._proxyless_source import StaticEndpointSource
+from sdk import ServiceChannel, StaticEndpointSource
 from sdk.balancer import Endpoint
 
 __all__ = ["run"]

@@ -11,30 +11,14 @@ Start with :class:`AsyncClient` (asyncio) or :class:`Client` (blocking)::
 
 Errors are the :class:`EcoError` tree (see ``sdk._errors``). For your own
 tests, :mod:`controlplane.testing` starts an in-process control plane.
+
+Besides the registry clients: :mod:`sdk.bus` (the message bus client and its
+values), :mod:`sdk.proxyless` (a gRPC channel for a service name),
+:mod:`sdk.agent` (a node's Agent session, what the sidecar runs) and
+:mod:`sdk.balancer`; everything public in them is exported here too.
+:mod:`sdk.lowlevel` holds the pieces a custom client builds on.
 """
 
-from sdk._agent import AgentSession
-from sdk._agent_types import (
-    AgentNode,
-    AgentState,
-    AgentStatus,
-    BusAccess,
-    EndpointUpdate,
-    ServiceEndpoints,
-    ServiceRef,
-    SyncOutcome,
-)
-from sdk._bus import BusClient
-from sdk._bus_session import BusSubscription
-from sdk._bus_types import (
-    AckKind,
-    BusMessage,
-    ConsumerInfo,
-    DeliverPolicy,
-    PublishResult,
-    StreamConfig,
-    StreamInfo,
-)
 from sdk._client import AsyncClient
 from sdk._errors import (
     AlreadyExistsError,
@@ -59,13 +43,6 @@ from sdk._errors import (
 )
 from sdk._events import HandlerStats, ServiceEvent, ServiceEvents, ServiceEventType
 from sdk._nodes import NodeInfo, NodeState, RevisionWait
-from sdk._proxyless import ServiceChannel
-from sdk._proxyless_source import (
-    ControlPlaneSource,
-    EndpointSource,
-    SidecarSource,
-    StaticEndpointSource,
-)
 from sdk._retry import RetryPolicy
 from sdk._sync import Client, WatchIterator
 from sdk._transport import DEFAULT_SERVER, SERVER_ENV, ChannelFactory, resolve_servers
@@ -82,6 +59,17 @@ from sdk._types import (
     WatchEvent,
     WatchEventType,
 )
+from sdk.agent import (
+    AgentNode,
+    AgentSession,
+    AgentState,
+    AgentStatus,
+    BusAccess,
+    EndpointUpdate,
+    ServiceEndpoints,
+    ServiceRef,
+    SyncOutcome,
+)
 from sdk.balancer import (
     STRATEGIES,
     Balancer,
@@ -90,6 +78,24 @@ from sdk.balancer import (
     LocalityBalancer,
     NoEndpointsError,
     make_balancer,
+)
+from sdk.bus import (
+    AckKind,
+    BusClient,
+    BusMessage,
+    BusSubscription,
+    ConsumerInfo,
+    DeliverPolicy,
+    PublishResult,
+    StreamConfig,
+    StreamInfo,
+)
+from sdk.proxyless import (
+    ControlPlaneSource,
+    EndpointSource,
+    ServiceChannel,
+    SidecarSource,
+    StaticEndpointSource,
 )
 
 __all__ = [

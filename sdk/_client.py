@@ -11,7 +11,6 @@ from typing import Any, Self
 
 from ecosystem.v1 import agent_pb2, registry_pb2
 
-from sdk._bus import BusClient
 from sdk._errors import ClientClosedError
 from sdk._lease import LeaseKeeper, instance_key
 from sdk._nodes import NodeInfo, RevisionWait
@@ -30,6 +29,7 @@ from sdk._types import (
     health_filter,
 )
 from sdk._watch import watch_events
+from sdk.bus import BusClient
 
 __all__ = ["AsyncClient"]
 

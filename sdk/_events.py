@@ -39,11 +39,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from sdk._bus import BusClient
-from sdk._bus_session import BusSubscription
-from sdk._bus_types import BusMessage
 from sdk._errors import ClientClosedError, EcoError
 from sdk._types import CheckStatus, HealthStatus, Instance, Liveness
+from sdk.bus import BusClient, BusMessage, BusSubscription
 
 __all__ = [
     "HandlerStats",

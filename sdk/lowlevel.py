@@ -13,8 +13,8 @@ application needs — start with :class:`sdk.AsyncClient`.
   builds one ``PublishRequest``.
 """
 
-from sdk._bus_batch import AckBatcher, PublishBatcher, publish_request
 from sdk._retry import Backoff
 from sdk._transport import Transport
+from sdk.bus import AckBatcher, PublishBatcher, publish_request
 
 __all__ = ["AckBatcher", "Backoff", "PublishBatcher", "Transport", "publish_request"]

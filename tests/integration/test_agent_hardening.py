@@ -30,9 +30,15 @@ from controlplane import ControlPlane, ControlPlaneConfig
 from controlplane.agent import Reaper
 from controlplane.agent._nodes import node_key
 from controlplane.store import MemoryStore
-from sdk import AsyncClient, HealthStatus, Instance
-from sdk._agent import AgentSession
-from sdk._agent_types import AgentNode, EndpointUpdate, ServiceRef
+from sdk import (
+    AgentNode,
+    AgentSession,
+    AsyncClient,
+    EndpointUpdate,
+    HealthStatus,
+    Instance,
+    ServiceRef,
+)
 from sdk._types import CheckStatus
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
@@ -419,7 +425,7 @@ async def test_the_sdk_notices_that_its_session_was_taken_over(
     async with session:
         await session.wait_connected()
         thief = Stream(channel, node="web-1", session_id=session.session_id)
-        with caplog.at_level(logging.ERROR, logger="sdk._agent"):
+        with caplog.at_level(logging.ERROR, logger="sdk.agent._session"):
             assert (await thief.connect()).resumed
 
             def noticed() -> None:

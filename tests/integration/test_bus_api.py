@@ -14,9 +14,7 @@ from ecosystem.v1 import messaging_pb2_grpc as pb_grpc
 from google.rpc import error_details_pb2, status_pb2
 
 import sdk
-from sdk._bus import BusClient
-from sdk._bus_session import BusSubscription
-from sdk._bus_types import BusMessage
+from sdk import BusClient, BusMessage, BusSubscription
 from sdk._errors import NoRespondersError, StreamNotFoundError
 from tests.integration.bus_server import BusServer, default_broker
 from tests.util import assert_eventually

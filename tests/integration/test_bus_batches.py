@@ -27,8 +27,7 @@ from bus import (
 )
 from bus.embedded import EmbeddedBroker
 from bus.servicer import MessagingServicer
-from sdk import StreamConfig
-from sdk._bus import BusClient
+from sdk import BusClient, StreamConfig
 from tests.integration.bus_server import BusServer
 from tests.util import assert_eventually
 

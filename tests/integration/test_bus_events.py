@@ -22,9 +22,7 @@ from controlplane.events import (
 from controlplane.leader import Election
 from controlplane.registry import Registry, instance_key
 from controlplane.store import Event, EventType, KeyValue, MemoryStore
-from sdk import StreamConfig
-from sdk._bus import BusClient
-from sdk._events import ServiceEvent, ServiceEvents, ServiceEventType
+from sdk import BusClient, ServiceEvent, ServiceEvents, ServiceEventType, StreamConfig
 from tests.integration.bus_server import BusServer
 from tests.util import assert_eventually
 

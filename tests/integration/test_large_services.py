@@ -138,8 +138,7 @@ async def test_the_sidecar_local_api_serves_a_large_upstream_in_parts() -> None:
     pages, WatchEndpoints in responses marked ``more`` until the set is whole."""
     from ecosystem.v1 import sidecar_pb2, sidecar_pb2_grpc
 
-    from sdk import Instance
-    from sdk._agent_types import EndpointUpdate, ServiceEndpoints, ServiceRef
+    from sdk import EndpointUpdate, Instance, ServiceEndpoints, ServiceRef
     from sidecar.cache import EndpointCache
     from sidecar.config import NodeConfig, UpstreamConfig
     from sidecar.local_api import LocalApiServer, SidecarServicer

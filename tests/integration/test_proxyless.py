@@ -19,9 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 import controlplane.testing
-from sdk import AsyncClient
-from sdk._proxyless import ServiceChannel
-from sdk._proxyless_source import SidecarSource
+from sdk import AsyncClient, ServiceChannel, SidecarSource
 from sdk.balancer import NoEndpointsError
 from tests.util import assert_eventually
 

@@ -23,15 +23,17 @@ from controlplane.registry import INSTANCES_PREFIX
 from controlplane.store import Event, MemoryStore
 from controlplane.view import Selector
 from sdk import (
+    AgentNode,
     AgentSession,
     AsyncClient,
+    EndpointUpdate,
     HealthStatus,
     Instance,
     NodeState,
+    ServiceRef,
     WatchEvent,
     WatchEventType,
 )
-from sdk._agent_types import AgentNode, EndpointUpdate, ServiceRef
 from tests.e2e.conftest import free_port
 from tests.util import assert_eventually
 

@@ -18,9 +18,15 @@ import grpc
 import pytest
 from ecosystem.v1 import agent_pb2, agent_pb2_grpc, registry_pb2
 
-from sdk import HealthStatus, Instance
-from sdk._agent import AgentSession
-from sdk._agent_types import AgentNode, AgentState, EndpointUpdate, ServiceRef
+from sdk import (
+    AgentNode,
+    AgentSession,
+    AgentState,
+    EndpointUpdate,
+    HealthStatus,
+    Instance,
+    ServiceRef,
+)
 from tests.e2e.conftest import free_port
 from tests.util import assert_eventually
 

@@ -28,9 +28,7 @@ from bus import (
 )
 from bus.embedded import EmbeddedBroker
 from bus.servicer import MessagingServicer, add_messaging
-from sdk import StreamConfig
-from sdk._bus import BusClient
-from sdk._bus_session import BusSubscription
+from sdk import BusClient, BusSubscription, StreamConfig
 from sidecar.relay import QueuedPublishAck, RelayBroker, attach_relay
 from tests.util import assert_eventually, free_port
 

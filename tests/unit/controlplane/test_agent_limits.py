@@ -23,7 +23,7 @@ from controlplane.agent._validation import (
     size_violation,
     subscribe_violations,
 )
-from sdk._agent_chunks import UpdateAssembler
+from sdk.agent._chunks import UpdateAssembler
 from serving.errors import InvalidArgumentError
 from serving.paging import page_token
 

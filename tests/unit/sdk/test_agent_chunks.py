@@ -6,7 +6,7 @@ import pytest
 from ecosystem.v1 import agent_pb2 as apb
 from ecosystem.v1 import registry_pb2 as pb
 
-from sdk._agent_chunks import UpdateAssembler, UpdateTooLargeError, sync_parts
+from sdk.agent._chunks import UpdateAssembler, UpdateTooLargeError, sync_parts
 
 
 def inst(i: int, size: int = 1000, service: str = "web") -> pb.Instance:

@@ -17,12 +17,12 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sdk import EndpointSource, ServiceChannel, StaticEndpointSource
 from sdk._errors import ClientClosedError
-from sdk._proxyless import ServiceChannel
-from sdk._proxyless_policy import idempotency, never_sent, should_retry
-from sdk._proxyless_source import EndpointSource, EndpointTracker, StaticEndpointSource
 from sdk._types import HealthStatus, Instance, WatchEvent, WatchEventType
 from sdk.balancer import Balancer, Endpoint, NoEndpointsError, make_balancer
+from sdk.proxyless._policy import idempotency, never_sent, should_retry
+from sdk.proxyless._sources import EndpointTracker
 from tests.util import assert_eventually
 
 CHECK = "/grpc.health.v1.Health/Check"
@@ -418,12 +418,12 @@ async def test_a_critical_endpoint_is_skipped_from_the_update_that_says_so(
 async def test_router_applies_an_update_before_the_next_pick(backends: FakeBackends) -> None:
     source = StaticEndpointSource({"svc": [ep("a"), ep("b"), ep("c")]})
     channel = open_channel(source, backends)
-    router = channel._router
-    router.update([ep("a"), ep("b", HealthStatus.CRITICAL), ep("c")])
+    pool = channel._pool
+    pool.update([ep("a"), ep("b", HealthStatus.CRITICAL), ep("c")])
     picked = set()
     for _ in range(10):
-        endpoint, connection = router.pick(None)
-        router.release(endpoint, connection)
+        endpoint, connection = pool.pick(None)
+        pool.release(endpoint, connection)
         picked.add(endpoint.id)
     assert picked == {"a", "c"}
     await channel.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 
 import sdk
+import sdk.lowlevel
 
 PUBLIC = [
     "HandlerStats",
@@ -101,6 +103,21 @@ def test_every_public_name_exists() -> None:
 def test_modules_are_private_except_the_low_level_one() -> None:
     modules = sorted(p.stem for p in SDK_DIR.glob("*.py") if p.stem != "__init__")
     assert [m for m in modules if not m.startswith("_")] == ["lowlevel"]
+
+
+SUBPACKAGES = ["agent", "balancer", "bus", "proxyless"]
+
+
+def test_subpackages_hold_private_modules_and_export_what_sdk_does() -> None:
+    found = sorted(p.parent.name for p in SDK_DIR.glob("*/__init__.py"))
+    assert found == SUBPACKAGES
+    for name in SUBPACKAGES:
+        package = importlib.import_module(f"sdk.{name}")
+        modules = [p.stem for p in (SDK_DIR / name).glob("*.py") if p.stem != "__init__"]
+        assert all(m.startswith("_") for m in modules), (name, modules)
+        for public in package.__all__:
+            exported = getattr(sdk, public, None) or getattr(sdk.lowlevel, public)
+            assert exported is getattr(package, public), (name, public)
 
 
 def test_importing_the_sdk_loads_no_server_code() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from ecosystem.v1 import agent_pb2
 
-from sdk import Instance
-from sdk._agent_types import EndpointUpdate, ServiceEndpoints, ServiceRef, check_update
-from sdk._outbox import MAX_ACKS, Outbox
+from sdk import EndpointUpdate, Instance, ServiceEndpoints, ServiceRef
+from sdk.agent._outbox import MAX_ACKS, AgentOutbox
+from sdk.agent._types import check_update
 
 
 def update(*instances: Instance, service: str = "orders") -> EndpointUpdate:
@@ -57,7 +57,7 @@ def test_update_round_trips_through_the_wire_form() -> None:
     assert EndpointUpdate.from_proto(original.to_proto()) == original
 
 
-def drain(outbox: Outbox) -> list[str]:
+def drain(outbox: AgentOutbox) -> list[str]:
     kinds = []
     while (m := outbox.next(agent_pb2.SyncInstances, agent_pb2.Subscribe)) is not None:
         kinds.append(m.WhichOneof("message"))
@@ -65,7 +65,7 @@ def drain(outbox: Outbox) -> list[str]:
 
 
 def test_outbox_order_and_coalescing() -> None:
-    outbox = Outbox(max_reports=10)
+    outbox = AgentOutbox(max_reports=10)
     outbox.report(agent_pb2.HealthReport(instance_id="x"))
     outbox.ack(agent_pb2.Ack(version=1))
     outbox.subscribe()
@@ -76,7 +76,7 @@ def test_outbox_order_and_coalescing() -> None:
 
 
 def test_outbox_is_bounded() -> None:
-    outbox = Outbox(max_reports=3)
+    outbox = AgentOutbox(max_reports=3)
     for i in range(MAX_ACKS + 5):
         outbox.ack(agent_pb2.Ack(version=i))
     for _ in range(3):
@@ -90,7 +90,7 @@ def test_outbox_is_bounded() -> None:
 
 
 def test_reset_clears_what_the_last_stream_queued() -> None:
-    outbox = Outbox(max_reports=3)
+    outbox = AgentOutbox(max_reports=3)
     outbox.ack(agent_pb2.Ack())
     outbox.report(agent_pb2.HealthReport())
     outbox.reset()

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk import HealthStatus, Instance
-from sdk._agent_types import EndpointUpdate, ServiceEndpoints, ServiceRef
+from sdk import EndpointUpdate, HealthStatus, Instance, ServiceEndpoints, ServiceRef
 from sidecar.cache import CACHE_FILE, CacheSource, EndpointCache, write_atomic
 
 ORDERS = ("default", "orders")

@@ -12,8 +12,7 @@ import pytest
 from ecosystem.v1 import registry_pb2, sidecar_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from sdk import HealthStatus, Instance
-from sdk._agent_types import EndpointUpdate, ServiceEndpoints, ServiceRef
+from sdk import EndpointUpdate, HealthStatus, Instance, ServiceEndpoints, ServiceRef
 from sidecar.cache import EndpointCache
 from sidecar.config import NodeConfig, UpstreamConfig
 from sidecar.errors import StartupError, to_status

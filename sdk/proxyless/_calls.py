@@ -2,7 +2,7 @@
 
 Every method of a generated stub is a multicallable made once by
 ``channel.unary_unary(path, ...)`` (or one of the three streaming kinds).
-Here each one picks an endpoint *per call* through the :class:`Router` and
+Here each one picks an endpoint *per call* through the :class:`EndpointPool` and
 runs the call on that endpoint's own channel:
 
 - **unary-unary**: a call object that runs its attempts when awaited. An
@@ -18,8 +18,8 @@ runs the call on that endpoint's own channel:
   deferred call that picks on first use.
 
 The retry decision and the values calls share are in
-``sdk._proxyless_policy``; the deferred streaming call in
-``sdk._proxyless_stream``.
+``sdk.proxyless._policy``; the deferred streaming call in
+``sdk.proxyless._stream``.
 
 Errors from backends reach the caller as gRPC raised them (``grpc.RpcError``):
 the status codes are the application's, not the SDK's. The channel's own
@@ -39,7 +39,8 @@ import grpc
 import grpc.aio
 
 from sdk._errors import EcoError
-from sdk._proxyless_policy import (
+from sdk.balancer import Endpoint, NoEndpointsError
+from sdk.proxyless._policy import (
     ENDPOINT_FAILURES,
     CallOptions,
     CallPolicy,
@@ -48,9 +49,8 @@ from sdk._proxyless_policy import (
     rpc_status,
     should_retry,
 )
-from sdk._proxyless_router import Connection, Router
-from sdk._proxyless_stream import DeferredStreamCall
-from sdk.balancer import Endpoint, NoEndpointsError
+from sdk.proxyless._pool import Connection, EndpointPool
+from sdk.proxyless._stream import DeferredStreamCall
 
 __all__ = [
     "MultiCallable",
@@ -82,21 +82,21 @@ class MultiCallable:
         "_idempotent",
         "_method",
         "_policy",
+        "_pool",
         "_registered",
-        "_router",
         "_serializer",
     )
 
     def __init__(
         self,
-        router: Router,
+        pool: EndpointPool,
         policy: CallPolicy,
         method: str,
         request_serializer: Callable[[Any], bytes] | None,
         response_deserializer: Callable[[bytes], Any] | None,
         registered: bool | None,
     ) -> None:
-        self._router = router
+        self._pool = pool
         self._policy = policy
         self._method = method
         self._serializer = request_serializer
@@ -113,17 +113,17 @@ class MultiCallable:
         return self._idempotent
 
     @property
-    def router(self) -> Router:
-        return self._router
+    def pool(self) -> EndpointPool:
+        return self._pool
 
     def __repr__(self) -> str:
-        return f"<{self.kind} {self._method} via {self._router.label}>"
+        return f"<{self.kind} {self._method} via {self._pool.label}>"
 
     def _stream(self, request: Any, options: CallOptions) -> Any:
-        router = self._router
-        if router.ready and not router.closed:
+        pool = self._pool
+        if pool.ready and not pool.closed:
             try:
-                endpoint, connection = router.pick(self._policy.key_of(options.metadata))
+                endpoint, connection = pool.pick(self._policy.key_of(options.metadata))
             except NoEndpointsError:
                 pass  # the deferred call waits (wait_for_ready) or raises on first use
             else:
@@ -153,7 +153,7 @@ class MultiCallable:
         timeout: float | None,
     ) -> Any:
         """Starts a streaming call on a picked endpoint; released when it ends."""
-        router = self._router
+        pool = self._pool
         try:
             call = self.inner(connection)(
                 request,
@@ -164,24 +164,24 @@ class MultiCallable:
                 compression=options.compression,
             )
         except BaseException:
-            router.release(endpoint, connection)
+            pool.release(endpoint, connection)
             raise
         # A stream's duration says nothing about the endpoint's speed: only the
         # in-flight count is fed back.
-        call.add_done_callback(lambda _call: router.release(endpoint, connection))
+        call.add_done_callback(lambda _call: pool.release(endpoint, connection))
         return call
 
     async def pick_for(
         self, metadata: Any, options: CallOptions, deadline: float | None
     ) -> tuple[Endpoint, Connection]:
         """Waits for endpoints as the options allow and picks one."""
-        router = self._router
-        if not router.ready:
-            await router.wait_ready(deadline, self._policy.resolve_timeout)
+        pool = self._pool
+        if not pool.ready:
+            await pool.wait_ready(deadline, self._policy.resolve_timeout)
         key = self._policy.key_of(metadata)
         if options.wait_for_ready:
-            return await router.pick_waiting(key, deadline)
-        return router.pick(key)
+            return await pool.pick_waiting(key, deadline)
+        return pool.pick(key)
 
 
 class UnaryUnaryMultiCallable(MultiCallable):
@@ -344,12 +344,12 @@ class UnaryUnaryCall:
 
     async def _run(self) -> Any:
         owner = self._owner
-        router = owner._router
+        pool = owner._pool
         policy = owner._policy
         options = self._options
         deadline = self._deadline
-        if router.ready and not options.wait_for_ready:
-            endpoint, connection = router.pick(policy.key_of(options.metadata))
+        if pool.ready and not options.wait_for_ready:
+            endpoint, connection = pool.pick(policy.key_of(options.metadata))
         else:
             endpoint, connection = await owner.pick_for(options.metadata, options, deadline)
         tried: list[str] = []
@@ -383,14 +383,14 @@ class UnaryUnaryCall:
                     response = await call
             except grpc.RpcError as err:
                 code, details = rpc_status(err)
-                router.release(
+                pool.release(
                     endpoint,
                     connection,
                     latency=time.monotonic() - started,
                     failed=code in ENDPOINT_FAILURES,
                 )
                 if never_sent(code, details):
-                    router.eject_unreachable(endpoint)
+                    pool.eject_unreachable(endpoint)
                 if (
                     self._attempts >= policy.max_attempts
                     or self._cancel_requested
@@ -399,19 +399,19 @@ class UnaryUnaryCall:
                     raise
                 last_error = err
             except BaseException:
-                router.release(endpoint, connection)
+                pool.release(endpoint, connection)
                 raise
             else:
                 if expired and last_error is not None:
-                    router.release(endpoint, connection)
+                    pool.release(endpoint, connection)
                     raise last_error
-                router.release(endpoint, connection, latency=time.monotonic() - started)
+                pool.release(endpoint, connection, latency=time.monotonic() - started)
                 return response
             # Retrying: on an endpoint not tried yet if the balancer has one,
             # else on a tried one after a jittered pause.
             tried.append(endpoint.id)
             try:
-                endpoint, connection, fresh = router.pick_other(
+                endpoint, connection, fresh = pool.pick_other(
                     policy.key_of(options.metadata), tried
                 )
             except NoEndpointsError:
@@ -424,7 +424,7 @@ class UnaryUnaryCall:
                     delay = min(delay, max(0.0, deadline - time.monotonic()))
             logger.debug(
                 "%s %s: attempt %d failed (%s); retrying on %s",
-                router.label,
+                pool.label,
                 owner._method,
                 self._attempts,
                 details,

@@ -10,11 +10,11 @@ generated stub works with it unchanged::
 
 How it fits together::
 
-    EndpointSource ──(complete endpoint lists)──▶ watch task ──▶ Router.update()
+    EndpointSource ──(complete endpoint lists)──▶ watch task ──▶ EndpointPool.update()
         ControlPlaneSource (AsyncClient.watch)                   balancer.update()
         SidecarSource (SidecarService.WatchEndpoints)            retire channels of
         StaticEndpointSource (set by code)                       endpoints that left
-    stub.Method(request) ──▶ MultiCallable ──▶ Router.pick() ──▶ that endpoint's channel
+    stub.Method(request) ──▶ MultiCallable ──▶ EndpointPool.pick() ──▶ that endpoint's channel
                                             ◀── release(latency, failed) ◀──┘
 
 The channel owns its watch task and every per-endpoint channel; ``close()``
@@ -35,19 +35,19 @@ import grpc.aio
 
 from sdk._client import AsyncClient
 from sdk._errors import ClientClosedError
-from sdk._proxyless_calls import (
+from sdk._retry import Backoff
+from sdk._transport import ChannelFactory
+from sdk.balancer import Balancer, Endpoint, Locality, make_balancer
+from sdk.proxyless._calls import (
     MultiCallable,
     StreamStreamMultiCallable,
     StreamUnaryMultiCallable,
     UnaryStreamMultiCallable,
     UnaryUnaryMultiCallable,
 )
-from sdk._proxyless_policy import CallPolicy, IdempotentSpec, idempotency
-from sdk._proxyless_router import Router
-from sdk._proxyless_source import ControlPlaneSource, EndpointSource, SidecarSource
-from sdk._retry import Backoff
-from sdk._transport import ChannelFactory
-from sdk.balancer import Balancer, Endpoint, Locality, make_balancer
+from sdk.proxyless._policy import CallPolicy, IdempotentSpec, idempotency
+from sdk.proxyless._pool import EndpointPool
+from sdk.proxyless._sources import ControlPlaneSource, EndpointSource, SidecarSource
 
 __all__ = ["ServiceChannel"]
 
@@ -134,7 +134,7 @@ class ServiceChannel:
             resolve_timeout=float(resolve_timeout),
         )
         label = f"service {namespace}/{service}" if namespace else f"service {service}"
-        self._router = Router(
+        self._pool = EndpointPool(
             label,
             _coerce_balancer(balancer, balancer_options, locality),
             channel_factory or endpoint_channel,
@@ -174,12 +174,12 @@ class ServiceChannel:
     @property
     def balancer(self) -> Balancer:
         """The balancer picks go through (to eject an endpoint, or inspect it)."""
-        return self._router.balancer
+        return self._pool.balancer
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
         """The endpoints of the last update, routable or not."""
-        return self._router.endpoints
+        return self._pool.endpoints
 
     @property
     def closed(self) -> bool:
@@ -187,7 +187,7 @@ class ServiceChannel:
 
     def channels(self) -> dict[str, grpc.aio.Channel]:
         """The open per-endpoint channels by endpoint id (made on first pick)."""
-        return {i: c.channel for i, c in self._router.connections().items()}
+        return {i: c.channel for i, c in self._pool.connections().items()}
 
     def __repr__(self) -> str:
         return (
@@ -220,7 +220,7 @@ class ServiceChannel:
         Raises NoEndpointsError when none arrives within ``timeout`` seconds.
         """
         self._start_soon()
-        await self._router.wait_ready(None, timeout)
+        await self._pool.wait_ready(None, timeout)
         return self.endpoints
 
     async def close(self, grace: float | None = None) -> None:
@@ -240,7 +240,7 @@ class ServiceChannel:
                 await asyncio.wait([task])
         finally:
             try:
-                await self._router.close(grace)
+                await self._pool.close(grace)
             finally:
                 if self._owns_source and isinstance(self._source, SidecarSource):
                     await self._source.close()
@@ -255,24 +255,24 @@ class ServiceChannel:
             )
 
     async def _watch(self) -> None:
-        """Feeds the router from the source, reopening the source if it stops."""
-        router = self._router
+        """Feeds the pool from the source, reopening the source if it stops."""
+        pool = self._pool
         backoff = Backoff(*_SOURCE_BACKOFF)
         while True:
             updates = self._source.watch_endpoints(self._service, self._namespace)
             try:
                 async for endpoints in updates:
-                    router.update(endpoints)
+                    pool.update(endpoints)
                     backoff.reset()
                 reason = "the source ended"
             except ClientClosedError as err:
-                router.source_failed(err)
+                pool.source_failed(err)
                 logger.warning(
-                    "%s: endpoint source closed (%s); routing stays as is", router.label, err
+                    "%s: endpoint source closed (%s); routing stays as is", pool.label, err
                 )
                 return
             except Exception as err:
-                router.source_failed(err)
+                pool.source_failed(err)
                 reason = f"{type(err).__name__}: {err}"
             finally:
                 aclose = getattr(updates, "aclose", None)
@@ -281,9 +281,9 @@ class ServiceChannel:
             delay = backoff.next_delay()
             logger.warning(
                 "%s: endpoint watch stopped (%s); keeping %d endpoints, reopening in %.1fs",
-                router.label,
+                pool.label,
                 reason,
-                len(router.endpoints),
+                len(pool.endpoints),
                 delay,
             )
             await asyncio.sleep(delay)
@@ -363,7 +363,7 @@ class ServiceChannel:
         registered: bool | None,
     ) -> _M:
         return kind(
-            self._router,
+            self._pool,
             self._policy,
             method,
             request_serializer,

@@ -42,18 +42,6 @@ from typing import Self
 
 from ecosystem.v1 import agent_pb2, agent_pb2_grpc
 
-from sdk._agent_chunks import UpdateAssembler
-from sdk._agent_stream import EOF, AgentStream, StreamEnded, agent_channel, describe
-from sdk._agent_types import (
-    AgentNode,
-    AgentState,
-    AgentStatus,
-    BusAccess,
-    EndpointUpdate,
-    ServiceRef,
-    SyncOutcome,
-    check_update,
-)
 from sdk._errors import (
     AlreadyExistsError,
     ClientClosedError,
@@ -68,10 +56,22 @@ from sdk._errors import (
     UnimplementedError,
     translated,
 )
-from sdk._outbox import Outbox
 from sdk._retry import Backoff
 from sdk._transport import ChannelFactory, Sleep, Transport, resolve_servers
 from sdk._types import CheckStatus, HealthStatus, Instance
+from sdk.agent._chunks import UpdateAssembler
+from sdk.agent._outbox import AgentOutbox
+from sdk.agent._stream import EOF, AgentStream, StreamEnded, agent_channel, describe
+from sdk.agent._types import (
+    AgentNode,
+    AgentState,
+    AgentStatus,
+    BusAccess,
+    EndpointUpdate,
+    ServiceRef,
+    SyncOutcome,
+    check_update,
+)
 
 __all__ = ["AgentSession"]
 
@@ -177,7 +177,7 @@ class AgentSession:
         self._connected_at = 0.0
         self._connected_event = asyncio.Event()
 
-        self._outbox = Outbox(max_pending_reports)
+        self._outbox = AgentOutbox(max_pending_reports)
         self._assembler = UpdateAssembler()
         self._leaving = False
         self._syncs_written = 0

@@ -1,7 +1,7 @@
 """The value types of the agent stream, and the check every update passes first.
 
 Plain frozen dataclasses over the ``ecosystem.v1`` agent messages, so that
-the sidecar (and anyone else holding an :class:`~sdk._agent.AgentSession`)
+the sidecar (and anyone else holding an :class:`~sdk.agent._session.AgentSession`)
 works with the SDK's own types: :class:`ServiceRef`, :class:`AgentNode`,
 :class:`EndpointUpdate` of :class:`ServiceEndpoints`, :class:`SyncOutcome`,
 :class:`BusAccess`.

@@ -5,7 +5,7 @@ UNAVAILABLE, and only when that cannot run the method twice: the method is
 idempotent (a set of paths or a predicate, given by the application), or
 the request provably never left this process (the connection could not be
 made). :func:`should_retry` is that decision; the call loop in
-``sdk._proxyless_calls`` applies it.
+``sdk.proxyless._calls`` applies it.
 """
 
 from __future__ import annotations

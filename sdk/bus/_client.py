@@ -19,12 +19,12 @@ from typing import Self
 
 from ecosystem.v1 import messaging_pb2 as pb
 
-from sdk._bus_batch import AckBatcher, PublishBatcher, publish_request
-from sdk._bus_session import BusSubscription
-from sdk._bus_types import AckKind, BusMessage, DeliverPolicy, PublishResult, StreamInfo
 from sdk._errors import ClientClosedError
 from sdk._retry import RetryPolicy
 from sdk._transport import ChannelFactory, Transport, resolve_servers
+from sdk.bus._batch import AckBatcher, PublishBatcher, publish_request
+from sdk.bus._subscription import BusSubscription
+from sdk.bus._types import AckKind, BusMessage, DeliverPolicy, PublishResult, StreamInfo
 
 __all__ = ["BusClient"]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from ecosystem.v1 import agent_pb2
 
-__all__ = ["Outbox"]
+__all__ = ["AgentOutbox"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 MAX_ACKS = 16
 
 
-class Outbox:
+class AgentOutbox:
     """The agent session's pending messages; one writer drains it with :meth:`next`."""
 
     def __init__(self, max_reports: int) -> None:

@@ -20,10 +20,10 @@ import grpc
 import grpc.aio
 from ecosystem.v1 import agent_pb2
 
-from sdk._agent_chunks import MESSAGE_BYTES, sync_parts
 from sdk._errors import translated
-from sdk._outbox import Outbox
 from sdk._transport import _CHANNEL_OPTIONS, Sleep
+from sdk.agent._chunks import MESSAGE_BYTES, sync_parts
+from sdk.agent._outbox import AgentOutbox
 
 __all__ = ["EOF", "AgentStream", "StreamEnded", "agent_channel", "describe"]
 
@@ -82,7 +82,7 @@ class AgentStream:
         self,
         call: Any,
         address: str,
-        outbox: Outbox,
+        outbox: AgentOutbox,
         *,
         on_update: Callable[[agent_pb2.EndpointUpdate], None],
         on_sync_result: Callable[[agent_pb2.SyncResult], None],

@@ -1,6 +1,6 @@
 """The routing core of a proxyless channel: endpoints, the balancer, one channel each.
 
-:class:`Router` holds what a :class:`~sdk._proxyless.ServiceChannel` routes
+:class:`EndpointPool` holds what a :class:`~sdk.proxyless._channel.ServiceChannel` routes
 with, and nothing that talks to a source::
 
     update(endpoints)  ── balancer.update() ── retire connections of endpoints that left
@@ -12,7 +12,7 @@ pick of that endpoint and kept while the endpoint is in the list (a
 CRITICAL endpoint keeps its channel: it is only skipped). When an endpoint
 leaves, or its address changes, its connection retires: the calls in flight
 on it get ``drain_grace`` seconds to finish, then the channel is closed.
-Retirements are tasks the router owns; :meth:`Router.close` cancels and
+Retirements are tasks the pool owns; :meth:`EndpointPool.close` cancels and
 awaits them and closes every channel.
 
 Single event loop, no locks: every method except the waits runs to
@@ -33,7 +33,7 @@ import grpc.aio
 from sdk._errors import ClientClosedError
 from sdk.balancer import Balancer, Endpoint, NoEndpointsError
 
-__all__ = ["Connection", "Router"]
+__all__ = ["Connection", "EndpointPool"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Connection:
         return f"Connection({self.endpoint_id!r}, {self.authority}, in_flight={self.in_flight})"
 
 
-class Router:
+class EndpointPool:
     """Endpoints, balancer and connections of one service; see the module docstring.
 
     ``label`` names the service in errors and logs; ``channel_maker`` opens
@@ -144,7 +144,7 @@ class Router:
         return dict(self._connections)
 
     def channels(self) -> list[grpc.aio.Channel]:
-        """Every channel the router holds, retiring ones included."""
+        """Every channel the pool holds, retiring ones included."""
         return [c.channel for c in (*self._connections.values(), *self._retiring)]
 
     # -- endpoint updates -------------------------------------------------------

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from sdk._proxyless_policy import CallOptions, code_of
+from sdk.proxyless._policy import CallOptions, code_of
 
 if TYPE_CHECKING:
-    from sdk._proxyless_calls import MultiCallable
+    from sdk.proxyless._calls import MultiCallable
 
 __all__ = ["DeferredStreamCall"]
 
@@ -69,7 +69,7 @@ class DeferredStreamCall:
             self._options.metadata, self._options, self._deadline
         )
         if self._cancelled:
-            owner.router.release(endpoint, connection)
+            owner.pool.release(endpoint, connection)
             raise asyncio.CancelledError()
         remaining = None
         if self._deadline is not None:

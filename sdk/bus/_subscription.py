@@ -2,8 +2,8 @@
 
 :class:`BusSubscription` is one ``Subscribe`` call read by one task into a
 bounded queue (a durable one resubscribes after the control plane went
-away), owned, started and closed by :class:`~sdk._bus.BusClient`.
-Acknowledgements and publishes are coalesced by :mod:`sdk._bus_batch`.
+away), owned, started and closed by :class:`~sdk.bus._client.BusClient`.
+Acknowledgements and publishes are coalesced by :mod:`sdk.bus._batch`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Self
 
 from ecosystem.v1 import messaging_pb2 as pb
 
-from sdk._bus_types import BusMessage, MessageOwner
 from sdk._errors import ClientClosedError, DeadlineExceededError, UnavailableError
 from sdk._transport import Transport
+from sdk.bus._types import BusMessage, MessageOwner
 
 __all__ = ["BusSubscription"]
 
