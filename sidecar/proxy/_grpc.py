@@ -245,8 +245,9 @@ async def _send(call: grpc.aio.StreamStreamCall[bytes, bytes], message: bytes) -
     handler may fail before it reads), the runtime fails the write, and
     ``write()`` then replaces the status the upstream sent with its own
     INTERNAL "Internal error from Core" whenever the failed write is seen
-    before that status (grpc/grpc#36066). Measured through this proxy: 3 to
-    30 % of such calls, at each hop. A failed write here leaves the status
+    before that status (grpc/grpc#36066): 2 to 16 % of such calls through one
+    proxy or two in tests/integration/proxy/test_grpc_status.py, each counted
+    as a server error for ejection. A failed write here leaves the status
     alone, and the response side reads the upstream's.
     """
     try:
