@@ -42,7 +42,7 @@ from controlplane.registry import INSTANCES_PREFIX, ROOT_PREFIX, decode_instance
 from controlplane.store import Compacted, EventType, Store, StoreClosed, StoreError, WatchBatch
 from serving.errors import UnavailableError
 
-__all__ = ["InstanceView", "Selector", "Subscription", "ViewConfig"]
+__all__ = ["InstanceView", "Selector", "ViewConfig", "Watcher"]
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class _Change:
 
 
 @dataclass(eq=False)
-class Subscription:
+class Watcher:
     """One watcher: a selector, a bounded list of pending frames, a wake-up."""
 
     view: InstanceView
@@ -320,8 +320,8 @@ class InstanceView:
         self._floor = 0  # the ring holds every change after this revision
         self._revision = 0
         self._tick = asyncio.Event()
-        self._subs_by_service: dict[str, set[Subscription]] = {}
-        self._subs_all: set[Subscription] = set()
+        self._subs_by_service: dict[str, set[Watcher]] = {}
+        self._subs_all: set[Watcher] = set()
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._closed = False
@@ -472,7 +472,7 @@ class InstanceView:
         tick.set()
 
     def _publish(self, changes: list[_Change]) -> None:
-        per_sub: dict[Subscription, list[bytes]] = {}
+        per_sub: dict[Watcher, list[bytes]] = {}
         for change in changes:
             inst = change.new if change.new is not None else change.prev
             assert inst is not None
@@ -483,11 +483,11 @@ class InstanceView:
         for sub, frames in per_sub.items():
             sub.offer(frames)
 
-    def _candidates(self, service: str) -> Iterable[Subscription]:
+    def _candidates(self, service: str) -> Iterable[Watcher]:
         yield from self._subs_all
         yield from self._subs_by_service.get(service, ())
 
-    def _subscriptions(self) -> Iterable[Subscription]:
+    def _subscriptions(self) -> Iterable[Watcher]:
         yield from self._subs_all
         for subs in self._subs_by_service.values():
             yield from subs
@@ -579,7 +579,7 @@ class InstanceView:
         *,
         store_id: str = "",
         wake: asyncio.Event | None = None,
-    ) -> Subscription:
+    ) -> Watcher:
         """A new subscriber. Events after ``since_revision`` are queued at once
         when the ring still holds them; otherwise the first thing it gets is a
         snapshot. Registration and catch-up happen without yielding, so no
@@ -587,7 +587,7 @@ class InstanceView:
         means the revisions are of another history: a snapshot, too."""
         if self._closed:
             raise UnavailableError("control plane is shutting down")
-        sub = Subscription(self, selector, self._config.max_pending, self._config.max_pending_bytes)
+        sub = Watcher(self, selector, self._config.max_pending, self._config.max_pending_bytes)
         if wake is not None:
             sub.wake = wake  # several subscriptions of one session share a wake-up
         if (
@@ -615,7 +615,7 @@ class InstanceView:
             self._subs_all.add(sub)
         return sub
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Watcher) -> None:
         sub.closed = True
         self._subs_all.discard(sub)
         subs = self._subs_by_service.get(sub.selector.service)

@@ -55,7 +55,7 @@ from controlplane.store import (
     StoreUnavailable,
 )
 from controlplane.validation import DEFAULT_NAMESPACE
-from controlplane.view import InstanceView, Selector, Subscription
+from controlplane.view import InstanceView, Selector, Watcher
 from serving.errors import (
     FieldViolation,
     InvalidArgumentError,
@@ -107,7 +107,7 @@ class NodeSession:
     acked_nonce: str = ""
     last_error: str = ""
     connected: bool = True
-    subscriptions: dict[tuple[str, str], Subscription] = field(default_factory=dict)
+    subscriptions: dict[tuple[str, str], Watcher] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # The mod revision of the node record this session wrote on connect: the

@@ -149,11 +149,11 @@ async def test_instances_are_indexed_by_node_as_they_move(store: MemoryStore) ->
 
 
 async def test_a_backlog_is_cut_at_revision_boundaries(store: MemoryStore) -> None:
-    from controlplane.view import Subscription
+    from controlplane.view import Watcher
 
     view = await make_view(store)
     try:
-        sub = Subscription(view, Selector(), max_pending=100, max_pending_bytes=10_000)
+        sub = Watcher(view, Selector(), max_pending=100, max_pending_bytes=10_000)
         sub.offer([b"a" * 300, b"b" * 300])  # revision 1: 600 bytes
         sub.offer([b"c" * 300])  # revision 2
         sub.offer([b"d" * 300] * 5)  # revision 3: 1500 bytes, more than a response
