@@ -202,13 +202,16 @@ def relay_available() -> bool:
 class RelayProcess(_Child):
     """The sidecar's bus relay alone in its own process (what ``eco sidecar`` serves
     on its local API): ``MessagingService`` on a free port over a ``RelayBroker``
-    to ``upstream``; ready once its port accepts connections."""
+    to the control plane at ``upstream``, or straight to ``broker_url`` (NATS) as
+    a sidecar relays once its control plane names NATS; ready once its port
+    accepts connections."""
 
     what = "the relay"
 
-    def __init__(self, workdir: Path, upstream: str) -> None:
+    def __init__(self, workdir: Path, upstream: str, broker_url: str = "") -> None:
         super().__init__(workdir)
         self.upstream = upstream
+        self.broker_url = broker_url
 
     @property
     def target(self) -> str:
@@ -225,24 +228,30 @@ class RelayProcess(_Child):
             str(self.port),
             self.upstream,
             str(self.workdir),
+            self.broker_url,
         ]
         self._start(argv, self.workdir / "relay.log", capture=True)
         return self
 
 
 def relay_main(argv: list[str]) -> int:
-    """``PORT UPSTREAM DATA_DIR``: serves the relay until SIGTERM (the relay process)."""
+    """``PORT UPSTREAM DATA_DIR BROKER_URL``: serves the relay until SIGTERM (the
+    relay process); an empty BROKER_URL relays through the control plane."""
     import grpc.aio
 
+    from serving.process import tune_gc
     from sidecar.relay import attach_relay
 
-    port, upstream, data_dir = int(argv[0]), argv[1], Path(argv[2])
+    port, upstream, data_dir, broker_url = int(argv[0]), argv[1], Path(argv[2]), argv[3]
 
     async def serve() -> None:
         stopping = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
         server = grpc.aio.server()
-        relay, _ = await attach_relay(server, [upstream], data_dir, lambda: False)
+        relay, _ = await attach_relay(
+            server, [upstream], data_dir, lambda: False, broker_url=broker_url
+        )
+        tune_gc()  # as `eco sidecar` does once started
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         await stopping.wait()

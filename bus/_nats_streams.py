@@ -56,20 +56,29 @@ def covers(wide: str, narrow: str) -> bool:
     return len(a) == len(b)
 
 
+#: Subjects whose capturing stream is remembered at once, at most.
+_MEMO = 10_000
+
+
 class StreamCache:
     """The streams on the server as last read (refreshed by the broker)."""
 
     def __init__(self) -> None:
         self._streams: dict[str, StreamMeta] = {}
+        # subject -> the stream capturing it (None: core), as the streams are now:
+        # every publish asks, so it is worked out once per subject.
+        self._capturing: dict[str, str | None] = {}
 
     def get(self, name: str) -> StreamMeta | None:
         return self._streams.get(name)
 
     def put(self, meta: StreamMeta) -> None:
         self._streams[meta.name] = meta
+        self._capturing.clear()
 
     def drop(self, name: str) -> None:
         self._streams.pop(name, None)
+        self._capturing.clear()
 
     def patterns(self) -> tuple[str, ...]:
         """Every subject and pattern the streams capture."""
@@ -77,14 +86,24 @@ class StreamCache:
 
     def capturing(self, subject: str) -> str | None:
         """The stream that stores messages published to ``subject``, if any."""
+        try:
+            return self._capturing[subject]
+        except KeyError:
+            pass
+        found = None
         for meta in self._streams.values():
             if any(subject_matches(p, subject) for p in meta.subjects):
-                return meta.name
-        return None
+                found = meta.name
+                break
+        if len(self._capturing) >= _MEMO:
+            self._capturing.clear()
+        self._capturing[subject] = found
+        return found
 
     async def refresh(self, js: JetStreamApi) -> None:
         infos = await js.stream_infos()
         self._streams = {m.name: m for m in (stream_meta(i["config"]) for i in infos)}
+        self._capturing.clear()
 
     async def refresh_quietly(self, js: JetStreamApi) -> None:
         try:

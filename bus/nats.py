@@ -32,7 +32,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 import nats.errors
@@ -92,6 +92,12 @@ _DLQ_QUEUE = "eco-bus-dlq"
 _MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"
 _STREAM_EVENTS = "$JS.EVENT.ADVISORY.STREAM.*.*"
 _TICK = 0.5
+#: What a core publish returns (nothing stored): the same every time.
+_CORE_ACK = PublishAck()
+_PUBLISH_LOST = (
+    "NATS: the connection was lost before JetStream confirmed the publish; it may be "
+    "stored: publish it again (with the same id, to store it once)"
+)
 _REFRESH_EVERY = 30.0
 #: Core messages buffered per subscription before it drops.
 DEFAULT_QUEUE_LIMIT = 10_000
@@ -184,6 +190,8 @@ class NatsBroker:
             "ping_interval": 10,
             "max_outstanding_pings": 3,
             "inbox_prefix": INBOX_PREFIX,
+            # Subjects are checked by the bus's own, stricter rules before they get here.
+            "skip_subject_validation": True,
             "error_cb": self._on_error,
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
@@ -302,6 +310,65 @@ class NatsBroker:
 
     async def publish(self, message: OutgoingMessage) -> PublishAck:
         nc, _ = self._ready()
+        stream, headers = self._prepare(nc, message)
+        if stream is None:
+            await self._send(nc, message.subject, message.data, message.reply_to, headers)
+            return _CORE_ACK
+        asked = await self._ask(nc, message.subject, message.data, headers, _PUBLISH_LOST)
+        return await self._stored(message.subject, *asked)
+
+    async def publish_many(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> list[PublishAck | Exception]:
+        """Each message as :meth:`publish` would, in order: every one is written to
+        the connection before any answer is awaited (a core one needs none, so a
+        batch of them costs no task each), then the stored ones' confirmations
+        are awaited together. A refused message is its error."""
+        nc, _ = self._ready()
+        results: list[PublishAck | Exception] = []
+        asked: list[tuple[int, str, str, asyncio.Future[Msg]]] = []
+        try:
+            for message in messages:
+                try:
+                    stream, headers = self._prepare(nc, message)
+                    if stream is None:
+                        await self._send(
+                            nc, message.subject, message.data, message.reply_to, headers
+                        )
+                        results.append(_CORE_ACK)
+                        continue
+                    token, answered = await self._ask(
+                        nc, message.subject, message.data, headers, _PUBLISH_LOST
+                    )
+                except BusError as e:
+                    results.append(e)
+                    continue
+                asked.append((len(results), message.subject, token, answered))
+                results.append(_CORE_ACK)  # replaced by the confirmation below
+        except BaseException:  # a bug, or cancelled: the answers asked for are nobody's
+            for _, _, token, answered in asked:
+                self._answers.pop(token, None)
+                answered.cancel()
+            raise
+        if asked:
+            # One wait for every confirmation (not a task each): JetStream answers
+            # them in order, quickly.
+            await asyncio.wait([answered for *_, answered in asked], timeout=self._api_timeout)
+            for index, subject, token, answered in asked:
+                self._answers.pop(token, None)
+                try:
+                    if not answered.done():
+                        answered.cancel()
+                        results[index] = await self._not_stored_in_time(subject)
+                    else:
+                        results[index] = await self._read_answer(subject, answered.result())
+                except BusError as e:
+                    results[index] = e
+        return results
+
+    def _prepare(self, nc: Client, message: OutgoingMessage) -> tuple[str | None, dict[str, str]]:
+        """Checks ``message``; the stream that captures its subject (None: core) and
+        the NATS headers it is sent with."""
         validate_subject(message.subject, field="subject")
         unreserved(message.subject, pattern=False)
         if message.reply_to:
@@ -314,10 +381,7 @@ class NatsBroker:
         if stream is not None and message.reply_to:
             headers[REPLY_TO] = message.reply_to
         self._check_size(nc, message.data, headers)
-        if stream is None:
-            await self._send(nc, message.subject, message.data, message.reply_to, headers)
-            return PublishAck()
-        return await self._publish_stored(nc, message.subject, message.data, headers)
+        return stream, headers
 
     def _check_size(self, nc: Client, data: bytes, headers: Mapping[str, str]) -> None:
         if len(data) > self._max_payload:
@@ -353,6 +417,18 @@ class NatsBroker:
         the answer: JetStream's PubAck, or its reply to an ack. Core subscribers take
         no such inbox for a reply subject. Raises TimeoutError, or BusUnavailableError
         (saying ``lost``) when the connection drops before the answer comes."""
+        return await self._answer(*await self._ask(nc, subject, data, headers, lost))
+
+    async def _ask(
+        self,
+        nc: Client,
+        subject: str,
+        data: bytes,
+        headers: Mapping[str, str] | None,
+        lost: str,
+    ) -> tuple[str, asyncio.Future[Msg]]:
+        """Publishes with a reply token of this broker's inbox; the token and the
+        future its answer will resolve (see :meth:`_answer`)."""
         token = str(next(self._reply_tokens))
         answered: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._answers[token] = (answered, lost)
@@ -360,31 +436,35 @@ class NatsBroker:
             await nc.publish(
                 subject, data, reply=self._reply_inbox + token, headers=dict(headers or {}) or None
             )
-            return await asyncio.wait_for(answered, self._api_timeout)
         except nats.errors.Error as e:
+            self._answers.pop(token, None)
             raise self._unavailable(e) from e
+        return token, answered
+
+    async def _answer(self, token: str, answered: asyncio.Future[Msg]) -> Msg:
+        try:
+            return await asyncio.wait_for(answered, self._api_timeout)
         finally:
             self._answers.pop(token, None)
 
-    async def _publish_stored(
-        self, nc: Client, subject: str, data: bytes, headers: Mapping[str, str]
-    ) -> PublishAck:
-        """A JetStream publish: returns once JetStream stored the message."""
+    async def _stored(self, subject: str, token: str, answered: asyncio.Future[Msg]) -> PublishAck:
+        """What JetStream answered a publish (see :meth:`_ask`): returns once it
+        stored the message."""
         try:
-            answer = await self._confirmed(
-                nc,
-                subject,
-                data,
-                headers,
-                "NATS: the connection was lost before JetStream confirmed the publish; it "
-                "may be stored: publish it again (with the same id, to store it once)",
-            )
-        except TimeoutError as e:
-            await self._refresh_streams_quietly()
-            if self._capturing(subject) is None:
-                return PublishAck()
-            raise BusUnavailableError(f"NATS: JetStream did not store {subject!r} in time") from e
-        if (answer.headers or {}).get("Status") == "503":
+            answer = await self._answer(token, answered)
+        except TimeoutError:
+            return await self._not_stored_in_time(subject)
+        return await self._read_answer(subject, answer)
+
+    async def _not_stored_in_time(self, subject: str) -> PublishAck:
+        await self._refresh_streams_quietly()
+        if self._capturing(subject) is None:
+            return PublishAck()  # the stream is gone: a core publish after all
+        raise BusUnavailableError(f"NATS: JetStream did not store {subject!r} in time")
+
+    async def _read_answer(self, subject: str, answer: Msg) -> PublishAck:
+        """JetStream's PubAck in ``answer``, or what its absence means."""
+        if answer.headers and answer.headers.get("Status") == "503":
             # Nothing answered for JetStream: either the stream is gone (then this
             # was a core publish after all), or JetStream is not serving it yet
             # (just after a server restart): then nothing is stored, say so.

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import re
@@ -48,9 +47,10 @@ from controlplane.registry import Registry, ensure_store_id
 from controlplane.servicer import RegistryServicer, handler
 from controlplane.store import Store, open_store
 from controlplane.view import InstanceView, ViewConfig
+from serving.process import tune_gc
 from serving.rpc_guard import MalformedRequestGuard
 
-__all__ = ["ControlPlane", "StartupError", "run", "tune_gc"]
+__all__ = ["ControlPlane", "StartupError", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -459,21 +459,6 @@ class ControlPlane:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
-
-
-def tune_gc() -> None:
-    """Collector settings for a long-running control-plane process.
-
-    The registry keeps many long-lived objects (instances, history, leases);
-    with the default thresholds a full collection walks all of them every few
-    seconds under load and stalls the event loop for tens of milliseconds,
-    which every watcher then sees as latency. Objects alive after start-up
-    are moved out of the collector's sight, and young collections run less
-    often (each is still cheap), so full ones become rare.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 100)
 
 
 def _bracket(host: str) -> str:

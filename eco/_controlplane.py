@@ -334,7 +334,7 @@ def _dev_sidecar_config(path: Path | None) -> SidecarConfig:
 
 async def _run_dev(config: ControlPlaneConfig, sidecar_config: SidecarConfig | None) -> int:
     from controlplane import ControlPlane, StartupError
-    from controlplane.app import tune_gc
+    from serving.process import tune_gc
     from sidecar.app import Sidecar
     from sidecar.config import ControlPlaneLinkConfig
     from sidecar.errors import StartupError as SidecarStartupError

@@ -109,6 +109,7 @@ def run(config: SidecarConfig) -> int:
 
 
 async def _serve(config: SidecarConfig) -> int:
+    from serving.process import tune_gc
     from sidecar.app import Sidecar
     from sidecar.errors import StartupError
 
@@ -133,6 +134,7 @@ async def _serve(config: SidecarConfig) -> int:
         except StartupError as err:
             print(f"eco: {err}", file=sys.stderr)
             return EXIT_FAILURE
+        tune_gc()
         await stop.wait()
         await sidecar.stop()
     finally:

@@ -99,18 +99,7 @@ class NatsLink:
     async def publish_many(
         self, messages: Sequence[OutgoingMessage]
     ) -> list[PublishAck | Exception]:
-        # All started in order before any is awaited: each is written to the
-        # connection before its first wait, so the order holds.
-        outcomes = await asyncio.gather(
-            *map(self._broker.publish, messages), return_exceptions=True
-        )
-        results: list[PublishAck | Exception] = []
-        for outcome in outcomes:
-            if isinstance(outcome, PublishAck | BusError):
-                results.append(outcome)
-            else:
-                raise outcome
-        return results
+        return await self._broker.publish_many(messages)
 
     async def _ready(self) -> None:
         """Fails fast (BusUnavailableError) while NATS is away, rather than

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from bus import BusClosedError, Delivery, SubscriptionSpec
@@ -29,12 +30,16 @@ logger = logging.getLogger(__name__)
 
 
 class LocalSubscription:
-    """What the relay hands to ``MessagingServicer``: one local subscriber's queue."""
+    """What the relay hands to ``MessagingServicer``: one local subscriber's
+    bounded queue (a deque and the one reader and writer that may wait on it)."""
 
     def __init__(self, upstream: Upstream, limit: int) -> None:
         self._upstream = upstream
-        self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=limit)
-        self._closed = False
+        self._limit = limit
+        self._items: deque[Delivery] = deque()
+        self._reader: asyncio.Future[None] | None = None
+        self._writer: asyncio.Future[None] | None = None
+        self._ended = False
         self._dropped = 0
 
     @property
@@ -51,48 +56,63 @@ class LocalSubscription:
 
     @property
     def has_room(self) -> bool:
-        return not self._queue.full()
+        return len(self._items) < self._limit
 
     def offer(self, delivery: Delivery) -> None:
         """Core: queue without waiting, or drop (reported once per subscriber)."""
-        try:
-            self._queue.put_nowait(delivery)
-        except asyncio.QueueFull:
+        if self._ended:
+            return
+        if len(self._items) >= self._limit:
             self._dropped += 1
             if self._dropped == 1:
                 logger.warning(
                     "bus relay: slow local subscriber to %r; dropping its messages",
                     self._upstream.spec.subject,
                 )
+            return
+        self._items.append(delivery)
+        _wake(self._reader)
 
     async def put(self, delivery: Delivery) -> None:
-        """Durable: wait for room (backpressure to the control plane)."""
-        await self._queue.put(delivery)
+        """Durable: wait for room (backpressure to the broker)."""
+        while len(self._items) >= self._limit and not self._ended:
+            self._writer = asyncio.get_running_loop().create_future()
+            await self._writer
+        if not self._ended:
+            self._items.append(delivery)
+            _wake(self._reader)
 
     def end(self) -> None:
         """The upstream is gone for good: iteration stops after what is queued."""
-        if self._closed:
+        if self._ended:
             return
-        self._closed = True
-        while True:
-            try:
-                self._queue.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                self._queue.get_nowait()
+        self._ended = True
+        _wake(self._reader)
+        _wake(self._writer)
 
-    async def __aiter__(self) -> AsyncIterator[Delivery]:
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            yield item
+    def __aiter__(self) -> LocalSubscription:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        while not self._items:
+            if self._ended:
+                raise StopAsyncIteration
+            self._reader = asyncio.get_running_loop().create_future()
+            await self._reader
+        delivery = self._items.popleft()
+        _wake(self._writer)
+        return delivery
 
     async def close(self) -> None:
-        if self._closed:
+        if self._ended:
             return
         self.end()
         await self._upstream.detach(self)
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 class Upstream:
