@@ -119,6 +119,7 @@ class RelayBroker:
         self._wanted: str | None = broker_url
         self._captured: tuple[str, ...] = ()
         self._link: Link = self._make_link("")
+        self._retired: set[Link] = set()
         self._upstreams: dict[tuple[str, str], Upstream] = {}
         self._durables: set[Upstream] = set()
         self._connected = False
@@ -205,7 +206,8 @@ class RelayBroker:
             await asyncio.wait({self._task})
         for upstream in [*self._upstreams.values(), *self._durables]:
             await upstream.close()
-        await self._link.close()
+        for link in [*self._retired, self._link]:
+            await link.close()
         lost = self._outbox.drop_memory()
         if lost:
             logger.warning("bus relay closed: %d buffered core publish(es) lost", lost)
@@ -322,7 +324,10 @@ class RelayBroker:
             self._settled.set()
             return
         self._link = new
+        # Closed by close() instead if the relay closes while this one closes.
+        self._retired.add(old)
         await old.close()
+        self._retired.discard(old)
         logger.info("bus relay: relaying to %s (was %s)", self._describe(), old.where or old.kind)
         for upstream in [*self._upstreams.values(), *self._durables]:
             await upstream.relink()
