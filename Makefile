@@ -54,6 +54,10 @@ test: tools check-gen lint
 	scripts/install-rabbitmq.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+## test-unit: the unit tier only (tests/unit: no sockets, no processes, no servers to install)
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
 ## fuzz: the fuzz tests (tests/fuzz) with many examples from random seeds; `make test`
 ## runs them briefly and reproducibly. ECO_FUZZ_SCALE=N: N times the short run's examples (50)
 fuzz: $(STAMP)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
+import inspect
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Collection
+from types import ModuleType
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -28,17 +29,23 @@ async def assert_eventually(
         await asyncio.sleep(interval)
 
 
-_HANDED_OUT: set[int] = set()
+def conformance_tests(
+    fixtures: Collection[str], *modules: ModuleType
+) -> dict[str, Callable[..., Any]]:
+    """The test functions defined in ``modules`` that take one of ``fixtures``, by name.
 
-
-def free_port() -> int:
-    """A 127.0.0.1 port free now and not handed out before in this run: a port
-    chosen for one server and not bound yet (an etcd member not started yet,
-    say) must not be chosen again for another."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+    This is how a tier runs another tier's conformance suite against its own
+    backends without a copy of the tests: the unit tier runs the store and bus
+    suites against the in-process backends, and tests/integration runs the same
+    functions against etcd and NATS with ``globals().update(conformance_tests(...))``
+    in a module whose conftest provides the fixtures for those backends.
+    """
+    found: dict[str, Callable[..., Any]] = {}
+    for module in modules:
+        for name, test in vars(module).items():
+            if not name.startswith("test_") or getattr(test, "__module__", "") != module.__name__:
+                continue
+            if set(fixtures) & set(inspect.signature(test).parameters):
+                assert name not in found, f"{name} is defined in two of {modules}"
+                found[name] = test
+    return found

@@ -11,7 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import ECO, ControlPlaneProcess, SidecarProcess, free_port
+from tests.harness.controlplane import ECO, ControlPlaneProcess
+from tests.harness.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -36,15 +37,15 @@ async def eco(*args: str, timeout: float = 20) -> tuple[int, str, str]:
 async def test_bus_through_a_sidecar_relay_its_bridge_and_the_cli(
     tmp_path: Path, plane: ControlPlaneProcess
 ) -> None:
-    bridge = f"127.0.0.1:{free_port()}"
     sidecar = SidecarProcess(
         tmp_path,
         "relay",
-        f'bridges: [{{protocol: http, listen: "{bridge}", '
+        'bridges: [{protocol: http, listen: "127.0.0.1:0", '
         'allowed_origins: ["https://app.example"]}]\n',
         plane.address,
     )
     await sidecar.start()
+    (bridge,) = await sidecar.bridge_addresses()
     try:
         # the bridge follows its configuration: a page of another origin is refused
         async with aiohttp.ClientSession() as http:

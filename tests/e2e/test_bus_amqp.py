@@ -13,8 +13,9 @@ import pika
 import pytest
 
 import sdk
-from tests.e2e.conftest import ControlPlaneProcess, SidecarProcess
-from tests.integration.rabbitmq_server import RabbitMQServer, rabbitmq_fixture  # noqa: F401
+from tests.harness.controlplane import ControlPlaneProcess
+from tests.harness.rabbitmq import RabbitMQServer, rabbitmq_fixture  # noqa: F401
+from tests.harness.sidecar import SidecarProcess
 from tests.util import assert_eventually
 
 pytestmark = pytest.mark.e2e

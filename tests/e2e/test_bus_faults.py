@@ -35,7 +35,8 @@ from pathlib import Path
 import pytest
 
 import sdk
-from tests.e2e.conftest import ControlPlaneProcess, SidecarProcess
+from tests.harness.controlplane import ControlPlaneProcess
+from tests.harness.sidecar import SidecarProcess
 from tests.util import assert_eventually
 
 pytestmark = pytest.mark.e2e

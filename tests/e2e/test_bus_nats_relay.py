@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 
 import sdk
-from tests.e2e.conftest import ControlPlaneProcess, SidecarProcess
 from tests.e2e.test_bus_faults import RETRY, crash_mid_stream
-from tests.unit.bus.nats_server import NatsServer
+from tests.harness.controlplane import ControlPlaneProcess
+from tests.harness.nats import NatsServer
+from tests.harness.sidecar import SidecarProcess
 from tests.util import assert_eventually
 
 pytestmark = pytest.mark.e2e

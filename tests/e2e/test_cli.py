@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import ControlPlaneProcess
-from tests.util import free_port
+from tests.harness.controlplane import ControlPlaneProcess
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -35,8 +35,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import sdk
 from sdk import HealthStatus, WatchEventType
-from tests.e2e.conftest import ControlPlaneProcess, SidecarProcess
-from tests.e2e.etcd_cluster import EtcdCluster
+from tests.harness.controlplane import ControlPlaneProcess
+from tests.harness.etcd_cluster import EtcdCluster
+from tests.harness.sidecar import SidecarProcess
 from tests.util import assert_eventually
 
 pytestmark = pytest.mark.e2e

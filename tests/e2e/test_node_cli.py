@@ -10,7 +10,7 @@ import grpc
 from ecosystem.v1 import agent_pb2 as apb
 from ecosystem.v1 import agent_pb2_grpc
 
-from tests.e2e.conftest import ECO, ControlPlaneProcess
+from tests.harness.controlplane import ECO, ControlPlaneProcess
 
 
 async def eco(plane: ControlPlaneProcess, *args: str) -> subprocess.CompletedProcess[str]:

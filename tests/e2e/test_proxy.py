@@ -22,7 +22,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sdk import AsyncClient
-from tests.e2e.conftest import ControlPlaneProcess, SidecarProcess, free_port
+from tests.harness.controlplane import ControlPlaneProcess
+from tests.harness.sidecar import SidecarProcess
 from tests.integration.proxy.conftest import Backend
 from tests.util import assert_eventually
 
@@ -71,26 +72,28 @@ class Pair:
 async def pair(
     tmp_path: Path, plane: ControlPlaneProcess, servers: dict[str, Backend]
 ) -> AsyncIterator[Pair]:
-    inbound = {proto: free_port() for proto in servers}
-    upstream = {proto: free_port() for proto in servers}
     server_body = "services:\n" + "".join(
         f"  - {{name: orders-{proto}, address: 127.0.0.1, port: {b.port}}}\n"
         for proto, b in servers.items()
     )
     server_body += "inbound:\n" + "".join(
-        f'  - {{listen: "127.0.0.1:{inbound[proto]}", to: "127.0.0.1:{b.port}", '
+        f'  - {{listen: "127.0.0.1:0", to: "127.0.0.1:{b.port}", '
         f"protocol: {proto}, service: orders-{proto}}}\n"
         for proto, b in servers.items()
     )
     client_body = "upstreams:\n" + "".join(
-        f"  - {{service: orders-{proto}, protocol: {proto}, "
-        f'listen: "127.0.0.1:{upstream[proto]}"}}\n'
+        f'  - {{service: orders-{proto}, protocol: {proto}, listen: "127.0.0.1:0"}}\n'
         for proto in servers
     )
     server = SidecarProcess(tmp_path, "srv", server_body + "drain_grace: 5s\n", plane.address)
     client = SidecarProcess(tmp_path, "cli", client_body, plane.address)
     await server.start()
     await client.start()
+    # The listeners bound port 0: where they listen is in the sidecars' status.
+    listening = {**await server.proxy_addresses(), **await client.proxy_addresses()}
+    port = {name: int(address.rsplit(":", 1)[1]) for name, address in listening.items()}
+    inbound = {proto: port[f"inbound:orders-{proto}"] for proto in servers}
+    upstream = {proto: port[f"orders-{proto}"] for proto in servers}
 
     async def everything_routable() -> None:
         status = await client.status()

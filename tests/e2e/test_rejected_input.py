@@ -17,7 +17,8 @@ import grpc
 import pytest
 from ecosystem.v1 import registry_pb2, registry_pb2_grpc, sidecar_pb2, sidecar_pb2_grpc
 
-from tests.e2e.conftest import ControlPlaneProcess, SidecarProcess
+from tests.harness.controlplane import ControlPlaneProcess
+from tests.harness.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from ecosystem.v1 import registry_pb2_grpc as pb_grpc
 
 import sdk
 from sdk import WatchEventType
-from tests.e2e.conftest import ControlPlaneProcess
+from tests.harness.controlplane import ControlPlaneProcess
 from tests.util import assert_eventually
 
 

@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from tests.e2e.conftest import ECO, ControlPlaneProcess, SidecarProcess, free_port
+from tests.harness.controlplane import ECO, ControlPlaneProcess
+from tests.harness.sidecar import SidecarProcess
 from tests.util import assert_eventually
 
 pytestmark = pytest.mark.e2e
@@ -31,10 +32,11 @@ async def _ok(_request: web.Request) -> web.Response:
 
 
 class HttpBackend:
-    """A real aiohttp server that can be killed and brought back on its port."""
+    """A real aiohttp server on a port of its choosing, that can be killed and brought
+    back on that port."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = 0
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -43,6 +45,7 @@ class HttpBackend:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True).start()
+        self.port = runner.addresses[0][1]
         self._runner = runner
 
     async def stop(self) -> None:
@@ -260,12 +263,10 @@ async def test_a_sidecar_started_with_the_control_plane_down_serves_from_disk(
 async def test_a_bad_config_exits_2_with_one_clear_line_and_starts_nothing(
     tmp_path: Path, body: str, expected: str
 ) -> None:
-    local_api, admin = free_port(), free_port()
     data_dir = tmp_path / "data"
     path = tmp_path / "sidecar.yaml"
     path.write_text(
-        f'local_api: "127.0.0.1:{local_api}"\nadmin: "127.0.0.1:{admin}"\n'
-        f"data_dir: {data_dir}\n" + body
+        f'local_api: "127.0.0.1:0"\nadmin: "127.0.0.1:0"\ndata_dir: {data_dir}\n' + body
     )
     proc = await asyncio.create_subprocess_exec(
         str(ECO),

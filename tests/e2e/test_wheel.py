@@ -33,7 +33,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.util import free_port
+from tests.harness.addresses import (
+    CONTROL_PLANE_SERVING,
+    DEV_READY,
+    SIDECAR_RUNNING,
+    wait_addresses,
+)
+from tests.harness.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -229,8 +235,8 @@ def _sidecar_config(path: Path, node: str, controlplane: str) -> None:
         f"node: {{id: {node}}}\n"
         f"controlplane: {{addresses: [{json.dumps(controlplane)}]}}\n"
         f"data_dir: {path.parent / (node + '-data')}\n"
-        f'local_api: "127.0.0.1:{free_port()}"\n'
-        f'admin: "127.0.0.1:{free_port()}"\n'
+        'local_api: "127.0.0.1:0"\n'
+        'admin: "127.0.0.1:0"\n'
         "services: [{name: api, address: 127.0.0.1, port: 9}]\n"
     )
 
@@ -281,17 +287,26 @@ def test_the_servers_and_the_sdk_work_from_the_installed_wheel(
 ) -> None:
     venv_bin = server_python.parent
     eco = venv_bin / "eco"
-    address = f"127.0.0.1:{free_port()}"
     plane, plane_log = processes.start(
         "controlplane",
-        [eco, "controlplane", "--listen", address, "--admin-listen", "off", "--store", "memory://"],
+        [
+            eco,
+            "controlplane",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--store",
+            "memory://",
+        ],
     )
+    address, _admin = wait_addresses(plane_log, CONTROL_PLANE_SERVING, plane, 30)
     _health(address, 30, plane, plane_log)
 
     config = tmp_path / "sidecar.yaml"
     _sidecar_config(config, "wheel-node", address)
     side, side_log = processes.start("sidecar", [eco, "sidecar", "--config", config])
-    local_api = config.read_text().split('local_api: "')[1].split('"')[0]
+    local_api, _admin = wait_addresses(side_log, SIDECAR_RUNNING, side, 30)
     _health(local_api, 30, side, side_log)
 
     script = tmp_path / "round_trip.py"
@@ -308,14 +323,13 @@ def test_the_servers_and_the_sdk_work_from_the_installed_wheel(
 
     dev_config = tmp_path / "dev-sidecar.yaml"
     _sidecar_config(dev_config, "dev-node", "127.0.0.1:1")  # replaced by eco dev's own
-    dev_address = f"127.0.0.1:{free_port()}"
     dev, dev_log = processes.start(
         "dev",
         [
             eco,
             "dev",
             "--listen",
-            dev_address,
+            "127.0.0.1:0",
             "--admin-listen",
             "off",
             "--store",
@@ -329,7 +343,8 @@ def test_the_servers_and_the_sdk_work_from_the_installed_wheel(
         assert dev.poll() is None, f"eco dev exited {dev.returncode}:\n{dev_log.read_text()}"
         assert time.monotonic() < deadline, f"eco dev not ready:\n{dev_log.read_text()}"
         time.sleep(0.05)
-    assert f"Control plane ready on {dev_address}" in dev_log.read_text()
+    (dev_address,) = wait_addresses(dev_log, DEV_READY, dev, 30)
+    _health(dev_address, 30, dev, dev_log)
     assert processes.stop(dev, dev_log) == 0, dev_log.read_text()
 
 

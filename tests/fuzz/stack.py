@@ -1,4 +1,4 @@
-"""The servers the fuzz tests run against: real `eco` processes on free 127.0.0.1 ports.
+"""The servers the fuzz tests run against: real `eco` processes on 127.0.0.1 port 0.
 
 A :class:`Plane` is one `eco controlplane --store memory://`; a
 :class:`Stack` is a control plane, the :class:`RecordingUpstream` and one
@@ -10,7 +10,7 @@ A :class:`Plane` is one `eco controlplane --store memory://`; a
 - a local service ``fz-ttl`` with a TTL check named ``ttl``, for UpdateTTL;
 - a bus bridge ``protocol: http`` (HTTP, SSE and WebSocket).
 
-Both come from the end-to-end tests' process classes; this module only
+Both are the harness's process runners (tests/harness); this module only
 configures and seeds them.
 """
 
@@ -21,9 +21,10 @@ from typing import Any
 
 from ecosystem.v1 import registry_pb2, registry_pb2_grpc
 
-from tests.e2e.conftest import ControlPlaneProcess, SidecarProcess, free_port
 from tests.fuzz.rpc import Served
 from tests.fuzz.upstream import RecordingUpstream
+from tests.harness.controlplane import ControlPlaneProcess
+from tests.harness.sidecar import SidecarProcess
 from tests.util import assert_eventually
 
 PASSING = registry_pb2.HEALTH_STATUS_PASSING
@@ -97,9 +98,10 @@ class Stack:
     def __init__(self, tmp_path: Path, plane: Plane, upstream: RecordingUpstream) -> None:
         self.plane = plane
         self.upstream = upstream
-        self.proxy = f"127.0.0.1:{free_port()}"
-        self.bridge = f"127.0.0.1:{free_port()}"
-        body = SIDECAR_BODY.format(proxy=self.proxy, bridge=self.bridge)
+        #: where the ``fz-web`` proxy listener and the bus bridge listen, once started
+        self.proxy = ""
+        self.bridge = ""
+        body = SIDECAR_BODY.format(proxy="127.0.0.1:0", bridge="127.0.0.1:0")
         self.sidecar = SidecarProcess(tmp_path, "fz-node", body, plane.address, timing=TIMING)
         self.local: Served | None = None
 
@@ -108,6 +110,8 @@ class Stack:
         self.plane.register("fz-api", "fz-api-1", 8081)
         self.plane.register("fz-api", "fz-api-2", 8082)
         await self.sidecar.start()
+        self.proxy = (await self.sidecar.proxy_addresses())["fz-web"]
+        (self.bridge,) = await self.sidecar.bridge_addresses()
         assert self.sidecar.proc is not None
         self.local = Served(
             "sidecar", self.sidecar.local_api, self.sidecar.proc.pid, self.sidecar.log

@@ -25,7 +25,8 @@ from bus.embedded import EmbeddedBroker
 from sdk import AckKind, StreamConfig
 from sidecar.bridges.amqp.bridge import AmqpBridge
 from sidecar.config import AmqpBridgeConfig
-from tests.integration.rabbitmq_server import RabbitMQServer, rabbitmq_fixture  # noqa: F401
+from tests.harness.ports import free_port
+from tests.harness.rabbitmq import RabbitMQServer, rabbitmq_fixture  # noqa: F401
 from tests.util import assert_eventually
 
 WAIT = 20.0
@@ -643,11 +644,7 @@ async def test_outbound_stopped_mid_flow_loses_nothing(
 
 
 async def test_an_unreachable_rabbitmq_is_retried_and_reported(broker: EmbeddedBroker) -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     config = bridge_config(
         f"amqp://user:s3cret@127.0.0.1:{port}/",
         queues=[{"name": "q"}],

@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 import sdk
 from sdk import BusClient, BusMessage, BusSubscription
 from sdk._errors import NoRespondersError, StreamNotFoundError
-from tests.integration.bus_server import BusServer, default_broker
+from tests.harness.bus_server import BusServer, default_broker
 from tests.util import assert_eventually
 
 WAIT = 10.0

@@ -28,7 +28,7 @@ from bus import (
 from bus.embedded import EmbeddedBroker
 from bus.servicer import MessagingServicer
 from sdk import BusClient, StreamConfig
-from tests.integration.bus_server import BusServer
+from tests.harness.bus_server import BusServer
 from tests.util import assert_eventually
 
 WAIT = 10.0

@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 from bus import OutgoingMessage, Subscription, SubscriptionSpec
 from eco._bus import parse_bytes, parse_duration
 from eco.cli import cli
-from tests.integration.bus_server import ThreadedBusServer
+from tests.harness.bus_server import ThreadedBusServer
 
 WAIT = 15.0
 

@@ -23,7 +23,7 @@ from controlplane.leader import Election
 from controlplane.registry import Registry, instance_key
 from controlplane.store import Event, EventType, KeyValue, MemoryStore
 from sdk import BusClient, ServiceEvent, ServiceEvents, ServiceEventType, StreamConfig
-from tests.integration.bus_server import BusServer
+from tests.harness.bus_server import BusServer
 from tests.util import assert_eventually
 
 WAIT = 10.0

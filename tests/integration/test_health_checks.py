@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sdk import HealthStatus
 from sidecar.health import HealthEngine, HealthTransition, NetworkHealthChecker, parse_check
+from tests.harness.ports import free_port
 from tests.util import assert_eventually
 
 P, W, C = HealthStatus.PASSING, HealthStatus.WARNING, HealthStatus.CRITICAL
@@ -232,9 +233,7 @@ async def test_http_timeout_and_refused(engine: HealthEngine, http_server: FlipS
     http_server.delay = 0.0
     http_server.released.set()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
+    free = free_port()  # nothing listens there
     refused = engine.add("web-2", parse_check({"http": f"http://127.0.0.1:{free}/health", **FAST}))
     output = await eventually_status(engine, refused, C)
     assert "Cannot connect" in output or "refused" in output.lower()

@@ -34,7 +34,7 @@ from sdk import (
     WatchEvent,
     WatchEventType,
 )
-from tests.e2e.conftest import free_port
+from tests.harness.ports import free_port
 from tests.util import assert_eventually
 
 

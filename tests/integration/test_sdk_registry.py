@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 
 import controlplane.testing
 import sdk
+from tests.harness.ports import free_port
 
 
 @pytest.fixture
@@ -22,9 +22,7 @@ async def cp() -> AsyncIterator[controlplane.testing.TestControlPlane]:
 
 def dead_address() -> str:
     """An address nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 async def test_register_get_list_deregister(cp: controlplane.testing.TestControlPlane) -> None:

@@ -27,7 +27,7 @@ from sdk import (
     Instance,
     ServiceRef,
 )
-from tests.e2e.conftest import free_port
+from tests.harness.ports import free_port
 from tests.util import assert_eventually
 
 _END = agent_pb2.ConnectResponse()  # marks "end the stream" in a connection's outbox

@@ -30,28 +30,35 @@ from bus.embedded import EmbeddedBroker
 from bus.servicer import MessagingServicer, add_messaging
 from sdk import BusClient, BusSubscription, StreamConfig
 from sidecar.relay import QueuedPublishAck, RelayBroker, attach_relay
-from tests.util import assert_eventually, free_port
+from tests.harness.ports import free_port
+from tests.util import assert_eventually
 
 WAIT = 10.0
 
 
 class ControlPlane:
-    """MessagingService over one embedded broker on a fixed port, stoppable and
-    restartable (the broker, and what its streams hold, outlive the server)."""
+    """MessagingService over one embedded broker, stoppable and restartable on the
+    port it bound first (the broker, and what its streams hold, outlive the server)."""
 
     def __init__(self, max_subscriptions: int = 10_000) -> None:
         self.broker = EmbeddedBroker(None)
-        self.address = f"127.0.0.1:{free_port()}"
+        self.port = 0
         self.servicer: MessagingServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._max_subscriptions = max_subscriptions
+
+    @property
+    def address(self) -> str:
+        assert self.port, "not started yet"
+        return f"127.0.0.1:{self.port}"
 
     async def up(self) -> None:
         server = grpc.aio.server()
         self.servicer = add_messaging(
             server, self.broker, lambda: False, max_subscriptions=self._max_subscriptions
         )
-        assert server.add_insecure_port(self.address)
+        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        assert self.port
         await server.start()
         self._server = server
 

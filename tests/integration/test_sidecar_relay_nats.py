@@ -23,8 +23,9 @@ from controlplane import ControlPlane, ControlPlaneConfig
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 from sidecar.relay import QueuedPublishAck, RelayBroker
-from tests.unit.bus.nats_server import NatsServer
-from tests.util import assert_eventually, free_port
+from tests.harness.nats import NatsServer
+from tests.harness.ports import free_port
+from tests.util import assert_eventually
 
 WAIT = 10.0
 

@@ -23,6 +23,7 @@ import uvloop
 
 from sidecar.proxy import Target, fixed_endpoint
 from sidecar.proxy._http import HttpListener
+from tests.harness.ports import free_port
 from tests.integration.proxy.conftest import Backend, policy, target
 from tests.integration.proxy.http_peers import (
     RawClient,
@@ -32,7 +33,7 @@ from tests.integration.proxy.http_peers import (
     proxy,
     url,
 )
-from tests.util import assert_eventually, free_port
+from tests.util import assert_eventually
 
 PATTERN = bytes(range(256)) * 256
 

@@ -1,8 +1,10 @@
 """Fixtures of the bus conformance suite.
 
 Every test that takes ``broker`` (or ``brokers``) runs against each backend in
-`BACKENDS` and is written only against the `Broker` protocol. A new backend is one
-more entry there::
+`BACKENDS` and is written only against the `Broker` protocol. Here those are the
+embedded broker's, in memory and on SQLite; tests/integration/bus runs the same
+test modules against the NATS backend (a real nats-server), with a ``backend``
+fixture of its own. A new backend is one more entry in one of them::
 
     Backend("nats", _nats, persistent=True, queue_limit=...)
 
@@ -11,8 +13,8 @@ same directory must share durable state when ``persistent`` is true: closing one
 and opening the next is how the suite restarts a broker (`Brokers.reopen`); tests that
 need it are skipped for a backend that is not persistent. ``queue_limit`` is the
 per-subscription core buffer the broker was built with (the drop test overflows
-it). A backend that starts processes keeps them in a module-level list and stops
-them in an autouse fixture, as tests/unit/store/conftest.py does for etcd.
+it). A backend that starts processes (NATS, in tests/integration/bus) keeps them
+in a module-level list and stops them in an autouse fixture.
 
 Timing: tests use short ack waits and windows (a few tenths of a second) and
 wait for what must happen with generous timeouts (`next_delivery`), so they are
@@ -41,8 +43,6 @@ from bus import (
 from bus.embedded import EmbeddedBroker
 from sdk import StreamConfig, StreamInfo
 
-from .nats_server import _stop_nats_servers, nats_broker_factory  # noqa: F401 - a fixture
-
 #: The core buffer of the suite's embedded brokers (small, so overflowing it is quick).
 QUEUE_LIMIT = 1000
 
@@ -69,7 +69,6 @@ def _embedded_sqlite(directory: Path) -> Broker:
 BACKENDS = [
     Backend("embedded-memory", _embedded_memory),
     Backend("embedded-sqlite", _embedded_sqlite, persistent=True),
-    Backend("nats", nats_broker_factory(QUEUE_LIMIT), persistent=True),
 ]
 
 

@@ -15,9 +15,9 @@ from google.rpc import error_details_pb2, status_pb2
 from sdk import EndpointUpdate, HealthStatus, Instance, ServiceEndpoints, ServiceRef
 from sidecar.cache import EndpointCache
 from sidecar.config import NodeConfig, UpstreamConfig
-from sidecar.errors import StartupError, to_status
+from sidecar.errors import to_status
 from sidecar.health import CheckKind, CheckNotFoundError, NotATtlCheckError
-from sidecar.local_api import LocalApiServer, SidecarServicer
+from sidecar.local_api import SidecarServicer
 from sidecar.metrics import SidecarMetrics
 from sidecar.routing import Router
 
@@ -250,16 +250,3 @@ def test_the_table_maps_unexpected_errors_to_internal_without_detail() -> None:
     status = to_status(KeyError("secret"))
     assert status.code == grpc.StatusCode.INTERNAL.value[0]
     assert status.message == "internal error"
-
-
-async def test_a_port_in_use_is_a_startup_error(parts: Any) -> None:
-    servicer, _, _ = parts
-    first = LocalApiServer(servicer)
-    address = await first.start("127.0.0.1:0")
-    second = LocalApiServer(servicer)
-    try:
-        with pytest.raises(StartupError, match="local_api: cannot listen on"):
-            await second.start(address)
-    finally:
-        await second.stop(0)
-        await first.stop(0)

@@ -1,14 +1,13 @@
 """Fixtures of the store conformance suite.
 
-Every test that takes ``store`` (or ``open_store``) runs against each backend in
-`BACKENDS`. A new backend is one more entry there: a factory that builds an
-unstarted store, and whether it lets the test choose the history limit (a
-server-side store compacts on its own schedule, so tests of automatic compaction
-are skipped for it). Nothing else in the suite may depend on the backend.
-
-The etcd backend gets a fresh etcd process for every store it builds (about 0.1 s
-to start): the suite checks exact revisions from 1 on, and etcd's revision counter
-can only grow. The processes are stopped after each test.
+Every test that takes ``store`` (or ``open_store``, or ``backend``) runs against
+each backend in `BACKENDS`: here the in-process ones, memory and SQLite.
+tests/integration/store runs the same test modules against etcd (a real etcd
+process) with a ``backend`` fixture of its own. A new backend is one more entry
+in one of them: a factory that builds an unstarted store, and whether it lets
+the test choose the history limit (a server-side store compacts on its own
+schedule, so tests of automatic compaction are skipped for it). Nothing else
+in the suite may depend on the backend.
 """
 
 from __future__ import annotations
@@ -24,9 +23,6 @@ from typing import cast
 import pytest
 
 from controlplane.store import MemoryStore, SqliteStore, Store, WatchBatch
-from controlplane.store.etcd import EtcdStore
-
-from .etcd_server import EtcdServer
 
 
 @dataclass(frozen=True)
@@ -46,22 +42,9 @@ def _sqlite(tmp: Path, history_limit: int | None) -> Store:
     return SqliteStore(path) if history_limit is None else SqliteStore(path, history_limit)
 
 
-# Started by the etcd backend during the current test; stopped after it.
-_ETCD_SERVERS: list[EtcdServer] = []
-
-
-def _etcd(_: Path, history_limit: int | None) -> Store:
-    assert history_limit is None, "etcd compacts on its own schedule"
-    server = EtcdServer().start()
-    _ETCD_SERVERS.append(server)
-    # Under a prefix, so that the suite also covers the key namespace.
-    return EtcdStore(f"etcd://{server.endpoint}/conformance")
-
-
 BACKENDS = [
     Backend("memory", _memory),
     Backend("sqlite", _sqlite),
-    Backend("etcd", _etcd, configurable_history=False),
 ]
 
 OpenStore = Callable[..., Awaitable[Store]]
@@ -93,14 +76,6 @@ async def open_store(backend: Backend, tmp_path: Path) -> AsyncIterator[OpenStor
 @pytest.fixture
 async def store(open_store: OpenStore) -> Store:
     return await open_store()
-
-
-@pytest.fixture(autouse=True)
-def _stop_etcd_servers() -> Iterator[None]:
-    """Stops the etcd processes a test started, after its stores are closed."""
-    yield
-    while _ETCD_SERVERS:
-        _ETCD_SERVERS.pop().stop()
 
 
 @pytest.fixture(autouse=True)

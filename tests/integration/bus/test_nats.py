@@ -1,6 +1,7 @@
 """What only the NATS backend has to show: connection errors, nats-server restarts
 under load, and that brokers sharing one NATS cooperate. The conformance suite
-(the other test_*.py here) runs on NATS too; these use nats-server directly."""
+(tests/unit/bus, run here by test_conformance.py) covers NATS too; these use
+nats-server directly."""
 
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ from bus import (
 )
 from bus.nats import NatsBroker
 from sdk import AckKind, StreamConfig
+from tests.harness.nats import NatsServer, nats_server_binary
+from tests.harness.ports import free_port
+from tests.unit.bus.conftest import assert_quiet, next_delivery, take
 from tests.util import assert_eventually
-
-from .conftest import assert_quiet, next_delivery, take
-from .nats_server import NatsServer, nats_server_binary
 
 
 @pytest.fixture
@@ -45,13 +46,6 @@ async def broker(server: NatsServer) -> AsyncIterator[NatsBroker]:
     await broker.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # -- connecting -------------------------------------------------------------------------------
 
 
@@ -60,7 +54,7 @@ def _free_port() -> int:
     ["nats://127.0.0.1:{free}", "nats://127.0.0.1:notaport", "nats://no-such-host.invalid:4222"],
 )
 async def test_unreachable_or_bad_url_fails_fast(url: str) -> None:
-    broker = NatsBroker([url.format(free=_free_port())], connect_timeout=0.5)
+    broker = NatsBroker([url.format(free=free_port())], connect_timeout=0.5)
     started = time.monotonic()
     with pytest.raises(BusUnavailableError) as err:
         await broker.start()

@@ -1,17 +1,17 @@
-"""A real nats-server with JetStream for tests, on a free 127.0.0.1 port in its own directory.
+"""A real nats-server with JetStream for tests, on 127.0.0.1 port 0 in its own directory.
 
 The binary is Debian's ``nats-server`` package (2.9.x), which
 ``scripts/install-nats.sh`` installs (``make test`` runs it). A missing binary
 fails the test that needs it, never skips it: the NATS backend is part of the
-suite. The process starts in a few tens of milliseconds; ``restart()`` keeps
-its port and JetStream store so that a client's reconnect finds the same
-streams and consumers.
+suite. The server binds port 0 and writes the port it got to a ports file
+(``--ports_file_dir``), which `NatsServer.start` reads. It starts in a few
+tens of milliseconds; ``restart()`` keeps its port and JetStream store so
+that a client's reconnect finds the same streams and consumers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import shutil
 import signal
@@ -19,17 +19,15 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from bus.nats import NatsBroker
+from tests.harness.etcd import with_parent_death_signal
 
-__all__ = ["NatsServer", "nats_broker_factory", "nats_server_binary"]
+__all__ = ["NatsServer", "nats_server_binary"]
 
 _READY_TIMEOUT = 15.0
-_PR_SET_PDEATHSIG = 1
 _MISSING = "nats-server is not installed: run scripts/install-nats.sh (make test does)"
 
 
@@ -41,18 +39,6 @@ def nats_server_binary() -> str:
     if found is None:
         pytest.fail(_MISSING, pytrace=False)
     return found
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class NatsServer:
@@ -81,19 +67,15 @@ class NatsServer:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> NatsServer:
-        # The free port may be taken between the check and the server's bind: try again.
+        """Starts on a port of the server's choosing; returns once it accepts clients."""
         shm = Path("/dev/shm")
         self._dir = Path(tempfile.mkdtemp(prefix="eco-nats-", dir=shm if shm.is_dir() else None))
-        for attempt in range(3):
-            self.port = _free_port()
-            try:
-                self._launch()
-                return self
-            except RuntimeError:
-                self._terminate(signal.SIGKILL)
-                if attempt == 2:
-                    self.stop()
-                    raise
+        self.port = 0
+        try:
+            self._launch()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def restart(self, *, kill: bool = False) -> None:
@@ -129,27 +111,35 @@ class NatsServer:
         # limit fits with its headers (the same advice holds for production servers).
         config = self._dir / "nats.conf"
         config.write_text("max_payload: 2MB\n")
+        ports_dir = self._dir / "ports"
+        shutil.rmtree(ports_dir, ignore_errors=True)
+        ports_dir.mkdir()
         cmd = [
             nats_server_binary(),
             f"--config={config}",
             "--addr=127.0.0.1",
-            f"--port={self.port}",
+            # -1: a port of the server's choosing (written to the ports file); on a
+            # restart, the port it had.
+            f"--port={self.port or -1}",
+            f"--ports_file_dir={ports_dir}",
             "--server_name=eco-test",
             *(["--jetstream", f"--store_dir={self.store_dir}"] if self._jetstream else []),
             f"--log={self._dir / 'nats.log'}",
             *self._extra,
         ]
         self._proc = subprocess.Popen(
-            cmd,
+            with_parent_death_signal(cmd),
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + _READY_TIMEOUT
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited at start: {self.log()[-2000:]}")
-            if self._accepts():
+            if not self.port:
+                self.port = _bound_port(ports_dir)
+            if self.port and self._accepts():
                 return
             time.sleep(0.01)
         raise RuntimeError(f"nats-server not ready after {_READY_TIMEOUT}s: {self.log()[-2000:]}")
@@ -192,30 +182,10 @@ class NatsServer:
                 proc.wait()
 
 
-# -- the conformance suite's NATS backend ----------------------------------------------------
-
-#: Servers started by the NATS backend during the current test, by data directory.
-_SERVERS: dict[Path, NatsServer] = {}
-
-
-def nats_broker_factory(queue_limit: int) -> Callable[[Path], NatsBroker]:
-    """``create(directory)`` of the conformance suite's NATS backend: an unstarted
-    `NatsBroker` on the nats-server of ``directory`` (started on first use, so that
-    brokers on one directory share its streams and consumers, as a restart of the
-    control plane against the same NATS would)."""
-
-    def create(directory: Path) -> NatsBroker:
-        server = _SERVERS.get(directory)
-        if server is None:
-            server = _SERVERS[directory] = NatsServer().start()
-        return NatsBroker([server.url], queue_limit=queue_limit)
-
-    return create
-
-
-@pytest.fixture(autouse=True)
-def _stop_nats_servers() -> Iterator[None]:
-    """Stops the nats-servers a test started, after its brokers are closed."""
-    yield
-    while _SERVERS:
-        _SERVERS.popitem()[1].stop()
+def _bound_port(ports_dir: Path) -> int:
+    """The client port from the server's ports file, 0 while there is none yet."""
+    for path in ports_dir.glob("*.ports"):
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            url = json.loads(path.read_text())["nats"][0]
+            return int(url.rsplit(":", 1)[1])
+    return 0

@@ -1,4 +1,4 @@
-"""A real RabbitMQ node for tests, on free 127.0.0.1 ports in its own directory.
+"""A real RabbitMQ node for tests, on 127.0.0.1 in its own directory.
 
 The server is Debian's ``rabbitmq-server`` package (3.10.x), which
 ``scripts/install-rabbitmq.sh`` installs (``make test`` runs it). A missing
@@ -8,7 +8,10 @@ node name, data, logs, configuration and Erlang cookie (``HOME``), so it
 neither needs nor disturbs a system RabbitMQ. It starts in about 5 s, so a
 test module starts one per session: it imports :func:`rabbitmq_fixture` to
 get the session-scoped ``rabbitmq`` fixture. ``restart()`` keeps the node's
-data: durable queues and their persistent messages survive.
+data: durable queues and their persistent messages survive. Its AMQP,
+distribution and epmd ports come from `free_port`: they go into the node's
+configuration and environment before it starts, and the node cannot report
+a port of its own choosing without a management tool that takes seconds.
 
 Both the node and its epmd (run in the foreground, not as the daemon the node
 would spawn) die with the test process: a parent death signal, kept across
@@ -34,6 +37,8 @@ from typing import Any
 
 import pytest
 
+from tests.harness.ports import free_port
+
 __all__ = ["RabbitMQServer", "rabbitmq_fixture", "rabbitmq_server_script"]
 
 _READY_TIMEOUT = 60.0
@@ -58,13 +63,6 @@ def rabbitmq_server_script() -> tuple[str, str]:
     if script is None or epmd is None:
         pytest.fail(_MISSING, pytrace=False)
     return script, epmd
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _with_parent_death_signal(cmd: list[str]) -> list[str]:
@@ -109,7 +107,7 @@ class RabbitMQServer:
         )
         # The free ports may be taken between the check and the binds: try again.
         for attempt in range(3):
-            self.port, self.dist_port, self.epmd_port = _free_port(), _free_port(), _free_port()
+            self.port, self.dist_port, self.epmd_port = free_port(), free_port(), free_port()
             try:
                 self._start_epmd(epmd)
                 self._launch(script)
