@@ -29,6 +29,23 @@ async def assert_eventually(
         await asyncio.sleep(interval)
 
 
+async def assert_stays(
+    check: Callable[[], Awaitable[object] | object], *, duration: float, interval: float = 0.05
+) -> None:
+    """Calls ``check`` every ``interval`` seconds for ``duration`` seconds; the first
+    AssertionError fails the test at once. For what must *not* happen within a
+    time the system sets (a grace period, an ack wait): it watches the whole
+    window instead of sleeping through it and looking once at the end."""
+    deadline = time.monotonic() + duration
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            await result
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
 def conformance_tests(
     fixtures: Collection[str], *modules: ModuleType
 ) -> dict[str, Callable[..., Any]]:

@@ -175,7 +175,13 @@ async def test_a_stopping_server_sidecar_finishes_requests_in_flight(pair: Pair)
     url = f"http://127.0.0.1:{pair.ports['http']}"
     async with aiohttp.ClientSession() as http:
         slow = asyncio.create_task(_get(http, f"{url}/slow?ms=1500"))
-        await asyncio.sleep(0.5)
+
+        async def in_flight() -> None:  # at the server sidecar's inbound listener
+            status = await pair.server.status()
+            inbound = proxy_entry(status, "inbound:orders-http")
+            assert inbound["circuit"]["requests"] == 1, inbound
+
+        await assert_eventually(in_flight)
         await pair.server.stop()  # SIGTERM: deregister, then drain with a 5 s grace
         status, text = await slow
         assert (status, text) == (200, "h1"), "the request in flight was cut"

@@ -14,7 +14,7 @@ from ecosystem.v1 import registry_pb2_grpc as pb_grpc
 
 from controlplane import ControlPlane, ControlPlaneConfig
 from tests.integration.agent_stream import Stream, instances, session_status
-from tests.util import assert_eventually
+from tests.util import assert_eventually, assert_stays
 
 
 @pytest.fixture
@@ -212,16 +212,26 @@ async def test_lost_session_turns_critical_then_goes(
 
 
 async def test_reconnecting_within_grace_resumes_the_session(channel: grpc.aio.Channel) -> None:
+    agents = agent_pb2_grpc.AgentServiceStub(channel)
     sidecar = Sidecar(channel, grace_seconds=2, deregister_critical_after_seconds=1)
     first = await sidecar.connect()
     await sidecar.sync(local("a"))
     sidecar.drop()
-    await asyncio.sleep(0.5)
+
+    async def disconnected() -> None:
+        node = (await agents.ListNodes(apb.ListNodesRequest())).nodes[0]
+        assert not node.connected
+
+    await assert_eventually(disconnected)
     again = await sidecar.connect()
     assert again.resumed and again.session_id == first.session_id
-    await asyncio.sleep(3)  # past the grace: the resumed session holds the lease
-    inst = (await instances(channel))["a"]
-    assert inst.health == pb.HEALTH_STATUS_PASSING
+
+    async def passing() -> None:
+        inst = (await instances(channel))["a"]
+        assert inst.health == pb.HEALTH_STATUS_PASSING
+
+    # Past the grace (2 s) and a sweep: the resumed session holds the lease.
+    await assert_stays(passing, duration=3)
     sidecar.drop()
 
 

@@ -43,7 +43,7 @@ from sdk._types import CheckStatus
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 from tests.integration.agent_stream import Stream, instances, session_status
-from tests.util import assert_eventually
+from tests.util import assert_eventually, assert_stays
 
 
 @pytest.fixture
@@ -337,10 +337,12 @@ async def test_an_anonymous_hello_cannot_take_over_a_connected_node(
     assert err.code() == grpc.StatusCode.ALREADY_EXISTS, err.details()
     assert "web-1" in (err.details() or "") and "another sidecar" in (err.details() or "")
 
-    await asyncio.sleep(2.5)  # past the grace and a reaper sweep
-    inst = (await instances(channel))["a"]
-    assert inst.health == pb.HEALTH_STATUS_PASSING
-    assert session_status(inst) == pb.HEALTH_STATUS_PASSING
+    async def passing() -> None:
+        inst = (await instances(channel))["a"]
+        assert inst.health == pb.HEALTH_STATUS_PASSING
+        assert session_status(inst) == pb.HEALTH_STATUS_PASSING
+
+    await assert_stays(passing, duration=2.5)  # past the grace and a reaper sweep
     # The real sidecar's stream is still up.
     await real.send(ping=apb.Ping(nonce=7))
     assert (await real.read_kind("pong")).pong.nonce == 7
@@ -437,9 +439,12 @@ async def test_the_sdk_notices_that_its_session_was_taken_over(
                 assert "another sidecar" in session.status().last_error, session.status()
 
             await assert_eventually(noticed)
+
         # It does not take the session back while the other stream holds it ...
-        await asyncio.sleep(0.5)
-        assert not session.connected
+        def still_out() -> None:
+            assert not session.connected
+
+        await assert_stays(still_out, duration=0.5)
         thief.drop()
         # ... and gets back in once it is gone.
         await asyncio.wait_for(session.wait_connected(), 10)
@@ -767,8 +772,8 @@ async def test_a_hung_sidecar_is_ended_so_a_replacement_gets_in(
             replacement.drop()
             raise AssertionError(str(exc)) from None
 
-    await assert_eventually(admitted, timeout=5)
-    assert time.monotonic() - started < 4
+    await assert_eventually(admitted, timeout=10)
+    assert time.monotonic() - started < 5  # the idle timeout (1 s), not the grace (30 s)
     err = await hung.ended()
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert "nothing from the sidecar" in (err.details() or "")
@@ -783,8 +788,11 @@ async def test_an_sdk_session_stays_up_under_the_idle_timeout(plane: ControlPlan
     )
     async with session:
         await session.wait_connected()
-        await asyncio.sleep(4)
-        assert session.connected and session.status().connects == 1
+
+        def up() -> None:
+            assert session.connected and session.status().connects == 1
+
+        await assert_stays(up, duration=4)
 
 
 async def test_the_stream_caps_come_from_the_control_plane_config() -> None:

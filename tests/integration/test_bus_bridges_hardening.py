@@ -37,7 +37,7 @@ from tests.integration.raw_http import (
     open_raw,
     trickling,
 )
-from tests.util import assert_eventually
+from tests.util import assert_eventually, assert_stays
 
 APP = "https://app.example"
 EVIL = "https://evil.example"
@@ -226,8 +226,12 @@ async def test_an_sse_stream_is_not_cut_by_the_timeouts(
     async with asyncio.timeout(5):
         assert (await client.reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
         await client.reader.readuntil(b": subscribed\n")
+
     # longer than the head and idle timeouts together, the stream stays open
-    await asyncio.sleep(2 * (LIMITS.head_timeout + LIMITS.idle_timeout))
+    def still_open() -> None:
+        assert not client.reader.at_eof() and not client.writer.is_closing()
+
+    await assert_stays(still_open, duration=2 * (LIMITS.head_timeout + LIMITS.idle_timeout))
     await broker.publish(OutgoingMessage("orders.eu", b"late"))
     async with asyncio.timeout(5):
         await client.reader.readuntil(b"late")

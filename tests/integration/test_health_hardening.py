@@ -195,15 +195,15 @@ async def test_an_endless_body_is_judged_on_its_first_64_kib(
                 {
                     "http": f"http://127.0.0.1:{port}/",
                     "body_contains": "status: up",
-                    "interval": "2s",
-                    "timeout": "2s",
+                    "interval": "10s",
+                    "timeout": "10s",
                     "jitter": 0,
                 }
             ),
         )
         started = time.monotonic()
         output = await eventually_status(engine, check, P)
-        assert time.monotonic() - started < 1.9, "the probe read until its timeout"
+        assert time.monotonic() - started < 5, "the probe read until its timeout"
     assert len(output) <= 4096
 
 

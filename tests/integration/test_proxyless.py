@@ -240,7 +240,7 @@ async def test_deadlines_propagate(client: AsyncClient, backends: list[Backend])
         started = loop.time()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Check(request("slow"), timeout=0.3)
-        assert loop.time() - started < 1.0
+        assert loop.time() - started < 1.5
     assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     seen = [d for b in backends for d in b.health.deadlines]
     assert len(seen) == 1  # a deadline is not retried

@@ -184,8 +184,8 @@ async def test_ephemeral_instance_lives_while_kept_alive(stub: pb_grpc.RegistryS
     assert resp.instance.lease_id == resp.lease_id
     # A second instance can join the same lease.
     await register(stub, web("web-2", liveness=pb.LIVENESS_EPHEMERAL), lease_id=resp.lease_id)
-    for _ in range(4):
-        await asyncio.sleep(0.5)
+    for _ in range(10):  # 2 s, twice the TTL, kept alive every 0.2 s
+        await asyncio.sleep(0.2)
         ka = await stub.KeepAlive(pb.KeepAliveRequest(lease_id=resp.lease_id))
         assert ka.ttl_seconds == 1
     listed = await stub.ListInstances(pb.ListInstancesRequest())

@@ -35,7 +35,7 @@ from sdk import (
     WatchEventType,
 )
 from tests.harness.ports import free_port
-from tests.util import assert_eventually
+from tests.util import assert_eventually, assert_stays
 
 
 @pytest.fixture
@@ -209,9 +209,12 @@ async def test_load_spreads_to_a_replica_that_starts_later(store: MemoryStore) -
                 assert {n.status().session_id for n in nodes} == sessions
                 moved = [n for n in nodes if n.status().address == later]
                 assert moved and all(n.status().resumed for n in moved)
-                await asyncio.sleep(0.5)
-                assert changes.critical() == []
-                assert changes.events == [], "a moved session rewrote its instances"
+
+                def unchanged() -> None:
+                    assert changes.critical() == []
+                    assert changes.events == [], "a moved session rewrote its instances"
+
+                await assert_stays(unchanged, duration=0.5)
                 await passing(b, 10)
                 assert await metric(a, "eco_controlplane_agent_streams_shed_total") >= 2
                 # Either replica lists every node as connected, to where it is now
@@ -224,8 +227,12 @@ async def test_load_spreads_to_a_replica_that_starts_later(store: MemoryStore) -
                     assert {n.session_id: n.replica for n in listed} == where
                 # Settled: the replicas stop moving streams once both hold a fair share.
                 counts = (a.agent.stream_count, b.agent.stream_count)
-                await asyncio.sleep(1.0)
-                assert (a.agent.stream_count, b.agent.stream_count) == counts
+
+                def settled() -> None:
+                    assert a.agent is not None and b.agent is not None
+                    assert (a.agent.stream_count, b.agent.stream_count) == counts
+
+                await assert_stays(settled, duration=1.0)
 
 
 async def test_a_sidecar_that_knows_one_address_is_shed_once_at_most(
@@ -236,8 +243,10 @@ async def test_a_sidecar_that_knows_one_address_is_shed_once_at_most(
         async with sidecars(nodes):
             assert a.agent is not None and a.spreader is not None and b.agent is not None
             await assert_eventually(lambda: check(a.agent.stream_count == 6), timeout=10)
-            await asyncio.sleep(3)  # ten rounds: each one may end one or two streams
-            assert 1 <= a.spreader.shed_total <= 6, a.spreader.shed_total
+            # Over ten rounds (3 s), each of which may end one or two streams.
+            spreader = a.spreader
+            await assert_stays(lambda: check(spreader.shed_total <= 6), duration=3)
+            assert spreader.shed_total >= 1
             await assert_eventually(lambda: check(all(n.connected for n in nodes)))
             assert a.agent.stream_count == 6 and b.agent.stream_count == 0
 
@@ -268,9 +277,14 @@ async def test_sidecars_of_a_crashed_replica_resume_on_another(store: MemoryStor
                 # Past the grace, with B leading (so its reaper, sweeping every
                 # second, would have seen a lost session): still passing.
                 await assert_eventually(lambda: check(b.is_leader), timeout=10)
-                await asyncio.sleep(max(1.5, crashed + grace + 1.5 - loop.time()))
-                assert changes.critical() == []
-                assert changes.events == [], "a resumed session rewrote its instances"
+
+                def unchanged() -> None:
+                    assert changes.critical() == []
+                    assert changes.events == [], "a resumed session rewrote its instances"
+
+                await assert_stays(
+                    unchanged, duration=max(1.5, crashed + grace + 1.5 - loop.time())
+                )
                 await passing(b, 6)
 
 

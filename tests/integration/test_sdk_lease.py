@@ -9,7 +9,7 @@ import pytest
 
 import controlplane.testing
 import sdk
-from tests.util import assert_eventually
+from tests.util import assert_eventually, assert_stays
 
 
 @pytest.fixture
@@ -36,8 +36,10 @@ async def test_ephemeral_instance_lives_while_kept_alive_and_goes_after_close(
     assert (await anext(events)).type is sdk.WatchEventType.RESYNC
 
     # Well past the TTL: the keepalive holds it.
-    await asyncio.sleep(2.5)
-    assert await ids(observer) == ["web-1"]
+    async def still_there() -> None:
+        assert await ids(observer) == ["web-1"]
+
+    await assert_stays(still_there, duration=2.5)
 
     # Closing revokes the lease: watchers see DELETE.
     await owner.close()

@@ -164,7 +164,7 @@ async def test_nothing_reachable_is_unavailable_within_the_timeout() -> None:
         started = loop.time()
         with pytest.raises((sdk.UnavailableError, sdk.DeadlineExceededError)):
             await client.list_services()
-        assert loop.time() - started < 3.0
+        assert loop.time() - started < 10.0  # the 2 s timeout, not a hang
 
 
 async def test_the_sync_client_works_from_a_thread(

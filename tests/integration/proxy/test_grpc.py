@@ -298,7 +298,7 @@ async def test_backend_that_never_answers_is_a_connect_timeout(
             started = time.monotonic()
             for _ in range(2):
                 assert await unary(channel, "Unary")(b"x", timeout=5) == b"x"
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 5.0  # at most one connect timeout a call
     assert upstream.stats.errors["connect_failure"] >= 1
     assert upstream.stats.responses == {"OK": 2}
 
@@ -338,7 +338,7 @@ async def test_per_try_timeout_retried_on_another_backend(
             call = unary(channel, "Unary")(b"x", timeout=5)
             assert await call == b"x"
             assert metadata(await call.initial_metadata())["x-backend"] == "fast"
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 3.0  # at most one try's timeout a call
     assert upstream.stats.errors["timeout"] >= 1
     assert upstream.stats.responses == {"OK": 2}
 
@@ -555,7 +555,7 @@ async def test_a_client_slower_than_head_timeout_with_its_preface_is_closed(
         await slow.until_closed(timeout=10)
     after = time.monotonic() - started
     slow.close()
-    assert after < 3.0  # the runtime's own default is 120 s
+    assert after < 5.0  # the head timeout (1 s); the runtime's own default is 120 s
     async with dial(listener.address) as channel:
         assert await unary(channel, "Unary")(b"x", timeout=5) == b"x"
 

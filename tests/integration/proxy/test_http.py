@@ -33,7 +33,7 @@ from tests.integration.proxy.http_peers import (
     proxy,
     url,
 )
-from tests.util import assert_eventually
+from tests.util import assert_eventually, assert_stays
 
 PATTERN = bytes(range(256)) * 256
 
@@ -322,12 +322,12 @@ async def test_slow_reader_does_not_make_the_proxy_buffer(
     listener = await proxy(listeners, target("orders", "http", pair[0]))
     client = await RawClient.connect(listener)
     await client.send(get("/big?mb=20"))
-    await asyncio.sleep(0.5)  # the client reads nothing meanwhile
 
-    def buffered() -> int:
-        return sum(d.transport.get_write_buffer_size() for d in listener.downstreams)
+    def bounded() -> None:  # the client reads nothing meanwhile
+        buffered = sum(d.transport.get_write_buffer_size() for d in listener.downstreams)
+        assert buffered <= 1024 * 1024
 
-    assert buffered() <= 1024 * 1024
+    await assert_stays(bounded, duration=0.5)
     (reply,) = await client.replies_done(1, timeout=20)
     assert len(reply.body) == 20 * 1024 * 1024
     await client.close()
@@ -426,7 +426,7 @@ async def test_whole_request_timeout_answers_504(
         assert resp.status == 504
         assert resp.headers["x-eco-proxy-error"] == "timeout"
         assert await resp.text() == "upstream orders: timeout after 0.5s\n"
-    assert 0.45 <= time.monotonic() - started < 2
+    assert 0.45 <= time.monotonic() - started < 2.5
     assert tgt.stats.errors["timeout"] == 1
     assert tgt.requests == 0 and tgt.stats.active == 0
 
@@ -665,7 +665,7 @@ async def test_drain_finishes_requests_in_flight_and_refuses_new_connections(
     assert reply.header("connection") == "close"
     assert await busy.closed()
     await drain
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.5  # the busy request's 0.7 s, not the 5 s grace
     await listener.drain(5.0)  # idempotent
     for client in (idle, busy):
         await client.close()

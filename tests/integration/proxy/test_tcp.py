@@ -24,7 +24,7 @@ from sidecar.proxy import Listener, Target, fixed_endpoint
 from sidecar.proxy._tcp import HIGH_WATER, TcpListener
 from tests.integration.proxy.backends.tcp_backend import MIB, pattern
 from tests.integration.proxy.conftest import Backend, policy, target
-from tests.util import assert_eventually
+from tests.util import assert_eventually, assert_stays
 
 Backends = Callable[..., Backend]
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -191,13 +191,12 @@ async def test_slow_reader_backpressure_keeps_buffers_bounded(
 
     # The client reads nothing: what the proxy pulls from the backend stops
     # growing once the socket buffers are full.
-    last = -1
-    while tgt.stats.bytes_sent != last:
-        last = tgt.stats.bytes_sent
-        await asyncio.sleep(0.3)
-    assert tgt.stats.bytes_sent < 8 * MIB  # the socket buffers, at most
-    buffered = listener.status()["buffered_bytes"]
-    assert buffered <= HIGH_WATER + 512 * 1024, buffered
+    def bounded() -> None:
+        assert tgt.stats.bytes_sent < 8 * MIB  # the socket buffers, at most
+        buffered = listener.status()["buffered_bytes"]
+        assert buffered <= HIGH_WATER + 512 * 1024, buffered
+
+    await assert_stays(bounded, duration=1.0)
 
     received = await asyncio.wait_for(reader.read(), 20)
     await close((reader, writer))
@@ -484,7 +483,7 @@ async def test_drain_refuses_new_connections_and_closes_leftovers_after_grace(
 
     assert await closed_by_proxy(leftover, within=3) == "eof"
     await drain
-    assert 0.9 <= time.monotonic() - started < 2.0
+    assert 0.9 <= time.monotonic() - started < 5.0  # the 1 s grace, then at once
     await close(leftover)
     assert tgt.stats.responses["closed"] == 2
     assert tgt.stats.active == 0
@@ -529,8 +528,11 @@ def test_forwarding_on_uvloop(backends: Backends) -> None:
                 assert await roundtrip(echo_listener, payload) == payload
 
                 reader, writer = await connect(big_listener)
-                await asyncio.sleep(0.5)  # not reading: the proxy must hold back
-                assert big_listener.status()["buffered_bytes"] <= HIGH_WATER + 512 * 1024
+
+                def held_back() -> None:  # not reading: the proxy must hold back
+                    assert big_listener.status()["buffered_bytes"] <= HIGH_WATER + 512 * 1024
+
+                await assert_stays(held_back, duration=0.5)
                 received = await asyncio.wait_for(reader.read(), 20)
                 await close((reader, writer))
                 assert received == pattern() * 20

@@ -6,6 +6,7 @@ tests/unit/store/test_etcd.py.)"""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 import time
@@ -36,7 +37,7 @@ async def test_unreachable_etcd_fails_start_quickly_and_clearly() -> None:
     began = time.monotonic()
     with pytest.raises(StoreError, match="no etcd member answered within 1s") as info:
         await store.start()
-    assert time.monotonic() - began < 4
+    assert time.monotonic() - began < 5
     assert "127.0.0.1:1" in str(info.value) and "127.0.0.1:2" in str(info.value)
     with pytest.raises(RuntimeError):
         await store.start()  # failed for good, like a closed store
@@ -49,7 +50,7 @@ async def test_a_silent_address_does_not_hang_start() -> None:
     began = time.monotonic()
     with pytest.raises(StoreError):
         await store.start()
-    assert time.monotonic() - began < 4
+    assert time.monotonic() - began < 5
     await store.close()
 
 
@@ -212,7 +213,10 @@ async def test_watch_resumes_after_an_etcd_restart(etcd: EtcdServer) -> None:
         assert [e.kv.key for e in batch.events] == ["/r/2"]
 
 
-async def test_close_ends_a_watch_that_is_reconnecting(etcd: EtcdServer) -> None:
+async def test_close_ends_a_watch_that_is_reconnecting(
+    etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="controlplane.store")
     store = EtcdStore(f"etcd://{etcd.endpoint}/eco")
     await store.start()
     watch = store.watch("/r/")
@@ -220,7 +224,11 @@ async def test_close_ends_a_watch_that_is_reconnecting(etcd: EtcdServer) -> None
     await next_batch(watch)
     etcd.stop()
     pending = asyncio.ensure_future(anext(watch))
-    await asyncio.sleep(0.3)  # the watch is now retrying
+
+    def retrying() -> None:
+        assert "etcd watch reconnecting" in caplog.text
+
+    await assert_eventually(retrying)
     await store.close()
     with pytest.raises(StoreClosed):
         await asyncio.wait_for(pending, 5)

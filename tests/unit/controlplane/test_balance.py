@@ -11,7 +11,7 @@ import pytest
 
 from controlplane.agent import REPLICAS_PREFIX, SHED_REASON, LoadSpreader, streams_to_shed
 from controlplane.store import MemoryStore
-from tests.util import assert_eventually
+from tests.util import assert_eventually, assert_stays
 
 
 @pytest.mark.parametrize(
@@ -122,10 +122,9 @@ async def test_the_busy_replica_sheds_toward_the_idle_one(store: MemoryStore) ->
         # The fake does not move shed streams anywhere, so the total shrinks: the
         # busy one sheds in batches until it holds no more than 0.75 x itself + 1.
         await assert_eventually(lambda: _check(busy.count <= 4), timeout=10)
-        await asyncio.sleep(0.3)  # the last batch is spread over half a period
+        await asyncio.sleep(0.2)  # the last batch is spread over half a period (25 ms)
         settled = busy.count
-        await asyncio.sleep(0.3)
-        assert busy.count == settled
+        await assert_stays(lambda: _check(busy.count == settled), duration=0.3)
         assert set(busy.shed_calls) == {SHED_REASON}
         assert idle.shed_calls == []
         assert spreaders[0].shed_total == len(busy.shed_calls)
@@ -142,8 +141,7 @@ async def test_nothing_is_shed_while_inactive(store: MemoryStore) -> None:
     await spreader.start()
     try:
         await assert_eventually(lambda: _entries_are(store, {"busy": 20, "idle": 0}))
-        await asyncio.sleep(0.3)
-        assert busy.shed_calls == []
+        await assert_stays(lambda: _check(busy.shed_calls == []), duration=0.3)
     finally:
         await spreader.close()
         await others.close()

@@ -12,7 +12,7 @@ import pytest
 
 from controlplane.leader import LEADER_KEY, Election
 from controlplane.store import MemoryStore, StoreUnavailable
-from tests.util import assert_eventually
+from tests.util import assert_eventually, assert_stays
 
 
 @pytest.fixture
@@ -90,8 +90,10 @@ async def test_one_leader_among_three_and_everyone_knows_it(store: MemoryStore) 
         stored = await store.get(LEADER_KEY)
         assert stored is not None and stored.value.decode() == leader
         assert stored.lease == elections[leader].lease_id
-        await asyncio.sleep(0.3)  # stays settled
-        assert leaders(elections) == [leader] and timeline.starts == [leader]
+        await assert_stays(  # stays settled
+            lambda: _assert(leaders(elections) == [leader] and timeline.starts == [leader]),
+            duration=0.3,
+        )
     assert timeline.running == set() and timeline.overlaps == 0
 
 
@@ -144,7 +146,7 @@ async def test_a_leader_that_cannot_renew_steps_down_before_its_lease_ends() -> 
     async with FlakyStore() as store, candidates(store, ["a"], timeline, ttl=1.0) as elections:
         election = elections["a"]
         await one_leader(elections, timeline)
-        await asyncio.sleep(0.5)  # renewed at least once
+        await assert_eventually(lambda: _assert(store.renewed_at > 0))  # renewed at least once
         store.unreachable = True
         await assert_eventually(lambda: _assert(timeline.stops == ["a"]), timeout=3)
         # It stepped down while the store still held its lease: no overlap possible.
