@@ -30,6 +30,7 @@ import contextlib
 import itertools
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Coroutine, Mapping, Sequence
@@ -92,6 +93,12 @@ _DLQ_QUEUE = "eco-bus-dlq"
 _MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"
 _STREAM_EVENTS = "$JS.EVENT.ADVISORY.STREAM.*.*"
 _TICK = 0.5
+#: JetStream's PubAck as it writes it (stream names are letters, digits, - and _),
+#: with the optional domain: ``{"stream":"S", "seq":7,"duplicate": true}``.
+_PUB_ACK = re.compile(
+    rb'\{"stream": ?"([A-Za-z0-9_-]+)", ?"seq": ?(\d+)'
+    rb'(?:, ?"domain": ?"[^"\\]*")?(, ?"duplicate": ?true)?\}'
+)
 #: What a core publish returns (nothing stored): the same every time.
 _CORE_ACK = PublishAck()
 _PUBLISH_LOST = (
@@ -475,6 +482,10 @@ class NatsBroker:
                 f"NATS: JetStream did not answer for {subject!r} (not ready yet?); publish "
                 "it again (with the same id, to store it once)"
             )
+        plain = _PUB_ACK.fullmatch(answer.data)
+        if plain is not None:  # the usual answer, read without a JSON parser
+            stream, sequence, duplicate = plain.groups()
+            return PublishAck(stream.decode(), int(sequence), duplicate is not None)
         try:
             ack = json.loads(answer.data)
         except ValueError as e:

@@ -33,7 +33,6 @@ pass through the control plane. :func:`attach_relay` serves it as
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import secrets
@@ -372,7 +371,8 @@ class RelayBroker:
         (after an answer was lost) stores it once."""
         if message.id or not self._link.captures(message.subject):
             return message
-        return dataclasses.replace(message, id=f"{self._id_prefix}{next(self._ids)}")
+        m, mid = message, f"{self._id_prefix}{next(self._ids)}"
+        return OutgoingMessage(m.subject, m.data, m.headers, mid, m.reply_to)
 
     def _begin(self) -> None:
         self._inflight += 1
