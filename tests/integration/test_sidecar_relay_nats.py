@@ -138,6 +138,31 @@ def _connected(sidecar: Sidecar) -> None:
     assert sidecar.connected
 
 
+async def test_a_broker_change_in_a_later_session_is_followed(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """The control plane restarts on the same address with the embedded broker:
+    the sidecar's next session says so, and its relay moves back to it."""
+    first = ControlPlane(plane_config(nats.url))
+    await first.start()
+    address = first.address
+    async with Sidecar(sidecar_config(tmp_path, "a", address)) as a:
+        try:
+            await assert_eventually(lambda: on_nats(a), timeout=WAIT)
+        finally:
+            await first.stop()
+        config = plane_config("embedded://").model_copy(update={"listen": address})
+        async with ControlPlane(config) as second:
+            await assert_eventually(lambda: _route(a.relay, "controlplane"), timeout=2 * WAIT)
+            assert second.broker is not None
+            watcher = await second.broker.subscribe(SubscriptionSpec("back.>"))
+            async with sdk.BusClient(a.local_api_address) as app:
+                await app.publish("back.home", "through the control plane")
+            async with asyncio.timeout(WAIT):
+                assert (await anext(aiter(watcher))).data == b"through the control plane"
+            await watcher.close()
+
+
 async def test_a_relay_moves_to_nats_keeping_order_and_its_subscriptions(
     tmp_path: Path, plane: ControlPlane, nats: NatsServer
 ) -> None:
