@@ -37,9 +37,9 @@ from typing import Self
 
 from sdk import AckKind, StreamConfig, StreamInfo
 
+from ._embedded_catalog import StreamCatalog
 from ._embedded_consumers import Consumer, ConsumerConfig, DurableSubscription, parse_ack_id
 from ._embedded_journal import Journal, MemoryJournal, SqliteJournal
-from ._embedded_registry import Registry
 from ._embedded_streams import (
     SQL_DELETE_STREAM,
     SQL_DROP_MESSAGES,
@@ -108,7 +108,7 @@ class EmbeddedBroker:
         self._lifecycle = asyncio.Lock()
         self._journal: Journal = MemoryJournal()
         self._core = CoreRouter(queue_limit)
-        self._registry = Registry()
+        self._registry = StreamCatalog()
         # consumers with deliveries to make, for the dispatcher
         self._ready: dict[Consumer, None] = {}
         self._ready_event = asyncio.Event()

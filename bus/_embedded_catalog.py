@@ -24,10 +24,10 @@ from ._errors import StreamConflictError, StreamNotFoundError
 from ._protocol import SubscriptionSpec
 from .subjects import SubjectIndex, patterns_overlap, subject_matches
 
-__all__ = ["Registry"]
+__all__ = ["StreamCatalog"]
 
 
-class Registry:
+class StreamCatalog:
     """Streams and consumers (see the module docstring)."""
 
     def __init__(self) -> None:
