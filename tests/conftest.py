@@ -1,11 +1,13 @@
-"""Suite-wide fixtures: no leaked asyncio tasks, and a helper to poll for a condition."""
+"""Suite-wide fixtures: no leaked asyncio tasks, and a nats-server for a test of its own."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+
+from tests.harness.nats import NatsServer
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +27,13 @@ async def _no_leaked_tasks() -> AsyncIterator[None]:
         await asyncio.sleep(0.02)
     names = ", ".join(sorted(t.get_name() + ":" + repr(t.get_coro()) for t in leaked))
     pytest.fail(f"test leaked {len(leaked)} running task(s): {names}")
+
+
+@pytest.fixture
+def nats() -> Iterator[NatsServer]:
+    """A nats-server with JetStream of this test's own, stopped after it."""
+    server = NatsServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

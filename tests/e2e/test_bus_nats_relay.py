@@ -38,15 +38,6 @@ WAIT = 20.0
 
 
 @pytest.fixture
-def nats() -> Iterator[NatsServer]:
-    server = NatsServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def plane(tmp_path: Path, nats: NatsServer) -> Iterator[ControlPlaneProcess]:
     plane = ControlPlaneProcess(
         "memory://", tmp_path / "controlplane.log", extra_args=("--bus", nats.url)

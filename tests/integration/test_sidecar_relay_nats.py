@@ -10,7 +10,7 @@ the messages (it can even be stopped while they flow).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,6 @@ from tests.harness.ports import free_port
 from tests.util import assert_eventually
 
 WAIT = 10.0
-
-
-@pytest.fixture
-def nats() -> Iterator[NatsServer]:
-    server = NatsServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def plane_config(bus_url: str, **fields: Any) -> ControlPlaneConfig:

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,10 +32,9 @@ from tests.util import assert_eventually
 
 
 @pytest.fixture
-def server() -> Iterator[NatsServer]:
-    started = NatsServer().start()
-    yield started
-    started.stop()
+def server(nats: NatsServer) -> NatsServer:
+    """This module's name for the test's own nats-server."""
+    return nats
 
 
 @pytest.fixture

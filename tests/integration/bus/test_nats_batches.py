@@ -5,7 +5,7 @@ awaited, the stored ones' confirmations awaited together, one outcome each."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,12 +18,9 @@ WAIT = 10.0
 
 
 @pytest.fixture
-def server() -> Iterator[NatsServer]:
-    nats = NatsServer().start()
-    try:
-        yield nats
-    finally:
-        nats.stop()
+def server(nats: NatsServer) -> NatsServer:
+    """This module's name for the test's own nats-server."""
+    return nats
 
 
 @pytest.fixture
