@@ -23,7 +23,7 @@ CRASH_SCRIPT = """
 import asyncio, sys, time
 from pathlib import Path
 from bus import OutgoingMessage, SubscriptionSpec
-from bus._embedded_journal import _SqliteFile
+from bus.embedded._journal import _SqliteFile
 from bus.embedded import EmbeddedBroker
 from sdk import AckKind, StreamConfig
 

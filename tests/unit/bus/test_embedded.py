@@ -18,8 +18,8 @@ from bus import (
     SubscriptionSpec,
     open_broker,
 )
-from bus._embedded_journal import _SqliteFile
 from bus.embedded import EmbeddedBroker
+from bus.embedded._journal import _SqliteFile
 from sdk import AckKind, DeliverPolicy, StreamConfig
 from tests.util import assert_eventually
 

@@ -1,11 +1,11 @@
-"""The NATS backend's record of durable deliveries (``bus._nats_sub.AckTable``):
+"""The NATS backend's record of durable deliveries (``bus.nats._subscriptions.AckTable``):
 what a delivery that comes again means. No server: ack subjects as JetStream
 writes them."""
 
 from __future__ import annotations
 
-from bus._nats_js import AckRef, parse_ack_id
-from bus._nats_sub import AckTable
+from bus.nats._jetstream import AckRef, parse_ack_id
+from bus.nats._subscriptions import AckTable
 
 
 def ref(delivered: int, stamp: int, pending: int = 0, sequence: int = 7) -> AckRef:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._errors import BusUnavailableError
+from bus._errors import BusUnavailableError
 
 __all__ = ["Journal", "MemoryJournal", "Op", "Snapshot", "SqliteJournal"]
 

@@ -1,6 +1,6 @@
 """The embedded broker's streams in memory: messages by sequence, limits, de-duplication.
 
-A `Stream` is the authoritative copy; the journal (`_embedded_journal`) only makes
+A `Stream` is the authoritative copy; the journal (`_journal`) only makes
 it durable. Sequences are assigned at publish (``last_seq``) but consumers see a
 message only once its journal flush has committed (``stored_seq``), so nothing a
 crash could lose is ever delivered.
@@ -14,7 +14,7 @@ from typing import Any
 
 from sdk import ConsumerInfo, StreamConfig, StreamInfo
 
-from ._embedded_journal import Op
+from ._journal import Op
 
 __all__ = [
     "SQL_DELETE_STREAM",

@@ -2,7 +2,7 @@
 its core routing.
 
 `CoreSubscription` drops (and counts) what does not fit: the broker never waits on
-a subscriber. The durable one (`_embedded_consumers.DurableSubscription`) is fed
+a subscriber. The durable one (`_consumers.DurableSubscription`) is fed
 by its consumer only as far as it has room, so nothing is dropped there.
 `CoreRouter` finds a subject's core subscribers through a `SubjectIndex` (a token
 trie: the cost of a publish depends on the subject, not on how many
@@ -18,9 +18,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ._protocol import Delivery
-from ._waiter import Waiter
-from .subjects import SubjectIndex
+from bus._protocol import Delivery
+from bus._waiter import Waiter
+from bus.subjects import SubjectIndex
 
 __all__ = ["CoreRouter", "CoreSubscription", "Route", "SubscriptionBase"]
 

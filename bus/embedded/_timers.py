@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._embedded_consumers import Consumer
+    from ._consumers import Consumer
 
 __all__ = ["Timers"]
 

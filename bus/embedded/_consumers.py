@@ -14,7 +14,7 @@ journal once for all consumers, then `Consumer.hand_out`. So a delivery reaches 
 client only once the consumer's position past it is durable: after a crash, every
 message a client may have seen and not acknowledged comes back marked redelivered.
 
-Persisted (see `_embedded_journal`): the consumer row (``next_seq``, ack floor,
+Persisted (see `_journal`): the consumer row (``next_seq``, ack floor,
 config), out-of-order acks above the floor, and delivery counts above one. What is
 pending is recomputed from those on load, every entry ``DUE``.
 """
@@ -27,14 +27,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bus._errors import AckNotFoundError
+from bus._protocol import Delivery
+from bus.subjects import subject_matches
 from sdk import AckKind, ConsumerInfo
 
-from ._embedded_journal import Journal, Op
-from ._embedded_streams import StoredMessage, Stream
-from ._embedded_subs import SubscriptionBase
-from ._errors import AckNotFoundError
-from ._protocol import Delivery
-from .subjects import subject_matches
+from ._journal import Journal, Op
+from ._streams import StoredMessage, Stream
+from ._subscriptions import SubscriptionBase
 
 __all__ = [
     "Consumer",

@@ -30,7 +30,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from bus._errors import AckNotFoundError
-from bus._nats_js import (
+from bus._protocol import Delivery, SubscriptionSpec
+from bus._waiter import Waiter
+from bus.nats._jetstream import (
     ACK_PREFIX,
     PUBACK_PREFIX,
     AckRef,
@@ -38,8 +40,6 @@ from bus._nats_js import (
     ns,
     parse_ack_id,
 )
-from bus._protocol import Delivery, SubscriptionSpec
-from bus._waiter import Waiter
 from bus.subjects import subject_matches
 
 __all__ = ["HAND_BACK", "AckTable", "CoreSubscription", "DurableSubscription"]

@@ -8,11 +8,14 @@ import json
 import time
 from collections.abc import Iterator
 
+from bus._errors import StreamConflictError, StreamNotFoundError
+from bus._protocol import SubscriptionSpec
+from bus.subjects import SubjectIndex, patterns_overlap, subject_matches
 from sdk import DeliverPolicy, StreamConfig, StreamInfo
 
-from ._embedded_consumers import Consumer, ConsumerConfig, Host
-from ._embedded_journal import Journal, Snapshot
-from ._embedded_streams import (
+from ._consumers import Consumer, ConsumerConfig, Host
+from ._journal import Journal, Snapshot
+from ._streams import (
     SQL_DROP_MESSAGES,
     StoredMessage,
     Stream,
@@ -20,9 +23,6 @@ from ._embedded_streams import (
     message_size,
     same_config,
 )
-from ._errors import StreamConflictError, StreamNotFoundError
-from ._protocol import SubscriptionSpec
-from .subjects import SubjectIndex, patterns_overlap, subject_matches
 
 __all__ = ["StreamCatalog"]
 

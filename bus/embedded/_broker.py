@@ -3,13 +3,13 @@
 Core routing is in memory: a `SubjectIndex` (token trie) finds the subscriptions
 matching a subject, each with a bounded buffer that drops (and counts) rather
 than block a publisher. Durable streams and consumers live in memory too and are
-made durable by a journal (`_embedded_journal`): ``bus.db`` in ``data_dir`` (WAL,
+made durable by a journal (`_journal`): ``bus.db`` in ``data_dir`` (WAL,
 ``synchronous=FULL``, group commit on one worker thread), or nothing when
 ``data_dir`` is None. Three tasks per broker, owned and stopped by ``close()``:
 
-- the journal's flush task (group commit; see `_embedded_journal`);
+- the journal's flush task (group commit; see `_journal`);
 - the dispatcher: asks consumers with work for deliveries, commits the journal
-  once for all of them, hands the deliveries out (`_embedded_consumers`);
+  once for all of them, hands the deliveries out (`_consumers`);
 - the scheduler: one heap of redelivery deadlines, plus ``max_age`` expiry.
 
 What is durable when. A durable ``publish`` returns once its message is committed;
@@ -35,23 +35,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
-from sdk import AckKind, StreamConfig, StreamInfo
-
-from ._embedded_catalog import StreamCatalog
-from ._embedded_consumers import Consumer, ConsumerConfig, DurableSubscription, parse_ack_id
-from ._embedded_journal import Journal, MemoryJournal, SqliteJournal
-from ._embedded_streams import (
-    SQL_DELETE_STREAM,
-    SQL_DROP_MESSAGES,
-    SQL_INSERT_MESSAGE,
-    SQL_INSERT_STREAM,
-    StoredMessage,
-    Stream,
-    config_to_json,
-)
-from ._embedded_subs import CoreRouter, Route
-from ._embedded_timers import Timers
-from ._errors import (
+from bus._errors import (
     AckNotFoundError,
     BusClosedError,
     BusError,
@@ -61,7 +45,7 @@ from ._errors import (
     StreamConflictError,
     StreamNotFoundError,
 )
-from ._protocol import (
+from bus._protocol import (
     MAX_PAYLOAD,
     Delivery,
     OutgoingMessage,
@@ -69,13 +53,29 @@ from ._protocol import (
     Subscription,
     SubscriptionSpec,
 )
-from .subjects import (
+from bus.subjects import (
     validate_headers,
     validate_name,
     validate_spec,
     validate_stream_config,
     validate_subject,
 )
+from sdk import AckKind, StreamConfig, StreamInfo
+
+from ._catalog import StreamCatalog
+from ._consumers import Consumer, ConsumerConfig, DurableSubscription, parse_ack_id
+from ._journal import Journal, MemoryJournal, SqliteJournal
+from ._streams import (
+    SQL_DELETE_STREAM,
+    SQL_DROP_MESSAGES,
+    SQL_INSERT_MESSAGE,
+    SQL_INSERT_STREAM,
+    StoredMessage,
+    Stream,
+    config_to_json,
+)
+from ._subscriptions import CoreRouter, Route
+from ._timers import Timers
 
 __all__ = ["EmbeddedBroker"]
 

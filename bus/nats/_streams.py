@@ -20,7 +20,8 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from bus._errors import BusError, StreamConflictError, StreamNotFoundError
-from bus._nats_js import (
+from bus._protocol import OutgoingMessage, PublishAck, SubscriptionSpec
+from bus.nats._jetstream import (
     ConsumerNotFoundError,
     JetStreamApi,
     StreamMeta,
@@ -31,8 +32,7 @@ from bus._nats_js import (
     stream_config_to_js,
     stream_meta,
 )
-from bus._nats_sub import AckTable
-from bus._protocol import OutgoingMessage, PublishAck, SubscriptionSpec
+from bus.nats._subscriptions import AckTable
 from bus.subjects import patterns_overlap, subject_matches
 from sdk import DeliverPolicy, StreamConfig
 

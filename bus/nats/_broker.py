@@ -1,6 +1,6 @@
 """``NatsBroker``: the bus on a NATS server or cluster, JetStream for durable streams.
 
-Mapping (see ``_protocol`` for the semantics it keeps):
+Mapping (see ``bus._protocol`` for the semantics it keeps):
 
 - core publish, subscribe, queue groups and request: NATS core; a request
   nobody subscribes to gets NATS's "no responders" status at once;
@@ -10,7 +10,7 @@ Mapping (see ``_protocol`` for the semantics it keeps):
   id), which returns once stored;
 - a durable consumer: a JetStream durable pull consumer (explicit acks,
   ``ack_wait``, ``max_deliver``, backoff, ``max_ack_pending``, deliver
-  policy), pulled by each of its subscriptions (see ``_nats_sub``); the ack
+  policy), pulled by each of its subscriptions (see ``_subscriptions``); the ack
   id is JetStream's ack subject, so any broker on the same NATS can settle it;
 - dead letters: JetStream drops a message from a consumer after
   ``max_deliver`` and publishes an advisory; one broker (a queue group over
@@ -50,7 +50,15 @@ from bus._errors import (
     PayloadTooLargeError,
     StreamNotFoundError,
 )
-from bus._nats_js import (
+from bus._protocol import (
+    MAX_PAYLOAD,
+    Delivery,
+    OutgoingMessage,
+    PublishAck,
+    Subscription,
+    SubscriptionSpec,
+)
+from bus.nats._jetstream import (
     INBOX_PREFIX,
     MSG_ID,
     PUBACK_PREFIX,
@@ -66,16 +74,8 @@ from bus._nats_js import (
     stream_info,
     unreserved,
 )
-from bus._nats_streams import DeadLetters, StreamCache, ensure_consumer
-from bus._nats_sub import HAND_BACK, AckTable, CoreSubscription, DurableSubscription
-from bus._protocol import (
-    MAX_PAYLOAD,
-    Delivery,
-    OutgoingMessage,
-    PublishAck,
-    Subscription,
-    SubscriptionSpec,
-)
+from bus.nats._streams import DeadLetters, StreamCache, ensure_consumer
+from bus.nats._subscriptions import HAND_BACK, AckTable, CoreSubscription, DurableSubscription
 from bus.subjects import (
     validate_headers,
     validate_name,
@@ -245,7 +245,7 @@ class NatsBroker:
         """Ends every subscription and disconnects. What readers got from durable
         consumers and did not settle is handed back (NAK): its readers' streams end
         with this broker, so it is due again in a few seconds (see
-        ``_nats_sub.HAND_BACK``), as after an embedded broker's restart, rather
+        ``_subscriptions.HAND_BACK``), as after an embedded broker's restart, rather
         than after its ack wait. Idempotent."""
         async with self._lifecycle:
             if self._state == "closed":
