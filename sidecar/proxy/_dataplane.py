@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 _LISTENERS = {
     "tcp": ("sidecar.proxy._tcp", "TcpListener"),
-    "http": ("sidecar.proxy._http", "HttpListener"),
+    "http": ("sidecar.proxy.http", "HttpListener"),
     "grpc": ("sidecar.proxy._grpc", "GrpcListener"),
 }
 

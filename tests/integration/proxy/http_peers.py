@@ -18,7 +18,7 @@ import httptools
 import uvloop
 
 from sidecar.proxy import Target
-from sidecar.proxy._http import HttpListener
+from sidecar.proxy.http import HttpListener
 from tests.integration.raw_http import until_closed
 
 

@@ -22,7 +22,7 @@ import pytest
 import uvloop
 
 from sidecar.proxy import Target, fixed_endpoint
-from sidecar.proxy._http import HttpListener
+from sidecar.proxy.http import HttpListener
 from tests.harness.ports import free_port
 from tests.integration.proxy.conftest import Backend, policy, target
 from tests.integration.proxy.http_peers import (

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from sidecar.config import ProxyPolicy
 from sidecar.proxy import Target
-from sidecar.proxy._http import HttpListener
+from sidecar.proxy.http import HttpListener
 
 
 def test_http_listener_fits_shared_keys() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httptools
 import pytest
 
-from sidecar.proxy._http_parse import (
+from sidecar.proxy.http._parse import (
     ACT_CONNECTION,
     ACT_CONTENT_LENGTH,
     ACT_DROP,

@@ -4,7 +4,7 @@ An :class:`Exchange` is made by the downstream connection when a request
 head is complete; it rewrites the head, and holds the request body while it
 may still be needed (until an upstream connection takes it, and up to
 ``BODY_KEEP`` bytes for a retry). :meth:`Exchange.start` runs the attempts
-(see :mod:`sidecar.proxy._http`); the upstream connection calls back
+(see :mod:`sidecar.proxy.http`); the upstream connection calls back
 ``response_head`` / ``response_body`` / ``response_complete`` (or
 ``upstream_lost`` / ``upstream_bad``) as the response arrives. Every attempt
 ends with exactly one ``target.release``, the exchange with one
@@ -24,7 +24,8 @@ import time
 from typing import TYPE_CHECKING
 
 from sdk.balancer import Endpoint, NoEndpointsError
-from sidecar.proxy._http_parse import (
+from sidecar.proxy._target import CircuitOpenError, Outcome
+from sidecar.proxy.http._parse import (
     ACT_CONNECTION,
     ACT_CONTENT_LENGTH,
     ACT_FORWARDED_FOR,
@@ -43,15 +44,14 @@ from sidecar.proxy._http_parse import (
     origin_form,
     status_class,
 )
-from sidecar.proxy._http_pool import UpstreamConnection
-from sidecar.proxy._target import CircuitOpenError, Outcome
+from sidecar.proxy.http._pool import UpstreamConnection
 
 if TYPE_CHECKING:
-    from sidecar.proxy._http_downstream import Downstream
+    from sidecar.proxy.http._downstream import Downstream
 
 __all__ = ["BODY_KEEP", "P_EOF", "P_QUEUE", "P_STOP", "P_UPSTREAM", "P_WAIT", "Exchange"]
 
-logger = logging.getLogger("sidecar.proxy._http")
+logger = logging.getLogger("sidecar.proxy.http")
 
 #: request bodies up to this size are kept, so that the request can be retried
 BODY_KEEP = 64 * 1024
@@ -196,7 +196,7 @@ class Exchange:
 
     def retarget(self) -> None:
         """A target not in origin-form (its first byte is not ``/``): forwarded as
-        :func:`~sidecar.proxy._http_parse.origin_form` says, with the Host it names in
+        :func:`~sidecar.proxy.http._parse.origin_form` says, with the Host it names in
         place of the client's (raises :class:`Rejected`). Called before
         :meth:`finish_head`, which still checks the client's Host count."""
         self.url, host = origin_form(self.method, self.url)

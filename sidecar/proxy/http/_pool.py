@@ -29,7 +29,8 @@ from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpResponseParser
 
-from sidecar.proxy._http_parse import (
+from sidecar.proxy._target import Target
+from sidecar.proxy.http._parse import (
     ACT_CONNECTION,
     ACT_CONTENT_LENGTH,
     ACT_DROP,
@@ -43,7 +44,6 @@ from sidecar.proxy._http_parse import (
     feed_within,
     is_chunked,
 )
-from sidecar.proxy._target import Target
 
 __all__ = ["Address", "Corkable", "ResponseHandler", "UpstreamConnection", "UpstreamPool"]
 

@@ -3,7 +3,7 @@
 Everything runs in protocol callbacks; the one task a request may need is
 a connect. How one request goes:
 
-- A :class:`~sidecar.proxy._http_downstream.Downstream` (one per client
+- A :class:`~sidecar.proxy.http._downstream.Downstream` (one per client
   connection) feeds what it reads to a request parser. A request whose head is complete becomes an
   :class:`Exchange`. Requests pipelined behind it wait their turn in a queue
   (one at a time per connection, in order; reading pauses while one waits).
@@ -13,7 +13,7 @@ a connect. How one request goes:
   in one write. The rest of the body is forwarded as it arrives, re-chunked
   if it is chunked; up to 64 KiB of it is also kept, so that the request
   can be sent again.
-- The :class:`~sidecar.proxy._http_pool.UpstreamConnection` parses the
+- The :class:`~sidecar.proxy.http._pool.UpstreamConnection` parses the
   response and calls the exchange back: the head is rewritten and
   forwarded, body chunks are forwarded as they come (re-chunked when the
   upstream's framing cannot be passed on), writes made while one read is
@@ -43,12 +43,12 @@ Both are armed lazily, by a tick, for the exchanges still in flight (see
 ``headers_too_large`` (431), ``http_version`` (505).
 
 Hostile input is bounded where it arrives (see
-:mod:`sidecar.proxy._http_downstream`): heads and trailers are counted as
+:mod:`sidecar.proxy.http._downstream`): heads and trailers are counted as
 they are read, before the parser holds them; what a request may not be
 (ambiguous framing, a Host missing or doubled, an HTTP version other than
 1.0 and 1.1, a target it cannot forward) is refused before anything is
 forwarded. A target in absolute-form is forwarded in origin-form with the
-Host it names (:func:`~sidecar.proxy._http_parse.origin_form`); only a
+Host it names (:func:`~sidecar.proxy.http._parse.origin_form`); only a
 target whose first byte is not ``/`` is looked at. The upstream pool is
 keyed by the address dialled, and connections to addresses no endpoint has
 any more are retired at the next sweep.
@@ -74,11 +74,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 from sidecar.config import ProxyPolicy
-from sidecar.proxy._http_downstream import Downstream
-from sidecar.proxy._http_parse import IDEMPOTENT
-from sidecar.proxy._http_pool import Address, UpstreamPool
 from sidecar.proxy._listener import Listener
 from sidecar.proxy._target import Target
+from sidecar.proxy.http._downstream import Downstream
+from sidecar.proxy.http._parse import IDEMPOTENT
+from sidecar.proxy.http._pool import Address, UpstreamPool
 
 __all__ = ["HttpListener"]
 

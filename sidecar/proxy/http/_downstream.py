@@ -3,16 +3,16 @@ exchange, the pipelined ones behind it, and the limits on what it reads.
 
 Limits cost one subtraction per read on the hot path: ``room`` is the
 bytes left before the head limit while a head or trailer section is being
-read, and :data:`~sidecar.proxy._http_parse.UNCOUNTED` otherwise; a read
+read, and :data:`~sidecar.proxy.http._parse.UNCOUNTED` otherwise; a read
 longer than the room left goes to
-:func:`~sidecar.proxy._http_parse.feed_within`, which feeds the parser no
+:func:`~sidecar.proxy.http._parse.feed_within`, which feeds the parser no
 more than that, so a 25 MB header never reaches the parser (which would
 join its pieces in memory, copying them at each read). Header fields and
 their bytes are also added up as the parser reports them, and checked once
 the head is complete (trailers: at each field): that catches a head that
 began in the middle of a read, behind a pipelined request.
 
-A request refused (:class:`~sidecar.proxy._http_parse.Rejected`: framing,
+A request refused (:class:`~sidecar.proxy.http._parse.Rejected`: framing,
 size, version) is answered with ``Connection: close``, and the connection
 lingers: it shuts its sending side and reads, dropping it, what the client
 still sends, up to ``LINGER_BYTES`` or ``LINGER_SECONDS`` (the listener's
@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, cast
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from serving.http_limits import refuse
-from sidecar.proxy._http_exchange import P_EOF, P_QUEUE, P_STOP, Exchange
-from sidecar.proxy._http_parse import (
+from sidecar.proxy.http._exchange import P_EOF, P_QUEUE, P_STOP, Exchange
+from sidecar.proxy.http._parse import (
     ACT_HOST,
     CRLF,
     REQUEST_ACTIONS,
@@ -59,11 +59,11 @@ from sidecar.proxy._http_parse import (
 )
 
 if TYPE_CHECKING:
-    from sidecar.proxy._http import HttpListener
+    from sidecar.proxy.http import HttpListener
 
 __all__ = ["LINGER_BYTES", "LINGER_SECONDS", "Downstream"]
 
-logger = logging.getLogger("sidecar.proxy._http")
+logger = logging.getLogger("sidecar.proxy.http")
 
 #: after refusing a request, what a client may still send (dropped) before the close
 LINGER_BYTES = 1024 * 1024
