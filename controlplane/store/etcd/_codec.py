@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from ecosystem.etcd import rpc_pb2 as pb
 
-from ._protocol import Compare, DeleteOp, Event, EventType, KeyValue, Op, PutOp
+from controlplane.store._protocol import Compare, DeleteOp, Event, EventType, KeyValue, Op, PutOp
 
 __all__ = ["EtcdCodec", "differs_on_missing_key", "holds_on_missing_key", "prefix_end"]
 

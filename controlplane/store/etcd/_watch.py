@@ -34,8 +34,9 @@ import grpc
 import grpc.aio
 from ecosystem.etcd import rpc_pb2 as pb
 
-from ._etcd_client import WATCH, EtcdClient, EtcdError, translate
-from ._protocol import Compacted, Event, StoreClosed, StoreError, WatchBatch
+from controlplane.store._protocol import Compacted, Event, StoreClosed, StoreError, WatchBatch
+
+from ._client import WATCH, EtcdClient, EtcdError, translate
 
 __all__ = ["EtcdWatch", "WatchHost"]
 

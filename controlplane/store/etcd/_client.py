@@ -30,8 +30,9 @@ import grpc.aio
 from ecosystem.etcd import rpc_pb2 as pb
 from google.protobuf.message import Message
 
-from ._etcd_config import EtcdConfig
-from ._protocol import StoreError, StoreUnavailable
+from controlplane.store._protocol import StoreError, StoreUnavailable
+
+from ._config import EtcdConfig
 
 __all__ = [
     "AUTHENTICATE",

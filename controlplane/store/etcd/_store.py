@@ -1,7 +1,7 @@
 """`EtcdStore`: the `Store` protocol on etcd v3, for several control-plane replicas.
 
 A thin adapter: revisions are etcd's revisions, leases are etcd's leases, a
-transaction is one etcd Txn, a watch is one etcd watch (see `_etcd_watch`). Nothing
+transaction is one etcd Txn, a watch is one etcd watch (see `_watch`). Nothing
 is cached but the newest revision and compaction point seen, which back the
 ``revision`` and ``compact_revision`` properties. Docs: docs/store-etcd.md.
 
@@ -36,25 +36,8 @@ import grpc.aio
 from ecosystem.etcd import rpc_pb2 as pb
 from google.protobuf.message import Message
 
-from ._etcd_client import (
-    COMPACT,
-    LEASE_GRANT,
-    LEASE_KEEPALIVE,
-    LEASE_REVOKE,
-    LEASE_TTL,
-    RANGE,
-    TXN,
-    EtcdClient,
-    EtcdError,
-    EtcdUnavailable,
-    Method,
-    translate,
-)
-from ._etcd_codec import EtcdCodec, differs_on_missing_key, holds_on_missing_key
-from ._etcd_config import EtcdConfig, parse_etcd_url
-from ._etcd_watch import EtcdWatch
-from ._mvcc import validate_compares, validate_ops
-from ._protocol import (
+from controlplane.store._mvcc import validate_compares, validate_ops
+from controlplane.store._protocol import (
     Compacted,
     Compare,
     DeleteOp,
@@ -69,6 +52,24 @@ from ._protocol import (
     TxnResult,
     WatchBatch,
 )
+
+from ._client import (
+    COMPACT,
+    LEASE_GRANT,
+    LEASE_KEEPALIVE,
+    LEASE_REVOKE,
+    LEASE_TTL,
+    RANGE,
+    TXN,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    Method,
+    translate,
+)
+from ._codec import EtcdCodec, differs_on_missing_key, holds_on_missing_key
+from ._config import EtcdConfig, parse_etcd_url
+from ._watch import EtcdWatch
 
 __all__ = ["EtcdConfig", "EtcdStore", "parse_etcd_url"]
 
