@@ -257,7 +257,15 @@ async def _send(call: grpc.aio.StreamStreamCall[bytes, bytes], message: bytes) -
         return False
     if call.done():
         return False
-    runtime_call = call._cython_call  # type: ignore[attr-defined]
+    # grpc.aio's own call underneath (private: a grpcio without it gets the
+    # public write, with the misreport above, rather than no proxy at all).
+    runtime_call = getattr(call, "_cython_call", None)
+    if runtime_call is None or not hasattr(runtime_call, "send_serialized_message"):
+        try:
+            await call.write(message)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return False
+        return True
     try:
         await runtime_call.send_serialized_message(message)
     except cygrpc.ExecuteBatchError:
