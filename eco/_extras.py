@@ -2,9 +2,10 @@
 
 The distribution's base install is the SDK and the client side of ``eco``
 (registry, node and bus commands). ``eco controlplane``, ``eco sidecar`` and
-``eco dev`` run servers, whose dependencies come with the ``server`` extra;
-without it they stop at once with one line saying what to install, rather
-than with a traceback from deep inside an import.
+``eco dev`` run servers and ``eco ca`` makes certificates; what they need
+comes with the ``server`` extra; without it they stop at once with one line
+saying what to install, rather than with a traceback from deep inside an
+import.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ SERVER_MODULES: dict[str, str] = {
     "httptools": "httptools",
     "nats": "nats-py",
     "aio_pika": "aio-pika",
+    "cryptography": "cryptography",
+    "spiffe": "spiffe",
 }
 if sys.platform != "win32":
     SERVER_MODULES["uvloop"] = "uvloop"
@@ -42,11 +45,14 @@ def missing_server_modules() -> list[str]:
     ]
 
 
-def require_server(command: str) -> None:
-    """Exits (status 1) with what to install when ``eco COMMAND`` cannot run here."""
+def require_server(command: str, *, what: str = "runs a server") -> None:
+    """Exits (status 1) with what to install when ``eco COMMAND`` cannot run here.
+
+    ``what`` says why the command needs the extra (``eco ca`` makes certificates).
+    """
     missing = missing_server_modules()
     if missing:
         raise click.ClickException(
-            f"'eco {command}' runs a server and needs the server dependencies, which are "
+            f"'eco {command}' {what} and needs the server dependencies, which are "
             f"not installed (missing: {', '.join(missing)}). Install them with: {SERVER_INSTALL}"
         )

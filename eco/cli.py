@@ -14,6 +14,7 @@ import click
 
 import sdk
 from eco._bus import bus
+from eco._ca import ca
 from eco._controlplane import controlplane_command, dev_command
 from eco._node import node, wait
 from eco._output import OutputFormat
@@ -122,6 +123,7 @@ cli.add_command(sidecar_command)
 cli.add_command(node)
 cli.add_command(wait)
 cli.add_command(bus)
+cli.add_command(ca)
 
 
 def main(argv: list[str] | None = None) -> None:
