@@ -335,10 +335,13 @@ class CertificateAuthority:
                 raise CSRError(f"RSA key of {public.key_size} bits; use at least {_MIN_RSA_BITS}")
         else:
             raise CSRError("unsupported key type; use EC P-256")
+        requested: list[x509.GeneralName] = []
         try:
-            requested = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            requested = list(
+                csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            )
         except x509.ExtensionNotFound:
-            requested = x509.SubjectAlternativeName([])
+            pass  # asking for nothing is fine: the CA names the certificate
         except ValueError as err:
             raise CSRError(f"unreadable extensions in the request: {err}") from None
         foreign = [
@@ -428,11 +431,13 @@ class _PairError(Exception):
 
 
 def _trust_domain_of(certificate: x509.Certificate) -> str:
+    uris: list[str] = []
     try:
         sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
-        sans = x509.SubjectAlternativeName([])
-    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        pass
+    for uri in uris:
         domain = uri.removeprefix("spiffe://")
         if uri.startswith("spiffe://") and "/" not in domain:
             try:
