@@ -375,9 +375,9 @@ def test_the_sdk_alone_installs_and_loads_no_server_code(base_python: Path, tmp_
         timeout=60,
     )
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
-    for command in ("controlplane", "sidecar", "dev"):
+    for command in (["controlplane"], ["sidecar"], ["dev"], ["ca", "init", "--dir", "ca"]):
         refused = subprocess.run(
-            [str(eco), command], cwd=tmp_path, env=_env(), capture_output=True, text=True
+            [str(eco), *command], cwd=tmp_path, env=_env(), capture_output=True, text=True
         )
         assert refused.returncode == 1, refused.stderr
         assert "pip install 'ecosystem[server]'" in refused.stderr, refused.stderr
