@@ -3,7 +3,9 @@ the certificates it signs, and what it refuses. No sockets, no processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import ssl
 import stat
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
@@ -400,3 +402,57 @@ def test_the_public_surface() -> None:
             "service_spiffe_id",
         ]
     )
+
+
+# -- a TLS handshake in memory (OpenSSL's checks, no socket) --------------------
+
+
+def _handshake(
+    tmp_path: Path, server: CertificateAuthority, client: CertificateAuthority, host: str
+) -> tuple[str | None, object]:
+    """Mutual TLS between a server certificate from ``server`` and a workload
+    certificate from ``client``, each side trusting its own CA; over memory."""
+
+    def write(name: str, data: bytes) -> str:
+        (tmp_path / name).write_bytes(data)
+        return str(tmp_path / name)
+
+    issued = server.issue_server(["localhost"], ["127.0.0.1"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    workload = client.sign_workload_csr(csr_for(key=key), WEB)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(write("s.pem", issued.cert_pem), write("s-key.pem", issued.key_pem))
+    server_side.load_verify_locations(write("s-ca.pem", server.bundle_pem))
+    server_side.verify_mode = ssl.CERT_REQUIRED
+    client_side = ssl.create_default_context(cafile=write("c-ca.pem", client.bundle_pem))
+    client_side.load_cert_chain(write("w.pem", workload), write("w-key.pem", key_pem))
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    from_client, from_server = ssl.MemoryBIO(), ssl.MemoryBIO()
+    dialer = client_side.wrap_bio(to_client, from_client, server_hostname=host)
+    listener = server_side.wrap_bio(to_server, from_server, server_side=True)
+    for _ in range(10):
+        for end in (dialer, listener):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                end.do_handshake()
+        to_server.write(from_client.read())
+        to_client.write(from_server.read())
+    peer = listener.getpeercert()
+    return dialer.version(), peer["subjectAltName"] if peer else None
+
+
+def test_mutual_tls_with_openssl_over_memory(
+    authority: CertificateAuthority, tmp_path: Path
+) -> None:
+    for host in ("localhost", "127.0.0.1"):
+        version, peer_names = _handshake(tmp_path, authority, authority, host)
+        assert version == "TLSv1.3"
+        assert peer_names == (("URI", WEB),)
+
+
+def test_openssl_refuses_a_rogue_ca(authority: CertificateAuthority, tmp_path: Path) -> None:
+    rogue = CertificateAuthority.create()
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(tmp_path, authority, rogue, "localhost")  # the client trusts the rogue
