@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 from enum import Enum
 from pathlib import Path
@@ -39,13 +40,14 @@ from bus import Broker, BusError, open_broker
 from bus.servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
 from controlplane.admin import admin_runner
 from controlplane.agent import AgentLimits, AgentServicer, AgentSettings, LoadSpreader, Reaper
-from controlplane.config import ControlPlaneConfig, parse_hostport
+from controlplane.config import ControlPlaneConfig, is_loopback, parse_hostport
 from controlplane.events import EventPublisher
 from controlplane.leader import Election
 from controlplane.metrics import Metrics
 from controlplane.registry import Registry, ensure_store_id
 from controlplane.servicer import RegistryServicer, handler
 from controlplane.store import Store, open_store
+from controlplane.tls import TLSSetupError, load_server_tls
 from controlplane.view import InstanceView, ViewConfig
 from serving.process import tune_gc
 from serving.rpc_guard import MalformedRequestGuard
@@ -196,11 +198,18 @@ class ControlPlane:
         )
         await self._view.start()
 
+        try:
+            tls = load_server_tls(config)
+        except TLSSetupError as exc:
+            raise StartupError(str(exc)) from exc
         server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=(MalformedRequestGuard(),))
         self._server = server
         host, _port = parse_hostport(config.listen)
         try:
-            bound = server.add_insecure_port(config.listen)
+            if tls is None:
+                bound = server.add_insecure_port(config.listen)
+            else:
+                bound = server.add_secure_port(config.listen, tls.server_credentials())
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {config.listen}: {exc}") from exc
         if bound == 0:
@@ -235,6 +244,7 @@ class ControlPlane:
                 ),
             ),
             peers=lambda: self.spreader.peers.values() if self.spreader is not None else (),
+            peer_credentials=tls.channel_credentials() if tls is not None else None,
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent, server)  # type: ignore[no-untyped-call]
         try:
@@ -261,7 +271,9 @@ class ControlPlane:
         )
         await server.start()
         if config.admin_listen is not None:
-            await self._start_admin(config.admin_listen)
+            await self._start_admin(
+                config.admin_listen, tls.ssl_context() if tls is not None else None
+            )
 
         reaper = Reaper(
             store,
@@ -290,21 +302,28 @@ class ControlPlane:
         self._state = _State.SERVING
         await self._set_health(self.serving)
         self._health_task = asyncio.create_task(self._follow_health(), name="health")
+        if tls is None and not is_loopback(host):
+            log.warning(
+                "control plane %s serves plaintext on %s, reachable from other hosts (--insecure)",
+                self.replica,
+                self.address,
+            )
         log.info(
-            "control plane %s serving on %s (admin %s, store %s, revision %d)",
+            "control plane %s serving on %s (admin %s, store %s, revision %d, %s)",
             self.replica,
             self.address,
             self.admin_address or "off",
             store_url,
             store.revision,
+            "TLS" if tls is not None else "plaintext",
         )
 
-    async def _start_admin(self, listen: str) -> None:
+    async def _start_admin(self, listen: str, ssl_context: ssl.SSLContext | None) -> None:
         runner = admin_runner(healthz=self._healthz, metrics=self._metrics)
         await runner.setup()
         self._admin = runner
         host, port = parse_hostport(listen)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ControlPlaneConfig", "parse_hostport"]
+__all__ = ["ControlPlaneConfig", "is_loopback", "parse_hostport"]
 
 DEFAULT_STORE = "sqlite://.eco/controlplane.db"
 #: ``sidecar_bus_url`` that keeps sidecars relaying through the control plane.
@@ -25,6 +27,16 @@ def parse_hostport(value: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{value!r}: port must be a number between 0 and 65535")
     return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is only reachable from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost, or a wildcard ("")
 
 
 class ControlPlaneConfig(BaseModel):
@@ -100,6 +112,20 @@ class ControlPlaneConfig(BaseModel):
     # instances are gone (then `eco node list` forgets it).
     node_retention: float = Field(default=3600.0, ge=0, le=30 * 24 * 3600)
 
+    # TLS on the gRPC and admin listeners, one of two ways: a certificate and
+    # key the operator provides (PEM files), or a CA (certificate and key) from
+    # which the control plane issues its own server certificate at start, for
+    # its listen host, "localhost" and `tls_names` (DNS names or IPs). With a
+    # certificate, `tls_ca` alone is the CA that signed the replicas'
+    # certificates, trusted when replicas call each other.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_ca_key: str = ""
+    tls_names: tuple[str, ...] = ()
+    # Plaintext on an address other hosts can reach, knowingly.
+    insecure: bool = False
+
     @field_validator("listen", "admin_listen")
     @classmethod
     def _hostport(cls, value: str | None) -> str | None:
@@ -141,6 +167,42 @@ class ControlPlaneConfig(BaseModel):
                 "sidecar_bus_url: sidecars can reach NATS only when the bus is NATS (--bus nats://…)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _tls(self) -> ControlPlaneConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_ca_key and not self.tls_ca:
+            raise ValueError("--tls-ca-key needs --tls-ca (the CA's certificate)")
+        if self.tls_ca_key and self.tls_cert:
+            raise ValueError(
+                "give either --tls-cert/--tls-key (a certificate of your own) or "
+                "--tls-ca/--tls-ca-key (the control plane issues its own), not both"
+            )
+        if self.tls_ca and not self.tls_ca_key and not self.tls_cert:
+            raise ValueError("--tls-ca needs --tls-ca-key, or --tls-cert/--tls-key")
+        if self.tls_names and not self.tls_ca_key:
+            raise ValueError(
+                "--tls-name needs --tls-ca/--tls-ca-key (it names the issued certificate)"
+            )
+        if self.tls or self.insecure:
+            return self
+        exposed = [
+            address
+            for address in (self.listen, self.admin_listen)
+            if address is not None and not is_loopback(parse_hostport(address)[0])
+        ]
+        if exposed:
+            raise ValueError(
+                f"{exposed[0]} is reachable from other hosts and would serve plaintext: give "
+                "--tls-cert/--tls-key or --tls-ca/--tls-ca-key, or --insecure to accept the risk"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listeners serve TLS."""
+        return bool(self.tls_cert or self.tls_ca_key)
 
     @property
     def announced_bus_url(self) -> str:

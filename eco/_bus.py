@@ -105,7 +105,9 @@ def _run(settings: Settings, work: Callable[[BusClient], Awaitable[T]]) -> T:
     """Runs ``work`` with a bus client on the configured control plane."""
 
     async def main() -> T:
-        async with BusClient(settings.server, timeout=settings.timeout) as client:
+        async with BusClient(
+            settings.server, timeout=settings.timeout, ca_file=settings.ca_file or ""
+        ) as client:
             return await work(client)
 
     return asyncio.run(main())

@@ -48,6 +48,11 @@ _OPTION_OF_FIELD = {
     "max_agent_streams": "--max-agent-streams",
     "max_agent_streams_per_peer": "--max-agent-streams-per-peer",
     "node_retention": "--node-retention",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "tls_ca": "--tls-ca",
+    "tls_ca_key": "--tls-ca-key",
+    "tls_names": "--tls-name",
 }
 
 
@@ -64,9 +69,13 @@ def _config(**fields: Any) -> ControlPlaneConfig:
     except pydantic.ValidationError as err:
         problems = []
         for error in err.errors():
-            loc = error.get("loc") or ("config",)
+            message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+            loc = error.get("loc")
+            if not loc:  # a rule across options: its message names them
+                problems.append(message)
+                continue
             option = _OPTION_OF_FIELD.get(str(loc[0]), str(loc[0]))
-            problems.append(f"{option}: {error.get('msg', 'invalid')}")
+            problems.append(f"{option}: {message}")
         raise click.UsageError("; ".join(problems)) from None
 
 
@@ -203,6 +212,35 @@ def _listen_options(f: Any) -> Any:
     help="Seconds a sidecar's node record is kept after its session was lost and its "
     "instances are gone.",
 )
+@click.option(
+    "--tls-cert",
+    default="",
+    metavar="FILE",
+    help="Serve TLS (gRPC and admin HTTP) with this PEM certificate (chain); with --tls-key.",
+)
+@click.option("--tls-key", default="", metavar="FILE", help="The PEM private key of --tls-cert.")
+@click.option(
+    "--tls-ca",
+    default="",
+    metavar="FILE",
+    help="A CA certificate (PEM): with --tls-ca-key, the control plane issues its own "
+    "server certificate from it at start; with --tls-cert, the CA replicas trust "
+    "when they call each other.",
+)
+@click.option("--tls-ca-key", default="", metavar="FILE", help="The PEM private key of --tls-ca.")
+@click.option(
+    "--tls-name",
+    "tls_names",
+    multiple=True,
+    metavar="NAME",
+    help="A DNS name or IP the issued server certificate is valid for, besides the "
+    "--listen host, localhost and the loopback addresses (repeatable).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Serve plaintext on an address other hosts can reach (refused without it).",
+)
 @pass_settings
 @click.pass_context
 def controlplane_command(
@@ -224,12 +262,21 @@ def controlplane_command(
     max_agent_streams: int,
     max_agent_streams_per_peer: int,
     node_retention: float,
+    tls_cert: str,
+    tls_key: str,
+    tls_ca: str,
+    tls_ca_key: str,
+    tls_names: tuple[str, ...],
+    insecure: bool,
 ) -> None:
     """Run the control plane until SIGTERM or Ctrl-C (twice: at once).
 
     It serves the registry API and the message bus over gRPC on --listen, with the standard gRPC
     health service and server reflection, and /healthz and /metrics over
     HTTP on --admin-listen. On shutdown it drains for up to --grace seconds.
+
+    Off loopback it serves TLS (--tls-cert/--tls-key, or --tls-ca/--tls-ca-key to
+    issue its own certificate; docs/security.md), or plaintext with --insecure.
 
     Several replicas may share one etcd store (docs/controlplane.md, "Several
     replicas"): one of them, elected, runs the work that must run once, and a
@@ -238,7 +285,9 @@ def controlplane_command(
     \b
     Examples:
       eco controlplane
-      eco controlplane --listen 0.0.0.0:7400 --store sqlite:///var/lib/eco/cp.db
+      eco controlplane --listen 0.0.0.0:7400 --store sqlite:///var/lib/eco/cp.db \\
+          --tls-ca /etc/eco/ca.pem --tls-ca-key /etc/eco/ca-key.pem --tls-name cp.example.com
+      eco controlplane --listen 0.0.0.0:7400 --tls-cert cp.pem --tls-key cp-key.pem
       eco controlplane --store memory:// --admin-listen off
       eco controlplane --store etcd://127.0.0.1:2379/ecosystem --replica-id cp-1
       eco controlplane --bus nats://127.0.0.1:4222
@@ -262,6 +311,12 @@ def controlplane_command(
         max_agent_streams=max_agent_streams,
         max_agent_streams_per_peer=max_agent_streams_per_peer,
         node_retention=node_retention,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+        tls_ca_key=tls_ca_key,
+        tls_names=tls_names,
+        insecure=insecure,
     )
     configure_logging(settings.verbose, base=logging.INFO)
     raise_open_files_limit()

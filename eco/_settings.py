@@ -33,9 +33,11 @@ class Settings:
     output: OutputFormat = OutputFormat.TABLE
     timeout: float = 5.0
     verbose: int = 0
+    #: CA certificates (PEM) to trust: the control plane is then spoken to over TLS.
+    ca_file: str | None = None
 
     def client(self) -> sdk.Client:
-        return sdk.Client(self.server, timeout=self.timeout)
+        return sdk.Client(self.server, timeout=self.timeout, ca_file=self.ca_file or "")
 
 
 #: Hands a command the shared :class:`Settings`.

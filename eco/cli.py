@@ -52,7 +52,11 @@ def describe_error(err: sdk.EcoError, server: str) -> list[str]:
         lines = [f"invalid request: {count} field(s) rejected by the control plane"]
         return lines + [f"  {v.field}: {v.description}" for v in err.field_violations]
     if isinstance(err, sdk.UnavailableError):
-        return [f"cannot reach control plane at {servers}: {err.message or 'unavailable'}"]
+        detail = err.message or "unavailable"
+        problem = _tls_problem(detail)
+        if problem:
+            return [f"cannot reach control plane at {servers}: {problem}", f"  ({detail})"]
+        return [f"cannot reach control plane at {servers}: {detail}"]
     if isinstance(err, sdk.DeadlineExceededError):
         return [f"control plane at {servers} did not answer in time: {err.message}"]
     if isinstance(err, sdk.NotFoundError):
@@ -60,6 +64,19 @@ def describe_error(err: sdk.EcoError, server: str) -> list[str]:
     if isinstance(err, sdk.ConflictError):
         return [f"conflict: {err.message}"]
     return [f"{err.code.lower().replace('_', ' ')}: {err.message}"]
+
+
+def _tls_problem(detail: str) -> str:
+    """What a failed connection's gRPC detail means for TLS, in words ("": nothing)."""
+    if "CERTIFICATE_VERIFY_FAILED" in detail:
+        return (
+            "TLS handshake failed: its certificate is not signed by the CA in --ca-file/ECO_CA_FILE"
+        )
+    if "Tls handshake failed" in detail or "WRONG_VERSION_NUMBER" in detail:
+        return "TLS handshake failed (does it serve TLS, and name this address in its certificate?)"
+    if "Socket closed" in detail:
+        return "the connection was closed at once (if it serves TLS, give --ca-file or ECO_CA_FILE)"
+    return ""
 
 
 @click.group(
@@ -91,10 +108,24 @@ def describe_error(err: sdk.EcoError, server: str) -> list[str]:
     show_default=True,
     help="Seconds each request may take, retries included.",
 )
+@click.option(
+    "--ca-file",
+    envvar=sdk.CA_FILE_ENV,
+    show_envvar=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Speak TLS to the control plane, trusting the CA certificates (PEM) in FILE.",
+)
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
 @click.version_option(package_name="ecosystem", prog_name="eco")
 @click.pass_context
-def cli(ctx: click.Context, server: str, output: str, timeout: float, verbose: int) -> None:
+def cli(
+    ctx: click.Context,
+    server: str,
+    output: str,
+    timeout: float,
+    ca_file: str | None,
+    verbose: int,
+) -> None:
     """Ecosystem: a service registry and control plane, and the tools around it.
 
     \b
@@ -112,6 +143,7 @@ def cli(ctx: click.Context, server: str, output: str, timeout: float, verbose: i
     settings.server = server
     settings.output = OutputFormat(output.lower())
     settings.timeout = timeout
+    settings.ca_file = ca_file
     settings.verbose = verbose
     configure_logging(verbose)
 

@@ -45,7 +45,14 @@ from sdk._events import HandlerStats, ServiceEvent, ServiceEvents, ServiceEventT
 from sdk._nodes import NodeInfo, NodeState, RevisionWait
 from sdk._retry import RetryPolicy
 from sdk._sync import Client, WatchIterator
-from sdk._transport import DEFAULT_SERVER, SERVER_ENV, ChannelFactory, resolve_servers
+from sdk._transport import (
+    CA_FILE_ENV,
+    DEFAULT_SERVER,
+    SERVER_ENV,
+    ChannelFactory,
+    resolve_servers,
+    tls_channel_factory,
+)
 from sdk._types import (
     CheckStatus,
     Deregistration,
@@ -99,6 +106,7 @@ from sdk.proxyless import (
 )
 
 __all__ = [
+    "CA_FILE_ENV",
     "DEFAULT_SERVER",
     "SERVER_ENV",
     "STRATEGIES",
@@ -174,4 +182,5 @@ __all__ = [
     "WatchIterator",
     "make_balancer",
     "resolve_servers",
+    "tls_channel_factory",
 ]

@@ -15,7 +15,7 @@ from sdk._errors import ClientClosedError
 from sdk._lease import LeaseKeeper, instance_key
 from sdk._nodes import NodeInfo, RevisionWait
 from sdk._retry import RetryPolicy
-from sdk._transport import ChannelFactory, Transport, resolve_servers
+from sdk._transport import CaFile, ChannelFactory, Transport, client_channels, resolve_servers
 from sdk._types import (
     Deregistration,
     HealthStatus,
@@ -52,8 +52,11 @@ class AsyncClient:
     Every call has a deadline (``timeout`` seconds, retries included). Calls
     that are safe to repeat are retried on UNAVAILABLE with jittered backoff
     (tuned by ``retry``), failing over between the addresses.
-    ``channel_factory`` builds the channel to one address, e.g. for TLS.
-    Nothing connects until the first call.
+    ``ca_file`` (a PEM file of CA certificates; when None, ``ECO_CA_FILE`` is
+    read) makes the channels TLS, trusting only servers whose certificate that
+    CA signed; without one they are plaintext. ``channel_factory`` instead
+    builds the channel to one address yourself. Nothing connects until the
+    first call (the CA file is read then).
 
     Use it as an async context manager, or call :meth:`close`; a closed
     client cannot be reopened::
@@ -70,13 +73,14 @@ class AsyncClient:
         *,
         timeout: float = 5.0,
         retry: RetryPolicy | None = None,
+        ca_file: CaFile | None = None,
         channel_factory: ChannelFactory | None = None,
     ) -> None:
         self._transport = Transport(
             resolve_servers(servers),
             timeout=timeout,
             policy=retry,
-            channel_factory=channel_factory,
+            channel_factory=client_channels(ca_file, channel_factory),
         )
         self._lease = LeaseKeeper(self._transport)
         self._bus: BusClient | None = None

@@ -27,7 +27,7 @@ from sdk._client import AsyncClient
 from sdk._errors import ClientClosedError
 from sdk._nodes import NodeInfo, RevisionWait
 from sdk._retry import RetryPolicy
-from sdk._transport import ChannelFactory, resolve_servers
+from sdk._transport import CaFile, ChannelFactory, client_channels, resolve_servers
 from sdk._types import (
     Deregistration,
     HealthStatus,
@@ -94,6 +94,7 @@ class Client:
         *,
         timeout: float = 5.0,
         retry: RetryPolicy | None = None,
+        ca_file: CaFile | None = None,
         channel_factory: ChannelFactory | None = None,
     ) -> None:
         # Validate now, in the caller's thread, so mistakes surface here.
@@ -103,7 +104,7 @@ class Client:
         self._options: dict[str, Any] = {
             "timeout": timeout,
             "retry": retry,
-            "channel_factory": channel_factory,
+            "channel_factory": client_channels(ca_file, channel_factory),
         }
         self._lock = threading.Lock()
         self._portal: _LoopThread | None = None

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,11 +32,15 @@ from sdk._errors import (
 from sdk._retry import RetryPolicy
 
 __all__ = [
+    "CA_FILE_ENV",
     "DEFAULT_SERVER",
     "SERVER_ENV",
+    "CaFile",
     "ChannelFactory",
     "Transport",
+    "client_channels",
     "resolve_servers",
+    "tls_channel_factory",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,8 +50,16 @@ DEFAULT_SERVER = "127.0.0.1:7400"
 #: The environment variable naming the control plane(s), comma-separated.
 SERVER_ENV = "ECO_SERVER"
 
-#: Builds the channel to one "host:port"; pass your own for TLS or extra options.
+#: The environment variable naming a CA file (PEM): clients then speak TLS and
+#: trust the control plane's certificate only if that CA signed it.
+CA_FILE_ENV = "ECO_CA_FILE"
+
+#: Builds the channel to one "host:port"; pass your own for extra options.
 ChannelFactory = Callable[[str], grpc.aio.Channel]
+#: The path of a PEM file of CA certificates.
+CaFile = str | os.PathLike[str]
+
+_PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 
 # Our own retries decide what is safe to repeat, so gRPC's are off. Reconnect
 # quickly after a control-plane restart instead of backing off for minutes.
@@ -83,6 +96,64 @@ def resolve_servers(servers: str | Sequence[str] | None = None) -> tuple[str, ..
 def default_channel(address: str) -> grpc.aio.Channel:
     """A plaintext channel to ``address`` with the SDK's reconnect settings."""
     return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+
+
+class _TlsChannels:
+    """Channels over TLS trusting the CA certificates in one PEM file, read when
+    the first channel is made (and kept: a new CA file needs a new client)."""
+
+    def __init__(self, ca_file: CaFile, options: Sequence[tuple[str, Any]]) -> None:
+        self._ca_file = os.fspath(ca_file)
+        self._options = list(options)
+        self._credentials: grpc.ChannelCredentials | None = None
+
+    def __call__(self, address: str) -> grpc.aio.Channel:
+        if self._credentials is None:
+            try:
+                roots = Path(self._ca_file).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"CA file {self._ca_file}: {exc.strerror}") from exc
+            if _PEM_CERT not in roots:
+                raise ValueError(f"CA file {self._ca_file}: no PEM certificate in it")
+            self._credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+        return grpc.aio.secure_channel(address, self._credentials, options=self._options)
+
+    def __repr__(self) -> str:
+        return f"tls_channel_factory({self._ca_file!r})"
+
+
+def tls_channel_factory(
+    ca_file: CaFile, *, options: Sequence[tuple[str, Any]] | None = None
+) -> ChannelFactory:
+    """Channels over TLS to the control plane, trusting the CA certificates (PEM)
+    in ``ca_file``, with the SDK's reconnect settings (or ``options``).
+
+    The file is read when the first channel is made; ValueError then if it
+    cannot be read or holds no certificate. A server whose certificate that CA
+    did not sign, or does not name the address dialled, fails the handshake:
+    calls get :class:`~sdk.UnavailableError`.
+    """
+    return _TlsChannels(ca_file, _CHANNEL_OPTIONS if options is None else options)
+
+
+def client_channels(
+    ca_file: CaFile | None,
+    channel_factory: ChannelFactory | None,
+    *,
+    environment: bool = True,
+) -> ChannelFactory | None:
+    """The channel factory a client was asked for: its own ``channel_factory``,
+    else TLS with ``ca_file`` (or, with ``environment``, ``ECO_CA_FILE``), else
+    None (plaintext). Raises ValueError when given both."""
+    if channel_factory is not None:
+        if ca_file is not None:
+            raise ValueError("give either ca_file or channel_factory, not both")
+        return channel_factory
+    if ca_file is None and environment:
+        ca_file = os.environ.get(CA_FILE_ENV, "").strip() or None
+    if ca_file is None or not os.fspath(ca_file):
+        return None
+    return tls_channel_factory(ca_file)
 
 
 class Transport:

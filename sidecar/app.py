@@ -42,6 +42,7 @@ from sdk import (
     Instance,
     Liveness,
     ServiceRef,
+    tls_channel_factory,
 )
 from sidecar.admin import AdminServer
 from sidecar.cache import CACHE_FILE, CacheSource, EndpointCache
@@ -87,7 +88,9 @@ class Sidecar:
     """A running sidecar agent; ``async with Sidecar(config) as sidecar: ...``.
 
     ``checker`` replaces the network health checker (tests pass a fake);
-    ``channel_factory`` builds the channel to each control-plane address.
+    ``channel_factory`` builds the channel to each control-plane address
+    (by default: TLS trusting ``controlplane.ca_file`` when the config gives
+    one, else plaintext).
     The constructor does no I/O; :meth:`start` binds the listeners and
     raises :class:`~sidecar.errors.StartupError` when it cannot. A stopped
     sidecar cannot be restarted.
@@ -115,8 +118,12 @@ class Sidecar:
             update_ttl=self.update_ttl,
             metrics=self.metrics,
         )
+        ca_file = config.controlplane.ca_file
         self.relay = RelayBroker(
-            config.controlplane.addresses, config.data_dir, channel_factory=channel_factory
+            config.controlplane.addresses,
+            config.data_dir,
+            channel_factory=channel_factory
+            or (tls_channel_factory(ca_file) if ca_file is not None else None),
         )
         self._local_api = LocalApiServer(self._servicer, relay=self.relay)
         self._bridges: list[Bridge] = []  # BridgeServer, AmqpBridge: imported only when configured
@@ -273,6 +280,7 @@ class Sidecar:
             sync_interval=config.sync_interval,
             applied_version=self.cache.version,
             on_state=self._on_session_state,
+            ca_file=config.controlplane.ca_file if self._channel_factory is None else None,
             channel_factory=self._channel_factory,
         )
         await self._session.start()

@@ -230,12 +230,22 @@ class NodeConfig(_Model):
 
 
 class ControlPlaneLinkConfig(_Model):
-    """Where the control plane is (several addresses fail over in turn) and the token."""
+    """Where the control plane is (several addresses fail over in turn), the token,
+    and ``ca_file``: the CA certificates (PEM) to trust when the control plane
+    serves TLS (no file: plaintext)."""
 
     addresses: Annotated[tuple[str, ...], _at_most(MAX_CONTROLPLANE_ADDRESSES, "addresses")] = (
         DEFAULT_CONTROLPLANE,
     )
     token: str = ""
+    ca_file: Path | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value}: no such file")
+        return value
 
     @field_validator("addresses")
     @classmethod

@@ -35,15 +35,26 @@ def answers_for_itself(context: Any) -> bool:
 
 
 async def ask_peers(
-    addresses: Iterable[str], method: str, request: Any, *, timeout: float
+    addresses: Iterable[str],
+    method: str,
+    request: Any,
+    *,
+    timeout: float,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> list[Any]:
     """Calls the AgentService ``method`` on every address at once, scoped to each
-    replica's own sidecars; returns the answers of those that answered in time."""
+    replica's own sidecars; returns the answers of those that answered in time.
+    ``credentials``: TLS, when the replicas serve it."""
+
+    def channel(address: str) -> grpc.aio.Channel:
+        if credentials is None:
+            return grpc.aio.insecure_channel(address)
+        return grpc.aio.secure_channel(address, credentials)
 
     async def ask(address: str) -> Any | None:
         try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
+            async with channel(address) as channel_:
+                stub = agent_pb2_grpc.AgentServiceStub(channel_)  # type: ignore[no-untyped-call]
                 return await getattr(stub, method)(request, metadata=(SCOPE,), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             log.info("replica %s did not answer %s: %s", address, method, exc.code().name)

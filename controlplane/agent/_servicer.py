@@ -67,11 +67,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         settings: AgentSettings,
         *,
         peers: Callable[[], Iterable[str]] = tuple,
+        peer_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._store = store
         self._view = view
         self.settings = settings
         self._peers = peers
+        self._peer_credentials = peer_credentials
         # This replica's sessions, connected or ending; removed when their stream ends.
         self._sessions: dict[str, NodeSession] = {}
         self._gate = StreamGate()
@@ -246,7 +248,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             connected = [status for status in mine if status.connected]
             nodes, token = merge_page([Source(connected)], page.size)
             return agent_pb2.ListNodesResponse(nodes=nodes, next_page_token=token)
-        elsewhere = ask_peers(self._peers(), "ListNodes", request, timeout=5.0)
+        elsewhere = ask_peers(
+            self._peers(), "ListNodes", request, timeout=5.0, credentials=self._peer_credentials
+        )
         result, answers = await asyncio.gather(self._store.range(NODES_PREFIX), elsewhere)
         stored = []
         for kv in result.kvs:
@@ -287,7 +291,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         async with asyncio.TaskGroup() as group:
             local = group.create_task(self._wait(request.revision, timeout))
             remote = group.create_task(
-                ask_peers(self._peers(), "WaitForRevision", request, timeout=timeout + 5.0)
+                ask_peers(
+                    self._peers(),
+                    "WaitForRevision",
+                    request,
+                    timeout=timeout + 5.0,
+                    credentials=self._peer_credentials,
+                )
             )
         mine = local.result()
         pending = list(mine.pending)

@@ -57,11 +57,18 @@ from sdk._errors import (
     translated,
 )
 from sdk._retry import Backoff
-from sdk._transport import ChannelFactory, Sleep, Transport, resolve_servers
+from sdk._transport import CaFile, ChannelFactory, Sleep, Transport, resolve_servers
 from sdk._types import CheckStatus, HealthStatus, Instance
 from sdk.agent._chunks import UpdateAssembler
 from sdk.agent._outbox import AgentOutbox
-from sdk.agent._stream import EOF, AgentStream, StreamEnded, agent_channel, describe
+from sdk.agent._stream import (
+    EOF,
+    AgentStream,
+    StreamEnded,
+    agent_channel,
+    agent_tls_channels,
+    describe,
+)
 from sdk.agent._types import (
     AgentNode,
     AgentState,
@@ -110,6 +117,9 @@ class AgentSession:
     after a disconnect. Full syncs repeat every ``sync_interval`` seconds, or
     the control plane's interval when that is shorter, ±20%. Reconnects wait
     a random delay up to ``min(max_backoff, initial_backoff * 2**failures)``.
+    ``ca_file`` (PEM CA certificates) makes the stream TLS, trusting only a
+    control plane whose certificate that CA signed; ``ECO_CA_FILE`` is not
+    read here (the caller's configuration decides).
 
     Use as an async context manager, or :meth:`start` and :meth:`close`; a
     closed session cannot be restarted.
@@ -129,6 +139,7 @@ class AgentSession:
         sync_interval: float = 30.0,
         applied_version: int = 0,
         on_state: StateCallback | None = None,
+        ca_file: CaFile | None = None,
         channel_factory: ChannelFactory | None = None,
         initial_backoff: float = 0.1,
         max_backoff: float = 5.0,
@@ -139,12 +150,15 @@ class AgentSession:
     ) -> None:
         if grace <= 0 or deregister_critical_after <= 0 or sync_interval <= 0:
             raise ValueError("grace, deregister_critical_after and sync_interval must be > 0")
+        if ca_file and channel_factory is not None:
+            raise ValueError("give either ca_file or channel_factory, not both")
         if handshake_timeout <= 0 or max_pending_reports < 1:
             raise ValueError("handshake_timeout must be > 0 and max_pending_reports >= 1")
         self._transport = Transport(
             resolve_servers(servers),
             timeout=handshake_timeout,
-            channel_factory=channel_factory or agent_channel,
+            channel_factory=channel_factory
+            or (agent_tls_channels(ca_file) if ca_file else agent_channel),
         )
         self._node = node
         self._instances = instances

@@ -21,11 +21,11 @@ import grpc.aio
 from ecosystem.v1 import agent_pb2
 
 from sdk._errors import translated
-from sdk._transport import _CHANNEL_OPTIONS, Sleep
+from sdk._transport import _CHANNEL_OPTIONS, CaFile, ChannelFactory, Sleep, tls_channel_factory
 from sdk.agent._chunks import MESSAGE_BYTES, sync_parts
 from sdk.agent._outbox import AgentOutbox
 
-__all__ = ["EOF", "AgentStream", "StreamEnded", "agent_channel", "describe"]
+__all__ = ["EOF", "AgentStream", "StreamEnded", "agent_channel", "agent_tls_channels", "describe"]
 
 # The agent stream lives for hours: ask the transport to notice a peer that
 # vanished without closing the connection (the control plane allows a ping
@@ -49,6 +49,11 @@ EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 def agent_channel(address: str) -> grpc.aio.Channel:
     """A plaintext channel to ``address`` with keepalive, for the agent stream."""
     return grpc.aio.insecure_channel(address, options=_AGENT_CHANNEL_OPTIONS)
+
+
+def agent_tls_channels(ca_file: CaFile) -> ChannelFactory:
+    """Channels over TLS trusting the CAs in ``ca_file``, with keepalive, for the agent stream."""
+    return tls_channel_factory(ca_file, options=_AGENT_CHANNEL_OPTIONS)
 
 
 class StreamEnded(Exception):

@@ -21,7 +21,7 @@ from ecosystem.v1 import messaging_pb2 as pb
 
 from sdk._errors import ClientClosedError
 from sdk._retry import RetryPolicy
-from sdk._transport import ChannelFactory, Transport, resolve_servers
+from sdk._transport import CaFile, ChannelFactory, Transport, client_channels, resolve_servers
 from sdk.bus._batch import AckBatcher, PublishBatcher, publish_request
 from sdk.bus._subscription import BusSubscription
 from sdk.bus._types import AckKind, BusMessage, DeliverPolicy, PublishResult, StreamInfo
@@ -55,7 +55,7 @@ def _millis(name: str, seconds: float | None, *, default: int = 0) -> int:
 class BusClient:
     """Publishes, subscribes, asks and manages durable streams over the bus.
 
-    ``servers``, ``timeout``, ``retry`` and ``channel_factory`` are as for
+    ``servers``, ``timeout``, ``retry``, ``ca_file`` and ``channel_factory`` are as for
     :class:`~sdk.AsyncClient`. Nothing connects until the first call. Use
     it as an async context manager, or call :meth:`close` (which also closes
     its subscriptions); a closed client cannot be reopened::
@@ -74,10 +74,14 @@ class BusClient:
         *,
         timeout: float = 5.0,
         retry: RetryPolicy | None = None,
+        ca_file: CaFile | None = None,
         channel_factory: ChannelFactory | None = None,
     ) -> None:
         transport = Transport(
-            resolve_servers(servers), timeout=timeout, policy=retry, channel_factory=channel_factory
+            resolve_servers(servers),
+            timeout=timeout,
+            policy=retry,
+            channel_factory=client_channels(ca_file, channel_factory),
         )
         self._setup(transport, owns_transport=True)
 

@@ -37,7 +37,8 @@ deregister_critical_after: 2s
 
 class SidecarProcess:
     """One `eco sidecar` with its own config file and data dir. ``controlplane`` is
-    one address or several (every replica); ``body`` is the rest of its YAML."""
+    one address or several (every replica); ``body`` is the rest of its YAML;
+    ``ca_file``: the CA it trusts when the control plane serves TLS."""
 
     def __init__(
         self,
@@ -46,9 +47,11 @@ class SidecarProcess:
         body: str,
         controlplane: str | Sequence[str],
         timing: str = TIMING,
+        ca_file: Path | None = None,
     ) -> None:
         self.name = name
         self.addresses = [controlplane] if isinstance(controlplane, str) else list(controlplane)
+        self.ca_file = ca_file
         self.body = timing + body
         self.data_dir = tmp_path / f"{name}-data"
         self.log_path = tmp_path / f"{name}.log"
@@ -70,7 +73,9 @@ class SidecarProcess:
     def _write_config(self) -> None:
         self.config_path.write_text(
             f"node: {{id: {self.name}, zone: z1, region: r1}}\n"
-            f"controlplane: {{addresses: {json.dumps(self.addresses)}}}\n"
+            f"controlplane: {{addresses: {json.dumps(self.addresses)}"
+            + (f", ca_file: {json.dumps(str(self.ca_file))}" if self.ca_file else "")
+            + "}\n"
             f"data_dir: {self.data_dir}\n"
             f'local_api: "{self._local_api or "127.0.0.1:0"}"\n'
             f'admin: "{self._admin or "127.0.0.1:0"}"\n' + self.body

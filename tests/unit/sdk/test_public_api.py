@@ -47,6 +47,8 @@ PUBLIC = [
     "make_balancer",
     "DEFAULT_SERVER",
     "SERVER_ENV",
+    "CA_FILE_ENV",
+    "tls_channel_factory",
     "AlreadyExistsError",
     "AsyncClient",
     "ChannelFactory",
