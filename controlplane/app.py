@@ -31,13 +31,14 @@ from types import TracebackType
 
 import grpc
 from aiohttp import web
-from ecosystem.v1 import agent_pb2, agent_pb2_grpc
+from ecosystem.v1 import acl_pb2, acl_pb2_grpc, agent_pb2, agent_pb2_grpc
 from ecosystem.v1 import registry_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bus import Broker, BusError, open_broker
 from bus.servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
+from controlplane.acl import AclInterceptor, AclServicer, AclStore, AuditLog, Authorizer, Need
 from controlplane.admin import admin_runner
 from controlplane.agent import AgentLimits, AgentServicer, AgentSettings, LoadSpreader, Reaper
 from controlplane.config import ControlPlaneConfig, is_loopback, parse_hostport
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 REGISTRY_SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+ACL_SERVICE = acl_pb2.DESCRIPTOR.services_by_name["AclService"].full_name
 _HEALTH_SERVICES = ("", REGISTRY_SERVICE, AGENT_SERVICE, MESSAGING_SERVICE)
 # How often health is compared with the store's reachability.
 _HEALTH_INTERVAL = 0.25
@@ -123,6 +125,8 @@ class ControlPlane:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._admin: web.AppRunner | None = None
         self.metrics = Metrics()
+        #: Decides who may call what (``--acl``); set at start.
+        self.authorizer: Authorizer | None = None
         self.address = ""
         self.admin_address = ""
         self.store_id = ""
@@ -202,7 +206,16 @@ class ControlPlane:
             tls = load_server_tls(config)
         except TLSSetupError as exc:
             raise StartupError(str(exc)) from exc
-        server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=(MalformedRequestGuard(),))
+        self.authorizer = Authorizer(
+            AclStore(store),
+            default_allow=config.acl_mode == "allow",
+            audit=AuditLog(config.audit_log) if config.audit_log else None,
+        )
+        server = grpc.aio.server(
+            options=_SERVER_OPTIONS,
+            # The guard first: the ACL check sees only requests that decode.
+            interceptors=(MalformedRequestGuard(), AclInterceptor(self.authorizer)),
+        )
         self._server = server
         host, _port = parse_hostport(config.listen)
         try:
@@ -235,7 +248,6 @@ class ControlPlane:
                 grace=config.session_grace,
                 deregister_critical_after=config.deregister_critical_after,
                 sync_interval=config.sync_interval,
-                token=config.agent_token,
                 bus_url=config.announced_bus_url,
                 limits=AgentLimits(
                     max_streams=config.max_agent_streams,
@@ -247,6 +259,7 @@ class ControlPlane:
             peer_credentials=tls.channel_credentials() if tls is not None else None,
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent, server)  # type: ignore[no-untyped-call]
+        acl_pb2_grpc.add_AclServiceServicer_to_server(AclServicer(self.authorizer.store), server)  # type: ignore[no-untyped-call]
         try:
             self.broker = open_broker(config.bus_url, bus_dir(config.store_url, self.replica))
         except BusError as exc:
@@ -263,6 +276,7 @@ class ControlPlane:
             (
                 REGISTRY_SERVICE,
                 AGENT_SERVICE,
+                ACL_SERVICE,
                 MESSAGING_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
@@ -317,6 +331,7 @@ class ControlPlane:
             store.revision,
             "TLS" if tls is not None else "plaintext",
         )
+        log.info("control plane %s: ACLs %s", self.replica, config.acl_mode)
 
     async def _start_admin(self, listen: str, ssl_context: ssl.SSLContext | None) -> None:
         runner = admin_runner(healthz=self._healthz, metrics=self._metrics)
@@ -385,13 +400,37 @@ class ControlPlane:
                 await self._set_health(serving)
             await asyncio.sleep(_HEALTH_INTERVAL)
 
+    async def _admin_refusal(self, request: web.Request) -> web.Response | None:
+        """Off loopback with ``--acl deny``, /metrics needs a token with
+        operator:metrics:read (``Authorization: Bearer <secret>``)."""
+        authorizer = self.authorizer
+        if authorizer is None or authorizer.default_allow:
+            return None
+        if self.config.admin_listen and is_loopback(parse_hostport(self.config.admin_listen)[0]):
+            return None
+        header = request.headers.get("Authorization", "")
+        secret = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        identity = await authorizer.store.resolve(secret) if secret else None
+        if identity is None:
+            return web.Response(
+                status=401, text="a token is required: Authorization: Bearer <secret>\n"
+            )
+        need = Need("operator", "metrics", "read")
+        if not authorizer.allows(identity, need):
+            authorizer.record(identity, "GET /metrics", str(need), allowed=False)
+            return web.Response(status=403, text=f"the token lacks {need}\n")
+        return None
+
     async def _healthz(self, _request: web.Request) -> web.Response:
         headers = {"X-Eco-Replica": self.replica, "X-Eco-Leader": "1" if self.is_leader else "0"}
         if self.serving:
             return web.Response(text="SERVING\n", headers=headers)
         return web.Response(status=503, text="NOT_SERVING\n", headers=headers)
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
+        refusal = await self._admin_refusal(request)
+        if refusal is not None:
+            return refusal
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def stop(self, grace: float | None = None) -> None:
@@ -434,6 +473,8 @@ class ControlPlane:
             if self._store is not None and self._owns_store:
                 await self._store.close()
         finally:
+            if self.authorizer is not None and self.authorizer.audit is not None:
+                self.authorizer.audit.close()
             self._state = _State.STOPPED
             self._stopped.set()
             log.info("control plane %s stopped", self.replica or "")
@@ -460,6 +501,8 @@ class ControlPlane:
             if self._store is not None and self._owns_store:
                 await self._store.close()
         finally:
+            if self.authorizer is not None and self.authorizer.audit is not None:
+                self.authorizer.audit.close()
             self._state = _State.STOPPED
             self._stopped.set()
 

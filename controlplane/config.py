@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -99,8 +100,6 @@ class ControlPlaneConfig(BaseModel):
     session_grace: int = Field(default=15, ge=1, le=3600)
     deregister_critical_after: int = Field(default=60, ge=1, le=7 * 24 * 3600)
     sync_interval: int = Field(default=30, ge=1, le=3600)
-    # When set, sidecars must present this token in their hello.
-    agent_token: str = ""
     # Sidecar (agent) streams this replica holds at once, and from one peer
     # address; more get RESOURCE_EXHAUSTED.
     max_agent_streams: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -125,6 +124,13 @@ class ControlPlaneConfig(BaseModel):
     tls_names: tuple[str, ...] = ()
     # Plaintext on an address other hosts can reach, knowingly.
     insecure: bool = False
+    # Access control: "deny" refuses every call without a token that grants
+    # it; "allow" lets calls without a token do anything (calls with one are
+    # still checked, "allowed" where none of its rules match). None: "allow"
+    # when every listener is on loopback, else "deny" (see docs/security.md).
+    acl: Literal["allow", "deny"] | None = None
+    # Where the audit log (JSON lines: every write, every refusal) goes; "" for nowhere.
+    audit_log: str = ""
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -198,6 +204,15 @@ class ControlPlaneConfig(BaseModel):
                 "--tls-cert/--tls-key or --tls-ca/--tls-ca-key, or --insecure to accept the risk"
             )
         return self
+
+    @property
+    def acl_mode(self) -> Literal["allow", "deny"]:
+        """The ACL mode in force: ``acl``, or by default "allow" only when every
+        listener is on loopback."""
+        if self.acl is not None:
+            return self.acl
+        listeners = [a for a in (self.listen, self.admin_listen) if a is not None]
+        return "allow" if all(is_loopback(parse_hostport(a)[0]) for a in listeners) else "deny"
 
     @property
     def tls(self) -> bool:

@@ -15,7 +15,14 @@ from sdk._errors import ClientClosedError
 from sdk._lease import LeaseKeeper, instance_key
 from sdk._nodes import NodeInfo, RevisionWait
 from sdk._retry import RetryPolicy
-from sdk._transport import CaFile, ChannelFactory, Transport, client_channels, resolve_servers
+from sdk._transport import (
+    CaFile,
+    ChannelFactory,
+    Transport,
+    client_channels,
+    resolve_servers,
+    resolve_token,
+)
 from sdk._types import (
     Deregistration,
     HealthStatus,
@@ -55,7 +62,9 @@ class AsyncClient:
     ``ca_file`` (a PEM file of CA certificates; when None, ``ECO_CA_FILE`` is
     read) makes the channels TLS, trusting only servers whose certificate that
     CA signed; without one they are plaintext. ``channel_factory`` instead
-    builds the channel to one address yourself. Nothing connects until the
+    builds the channel to one address yourself. ``token`` (when None,
+    ``ECO_TOKEN`` is read) is an ACL token's secret, sent with every call as
+    ``authorization: Bearer <token>`` metadata. Nothing connects until the
     first call (the CA file is read then).
 
     Use it as an async context manager, or call :meth:`close`; a closed
@@ -75,12 +84,14 @@ class AsyncClient:
         retry: RetryPolicy | None = None,
         ca_file: CaFile | None = None,
         channel_factory: ChannelFactory | None = None,
+        token: str | None = None,
     ) -> None:
         self._transport = Transport(
             resolve_servers(servers),
             timeout=timeout,
             policy=retry,
             channel_factory=client_channels(ca_file, channel_factory),
+            token=resolve_token(token),
         )
         self._lease = LeaseKeeper(self._transport)
         self._bus: BusClient | None = None

@@ -27,7 +27,7 @@ from sdk._client import AsyncClient
 from sdk._errors import ClientClosedError
 from sdk._nodes import NodeInfo, RevisionWait
 from sdk._retry import RetryPolicy
-from sdk._transport import CaFile, ChannelFactory, client_channels, resolve_servers
+from sdk._transport import CaFile, ChannelFactory, client_channels, resolve_servers, resolve_token
 from sdk._types import (
     Deregistration,
     HealthStatus,
@@ -96,6 +96,7 @@ class Client:
         retry: RetryPolicy | None = None,
         ca_file: CaFile | None = None,
         channel_factory: ChannelFactory | None = None,
+        token: str | None = None,
     ) -> None:
         # Validate now, in the caller's thread, so mistakes surface here.
         self._servers = resolve_servers(servers)
@@ -105,6 +106,7 @@ class Client:
             "timeout": timeout,
             "retry": retry,
             "channel_factory": client_channels(ca_file, channel_factory),
+            "token": resolve_token(token),
         }
         self._lock = threading.Lock()
         self._portal: _LoopThread | None = None

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import tenacity
-from ecosystem.v1 import agent_pb2_grpc, messaging_pb2_grpc, registry_pb2_grpc
+from ecosystem.v1 import acl_pb2_grpc, agent_pb2_grpc, messaging_pb2_grpc, registry_pb2_grpc
 
 from sdk._errors import (
     ClientClosedError,
@@ -35,11 +35,13 @@ __all__ = [
     "CA_FILE_ENV",
     "DEFAULT_SERVER",
     "SERVER_ENV",
+    "TOKEN_ENV",
     "CaFile",
     "ChannelFactory",
     "Transport",
     "client_channels",
     "resolve_servers",
+    "resolve_token",
     "tls_channel_factory",
 ]
 
@@ -53,6 +55,9 @@ SERVER_ENV = "ECO_SERVER"
 #: The environment variable naming a CA file (PEM): clients then speak TLS and
 #: trust the control plane's certificate only if that CA signed it.
 CA_FILE_ENV = "ECO_CA_FILE"
+
+#: The environment variable holding an ACL token's secret, sent with every call.
+TOKEN_ENV = "ECO_TOKEN"
 
 #: Builds the channel to one "host:port"; pass your own for extra options.
 ChannelFactory = Callable[[str], grpc.aio.Channel]
@@ -91,6 +96,18 @@ def resolve_servers(servers: str | Sequence[str] | None = None) -> tuple[str, ..
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"control-plane address {address!r} is not HOST:PORT")
     return addresses
+
+
+def resolve_token(token: str | None = None) -> str:
+    """The ACL token to send: ``token``, else ``ECO_TOKEN``, else "" (none)."""
+    if token is None:
+        token = os.environ.get(TOKEN_ENV, "")
+    return token.strip()
+
+
+def token_metadata(token: str) -> tuple[tuple[str, str], ...] | None:
+    """The call metadata that carries ``token`` (None without one)."""
+    return (("authorization", f"Bearer {token}"),) if token else None
 
 
 def default_channel(address: str) -> grpc.aio.Channel:
@@ -174,6 +191,7 @@ class Transport:
         policy: RetryPolicy | None = None,
         channel_factory: ChannelFactory | None = None,
         sleep: Sleep = asyncio.sleep,
+        token: str = "",
     ) -> None:
         if not addresses:
             raise ValueError("no control-plane address given")
@@ -184,6 +202,8 @@ class Transport:
         self._policy = policy or RetryPolicy()
         self._factory = channel_factory or default_channel
         self._sleep = sleep
+        # Sent with every call as ``authorization: Bearer <token>``; never logged.
+        self._metadata = token_metadata(token)
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._stubs: dict[int, Any] = {}
         self._current = 0
@@ -197,6 +217,11 @@ class Transport:
     def current_address(self) -> str:
         """The address the next call goes to."""
         return self._addresses[self._current]
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The metadata every call carries (the token), for calls made on :meth:`channel`."""
+        return self._metadata
 
     @property
     def timeout(self) -> float:
@@ -256,7 +281,7 @@ class Transport:
         Closing the generator cancels the call.
         """
         index, stub = self._stub()
-        call = getattr(stub, method)(request)
+        call = getattr(stub, method)(request, metadata=self._metadata)
         try:
             with self._translated(index):
                 async for response in call:
@@ -281,7 +306,9 @@ class Transport:
         started = loop.time()
         try:
             with self._translated(index):
-                return await getattr(stub, method)(request, timeout=time_limit)
+                return await getattr(stub, method)(
+                    request, timeout=time_limit, metadata=self._metadata
+                )
         except DeadlineExceededError:
             # Silence for the whole time limit: the address is hung or cut off
             # (a frozen process, a partition), which no connection error will
@@ -357,11 +384,13 @@ class _Stubs:
         registry_pb2_grpc.RegistryServiceStub,
         agent_pb2_grpc.AgentServiceStub,
         messaging_pb2_grpc.MessagingServiceStub,
+        acl_pb2_grpc.AclServiceStub,
     )
     _SERVICES: tuple[type, ...] = (
         registry_pb2_grpc.RegistryServiceServicer,
         agent_pb2_grpc.AgentServiceServicer,
         messaging_pb2_grpc.MessagingServiceServicer,
+        acl_pb2_grpc.AclServiceServicer,
     )
 
     def __init__(self, channel: grpc.aio.Channel) -> None:

@@ -21,7 +21,14 @@ from ecosystem.v1 import messaging_pb2 as pb
 
 from sdk._errors import ClientClosedError
 from sdk._retry import RetryPolicy
-from sdk._transport import CaFile, ChannelFactory, Transport, client_channels, resolve_servers
+from sdk._transport import (
+    CaFile,
+    ChannelFactory,
+    Transport,
+    client_channels,
+    resolve_servers,
+    resolve_token,
+)
 from sdk.bus._batch import AckBatcher, PublishBatcher, publish_request
 from sdk.bus._subscription import BusSubscription
 from sdk.bus._types import AckKind, BusMessage, DeliverPolicy, PublishResult, StreamInfo
@@ -55,7 +62,7 @@ def _millis(name: str, seconds: float | None, *, default: int = 0) -> int:
 class BusClient:
     """Publishes, subscribes, asks and manages durable streams over the bus.
 
-    ``servers``, ``timeout``, ``retry``, ``ca_file`` and ``channel_factory`` are as for
+    ``servers``, ``timeout``, ``retry``, ``ca_file``, ``channel_factory`` and ``token`` are as for
     :class:`~sdk.AsyncClient`. Nothing connects until the first call. Use
     it as an async context manager, or call :meth:`close` (which also closes
     its subscriptions); a closed client cannot be reopened::
@@ -76,12 +83,14 @@ class BusClient:
         retry: RetryPolicy | None = None,
         ca_file: CaFile | None = None,
         channel_factory: ChannelFactory | None = None,
+        token: str | None = None,
     ) -> None:
         transport = Transport(
             resolve_servers(servers),
             timeout=timeout,
             policy=retry,
             channel_factory=client_channels(ca_file, channel_factory),
+            token=resolve_token(token),
         )
         self._setup(transport, owns_transport=True)
 

@@ -25,7 +25,6 @@ async def agent_plane() -> AsyncIterator[ControlPlane]:
         store_url="memory://",
         drain_delay=0,
         grace=0.5,
-        agent_token="s3cret",
     )
     async with ControlPlane(config) as cp:
         assert cp.agent is not None
@@ -39,10 +38,11 @@ async def channel(agent_plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel]:
 
 
 class Sidecar(Stream):
-    """A scripted sidecar with the token and a platform, as a real one sends."""
+    """A scripted sidecar with a platform, as a real one sends (no token: the
+    control plane runs with ACLs "allow"; tests/integration/test_acl.py covers tokens)."""
 
     def __init__(self, channel: grpc.aio.Channel, node: str = "web-1", **hello: object) -> None:
-        super().__init__(channel, node, platform="onprem", token="s3cret", **hello)
+        super().__init__(channel, node, platform="onprem", **hello)
 
 
 def local(id: str, port: int = 8080, service: str = "web") -> pb.Instance:
@@ -239,8 +239,8 @@ async def test_reconnecting_within_grace_resumes_the_session(channel: grpc.aio.C
     ("hello", "code"),
     [
         (apb.Hello(node=apb.Node(id="ok"), token="wrong"), grpc.StatusCode.UNAUTHENTICATED),
-        (apb.Hello(node=apb.Node(id="bad id!"), token="s3cret"), grpc.StatusCode.INVALID_ARGUMENT),
-        (apb.Hello(token="s3cret"), grpc.StatusCode.INVALID_ARGUMENT),
+        (apb.Hello(node=apb.Node(id="bad id!"), token=""), grpc.StatusCode.INVALID_ARGUMENT),
+        (apb.Hello(token=""), grpc.StatusCode.INVALID_ARGUMENT),
         (None, grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )

@@ -1,0 +1,371 @@
+"""The one check point: a server interceptor that authorizes every call.
+
+Each method's handler is wrapped once: the caller's token (``authorization:
+Bearer <secret>`` metadata; on the agent stream also the Hello's ``token``) is
+resolved to an :class:`Identity`, the method's entry in ``TABLE`` says which
+rights the request needs, and the call goes on, or ends with UNAUTHENTICATED
+(no token where one is required, or a secret no token has) or
+PERMISSION_DENIED naming the first missing right (``service:web:write``).
+Lists and watches come back filtered to what the caller may read. Writes and
+refusals go to the audit log.
+
+With ``--acl allow`` a call without a token skips all of this (the open
+behaviour of a development control plane); a call with one is checked, with
+"allowed" where no rule of the token matches.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import grpc
+import grpc.aio
+from ecosystem.v1 import agent_pb2
+from ecosystem.v1 import registry_pb2 as pb
+
+from controlplane.acl._audit import AuditLog
+from controlplane.acl._rules import decide, grants_somewhere
+from controlplane.acl._store import AclStore, Identity
+from controlplane.acl._table import EVENTS_PREFIX, PUBLIC, TABLE, Entry, Need, message_needs
+from serving.errors import ServiceError, UnauthenticatedError, cut, end_call, excerpt, to_status
+
+__all__ = ["AclInterceptor", "Authorizer", "PermissionDeniedError"]
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+
+_BEARER = "bearer "
+#: The identity of a call without a token under ``--acl allow``: nothing is checked.
+_OPEN = Identity("", "", ())
+_RESPONSES: dict[str, type[Any]] = {
+    "/ecosystem.v1.RegistryService/Watch": pb.WatchResponse,
+    "/ecosystem.v1.RegistryService/ListInstances": pb.ListInstancesResponse,
+    "/ecosystem.v1.RegistryService/ListServices": pb.ListServicesResponse,
+    "/ecosystem.v1.AgentService/ListNodes": agent_pb2.ListNodesResponse,
+}
+_CONNECT = "/ecosystem.v1.AgentService/Connect"
+
+
+class PermissionDeniedError(ServiceError):
+    """The token lacks a right; the message names it (``service:web:write``)."""
+
+    status_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Authorizer:
+    """Decides: who a call comes from, and whether they may do what it asks."""
+
+    def __init__(self, store: AclStore, *, default_allow: bool, audit: AuditLog | None) -> None:
+        self.store = store
+        self.default_allow = default_allow
+        self.audit = audit
+
+    async def identify(self, secret: str) -> Identity:
+        """The identity for ``secret`` ("" for none); UnauthenticatedError when
+        a token is required and missing, or the secret is no token's."""
+        if not secret:
+            if self.default_allow:
+                return _OPEN
+            raise UnauthenticatedError(
+                "this control plane requires a token (--acl deny): pass --token or set "
+                "ECO_TOKEN (sidecar: controlplane.token or token_file)"
+            )
+        identity = await self.store.resolve(secret)
+        if identity is None:
+            raise UnauthenticatedError("the token is not valid (unknown or deleted)")
+        return identity
+
+    def allows(self, identity: Identity, need: Need) -> bool:
+        if identity is _OPEN:
+            return True
+        if (
+            need.resource == "bus"
+            and need.access == "publish"
+            and (need.name.startswith(EVENTS_PREFIX))
+        ):
+            return False
+        rules = identity.rules
+        if need.anywhere:
+            return grants_somewhere(rules, need.resource, need.access) or self.default_allow
+        verdict = decide(rules, need.resource, need.name, need.access)
+        if verdict is None and need.namespace:
+            verdict = decide(rules, "namespace", need.namespace, need.access)
+        return self.default_allow if verdict is None else verdict
+
+    def refusal(self, identity: Identity, needs: Sequence[Need]) -> Need | None:
+        for need in needs:
+            if not self.allows(identity, need):
+                return need
+        return None
+
+    def may_read_instance(self, identity: Identity, instance: pb.Instance) -> bool:
+        return self.allows(
+            identity, Need("service", instance.service, "read", instance.namespace or "default")
+        )
+
+    def record(
+        self, identity: Identity, rpc: str, resource: str, *, allowed: bool, reason: str = ""
+    ) -> None:
+        if self.audit is not None:
+            self.audit.record(str(identity), rpc, resource, allowed=allowed, reason=reason)
+
+
+def _secret(context: Any) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            if value[: len(_BEARER)].lower() == _BEARER:
+                return value[len(_BEARER) :].strip()
+            return ""
+    return ""
+
+
+def _denied(need: Need) -> PermissionDeniedError:
+    if need.resource == "bus" and need.name.startswith(EVENTS_PREFIX):
+        return PermissionDeniedError(
+            f"{excerpt(need.name)}: only the control plane publishes on {EVENTS_PREFIX}*"
+        )
+    return PermissionDeniedError(
+        f"the token lacks {cut(str(need), 300)}: give it a policy with a rule that grants it"
+    )
+
+
+def _filter(authorizer: Authorizer, identity: Identity, method: str, response: Any) -> Any:
+    response_type = _RESPONSES.get(method)
+    if response_type is None or identity is _OPEN or response is None:
+        return response
+    message = response_type.FromString(response) if isinstance(response, bytes) else response
+    if response_type is pb.WatchResponse:
+        kept = [
+            event
+            for event in message.events
+            if not event.HasField("instance")
+            or authorizer.may_read_instance(identity, event.instance)
+        ]
+        if len(kept) != len(message.events):
+            last = max((event.revision for event in message.events), default=0)
+            del message.events[:]
+            message.events.extend(kept)
+            if not kept:
+                message.events.add(type=pb.WATCH_EVENT_TYPE_PROGRESS, revision=last)
+    elif response_type is pb.ListInstancesResponse:
+        kept_instances = [i for i in message.instances if authorizer.may_read_instance(identity, i)]
+        del message.instances[:]
+        message.instances.extend(kept_instances)
+    elif response_type is pb.ListServicesResponse:
+        kept_services = [
+            s
+            for s in message.services
+            if authorizer.allows(
+                identity, Need("service", s.name, "read", s.namespace or "default")
+            )
+        ]
+        del message.services[:]
+        message.services.extend(kept_services)
+    else:
+        kept_nodes = [
+            n for n in message.nodes if authorizer.allows(identity, Need("node", n.node.id, "read"))
+        ]
+        del message.nodes[:]
+        message.nodes.extend(kept_nodes)
+    return message
+
+
+class _AgentContext:
+    """The agent stream's context, checking each message the servicer reads."""
+
+    def __init__(self, context: Any, authorizer: Authorizer, secret: str) -> None:
+        self._context = context
+        self._authorizer = authorizer
+        self._secret = secret
+        self._identity: Identity | None = None
+        self._node = ""
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._context, attribute)
+
+    def _end(self, identity: Identity | None, resource: str, exc: ServiceError) -> Any:
+        if self._authorizer.audit is not None:
+            self._authorizer.audit.record(
+                str(identity) if identity is not None else "unknown",
+                _CONNECT,
+                resource,
+                allowed=False,
+                reason=str(exc),
+            )
+        end_call(self._context, to_status(exc))
+        return grpc.aio.EOF  # type: ignore[attr-defined]
+
+    async def read(self) -> Any:
+        message = await self._context.read()
+        if message is grpc.aio.EOF or not isinstance(message, agent_pb2.ConnectRequest):  # type: ignore[attr-defined]
+            return message
+        authorizer = self._authorizer
+        if self._identity is None:
+            if message.WhichOneof("message") != "hello":
+                return message  # the servicer refuses a stream that does not start with Hello
+            self._node = message.hello.node.id
+            try:
+                self._identity = await authorizer.identify(self._secret or message.hello.token)
+            except UnauthenticatedError as exc:
+                return self._end(None, f"node:{self._node}:write", exc)
+        identity = self._identity
+        if identity is _OPEN:
+            return message
+        needs, refusal = message_needs(self._node, message)
+        if refusal:
+            return self._end(identity, f"node:{self._node}:write", PermissionDeniedError(refusal))
+        missing = authorizer.refusal(identity, needs)
+        if missing is not None:
+            return self._end(identity, str(missing), _denied(missing))
+        if message.WhichOneof("message") in ("hello", "sync"):
+            for need in needs:
+                authorizer.record(identity, _CONNECT, str(need), allowed=True)
+        return message
+
+
+class AclInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps every method's handler with the check (see the module docstring)."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.authorizer = authorizer
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    async def _admit(
+        self, method: str, entry: Entry | None, request: Any, context: Any
+    ) -> Identity | None:
+        """The caller's identity when the call may go on; otherwise ends it and returns None."""
+        authorizer = self.authorizer
+        try:
+            if method in PUBLIC:
+                identity = _OPEN
+            else:
+                identity = await authorizer.identify(_secret(context))
+        except UnauthenticatedError as exc:
+            resource = _describe(entry, request) if entry is not None else ""
+            authorizer.record(
+                Identity("", "", ()), method, resource, allowed=False, reason=str(exc)
+            )
+            end_call(context, to_status(exc))
+            return None
+        if identity is _OPEN:
+            if entry is not None and entry.write and authorizer.audit is not None:
+                authorizer.record(identity, method, _describe(entry, request), allowed=True)
+            return identity
+        if entry is None:
+            unlisted = PermissionDeniedError(f"{method} has no access rule: refused to every token")
+            authorizer.record(identity, method, "", allowed=False, reason=str(unlisted))
+            end_call(context, to_status(unlisted))
+            return None
+        needs = entry.needs(request)
+        missing = authorizer.refusal(identity, needs)
+        if missing is not None:
+            denied = _denied(missing)
+            authorizer.record(identity, method, str(missing), allowed=False, reason=str(denied))
+            end_call(context, to_status(denied))
+            return None
+        if entry.write:
+            authorizer.record(identity, method, ",".join(str(n) for n in needs), allowed=True)
+        return identity
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        entry = TABLE.get(method)
+        authorizer = self.authorizer
+        admit = self._admit
+        deserialize = handler.request_deserializer
+        serialize = handler.response_serializer
+        if handler.unary_unary is not None:
+            behavior_uu: Any = handler.unary_unary
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                identity = await admit(method, entry, request, context)
+                if identity is None:
+                    return None
+                response = await behavior_uu(request, context)
+                return _filter(authorizer, identity, method, response)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
+        if handler.unary_stream is not None:
+            behavior_us: Any = handler.unary_stream
+            if not inspect.isasyncgenfunction(behavior_us):
+
+                async def unary_stream_ctx(request: Any, context: Any) -> Any:
+                    if await admit(method, entry, request, context) is None:
+                        return None
+                    return await behavior_us(request, context)
+
+                return grpc.unary_stream_rpc_method_handler(
+                    unary_stream_ctx, deserialize, serialize
+                )
+
+            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                identity = await admit(method, entry, request, context)
+                if identity is None:
+                    return
+                async for response in behavior_us(request, context):
+                    yield _filter(authorizer, identity, method, response)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
+        if handler.stream_unary is not None:
+            behavior_su: Any = handler.stream_unary
+
+            async def stream_unary(requests: Any, context: Any) -> Any:
+                if await admit(method, entry, None, context) is None:
+                    return None
+                return await behavior_su(requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
+        behavior_ss: Any = handler.stream_stream
+        assert behavior_ss is not None
+
+        if method == _CONNECT:
+
+            async def connect(requests: Any, context: Any) -> Any:
+                checked = _AgentContext(context, authorizer, _secret(context))
+                result = behavior_ss(requests, checked)
+                if hasattr(result, "__aiter__"):
+                    async for response in result:
+                        await context.write(response)
+                    return None
+                return await result
+
+            return grpc.stream_stream_rpc_method_handler(connect, deserialize, serialize)
+
+        async def stream_stream(requests: Any, context: Any) -> Any:
+            if await admit(method, entry, None, context) is None:
+                return None
+            result = behavior_ss(requests, context)
+            if hasattr(result, "__aiter__"):
+                async for response in result:
+                    await context.write(response)
+                return None
+            return await result
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
+
+
+def _describe(entry: Entry, request: Any) -> str:
+    try:
+        return ",".join(str(need) for need in entry.needs(request))
+    except Exception:  # a request the servicer will refuse anyway
+        return ""

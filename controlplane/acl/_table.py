@@ -1,0 +1,176 @@
+"""What every RPC of every service needs: one entry per method, no exceptions.
+
+An entry says, from the request, which rights a call needs (``Need``), and
+whether the call writes (writes are audited). A method without an entry is
+refused (PERMISSION_DENIED) to every caller that carries a token, and to
+everyone with ``--acl deny``; a test pins that every method the control plane
+serves has an entry. Streams whose client sends many messages (the agent
+stream) are checked per message by ``message_needs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ecosystem.v1 import agent_pb2
+
+__all__ = ["EVENTS_PREFIX", "PUBLIC", "TABLE", "Entry", "Need", "message_needs"]
+
+#: Subjects only the control plane publishes on (registry events).
+EVENTS_PREFIX = "eco.events."
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """One right: ``resource`` ``name`` ``access``. ``namespace`` (services
+    only) lets the namespace's rules decide when no service rule matches;
+    ``anywhere`` asks for the right on some name (calls that name none)."""
+
+    resource: str
+    name: str
+    access: str
+    namespace: str = ""
+    anywhere: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.resource}:{'*' if self.anywhere else self.name}:{self.access}"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    needs: Callable[[Any], Sequence[Need]]
+    write: bool = False
+    #: Filters what a stream or list sends back to what the caller may read.
+    filtered: bool = False
+
+
+def _ns(namespace: str) -> str:
+    return namespace or DEFAULT_NAMESPACE
+
+
+def _service(name: str, namespace: str, access: str) -> Need:
+    return Need("service", name, access, _ns(namespace))
+
+
+def _any(resource: str, access: str) -> Need:
+    return Need(resource, "*", access, anywhere=True)
+
+
+def _selector_read(selector: Any) -> list[Need]:
+    if selector.service:
+        return [_service(selector.service, selector.namespace, "read")]
+    if selector.namespace:
+        return [Need("namespace", selector.namespace, "read")]
+    return [_any("service", "read")]
+
+
+def _publish(subject: str) -> Need:
+    return Need("bus", subject, "publish")
+
+
+def _none(_request: Any) -> list[Need]:
+    return []
+
+
+_R = "/ecosystem.v1.RegistryService/"
+_A = "/ecosystem.v1.AgentService/"
+_M = "/ecosystem.v1.MessagingService/"
+_C = "/ecosystem.v1.AclService/"
+_CA = "/ecosystem.v1.CAService/"
+
+#: Methods anyone may call, with or without a token.
+PUBLIC = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        _C + "Bootstrap",
+        # The root certificates are public by nature.
+        _CA + "GetTrustBundle",
+    }
+)
+
+TABLE: dict[str, Entry] = {
+    # Registry. Leases name no service: any token that may write some service
+    # may keep one alive or revoke it.
+    _R + "RegisterInstance": Entry(
+        lambda r: [_service(r.instance.service, r.instance.namespace, "write")], write=True
+    ),
+    _R + "DeregisterInstance": Entry(
+        lambda r: [_service(r.service, r.namespace, "write")], write=True
+    ),
+    _R + "KeepAlive": Entry(lambda r: [_any("service", "write")]),
+    _R + "RevokeLease": Entry(lambda r: [_any("service", "write")], write=True),
+    _R + "GetService": Entry(lambda r: [_service(r.name, r.namespace, "read")]),
+    _R + "ListServices": Entry(
+        lambda r: (
+            [Need("namespace", r.namespace, "read")] if r.namespace else [_any("service", "read")]
+        ),
+        filtered=True,
+    ),
+    _R + "ListInstances": Entry(lambda r: _selector_read(r.selector), filtered=True),
+    _R + "Watch": Entry(lambda r: _selector_read(r.selector), filtered=True),
+    # Agent. Connect is checked per message (message_needs).
+    _A + "Connect": Entry(_none, write=True),
+    _A + "ListNodes": Entry(lambda r: [_any("node", "read")], filtered=True),
+    _A + "WaitForRevision": Entry(lambda r: [_any("service", "read")]),
+    # Bus: subjects are names (``orders.*`` matches ``orders.eu.created``).
+    _M + "Publish": Entry(lambda r: [_publish(r.subject)]),
+    _M + "PublishBatch": Entry(lambda r: [_publish(m.subject) for m in r.messages]),
+    _M + "Subscribe": Entry(lambda r: [Need("bus", r.subject or r.stream, "subscribe")]),
+    _M + "Ack": Entry(lambda r: [_any("bus", "subscribe")]),
+    _M + "Request": Entry(lambda r: [_publish(r.subject)]),
+    _M + "AddStream": Entry(
+        lambda r: (
+            [Need("bus", s, "write") for s in r.config.subjects] or [Need("bus", "*", "write")]
+        ),
+        write=True,
+    ),
+    _M + "ListStreams": Entry(lambda r: [_any("bus", "read")]),
+    _M + "DeleteStream": Entry(lambda r: [Need("bus", "*", "write")], write=True),
+    # ACLs.
+    _C + "Bootstrap": Entry(_none, write=True),
+    _C + "CreatePolicy": Entry(lambda r: [Need("acl", "policy", "write")], write=True),
+    _C + "ListPolicies": Entry(lambda r: [Need("acl", "policy", "read")]),
+    _C + "GetPolicy": Entry(lambda r: [Need("acl", "policy", "read")]),
+    _C + "DeletePolicy": Entry(lambda r: [Need("acl", "policy", "write")], write=True),
+    _C + "CreateToken": Entry(lambda r: [Need("acl", "token", "write")], write=True),
+    _C + "ListTokens": Entry(lambda r: [Need("acl", "token", "read")]),
+    _C + "DeleteToken": Entry(lambda r: [Need("acl", "token", "write")], write=True),
+    # The certificate authority.
+    _CA + "GetTrustBundle": Entry(_none),
+    _CA + "RotateRoot": Entry(lambda r: [Need("operator", "ca", "write")], write=True),
+    # Health and reflection.
+    "/grpc.health.v1.Health/Check": Entry(_none),
+    "/grpc.health.v1.Health/Watch": Entry(_none),
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Entry(
+        lambda r: [Need("operator", "reflection", "read")]
+    ),
+}
+
+
+def message_needs(node_id: str, message: agent_pb2.ConnectRequest) -> tuple[list[Need], str]:
+    """The rights one message of a sidecar's stream needs, and a refusal that
+    no right lifts ("" for none): instances on another node."""
+    kind = message.WhichOneof("message")
+    if kind == "hello":
+        return [Need("node", message.hello.node.id, "write")], ""
+    if kind == "sync":
+        needs = []
+        for instance in message.sync.instances:
+            if instance.node and instance.node != node_id:
+                return [], (
+                    f"instance {instance.id!r} of service {instance.service!r} is on node "
+                    f"{instance.node!r}: a sidecar registers instances on its own node "
+                    f"({node_id!r}) only"
+                )
+            needs.append(_service(instance.service, instance.namespace, "write"))
+        return needs, ""
+    if kind == "health":
+        report = message.health
+        return [_service(report.service, report.namespace, "write")], ""
+    if kind == "subscribe":
+        return [_service(s.name, s.namespace, "read") for s in message.subscribe.services], ""
+    return [], ""
