@@ -106,7 +106,10 @@ def _run(settings: Settings, work: Callable[[BusClient], Awaitable[T]]) -> T:
 
     async def main() -> T:
         async with BusClient(
-            settings.server, timeout=settings.timeout, ca_file=settings.ca_file or ""
+            settings.server,
+            timeout=settings.timeout,
+            ca_file=settings.ca_file or "",
+            token=settings.token,
         ) as client:
             return await work(client)
 

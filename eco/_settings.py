@@ -35,9 +35,13 @@ class Settings:
     verbose: int = 0
     #: CA certificates (PEM) to trust: the control plane is then spoken to over TLS.
     ca_file: str | None = None
+    #: An ACL token's secret, sent with every call ("" for none).
+    token: str = ""
 
     def client(self) -> sdk.Client:
-        return sdk.Client(self.server, timeout=self.timeout, ca_file=self.ca_file or "")
+        return sdk.Client(
+            self.server, timeout=self.timeout, ca_file=self.ca_file or "", token=self.token
+        )
 
 
 #: Hands a command the shared :class:`Settings`.

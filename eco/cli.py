@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 import sdk
+from eco._acl import acl
 from eco._bus import bus
 from eco._ca import ca
 from eco._controlplane import controlplane_command, dev_command
@@ -115,6 +116,15 @@ def _tls_problem(detail: str) -> str:
     type=click.Path(exists=True, dir_okay=False),
     help="Speak TLS to the control plane, trusting the CA certificates (PEM) in FILE.",
 )
+@click.option(
+    "--token",
+    envvar=sdk.TOKEN_ENV,
+    show_envvar=True,
+    default="",
+    metavar="SECRET",
+    help="An ACL token's secret, sent with every call (prefer ECO_TOKEN: "
+    "arguments show in the process list).",
+)
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
 @click.version_option(package_name="ecosystem", prog_name="eco")
 @click.pass_context
@@ -124,6 +134,7 @@ def cli(
     output: str,
     timeout: float,
     ca_file: str | None,
+    token: str,
     verbose: int,
 ) -> None:
     """Ecosystem: a service registry and control plane, and the tools around it.
@@ -144,6 +155,7 @@ def cli(
     settings.output = OutputFormat(output.lower())
     settings.timeout = timeout
     settings.ca_file = ca_file
+    settings.token = token.strip()
     settings.verbose = verbose
     configure_logging(verbose)
 
@@ -156,6 +168,7 @@ cli.add_command(node)
 cli.add_command(wait)
 cli.add_command(bus)
 cli.add_command(ca)
+cli.add_command(acl)
 
 
 def main(argv: list[str] | None = None) -> None:

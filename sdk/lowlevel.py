@@ -6,6 +6,8 @@ application needs — start with :class:`sdk.AsyncClient`.
   with failover, per-call deadlines and the retry policy; ``unary(method,
   request)`` and the streaming calls raise every gRPC error as the
   :class:`sdk.EcoError` tree, through the SDK's one translation point.
+- :func:`client_channels`: the channel factory a client makes from a CA
+  file (or ``ECO_CA_FILE``), for a :class:`Transport` of your own.
 - :class:`Backoff`: the SDK's jittered exponential backoff, as an async
   iterator of waits.
 - :class:`PublishBatcher`, :class:`AckBatcher`: coalesce concurrent publishes
@@ -14,7 +16,14 @@ application needs — start with :class:`sdk.AsyncClient`.
 """
 
 from sdk._retry import Backoff
-from sdk._transport import Transport
+from sdk._transport import Transport, client_channels
 from sdk.bus import AckBatcher, PublishBatcher, publish_request
 
-__all__ = ["AckBatcher", "Backoff", "PublishBatcher", "Transport", "publish_request"]
+__all__ = [
+    "AckBatcher",
+    "Backoff",
+    "PublishBatcher",
+    "Transport",
+    "client_channels",
+    "publish_request",
+]

@@ -124,6 +124,7 @@ class Sidecar:
             config.data_dir,
             channel_factory=channel_factory
             or (tls_channel_factory(ca_file) if ca_file is not None else None),
+            token=config.controlplane.secret,
         )
         self._local_api = LocalApiServer(self._servicer, relay=self.relay)
         self._bridges: list[Bridge] = []  # BridgeServer, AmqpBridge: imported only when configured
@@ -274,7 +275,7 @@ class Sidecar:
             instances=self.local_instances,
             on_update=self._apply_update,
             subscriptions=[ServiceRef(u.service, u.namespace) for u in config.upstreams],
-            token=config.controlplane.token,
+            token=config.controlplane.secret,
             grace=config.grace,
             deregister_critical_after=config.deregister_critical_after,
             sync_interval=config.sync_interval,

@@ -230,15 +230,43 @@ class NodeConfig(_Model):
 
 
 class ControlPlaneLinkConfig(_Model):
-    """Where the control plane is (several addresses fail over in turn), the token,
-    and ``ca_file``: the CA certificates (PEM) to trust when the control plane
-    serves TLS (no file: plaintext)."""
+    """Where the control plane is (several addresses fail over in turn), the
+    sidecar's ACL token (``token``, or ``token_file``: a file holding it, read
+    at start), and ``ca_file``: the CA certificates (PEM) to trust when the
+    control plane serves TLS (no file: plaintext)."""
 
     addresses: Annotated[tuple[str, ...], _at_most(MAX_CONTROLPLANE_ADDRESSES, "addresses")] = (
         DEFAULT_CONTROLPLANE,
     )
-    token: str = ""
+    token: str = Field(default="", repr=False)
+    token_file: Path | None = None
     ca_file: Path | None = None
+
+    @field_validator("token_file")
+    @classmethod
+    def _check_token_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        try:
+            secret = value.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"{value}: {exc.strerror}") from None
+        if not secret:
+            raise ValueError(f"{value}: the file is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ControlPlaneLinkConfig:
+        if self.token and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        return self
+
+    @property
+    def secret(self) -> str:
+        """The token to present ("" for none): ``token``, or ``token_file``'s content."""
+        if self.token_file is not None:
+            return self.token_file.read_text(encoding="utf-8").strip()
+        return self.token.strip()
 
     @field_validator("ca_file")
     @classmethod

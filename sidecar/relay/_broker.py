@@ -106,12 +106,14 @@ class RelayBroker:
         max_buffered: int = 10_000,
         max_buffered_bytes: int = 64 * 1024 * 1024,
         channel_factory: ChannelFactory | None = None,
+        token: str = "",
     ) -> None:
         if queue_limit < 1:
             raise ValueError("queue_limit must be positive")
         self._addresses = tuple(addresses)
         self._timeout = timeout
         self._channel_factory = channel_factory
+        self._token = token
         path = data_dir / BUFFER_FILE if data_dir is not None else None
         self._outbox = Outbox(path, max_messages=max_buffered, max_bytes=max_buffered_bytes)
         self._queue_limit = queue_limit
@@ -242,6 +244,7 @@ class RelayBroker:
                 timeout=self._timeout,
                 patterns=patterns,
                 channel_factory=self._channel_factory,
+                token=self._token,
             )
         from sidecar.relay._nats_link import NatsLink  # nats-py only when NATS is named
 

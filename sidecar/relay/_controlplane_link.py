@@ -104,12 +104,14 @@ class ControlPlaneLink:
         timeout: float,
         patterns: Sequence[str] = (),
         channel_factory: ChannelFactory | None = None,
+        token: str = "",
     ) -> None:
         self._transport = Transport(
             tuple(addresses),
             timeout=timeout,
             policy=RetryPolicy(max_attempts=2),
             channel_factory=channel_factory,
+            token=token,
         )
         self._publishes = PublishBatcher(self._transport)
         self._acks = AckBatcher(self._transport)
