@@ -25,13 +25,14 @@ import signal
 import socket
 import ssl
 import sys
+from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
 
 import grpc
 from aiohttp import web
-from ecosystem.v1 import acl_pb2, acl_pb2_grpc, agent_pb2, agent_pb2_grpc
+from ecosystem.v1 import acl_pb2, acl_pb2_grpc, agent_pb2, agent_pb2_grpc, ca_pb2, ca_pb2_grpc
 from ecosystem.v1 import registry_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -43,6 +44,7 @@ from controlplane.admin import admin_runner
 from controlplane.agent import AgentLimits, AgentServicer, AgentSettings, LoadSpreader, Reaper
 from controlplane.config import ControlPlaneConfig, is_loopback, parse_hostport
 from controlplane.events import EventPublisher
+from controlplane.identity import CAServicer, IdentityAuthority, load_or_create_roots
 from controlplane.leader import Election
 from controlplane.metrics import Metrics
 from controlplane.registry import Registry, ensure_store_id
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 
 REGISTRY_SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+CA_SERVICE = ca_pb2.DESCRIPTOR.services_by_name["CAService"].full_name
 ACL_SERVICE = acl_pb2.DESCRIPTOR.services_by_name["AclService"].full_name
 _HEALTH_SERVICES = ("", REGISTRY_SERVICE, AGENT_SERVICE, MESSAGING_SERVICE)
 # How often health is compared with the store's reachability.
@@ -115,6 +118,8 @@ class ControlPlane:
         self._server: grpc.aio.Server | None = None
         self._servicer: RegistryServicer | None = None
         self.agent: AgentServicer | None = None
+        #: Signs sidecars' workload certificates (None: no CA).
+        self.identity: IdentityAuthority | None = None
         self.broker: Broker | None = None
         self.messaging: MessagingServicer | None = None
         self.election: Election | None = None
@@ -202,8 +207,10 @@ class ControlPlane:
         )
         await self._view.start()
 
+        self.identity = await _identity(config, store)
         try:
-            tls = load_server_tls(config)
+            signer = self.identity.signer() if config.ca_auto and self.identity else None
+            tls = load_server_tls(config, signer)
         except TLSSetupError as exc:
             raise StartupError(str(exc)) from exc
         self.authorizer = Authorizer(
@@ -249,6 +256,7 @@ class ControlPlane:
                 deregister_critical_after=config.deregister_critical_after,
                 sync_interval=config.sync_interval,
                 bus_url=config.announced_bus_url,
+                identity=self.identity,
                 limits=AgentLimits(
                     max_streams=config.max_agent_streams,
                     max_streams_per_peer=config.max_agent_streams_per_peer,
@@ -259,7 +267,10 @@ class ControlPlane:
             peer_credentials=tls.channel_credentials() if tls is not None else None,
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent, server)  # type: ignore[no-untyped-call]
+        ca_pb2_grpc.add_CAServiceServicer_to_server(CAServicer(self.identity), server)  # type: ignore[no-untyped-call]
         acl_pb2_grpc.add_AclServiceServicer_to_server(AclServicer(self.authorizer.store), server)  # type: ignore[no-untyped-call]
+        if self.identity is not None:
+            self.identity.start()
         try:
             self.broker = open_broker(config.bus_url, bus_dir(config.store_url, self.replica))
         except BusError as exc:
@@ -276,6 +287,7 @@ class ControlPlane:
             (
                 REGISTRY_SERVICE,
                 AGENT_SERVICE,
+                CA_SERVICE,
                 ACL_SERVICE,
                 MESSAGING_SERVICE,
                 health.SERVICE_NAME,
@@ -512,6 +524,8 @@ class ControlPlane:
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.wait({self._health_task})
+        if self.identity is not None:
+            await self.identity.close()
         # Concurrently: with the store unreachable, each revoke waits for its timeout.
         async with asyncio.TaskGroup() as group:
             if self.spreader is not None:
@@ -521,6 +535,31 @@ class ControlPlane:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+async def _identity(config: ControlPlaneConfig, store: Store) -> IdentityAuthority | None:
+    """The CA that signs workload certificates: kept in the store (``--tls-ca
+    auto``), from the CA files, or none."""
+    ttl = timedelta(seconds=config.workload_cert_ttl)
+    if config.ca_auto:
+        from controlplane.ca import CAError
+
+        try:
+            roots = await load_or_create_roots(store, config.trust_domain)
+            authority = IdentityAuthority(roots, ttl, store=store)
+            authority.signer()  # the stored key must match its root
+        except CAError as exc:
+            raise StartupError(f"--tls-ca auto: the CA in the store: {exc}") from exc
+        return authority
+    if config.tls_ca and config.tls_ca_key:
+        from controlplane.ca import CAError, CertificateAuthority
+
+        try:
+            ca = CertificateAuthority.load(Path(config.tls_ca), Path(config.tls_ca_key))
+        except CAError as exc:
+            raise StartupError(f"--tls-ca {config.tls_ca}: {exc}") from exc
+        return IdentityAuthority.from_ca(ca, ttl)
+    return None
 
 
 def _bracket(host: str) -> str:

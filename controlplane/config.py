@@ -7,11 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ControlPlaneConfig", "is_loopback", "parse_hostport"]
+__all__ = ["TLS_CA_AUTO", "ControlPlaneConfig", "is_loopback", "parse_hostport"]
 
 DEFAULT_STORE = "sqlite://.eco/controlplane.db"
 #: ``sidecar_bus_url`` that keeps sidecars relaying through the control plane.
 SIDECARS_VIA_CONTROLPLANE = "controlplane"
+
+
+#: ``--tls-ca auto``: the control plane keeps its CA in the store.
+TLS_CA_AUTO = "auto"
 
 
 def _is_nats(url: str) -> bool:
@@ -122,6 +126,11 @@ class ControlPlaneConfig(BaseModel):
     tls_ca: str = ""
     tls_ca_key: str = ""
     tls_names: tuple[str, ...] = ()
+    # `tls_ca = "auto"`: the CA is kept in the store (created by the first
+    # replica to start; every replica shares it), with this trust domain.
+    trust_domain: str = "ecosystem.local"
+    # Lifetime of the workload certificates signed for sidecars, seconds.
+    workload_cert_ttl: float = Field(default=24 * 3600.0, ge=1, le=90 * 24 * 3600)
     # Plaintext on an address other hosts can reach, knowingly.
     insecure: bool = False
     # Access control: "deny" refuses every call without a token that grants
@@ -176,6 +185,10 @@ class ControlPlaneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _tls(self) -> ControlPlaneConfig:
+        if self.tls_ca == TLS_CA_AUTO and (self.tls_ca_key or self.tls_cert):
+            raise ValueError(
+                "--tls-ca auto keeps the CA in the store: give no --tls-ca-key or --tls-cert"
+            )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_ca_key and not self.tls_ca:
@@ -185,11 +198,12 @@ class ControlPlaneConfig(BaseModel):
                 "give either --tls-cert/--tls-key (a certificate of your own) or "
                 "--tls-ca/--tls-ca-key (the control plane issues its own), not both"
             )
-        if self.tls_ca and not self.tls_ca_key and not self.tls_cert:
+        if self.tls_ca and not self.tls_ca_key and not self.tls_cert and not self.ca_auto:
             raise ValueError("--tls-ca needs --tls-ca-key, or --tls-cert/--tls-key")
-        if self.tls_names and not self.tls_ca_key:
+        if self.tls_names and not (self.tls_ca_key or self.ca_auto):
             raise ValueError(
-                "--tls-name needs --tls-ca/--tls-ca-key (it names the issued certificate)"
+                "--tls-name needs --tls-ca/--tls-ca-key or --tls-ca auto (it names the issued "
+                "certificate)"
             )
         if self.tls or self.insecure:
             return self
@@ -217,7 +231,12 @@ class ControlPlaneConfig(BaseModel):
     @property
     def tls(self) -> bool:
         """Whether the listeners serve TLS."""
-        return bool(self.tls_cert or self.tls_ca_key)
+        return bool(self.tls_cert or self.tls_ca_key or self.ca_auto)
+
+    @property
+    def ca_auto(self) -> bool:
+        """Whether the CA is kept in the store (``--tls-ca auto``)."""
+        return self.tls_ca == TLS_CA_AUTO
 
     @property
     def announced_bus_url(self) -> str:

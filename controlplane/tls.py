@@ -18,10 +18,14 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from controlplane.config import ControlPlaneConfig, parse_hostport
+
+if TYPE_CHECKING:
+    from controlplane.ca import CertificateAuthority
 
 __all__ = ["ServerTLS", "TLSSetupError", "load_server_tls", "server_names"]
 
@@ -69,10 +73,16 @@ class ServerTLS:
         return context
 
 
-def load_server_tls(config: ControlPlaneConfig) -> ServerTLS | None:
+def load_server_tls(
+    config: ControlPlaneConfig, ca: CertificateAuthority | None = None
+) -> ServerTLS | None:
     """The TLS material ``config`` asks for (None: plaintext); reads the files and,
-    with a CA, issues the server certificate. Raises TLSSetupError."""
-    if config.tls_cert:
+    with a CA, issues the server certificate. ``ca`` is the CA kept in the store
+    (``--tls-ca auto``). Raises TLSSetupError."""
+    if config.ca_auto:
+        assert ca is not None, "--tls-ca auto: the caller reads the CA from the store"
+        tls = _issue_from(ca, config)
+    elif config.tls_cert:
         cert = _read(config.tls_cert, "--tls-cert")
         if _PEM_CERT not in cert:
             raise TLSSetupError(f"--tls-cert {config.tls_cert}: no PEM certificate in it")
@@ -94,6 +104,12 @@ def _issue(config: ControlPlaneConfig) -> ServerTLS:
         ca = CertificateAuthority.load(Path(config.tls_ca), Path(config.tls_ca_key))
     except CAError as exc:
         raise TLSSetupError(f"--tls-ca {config.tls_ca}: {exc}") from exc
+    return _issue_from(ca, config)
+
+
+def _issue_from(ca: CertificateAuthority, config: ControlPlaneConfig) -> ServerTLS:
+    from controlplane.ca import CAError
+
     dns, ips = server_names(config)
     try:
         issued = ca.issue_server(dns_names=dns, ip_addresses=ips)

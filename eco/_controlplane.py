@@ -53,8 +53,8 @@ _OPTION_OF_FIELD = {
     "tls_ca": "--tls-ca",
     "tls_ca_key": "--tls-ca-key",
     "tls_names": "--tls-name",
-    "acl": "--acl",
-    "audit_log": "--audit-log",
+    "trust_domain": "--trust-domain",
+    "workload_cert_ttl": "--workload-cert-ttl",
 }
 
 
@@ -226,8 +226,9 @@ def _listen_options(f: Any) -> Any:
     default="",
     metavar="FILE",
     help="A CA certificate (PEM): with --tls-ca-key, the control plane issues its own "
-    "server certificate from it at start; with --tls-cert, the CA replicas trust "
-    "when they call each other.",
+    "server certificate and the sidecars' workload certificates from it; with --tls-cert, "
+    "the CA replicas trust when they call each other. 'auto': a CA kept in the store, "
+    "created on first start and shared by every replica.",
 )
 @click.option("--tls-ca-key", default="", metavar="FILE", help="The PEM private key of --tls-ca.")
 @click.option(
@@ -239,18 +240,18 @@ def _listen_options(f: Any) -> Any:
     "--listen host, localhost and the loopback addresses (repeatable).",
 )
 @click.option(
-    "--acl",
-    type=click.Choice(["allow", "deny"]),
-    default=None,
-    help="Calls without a token: 'deny' refuses them (run this in production), 'allow' lets "
-    "them do anything. Default: allow when every listener is on loopback, else deny. "
-    "'eco acl bootstrap' creates the first token (docs/security.md, ACLs).",
+    "--trust-domain",
+    default="ecosystem.local",
+    show_default=True,
+    help="With --tls-ca auto: the trust domain of the CA created on first start.",
 )
 @click.option(
-    "--audit-log",
-    default="",
-    metavar="FILE",
-    help="Append one JSON line per write and per refused call to FILE (rotate by renaming it).",
+    "--workload-cert-ttl",
+    type=float,
+    default=24 * 3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Lifetime of the workload certificates signed for sidecars (renewed at 2/3).",
 )
 @click.option(
     "--insecure",
@@ -283,9 +284,9 @@ def controlplane_command(
     tls_ca: str,
     tls_ca_key: str,
     tls_names: tuple[str, ...],
+    trust_domain: str,
+    workload_cert_ttl: float,
     insecure: bool,
-    acl: str | None,
-    audit_log: str,
 ) -> None:
     """Run the control plane until SIGTERM or Ctrl-C (twice: at once).
 
@@ -295,7 +296,6 @@ def controlplane_command(
 
     Off loopback it serves TLS (--tls-cert/--tls-key, or --tls-ca/--tls-ca-key to
     issue its own certificate; docs/security.md), or plaintext with --insecure.
-    Every call needs an ACL token under --acl deny (the default off loopback).
 
     Several replicas may share one etcd store (docs/controlplane.md, "Several
     replicas"): one of them, elected, runs the work that must run once, and a
@@ -307,6 +307,7 @@ def controlplane_command(
       eco controlplane --listen 0.0.0.0:7400 --store sqlite:///var/lib/eco/cp.db \\
           --tls-ca /etc/eco/ca.pem --tls-ca-key /etc/eco/ca-key.pem --tls-name cp.example.com
       eco controlplane --listen 0.0.0.0:7400 --tls-cert cp.pem --tls-key cp-key.pem
+      eco controlplane --listen 0.0.0.0:7400 --store etcd://10.0.0.9:2379/eco --tls-ca auto
       eco controlplane --store memory:// --admin-listen off
       eco controlplane --store etcd://127.0.0.1:2379/ecosystem --replica-id cp-1
       eco controlplane --bus nats://127.0.0.1:4222
@@ -335,9 +336,9 @@ def controlplane_command(
         tls_ca=tls_ca,
         tls_ca_key=tls_ca_key,
         tls_names=tls_names,
+        trust_domain=trust_domain,
+        workload_cert_ttl=workload_cert_ttl,
         insecure=insecure,
-        acl=acl,
-        audit_log=audit_log,
     )
     configure_logging(settings.verbose, base=logging.INFO)
     raise_open_files_limit()

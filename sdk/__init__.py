@@ -77,6 +77,8 @@ from sdk.agent import (
     ServiceEndpoints,
     ServiceRef,
     SyncOutcome,
+    TrustBundle,
+    WorkloadCertificate,
 )
 from sdk.balancer import (
     STRATEGIES,
@@ -176,12 +178,14 @@ __all__ = [
     "StreamInfo",
     "StreamNotFoundError",
     "SyncOutcome",
+    "TrustBundle",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
     "WatchEvent",
     "WatchEventType",
     "WatchIterator",
+    "WorkloadCertificate",
     "make_balancer",
     "resolve_servers",
     "tls_channel_factory",

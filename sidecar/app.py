@@ -55,6 +55,7 @@ from sidecar.config import (
 )
 from sidecar.errors import BadRequestError, StartupError, UnknownInstanceError, UnknownServiceError
 from sidecar.health import CheckKind, HealthChecker, HealthEngine, HealthTransition
+from sidecar.identity import SidecarIdentity
 from sidecar.local_api import LocalApiServer, SidecarServicer
 from sidecar.metrics import MetricsSnapshot, SidecarMetrics
 from sidecar.proxy._dataplane import DataPlane
@@ -111,6 +112,10 @@ class Sidecar:
         self.router = Router(config.upstreams, config.node)
         self.dataplane = DataPlane(config, self.router)
         self.engine = HealthEngine(checker, on_transition=self._on_transition)
+        #: The workload certificates and trust bundle (see sidecar.identity).
+        self.identity = SidecarIdentity(
+            config.node.id, [(s.namespace, s.name) for s in config.services]
+        )
         self._servicer = SidecarServicer(
             self.cache,
             self.router,
@@ -281,9 +286,12 @@ class Sidecar:
             sync_interval=config.sync_interval,
             applied_version=self.cache.version,
             on_state=self._on_session_state,
+            on_trust_bundle=self.identity.on_trust_bundle,
             ca_file=config.controlplane.ca_file if self._channel_factory is None else None,
             channel_factory=self._channel_factory,
         )
+        self.identity.attach(self._session)
+        self.identity.start()
         await self._session.start()
         logger.info(
             "sidecar %s running: %d local instance(s), %d upstream(s), local API %s, admin %s",
@@ -307,6 +315,7 @@ class Sidecar:
                 if leave and await session.leave(timeout=1.0):
                     logger.info("deregistered %d local instance(s)", len(self._services))
                 await session.close()
+            await self.identity.close()
             await self.dataplane.drain(self.config.drain_grace)
             for bridge in self._bridges:
                 await bridge.stop()
@@ -387,6 +396,7 @@ class Sidecar:
 
     def _on_session_state(self, session: AgentSession) -> None:
         self.cache.notify_all()
+        self.identity.on_session_state(session)
         bus = session.bus
         if session.connected and bus is not None:
             # The control plane says where messages go: NATS itself, or through it.

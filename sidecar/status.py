@@ -133,4 +133,5 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
     doc["upstreams"] = upstreams
     doc["proxy"] = sidecar.dataplane.status()
     doc["bridges"] = [bridge.status() for bridge in sidecar.bridges]
+    doc["identity"] = sidecar.identity.status()
     return doc

@@ -20,6 +20,7 @@ a stream over budget is read more slowly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ log = logging.getLogger(__name__)
 _OUTGOING = 4
 # Room left in a part for the message's own framing.
 _PART_BYTES = AGENT_LIMITS.message_bytes - 1024
+# The largest CSR signed (a P-256 one is under 1 KiB).
+_MAX_CSR = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,9 @@ class AgentSettings:
     #: The broker sidecars relay messages to, told in each Welcome ("": this
     #: control plane).
     bus_url: str = ""
+    #: Signs workload certificates and holds the trust bundle
+    #: (`controlplane.identity.IdentityAuthority`); None: no CA.
+    identity: Any = None
 
 
 @dataclass(eq=False)
@@ -191,6 +197,7 @@ class SessionRunner:
         self._budget = TokenBucket(limits.rate, limits.burst)
         self._idle_timeout = limits.idle_timeout
         self._last_read = asyncio.get_running_loop().time()
+        self._bundle_changed = asyncio.Event()
         self.instances = SessionInstances(
             session.node, session.connected_at_ms, Registry(store), view
         )
@@ -209,9 +216,17 @@ class SessionRunner:
                 )
             )
         )
+        identity = self._settings.identity
+        if identity is not None:
+            await self._outgoing.put(
+                agent_pb2.ConnectResponse(trust_bundle=identity.trust_bundle())
+            )
+            identity.on_bundle.append(self._bundle_changed.set)
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(self._read(), name=f"agent-read-{s.node.id}")
+                if identity is not None:
+                    group.create_task(self._send_bundles(), name=f"agent-bundle-{s.node.id}")
                 group.create_task(self._update(), name=f"agent-update-{s.node.id}")
                 group.create_task(self._keep(), name=f"agent-lease-{s.node.id}")
                 group.create_task(self._until_ended(), name=f"agent-end-{s.node.id}")
@@ -224,6 +239,9 @@ class SessionRunner:
         except* _StreamEnded:
             pass
         finally:
+            if identity is not None:
+                with contextlib.suppress(ValueError):
+                    identity.on_bundle.remove(self._bundle_changed.set)
             for sub in s.subscriptions.values():
                 self._view.unsubscribe(sub)
             s.subscriptions.clear()
@@ -267,11 +285,67 @@ class SessionRunner:
                 pong = agent_pb2.Pong(nonce=request.ping.nonce)
                 await self._outgoing.put(agent_pb2.ConnectResponse(pong=pong))
                 continue
+            elif kind == "certificate_request":
+                answer = self._certificate(request.certificate_request)
+                await self._outgoing.put(agent_pb2.ConnectResponse(certificate=answer))
+                continue
             elif kind == "hello":
                 raise InvalidArgumentError([FieldViolation("hello", "sent twice in one session")])
             else:
                 continue
             self._on_change()
+
+    async def _send_bundles(self) -> None:
+        """Sends the trust bundle again whenever it changes (root rotation)."""
+        while True:
+            await self._bundle_changed.wait()
+            self._bundle_changed.clear()
+            bundle = self._settings.identity.trust_bundle()
+            await self._outgoing.put(agent_pb2.ConnectResponse(trust_bundle=bundle))
+
+    def _certificate(self, request: agent_pb2.CertificateRequest) -> agent_pb2.CertificateIssued:
+        """Signs a workload CSR for an identity this session may have: its node,
+        or a service it has an instance of on its node; an answer with ``error``
+        otherwise."""
+        answer = agent_pb2.CertificateIssued(request_id=request.request_id[:64])
+        identity = self._settings.identity
+        node = self.session.node.id
+        if identity is None:
+            answer.error = (
+                "this control plane has no CA to sign workload certificates "
+                "(start it with --tls-ca auto or --tls-ca/--tls-ca-key)"
+            )
+            return answer
+        if len(request.csr_pem) > _MAX_CSR:
+            answer.error = f"csr_pem: at most {_MAX_CSR} bytes"
+            return answer
+        from controlplane.ca import CAError, node_spiffe_id, service_spiffe_id
+
+        namespace = request.namespace or DEFAULT_NAMESPACE
+        try:
+            if request.node:
+                spiffe_id = node_spiffe_id(identity.trust_domain, node)
+            else:
+                mine = {
+                    (i.namespace or DEFAULT_NAMESPACE, i.service)
+                    for i in self.instances.desired.values()
+                }
+                if (namespace, request.service) not in mine:
+                    answer.error = (
+                        f"node {node} has no instance of service {request.service!r} in "
+                        f"namespace {namespace!r}: a sidecar gets certificates only for "
+                        "services it registers on its own node"
+                    )
+                    log.warning("node %s: refused a certificate: %s", node, answer.error)
+                    return answer
+                spiffe_id = service_spiffe_id(identity.trust_domain, namespace, request.service)
+            cert_pem, expires = identity.sign(request.csr_pem, spiffe_id)
+        except (CAError, ServiceError) as exc:
+            answer.error = str(exc)
+            return answer
+        answer.cert_pem, answer.spiffe_id, answer.expires_at_ms = cert_pem, spiffe_id, expires
+        log.debug("node %s: signed %s until %d", node, spiffe_id, expires)
+        return answer
 
     async def _watch_idle(self) -> None:
         """Ends the stream once the sidecar has said nothing for the idle

@@ -17,6 +17,7 @@ for a node can too. Inside:
 Everything here is also exported by :mod:`sdk`.
 """
 
+from sdk.agent._identity import TrustBundle, WorkloadCertificate
 from sdk.agent._session import AgentSession
 from sdk.agent._types import (
     AgentNode,
@@ -39,4 +40,6 @@ __all__ = [
     "ServiceEndpoints",
     "ServiceRef",
     "SyncOutcome",
+    "TrustBundle",
+    "WorkloadCertificate",
 ]

@@ -39,6 +39,7 @@ class AgentOutbox:
         self._reports: deque[agent_pb2.HealthReport] = deque()
         self._overflowed = False
         self._ping: int | None = None
+        self._certificates: deque[agent_pb2.CertificateRequest] = deque()
         #: Health reports dropped in favour of a full Sync, for metrics.
         self.reports_dropped = 0
 
@@ -48,6 +49,7 @@ class AgentOutbox:
         self._reports.clear()
         self._overflowed = False
         self._ping = None
+        self._certificates.clear()
         self._sync = self._subscribe = True
         self._wakeup.set()
 
@@ -62,6 +64,12 @@ class AgentOutbox:
 
     def subscribe(self) -> None:
         self._subscribe = True
+        self._wakeup.set()
+
+    def certificate(self, request: agent_pb2.CertificateRequest) -> None:
+        """Queues a certificate request (dropped with the stream: the caller
+        waits for its answer and asks again)."""
+        self._certificates.append(request)
         self._wakeup.set()
 
     def ack(self, ack: agent_pb2.Ack) -> None:
@@ -96,7 +104,8 @@ class AgentOutbox:
         """The next message to write, or None when nothing is pending.
 
         Order: a Ping (tiny, and it measures the path), Sync (which makes
-        pending reports moot), Subscribe, acks, then health reports.
+        pending reports moot), Subscribe, certificate requests, acks, then
+        health reports.
         """
         if self._ping is not None:
             nonce, self._ping = self._ping, None
@@ -108,6 +117,8 @@ class AgentOutbox:
         if self._subscribe:
             self._subscribe = False
             return agent_pb2.ConnectRequest(subscribe=build_subscribe())
+        if self._certificates:
+            return agent_pb2.ConnectRequest(certificate_request=self._certificates.popleft())
         if self._acks:
             return agent_pb2.ConnectRequest(ack=self._acks.popleft())
         if self._reports:

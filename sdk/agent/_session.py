@@ -60,6 +60,7 @@ from sdk._retry import Backoff
 from sdk._transport import CaFile, ChannelFactory, Sleep, Transport, resolve_servers
 from sdk._types import CheckStatus, HealthStatus, Instance
 from sdk.agent._chunks import UpdateAssembler
+from sdk.agent._identity import TrustBundle, WorkloadCertificate
 from sdk.agent._outbox import AgentOutbox
 from sdk.agent._stream import (
     EOF,
@@ -139,6 +140,7 @@ class AgentSession:
         sync_interval: float = 30.0,
         applied_version: int = 0,
         on_state: StateCallback | None = None,
+        on_trust_bundle: Callable[[TrustBundle], None] | None = None,
         ca_file: CaFile | None = None,
         channel_factory: ChannelFactory | None = None,
         initial_backoff: float = 0.1,
@@ -164,6 +166,10 @@ class AgentSession:
         self._instances = instances
         self._on_update = on_update
         self._on_state = on_state
+        self._on_trust_bundle = on_trust_bundle
+        self._trust_bundle: TrustBundle | None = None
+        self._certificate_requests: dict[str, asyncio.Future[WorkloadCertificate]] = {}
+        self._request_ids = 0
         self._subscriptions = tuple(subscriptions)
         self._token = token
         # The wire carries whole seconds: round up, so the hold is never shorter.
@@ -223,6 +229,71 @@ class AgentSession:
         """How the last Welcome said to reach the message bus (None before the
         first Welcome); see :class:`BusAccess`."""
         return self._bus
+
+    @property
+    def trust_bundle(self) -> TrustBundle | None:
+        """The roots the control plane last sent (None: none yet, or it has no CA)."""
+        return self._trust_bundle
+
+    async def request_certificate(
+        self,
+        csr_pem: bytes,
+        *,
+        service: str = "",
+        namespace: str = "",
+        node: bool = False,
+        timeout: float = 10.0,
+    ) -> WorkloadCertificate:
+        """Sends a CSR (PEM) for a service this node registers (or, with
+        ``node``, for the node itself) and returns the signed certificate.
+
+        Raises PermissionDeniedError when the control plane refuses (the reason
+        in the message), UnavailableError when not connected or the stream
+        ends first, TimeoutError after ``timeout`` seconds.
+        """
+        if not self.connected:
+            raise UnavailableError("the agent session is not connected")
+        self._request_ids += 1
+        request_id = f"cert-{self._request_ids}"
+        future: asyncio.Future[WorkloadCertificate] = asyncio.get_running_loop().create_future()
+        self._certificate_requests[request_id] = future
+        self._outbox.certificate(
+            agent_pb2.CertificateRequest(
+                request_id=request_id,
+                csr_pem=csr_pem,
+                namespace=namespace,
+                service=service,
+                node=node,
+            )
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        finally:
+            self._certificate_requests.pop(request_id, None)
+
+    def _handle_identity(self, message: agent_pb2.ConnectResponse) -> None:
+        if message.WhichOneof("message") == "trust_bundle":
+            self._trust_bundle = TrustBundle.from_proto(message.trust_bundle)
+            if self._on_trust_bundle is not None:
+                try:
+                    self._on_trust_bundle(self._trust_bundle)
+                except Exception:
+                    logger.exception("trust bundle callback failed")
+            return
+        answer = message.certificate
+        future = self._certificate_requests.get(answer.request_id)
+        if future is None or future.done():
+            return
+        if answer.error:
+            future.set_exception(PermissionDeniedError(answer.error, code="PERMISSION_DENIED"))
+        else:
+            future.set_result(WorkloadCertificate.from_proto(answer))
+
+    def _fail_certificate_requests(self, reason: str) -> None:
+        for future in self._certificate_requests.values():
+            if not future.done():
+                future.set_exception(UnavailableError(f"the agent stream ended: {reason}"))
 
     @property
     def applied_version(self) -> int:
@@ -404,6 +475,7 @@ class AgentSession:
                 welcomed = self.connected
             self._set_state(AgentState.DISCONNECTED)
             self._last_error = reason
+            self._fail_certificate_requests(reason)
             # A stream that failed right after its Welcome does not count as a
             # success: the backoff grows, so a failure that repeats on every
             # stream cannot make a reconnect loop.
@@ -484,6 +556,7 @@ class AgentSession:
                 on_sync_written=self._count_sync,
                 build_sync=self._build_sync,
                 build_subscribe=self._build_subscribe,
+                on_identity=self._handle_identity,
                 sync_interval=lambda: self.sync_interval,
                 rng=self._rng,
                 sleep=self._sleep,

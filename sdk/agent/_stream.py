@@ -99,8 +99,11 @@ class AgentStream:
         sleep: Sleep,
         liveness: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        on_identity: Callable[[agent_pb2.ConnectResponse], None] | None = None,
     ) -> None:
         self._call = call
+        # Certificates and trust bundles (see sdk.agent._identity).
+        self._on_identity = on_identity
         self._address = address
         self._outbox = outbox
         self._on_update = on_update
@@ -135,6 +138,9 @@ class AgentStream:
                 self._on_update(message.update)
             elif kind == "sync_result":
                 self._on_sync_result(message.sync_result)
+            elif kind in ("certificate", "trust_bundle"):
+                if self._on_identity is not None:
+                    self._on_identity(message)
             else:
                 raise StreamEnded(f"unexpected {kind or 'empty message'} on the agent stream")
 

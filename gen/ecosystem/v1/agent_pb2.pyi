@@ -51,20 +51,36 @@ class ServiceRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "sync", "health", "subscribe", "ack", "ping")
+    __slots__ = ("hello", "sync", "health", "subscribe", "ack", "ping", "certificate_request")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SYNC_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_REQUEST_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     sync: SyncInstances
     health: HealthReport
     subscribe: Subscribe
     ack: Ack
     ping: Ping
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., sync: _Optional[_Union[SyncInstances, _Mapping]] = ..., health: _Optional[_Union[HealthReport, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
+    certificate_request: CertificateRequest
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., sync: _Optional[_Union[SyncInstances, _Mapping]] = ..., health: _Optional[_Union[HealthReport, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., certificate_request: _Optional[_Union[CertificateRequest, _Mapping]] = ...) -> None: ...
+
+class CertificateRequest(_message.Message):
+    __slots__ = ("request_id", "csr_pem", "namespace", "service", "node")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    csr_pem: bytes
+    namespace: str
+    service: str
+    node: bool
+    def __init__(self, request_id: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., node: _Optional[bool] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("nonce",)
@@ -135,16 +151,44 @@ class Ack(_message.Message):
     def __init__(self, version: _Optional[int] = ..., nonce: _Optional[str] = ..., rejected: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "update", "sync_result", "pong")
+    __slots__ = ("welcome", "update", "sync_result", "pong", "certificate", "trust_bundle")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     SYNC_RESULT_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     update: EndpointUpdate
     sync_result: SyncResult
     pong: Pong
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., update: _Optional[_Union[EndpointUpdate, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...
+    certificate: CertificateIssued
+    trust_bundle: TrustBundle
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., update: _Optional[_Union[EndpointUpdate, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., certificate: _Optional[_Union[CertificateIssued, _Mapping]] = ..., trust_bundle: _Optional[_Union[TrustBundle, _Mapping]] = ...) -> None: ...
+
+class CertificateIssued(_message.Message):
+    __slots__ = ("request_id", "cert_pem", "spiffe_id", "expires_at_ms", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    cert_pem: bytes
+    spiffe_id: str
+    expires_at_ms: int
+    error: str
+    def __init__(self, request_id: _Optional[str] = ..., cert_pem: _Optional[bytes] = ..., spiffe_id: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class TrustBundle(_message.Message):
+    __slots__ = ("trust_domain", "roots_pem", "version")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    ROOTS_PEM_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    roots_pem: _containers.RepeatedScalarFieldContainer[bytes]
+    version: int
+    def __init__(self, trust_domain: _Optional[str] = ..., roots_pem: _Optional[_Iterable[bytes]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "replica", "grace_seconds", "sync_interval_seconds", "resumed", "bus")

@@ -48,6 +48,7 @@ PUBLIC = [
     "DEFAULT_SERVER",
     "SERVER_ENV",
     "CA_FILE_ENV",
+    "TOKEN_ENV",
     "tls_channel_factory",
     "AlreadyExistsError",
     "AsyncClient",
@@ -86,6 +87,9 @@ PUBLIC = [
     "WatchEventType",
     "WatchIterator",
     "resolve_servers",
+    # Workload certificates over the agent session.
+    "TrustBundle",
+    "WorkloadCertificate",
 ]
 
 SDK_DIR = Path(sdk.__file__).parent
