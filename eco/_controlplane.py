@@ -53,6 +53,8 @@ _OPTION_OF_FIELD = {
     "tls_ca": "--tls-ca",
     "tls_ca_key": "--tls-ca-key",
     "tls_names": "--tls-name",
+    "acl": "--acl",
+    "audit_log": "--audit-log",
     "trust_domain": "--trust-domain",
     "workload_cert_ttl": "--workload-cert-ttl",
 }
@@ -254,6 +256,20 @@ def _listen_options(f: Any) -> Any:
     help="Lifetime of the workload certificates signed for sidecars (renewed at 2/3).",
 )
 @click.option(
+    "--acl",
+    type=click.Choice(["allow", "deny"]),
+    default=None,
+    help="Calls without a token: 'deny' refuses them (run this in production), 'allow' lets "
+    "them do anything. Default: allow when every listener is on loopback, else deny. "
+    "'eco acl bootstrap' creates the first token (docs/security.md, ACLs).",
+)
+@click.option(
+    "--audit-log",
+    default="",
+    metavar="FILE",
+    help="Append one JSON line per write and per refused call to FILE (rotate by renaming it).",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="Serve plaintext on an address other hosts can reach (refused without it).",
@@ -287,6 +303,8 @@ def controlplane_command(
     trust_domain: str,
     workload_cert_ttl: float,
     insecure: bool,
+    acl: str | None,
+    audit_log: str,
 ) -> None:
     """Run the control plane until SIGTERM or Ctrl-C (twice: at once).
 
@@ -296,6 +314,7 @@ def controlplane_command(
 
     Off loopback it serves TLS (--tls-cert/--tls-key, or --tls-ca/--tls-ca-key to
     issue its own certificate; docs/security.md), or plaintext with --insecure.
+    Every call needs an ACL token under --acl deny (the default off loopback).
 
     Several replicas may share one etcd store (docs/controlplane.md, "Several
     replicas"): one of them, elected, runs the work that must run once, and a
@@ -339,6 +358,8 @@ def controlplane_command(
         trust_domain=trust_domain,
         workload_cert_ttl=workload_cert_ttl,
         insecure=insecure,
+        acl=acl,
+        audit_log=audit_log,
     )
     configure_logging(settings.verbose, base=logging.INFO)
     raise_open_files_limit()
