@@ -86,6 +86,7 @@ PUBLIC = frozenset(
     {
         "/grpc.health.v1.Health/Check",
         "/grpc.health.v1.Health/Watch",
+        "/grpc.health.v1.Health/List",
         _C + "Bootstrap",
         # The root certificates are public by nature.
         _CA + "GetTrustBundle",
@@ -145,6 +146,7 @@ TABLE: dict[str, Entry] = {
     # Health and reflection.
     "/grpc.health.v1.Health/Check": Entry(_none),
     "/grpc.health.v1.Health/Watch": Entry(_none),
+    "/grpc.health.v1.Health/List": Entry(_none),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Entry(
         lambda r: [Need("operator", "reflection", "read")]
     ),

@@ -1,0 +1,451 @@
+"""ACLs on every RPC, against a real control plane with ``--acl deny``.
+
+One table-driven test per RPC: no token and a token nobody issued are
+UNAUTHENTICATED, a token with a related but insufficient rule is
+PERMISSION_DENIED naming the missing right, and a token with the right rule
+gets past the check (the call may still fail for its own reasons, e.g. a
+lease that does not exist). A test pins that every RPC the control plane
+serves is in that table, so a new RPC without a rule fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from ecosystem.v1 import acl_pb2, acl_pb2_grpc
+from ecosystem.v1 import agent_pb2 as apb
+from ecosystem.v1 import registry_pb2 as pb
+from google.protobuf import descriptor_pool, message_factory
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import sdk
+from controlplane import ControlPlane, ControlPlaneConfig
+from controlplane.acl import PUBLIC, TABLE
+from tests.util import assert_eventually
+
+POOL = descriptor_pool.Default()
+TIMEOUT = 5.0
+
+
+@dataclass
+class Acl:
+    plane: ControlPlane
+    channel: grpc.aio.Channel
+    management: str
+    audit: Path
+
+    def md(self, secret: str | None) -> tuple[tuple[str, str], ...] | None:
+        return (("authorization", f"Bearer {secret}"),) if secret else None
+
+    async def token(self, *rules: str) -> str:
+        """A new token with one new policy of ``rules``; returns its secret."""
+        stub = acl_pb2_grpc.AclServiceStub(self.channel)
+        name = f"p-{uuid.uuid4().hex[:8]}"
+        parsed = [
+            acl_pb2.AclRule(
+                **dict(zip(("resource", "pattern", "access"), r.split(":"), strict=True))
+            )
+            for r in rules
+        ]
+        await stub.CreatePolicy(
+            acl_pb2.CreatePolicyRequest(policy=acl_pb2.AclPolicy(name=name, rules=parsed)),
+            metadata=self.md(self.management),
+        )
+        response = await stub.CreateToken(
+            acl_pb2.CreateTokenRequest(policies=[name], description=f"test {name}"),
+            metadata=self.md(self.management),
+        )
+        return response.secret
+
+
+@pytest.fixture
+async def acl(tmp_path: Path) -> AsyncIterator[Acl]:
+    config = ControlPlaneConfig(
+        listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
+        store_url="memory://",
+        grace=0.5,
+        drain_delay=0,
+        acl="deny",
+        audit_log=str(tmp_path / "audit.log"),
+    )
+    async with ControlPlane(config) as cp, grpc.aio.insecure_channel(cp.address) as channel:
+        boot = await acl_pb2_grpc.AclServiceStub(channel).Bootstrap(acl_pb2.BootstrapRequest())
+        yield Acl(cp, channel, boot.secret, tmp_path / "audit.log")
+
+
+def request_of(method: str, **fields: Any) -> Any:
+    service, _, name = method.strip("/").rpartition("/")
+    descriptor = POOL.FindServiceByName(service).FindMethodByName(name)
+    return message_factory.GetMessageClass(descriptor.input_type)(**fields)
+
+
+async def invoke(
+    channel: grpc.aio.Channel, method: str, request: Any, metadata: Any
+) -> tuple[grpc.StatusCode, str]:
+    """Makes one call of any shape; the status it ends with (OK once it answers)."""
+    service, _, name = method.strip("/").rpartition("/")
+    descriptor = POOL.FindServiceByName(service).FindMethodByName(name)
+    response = message_factory.GetMessageClass(descriptor.output_type)
+    kwargs = {
+        "request_serializer": type(request).SerializeToString,
+        "response_deserializer": response.FromString,
+    }
+    try:
+        if descriptor.client_streaming:
+            call = channel.stream_stream(method, **kwargs)(metadata=metadata, timeout=TIMEOUT)
+            await call.write(request)
+            answer = await call.read()
+            call.cancel()
+            if answer is grpc.aio.EOF:
+                return await call.code(), await call.details()
+        elif descriptor.server_streaming:
+            call = channel.unary_stream(method, **kwargs)(
+                request, metadata=metadata, timeout=TIMEOUT
+            )
+            answer = await call.read()
+            call.cancel()
+            if answer is grpc.aio.EOF:
+                return await call.code(), await call.details()
+        else:
+            await channel.unary_unary(method, **kwargs)(request, metadata=metadata, timeout=TIMEOUT)
+    except grpc.aio.AioRpcError as err:
+        return err.code(), err.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+@dataclass(frozen=True)
+class Case:
+    """A request, the rule that allows it and a related rule that does not."""
+
+    fields: Callable[[], dict[str, Any]]
+    right: str | None  # None: public
+    wrong: str = ""
+    needs: str = ""  # what the refusal names (default: ``right``)
+
+
+R, A, M, C = (
+    "/ecosystem.v1.RegistryService/",
+    "/ecosystem.v1.AgentService/",
+    "/ecosystem.v1.MessagingService/",
+    "/ecosystem.v1.AclService/",
+)
+
+
+def _instance() -> dict[str, Any]:
+    return {"instance": pb.Instance(id="i1", service="web", address="10.0.0.1", port=80)}
+
+
+CASES: dict[str, Case] = {
+    R + "RegisterInstance": Case(_instance, "service:web:write", "service:web:read"),
+    R + "DeregisterInstance": Case(
+        lambda: {"service": "web", "id": "i1"}, "service:web:write", "service:db:write"
+    ),
+    R + "KeepAlive": Case(
+        lambda: {"lease_id": 1}, "service:web:write", "service:*:read", "service:*:write"
+    ),
+    R + "RevokeLease": Case(
+        lambda: {"lease_id": 1}, "service:web:write", "service:*:read", "service:*:write"
+    ),
+    R + "GetService": Case(lambda: {"name": "web"}, "service:web:read", "service:db:read"),
+    R + "ListServices": Case(dict, "service:web:read", "node:*:read", "service:*:read"),
+    R + "ListInstances": Case(
+        lambda: {"selector": pb.InstanceSelector(service="web")},
+        "service:web:read",
+        "service:db:write",
+    ),
+    R + "Watch": Case(
+        lambda: {"selector": pb.InstanceSelector(service="web")},
+        "service:web:read",
+        "service:db:read",
+    ),
+    A + "Connect": Case(
+        lambda: {"hello": apb.Hello(node=apb.Node(id="n1"))},
+        "node:n1:write",
+        "node:n2:write",
+        "node:n1:write",
+    ),
+    A + "ListNodes": Case(dict, "node:n1:read", "service:*:read", "node:*:read"),
+    A + "WaitForRevision": Case(
+        lambda: {"revision": 1, "timeout_ms": 100},
+        "service:web:read",
+        "node:*:read",
+        "service:*:read",
+    ),
+    M + "Publish": Case(
+        lambda: {"subject": "orders.created"},
+        "bus:orders.*:publish",
+        "bus:orders.*:subscribe",
+        "bus:orders.created:publish",
+    ),
+    M + "PublishBatch": Case(
+        lambda: {"messages": [request_of(M + "Publish", subject="orders.created")]},
+        "bus:orders.*:publish",
+        "bus:orders.*:subscribe",
+        "bus:orders.created:publish",
+    ),
+    M + "Subscribe": Case(
+        lambda: {"subject": "orders.>"},
+        "bus:orders.*:subscribe",
+        "bus:orders.*:publish",
+        "bus:orders.>:subscribe",
+    ),
+    M + "Ack": Case(
+        lambda: {"items": [{"ack_id": "x"}]},
+        "bus:orders.*:subscribe",
+        "bus:orders.*:publish",
+        "bus:*:subscribe",
+    ),
+    M + "Request": Case(
+        lambda: {"subject": "orders.q", "timeout_ms": 100},
+        "bus:orders.*:publish",
+        "bus:orders.*:subscribe",
+        "bus:orders.q:publish",
+    ),
+    M + "AddStream": Case(
+        lambda: {"config": {"name": "ORDERS", "subjects": ["orders.>"]}},
+        "bus:orders.*:write",
+        "bus:orders.*:publish",
+        "bus:orders.>:write",
+    ),
+    M + "ListStreams": Case(dict, "bus:orders.*:read", "service:*:read", "bus:*:read"),
+    M + "DeleteStream": Case(lambda: {"name": "ORDERS"}, "bus:*:write", "bus:orders.*:write"),
+    C + "Bootstrap": Case(dict, None),
+    C + "CreatePolicy": Case(
+        lambda: {
+            "policy": acl_pb2.AclPolicy(
+                name=f"x-{uuid.uuid4().hex[:6]}",
+                rules=[acl_pb2.AclRule(resource="service", pattern="a", access="read")],
+            )
+        },
+        "acl:policy:write",
+        "acl:policy:read",
+    ),
+    C + "ListPolicies": Case(dict, "acl:policy:read", "acl:token:read"),
+    C + "GetPolicy": Case(
+        lambda: {"name": "global-management"}, "acl:policy:read", "acl:token:write"
+    ),
+    C + "DeletePolicy": Case(lambda: {"name": "nope"}, "acl:policy:write", "acl:policy:read"),
+    C + "CreateToken": Case(
+        lambda: {"policies": ["global-management"]}, "acl:token:write", "acl:policy:write"
+    ),
+    C + "ListTokens": Case(dict, "acl:token:read", "acl:policy:read"),
+    C + "DeleteToken": Case(lambda: {"accessor_id": "nope"}, "acl:token:write", "acl:token:read"),
+    "/ecosystem.v1.CAService/GetTrustBundle": Case(dict, None),
+    "/ecosystem.v1.CAService/RotateRoot": Case(dict, "operator:ca:write", "operator:ca:read"),
+    "/grpc.health.v1.Health/Check": Case(dict, None),
+    "/grpc.health.v1.Health/Watch": Case(dict, None),
+    "/grpc.health.v1.Health/List": Case(dict, None),
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Case(
+        lambda: {"list_services": ""}, "operator:reflection:read", "operator:metrics:read"
+    ),
+}
+AUTH = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+async def served_methods(acl: Acl) -> set[str]:
+    """Every RPC the control plane serves, as its reflection lists them."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(acl.channel)
+    call = stub.ServerReflectionInfo(metadata=acl.md(acl.management))
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    answer = await call.read()
+    call.cancel()
+    methods = set()
+    for service in answer.list_services_response.service:
+        for method in POOL.FindServiceByName(service.name).methods:
+            methods.add(f"/{service.name}/{method.name}")
+    return methods
+
+
+async def test_every_rpc_the_control_plane_serves_has_a_rule_and_a_case(acl: Acl) -> None:
+    served = await served_methods(acl)
+    assert "/ecosystem.v1.RegistryService/RegisterInstance" in served
+    assert served - set(TABLE) == set(), "RPCs without an access rule in controlplane.acl._table"
+    assert served - set(CASES) == set(), "RPCs without a case in this test"
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+async def test_rpc(acl: Acl, method: str) -> None:
+    case = CASES[method]
+    try:
+        POOL.FindServiceByName(method.strip("/").rpartition("/")[0])
+    except KeyError:
+        pytest.fail(f"{method}: its service is not in the generated code")
+    if method not in await served_methods(acl):
+        return  # a service this build does not serve (its case stays for when it does)
+    request = request_of(method, **case.fields())
+    if case.right is None:
+        for metadata in (None, acl.md("not-a-token")):
+            code, _ = await invoke(acl.channel, method, request, metadata)
+            if metadata is None:
+                assert code not in AUTH, f"{method} is public"
+        assert method in PUBLIC
+        return
+    code, details = await invoke(acl.channel, method, request, None)
+    assert code is grpc.StatusCode.UNAUTHENTICATED, (code, details)
+    assert "requires a token" in details
+    code, details = await invoke(acl.channel, method, request, acl.md("not-a-token"))
+    assert (code, details) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "the token is not valid (unknown or deleted)",
+    )
+    narrow = await acl.token(case.wrong)
+    code, details = await invoke(acl.channel, method, request, acl.md(narrow))
+    assert code is grpc.StatusCode.PERMISSION_DENIED, (code, details)
+    assert f"the token lacks {case.needs or case.right}" in details
+    right = await acl.token(case.right)
+    code, details = await invoke(acl.channel, method, request, acl.md(right))
+    assert code not in AUTH, (code, details)
+
+
+async def test_a_watch_and_lists_show_only_what_the_token_may_read(acl: Acl) -> None:
+    async with sdk.AsyncClient(acl.plane.address, token=acl.management) as admin:
+        await admin.register("web", "10.0.0.1", 80)
+        await admin.register("db", "10.0.0.2", 5432)
+    reader = await acl.token("service:web:read")
+    async with sdk.AsyncClient(acl.plane.address, token=reader) as client:
+        services = await client.list_services()
+        assert [s.name for s in services.services] == ["web"]
+        assert {i.service for i in (await client.list_instances()).instances} == {"web"}
+        watch = client.watch()
+        seen = []
+        async for event in watch:
+            if event.type is sdk.WatchEventType.SNAPSHOT_END:
+                break
+            if event.instance is not None:
+                seen.append(event.instance.service)
+        assert seen == ["web"]
+        async with sdk.AsyncClient(acl.plane.address, token=acl.management) as admin:
+            await admin.register("db", "10.0.0.3", 5432)
+            await admin.register("web", "10.0.0.4", 80)
+        event = await anext(watch)
+        while event.type is sdk.WatchEventType.PROGRESS:  # what db's event became
+            event = await anext(watch)
+        assert event.instance is not None and event.instance.address == "10.0.0.4"
+        await watch.aclose()
+        with pytest.raises(sdk.PermissionDeniedError, match="service:db:read"):
+            await client.get_service("db")
+
+
+async def test_a_sidecar_token_registers_on_its_own_node_only(acl: Acl) -> None:
+    secret = await acl.token("node:edge-*:write", "service:web:write")
+    from ecosystem.v1 import agent_pb2_grpc
+
+    async def session(*messages: apb.ConnectRequest) -> tuple[grpc.StatusCode, str]:
+        call = agent_pb2_grpc.AgentServiceStub(acl.channel).Connect(
+            metadata=acl.md(secret), timeout=TIMEOUT
+        )
+        await call.write(messages[0])
+        welcome = await call.read()
+        assert welcome is not grpc.aio.EOF and welcome.HasField("welcome")
+        for message in messages[1:]:
+            await call.write(message)
+        try:
+            while True:
+                answer = await asyncio.wait_for(call.read(), 0.5)
+                if answer is grpc.aio.EOF:
+                    return await call.code(), await call.details()
+        except grpc.aio.AioRpcError as err:
+            return err.code(), err.details() or ""
+        except TimeoutError:
+            call.cancel()
+            return grpc.StatusCode.OK, ""
+
+    def hello(node: str) -> apb.ConnectRequest:
+        return apb.ConnectRequest(hello=apb.Hello(node=apb.Node(id=node)))
+
+    def sync(service: str, node: str) -> apb.ConnectRequest:
+        instance = pb.Instance(
+            id=f"{service}-1", service=service, node=node, address="10.0.0.9", port=80
+        )
+        return apb.ConnectRequest(sync=apb.SyncInstances(instances=[instance]))
+
+    assert await session(hello("edge-1"), sync("web", "edge-1")) == (grpc.StatusCode.OK, "")
+    async with sdk.AsyncClient(acl.plane.address, token=acl.management) as admin:
+        await assert_eventually(lambda: _has(admin, "web"))
+    code, details = await session(hello("edge-2"), sync("web", "edge-9"))
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert "a sidecar registers instances on its own node ('edge-2') only" in details
+    code, details = await session(hello("edge-3"), sync("db", "edge-3"))
+    assert (code, details[:34]) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "the token lacks service:db:write: ",
+    )
+    # Another node's hello with this token.
+    call = agent_pb2_grpc.AgentServiceStub(acl.channel).Connect(
+        metadata=acl.md(secret), timeout=TIMEOUT
+    )
+    await call.write(hello("core-1"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call.read()
+    assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "node:core-1:write" in (err.value.details() or "")
+
+
+async def _has(client: sdk.AsyncClient, service: str) -> None:
+    assert [i.service for i in (await client.list_instances(service=service)).instances] == [
+        service
+    ]
+
+
+async def test_only_the_control_plane_publishes_registry_events(acl: Acl) -> None:
+    async with sdk.BusClient(acl.plane.address, token=acl.management) as bus:
+        with pytest.raises(sdk.PermissionDeniedError, match="only the control plane publishes"):
+            await bus.publish("eco.events.default.web", b"{}")
+        await bus.publish("orders.created", b"{}")
+
+
+async def test_a_deleted_token_is_refused(acl: Acl) -> None:
+    secret = await acl.token("service:*:read")
+    async with sdk.AsyncClient(acl.plane.address, token=secret) as client:
+        await client.list_services()
+        tokens = await acl_pb2_grpc.AclServiceStub(acl.channel).ListTokens(
+            acl_pb2.ListTokensRequest(), metadata=acl.md(acl.management)
+        )
+        mine = [t.accessor_id for t in tokens.tokens if t.policies != ["global-management"]]
+        for accessor in mine:
+            await acl_pb2_grpc.AclServiceStub(acl.channel).DeleteToken(
+                acl_pb2.DeleteTokenRequest(accessor_id=accessor), metadata=acl.md(acl.management)
+            )
+
+        async def refused() -> None:
+            with pytest.raises(sdk.UnauthenticatedError):
+                await client.list_services()
+
+        await assert_eventually(refused, timeout=3)
+
+
+async def test_audit_log_and_no_secret_anywhere(acl: Acl, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = await acl.token("service:web:write")
+    async with sdk.AsyncClient(acl.plane.address, token=secret) as client:
+        await client.register("web", "10.0.0.1", 80)
+        with pytest.raises(sdk.PermissionDeniedError):
+            await client.register("db", "10.0.0.1", 80)
+    lines = [json.loads(line) for line in acl.audit.read_text().splitlines()]
+    assert {"time", "identity", "rpc", "resource", "allowed"} <= set(lines[-1])
+    written = [line for line in lines if line["rpc"].endswith("RegisterInstance")]
+    assert [(line["resource"], line["allowed"]) for line in written] == [
+        ("service:web:write", True),
+        ("service:db:write", False),
+    ]
+    assert written[0]["identity"].split(" ", 1)[1].startswith("(test p-")  # accessor (description)
+    assert any(line["rpc"].endswith("CreateToken") and line["allowed"] for line in lines)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://{acl.plane.admin_address}/metrics") as resp,
+    ):
+        metrics = await resp.text()
+    for text in (acl.audit.read_text(), caplog.text, metrics):
+        assert secret not in text
+        assert acl.management not in text
