@@ -38,7 +38,8 @@ deregister_critical_after: 2s
 class SidecarProcess:
     """One `eco sidecar` with its own config file and data dir. ``controlplane`` is
     one address or several (every replica); ``body`` is the rest of its YAML;
-    ``ca_file``: the CA it trusts when the control plane serves TLS."""
+    ``ca_file``: the CA it trusts when the control plane serves TLS;
+    ``token_file``: the file holding its ACL token."""
 
     def __init__(
         self,
@@ -48,8 +49,10 @@ class SidecarProcess:
         controlplane: str | Sequence[str],
         timing: str = TIMING,
         ca_file: Path | None = None,
+        token_file: Path | None = None,
     ) -> None:
         self.name = name
+        self.token_file = token_file
         self.addresses = [controlplane] if isinstance(controlplane, str) else list(controlplane)
         self.ca_file = ca_file
         self.body = timing + body
@@ -75,6 +78,7 @@ class SidecarProcess:
             f"node: {{id: {self.name}, zone: z1, region: r1}}\n"
             f"controlplane: {{addresses: {json.dumps(self.addresses)}"
             + (f", ca_file: {json.dumps(str(self.ca_file))}" if self.ca_file else "")
+            + (f", token_file: {json.dumps(str(self.token_file))}" if self.token_file else "")
             + "}\n"
             f"data_dir: {self.data_dir}\n"
             f'local_api: "{self._local_api or "127.0.0.1:0"}"\n'
