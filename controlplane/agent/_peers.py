@@ -7,8 +7,10 @@ revision R reached every sidecar?") and ``ListNodes`` ask the other live
 replicas (their addresses come from their `LoadSpreader` entries) for their own
 sidecars, and combine the answers with their own. Those calls carry the
 metadata `SCOPE`, which makes a replica answer for itself only, so they never
-fan out again. A replica that does not answer is left out: its sidecars are
-reconnecting elsewhere, or it is gone with them.
+fan out again. They also carry the caller's ``authorization`` (its ACL token),
+so a peer answers exactly what the caller may see. A replica that does not
+answer is left out: its sidecars are reconnecting elsewhere, or it is gone
+with them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import grpc
 from ecosystem.v1 import agent_pb2_grpc
 
-__all__ = ["SCOPE", "answers_for_itself", "ask_peers"]
+__all__ = ["SCOPE", "answers_for_itself", "ask_peers", "caller_token"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,15 @@ def answers_for_itself(context: Any) -> bool:
     return any((key, value) == SCOPE for key, value in context.invocation_metadata() or ())
 
 
+def caller_token(context: Any) -> tuple[tuple[str, str], ...]:
+    """The caller's ``authorization`` metadata, to pass on to the peers."""
+    return tuple(
+        (key, value)
+        for key, value in context.invocation_metadata() or ()
+        if key == "authorization" and isinstance(value, str)
+    )
+
+
 async def ask_peers(
     addresses: Iterable[str],
     method: str,
@@ -41,6 +52,7 @@ async def ask_peers(
     *,
     timeout: float,
     credentials: grpc.ChannelCredentials | None = None,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> list[Any]:
     """Calls the AgentService ``method`` on every address at once, scoped to each
     replica's own sidecars; returns the answers of those that answered in time.
@@ -55,7 +67,9 @@ async def ask_peers(
         try:
             async with channel(address) as channel_:
                 stub = agent_pb2_grpc.AgentServiceStub(channel_)  # type: ignore[no-untyped-call]
-                return await getattr(stub, method)(request, metadata=(SCOPE,), timeout=timeout)
+                return await getattr(stub, method)(
+                    request, metadata=(SCOPE, *metadata), timeout=timeout
+                )
         except grpc.aio.AioRpcError as exc:
             log.info("replica %s did not answer %s: %s", address, method, exc.code().name)
             return None

@@ -30,7 +30,7 @@ from controlplane.agent._nodes import (
     now_ms,
     record_node,
 )
-from controlplane.agent._peers import answers_for_itself, ask_peers
+from controlplane.agent._peers import answers_for_itself, ask_peers, caller_token
 from controlplane.agent._session import AgentSettings, NodeSession, SessionRunner
 from controlplane.agent._validation import hello_violations, raise_if_any, size_violation
 from controlplane.store import Store
@@ -249,7 +249,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             nodes, token = merge_page([Source(connected)], page.size)
             return agent_pb2.ListNodesResponse(nodes=nodes, next_page_token=token)
         elsewhere = ask_peers(
-            self._peers(), "ListNodes", request, timeout=5.0, credentials=self._peer_credentials
+            self._peers(),
+            "ListNodes",
+            request,
+            timeout=5.0,
+            credentials=self._peer_credentials,
+            metadata=caller_token(context),
         )
         result, answers = await asyncio.gather(self._store.range(NODES_PREFIX), elsewhere)
         stored = []
@@ -297,6 +302,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     request,
                     timeout=timeout + 5.0,
                     credentials=self._peer_credentials,
+                    metadata=caller_token(context),
                 )
             )
         mine = local.result()

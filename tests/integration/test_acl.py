@@ -449,3 +449,51 @@ async def test_audit_log_and_no_secret_anywhere(acl: Acl, caplog: pytest.LogCapt
     for text in (acl.audit.read_text(), caplog.text, metrics):
         assert secret not in text
         assert acl.management not in text
+
+
+async def test_replicas_pass_the_callers_token_on_to_each_other(tmp_path: Path) -> None:
+    """`eco node list` through one replica asks the others with the caller's token:
+    no refusal at the other replica, and its sidecars are counted."""
+    from controlplane.store import open_store
+
+    def config(name: str) -> ControlPlaneConfig:
+        return ControlPlaneConfig(
+            listen="127.0.0.1:0",
+            admin_listen=None,
+            store_url="memory://",
+            grace=0.2,
+            drain_delay=0,
+            acl="deny",
+            replica=name,
+            rebalance_interval=0.1,
+            audit_log=str(tmp_path / f"{name}.log"),
+        )
+
+    store = open_store("memory://")
+    await store.start()
+    try:
+        async with (
+            ControlPlane(config("a"), store=store) as a,
+            ControlPlane(config("b"), store=store) as b,
+        ):
+            async with grpc.aio.insecure_channel(a.address) as channel:
+                boot = await acl_pb2_grpc.AclServiceStub(channel).Bootstrap(
+                    acl_pb2.BootstrapRequest()
+                )
+                helper = Acl(a, channel, boot.secret, tmp_path / "a.log")
+                reader = await helper.token("node:*:read", "service:*:read")
+            assert a.spreader is not None
+            await assert_eventually(lambda: _check(bool(a.spreader and a.spreader.peers)))
+            async with sdk.AsyncClient(a.address, token=reader) as client:
+                await client.list_nodes()
+                wait = await client.wait_for_revision(1, timeout=0.2)
+                assert wait.applied
+            refusals = (tmp_path / "b.log").read_text() if (tmp_path / "b.log").exists() else ""
+            assert "ListNodes" not in refusals and "WaitForRevision" not in refusals, refusals
+            assert b.authorizer is not None
+    finally:
+        await store.close()
+
+
+def _check(condition: bool) -> None:
+    assert condition
