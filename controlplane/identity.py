@@ -71,6 +71,8 @@ DEFAULT_PROPAGATION = 10
 _SKEW_MS = 60_000
 _POLL = 1.0
 _MAX_PROPAGATION = 86_400
+#: The start of a root that will never sign.
+_NEVER = 2**62
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,12 @@ class RootSet:
         for root in self.roots:
             if root.removed_at_ms and root.removed_at_ms <= now_ms:
                 continue
-            if root is old or (root.signs_from_ms > now_ms and not root.removed_at_ms):
-                # The signer, and a root of an earlier rotation that has not
-                # started signing yet (it never will): both leave.
+            if root is old:
                 root = replace(root, removed_at_ms=removal)
+            elif root.signs_from_ms > now_ms and not root.removed_at_ms:
+                # A root of an earlier rotation that has not started signing
+                # yet: it never will, and leaves with the signer.
+                root = replace(root, signs_from_ms=_NEVER, removed_at_ms=removal)
             roots.append(root)
         roots.append(replace(new_root, signs_from_ms=starts))
         return RootSet(self.trust_domain, tuple(roots))

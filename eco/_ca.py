@@ -295,6 +295,9 @@ def _stored_bundle(store_url: str) -> list[bytes]:
     from controlplane.identity import CA_ROOTS_KEY, RootSet
     from controlplane.store import open_store
 
+    if store_url.startswith("sqlite://") and not Path(store_url[len("sqlite://") :]).exists():
+        raise click.ClickException(f"--store {store_url}: no such file")
+
     async def read() -> bytes | None:
         store = open_store(store_url)
         await store.start()
