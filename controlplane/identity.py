@@ -103,13 +103,19 @@ class RootSet:
         return [signer, *rest]
 
     def rotated(
-        self, new_root: StoredRoot, *, now_ms: int, propagation_ms: int, workload_ttl_ms: int
+        self,
+        new_root: StoredRoot,
+        *,
+        now_ms: int,
+        propagation_ms: int,
+        workload_ttl_ms: int,
+        skew_ms: int = _SKEW_MS,
     ) -> RootSet:
         """With ``new_root`` signing from ``now + propagation``, the current signer
         leaving the bundle one workload lifetime (and skew) after that, and roots
         already removed dropped."""
         starts = now_ms + propagation_ms
-        removal = starts + workload_ttl_ms + _SKEW_MS
+        removal = starts + workload_ttl_ms + skew_ms
         old = self.signer(now_ms)
         roots = []
         for root in self.roots:
@@ -195,6 +201,8 @@ class IdentityAuthority:
     _cas: dict[bytes, CertificateAuthority] = field(default_factory=dict)
     _bundle_version: int = 0
     _task: asyncio.Task[None] | None = None
+    #: Added to the workload lifetime before a superseded root leaves the bundle.
+    skew_ms: int = _SKEW_MS
 
     def __post_init__(self) -> None:
         self._bundle_version = self._version(_now_ms())
@@ -261,6 +269,7 @@ class IdentityAuthority:
                 now_ms=now,
                 propagation_ms=propagation_seconds * 1000,
                 workload_ttl_ms=int(self.workload_ttl.total_seconds() * 1000),
+                skew_ms=self.skew_ms,
             )
             result = await store.txn(
                 [Compare(CA_ROOTS_KEY, "mod_revision", "==", current.mod_revision)],
