@@ -6,6 +6,7 @@ CA, a rogue CA, or nothing at all; and the refusal to serve plaintext off loopba
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 import subprocess
@@ -239,7 +240,12 @@ def test_plaintext_off_loopback_is_refused_and_taken_with_insecure(tmp_path: Pat
     plane.start()
     try:
         assert "serves plaintext on 0.0.0.0:" in plane.log()
-        with sdk.Client(plane.address) as client:
+        # Off loopback the ACLs default to deny: plaintext taken knowingly is still not open.
+        assert "ACLs deny" in plane.log()
+        with sdk.Client(plane.address, token="") as client, pytest.raises(sdk.UnauthenticatedError):
+            client.list_services()
+        boot = run_eco("--server", plane.address, "acl", "bootstrap", "-o", "json")
+        with sdk.Client(plane.address, token=json.loads(boot.stdout)["secret"]) as client:
             assert client.list_services().services == ()
     finally:
         plane.stop()

@@ -162,7 +162,7 @@ def test_admin_off_and_balancer_options() -> None:
               adresses: ["127.0.0.1:7400"]
             """,
             "sidecar.yaml:3: controlplane.adresses: unknown key 'adresses' "
-            "(expected one of: addresses, ca_file, token)",
+            "(expected one of: addresses, ca_file, token, token_file)",
         ),
         (
             """\
@@ -299,3 +299,19 @@ def test_load_config_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(f"{path}:1: admin: '1.2.3.4' is not HOST:PORT")
+
+
+def test_the_token_comes_from_token_or_token_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "node.token"
+    secret_file.write_text("s3cret-value\n")
+    config = parse_config(f"controlplane: {{token_file: {secret_file}}}\n")
+    assert config.controlplane.secret == "s3cret-value"
+    assert "s3cret" not in repr(parse_config("controlplane: {token: s3cret}\n"))
+    assert parse_config("controlplane: {token: s3cret}\n").controlplane.secret == "s3cret"
+    with pytest.raises(ConfigError, match="give token or token_file, not both"):
+        parse_config(f"controlplane: {{token: x, token_file: {secret_file}}}\n")
+    (tmp_path / "empty.token").write_text("\n")
+    with pytest.raises(ConfigError, match="the file is empty"):
+        parse_config(f"controlplane: {{token_file: {tmp_path / 'empty.token'}}}\n")
+    with pytest.raises(ConfigError, match="No such file"):
+        parse_config(f"controlplane: {{token_file: {tmp_path / 'missing'}}}\n")
