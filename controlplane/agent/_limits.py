@@ -62,7 +62,8 @@ class AgentLimits:
 
 def message_cost(request: agent_pb2.ConnectRequest, size: int) -> int:
     """Work units one message costs: 1, plus 1 per instance, service or check
-    it carries, plus 1 per KiB. A health report is a store write: 10 more."""
+    it carries, plus 1 per KiB. A health report is a store write, a
+    certificate request a signature to check and one to make: 10 more each."""
     cost = 1 + size // 1024
     kind = request.WhichOneof("message")
     # Counts past a message's limits are not charged: such a message is refused.
@@ -72,6 +73,8 @@ def message_cost(request: agent_pb2.ConnectRequest, size: int) -> int:
         cost += min(len(request.subscribe.services), AGENT_LIMITS.subscriptions)
     elif kind == "health":
         cost += 10 + min(len(request.health.checks), LIMITS.checks)
+    elif kind == "certificate_request":
+        cost += 10  # a signature checked and one made
     return cost
 
 
