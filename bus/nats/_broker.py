@@ -269,6 +269,14 @@ class NatsBroker:
         nc, self._nc = self._nc, None
         if nc is None:
             return
+        # The reader tasks of these subscriptions are nats-py's: close() ends
+        # them only if it gets that far, and with the server gone its final
+        # flush fails first. Unsubscribing ends them (and sends nothing while
+        # the connection is down).
+        internal, self._internal_subs = self._internal_subs, []
+        for sub in internal:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         with contextlib.suppress(Exception):
             if nc.is_connected:
                 for ack_id in self._acks.unsettled():
