@@ -282,6 +282,10 @@ def _call(settings: Settings, server: str, method: str, request: Any = None) -> 
             return getattr(stub, method)(
                 request if request is not None else ca_pb2.GetTrustBundleRequest(),
                 timeout=settings.timeout,
+                # --token / ECO_TOKEN: RotateRoot needs operator:ca:write under --acl deny.
+                metadata=(("authorization", f"Bearer {settings.token}"),)
+                if settings.token
+                else None,
             )
         except grpc.RpcError as err:
             code = err.code()

@@ -35,13 +35,12 @@ def run_eco(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def auto_plane(tmp_path: Path) -> Iterator[tuple[ControlPlaneProcess, Path]]:
+def start_auto_plane(tmp_path: Path, *extra: str) -> tuple[ControlPlaneProcess, Path]:
     """A control plane with --tls-ca auto on SQLite, and its root, taken out of band
     from the store between a first start (which creates the CA) and the second."""
     store = f"sqlite://{tmp_path / 'cp.db'}"
     plane = ControlPlaneProcess(
-        store, tmp_path / "cp.log", ("--tls-ca", "auto", "--workload-cert-ttl", "3")
+        store, tmp_path / "cp.log", ("--tls-ca", "auto", "--workload-cert-ttl", "3", *extra)
     )
     plane.start()
     plane.stop()
@@ -51,8 +50,32 @@ def auto_plane(tmp_path: Path) -> Iterator[tuple[ControlPlaneProcess, Path]]:
     path = tmp_path / "root.pem"
     path.write_text(root.stdout)
     plane.start()
+    return plane, path
+
+
+@pytest.fixture
+def auto_plane(tmp_path: Path) -> Iterator[tuple[ControlPlaneProcess, Path]]:
+    plane, root = start_auto_plane(tmp_path)
     try:
-        yield plane, path
+        yield plane, root
+    finally:
+        plane.stop()
+
+
+def test_rotating_the_root_takes_an_operator_token_under_acl_deny(tmp_path: Path) -> None:
+    plane, root = start_auto_plane(tmp_path, "--acl", "deny")
+    try:
+        tls = ("--ca-file", str(root))
+        # The bundle is public; rotating it is not.
+        assert run_eco(*tls, "ca", "root", "--server", plane.address).returncode == 0
+        refused = run_eco(*tls, "ca", "rotate", "--server", plane.address)
+        assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr, refused.stderr
+        bootstrap = run_eco(*tls, "--server", plane.address, "-o", "json", "acl", "bootstrap")
+        assert bootstrap.returncode == 0, bootstrap.stderr
+        secret = json.loads(bootstrap.stdout)["secret"]
+        rotated = run_eco(*tls, "--token", secret, "ca", "rotate", "--server", plane.address)
+        assert rotated.returncode == 0, rotated.stderr
+        assert "a new root is in the bundle (2 roots)" in rotated.stdout
     finally:
         plane.stop()
 
