@@ -148,6 +148,7 @@ class Sidecar:
         self._stopped = asyncio.Event()
         self.metrics.watch(self._metrics_snapshot)
         self.metrics.watch_proxy(lambda: self.dataplane.listeners)
+        self.metrics.watch_identity(self.identity.expiries)
 
     # -- what others read ----------------------------------------------------------
 

@@ -193,6 +193,14 @@ class SidecarIdentity:
             "certificates": certificates,
         }
 
+    def expiries(self) -> tuple[list[tuple[str, float]], int]:
+        """For metrics: (identity, expiry) of each certificate held, and renewals."""
+        held = [
+            ("node" if key == _NODE else f"{key[0]}/{key[1]}", cert.expires_at)
+            for key, cert in sorted(self._certificates.items())
+        ]
+        return held, self.renewals
+
     # -- the loop ---------------------------------------------------------------------
 
     async def _run(self) -> None:

@@ -157,6 +157,27 @@ class _ProxyCollector:
         yield from (connections, circuit, received, sent, latency)
 
 
+class _IdentityCollector:
+    """The workload certificates: each one's expiry, and renewals so far."""
+
+    def __init__(self, read: Callable[[], tuple[Sequence[tuple[str, float]], int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        certificates, renewals = self._read()
+        expiry = GaugeMetricFamily(
+            "eco_sidecar_certificate_expiry_timestamp_seconds",
+            "When each workload certificate expires (Unix time), by identity",
+            labels=["identity"],
+        )
+        for identity, expires_at in certificates:
+            expiry.add_metric([identity], expires_at)
+        yield expiry
+        yield _counter(
+            "eco_sidecar_certificate_renewals", "Workload certificates renewed", renewals
+        )
+
+
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=float(value))
 
@@ -212,6 +233,11 @@ class SidecarMetrics:
     def watch_proxy(self, read: Callable[[], Sequence[Listener]]) -> None:
         """Reports the proxy listeners' counters, read at every scrape."""
         self.registry.register(_ProxyCollector(read))
+
+    def watch_identity(self, read: Callable[[], tuple[Sequence[tuple[str, float]], int]]) -> None:
+        """Reports the workload certificates ((identity, expiry) pairs, and the
+        renewals so far), read at every scrape."""
+        self.registry.register(_IdentityCollector(read))
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

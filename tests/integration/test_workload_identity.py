@@ -121,6 +121,10 @@ async def test_a_sidecar_gets_certificates_for_its_service_and_node(
         listed = {c["identity"]: c for c in status["certificates"]}
         assert listed["default/web"]["spiffe_id"] == web.spiffe_id
         assert listed["default/web"]["expires_at"] and listed["node"]["spiffe_id"]
+        prefix = 'eco_sidecar_certificate_expiry_timestamp_seconds{identity="default/web"} '
+        lines = sidecar.metrics.render().decode().splitlines()
+        (expiry,) = [float(line[len(prefix) :]) for line in lines if line.startswith(prefix)]
+        assert expiry == web.expires_at
 
 
 async def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> bytes:
