@@ -91,7 +91,13 @@ class Authorizer:
             return False
         rules = identity.rules
         if need.anywhere:
-            return grants_somewhere(rules, need.resource, need.access) or self.default_allow
+            return (
+                grants_somewhere(rules, need.resource, need.access)
+                or (
+                    need.resource == "service" and grants_somewhere(rules, "namespace", need.access)
+                )
+                or self.default_allow
+            )
         verdict = decide(rules, need.resource, need.name, need.access)
         if verdict is None and need.namespace:
             verdict = decide(rules, "namespace", need.namespace, need.access)

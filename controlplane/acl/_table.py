@@ -60,10 +60,10 @@ def _any(resource: str, access: str) -> Need:
 
 
 def _selector_read(selector: Any) -> list[Need]:
+    """One service: read on it. More (a namespace, everything): read on some
+    service, and the answer is filtered to what the token may read."""
     if selector.service:
         return [_service(selector.service, selector.namespace, "read")]
-    if selector.namespace:
-        return [Need("namespace", selector.namespace, "read")]
     return [_any("service", "read")]
 
 
@@ -105,12 +105,7 @@ TABLE: dict[str, Entry] = {
     _R + "KeepAlive": Entry(lambda r: [_any("service", "write")]),
     _R + "RevokeLease": Entry(lambda r: [_any("service", "write")], write=True),
     _R + "GetService": Entry(lambda r: [_service(r.name, r.namespace, "read")]),
-    _R + "ListServices": Entry(
-        lambda r: (
-            [Need("namespace", r.namespace, "read")] if r.namespace else [_any("service", "read")]
-        ),
-        filtered=True,
-    ),
+    _R + "ListServices": Entry(lambda r: [_any("service", "read")], filtered=True),
     _R + "ListInstances": Entry(lambda r: _selector_read(r.selector), filtered=True),
     _R + "Watch": Entry(lambda r: _selector_read(r.selector), filtered=True),
     # Agent. Connect is checked per message (message_needs).

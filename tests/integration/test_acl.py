@@ -497,3 +497,18 @@ async def test_replicas_pass_the_callers_token_on_to_each_other(tmp_path: Path) 
 
 def _check(condition: bool) -> None:
     assert condition
+
+
+async def test_a_namespace_token_lists_its_namespace(acl: Acl) -> None:
+    async with sdk.AsyncClient(acl.plane.address, token=acl.management) as admin:
+        await admin.register("web", "10.0.0.1", 80, namespace="team-a")
+        await admin.register("db", "10.0.0.2", 5432, namespace="team-a")
+        await admin.register("web", "10.0.0.3", 80)
+    team = await acl.token("namespace:team-a:read", "service:db:deny")
+    async with sdk.AsyncClient(acl.plane.address, token=team) as client:
+        services = await client.list_services(namespace="team-a")
+        assert [(s.namespace, s.name) for s in services.services] == [("team-a", "web")]
+        everything = await client.list_services()
+        assert [(s.namespace, s.name) for s in everything.services] == [("team-a", "web")]
+        with pytest.raises(sdk.PermissionDeniedError, match="service:web:read"):
+            await client.get_service("web")  # namespace default
