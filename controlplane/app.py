@@ -209,8 +209,12 @@ class ControlPlane:
 
         self.identity = await _identity(config, store)
         try:
-            signer = self.identity.signer() if config.ca_auto and self.identity else None
-            tls = load_server_tls(config, signer)
+            auto = self.identity if config.ca_auto else None
+            tls = load_server_tls(
+                config,
+                auto.signer() if auto else None,
+                b"".join(auto.bundle_pems()) if auto else None,
+            )
         except TLSSetupError as exc:
             raise StartupError(str(exc)) from exc
         self.authorizer = Authorizer(

@@ -74,14 +74,17 @@ class ServerTLS:
 
 
 def load_server_tls(
-    config: ControlPlaneConfig, ca: CertificateAuthority | None = None
+    config: ControlPlaneConfig,
+    ca: CertificateAuthority | None = None,
+    bundle_pem: bytes | None = None,
 ) -> ServerTLS | None:
     """The TLS material ``config`` asks for (None: plaintext); reads the files and,
     with a CA, issues the server certificate. ``ca`` is the CA kept in the store
-    (``--tls-ca auto``). Raises TLSSetupError."""
+    (``--tls-ca auto``) and ``bundle_pem`` every root it trusts (during a root
+    rotation, more than ``ca``'s). Raises TLSSetupError."""
     if config.ca_auto:
         assert ca is not None, "--tls-ca auto: the caller reads the CA from the store"
-        tls = _issue_from(ca, config)
+        tls = _issue_from(ca, config, bundle_pem)
     elif config.tls_cert:
         cert = _read(config.tls_cert, "--tls-cert")
         if _PEM_CERT not in cert:
@@ -107,7 +110,9 @@ def _issue(config: ControlPlaneConfig) -> ServerTLS:
     return _issue_from(ca, config)
 
 
-def _issue_from(ca: CertificateAuthority, config: ControlPlaneConfig) -> ServerTLS:
+def _issue_from(
+    ca: CertificateAuthority, config: ControlPlaneConfig, bundle_pem: bytes | None = None
+) -> ServerTLS:
     from controlplane.ca import CAError
 
     dns, ips = server_names(config)
@@ -115,7 +120,7 @@ def _issue_from(ca: CertificateAuthority, config: ControlPlaneConfig) -> ServerT
         issued = ca.issue_server(dns_names=dns, ip_addresses=ips)
     except CAError as exc:
         raise TLSSetupError(f"cannot issue the server certificate: {exc}") from exc
-    return ServerTLS(issued.cert_pem, issued.key_pem, ca.bundle_pem)
+    return ServerTLS(issued.cert_pem, issued.key_pem, bundle_pem or ca.bundle_pem)
 
 
 def server_names(config: ControlPlaneConfig) -> tuple[list[str], list[str]]:
