@@ -228,9 +228,10 @@ class _AgentContext:
         missing = authorizer.refusal(identity, needs)
         if missing is not None:
             return self._end(identity, str(missing), _denied(missing))
-        if message.WhichOneof("message") in ("hello", "sync"):
-            for need in needs:
-                authorizer.record(identity, _CONNECT, str(need), allowed=True)
+        if needs and message.WhichOneof("message") in ("hello", "sync"):
+            # One line per message, each right once (a sync lists every local instance).
+            rights = ",".join(dict.fromkeys(str(need) for need in needs))
+            authorizer.record(identity, _CONNECT, rights, allowed=True)
         return message
 
 

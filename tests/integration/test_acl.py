@@ -390,6 +390,14 @@ async def test_a_sidecar_token_registers_on_its_own_node_only(acl: Acl) -> None:
         await call.read()
     assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "node:core-1:write" in (err.value.details() or "")
+    connects = [
+        (line["resource"], line["allowed"])
+        for line in map(json.loads, acl.audit.read_text().splitlines())
+        if line["rpc"].endswith("AgentService/Connect")
+    ]
+    assert connects[:2] == [("node:edge-1:write", True), ("service:web:write", True)]
+    assert ("service:db:write", False) in connects
+    assert ("node:core-1:write", False) in connects
 
 
 async def _has(client: sdk.AsyncClient, service: str) -> None:
