@@ -35,6 +35,7 @@ STANDALONE = {
     "health": "benchmarks.bench_health",
     "proxy": "benchmarks.bench_proxy",
     "proxyless": "benchmarks.bench_proxyless",
+    "security": "benchmarks.bench_security",
     "sidecar": "benchmarks.bench_sidecar",
 }
 

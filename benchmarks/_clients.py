@@ -93,9 +93,11 @@ class Client(Protocol):
 class EcosystemClient:
     system = "ecosystem"
 
-    def __init__(self, target: str, channel_index: int = 0) -> None:
+    def __init__(self, target: str, channel_index: int = 0, token: str = "") -> None:
         self._channel = grpc.aio.insecure_channel(target, options=channel_options(channel_index))
         self._stub = pb_grpc.RegistryServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        # An ACL token goes with every call, as the SDK sends it.
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._lease_id = 0
         self._lease_ttl = 0
 
@@ -116,7 +118,9 @@ class EcosystemClient:
         else:
             inst.liveness = pb.LIVENESS_PERSISTENT
             request = pb.RegisterInstanceRequest(instance=inst)
-        response = await self._stub.RegisterInstance(request, timeout=CALL_TIMEOUT)
+        response = await self._stub.RegisterInstance(
+            request, timeout=CALL_TIMEOUT, metadata=self._metadata
+        )
         if leased and not self._lease_id:
             self._lease_id = response.lease_id
 
@@ -249,9 +253,10 @@ class EtcdClient:
         await self._channel.close(None)
 
 
-def make_client(system: str, target: str, channel_index: int = 0) -> Client:
+def make_client(system: str, target: str, channel_index: int = 0, token: str = "") -> Client:
+    """A client of ``system``; ``token`` (the control plane's only) is an ACL secret."""
     if system == "ecosystem":
-        return EcosystemClient(target, channel_index)
+        return EcosystemClient(target, channel_index, token)
     if system == "etcd":
         return EtcdClient(target, channel_index)
     raise ValueError(f"unknown system {system!r}")

@@ -176,8 +176,10 @@ class Runner:
         total: int,
         *,
         leased: bool,
+        token: str = "",
     ) -> dict[str, Any]:
-        """``total`` distinct registrations from the client processes; their rate."""
+        """``total`` distinct registrations from the client processes; their rate.
+        ``token``: an ACL secret every call sends."""
         s = self.sizes
         clients = max(1, min(s.reg_clients, total))
         children: list[Child] = []
@@ -193,6 +195,7 @@ class Runner:
                 services=s.services,
                 leased=leased,
                 lease_ttl=s.lease_ttl,
+                token=token,
             )
             first += count
             child = Child(f"{server.system}-register-{i}", register_worker, job)

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -113,6 +114,10 @@ class Server(abc.ABC):
     def _is_ready(self, body: bytes) -> bool:
         return True
 
+    def _ready_context(self) -> ssl.SSLContext | None:
+        """How to trust ``ready_url`` when it is HTTPS."""
+        return None
+
     def start(self) -> None:
         cmd = self.command()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -135,7 +140,9 @@ class Server(abc.ABC):
                     + self.log_tail()
                 )
             try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:
+                with urllib.request.urlopen(
+                    url, timeout=1.0, context=self._ready_context()
+                ) as response:
                     if response.status == 200 and self._is_ready(response.read()):
                         return
             except (urllib.error.URLError, OSError):
@@ -213,12 +220,19 @@ def _eco_cli() -> str | None:
 
 
 class ControlPlaneServer(Server):
-    """``eco controlplane`` on a fresh SQLite store."""
+    """``eco controlplane`` on a fresh SQLite store; ``extra_args`` are more
+    flags for it (``--acl deny``, ``--tls-ca``: they need the CLI). With TLS,
+    ``ca_file`` is the CA its certificate comes from (the admin port serves
+    HTTPS then)."""
 
     system = "ecosystem"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, extra_args: tuple[str, ...] = (), ca_file: Path | None = None
+    ) -> None:
         super().__init__(workdir)
+        self.extra_args = extra_args
+        self.ca_file = ca_file
         self.port = free_port()
         self.admin_port = free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -238,13 +252,22 @@ class ControlPlaneServer(Server):
                 admin,
                 "--store",
                 self.store_url,
+                *self.extra_args,
             ]
+        if self.extra_args:
+            raise ServerError(f"the eco CLI is not installed: it is needed for {self.extra_args}")
         # The CLI is not installed yet: the same server through its Python entry point.
         self.launcher = "controlplane.run"
         return [sys.executable, "-c", _RUN_CONTROLPLANE, listen, admin, self.store_url]
 
     def ready_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}/healthz"
+        scheme = "https" if self.ca_file is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.admin_port}/healthz"
+
+    def _ready_context(self) -> ssl.SSLContext | None:
+        if self.ca_file is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
 
 def etcd_binary() -> str:

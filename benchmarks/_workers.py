@@ -79,6 +79,7 @@ class RegisterJob:
     services: int
     leased: bool
     lease_ttl: int
+    token: str = ""  # an ACL secret sent with every call (--acl deny)
 
 
 def register_worker(conn: Conn, job: RegisterJob) -> None:
@@ -86,7 +87,7 @@ def register_worker(conn: Conn, job: RegisterJob) -> None:
 
 
 async def _register(conn: Conn, job: RegisterJob) -> None:
-    client = make_client(job.system, job.target)
+    client = make_client(job.system, job.target, token=job.token)
     try:
         async with asyncio.timeout(60):
             await client.ready()

@@ -1,0 +1,453 @@
+"""Security costs: the ACL check, certificate issuance, TLS handshakes.
+
+``python -m benchmarks --only security [--quick]`` prints one JSON object per
+line: measurement lines ``{"bench", "system", "value", "unit", ...}`` and, per
+benchmark, a ``"system": "ratio"`` line (ours ÷ the peer, with the budget when
+there is one):
+
+- ``acl_registrations``: registrations/s against a real ``eco controlplane``
+  with ``--acl deny`` and a management token (from ``eco acl bootstrap``)
+  beside one with ``--acl allow`` and no token, alternating rounds in one run,
+  the median round of each. The registrations benchmark's clients and worker
+  processes (persistent instances). Budget: deny ≥ 0.9 x allow.
+- ``ca_issuance``: workload certificates signed per second in this process
+  by ``CertificateAuthority.sign_workload_csr`` (CSRs made beforehand), beside
+  the floor: a bare ``cryptography`` ``CertificateBuilder`` signing a leaf
+  with the same key (no CSR to parse or check). No budget.
+- ``ca_issuance_session``: end to end, certificates per second over agent
+  sessions (``AgentSession.request_certificate``) from a real ``eco
+  controlplane --tls-ca/--tls-ca-key`` over TLS; several sessions, so that
+  one stream's rate limit (1,000 work units/s, a request costing about 12)
+  is not what is measured. No peer.
+- ``tls_handshakes``: new TLS 1.3 connections per second at the control
+  plane's gRPC port (``--tls-ca``): a bare handshake (``ssl``, ALPN h2, the
+  version checked) beside a bare TCP connect; and a new gRPC channel plus a
+  first call (``grpc.health.v1`` Check) over TLS beside the same over
+  plaintext to a control plane without TLS. No budget. The client (Python,
+  one process) shares the 2 cores with the server: ``server_cpu_us_each`` is
+  the server's CPU per connection.
+
+mTLS between sidecars (requests/s with mTLS against plaintext, and against
+HAProxy terminating TLS on both hops; handshakes at the inbound listener) is
+not measured yet: the sidecar's listeners have no mTLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from benchmarks._report import Reporter
+from benchmarks._runner import FULL, QUICK, Runner
+from benchmarks._servers import ControlPlaneServer, ServerError, _eco_cli, cpu_seconds
+from controlplane.ca import CertificateAuthority, service_spiffe_id
+
+ACL_BUDGET = 0.9  # deny + token ÷ allow, registrations/s
+
+Row = dict[str, Any]
+
+
+def _progress(message: str) -> None:
+    print(f"[bench] security: {message}", file=sys.stderr, flush=True)
+
+
+def _ratio_row(bench: str, ours: Row, peer: Row, budget: float | None = None) -> Row:
+    ratio = ours["value"] / peer["value"] if peer["value"] else None
+    row: Row = {
+        "bench": bench,
+        "system": "ratio",
+        "value": ratio,
+        "ours": ours["system"],
+        "peer": peer["system"],
+        "unit": f"{ours['unit']} ÷ {peer['unit']}",
+    }
+    if budget is not None:
+        row.update(
+            budget=budget, budget_op=">=", within_budget=ratio is not None and ratio >= budget
+        )
+    return row
+
+
+# -- the ACL check -------------------------------------------------------------
+
+
+def _bootstrap(target: str) -> str:
+    eco = _eco_cli()
+    if eco is None:
+        raise ServerError("the eco CLI is not installed")
+    done = subprocess.run(
+        [eco, "acl", "bootstrap", "--server", target, "-o", "json"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        raise ServerError(f"eco acl bootstrap failed: {done.stderr.decode(errors='replace')}")
+    secret: str = json.loads(done.stdout)["secret"]
+    return secret
+
+
+def _acl(quick: bool, workdir: Path) -> list[Row]:
+    sizes = replace(QUICK if quick else FULL, registrations=3_000 if quick else 10_000)
+    rounds = 2 if quick else 3
+    runner = Runner(sizes, Reporter(None, stream=io.StringIO()), workdir)
+    rates: dict[str, list[float]] = {"allow": [], "deny": []}
+    details: dict[str, Row] = {}
+    for k in range(rounds):
+        for mode in ("allow", "deny"):
+            with contextlib.ExitStack() as stack:
+                server = ControlPlaneServer(workdir / f"acl-{mode}-{k}", ("--acl", mode))
+                stack.enter_context(server)
+                token = _bootstrap(server.target) if mode == "deny" else ""
+                _progress(f"round {k + 1}/{rounds}: {sizes.registrations} registrations, {mode}")
+                load = runner._register_load(
+                    stack, server, "reg", sizes.registrations, leased=False, token=token
+                )
+                rates[mode].append(load.pop("rate"))
+                details[mode] = load
+    rows: list[Row] = []
+    for mode, label in (("deny", "acl deny + token"), ("allow", "acl allow, no token")):
+        rows.append(
+            {
+                "bench": "acl_registrations",
+                "system": label,
+                "value": statistics.median(rates[mode]),
+                "unit": "registrations/s",
+                "stat": f"median of {rounds} rounds",
+                "rounds": rates[mode],
+                "registrations": sizes.registrations,
+                "clients": details[mode]["clients"],
+                "concurrency_per_client": details[mode]["concurrency_per_client"],
+                "call_p50_ms_last_round": details[mode]["call_p50_ms"],
+                "server_cpu_s_last_round": details[mode]["server_cpu_s"],
+            }
+        )
+    rows.append(_ratio_row("acl_registrations", rows[0], rows[1], ACL_BUDGET))
+    return rows
+
+
+# -- certificate issuance ------------------------------------------------------
+
+
+def _csrs(count: int) -> list[bytes]:
+    """``count`` CSRs as a sidecar makes them (a P-256 key each, no name)."""
+    out = []
+    for _ in range(count):
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+        out.append(csr.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return out
+
+
+def _bare_leaf(
+    ca: CertificateAuthority, key: ec.EllipticCurvePrivateKey, csr_pem: bytes, spiffe_id: str
+) -> bytes:
+    """The floor of signing: a leaf for the CSR's key naming ``spiffe_id``, signed
+    by ``key`` (the CA's), with no checks of the CSR and no other extension."""
+    public = x509.load_pem_x509_csr(csr_pem).public_key()
+    start = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _issuance(quick: bool) -> list[Row]:
+    count = 300 if quick else 2_000
+    ca = CertificateAuthority.create()
+    spiffe_id = service_spiffe_id(ca.trust_domain, "default", "web")
+    _progress(f"making {count} CSRs")
+    csrs = _csrs(count)
+    started = time.perf_counter()
+    for csr in csrs:
+        ca.sign_workload_csr(csr, spiffe_id)
+    ours_s = time.perf_counter() - started
+    key = serialization.load_pem_private_key(ca.key_pem, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    started = time.perf_counter()
+    for csr in csrs:
+        _bare_leaf(ca, key, csr, spiffe_id)
+    floor_s = time.perf_counter() - started
+    ours: Row = {
+        "bench": "ca_issuance",
+        "system": "sign_workload_csr",
+        "value": count / ours_s,
+        "unit": "certificates/s",
+        "certificates": count,
+        "us_per_certificate": ours_s / count * 1e6,
+        "key": "EC P-256 (CA and workload)",
+    }
+    floor: Row = {
+        "bench": "ca_issuance",
+        "system": "bare CertificateBuilder",
+        "value": count / floor_s,
+        "unit": "certificates/s",
+        "certificates": count,
+        "us_per_certificate": floor_s / count * 1e6,
+    }
+    return [ours, floor, _ratio_row("ca_issuance", ours, floor)]
+
+
+async def _session_issuance(target: str, ca_file: Path, sessions: int, per: int) -> Row:
+    from sdk import AgentNode, AgentSession, HealthStatus, Instance
+
+    csrs = _csrs(sessions * per)
+    opened: list[AgentSession] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for i in range(sessions):
+            local = Instance(
+                id=f"web-{i}",
+                service="web",
+                address="127.0.0.1",
+                port=8080 + i,
+                health=HealthStatus.PASSING,
+            )
+            session = AgentSession(
+                [target],
+                AgentNode(id=f"bench-node-{i}"),
+                instances=lambda local=local: [local],  # type: ignore[misc]
+                on_update=lambda _update: None,
+                ca_file=ca_file,
+            )
+            opened.append(await stack.enter_async_context(session))
+        async with asyncio.timeout(30):
+            while not all(s.connected for s in opened):  # noqa: ASYNC110 - no event for it
+                await asyncio.sleep(0.05)
+        # One untimed request each: the session's first certificate.
+        await asyncio.gather(*(s.request_certificate(csrs[0], service="web") for s in opened))
+        latencies: list[float] = []
+
+        async def one(session: AgentSession, mine: list[bytes]) -> None:
+            for csr in mine:
+                started = time.perf_counter()
+                await session.request_certificate(csr, service="web", timeout=30)
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        # Four requests in flight per session.
+        await asyncio.gather(
+            *(
+                one(s, csrs[(i * 4 + j) * per // 4 : (i * 4 + j + 1) * per // 4])
+                for i, s in enumerate(opened)
+                for j in range(4)
+            )
+        )
+        seconds = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "bench": "ca_issuance_session",
+        "system": "AgentSession.request_certificate",
+        "value": len(latencies) / seconds,
+        "unit": "certificates/s",
+        "certificates": len(latencies),
+        "sessions": sessions,
+        "in_flight_per_session": 4,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "transport": "TLS 1.3, one control plane on the same machine",
+    }
+
+
+# -- TLS handshakes ------------------------------------------------------------
+
+
+async def _rate(count: int, concurrency: int, attempt: Callable[[], Awaitable[None]]) -> float:
+    """``count`` calls of ``attempt`` from ``concurrency`` callers; per second."""
+    left = iter(range(count))
+
+    async def caller() -> None:
+        for _ in left:
+            await attempt()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return count / (time.perf_counter() - started)
+
+
+async def _handshakes(port: int, ca_file: Path, count: int, concurrency: int) -> float:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.set_alpn_protocols(["h2"])
+
+    async def attempt() -> None:
+        _reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="localhost"
+        )
+        version = writer.get_extra_info("ssl_object").version()
+        if version != "TLSv1.3":
+            raise RuntimeError(f"negotiated {version}, not TLS 1.3")
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+    return await _rate(count, concurrency, attempt)
+
+
+async def _connects(port: int, count: int, concurrency: int) -> float:
+    async def attempt() -> None:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+    return await _rate(count, concurrency, attempt)
+
+
+async def _channels(target: str, root_pem: bytes | None, count: int, concurrency: int) -> float:
+    credentials = grpc.ssl_channel_credentials(root_pem) if root_pem is not None else None
+    options: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
+    if credentials is not None:
+        options.append(("grpc.ssl_target_name_override", "localhost"))
+    request = health_pb2.HealthCheckRequest()
+
+    async def attempt() -> None:
+        channel = (
+            grpc.aio.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=options)
+        )
+        try:
+            stub = health_pb2_grpc.HealthStub(channel)
+            await stub.Check(request, timeout=30)
+        finally:
+            await channel.close(None)
+
+    return await _rate(count, concurrency, attempt)
+
+
+def _tls(quick: bool, workdir: Path) -> list[Row]:
+    count = 300 if quick else 2_000
+    concurrency = 8
+    ca = CertificateAuthority.create()
+    ca_file, key_file = ca.save(workdir / "ca")
+    tls_args = ("--tls-ca", str(ca_file), "--tls-ca-key", str(key_file))
+    rows: list[Row] = []
+    with (
+        ControlPlaneServer(workdir / "tls", tls_args, ca_file) as secure,
+        ControlPlaneServer(workdir / "plain") as plain,
+    ):
+        port = int(secure.target.rpartition(":")[2])
+        _progress(f"{count} TLS handshakes and TCP connects at {secure.target}")
+        cpu = cpu_seconds(secure.pid)
+        tls_rate = asyncio.run(_handshakes(port, ca_file, count, concurrency))
+        hs_cpu, cpu = cpu_seconds(secure.pid) - cpu, cpu_seconds(secure.pid)
+        tcp_rate = asyncio.run(_connects(port, count, concurrency))
+        tcp_cpu, cpu = cpu_seconds(secure.pid) - cpu, cpu_seconds(secure.pid)
+        _progress(f"{count} new gRPC channels and a first call, TLS and plaintext")
+        grpc_tls = asyncio.run(_channels(secure.target, ca.root_pem, count, concurrency))
+        ch_tls_cpu = cpu_seconds(secure.pid) - cpu
+        cpu = cpu_seconds(plain.pid)
+        grpc_plain = asyncio.run(_channels(plain.target, None, count, concurrency))
+        ch_plain_cpu = cpu_seconds(plain.pid) - cpu
+        secure.check_alive()
+        plain.check_alive()
+        common = {"connections": count, "concurrency": concurrency, "client": "one process"}
+        hs: Row = {
+            "bench": "tls_handshakes",
+            "system": "TLS 1.3 handshake",
+            "server_cpu_us_each": hs_cpu / count * 1e6,
+            "value": tls_rate,
+            "unit": "connections/s",
+            "server_key": "EC P-256",
+            **common,
+        }
+        tcp: Row = {
+            "bench": "tls_handshakes",
+            "system": "TCP connect",
+            "server_cpu_us_each": tcp_cpu / count * 1e6,
+            "value": tcp_rate,
+            "unit": "connections/s",
+            **common,
+        }
+        ch_tls: Row = {
+            "bench": "tls_channels",
+            "system": "gRPC channel + first call, TLS",
+            "server_cpu_us_each": ch_tls_cpu / count * 1e6,
+            "value": grpc_tls,
+            "unit": "channels/s",
+            **common,
+        }
+        ch_plain: Row = {
+            "bench": "tls_channels",
+            "system": "gRPC channel + first call, plaintext",
+            "server_cpu_us_each": ch_plain_cpu / count * 1e6,
+            "value": grpc_plain,
+            "unit": "channels/s",
+            **common,
+        }
+        rows += [hs, tcp, _ratio_row("tls_handshakes", hs, tcp)]
+        rows += [ch_tls, ch_plain, _ratio_row("tls_channels", ch_tls, ch_plain)]
+        sessions, per = (4, 75) if quick else (4, 500)
+        _progress(f"{sessions * per} certificates over {sessions} agent sessions")
+        cpu = cpu_seconds(secure.pid)
+        issued = asyncio.run(_session_issuance(secure.target, ca_file, sessions, per))
+        # The server's CPU per certificate, the sessions' Hellos included.
+        issued["server_cpu_us_each"] = (cpu_seconds(secure.pid) - cpu) / sessions / per * 1e6
+        rows.append(issued)
+        secure.check_alive()
+    return rows
+
+
+# -- the module's entry point --------------------------------------------------
+
+
+@contextlib.contextmanager
+def _guard(rows: list[Row], bench: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        _progress(f"{bench} failed:\n{traceback.format_exc()}")
+        rows.append({"bench": bench, "system": "ecosystem", "error": repr(exc)})
+
+
+def run(quick: bool) -> list[Row]:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="eco-bench-security-") as tmp:
+        workdir = Path(tmp)
+        with _guard(rows, "acl_registrations"):
+            rows += _acl(quick, workdir)
+        with _guard(rows, "ca_issuance"):
+            rows += _issuance(quick)
+        with _guard(rows, "tls_handshakes"):
+            rows += _tls(quick, workdir)
+    rows.append(
+        {
+            "bench": "mtls_proxy",
+            "system": "ecosystem",
+            "not_measured": "mTLS between sidecars not landed: the sidecar's listeners "
+            "have no mTLS yet (no requests/s with mTLS, no handshakes at the inbound listener)",
+        }
+    )
+    return rows
