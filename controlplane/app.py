@@ -32,7 +32,16 @@ from types import TracebackType
 
 import grpc
 from aiohttp import web
-from ecosystem.v1 import acl_pb2, acl_pb2_grpc, agent_pb2, agent_pb2_grpc, ca_pb2, ca_pb2_grpc
+from ecosystem.v1 import (
+    acl_pb2,
+    acl_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    ca_pb2,
+    ca_pb2_grpc,
+    intention_pb2,
+    intention_pb2_grpc,
+)
 from ecosystem.v1 import registry_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -45,6 +54,7 @@ from controlplane.agent import AgentLimits, AgentServicer, AgentSettings, LoadSp
 from controlplane.config import ControlPlaneConfig, is_loopback, parse_hostport
 from controlplane.events import EventPublisher
 from controlplane.identity import CAServicer, IdentityAuthority, load_or_create_roots
+from controlplane.intentions import IntentionBook, IntentionServicer
 from controlplane.leader import Election
 from controlplane.metrics import Metrics
 from controlplane.registry import Registry, ensure_store_id
@@ -63,6 +73,7 @@ REGISTRY_SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 CA_SERVICE = ca_pb2.DESCRIPTOR.services_by_name["CAService"].full_name
 ACL_SERVICE = acl_pb2.DESCRIPTOR.services_by_name["AclService"].full_name
+INTENTION_SERVICE = intention_pb2.DESCRIPTOR.services_by_name["IntentionService"].full_name
 _HEALTH_SERVICES = ("", REGISTRY_SERVICE, AGENT_SERVICE, MESSAGING_SERVICE)
 # How often health is compared with the store's reachability.
 _HEALTH_INTERVAL = 0.25
@@ -120,6 +131,8 @@ class ControlPlane:
         self.agent: AgentServicer | None = None
         #: Signs sidecars' workload certificates (None: no CA).
         self.identity: IdentityAuthority | None = None
+        #: The intentions this replica follows and sends to its sidecars.
+        self.intentions: IntentionBook | None = None
         self.broker: Broker | None = None
         self.messaging: MessagingServicer | None = None
         self.election: Election | None = None
@@ -222,6 +235,8 @@ class ControlPlane:
             default_allow=config.acl_mode == "allow",
             audit=AuditLog(config.audit_log) if config.audit_log else None,
         )
+        self.intentions = IntentionBook(store, default_allow=config.acl_mode == "allow")
+        await self.intentions.start()
         server = grpc.aio.server(
             options=_SERVER_OPTIONS,
             # The guard first: the ACL check sees only requests that decode.
@@ -261,6 +276,7 @@ class ControlPlane:
                 sync_interval=config.sync_interval,
                 bus_url=config.announced_bus_url,
                 identity=self.identity,
+                intentions=self.intentions,
                 limits=AgentLimits(
                     max_streams=config.max_agent_streams,
                     max_streams_per_peer=config.max_agent_streams_per_peer,
@@ -273,6 +289,9 @@ class ControlPlane:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent, server)  # type: ignore[no-untyped-call]
         ca_pb2_grpc.add_CAServiceServicer_to_server(CAServicer(self.identity), server)  # type: ignore[no-untyped-call]
         acl_pb2_grpc.add_AclServiceServicer_to_server(AclServicer(self.authorizer.store), server)  # type: ignore[no-untyped-call]
+        intention_pb2_grpc.add_IntentionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            IntentionServicer(self.intentions), server
+        )
         if self.identity is not None:
             self.identity.start()
         try:
@@ -293,6 +312,7 @@ class ControlPlane:
                 AGENT_SERVICE,
                 CA_SERVICE,
                 ACL_SERVICE,
+                INTENTION_SERVICE,
                 MESSAGING_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
@@ -530,6 +550,8 @@ class ControlPlane:
             await asyncio.wait({self._health_task})
         if self.identity is not None:
             await self.identity.close()
+        if self.intentions is not None:
+            await self.intentions.close()
         # Concurrently: with the store unreachable, each revoke waits for its timeout.
         async with asyncio.TaskGroup() as group:
             if self.spreader is not None:

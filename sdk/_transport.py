@@ -20,7 +20,13 @@ from typing import Any
 import grpc
 import grpc.aio
 import tenacity
-from ecosystem.v1 import acl_pb2_grpc, agent_pb2_grpc, messaging_pb2_grpc, registry_pb2_grpc
+from ecosystem.v1 import (
+    acl_pb2_grpc,
+    agent_pb2_grpc,
+    intention_pb2_grpc,
+    messaging_pb2_grpc,
+    registry_pb2_grpc,
+)
 
 from sdk._errors import (
     ClientClosedError,
@@ -385,12 +391,14 @@ class _Stubs:
         agent_pb2_grpc.AgentServiceStub,
         messaging_pb2_grpc.MessagingServiceStub,
         acl_pb2_grpc.AclServiceStub,
+        intention_pb2_grpc.IntentionServiceStub,
     )
     _SERVICES: tuple[type, ...] = (
         registry_pb2_grpc.RegistryServiceServicer,
         agent_pb2_grpc.AgentServiceServicer,
         messaging_pb2_grpc.MessagingServiceServicer,
         acl_pb2_grpc.AclServiceServicer,
+        intention_pb2_grpc.IntentionServiceServicer,
     )
 
     def __init__(self, channel: grpc.aio.Channel) -> None:

@@ -56,6 +56,7 @@ from sidecar.config import (
 from sidecar.errors import BadRequestError, StartupError, UnknownInstanceError, UnknownServiceError
 from sidecar.health import CheckKind, HealthChecker, HealthEngine, HealthTransition
 from sidecar.identity import SidecarIdentity
+from sidecar.intentions import IntentionTable
 from sidecar.local_api import LocalApiServer, SidecarServicer
 from sidecar.metrics import MetricsSnapshot, SidecarMetrics
 from sidecar.proxy._dataplane import DataPlane
@@ -116,6 +117,8 @@ class Sidecar:
         self.identity = SidecarIdentity(
             config.node.id, [(s.namespace, s.name) for s in config.services]
         )
+        #: The intentions inbound listeners decide with (see sidecar.intentions).
+        self.intentions = IntentionTable()
         self._servicer = SidecarServicer(
             self.cache,
             self.router,
@@ -288,6 +291,7 @@ class Sidecar:
             applied_version=self.cache.version,
             on_state=self._on_session_state,
             on_trust_bundle=self.identity.on_trust_bundle,
+            on_intentions=self.intentions.on_intentions,
             ca_file=config.controlplane.ca_file if self._channel_factory is None else None,
             channel_factory=self._channel_factory,
         )

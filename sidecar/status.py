@@ -134,4 +134,5 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
     doc["proxy"] = sidecar.dataplane.status()
     doc["bridges"] = [bridge.status() for bridge in sidecar.bridges]
     doc["identity"] = sidecar.identity.status()
+    doc["intentions"] = sidecar.intentions.status()
     return doc

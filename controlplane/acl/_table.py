@@ -80,6 +80,7 @@ _A = "/ecosystem.v1.AgentService/"
 _M = "/ecosystem.v1.MessagingService/"
 _C = "/ecosystem.v1.AclService/"
 _CA = "/ecosystem.v1.CAService/"
+_I = "/ecosystem.v1.IntentionService/"
 
 #: Methods anyone may call, with or without a token.
 PUBLIC = frozenset(
@@ -138,6 +139,14 @@ TABLE: dict[str, Entry] = {
     # The certificate authority.
     _CA + "GetTrustBundle": Entry(_none),
     _CA + "RotateRoot": Entry(lambda r: [Need("operator", "ca", "write")], write=True),
+    # Intentions: writing one for a destination is writing that service's
+    # policy (`service:<destination>:write`; `*` needs a rule matching `*`).
+    _I + "CreateIntention": Entry(
+        lambda r: [_service(r.intention.destination, "", "write")], write=True
+    ),
+    _I + "DeleteIntention": Entry(lambda r: [_service(r.destination, "", "write")], write=True),
+    _I + "ListIntentions": Entry(lambda r: [_any("service", "read")]),
+    _I + "CheckIntention": Entry(lambda r: [_service(r.destination, "", "read")]),
     # Health and reflection.
     "/grpc.health.v1.Health/Check": Entry(_none),
     "/grpc.health.v1.Health/Watch": Entry(_none),

@@ -65,6 +65,7 @@ async def open_session(
             settings.replica,
             resumed=resumed,
             applied_version=hello.applied_version,
+            wants_intentions=hello.wants_intentions,
         )
 
     key = session_key(node_id)

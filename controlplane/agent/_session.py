@@ -91,6 +91,9 @@ class AgentSettings:
     #: Signs workload certificates and holds the trust bundle
     #: (`controlplane.identity.IdentityAuthority`); None: no CA.
     identity: Any = None
+    #: The intentions sent to sidecars (`controlplane.intentions.IntentionBook`);
+    #: None: none sent.
+    intentions: Any = None
 
 
 @dataclass(eq=False)
@@ -111,6 +114,8 @@ class NodeSession:
     sent_nonce: str = ""
     applied_version: int = 0
     acked_nonce: str = ""
+    #: The sidecar asked for intentions in its Hello.
+    wants_intentions: bool = False
     last_error: str = ""
     connected: bool = True
     subscriptions: dict[tuple[str, str], Watcher] = field(default_factory=dict)
@@ -198,6 +203,7 @@ class SessionRunner:
         self._idle_timeout = limits.idle_timeout
         self._last_read = asyncio.get_running_loop().time()
         self._bundle_changed = asyncio.Event()
+        self._intentions_changed = asyncio.Event()
         self.instances = SessionInstances(
             session.node, session.connected_at_ms, Registry(store), view
         )
@@ -222,11 +228,17 @@ class SessionRunner:
                 agent_pb2.ConnectResponse(trust_bundle=identity.trust_bundle())
             )
             identity.on_bundle.append(self._bundle_changed.set)
+        book = self._settings.intentions if s.wants_intentions else None
+        if book is not None:
+            await self._outgoing.put(agent_pb2.ConnectResponse(intentions=book.snapshot()))
+            book.on_change.append(self._intentions_changed.set)
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(self._read(), name=f"agent-read-{s.node.id}")
                 if identity is not None:
                     group.create_task(self._send_bundles(), name=f"agent-bundle-{s.node.id}")
+                if book is not None:
+                    group.create_task(self._send_intentions(), name=f"agent-intentions-{s.node.id}")
                 group.create_task(self._update(), name=f"agent-update-{s.node.id}")
                 group.create_task(self._keep(), name=f"agent-lease-{s.node.id}")
                 group.create_task(self._until_ended(), name=f"agent-end-{s.node.id}")
@@ -242,6 +254,9 @@ class SessionRunner:
             if identity is not None:
                 with contextlib.suppress(ValueError):
                     identity.on_bundle.remove(self._bundle_changed.set)
+            if book is not None:
+                with contextlib.suppress(ValueError):
+                    book.on_change.remove(self._intentions_changed.set)
             for sub in s.subscriptions.values():
                 self._view.unsubscribe(sub)
             s.subscriptions.clear()
@@ -302,6 +317,15 @@ class SessionRunner:
             self._bundle_changed.clear()
             bundle = self._settings.identity.trust_bundle()
             await self._outgoing.put(agent_pb2.ConnectResponse(trust_bundle=bundle))
+
+    async def _send_intentions(self) -> None:
+        """Sends every intention again whenever one changes: the latest set,
+        never a backlog (changes made while a write waits are sent once)."""
+        while True:
+            await self._intentions_changed.wait()
+            self._intentions_changed.clear()
+            snapshot = self._settings.intentions.snapshot()
+            await self._outgoing.put(agent_pb2.ConnectResponse(intentions=snapshot))
 
     def _certificate(self, request: agent_pb2.CertificateRequest) -> agent_pb2.CertificateIssued:
         """Signs a workload CSR for an identity this session may have: its node,

@@ -11,6 +11,7 @@ for a node can too. Inside:
   coalescing;
 - ``_chunks``: updates and syncs cut into messages of at most 1 MiB, and put
   together again;
+- ``_intentions``: :class:`IntentionSet` and how a decision is made;
 - ``_types``: the session's values (:class:`ServiceRef`, :class:`EndpointUpdate`
   …) over the ``ecosystem.v1`` agent messages.
 
@@ -18,6 +19,7 @@ Everything here is also exported by :mod:`sdk`.
 """
 
 from sdk.agent._identity import TrustBundle, WorkloadCertificate
+from sdk.agent._intentions import Intention, IntentionDecision, IntentionSet
 from sdk.agent._session import AgentSession
 from sdk.agent._types import (
     AgentNode,
@@ -37,6 +39,9 @@ __all__ = [
     "AgentStatus",
     "BusAccess",
     "EndpointUpdate",
+    "Intention",
+    "IntentionDecision",
+    "IntentionSet",
     "ServiceEndpoints",
     "ServiceRef",
     "SyncOutcome",

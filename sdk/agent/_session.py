@@ -61,6 +61,7 @@ from sdk._transport import CaFile, ChannelFactory, Sleep, Transport, resolve_ser
 from sdk._types import CheckStatus, HealthStatus, Instance
 from sdk.agent._chunks import UpdateAssembler
 from sdk.agent._identity import TrustBundle, WorkloadCertificate
+from sdk.agent._intentions import IntentionSet
 from sdk.agent._outbox import AgentOutbox
 from sdk.agent._stream import (
     EOF,
@@ -121,6 +122,10 @@ class AgentSession:
     ``ca_file`` (PEM CA certificates) makes the stream TLS, trusting only a
     control plane whose certificate that CA signed; ``ECO_CA_FILE`` is not
     read here (the caller's configuration decides).
+    ``on_trust_bundle`` receives the CA's roots after each Welcome and when
+    they change; ``on_intentions``, when given, asks the control plane for
+    every intention and receives the whole :class:`IntentionSet` after each
+    Welcome and whenever one changes.
 
     Use as an async context manager, or :meth:`start` and :meth:`close`; a
     closed session cannot be restarted.
@@ -141,6 +146,7 @@ class AgentSession:
         applied_version: int = 0,
         on_state: StateCallback | None = None,
         on_trust_bundle: Callable[[TrustBundle], None] | None = None,
+        on_intentions: Callable[[IntentionSet], None] | None = None,
         ca_file: CaFile | None = None,
         channel_factory: ChannelFactory | None = None,
         initial_backoff: float = 0.1,
@@ -168,6 +174,7 @@ class AgentSession:
         self._on_state = on_state
         self._on_trust_bundle = on_trust_bundle
         self._trust_bundle: TrustBundle | None = None
+        self._on_intentions = on_intentions
         self._certificate_requests: dict[str, asyncio.Future[WorkloadCertificate]] = {}
         self._request_ids = 0
         self._subscriptions = tuple(subscriptions)
@@ -273,7 +280,15 @@ class AgentSession:
             self._certificate_requests.pop(request_id, None)
 
     def _handle_identity(self, message: agent_pb2.ConnectResponse) -> None:
-        if message.WhichOneof("message") == "trust_bundle":
+        kind = message.WhichOneof("message")
+        if kind == "intentions":
+            if self._on_intentions is not None:
+                try:
+                    self._on_intentions(IntentionSet.from_proto(message.intentions))
+                except Exception:
+                    logger.exception("intentions callback failed")
+            return
+        if kind == "trust_bundle":
             self._trust_bundle = TrustBundle.from_proto(message.trust_bundle)
             if self._on_trust_bundle is not None:
                 try:
@@ -578,6 +593,7 @@ class AgentSession:
                 applied_version=self._applied_version,
                 grace_seconds=self._grace,
                 deregister_critical_after_seconds=self._deregister_after,
+                wants_intentions=self._on_intentions is not None,
             )
         )
 

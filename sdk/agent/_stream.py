@@ -138,7 +138,7 @@ class AgentStream:
                 self._on_update(message.update)
             elif kind == "sync_result":
                 self._on_sync_result(message.sync_result)
-            elif kind in ("certificate", "trust_bundle"):
+            elif kind in ("certificate", "trust_bundle", "intentions"):
                 if self._on_identity is not None:
                     self._on_identity(message)
             else:

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from ecosystem.v1 import acl_pb2, acl_pb2_grpc
+from ecosystem.v1 import acl_pb2, acl_pb2_grpc, intention_pb2
 from ecosystem.v1 import agent_pb2 as apb
 from ecosystem.v1 import registry_pb2 as pb
 from google.protobuf import descriptor_pool, message_factory
@@ -140,6 +140,7 @@ R, A, M, C = (
     "/ecosystem.v1.MessagingService/",
     "/ecosystem.v1.AclService/",
 )
+INT = "/ecosystem.v1.IntentionService/"
 
 
 def _instance() -> dict[str, Any]:
@@ -243,6 +244,26 @@ CASES: dict[str, Case] = {
     C + "DeleteToken": Case(lambda: {"accessor_id": "nope"}, "acl:token:write", "acl:token:read"),
     "/ecosystem.v1.CAService/GetTrustBundle": Case(dict, None),
     "/ecosystem.v1.CAService/RotateRoot": Case(dict, "operator:ca:write", "operator:ca:read"),
+    INT + "CreateIntention": Case(
+        lambda: {
+            "intention": intention_pb2.Intention(
+                source="web", destination="orders", action=intention_pb2.INTENTION_ACTION_DENY
+            )
+        },
+        "service:orders:write",
+        "service:orders:read",
+    ),
+    INT + "DeleteIntention": Case(
+        lambda: {"source": "web", "destination": "orders"},
+        "service:orders:write",
+        "service:web:write",
+    ),
+    INT + "ListIntentions": Case(dict, "service:web:read", "node:*:read", "service:*:read"),
+    INT + "CheckIntention": Case(
+        lambda: {"source": "web", "destination": "orders"},
+        "service:orders:read",
+        "service:web:read",
+    ),
     "/grpc.health.v1.Health/Check": Case(dict, None),
     "/grpc.health.v1.Health/Watch": Case(dict, None),
     "/grpc.health.v1.Health/List": Case(dict, None),

@@ -1,3 +1,4 @@
+from ecosystem.v1 import intention_pb2 as _intention_pb2
 from ecosystem.v1 import registry_pb2 as _registry_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -95,20 +96,22 @@ class Pong(_message.Message):
     def __init__(self, nonce: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node", "token", "session_id", "applied_version", "grace_seconds", "deregister_critical_after_seconds")
+    __slots__ = ("node", "token", "session_id", "applied_version", "grace_seconds", "deregister_critical_after_seconds", "wants_intentions")
     NODE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
     GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DEREGISTER_CRITICAL_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WANTS_INTENTIONS_FIELD_NUMBER: _ClassVar[int]
     node: Node
     token: str
     session_id: str
     applied_version: int
     grace_seconds: int
     deregister_critical_after_seconds: int
-    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., token: _Optional[str] = ..., session_id: _Optional[str] = ..., applied_version: _Optional[int] = ..., grace_seconds: _Optional[int] = ..., deregister_critical_after_seconds: _Optional[int] = ...) -> None: ...
+    wants_intentions: bool
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., token: _Optional[str] = ..., session_id: _Optional[str] = ..., applied_version: _Optional[int] = ..., grace_seconds: _Optional[int] = ..., deregister_critical_after_seconds: _Optional[int] = ..., wants_intentions: _Optional[bool] = ...) -> None: ...
 
 class SyncInstances(_message.Message):
     __slots__ = ("instances", "more")
@@ -151,20 +154,22 @@ class Ack(_message.Message):
     def __init__(self, version: _Optional[int] = ..., nonce: _Optional[str] = ..., rejected: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "update", "sync_result", "pong", "certificate", "trust_bundle")
+    __slots__ = ("welcome", "update", "sync_result", "pong", "certificate", "trust_bundle", "intentions")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     SYNC_RESULT_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     TRUST_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    INTENTIONS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     update: EndpointUpdate
     sync_result: SyncResult
     pong: Pong
     certificate: CertificateIssued
     trust_bundle: TrustBundle
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., update: _Optional[_Union[EndpointUpdate, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., certificate: _Optional[_Union[CertificateIssued, _Mapping]] = ..., trust_bundle: _Optional[_Union[TrustBundle, _Mapping]] = ...) -> None: ...
+    intentions: _intention_pb2.IntentionSet
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., update: _Optional[_Union[EndpointUpdate, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., certificate: _Optional[_Union[CertificateIssued, _Mapping]] = ..., trust_bundle: _Optional[_Union[TrustBundle, _Mapping]] = ..., intentions: _Optional[_Union[_intention_pb2.IntentionSet, _Mapping]] = ...) -> None: ...
 
 class CertificateIssued(_message.Message):
     __slots__ = ("request_id", "cert_pem", "spiffe_id", "expires_at_ms", "error")

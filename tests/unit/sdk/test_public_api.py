@@ -90,6 +90,10 @@ PUBLIC = [
     # Workload certificates over the agent session.
     "TrustBundle",
     "WorkloadCertificate",
+    # Intentions over the agent session.
+    "Intention",
+    "IntentionDecision",
+    "IntentionSet",
 ]
 
 SDK_DIR = Path(sdk.__file__).parent

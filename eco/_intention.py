@@ -1,0 +1,180 @@
+"""``eco intention``: which service may call which (docs/security.md, "Intentions").
+
+Calls the control plane's IntentionService through the SDK's transport, like
+``eco acl``; errors are printed by ``eco``'s one error handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import click
+from ecosystem.v1 import intention_pb2
+from google.protobuf.message import Message
+
+import sdk
+from eco._output import emit, render_table
+from eco._settings import Settings, data_options, pass_settings
+from sdk.lowlevel import Transport, client_channels
+
+__all__ = ["intention"]
+
+_ALLOW = intention_pb2.INTENTION_ACTION_ALLOW
+
+
+def _call(settings: Settings, method: str, request: Message) -> Any:
+    """One IntentionService call; SDK errors propagate to ``eco``'s handler."""
+
+    async def main() -> Any:
+        transport = Transport(
+            sdk.resolve_servers(settings.server),
+            timeout=settings.timeout,
+            channel_factory=client_channels(settings.ca_file or "", None),
+            token=settings.token,
+        )
+        try:
+            return await transport.unary(method, request, idempotent=False)
+        finally:
+            await transport.close()
+
+    return asyncio.run(main())
+
+
+def _dict(item: intention_pb2.Intention) -> dict[str, Any]:
+    return {
+        "source": item.source,
+        "destination": item.destination,
+        "action": "allow" if item.action == _ALLOW else "deny",
+        "description": item.description,
+        "create_time": datetime.datetime.fromtimestamp(item.create_time, datetime.UTC).isoformat(
+            timespec="seconds"
+        ),
+    }
+
+
+@click.group()
+def intention() -> None:
+    """Intentions: which service may call which through the sidecars.
+
+    \b
+    SRC and DST are service names, or * for every service. The intention
+    naming the destination exactly wins over one with DST *, and then the
+    one naming the source exactly over SRC *; with no intention the default
+    is allow, or deny when the control plane runs with --acl deny.
+    \b
+    Examples:
+      eco intention create '*' orders --deny
+      eco intention create web orders --allow --description "checkout"
+      eco intention check web orders && echo allowed
+      eco intention delete web orders
+    """
+
+
+@intention.command("create")
+@click.argument("source", metavar="SRC")
+@click.argument("destination", metavar="DST")
+@click.option("--allow", "action", flag_value="allow", help="SRC may call DST.")
+@click.option("--deny", "action", flag_value="deny", help="SRC may not call DST.")
+@click.option("--description", default="", help="Why (shown by list).")
+@data_options
+@pass_settings
+def create(
+    settings: Settings, source: str, destination: str, action: str | None, description: str
+) -> None:
+    """Create the intention SRC -> DST (replacing the one there is for that pair).
+
+    Sidecars apply it within a second, to new connections and to those
+    already open.
+    """
+    if action is None:
+        raise click.UsageError("say --allow or --deny")
+    item = intention_pb2.Intention(
+        source=source,
+        destination=destination,
+        action=_ALLOW if action == "allow" else intention_pb2.INTENTION_ACTION_DENY,
+        description=description,
+    )
+    response = _call(
+        settings, "CreateIntention", intention_pb2.CreateIntentionRequest(intention=item)
+    )
+    emit(
+        _dict(response.intention),
+        settings.output,
+        lambda: f"created intention {source} -> {destination}: {action}",
+    )
+
+
+@intention.command("list")
+@data_options
+@pass_settings
+def list_(settings: Settings) -> None:
+    """List every intention, most specific first, and the default."""
+    response = _call(settings, "ListIntentions", intention_pb2.ListIntentionsRequest())
+    items = [_dict(i) for i in response.intentions]
+    default = "allow" if response.default_allow else "deny"
+
+    def table() -> str:
+        lines = []
+        if items:
+            lines.append(
+                render_table(
+                    ("SOURCE", "DESTINATION", "ACTION", "DESCRIPTION", "CREATED"),
+                    [
+                        (
+                            i["source"],
+                            i["destination"],
+                            i["action"],
+                            i["description"],
+                            i["create_time"],
+                        )
+                        for i in items
+                    ],
+                )
+            )
+        else:
+            lines.append("no intentions")
+        lines.append(f"default (no intention matches): {default}")
+        return "\n".join(lines)
+
+    emit({"intentions": items, "default": default}, settings.output, table)
+
+
+@intention.command("delete")
+@click.argument("source", metavar="SRC")
+@click.argument("destination", metavar="DST")
+@data_options
+@pass_settings
+def delete(settings: Settings, source: str, destination: str) -> None:
+    """Delete the intention SRC -> DST (exit 1, "not found", when there is none)."""
+    request = intention_pb2.DeleteIntentionRequest(source=source, destination=destination)
+    _call(settings, "DeleteIntention", request)
+    emit(
+        {"deleted": {"source": source, "destination": destination}},
+        settings.output,
+        lambda: f"deleted intention {source} -> {destination}",
+    )
+
+
+@intention.command("check")
+@click.argument("source", metavar="SRC")
+@click.argument("destination", metavar="DST")
+@data_options
+@pass_settings
+def check(settings: Settings, source: str, destination: str) -> None:
+    """Whether SRC may call DST now: exit 0 allowed, 1 denied.
+
+    Prints which intention decided, or that the default did.
+    """
+    request = intention_pb2.CheckIntentionRequest(source=source, destination=destination)
+    response = _call(settings, "CheckIntention", request)
+    data: dict[str, Any] = {
+        "allowed": response.allowed,
+        "reason": response.reason,
+        "matched": _dict(response.matched) if response.HasField("matched") else None,
+    }
+    verdict = "allowed" if response.allowed else "denied"
+    emit(data, settings.output, lambda: f"{source} -> {destination}: {verdict} ({response.reason})")
+    if not response.allowed:
+        raise click.exceptions.Exit(1)

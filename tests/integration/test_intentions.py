@@ -1,0 +1,179 @@
+"""Intentions against a real control plane: the IntentionService (create,
+replace, list, check, delete, bad input), the default that follows
+``--acl``, replicas sharing one store, and a real sidecar in this process
+receiving every change over its agent session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from ecosystem.v1 import intention_pb2 as ipb
+from ecosystem.v1 import intention_pb2_grpc
+
+from controlplane import ControlPlane, ControlPlaneConfig
+from controlplane.store import MemoryStore
+from sidecar.app import Sidecar
+from sidecar.config import SidecarConfig
+from tests.util import assert_eventually
+
+ALLOW, DENY = ipb.INTENTION_ACTION_ALLOW, ipb.INTENTION_ACTION_DENY
+
+
+def config(**fields: object) -> ControlPlaneConfig:
+    return ControlPlaneConfig(
+        listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
+        store_url="memory://",
+        grace=0.5,
+        drain_delay=0,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def plane() -> AsyncIterator[ControlPlane]:
+    async with ControlPlane(config()) as cp:
+        yield cp
+
+
+@pytest.fixture
+async def stub(plane: ControlPlane) -> AsyncIterator[intention_pb2_grpc.IntentionServiceStub]:
+    async with grpc.aio.insecure_channel(plane.address) as channel:
+        yield intention_pb2_grpc.IntentionServiceStub(channel)
+
+
+async def create(
+    stub: intention_pb2_grpc.IntentionServiceStub, src: str, dst: str, action: int
+) -> ipb.Intention:
+    response = await stub.CreateIntention(
+        ipb.CreateIntentionRequest(
+            intention=ipb.Intention(source=src, destination=dst, action=action)
+        )
+    )
+    return response.intention
+
+
+async def check(stub: intention_pb2_grpc.IntentionServiceStub, src: str, dst: str) -> bool:
+    response = await stub.CheckIntention(ipb.CheckIntentionRequest(source=src, destination=dst))
+    return response.allowed
+
+
+async def test_create_list_check_delete(stub: intention_pb2_grpc.IntentionServiceStub) -> None:
+    assert await check(stub, "web", "orders")  # --acl allow: the default allows
+    created = await create(stub, "*", "orders", DENY)
+    assert created.create_time > 0
+    await create(stub, "web", "orders", ALLOW)
+    await create(stub, "web", "*", DENY)
+    assert await check(stub, "web", "orders")
+    assert not await check(stub, "api", "orders")
+    assert not await check(stub, "web", "billing")
+    answer = await stub.CheckIntention(
+        ipb.CheckIntentionRequest(source="api", destination="orders")
+    )
+    assert answer.reason == "intention * -> orders denies"
+    assert (answer.matched.source, answer.matched.destination) == ("*", "orders")
+
+    listed = await stub.ListIntentions(ipb.ListIntentionsRequest())
+    assert listed.default_allow
+    # Most specific first.
+    assert [(i.source, i.destination) for i in listed.intentions] == [
+        ("web", "orders"),
+        ("*", "orders"),
+        ("web", "*"),
+    ]
+
+    # Creating one for a pair that has one replaces it.
+    await create(stub, "web", "orders", DENY)
+    assert not await check(stub, "web", "orders")
+    assert len((await stub.ListIntentions(ipb.ListIntentionsRequest())).intentions) == 3
+
+    await stub.DeleteIntention(ipb.DeleteIntentionRequest(source="web", destination="orders"))
+    await stub.DeleteIntention(ipb.DeleteIntentionRequest(source="*", destination="orders"))
+    assert not await check(stub, "web", "orders")  # web -> * still denies
+    assert await check(stub, "api", "orders")
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.DeleteIntention(ipb.DeleteIntentionRequest(source="web", destination="orders"))
+    assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+    assert missing.value.details() == "no intention web -> orders"
+
+
+async def test_bad_input_is_refused(stub: intention_pb2_grpc.IntentionServiceStub) -> None:
+    for intention, field in (
+        (ipb.Intention(source="Web!", destination="orders", action=ALLOW), "intention.source"),
+        (ipb.Intention(source="web", destination="", action=ALLOW), "intention.destination"),
+        (ipb.Intention(source="web", destination="orders"), "intention.action"),
+        (
+            ipb.Intention(source="web", destination="o", action=ALLOW, description="x" * 513),
+            "intention.description",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.CreateIntention(ipb.CreateIntentionRequest(intention=intention))
+        assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (bad.value.details() or "")
+    assert not (await stub.ListIntentions(ipb.ListIntentionsRequest())).intentions
+
+
+async def test_with_acl_deny_the_default_denies() -> None:
+    async with ControlPlane(config(acl="deny")) as plane:
+        assert plane.intentions is not None
+        assert not plane.intentions.snapshot().default_allow
+
+
+async def test_replicas_sharing_a_store_agree_within_a_second() -> None:
+    store = MemoryStore()
+    async with (
+        store,
+        ControlPlane(config(), store=store) as one,
+        ControlPlane(config(), store=store) as two,
+        grpc.aio.insecure_channel(one.address) as c1,
+        grpc.aio.insecure_channel(two.address) as c2,
+    ):
+        first = intention_pb2_grpc.IntentionServiceStub(c1)
+        second = intention_pb2_grpc.IntentionServiceStub(c2)
+        await create(first, "web", "orders", DENY)
+        assert not await check(second, "web", "orders")
+        assert two.intentions is not None
+
+        def followed() -> None:
+            assert two.intentions is not None
+            assert [i.source for i in two.intentions.intentions] == ["web"]
+
+        await assert_eventually(followed, timeout=1.0)
+
+
+async def test_a_sidecar_receives_every_change(
+    plane: ControlPlane, stub: intention_pb2_grpc.IntentionServiceStub, tmp_path: Path
+) -> None:
+    sidecar_config = SidecarConfig.model_validate(
+        {
+            "node": {"id": "node-a"},
+            "controlplane": {"addresses": [plane.address]},
+            "data_dir": str(tmp_path / "node-a"),
+            "local_api": "127.0.0.1:0",
+            "services": [{"name": "orders", "address": "127.0.0.1", "port": 8080}],
+        }
+    )
+    async with Sidecar(sidecar_config) as sidecar:
+        table = sidecar.intentions
+
+        def received() -> None:
+            assert table.current is not None
+
+        await assert_eventually(received, timeout=5)
+        assert table.decide("web", "orders").allowed
+        assert sidecar.status()["intentions"]["default"] == "allow"
+
+        await create(stub, "web", "orders", DENY)
+
+        def denied() -> None:
+            decision = table.decide("web", "orders")
+            assert not decision.allowed
+            assert decision.reason == "intention web -> orders denies"
+
+        await assert_eventually(denied, timeout=1.0)
+        await stub.DeleteIntention(ipb.DeleteIntentionRequest(source="web", destination="orders"))
+        await assert_eventually(lambda: table.decide("web", "orders").allowed, timeout=1.0)
