@@ -27,9 +27,18 @@ there is one):
   one process) shares the 2 cores with the server: ``server_cpu_us_each`` is
   the server's CPU per connection.
 
-mTLS between sidecars (requests/s with mTLS against plaintext, and against
-HAProxy terminating TLS on both hops; handshakes at the inbound listener) is
-not measured yet: the sidecar's listeners have no mTLS.
+- ``mtls_haproxy``: the peer of the sidecars' mTLS, ready for them: two
+  HAProxy processes (``nbthread 1`` each) as the two hops of a
+  service-to-service call to nginx, ``wrk -t1 -c50`` on ``/``, in tcp and
+  http mode, with plaintext between the hops beside mutual TLS (workload
+  certificates from the CA, ``verify required`` both ways). Requests/s, the
+  two processes' vCPU and requests per CPU second; the ratio mTLS ÷
+  plaintext per mode. Needs haproxy, nginx and wrk
+  (scripts/install-bench-tools.sh).
+
+mTLS between sidecars (requests/s with mTLS against plaintext, budget ≥ 0.7
+x, and against HAProxy with mTLS on the same two hops; handshakes at the
+inbound listener) is not measured yet: the sidecar's listeners have no mTLS.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import asyncio
 import contextlib
 import io
 import json
+import socket
 import ssl
 import statistics
 import subprocess
@@ -59,7 +69,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks._report import Reporter
 from benchmarks._runner import FULL, QUICK, Runner
-from benchmarks._servers import ControlPlaneServer, ServerError, _eco_cli, cpu_seconds
+from benchmarks._servers import (
+    ControlPlaneServer,
+    Server,
+    ServerError,
+    _eco_cli,
+    cpu_seconds,
+    free_port,
+)
 from controlplane.ca import CertificateAuthority, service_spiffe_id
 
 ACL_BUDGET = 0.9  # deny + token ÷ allow, registrations/s
@@ -420,6 +437,169 @@ def _tls(quick: bool, workdir: Path) -> list[Row]:
     return rows
 
 
+# -- mTLS on two hops: HAProxy, the peer ----------------------------------------
+
+
+class _HaproxyHop(Server):
+    """One HAProxy (one thread) forwarding ``listen_port`` to ``to_port``;
+    ``bind_tls``/``connect_tls`` are ``(pem with certificate and key, CA file)``
+    for mutual TLS on that side. Ready on a plain ``monitor-uri``."""
+
+    system = "haproxy"
+
+    def __init__(
+        self,
+        workdir: Path,
+        mode: str,
+        to_port: int,
+        *,
+        bind_tls: tuple[Path, Path] | None = None,
+        connect_tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        super().__init__(workdir)
+        self.port = free_port()
+        self.monitor_port = free_port()
+        self.launcher = "haproxy"
+        self.config_path = workdir / "haproxy.cfg"
+        bind = f"bind 127.0.0.1:{self.port}"
+        if bind_tls is not None:
+            bind += f" ssl crt {bind_tls[0]} ca-file {bind_tls[1]} verify required"
+        server = f"server next 127.0.0.1:{to_port} maxconn 4000"
+        if connect_tls is not None:
+            server += f" ssl crt {connect_tls[0]} ca-file {connect_tls[1]} verify required"
+        keep = "  option http-keep-alive\n" if mode == "http" else ""
+        reuse = "  http-reuse safe\n" if mode == "http" else ""
+        self.config_path.write_text(
+            "global\n  nbthread 1\n  maxconn 4000\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n"
+            "  ssl-default-server-options ssl-min-ver TLSv1.3\n\n"
+            "defaults\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
+            "  timeout http-keep-alive 60s\n\n"
+            f"frontend monitor\n  mode http\n  bind 127.0.0.1:{self.monitor_port}\n"
+            "  monitor-uri /healthz\n\n"
+            f"frontend hop\n  mode {mode}\n{keep}  {bind}\n  default_backend next\n\n"
+            f"backend next\n  mode {mode}\n{keep}{reuse}  {server}\n"
+        )
+
+    def command(self) -> list[str]:
+        from benchmarks._proxy_peers import tool
+
+        return [tool("haproxy"), "-f", str(self.config_path), "-db"]
+
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}/healthz"
+
+
+def _workload_pem(ca: CertificateAuthority, service: str, path: Path) -> Path:
+    """A workload certificate for ``service`` and its key in one PEM file."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    cert = ca.sign_workload_csr(
+        csr.public_bytes(serialization.Encoding.PEM),
+        service_spiffe_id(ca.trust_domain, "default", service),
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.write_bytes(cert + key_pem)
+    return path
+
+
+def _check_mtls(port: int, pem: Path, ca_file: Path) -> None:
+    """That ``port`` speaks TLS 1.3 to a client with a workload certificate."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = False  # workload certificates name a SPIFFE ID only
+    context.load_cert_chain(str(pem))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+        context.wrap_socket(sock) as tls,
+    ):
+        if tls.version() != "TLSv1.3":
+            raise ServerError(f"the mTLS hop negotiated {tls.version()}, not TLS 1.3")
+
+
+def _mtls_haproxy(quick: bool, workdir: Path) -> list[Row]:
+    from benchmarks._proxy_load import CpuUse, wrk
+    from benchmarks._proxy_peers import NginxServer
+
+    rounds, seconds = (2, 2.0) if quick else (3, 3.0)
+    ca = CertificateAuthority.create()
+    ca_file, _key = ca.save(workdir / "mtls-ca")
+    caller = _workload_pem(ca, "api", workdir / "api.pem")
+    callee = _workload_pem(ca, "web", workdir / "web.pem")
+    routes = [(mode, tls) for mode in ("tcp", "http") for tls in (False, True)]
+    rps: dict[tuple[str, bool], list[float]] = {r: [] for r in routes}
+    errors = dict.fromkeys(routes, 0)
+    cpu = {r: CpuUse() for r in routes}
+    with contextlib.ExitStack() as stack:
+        nginx = NginxServer(workdir / "nginx", 1_000_000)
+        stack.enter_context(nginx)
+        hops: dict[tuple[str, bool], tuple[_HaproxyHop, _HaproxyHop]] = {}
+        for mode, tls in routes:
+            name = f"{mode}-{'mtls' if tls else 'plain'}"
+            inbound = _HaproxyHop(
+                workdir / f"{name}-in",
+                mode,
+                nginx.port,
+                bind_tls=(callee, ca_file) if tls else None,
+            )
+            stack.enter_context(inbound)
+            outbound = _HaproxyHop(
+                workdir / f"{name}-out",
+                mode,
+                inbound.port,
+                connect_tls=(caller, ca_file) if tls else None,
+            )
+            stack.enter_context(outbound)
+            hops[(mode, tls)] = (outbound, inbound)
+            if tls:
+                _check_mtls(inbound.port, caller, ca_file)
+        for route in routes:  # warm-up: connections made, handshakes done
+            wrk(hops[route][0].port, 1.0)
+        for k in range(rounds):
+            _progress(f"HAProxy two hops, round {k + 1}/{rounds}")
+            for route in routes:
+                outbound, inbound = hops[route]
+                pids = {"outbound": outbound.pid, "inbound": inbound.pid}
+                with cpu[route].measure(pids):
+                    result = wrk(outbound.port, seconds)
+                rps[route].append(result.rps)
+                errors[route] += result.errors
+    rows: list[Row] = []
+    for mode in ("tcp", "http"):
+        pair: list[Row] = []
+        for tls in (True, False):
+            vcpu = sum(cpu[(mode, tls)].vcpu().values())
+            value = statistics.mean(rps[(mode, tls)])
+            pair.append(
+                {
+                    "bench": "mtls_haproxy",
+                    "system": f"haproxy {mode}, {'mTLS' if tls else 'plaintext'} between hops",
+                    "mode": mode,
+                    "hops": 2,
+                    "value": value,
+                    "unit": "requests/s",
+                    "rounds": rps[(mode, tls)],
+                    "vcpu": vcpu,
+                    "rps_per_vcpu": value / vcpu if vcpu else None,
+                    "errors": errors[(mode, tls)],
+                    "load": "wrk -t1 -c50, keep-alive",
+                }
+            )
+        rows += pair
+        ratio = _ratio_row("mtls_haproxy", pair[0], pair[1])
+        ratio["mode"] = mode
+        if pair[0]["rps_per_vcpu"] and pair[1]["rps_per_vcpu"]:
+            ratio["per_vcpu_ratio"] = pair[0]["rps_per_vcpu"] / pair[1]["rps_per_vcpu"]
+        rows.append(ratio)
+    return rows
+
+
 # -- the module's entry point --------------------------------------------------
 
 
@@ -442,12 +622,15 @@ def run(quick: bool) -> list[Row]:
             rows += _issuance(quick)
         with _guard(rows, "tls_handshakes"):
             rows += _tls(quick, workdir)
+        with _guard(rows, "mtls_haproxy"):
+            rows += _mtls_haproxy(quick, workdir)
     rows.append(
         {
             "bench": "mtls_proxy",
             "system": "ecosystem",
             "not_measured": "mTLS between sidecars not landed: the sidecar's listeners "
-            "have no mTLS yet (no requests/s with mTLS, no handshakes at the inbound listener)",
+            "have no mTLS yet (no requests/s with mTLS against plaintext or against the "
+            "mtls_haproxy lines, no handshakes at the inbound listener)",
         }
     )
     return rows
