@@ -7,13 +7,16 @@ there is one):
 
 - ``acl_registrations``: registrations/s against a real ``eco controlplane``
   with ``--acl deny`` and a management token (from ``eco acl bootstrap``)
-  beside one with ``--acl allow`` and no token, alternating rounds in one run,
-  the median round of each. The registrations benchmark's clients and worker
+  beside one with ``--acl allow`` and no token, alternating rounds in one run
+  (a fresh control plane each), the best round of each (other work on the
+  machine only lowers a round), with the medians and the server's CPU per
+  registration beside it. The registrations benchmark's clients and worker
   processes (persistent instances). Budget: deny ≥ 0.9 x allow.
 - ``ca_issuance``: workload certificates signed per second in this process
   by ``CertificateAuthority.sign_workload_csr`` (CSRs made beforehand), beside
   the floor: a bare ``cryptography`` ``CertificateBuilder`` signing a leaf
-  with the same key (no CSR to parse or check). No budget.
+  with the same key (no CSR to parse or check). Best of 3 passes each. No
+  budget.
 - ``ca_issuance_session``: end to end, certificates per second over agent
   sessions (``AgentSession.request_certificate``) from a real ``eco
   controlplane --tls-ca/--tls-ca-key`` over TLS; several sessions, so that
@@ -47,6 +50,7 @@ import asyncio
 import contextlib
 import io
 import json
+import math
 import socket
 import ssl
 import statistics
@@ -127,9 +131,11 @@ def _bootstrap(target: str) -> str:
 
 def _acl(quick: bool, workdir: Path) -> list[Row]:
     sizes = replace(QUICK if quick else FULL, registrations=3_000 if quick else 10_000)
-    rounds = 2 if quick else 3
+    rounds = 3 if quick else 5
     runner = Runner(sizes, Reporter(None, stream=io.StringIO()), workdir)
     rates: dict[str, list[float]] = {"allow": [], "deny": []}
+    cpu_us: dict[str, list[float]] = {"allow": [], "deny": []}
+    p50_ms: dict[str, list[float]] = {"allow": [], "deny": []}
     details: dict[str, Row] = {}
     for k in range(rounds):
         for mode in ("allow", "deny"):
@@ -141,7 +147,9 @@ def _acl(quick: bool, workdir: Path) -> list[Row]:
                 load = runner._register_load(
                     stack, server, "reg", sizes.registrations, leased=False, token=token
                 )
-                rates[mode].append(load.pop("rate"))
+                rates[mode].append(load["rate"])
+                cpu_us[mode].append(load["server_cpu_s"] / load["registrations"] * 1e6)
+                p50_ms[mode].append(load["call_p50_ms"])
                 details[mode] = load
     rows: list[Row] = []
     for mode, label in (("deny", "acl deny + token"), ("allow", "acl allow, no token")):
@@ -149,18 +157,27 @@ def _acl(quick: bool, workdir: Path) -> list[Row]:
             {
                 "bench": "acl_registrations",
                 "system": label,
-                "value": statistics.median(rates[mode]),
+                # Other work on the machine only ever lowers a round: the best
+                # round of each mode is the one least disturbed.
+                "value": max(rates[mode]),
                 "unit": "registrations/s",
-                "stat": f"median of {rounds} rounds",
+                "stat": f"best of {rounds} rounds",
+                "median": statistics.median(rates[mode]),
                 "rounds": rates[mode],
+                "server_cpu_us_per_registration": statistics.median(cpu_us[mode]),
+                "server_cpu_us_rounds": cpu_us[mode],
+                "call_p50_ms": statistics.median(p50_ms[mode]),
                 "registrations": sizes.registrations,
                 "clients": details[mode]["clients"],
                 "concurrency_per_client": details[mode]["concurrency_per_client"],
-                "call_p50_ms_last_round": details[mode]["call_p50_ms"],
-                "server_cpu_s_last_round": details[mode]["server_cpu_s"],
             }
         )
-    rows.append(_ratio_row("acl_registrations", rows[0], rows[1], ACL_BUDGET))
+    ratio = _ratio_row("acl_registrations", rows[0], rows[1], ACL_BUDGET)
+    ratio["median_ratio"] = rows[0]["median"] / rows[1]["median"]
+    ratio["server_cpu_ratio"] = (
+        rows[0]["server_cpu_us_per_registration"] / rows[1]["server_cpu_us_per_registration"]
+    )
+    rows.append(ratio)
     return rows
 
 
@@ -207,16 +224,18 @@ def _issuance(quick: bool) -> list[Row]:
     spiffe_id = service_spiffe_id(ca.trust_domain, "default", "web")
     _progress(f"making {count} CSRs")
     csrs = _csrs(count)
-    started = time.perf_counter()
-    for csr in csrs:
-        ca.sign_workload_csr(csr, spiffe_id)
-    ours_s = time.perf_counter() - started
     key = serialization.load_pem_private_key(ca.key_pem, None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    started = time.perf_counter()
-    for csr in csrs:
-        _bare_leaf(ca, key, csr, spiffe_id)
-    floor_s = time.perf_counter() - started
+    ours_s = floor_s = math.inf
+    for _ in range(3):  # alternating passes; the best of each (noise only slows one)
+        started = time.perf_counter()
+        for csr in csrs:
+            ca.sign_workload_csr(csr, spiffe_id)
+        ours_s = min(ours_s, time.perf_counter() - started)
+        started = time.perf_counter()
+        for csr in csrs:
+            _bare_leaf(ca, key, csr, spiffe_id)
+        floor_s = min(floor_s, time.perf_counter() - started)
     ours: Row = {
         "bench": "ca_issuance",
         "system": "sign_workload_csr",
@@ -224,6 +243,7 @@ def _issuance(quick: bool) -> list[Row]:
         "unit": "certificates/s",
         "certificates": count,
         "us_per_certificate": ours_s / count * 1e6,
+        "stat": "best of 3 passes",
         "key": "EC P-256 (CA and workload)",
     }
     floor: Row = {
