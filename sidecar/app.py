@@ -60,6 +60,7 @@ from sidecar.intentions import IntentionTable
 from sidecar.local_api import LocalApiServer, SidecarServicer
 from sidecar.metrics import MetricsSnapshot, SidecarMetrics
 from sidecar.proxy._dataplane import DataPlane
+from sidecar.proxy._mtls import MeshTls
 from sidecar.relay import RelayBroker
 from sidecar.routing import Router, endpoints_of
 from sidecar.status import status_document
@@ -111,7 +112,6 @@ class Sidecar:
         self._services: dict[str, LocalServiceConfig] = {s.id: s for s in config.services}
         self.cache = EndpointCache([u.key for u in config.upstreams], config.data_dir / CACHE_FILE)
         self.router = Router(config.upstreams, config.node)
-        self.dataplane = DataPlane(config, self.router)
         self.engine = HealthEngine(checker, on_transition=self._on_transition)
         #: The workload certificates and trust bundle (see sidecar.identity).
         self.identity = SidecarIdentity(
@@ -119,6 +119,12 @@ class Sidecar:
         )
         #: The intentions inbound listeners decide with (see sidecar.intentions).
         self.intentions = IntentionTable()
+        caller = (
+            (config.services[0].namespace, config.services[0].name) if config.services else None
+        )
+        self.dataplane = DataPlane(
+            config, self.router, MeshTls(self.identity, self.intentions, caller)
+        )
         self._servicer = SidecarServicer(
             self.cache,
             self.router,

@@ -9,7 +9,7 @@ the certificate's expiry allows. The trust bundle (the CA's roots) comes with
 every Welcome and again whenever it changes (root rotation); a change of the
 signing root renews every certificate at once.
 
-What the proxy uses (mutual TLS between sidecars, next):
+What the proxy uses for mutual TLS between sidecars (sidecar.proxy._mtls):
 :meth:`SidecarIdentity.ssl_context_for` gives a TLS 1.3 context with the
 service's current certificate and key that trusts the current bundle.
 Connections already open keep the certificate they were made with; ask for
@@ -155,6 +155,18 @@ class SidecarIdentity:
         cert = self.certificate(service, namespace)
         if cert is None or self._bundle is None:
             raise LookupError(f"no workload certificate for {namespace or 'default'}/{service} yet")
+        return self._context(cert, server=server)
+
+    def node_ssl_context(self, *, server: bool = False) -> ssl.SSLContext:
+        """Like :meth:`ssl_context_for`, presenting the node's certificate (for a
+        sidecar that calls out with no local service to call as)."""
+        cert = self.node_certificate
+        if cert is None or self._bundle is None:
+            raise LookupError(f"no workload certificate for node {self.node_id} yet")
+        return self._context(cert, server=server)
+
+    def _context(self, cert: Certificate, *, server: bool) -> ssl.SSLContext:
+        assert self._bundle is not None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         context.check_hostname = False

@@ -7,6 +7,11 @@ uses too (one view of in-flight requests and ejections per service).
 local service they front is registered with the listener's port in its
 metadata (:data:`~sidecar.config.INBOUND_PORT_KEY`), so client sidecars dial
 the listener instead of the application.
+
+With a :class:`~sidecar.proxy._mtls.MeshTls` (``mesh``), connections between
+sidecars are mutual TLS once the control plane has sent a trust bundle, and
+inbound listeners check the caller against the intentions (TCP and HTTP
+listeners; gRPC listeners stay plaintext for now).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from sidecar.cache import UpstreamKey
 from sidecar.config import InboundConfig, ProxyPolicy, SidecarConfig, split_hostport
 from sidecar.proxy._listener import Listener
+from sidecar.proxy._mtls import InboundMesh, MeshTls
 from sidecar.proxy._target import Target
 from sidecar.routing import Router
 
@@ -31,6 +37,10 @@ _LISTENERS = {
     "http": ("sidecar.proxy.http", "HttpListener"),
     "grpc": ("sidecar.proxy._grpc", "GrpcListener"),
 }
+
+
+#: The listeners that speak mutual TLS between sidecars.
+_MESH_PROTOCOLS = frozenset({"tcp", "http"})
 
 
 def listener_class(protocol: str) -> type[Listener]:
@@ -55,7 +65,7 @@ def inbound_service(inbound: InboundConfig, config: SidecarConfig) -> str:
 class DataPlane:
     """Every proxy listener of one sidecar; started after the local API, drained first on stop."""
 
-    def __init__(self, config: SidecarConfig, router: Router) -> None:
+    def __init__(self, config: SidecarConfig, router: Router, mesh: MeshTls | None = None) -> None:
         self.listeners: list[Listener] = []
         self._targets: dict[UpstreamKey, Target] = {}
         #: local service name → its inbound listener
@@ -65,6 +75,8 @@ class DataPlane:
                 continue
             name = upstream.service if upstream.key[0] == "default" else "/".join(upstream.key)
             target = Target(name, upstream, router.balancer(upstream.key))
+            if mesh is not None and upstream.protocol in _MESH_PROTOCOLS:
+                target.mesh, target.service = mesh, upstream.service
             self._targets[upstream.key] = target
             self.listeners.append(self._listener(name, upstream.listen, target, upstream))
         for inbound in config.inbound:
@@ -73,6 +85,8 @@ class DataPlane:
             name = f"inbound:{service}" if service else f"inbound:{inbound.to}"
             target = Target.fixed(name, inbound, [(host, port)])
             listener = self._listener(name, inbound.listen, target, inbound)
+            if mesh is not None and service and inbound.protocol in _MESH_PROTOCOLS:
+                listener.mesh = InboundMesh(mesh, service)
             self.listeners.append(listener)
             if service:
                 self._inbound.setdefault(service, listener)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from serving.http_limits import ConnectionGate
 from sidecar.config import ProxyPolicy, split_hostport
 from sidecar.errors import StartupError
 from sidecar.proxy._target import Target
+
+if TYPE_CHECKING:
+    from sidecar.proxy._mtls import InboundMesh
 
 __all__ = ["Listener"]
 
@@ -26,6 +31,10 @@ class Listener(abc.ABC):
     """
 
     protocol = ""
+    #: Mutual TLS and the intention check of an inbound listener (set by the data
+    #: plane; see sidecar.proxy._mtls). A class default: the HTTP listener keeps
+    #: its instance attributes few (tests/unit/proxy/test_http_listener.py).
+    mesh: InboundMesh | None = None
 
     def __init__(self, name: str, listen: str, target: Target, policy: ProxyPolicy) -> None:
         self.name = name
@@ -56,6 +65,14 @@ class Listener(abc.ABC):
         """The target lost these endpoints: established connections to them
         may finish, but nothing new is sent (idle pooled connections close)."""
         del ids
+
+    def protocol_factory(
+        self, make: Callable[[], asyncio.BaseProtocol]
+    ) -> Callable[[], asyncio.BaseProtocol]:
+        """``make`` for a listener without mutual TLS; for an inbound one, a
+        factory that wraps each connection in TLS once the sidecar has a bundle."""
+        mesh = self.mesh
+        return make if mesh is None else mesh.factory(make)
 
     def _bound(self, port: int) -> None:
         self.address = f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"

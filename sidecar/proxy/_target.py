@@ -99,6 +99,10 @@ class Target:
         self._times_ejected: dict[str, int] = {}
         self._ids = frozenset(e.id for e in balancer.endpoints)
         self._on_removed: list[Callable[[frozenset[str]], None]] = []
+        #: For an upstream target: mutual TLS to remote sidecars (set by the data
+        #: plane; sidecar.proxy._mtls.MeshTls) and the service dialled.
+        self.mesh: Any = None
+        self.service = ""
 
     @classmethod
     def fixed(
@@ -157,6 +161,21 @@ class Target:
             self.stats.errors["no_endpoints"] += 1
             raise
         return endpoint
+
+    def dial_tls(self, endpoint: Endpoint) -> Any:
+        """The ``ssl.SSLContext`` to dial ``endpoint`` with (mutual TLS to a
+        sidecar's inbound listener), or None for plaintext; raises
+        ConnectionRefusedError when TLS is needed and cannot be had yet."""
+        mesh = self.mesh
+        if mesh is None:
+            return None
+        return mesh.client_context(endpoint.metadata)
+
+    def check_tls(self, transport: Any) -> None:
+        """Raises ConnectionRefusedError unless a TLS server dialled is this target's
+        service (see sidecar.proxy._mtls)."""
+        if self.mesh is not None:
+            self.mesh.check_server(transport, self.service)
 
     @staticmethod
     def dial(endpoint: Endpoint) -> tuple[str, int]:

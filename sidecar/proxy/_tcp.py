@@ -36,8 +36,16 @@ per target: ``bytes_received`` / ``bytes_sent`` (added to the target's counters
 by the sweep and when a connection ends), and per finished
 connection ``responses["closed"]`` (forwarded, ended normally),
 ``responses["reset"]`` (the upstream reset it), ``responses["idle_timeout"]``,
-``responses["unavailable"]`` (could not be forwarded) or
+``responses["unavailable"]`` (could not be forwarded),
+``responses["intention_denied"]`` (an inbound listener's caller is not
+allowed, at the handshake or after an intention changed) or
 ``responses["cancelled"]`` (the client left while connecting).
+
+With mutual TLS (``sidecar.proxy._mtls``), an inbound listener's
+connections are TLS and its caller is checked against the intentions when
+the connection is made and again whenever they change: a denied caller's
+connection is reset. An upstream dialling another sidecar's inbound
+listener connects over TLS.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from typing import Any, cast
 from sdk.balancer import Endpoint, NoEndpointsError
 from sidecar.config import ProxyPolicy
 from sidecar.proxy._listener import Listener
+from sidecar.proxy._mtls import HANDSHAKE_TIMEOUT
 from sidecar.proxy._target import CircuitOpenError, Outcome, Target
 
 __all__ = ["HIGH_WATER", "TcpListener"]
@@ -114,7 +123,7 @@ class TcpListener(Listener):
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
-                functools.partial(_Downstream, self),
+                self.protocol_factory(functools.partial(_Downstream, self)),
                 self.host or None,
                 self.port,
                 reuse_address=True,
@@ -359,6 +368,14 @@ class _Downstream(asyncio.Protocol):
             # Accepted in the same loop turn as drain() closed the server.
             self._unavailable()
             return
+        mesh = listener.mesh
+        if mesh is not None:
+            decision = mesh.authorize(transport)
+            if not decision.allowed:
+                logger.info("%s: refused a caller: %s", listener.name, decision.reason)
+                self._deny()
+                return
+            mesh.track(self, transport, self._intention_changed)
         _tune(transport)
         try:
             target.begin_pending()
@@ -497,7 +514,20 @@ class _Downstream(asyncio.Protocol):
         upstream = _Upstream(self)
         try:
             async with asyncio.timeout(policy.connect_timeout):
-                transport, _ = await loop.create_connection(lambda: upstream, host, port)
+                tls = target.dial_tls(endpoint)
+                transport, _ = await loop.create_connection(
+                    lambda: upstream,
+                    host,
+                    port,
+                    ssl=tls,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
+                )
+                if tls is not None:
+                    try:
+                        target.check_tls(transport)
+                    except OSError:
+                        transport.abort()
+                        raise
         except TimeoutError:
             outcome = Outcome.TIMEOUT
             logger.debug("%s: connect to %s:%s timed out", self.listener.name, host, port)
@@ -540,6 +570,25 @@ class _Downstream(asyncio.Protocol):
             self.transport.resume_reading()
         if not self.write_paused:
             transport.resume_reading()
+
+    def _deny(self) -> None:
+        self.stats.errors["intention_denied"] += 1
+        self.result = "intention_denied"
+        self._reset_downstream()
+
+    def _intention_changed(self, decision: Any) -> None:
+        """The intentions changed: a connection whose caller is now denied is reset."""
+        if decision.allowed or self.finished or self.down_lost:
+            return
+        logger.info("%s: closing a connection: %s", self.listener.name, decision.reason)
+        self.stats.errors["intention_denied"] += 1
+        self.result = "intention_denied"
+        if self.task is not None:
+            self.task.cancel()
+        self._reset_downstream()
+        up = self.up_transport
+        if up is not None and not self.up_lost:
+            up.abort()
 
     def _unavailable(self) -> None:
         self.result = "unavailable"
@@ -594,6 +643,8 @@ class _Downstream(asyncio.Protocol):
             return
         self.finished = True
         listener = self.listener
+        if listener.mesh is not None:
+            listener.mesh.forget(self)
         listener.gate.release(self.key)
         listener._forget(self)
         target = self.target

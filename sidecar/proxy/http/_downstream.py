@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from sdk import IntentionDecision
 from serving.http_limits import refuse
 from sidecar.proxy.http._exchange import P_EOF, P_QUEUE, P_STOP, Exchange
 from sidecar.proxy.http._parse import (
@@ -82,6 +83,7 @@ class Downstream(asyncio.Protocol):
         "closing",
         "corked",
         "current",
+        "denied",
         "fields",
         "gone",
         "head_key",
@@ -135,6 +137,9 @@ class Downstream(asyncio.Protocol):
         self.head_since = 0.0
         #: the listener's connection gate's, while admitted
         self.key = ""
+        #: why this connection's caller may not call the service (an inbound
+        #: listener with mutual TLS: the intentions say no); None: it may
+        self.denied: str | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -154,8 +159,17 @@ class Downstream(asyncio.Protocol):
             self.client_ip = str(peer[0]).encode()
         self.parser = HttpRequestParser(self)
         listener.downstreams.add(self)
+        mesh = listener.mesh
+        if mesh is not None:
+            decision = mesh.authorize(transport)
+            self.denied = None if decision.allowed else decision.reason
+            mesh.track(self, transport, self._intention_changed)
         if listener.draining:
             self.close()
+
+    def _intention_changed(self, decision: IntentionDecision) -> None:
+        """The intentions changed: the next request is refused (or let through)."""
+        self.denied = None if decision.allowed else decision.reason
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -442,6 +456,8 @@ class Downstream(asyncio.Protocol):
         if self.gone:
             return
         self.gone = True
+        if self.listener.mesh is not None:
+            self.listener.mesh.forget(self)
         self.listener.forget(self)
         self.queue.clear()
         ex = self.current

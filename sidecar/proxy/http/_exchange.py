@@ -280,6 +280,11 @@ class Exchange:
         down = self.down
         listener = down.listener
         refuse = self.refuse
+        if refuse is None and down.denied is not None:
+            # An inbound listener's caller the intentions do not allow (checked
+            # per request: a changed intention applies to open connections too).
+            down.stats.errors["intention_denied"] += 1
+            refuse = Rejected(403, "intention_denied", f"intention denied: {down.denied}")
         if refuse is not None:
             text = f"{listener.name}: {refuse.message}"
             if refuse.kind == "upgrade":
@@ -332,12 +337,23 @@ class Exchange:
             self.down.pause(P_WAIT)
         host, port = target.dial(endpoint)
         conn = self.dialing = UpstreamConnection(listener.pool, (host, port))
-        self.connecting = listener.spawn("connect", self._dial(conn, host, port))
+        self.connecting = listener.spawn("connect", self._dial(conn, host, port, endpoint))
 
-    async def _dial(self, conn: UpstreamConnection, host: str, port: int) -> None:
+    async def _dial(
+        self, conn: UpstreamConnection, host: str, port: int, endpoint: Endpoint
+    ) -> None:
         listener = self.down.listener
+        target = listener.target
         try:
-            await listener.pool.connect(conn, host, port, listener.policy.connect_timeout)
+            tls = target.dial_tls(endpoint)
+            await listener.pool.connect(conn, host, port, listener.policy.connect_timeout, tls=tls)
+            if tls is not None:
+                try:
+                    target.check_tls(conn.transport)
+                except OSError:
+                    conn.abort()
+                    conn.uncount()
+                    raise
         except OSError as exc:  # TimeoutError included
             self._dialled(None)
             if isinstance(exc, TimeoutError):

@@ -40,7 +40,9 @@ Both are armed lazily, by a tick, for the exchanges still in flight (see
 (502), ``no_endpoints`` and ``circuit_open`` (503), ``timeout`` (504),
 ``upgrade`` and ``transfer_coding`` (501), ``bad_request`` (400),
 ``method_not_allowed`` (405, TRACE), ``url_too_long`` (414),
-``headers_too_large`` (431), ``http_version`` (505).
+``headers_too_large`` (431), ``http_version`` (505), and at an inbound
+listener with mutual TLS ``intention_denied`` (403: the caller's service may
+not call the one fronted; checked per request, see ``sidecar.proxy._mtls``).
 
 Hostile input is bounded where it arrives (see
 :mod:`sidecar.proxy.http._downstream`): heads and trailers are counted as
@@ -143,7 +145,11 @@ class HttpListener(Listener):
         loop = self.loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
-                lambda: Downstream(self), self.host, self.port, reuse_address=True, backlog=1024
+                self.protocol_factory(lambda: Downstream(self)),
+                self.host,
+                self.port,
+                reuse_address=True,
+                backlog=1024,
             )
         except OSError as exc:
             self._state = "closed"

@@ -23,12 +23,14 @@ complete response in the same read, which no request asked for.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Collection
 from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpResponseParser
 
+from sidecar.proxy._mtls import HANDSHAKE_TIMEOUT
 from sidecar.proxy._target import Target
 from sidecar.proxy.http._parse import (
     ACT_CONNECTION,
@@ -424,14 +426,29 @@ class UpstreamPool:
         if len(idle) > self.max_idle:
             idle.pop(0).close()
 
-    async def connect(self, conn: UpstreamConnection, host: str, port: int, timeout: float) -> None:
+    async def connect(
+        self,
+        conn: UpstreamConnection,
+        host: str,
+        port: int,
+        timeout: float,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         """Connects ``conn`` (made for this pool; the caller has already called
-        ``target.open_connection()``). Raises OSError or TimeoutError; on any
-        failure, cancellation included, the connection's place is given back."""
+        ``target.open_connection()``), over TLS with ``tls``. Raises OSError or
+        TimeoutError; on any failure, cancellation included, the connection's
+        place is given back."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: conn, host, port)
+                await loop.create_connection(
+                    lambda: conn,
+                    host,
+                    port,
+                    ssl=tls,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls is not None else None,
+                )
         except BaseException:
             conn.abort()
             conn.uncount()
