@@ -10,8 +10,7 @@ the listener instead of the application.
 
 With a :class:`~sidecar.proxy._mtls.MeshTls` (``mesh``), connections between
 sidecars are mutual TLS once the control plane has sent a trust bundle, and
-inbound listeners check the caller against the intentions (TCP and HTTP
-listeners; gRPC listeners stay plaintext for now).
+inbound listeners check the caller against the intentions.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ _LISTENERS = {
 
 
 #: The listeners that speak mutual TLS between sidecars.
-_MESH_PROTOCOLS = frozenset({"tcp", "http"})
+_MESH_PROTOCOLS = frozenset({"tcp", "http", "grpc"})
 
 
 def listener_class(protocol: str) -> type[Listener]:

@@ -50,6 +50,14 @@ must send its HTTP/2 preface and settings within ``head_timeout``
 runtime has no cap per client address and does not say how many it
 refused: ``max_connections_per_ip`` does not apply, and ``/status`` shows
 the cap only.
+
+With mutual TLS between sidecars (``sidecar.proxy._mtls``), an inbound
+listener is fronted by :class:`~sidecar.proxy._grpc_mesh.GrpcFront` (TLS on
+the event loop, the gRPC server on a loopback port) and checks every call
+against the intentions: a caller they deny gets PERMISSION_DENIED
+``intention denied: …``, on new and open connections alike; an upstream
+channel to another sidecar's inbound listener goes through a
+:class:`~sidecar.proxy._grpc_mesh.TlsConnector`.
 """
 
 from __future__ import annotations
@@ -65,7 +73,8 @@ from grpc._cython import cygrpc  # type: ignore[attr-defined]
 from grpc.aio import EOF  # type: ignore[attr-defined]
 
 from sdk.balancer import Endpoint, NoEndpointsError
-from sidecar.config import ProxyPolicy
+from sidecar.config import INBOUND_PORT_KEY, ProxyPolicy
+from sidecar.proxy._grpc_mesh import GrpcFront, TlsConnector
 from sidecar.proxy._listener import Listener
 from sidecar.proxy._stats import TargetStats
 from sidecar.proxy._target import CircuitOpenError, Outcome, Target
@@ -122,13 +131,22 @@ class _Result:
 class _Upstream:
     """The channel to one endpoint and the calls in flight on it."""
 
-    __slots__ = ("calls", "channel", "endpoint_id", "removed")
+    __slots__ = ("calls", "channel", "connector", "endpoint_id", "removed")
 
-    def __init__(self, endpoint_id: str, channel: grpc.aio.Channel) -> None:
+    def __init__(
+        self, endpoint_id: str, channel: grpc.aio.Channel, connector: TlsConnector | None = None
+    ) -> None:
         self.endpoint_id = endpoint_id
         self.channel = channel
+        #: mutual TLS to another sidecar: the loopback port the channel dials
+        self.connector = connector
         self.calls = 0
         self.removed = False
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+        if self.connector is not None:
+            await self.connector.close()
 
 
 class _Requests:
@@ -340,6 +358,8 @@ class GrpcListener(Listener):
     def __init__(self, name: str, listen: str, target: Target, policy: ProxyPolicy) -> None:
         super().__init__(name, listen, target, policy)
         self._server: grpc.aio.Server | None = None
+        #: an inbound listener's TLS front (mutual TLS; see sidecar.proxy._grpc_mesh)
+        self._front: GrpcFront | None = None
         self._started = False
         self._drained: asyncio.Event | None = None
         self._upstreams: dict[str, _Upstream] = {}
@@ -380,8 +400,10 @@ class GrpcListener(Listener):
             ]
         )
         server.add_generic_rpc_handlers((_Handler(self),))
+        mesh = self.mesh
         try:
-            port = server.add_insecure_port(self.listen)
+            # With mutual TLS, the gRPC server listens on loopback behind its front.
+            port = server.add_insecure_port("127.0.0.1:0" if mesh else self.listen)
         except RuntimeError as exc:
             port, reason = 0, str(exc)
         else:
@@ -391,6 +413,16 @@ class GrpcListener(Listener):
             raise self._cannot_listen(OSError(reason))
         await server.start()
         self._server = server
+        if mesh is not None:
+            front = GrpcFront(self.name, mesh, ("127.0.0.1", port))
+            try:
+                port = await front.start(self.host, self.port)
+            except OSError as exc:
+                await front.close()
+                self._server = None
+                await server.stop(None)
+                raise self._cannot_listen(exc) from exc
+            self._front = front
         self._bound(port)
 
     async def drain(self, grace: float) -> None:
@@ -400,7 +432,10 @@ class GrpcListener(Listener):
             await self._drained.wait()
             return
         self._drained = asyncio.Event()
+        front = self._front
         try:
+            if front is not None:
+                front.stop_accepting()
             server, self._server = self._server, None
             if server is not None:
                 await server.stop(grace)
@@ -416,6 +451,8 @@ class GrpcListener(Listener):
                 self._close(upstream)
             while self._closing:
                 await asyncio.wait(self._closing)
+            if front is not None:
+                await front.close()
             self._drained.set()
 
     def status(self) -> dict[str, Any]:
@@ -449,18 +486,40 @@ class GrpcListener(Listener):
             return
         self.target.close_connection()
         logger.debug("%s: closing channel to %s", self.name, upstream.endpoint_id)
-        task = loop.create_task(upstream.channel.close(None))
+        task = loop.create_task(upstream.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     def _upstream(self, endpoint: Endpoint) -> _Upstream:
         upstream = self._upstreams.get(endpoint.id)
+        target = self.target
+        mesh = target.mesh
+        tls = mesh is not None and mesh.active and INBOUND_PORT_KEY in endpoint.metadata
+        if upstream is not None and (upstream.connector is not None) != tls:
+            # Mutual TLS started (the first bundle): a new channel, through a connector.
+            del self._upstreams[endpoint.id]
+            upstream.removed = True
+            if upstream.calls:
+                self._retired.add(upstream)
+            else:
+                self._close(upstream)
+            upstream = None
         if upstream is None:
-            self.target.open_connection()
-            host, port = self.target.dial(endpoint)
+            target.open_connection()
+            host, port = target.dial(endpoint)
+            connector = None
+            if tls:
+                connector = TlsConnector(
+                    self.name,
+                    (host, port),
+                    lambda: target.dial_tls(endpoint),
+                    target.check_tls,
+                    self.policy.connect_timeout,
+                )
+                host, port = "127.0.0.1", connector.port
             address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             channel = grpc.aio.insecure_channel(address, options=self._channel_options)
-            upstream = self._upstreams[endpoint.id] = _Upstream(endpoint.id, channel)
+            upstream = self._upstreams[endpoint.id] = _Upstream(endpoint.id, channel, connector)
         upstream.calls += 1
         return upstream
 
@@ -477,6 +536,18 @@ class GrpcListener(Listener):
         task = asyncio.current_task()
         assert task is not None
         target = self.target
+        front = self._front
+        if front is not None:
+            decision = front.decide(context.peer())
+            if not decision.allowed:
+                target.stats.errors["intention_denied"] += 1
+                self._finish(
+                    context,
+                    _Result(
+                        grpc.StatusCode.PERMISSION_DENIED, f"intention denied: {decision.reason}"
+                    ),
+                )
+                return
         try:
             target.begin_request()
         except CircuitOpenError as exc:

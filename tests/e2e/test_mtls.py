@@ -1,6 +1,6 @@
 """Sidecar to sidecar mutual TLS and intentions, with real processes: an `eco
 controlplane` with a CA made by `eco ca init`, a client sidecar running `web`
-with HTTP and TCP upstreams, a server sidecar with inbound listeners in
+with HTTP, TCP and gRPC upstreams, a server sidecar with inbound listeners in
 front of real backends. Calls are mutual TLS between the sidecars without
 any set-up; a plaintext (or certificate-less) caller at the inbound
 listener fails; intentions allow, deny and allow again, applying to
@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness.controlplane import ECO, ControlPlaneProcess
 from tests.harness.sidecar import SidecarProcess
@@ -62,6 +64,7 @@ def backends() -> Iterator[dict[str, Backend]]:
     started = {
         "http": Backend("http_backend.py", "--name", "h1").start(),
         "tcp": Backend("tcp_backend.py", "--mode", "echo").start(),
+        "grpc": Backend("grpc_backend.py", "--name", "g1").start(),
     }
     yield started
     for backend in started.values():
@@ -125,6 +128,17 @@ async def get(http: aiohttp.ClientSession, mesh: Mesh) -> tuple[int, str]:
         return response.status, response.headers.get("x-eco-proxy-error", "")
 
 
+async def health(channel: grpc.aio.Channel) -> grpc.StatusCode:
+    try:
+        answer = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="g1"), timeout=5
+        )
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    return grpc.StatusCode.OK
+
+
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> bytes:
     writer.write(data)
     await writer.drain()
@@ -137,10 +151,12 @@ async def test_calls_between_sidecars_are_mutual_tls(mesh: Mesh, ca_dir: Path) -
     reader, writer = await asyncio.open_connection("127.0.0.1", mesh.ports["orders-tcp"])
     assert await echo(reader, writer, b"ping" * 1000) == b"ping" * 1000
     writer.close()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['orders-grpc']}") as channel:
+        assert await health(channel) is grpc.StatusCode.OK
 
     # The inbound listeners speak TLS only: plaintext gets nothing, and a TLS
     # client that trusts the CA but has no certificate of its own is refused.
-    for name in ("inbound:orders-http", "inbound:orders-tcp"):
+    for name in ("inbound:orders-http", "inbound:orders-tcp", "inbound:orders-grpc"):
         reader, writer = await asyncio.open_connection("127.0.0.1", mesh.ports[name])
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         answer = b""
@@ -165,7 +181,10 @@ async def test_allow_deny_allow_with_connections_held_open(mesh: Mesh, ca_dir: P
         reader, writer = await asyncio.open_connection("127.0.0.1", mesh.ports["orders-tcp"])
         assert await echo(reader, writer, b"before") == b"before"
 
-        for dst in ("orders-http", "orders-tcp"):
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['orders-grpc']}")
+        assert await health(channel) is grpc.StatusCode.OK
+
+        for dst in ("orders-http", "orders-tcp", "orders-grpc"):
             created = mesh.intention(ca, "create", "web", dst, "--deny")
             assert created.returncode == 0, created.stderr
         assert mesh.intention(ca, "check", "web", "orders-tcp").returncode == 1
@@ -176,6 +195,11 @@ async def test_allow_deny_allow_with_connections_held_open(mesh: Mesh, ca_dir: P
             assert await get(http, mesh) == (403, "intention_denied")
 
         await assert_eventually(http_denied, timeout=1.5)
+
+        async def grpc_denied() -> None:  # on the channel (and connections) already open
+            assert await health(channel) is grpc.StatusCode.PERMISSION_DENIED
+
+        await assert_eventually(grpc_denied, timeout=1.5)
         with pytest.raises(ConnectionResetError):  # reset, as a refusal is
             assert await asyncio.wait_for(reader.read(100), 1.5) != b""
         writer.close()
@@ -190,7 +214,7 @@ async def test_allow_deny_allow_with_connections_held_open(mesh: Mesh, ca_dir: P
         assert inbound["stats"]["errors"]["intention_denied"] >= 2, inbound
 
         # Allowed again: the same HTTP session gets 200, new TCP connections work.
-        for dst in ("orders-http", "orders-tcp"):
+        for dst in ("orders-http", "orders-tcp", "orders-grpc"):
             assert mesh.intention(ca, "create", "web", dst, "--allow").returncode == 0
 
         async def http_allowed() -> None:
@@ -206,3 +230,9 @@ async def test_allow_deny_allow_with_connections_held_open(mesh: Mesh, ca_dir: P
                 w.close()
 
         await assert_eventually(tcp_allowed, timeout=1.5)
+
+        async def grpc_allowed() -> None:
+            assert await health(channel) is grpc.StatusCode.OK
+
+        await assert_eventually(grpc_allowed, timeout=1.5)
+        await channel.close()
