@@ -51,8 +51,8 @@ runtime has no cap per client address and does not say how many it
 refused: ``max_connections_per_ip`` does not apply, and ``/status`` shows
 the cap only.
 
-With mutual TLS between sidecars (``sidecar.proxy._mtls``), an inbound
-listener is fronted by :class:`~sidecar.proxy._grpc_mesh.GrpcFront` (TLS on
+With mutual TLS between sidecars (``sidecar.proxy._mtls``), once the first
+trust bundle arrives an inbound listener is fronted by :class:`~sidecar.proxy._grpc_mesh.GrpcFront` (TLS on
 the event loop, the gRPC server on a loopback port) and checks every call
 against the intentions: a caller they deny gets PERMISSION_DENIED
 ``intention denied: …``, on new and open connections alike; an upstream
@@ -73,7 +73,7 @@ from grpc._cython import cygrpc  # type: ignore[attr-defined]
 from grpc.aio import EOF  # type: ignore[attr-defined]
 
 from sdk.balancer import Endpoint, NoEndpointsError
-from sidecar.config import INBOUND_PORT_KEY, ProxyPolicy
+from sidecar.config import INBOUND_PORT_KEY, ProxyPolicy, split_hostport
 from sidecar.proxy._grpc_mesh import GrpcFront, TlsConnector
 from sidecar.proxy._listener import Listener
 from sidecar.proxy._stats import TargetStats
@@ -360,6 +360,8 @@ class GrpcListener(Listener):
         self._server: grpc.aio.Server | None = None
         #: an inbound listener's TLS front (mutual TLS; see sidecar.proxy._grpc_mesh)
         self._front: GrpcFront | None = None
+        #: moving an inbound listener behind its front when the first bundle arrives
+        self._switching: asyncio.Task[None] | None = None
         self._started = False
         self._drained: asyncio.Event | None = None
         self._upstreams: dict[str, _Upstream] = {}
@@ -389,6 +391,27 @@ class GrpcListener(Listener):
         if self._started or self._drained is not None:
             raise RuntimeError(f"{self.name}: a listener starts once, and not after drain")
         self._started = True
+        mesh = self.mesh
+        fronted = mesh is not None and mesh.mesh.active
+        # With mutual TLS, the gRPC server listens on loopback behind its front.
+        server, port = await self._grpc_server("127.0.0.1:0" if fronted else self.listen)
+        self._server = server
+        if mesh is not None and fronted:
+            front = GrpcFront(self.name, mesh, ("127.0.0.1", port))
+            try:
+                port = await front.start(self.host, self.port)
+            except OSError as exc:
+                await front.close()
+                self._server = None
+                await server.stop(None)
+                raise self._cannot_listen(exc) from exc
+            self._front = front
+        self._bound(port)
+        if mesh is not None and not fronted:
+            # Plaintext until the first bundle; then behind a front (see _switch).
+            mesh.mesh.on_active(self._activated)
+
+    async def _grpc_server(self, listen: str) -> tuple[grpc.aio.Server, int]:
         policy = self.policy
         server = grpc.aio.server(
             options=[
@@ -400,10 +423,8 @@ class GrpcListener(Listener):
             ]
         )
         server.add_generic_rpc_handlers((_Handler(self),))
-        mesh = self.mesh
         try:
-            # With mutual TLS, the gRPC server listens on loopback behind its front.
-            port = server.add_insecure_port("127.0.0.1:0" if mesh else self.listen)
+            port = server.add_insecure_port(listen)
         except RuntimeError as exc:
             port, reason = 0, str(exc)
         else:
@@ -412,18 +433,45 @@ class GrpcListener(Listener):
             await server.stop(None)
             raise self._cannot_listen(OSError(reason))
         await server.start()
-        self._server = server
-        if mesh is not None:
-            front = GrpcFront(self.name, mesh, ("127.0.0.1", port))
+        return server, port
+
+    def _activated(self) -> None:
+        if self._drained is None and self._front is None and self._switching is None:
+            self._switching = asyncio.get_running_loop().create_task(
+                self._switch_logged(), name=f"grpc-mtls:{self.name}"
+            )
+
+    async def _switch_logged(self) -> None:
+        try:
+            await self._switch()
+        except Exception:
+            logger.exception("%s: could not switch to mutual TLS", self.name)
+
+    async def _switch(self) -> None:
+        """The first trust bundle arrived: the gRPC server moves to loopback and a
+        TLS front takes its address (connections made meanwhile are refused and
+        retried by their clients; the bundle comes right after the session starts,
+        before this sidecar's endpoints are known to anyone)."""
+        mesh = self.mesh
+        assert mesh is not None
+        public = split_hostport(self.address, allow_zero=True)[1]
+        server, port = await self._grpc_server("127.0.0.1:0")
+        old, self._server = self._server, server
+        if old is not None:
+            await old.stop(1.0)
+        front = GrpcFront(self.name, mesh, ("127.0.0.1", port))
+        for _ in range(40):
             try:
-                port = await front.start(self.host, self.port)
+                await front.start(self.host, public)
             except OSError as exc:
-                await front.close()
-                self._server = None
-                await server.stop(None)
-                raise self._cannot_listen(exc) from exc
-            self._front = front
-        self._bound(port)
+                error = exc
+                await asyncio.sleep(0.05)
+            else:
+                self._front = front
+                logger.info("%s: mutual TLS on %s", self.name, self.address)
+                return
+        logger.error("%s: cannot listen on %s with mutual TLS: %s", self.name, self.address, error)
+        await front.close()
 
     async def drain(self, grace: float) -> None:
         """Stops accepting, lets calls in flight finish within ``grace``, cancels the
@@ -432,6 +480,9 @@ class GrpcListener(Listener):
             await self._drained.wait()
             return
         self._drained = asyncio.Event()
+        if self._switching is not None:
+            self._switching.cancel()
+            await asyncio.gather(self._switching, return_exceptions=True)
         front = self._front
         try:
             if front is not None:

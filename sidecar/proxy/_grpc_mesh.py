@@ -6,8 +6,9 @@ checks a server's host name against its certificate, which workload
 certificates (a SPIFFE ID, no host name) cannot pass. So the TLS of a
 gRPC listener is done next to the runtime, by the event loop:
 
-- :class:`GrpcFront` — an inbound gRPC listener binds its public address
-  with an event-loop server, and its gRPC server on a loopback port. Each
+- :class:`GrpcFront` — once the first bundle arrives, an inbound gRPC
+  listener moves its gRPC server to a loopback port and binds its public
+  address with an event-loop server instead (``GrpcListener._switch``). Each
   accepted connection is wrapped in TLS once the sidecar has a bundle (as
   the TCP and HTTP listeners are: ``MeshTls.server_protocol``), connected
   to the gRPC server and spliced. The front remembers, by the loopback
@@ -19,8 +20,8 @@ gRPC listener is done next to the runtime, by the event loop:
   dialled on to the endpoint over TLS (the server's identity checked) and
   spliced.
 
-Without a bundle both splice plaintext. The cost is one loopback hop each
-way, on gRPC inbound and upstream listeners only.
+Without a bundle neither is used. With one, the cost is one loopback hop
+on each side of a gRPC call between sidecars.
 """
 
 from __future__ import annotations

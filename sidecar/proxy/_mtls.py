@@ -120,8 +120,25 @@ class MeshTls:
         self.caller = caller
         self._contexts: dict[tuple[str, str, bool], ssl.SSLContext] = {}
         self._tracked: dict[object, _Tracked] = {}
-        identity.add_listener(self._contexts.clear)
+        self._was_active = False
+        self._on_active: list[Callable[[], None]] = []
+        identity.add_listener(self._identity_changed)
         intentions.add_listener(self._recheck)
+
+    def on_active(self, callback: Callable[[], None]) -> None:
+        """Calls ``callback`` once, when the first trust bundle arrives."""
+        self._on_active.append(callback)
+
+    def _identity_changed(self) -> None:
+        self._contexts.clear()
+        if self.active and not self._was_active:
+            self._was_active = True
+            callbacks, self._on_active = self._on_active, []
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("mutual TLS activation callback failed")
 
     @property
     def active(self) -> bool:
