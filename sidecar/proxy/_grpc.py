@@ -52,8 +52,9 @@ refused: ``max_connections_per_ip`` does not apply, and ``/status`` shows
 the cap only.
 
 With mutual TLS between sidecars (``sidecar.proxy._mtls``), once the first
-trust bundle arrives an inbound listener is fronted by :class:`~sidecar.proxy._grpc_mesh.GrpcFront` (TLS on
-the event loop, the gRPC server on a loopback port) and checks every call
+trust bundle arrives an inbound listener is fronted by
+:class:`~sidecar.proxy._grpc_mesh.GrpcFront` (TLS on the event loop, the
+gRPC server on a loopback port) and checks every call
 against the intentions: a caller they deny gets PERMISSION_DENIED
 ``intention denied: …``, on new and open connections alike; an upstream
 channel to another sidecar's inbound listener goes through a
