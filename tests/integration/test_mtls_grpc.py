@@ -108,6 +108,11 @@ async def test_grpc_between_sidecars_is_mutual_tls_and_checked_per_call(
         await assert_eventually(ready, timeout=10)
         inbound = server.dataplane.listeners[0]
         assert inbound.mesh is not None
+        # Its gRPC server is on loopback behind the TLS front; a call made to it
+        # straight, not through the front, is refused.
+        front = inbound._front  # type: ignore[attr-defined]
+        assert front is not None
+        assert await check(front.inner[1]) is grpc.StatusCode.PERMISSION_DENIED
         # The client's channel goes through a connector: mutual TLS.
         (upstream,) = client.dataplane.listeners[0]._upstreams.values()  # type: ignore[attr-defined]
         assert upstream.connector is not None
