@@ -39,15 +39,23 @@ there is one):
   plaintext per mode. Needs haproxy, nginx and wrk
   (scripts/install-bench-tools.sh).
 
-mTLS between sidecars (requests/s with mTLS against plaintext, budget ≥ 0.7
-x, and against HAProxy with mTLS on the same two hops; handshakes at the
-inbound listener) is not measured yet: the sidecar's listeners have no mTLS.
+- ``mtls_proxy``: the same two hops through two ``eco sidecar`` processes
+  (the proxy benchmark's mesh), plaintext beside mutual TLS (a control plane
+  with ``--tls-ca``; the client sidecar restarted once the server's inbound
+  listeners have their certificates, so that no plaintext connection made
+  before stays pooled; a plaintext request to the inbound listener is
+  checked to go unanswered). Budget: mTLS ≥ 0.7 x plaintext, per mode.
+  ``mtls_proxy_to_haproxy``: ours with mTLS ÷ HAProxy with mTLS.
+
+Not measured: new TLS connections per second at the sidecar's inbound
+listener (the load above keeps its connections open).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import math
@@ -59,6 +67,8 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -84,6 +94,7 @@ from benchmarks._servers import (
 from controlplane.ca import CertificateAuthority, service_spiffe_id
 
 ACL_BUDGET = 0.9  # deny + token ÷ allow, registrations/s
+MTLS_BUDGET = 0.7  # sidecars with mTLS ÷ plaintext, requests/s
 
 Row = dict[str, Any]
 
@@ -620,6 +631,181 @@ def _mtls_haproxy(quick: bool, workdir: Path) -> list[Row]:
     return rows
 
 
+# -- mTLS between sidecars -------------------------------------------------------
+
+
+def _has_certificate(admin: str) -> bool:
+    """Whether a sidecar holds a workload certificate (its /metrics says so)."""
+    try:
+        with urllib.request.urlopen(f"http://{admin}/metrics", timeout=2) as response:
+            text: str = response.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return False
+    return any(
+        line.startswith("eco_sidecar_certificate_expiry_timestamp_seconds{")
+        for line in text.splitlines()
+    )
+
+
+def _check_inbound_tls_only(local_api: str, service: str) -> None:
+    """That the inbound listener ``service`` resolves to (through the client
+    sidecar's local API) closes a plaintext request unanswered."""
+    from ecosystem.v1 import sidecar_pb2, sidecar_pb2_grpc
+
+    from benchmarks._proxy_peers import _answers
+    from sidecar.config import INBOUND_PORT_KEY
+
+    with grpc.insecure_channel(local_api) as channel:
+        stub = sidecar_pb2_grpc.SidecarServiceStub(channel)  # type: ignore[no-untyped-call]
+        answer = stub.ResolveEndpoints(
+            sidecar_pb2.ResolveEndpointsRequest(service=service), timeout=5
+        )
+    ports = [int(e.metadata[INBOUND_PORT_KEY]) for e in answer.endpoints]
+    if not ports or any(_answers(port) for port in ports):
+        raise ServerError(f"the inbound listener of {service} is not mTLS only: {ports}")
+
+
+def _wait(what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise ServerError(f"{what} not within {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def _mtls_sidecars(quick: bool, workdir: Path) -> list[Row]:
+    """Two sidecars between wrk and nginx, plaintext beside mutual TLS (the
+    control plane with a CA), tcp and http; ratio mTLS ÷ plaintext."""
+    from benchmarks._proxy_load import CpuUse, wrk
+    from benchmarks._proxy_peers import NginxServer, SidecarMesh, _answers
+
+    rounds, seconds = (2, 2.0) if quick else (3, 3.0)
+    ca = CertificateAuthority.create()
+    ca_file, key_file = ca.save(workdir / "mesh-ca")
+    routes = [(mode, tls) for mode in ("tcp", "http") for tls in (False, True)]
+    rps: dict[tuple[str, bool], list[float]] = {r: [] for r in routes}
+    errors = dict.fromkeys(routes, 0)
+    cpu = {r: CpuUse() for r in routes}
+    with contextlib.ExitStack() as stack:
+        nginx = NginxServer(workdir / "mesh-nginx", 1_000_000)
+        stack.enter_context(nginx)
+        meshes: dict[bool, SidecarMesh] = {}
+        for tls in (False, True):
+            # nginx stands in for the gRPC backend too: gRPC is not measured here.
+            name = "mtls" if tls else "plain"
+            mesh = SidecarMesh(workdir / f"mesh-{name}", nginx.port, nginx.port)
+            if tls:
+                plain_cp = mesh.controlplane
+                cp = ControlPlaneServer(
+                    plain_cp.workdir,
+                    ("--tls-ca", str(ca_file), "--tls-ca-key", str(key_file)),
+                    ca_file,
+                )
+                cp.port, cp.admin_port, cp.target = (
+                    plain_cp.port,
+                    plain_cp.admin_port,
+                    plain_cp.target,
+                )
+                cp.store_url = "memory://"
+                mesh.controlplane = cp
+                link = f'controlplane: {{addresses: ["{cp.target}"]}}'
+                with_ca = f'controlplane: {{addresses: ["{cp.target}"], ca_file: "{ca_file}"}}'
+                for sidecar in (mesh.server, mesh.client):
+                    text = sidecar.config_path.read_text()
+                    if link not in text:
+                        raise ServerError(f"no {link!r} in {sidecar.config_path}")
+                    sidecar.config_path.write_text(text.replace(link, with_ca))
+            stack.enter_context(mesh)
+            if tls:
+                for sidecar in (mesh.server, mesh.client):
+                    _wait(
+                        "a workload certificate", functools.partial(_has_certificate, sidecar.admin)
+                    )
+                # Connections the client made before the server had its bundle may be
+                # plaintext and pooled: a fresh client sidecar dials only over mTLS
+                # (the server's inbound listeners now refuse plaintext).
+                mesh.client.stop()
+                mesh.client.start()
+                _wait(
+                    "the restarted client's certificate",
+                    functools.partial(_has_certificate, mesh.client.admin),
+                )
+                for mode in ("tcp", "http"):
+                    port = mesh.ports[f"bench-{mode}"]
+                    _wait(
+                        f"{mode} through the sidecars over mTLS", functools.partial(_answers, port)
+                    )
+                _check_inbound_tls_only(mesh.client.local_api, "bench-http")
+            meshes[tls] = mesh
+        for mode, tls in routes:  # warm-up
+            wrk(meshes[tls].ports[f"bench-{mode}"], 1.0)
+        for k in range(rounds):
+            _progress(f"sidecars two hops, round {k + 1}/{rounds}")
+            for mode, tls in routes:
+                mesh = meshes[tls]
+                pids = {"client": mesh.client.pid, "server": mesh.server.pid}
+                with cpu[(mode, tls)].measure(pids):
+                    result = wrk(mesh.ports[f"bench-{mode}"], seconds)
+                rps[(mode, tls)].append(result.rps)
+                errors[(mode, tls)] += result.errors
+    rows: list[Row] = []
+    for mode in ("tcp", "http"):
+        pair: list[Row] = []
+        for tls in (True, False):
+            vcpu = sum(cpu[(mode, tls)].vcpu().values())
+            value = statistics.mean(rps[(mode, tls)])
+            pair.append(
+                {
+                    "bench": "mtls_proxy",
+                    "system": f"ecosystem {mode}, {'mTLS' if tls else 'plaintext'} "
+                    "between sidecars",
+                    "mode": mode,
+                    "hops": 2,
+                    "value": value,
+                    "unit": "requests/s",
+                    "rounds": rps[(mode, tls)],
+                    "vcpu": vcpu,
+                    "rps_per_vcpu": value / vcpu if vcpu else None,
+                    "errors": errors[(mode, tls)],
+                    "load": "wrk -t1 -c50, keep-alive",
+                }
+            )
+        rows += pair
+        ratio = _ratio_row("mtls_proxy", pair[0], pair[1], MTLS_BUDGET)
+        ratio["mode"] = mode
+        if pair[0]["rps_per_vcpu"] and pair[1]["rps_per_vcpu"]:
+            ratio["per_vcpu_ratio"] = pair[0]["rps_per_vcpu"] / pair[1]["rps_per_vcpu"]
+        rows.append(ratio)
+    return rows
+
+
+def _to_haproxy(rows: list[Row]) -> list[Row]:
+    """Ours with mTLS ÷ HAProxy with mTLS, per mode, when both were measured."""
+    out: list[Row] = []
+    for mode in ("tcp", "http"):
+        ours = [
+            r
+            for r in rows
+            if r.get("bench") == "mtls_proxy"
+            and r.get("mode") == mode
+            and "mTLS" in r.get("system", "")
+        ]
+        peer = [
+            r
+            for r in rows
+            if r.get("bench") == "mtls_haproxy"
+            and r.get("mode") == mode
+            and "mTLS" in r.get("system", "")
+        ]
+        if ours and peer:
+            row = _ratio_row("mtls_proxy_to_haproxy", ours[0], peer[0])
+            row["mode"] = mode
+            if ours[0]["rps_per_vcpu"] and peer[0]["rps_per_vcpu"]:
+                row["per_vcpu_ratio"] = ours[0]["rps_per_vcpu"] / peer[0]["rps_per_vcpu"]
+            out.append(row)
+    return out
+
+
 # -- the module's entry point --------------------------------------------------
 
 
@@ -644,13 +830,7 @@ def run(quick: bool) -> list[Row]:
             rows += _tls(quick, workdir)
         with _guard(rows, "mtls_haproxy"):
             rows += _mtls_haproxy(quick, workdir)
-    rows.append(
-        {
-            "bench": "mtls_proxy",
-            "system": "ecosystem",
-            "not_measured": "mTLS between sidecars not landed: the sidecar's listeners "
-            "have no mTLS yet (no requests/s with mTLS against plaintext or against the "
-            "mtls_haproxy lines, no handshakes at the inbound listener)",
-        }
-    )
+        with _guard(rows, "mtls_proxy"):
+            rows += _mtls_sidecars(quick, workdir)
+        rows += _to_haproxy(rows)
     return rows
