@@ -1,4 +1,4 @@
-"""The sidecar's expected failures, and the one table that maps them to gRPC statuses.
+"""The sidecar's expected failures; each says its gRPC status on its class.
 
 ::
 
@@ -9,17 +9,17 @@
     ├── BadRequestError             INVALID_ARGUMENT + google.rpc.BadRequest field violations
     ├── TooManyWatchesError         RESOURCE_EXHAUSTED: the cap on WatchEndpoints streams
     └── ShuttingDownError           UNAVAILABLE: the sidecar is stopping
+    NoRouteError (sdk.balancer.NoEndpointsError)   UNAVAILABLE: nothing to route to
 
-    from other packages, mapped by the same table:
-    sdk.balancer.NoEndpointsError           UNAVAILABLE: nothing to route to
-    sidecar.health.CheckNotFoundError       NOT_FOUND
-    sidecar.health.NotATtlCheckError        FAILED_PRECONDITION
-    sidecar.health.DuplicateCheckError      ALREADY_EXISTS
+    from sidecar.health:
+    CheckNotFoundError              NOT_FOUND
+    NotATtlCheckError               FAILED_PRECONDITION
+    DuplicateCheckError             ALREADY_EXISTS
 
     StartupError (Exception)        the sidecar could not start (address in use, data dir …)
 
-The local API's servicer raises these and lets :func:`to_status` translate
-them; nothing else in the sidecar knows about status codes.
+The local API's servicer raises these; :func:`serving.errors.to_status` (the
+one translation of every server here) reads their ``status_code``.
 """
 
 from __future__ import annotations
@@ -28,16 +28,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, status_pb2
-from grpc_status import rpc_status
 
 from sdk.balancer import NoEndpointsError
-from serving.errors import MAX_MESSAGE, FieldViolation, bad_request, cut, excerpt
-from sidecar.health import CheckNotFoundError, DuplicateCheckError, NotATtlCheckError
+from serving import errors as serving_errors
+from serving.errors import FieldViolation, code_for, excerpt, to_status
 
 __all__ = [
     "BadRequestError",
+    "NoRouteError",
     "ShuttingDownError",
     "SidecarError",
     "StartupError",
@@ -63,6 +61,8 @@ class SidecarError(Exception):
 class UnknownServiceError(SidecarError):
     """The service is not one this sidecar knows (``kind`` says which list)."""
 
+    status_code = grpc.StatusCode.NOT_FOUND
+
     def __init__(self, service: str, namespace: str, known: Sequence[str], kind: str) -> None:
         self.service = service
         self.namespace = namespace
@@ -77,6 +77,8 @@ class UnknownServiceError(SidecarError):
 
 
 class UnknownInstanceError(SidecarError):
+    status_code = grpc.StatusCode.NOT_FOUND
+
     def __init__(self, service: str, instance_id: str, known: Sequence[str]) -> None:
         self.service = service
         self.instance_id = instance_id
@@ -87,6 +89,8 @@ class UnknownInstanceError(SidecarError):
 
 
 class UnknownPickError(SidecarError):
+    status_code = grpc.StatusCode.NOT_FOUND
+
     def __init__(self, pick_id: str) -> None:
         self.pick_id = pick_id
         super().__init__(
@@ -95,6 +99,8 @@ class UnknownPickError(SidecarError):
 
 
 class BadRequestError(SidecarError):
+    status_code = grpc.StatusCode.INVALID_ARGUMENT
+
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
         self.violations = tuple(violations)
         detail = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
@@ -106,56 +112,27 @@ class BadRequestError(SidecarError):
 
 
 class TooManyWatchesError(SidecarError):
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
     def __init__(self, limit: int) -> None:
         super().__init__(f"at most {limit} WatchEndpoints streams may be open at once")
 
 
 class ShuttingDownError(SidecarError):
+    status_code = grpc.StatusCode.UNAVAILABLE
+
     def __init__(self) -> None:
         super().__init__("the sidecar is shutting down")
 
 
-# The one mapping table: expected error → gRPC status code.
-_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (BadRequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (UnknownServiceError, grpc.StatusCode.NOT_FOUND),
-    (UnknownInstanceError, grpc.StatusCode.NOT_FOUND),
-    (UnknownPickError, grpc.StatusCode.NOT_FOUND),
-    (TooManyWatchesError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
-    (NoEndpointsError, grpc.StatusCode.UNAVAILABLE),
-    (CheckNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (NotATtlCheckError, grpc.StatusCode.FAILED_PRECONDITION),
-    (DuplicateCheckError, grpc.StatusCode.ALREADY_EXISTS),
-)
+class NoRouteError(NoEndpointsError):
+    """Nothing of an upstream may be picked now (UNAVAILABLE): the balancer's
+    :class:`~sdk.balancer.NoEndpointsError`, naming the service."""
 
-
-def code_for(exc: BaseException) -> grpc.StatusCode | None:
-    """The status code of an expected error, or None for a bug."""
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return code
-    return None
-
-
-def to_status(exc: BaseException) -> status_pb2.Status:
-    """A google.rpc.Status for ``exc``: INTERNAL, with no detail, for anything unexpected."""
-    code = code_for(exc)
-    if code is None:
-        return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-    status = status_pb2.Status(code=code.value[0], message=cut(str(exc), MAX_MESSAGE))
-    if isinstance(exc, BadRequestError):
-        detail = any_pb2.Any()
-        detail.Pack(bad_request((v.field, v.description) for v in exc.violations))
-        status.details.append(detail)
-    return status
+    status_code = grpc.StatusCode.UNAVAILABLE
 
 
 def end_call(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    """Sets the status for ``exc`` as the call's outcome without raising (the
-    handler then returns): ``context.abort()`` would leave a reference cycle
-    holding the request until a full garbage collection."""
-    status = rpc_status.to_status(to_status(exc))
-    context.set_code(status.code)
-    context.set_details(status.details)
-    context.set_trailing_metadata(status.trailing_metadata)
+    """Sets the status for ``exc`` as the call's outcome without raising (see
+    :func:`serving.errors.end_call`)."""
+    serving_errors.end_call(context, to_status(exc))

@@ -24,7 +24,7 @@ from sdk import Instance
 from sdk.balancer import Balancer, Endpoint, Locality, NoEndpointsError, make_balancer
 from sidecar.cache import UpstreamKey
 from sidecar.config import NodeConfig, UpstreamConfig
-from sidecar.errors import UnknownPickError, UnknownServiceError
+from sidecar.errors import NoRouteError, UnknownPickError, UnknownServiceError
 
 __all__ = ["Pick", "Router"]
 
@@ -122,14 +122,14 @@ class Router:
     def pick(self, key: UpstreamKey, request_key: str = "") -> tuple[Instance, str]:
         """An endpoint of the upstream and a pick id to report its outcome with.
 
-        Raises UnknownServiceError, or NoEndpointsError when nothing may be
+        Raises UnknownServiceError, or NoRouteError (a NoEndpointsError) when nothing may be
         picked.
         """
         upstream = self._get(key)
         try:
             endpoint = upstream.balancer.pick(request_key or None)
         except NoEndpointsError as exc:
-            raise NoEndpointsError(
+            raise NoRouteError(
                 f"service {key[1]!r}: {exc.message}", total=exc.total, unavailable=exc.unavailable
             ) from None
         now = self._clock()

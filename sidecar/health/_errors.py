@@ -13,6 +13,8 @@ FAILED_PRECONDITION respectively.
 
 from __future__ import annotations
 
+import grpc
+
 from sidecar.health._base import CheckKind
 
 __all__ = [
@@ -33,16 +35,22 @@ class HealthError(Exception):
 
 
 class CheckNotFoundError(HealthError):
+    status_code = grpc.StatusCode.NOT_FOUND
+
     def __init__(self, check_id: str) -> None:
         super().__init__(f"no health check {check_id!r}", check_id=check_id)
 
 
 class DuplicateCheckError(HealthError):
+    status_code = grpc.StatusCode.ALREADY_EXISTS
+
     def __init__(self, check_id: str) -> None:
         super().__init__(f"health check {check_id!r} already exists", check_id=check_id)
 
 
 class NotATtlCheckError(HealthError):
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
+
     def __init__(self, check_id: str, kind: CheckKind) -> None:
         super().__init__(
             f"health check {check_id!r} is a {kind.value} check; only TTL checks take updates",
