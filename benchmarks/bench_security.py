@@ -422,39 +422,38 @@ def _tls(quick: bool, workdir: Path) -> list[Row]:
         secure.check_alive()
         plain.check_alive()
         common = {"connections": count, "concurrency": concurrency, "client": "one process"}
-        hs: Row = {
-            "bench": "tls_handshakes",
-            "system": "TLS 1.3 handshake",
-            "server_cpu_us_each": hs_cpu / count * 1e6,
-            "value": tls_rate,
-            "unit": "connections/s",
-            "server_key": "EC P-256",
-            **common,
-        }
-        tcp: Row = {
-            "bench": "tls_handshakes",
-            "system": "TCP connect",
-            "server_cpu_us_each": tcp_cpu / count * 1e6,
-            "value": tcp_rate,
-            "unit": "connections/s",
-            **common,
-        }
-        ch_tls: Row = {
-            "bench": "tls_channels",
-            "system": "gRPC channel + first call, TLS",
-            "server_cpu_us_each": ch_tls_cpu / count * 1e6,
-            "value": grpc_tls,
-            "unit": "channels/s",
-            **common,
-        }
-        ch_plain: Row = {
-            "bench": "tls_channels",
-            "system": "gRPC channel + first call, plaintext",
-            "server_cpu_us_each": ch_plain_cpu / count * 1e6,
-            "value": grpc_plain,
-            "unit": "channels/s",
-            **common,
-        }
+
+        def row(bench: str, system: str, cpu: float, value: float, unit: str, **more: Any) -> Row:
+            per_each = cpu / count * 1e6
+            return {
+                "bench": bench,
+                "system": system,
+                "server_cpu_us_each": per_each,
+                "value": value,
+                "unit": unit,
+                **more,
+                **common,
+            }
+
+        hs = row(
+            "tls_handshakes",
+            "TLS 1.3 handshake",
+            hs_cpu,
+            tls_rate,
+            "connections/s",
+            server_key="EC P-256",
+        )
+        tcp = row("tls_handshakes", "TCP connect", tcp_cpu, tcp_rate, "connections/s")
+        ch_tls = row(
+            "tls_channels", "gRPC channel + first call, TLS", ch_tls_cpu, grpc_tls, "channels/s"
+        )
+        ch_plain = row(
+            "tls_channels",
+            "gRPC channel + first call, plaintext",
+            ch_plain_cpu,
+            grpc_plain,
+            "channels/s",
+        )
         rows += [hs, tcp, _ratio_row("tls_handshakes", hs, tcp)]
         rows += [ch_tls, ch_plain, _ratio_row("tls_channels", ch_tls, ch_plain)]
         sessions, per = (4, 75) if quick else (4, 500)
