@@ -288,7 +288,7 @@ class ControlPlane:
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent, server)  # type: ignore[no-untyped-call]
         ca_pb2_grpc.add_CAServiceServicer_to_server(CAServicer(self.identity), server)  # type: ignore[no-untyped-call]
-        acl_pb2_grpc.add_AclServiceServicer_to_server(AclServicer(self.authorizer.store), server)  # type: ignore[no-untyped-call]
+        acl_pb2_grpc.add_AclServiceServicer_to_server(AclServicer(self.authorizer), server)  # type: ignore[no-untyped-call]
         intention_pb2_grpc.add_IntentionServiceServicer_to_server(  # type: ignore[no-untyped-call]
             IntentionServicer(self.intentions), server
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -27,10 +27,10 @@ from ecosystem.v1 import agent_pb2
 from ecosystem.v1 import registry_pb2 as pb
 
 from controlplane.acl._audit import AuditLog
-from controlplane.acl._rules import decide, grants_somewhere
 from controlplane.acl._store import AclStore, Identity
-from controlplane.acl._table import EVENTS_PREFIX, PUBLIC, TABLE, Entry, Need, message_needs
-from serving.errors import ServiceError, UnauthenticatedError, cut, end_call, excerpt, to_status
+from controlplane.acl._table import PUBLIC, TABLE, Entry, Need, message_needs
+from serving.acl import PermissionDeniedError, allows, bearer_secret, denied
+from serving.errors import ServiceError, UnauthenticatedError, end_call, to_status
 
 __all__ = ["AclInterceptor", "Authorizer", "PermissionDeniedError"]
 
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 
-_BEARER = "bearer "
 #: The identity of a call without a token under ``--acl allow``: nothing is checked.
 _OPEN = Identity("", "", ())
 _RESPONSES: dict[str, type[Any]] = {
@@ -49,12 +48,6 @@ _RESPONSES: dict[str, type[Any]] = {
     "/ecosystem.v1.AgentService/ListNodes": agent_pb2.ListNodesResponse,
 }
 _CONNECT = "/ecosystem.v1.AgentService/Connect"
-
-
-class PermissionDeniedError(ServiceError):
-    """The token lacks a right; the message names it (``service:web:write``)."""
-
-    status_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.PERMISSION_DENIED
 
 
 class Authorizer:
@@ -83,25 +76,7 @@ class Authorizer:
     def allows(self, identity: Identity, need: Need) -> bool:
         if identity is _OPEN:
             return True
-        if (
-            need.resource == "bus"
-            and need.access == "publish"
-            and (need.name.startswith(EVENTS_PREFIX))
-        ):
-            return False
-        rules = identity.rules
-        if need.anywhere:
-            return (
-                grants_somewhere(rules, need.resource, need.access)
-                or (
-                    need.resource == "service" and grants_somewhere(rules, "namespace", need.access)
-                )
-                or self.default_allow
-            )
-        verdict = decide(rules, need.resource, need.name, need.access)
-        if verdict is None and need.namespace:
-            verdict = decide(rules, "namespace", need.namespace, need.access)
-        return self.default_allow if verdict is None else verdict
+        return allows(identity.rules, need, default_allow=self.default_allow)
 
     def refusal(self, identity: Identity, needs: Sequence[Need]) -> Need | None:
         for need in needs:
@@ -122,22 +97,7 @@ class Authorizer:
 
 
 def _secret(context: Any) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            if value[: len(_BEARER)].lower() == _BEARER:
-                return value[len(_BEARER) :].strip()
-            return ""
-    return ""
-
-
-def _denied(need: Need) -> PermissionDeniedError:
-    if need.resource == "bus" and need.name.startswith(EVENTS_PREFIX):
-        return PermissionDeniedError(
-            f"{excerpt(need.name)}: only the control plane publishes on {EVENTS_PREFIX}*"
-        )
-    return PermissionDeniedError(
-        f"the token lacks {cut(str(need), 300)}: give it a policy with a rule that grants it"
-    )
+    return bearer_secret(context.invocation_metadata())
 
 
 def _filter(authorizer: Authorizer, identity: Identity, method: str, response: Any) -> Any:
@@ -227,7 +187,7 @@ class _AgentContext:
             return self._end(identity, f"node:{self._node}:write", PermissionDeniedError(refusal))
         missing = authorizer.refusal(identity, needs)
         if missing is not None:
-            return self._end(identity, str(missing), _denied(missing))
+            return self._end(identity, str(missing), denied(missing))
         if needs and message.WhichOneof("message") in ("hello", "sync"):
             # One line per message, each right once (a sync lists every local instance).
             rights = ",".join(dict.fromkeys(str(need) for need in needs))
@@ -287,9 +247,9 @@ class AclInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         needs = entry.needs(request)
         missing = authorizer.refusal(identity, needs)
         if missing is not None:
-            denied = _denied(missing)
-            authorizer.record(identity, method, str(missing), allowed=False, reason=str(denied))
-            end_call(context, to_status(denied))
+            refused = denied(missing)
+            authorizer.record(identity, method, str(missing), allowed=False, reason=str(refused))
+            end_call(context, to_status(refused))
             return None
         if entry.write:
             authorizer.record(identity, method, ",".join(str(n) for n in needs), allowed=True)

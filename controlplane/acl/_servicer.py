@@ -8,8 +8,9 @@ from typing import Any
 import grpc
 from ecosystem.v1 import acl_pb2, acl_pb2_grpc
 
-from controlplane.acl._rules import Rule
-from controlplane.acl._store import AclStore, Policy, TokenRecord
+from controlplane.acl._interceptor import Authorizer
+from controlplane.acl._store import Policy, TokenRecord
+from serving.acl import Rule, bearer_secret
 from serving.errors import end_call, to_status
 
 __all__ = ["AclServicer"]
@@ -40,8 +41,9 @@ def _policy(policy: Policy) -> acl_pb2.AclPolicy:
 class AclServicer(acl_pb2_grpc.AclServiceServicer):
     """Serves policies and tokens; who may call what is the interceptor's business."""
 
-    def __init__(self, store: AclStore) -> None:
-        self.store = store
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.authorizer = authorizer
+        self.store = authorizer.store
 
     async def _run(self, name: str, context: Any, work: Any) -> Any:
         try:
@@ -119,3 +121,20 @@ class AclServicer(acl_pb2_grpc.AclServiceServicer):
             return acl_pb2.DeleteTokenResponse()
 
         return await self._run("DeleteToken", context, work())
+
+    async def ResolveToken(self, request: acl_pb2.ResolveTokenRequest, context: Any) -> Any:
+        async def work() -> acl_pb2.ResolveTokenResponse:
+            # The interceptor has refused a missing (--acl deny) or unknown token already.
+            identity = await self.authorizer.identify(bearer_secret(context.invocation_metadata()))
+            return acl_pb2.ResolveTokenResponse(
+                token=acl_pb2.AclToken(
+                    accessor_id=identity.accessor_id, description=identity.description
+                ),
+                rules=[
+                    acl_pb2.AclRule(resource=r.resource, pattern=r.pattern, access=r.access)
+                    for r in identity.rules
+                ],
+                default_allow=self.authorizer.default_allow,
+            )
+
+        return await self._run("ResolveToken", context, work())

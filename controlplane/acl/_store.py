@@ -24,9 +24,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from controlplane.acl._rules import RESOURCES, Rule, check_rule, parse_rule
 from controlplane.registry import ROOT_PREFIX
 from controlplane.store import Compare, DeleteOp, PutOp, Store
+from serving.acl import RESOURCES, Rule, check_rule, parse_rule
 from serving.errors import (
     AlreadyExistsError,
     FailedPreconditionError,

@@ -16,27 +16,9 @@ from typing import Any
 
 from ecosystem.v1 import agent_pb2
 
+from serving.acl import EVENTS_PREFIX, MESSAGING_NEEDS, Need, service_need
+
 __all__ = ["EVENTS_PREFIX", "PUBLIC", "TABLE", "Entry", "Need", "message_needs"]
-
-#: Subjects only the control plane publishes on (registry events).
-EVENTS_PREFIX = "eco.events."
-DEFAULT_NAMESPACE = "default"
-
-
-@dataclass(frozen=True, slots=True)
-class Need:
-    """One right: ``resource`` ``name`` ``access``. ``namespace`` (services
-    only) lets the namespace's rules decide when no service rule matches;
-    ``anywhere`` asks for the right on some name (calls that name none)."""
-
-    resource: str
-    name: str
-    access: str
-    namespace: str = ""
-    anywhere: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.resource}:{'*' if self.anywhere else self.name}:{self.access}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +29,7 @@ class Entry:
     filtered: bool = False
 
 
-def _ns(namespace: str) -> str:
-    return namespace or DEFAULT_NAMESPACE
-
-
-def _service(name: str, namespace: str, access: str) -> Need:
-    return Need("service", name, access, _ns(namespace))
+_service = service_need
 
 
 def _any(resource: str, access: str) -> Need:
@@ -65,10 +42,6 @@ def _selector_read(selector: Any) -> list[Need]:
     if selector.service:
         return [_service(selector.service, selector.namespace, "read")]
     return [_any("service", "read")]
-
-
-def _publish(subject: str) -> Need:
-    return Need("bus", subject, "publish")
 
 
 def _none(_request: Any) -> list[Need]:
@@ -113,20 +86,11 @@ TABLE: dict[str, Entry] = {
     _A + "Connect": Entry(_none, write=True),
     _A + "ListNodes": Entry(lambda r: [_any("node", "read")], filtered=True),
     _A + "WaitForRevision": Entry(lambda r: [_any("service", "read")]),
-    # Bus: subjects are names (``orders.*`` matches ``orders.eu.created``).
-    _M + "Publish": Entry(lambda r: [_publish(r.subject)]),
-    _M + "PublishBatch": Entry(lambda r: [_publish(m.subject) for m in r.messages]),
-    _M + "Subscribe": Entry(lambda r: [Need("bus", r.subject or r.stream, "subscribe")]),
-    _M + "Ack": Entry(lambda r: [_any("bus", "subscribe")]),
-    _M + "Request": Entry(lambda r: [_publish(r.subject)]),
-    _M + "AddStream": Entry(
-        lambda r: (
-            [Need("bus", s, "write") for s in r.config.subjects] or [Need("bus", "*", "write")]
-        ),
-        write=True,
-    ),
-    _M + "ListStreams": Entry(lambda r: [_any("bus", "read")]),
-    _M + "DeleteStream": Entry(lambda r: [Need("bus", "*", "write")], write=True),
+    # Bus: the same needs as a sidecar's local API (serving.acl.MESSAGING_NEEDS).
+    **{
+        _M + name: Entry(needs, write=name in ("AddStream", "DeleteStream"))
+        for name, needs in MESSAGING_NEEDS.items()
+    },
     # ACLs.
     _C + "Bootstrap": Entry(_none, write=True),
     _C + "CreatePolicy": Entry(lambda r: [Need("acl", "policy", "write")], write=True),
@@ -136,6 +100,8 @@ TABLE: dict[str, Entry] = {
     _C + "CreateToken": Entry(lambda r: [Need("acl", "token", "write")], write=True),
     _C + "ListTokens": Entry(lambda r: [Need("acl", "token", "read")]),
     _C + "DeleteToken": Entry(lambda r: [Need("acl", "token", "write")], write=True),
+    # A token reads itself (the interceptor has checked it is one).
+    _C + "ResolveToken": Entry(_none),
     # The certificate authority.
     _CA + "GetTrustBundle": Entry(_none),
     _CA + "RotateRoot": Entry(lambda r: [Need("operator", "ca", "write")], write=True),

@@ -129,7 +129,7 @@ class Case:
     """A request, the rule that allows it and a related rule that does not."""
 
     fields: Callable[[], dict[str, Any]]
-    right: str | None  # None: public
+    right: str | None  # None: public; "": any valid token
     wrong: str = ""
     needs: str = ""  # what the refusal names (default: ``right``)
 
@@ -242,6 +242,7 @@ CASES: dict[str, Case] = {
     ),
     C + "ListTokens": Case(dict, "acl:token:read", "acl:policy:read"),
     C + "DeleteToken": Case(lambda: {"accessor_id": "nope"}, "acl:token:write", "acl:token:read"),
+    C + "ResolveToken": Case(dict, ""),
     "/ecosystem.v1.CAService/GetTrustBundle": Case(dict, None),
     "/ecosystem.v1.CAService/RotateRoot": Case(dict, "operator:ca:write", "operator:ca:read"),
     INT + "CreateIntention": Case(
@@ -320,6 +321,10 @@ async def test_rpc(acl: Acl, method: str) -> None:
         grpc.StatusCode.UNAUTHENTICATED,
         "the token is not valid (unknown or deleted)",
     )
+    if case.right == "":
+        code, details = await invoke(acl.channel, method, request, acl.md(await acl.token()))
+        assert code is grpc.StatusCode.OK, (code, details)
+        return
     narrow = await acl.token(case.wrong)
     code, details = await invoke(acl.channel, method, request, acl.md(narrow))
     assert code is grpc.StatusCode.PERMISSION_DENIED, (code, details)
@@ -541,3 +546,18 @@ async def test_a_namespace_token_lists_its_namespace(acl: Acl) -> None:
         assert [(s.namespace, s.name) for s in everything.services] == [("team-a", "web")]
         with pytest.raises(sdk.PermissionDeniedError, match="service:web:read"):
             await client.get_service("web")  # namespace default
+
+
+async def test_a_token_resolves_to_its_own_rules(acl: Acl) -> None:
+    secret = await acl.token("bus:orders.*:publish", "service:web:read")
+    stub = acl_pb2_grpc.AclServiceStub(acl.channel)
+    answer = await stub.ResolveToken(acl_pb2.ResolveTokenRequest(), metadata=acl.md(secret))
+    assert answer.token.accessor_id and answer.token.description.startswith("test p-")
+    assert [(r.resource, r.pattern, r.access) for r in answer.rules] == [
+        ("bus", "orders.*", "publish"),
+        ("service", "web", "read"),
+    ]
+    assert answer.default_allow is False
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ResolveToken(acl_pb2.ResolveTokenRequest())
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED

@@ -129,3 +129,17 @@ class DeleteTokenRequest(_message.Message):
 class DeleteTokenResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ResolveTokenRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResolveTokenResponse(_message.Message):
+    __slots__ = ("token", "rules", "default_allow")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_ALLOW_FIELD_NUMBER: _ClassVar[int]
+    token: AclToken
+    rules: _containers.RepeatedCompositeFieldContainer[AclRule]
+    default_allow: bool
+    def __init__(self, token: _Optional[_Union[AclToken, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[AclRule, _Mapping]]] = ..., default_allow: _Optional[bool] = ...) -> None: ...

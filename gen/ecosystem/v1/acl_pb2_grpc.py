@@ -78,6 +78,11 @@ class AclServiceStub:
                 request_serializer=ecosystem_dot_v1_dot_acl__pb2.DeleteTokenRequest.SerializeToString,
                 response_deserializer=ecosystem_dot_v1_dot_acl__pb2.DeleteTokenResponse.FromString,
                 _registered_method=True)
+        self.ResolveToken = channel.unary_unary(
+                '/ecosystem.v1.AclService/ResolveToken',
+                request_serializer=ecosystem_dot_v1_dot_acl__pb2.ResolveTokenRequest.SerializeToString,
+                response_deserializer=ecosystem_dot_v1_dot_acl__pb2.ResolveTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AclServiceServicer:
@@ -146,6 +151,16 @@ class AclServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveToken(self, request, context):
+        """The token this call presents and the rules of its policies, for servers
+        that check tokens themselves (a sidecar's listeners off loopback). Any
+        valid token may resolve itself; a call without one resolves to no rules
+        under `--acl allow` and is refused with UNAUTHENTICATED under `--acl deny`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AclServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +203,11 @@ def add_AclServiceServicer_to_server(servicer, server):
                     servicer.DeleteToken,
                     request_deserializer=ecosystem_dot_v1_dot_acl__pb2.DeleteTokenRequest.FromString,
                     response_serializer=ecosystem_dot_v1_dot_acl__pb2.DeleteTokenResponse.SerializeToString,
+            ),
+            'ResolveToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveToken,
+                    request_deserializer=ecosystem_dot_v1_dot_acl__pb2.ResolveTokenRequest.FromString,
+                    response_serializer=ecosystem_dot_v1_dot_acl__pb2.ResolveTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -410,6 +430,33 @@ class AclService:
             '/ecosystem.v1.AclService/DeleteToken',
             ecosystem_dot_v1_dot_acl__pb2.DeleteTokenRequest.SerializeToString,
             ecosystem_dot_v1_dot_acl__pb2.DeleteTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecosystem.v1.AclService/ResolveToken',
+            ecosystem_dot_v1_dot_acl__pb2.ResolveTokenRequest.SerializeToString,
+            ecosystem_dot_v1_dot_acl__pb2.ResolveTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
