@@ -98,8 +98,10 @@ def acl() -> None:
 def bootstrap(settings: Settings) -> None:
     """Create the first management token (every right) and print its secret.
 
-    Works once per control plane store, without a token; a second bootstrap
-    is refused (exit 1, "failed precondition"). -o json prints {"secret": …}.
+    Works once per control plane store, without a token, and only on the
+    control plane's own host, to a loopback address (--server
+    127.0.0.1:PORT); a second bootstrap is refused (exit 1, "failed
+    precondition"). -o json prints {"secret": …}.
     """
     response = _call(settings, "Bootstrap", acl_pb2.BootstrapRequest())
     emit(

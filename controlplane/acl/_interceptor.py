@@ -17,9 +17,11 @@ behaviour of a development control plane); a call with one is checked, with
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import grpc
 import grpc.aio
@@ -32,7 +34,13 @@ from controlplane.acl._table import PUBLIC, TABLE, Entry, Need, message_needs
 from serving.acl import PermissionDeniedError, allows, bearer_secret, denied
 from serving.errors import ServiceError, UnauthenticatedError, end_call, to_status
 
-__all__ = ["AclInterceptor", "Authorizer", "PermissionDeniedError"]
+__all__ = [
+    "BOOTSTRAP_REMOTE",
+    "AclInterceptor",
+    "Authorizer",
+    "PermissionDeniedError",
+    "is_loopback_peer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,30 @@ _RESPONSES: dict[str, type[Any]] = {
     "/ecosystem.v1.AgentService/ListNodes": agent_pb2.ListNodesResponse,
 }
 _CONNECT = "/ecosystem.v1.AgentService/Connect"
+_BOOTSTRAP = "/ecosystem.v1.AclService/Bootstrap"
+#: The refusal of a bootstrap from another host.
+BOOTSTRAP_REMOTE = (
+    "bootstrap is accepted only from the control plane's own host: run "
+    "'eco acl bootstrap --server 127.0.0.1:PORT' there (PORT: its --listen port)"
+)
+
+
+def is_loopback_peer(peer: str) -> bool:
+    """Whether a gRPC peer (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``,
+    ``unix:/path``) is on this host: a loopback address or a unix socket."""
+    kind, _, rest = unquote(peer).partition(":")
+    if kind in ("unix", "unix-abstract"):
+        return True
+    if kind not in ("ipv4", "ipv6"):
+        return False
+    host = rest.rsplit(":", 1)[0].strip("[]").split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 class Authorizer:
@@ -223,6 +255,20 @@ class AclInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Identity | None:
         """The caller's identity when the call may go on; otherwise ends it and returns None."""
         authorizer = self.authorizer
+        if method == _BOOTSTRAP and not is_loopback_peer(context.peer() or ""):
+            # Until it has run, bootstrap needs no token: whoever reached the
+            # port first would hold the management token. Only someone on the
+            # control plane's host may.
+            remote = PermissionDeniedError(BOOTSTRAP_REMOTE)
+            authorizer.record(
+                Identity("", "", ()),
+                method,
+                f"peer {context.peer()}",
+                allowed=False,
+                reason=str(remote),
+            )
+            end_call(context, to_status(remote))
+            return None
         try:
             if method in PUBLIC:
                 identity = _OPEN

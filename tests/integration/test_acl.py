@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -332,6 +333,43 @@ async def test_rpc(acl: Acl, method: str) -> None:
     right = await acl.token(case.right)
     code, details = await invoke(acl.channel, method, request, acl.md(right))
     assert code not in AUTH, (code, details)
+
+
+def _own_address() -> str:
+    """This host's address on its default route (not loopback): where a call
+    from "another host" comes from, without another host."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: only a route is chosen
+        address = str(probe.getsockname()[0])
+    assert not address.startswith("127."), "this test needs a non-loopback interface"
+    return address
+
+
+async def test_bootstrap_is_accepted_only_from_the_control_planes_host(tmp_path: Path) -> None:
+    config = ControlPlaneConfig(
+        listen="0.0.0.0:0",
+        admin_listen="127.0.0.1:0",
+        store_url="memory://",
+        grace=0.5,
+        drain_delay=0,
+        insecure=True,
+        acl="deny",
+        audit_log=str(tmp_path / "audit.log"),
+    )
+    async with ControlPlane(config) as cp:
+        port = cp.address.rsplit(":", 1)[1]
+        async with grpc.aio.insecure_channel(f"{_own_address()}:{port}") as remote:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await acl_pb2_grpc.AclServiceStub(remote).Bootstrap(acl_pb2.BootstrapRequest())
+            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert "only from the control plane's own host" in (err.value.details() or "")
+            assert "eco acl bootstrap --server 127.0.0.1:PORT" in (err.value.details() or "")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as local:
+            boot = await acl_pb2_grpc.AclServiceStub(local).Bootstrap(acl_pb2.BootstrapRequest())
+            assert boot.secret
+    refusal = json.loads((tmp_path / "audit.log").read_text().splitlines()[0])
+    assert (refusal["rpc"], refusal["allowed"]) == ("/ecosystem.v1.AclService/Bootstrap", False)
+    assert refusal["resource"].startswith("peer ipv4:")
 
 
 async def test_a_watch_and_lists_show_only_what_the_token_may_read(acl: Acl) -> None:
