@@ -25,13 +25,13 @@ from urllib.parse import unquote
 
 import grpc
 import grpc.aio
-from ecosystem.v1 import agent_pb2
+from ecosystem.v1 import agent_pb2, intention_pb2
 from ecosystem.v1 import registry_pb2 as pb
 
 from controlplane.acl._audit import AuditLog
 from controlplane.acl._store import AclStore, Identity
 from controlplane.acl._table import PUBLIC, TABLE, Entry, Need, message_needs
-from serving.acl import PermissionDeniedError, allows, bearer_secret, denied
+from serving.acl import PermissionDeniedError, allows, bearer_secret, denied, service_need
 from serving.errors import ServiceError, UnauthenticatedError, end_call, to_status
 
 __all__ = [
@@ -54,6 +54,7 @@ _RESPONSES: dict[str, type[Any]] = {
     "/ecosystem.v1.RegistryService/ListInstances": pb.ListInstancesResponse,
     "/ecosystem.v1.RegistryService/ListServices": pb.ListServicesResponse,
     "/ecosystem.v1.AgentService/ListNodes": agent_pb2.ListNodesResponse,
+    "/ecosystem.v1.IntentionService/ListIntentions": intention_pb2.ListIntentionsResponse,
 }
 _CONNECT = "/ecosystem.v1.AgentService/Connect"
 _BOOTSTRAP = "/ecosystem.v1.AclService/Bootstrap"
@@ -164,6 +165,17 @@ def _filter(authorizer: Authorizer, identity: Identity, method: str, response: A
         ]
         del message.services[:]
         message.services.extend(kept_services)
+    elif response_type is intention_pb2.ListIntentionsResponse:
+        # An intention for destination X is X's policy: it is shown to whoever
+        # may read X (the right CheckIntention on X needs). `*` is a name of
+        # its own: a rule must match `*` (service:*:read).
+        kept_intentions = [
+            i
+            for i in message.intentions
+            if authorizer.allows(identity, service_need(i.destination, "", "read"))
+        ]
+        del message.intentions[:]
+        message.intentions.extend(kept_intentions)
     else:
         kept_nodes = [
             n for n in message.nodes if authorizer.allows(identity, Need("node", n.node.id, "read"))

@@ -111,7 +111,8 @@ TABLE: dict[str, Entry] = {
         lambda r: [_service(r.intention.destination, "", "write")], write=True
     ),
     _I + "DeleteIntention": Entry(lambda r: [_service(r.destination, "", "write")], write=True),
-    _I + "ListIntentions": Entry(lambda r: [_any("service", "read")]),
+    # Listed: the intentions whose destination the token may read.
+    _I + "ListIntentions": Entry(lambda r: [_any("service", "read")], filtered=True),
     _I + "CheckIntention": Entry(lambda r: [_service(r.destination, "", "read")]),
     # Health and reflection.
     "/grpc.health.v1.Health/Check": Entry(_none),

@@ -123,6 +123,71 @@ async def test_with_acl_deny_the_default_denies() -> None:
         assert not plane.intentions.snapshot().default_allow
 
 
+async def test_a_token_lists_the_intentions_of_destinations_it_may_read() -> None:
+    from ecosystem.v1 import acl_pb2, acl_pb2_grpc
+
+    async with (
+        ControlPlane(config(acl="deny")) as plane,
+        grpc.aio.insecure_channel(plane.address) as channel,
+    ):
+        acl = acl_pb2_grpc.AclServiceStub(channel)
+        management = (await acl.Bootstrap(acl_pb2.BootstrapRequest())).secret
+
+        def md(secret: str) -> tuple[tuple[str, str]]:
+            return (("authorization", f"Bearer {secret}"),)
+
+        async def token(name: str, *rules: str) -> str:
+            policy = acl_pb2.AclPolicy(
+                name=name,
+                rules=[
+                    acl_pb2.AclRule(
+                        **dict(zip(("resource", "pattern", "access"), r.split(":"), strict=True))
+                    )
+                    for r in rules
+                ],
+            )
+            await acl.CreatePolicy(
+                acl_pb2.CreatePolicyRequest(policy=policy), metadata=md(management)
+            )
+            created = await acl.CreateToken(
+                acl_pb2.CreateTokenRequest(policies=[name]), metadata=md(management)
+            )
+            return created.secret
+
+        stub = intention_pb2_grpc.IntentionServiceStub(channel)
+        for src, dst in (
+            ("web", "orders"),
+            ("*", "orders"),
+            ("web", "*"),
+            ("*", "*"),
+            ("billing", "db"),
+        ):
+            await stub.CreateIntention(
+                ipb.CreateIntentionRequest(
+                    intention=ipb.Intention(source=src, destination=dst, action=ALLOW)
+                ),
+                metadata=md(management),
+            )
+
+        async def listed(secret: str) -> set[tuple[str, str]]:
+            answer = await stub.ListIntentions(ipb.ListIntentionsRequest(), metadata=md(secret))
+            return {(i.source, i.destination) for i in answer.intentions}
+
+        orders = await token("orders-reader", "service:orders:read")
+        assert await listed(orders) == {("web", "orders"), ("*", "orders")}
+        # The source's read does not show it: an intention is its destination's policy.
+        web = await token("web-writer", "service:web:write")
+        assert await listed(web) == set()
+        everything = await token("readers", "service:*:read", "service:db:deny")
+        assert await listed(everything) == {
+            ("web", "orders"),
+            ("*", "orders"),
+            ("web", "*"),
+            ("*", "*"),
+        }
+        assert len(await listed(management)) == 5
+
+
 async def test_replicas_sharing_a_store_agree_within_a_second() -> None:
     store = MemoryStore()
     async with (
