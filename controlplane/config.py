@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serving.addresses import is_loopback
 
 __all__ = ["TLS_CA_AUTO", "ControlPlaneConfig", "is_loopback", "parse_hostport"]
 
@@ -32,16 +33,6 @@ def parse_hostport(value: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{value!r}: port must be a number between 0 and 65535")
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is only reachable from this machine (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost, or a wildcard ("")
 
 
 class ControlPlaneConfig(BaseModel):

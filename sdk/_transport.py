@@ -242,7 +242,13 @@ class Transport:
         return self._closed
 
     async def unary(
-        self, method: str, request: Any, *, idempotent: bool, time_limit: float | None = None
+        self,
+        method: str,
+        request: Any,
+        *,
+        idempotent: bool,
+        time_limit: float | None = None,
+        token: str | None = None,
     ) -> Any:
         """Calls the unary RPC ``method`` and returns its response message.
 
@@ -250,13 +256,16 @@ class Transport:
         default timeout when None), sent to the server as the gRPC deadline.
         An ``idempotent`` call is retried on UNAVAILABLE — on the next
         address, then with jittered backoff — until it succeeds, the
-        attempts run out or the deadline passes.
+        attempts run out or the deadline passes. ``token`` (when not None)
+        is sent instead of the transport's own: a server resolving a token
+        its clients presented (``""``: none).
         """
         budget = self._timeout if time_limit is None else time_limit
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
+        metadata = self._metadata if token is None else token_metadata(token)
         if not idempotent:
-            return await self._attempt(method, request, budget)
+            return await self._attempt(method, request, budget, metadata)
         retrying = tenacity.AsyncRetrying(
             stop=(
                 tenacity.stop_after_attempt(self._policy.max_attempts)
@@ -277,7 +286,7 @@ class Transport:
                         code="DEADLINE_EXCEEDED",
                         address=self.current_address,
                     )
-                return await self._attempt(method, request, remaining)
+                return await self._attempt(method, request, remaining, metadata)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def stream(self, method: str, request: Any) -> AsyncGenerator[Any, None]:
@@ -306,15 +315,19 @@ class Transport:
         for channel in channels:
             await channel.close(grace=None)
 
-    async def _attempt(self, method: str, request: Any, time_limit: float) -> Any:
+    async def _attempt(
+        self,
+        method: str,
+        request: Any,
+        time_limit: float,
+        metadata: tuple[tuple[str, str], ...] | None,
+    ) -> Any:
         index, stub = self._stub()
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
             with self._translated(index):
-                return await getattr(stub, method)(
-                    request, timeout=time_limit, metadata=self._metadata
-                )
+                return await getattr(stub, method)(request, timeout=time_limit, metadata=metadata)
         except DeadlineExceededError:
             # Silence for the whole time limit: the address is hung or cut off
             # (a frozen process, a partition), which no connection error will

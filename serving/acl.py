@@ -51,6 +51,7 @@ __all__ = [
     "denied",
     "grants_somewhere",
     "parse_rule",
+    "service_need",
 ]
 
 #: Subjects only the control plane publishes on (registry events).

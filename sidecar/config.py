@@ -47,6 +47,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sdk.balancer import STRATEGIES, make_balancer
+from serving.addresses import is_loopback
 from sidecar._config_file import ConfigError, ConfigProblem, read_config, read_config_file
 from sidecar.bridges.amqp._config import (
     AmqpBindingConfig,
@@ -79,6 +80,7 @@ __all__ = [
     "ControlPlaneLinkConfig",
     "HttpBridgeConfig",
     "InboundConfig",
+    "ListenerTlsConfig",
     "LocalServiceConfig",
     "NodeConfig",
     "OutlierConfig",
@@ -771,6 +773,21 @@ def _positive(minimum: float) -> Any:
     return check
 
 
+class ListenerTlsConfig(_Model):
+    """The certificate (PEM chain) and key the sidecar's own listeners present
+    when they are off loopback: the local API, admin and HTTP bridges."""
+
+    cert_file: Path
+    key_file: Path
+
+    @field_validator("cert_file", "key_file")
+    @classmethod
+    def _check_file(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"{value}: no such file")
+        return value
+
+
 class SidecarConfig(_Model):
     """Everything one ``eco sidecar`` process needs to know.
 
@@ -796,6 +813,10 @@ class SidecarConfig(_Model):
     upstreams: Annotated[tuple[UpstreamConfig, ...], _at_most(MAX_UPSTREAMS, "upstreams")] = ()
     inbound: Annotated[tuple[InboundConfig, ...], _at_most(MAX_INBOUND, "inbound listeners")] = ()
     bridges: tuple[BridgeConfig, ...] = Field(default=(), max_length=8)
+    #: TLS for the local API, admin and HTTP bridges when they listen off loopback
+    tls: ListenerTlsConfig | None = None
+    #: serve those listeners off loopback without TLS anyway (tokens are still checked)
+    insecure: StrictBool = False
     #: on shutdown, requests in flight through the proxy get this long to finish
     drain_grace: Duration = 10.0
     grace: Duration = 15.0
@@ -940,10 +961,33 @@ class SidecarConfig(_Model):
                     f"{inbound.service!r} is not one of the local services "
                     f"({', '.join(sorted(local_names)) or 'none'})",
                 )
+        if self.tls is None and not self.insecure:
+            for where, listen in self.exposed_listeners():
+                problem(
+                    ("tls",),
+                    f"{where} listens on {listen}, off loopback: give tls.cert_file and "
+                    "tls.key_file (or insecure: true to serve plaintext)",
+                )
+                break
         if errors:
             raise ValidationError.from_exception_data("SidecarConfig", errors)
         object.__setattr__(self, "services", tuple(services))
         return self
+
+    def exposed_listeners(self) -> list[tuple[str, str]]:
+        """The sidecar's own listeners off loopback, as (key, address): these
+        serve TLS (``tls``) and check the tokens clients present."""
+        listeners = [("local_api", self.local_api)]
+        if self.admin is not None:
+            listeners.append(("admin", self.admin))
+        listeners += [
+            (f"bridges[{i}]", bridge.listen)
+            for i, bridge in enumerate(self.bridges)
+            if isinstance(bridge, HttpBridgeConfig)
+        ]
+        return [
+            (k, a) for k, a in listeners if not is_loopback(split_hostport(a, allow_zero=True)[0])
+        ]
 
 
 def fronted_service(inbound: InboundConfig, services: Sequence[LocalServiceConfig]) -> str:

@@ -32,6 +32,7 @@ from bus.servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
 from sdk import FieldViolation, HealthStatus
 from serving.paging import check_paging, chunked, page_of
 from serving.rpc_guard import MalformedRequestGuard
+from sidecar.acl import Guard, TokenInterceptor, local_api_needs
 from sidecar.cache import EndpointCache, UpstreamKey, UpstreamState
 from sidecar.config import split_hostport
 from sidecar.errors import (
@@ -306,20 +307,33 @@ def _fail(method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Excepti
 class LocalApiServer:
     """The gRPC server on the local API address."""
 
-    def __init__(self, servicer: SidecarServicer, *, relay: RelayBroker | None = None) -> None:
+    def __init__(
+        self,
+        servicer: SidecarServicer,
+        *,
+        relay: RelayBroker | None = None,
+        namespace_of: Callable[[str], str] = lambda _service: "",
+    ) -> None:
         self._servicer = servicer
         self._relay = relay
+        self._namespace_of = namespace_of
         self._messaging: MessagingServicer | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self.address = ""
 
-    async def start(self, listen: str) -> str:
-        """Binds ``listen`` (port 0: any free port) and serves; returns the bound address."""
+    async def start(self, listen: str, *, guard: Guard | None = None) -> str:
+        """Binds ``listen`` (port 0: any free port) and serves; returns the bound
+        address. With a ``guard`` (a listener off loopback) it serves its TLS and
+        checks every call's token."""
         host, _ = split_hostport(listen, allow_zero=True)
+        interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestGuard()]  # type: ignore[type-arg]
+        if guard is not None:
+            needs = local_api_needs(self._namespace_of)
+            interceptors.append(TokenInterceptor(guard.tokens, needs))
         server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)],
-            interceptors=(MalformedRequestGuard(),),
+            interceptors=interceptors,
         )
         sidecar_pb2_grpc.add_SidecarServiceServicer_to_server(self._servicer, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -329,7 +343,10 @@ class LocalApiServer:
             services.append(MESSAGING_SERVICE)
         reflection.enable_server_reflection(services, server)
         try:
-            port = server.add_insecure_port(listen)
+            if guard is not None and guard.tls is not None:
+                port = server.add_secure_port(listen, guard.tls.grpc_credentials())
+            else:
+                port = server.add_insecure_port(listen)
         except RuntimeError as exc:
             raise StartupError(f"local_api: cannot listen on {listen}: {exc}") from None
         if port == 0:
@@ -339,7 +356,11 @@ class LocalApiServer:
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         for service in ("", SIDECAR_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        logger.info("local API serving on %s", self.address)
+        logger.info(
+            "local API serving on %s%s",
+            self.address,
+            "" if guard is None else f" ({'TLS' if guard.tls else 'plaintext'}, tokens checked)",
+        )
         return self.address
 
     async def stop(self, grace: float = 1.0) -> None:
