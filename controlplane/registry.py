@@ -36,6 +36,7 @@ from serving.errors import (
 
 __all__ = [
     "INSTANCES_PREFIX",
+    "LEASE_HOLDERS_PREFIX",
     "ROOT_PREFIX",
     "STORE_ID_KEY",
     "Deregistration",
@@ -45,6 +46,7 @@ __all__ = [
     "decode_instance",
     "ensure_store_id",
     "instance_key",
+    "lease_services",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,11 +54,33 @@ log = logging.getLogger(__name__)
 ROOT_PREFIX = "/ecosystem/v1/"
 INSTANCES_PREFIX = ROOT_PREFIX + "instances/"
 STORE_ID_KEY = ROOT_PREFIX + "meta/store-id"
+#: ``<lease id>/<namespace>/<service>``, attached to the lease: which services
+#: a lease holds instances of (a lease id alone says nothing about whose it
+#: is; the ACL check of KeepAlive and RevokeLease asks).
+LEASE_HOLDERS_PREFIX = ROOT_PREFIX + "lease-holders/"
 DEFAULT_LEASE_TTL = 10
 
 
 def instance_key(namespace: str, service: str, instance_id: str) -> str:
     return f"{INSTANCES_PREFIX}{namespace or DEFAULT_NAMESPACE}/{service}/{instance_id}"
+
+
+def _holder_key(lease_id: int, namespace: str, service: str) -> str:
+    return f"{LEASE_HOLDERS_PREFIX}{lease_id}/{namespace or DEFAULT_NAMESPACE}/{service}"
+
+
+async def lease_services(store: Store, lease_id: int) -> list[tuple[str, str]]:
+    """The services, ``(namespace, name)``, that ``lease_id`` has held
+    instances of since it was granted (an instance deregistered early still
+    counts); empty for a lease that holds none, or none at all."""
+    if lease_id <= 0:
+        return []
+    result = await store.range(f"{LEASE_HOLDERS_PREFIX}{lease_id}/")
+    held = []
+    for kv in result.kvs:
+        _lease, namespace, service = kv.key[len(LEASE_HOLDERS_PREFIX) :].split("/", 2)
+        held.append((namespace, service))
+    return held
 
 
 async def ensure_store_id(store: Store) -> str:
@@ -141,20 +165,24 @@ class Registry:
         value = inst.SerializeToString(deterministic=True)
         key = instance_key(inst.namespace, inst.service, inst.id)
         put = PutOp(key, value, lease=lease_id)
+        # Written with the instance, gone with the lease.
+        ops = [put]
+        if lease_id:
+            ops.append(
+                PutOp(_holder_key(lease_id, inst.namespace, inst.service), b"", lease=lease_id)
+            )
         try:
             if req.HasField("expected_revision"):
                 # Optimistic concurrency: write only at the expected revision.
                 expected = req.expected_revision
-                result = await self._store.txn(
-                    [Compare(key, "mod_revision", "==", expected)], [put]
-                )
+                result = await self._store.txn([Compare(key, "mod_revision", "==", expected)], ops)
                 if not result.succeeded:
                     await self._conflict(key, expected)
             else:
                 # Idempotent: the same registration again writes nothing, so a
                 # fleet re-registering after a reconnect does not flood watchers.
                 same = [Compare(key, "value", "==", value), Compare(key, "lease", "==", lease_id)]
-                result = await self._store.txn(same, [], [put])
+                result = await self._store.txn(same, [], ops)
                 if result.succeeded:
                     current = await self._store.get(key)
                     if current is not None:
@@ -162,7 +190,7 @@ class Registry:
                             decode_instance(current), result.revision, lease_id, ttl
                         )
                     # Deleted between the two reads: register it anew.
-                    result = await self._store.txn([], [put])
+                    result = await self._store.txn([], ops)
         except LeaseNotFound as exc:
             raise FailedPreconditionError(
                 f"lease {lease_id} expired before the instance was stored; register again"

@@ -31,6 +31,7 @@ from ecosystem.v1 import registry_pb2 as pb
 from controlplane.acl._audit import AuditLog
 from controlplane.acl._store import AclStore, Identity
 from controlplane.acl._table import PUBLIC, TABLE, Entry, Need, message_needs
+from controlplane.registry import lease_services
 from serving.acl import PermissionDeniedError, allows, bearer_secret, denied, service_need
 from serving.errors import ServiceError, UnauthenticatedError, end_call, to_status
 
@@ -303,6 +304,10 @@ class AclInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             end_call(context, to_status(unlisted))
             return None
         needs = entry.needs(request)
+        if entry.lease:
+            held = await lease_services(authorizer.store.store, request.lease_id)
+            if held:
+                needs = [service_need(name, namespace, "write") for namespace, name in held]
         missing = authorizer.refusal(identity, needs)
         if missing is not None:
             refused = denied(missing)

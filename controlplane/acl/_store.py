@@ -152,6 +152,11 @@ class AclStore:
         self._store = store
         self._cache: dict[str, tuple[float, Identity | None]] = {}
 
+    @property
+    def store(self) -> Store:
+        """The store it keeps policies and tokens in (the control plane's)."""
+        return self._store
+
     # Policies.
 
     async def create_policy(self, policy: Policy) -> Policy:

@@ -27,6 +27,9 @@ class Entry:
     write: bool = False
     #: Filters what a stream or list sends back to what the caller may read.
     filtered: bool = False
+    #: The request's ``lease_id`` names what it touches: the call needs write
+    #: on every service the lease holds instances of (``needs`` when it holds none).
+    lease: bool = False
 
 
 _service = service_need
@@ -68,16 +71,17 @@ PUBLIC = frozenset(
 )
 
 TABLE: dict[str, Entry] = {
-    # Registry. Leases name no service: any token that may write some service
-    # may keep one alive or revoke it.
+    # Registry. A lease call needs write on every service the lease holds
+    # instances of (looked up by the interceptor); for a lease that holds none
+    # (e.g. one whose instances are gone), write on some service.
     _R + "RegisterInstance": Entry(
         lambda r: [_service(r.instance.service, r.instance.namespace, "write")], write=True
     ),
     _R + "DeregisterInstance": Entry(
         lambda r: [_service(r.service, r.namespace, "write")], write=True
     ),
-    _R + "KeepAlive": Entry(lambda r: [_any("service", "write")]),
-    _R + "RevokeLease": Entry(lambda r: [_any("service", "write")], write=True),
+    _R + "KeepAlive": Entry(lambda r: [_any("service", "write")], lease=True),
+    _R + "RevokeLease": Entry(lambda r: [_any("service", "write")], write=True, lease=True),
     _R + "GetService": Entry(lambda r: [_service(r.name, r.namespace, "read")]),
     _R + "ListServices": Entry(lambda r: [_any("service", "read")], filtered=True),
     _R + "ListInstances": Entry(lambda r: _selector_read(r.selector), filtered=True),

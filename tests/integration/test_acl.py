@@ -372,6 +372,57 @@ async def test_bootstrap_is_accepted_only_from_the_control_planes_host(tmp_path:
     assert refusal["resource"].startswith("peer ipv4:")
 
 
+async def test_a_lease_is_kept_alive_and_revoked_by_writers_of_what_it_holds(acl: Acl) -> None:
+    from ecosystem.v1 import registry_pb2_grpc
+
+    stub = registry_pb2_grpc.RegistryServiceStub(acl.channel)
+    web, db = await acl.token("service:web:write"), await acl.token("service:db:write")
+
+    async def register(secret: str, service: str, lease_id: int = 0) -> int:
+        instance = pb.Instance(
+            id=f"{service}-1",
+            service=service,
+            address="10.0.0.1",
+            port=80,
+            liveness=pb.LIVENESS_EPHEMERAL,
+        )
+        answer = await stub.RegisterInstance(
+            pb.RegisterInstanceRequest(instance=instance, lease_id=lease_id, lease_ttl_seconds=30),
+            metadata=acl.md(secret),
+        )
+        return int(answer.lease_id)
+
+    lease = await register(db, "db")
+    for call in (
+        lambda md: stub.KeepAlive(pb.KeepAliveRequest(lease_id=lease), metadata=md),
+        lambda md: stub.RevokeLease(pb.RevokeLeaseRequest(lease_id=lease), metadata=md),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(acl.md(web))
+        assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "the token lacks service:db:write" in (err.value.details() or "")
+    await stub.KeepAlive(pb.KeepAliveRequest(lease_id=lease), metadata=acl.md(db))
+    # A lease holding web and db: only a token that writes both may revoke it.
+    await register(acl.management, "web", lease)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RevokeLease(pb.RevokeLeaseRequest(lease_id=lease), metadata=acl.md(db))
+    assert "the token lacks service:web:write" in (err.value.details() or "")
+    both = await acl.token("service:web:write", "service:db:write")
+    await stub.RevokeLease(pb.RevokeLeaseRequest(lease_id=lease), metadata=acl.md(both))
+    listed = await stub.ListInstances(pb.ListInstancesRequest(), metadata=acl.md(acl.management))
+    assert list(listed.instances) == []
+    revokes = [
+        (line["resource"], line["allowed"])
+        for line in map(json.loads, acl.audit.read_text().splitlines())
+        if line["rpc"].endswith("RevokeLease")
+    ]
+    assert revokes == [
+        ("service:db:write", False),
+        ("service:web:write", False),
+        ("service:db:write,service:web:write", True),
+    ]
+
+
 async def test_a_watch_and_lists_show_only_what_the_token_may_read(acl: Acl) -> None:
     async with sdk.AsyncClient(acl.plane.address, token=acl.management) as admin:
         await admin.register("web", "10.0.0.1", 80)
