@@ -60,7 +60,7 @@ from controlplane.metrics import Metrics
 from controlplane.registry import Registry, ensure_store_id
 from controlplane.servicer import RegistryServicer, handler
 from controlplane.store import Store, open_store
-from controlplane.tls import TLSSetupError, load_server_tls
+from controlplane.tls import ServerCertificates, ServerTLS, TLSSetupError, load_server_tls
 from controlplane.view import InstanceView, ViewConfig
 from serving.process import tune_gc
 from serving.rpc_guard import MalformedRequestGuard
@@ -131,6 +131,8 @@ class ControlPlane:
         self.agent: AgentServicer | None = None
         #: Signs sidecars' workload certificates (None: no CA).
         self.identity: IdentityAuthority | None = None
+        #: The server certificate the listeners present, kept fresh (None: plaintext).
+        self.certificates: ServerCertificates | None = None
         #: The intentions this replica follows and sends to its sidecars.
         self.intentions: IntentionBook | None = None
         self.broker: Broker | None = None
@@ -221,15 +223,18 @@ class ControlPlane:
         await self._view.start()
 
         self.identity = await _identity(config, store)
+        identity = self.identity
         try:
-            auto = self.identity if config.ca_auto else None
             tls = load_server_tls(
                 config,
-                auto.signer() if auto else None,
-                b"".join(auto.bundle_pems()) if auto else None,
+                identity.signer() if identity else None,
+                b"".join(identity.bundle_pems()) if identity else None,
             )
         except TLSSetupError as exc:
             raise StartupError(str(exc)) from exc
+        # Renewed, and re-issued after a root rotation, while the listeners serve.
+        certificates = ServerCertificates(config, tls, identity) if tls is not None else None
+        self.certificates = certificates
         self.authorizer = Authorizer(
             AclStore(store),
             default_allow=config.acl_mode == "allow",
@@ -245,10 +250,10 @@ class ControlPlane:
         self._server = server
         host, _port = parse_hostport(config.listen)
         try:
-            if tls is None:
+            if certificates is None:
                 bound = server.add_insecure_port(config.listen)
             else:
-                bound = server.add_secure_port(config.listen, tls.server_credentials())
+                bound = server.add_secure_port(config.listen, certificates.server_credentials())
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {config.listen}: {exc}") from exc
         if bound == 0:
@@ -284,8 +289,15 @@ class ControlPlane:
                 ),
             ),
             peers=lambda: self.spreader.peers.values() if self.spreader is not None else (),
-            peer_credentials=tls.channel_credentials() if tls is not None else None,
+            peer_credentials=certificates.channel_credentials() if certificates else None,
         )
+        if certificates is not None:
+            agent = self.agent
+
+            def trust_now(tls: ServerTLS) -> None:  # replicas, called with today's roots
+                agent.peer_credentials = tls.channel_credentials()
+
+            certificates.on_change.append(trust_now)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent, server)  # type: ignore[no-untyped-call]
         ca_pb2_grpc.add_CAServiceServicer_to_server(CAServicer(self.identity), server)  # type: ignore[no-untyped-call]
         acl_pb2_grpc.add_AclServiceServicer_to_server(AclServicer(self.authorizer), server)  # type: ignore[no-untyped-call]
@@ -322,8 +334,10 @@ class ControlPlane:
         await server.start()
         if config.admin_listen is not None:
             await self._start_admin(
-                config.admin_listen, tls.ssl_context() if tls is not None else None
+                config.admin_listen, certificates.ssl_context() if certificates else None
             )
+        if certificates is not None:
+            certificates.start()
 
         reaper = Reaper(
             store,
@@ -550,6 +564,8 @@ class ControlPlane:
             await asyncio.wait({self._health_task})
         if self.identity is not None:
             await self.identity.close()
+        if self.certificates is not None:
+            await self.certificates.close()
         if self.intentions is not None:
             await self.intentions.close()
         # Concurrently: with the store unreachable, each revoke waits for its timeout.

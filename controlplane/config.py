@@ -117,6 +117,9 @@ class ControlPlaneConfig(BaseModel):
     tls_ca: str = ""
     tls_ca_key: str = ""
     tls_names: tuple[str, ...] = ()
+    # Lifetime of the server certificate issued from the CA, seconds; it is
+    # issued again at two thirds of it (and when a new root starts signing).
+    tls_cert_ttl: float = Field(default=365 * 24 * 3600.0, ge=1, le=3650 * 24 * 3600)
     # `tls_ca = "auto"`: the CA is kept in the store (created by the first
     # replica to start; every replica shares it), with this trust domain.
     trust_domain: str = "ecosystem.local"

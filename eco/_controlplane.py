@@ -53,6 +53,7 @@ _OPTION_OF_FIELD = {
     "tls_ca": "--tls-ca",
     "tls_ca_key": "--tls-ca-key",
     "tls_names": "--tls-name",
+    "tls_cert_ttl": "--tls-cert-ttl",
     "acl": "--acl",
     "audit_log": "--audit-log",
     "trust_domain": "--trust-domain",
@@ -242,6 +243,15 @@ def _listen_options(f: Any) -> Any:
     "--listen host, localhost and the loopback addresses (repeatable).",
 )
 @click.option(
+    "--tls-cert-ttl",
+    type=float,
+    default=365 * 24 * 3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Lifetime of the server certificate issued from the CA (issued again at 2/3, "
+    "and when a new root starts signing).",
+)
+@click.option(
     "--trust-domain",
     default="ecosystem.local",
     show_default=True,
@@ -300,6 +310,7 @@ def controlplane_command(
     tls_ca: str,
     tls_ca_key: str,
     tls_names: tuple[str, ...],
+    tls_cert_ttl: float,
     trust_domain: str,
     workload_cert_ttl: float,
     insecure: bool,
@@ -355,6 +366,7 @@ def controlplane_command(
         tls_ca=tls_ca,
         tls_ca_key=tls_ca_key,
         tls_names=tls_names,
+        tls_cert_ttl=tls_cert_ttl,
         trust_domain=trust_domain,
         workload_cert_ttl=workload_cert_ttl,
         insecure=insecure,

@@ -58,7 +58,8 @@ _MAX_WAIT_MS = 600_000
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """The AgentService of one replica. ``peers`` returns the addresses of the
     other live replicas over the same store (see `_peers`). ``settings`` may be
-    replaced while it runs: new limits apply to streams opened after that."""
+    replaced while it runs: new limits apply to streams opened after that; so
+    may ``peer_credentials`` (the roots change with a root rotation)."""
 
     def __init__(
         self,
@@ -73,7 +74,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._view = view
         self.settings = settings
         self._peers = peers
-        self._peer_credentials = peer_credentials
+        self.peer_credentials = peer_credentials
         # This replica's sessions, connected or ending; removed when their stream ends.
         self._sessions: dict[str, NodeSession] = {}
         self._gate = StreamGate()
@@ -253,7 +254,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             "ListNodes",
             request,
             timeout=5.0,
-            credentials=self._peer_credentials,
+            credentials=self.peer_credentials,
             metadata=caller_token(context),
         )
         result, answers = await asyncio.gather(self._store.range(NODES_PREFIX), elsewhere)
@@ -301,7 +302,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     "WaitForRevision",
                     request,
                     timeout=timeout + 5.0,
-                    credentials=self._peer_credentials,
+                    credentials=self.peer_credentials,
                     metadata=caller_token(context),
                 )
             )
