@@ -249,3 +249,69 @@ def test_plaintext_off_loopback_is_refused_and_taken_with_insecure(tmp_path: Pat
             assert client.list_services().services == ()
     finally:
         plane.stop()
+
+
+async def test_the_issued_certificate_is_renewed_under_a_connected_sidecar(
+    tmp_path: Path,
+) -> None:
+    """--tls-cert-ttl 3: the process issues itself a new server certificate every
+    2 s; new connections (the CLI's) get it, the sidecar's session goes on."""
+    made = run_eco("ca", "init", "--dir", str(tmp_path / "ca"))
+    assert made.returncode == 0, made.stderr
+    ca, ca_key = tmp_path / "ca" / "ca.pem", tmp_path / "ca" / "ca-key.pem"
+    plane = ControlPlaneProcess(
+        "memory://",
+        tmp_path / "controlplane.log",
+        ("--tls-ca", str(ca), "--tls-ca-key", str(ca_key), "--tls-cert-ttl", "3"),
+    )
+    await asyncio.to_thread(plane.start)
+    sidecar = SidecarProcess(
+        tmp_path,
+        "node-a",
+        "services:\n  - {name: web, address: 127.0.0.1, port: 8080}\n",
+        plane.address,
+        ca_file=ca,
+    )
+    try:
+        await sidecar.start()
+        async with sdk.AsyncClient(plane.address, ca_file=ca) as client:
+
+            async def registered() -> None:
+                assert [n.id for n in await client.list_nodes()] == ["node-a"]
+
+            await assert_eventually(registered, timeout=10)
+        connects = (await sidecar.status())["controlplane"]["connects"]
+        serials = [await _presented_serial(plane.address, ca)]
+        for _ in range(2):
+
+            async def renewed() -> None:
+                serial = await _presented_serial(plane.address, ca)
+                assert serial != serials[-1]
+                serials.append(serial)
+
+            await assert_eventually(renewed, timeout=5)
+            listed = run_eco("--server", plane.address, "--ca-file", str(ca), "node", "list")
+            assert listed.returncode == 0, listed.stderr
+            assert "node-a" in listed.stdout
+        status = await sidecar.status()
+        assert status["controlplane"]["connects"] == connects
+        _in_log(plane.log(), "server certificate replaced")
+    finally:
+        await sidecar.stop()
+        plane.stop()
+
+
+async def _presented_serial(address: str, ca: Path) -> int:
+    from cryptography import x509
+
+    host, port = address.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2"])
+    _reader, writer = await asyncio.open_connection(
+        host, int(port), ssl=context, server_hostname="localhost"
+    )
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der).serial_number
+    finally:
+        writer.close()
