@@ -16,6 +16,8 @@ behaviour of a development control plane); a call with one is checked, with
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import ipaddress
 import logging
@@ -58,6 +60,9 @@ _RESPONSES: dict[str, type[Any]] = {
     "/ecosystem.v1.IntentionService/ListIntentions": intention_pb2.ListIntentionsResponse,
 }
 _CONNECT = "/ecosystem.v1.AgentService/Connect"
+#: Seconds between two checks that an open agent session's token still holds
+#: (with the store's 1 s cache: a change reaches a session within about 1-1.5 s).
+RECHECK = 0.5
 _BOOTSTRAP = "/ecosystem.v1.AclService/Bootstrap"
 #: The refusal of a bootstrap from another host.
 BOOTSTRAP_REMOTE = (
@@ -187,7 +192,16 @@ def _filter(authorizer: Authorizer, identity: Identity, method: str, response: A
 
 
 class _AgentContext:
-    """The agent stream's context, checking each message the servicer reads."""
+    """The agent stream's context, checking each message the servicer reads.
+
+    The session follows its token while it is open: before each message, and
+    every ``RECHECK`` seconds while none comes, the token is resolved again
+    (the store caches a resolution for ``CACHE_SECONDS``), and the session
+    is ended when it no longer holds: UNAUTHENTICATED for a deleted token,
+    PERMISSION_DENIED for a lost ``node:<id>:write`` or a lost read right on
+    a service it subscribes to. Each message is checked against the rules
+    the token has now.
+    """
 
     def __init__(self, context: Any, authorizer: Authorizer, secret: str) -> None:
         self._context = context
@@ -195,6 +209,11 @@ class _AgentContext:
         self._secret = secret
         self._identity: Identity | None = None
         self._node = ""
+        #: What the latest Subscribe needs (it replaces the ones before).
+        self._subscribed: list[Need] = []
+        self._checked_at = 0.0
+        #: The read from the stream under way while a recheck may interrupt it.
+        self._reading: asyncio.Future[Any] | None = None
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self._context, attribute)
@@ -211,8 +230,53 @@ class _AgentContext:
         end_call(self._context, to_status(exc))
         return grpc.aio.EOF  # type: ignore[attr-defined]
 
+    async def close(self) -> None:
+        """Stops a read under way (the stream has ended)."""
+        reading, self._reading = self._reading, None
+        if reading is not None and not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reading
+
+    async def _recheck(self) -> Any:
+        """None while the token still holds the session; else ends it (EOF)."""
+        self._checked_at = asyncio.get_running_loop().time()
+        authorizer = self._authorizer
+        try:
+            identity = await authorizer.identify(self._secret)
+        except UnauthenticatedError as exc:
+            log.info("ending the session of node %s: %s", self._node, exc)
+            return self._end(self._identity, f"node:{self._node}:write", exc)
+        self._identity = identity
+        missing = authorizer.refusal(identity, [Need("node", self._node, "write")])
+        if missing is None:
+            missing = authorizer.refusal(identity, self._subscribed)
+        if missing is not None:
+            log.info("ending the session of node %s: its token lost %s", self._node, missing)
+            return self._end(identity, str(missing), denied(missing))
+        return None
+
+    async def _receive(self) -> Any:
+        """The next message; while waiting for it, a recheck every ``RECHECK``."""
+        if self._identity is None or self._identity is _OPEN:
+            return await self._context.read()
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._context.read())
+            wait = self._checked_at + RECHECK - loop.time()
+            if wait > 0:
+                done, _ = await asyncio.wait((self._reading,), timeout=wait)
+                if done:
+                    reading, self._reading = self._reading, None
+                    return reading.result()
+            ended = await self._recheck()
+            if ended is not None:
+                await self.close()
+                return ended
+
     async def read(self) -> Any:
-        message = await self._context.read()
+        message = await self._receive()
         if message is grpc.aio.EOF or not isinstance(message, agent_pb2.ConnectRequest):  # type: ignore[attr-defined]
             return message
         authorizer = self._authorizer
@@ -220,10 +284,18 @@ class _AgentContext:
             if message.WhichOneof("message") != "hello":
                 return message  # the servicer refuses a stream that does not start with Hello
             self._node = message.hello.node.id
+            self._secret = self._secret or message.hello.token
             try:
-                self._identity = await authorizer.identify(self._secret or message.hello.token)
+                self._identity = await authorizer.identify(self._secret)
             except UnauthenticatedError as exc:
                 return self._end(None, f"node:{self._node}:write", exc)
+            self._checked_at = asyncio.get_running_loop().time()
+        elif self._identity is not _OPEN:
+            # Each message is checked against the token as it is now, like any
+            # other call (the store's cache makes this a dictionary lookup).
+            ended = await self._recheck()
+            if ended is not None:
+                return ended
         identity = self._identity
         if identity is _OPEN:
             return message
@@ -233,7 +305,10 @@ class _AgentContext:
         missing = authorizer.refusal(identity, needs)
         if missing is not None:
             return self._end(identity, str(missing), denied(missing))
-        if needs and message.WhichOneof("message") in ("hello", "sync"):
+        kind = message.WhichOneof("message")
+        if kind == "subscribe":
+            self._subscribed = needs
+        if needs and kind in ("hello", "sync"):
             # One line per message, each right once (a sync lists every local instance).
             rights = ",".join(dict.fromkeys(str(need) for need in needs))
             authorizer.record(identity, _CONNECT, rights, allowed=True)
@@ -372,12 +447,15 @@ class AclInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
             async def connect(requests: Any, context: Any) -> Any:
                 checked = _AgentContext(context, authorizer, _secret(context))
-                result = behavior_ss(requests, checked)
-                if hasattr(result, "__aiter__"):
-                    async for response in result:
-                        await context.write(response)
-                    return None
-                return await result
+                try:
+                    result = behavior_ss(requests, checked)
+                    if hasattr(result, "__aiter__"):
+                        async for response in result:
+                            await context.write(response)
+                        return None
+                    return await result
+                finally:
+                    await checked.close()
 
             return grpc.stream_stream_rpc_method_handler(connect, deserialize, serialize)
 

@@ -11,9 +11,11 @@ serves is in that table, so a new RPC without a rule fails here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import sdk
 from controlplane import ControlPlane, ControlPlaneConfig
 from controlplane.acl import PUBLIC, TABLE
+from tests.integration.agent_stream import Stream
 from tests.util import assert_eventually
 
 POOL = descriptor_pool.Default()
@@ -519,6 +522,122 @@ async def _has(client: sdk.AsyncClient, service: str) -> None:
     assert [i.service for i in (await client.list_instances(service=service)).instances] == [
         service
     ]
+
+
+async def _policy(acl: Acl, name: str, *rules: str) -> None:
+    """(Re)creates policy ``name`` with ``rules``: the way a token's rules change."""
+    stub = acl_pb2_grpc.AclServiceStub(acl.channel)
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await stub.DeletePolicy(
+            acl_pb2.DeletePolicyRequest(name=name), metadata=acl.md(acl.management)
+        )
+    if rules:
+        parsed = [
+            acl_pb2.AclRule(
+                **dict(zip(("resource", "pattern", "access"), r.split(":"), strict=True))
+            )
+            for r in rules
+        ]
+        await stub.CreatePolicy(
+            acl_pb2.CreatePolicyRequest(policy=acl_pb2.AclPolicy(name=name, rules=parsed)),
+            metadata=acl.md(acl.management),
+        )
+
+
+async def _session_token(acl: Acl, *policies: str) -> tuple[str, str]:
+    """A token of ``policies``: its secret and accessor id."""
+    created = await acl_pb2_grpc.AclServiceStub(acl.channel).CreateToken(
+        acl_pb2.CreateTokenRequest(policies=list(policies), description="sidecar"),
+        metadata=acl.md(acl.management),
+    )
+    return created.secret, created.token.accessor_id
+
+
+async def _rules_are(acl: Acl, secret: str, *rules: str) -> None:
+    """Passes once the control plane resolves ``secret`` to ``rules`` (its cache has expired)."""
+    answer = await acl_pb2_grpc.AclServiceStub(acl.channel).ResolveToken(
+        acl_pb2.ResolveTokenRequest(), metadata=acl.md(secret)
+    )
+    assert [f"{r.resource}:{r.pattern}:{r.access}" for r in answer.rules] == list(rules)
+
+
+def _instance_of(service: str, node: str) -> pb.Instance:
+    return pb.Instance(id=f"{service}-1", service=service, node=node, address="10.0.0.9", port=80)
+
+
+async def test_an_open_session_ends_when_its_token_is_deleted(acl: Acl) -> None:
+    await _policy(acl, "node-s1", "node:s1:write", "service:web:write")
+    secret, accessor = await _session_token(acl, "node-s1")
+    stream = Stream(acl.channel, "s1", token=secret)
+    await stream.connect()
+    assert (await stream.sync(_instance_of("web", "s1"))).created == 1
+    await acl_pb2_grpc.AclServiceStub(acl.channel).DeleteToken(
+        acl_pb2.DeleteTokenRequest(accessor_id=accessor), metadata=acl.md(acl.management)
+    )
+    deleted = time.monotonic()
+    err = await stream.ended(timeout=5)
+    took = time.monotonic() - deleted
+    assert err.code() is grpc.StatusCode.UNAUTHENTICATED, err
+    assert err.details() == "the token is not valid (unknown or deleted)"
+    assert took < 2.0, f"the session ended {took:.2f}s after its token was deleted"
+    ended = [
+        line
+        for line in map(json.loads, acl.audit.read_text().splitlines())
+        if line["rpc"].endswith("AgentService/Connect") and not line["allowed"]
+    ]
+    assert ended[-1]["resource"] == "node:s1:write"
+    assert ended[-1]["reason"] == "the token is not valid (unknown or deleted)"
+
+
+async def test_an_open_session_ends_when_its_token_loses_its_node(acl: Acl) -> None:
+    await _policy(acl, "node-s2", "node:s2:write")
+    await _policy(acl, "svc-s2", "service:web:write")
+    secret, _ = await _session_token(acl, "node-s2", "svc-s2")
+    stream = Stream(acl.channel, "s2", token=secret)
+    await stream.connect()
+    await _policy(acl, "node-s2")  # deleted: the token keeps only svc-s2's rules
+    changed = time.monotonic()
+    err = await stream.ended(timeout=5)
+    took = time.monotonic() - changed
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
+    assert (err.details() or "").startswith("the token lacks node:s2:write")
+    assert took < 2.0, f"the session ended {took:.2f}s after its token lost its node"
+
+
+async def test_an_open_session_loses_a_subscription_its_token_may_no_longer_read(
+    acl: Acl,
+) -> None:
+    async with sdk.AsyncClient(acl.plane.address, token=acl.management) as admin:
+        await admin.register("orders", "10.0.0.5", 8080)
+    await _policy(acl, "node-s3", "node:s3:write")
+    await _policy(acl, "reads-s3", "service:orders:read")
+    secret, _ = await _session_token(acl, "node-s3", "reads-s3")
+    stream = Stream(acl.channel, "s3", token=secret)
+    await stream.connect()
+    await stream.send(subscribe=apb.Subscribe(services=[apb.ServiceRef(name="orders")]))
+    update = (await stream.read_kind("update")).update
+    assert [len(s.instances) for s in update.services] == [1]
+    await _policy(acl, "reads-s3", "service:billing:read")
+    err = await stream.ended(timeout=5)
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
+    assert (err.details() or "").startswith("the token lacks service:orders:read")
+
+
+async def test_an_open_sessions_next_messages_follow_its_tokens_rules(acl: Acl) -> None:
+    await _policy(acl, "node-s4", "node:s4:write")
+    await _policy(acl, "svc-s4", "service:web:write")
+    secret, _ = await _session_token(acl, "node-s4", "svc-s4")
+    stream = Stream(acl.channel, "s4", token=secret)
+    await stream.connect()
+    assert (await stream.sync(_instance_of("web", "s4"))).created == 1
+    await _policy(acl, "svc-s4", "service:db:write")
+    await assert_eventually(lambda: _rules_are(acl, secret, "node:s4:write", "service:db:write"))
+    # Refused at the Hello's rules; allowed now, on the same stream.
+    assert (await stream.sync(_instance_of("db", "s4"))).created == 1
+    await stream.send(sync=apb.SyncInstances(instances=[_instance_of("web", "s4")]))
+    err = await stream.ended(timeout=5)
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
+    assert (err.details() or "").startswith("the token lacks service:web:write")
 
 
 async def test_only_the_control_plane_publishes_registry_events(acl: Acl) -> None:
