@@ -1,4 +1,4 @@
-"""Security costs: the ACL check, certificate issuance, TLS handshakes.
+"""Security costs: the ACL check, certificate issuance, TLS handshakes, mTLS.
 
 ``python -m benchmarks --only security [--quick]`` prints one JSON object per
 line: measurement lines ``{"bench", "system", "value", "unit", ...}`` and, per
@@ -47,8 +47,20 @@ there is one):
   checked to go unanswered). Budget: mTLS ≥ 0.7 x plaintext, per mode.
   ``mtls_proxy_to_haproxy``: ours with mTLS ÷ HAProxy with mTLS.
 
-Not measured: new TLS connections per second at the sidecar's inbound
-listener (the load above keeps its connections open).
+- ``mtls_inbound``: new connections per second accepted by the server
+  sidecar's inbound http listener (in front of nginx) in the two meshes
+  above: each a new TCP connection, the TLS 1.3 handshake (the client
+  presents a workload certificate the mesh's CA signed for service ``api``,
+  which the listener checks and authorizes against the intentions), one
+  ``GET /`` with ``Connection: close`` and its answer (checked); beside the
+  same in plaintext at the plaintext mesh's inbound listener. One client
+  process, 8 connections in flight, sharing the 2 cores: with TLS the
+  client's handshakes bound the rate, so ``server_cpu_us_each`` (the
+  server's CPU per connection) and ``per_server_cpu_second`` are the
+  figures to compare. ``mtls_inbound_haproxy``: the same at the inbound
+  HAProxy hop of ``mtls_haproxy`` (mTLS, ``verify required``) and its
+  plaintext twin; ``mtls_inbound_to_haproxy``: ours with mTLS ÷ HAProxy
+  with mTLS (``server_cpu_ratio``: ours ÷ HAProxy's CPU per connection).
 """
 
 from __future__ import annotations
@@ -373,6 +385,71 @@ async def _connects(port: int, count: int, concurrency: int) -> float:
     return await _rate(count, concurrency, attempt)
 
 
+_ONE_REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+
+
+async def _new_connections(
+    port: int, context: ssl.SSLContext | None, count: int, concurrency: int
+) -> float:
+    """``count`` new connections to an HTTP listener at ``port`` (TLS with
+    ``context``: the handshake, the client's certificate checked by the
+    server), one ``GET /`` each (nginx's 6-byte answer, checked); per second."""
+
+    async def attempt() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        try:
+            writer.write(_ONE_REQUEST)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.lower().split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    length = int(line.partition(b":")[2])
+            body = await reader.readexactly(length)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+        if not head.startswith(b"HTTP/1.1 200 ") or body != b"hello\n":
+            raise ServerError(f"port {port} answered {head[:40]!r}, {body[:20]!r}")
+
+    return await _rate(count, concurrency, attempt)
+
+
+def _inbound_row(
+    bench: str, system: str, port: int, pid: int, context: ssl.SSLContext | None, quick: bool
+) -> Row:
+    """New connections per second at the inbound hop on ``port`` (process
+    ``pid``), with the server's CPU per connection."""
+    # Enough connections that the server's CPU (10 ms ticks) is read to a few %.
+    count, concurrency = (1_000, 8) if quick else (3_000, 8)
+    _progress(f"{count} new connections, one request each: {system}")
+    asyncio.run(_new_connections(port, context, 20, concurrency))  # warm-up, untimed
+    cpu = cpu_seconds(pid)
+    rate = asyncio.run(_new_connections(port, context, count, concurrency))
+    cpu_us = (cpu_seconds(pid) - cpu) / count * 1e6
+    return {
+        "bench": bench,
+        "system": system,
+        "mode": "http",
+        "value": rate,
+        "unit": "connections/s",
+        "server_cpu_us_each": cpu_us,
+        # What one core of the server would accept with a client that kept up.
+        "per_server_cpu_second": 1e6 / cpu_us if cpu_us else None,
+        "connections": count,
+        "concurrency": concurrency,
+        "each": "new TCP connection (+ TLS 1.3 handshake) + one GET /, Connection: close",
+        "client": "one process",
+    }
+
+
+def _inbound_pair(bench: str, mtls: Row, plain: Row) -> list[Row]:
+    ratio = _ratio_row(bench, mtls, plain)
+    ratio["mode"] = "http"
+    ratio["server_cpu_ratio"] = mtls["server_cpu_us_each"] / plain["server_cpu_us_each"]
+    return [mtls, plain, ratio]
+
+
 async def _channels(target: str, root_pem: bytes | None, count: int, concurrency: int) -> float:
     credentials = grpc.ssl_channel_credentials(root_pem) if root_pem is not None else None
     options: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
@@ -540,11 +617,17 @@ def _workload_pem(ca: CertificateAuthority, service: str, path: Path) -> Path:
     return path
 
 
-def _check_mtls(port: int, pem: Path, ca_file: Path) -> None:
-    """That ``port`` speaks TLS 1.3 to a client with a workload certificate."""
+def _workload_client(pem: Path, ca_file: Path) -> ssl.SSLContext:
+    """A TLS client context presenting the workload certificate in ``pem``."""
     context = ssl.create_default_context(cafile=str(ca_file))
     context.check_hostname = False  # workload certificates name a SPIFFE ID only
     context.load_cert_chain(str(pem))
+    return context
+
+
+def _check_mtls(port: int, pem: Path, ca_file: Path) -> None:
+    """That ``port`` speaks TLS 1.3 to a client with a workload certificate."""
+    context = _workload_client(pem, ca_file)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
         context.wrap_socket(sock) as tls,
@@ -600,6 +683,26 @@ def _mtls_haproxy(quick: bool, workdir: Path) -> list[Row]:
                     result = wrk(outbound.port, seconds)
                 rps[route].append(result.rps)
                 errors[route] += result.errors
+        # The inbound hop alone (HAProxy in front of nginx), new connections.
+        inbound_rows = _inbound_pair(
+            "mtls_inbound_haproxy",
+            _inbound_row(
+                "mtls_inbound_haproxy",
+                "haproxy inbound hop, mTLS",
+                hops[("http", True)][1].port,
+                hops[("http", True)][1].pid,
+                _workload_client(caller, ca_file),
+                quick,
+            ),
+            _inbound_row(
+                "mtls_inbound_haproxy",
+                "haproxy inbound hop, plaintext",
+                hops[("http", False)][1].port,
+                hops[("http", False)][1].pid,
+                None,
+                quick,
+            ),
+        )
     rows: list[Row] = []
     for mode in ("tcp", "http"):
         pair: list[Row] = []
@@ -627,7 +730,7 @@ def _mtls_haproxy(quick: bool, workdir: Path) -> list[Row]:
         if pair[0]["rps_per_vcpu"] and pair[1]["rps_per_vcpu"]:
             ratio["per_vcpu_ratio"] = pair[0]["rps_per_vcpu"] / pair[1]["rps_per_vcpu"]
         rows.append(ratio)
-    return rows
+    return rows + inbound_rows
 
 
 # -- mTLS between sidecars -------------------------------------------------------
@@ -646,12 +749,11 @@ def _has_certificate(admin: str) -> bool:
     )
 
 
-def _check_inbound_tls_only(local_api: str, service: str) -> None:
-    """That the inbound listener ``service`` resolves to (through the client
-    sidecar's local API) closes a plaintext request unanswered."""
+def _inbound_ports(local_api: str, service: str) -> list[int]:
+    """The ports of the inbound listeners ``service`` resolves to, through a
+    client sidecar's local API."""
     from ecosystem.v1 import sidecar_pb2, sidecar_pb2_grpc
 
-    from benchmarks._proxy_peers import _answers
     from sidecar.config import INBOUND_PORT_KEY
 
     with grpc.insecure_channel(local_api) as channel:
@@ -659,7 +761,15 @@ def _check_inbound_tls_only(local_api: str, service: str) -> None:
         answer = stub.ResolveEndpoints(
             sidecar_pb2.ResolveEndpointsRequest(service=service), timeout=5
         )
-    ports = [int(e.metadata[INBOUND_PORT_KEY]) for e in answer.endpoints]
+    return [int(e.metadata[INBOUND_PORT_KEY]) for e in answer.endpoints]
+
+
+def _check_inbound_tls_only(local_api: str, service: str) -> None:
+    """That the inbound listener ``service`` resolves to (through the client
+    sidecar's local API) closes a plaintext request unanswered."""
+    from benchmarks._proxy_peers import _answers
+
+    ports = _inbound_ports(local_api, service)
     if not ports or any(_answers(port) for port in ports):
         raise ServerError(f"the inbound listener of {service} is not mTLS only: {ports}")
 
@@ -674,7 +784,8 @@ def _wait(what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
 
 def _mtls_sidecars(quick: bool, workdir: Path) -> list[Row]:
     """Two sidecars between wrk and nginx, plaintext beside mutual TLS (the
-    control plane with a CA), tcp and http; ratio mTLS ÷ plaintext."""
+    control plane with a CA), tcp and http; ratio mTLS ÷ plaintext. Then new
+    connections at the server sidecar's inbound http listener of each mesh."""
     from benchmarks._proxy_load import CpuUse, wrk
     from benchmarks._proxy_peers import NginxServer, SidecarMesh, _answers
 
@@ -747,6 +858,21 @@ def _mtls_sidecars(quick: bool, workdir: Path) -> list[Row]:
                     result = wrk(mesh.ports[f"bench-{mode}"], seconds)
                 rps[(mode, tls)].append(result.rps)
                 errors[(mode, tls)] += result.errors
+        # The server sidecar's inbound listener alone, new connections: with mTLS
+        # a caller presenting a workload certificate of the mesh's CA (service
+        # "api", allowed: no intentions, --acl allow).
+        caller = _workload_client(_workload_pem(ca, "api", workdir / "mesh-api.pem"), ca_file)
+        inbound: dict[bool, Row] = {}
+        for tls in (True, False):
+            (port,) = _inbound_ports(meshes[tls].client.local_api, "bench-http")
+            inbound[tls] = _inbound_row(
+                "mtls_inbound",
+                f"ecosystem inbound listener, {'mTLS' if tls else 'plaintext'}",
+                port,
+                meshes[tls].server.pid,
+                caller if tls else None,
+                quick,
+            )
     rows: list[Row] = []
     for mode in ("tcp", "http"):
         pair: list[Row] = []
@@ -775,32 +901,39 @@ def _mtls_sidecars(quick: bool, workdir: Path) -> list[Row]:
         if pair[0]["rps_per_vcpu"] and pair[1]["rps_per_vcpu"]:
             ratio["per_vcpu_ratio"] = pair[0]["rps_per_vcpu"] / pair[1]["rps_per_vcpu"]
         rows.append(ratio)
-    return rows
+    return rows + _inbound_pair("mtls_inbound", inbound[True], inbound[False])
 
 
 def _to_haproxy(rows: list[Row]) -> list[Row]:
-    """Ours with mTLS ÷ HAProxy with mTLS, per mode, when both were measured."""
+    """Ours with mTLS ÷ HAProxy with mTLS, per mode, when both were measured:
+    requests/s through the two hops, and new connections/s at the inbound hop."""
     out: list[Row] = []
-    for mode in ("tcp", "http"):
-        ours = [
-            r
-            for r in rows
-            if r.get("bench") == "mtls_proxy"
-            and r.get("mode") == mode
-            and "mTLS" in r.get("system", "")
-        ]
-        peer = [
-            r
-            for r in rows
-            if r.get("bench") == "mtls_haproxy"
-            and r.get("mode") == mode
-            and "mTLS" in r.get("system", "")
-        ]
-        if ours and peer:
-            row = _ratio_row("mtls_proxy_to_haproxy", ours[0], peer[0])
+    pairs = (
+        ("mtls_proxy", "mtls_haproxy", "mtls_proxy_to_haproxy"),
+        ("mtls_inbound", "mtls_inbound_haproxy", "mtls_inbound_to_haproxy"),
+    )
+    for ours_bench, peer_bench, bench in pairs:
+        for mode in ("tcp", "http"):
+            ours, peer = (
+                [
+                    r
+                    for r in rows
+                    if r.get("bench") == name
+                    and r.get("mode") == mode
+                    and "mTLS" in r.get("system", "")
+                ]
+                for name in (ours_bench, peer_bench)
+            )
+            if not (ours and peer):
+                continue
+            row = _ratio_row(bench, ours[0], peer[0])
             row["mode"] = mode
-            if ours[0]["rps_per_vcpu"] and peer[0]["rps_per_vcpu"]:
+            if ours[0].get("rps_per_vcpu") and peer[0].get("rps_per_vcpu"):
                 row["per_vcpu_ratio"] = ours[0]["rps_per_vcpu"] / peer[0]["rps_per_vcpu"]
+            if "server_cpu_us_each" in ours[0] and "server_cpu_us_each" in peer[0]:
+                row["server_cpu_ratio"] = (
+                    ours[0]["server_cpu_us_each"] / peer[0]["server_cpu_us_each"]
+                )
             out.append(row)
     return out
 
