@@ -41,7 +41,9 @@ class FakeControlPlane:
                 return acl_pb2.ResolveTokenResponse(default_allow=True)
             raise sdk.UnauthenticatedError("the token is not valid (unknown or deleted)")
         rules = [
-            acl_pb2.AclRule(**dict(zip(("resource", "pattern", "access"), r.split(":"))))
+            acl_pb2.AclRule(
+                **dict(zip(("resource", "pattern", "access"), r.split(":"), strict=True))
+            )
             for r in self.tokens[secret]
         ]
         return acl_pb2.ResolveTokenResponse(
@@ -94,7 +96,7 @@ async def test_a_token_is_asked_about_once_a_second(
 
 async def test_a_missing_right_is_named(checker: TokenChecker, cp: FakeControlPlane) -> None:
     cp.tokens["s1"] = ["service:orders:read"]
-    with pytest.raises(PermissionDeniedError, match="the token lacks bus:orders.new:publish"):
+    with pytest.raises(PermissionDeniedError, match=r"the token lacks bus:orders\.new:publish"):
         await checker.check("s1", [Need("bus", "orders.new", "publish")])
 
 
