@@ -27,7 +27,18 @@ is paused. At most ``max_connections`` connections are held, and
 :class:`~serving.http_limits.ConnectionGate`).
 
 Handlers are synchronous callables returning a :class:`Response`; an
-exception in one is logged and answered with 500. :meth:`HttpServer.close`
+exception in one is logged and answered with 500.
+
+A route may also have a *guard* (``guards``: path → :data:`Guard`), an async
+check of the request's ``Authorization`` header that answers ``None`` to let
+the handler answer, or the refusal to send instead. Only a server with guards
+captures that header (its connections are a subclass, so the parser of a
+server without them runs exactly as before). A request waiting for its check
+holds back the answers to the requests pipelined behind it (answers stay in
+request order); past :data:`MAX_WAITING` of those, reading pauses. The check
+is a task of its connection, cancelled when the connection closes and awaited
+by :meth:`HttpServer.close`. ``ssl_context`` serves TLS (the handshake must finish
+within ``head_timeout``). :meth:`HttpServer.close`
 stops accepting, closes every connection (unsent responses get a short
 grace) and waits until they are gone.
 """
@@ -39,17 +50,18 @@ import email.utils
 import enum
 import http
 import logging
+import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import NamedTuple, cast
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, NamedTuple, cast
 from urllib.parse import unquote_to_bytes
 
 import httptools
 
 from serving.http_limits import ADMIN_LIMITS, ConnectionGate, HttpLimits, refuse
 
-__all__ = ["Handler", "HttpServer", "Response"]
+__all__ = ["Guard", "Handler", "HttpServer", "Response"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +69,27 @@ logger = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 #: Seconds :meth:`HttpServer.close` lets connections flush what they were sending.
 CLOSE_GRACE = 1.0
+#: Requests one connection may pipeline behind a request waiting for its guard
+#: before reading from it pauses.
+MAX_WAITING = 16
 _ALLOWED = (b"GET", b"HEAD")
 _TEXT = "text/plain; charset=utf-8"
 
 
 class Response(NamedTuple):
-    """One answer: a status code, a full ``Content-Type`` and the body."""
+    """One answer: a status code, a full ``Content-Type``, the body and any
+    further headers (``(name, value)`` pairs, e.g. ``WWW-Authenticate``)."""
 
     status: int
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Handler = Callable[[], Response]
+#: Checks a request's ``Authorization`` value ("" when it has none): None lets the
+#: route's handler answer, a Response is the refusal to send instead.
+Guard = Callable[[str], Coroutine[Any, Any, Response | None]]
 
 
 class _State(enum.Enum):
@@ -90,11 +110,18 @@ class HttpServer:
         self,
         routes: Mapping[str, Handler],
         *,
+        guards: Mapping[str, Guard] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         limits: HttpLimits = ADMIN_LIMITS,
         max_body: int = MAX_BODY,
         close_grace: float = CLOSE_GRACE,
     ) -> None:
         self.routes = {path.encode(): handler for path, handler in routes.items()}
+        self.guards = {path.encode(): guard for path, guard in (guards or {}).items()}
+        unknown = set(self.guards) - set(self.routes)
+        if unknown:
+            raise ValueError(f"guards for paths that are not routes: {sorted(unknown)}")
+        self.ssl_context = ssl_context
         self.limits = limits
         self.gate = ConnectionGate(
             "admin HTTP",
@@ -108,6 +135,8 @@ class HttpServer:
         self._connections: set[_Connection] = set()
         self._all_closed: asyncio.Event | None = None
         self._date = (0, b"")
+        #: the guards' checks running now (each owned by its connection)
+        self.checks: set[asyncio.Task[Response | None]] = set()
 
     @property
     def connections(self) -> int:
@@ -119,8 +148,16 @@ class HttpServer:
         if self._state is not _State.NEW:
             raise RuntimeError(f"the HTTP server is {self._state.value}")
         loop = asyncio.get_running_loop()
+        connection = _GuardedConnection if self.guards else _Connection
+        ssl_context = self.ssl_context
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True, backlog=128
+            lambda: connection(self),
+            host,
+            port,
+            reuse_address=True,
+            backlog=128,
+            ssl=ssl_context,
+            ssl_handshake_timeout=self.limits.head_timeout if ssl_context is not None else None,
         )
         self._state = _State.SERVING
         return [sock.getsockname()[:2] for sock in self._server.sockets]
@@ -145,6 +182,8 @@ class HttpServer:
                 for conn in list(self._connections):
                     conn.abort()
                 await self._all_closed.wait()
+        if self.checks:  # cancelled by their connections' ends: wait until they are
+            await asyncio.wait(list(self.checks))
         await server.wait_closed()
 
     # -- for connections ---------------------------------------------------------------
@@ -172,6 +211,7 @@ class _Request(NamedTuple):
     path: bytes
     keep_alive: bool
     http10: bool
+    authorization: str  # captured only by a server with guards
 
 
 class _Connection(asyncio.Protocol):
@@ -197,6 +237,9 @@ class _Connection(asyncio.Protocol):
         self._in_request = False  # part of a request has come
         self._timer: asyncio.TimerHandle | None = None
         self._key: str | None = None  # the gate's, while admitted
+        self._authorization = ""  # the request's Authorization value (guarded servers)
+        self._check: asyncio.Task[Response | None] | None = None  # the head request's guard
+        self._held = False  # reading paused: too many requests behind a check
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -219,6 +262,7 @@ class _Connection(asyncio.Protocol):
         self._key = None
         self._closing = True
         self._queue.clear()
+        self._cancel_check()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -257,7 +301,7 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self._transport is not None and not self._closing:
+        if self._transport is not None and not self._closing and not self._held:
             self._transport.resume_reading()
         self._answer()
 
@@ -273,6 +317,7 @@ class _Connection(asyncio.Protocol):
         self._head_seen = 0
         self._head_raw = 0
         self._body_size = 0
+        self._authorization = ""
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -299,6 +344,7 @@ class _Connection(asyncio.Protocol):
                 _path_of(bytes(self._url)),
                 parser.should_keep_alive(),
                 parser.get_http_version() == "1.0",
+                self._authorization,
             )
         )
         self._last_request = self._loop.time()
@@ -318,17 +364,63 @@ class _Connection(asyncio.Protocol):
             self._error = status
 
     def _answer(self) -> None:
+        guards = self._server.guards
         while self._queue and not self._paused and not self._closing:
-            request = self._queue.popleft()
+            if guards and self._queue[0].path in guards and self._queue[0].method in _ALLOWED:
+                response = self._guarded(self._queue[0])
+                if response is None:
+                    return  # its check runs: _checked answers again when it is done
+                request = self._queue.popleft()
+            else:
+                request = self._queue.popleft()
+                response = self._respond(request)
             # After an upgrade request comes something that is not HTTP.
             last = not request.keep_alive or (self._upgraded and not self._queue)
-            self._write(self._respond(request), request.method == b"HEAD", last, request.http10)
+            self._write(response, request.method == b"HEAD", last, request.http10)
         if self._closing or self._queue:
             return
         if self._error is not None:
             self._write(_plain(self._error), False, True, False)
         elif self._upgraded:
             self.close()
+
+    def _guarded(self, request: _Request) -> Response | None:
+        """The answer to a guarded request once its check is done; None while it runs
+        (it is started here)."""
+        check = self._check
+        if check is None:
+            guard = self._server.guards[request.path]
+            check = self._loop.create_task(guard(request.authorization), name="admin-http-guard")
+            self._check = check
+            self._server.checks.add(check)
+            check.add_done_callback(self._checked)
+        if not check.done():
+            if len(self._queue) > MAX_WAITING and not self._held and self._transport is not None:
+                self._held = True
+                self._transport.pause_reading()
+            return None
+        self._check = None
+        try:
+            refusal = check.result()
+        except Exception:
+            logger.exception("admin HTTP: the check of %s failed", request.path.decode("latin-1"))
+            return _plain(http.HTTPStatus.INTERNAL_SERVER_ERROR)
+        return refusal if refusal is not None else self._respond(request)
+
+    def _checked(self, check: asyncio.Task[Response | None]) -> None:
+        self._server.checks.discard(check)
+        if check.cancelled():
+            return  # the connection ended first
+        if self._held:
+            self._held = False
+            if self._transport is not None and not self._closing and not self._paused:
+                self._transport.resume_reading()
+        self._answer()
+
+    def _cancel_check(self) -> None:
+        check, self._check = self._check, None
+        if check is not None:
+            check.cancel()
 
     def _respond(self, request: _Request) -> Response:
         handler = self._server.routes.get(request.path)
@@ -355,6 +447,8 @@ class _Connection(asyncio.Protocol):
         ]
         if status is http.HTTPStatus.METHOD_NOT_ALLOWED:
             head.append(b"Allow: %s\r\n" % b",".join(_ALLOWED))
+        for name, value in response.headers:
+            head.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
         if last:
             head.append(b"Connection: close\r\n")
         elif http10:
@@ -402,14 +496,28 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         """Closes once what is buffered has been sent."""
         self._closing = True
+        self._cancel_check()
         if self._transport is not None:
             self._transport.close()
 
     def abort(self) -> None:
         """Closes now, dropping anything unsent."""
         self._closing = True
+        self._cancel_check()
         if self._transport is not None:
             self._transport.abort()
+
+
+class _GuardedConnection(_Connection):
+    """A connection of a server with guards: it also keeps the ``Authorization`` header."""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        if len(name) == 13 and name.lower() == b"authorization":
+            if self._authorization:
+                # Two of them: which one a proxy in front looked at is unknown.
+                self._fail(http.HTTPStatus.BAD_REQUEST)
+            self._authorization = value.decode("latin-1") or " "
 
 
 def _path_of(url: bytes) -> bytes:

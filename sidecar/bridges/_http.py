@@ -15,6 +15,15 @@ allowed origin passes. A body must arrive within ``body_timeout`` (408), and
 an event stream whose client takes nothing for ``send_timeout`` is ended.
 The bodies held at once (being read, published, or waiting for a reply) add
 up to at most :data:`BODIES_HELD` times ``max_body``: past it, 503.
+
+Off loopback the bridge has a :class:`~sidecar.acl.Guard` (``ctx.guard``) and
+every route checks the token the client presents (``Authorization: Bearer
+<secret>``, or an ``access_token`` query parameter for browsers, RFC 6750
+§2.3; not both) before anything else, with the rights the gRPC API's RPCs
+need (``serving.acl.MESSAGING_NEEDS``): 401 ``unauthenticated`` (with
+``WWW-Authenticate: Bearer``), 403 ``permission_denied`` naming the right,
+503 ``unavailable``. An event stream checks its token again every
+:data:`RECHECK` seconds and ends (an ``event: error``) once it is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -49,11 +58,20 @@ from bus import (
 )
 from bus.convert import publish_from_proto, subscription_from_proto
 from sdk import AckKind
-from serving.errors import FieldViolation, InvalidArgumentError
+from serving.acl import MESSAGING_NEEDS, Need, PermissionDeniedError, bearer
+from serving.errors import (
+    FieldViolation,
+    InvalidArgumentError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from sidecar.acl import Guard
 
 __all__ = [
     "HEADER_PREFIX",
+    "RECHECK",
     "BridgeContext",
+    "authorize",
     "delivery_json",
     "error_field",
     "error_kind",
@@ -61,6 +79,7 @@ __all__ = [
     "handle_request",
     "handle_subscribe",
     "parse_timeout",
+    "presented_token",
     "publish_message",
     "subscription_spec",
 ]
@@ -74,6 +93,10 @@ DEFAULT_REQUEST_TIMEOUT = 5.0
 MAX_REQUEST_TIMEOUT = 300.0
 #: How many bodies of ``max_body`` bytes the bridge holds in memory at once, at most.
 BODIES_HELD = 64
+#: Seconds between checks of the token of a held-open subscription (off loopback).
+RECHECK = 1.0
+#: The query parameter a browser's EventSource or WebSocket sends its token in.
+ACCESS_TOKEN = "access_token"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?")
 _FIELD_PREFIX = re.compile(r"([a-z_]+(?:\[[^\]]*\])?):")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
@@ -99,8 +122,11 @@ class BridgeContext:
         body_timeout: float = 30.0,
         send_timeout: float = 30.0,
         max_subscriptions: int = 256,
+        guard: Guard | None = None,
     ) -> None:
         self.broker = broker
+        #: TLS and the token checker off loopback; None on loopback (nothing is checked)
+        self.guard = guard
         self.max_body = max_body
         self.heartbeat = heartbeat
         self.send_queue = send_queue
@@ -125,6 +151,9 @@ class BridgeContext:
 
 #: broker error class -> (kind, HTTP status); the first match wins.
 _ERRORS: tuple[tuple[type[BaseException], str, int], ...] = (
+    (UnauthenticatedError, "unauthenticated", 401),
+    (PermissionDeniedError, "permission_denied", 403),
+    (UnavailableError, "unavailable", 503),
     (InvalidArgumentError, "invalid_argument", 400),
     (InvalidSubjectError, "invalid_subject", 400),
     (PayloadTooLargeError, "payload_too_large", 413),
@@ -176,7 +205,54 @@ def error_message(exc: BaseException) -> str:
 def error_response(exc: BaseException) -> web.Response:
     kind, status = error_kind(exc)
     body = error_body(kind, error_message(exc), error_field(exc))
-    return web.json_response(body, status=status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+# -- tokens (off loopback) ------------------------------------------------------------------
+
+
+def presented_token(request: web.Request) -> str:
+    """The token ``request`` presents: its ``Authorization: Bearer`` secret, or its
+    ``access_token`` query parameter ("" for none). Raises InvalidArgumentError when
+    it sends both (RFC 6750 §2: one method per request)."""
+    header = request.headers.get("Authorization")
+    query = request.query.get(ACCESS_TOKEN)
+    if header is not None and query is not None:
+        raise InvalidArgumentError(
+            [FieldViolation(ACCESS_TOKEN, "send the token once: Authorization or access_token")]
+        )
+    return bearer(header) if header is not None else query or ""
+
+
+async def authorize(
+    request: web.Request, ctx: BridgeContext, needs: Sequence[Need]
+) -> tuple[str, web.Response | None]:
+    """The token ``request`` presents and, when the bridge checks tokens and this one
+    lacks one of ``needs``, the error response to give instead (else None)."""
+    if ctx.guard is None:
+        return "", None
+    try:
+        secret = presented_token(request)
+        await ctx.guard.tokens.check(secret, needs)
+    except (
+        UnauthenticatedError,
+        PermissionDeniedError,
+        UnavailableError,
+        InvalidArgumentError,
+    ) as exc:
+        return "", error_response(exc)
+    return secret, None
+
+
+def publish_needs(subject: str) -> Sequence[Need]:
+    """What publishing (or a request) on ``subject`` needs, as in the gRPC API."""
+    return MESSAGING_NEEDS["Publish"](pb.PublishRequest(subject=subject))
+
+
+def subscribe_needs(subject: str, stream: str = "") -> Sequence[Need]:
+    """What a subscription needs, as in the gRPC API."""
+    return MESSAGING_NEEDS["Subscribe"](pb.SubscribeRequest(subject=subject, stream=stream))
 
 
 def _bad(
@@ -350,6 +426,9 @@ def subscription_spec(
 
 async def handle_publish(request: web.Request, ctx: BridgeContext) -> web.Response:
     """``POST /v1/publish/{subject}``: 202 with where the message went."""
+    _, refused = await authorize(request, ctx, publish_needs(request.match_info["subject"]))
+    if refused is not None:
+        return refused
     async with _body_of(request, ctx) as body:
         if isinstance(body, web.Response):
             return body
@@ -370,6 +449,9 @@ async def handle_publish(request: web.Request, ctx: BridgeContext) -> web.Respon
 
 async def handle_request(request: web.Request, ctx: BridgeContext) -> web.Response:
     """``POST /v1/request/{subject}?timeout=2s``: 200 with the first reply."""
+    _, refused = await authorize(request, ctx, publish_needs(request.match_info["subject"]))
+    if refused is not None:
+        return refused
     try:
         timeout = parse_timeout(request.query.get("timeout", "") or str(DEFAULT_REQUEST_TIMEOUT))
     except ValueError as exc:
@@ -434,10 +516,15 @@ async def handle_subscribe(request: web.Request, ctx: BridgeContext) -> web.Stre
     The response starts (with a ``: subscribed`` comment) once the subscription is in
     place; errors before that are JSON. Durable messages are acknowledged once written
     to the client's socket; a reconnecting client (``Last-Event-ID`` or not) resumes the
-    durable consumer where it is."""
+    durable consumer where it is. Off loopback its token is checked again every
+    :data:`RECHECK` seconds: refused, the stream ends with an ``event: error``."""
     if ctx.closing:
         return web.json_response(error_body("unavailable", "the bridge is stopping"), status=503)
     query = request.query
+    needs = subscribe_needs(request.match_info["subject"], query.get("stream", ""))
+    secret, refused = await authorize(request, ctx, needs)
+    if refused is not None:
+        return refused
     try:
         spec = subscription_spec(
             request.match_info["subject"],
@@ -461,6 +548,10 @@ async def handle_subscribe(request: web.Request, ctx: BridgeContext) -> web.Stre
     counter = 0
     unwritten: Delivery | None = None
     queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=64)
+    loop = asyncio.get_running_loop()
+    guard = ctx.guard
+    recheck_at = loop.time() + RECHECK
+    heartbeat_at = loop.time() + ctx.heartbeat
 
     async def send(data: bytes) -> None:
         # A client that takes nothing for send_timeout holds its subscription's
@@ -479,10 +570,19 @@ async def handle_subscribe(request: web.Request, ctx: BridgeContext) -> web.Stre
         pump = asyncio.create_task(_pump(sub, queue), name="bridge-sse-pump")
         try:
             while True:
+                if guard is not None and loop.time() >= recheck_at:
+                    refusal = await _recheck(guard, secret, needs)
+                    if refusal is not None:
+                        await send(b"event: error\ndata: %s\n\n" % refusal)
+                        break
+                    recheck_at = loop.time() + RECHECK
+                wake = heartbeat_at if guard is None else min(heartbeat_at, recheck_at)
                 try:
-                    delivery = await asyncio.wait_for(queue.get(), ctx.heartbeat)
+                    delivery = await asyncio.wait_for(queue.get(), max(0.0, wake - loop.time()))
                 except TimeoutError:
-                    await send(b": heartbeat\n\n")
+                    if loop.time() >= heartbeat_at:
+                        await send(b": heartbeat\n\n")
+                        heartbeat_at = loop.time() + ctx.heartbeat
                     continue
                 if delivery is None:
                     break
@@ -491,6 +591,7 @@ async def handle_subscribe(request: web.Request, ctx: BridgeContext) -> web.Stre
                 unwritten = delivery
                 await send(_event(event_id, delivery_json(delivery)))
                 unwritten = None
+                heartbeat_at = loop.time() + ctx.heartbeat
                 if delivery.ack_id:
                     # AckNotFound: its ack_wait passed while writing; it comes again.
                     with contextlib.suppress(AckNotFoundError):
@@ -509,3 +610,16 @@ async def handle_subscribe(request: web.Request, ctx: BridgeContext) -> web.Stre
         await sub.close()
         await _give_back(ctx.broker, unwritten, queue)
     return response
+
+
+async def _recheck(guard: Guard, secret: str, needs: Sequence[Need]) -> bytes | None:
+    """None while ``secret`` still has ``needs``; else the error, as JSON. (The
+    control plane unreachable is no refusal: the last answer stands.)"""
+    try:
+        await guard.tokens.check(secret, needs)
+    except (UnauthenticatedError, PermissionDeniedError) as exc:
+        kind, _ = error_kind(exc)
+        return json.dumps(error_body(kind, error_message(exc))).encode()
+    except UnavailableError:
+        return None
+    return None

@@ -16,6 +16,16 @@ most ``max_subscriptions`` subscriptions open (else an ``err`` frame); frames
 RFC 6455 forbids (unmasked, reserved bits or opcodes, fragmented control
 frames: 1002; text that is not UTF-8: 1007) close the socket
 (`serving.web_server`).
+
+Off loopback (``ctx.guard``) the upgrade request must present a token
+(``Authorization: Bearer``, or ``access_token`` in the URL for a browser),
+refused with a JSON 401/403/503 like any route; then every ``sub``, ``pub``
+and ``ack`` frame is checked against that token (the checker caches its
+answer for a second) and a refused one gets an ``err`` frame
+(``unauthenticated``, ``permission_denied``, ``unavailable``). Every
+:data:`~sidecar.bridges._http.RECHECK` seconds the subscriptions are checked
+again: one the token no longer allows ends with an ``err`` frame whose
+``ref`` is its id.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import binascii
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -34,15 +44,20 @@ from aiohttp.http import HttpVersion11
 
 from bus import BusError, Subscription
 from sdk import AckKind
-from serving.errors import InvalidArgumentError
+from serving.acl import MESSAGING_NEEDS, Need, PermissionDeniedError
+from serving.errors import InvalidArgumentError, UnauthenticatedError, UnavailableError
 from sidecar.bridges._http import (
+    RECHECK,
     BridgeContext,
+    authorize,
     delivery_json,
     error_body,
     error_field,
     error_kind,
     error_message,
     publish_message,
+    publish_needs,
+    subscribe_needs,
     subscription_spec,
 )
 
@@ -111,11 +126,13 @@ def _str(frame: Mapping[str, Any], key: str, *, required: bool = False) -> str:
 class WsSession:
     """One socket's subscriptions and send queue (see the module docstring)."""
 
-    def __init__(self, ws: web.WebSocketResponse, ctx: BridgeContext) -> None:
+    def __init__(self, ws: web.WebSocketResponse, ctx: BridgeContext, secret: str = "") -> None:
         self._ws = ws
         self._ctx = ctx
+        self._secret = secret  # the token presented at the upgrade (off loopback)
         self._out: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=ctx.send_queue)
         self._subs: dict[str, tuple[Subscription, asyncio.Task[None]]] = {}
+        self._needs: dict[str, Sequence[Need]] = {}  # what each subscription needs
         self._tg: asyncio.TaskGroup | None = None
         #: core messages dropped because the send queue was full
         self.dropped = 0
@@ -126,11 +143,18 @@ class WsSession:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             writer = tg.create_task(self._write_loop(), name="bridge-ws-writer")
+            watcher = (
+                tg.create_task(self._recheck_loop(), name="bridge-ws-recheck")
+                if self._ctx.guard is not None
+                else None
+            )
             try:
                 await self._read_loop()
             finally:
                 await self._close_subscriptions()
                 writer.cancel()
+                if watcher is not None:
+                    watcher.cancel()
         if self._slow:
             await self._ws.close(code=CLOSE_SLOW, message=b"slow consumer")
 
@@ -155,7 +179,15 @@ class WsSession:
                 await self._execute(frame, ref)
             except FrameError as exc:
                 self._reply_err(ref, "invalid_frame", exc.message, exc.field)
-            except (BusError, ValueError, TimeoutError, InvalidArgumentError) as exc:
+            except (
+                BusError,
+                ValueError,
+                TimeoutError,
+                InvalidArgumentError,
+                UnauthenticatedError,
+                PermissionDeniedError,
+                UnavailableError,
+            ) as exc:
                 kind, _ = error_kind(exc)
                 self._reply_err(ref, kind, error_message(exc), error_field(exc))
             if self._slow:
@@ -170,6 +202,7 @@ class WsSession:
             entry = self._subs.pop(sub_id, None)
             if entry is None:
                 raise FrameError(f"id: no subscription {sub_id!r}", "id")
+            self._needs.pop(sub_id, None)
             await entry[0].close()
             entry[1].cancel()
             self._reply({"op": "ok", "ref": ref})
@@ -177,6 +210,7 @@ class WsSession:
             await self._pub(frame, ref)
         elif op == "ack":
             ack_id = _str(frame, "ack_id", required=True)
+            await self._check(MESSAGING_NEEDS["Ack"](None))
             kind = _ACK_KINDS.get(_str(frame, "kind") or "ack")
             if kind is None:
                 raise FrameError("kind: one of ack, nak, term, in_progress", "kind")
@@ -197,11 +231,15 @@ class WsSession:
             message = f"id: this socket holds {limit} subscriptions, its limit; unsub one first"
             self._reply_err(ref, "too_many_subscriptions", message, "id")
             return
+        subject = _str(frame, "subject", required=True)
+        stream = _str(frame, "stream")
+        needs = subscribe_needs(subject, stream)
+        await self._check(needs)
         spec = subscription_spec(
-            _str(frame, "subject", required=True),
+            subject,
             queue=_str(frame, "queue"),
             durable=_str(frame, "durable"),
-            stream=_str(frame, "stream"),
+            stream=stream,
             deliver=_str(frame, "deliver"),
         )
         sub = await self._ctx.broker.subscribe(spec)
@@ -210,8 +248,11 @@ class WsSession:
         self._reply({"op": "ok", "ref": ref})
         task = self._tg.create_task(self._pump(sub_id, sub), name=f"bridge-ws-sub-{sub_id}")
         self._subs[sub_id] = (sub, task)
+        self._needs[sub_id] = needs
 
     async def _pub(self, frame: Mapping[str, Any], ref: str) -> None:
+        subject = _str(frame, "subject", required=True)
+        await self._check(publish_needs(subject))
         data_text = _str(frame, "data")
         encoding = _str(frame, "encoding")
         if encoding == "base64":
@@ -231,7 +272,7 @@ class WsSession:
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise FrameError("headers: an object of strings", "headers")
         message = publish_message(
-            _str(frame, "subject", required=True),
+            subject,
             data,
             headers,
             _str(frame, "msg_id"),
@@ -247,6 +288,35 @@ class WsSession:
                 "duplicate": ack.duplicate,
             }
         )
+
+    # -- tokens (off loopback) --------------------------------------------------------
+
+    async def _check(self, needs: Sequence[Need]) -> None:
+        """Raises the refusal when the socket's token lacks one of ``needs``."""
+        if self._ctx.guard is not None:
+            await self._ctx.guard.tokens.check(self._secret, needs)
+
+    async def _recheck_loop(self) -> None:
+        """Ends each subscription its token no longer allows (deleted, or a policy
+        changed), within about RECHECK plus the checker's cache of a second."""
+        assert self._ctx.guard is not None
+        tokens = self._ctx.guard.tokens
+        while True:
+            await asyncio.sleep(RECHECK)
+            for sub_id, needs in list(self._needs.items()):
+                try:
+                    await tokens.check(self._secret, needs)
+                except UnavailableError:
+                    continue  # never resolved and the control plane away: try again later
+                except (UnauthenticatedError, PermissionDeniedError) as exc:
+                    if self._needs.get(sub_id) is not needs:
+                        continue  # unsubscribed (or replaced) meanwhile
+                    entry = self._subs.pop(sub_id, None)
+                    self._needs.pop(sub_id, None)
+                    if entry is not None:
+                        await entry[0].close()
+                        entry[1].cancel()
+                    self._reply_err(sub_id, error_kind(exc)[0], str(exc), "")
 
     # -- writing ---------------------------------------------------------------------
 
@@ -294,6 +364,7 @@ class WsSession:
 
     async def _close_subscriptions(self) -> None:
         subs, self._subs = self._subs, {}
+        self._needs.clear()
         for sub, task in subs.values():
             await sub.close()
             task.cancel()
@@ -307,12 +378,16 @@ async def handle_ws(request: web.Request, ctx: BridgeContext) -> web.StreamRespo
         # here too. (HTTP/1.0 knows no Upgrade: RFC 9110, 7.8.)
         message = "a WebSocket handshake is a GET request in HTTP/1.1"
         return web.json_response(error_body("invalid_argument", message), status=400)
+    # The token is checked before the upgrade: a refusal is an HTTP answer.
+    secret, refused = await authorize(request, ctx, ())
+    if refused is not None:
+        return refused
     # timeout: how long close() waits for the client's close frame (bounds stop()).
     ws = web.WebSocketResponse(
         heartbeat=ctx.heartbeat, timeout=2.0, max_msg_size=ctx.max_body * 2 + 65536
     )
     await ws.prepare(request)
-    session = WsSession(ws, ctx)
+    session = WsSession(ws, ctx, secret)
     if ctx.closing:
         await ws.close(code=1001, message=b"bridge stopping")
         return ws

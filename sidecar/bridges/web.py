@@ -25,6 +25,11 @@ have a content type a page cannot send without a CORS preflight (see
 only, so that a page of another site can neither read nor write the bus.
 Slow and greedy clients are held to :data:`BRIDGE_LIMITS` (or the
 configured limits) by `serving.web_server`.
+
+Off loopback the sidecar gives the bridge a :class:`~sidecar.acl.Guard`: the
+listener serves TLS (unless the sidecar runs ``insecure: true``) and every
+route checks the client's token (see `sidecar.bridges._http`). On loopback
+nothing is checked.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from aiohttp.typedefs import Handler, Middleware
 from bus import MAX_PAYLOAD, Broker
 from serving.http_limits import HttpLimits
 from serving.web_server import LimitedRunner
+from sidecar.acl import Guard
 from sidecar.bridges._http import (
     BridgeContext,
     error_body,
@@ -95,6 +101,7 @@ class BridgeServer:
         limits: HttpLimits = BRIDGE_LIMITS,
         allowed_origins: Iterable[str] = (),
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        guard: Guard | None = None,
     ) -> None:
         if max_body < 1 or heartbeat <= 0 or send_queue < 1 or max_subscriptions < 1:
             raise ValueError(
@@ -109,7 +116,9 @@ class BridgeServer:
             body_timeout=limits.body_timeout,
             send_timeout=limits.idle_timeout,
             max_subscriptions=max_subscriptions,
+            guard=guard,
         )
+        self._guard = guard
         self._limits = limits
         self._origins = frozenset(normalize_origin(origin) for origin in allowed_origins)
         self._shutdown_timeout = shutdown_timeout
@@ -118,8 +127,11 @@ class BridgeServer:
         self._address = ""
 
     @classmethod
-    def from_config(cls, broker: Broker, config: HttpBridgeConfig) -> BridgeServer:
-        """The bridge a sidecar's ``bridges:`` entry describes."""
+    def from_config(
+        cls, broker: Broker, config: HttpBridgeConfig, *, guard: Guard | None = None
+    ) -> BridgeServer:
+        """The bridge a sidecar's ``bridges:`` entry describes; ``guard`` when it
+        listens off loopback (TLS and tokens)."""
         return cls(
             broker,
             config.listen,
@@ -133,6 +145,7 @@ class BridgeServer:
             ),
             allowed_origins=config.allowed_origins,
             max_subscriptions=config.max_subscriptions,
+            guard=guard,
         )
 
     def __repr__(self) -> str:
@@ -147,6 +160,8 @@ class BridgeServer:
         """The bridge's state, for the sidecar's status."""
         return {
             "protocol": "http",
+            "tls": self._guard is not None and self._guard.tls is not None,
+            "tokens": self._guard is not None,
             "listen": self._address or f"{self._host}:{self._port}",
             "state": self._state,
             "streams": len(self._ctx.sessions),
@@ -187,7 +202,10 @@ class BridgeServer:
         await runner.setup()
         self._runner = runner
         try:
-            site = web.TCPSite(runner, self._host, self._port)
+            tls = self._guard.tls if self._guard is not None else None
+            site = web.TCPSite(
+                runner, self._host, self._port, ssl_context=tls.context if tls else None
+            )
             await site.start()
         except BaseException:
             self._state = "stopped"
@@ -197,7 +215,14 @@ class BridgeServer:
         self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         runner.gate.name = f"bus bridge {self._address}"
         self._state = "running"
-        logger.info("bus bridge listening on http://%s", self._address)
+        if self._guard is None:
+            logger.info("bus bridge listening on http://%s", self._address)
+        else:
+            logger.info(
+                "bus bridge listening on %s://%s (tokens checked)",
+                self._guard.scheme,
+                self._address,
+            )
         return self._address
 
     async def stop(self) -> None:
