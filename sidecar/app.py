@@ -44,6 +44,7 @@ from sdk import (
     ServiceRef,
     tls_channel_factory,
 )
+from sidecar.acl import Guard, TokenChecker
 from sidecar.admin import AdminServer
 from sidecar.cache import CACHE_FILE, CacheSource, EndpointCache
 from sidecar.config import (
@@ -57,6 +58,7 @@ from sidecar.errors import BadRequestError, StartupError, UnknownInstanceError, 
 from sidecar.health import CheckKind, HealthChecker, HealthEngine, HealthTransition
 from sidecar.identity import SidecarIdentity
 from sidecar.intentions import IntentionTable
+from sidecar.listener_tls import ListenerTls
 from sidecar.local_api import LocalApiServer, SidecarServicer
 from sidecar.metrics import MetricsSnapshot, SidecarMetrics
 from sidecar.proxy._dataplane import DataPlane
@@ -133,14 +135,28 @@ class Sidecar:
             metrics=self.metrics,
         )
         ca_file = config.controlplane.ca_file
+        controlplane_channels = channel_factory or (
+            tls_channel_factory(ca_file) if ca_file is not None else None
+        )
         self.relay = RelayBroker(
             config.controlplane.addresses,
             config.data_dir,
-            channel_factory=channel_factory
-            or (tls_channel_factory(ca_file) if ca_file is not None else None),
+            channel_factory=controlplane_channels,
             token=config.controlplane.secret,
         )
-        self._local_api = LocalApiServer(self._servicer, relay=self.relay)
+        #: The listeners off loopback (local_api, admin, bridges[i]): TLS and tokens.
+        self._exposed = dict(config.exposed_listeners())
+        #: Resolves the tokens their clients present (None: every listener on loopback).
+        self.tokens = (
+            TokenChecker(config.controlplane.addresses, channel_factory=controlplane_channels)
+            if self._exposed
+            else None
+        )
+        self._guard: Guard | None = None
+        namespaces = {s.name: s.namespace for s in config.services}
+        self._local_api = LocalApiServer(
+            self._servicer, relay=self.relay, namespace_of=lambda name: namespaces.get(name, "")
+        )
         self._bridges: list[Bridge] = []  # BridgeServer, AmqpBridge: imported only when configured
         self._admin = (
             AdminServer(
@@ -251,9 +267,12 @@ class Sidecar:
         for service in config.services:
             for check in service.checks:
                 self.engine.add(service.id, check)
+        if self.tokens is not None:
+            tls = ListenerTls.load(config.tls) if config.tls is not None else None
+            self._guard = Guard(tls, self.tokens)
         await self.relay.start()
-        await self._local_api.start(config.local_api)
-        for bridge in config.bridges:
+        await self._local_api.start(config.local_api, guard=self._guard_of("local_api"))
+        for i, bridge in enumerate(config.bridges):
             if isinstance(bridge, AmqpBridgeConfig):
                 from sidecar.bridges.amqp.bridge import AmqpBridge  # aio-pika only when configured
 
@@ -263,7 +282,9 @@ class Sidecar:
                 continue
             from sidecar.bridges.web import BridgeServer  # aiohttp only when a bridge is configured
 
-            server = BridgeServer.from_config(self.relay, bridge)
+            server = BridgeServer.from_config(
+                self.relay, bridge, guard=self._guard_of(f"bridges[{i}]")
+            )
             self._bridges.append(server)
             try:
                 await server.start()
@@ -272,7 +293,7 @@ class Sidecar:
                     f"bridge: cannot listen on {bridge.listen}: {exc.strerror or exc}"
                 ) from None
         if self._admin is not None and config.admin is not None:
-            await self._admin.start(config.admin)
+            await self._admin.start(config.admin, guard=self._guard_of("admin"))
         await self.dataplane.start()
         await self.cache.start()
         await self.engine.start()
@@ -313,6 +334,10 @@ class Sidecar:
             self.admin_address or "off",
         )
 
+    def _guard_of(self, listener: str) -> Guard | None:
+        """The guard of ``listener`` (a key of the configuration) when it is off loopback."""
+        return self._guard if listener in self._exposed else None
+
     async def stop(self) -> None:
         """Leaves (if configured), then stops every part; idempotent."""
         if self._state in (_State.STOPPING, _State.STOPPED):
@@ -334,6 +359,8 @@ class Sidecar:
             await self.relay.close()
             if self._admin is not None:
                 await self._admin.stop()
+            if self.tokens is not None:
+                await self.tokens.close()
             await self.engine.close()
             await self.cache.close()
         finally:
