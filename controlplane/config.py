@@ -194,6 +194,11 @@ class ControlPlaneConfig(BaseModel):
             )
         if self.tls_ca and not self.tls_ca_key and not self.tls_cert and not self.ca_auto:
             raise ValueError("--tls-ca needs --tls-ca-key, or --tls-cert/--tls-key")
+        if "tls_cert_ttl" in self.model_fields_set and not (self.tls_ca_key or self.ca_auto):
+            raise ValueError(
+                "--tls-cert-ttl needs --tls-ca/--tls-ca-key or --tls-ca auto (it is the lifetime "
+                "of the certificate the control plane issues itself)"
+            )
         if self.tls_names and not (self.tls_ca_key or self.ca_auto):
             raise ValueError(
                 "--tls-name needs --tls-ca/--tls-ca-key or --tls-ca auto (it names the issued "

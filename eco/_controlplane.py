@@ -245,11 +245,10 @@ def _listen_options(f: Any) -> Any:
 @click.option(
     "--tls-cert-ttl",
     type=float,
-    default=365 * 24 * 3600.0,
-    show_default=True,
+    default=None,
     metavar="SECONDS",
     help="Lifetime of the server certificate issued from the CA (issued again at 2/3, "
-    "and when a new root starts signing).",
+    "and when a new root starts signing)  [default: 31536000, a year]",
 )
 @click.option(
     "--trust-domain",
@@ -310,7 +309,7 @@ def controlplane_command(
     tls_ca: str,
     tls_ca_key: str,
     tls_names: tuple[str, ...],
-    tls_cert_ttl: float,
+    tls_cert_ttl: float | None,
     trust_domain: str,
     workload_cert_ttl: float,
     insecure: bool,
@@ -366,7 +365,7 @@ def controlplane_command(
         tls_ca=tls_ca,
         tls_ca_key=tls_ca_key,
         tls_names=tls_names,
-        tls_cert_ttl=tls_cert_ttl,
+        **({"tls_cert_ttl": tls_cert_ttl} if tls_cert_ttl is not None else {}),
         trust_domain=trust_domain,
         workload_cert_ttl=workload_cert_ttl,
         insecure=insecure,

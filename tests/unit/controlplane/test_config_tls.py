@@ -60,6 +60,7 @@ def test_accepted(fields: dict[str, object]) -> None:
             "not both",
         ),
         ({"tls_cert": "c.pem", "tls_key": "k.pem", "tls_names": ("x",)}, "--tls-name needs"),
+        ({"tls_cert": "c.pem", "tls_key": "k.pem", "tls_cert_ttl": 60}, "--tls-cert-ttl needs"),
     ],
 )
 def test_refused(fields: dict[str, object], problem: str) -> None:
