@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -28,6 +28,8 @@ import grpc.aio
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from serving.interceptors import WrappingInterceptor
 
 __all__ = ["MalformedRequestGuard"]
 
@@ -170,25 +172,9 @@ def _guard(handler: Handler) -> Handler:
     return grpc.stream_stream_rpc_method_handler(stream_stream, decode, serialize)
 
 
-class MalformedRequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class MalformedRequestGuard(WrappingInterceptor):
     """The interceptor (see the module docstring); method handlers are wrapped
     once each and reused."""
 
-    def __init__(self) -> None:
-        self._guarded: dict[str, tuple[Handler, Handler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._guarded.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        guarded = _guard(handler)
-        self._guarded[method] = (handler, guarded)
-        return guarded
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        return _guard(handler)

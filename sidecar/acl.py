@@ -22,7 +22,7 @@ import hashlib
 import inspect
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ from serving.errors import (
     end_call,
     to_status,
 )
+from serving.interceptors import WrappingInterceptor
 from sidecar.listener_tls import ListenerTls
 
 __all__ = [
@@ -242,7 +243,7 @@ def local_api_needs(
     return needs
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class TokenInterceptor(WrappingInterceptor):
     """Checks the token of every call to a gRPC listener off loopback against
     ``needs`` (method → the rights its request needs). A method without an
     entry is refused to everyone; a client stream is checked when it starts
@@ -252,25 +253,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self, checker: TokenChecker, needs: Mapping[str, Callable[[Any], Sequence[Need]]]
     ) -> None:
+        super().__init__()
         self._checker = checker
         self._needs = needs
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method = details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
 
     async def _admit(self, method: str, request: Any, context: Any) -> bool:
         needs_of = self._needs.get(method)
@@ -286,7 +271,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return False
         return True
 
-    def _wrap(self, method: str, handler: Handler) -> Handler:
+    def wrap(self, method: str, handler: Handler) -> Handler:
         admit = self._admit
         decode, encode = handler.request_deserializer, handler.response_serializer
         if handler.unary_unary is not None:

@@ -21,7 +21,7 @@ import contextlib
 import inspect
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -36,6 +36,7 @@ from controlplane.acl._table import PUBLIC, TABLE, Entry, Need, message_needs
 from controlplane.registry import lease_services
 from serving.acl import PermissionDeniedError, allows, bearer_secret, denied, service_need
 from serving.errors import ServiceError, UnauthenticatedError, end_call, to_status
+from serving.interceptors import WrappingInterceptor
 
 __all__ = [
     "BOOTSTRAP_REMOTE",
@@ -315,28 +316,12 @@ class _AgentContext:
         return message
 
 
-class AclInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class AclInterceptor(WrappingInterceptor):
     """Wraps every method's handler with the check (see the module docstring)."""
 
     def __init__(self, authorizer: Authorizer) -> None:
+        super().__init__()
         self.authorizer = authorizer
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
 
     async def _admit(
         self, method: str, entry: Entry | None, request: Any, context: Any
@@ -393,7 +378,7 @@ class AclInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             authorizer.record(identity, method, ",".join(str(n) for n in needs), allowed=True)
         return identity
 
-    def _wrap(self, method: str, handler: Handler) -> Handler:
+    def wrap(self, method: str, handler: Handler) -> Handler:
         entry = TABLE.get(method)
         authorizer = self.authorizer
         admit = self._admit
