@@ -34,6 +34,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import sdk
 from controlplane import ControlPlane, ControlPlaneConfig
 from controlplane.acl import PUBLIC, TABLE
+from tests.harness.acl import AclPlane, acl_plane, bearer
 from tests.integration.agent_stream import Stream
 from tests.util import assert_eventually
 
@@ -42,50 +43,17 @@ TIMEOUT = 5.0
 
 
 @dataclass
-class Acl:
-    plane: ControlPlane
-    channel: grpc.aio.Channel
-    management: str
+class Acl(AclPlane):
     audit: Path
 
     def md(self, secret: str | None) -> tuple[tuple[str, str], ...] | None:
-        return (("authorization", f"Bearer {secret}"),) if secret else None
-
-    async def token(self, *rules: str) -> str:
-        """A new token with one new policy of ``rules``; returns its secret."""
-        stub = acl_pb2_grpc.AclServiceStub(self.channel)
-        name = f"p-{uuid.uuid4().hex[:8]}"
-        parsed = [
-            acl_pb2.AclRule(
-                **dict(zip(("resource", "pattern", "access"), r.split(":"), strict=True))
-            )
-            for r in rules
-        ]
-        await stub.CreatePolicy(
-            acl_pb2.CreatePolicyRequest(policy=acl_pb2.AclPolicy(name=name, rules=parsed)),
-            metadata=self.md(self.management),
-        )
-        response = await stub.CreateToken(
-            acl_pb2.CreateTokenRequest(policies=[name], description=f"test {name}"),
-            metadata=self.md(self.management),
-        )
-        return response.secret
+        return bearer(secret)
 
 
 @pytest.fixture
 async def acl(tmp_path: Path) -> AsyncIterator[Acl]:
-    config = ControlPlaneConfig(
-        listen="127.0.0.1:0",
-        admin_listen="127.0.0.1:0",
-        store_url="memory://",
-        grace=0.5,
-        drain_delay=0,
-        acl="deny",
-        audit_log=str(tmp_path / "audit.log"),
-    )
-    async with ControlPlane(config) as cp, grpc.aio.insecure_channel(cp.address) as channel:
-        boot = await acl_pb2_grpc.AclServiceStub(channel).Bootstrap(acl_pb2.BootstrapRequest())
-        yield Acl(cp, channel, boot.secret, tmp_path / "audit.log")
+    async with acl_plane(tmp_path, audit_log=str(tmp_path / "audit.log")) as plane:
+        yield Acl(plane.plane, plane.channel, plane.management, tmp_path / "audit.log")
 
 
 def request_of(method: str, **fields: Any) -> Any:

@@ -22,6 +22,7 @@ from bus import (
 from bus.embedded import EmbeddedBroker
 from sdk import StreamConfig
 from sidecar.bridges.web import BridgeServer
+from tests.harness.sse import read_event
 from tests.util import assert_eventually
 
 WAIT = 10.0
@@ -41,25 +42,6 @@ async def http(bridge: BridgeServer) -> AsyncIterator[aiohttp.ClientSession]:
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-async def read_event(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    """The next Server-Sent Event's fields (comment-only blocks are skipped)."""
-    async with asyncio.timeout(WAIT):
-        fields: dict[str, str] = {}
-        while True:
-            line = (await resp.content.readline()).decode()
-            if not line:
-                raise EOFError("the event stream ended")
-            line = line.rstrip("\n")
-            if not line:
-                if fields:
-                    return fields
-                continue
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(": ")
-            fields[name] = value
 
 
 @contextlib.asynccontextmanager

@@ -13,75 +13,29 @@ import contextlib
 import json
 import logging
 import ssl
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import grpc
 import pytest
-from ecosystem.v1 import acl_pb2, acl_pb2_grpc
 
-from controlplane import ControlPlane, ControlPlaneConfig
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
+from tests.harness.acl import AclPlane, acl_plane
 from tests.harness.certs import TestCA
+from tests.harness.sse import read_event
 from tests.util import assert_eventually
 
 WAIT = 10.0
 JSON = {"Content-Type": "application/json"}
 
 
-@dataclass
-class Plane:
-    plane: ControlPlane
-    channel: grpc.aio.Channel
-    management: str
-
-    def _md(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.management}"),)
-
-    async def token(self, *rules: str) -> tuple[str, str]:
-        """A new token with one new policy of ``rules``: (secret, accessor id)."""
-        stub = acl_pb2_grpc.AclServiceStub(self.channel)
-        name = f"p-{uuid.uuid4().hex[:8]}"
-        parsed = [
-            acl_pb2.AclRule(
-                **dict(zip(("resource", "pattern", "access"), r.split(":"), strict=True))
-            )
-            for r in rules
-        ]
-        await stub.CreatePolicy(
-            acl_pb2.CreatePolicyRequest(policy=acl_pb2.AclPolicy(name=name, rules=parsed)),
-            metadata=self._md(),
-        )
-        response = await stub.CreateToken(
-            acl_pb2.CreateTokenRequest(policies=[name], description=f"test {name}"),
-            metadata=self._md(),
-        )
-        return response.secret, response.token.accessor_id
-
-    async def delete(self, accessor_id: str) -> None:
-        await acl_pb2_grpc.AclServiceStub(self.channel).DeleteToken(
-            acl_pb2.DeleteTokenRequest(accessor_id=accessor_id), metadata=self._md()
-        )
-
-
 @pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
-    config = ControlPlaneConfig(
-        listen="127.0.0.1:0",
-        admin_listen="127.0.0.1:0",
-        store_url="memory://",
-        grace=0.5,
-        drain_delay=0,
-        acl="deny",
-    )
-    async with ControlPlane(config) as cp, grpc.aio.insecure_channel(cp.address) as channel:
-        boot = await acl_pb2_grpc.AclServiceStub(channel).Bootstrap(acl_pb2.BootstrapRequest())
-        yield Plane(cp, channel, boot.secret)
+async def plane(tmp_path: Path) -> AsyncIterator[AclPlane]:
+    async with acl_plane(tmp_path) as plane:
+        yield plane
 
 
 @pytest.fixture
@@ -89,7 +43,7 @@ def ca(tmp_path: Path) -> TestCA:
     return TestCA.create(tmp_path / "ca")
 
 
-def sidecar_config(plane: Plane, tmp_path: Path, host: str, **extra: Any) -> SidecarConfig:
+def sidecar_config(plane: AclPlane, tmp_path: Path, host: str, **extra: Any) -> SidecarConfig:
     return SidecarConfig.model_validate(
         {
             "node": {"id": "node-a"},
@@ -133,7 +87,7 @@ async def serving(config: SidecarConfig, ca: TestCA | None) -> AsyncIterator[Lis
 
 
 @pytest.fixture
-async def exposed(plane: Plane, ca: TestCA, tmp_path: Path) -> AsyncIterator[Listeners]:
+async def exposed(plane: AclPlane, ca: TestCA, tmp_path: Path) -> AsyncIterator[Listeners]:
     cert, key = ca.issue_server("sidecar")
     config = sidecar_config(
         plane, tmp_path, "0.0.0.0", tls={"cert_file": str(cert), "key_file": str(key)}
@@ -169,33 +123,18 @@ async def publish(
         return resp.status, await resp.json()
 
 
-async def read_event(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    """The next Server-Sent Event's fields (comments are skipped)."""
-    async with asyncio.timeout(WAIT):
-        fields: dict[str, str] = {}
-        while True:
-            line = (await resp.content.readline()).decode()
-            if not line:
-                raise EOFError("the event stream ended")
-            line = line.rstrip("\n")
-            if not line:
-                if fields:
-                    return fields
-                continue
-            if not line.startswith(":"):
-                name, _, value = line.partition(": ")
-                fields[name] = value
-
-
 # -- admin ----------------------------------------------------------------------------------
 
 
 async def test_admin_off_loopback_needs_a_token_with_operator_metrics_read(
-    exposed: Listeners, plane: Plane, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    exposed: Listeners,
+    plane: AclPlane,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    narrow, _ = await plane.token("operator:other:read", "bus:*:write")
-    right, _ = await plane.token("operator:metrics:read")
+    narrow = await plane.token("operator:other:read", "bus:*:write")
+    right = await plane.token("operator:metrics:read")
     for path in ("/metrics", "/status"):
         status, headers, body = await get(http, exposed, exposed.admin + path)
         assert status == 401, body
@@ -218,9 +157,9 @@ async def test_admin_off_loopback_needs_a_token_with_operator_metrics_read(
 
 
 async def test_admin_answers_pipelined_guarded_requests_in_order(
-    exposed: Listeners, plane: Plane
+    exposed: Listeners, plane: AclPlane
 ) -> None:
-    right, _ = await plane.token("operator:metrics:read")
+    right = await plane.token("operator:metrics:read")
     assert isinstance(exposed.ssl, ssl.SSLContext)
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", int(port_of(exposed.admin)), ssl=exposed.ssl, server_hostname="127.0.0.1"
@@ -269,11 +208,14 @@ async def test_plaintext_to_a_tls_listener_fails(
 
 
 async def test_bridge_publish_and_request_need_bus_publish(
-    exposed: Listeners, plane: Plane, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    exposed: Listeners,
+    plane: AclPlane,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    narrow, _ = await plane.token("bus:orders.*:subscribe")
-    right, _ = await plane.token("bus:orders.*:publish")
+    narrow = await plane.token("bus:orders.*:subscribe")
+    right = await plane.token("bus:orders.*:publish")
     status, body = await publish(http, exposed, "orders.created")
     assert (status, body["error"]) == (401, "unauthenticated"), body
     status, body = await publish(http, exposed, "orders.created", "not-a-token")
@@ -311,10 +253,10 @@ async def test_bridge_publish_and_request_need_bus_publish(
 
 
 async def test_bridge_subscribe_needs_bus_subscribe_and_takes_access_token(
-    exposed: Listeners, plane: Plane, http: aiohttp.ClientSession
+    exposed: Listeners, plane: AclPlane, http: aiohttp.ClientSession
 ) -> None:
-    publisher, _ = await plane.token("bus:orders.*:publish")
-    reader, _ = await plane.token("bus:orders.*:subscribe")
+    publisher = await plane.token("bus:orders.*:publish")
+    reader = await plane.token("bus:orders.*:subscribe")
     url = f"{exposed.bridge}/v1/subscribe/orders.created"
     async with http.get(url, ssl=exposed.ssl) as resp:
         assert resp.status == 401
@@ -332,9 +274,9 @@ async def test_bridge_subscribe_needs_bus_subscribe_and_takes_access_token(
 
 
 async def test_bridge_websocket_checks_each_frame(
-    exposed: Listeners, plane: Plane, http: aiohttp.ClientSession
+    exposed: Listeners, plane: AclPlane, http: aiohttp.ClientSession
 ) -> None:
-    reader, _ = await plane.token("bus:orders.*:subscribe")
+    reader = await plane.token("bus:orders.*:subscribe")
     url = f"{exposed.bridge}/v1/ws"
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await http.ws_connect(url, ssl=exposed.ssl)
@@ -353,9 +295,9 @@ async def test_bridge_websocket_checks_each_frame(
 
 
 async def test_a_deleted_token_is_refused_and_its_streams_end(
-    exposed: Listeners, plane: Plane, http: aiohttp.ClientSession
+    exposed: Listeners, plane: AclPlane, http: aiohttp.ClientSession
 ) -> None:
-    secret, accessor = await plane.token("bus:orders.*:write")
+    secret = await plane.token("bus:orders.*:write")
     url = f"{exposed.bridge}/v1/subscribe/orders.created"
     async with (
         http.get(url, headers=bearer(secret), ssl=exposed.ssl) as sse,
@@ -365,7 +307,7 @@ async def test_a_deleted_token_is_refused_and_its_streams_end(
         await ws.send_json({"op": "sub", "id": "s1", "subject": "orders.created", "ref": "1"})
         assert (await ws.receive_json(timeout=WAIT))["op"] == "ok"
         assert (await publish(http, exposed, "orders.created", secret))[0] == 202
-        await plane.delete(accessor)
+        await plane.delete_token(secret)
         loop = asyncio.get_running_loop()
         deleted_at = loop.time()
 
@@ -397,10 +339,10 @@ async def test_a_deleted_token_is_refused_and_its_streams_end(
 
 
 async def test_insecure_serves_plaintext_but_still_checks_tokens(
-    plane: Plane, http: aiohttp.ClientSession, tmp_path: Path
+    plane: AclPlane, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     config = sidecar_config(plane, tmp_path, "0.0.0.0", insecure=True)
-    right, _ = await plane.token("operator:metrics:read", "bus:orders.*:publish")
+    right = await plane.token("operator:metrics:read", "bus:orders.*:publish")
     async with serving(config, None) as at:
         assert (await get(http, at, at.admin + "/metrics"))[0] == 401
         assert (await get(http, at, at.admin + "/metrics", **bearer(right)))[0] == 200
@@ -409,7 +351,7 @@ async def test_insecure_serves_plaintext_but_still_checks_tokens(
 
 
 async def test_loopback_listeners_need_no_token(
-    plane: Plane, http: aiohttp.ClientSession, tmp_path: Path
+    plane: AclPlane, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     config = sidecar_config(plane, tmp_path, "127.0.0.1")
     async with serving(config, None) as at:
