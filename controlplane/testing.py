@@ -25,7 +25,7 @@ from controlplane.app import ControlPlane
 from controlplane.config import ControlPlaneConfig
 from sdk import AsyncClient, RetryPolicy
 
-__all__ = ["TestControlPlane", "control_plane"]
+__all__ = ["TestControlPlane", "control_plane", "test_config"]
 
 
 @dataclass(eq=False)
@@ -59,6 +59,23 @@ class TestControlPlane:
             await client.close()
 
 
+def test_config(**fields: Any) -> ControlPlaneConfig:
+    """A configuration for a control plane in a test: free ports on 127.0.0.1,
+    the memory store, a short grace and no drain pause; ``fields`` override."""
+    defaults: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:0",
+        "store_url": "memory://",
+        "grace": 0.5,
+        # Tests want a fast shutdown: no pause for balancers to notice the drain.
+        "drain_delay": 0.0,
+    }
+    return ControlPlaneConfig(**{**defaults, **fields})
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest
+
+
 @contextlib.asynccontextmanager
 async def control_plane(
     store_url: str = "memory://",
@@ -75,9 +92,7 @@ async def control_plane(
     restarts). Extra keyword arguments go to ``ControlPlaneConfig``. To
     test a restart, start it again with ``listen=cp.address``.
     """
-    # Tests want a fast shutdown: no pause for balancers to notice the drain.
-    config.setdefault("drain_delay", 0.0)
-    settings = ControlPlaneConfig(
+    settings = test_config(
         listen=listen, admin_listen=admin_listen, store_url=store_url, grace=grace, **config
     )
     async with ControlPlane(settings) as cp:

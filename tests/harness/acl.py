@@ -11,7 +11,8 @@ from pathlib import Path
 import grpc
 from ecosystem.v1 import acl_pb2, acl_pb2_grpc
 
-from controlplane import ControlPlane, ControlPlaneConfig
+from controlplane import ControlPlane
+from controlplane.testing import test_config
 
 __all__ = ["AclPlane", "acl_plane", "bearer"]
 
@@ -60,17 +61,9 @@ class AclPlane:
 @contextlib.asynccontextmanager
 async def acl_plane(tmp_path: Path, **config: object) -> AsyncIterator[AclPlane]:
     """A memory-store control plane on 127.0.0.1 with ``--acl deny``, bootstrapped."""
-    settings: dict[str, object] = {
-        "listen": "127.0.0.1:0",
-        "admin_listen": "127.0.0.1:0",
-        "store_url": "memory://",
-        "grace": 0.5,
-        "drain_delay": 0,
-        "acl": "deny",
-        **config,
-    }
+    settings = test_config(acl="deny", **config)
     async with (
-        ControlPlane(ControlPlaneConfig(**settings)) as cp,  # type: ignore[arg-type]
+        ControlPlane(settings) as cp,
         grpc.aio.insecure_channel(cp.address) as channel,
     ):
         stub = acl_pb2_grpc.AclServiceStub(channel)

@@ -12,7 +12,6 @@ import ssl
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -21,7 +20,8 @@ from ecosystem.v1 import ca_pb2, ca_pb2_grpc
 from ecosystem.v1 import registry_pb2 as pb
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
 
-from controlplane import ControlPlane, ControlPlaneConfig
+from controlplane import ControlPlane
+from controlplane.testing import test_config
 from controlplane.tls import TLSSetupError
 from sdk import AsyncClient
 from tests.harness.certs import TestCA
@@ -31,15 +31,7 @@ from tests.util import assert_eventually
 TTL = 3
 
 
-def config(**fields: Any) -> ControlPlaneConfig:
-    return ControlPlaneConfig(
-        listen="127.0.0.1:0",
-        admin_listen="127.0.0.1:0",
-        store_url="memory://",
-        grace=0.5,
-        drain_delay=0,
-        **fields,
-    )
+config = test_config
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ import pytest
 from ecosystem.v1 import intention_pb2 as ipb
 from ecosystem.v1 import intention_pb2_grpc
 
-from controlplane import ControlPlane, ControlPlaneConfig
+from controlplane import ControlPlane
 from controlplane.store import MemoryStore
+from controlplane.testing import test_config
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 from tests.util import assert_eventually
@@ -22,15 +23,7 @@ from tests.util import assert_eventually
 ALLOW, DENY = ipb.INTENTION_ACTION_ALLOW, ipb.INTENTION_ACTION_DENY
 
 
-def config(**fields: object) -> ControlPlaneConfig:
-    return ControlPlaneConfig(
-        listen="127.0.0.1:0",
-        admin_listen="127.0.0.1:0",
-        store_url="memory://",
-        grace=0.5,
-        drain_delay=0,
-        **fields,  # type: ignore[arg-type]
-    )
+config = test_config
 
 
 @pytest.fixture
