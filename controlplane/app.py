@@ -388,7 +388,7 @@ class ControlPlane:
         await runner.setup()
         self._admin = runner
         host, port = parse_hostport(listen)
-        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+        site = runner.site(host, port, reuse_address=True, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:

@@ -23,7 +23,10 @@ connections
   frames: 1002; text that is not UTF-8: 1007; a message over the handler's
   ``max_msg_size``: 1009);
 - cancel the handler of a request whose client went away;
-- log a malformed request at DEBUG in one line.
+- log a malformed request at DEBUG in one line;
+- with TLS (:meth:`LimitedRunner.site`), must finish the handshake within
+  ``head_timeout`` (asyncio's own default is 60 s, and a connection in its
+  handshake counts against no cap yet).
 
 Reading a request body within ``body_timeout`` is the handler's part (aiohttp
 reads bodies only when asked): see ``sidecar.bridges._http``.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -45,7 +49,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from serving.http_limits import ConnectionGate, HttpLimits, refuse
 
-__all__ = ["LimitedRunner"]
+__all__ = ["LimitedRunner", "LimitedSite"]
 
 _TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -106,6 +110,25 @@ class LimitedRunner(web.AppRunner):
         """Client connections open (admitted, not yet closed)."""
         return self.gate.count
 
+    def site(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        reuse_address: bool | None = None,
+    ) -> LimitedSite:
+        """The listening site for ``host:port``; with ``ssl_context``, TLS whose
+        handshake must be done within the limits' ``head_timeout``."""
+        return LimitedSite(
+            self,
+            host,
+            port,
+            ssl_context=ssl_context,
+            reuse_address=reuse_address,
+            handshake_timeout=self.limits.head_timeout,
+        )
+
     async def _make_server(self) -> web.Server:
         # The application's server, rebuilt to make our protocol: its handler and
         # request factory are public attributes, the rest is our choice.
@@ -122,6 +145,33 @@ class LimitedRunner(web.AppRunner):
             logger=cast(logging.Logger, _QuietClientErrors(self._logger, {})),
             access_log=None,
         )
+
+
+class LimitedSite(web.TCPSite):
+    """A TCP site whose TLS handshakes have a deadline (aiohttp's site sets none)."""
+
+    def __init__(
+        self, runner: web.BaseRunner, *args: Any, handshake_timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(runner, *args, **kwargs)
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # what TCPSite.start does, with the deadline added
+        server = self._runner.server
+        assert server is not None
+        listening = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
+        )
+        self._server = listening
+        sockets = listening.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
 
 class _LimitedServer(web.Server):

@@ -203,9 +203,7 @@ class BridgeServer:
         self._runner = runner
         try:
             tls = self._guard.tls if self._guard is not None else None
-            site = web.TCPSite(
-                runner, self._host, self._port, ssl_context=tls.context if tls else None
-            )
+            site = runner.site(self._host, self._port, ssl_context=tls.context if tls else None)
             await site.start()
         except BaseException:
             self._state = "stopped"

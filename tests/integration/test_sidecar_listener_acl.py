@@ -360,3 +360,25 @@ async def test_loopback_listeners_need_no_token(
         assert status == 200, body
         assert (await get(http, at, at.admin + "/status"))[0] == 200
         assert (await publish(http, at, "orders.created"))[0] == 202
+
+
+async def test_a_tls_handshake_that_never_comes_is_cut_at_head_timeout(
+    plane: AclPlane, ca: TestCA, tmp_path: Path
+) -> None:
+    """A client that connects and sends nothing holds a bridge or admin
+    connection for ``head_timeout``, not for asyncio's 60 s handshake default."""
+    cert, key = ca.issue_server("sidecar")
+    config = sidecar_config(
+        plane, tmp_path, "0.0.0.0", tls={"cert_file": str(cert), "key_file": str(key)}
+    )
+    config = config.model_copy(
+        update={"bridges": (config.bridges[0].model_copy(update={"head_timeout": 0.3}),)}
+    )
+    async with serving(config, ca) as at:
+        port = int(at.bridge.rpartition(":")[2])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = asyncio.get_running_loop().time()
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # closed by the bridge, not by us
+        assert asyncio.get_running_loop().time() - started < 2
+        writer.close()
