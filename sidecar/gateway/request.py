@@ -1,0 +1,118 @@
+"""What the gateway's plugins see of a request, and what they answer with.
+
+A :class:`GatewayRequest` is built once per request from the parsed head;
+plugins read it, authenticate it (``consumer``), change its headers, path
+and query on the way upstream, or refuse it with a :class:`LocalResponse`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+__all__ = ["Consumer", "GatewayRequest", "Headers", "LocalResponse"]
+
+
+class Headers:
+    """An ordered multi-map of header fields with lower-case names."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
+        self._fields: list[tuple[str, str]] = [(n.lower(), v) for n, v in fields]
+
+    def get(self, name: str) -> str | None:
+        """The first value of ``name`` (None when absent)."""
+        name = name.lower()
+        for key, value in self._fields:
+            if key == name:
+                return value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self._fields if key == name]
+
+    def set(self, name: str, value: str) -> None:
+        """Replaces every field ``name`` with one."""
+        self.remove(name)
+        self._fields.append((name.lower(), value))
+
+    def add(self, name: str, value: str) -> None:
+        self._fields.append((name.lower(), value))
+
+    def remove(self, name: str) -> None:
+        name = name.lower()
+        self._fields = [(k, v) for k, v in self._fields if k != name]
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._fields)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._fields!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """Who a request comes from, once a plugin authenticated it."""
+
+    name: str
+    #: the plugin that authenticated it: key_auth, jwt, hmac, mtls
+    via: str
+    groups: tuple[str, ...] = ()
+    claims: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(slots=True)
+class GatewayRequest:
+    """One request as the plugins see it (see the module docstring)."""
+
+    method: str
+    host: str  # lower case, without the port
+    path: str  # the raw path, without the query
+    query: str = ""  # the raw query, without "?"
+    headers: Headers = field(default_factory=Headers)
+    scheme: str = "http"
+    client_ip: str = ""
+    #: DER of the client's certificate (TLS with client certificates), else None
+    peer_certificate: bytes | None = None
+    #: the name of the route that matched ("" before routing)
+    route: str = ""
+    consumer: Consumer | None = None
+    #: the request body, when a plugin that needs it asked for it (None otherwise)
+    body: bytes | None = None
+    #: when the head was complete (the event loop's clock)
+    received: float = 0.0
+
+    @property
+    def target(self) -> str:
+        """The request target as sent upstream: path, and ``?query`` when there is one."""
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+
+@dataclass(frozen=True, slots=True)
+class LocalResponse:
+    """An answer the gateway gives itself, instead of forwarding the request."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    @classmethod
+    def error(
+        cls, status: int, kind: str, message: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> LocalResponse:
+        """A JSON error: ``{"error": kind, "message": message}``."""
+        body = json.dumps({"error": kind, "message": message}).encode()
+        return cls(status, (("content-type", "application/json"), *headers), body)
