@@ -23,6 +23,7 @@ import tenacity
 from ecosystem.v1 import (
     acl_pb2_grpc,
     agent_pb2_grpc,
+    gateway_pb2_grpc,
     intention_pb2_grpc,
     messaging_pb2_grpc,
     registry_pb2_grpc,
@@ -405,6 +406,7 @@ class _Stubs:
         messaging_pb2_grpc.MessagingServiceStub,
         acl_pb2_grpc.AclServiceStub,
         intention_pb2_grpc.IntentionServiceStub,
+        gateway_pb2_grpc.RouteServiceStub,
     )
     _SERVICES: tuple[type, ...] = (
         registry_pb2_grpc.RegistryServiceServicer,
@@ -412,6 +414,7 @@ class _Stubs:
         messaging_pb2_grpc.MessagingServiceServicer,
         acl_pb2_grpc.AclServiceServicer,
         intention_pb2_grpc.IntentionServiceServicer,
+        gateway_pb2_grpc.RouteServiceServicer,
     )
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
