@@ -33,6 +33,7 @@ SERVER_MODULES: dict[str, str] = {
     "aio_pika": "aio-pika",
     "cryptography": "cryptography",
     "spiffe": "spiffe",
+    "redis": "redis",
 }
 if sys.platform != "win32":
     SERVER_MODULES["uvloop"] = "uvloop"
