@@ -21,7 +21,8 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Set
+from typing import TYPE_CHECKING, Protocol
 
 from sdk.balancer import Endpoint, NoEndpointsError
 from sidecar.proxy._target import CircuitOpenError, Outcome
@@ -40,6 +41,7 @@ from sidecar.proxy.http._parse import (
     error_response,
     is_chunked,
     last_chunk,
+    local_response,
     new_request_id,
     origin_form,
     status_class,
@@ -47,9 +49,23 @@ from sidecar.proxy.http._parse import (
 from sidecar.proxy.http._pool import UpstreamConnection
 
 if TYPE_CHECKING:
+    from sidecar.config import ProxyPolicy
+    from sidecar.proxy._target import Target
     from sidecar.proxy.http._downstream import Downstream
+    from sidecar.proxy.http._pool import UpstreamPool
 
-__all__ = ["BODY_KEEP", "P_EOF", "P_QUEUE", "P_STOP", "P_UPSTREAM", "P_WAIT", "Exchange"]
+__all__ = [
+    "BODY_KEEP",
+    "P_EOF",
+    "P_QUEUE",
+    "P_STOP",
+    "P_UPSTREAM",
+    "P_WAIT",
+    "Exchange",
+    "Forwarding",
+    "Front",
+    "ResponseTap",
+]
 
 logger = logging.getLogger("sidecar.proxy.http")
 
@@ -67,6 +83,65 @@ P_EOF = 16  # the client shut its sending side: nothing more will come
 _BODY_NONE = 0
 _BODY_RAW = 1  # as the upstream sent it (Content-Length, or up to the close)
 _BODY_CHUNKED = 2  # re-chunked
+
+
+class Forwarding(Protocol):
+    """Where an exchange's attempts go, and under which policy: an HTTP
+    listener's own (a sidecar's), or a gateway route's."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def target(self) -> Target: ...
+
+    @property
+    def pool(self) -> UpstreamPool: ...
+
+    @property
+    def policy(self) -> ProxyPolicy: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def per_try_timeout(self) -> float: ...
+
+    @property
+    def retry_on(self) -> Set[int]: ...
+
+    @property
+    def max_retries(self) -> int: ...
+
+    @property
+    def idempotent(self) -> Set[bytes]: ...
+
+
+class ResponseTap(Protocol):
+    """Sees a forwarded response go by (a gateway's: its headers, its cache)."""
+
+    def head(self, status: int, out: list[bytes]) -> None:
+        """The response head as it will be sent: header lines may be appended."""
+
+    def body(self, data: bytes) -> None: ...
+
+    def complete(self) -> None:
+        """The whole response went to the client."""
+
+    def abandon(self) -> None:
+        """The response ended otherwise (cut short, refused, the client gone)."""
+
+
+class Front(Protocol):
+    """Decides about each request before it is forwarded (a gateway: routing,
+    authentication, limits, its cache). ``admit`` ends, now or later, with
+    exactly one of ``ex.forward(fw)`` and ``ex.answer(...)``, unless
+    ``cancelled(ex)`` comes first (the client went away)."""
+
+    def admit(self, ex: Exchange) -> None: ...
+
+    def cancelled(self, ex: Exchange) -> None: ...
+
 
 _SEP = b": "
 _EMPTY: frozenset[bytes] = frozenset()
@@ -91,6 +166,7 @@ class Exchange:
         "endpoint",
         "forwarded_for",
         "framing",
+        "fw",
         "has_request_id",
         "head",
         "head_done",
@@ -114,6 +190,7 @@ class Exchange:
         "status",
         "t_attempt",
         "t_start",
+        "tap",
         "te",
         "timer",
         "trailers",
@@ -125,6 +202,12 @@ class Exchange:
 
     def __init__(self, down: Downstream) -> None:
         self.down = down
+        listener = down.listener
+        #: where the request goes and how (see Forwarding): the listener itself,
+        #: or for a gateway none until its front routes the request
+        self.fw: Forwarding | None = listener if listener.front is None else None
+        #: the gateway's view of the response (None: nobody looks)
+        self.tap: ResponseTap | None = None
         # the request, as parsed
         self.out: list[bytes] = [b""]
         self.url = b""
@@ -279,6 +362,13 @@ class Exchange:
         self.started = True
         down = self.down
         listener = down.listener
+        if self.fw is None and self.refuse is None:
+            # A gateway's request: its front routes it (forward) or answers it
+            # (answer), now or once its checks are done.
+            front = listener.front
+            assert front is not None
+            front.admit(self)
+            return
         refuse = self.refuse
         if refuse is None and down.denied is not None:
             # An inbound listener's caller the intentions do not allow (checked
@@ -295,8 +385,45 @@ class Exchange:
             else:
                 self._send_error(refuse.status, refuse.kind, text)
             return
+        self._begin()
+
+    def answer(self, status: int, fields: list[bytes], body: bytes) -> None:
+        """Answers the request here (a front's answer: a refusal, a cache hit);
+        ``fields`` are header lines, each ending in CRLF."""
+        if self.response_done:
+            return
+        down = self.down
+        close = (
+            down.close_after or not self.keep_alive or down.listener.draining or not self.complete
+        )
+        if close:
+            down.close_after = True
+        down.write(
+            local_response(
+                status,
+                fields,
+                body,
+                close=close,
+                keep_alive_header=self.http10,
+                head_only=self.method == b"HEAD",
+            )
+        )
+        down.stats.responses[status_class(status)] += 1
+        self.responded = True
+        self._response_done()
+
+    def forward(self, fw: Forwarding) -> None:
+        """The front has routed the request to ``fw`` (its head rewritten): the
+        attempts begin, unless the client went away meanwhile."""
+        self.fw = fw
+        if not self.response_done and not self.down.closing:
+            self._begin()
+
+    def _begin(self) -> None:
+        fw = self.fw
+        assert fw is not None
         try:
-            listener.target.begin_request()
+            fw.target.begin_request()
         except CircuitOpenError as exc:
             self._proxy_error(503, "circuit_open", f"circuit open ({exc.limit} {exc.value})")
             return
@@ -305,23 +432,23 @@ class Exchange:
         self._attempt(now)
 
     def _attempt(self, now: float) -> None:
-        listener = self.down.listener
+        fw: Forwarding = self.fw  # type: ignore[assignment]
         try:
-            endpoint = listener.target.pick(exclude=self.tried)
+            endpoint = fw.target.pick(exclude=self.tried)
         except NoEndpointsError as exc:
             self._proxy_error(503, "no_endpoints", str(exc))
             return
         self.endpoint = endpoint
         self.t_attempt = now
-        conn = listener.pool.take(listener.target.dial(endpoint))
+        conn = fw.pool.take(fw.target.dial(endpoint))
         if conn is not None:
             self._attach(conn, pooled=True)
         else:
             self._connect(endpoint)
 
     def _connect(self, endpoint: Endpoint) -> None:
-        listener = self.down.listener
-        target = listener.target
+        fw: Forwarding = self.fw  # type: ignore[assignment]
+        target = fw.target
         try:
             target.begin_pending()
             try:
@@ -336,17 +463,19 @@ class Exchange:
         if self.body_len > BODY_KEEP and not self.complete:
             self.down.pause(P_WAIT)
         host, port = target.dial(endpoint)
-        conn = self.dialing = UpstreamConnection(listener.pool, (host, port))
-        self.connecting = listener.spawn("connect", self._dial(conn, host, port, endpoint))
+        conn = self.dialing = UpstreamConnection(fw.pool, (host, port))
+        self.connecting = self.down.listener.spawn(
+            "connect", self._dial(conn, host, port, endpoint)
+        )
 
     async def _dial(
         self, conn: UpstreamConnection, host: str, port: int, endpoint: Endpoint
     ) -> None:
-        listener = self.down.listener
-        target = listener.target
+        fw: Forwarding = self.fw  # type: ignore[assignment]
+        target = fw.target
         try:
             tls = target.dial_tls(endpoint)
-            await listener.pool.connect(conn, host, port, listener.policy.connect_timeout, tls=tls)
+            await fw.pool.connect(conn, host, port, fw.policy.connect_timeout, tls=tls)
             if tls is not None:
                 try:
                     target.check_tls(conn.transport)
@@ -357,7 +486,7 @@ class Exchange:
         except OSError as exc:  # TimeoutError included
             self._dialled(None)
             if isinstance(exc, TimeoutError):
-                reason = f"timed out after {listener.policy.connect_timeout:g}s"
+                reason = f"timed out after {fw.policy.connect_timeout:g}s"
             elif exc.errno:
                 reason = os.strerror(exc.errno)
             else:
@@ -369,7 +498,7 @@ class Exchange:
     def _dialled(self, conn: UpstreamConnection | None) -> None:
         self.connecting = None
         self.dialing = None
-        self.down.listener.target.end_pending()
+        self.fw.target.end_pending()  # type: ignore[union-attr]
         if conn is not None:
             self._attach(conn, pooled=False)
 
@@ -384,7 +513,7 @@ class Exchange:
         if conn is not None:
             conn.abort()
             conn.uncount()
-        self.down.listener.target.end_pending()
+        self.fw.target.end_pending()  # type: ignore[union-attr]
 
     def _connect_failed(self, reason: str) -> None:
         self._release(Outcome.CONNECT_FAILURE)
@@ -425,20 +554,20 @@ class Exchange:
             down.pause(P_UPSTREAM)
 
     def _can_retry(self, *, any_method: bool) -> bool:
-        listener = self.down.listener
+        fw: Forwarding = self.fw  # type: ignore[assignment]
         if (
-            self.retries >= listener.max_retries
+            self.retries >= fw.max_retries
             or not self.replayable
             or self.responded
             or self.interim_sent
         ):
             return False
-        if not any_method and self.method not in listener.idempotent:
+        if not any_method and self.method not in fw.idempotent:
             return False
-        return not (listener.timeout and _monotonic() >= self.t_start + listener.timeout)
+        return not (fw.timeout and _monotonic() >= self.t_start + fw.timeout)
 
     def _take_retry(self) -> bool:
-        if not self.down.listener.target.allow_retry():
+        if not self.fw.target.allow_retry():  # type: ignore[union-attr]
             return False
         self.retries += 1
         self.retry_active = True
@@ -459,7 +588,7 @@ class Exchange:
             latency = _monotonic() - self.t_attempt
         else:
             self.latency = None
-        target = self.down.listener.target
+        target = self.fw.target  # type: ignore[union-attr]
         target.release(endpoint, latency=latency, outcome=outcome)
         if self.retry_active:
             self.retry_active = False
@@ -476,7 +605,7 @@ class Exchange:
         self.down.resume(P_UPSTREAM)
         if reuse:
             conn.resume_reading()
-            self.down.listener.pool.put(conn)
+            self.fw.pool.put(conn)  # type: ignore[union-attr]
         elif self.complete:
             conn.close()
         else:
@@ -507,13 +636,14 @@ class Exchange:
                 down.write(b"".join(conn.out))
             return
         listener = down.listener
+        fw: Forwarding = self.fw  # type: ignore[assignment]
         now = _monotonic()
         self.latency = now - self.t_attempt
         timer = self.try_timer
         if timer is not None:
             timer.cancel()
             self.try_timer = None
-        if status >= 500 and status in listener.retry_on and self._can_retry(any_method=False):
+        if status >= 500 and status in fw.retry_on and self._can_retry(any_method=False):
             self._release(Outcome.SERVER_ERROR)
             if self._take_retry():
                 self._abandon_attempt()
@@ -539,6 +669,9 @@ class Exchange:
             out.append(b"connection: close\r\n")
         elif self.http10:
             out.append(b"connection: keep-alive\r\n")
+        tap = self.tap
+        if tap is not None:
+            tap.head(status, out)
         out.append(CRLF)
         self.framing = framing
         self.responded = True
@@ -551,6 +684,9 @@ class Exchange:
             self.response_complete(conn)
 
     def response_body(self, data: bytes) -> None:
+        tap = self.tap
+        if tap is not None:
+            tap.body(data)
         framing = self.framing
         if framing == _BODY_RAW:
             self.down.write(data)
@@ -566,6 +702,10 @@ class Exchange:
             return
         if self.framing == _BODY_CHUNKED:
             self.down.write(last_chunk(conn.trailers))
+        tap = self.tap
+        if tap is not None:
+            self.tap = None
+            tap.complete()
         reuse = self.complete and conn.keep_alive()
         self._release(Outcome.SERVER_ERROR if self.status >= 500 else Outcome.SUCCESS)
         self._detach(reuse=reuse)
@@ -642,15 +782,14 @@ class Exchange:
         (the tick comes at least three times per timeout, so they are set
         in time).
         """
-        listener = self.down.listener
-        timeout = listener.timeout
+        fw: Forwarding = self.fw  # type: ignore[assignment]
+        loop = self.down.listener.loop
+        timeout = fw.timeout
         if timeout and self.timer is None:
-            self.timer = listener.loop.call_later(
-                max(0.0, self.t_start + timeout - now), self._on_timeout
-            )
-        per_try = listener.per_try_timeout
+            self.timer = loop.call_later(max(0.0, self.t_start + timeout - now), self._on_timeout)
+        per_try = fw.per_try_timeout
         if per_try and self.try_timer is None and self.endpoint is not None and not self.responded:
-            self.try_timer = listener.loop.call_later(
+            self.try_timer = loop.call_later(
                 max(0.0, self.t_attempt + per_try - now), self._on_try_timeout
             )
 
@@ -663,7 +802,7 @@ class Exchange:
         if self._can_retry(any_method=False) and self._take_retry():
             self._attempt(_monotonic())
             return
-        per_try = self.down.listener.per_try_timeout
+        per_try = self.fw.per_try_timeout  # type: ignore[union-attr]
         self._proxy_error(504, "timeout", f"timeout after {per_try:g}s (per try)")
 
     def _on_timeout(self) -> None:
@@ -675,16 +814,16 @@ class Exchange:
         if self.responded:
             self.down.abort()
         else:
-            timeout = self.down.listener.timeout
+            timeout = self.fw.timeout  # type: ignore[union-attr]
             self._proxy_error(504, "timeout", f"timeout after {timeout:g}s")
 
     def _proxy_error(self, status: int, kind: str, message: str) -> None:
         """Answers for the upstream; no attempt may be in progress."""
-        listener = self.down.listener
-        text = f"upstream {listener.target.name}: {message}"
+        fw: Forwarding = self.fw  # type: ignore[assignment]
+        text = f"upstream {fw.target.name}: {message}"
         if self.retries:
             text += f" after {self.retries + 1} attempts"
-        logger.debug("%s: %d %s: %s", listener.name, status, kind, text)
+        logger.debug("%s: %d %s: %s", fw.name, status, kind, text)
         self._send_error(status, kind, text)
 
     def _send_error(self, status: int, kind: str, text: str) -> None:
@@ -704,7 +843,11 @@ class Exchange:
         self._cancel_timers()
         if self.begun:
             self.begun = False
-            self.down.listener.target.end_request()
+            self.fw.target.end_request()  # type: ignore[union-attr]
+        tap = self.tap
+        if tap is not None:
+            self.tap = None
+            tap.abandon()
         self.body = []
         down = self.down
         down.resume(P_WAIT)
@@ -748,4 +891,11 @@ class Exchange:
         self._cancel_timers()
         if self.begun:
             self.begun = False
-            self.down.listener.target.end_request()
+            self.fw.target.end_request()  # type: ignore[union-attr]
+        tap = self.tap
+        if tap is not None:
+            self.tap = None
+            tap.abandon()
+        front = self.down.listener.front
+        if front is not None:
+            front.cancelled(self)

@@ -79,6 +79,7 @@ from sidecar.config import ProxyPolicy
 from sidecar.proxy._listener import Listener
 from sidecar.proxy._target import Target
 from sidecar.proxy.http._downstream import Downstream
+from sidecar.proxy.http._exchange import Front
 from sidecar.proxy.http._parse import IDEMPOTENT
 from sidecar.proxy.http._pool import Address, UpstreamPool
 
@@ -105,6 +106,9 @@ class HttpListener(Listener):
     #: instructions. ``test_http_listener_fits_shared_keys`` counts them.
     _quiet: asyncio.Event | None = None
     _drained: asyncio.Event | None = None
+    #: A gateway's front (sidecar.proxy.http._exchange.Front): decides about each
+    #: request before it is forwarded. None: the listener forwards to its target.
+    front: Front | None = None
 
     def __init__(self, name: str, listen: str, target: Target, policy: ProxyPolicy) -> None:
         super().__init__(name, listen, target, policy)

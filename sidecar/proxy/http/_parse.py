@@ -61,6 +61,7 @@ __all__ = [
     "feed_within",
     "is_chunked",
     "last_chunk",
+    "local_response",
     "new_request_id",
     "origin_form",
     "status_class",
@@ -301,6 +302,33 @@ def status_class(status: int) -> str:
 def new_request_id() -> bytes:
     """A random 128-bit request id, 32 hex digits (not a secret: no CSPRNG needed)."""
     return b"%032x" % getrandbits(128)
+
+
+def local_response(
+    status: int,
+    fields: list[bytes],
+    body: bytes,
+    *,
+    close: bool,
+    keep_alive_header: bool = False,
+    head_only: bool = False,
+) -> bytes:
+    """A complete response made here: ``fields`` are header lines (each ending
+    in CRLF; no Content-Length or Connection: this adds them), ``body`` the
+    body (not sent for a HEAD, ``head_only``)."""
+    connection = b"connection: close\r\n" if close else b""
+    if keep_alive_header and not close:
+        connection = b"connection: keep-alive\r\n"
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")),
+            *fields,
+            b"content-length: %d\r\n" % len(body),
+            connection,
+            CRLF,
+            b"" if head_only else body,
+        )
+    )
 
 
 def error_response(
