@@ -58,6 +58,7 @@ from controlplane.intentions import IntentionBook, IntentionServicer
 from controlplane.leader import Election
 from controlplane.metrics import Metrics
 from controlplane.registry import Registry, ensure_store_id
+from controlplane.routes import ROUTE_SERVICE, RouteBook, RouteServicer, route_handler
 from controlplane.servicer import RegistryServicer, handler
 from controlplane.store import Store, open_store
 from controlplane.tls import ServerCertificates, ServerTLS, TLSSetupError, load_server_tls
@@ -135,6 +136,8 @@ class ControlPlane:
         self.certificates: ServerCertificates | None = None
         #: The intentions this replica follows and sends to its sidecars.
         self.intentions: IntentionBook | None = None
+        #: The gateway routes this replica follows and serves (RouteService).
+        self.routes: RouteBook | None = None
         self.broker: Broker | None = None
         self.messaging: MessagingServicer | None = None
         self.election: Election | None = None
@@ -242,6 +245,8 @@ class ControlPlane:
         )
         self.intentions = IntentionBook(store, default_allow=config.acl_mode == "allow")
         await self.intentions.start()
+        self.routes = RouteBook(store, store_id=self.store_id)
+        await self.routes.start()
         server = grpc.aio.server(
             options=_SERVER_OPTIONS,
             # The guard first: the ACL check sees only requests that decode.
@@ -304,6 +309,7 @@ class ControlPlane:
         intention_pb2_grpc.add_IntentionServiceServicer_to_server(  # type: ignore[no-untyped-call]
             IntentionServicer(self.intentions), server
         )
+        server.add_generic_rpc_handlers((route_handler(RouteServicer(self.routes)),))
         if self.identity is not None:
             self.identity.start()
         try:
@@ -325,6 +331,7 @@ class ControlPlane:
                 CA_SERVICE,
                 ACL_SERVICE,
                 INTENTION_SERVICE,
+                ROUTE_SERVICE,
                 MESSAGING_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
@@ -568,6 +575,9 @@ class ControlPlane:
             await self.certificates.close()
         if self.intentions is not None:
             await self.intentions.close()
+        if self.routes is not None:
+            # Ends every route watch with UNAVAILABLE: gateways resume elsewhere.
+            await self.routes.close()
         # Concurrently: with the store unreachable, each revoke waits for its timeout.
         async with asyncio.TaskGroup() as group:
             if self.spreader is not None:

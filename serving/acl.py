@@ -58,7 +58,7 @@ __all__ = [
 EVENTS_PREFIX = "eco.events."
 DEFAULT_NAMESPACE = "default"
 
-RESOURCES = ("service", "namespace", "node", "bus", "acl", "operator")
+RESOURCES = ("service", "namespace", "node", "bus", "acl", "operator", "route")
 ACCESSES = ("read", "write", "deny", "publish", "subscribe")
 _BUS_ONLY = ("publish", "subscribe")
 _PATTERN = re.compile(r"^[A-Za-z0-9*._>/-]{1,256}$")

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 import grpc
 import grpc.aio
-from ecosystem.v1 import agent_pb2, intention_pb2
+from ecosystem.v1 import agent_pb2, gateway_pb2, intention_pb2
 from ecosystem.v1 import registry_pb2 as pb
 
 from controlplane.acl._audit import AuditLog
@@ -59,6 +59,8 @@ _RESPONSES: dict[str, type[Any]] = {
     "/ecosystem.v1.RegistryService/ListServices": pb.ListServicesResponse,
     "/ecosystem.v1.AgentService/ListNodes": agent_pb2.ListNodesResponse,
     "/ecosystem.v1.IntentionService/ListIntentions": intention_pb2.ListIntentionsResponse,
+    "/ecosystem.v1.RouteService/ListRoutes": gateway_pb2.ListRoutesResponse,
+    "/ecosystem.v1.RouteService/WatchRoutes": gateway_pb2.WatchRoutesResponse,
 }
 _CONNECT = "/ecosystem.v1.AgentService/Connect"
 #: Seconds between two checks that an open agent session's token still holds
@@ -183,6 +185,23 @@ def _filter(authorizer: Authorizer, identity: Identity, method: str, response: A
         ]
         del message.intentions[:]
         message.intentions.extend(kept_intentions)
+    elif response_type is gateway_pb2.ListRoutesResponse:
+        kept_routes = [r for r in message.routes if _may_read_route(authorizer, identity, r.name)]
+        del message.routes[:]
+        message.routes.extend(kept_routes)
+    elif response_type is gateway_pb2.WatchRoutesResponse:
+        kept_events = [
+            event
+            for event in message.events
+            if not event.HasField("route")
+            or _may_read_route(authorizer, identity, event.route.name)
+        ]
+        if len(kept_events) != len(message.events):
+            last = max((event.revision for event in message.events), default=0)
+            del message.events[:]
+            message.events.extend(kept_events)
+            if not kept_events:
+                message.events.add(type=pb.WATCH_EVENT_TYPE_PROGRESS, revision=last)
     else:
         kept_nodes = [
             n for n in message.nodes if authorizer.allows(identity, Need("node", n.node.id, "read"))
@@ -190,6 +209,10 @@ def _filter(authorizer: Authorizer, identity: Identity, method: str, response: A
         del message.nodes[:]
         message.nodes.extend(kept_nodes)
     return message
+
+
+def _may_read_route(authorizer: Authorizer, identity: Identity, name: str) -> bool:
+    return authorizer.allows(identity, Need("route", name, "read"))
 
 
 class _AgentContext:
@@ -368,6 +391,8 @@ class AclInterceptor(WrappingInterceptor):
             held = await lease_services(authorizer.store.store, request.lease_id)
             if held:
                 needs = [service_need(name, namespace, "write") for namespace, name in held]
+        if entry.stored is not None:
+            needs = [*needs, *await entry.stored(authorizer.store.store, request)]
         missing = authorizer.refusal(identity, needs)
         if missing is not None:
             refused = denied(missing)

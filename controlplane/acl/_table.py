@@ -10,12 +10,14 @@ stream) are checked per message by ``message_needs``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ecosystem.v1 import agent_pb2
 
+from controlplane.routes import prune_targets
+from controlplane.store import Store
 from serving.acl import EVENTS_PREFIX, MESSAGING_NEEDS, Need, service_need
 
 __all__ = ["EVENTS_PREFIX", "PUBLIC", "TABLE", "Entry", "Need", "message_needs"]
@@ -30,6 +32,9 @@ class Entry:
     #: The request's ``lease_id`` names what it touches: the call needs write
     #: on every service the lease holds instances of (``needs`` when it holds none).
     lease: bool = False
+    #: Rights the call needs beyond ``needs``, read from the store (what it
+    #: would delete, e.g. the routes an apply with prune removes).
+    stored: Callable[[Store, Any], Awaitable[Sequence[Need]]] | None = None
 
 
 _service = service_need
@@ -57,6 +62,16 @@ _M = "/ecosystem.v1.MessagingService/"
 _C = "/ecosystem.v1.AclService/"
 _CA = "/ecosystem.v1.CAService/"
 _I = "/ecosystem.v1.IntentionService/"
+_G = "/ecosystem.v1.RouteService/"
+
+
+def _route(name: str, access: str) -> Need:
+    return Need("route", name, access)
+
+
+async def _pruned_routes(store: Store, request: Any) -> list[Need]:
+    return [_route(name, "write") for name in await prune_targets(store, request)]
+
 
 #: Methods anyone may call, with or without a token.
 PUBLIC = frozenset(
@@ -118,6 +133,17 @@ TABLE: dict[str, Entry] = {
     # Listed: the intentions whose destination the token may read.
     _I + "ListIntentions": Entry(lambda r: [_any("service", "read")], filtered=True),
     _I + "CheckIntention": Entry(lambda r: [_service(r.destination, "", "read")]),
+    # Gateway routes: write on each route an apply names and on each it
+    # would prune; lists and the watch show the routes the token may read.
+    _G + "ApplyRoutes": Entry(
+        lambda r: [_route(route.name, "write") for route in r.routes] or [_any("route", "write")],
+        write=True,
+        stored=_pruned_routes,
+    ),
+    _G + "ListRoutes": Entry(lambda r: [_any("route", "read")], filtered=True),
+    _G + "GetRoute": Entry(lambda r: [_route(r.name, "read")]),
+    _G + "DeleteRoute": Entry(lambda r: [_route(r.name, "write")], write=True),
+    _G + "WatchRoutes": Entry(lambda r: [_any("route", "read")], filtered=True),
     # Health and reflection.
     "/grpc.health.v1.Health/Check": Entry(_none),
     "/grpc.health.v1.Health/Watch": Entry(_none),

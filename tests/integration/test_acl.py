@@ -25,10 +25,10 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from ecosystem.v1 import acl_pb2, acl_pb2_grpc, intention_pb2
+from ecosystem.v1 import acl_pb2, acl_pb2_grpc, gateway_pb2, intention_pb2
 from ecosystem.v1 import agent_pb2 as apb
 from ecosystem.v1 import registry_pb2 as pb
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import descriptor_pool, message_factory, struct_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import sdk
@@ -113,6 +113,7 @@ R, A, M, C = (
     "/ecosystem.v1.AclService/",
 )
 INT = "/ecosystem.v1.IntentionService/"
+RT = "/ecosystem.v1.RouteService/"
 
 
 def _instance() -> dict[str, Any]:
@@ -237,6 +238,24 @@ CASES: dict[str, Case] = {
         "service:orders:read",
         "service:web:read",
     ),
+    RT + "ApplyRoutes": Case(
+        lambda: {
+            "routes": [
+                gateway_pb2.Route(
+                    name="orders",
+                    spec=struct_pb2.Struct(
+                        fields={"upstream": struct_pb2.Value(string_value="orders")}
+                    ),
+                )
+            ]
+        },
+        "route:orders:write",
+        "route:orders:read",
+    ),
+    RT + "ListRoutes": Case(dict, "route:orders:read", "service:*:read", "route:*:read"),
+    RT + "GetRoute": Case(lambda: {"name": "orders"}, "route:orders:read", "route:users:read"),
+    RT + "DeleteRoute": Case(lambda: {"name": "orders"}, "route:orders:write", "route:orders:read"),
+    RT + "WatchRoutes": Case(dict, "route:orders:read", "service:*:read", "route:*:read"),
     "/grpc.health.v1.Health/Check": Case(dict, None),
     "/grpc.health.v1.Health/Watch": Case(dict, None),
     "/grpc.health.v1.Health/List": Case(dict, None),
