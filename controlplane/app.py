@@ -232,6 +232,7 @@ class ControlPlane:
                 config,
                 identity.signer() if identity else None,
                 b"".join(identity.bundle_pems()) if identity else None,
+                b"".join(identity.chain_pems()) if identity else b"",
             )
         except TLSSetupError as exc:
             raise StartupError(str(exc)) from exc

@@ -10,6 +10,15 @@ gives the old root a removal time one workload lifetime (plus a minute of
 clock skew) after the switch: every certificate the old root signed has
 expired by then.
 
+The new root is also cross-signed by the old one (same subject and key,
+issued by the old root): a certificate the new root signs is served with
+that certificate after it (:meth:`RootSet.chain`), so a client that trusts
+only the old root (a CA file given out before the rotation) still verifies
+it, until the old root leaves the bundle and the cross-signed certificate is
+no longer served. The control plane's own server certificate is served that
+way; workload certificates are not (peers verify them with the bundle, which
+has both roots).
+
 Where the roots come from:
 
 - ``--tls-ca auto``: from the store, key ``/ecosystem/v1/ca/roots`` (JSON,
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -82,6 +92,9 @@ class StoredRoot:
     signs_from_ms: int = 0
     #: When it leaves the bundle (0: not superseded).
     removed_at_ms: int = 0
+    #: This root signed by the root that signed when it was added (PEM; empty
+    #: for the first root).
+    cross_pem: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,24 @@ class RootSet:
         kept = [r for r in self.roots if not r.removed_at_ms or r.removed_at_ms > now_ms]
         rest = sorted((r for r in kept if r is not signer), key=lambda r: -r.signs_from_ms)
         return [signer, *rest]
+
+    def chain(self, root: StoredRoot, now_ms: int) -> list[bytes]:
+        """The cross-signed certificates to serve after one ``root`` signed (PEM,
+        nearest first): ``root`` cross-signed by the root before it, that one by
+        the root before it, and so on while the cross-signing root is still in
+        the bundle. Empty when ``root`` was not cross-signed or its
+        cross-signer has left the bundle."""
+        kept = self.bundle(now_ms)
+        chain: list[bytes] = []
+        current = root
+        while current.cross_pem and len(chain) < len(kept):
+            issuer = _key_id(current.cross_pem, authority=True)
+            signer = next((r for r in kept if issuer and _key_id(r.cert_pem) == issuer), None)
+            if signer is None or signer is current:
+                break
+            chain.append(current.cross_pem)
+            current = signer
+        return chain
 
     def rotated(
         self,
@@ -141,6 +172,7 @@ class RootSet:
                         "key": r.key_pem.decode(),
                         "signs_from_ms": r.signs_from_ms,
                         "removed_at_ms": r.removed_at_ms,
+                        **({"cross": r.cross_pem.decode()} if r.cross_pem else {}),
                     }
                     for r in self.roots
                 ],
@@ -158,6 +190,7 @@ class RootSet:
                     r["key"].encode(),
                     int(r["signs_from_ms"]),
                     int(r["removed_at_ms"]),
+                    r.get("cross", "").encode(),
                 )
                 for r in raw["roots"]
             ),
@@ -221,6 +254,13 @@ class IdentityAuthority:
     def bundle_pems(self) -> list[bytes]:
         return [r.cert_pem for r in self.roots.bundle(_now_ms())]
 
+    def chain_pems(self) -> list[bytes]:
+        """What to serve after a certificate the signer issued now: the signer
+        cross-signed by the roots before it that are still trusted
+        (:meth:`RootSet.chain`)."""
+        now = _now_ms()
+        return self.roots.chain(self.roots.signer(now), now)
+
     def trust_bundle(self) -> agent_pb2.TrustBundle:
         now = _now_ms()
         return agent_pb2.TrustBundle(
@@ -249,7 +289,7 @@ class IdentityAuthority:
     async def rotate(self, propagation_seconds: int) -> tuple[RootSet, int, int]:
         """Adds a new root (see the module); returns the roots, when it starts
         signing and when the old root leaves the bundle (ms)."""
-        from controlplane.ca import CertificateAuthority
+        from controlplane.ca import CAError, CertificateAuthority
 
         if self.store is None:
             raise FailedPreconditionError(
@@ -264,8 +304,14 @@ class IdentityAuthority:
             roots = RootSet.from_json(current.value)
             ca = CertificateAuthority.create(roots.trust_domain)
             now = _now_ms()
+            try:
+                # Clients that trust only the old root go on verifying.
+                cross = self._ca(roots.signer(now)).cross_sign(ca.root_pem)
+            except CAError as exc:
+                log.warning("the new root is not cross-signed by the old one: %s", exc)
+                cross = b""
             rotated = roots.rotated(
-                StoredRoot(ca.root_pem, ca.key_pem),
+                StoredRoot(ca.root_pem, ca.key_pem, cross_pem=cross),
                 now_ms=now,
                 propagation_ms=propagation_seconds * 1000,
                 workload_ttl_ms=int(self.workload_ttl.total_seconds() * 1000),
@@ -349,6 +395,23 @@ class IdentityAuthority:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@functools.lru_cache(maxsize=64)
+def _key_id(cert_pem: bytes, *, authority: bool = False) -> bytes:
+    """A certificate's subject key id, or (``authority``) its issuer's; b"" if none."""
+    from cryptography import x509
+
+    certificate = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        if authority:
+            value = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+            return value.value.key_identifier or b""
+        return certificate.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier
+        ).value.digest
+    except x509.ExtensionNotFound:
+        return b""
 
 
 class CAServicer(ca_pb2_grpc.CAServiceServicer):

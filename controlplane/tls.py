@@ -13,6 +13,11 @@ serve: an issued one is issued again at two thirds of its lifetime, and at
 once when another root starts signing (a root rotation); files given by the
 operator are read again when they change on disk. New handshakes get the new
 certificate; connections already open keep the one they were made with.
+
+After a root rotation an issued certificate is served with the new root
+cross-signed by the old one after it (`controlplane.identity`), so clients
+whose CA file holds only the old root keep connecting until the old root
+leaves the bundle; then the chain is served without it.
 """
 
 from __future__ import annotations
@@ -78,6 +83,18 @@ class ServerTLS:
     issuer_pem: bytes | None = None
     #: When an issued certificate is issued again (seconds since the epoch).
     renew_at: float = math.inf
+    #: The end of ``cert_pem`` after the leaf: the signing root cross-signed by
+    #: older roots still trusted (an issued certificate after a rotation).
+    chain_pem: bytes = b""
+
+    @property
+    def leaf_pem(self) -> bytes:
+        """``cert_pem`` without :attr:`chain_pem`."""
+        return self.cert_pem[: len(self.cert_pem) - len(self.chain_pem)]
+
+    def with_chain(self, chain_pem: bytes) -> ServerTLS:
+        """The same certificate served with another chain after it."""
+        return replace(self, cert_pem=self.leaf_pem + chain_pem, chain_pem=chain_pem)
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Credentials fixed to this certificate (:class:`ServerCertificates` gives
@@ -120,19 +137,22 @@ def load_server_tls(
     config: ControlPlaneConfig,
     ca: CertificateAuthority | None = None,
     bundle_pem: bytes | None = None,
+    chain_pem: bytes = b"",
 ) -> ServerTLS | None:
     """The TLS material ``config`` asks for (None: plaintext); reads the files and,
     with a CA, issues the server certificate. ``ca`` is the root signing now
     (required with ``--tls-ca auto``, where it is kept in the store; with
-    ``--tls-ca``/``--tls-ca-key`` the files are read when it is None) and
+    ``--tls-ca``/``--tls-ca-key`` the files are read when it is None),
     ``bundle_pem`` every root it trusts (during a root rotation, more than
-    ``ca``'s). Raises TLSSetupError."""
+    ``ca``'s) and ``chain_pem`` what to serve after the issued certificate
+    (during a rotation, ``ca`` cross-signed by the old root). Raises
+    TLSSetupError."""
     if config.ca_auto or config.tls_ca_key:
         if ca is None:
             assert not config.ca_auto, "--tls-ca auto: the caller reads the CA from the store"
             tls = _issue(config)
         else:
-            tls = _issue_from(ca, config, bundle_pem)
+            tls = _issue_from(ca, config, bundle_pem, chain_pem)
     elif config.tls_cert:
         tls = _read_files(config)
     else:
@@ -161,7 +181,10 @@ def _issue(config: ControlPlaneConfig) -> ServerTLS:
 
 
 def _issue_from(
-    ca: CertificateAuthority, config: ControlPlaneConfig, bundle_pem: bytes | None = None
+    ca: CertificateAuthority,
+    config: ControlPlaneConfig,
+    bundle_pem: bytes | None = None,
+    chain_pem: bytes = b"",
 ) -> ServerTLS:
     from controlplane.ca import CAError
 
@@ -175,11 +198,12 @@ def _issue_from(
     # Two thirds of the lifetime from now (not from the backdated start).
     renew_at = now.timestamp() + RENEW_AT * lifetime.total_seconds()
     return ServerTLS(
-        issued.cert_pem,
+        issued.cert_pem + chain_pem,
         issued.key_pem,
         bundle_pem or ca.bundle_pem,
         issuer_pem=ca.root_pem,
         renew_at=renew_at,
+        chain_pem=chain_pem,
     )
 
 
@@ -222,7 +246,9 @@ class ServerCertificates:
     ``identity`` (the control plane issues its own), :meth:`start` runs a task
     that issues a new one at two thirds of the lifetime of the one in use, and
     within a second of another root starting to sign (a root rotation), so
-    that the certificate is always signed by the root the bundle starts with.
+    that the certificate is always signed by the root the bundle starts with,
+    and serves it with the chain the identity gives for that root (the new
+    root cross-signed by the old one, until the old one leaves the bundle).
     Without it (the operator's ``--tls-cert``/``--tls-key``), the task reads
     the files again whenever they change on disk, and keeps the certificate
     in use while what is there does not load (a key that does not match yet).
@@ -337,15 +363,22 @@ class ServerCertificates:
             return fresh
         signer = self._identity.signer()
         roots = b"".join(self._identity.bundle_pems())
+        chain = b"".join(self._identity.chain_pems())
         if signer.root_pem != current.issuer_pem:
             log.info("another root signs now: issuing the server certificate from it")
         elif time.time() >= current.renew_at:
             log.info("the server certificate is at two thirds of its lifetime: renewing it")
+        elif chain != current.chain_pem:
+            log.info(
+                "the server certificate is served with %d cross-signed root(s) after it now",
+                chain.count(_PEM_CERT),
+            )
+            return replace(current.with_chain(chain), roots_pem=roots)
         elif roots != current.roots_pem:
             return replace(current, roots_pem=roots)
         else:
             return None
-        return _issue_from(signer, self._config, roots)
+        return _issue_from(signer, self._config, roots, chain)
 
     def _replace(self, tls: ServerTLS) -> None:
         if (tls.cert_pem, tls.key_pem) != (self._tls.cert_pem, self._tls.key_pem):

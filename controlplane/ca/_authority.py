@@ -261,6 +261,50 @@ class CertificateAuthority:
         """:attr:`trust_bundle` as one PEM file (gRPC's ``root_certificates``)."""
         return b"".join(self.trust_bundle)
 
+    def cross_sign(self, root_pem: bytes, *, now: datetime | None = None) -> bytes:
+        """``root_pem`` (another root of this trust domain) signed by this root; PEM.
+
+        The result has the other root's subject, public key and extensions and
+        this root as its issuer, and lasts no longer than either root. Served
+        after a certificate the other root signed, it lets a client that
+        trusts only this root verify that certificate: leaf, then the
+        cross-signed root, then this root. Both roots have the same subject,
+        so the cross-signed certificate is self-issued and does not count
+        against this root's path length of 0 (RFC 5280, 4.2.1.9), which every
+        deployed root has.
+        """
+        try:
+            other = x509.load_pem_x509_certificate(root_pem)
+        except ValueError as err:
+            raise CAError(f"not a PEM certificate: {err}") from None
+        if other.subject != self._certificate.subject:
+            raise CAError("only a root with the same subject can be cross-signed")
+        if other.public_key() == self._certificate.public_key():
+            raise CAError("a root cannot cross-sign itself")
+        start = max(other.not_valid_before_utc, self._certificate.not_valid_before_utc)
+        end = min(other.not_valid_after_utc, self._certificate.not_valid_after_utc)
+        if end <= _now(now):
+            raise CAError("one of the two roots has expired")
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(other.subject)
+            .issuer_name(self._certificate.subject)
+            .public_key(other.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+        )
+        for extension in other.extensions:
+            if not isinstance(extension.value, x509.AuthorityKeyIdentifier):
+                builder = builder.add_extension(extension.value, extension.critical)
+        # The issuer's key id: without it OpenSSL takes the certificate for
+        # self-signed (its subject is its issuer) and refuses the chain.
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+            critical=False,
+        )
+        return builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
     # -- issuing ---------------------------------------------------------
 
     def issue_server(

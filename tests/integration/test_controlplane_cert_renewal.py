@@ -2,14 +2,17 @@
 again at two thirds of its lifetime, from the new root after a root rotation,
 and read again when the operator's files change. A client keeps a Watch
 stream open on a connection made before each change (it goes on), while new
-connections see the new certificate, on the gRPC port and the admin port."""
+connections see the new certificate, on the gRPC port and the admin port.
+After a rotation, clients that trust only the old root keep connecting (the
+new root is served cross-signed by the old one) until the old root leaves
+the bundle."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from pathlib import Path
 
@@ -153,13 +156,46 @@ async def admin_presents_the_current(plane: ControlPlane, roots: bytes) -> None:
     assert admin.serial_number == plane_serial(plane)
 
 
+async def grpc_call(plane: ControlPlane, roots: bytes) -> None:
+    """One call over a new gRPC connection (BoringSSL) trusting ``roots``."""
+    async with grpc.aio.secure_channel(
+        plane.address, grpc.ssl_channel_credentials(roots)
+    ) as channel:
+        await ca_pb2_grpc.CAServiceStub(channel).GetTrustBundle(
+            ca_pb2.GetTrustBundleRequest(), timeout=5
+        )
+
+
+async def admin_get(plane: ControlPlane, roots: bytes) -> int:
+    """GET /healthz over a new HTTPS connection (OpenSSL) trusting ``roots``: the status."""
+    context = ssl.create_default_context(cadata=roots.decode())
+    host, port = address(plane.admin_address)
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=context, server_hostname="localhost"
+    )
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        return int((await reader.readline()).split()[1])
+    finally:
+        writer.close()
+
+
+async def refused(connection: Awaitable[object]) -> None:
+    """Asserts that a new connection's TLS handshake fails its client's check."""
+    try:
+        await connection
+    except ssl.SSLCertVerificationError:
+        return
+    raise AssertionError("the client's check let the certificate through")
+
+
 async def test_after_a_root_rotation_the_certificate_comes_from_the_new_root(
     tmp_path: Path,
 ) -> None:
     # A server certificate that would outlive the test: only the rotation replaces it.
     async with ControlPlane(config(tls_ca="auto", workload_cert_ttl=TTL)) as plane:
         assert plane.identity is not None
-        plane.identity.skew_ms = 0  # the old root leaves 3 s after the switch
+        plane.identity.skew_ms = 2_000  # the old root leaves 5 s after the switch
         old_root = plane.identity.bundle_pems()[0]
         old_file = tmp_path / "old.pem"
         old_file.write_bytes(old_root)
@@ -187,22 +223,40 @@ async def test_after_a_root_rotation_the_certificate_comes_from_the_new_root(
             assert current.serial_number != before.serial_number
             admin = await presented(plane.admin_address, new_root, alpn="http/1.1")
             assert signed_by(admin, new_root)
+            new_file = tmp_path / "new.pem"
+            new_file.write_bytes(new_root)
+            # The new root comes cross-signed by the old one: a client whose CA
+            # file holds only the old root (given out before the rotation)
+            # still opens new connections, on both ports, with either TLS
+            # library; one that trusts only the new root too.
+            assert plane.identity.bundle_pems() == [new_root, old_root]
+            for roots in (old_root, new_root):
+                await grpc_call(plane, roots)
+                assert await admin_get(plane, roots) == 200
+                assert signed_by(await presented(plane.address, roots), new_root)
+            await register(plane, old_file, "old-root-only")
+            await register(plane, new_file, "new-root-only")
 
             def old_root_removed() -> None:
                 assert plane.identity is not None
                 assert plane.identity.bundle_pems() == [new_root]
 
             await assert_eventually(old_root_removed, timeout=10)
+
+            # The old root is gone, and with it the cross-signed certificate:
+            # a client that trusts only the old root is refused now.
+            await assert_eventually(lambda: refused(presented(plane.address, old_root)), timeout=3)
+            await assert_eventually(lambda: refused(admin_get(plane, old_root)), timeout=3)
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await grpc_call(plane, old_root)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
             # A client that trusts only the new root connects; the stream
             # opened under the old root's certificate goes on.
-            new_file = tmp_path / "new.pem"
-            new_file.write_bytes(new_root)
+            await grpc_call(plane, new_root)
+            assert await admin_get(plane, new_root) == 200
             await register(plane, new_file, "after")
             await assert_eventually(lambda: "after" in watch.ids)
             watch.alive()
-            # A client that trusts only the old root is refused now.
-            with pytest.raises(ssl.SSLCertVerificationError):
-                await presented(plane.address, old_root)
         finally:
             await watch.close()
 
@@ -255,7 +309,7 @@ async def test_replicas_still_ask_each_other_after_a_root_rotation(tmp_path: Pat
             assert a.identity is not None and b.identity is not None
             for plane in planes:
                 assert plane.identity is not None
-                plane.identity.skew_ms = 0
+                plane.identity.skew_ms = 2_000  # the old root leaves 5 s after the switch
             old_root = a.identity.bundle_pems()[0]
             old_file = tmp_path / "old.pem"
             old_file.write_bytes(old_root)
@@ -271,6 +325,24 @@ async def test_replicas_still_ask_each_other_after_a_root_rotation(tmp_path: Pat
                         ca_pb2.RotateRootRequest(propagation_seconds=1)
                     )
                 new_root = rotated.bundle.roots_pem[1]
+
+                def both_serve_the_new_root_cross_signed() -> bytes:
+                    chains = set()
+                    for plane in planes:
+                        assert plane.certificates is not None
+                        assert plane.certificates.current.issuer_pem == new_root
+                        chains.add(plane.certificates.current.chain_pem)
+                    (chain,) = chains
+                    assert chain
+                    return chain
+
+                # Every replica serves the same cross-signed root, kept in the
+                # store; one started now too, from its first handshake.
+                chain = await assert_eventually(both_serve_the_new_root_cross_signed, timeout=5)
+                async with ControlPlane(config(**fields), store=store) as late:
+                    assert late.certificates is not None
+                    assert late.certificates.current.chain_pem == chain
+                    await grpc_call(late, old_root)
 
                 def old_root_gone() -> None:
                     for plane in planes:

@@ -404,6 +404,59 @@ def test_the_public_surface() -> None:
     )
 
 
+# -- cross-signing (root rotation) ---------------------------------------------
+
+
+def test_a_new_root_cross_signed_by_the_old_one() -> None:
+    old = CertificateAuthority.create(lifetime=timedelta(days=30), now=NOW)
+    new = CertificateAuthority.create(now=NOW + timedelta(days=1))
+    cross = x509.load_pem_x509_certificate(old.cross_sign(new.root_pem, now=NOW))
+    # The new root's subject, key and extensions; issued and signed by the old root.
+    assert cross.subject == cross.issuer == new.certificate.subject
+    assert cross.public_key() == new.certificate.public_key()
+    cross.verify_directly_issued_by(old.certificate)
+    for kind in (x509.BasicConstraints, x509.KeyUsage, x509.SubjectAlternativeName):
+        assert cross.extensions.get_extension_for_class(kind) == (
+            new.certificate.extensions.get_extension_for_class(kind)
+        )
+    # It names the old root's key as its issuer's (not taken for self-signed).
+    authority = cross.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert authority.key_identifier == (
+        old.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    )
+    # No longer than either root.
+    assert cross.not_valid_before_utc == new.certificate.not_valid_before_utc
+    assert cross.not_valid_after_utc == old.certificate.not_valid_after_utc
+
+
+def test_a_root_does_not_cross_sign_itself_or_a_stranger(authority: CertificateAuthority) -> None:
+    with pytest.raises(CAError, match="itself"):
+        authority.cross_sign(authority.root_pem)
+    with pytest.raises(CAError, match="not a PEM certificate"):
+        authority.cross_sign(b"nothing")
+    stranger = foreign_root()
+    with pytest.raises(CAError, match="same subject"):
+        authority.cross_sign(stranger)
+
+
+def foreign_root() -> bytes:
+    """A root of another name."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another CA")])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+
+
 # -- a TLS handshake in memory (OpenSSL's checks, no socket) --------------------
 
 
