@@ -1,4 +1,5 @@
-"""Suite-wide fixtures: no leaked asyncio tasks, and a nats-server for a test of its own."""
+"""Suite-wide fixtures: no leaked asyncio tasks, and a nats-server and a redis-server
+for a test of its own."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests.harness.nats import NatsServer
+from tests.harness.redis import RedisServer
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +35,16 @@ async def _no_leaked_tasks() -> AsyncIterator[None]:
 def nats() -> Iterator[NatsServer]:
     """A nats-server with JetStream of this test's own, stopped after it."""
     server = NatsServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test's own (no persistence), stopped after it."""
+    server = RedisServer().start()
     try:
         yield server
     finally:

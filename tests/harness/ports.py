@@ -10,6 +10,7 @@ servers in the test process). `free_port` is for the rest, and only them:
   as given;
 - RabbitMQ: its AMQP, Erlang distribution and epmd ports go into its
   configuration and environment;
+- Redis: ``--port 0`` turns its TCP listener off;
 - a cluster port or an address written into another process's
   configuration before that process starts;
 - an address where nothing listens (a dead control plane, an unreachable
