@@ -68,6 +68,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	scripts/install-bench-tools.sh
 	scripts/install-nats.sh
+	scripts/install-redis.sh
 	$(PY) -m benchmarks
 
 clean:
