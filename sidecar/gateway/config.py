@@ -52,6 +52,8 @@ from sidecar.config import (
     normalize_origin,
     split_hostport,
 )
+from sidecar.gateway.cache import CacheConfig, CacheStoreConfig
+from sidecar.gateway.ratelimit import RateLimitPolicies, RateLimitStoreConfig
 from sidecar.health import Duration
 
 __all__ = [
@@ -521,7 +523,9 @@ class CorsConfig(_Model):
 class PluginsConfig(_Model):
     """The plugins a route runs (docs/gateway.md, Plugins); each is off unless given."""
 
+    rate_limit: RateLimitPolicies | None = None
     request_transform: RequestTransformConfig | None = None
+    cache: CacheConfig | None = None
     response_transform: ResponseTransformConfig | None = None
     cors: CorsConfig | None = None
 
@@ -690,6 +694,11 @@ class GatewayConfig(_Model):
     #: every route's defaults, and the listener's limits
     policy: RoutePolicy = Field(default_factory=RoutePolicy)
     routes: Annotated[tuple[RouteConfig, ...], Field(max_length=MAX_ROUTES)] = ()
+    #: the Redis that rate limits with scope: global share
+    rate_limit_store: RateLimitStoreConfig | None = None
+    #: the memory the routes' cached responses share
+    cache: CacheStoreConfig = Field(default_factory=CacheStoreConfig)
+    #: a file of JSON lines, "-" for standard output, null for none
     access_log: Annotated[str | None, AfterValidator(_access_log)] = None
 
     @model_validator(mode="after")
@@ -715,6 +724,7 @@ class GatewayConfig(_Model):
                 )
             names.setdefault(route.name, i)
             registry += [f"routes[{i}]" for b in route.backends if not b.endpoints][:1]
+            self._check_plugins(i, route.plugins, problem)
             strip = route.rewrite.strip_prefix if route.rewrite is not None else None
             fixed = route.match.path_prefix or route.match.path
             if strip is not None and fixed not in (None, "/") and not _within(fixed, strip):
@@ -735,6 +745,20 @@ class GatewayConfig(_Model):
             raise ValidationError.from_exception_data("GatewayConfig", errors)
         object.__setattr__(self, "routes", routes)
         return self
+
+    def _check_plugins(self, i: int, plugins: PluginsConfig, problem: Any) -> None:
+        for j, policy in enumerate(plugins.rate_limit or ()):
+            if policy.scope == "global" and self.rate_limit_store is None:
+                problem(
+                    ("routes", i, "plugins", "rate_limit", j, "scope"),
+                    "scope: global needs the top-level rate_limit_store (a Redis url)",
+                )
+        cache = plugins.cache
+        if cache is not None and (cache.max_entry_bytes or 0) > self.cache.max_entry_bytes:
+            problem(
+                ("routes", i, "plugins", "cache", "max_entry_bytes"),
+                f"larger than the top-level cache.max_entry_bytes ({self.cache.max_entry_bytes})",
+            )
 
     def _with_defaults(self, problem: Any) -> tuple[RouteConfig, ...]:
         """Each route with its effective policy: the top-level one, then the route's
