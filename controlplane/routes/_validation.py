@@ -33,12 +33,14 @@ MAX_ROUTES_PER_APPLY = 1_000
 #: … and bytes of their specs in all: one apply is one store revision, and
 #: its watch events travel in one response (under a stock client's 4 MiB).
 MAX_APPLY_SPEC_BYTES = 2 * 1024 * 1024
-#: The top-level keys of a route in the gateway's config (docs/gateway.md).
+#: The top-level keys of a route in the gateway's config (docs/gateway.md);
+#: a test keeps them equal to the gateway's route model.
 SPEC_KEYS = frozenset(
     {
         "name",
         "match",
         "upstream",
+        "endpoints",
         "split",
         "redirect",
         "namespace",
@@ -48,8 +50,11 @@ SPEC_KEYS = frozenset(
         "plugins",
     }
 )
-_NAME = re.compile(r"[A-Za-z0-9._-]+")
-_NAME_RULE = f"letters, digits, '-', '_' and '.', 1-{MAX_NAME} characters"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_NAME_RULE = (
+    f"letters, digits, '-', '_' and '.', starting with a letter or digit, "
+    f"at most {MAX_NAME} characters"
+)
 
 
 def route_name_violations(field: str, value: str, *, required: bool = True) -> list[FieldViolation]:
