@@ -20,6 +20,7 @@ from eco._controlplane import controlplane_command, dev_command
 from eco._intention import intention
 from eco._node import node, wait
 from eco._output import OutputFormat
+from eco._route import route
 from eco._service import service
 from eco._settings import OUTPUT_CHOICE, Settings, check_server, configure_logging
 from eco._sidecar import sidecar_command
@@ -171,6 +172,7 @@ cli.add_command(bus)
 cli.add_command(ca)
 cli.add_command(acl)
 cli.add_command(intention)
+cli.add_command(route)
 
 
 def main(argv: list[str] | None = None) -> None:
