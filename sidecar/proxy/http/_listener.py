@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -109,6 +110,8 @@ class HttpListener(Listener):
     #: A gateway's front (sidecar.proxy.http._exchange.Front): decides about each
     #: request before it is forwarded. None: the listener forwards to its target.
     front: Front | None = None
+    #: TLS for the listener's clients (a gateway serving HTTPS); None: plaintext.
+    ssl_context: ssl.SSLContext | None = None
 
     def __init__(self, name: str, listen: str, target: Target, policy: ProxyPolicy) -> None:
         super().__init__(name, listen, target, policy)
@@ -154,6 +157,8 @@ class HttpListener(Listener):
                 self.port,
                 reuse_address=True,
                 backlog=1024,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=self.policy.head_timeout if self.ssl_context else None,
             )
         except OSError as exc:
             self._state = "closed"
