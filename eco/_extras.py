@@ -34,6 +34,7 @@ SERVER_MODULES: dict[str, str] = {
     "cryptography": "cryptography",
     "spiffe": "spiffe",
     "redis": "redis",
+    "jwt": "pyjwt",
 }
 if sys.platform != "win32":
     SERVER_MODULES["uvloop"] = "uvloop"
