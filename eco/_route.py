@@ -69,11 +69,13 @@ def _plain(value: Any) -> Any:
 
 
 def _dict(item: gpb.Route) -> dict[str, Any]:
+    spec = _plain(json_format.MessageToDict(item.spec))
     return {
         "name": item.name,
         "group": item.group,
         "revision": item.revision,
-        "spec": _plain(json_format.MessageToDict(item.spec)),
+        # The name first, as a routes file writes it (a Struct's keys come back sorted).
+        "spec": {"name": spec.pop("name", item.name), **spec},
     }
 
 

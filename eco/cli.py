@@ -17,6 +17,7 @@ from eco._acl import acl
 from eco._bus import bus
 from eco._ca import ca
 from eco._controlplane import controlplane_command, dev_command
+from eco._gateway import gateway_command
 from eco._intention import intention
 from eco._node import node, wait
 from eco._output import OutputFormat
@@ -173,6 +174,7 @@ cli.add_command(ca)
 cli.add_command(acl)
 cli.add_command(intention)
 cli.add_command(route)
+cli.add_command(gateway_command)
 
 
 def main(argv: list[str] | None = None) -> None:
