@@ -19,7 +19,9 @@ False, the body grows past ``max_entry_bytes``, the leader fails or the
 slot is left without ``finish``), they are released at once and each goes
 upstream on its own — a response the cache may not store is never shared
 between clients. The wait is bounded by ``wait`` (the route's timeout);
-past it a waiter goes upstream too.
+past it a waiter goes upstream too. After a response that could not be
+stored, misses for that resource go side by side for :data:`SOLO_SECONDS`
+rather than queue behind responses they may not share.
 
 What is stored and for how long is RFC 9111's rule for a shared cache,
 narrowed as docs/gateway.md ("Caching") lists: no ``no-store``, no
@@ -71,6 +73,10 @@ MiB = 1024 * 1024
 #: RFC 9110 §15.1: the statuses a cache may give a heuristic lifetime.
 HEURISTIC_STATUSES = (200, 203, 204, 300, 301, 404, 405, 410, 414, 501)
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+#: After a response that cannot be stored, misses for that resource stop waiting for each
+#: other this long (they would only queue up behind a response they may not share).
+SOLO_SECONDS = 30.0
+_MAX_SOLO = 4096
 # What an entry costs beside its body and fields: the objects, the key, the LRU links.
 _ENTRY_OVERHEAD = 256
 _FIELD_OVERHEAD = 48
@@ -211,6 +217,8 @@ class ResponseCache:
         self._uris: dict[_Uri, dict[_Sub, _Resource]] = {}
         self._lru: OrderedDict[int, _Entry] = OrderedDict()
         self._flights: dict[tuple[_Uri, _Sub], asyncio.Future[_Entry | None]] = {}
+        # Resources whose last response could not be stored → until when misses go alone.
+        self._solo: OrderedDict[tuple[_Uri, _Sub], float] = OrderedDict()
         self._bytes = 0
         self._tick = 0
         # Bumped by every purge: a response fetched across one is not stored.
@@ -263,7 +271,7 @@ class ResponseCache:
 
     # -- inside ---------------------------------------------------------------------------
 
-    def _find(self, uri: _Uri, sub: _Sub, request: GatewayRequest) -> _Entry | None:
+    def _find(self, uri: _Uri, sub: _Sub, request: GatewayRequest, now: float) -> _Entry | None:
         """The stored variant matching ``request``; an expired one is dropped here."""
         subs = self._uris.get(uri)
         if subs is None:
@@ -274,19 +282,16 @@ class ResponseCache:
         entry = resource.variants.get(vary_values(request.headers, resource.vary_names))
         if entry is None:
             return None
-        if self._current_age(entry) >= entry.lifetime:
+        if _age(entry, now) >= entry.lifetime:
             self._remove(entry)
             return None
         return entry
 
-    def _current_age(self, entry: _Entry) -> float:
-        return entry.initial_age + max(0.0, self._clock() - entry.response_time)
-
-    def _serve(self, entry: _Entry, head_only: bool) -> CachedResponse:
+    def _serve(self, entry: _Entry, head_only: bool, now: float) -> CachedResponse:
         self._lru.move_to_end(id(entry))
         self._tick += 1
         entry.used = self._tick
-        age = int(self._current_age(entry))
+        age = int(_age(entry, now))
         headers = (*entry.headers, ("age", str(age)), ("x-cache", "HIT"))
         return CachedResponse(entry.status, headers, b"" if head_only else entry.body, age)
 
@@ -316,10 +321,27 @@ class ResponseCache:
         entry.used = self._tick
         self._bytes += entry.size
         self._stores += 1
+        if self._solo:
+            self._solo.pop((entry.uri, entry.sub), None)
         while self._bytes > self.config.max_bytes:
             self._remove(next(iter(self._lru.values())))
             self._evictions += 1
         return True
+
+    def _is_solo(self, key: tuple[_Uri, _Sub], now: float) -> bool:
+        until = self._solo.get(key)
+        if until is None:
+            return False
+        if until <= now:
+            del self._solo[key]
+            return False
+        return True
+
+    def _mark_solo(self, key: tuple[_Uri, _Sub], now: float) -> None:
+        self._solo[key] = now + SOLO_SECONDS
+        self._solo.move_to_end(key)
+        while len(self._solo) > _MAX_SOLO:
+            self._solo.popitem(last=False)
 
     def _remove(self, entry: _Entry) -> None:
         if self._lru.pop(id(entry), None) is None:
@@ -408,7 +430,7 @@ class CacheSlot:
 
     async def __aenter__(self) -> Self:
         cache, request, config = self._cache, self._request, self._config
-        self._request_time = cache._clock()
+        self._request_time = now = cache._clock()
         if request.method not in config.methods:
             return self._bypass(store=False)
         if request.consumer is not None or "authorization" in request.headers:
@@ -424,7 +446,7 @@ class CacheSlot:
             or ("max-age" in directives and not delta_seconds(directives["max-age"]))
         ):
             return self._bypass(store=may_store)
-        entry = self._fresh(directives)
+        entry = self._fresh(directives, now)
         if entry is None and "only-if-cached" in directives:
             cache._misses += 1
             self.refusal = LocalResponse.error(
@@ -432,20 +454,23 @@ class CacheSlot:
             )
             return self
         key = (self._uri, self._sub)
-        flight = cache._flights.get(key) if entry is None and may_store else None
+        coalesce = may_store and not (cache._solo and cache._is_solo(key, now))
+        flight = cache._flights.get(key) if entry is None and coalesce else None
         if flight is not None:
             cache._coalesced += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(flight), self._wait)
-            entry = self._fresh(directives)
+            now = cache._clock()
+            entry = self._fresh(directives, now)
+            coalesce = not cache._is_solo(key, now)
         if entry is not None:
             cache._hits += 1
-            self.hit = cache._serve(entry, self._head_only)
+            self.hit = cache._serve(entry, self._head_only, now)
             self.x_cache = "HIT"
             return self
         cache._misses += 1
         self._storable = may_store
-        if may_store and key not in cache._flights:
+        if coalesce and key not in cache._flights:
             self._flight = cache._flights[key] = asyncio.get_running_loop().create_future()
         return self
 
@@ -463,16 +488,16 @@ class CacheSlot:
         self._storable = store
         return self
 
-    def _fresh(self, directives: Directives) -> _Entry | None:
+    def _fresh(self, directives: Directives, now: float) -> _Entry | None:
         cache = self._cache
         entry: _Entry | None = None
         if self._head_only:
-            entry = cache._find(self._uri, ("GET", self._sub[1]), self._request)
+            entry = cache._find(self._uri, ("GET", self._sub[1]), self._request, now)
         if entry is None:
-            entry = cache._find(self._uri, self._sub, self._request)
+            entry = cache._find(self._uri, self._sub, self._request, now)
         if entry is None or not directives:
             return entry
-        age = cache._current_age(entry)
+        age = _age(entry, now)
         max_age = delta_seconds(directives.get("max-age"))
         if max_age is not None and age > max_age:
             return None
@@ -497,7 +522,7 @@ class CacheSlot:
             status, fields, self._config.statuses, credentialed=bool(self._sub[1])
         )
         if directives is None:
-            self.abandon()
+            self._not_storable()
             return False
         self._head = (status, fields, directives)
         return True
@@ -508,7 +533,7 @@ class CacheSlot:
             return False
         self._size += len(chunk)
         if self._size > self.max_entry_bytes:
-            self.abandon()
+            self._not_storable()
             return False
         self._body.append(chunk)
         return True
@@ -524,11 +549,12 @@ class CacheSlot:
         self._head = None
         self._storable = False
         entry = self._entry(status, fields, directives, body)
+        if entry is None:
+            self._not_storable()
+            return False
         cache = self._cache
-        stored = (
-            entry is not None
-            and self._epoch == cache._epoch
-            and cache._add(entry, vary_names(fields), self._config.vary_limit)
+        stored = self._epoch == cache._epoch and cache._add(
+            entry, vary_names(fields), self._config.vary_limit
         )
         self._release(entry if stored else None)
         return stored
@@ -543,6 +569,10 @@ class CacheSlot:
         self._head = None
         self._body = []
         self._release(None)
+
+    def _not_storable(self) -> None:
+        self._cache._mark_solo((self._uri, self._sub), self._response_time)
+        self.abandon()
 
     def _release(self, entry: _Entry | None) -> None:
         flight, self._flight = self._flight, None
@@ -585,3 +615,8 @@ class CacheSlot:
             initial_age=initial_age,
             lifetime=lifetime,
         )
+
+
+def _age(entry: _Entry, now: float) -> float:
+    """RFC 9111 §4.2.3: current_age = corrected_initial_age + resident_time."""
+    return entry.initial_age + max(0.0, now - entry.response_time)

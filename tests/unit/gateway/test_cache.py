@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from sidecar.gateway._freshness import http_date, parse_cache_control
 from sidecar.gateway.cache import (
+    SOLO_SECONDS,
     CacheConfig,
     CacheSlot,
     CacheStoreConfig,
@@ -625,3 +626,42 @@ def test_the_three_http_date_forms(text: str) -> None:
 
 def test_invalid_http_dates() -> None:
     assert http_date("0") is None and http_date("soon") is None and http_date(None) is None
+
+
+async def test_misses_stop_queueing_behind_responses_that_cannot_be_stored(
+    cache: ResponseCache, clock: Clock
+) -> None:
+    running = peak = fetches = 0
+
+    async def client(fields: list[tuple[str, str]]) -> None:
+        nonlocal running, peak, fetches
+        async with cache.lookup(req(), ROUTE, wait=5.0) as slot:
+            if slot.hit is not None:
+                return
+            fetches += 1
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.02)
+            running -= 1
+            slot.store(200, fields, b"x")
+
+    private = [("cache-control", "private")]
+    await client(private)
+    await asyncio.gather(*(client(private) for _ in range(5)))
+    assert peak == 5 and cache.stats().coalesced == 0  # side by side, nobody waited
+    # Once a response is stored again, misses are coalesced again.
+    await client([("cache-control", "max-age=1")])
+    clock.now += 1
+    fetches = 0
+    await asyncio.gather(*(client([("cache-control", "max-age=1")]) for _ in range(5)))
+    assert fetches == 1 and cache.stats().coalesced == 4
+    # And so they are once the response that could not be stored is old enough.
+    clock.now += 1
+    await client(private)
+    peak = 0
+    await asyncio.gather(*(client(private) for _ in range(3)))
+    assert peak == 3
+    clock.now += SOLO_SECONDS
+    fetches = 0
+    await asyncio.gather(*(client([]) for _ in range(5)))
+    assert fetches == 1
