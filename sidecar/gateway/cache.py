@@ -442,7 +442,10 @@ class CacheSlot:
         may_store = "no-store" not in directives
         if (
             "no-cache" in directives
-            or (not cc_values and "no-cache" in request.headers.get_all("pragma"))
+            or (
+                not cc_values
+                and any("no-cache" in v.lower() for v in request.headers.get_all("pragma"))
+            )
             or ("max-age" in directives and not delta_seconds(directives["max-age"]))
         ):
             return self._bypass(store=may_store)
@@ -460,7 +463,8 @@ class CacheSlot:
             cache._coalesced += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(flight), self._wait)
-            now = cache._clock()
+            # A waiter that goes upstream after all sends its request only now.
+            self._request_time = now = cache._clock()
             entry = self._fresh(directives, now)
             coalesce = not cache._is_solo(key, now)
         if entry is not None:

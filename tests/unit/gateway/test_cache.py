@@ -298,7 +298,7 @@ async def test_request_no_cache_goes_upstream_and_refreshes_the_entry(
     await ask(cache, req(), body=b"old")
     for fields in (
         [("cache-control", "no-cache")],
-        [("pragma", "no-cache")],
+        [("pragma", "No-Cache")],
         [("cache-control", "max-age=0")],
     ):
         slot, stored = await ask(cache, req(headers=fields), body=b"new")
@@ -665,3 +665,16 @@ async def test_misses_stop_queueing_behind_responses_that_cannot_be_stored(
     fetches = 0
     await asyncio.gather(*(client([]) for _ in range(5)))
     assert fetches == 1
+
+
+def test_the_public_names() -> None:
+    import sidecar.gateway.cache as module
+
+    assert sorted(module.__all__) == [
+        "CacheConfig",
+        "CacheSlot",
+        "CacheStats",
+        "CacheStoreConfig",
+        "CachedResponse",
+        "ResponseCache",
+    ]
