@@ -52,6 +52,15 @@ from sidecar.config import (
     normalize_origin,
     split_hostport,
 )
+from sidecar.gateway.auth import (
+    AllowConfig,
+    ConsumerConfig,
+    HmacConfig,
+    JwtConfig,
+    KeyAuthConfig,
+    MtlsConfig,
+    consumer_problems,
+)
 from sidecar.gateway.cache import CacheConfig, CacheStoreConfig
 from sidecar.gateway.ratelimit import RateLimitPolicies, RateLimitStoreConfig
 from sidecar.health import Duration
@@ -521,8 +530,13 @@ class CorsConfig(_Model):
 
 
 class PluginsConfig(_Model):
-    """The plugins a route runs (docs/gateway.md, Plugins); each is off unless given."""
+    """The plugins a route runs, each off unless given (docs/gateway.md)."""
 
+    key_auth: KeyAuthConfig | None = None
+    jwt: JwtConfig | None = None
+    mtls: MtlsConfig | None = None
+    hmac: HmacConfig | None = None
+    allow: AllowConfig | None = None
     rate_limit: RateLimitPolicies | None = None
     request_transform: RequestTransformConfig | None = None
     cache: CacheConfig | None = None
@@ -693,6 +707,8 @@ class GatewayConfig(_Model):
     data_dir: Path = Path(".eco/gateway")
     #: every route's defaults, and the listener's limits
     policy: RoutePolicy = Field(default_factory=RoutePolicy)
+    #: who may call, and the credentials each holds (the authentication plugins)
+    consumers: tuple[ConsumerConfig, ...] = ()
     routes: Annotated[tuple[RouteConfig, ...], Field(max_length=MAX_ROUTES)] = ()
     #: the Redis that rate limits with scope: global share
     rate_limit_store: RateLimitStoreConfig | None = None
@@ -738,6 +754,9 @@ class GatewayConfig(_Model):
                 f"{registry[0]} forwards to a registry service: give controlplane "
                 "(or fixed endpoints on every route)",
             )
+        for text in consumer_problems(self.consumers):
+            where, _, message = text.partition(": ")
+            problem(_loc(where), message)
         if self.admin is not None and _same_address(self.admin, self.listen):
             problem(("admin",), f"{self.admin} is also the listen address")
         routes = self._with_defaults(problem)
@@ -747,6 +766,11 @@ class GatewayConfig(_Model):
         return self
 
     def _check_plugins(self, i: int, plugins: PluginsConfig, problem: Any) -> None:
+        if plugins.mtls is not None and self.tls is None:
+            problem(
+                ("routes", i, "plugins", "mtls"),
+                "client certificates come over TLS: give the top-level tls",
+            )
         for j, policy in enumerate(plugins.rate_limit or ()):
             if policy.scope == "global" and self.rate_limit_store is None:
                 problem(
@@ -793,12 +817,25 @@ class GatewayConfig(_Model):
     def client_ca_files(self) -> tuple[Path, ...]:
         """The CA files of every route's ``mtls`` plugin: what the listener trusts
         for client certificates (empty: it asks for none)."""
-        return ()
+        files = (r.plugins.mtls.ca_file for r in self.routes if r.plugins.mtls is not None)
+        return tuple(dict.fromkeys(files))
 
     def iter_backends(self) -> Iterator[tuple[RouteConfig, Backend]]:
         for route in self.routes:
             for backend in route.backends:
                 yield route, backend
+
+
+def _loc(where: str) -> tuple[str | int, ...]:
+    """``consumers[3].api_keys`` → ``("consumers", 3, "api_keys")``."""
+    loc: list[str | int] = []
+    for part in where.split("."):
+        name, _, index = part.partition("[")
+        if name:
+            loc.append(name)
+        if index:
+            loc.append(int(index.rstrip("]")))
+    return tuple(loc)
 
 
 def _within(path: str, prefix: str) -> bool:

@@ -113,7 +113,7 @@ def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     assert done.stdout == ""
     problems = done.stderr.splitlines()
     assert problems[0].startswith(f"eco: {path}:5: routes[0].plugins.key_oauth: unknown key")
-    assert "expected one of: cache, cors, rate_limit" in problems[0]
+    assert "expected one of: allow, cache, cors, hmac, jwt, key_auth, mtls" in problems[0]
     assert (
         problems[1] == f"eco: {path}:6: routes[1]: the split's weights are all 0: give one a weight"
     )

@@ -15,6 +15,7 @@ from sidecar.gateway.config import (
     load_config,
     parse_config,
 )
+from tests.harness.certs import TestCA
 
 
 def parse(text: str) -> GatewayConfig:
@@ -362,3 +363,66 @@ def test_load_config_names_the_file(tmp_path: Path) -> None:
     assert str(caught.value) == (f"{path}:2: routes[0].endpoints[0]: 'nowhere' is not HOST:PORT")
     with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read"):
         load_config(path.with_name("missing.yaml"))
+
+
+def test_authentication_plugins_and_consumers_read(tmp_path: Path) -> None:
+    ca = TestCA.create(tmp_path)
+    (tmp_path / "gw.pem").write_text("cert")
+    (tmp_path / "gw-key.pem").write_text("key")
+    config = parse(
+        f"""\
+        tls: {{cert: {tmp_path}/gw.pem, key: {tmp_path}/gw-key.pem}}
+        consumers:
+          - {{name: alice, groups: [ops], api_keys: ["k-alice-0001"]}}
+          - {{name: bob, hmac_secrets: {{bob-key: "a secret of sixteen bytes"}}}}
+        routes:
+          - name: a
+            upstream: s
+            endpoints: ["127.0.0.1:9"]
+            plugins:
+              key_auth: {{header: x-api-key}}
+              mtls: {{ca_file: {ca.cert_file}}}
+              hmac: {{}}
+              allow: {{groups: [ops]}}
+          - name: b
+            upstream: s
+            endpoints: ["127.0.0.1:9"]
+            plugins: {{mtls: {{ca_file: {ca.cert_file}}}}}
+        """
+    )
+    assert [c.name for c in config.consumers] == ["alice", "bob"]
+    assert config.routes[0].plugins.names == ("key_auth", "mtls", "hmac", "allow")
+    assert config.client_ca_files == (ca.cert_file,)
+
+
+def test_unknown_plugin_names_the_known_ones() -> None:
+    (line,) = problems(
+        "controlplane: {}\nroutes:\n  - {name: a, upstream: s, plugins: {oauth2: {}}}\n"
+    )
+    assert line == (
+        "gateway.yaml:3: routes[0].plugins.oauth2: unknown key 'oauth2' (expected one of: "
+        "allow, cache, cors, hmac, jwt, key_auth, mtls, rate_limit, request_transform, "
+        "response_transform)"
+    )
+
+
+def test_consumers_and_their_credentials_are_unique(tmp_path: Path) -> None:
+    ca = TestCA.create(tmp_path)
+    lines = problems(
+        f"""\
+        controlplane: {{}}
+        consumers:
+          - {{name: alice, api_keys: ["k-shared-0001"]}}
+          - {{name: alice, api_keys: ["k-alice-0002"]}}
+          - {{name: bob, api_keys: ["k-shared-0001"]}}
+        routes:
+          - {{name: a, upstream: s, plugins: {{mtls: {{ca_file: {ca.cert_file}}}}}}}
+        """
+    )
+    assert lines == [
+        "gateway.yaml:4: consumers[1].name: 'alice' is already the name of consumers[0]",
+        "gateway.yaml:5: consumers[2].api_keys: one of its keys is also a key of consumers[0]",
+        "gateway.yaml:7: routes[0].plugins.mtls: client certificates come over TLS: give the "
+        "top-level tls",
+    ]
+    assert "k-shared" not in "".join(lines)  # keys are never echoed
