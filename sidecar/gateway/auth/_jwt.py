@@ -46,6 +46,7 @@ from jwt.exceptions import (
     InvalidAudienceError,
     InvalidIssuerError,
     InvalidSignatureError,
+    InvalidSubjectError,
     InvalidTokenError,
     MissingRequiredClaimError,
 )
@@ -236,6 +237,7 @@ _MESSAGES: tuple[tuple[type[InvalidTokenError], str], ...] = (
     (InvalidAudienceError, "the token's audience is not accepted"),
     (InvalidSignatureError, "the token's signature does not verify"),
     (InvalidAlgorithmError, "the token's algorithm is not accepted"),
+    (InvalidSubjectError, "the token's 'sub' claim is not a string"),
 )
 
 
