@@ -10,7 +10,8 @@ one client process, one thread, uvloop as the gateway runs:
   redis-server on 127.0.0.1 started here (no persistence), with
   ``concurrency`` decisions in flight (each one EVALSHA of the bucket script
   through the store's connection pool); p50/p99 of one decision;
-- ``rate_limit_global_peer``: the peer figures for that row, same server:
+- ``rate_limit_global_peer``: the peer figures for that row, same server
+  (three rounds of each in turn, the best of each):
   a bare redis-py loop of EVALSHA of the same script at the same concurrency
   (what the store adds on top of the client library), and
   ``redis-benchmark -t incr`` with as many connections and pipelining off
@@ -239,13 +240,21 @@ def rate_limit_rows(quick: bool) -> list[dict[str, Any]]:
     global_n = 10_000 if quick else 100_000
     rows = [_run(_local(local_n))]
     redis = _Redis()
+
+    async def raw() -> dict[str, Any]:
+        return {"rate": await _raw_evalsha(redis.url, global_n)}
+
     try:
-        rows.append(_run(_global(redis.url, global_n, redis)))
-
-        async def raw() -> dict[str, Any]:
-            return {"rate": await _raw_evalsha(redis.url, global_n)}
-
-        raw_rate = _run(raw())["rate"]
+        # Rounds of each in turn, the best of each kept: on a shared machine one
+        # round of either can fall on a busy moment.
+        ours: dict[str, Any] = {}
+        raw_rate = 0.0
+        for _ in range(3):
+            row = _run(_global(redis.url, global_n, redis))
+            if row["value"] > ours.get("value", 0):
+                ours = row
+            raw_rate = max(raw_rate, _run(raw())["rate"])
+        rows.append(ours)
         incr = _redis_benchmark(redis.port, global_n * 5)
     finally:
         redis.stop()
