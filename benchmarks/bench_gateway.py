@@ -15,6 +15,11 @@ the table took to build.
 
 ``cache_hit``: lookups/s of the response cache when every lookup finds a
 fresh entry (see :func:`cache_hits`).
+
+``rate_limit_local``, ``rate_limit_global`` and ``rate_limit_global_peer``:
+rate limit decisions per second in this process, and against a redis-server
+started for them beside a bare redis-py loop and ``redis-benchmark`` (see
+``benchmarks._gateway_ratelimit``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import sys
 import time
 from typing import Any
 
+from benchmarks._gateway_ratelimit import rate_limit_rows
 from benchmarks._report import percentile
 from sidecar.gateway.cache import CacheConfig, CacheStoreConfig, ResponseCache
 from sidecar.gateway.config import GatewayConfig
@@ -145,6 +151,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             "quick": quick,
         },
         *cache_hits(quick),
+        *rate_limit_rows(quick),
     ]
 
 
