@@ -223,6 +223,7 @@ class RouteBook:
         self._watchers: set[RouteWatcher] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._tick = asyncio.Event()  # set (and replaced) whenever the revision moves
 
     @property
     def revision(self) -> int:
@@ -244,6 +245,20 @@ class RouteBook:
             result = await self._store.range(ROUTES_PREFIX)
         self._reset(result.kvs, result.revision)
         self._task = asyncio.create_task(self._follow(), name="routes")
+        await self.wait_for(current)
+
+    async def wait_for(self, revision: int, timeout: float = 5.0) -> None:
+        """Returns once every route change up to ``revision`` is in the book."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._revision < revision:
+                    if self._closed or self._task is None or self._task.done():
+                        raise UnavailableError("the routes are not following the store")
+                    await self._tick.wait()
+        except TimeoutError:
+            raise UnavailableError(
+                f"the routes are behind the store (at {self._revision}, need {revision})"
+            ) from None
 
     async def close(self) -> None:
         self._closed = True
@@ -260,7 +275,13 @@ class RouteBook:
     def _reset(self, kvs: tuple[KeyValue, ...], revision: int) -> None:
         self.routes = {route.name: route for route in map(decode_route, kvs)}
         self._ring.clear()
-        self._floor = self._revision = revision
+        self._floor = revision
+        self._set_revision(revision)
+
+    def _set_revision(self, revision: int) -> None:
+        self._revision = revision
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
 
     async def _follow(self) -> None:
         failures = 0
@@ -320,7 +341,7 @@ class RouteBook:
                     )
                 )
         if batch.revision > self._revision:
-            self._revision = batch.revision
+            self._set_revision(batch.revision)
         if not frames:
             return
         self._ring.append((batch.revision, tuple(frames)))
