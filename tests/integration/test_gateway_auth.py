@@ -1,0 +1,267 @@
+"""The jwt plugin against a real JWKS server on 127.0.0.1 whose keys rotate.
+
+The server counts the fetches, so each test can say how often the gateway
+went to the identity provider: once on a rotated key, not at all for a
+flood of made-up key ids, at the pace of ``Cache-Control: max-age`` (within
+bounds), and less and less often while the provider is failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+from sidecar.gateway.auth import ConsumerIndex, JwtAuth, JwtConfig
+from sidecar.gateway.request import GatewayRequest, Headers, LocalResponse
+from tests.util import assert_eventually, assert_stays
+
+
+class SigningKey:
+    def __init__(self, kid: str) -> None:
+        self.kid = kid
+        self.private = ec.generate_private_key(ec.SECP256R1())
+
+    def jwk(self) -> dict[str, Any]:
+        found = dict(ECAlgorithm.to_jwk(self.private.public_key(), as_dict=True))
+        return {**found, "kid": self.kid, "use": "sig", "alg": "ES256"}
+
+    def token(self, kid: str | None = None, **claims: Any) -> str:
+        payload = {"sub": "alice", "iss": "https://idp.test/", "exp": int(time.time()) + 300}
+        return pyjwt.encode(
+            {**payload, **claims}, self.private, "ES256", headers={"kid": kid or self.kid}
+        )
+
+
+class JwksServer:
+    """An identity provider's JWKS endpoint whose keys, status and max-age tests change."""
+
+    def __init__(self) -> None:
+        self.keys: list[SigningKey] = []
+        self.status = 200
+        self.max_age: int | None = None
+        self.padding = 0  # bytes of filler, to make the document too big
+        self.fetches = 0
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/jwks.json", self._serve)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/jwks.json"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        self.fetches += 1
+        if self.status != 200:
+            return web.Response(status=self.status, text="identity provider unavailable")
+        document: dict[str, Any] = {"keys": [k.jwk() for k in self.keys]}
+        if self.padding:
+            document["filler"] = "x" * self.padding
+        headers = {}
+        if self.max_age is not None:
+            headers["cache-control"] = f"public, max-age={self.max_age}"
+        return web.Response(
+            body=json.dumps(document).encode(), content_type="application/json", headers=headers
+        )
+
+
+@pytest.fixture
+async def idp() -> AsyncIterator[JwksServer]:
+    server = JwksServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def request(token: str) -> GatewayRequest:
+    return GatewayRequest(
+        method="GET",
+        host="api.example.com",
+        path="/orders",
+        headers=Headers([("authorization", f"Bearer {token}")]),
+    )
+
+
+async def auth_for(idp: JwksServer, **config: Any) -> JwtAuth:
+    plugin = JwtAuth(
+        JwtConfig.model_validate(
+            {"jwks_url": idp.url, "issuer": "https://idp.test/", "jwks_timeout": "1s", **config}
+        ),
+        ConsumerIndex(),
+    )
+    await plugin.start()
+    return plugin
+
+
+def message(answer: LocalResponse | None) -> str:
+    assert answer is not None
+    return str(json.loads(answer.body)["message"])
+
+
+async def test_a_rotated_key_is_fetched_once_and_bogus_kids_do_not_reach_the_idp(
+    idp: JwksServer,
+) -> None:
+    first, second = SigningKey("k1"), SigningKey("k2")
+    idp.keys = [first]
+    auth = await auth_for(idp, jwks_refresh="1h", jwks_refresh_min="1h")
+    try:
+        req = request(first.token())
+        assert await auth.authenticate(req) is None
+        assert req.consumer is not None and req.consumer.name == "alice"
+        assert idp.fetches == 1
+
+        # The IdP rotates: the first token naming k2 makes one refetch.
+        idp.keys = [first, second]
+        assert await auth.authenticate(request(second.token())) is None
+        assert idp.fetches == 2
+
+        # A flood of made-up kids: refused, and the IdP is not asked again
+        # (one refetch per jwks_refresh_min, and it just had one).
+        bogus = [request(first.token(kid=f"bogus-{uuid.uuid4()}")) for _ in range(200)]
+        answers = await asyncio.gather(*(auth.authenticate(r) for r in bogus))
+        assert all(a is not None and a.status == 401 for a in answers)
+        assert message(answers[0]).startswith("no key has the token's kid 'bogus-")
+        assert idp.fetches == 2
+        # The keys it has keep working meanwhile.
+        assert await auth.authenticate(request(second.token())) is None
+    finally:
+        await auth.close()
+
+
+async def test_concurrent_tokens_with_a_new_kid_share_one_fetch(idp: JwksServer) -> None:
+    first, second = SigningKey("k1"), SigningKey("k2")
+    idp.keys = [first]
+    auth = await auth_for(idp, jwks_refresh="1h", jwks_refresh_min="1h")
+    try:
+        assert await auth.authenticate(request(first.token())) is None
+        idp.keys = [second]
+        answers = await asyncio.gather(
+            *(auth.authenticate(request(second.token())) for _ in range(50))
+        )
+        assert answers == [None] * 50
+        assert idp.fetches == 2
+    finally:
+        await auth.close()
+
+
+async def test_keys_follow_max_age_in_the_background_and_a_removed_key_stops_working(
+    idp: JwksServer,
+) -> None:
+    old, new = SigningKey("old"), SigningKey("new")
+    idp.keys = [old]
+    idp.max_age = 0  # below jwks_refresh_min: refreshed every 0.2 s
+    auth = await auth_for(idp, jwks_refresh_min="200ms", jwks_refresh_max="1h")
+    try:
+        token = old.token()
+        assert await auth.authenticate(request(token)) is None
+        idp.keys = [new]
+        jwks = auth.jwks
+        assert jwks is not None
+
+        # No request asks for it: the background refresh takes the new set.
+        await assert_eventually(lambda: _equal(jwks.keys.kids(), ["new"]), timeout=3.0)
+        # The old key's token, remembered as verified, is refused from now on.
+        assert message(await auth.authenticate(request(token))) == (
+            "no key has the token's kid 'old'"
+        )
+        assert await auth.authenticate(request(new.token())) is None
+
+        # The pace is max-age held within the bounds: every 0.2 s, not every 0 s.
+        started, fetches = time.monotonic(), idp.fetches
+        await assert_eventually(lambda: _at_least(idp.fetches, fetches + 3), timeout=3.0)
+        assert time.monotonic() - started >= 0.4
+    finally:
+        await auth.close()
+
+
+def _equal(value: object, wanted: object) -> None:
+    assert value == wanted, value
+
+
+def _at_least(value: int, wanted: int) -> None:
+    assert value >= wanted, (value, wanted)
+
+
+async def test_the_last_good_keys_serve_while_the_idp_fails_and_retries_back_off(
+    idp: JwksServer,
+) -> None:
+    key = SigningKey("k1")
+    idp.keys = [key]
+    idp.max_age = 0
+    auth = await auth_for(idp, jwks_refresh="50ms", jwks_refresh_min="50ms", jwks_refresh_max="1s")
+    try:
+        await assert_eventually(lambda: _at_least(idp.fetches, 3), timeout=2.0)
+        idp.status = 503
+        failing_since = idp.fetches
+        token = key.token()
+
+        async def still_accepted() -> None:
+            assert await auth.authenticate(request(token)) is None
+
+        # 1.5 s of failures: every 50 ms would be 30 fetches; backing off from
+        # 50 ms (50, 100, 200, 400, 800 ms) it is at most six.
+        await assert_stays(still_accepted, duration=1.5)
+        assert 2 <= idp.fetches - failing_since <= 6, idp.fetches - failing_since
+        assert auth.jwks is not None and auth.jwks.last_error == "HTTP status 503"
+
+        idp.status = 200
+        jwks = auth.jwks
+        await assert_eventually(lambda: _no_error(jwks.last_error), timeout=3.0)
+    finally:
+        await auth.close()
+
+
+def _no_error(error: str | None) -> None:
+    assert error is None, error
+
+
+async def test_no_keys_yet_is_503_and_a_huge_document_is_refused(idp: JwksServer) -> None:
+    idp.keys = [SigningKey("k1")]
+    idp.padding = 300 * 1024  # the document is over the 256 KiB bound
+    auth = await auth_for(idp, jwks_refresh_min="1h", jwks_timeout="500ms")
+    try:
+        answer = await auth.authenticate(request(idp.keys[0].token()))
+        assert answer is not None and answer.status == 503
+        assert ("retry-after", "5") in answer.headers
+        assert auth.jwks is not None and auth.jwks.last_error is not None
+        assert "bigger than 262144 bytes" in auth.jwks.last_error
+    finally:
+        await auth.close()
+
+
+async def test_an_unreachable_idp_is_503_not_a_hang(idp: JwksServer) -> None:
+    url = idp.url
+    await idp.close()
+    plugin = JwtAuth(
+        JwtConfig(jwks_url=url, jwks_timeout=0.5, jwks_refresh_min=3600),  # type: ignore[arg-type]
+        ConsumerIndex(),
+    )
+    await plugin.start()
+    try:
+        started = time.monotonic()
+        answer = await plugin.authenticate(request(SigningKey("k1").token()))
+        assert answer is not None and answer.status == 503
+        assert time.monotonic() - started < 2.0
+    finally:
+        await plugin.close()
+        await plugin.close()  # idempotent
