@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -60,6 +61,8 @@ __all__ = [
     "signature_base",
 ]
 
+_log = logging.getLogger(__name__)
+
 ALGORITHM = "hmac-sha256"
 MAX_SIGNATURE_FIELD_BYTES = 4096
 MAX_COVERED_COMPONENTS = 32
@@ -75,6 +78,20 @@ _ACCEPT_SIGNATURE = (
 
 class SignatureError(ValueError):
     """A signature cannot be checked or does not hold; the message says why."""
+
+
+class _BodyMissing(Exception):
+    """The request has a body, but the gateway did not hand it to the plugin."""
+
+
+def _has_body(request: GatewayRequest) -> bool:
+    """Whether the request has a body (read or announced by its head)."""
+    if request.body:
+        return True
+    length = request.headers.get("content-length")
+    if length is not None and length.strip() not in ("", "0"):
+        return True
+    return "transfer-encoding" in request.headers
 
 
 class HmacConfig(BaseModel):
@@ -252,6 +269,13 @@ class HmacAuth:
             )
         try:
             self._verify(request, ", ".join(inputs), ", ".join(signatures))
+        except _BodyMissing:
+            _log.error(
+                "hmac: route %r: the request body was not read for the plugin", request.route
+            )
+            return LocalResponse.error(
+                500, "internal", "the gateway could not check the request body's digest"
+            )
         except SignatureError as exc:
             return self._refuse("invalid_signature", str(exc))
         return None
@@ -294,8 +318,13 @@ class HmacAuth:
 
         self._check_time(params)
         self._check_coverage(request, params)
+        has_body = _has_body(request)
+        if has_body and request.body is None:
+            # The gateway must read the body for a plugin with needs_body; a
+            # digest that cannot be checked is never taken on trust.
+            raise _BodyMissing
         body = request.body or b""
-        if body or "content-digest" in request.headers:
+        if has_body or "content-digest" in request.headers:
             digest_field = request.headers.get("content-digest")
             if digest_field is None:
                 raise SignatureError("a request with a body needs a Content-Digest field")
@@ -343,7 +372,7 @@ class HmacAuth:
             missing.append("@path")
         if request.query and not whole_target and "@query" not in covered:
             missing.append("@query")
-        if (request.body or "content-digest" in request.headers) and (
+        if (_has_body(request) or "content-digest" in request.headers) and (
             "content-digest" not in covered
         ):
             missing.append("content-digest")

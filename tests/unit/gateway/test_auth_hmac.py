@@ -299,3 +299,18 @@ def test_config_errors_are_clear() -> None:
         HmacConfig(components=("@status",))
     with pytest.raises(ValidationError, match="greater than or equal to 100"):
         HmacConfig(nonce_cache_size=1)
+
+
+async def test_a_body_announced_but_not_read_is_never_taken_on_trust() -> None:
+    """A body the signature does not cover is refused, and a body the gateway
+    did not hand over cannot pass for an empty one."""
+    req = signed(post(body=b""), components=("@method", "@authority", "@target-uri"))
+    req.headers.set("content-length", "13")
+    req.body = None
+    _, _, message = refusal(await plugin().authenticate(req))
+    assert message == "the signature must cover content-digest"
+    req = signed(post())
+    req.headers.set("content-length", "13")
+    req.body = None
+    answer = await plugin().authenticate(req)
+    assert answer is not None and answer.status == 500
