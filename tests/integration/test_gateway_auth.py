@@ -18,6 +18,7 @@ from typing import Any
 import jwt as pyjwt
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
@@ -265,3 +266,26 @@ async def test_an_unreachable_idp_is_503_not_a_hang(idp: JwksServer) -> None:
     finally:
         await plugin.close()
         await plugin.close()  # idempotent
+
+
+async def test_a_local_key_without_kid_does_not_hide_the_jwks(idp: JwksServer) -> None:
+    local, remote = SigningKey("unused"), SigningKey("remote-1")
+    idp.keys = [remote]
+    pem = (
+        local.private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    auth = await auth_for(idp, keys=[pem])
+    try:
+        assert await auth.authenticate(request(remote.token())) is None
+        unnamed = pyjwt.encode(
+            {"sub": "bob", "iss": "https://idp.test/", "exp": int(time.time()) + 60},
+            local.private,
+            "ES256",
+        )
+        req = request(unnamed)
+        assert await auth.authenticate(req) is None
+        assert req.consumer is not None and req.consumer.name == "bob"
+    finally:
+        await auth.close()

@@ -188,14 +188,16 @@ class KeySet:
     def kids(self) -> list[str]:
         return sorted(self._by_kid)
 
-    def candidates(self, kid: str | None, alg: str) -> list[SigningKey]:
+    def candidates(self, kid: str | None, alg: str, *, unnamed: bool = True) -> list[SigningKey]:
         """The keys to try for a token with ``kid`` and ``alg``: the key named
-        ``kid`` when there is one, else the keys without a kid that fit ``alg``
-        (at most four)."""
+        ``kid`` when there is one, else (with ``unnamed``, or for a token without
+        a kid) the keys without a kid that fit ``alg``, at most four."""
         if kid is not None:
             key = self._by_kid.get(kid)
             if key is not None:
                 return [key] if key.fits(alg) else []
+            if not unnamed:
+                return []
         return [k for k in self._unnamed if k.fits(alg)][:4]
 
     def knows(self, kid: str | None) -> bool:

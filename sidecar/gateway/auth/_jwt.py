@@ -409,8 +409,10 @@ class JwtAuth:
     async def _decode_with_keys(
         self, token: str, kid: str | None, alg: str
     ) -> dict[str, Any] | LocalResponse:
-        candidates = self._inline.candidates(kid, alg)
         jwks = self.jwks
+        # A local key without a kid stands for unknown kids only when there is
+        # no JWKS to find them in.
+        candidates = self._inline.candidates(kid, alg, unnamed=jwks is None)
         if not candidates and jwks is not None:
             if not jwks.ready:
                 await jwks.wait_ready(self._config.jwks_timeout)
