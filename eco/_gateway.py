@@ -8,6 +8,7 @@ command, so that the registry commands start fast and need only the SDK.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,8 @@ import click
 
 from eco._extras import require_server
 from eco._output import OutputFormat, emit, render_table
-from eco._settings import Settings, pass_settings
+from eco._process import raise_open_files_limit, serve_until_signal
+from eco._settings import Settings, configure_logging, pass_settings
 
 if TYPE_CHECKING:
     from sidecar.gateway.config import GatewayConfig, RouteConfig
@@ -45,11 +47,16 @@ EXIT_USAGE = 2
 def gateway_command(ctx: click.Context, settings: Settings, config_path: Path, check: bool) -> None:
     """The API gateway: traffic from outside the mesh, routed to services in the registry.
 
-    A bad configuration file is every problem, one a line naming the line
-    and the field, and exit status 2; nothing is started.
+    It serves the routes of the configuration file on its listen address
+    (authentication, rate limits, transformations, a response cache),
+    resolving registry services through the control plane like a sidecar,
+    until SIGTERM or Ctrl-C (twice: at once). A bad configuration file is
+    every problem, one a line naming the line and the field, and exit status
+    2; nothing is started. See docs/gateway.md.
 
     \b
     Examples:
+      eco gateway --config gateway.yaml
       eco gateway --config gateway.yaml --check
       eco gateway --config gateway.yaml --check -o json
     """
@@ -70,7 +77,12 @@ def gateway_command(ctx: click.Context, settings: Settings, config_path: Path, c
     if check:
         _print_check(config_path, config, settings.output)
         ctx.exit(0)
-    raise click.UsageError("this build of 'eco gateway' only checks a configuration: add --check")
+    configure_logging(settings.verbose, base=logging.INFO)
+    raise_open_files_limit()
+    from sidecar.errors import StartupError
+    from sidecar.gateway.app import Gateway
+
+    ctx.exit(serve_until_signal(lambda: Gateway(config), (StartupError,)))
 
 
 def _print_check(path: Path, config: GatewayConfig, fmt: OutputFormat) -> None:

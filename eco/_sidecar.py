@@ -7,18 +7,14 @@ server dependencies are installed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from eco._extras import require_server
-from eco._process import raise_open_files_limit
+from eco._process import raise_open_files_limit, serve_until_signal
 from eco._settings import Settings, configure_logging, pass_settings
 
 if TYPE_CHECKING:
@@ -101,43 +97,7 @@ def sidecar_command(ctx: click.Context, settings: Settings, config_path: Path, c
 
 def run(config: SidecarConfig) -> int:
     """Runs a sidecar until SIGTERM/SIGINT; returns the exit status."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(_serve(config))
-    return uvloop.run(_serve(config))
-
-
-async def _serve(config: SidecarConfig) -> int:
-    from serving.process import tune_gc
     from sidecar.app import Sidecar
     from sidecar.errors import StartupError
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(128 + signum)
-        log.info("%s: shutting down (send again to exit at once)", signal.Signals(signum).name)
-        stop.set()
-
-    sidecar = Sidecar(config)
-    # Installed before start, so a signal during start-up stops cleanly too;
-    # removed only once the shutdown is over, so a second one cuts it short.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        try:
-            await sidecar.start()
-        except StartupError as err:
-            print(f"eco: {err}", file=sys.stderr)
-            return EXIT_FAILURE
-        tune_gc()
-        await stop.wait()
-        await sidecar.stop()
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-    return 0
+    return serve_until_signal(lambda: Sidecar(config), (StartupError,))

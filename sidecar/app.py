@@ -30,6 +30,7 @@ import importlib.metadata
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -46,7 +47,7 @@ from sdk import (
 )
 from sidecar.acl import Guard, TokenChecker
 from sidecar.admin import AdminServer
-from sidecar.cache import CACHE_FILE, CacheSource, EndpointCache
+from sidecar.cache import CACHE_FILE, CacheSource, EndpointCache, UpstreamKey
 from sidecar.config import (
     INBOUND_PORT_KEY,
     AmqpBridgeConfig,
@@ -153,6 +154,9 @@ class Sidecar:
             else None
         )
         self._guard: Guard | None = None
+        #: Called with an upstream's key after its balancer was updated (a gateway's
+        #: targets share the balancers: they learn which endpoints went away).
+        self.on_endpoints_changed: list[Callable[[UpstreamKey], None]] = []
         namespaces = {s.name: s.namespace for s in config.services}
         self._local_api = LocalApiServer(
             self._servicer, relay=self.relay, namespace_of=lambda name: namespaces.get(name, "")
@@ -431,6 +435,8 @@ class Sidecar:
         for key, instances in changes.items():
             self.router.update(key, instances, endpoints[key])
             self.dataplane.endpoints_changed(key)
+            for changed in self.on_endpoints_changed:
+                changed(key)
 
     def _on_session_state(self, session: AgentSession) -> None:
         self.cache.notify_all()

@@ -8,11 +8,12 @@ and query on the way upstream, or refuse it with a :class:`LocalResponse`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
-__all__ = ["Consumer", "GatewayRequest", "Headers", "LocalResponse"]
+__all__ = ["Collector", "Consumer", "GatewayRequest", "Headers", "LocalResponse"]
 
 
 class Headers:
@@ -74,6 +75,20 @@ class Consumer:
     claims: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
 
+class Collector(Protocol):
+    """Takes a copy of the response to a request as it is forwarded (the
+    cache's slot); the gateway calls ``begin``, ``feed`` and ``finish``, or
+    ``abandon`` when the response does not come whole (or at all)."""
+
+    def begin(self, status: int, headers: Sequence[tuple[str, str]]) -> bool: ...
+
+    def feed(self, chunk: bytes) -> bool: ...
+
+    def finish(self) -> bool: ...
+
+    def abandon(self) -> None: ...
+
+
 @dataclass(slots=True)
 class GatewayRequest:
     """One request as the plugins see it (see the module docstring)."""
@@ -92,8 +107,23 @@ class GatewayRequest:
     consumer: Consumer | None = None
     #: the request body, when a plugin that needs it asked for it (None otherwise)
     body: bytes | None = None
-    #: when the head was complete (the event loop's clock)
+    #: when the head was complete (``time.monotonic``)
     received: float = 0.0
+    #: takes a copy of the response when it is forwarded (set by the cache's step)
+    collector: Collector | None = None
+    #: what a plugin's step leaves for its response headers (rate-limit state,
+    #: the cache's verdict), by plugin name; None until one does
+    state: dict[str, object] | None = None
+
+    def note(self, plugin: str, value: object) -> None:
+        """Leaves ``value`` for ``plugin``'s response headers."""
+        if self.state is None:
+            self.state = {}
+        self.state[plugin] = value
+
+    def noted(self, plugin: str) -> object | None:
+        state = self.state
+        return None if state is None else state.get(plugin)
 
     @property
     def target(self) -> str:

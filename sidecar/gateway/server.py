@@ -25,22 +25,25 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sidecar.config import ProxyPolicy
-from sidecar.gateway.request import GatewayRequest, Headers, LocalResponse
+from sidecar.gateway.request import Collector, GatewayRequest, Headers, LocalResponse
 from sidecar.proxy._target import Target
 from sidecar.proxy.http import HttpListener
-from sidecar.proxy.http._exchange import Exchange, ResponseTap
+from sidecar.proxy.http._exchange import Exchange
 from sidecar.proxy.http._parse import IDEMPOTENT
 from sidecar.proxy.http._pool import UpstreamPool
 
 __all__ = [
     "GatewayFront",
     "GatewayListener",
+    "Observer",
     "Plan",
     "RouteForwarding",
+    "Routed",
     "Step",
+    "not_found",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,8 @@ MAX_IDLE_PER_ENDPOINT = 64
 #: the data plane, never by a plugin.
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 _CRLF = b"\r\n"
+#: Header fields of an answer the data plane writes itself (framing, connection).
+_ANSWER_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 
 #: A check of a request: None lets it go on, a LocalResponse answers it.
 Step = Callable[[GatewayRequest], Awaitable[LocalResponse | None] | LocalResponse | None]
@@ -97,90 +102,144 @@ class RouteForwarding:
 @dataclass
 class Plan:
     """What the gateway does with the requests of one route: built from its
-    configuration by ``sidecar.gateway.plugins``."""
+    configuration by ``sidecar.gateway.plugins``.
+
+    A step returns None (go on), a LocalResponse (answer it), or an awaitable
+    of one of those when it has to wait: write steps as plain functions that
+    return a coroutine only when they must, so that a request whose checks
+    need no I/O never leaves the data plane's callbacks.
+    """
 
     name: str
-    #: the forwardings of the route, with their weights (one entry: no split)
-    forwardings: Sequence[tuple[RouteForwarding, int]]
-    #: checks in order (authentication, then limits, …); the first answer wins
+    #: checks in order (authentication, then limits, the cache, …); the first answer wins
     steps: Sequence[Step] = ()
     #: the path (and query) sent upstream, from the request's
     rewrite: Callable[[GatewayRequest], str] | None = None
-    #: header fields a client may not send (the gateway sets them: identity)
-    strip: frozenset[str] = frozenset()
-    #: changes to the forwarded request's headers, once the steps let it through
+    #: changes to the forwarded request, once the steps let it through
     on_forward: Sequence[Callable[[GatewayRequest], None]] = ()
-    #: header fields added to the response (from the request: rate-limit state, CORS)
+    #: header fields added to every answer of the route, the upstream's and the
+    #: gateway's own (rate-limit state, CORS, ``x-cache``)
     response_headers: Sequence[Callable[[GatewayRequest], Sequence[tuple[str, str]]]] = ()
-    #: a redirect or any answer that needs no upstream
-    answer: LocalResponse | None = None
-    pick: Callable[[Sequence[tuple[RouteForwarding, int]]], RouteForwarding] | None = None
+    #: changes to the upstream's response head: (status, fields) → None, editing fields
+    on_response: Sequence[Callable[[GatewayRequest, int, list[tuple[str, str]]], None]] = ()
+    #: the route answers every request itself (a redirect)
+    answer: Callable[[GatewayRequest], LocalResponse] | None = None
+
+
+class Observer(Protocol):
+    """Sees every request end (metrics, the access log)."""
+
+    def done(
+        self, request: GatewayRequest, status: int, sent: int, *, upstream: bool, complete: bool
+    ) -> None: ...
+
+
+@dataclass
+class Routed:
+    """A request's route: its plan and, unless the plan answers, where it goes."""
+
+    plan: Plan
+    forwarding: RouteForwarding | None
 
 
 class _Tap:
-    """Adds the route's response header fields as the response head goes by."""
+    """One forwarded response as it goes by: the route's edits to its head, a
+    copy for the cache, and the observer told how it ended."""
 
-    __slots__ = ("fields",)
+    __slots__ = ("collector", "ex", "front", "plan", "request", "sent")
 
-    def __init__(self, fields: list[bytes]) -> None:
-        self.fields = fields
+    def __init__(
+        self, front: GatewayFront, ex: Exchange, request: GatewayRequest, plan: Plan
+    ) -> None:
+        self.front = front
+        self.ex = ex
+        self.request = request
+        self.plan = plan
+        # The tap owns the copy from here on.
+        self.collector: Collector | None = request.collector
+        request.collector = None
+        self.sent = 0
 
     def head(self, status: int, out: list[bytes]) -> None:
-        out += self.fields
+        plan = self.plan
+        request = self.request
+        collector = self.collector
+        if plan.on_response or collector is not None:
+            fields = _fields_of(out)
+            for change in plan.on_response:
+                change(request, status, fields)
+            if collector is not None and not collector.begin(status, fields):
+                self.collector = None
+            del out[1:]
+            out += (_field(n, v) for n, v in fields)
+        for extra in plan.response_headers:
+            out += (_field(n, v) for n, v in extra(request))
 
     def body(self, data: bytes) -> None:
-        pass  # nothing to keep: headers only
+        self.sent += len(data)
+        collector = self.collector
+        if collector is not None and not collector.feed(data):
+            self.collector = None
 
     def complete(self) -> None:
-        pass  # nothing to finish: headers only
+        collector = self.collector
+        if collector is not None:
+            self.collector = None
+            collector.finish()
+        self.front.observe(self.request, self.ex.status, self.sent, upstream=True, complete=True)
 
     def abandon(self) -> None:
-        pass  # nothing to undo: headers only
+        collector = self.collector
+        if collector is not None:
+            self.collector = None
+            collector.abandon()
+        # (a response the data plane answered itself, 502 or 504, says its status too)
+        ex = self.ex
+        self.front.observe(self.request, ex.status, self.sent, upstream=True, complete=False)
 
 
 @dataclass
 class GatewayFront:
     """Routes each request and runs its route's plan (see the module docstring)."""
 
-    #: finds the plan of a request (None: no route matches)
-    lookup: Callable[[GatewayRequest], Plan | None]
+    #: finds the route of a request (None: no route matches)
+    lookup: Callable[[GatewayRequest], Routed | None]
+    #: header fields no client may send (the gateway sets them: the consumer's identity)
+    strip: frozenset[str] = frozenset()
+    observer: Observer | None = None
     listener: GatewayListener | None = None
     _pending: dict[Exchange, asyncio.Task[None]] = field(default_factory=dict)
 
     # -- the data plane's calls --------------------------------------------------------
 
     def admit(self, ex: Exchange) -> None:
-        request, framing = _request(ex)
-        plan = self.lookup(request)
-        if plan is None:
-            self._answer(
-                ex,
-                LocalResponse.error(
-                    404,
-                    "no_route",
-                    f"no route matches {request.method} {request.host}{request.path}",
-                ),
-            )
+        request, framing = _request(ex, self.strip)
+        routed = self.lookup(request)
+        if routed is None:
+            self._answer(ex, request, not_found(request), None)
             return
+        plan = routed.plan
         request.route = plan.name
         if plan.answer is not None:
-            self._answer(ex, plan.answer)
+            self._answer(ex, request, plan.answer(request), plan)
             return
         for index, step in enumerate(plan.steps):
             outcome = step(request)
             if isinstance(outcome, LocalResponse):
-                self._answer(ex, outcome, request, plan)
+                self._release(request)
+                self._answer(ex, request, outcome, plan)
                 return
             if outcome is not None:  # it has to wait: the rest goes on in a task
                 listener = self.listener
                 assert listener is not None
                 task = listener.spawn(
-                    "gateway checks", self._finish(ex, request, framing, plan, outcome, index + 1)
+                    "gateway checks",
+                    self._finish(ex, request, framing, routed, outcome, index + 1),
                 )
                 self._pending[ex] = task
                 task.add_done_callback(lambda _t, ex=ex: self._pending.pop(ex, None))  # type: ignore[misc]
                 return
-        self._forward(ex, request, framing, plan)
+        self._forward(ex, request, framing, routed)
 
     @property
     def pending(self) -> int:
@@ -192,6 +251,13 @@ class GatewayFront:
         if task is not None:
             task.cancel()
 
+    def observe(
+        self, request: GatewayRequest, status: int, sent: int, *, upstream: bool, complete: bool
+    ) -> None:
+        observer = self.observer
+        if observer is not None:
+            observer.done(request, status, sent, upstream=upstream, complete=complete)
+
     # -- steps that wait ------------------------------------------------------------------
 
     async def _finish(
@@ -199,73 +265,104 @@ class GatewayFront:
         ex: Exchange,
         request: GatewayRequest,
         framing: list[tuple[str, str]],
-        plan: Plan,
+        routed: Routed,
         waiting: Awaitable[LocalResponse | None],
         rest: int,
     ) -> None:
+        plan = routed.plan
         outcome: LocalResponse | None
         try:
-            outcome = await waiting
-            for step in plan.steps[rest:]:
-                if outcome is not None:
-                    break
-                result = step(request)
-                outcome = await result if isinstance(result, Awaitable) else result
-        except asyncio.CancelledError:
+            try:
+                outcome = await waiting
+                for step in plan.steps[rest:]:
+                    if outcome is not None:
+                        break
+                    result = step(request)
+                    outcome = await result if isinstance(result, Awaitable) else result
+            except asyncio.CancelledError:
+                self._release(request)
+                raise
+            except Exception:
+                logger.exception("gateway route %s: a check failed", plan.name)
+                outcome = LocalResponse.error(500, "gateway_error", "a check of the request failed")
+            if ex.response_done or ex.down.closing:
+                self._release(request)
+                return
+            if outcome is not None:
+                self._release(request)
+                self._answer(ex, request, outcome, plan)
+            else:
+                self._forward(ex, request, framing, routed)
+        except BaseException:
+            self._release(request)
             raise
-        except Exception:
-            logger.exception("gateway route %s: a check failed", plan.name)
-            outcome = LocalResponse.error(500, "gateway_error", "a check of the request failed")
-        if ex.response_done or ex.down.closing:
-            return
-        if outcome is not None:
-            self._answer(ex, outcome, request, plan)
-        else:
-            self._forward(ex, request, framing, plan)
 
     # -- answers ----------------------------------------------------------------------------
 
+    @staticmethod
+    def _release(request: GatewayRequest) -> None:
+        """The request is not forwarded: a response it was to collect is not coming."""
+        collector = request.collector
+        if collector is not None:
+            request.collector = None
+            collector.abandon()
+
     def _answer(
-        self,
-        ex: Exchange,
-        response: LocalResponse,
-        request: GatewayRequest | None = None,
-        plan: Plan | None = None,
+        self, ex: Exchange, request: GatewayRequest, response: LocalResponse, plan: Plan | None
     ) -> None:
-        fields = [_field(name, value) for name, value in response.headers]
-        if request is not None and plan is not None:
+        fields = []
+        length = None
+        for name, value in response.headers:
+            lower = name.lower()
+            if lower in _ANSWER_FRAMING:
+                if lower == "content-length" and request.method == "HEAD":
+                    length = int(value)  # a stored GET's, answering a HEAD
+                continue
+            fields.append(_field(name, value))
+        if plan is not None:
             for extra in plan.response_headers:
                 fields += (_field(n, v) for n, v in extra(request))
-        ex.answer(response.status, fields, response.body)
+        ex.answer(response.status, fields, response.body, length)
+        self.observe(request, response.status, len(response.body), upstream=False, complete=True)
 
     def _forward(
         self,
         ex: Exchange,
         request: GatewayRequest,
         framing: list[tuple[str, str]],
-        plan: Plan,
+        routed: Routed,
     ) -> None:
-        forwardings = plan.forwardings
-        if len(forwardings) == 1:
-            fw = forwardings[0][0]
-        else:
-            assert plan.pick is not None
-            fw = plan.pick(forwardings)
+        plan = routed.plan
+        fw = routed.forwarding
+        assert fw is not None, f"route {plan.name} forwards nowhere"
         for change in plan.on_forward:
             change(request)
         target = plan.rewrite(request) if plan.rewrite is not None else request.target
         ex.head = _head(ex, request, framing, target)
-        fields: list[bytes] = []
-        for extra in plan.response_headers:
-            fields += (_field(n, v) for n, v in extra(request))
-        if fields:
-            tap: ResponseTap = _Tap(fields)
-            ex.tap = tap
+        ex.tap = _Tap(self, ex, request, plan)
         ex.forward(fw)
 
 
-def _request(ex: Exchange) -> tuple[GatewayRequest, list[tuple[str, str]]]:
-    """The request as plugins see it, and its framing fields (which they do not)."""
+def not_found(request: GatewayRequest) -> LocalResponse:
+    """The answer when no route takes a request: 404 with a JSON body."""
+    return LocalResponse.error(
+        404, "no_route", f"no route matches {request.method} {request.host}{request.path}"
+    )
+
+
+def _fields_of(out: list[bytes]) -> list[tuple[str, str]]:
+    """The header fields of a response head being written (after its status line)."""
+    fields = []
+    for line in b"".join(out[1:]).split(_CRLF):
+        if line:
+            name, _, value = line.partition(b":")
+            fields.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
+    return fields
+
+
+def _request(ex: Exchange, strip: frozenset[str]) -> tuple[GatewayRequest, list[tuple[str, str]]]:
+    """The request as plugins see it (without the fields in ``strip``), and its
+    framing fields (which they do not see)."""
     lines = ex.head.split(_CRLF)
     headers = Headers()
     framing: list[tuple[str, str]] = []
@@ -278,6 +375,8 @@ def _request(ex: Exchange) -> tuple[GatewayRequest, list[tuple[str, str]]]:
         text = value.strip().decode("latin-1")
         if key in _FRAMING:
             framing.append((key, text))
+            continue
+        if key in strip:
             continue
         if key == "host" and not host:
             host = text

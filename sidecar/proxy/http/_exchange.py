@@ -387,9 +387,12 @@ class Exchange:
             return
         self._begin()
 
-    def answer(self, status: int, fields: list[bytes], body: bytes) -> None:
+    def answer(
+        self, status: int, fields: list[bytes], body: bytes, length: int | None = None
+    ) -> None:
         """Answers the request here (a front's answer: a refusal, a cache hit);
-        ``fields`` are header lines, each ending in CRLF."""
+        ``fields`` are header lines, each ending in CRLF, without framing ones;
+        ``length`` the Content-Length when it is not the body's (see local_response)."""
         if self.response_done:
             return
         down = self.down
@@ -406,6 +409,7 @@ class Exchange:
                 close=close,
                 keep_alive_header=self.http10,
                 head_only=self.method == b"HEAD",
+                length=length,
             )
         )
         down.stats.responses[status_class(status)] += 1
@@ -835,6 +839,7 @@ class Exchange:
             down.close_after = True
         down.write(error_response(status, kind, text, close=close, keep_alive_header=self.http10))
         down.stats.responses[status_class(status)] += 1
+        self.status = status
         self.responded = True
         self._response_done()
 

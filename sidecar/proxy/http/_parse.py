@@ -312,10 +312,13 @@ def local_response(
     close: bool,
     keep_alive_header: bool = False,
     head_only: bool = False,
+    length: int | None = None,
 ) -> bytes:
     """A complete response made here: ``fields`` are header lines (each ending
     in CRLF; no Content-Length or Connection: this adds them), ``body`` the
-    body (not sent for a HEAD, ``head_only``)."""
+    body (not sent for a HEAD, ``head_only``; none with a 204 or 304);
+    ``length`` the Content-Length to declare when it is not the body's (a HEAD
+    answered for a stored GET)."""
     connection = b"connection: close\r\n" if close else b""
     if keep_alive_header and not close:
         connection = b"connection: keep-alive\r\n"
@@ -323,10 +326,13 @@ def local_response(
         (
             b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")),
             *fields,
-            b"content-length: %d\r\n" % len(body),
+            # (no Content-Length in a 1xx, 204 or 304 response: RFC 9110, 8.6)
+            b""
+            if status < 200 or status in (204, 304)
+            else b"content-length: %d\r\n" % (len(body) if length is None else length),
             connection,
             CRLF,
-            b"" if head_only else body,
+            b"" if head_only or status in (204, 304) else body,
         )
     )
 

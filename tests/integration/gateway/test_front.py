@@ -16,7 +16,7 @@ from aiohttp import web
 
 from sidecar.config import ProxyPolicy
 from sidecar.gateway.request import GatewayRequest, LocalResponse
-from sidecar.gateway.server import GatewayFront, GatewayListener, Plan, RouteForwarding
+from sidecar.gateway.server import GatewayFront, GatewayListener, Plan, Routed, RouteForwarding
 from sidecar.proxy._target import Target
 from tests.util import assert_eventually
 
@@ -87,15 +87,14 @@ async def gateway(backend: int) -> AsyncIterator[tuple[str, Gate, GatewayListene
 
     plan = Plan(
         name="api",
-        forwardings=[(fw, 1)],
         steps=[refuse, gate],
         rewrite=strip_api,
         on_forward=[lambda r: r.headers.set("x-from", "gateway")],
         response_headers=[lambda r: [("x-route", r.route)]],
     )
 
-    def lookup(request: GatewayRequest) -> Plan | None:
-        return plan if request.path.startswith("/api") else None
+    def lookup(request: GatewayRequest) -> Routed | None:
+        return Routed(plan, fw) if request.path.startswith("/api") else None
 
     front = GatewayFront(lookup)
     listener = GatewayListener("gw", "127.0.0.1:0", front, policy, routes=lambda: [fw])

@@ -1,0 +1,293 @@
+"""The gateway process: one object that owns every part of a running ``eco gateway``.
+
+::
+
+    Gateway
+    ├── Sidecar (no local services)   when routes name registry services: the agent
+    │                                 session, the endpoint cache on disk, one balancer
+    │                                 per service (it keeps serving from its cache
+    │                                 while the control plane is away)
+    ├── RoutePlans                    router, plugins, one target and pool per backend
+    ├── GatewayListener               the sidecar's HTTP data plane with the front
+    ├── RateLimitStore                the shared Redis, when a route's limit is global
+    ├── ResponseCache                 what routes with ``cache`` stored
+    ├── Observations                  metrics, the access log
+    └── admin (aiohttp)               /healthz, /metrics, /status, POST /cache/purge
+
+Start order: the sidecar (session, cache), the store, the plugins' own tasks
+(JWKS refresh), the admin port, then the listener; stop runs the other way,
+after draining the listener.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+from typing import Any
+
+from aiohttp import web
+
+from serving.http_limits import HttpLimits
+from serving.web_server import LimitedRunner
+from sidecar.app import Sidecar
+from sidecar.cache import UpstreamKey
+from sidecar.config import SidecarConfig, split_hostport
+from sidecar.errors import StartupError
+from sidecar.gateway.auth import ConsumerIndex
+from sidecar.gateway.cache import ResponseCache
+from sidecar.gateway.config import Backend, GatewayConfig, RouteConfig
+from sidecar.gateway.observe import AccessLog, Observations
+from sidecar.gateway.plugins import STRIPPED, RoutePlans
+from sidecar.gateway.ratelimit import LocalBuckets, RateLimitStore
+from sidecar.gateway.server import GatewayFront, GatewayListener
+from sidecar.proxy._target import Target
+
+__all__ = ["Gateway"]
+
+logger = logging.getLogger(__name__)
+
+_ADMIN_LIMITS = HttpLimits(max_connections=256, max_connections_per_ip=64)
+
+
+class Gateway:
+    """A running gateway (see the module docstring). ``async with Gateway(config)``."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        registry = {b.key: (route, b) for route, b in config.iter_backends() if not b.endpoints}
+        self.sidecar = Sidecar(self._sidecar_config(registry)) if registry else None
+        self._targets: dict[UpstreamKey, list[Target]] = {}
+        self.cache = ResponseCache(config.cache)
+        self.buckets = LocalBuckets()
+        self.store = (
+            RateLimitStore(config.rate_limit_store) if config.rate_limit_store is not None else None
+        )
+        self.plans = RoutePlans(
+            config,
+            targets=self._target,
+            consumers=ConsumerIndex(config.consumers),
+            cache=self.cache,
+            buckets=self.buckets,
+            store=self.store,
+        )
+        self.observations = Observations(
+            AccessLog(config.access_log) if config.access_log is not None else None
+        )
+        self.front = GatewayFront(self.plans.lookup, strip=STRIPPED, observer=self.observations)
+        self.listener = GatewayListener(
+            "gateway",
+            config.listen,
+            self.front,
+            config.policy,  # (its listener keys: head limits, connection caps)
+            routes=self.plans.forwardings,
+            ssl_context=self._ssl_context(),
+        )
+        if self.sidecar is not None:
+            self.sidecar.on_endpoints_changed.append(self._endpoints_changed)
+        self._admin: LimitedRunner | None = None
+        self.admin_address = ""
+        self._started = False
+
+    # -- the parts -------------------------------------------------------------------------
+
+    def _sidecar_config(
+        self, registry: dict[UpstreamKey, tuple[RouteConfig, Backend]]
+    ) -> SidecarConfig:
+        config = self.config
+        assert config.controlplane is not None, "checked by the configuration"
+        upstreams = []
+        for (namespace, service), (route, backend) in registry.items():
+            # One balancer per service, with the policy of the first route naming it.
+            upstream = route.upstream_config(backend).model_dump(
+                exclude_unset=True, exclude={"protocol", "listen"}
+            )
+            upstreams.append({**upstream, "service": service, "namespace": namespace})
+        return SidecarConfig.model_validate(
+            {
+                "node": {"id": f"{socket.gethostname()}-gateway"[:128]},
+                "controlplane": config.controlplane.model_dump(),
+                "data_dir": str(config.data_dir),
+                "local_api": "127.0.0.1:0",
+                "admin": None,
+                "upstreams": upstreams,
+            }
+        )
+
+    def _target(self, route: RouteConfig, backend: Backend) -> Target:
+        name = backend.service if backend.key[0] == "default" else "/".join(backend.key)
+        policy = route.upstream_config(backend)
+        if backend.endpoints:
+            addresses = [split_hostport(e) for e in backend.endpoints]
+            return Target.fixed(name, policy, addresses, balancer=policy.balancer)
+        assert self.sidecar is not None
+        target = Target(name, policy, self.sidecar.router.balancer(backend.key))
+        self._targets.setdefault(backend.key, []).append(target)
+        return target
+
+    def _endpoints_changed(self, key: UpstreamKey) -> None:
+        for target in self._targets.get(key, ()):
+            target.sync()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.config.tls
+        if tls is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_alpn_protocols(["http/1.1"])
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+            cas = self.config.client_ca_files
+            for ca in cas:
+                context.load_verify_locations(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"tls: {exc}") from None
+        if cas:
+            context.verify_mode = ssl.CERT_OPTIONAL  # each mtls route checks its own
+        return context
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("a gateway can be started once")
+        self._started = True
+        try:
+            if self.sidecar is not None:
+                await self.sidecar.start()
+            if self.store is not None:
+                await self.store.start()
+            await self.plans.start()
+            if self.config.admin is not None:
+                await self._start_admin(self.config.admin)
+            await self.listener.start()
+        except BaseException:
+            await self.stop()
+            raise
+        logger.info(
+            "gateway on %s://%s: %d route(s)%s",
+            "https" if self.config.tls else "http",
+            self.listener.address,
+            len(self.config.routes),
+            f", admin http://{self.admin_address}" if self.admin_address else "",
+        )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.listener.drain(grace)
+        if self._admin is not None:
+            await self._admin.cleanup()
+            self._admin = None
+        await self.plans.close()
+        if self.store is not None:
+            await self.store.close()
+        if self.sidecar is not None:
+            await self.sidecar.stop()
+        if self.observations.access_log is not None:
+            self.observations.access_log.close()
+
+    @property
+    def address(self) -> str:
+        return self.listener.address
+
+    # -- admin -------------------------------------------------------------------------------
+
+    async def _start_admin(self, listen: str) -> None:
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
+        app.router.add_post("/cache/purge", self._purge)
+        runner = LimitedRunner(app, _ADMIN_LIMITS, name="gateway admin", logger=logger)
+        await runner.setup()
+        self._admin = runner
+        host, port = split_hostport(listen, allow_zero=True)
+        try:
+            await runner.site(host, port, reuse_address=True).start()
+        except OSError as exc:
+            raise StartupError(f"admin: cannot listen on {listen}: {exc.strerror}") from None
+        bound_host, bound_port = runner.addresses[0][:2]
+        self.admin_address = f"{bound_host}:{bound_port}"
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.Response(text="SERVING\n")
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.observations.render(), content_type="text/plain", charset="utf-8"
+        )
+
+    async def _status(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.status(), dumps=lambda v: json.dumps(v, indent=2))
+
+    async def _purge(self, request: web.Request) -> web.Response:
+        route = request.query.get("route", "")
+        if route not in {r.name for r in self.config.routes}:
+            return web.json_response(
+                {"error": "unknown_route", "message": f"no route {route!r}"}, status=404
+            )
+        path = request.query.get("path") or None
+        return web.json_response(
+            {"route": route, "path": path, "purged": self.cache.purge(route, path)}
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` document: the listener, each route with its upstreams, the cache."""
+        sidecar = self.sidecar
+        routes = []
+        for route in self.config.routes:
+            backends = []
+            for backend in route.backends:
+                fw = self.plans.forwarding(route.name, backend.key)
+                backends.append(
+                    {
+                        "service": backend.service,
+                        "namespace": backend.namespace or "default",
+                        "weight": backend.weight,
+                        "endpoints": [f"{host}:{port}" for host, port in sorted(fw.addresses())],
+                    }
+                )
+            routes.append(
+                {
+                    "name": route.name,
+                    "match": route.match.model_dump(mode="json", exclude_defaults=True),
+                    "plugins": list(route.plugins.names),
+                    "backends": backends,
+                    "redirect": route.redirect is not None,
+                }
+            )
+        stats = self.cache.stats()
+        return {
+            "listener": self.listener.status(),
+            "controlplane": None
+            if sidecar is None
+            else {"connected": sidecar.connected, "stale": sidecar.stale},
+            "routes": routes,
+            "cache": {
+                "entries": stats.entries,
+                "bytes": stats.bytes,
+                "hits": stats.hits,
+                "misses": stats.misses,
+            },
+            "rate_limit_store": None
+            if self.store is None
+            else {"url": _redacted(str(self.config.rate_limit_store.url))},  # type: ignore[union-attr]
+        }
+
+
+def _redacted(url: str) -> str:
+    """A URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user + ':***@' if user else '***@'}{host}"
