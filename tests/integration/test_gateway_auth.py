@@ -1,6 +1,7 @@
-"""The jwt plugin against a real JWKS server on 127.0.0.1 whose keys rotate.
+"""Authentication against real servers: the jwt plugin and a JWKS server on
+127.0.0.1 whose keys rotate; the mtls plugin behind a real TLS handshake.
 
-The server counts the fetches, so each test can say how often the gateway
+The JWKS server counts the fetches, so each test can say how often the gateway
 went to the identity provider: once on a rotated key, not at all for a
 flood of made-up key ids, at the pace of ``Cache-Control: max-age`` (within
 bounds), and less and less often while the provider is failing.
@@ -9,21 +10,27 @@ bounds), and less and less often while the provider is failing.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import jwt as pyjwt
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jwt.algorithms import ECAlgorithm
 
-from sidecar.gateway.auth import ConsumerIndex, JwtAuth, JwtConfig
+from sidecar.gateway.auth import ConsumerIndex, JwtAuth, JwtConfig, MtlsAuth, MtlsConfig
 from sidecar.gateway.request import GatewayRequest, Headers, LocalResponse
+from tests.harness.certs import TestCA
 from tests.util import assert_eventually, assert_stays
 
 
@@ -289,3 +296,81 @@ async def test_a_local_key_without_kid_does_not_hide_the_jwks(idp: JwksServer) -
         assert req.consumer is not None and req.consumer.name == "bob"
     finally:
         await auth.close()
+
+
+def _client_certificate(ca: TestCA, cn: str, directory: Path) -> tuple[Path, Path]:
+    """A client certificate (clientAuth) that ``ca`` signs: its cert and key files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / f"{cn}.pem", directory / f"{cn}-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_mtls_over_a_real_handshake_each_route_trusts_its_own_ca(tmp_path: Path) -> None:
+    """The listener's side as docs/gateway.md describes it: the handshake asks
+    for a certificate (CERT_OPTIONAL) and trusts every mtls route's CA; each
+    route's plugin then admits its own CA's clients only."""
+    server_ca = TestCA.create(tmp_path / "server", "server-ca")
+    partners = TestCA.create(tmp_path / "partners", "partners-ca")
+    staff = TestCA.create(tmp_path / "staff", "staff-ca")
+    server_cert, server_key = server_ca.issue_server("gateway")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server_cert, server_key)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    for ca in (partners, staff):
+        context.load_verify_locations(ca.cert_file)
+
+    partner_route = MtlsAuth(MtlsConfig(ca_file=partners.cert_file), ConsumerIndex())
+    staff_route = MtlsAuth(MtlsConfig(ca_file=staff.cert_file), ConsumerIndex())
+    answers: list[tuple[int, int, str]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        statuses = []
+        for route in (partner_route, staff_route):
+            req = GatewayRequest(method="GET", host="h", path="/", peer_certificate=der)
+            answer = await route.authenticate(req)
+            statuses.append(200 if answer is None else answer.status)
+        name = req.consumer.name if req.consumer is not None else ""
+        answers.append((statuses[0], statuses[1], name))
+        writer.write(b"done")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for ca, cn in ((partners, "acme"), (staff, "dana"), (None, "")):
+            client = ssl.create_default_context(cafile=server_ca.cert_file)
+            if ca is not None:
+                client.load_cert_chain(*_client_certificate(ca, cn, tmp_path))
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client, server_hostname="localhost"
+            )
+            assert await reader.read() == b"done"
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert answers == [(200, 401, ""), (401, 200, "dana"), (401, 401, "")]
