@@ -17,13 +17,13 @@ from typing import Any
 import click
 import yaml
 from ecosystem.v1 import gateway_pb2 as gpb
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
 import sdk
 from eco._output import emit, render_table
 from eco._settings import Settings, data_options, pass_settings
-from sdk.lowlevel import Transport, client_channels
+from sdk.lowlevel import Transport, client_channels, struct_to_dict
 
 __all__ = ["route"]
 
@@ -56,20 +56,8 @@ def _call(settings: Settings, method: str, request: Message) -> Any:
     return asyncio.run(main())
 
 
-def _plain(value: Any) -> Any:
-    """A spec read back from the control plane with whole numbers as integers
-    (JSON numbers travel as doubles: ``weight: 90`` comes back 90.0)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
-
-
 def _dict(item: gpb.Route) -> dict[str, Any]:
-    spec = _plain(json_format.MessageToDict(item.spec))
+    spec = struct_to_dict(item.spec)
     return {
         "name": item.name,
         "group": item.group,

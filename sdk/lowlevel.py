@@ -13,9 +13,12 @@ application needs — start with :class:`sdk.AsyncClient`.
 - :class:`PublishBatcher`, :class:`AckBatcher`: coalesce concurrent publishes
   and acks into ``PublishBatch`` and ``Ack`` calls; :func:`publish_request`
   builds one ``PublishRequest``.
+- :func:`struct_to_dict`: a ``google.protobuf.Struct`` (a stored route's
+  spec) as plain JSON values, whole numbers as integers.
 """
 
 from sdk._retry import Backoff
+from sdk._struct import struct_to_dict
 from sdk._transport import Transport, client_channels
 from sdk.bus import AckBatcher, PublishBatcher, publish_request
 
@@ -26,4 +29,5 @@ __all__ = [
     "Transport",
     "client_channels",
     "publish_request",
+    "struct_to_dict",
 ]

@@ -30,7 +30,7 @@ import importlib.metadata
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -53,6 +53,7 @@ from sidecar.config import (
     AmqpBridgeConfig,
     LocalServiceConfig,
     SidecarConfig,
+    UpstreamConfig,
     metadata_fits,
 )
 from sidecar.errors import BadRequestError, StartupError, UnknownInstanceError, UnknownServiceError
@@ -314,7 +315,7 @@ class Sidecar:
             ),
             instances=self.local_instances,
             on_update=self._apply_update,
-            subscriptions=[ServiceRef(u.service, u.namespace) for u in config.upstreams],
+            subscriptions=self._subscriptions(),
             token=config.controlplane.secret,
             grace=config.grace,
             deregister_critical_after=config.deregister_critical_after,
@@ -337,6 +338,20 @@ class Sidecar:
             self._local_api.address,
             self.admin_address or "off",
         )
+
+    def _subscriptions(self) -> list[ServiceRef]:
+        return [ServiceRef(service, namespace) for namespace, service in self.router.keys]
+
+    def add_upstreams(self, upstreams: Sequence[UpstreamConfig]) -> list[UpstreamKey]:
+        """Follows more services than the configuration named (a gateway whose
+        routes changed): their balancers, a place in the endpoint cache, and a
+        subscription on the session. Returns the keys that were new."""
+        added = [u.key for u in upstreams if self.router.add(u)]
+        for key in added:
+            self.cache.add(key)
+        if added and self._session is not None:
+            self._session.set_subscriptions(self._subscriptions())
+        return added
 
     def _guard_of(self, listener: str) -> Guard | None:
         """The guard of ``listener`` (a key of the configuration) when it is off loopback."""

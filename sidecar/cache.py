@@ -173,6 +173,15 @@ class EndpointCache:
             self._generations[key] += 1
         self._broadcast()
 
+    def add(self, key: UpstreamKey) -> bool:
+        """Keeps endpoints of one more upstream (empty until an update names it);
+        False when it is one already."""
+        if key in self._states:
+            return False
+        self._states[key] = UpstreamState(key)
+        self._generations[key] = 0
+        return True
+
     # -- applying updates ------------------------------------------------------------
 
     def prepare(self, update: EndpointUpdate) -> dict[UpstreamKey, tuple[Instance, ...]]:

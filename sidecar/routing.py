@@ -66,15 +66,10 @@ class Router:
         pick_ttl: float = PICK_TTL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        locality = Locality(zone=node.zone, region=node.region)
+        self._locality = Locality(zone=node.zone, region=node.region)
         self._upstreams: dict[UpstreamKey, _Upstream] = {}
         for config in upstreams:
-            options = dict(config.options)
-            if config.locality and (node.zone or node.region):
-                balancer: Balancer = make_balancer(config.balancer, locality=locality, **options)
-            else:
-                balancer = make_balancer(config.balancer, **options)
-            self._upstreams[config.key] = _Upstream(config, balancer)
+            self.add(config)
         self._picks: OrderedDict[str, Pick] = OrderedDict()
         self._max_picks = max_picks
         self._pick_ttl = pick_ttl
@@ -83,6 +78,20 @@ class Router:
         self._counter = itertools.count(1)
         #: Picks released without a report (evicted or expired), for metrics.
         self.picks_expired = 0
+
+    def add(self, config: UpstreamConfig) -> bool:
+        """A balancer for one more upstream (empty until endpoints come); False
+        when the upstream has one already (its balancer is kept)."""
+        if config.key in self._upstreams:
+            return False
+        options = dict(config.options)
+        locality = self._locality
+        if config.locality and (locality.zone or locality.region):
+            balancer: Balancer = make_balancer(config.balancer, locality=locality, **options)
+        else:
+            balancer = make_balancer(config.balancer, **options)
+        self._upstreams[config.key] = _Upstream(config, balancer)
+        return True
 
     @property
     def keys(self) -> tuple[UpstreamKey, ...]:
