@@ -38,6 +38,7 @@ from sidecar.gateway.auth import (
 )
 from sidecar.gateway.cache import CacheConfig, ResponseCache
 from sidecar.gateway.config import (
+    DEFAULT_MAX_BODY,
     Backend,
     CorsConfig,
     GatewayConfig,
@@ -51,6 +52,7 @@ from sidecar.gateway.ratelimit import refusal as rate_limit_refusal
 from sidecar.gateway.request import GatewayRequest, LocalResponse
 from sidecar.gateway.router import Router, redirect_response, rewrite_path
 from sidecar.gateway.server import Plan, Routed, RouteForwarding, Step
+from sidecar.gateway.transform import is_json, transform_json
 from sidecar.proxy._target import Target
 
 __all__ = ["RoutePlans", "TargetFactory"]
@@ -144,10 +146,13 @@ class RoutePlans:
             cors = _Cors(plugins.cors)
             steps.append(cors.preflight)
             response_headers.append(cors.headers)
+        body_limit = 0
         auth = self._auth(route)
         if auth is not None:
             steps.append(auth.authenticate)
             on_forward.append(_add_identity)
+            if auth.needs_body:  # (a signed request's digest is checked against its body)
+                body_limit = DEFAULT_MAX_BODY
         if plugins.allow is not None:
             steps.append(ConsumerAllowList(plugins.allow).authorize)
         if plugins.rate_limit:
@@ -162,8 +167,11 @@ class RoutePlans:
             steps.append(_cache_step(self.cache, plugins.cache, timeout))
             response_headers.append(_cache_headers)
             on_response.append(_invalidate(self.cache))
-        if plugins.request_transform is not None:
-            on_forward.append(_request_transform(plugins.request_transform))
+        transform = plugins.request_transform
+        if transform is not None:
+            on_forward.append(_request_transform(transform))
+            if transform.json_body is not None:  # (the smallest limit of those that read it)
+                body_limit = min(body_limit or transform.max_body, transform.max_body)
         if plugins.response_transform is not None:
             on_response.append(_response_transform(plugins.response_transform))
         rewrite = None
@@ -180,6 +188,7 @@ class RoutePlans:
             on_forward=on_forward,
             response_headers=response_headers,
             on_response=on_response,
+            body_limit=body_limit,
         )
 
     def _auth(self, route: RouteConfig) -> AuthChain | None:
@@ -275,6 +284,11 @@ def _request_transform(config: RequestTransformConfig) -> Callable[[GatewayReque
             ]
             fields += config.set_query.items()
             request.query = urlencode(fields)
+        json_body = config.json_body
+        if json_body is not None and request.body and is_json(headers.get("content-type")):
+            changed = transform_json(request.body, json_body)
+            if changed is not None:
+                request.body = changed
 
     return change
 

@@ -31,7 +31,7 @@ from sidecar.config import ProxyPolicy
 from sidecar.gateway.request import Collector, GatewayRequest, Headers, LocalResponse
 from sidecar.proxy._target import Target
 from sidecar.proxy.http import HttpListener
-from sidecar.proxy.http._exchange import Exchange
+from sidecar.proxy.http._exchange import BODY_KEEP, Exchange
 from sidecar.proxy.http._parse import IDEMPOTENT
 from sidecar.proxy.http._pool import UpstreamPool
 
@@ -124,6 +124,9 @@ class Plan:
     on_response: Sequence[Callable[[GatewayRequest, int, list[tuple[str, str]]], None]] = ()
     #: the route answers every request itself (a redirect)
     answer: Callable[[GatewayRequest], LocalResponse] | None = None
+    #: a step reads the request's body (``request.body``), of at most this many
+    #: bytes (413 past it); 0: none does, the body streams through
+    body_limit: int = 0
 
 
 class Observer(Protocol):
@@ -209,6 +212,10 @@ class GatewayFront:
     observer: Observer | None = None
     listener: GatewayListener | None = None
     _pending: dict[Exchange, asyncio.Task[None]] = field(default_factory=dict)
+    #: requests whose checks wait for their body: what they had when they stopped
+    _awaiting: dict[Exchange, tuple[GatewayRequest, list[tuple[str, str]], Routed]] = field(
+        default_factory=dict
+    )
 
     # -- the data plane's calls --------------------------------------------------------
 
@@ -223,6 +230,49 @@ class GatewayFront:
         if plan.answer is not None:
             self._answer(ex, request, plan.answer(request), plan)
             return
+        if plan.body_limit and _has_body(framing):
+            if not ex.complete and ex.body_len <= plan.body_limit:
+                # The checks read the body: they run once it is here (body_ready).
+                ex.hold = plan.body_limit
+                self._awaiting[ex] = (request, framing, routed)
+                return
+            if not self._take_body(ex, request, plan):
+                return
+        self._run(ex, request, framing, routed)
+
+    def body_ready(self, ex: Exchange) -> None:
+        waiting = self._awaiting.pop(ex, None)
+        if waiting is None:
+            return
+        request, framing, routed = waiting
+        if self._take_body(ex, request, routed.plan):
+            self._run(ex, request, framing, routed)
+
+    def _take_body(self, ex: Exchange, request: GatewayRequest, plan: Plan) -> bool:
+        """The body in ``request.body``; False (answered 413) when it is over the limit."""
+        if ex.body_len > plan.body_limit:
+            self._answer(
+                ex,
+                request,
+                LocalResponse.error(
+                    413,
+                    "body_too_large",
+                    f"route {plan.name} reads request bodies of at most {plan.body_limit} bytes",
+                ),
+                plan,
+            )
+            return False
+        request.body = b"".join(ex.body)
+        return True
+
+    def _run(
+        self,
+        ex: Exchange,
+        request: GatewayRequest,
+        framing: list[tuple[str, str]],
+        routed: Routed,
+    ) -> None:
+        plan = routed.plan
         for index, step in enumerate(plan.steps):
             outcome = step(request)
             if isinstance(outcome, LocalResponse):
@@ -247,6 +297,7 @@ class GatewayFront:
         return len(self._pending)
 
     def cancelled(self, ex: Exchange) -> None:
+        self._awaiting.pop(ex, None)
         task = self._pending.pop(ex, None)
         if task is not None:
             task.cancel()
@@ -335,12 +386,29 @@ class GatewayFront:
         plan = routed.plan
         fw = routed.forwarding
         assert fw is not None, f"route {plan.name} forwards nowhere"
+        body = request.body
         for change in plan.on_forward:
             change(request)
+        if request.body is not body and request.body is not None:
+            # A transform wrote a new body: it goes whole, with its own length.
+            new = request.body
+            ex.body = [new] if new else []
+            ex.body_len = len(new)
+            ex.chunked = False
+            ex.trailers = None
+            ex.replayable = len(new) <= BODY_KEEP
+            framing = [("content-length", str(len(new)))]
         target = plan.rewrite(request) if plan.rewrite is not None else request.target
         ex.head = _head(ex, request, framing, target)
         ex.tap = _Tap(self, ex, request, plan)
         ex.forward(fw)
+
+
+def _has_body(framing: list[tuple[str, str]]) -> bool:
+    for name, value in framing:
+        if name == "transfer-encoding" or (name == "content-length" and value.strip() != "0"):
+            return True
+    return False
 
 
 def not_found(request: GatewayRequest) -> LocalResponse:

@@ -136,9 +136,13 @@ class Front(Protocol):
     """Decides about each request before it is forwarded (a gateway: routing,
     authentication, limits, its cache). ``admit`` ends, now or later, with
     exactly one of ``ex.forward(fw)`` and ``ex.answer(...)``, unless
-    ``cancelled(ex)`` comes first (the client went away)."""
+    ``cancelled(ex)`` comes first (the client went away). A front that needs
+    the request's body first sets ``ex.hold`` (the most bytes it reads):
+    ``body_ready(ex)`` comes once the body is complete, or is over that."""
 
     def admit(self, ex: Exchange) -> None: ...
+
+    def body_ready(self, ex: Exchange) -> None: ...
 
     def cancelled(self, ex: Exchange) -> None: ...
 
@@ -170,6 +174,7 @@ class Exchange:
         "has_request_id",
         "head",
         "head_done",
+        "hold",
         "hosts",
         "http10",
         "in_interim",
@@ -208,6 +213,8 @@ class Exchange:
         self.fw: Forwarding | None = listener if listener.front is None else None
         #: the gateway's view of the response (None: nobody looks)
         self.tap: ResponseTap | None = None
+        #: body bytes a front waits for before it routes the request (0: none)
+        self.hold = 0
         # the request, as parsed
         self.out: list[bytes] = [b""]
         self.url = b""
@@ -345,11 +352,23 @@ class Exchange:
         else:
             self.body.append(chunk)
             self.body_len += len(chunk)
-            if self.body_len > BODY_KEEP and self.started:
+            hold = self.hold
+            if hold:
+                if self.body_len > hold:
+                    self._body_held()  # over what the front reads: it answers
+            elif self.body_len > BODY_KEEP and self.started:
                 self.down.pause(P_WAIT)
+
+    def _body_held(self) -> None:
+        self.hold = 0
+        front = self.down.listener.front
+        assert front is not None
+        front.body_ready(self)
 
     def request_complete(self) -> None:
         self.complete = True
+        if self.hold:
+            self._body_held()
         conn = self.upstream
         if conn is not None and self.chunked:
             conn.write(last_chunk(self.trailers))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from multidict import CIMultiDict
 
 import controlplane.testing
 from sidecar.gateway.app import Gateway
+from sidecar.gateway.auth import sign
+from sidecar.gateway.request import GatewayRequest, Headers
 from sidecar.gateway.config import parse_config
 from tests.harness.redis import RedisServer
 from tests.util import assert_eventually
@@ -72,6 +75,8 @@ async def backends() -> AsyncIterator[dict[str, Backend]]:
         await backend.stop()
 
 
+HMAC_SECRET = "a secret of 16 characters or more"
+
 GATEWAY = """
 listen: "127.0.0.1:0"
 admin: "127.0.0.1:0"
@@ -80,7 +85,7 @@ data_dir: "{data}"
 access_log: "{log}"
 rate_limit_store: {{url: "{redis}"}}
 consumers:
-  - {{name: alice, api_keys: ["k-alice-0001"]}}
+  - {{name: alice, api_keys: ["k-alice-0001"], hmac_secrets: {{alice-key: "{hmac_secret}"}}}}
   - {{name: bob, api_keys: ["k-bob-0000001"]}}
 routes:
   - name: orders
@@ -103,6 +108,15 @@ routes:
     plugins:
       cache: {{ttl: 30s}}
       cors: {{origins: ["https://app.example.com"]}}
+  - name: signed
+    match: {{path_prefix: /signed}}
+    upstream: static
+    endpoints: ["127.0.0.1:{static}"]
+    plugins:
+      hmac: {{}}
+      request_transform:
+        json_body: {{remove: [password], rename: {{userName: user_name}}, set: {{meta.via: gateway}}}}
+        max_body: 1000
   - name: old
     match: {{path: /old}}
     redirect: {{path: /cached/new, status: 301}}
@@ -123,6 +137,7 @@ async def gateway(
             log=tmp_path / "access.log",
             redis=redis_server.url,
             static=backends["static"].port,
+            hmac_secret=HMAC_SECRET,
         )
         async with Gateway(parse_config(text)) as gw:
 
@@ -249,7 +264,7 @@ async def test_the_access_log_metrics_and_status(gateway: tuple[Gateway, Path]) 
         assert 'eco_gateway_requests_total{code="200",route="orders"} 1.0' in metrics
         status, _, doc = await fetch(http, "GET", f"http://{gw.admin_address}/status")
         names = [r["name"] for r in doc["routes"]]
-        assert names == ["orders", "split", "cached", "old"]
+        assert names == ["orders", "split", "cached", "signed", "old"]
         assert doc["controlplane"]["connected"] is True
 
     def logged() -> list[dict[str, Any]]:
@@ -263,3 +278,52 @@ async def test_the_access_log_metrics_and_status(gateway: tuple[Gateway, Path]) 
         ("orders", 200, "alice"),
     ]
     assert "k-alice-0001" not in log.read_text()
+
+
+async def test_a_signed_request_with_a_body_and_a_json_body_transform(
+    gateway: tuple[Gateway, Path],
+) -> None:
+    gw, _ = gateway
+    host, _, port = gw.address.rpartition(":")
+    body = json.dumps({"userName": "al", "password": "p", "n": 1}).encode()
+
+    def signed(payload: bytes, path: str = "/signed/users") -> dict[str, str]:
+        request = GatewayRequest(
+            "POST", host, path, headers=Headers([("host", gw.address)]), body=payload
+        )
+        request.headers.set("content-type", "application/json")
+        components = ("@method", "@authority", "@path", "content-digest")
+        nonce = secrets.token_hex(8)
+        sig_input, signature = sign(
+            request, "alice-key", HMAC_SECRET.encode(), components=components, nonce=nonce
+        )
+        return {
+            **dict(request.headers.items()),
+            "signature-input": sig_input,
+            "signature": signature,
+        }
+
+    url = f"http://{gw.address}/signed/users"
+    async with aiohttp.ClientSession() as http:
+        status, _, answer = await fetch(http, "POST", url, data=body, headers=signed(body))
+        assert status == 200, answer
+        sent = json.loads(answer["body"])
+        assert sent == {"user_name": "al", "n": 1, "meta": {"via": "gateway"}}
+        # The digest covers the body as sent: another body is refused.
+        headers = signed(body)
+        status, _, answer = await fetch(http, "POST", url, data=body + b" ", headers=headers)
+        assert status == 401, answer
+        # A body over the route's max_body is refused before it is all read.
+        big = json.dumps({"x": "y" * 2000}).encode()
+        status, _, answer = await fetch(http, "POST", url, data=big, headers=signed(big))
+        assert status == 413 and answer["error"] == "body_too_large"
+        # Chunked: the whole body is read, checked and forwarded with its new length.
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield body[:10]
+            yield body[10:]
+
+        headers = signed(body)
+        status, _, answer = await fetch(http, "POST", url, data=chunks(), headers=headers)
+        assert status == 200, answer
+        assert json.loads(answer["body"])["user_name"] == "al"
