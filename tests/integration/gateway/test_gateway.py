@@ -20,8 +20,8 @@ from multidict import CIMultiDict
 import controlplane.testing
 from sidecar.gateway.app import Gateway
 from sidecar.gateway.auth import sign
-from sidecar.gateway.request import GatewayRequest, Headers
 from sidecar.gateway.config import parse_config
+from sidecar.gateway.request import GatewayRequest, Headers
 from tests.harness.redis import RedisServer
 from tests.util import assert_eventually
 
@@ -115,7 +115,10 @@ routes:
     plugins:
       hmac: {{}}
       request_transform:
-        json_body: {{remove: [password], rename: {{userName: user_name}}, set: {{meta.via: gateway}}}}
+        json_body:
+          remove: [password]
+          rename: {{userName: user_name}}
+          set: {{meta.via: gateway}}
         max_body: 1000
   - name: old
     match: {{path: /old}}
@@ -284,7 +287,7 @@ async def test_a_signed_request_with_a_body_and_a_json_body_transform(
     gateway: tuple[Gateway, Path],
 ) -> None:
     gw, _ = gateway
-    host, _, port = gw.address.rpartition(":")
+    host = gw.address.rpartition(":")[0]
     body = json.dumps({"userName": "al", "password": "p", "n": 1}).encode()
 
     def signed(payload: bytes, path: str = "/signed/users") -> dict[str, str]:
