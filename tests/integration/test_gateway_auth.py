@@ -21,74 +21,16 @@ from typing import Any
 
 import jwt as pyjwt
 import pytest
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from jwt.algorithms import ECAlgorithm
 
 from sidecar.gateway.auth import ConsumerIndex, JwtAuth, JwtConfig, MtlsAuth, MtlsConfig
 from sidecar.gateway.request import GatewayRequest, Headers, LocalResponse
 from tests.harness.certs import TestCA
+from tests.harness.jwks import JwksServer, SigningKey
 from tests.util import assert_eventually, assert_stays
-
-
-class SigningKey:
-    def __init__(self, kid: str) -> None:
-        self.kid = kid
-        self.private = ec.generate_private_key(ec.SECP256R1())
-
-    def jwk(self) -> dict[str, Any]:
-        found = dict(ECAlgorithm.to_jwk(self.private.public_key(), as_dict=True))
-        return {**found, "kid": self.kid, "use": "sig", "alg": "ES256"}
-
-    def token(self, kid: str | None = None, **claims: Any) -> str:
-        payload = {"sub": "alice", "iss": "https://idp.test/", "exp": int(time.time()) + 300}
-        return pyjwt.encode(
-            {**payload, **claims}, self.private, "ES256", headers={"kid": kid or self.kid}
-        )
-
-
-class JwksServer:
-    """An identity provider's JWKS endpoint whose keys, status and max-age tests change."""
-
-    def __init__(self) -> None:
-        self.keys: list[SigningKey] = []
-        self.status = 200
-        self.max_age: int | None = None
-        self.padding = 0  # bytes of filler, to make the document too big
-        self.fetches = 0
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/jwks.json", self._serve)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/jwks.json"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _serve(self, request: web.Request) -> web.Response:
-        self.fetches += 1
-        if self.status != 200:
-            return web.Response(status=self.status, text="identity provider unavailable")
-        document: dict[str, Any] = {"keys": [k.jwk() for k in self.keys]}
-        if self.padding:
-            document["filler"] = "x" * self.padding
-        headers = {}
-        if self.max_age is not None:
-            headers["cache-control"] = f"public, max-age={self.max_age}"
-        return web.Response(
-            body=json.dumps(document).encode(), content_type="application/json", headers=headers
-        )
 
 
 @pytest.fixture
