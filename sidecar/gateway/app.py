@@ -25,10 +25,14 @@ import json
 import logging
 import socket
 import ssl
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
+from sdk import tls_channel_factory
 from serving.http_limits import HttpLimits
 from serving.web_server import LimitedRunner
 from sidecar.app import Sidecar
@@ -41,7 +45,8 @@ from sidecar.gateway.config import Backend, GatewayConfig, RouteConfig
 from sidecar.gateway.observe import AccessLog, Observations
 from sidecar.gateway.plugins import STRIPPED, RoutePlans
 from sidecar.gateway.ratelimit import LocalBuckets, RateLimitStore
-from sidecar.gateway.server import GatewayFront, GatewayListener
+from sidecar.gateway.routes import RouteWatcher, load_routes
+from sidecar.gateway.server import GatewayFront, GatewayListener, RouteForwarding
 from sidecar.proxy._target import Target
 
 __all__ = ["Gateway"]
@@ -55,19 +60,46 @@ class Gateway:
     """A running gateway (see the module docstring). ``async with Gateway(config)``."""
 
     def __init__(self, config: GatewayConfig) -> None:
+        #: the configuration file's
+        self.file_config = config
+        #: the stored routes served, by name, and those refused (name → why)
+        self.stored: dict[str, dict[str, Any]] = {}
+        self.refused: dict[str, str] = {}
+        self._watcher: RouteWatcher | None = None
+        if config.controlplane_routes is not None:
+            specs, revision, store_id = load_routes(config.data_dir)
+            config = self._merged(specs)
+            link = config.controlplane
+            assert link is not None, "checked by the configuration"
+            self._watcher = RouteWatcher(
+                tuple(link.addresses),
+                self._routes_changed,
+                group=config.controlplane_routes.group,  # type: ignore[union-attr]
+                token=link.secret,
+                channel_factory=tls_channel_factory(link.ca_file) if link.ca_file else None,
+                data_dir=config.data_dir,
+                routes=specs,
+                revision=revision,
+                store_id=store_id,
+            )
+        #: the configuration served: the file's, with the stored routes
         self.config = config
         registry = {b.key: (route, b) for route, b in config.iter_backends() if not b.endpoints}
-        self.sidecar = Sidecar(self._sidecar_config(registry)) if registry else None
+        follows = registry or config.controlplane_routes is not None
+        self.sidecar = Sidecar(self._sidecar_config(registry)) if follows else None
+        #: forwardings of earlier route sets still carrying requests (their pools swept)
+        self._retired: list[RouteForwarding] = []
         self._targets: dict[UpstreamKey, list[Target]] = {}
         self.cache = ResponseCache(config.cache)
         self.buckets = LocalBuckets()
         self.store = (
             RateLimitStore(config.rate_limit_store) if config.rate_limit_store is not None else None
         )
+        self._consumers = ConsumerIndex(config.consumers)
         self.plans = RoutePlans(
             config,
             targets=self._target,
-            consumers=ConsumerIndex(config.consumers),
+            consumers=self._consumers,
             cache=self.cache,
             buckets=self.buckets,
             store=self.store,
@@ -81,7 +113,7 @@ class Gateway:
             config.listen,
             self.front,
             config.policy,  # (its listener keys: head limits, connection caps)
-            routes=self.plans.forwardings,
+            routes=self._forwardings,
             ssl_context=self._ssl_context(),
         )
         if self.sidecar is not None:
@@ -115,6 +147,94 @@ class Gateway:
             }
         )
 
+    def _forwardings(self) -> list[RouteForwarding]:
+        retired = self._retired
+        if retired:
+            # Those that carry nothing any more are closed and forgotten.
+            self._retired = [fw for fw in retired if fw.pool.connections]
+        return [*self.plans.forwardings(), *self._retired]
+
+    # -- routes stored in the control plane ------------------------------------------------
+
+    def _merged(self, specs: Mapping[str, dict[str, Any]]) -> GatewayConfig:
+        """The file's configuration serving the stored routes too: each stored route
+        checked on its own and with the rest; one that fails is left out (and said
+        in ``refused``), a name the file has is the file's."""
+        base = self.file_config
+        own = {route.name for route in base.routes}
+        routes = list(base.routes)
+        refused: dict[str, str] = {}
+        stored: dict[str, dict[str, Any]] = {}
+        for name, spec in sorted(specs.items()):
+            if name in own:
+                refused[name] = "the configuration file has a route of this name"
+                continue
+            try:
+                route = RouteConfig.model_validate(spec)
+                base.with_routes([*routes, route])
+            except ValidationError as err:
+                first = err.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in first["loc"])
+                refused[name] = f"{where}: {str(first['msg']).removeprefix('Value error, ')}"
+                continue
+            routes.append(route)
+            stored[name] = spec
+        for name, why in refused.items():
+            if self.refused.get(name) != why:
+                logger.warning("stored route %s is not served: %s", name, why)
+        self.stored, self.refused = stored, refused
+        return base.with_routes(routes)
+
+    async def _routes_changed(self, specs: Mapping[str, dict[str, Any]]) -> None:
+        """A new set of stored routes: new plans (their plugins started first),
+        swapped in for the next requests; those in flight finish on the routes
+        they had."""
+        config = self._merged(specs)
+        if self.sidecar is not None:
+            upstreams = [
+                route.upstream_config(b) for route, b in config.iter_backends() if not b.endpoints
+            ]
+            self.sidecar.add_upstreams(upstreams)
+        old = self.plans
+        plans = RoutePlans(
+            config,
+            targets=self._target,
+            consumers=self._consumers,
+            cache=self.cache,
+            buckets=self.buckets,
+            store=self.store,
+            previous=old,
+        )
+        await plans.start()
+        self._load_client_cas(config)
+        self.config = config
+        self.plans = plans
+        self.front.lookup = plans.lookup
+        kept = set(map(id, plans.forwardings()))
+        for fw in old.forwardings():
+            if id(fw) not in kept:
+                fw.pool.close_idle()
+                self._retired.append(fw)
+        await old.close()
+        logger.info(
+            "routes: %d (%d stored in the control plane, %d refused)",
+            len(config.routes),
+            len(self.stored),
+            len(self.refused),
+        )
+
+    def _load_client_cas(self, config: GatewayConfig) -> None:
+        """Client certificates of new ``mtls`` routes are trusted from now on (a
+        CA once trusted stays so until a restart; each route checks its own)."""
+        context = self.listener.ssl_context
+        if context is None:
+            return
+        for ca in config.client_ca_files:
+            if ca not in self._client_cas:
+                context.load_verify_locations(cafile=str(ca))
+                context.verify_mode = ssl.CERT_OPTIONAL
+                self._client_cas.add(ca)
+
     def _target(self, route: RouteConfig, backend: Backend) -> Target:
         name = backend.service if backend.key[0] == "default" else "/".join(backend.key)
         policy = route.upstream_config(backend)
@@ -131,6 +251,7 @@ class Gateway:
             target.sync()
 
     def _ssl_context(self) -> ssl.SSLContext | None:
+        self._client_cas: set[Path] = set()
         tls = self.config.tls
         if tls is None:
             return None
@@ -142,6 +263,7 @@ class Gateway:
             cas = self.config.client_ca_files
             for ca in cas:
                 context.load_verify_locations(cafile=str(ca))
+            self._client_cas = set(cas)
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"tls: {exc}") from None
         if cas:
@@ -167,6 +289,8 @@ class Gateway:
             if self.store is not None:
                 await self.store.start()
             await self.plans.start()
+            if self._watcher is not None:
+                self._watcher.start()
             if self.config.admin is not None:
                 await self._start_admin(self.config.admin)
             await self.listener.start()
@@ -182,6 +306,8 @@ class Gateway:
         )
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self._watcher is not None:
+            await self._watcher.close()
         await self.listener.drain(grace)
         if self._admin is not None:
             await self._admin.cleanup()
@@ -276,6 +402,15 @@ class Gateway:
                 "bytes": stats.bytes,
                 "hits": stats.hits,
                 "misses": stats.misses,
+            },
+            "controlplane_routes": None
+            if self._watcher is None
+            else {
+                "connected": self._watcher.connected,
+                "revision": self._watcher.revision,
+                "served": sorted(self.stored),
+                "refused": self.refused,
+                "error": self._watcher.error or None,
             },
             "rate_limit_store": None
             if self.store is None

@@ -27,7 +27,7 @@ gives every route its defaults and the listener its limits.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -706,6 +706,13 @@ def _access_log(value: str | None) -> str | None:
     return value
 
 
+class ControlPlaneRoutesConfig(_Model):
+    """The routes stored in the control plane (``eco route apply``) that this
+    gateway serves besides its file's: every route, or those of one ``group``."""
+
+    group: str = Field(default="", max_length=128)
+
+
 class GatewayConfig(_Model):
     """Everything one ``eco gateway`` process needs to know (docs/gateway.md)."""
 
@@ -726,6 +733,8 @@ class GatewayConfig(_Model):
     cache: CacheStoreConfig = Field(default_factory=CacheStoreConfig)
     #: a file of JSON lines, "-" for standard output, null for none
     access_log: Annotated[str | None, AfterValidator(_access_log)] = None
+    #: also serve the routes stored in the control plane, followed over a watch
+    controlplane_routes: ControlPlaneRoutesConfig | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
@@ -758,6 +767,11 @@ class GatewayConfig(_Model):
                     ("routes", i, "rewrite", "strip_prefix"),
                     f"{strip!r} is not a prefix of every path the route takes ({fixed!r})",
                 )
+        if self.controlplane_routes is not None and self.controlplane is None:
+            problem(
+                ("controlplane_routes",),
+                "the routes stored in the control plane need controlplane (where it is)",
+            )
         if registry and self.controlplane is None:
             problem(
                 ("controlplane",),
@@ -774,6 +788,13 @@ class GatewayConfig(_Model):
             raise ValidationError.from_exception_data("GatewayConfig", errors)
         object.__setattr__(self, "routes", routes)
         return self
+
+    def with_routes(self, routes: Sequence[RouteConfig]) -> GatewayConfig:
+        """This configuration serving ``routes`` instead of its own, checked as a
+        whole (names, plugins against the top-level keys, the policy defaults);
+        raises ValidationError listing the problems."""
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self).model_validate({**fields, "routes": tuple(routes)})
 
     def _check_plugins(self, i: int, plugins: PluginsConfig, problem: Any) -> None:
         if plugins.mtls is not None and self.tls is None:

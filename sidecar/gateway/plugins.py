@@ -77,6 +77,7 @@ class RoutePlans:
         buckets: LocalBuckets,
         store: RateLimitStore | None = None,
         random: Callable[[], float] = _random.random,
+        previous: RoutePlans | None = None,
     ) -> None:
         self.config = config
         self.router = Router(config.routes, random=random)
@@ -91,10 +92,18 @@ class RoutePlans:
         self.limiters: dict[str, RateLimiter] = {}
         for route in config.routes:
             for backend in route.backends:
+                key = (route.name, backend.key)
+                policy = route.upstream_config(backend)
+                old = previous._forwardings.get(key) if previous is not None else None
+                if old is not None and old.policy == policy and old.endpoints == backend.endpoints:
+                    # The same route to the same backend: its target (balancer
+                    # state, ejections) and pooled connections carry on.
+                    self._forwardings[key] = old
+                    continue
                 name = route.name if len(route.backends) == 1 else f"{route.name}/{backend.service}"
-                self._forwardings[(route.name, backend.key)] = RouteForwarding(
-                    name, targets(route, backend), route.upstream_config(backend)
-                )
+                fw = RouteForwarding(name, targets(route, backend), policy)
+                fw.endpoints = backend.endpoints
+                self._forwardings[key] = fw
             self._plans[route.name] = self._plan(route)
 
     # -- per request -------------------------------------------------------------------

@@ -66,6 +66,7 @@ class RouteForwarding:
     target, pool and policy, as an HTTP listener has them."""
 
     __slots__ = (
+        "endpoints",
         "idempotent",
         "max_retries",
         "name",
@@ -93,6 +94,8 @@ class RouteForwarding:
         self.retry_on = frozenset(policy.retry_on)
         self.max_retries = policy.retries
         self.idempotent = IDEMPOTENT | {b"TRACE"} if policy.allow_trace else IDEMPOTENT
+        #: the fixed endpoints it was made for (empty: a registry service's)
+        self.endpoints: tuple[str, ...] = ()
 
     def addresses(self) -> set[tuple[str, int]]:
         dial = self.target.dial
