@@ -379,6 +379,8 @@ class Gateway:
                         "namespace": backend.namespace or "default",
                         "weight": backend.weight,
                         "endpoints": [f"{host}:{port}" for host, port in sorted(fw.addresses())],
+                        # requests, responses by class, ejections, the circuit
+                        "target": fw.target.status(),
                     }
                 )
             routes.append(

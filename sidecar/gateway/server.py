@@ -374,8 +374,10 @@ class GatewayFront:
                 continue
             fields.append(_field(name, value))
         if plan is not None:
+            given = {name.lower() for name, _ in response.headers}
             for extra in plan.response_headers:
-                fields += (_field(n, v) for n, v in extra(request))
+                # (a refusal may carry them already: a 429 its RateLimit-* fields)
+                fields += (_field(n, v) for n, v in extra(request) if n.lower() not in given)
         ex.answer(response.status, fields, response.body, length)
         self.observe(request, response.status, len(response.body), upstream=False, complete=True)
 
@@ -530,6 +532,21 @@ class GatewayListener(HttpListener):
             fw.pool.abort_all()
 
     def status(self) -> dict[str, Any]:
-        status = super().status()
-        status["tls"] = self.ssl_context is not None
-        return status
+        gate = self.gate
+        stats = self.target.stats
+        return {
+            "name": self.name,
+            "protocol": self.protocol,
+            "listen": self.address or self.listen,
+            "tls": self.ssl_context is not None,
+            "connections": {
+                "open": gate.count,
+                "max": gate.max_connections,
+                "max_per_ip": gate.max_per_client,
+                "refused": gate.refused,
+            },
+            # What the gateway answered itself (refusals, 404s, cache hits) and
+            # requests refused before routing; forwarded ones are the routes'.
+            "answered": dict(stats.responses),
+            "errors": dict(stats.errors),
+        }
