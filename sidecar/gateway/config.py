@@ -667,7 +667,7 @@ class RouteConfig(_Model):
 
 
 class GatewayTlsConfig(_Model):
-    """The listener's certificate chain and key (PEM): it serves HTTPS, HTTP/2 by ALPN.
+    """The listener's certificate chain and key (PEM): it serves HTTPS (HTTP/1.1).
 
     Client certificates are asked for (not required) when a route uses the
     ``mtls`` plugin; the handshake trusts every such route's ``ca_file``,
