@@ -161,7 +161,9 @@ async def test_bad_routes_are_refused_field_by_field_and_nothing_is_written(
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     found = violations(err.value)
     assert "is not a valid name" in found["routes[1].name"]
-    assert "is not a route key; known keys: endpoints, match, name" in found["routes[2].spec.upstrem"]
+    assert (
+        "is not a route key; known keys: endpoints, match, name" in found["routes[2].spec.upstrem"]
+    )
     assert found["routes[3].name"] == "'fine' is also routes[0]"
     assert "at most 65536" in found["routes[4].spec"]
     assert found["routes[5].spec.name"] == "must equal the route's name (or be left out)"
