@@ -31,7 +31,9 @@ from sidecar.gateway.auth import (
     ConsumerAllowList,
     ConsumerIndex,
     HmacAuth,
+    JwksCache,
     JwtAuth,
+    JwtConfig,
     KeyAuth,
     MtlsAuth,
     identity_headers,
@@ -87,8 +89,11 @@ class RoutePlans:
         self._store = store
         self._plans: dict[str, Plan] = {}
         self._forwardings: dict[tuple[str, tuple[str, str]], RouteForwarding] = {}
-        #: plugins with a life of their own (a JWKS cache): started and closed with the gateway
-        self.owned: list[JwtAuth] = []
+        #: the JWKS caches of the jwt plugins, one per key set (routes naming the same
+        #: ``jwks_url`` share it); started and closed with the gateway, and handed
+        #: on to the next plans when the routes change
+        self._jwks: dict[tuple[object, ...], JwksCache] = {}
+        self._previous_jwks = previous._jwks if previous is not None else {}
         self.limiters: dict[str, RateLimiter] = {}
         for route in config.routes:
             for backend in route.backends:
@@ -128,13 +133,37 @@ class RoutePlans:
     def plan(self, name: str) -> Plan:
         return self._plans[name]
 
+    def _jwks_for(self, config: JwtConfig) -> JwksCache | None:
+        if config.jwks_url is None:
+            return None
+        key = (
+            str(config.jwks_url),
+            config.jwks_refresh,
+            config.jwks_refresh_min,
+            config.jwks_refresh_max,
+            config.jwks_timeout,
+            config.jwks_ca_file,
+        )
+        cache = self._jwks.get(key)
+        if cache is None:
+            # The previous plans' cache of the same key set carries on (its keys
+            # stay fetched); otherwise a new one.
+            cache = self._previous_jwks.pop(key, None) or config.make_jwks()
+            assert cache is not None
+            self._jwks[key] = cache
+        return cache
+
     async def start(self) -> None:
-        for plugin in self.owned:
-            await plugin.start()
+        """Starts the JWKS caches that are new (those handed on are running)."""
+        for cache in self._jwks.values():
+            if cache.state == "new":
+                await cache.start()
 
     async def close(self) -> None:
-        for plugin in self.owned:
-            await plugin.close()
+        """Closes the JWKS caches it still owns (not those handed to newer plans)."""
+        for cache in self._jwks.values():
+            await cache.close()
+        self._jwks.clear()
 
     # -- building a plan ----------------------------------------------------------------
 
@@ -206,9 +235,7 @@ class RoutePlans:
         if plugins.key_auth is not None:
             chain.append(KeyAuth(plugins.key_auth, self._consumers))
         if plugins.jwt is not None:
-            plugin = JwtAuth(plugins.jwt, self._consumers)
-            self.owned.append(plugin)
-            chain.append(plugin)
+            chain.append(JwtAuth(plugins.jwt, self._consumers, jwks=self._jwks_for(plugins.jwt)))
         if plugins.hmac is not None:
             chain.append(HmacAuth(plugins.hmac, self._consumers))
         if plugins.mtls is not None:

@@ -262,6 +262,11 @@ class JwksCache:
         """Whether a key set was fetched at least once."""
         return self.last_success is not None
 
+    @property
+    def state(self) -> str:
+        """``new`` (not started), ``running`` or ``closed``."""
+        return self._state
+
     async def start(self) -> None:
         if self._state != "new":
             raise RuntimeError(f"a JWKS cache cannot be started when {self._state}")
