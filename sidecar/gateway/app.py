@@ -25,16 +25,21 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 from aiohttp import web
 from pydantic import ValidationError
 
 from sdk import tls_channel_factory
+from serving.acl import Need, bearer
+from serving.addresses import is_loopback
+from serving.errors import ServiceError
 from serving.http_limits import HttpLimits
 from serving.web_server import LimitedRunner
+from sidecar.acl import TokenChecker
 from sidecar.app import Sidecar
 from sidecar.cache import UpstreamKey
 from sidecar.config import SidecarConfig, split_hostport
@@ -119,6 +124,7 @@ class Gateway:
         if self.sidecar is not None:
             self.sidecar.on_endpoints_changed.append(self._endpoints_changed)
         self._admin: LimitedRunner | None = None
+        self._tokens: TokenChecker | None = None
         self.admin_address = ""
         self._started = False
 
@@ -312,6 +318,8 @@ class Gateway:
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
+        if self._tokens is not None:
+            await self._tokens.close()
         await self.plans.close()
         if self.store is not None:
             await self.store.close()
@@ -327,7 +335,21 @@ class Gateway:
     # -- admin -------------------------------------------------------------------------------
 
     async def _start_admin(self, listen: str) -> None:
-        app = web.Application(client_max_size=64 * 1024)
+        host, port = split_hostport(listen, allow_zero=True)
+        middlewares = []
+        ssl_context = None
+        if not is_loopback(host):
+            # Off loopback: TLS with the listener's certificate, and every call's
+            # token checked with the control plane's rules (as a sidecar's admin).
+            link = self.config.controlplane
+            assert link is not None and self.listener.ssl_context is not None, "config"
+            self._tokens = TokenChecker(
+                tuple(link.addresses),
+                channel_factory=tls_channel_factory(link.ca_file) if link.ca_file else None,
+            )
+            middlewares.append(_token_check(self._tokens))
+            ssl_context = self.listener.ssl_context
+        app = web.Application(client_max_size=64 * 1024, middlewares=middlewares)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
@@ -335,9 +357,8 @@ class Gateway:
         runner = LimitedRunner(app, _ADMIN_LIMITS, name="gateway admin", logger=logger)
         await runner.setup()
         self._admin = runner
-        host, port = split_hostport(listen, allow_zero=True)
         try:
-            await runner.site(host, port, reuse_address=True).start()
+            await runner.site(host, port, reuse_address=True, ssl_context=ssl_context).start()
         except OSError as exc:
             raise StartupError(f"admin: cannot listen on {listen}: {exc.strerror}") from None
         bound_host, bound_port = runner.addresses[0][:2]
@@ -418,6 +439,35 @@ class Gateway:
             if self.store is None
             else {"url": _redacted(str(self.config.rate_limit_store.url))},  # type: ignore[union-attr]
         }
+
+
+def _token_check(tokens: TokenChecker) -> Any:
+    """The admin port's check off loopback: ``/healthz`` is open; ``/metrics`` and
+    ``/status`` need ``operator:metrics:read``; a purge ``route:<route>:write``."""
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path == "/healthz":
+            return await handler(request)
+        if request.path == "/cache/purge":
+            needs = [Need("route", request.query.get("route", ""), "write")]
+        else:
+            needs = [Need("operator", "metrics", "read")]
+        try:
+            await tokens.check(bearer(request.headers.get("authorization", "")), needs)
+        except ServiceError as exc:
+            status = {
+                grpc.StatusCode.UNAUTHENTICATED: 401,
+                grpc.StatusCode.PERMISSION_DENIED: 403,
+            }.get(exc.status_code, 503)
+            headers = {"www-authenticate": "Bearer"} if status == 401 else {}
+            body = {"error": exc.status_code.name.lower(), "message": str(exc)}
+            return web.json_response(body, status=status, headers=headers)
+        return await handler(request)
+
+    return check
 
 
 def _redacted(url: str) -> str:

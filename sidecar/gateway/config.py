@@ -45,6 +45,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from serving.addresses import is_loopback
 from sidecar._config_file import ConfigError, ConfigProblem, read_config, read_config_file
 from sidecar.config import (
     ControlPlaneLinkConfig,
@@ -783,6 +784,17 @@ class GatewayConfig(_Model):
             problem(_loc(where), message)
         if self.admin is not None and _same_address(self.admin, self.listen):
             problem(("admin",), f"{self.admin} is also the listen address")
+        if (
+            self.admin is not None
+            and not is_loopback(split_hostport(self.admin, allow_zero=True)[0])
+            and (self.tls is None or self.controlplane is None)
+        ):
+            problem(
+                ("admin",),
+                f"{self.admin} is off loopback: it then serves TLS with the listener's "
+                "certificate (give tls) and checks tokens with the control plane "
+                "(give controlplane); or keep it on 127.0.0.1",
+            )
         routes = self._with_defaults(problem)
         if errors:
             raise ValidationError.from_exception_data("GatewayConfig", errors)
