@@ -139,8 +139,11 @@ class _Conn:
 class _Receiver:
     """The shared state of one constant-rate run: idle connections and the backlog."""
 
-    def __init__(self, port: int, connections: int, measure_from: float) -> None:
+    def __init__(
+        self, port: int, connections: int, measure_from: float, request: bytes = _REQUEST
+    ) -> None:
         self.port = port
+        self.request = request
         self.lock = threading.Lock()
         self.idle: list[_Conn] = []
         self.backlog: deque[float] = deque()
@@ -165,7 +168,7 @@ class _Receiver:
         conn.busy = True
         # A failed write shows up as a failed read too, where the receiver handles it.
         with contextlib.suppress(OSError):
-            conn.sock.sendall(_REQUEST)
+            conn.sock.sendall(self.request)
 
     def schedule(self, scheduled: float) -> None:
         """Called by the sender at ``scheduled``: send now, or queue if all are busy."""
@@ -239,12 +242,19 @@ class _Receiver:
 
 
 def constant_rate(
-    port: int, rate: float, seconds: float, *, connections: int = 20, warmup: float = 0.5
+    port: int,
+    rate: float,
+    seconds: float,
+    *,
+    connections: int = 20,
+    warmup: float = 0.5,
+    request: bytes = _REQUEST,
 ) -> RateResult:
-    """Open-loop ``GET /`` at ``rate``/s for ``warmup + seconds`` over keep-alive
-    connections; the warm-up's answers are not counted."""
+    """Open-loop ``GET /`` (or ``request``, one whole request head) at ``rate``/s for
+    ``warmup + seconds`` over keep-alive connections; the warm-up's answers are not
+    counted."""
     interval = 1.0 / rate
-    receiver = _Receiver(port, connections, measure_from=0.0)
+    receiver = _Receiver(port, connections, measure_from=0.0, request=request)
     start = time.perf_counter() + 0.05  # the connections are open: the schedule starts
     receiver.measure_from = start + warmup
     reader = threading.Thread(target=receiver.run, name="constant-rate-receiver", daemon=True)

@@ -20,6 +20,12 @@ fresh entry (see :func:`cache_hits`).
 rate limit decisions per second in this process, and against a redis-server
 started for them beside a bare redis-py loop and ``redis-benchmark`` (see
 ``benchmarks._gateway_ratelimit``).
+
+``gateway_rps``, ``gateway_latency`` and ``gateway_rss``: ``eco gateway`` as a
+process beside HAProxy 2.6 (``nbthread 1``) on the same routes and nginx
+backend: requests/s with no plugins, with JWT + rate limit and with a cache
+hit, and the latency added at 1,000 requests/s (see
+``benchmarks._gateway_http``; needs scripts/install-bench-tools.sh).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import sys
 import time
 from typing import Any
 
+from benchmarks._gateway_http import gateway_http_rows
 from benchmarks._gateway_ratelimit import rate_limit_rows
 from benchmarks._report import percentile
 from sidecar.gateway.cache import CacheConfig, CacheStoreConfig, ResponseCache
@@ -152,6 +159,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         },
         *cache_hits(quick),
         *rate_limit_rows(quick),
+        *gateway_http_rows(quick),
     ]
 
 
@@ -215,7 +223,8 @@ async def _cache_hits(quick: bool) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_gateway",
-        description="The gateway's route matching with 10,000 routes; one JSON object per line.",
+        description="The gateway: route matching with 10,000 routes, the cache, rate limits, "
+        "and eco gateway beside HAProxy; one JSON object per line.",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     args = parser.parse_args(argv)
