@@ -479,16 +479,6 @@ class ResponseTransformConfig(_Model):
     json_body: JsonBodyConfig | None = None
     max_body: MaxBody = DEFAULT_MAX_BODY
 
-    @field_validator("json_body")
-    @classmethod
-    def _no_json_body(cls, value: JsonBodyConfig | None) -> JsonBodyConfig | None:
-        if value is not None:
-            raise ValueError(
-                "not done yet: the gateway does not rewrite response bodies "
-                "(request_transform.json_body does rewrite requests)"
-            )
-        return value
-
 
 _CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable, Sequence
+from functools import partial
 from urllib.parse import parse_qsl, urlencode
 
 from sidecar.gateway.auth import (
@@ -210,8 +211,14 @@ class RoutePlans:
             on_forward.append(_request_transform(transform))
             if transform.json_body is not None:  # (the smallest limit of those that read it)
                 body_limit = min(body_limit or transform.max_body, transform.max_body)
+        response_body = None
+        response_body_limit = 0
         if plugins.response_transform is not None:
             on_response.append(_response_transform(plugins.response_transform))
+            json_body = plugins.response_transform.json_body
+            if json_body is not None:
+                response_body = (_json_response, partial(transform_json, config=json_body))
+                response_body_limit = plugins.response_transform.max_body
         rewrite = None
         if route.rewrite is not None:
 
@@ -227,6 +234,8 @@ class RoutePlans:
             response_headers=response_headers,
             on_response=on_response,
             body_limit=body_limit,
+            response_body=response_body,
+            response_body_limit=response_body_limit,
         )
 
     def _auth(self, route: RouteConfig) -> AuthChain | None:
@@ -288,6 +297,15 @@ def _cache_step(cache: ResponseCache, config: CacheConfig, wait: float) -> Step:
 def _cache_headers(request: GatewayRequest) -> Sequence[tuple[str, str]]:
     verdict = request.noted(_CACHE)
     return () if verdict is None or verdict == "HIT" else (("x-cache", str(verdict)),)
+
+
+def _json_response(request: GatewayRequest, status: int, fields: list[tuple[str, str]]) -> bool:
+    """Whether a response's body is JSON to rewrite (a JSON content type, not HEAD)."""
+    if request.method == "HEAD":
+        return False
+    content_type = next((v for n, v in fields if n == "content-type"), None)
+    encoding = next((v for n, v in fields if n == "content-encoding"), "identity")
+    return is_json(content_type) and encoding.strip().lower() in ("", "identity")
 
 
 def _invalidate(

@@ -130,6 +130,17 @@ class Plan:
     #: a step reads the request's body (``request.body``), of at most this many
     #: bytes (413 past it); 0: none does, the body streams through
     body_limit: int = 0
+    #: rewrites a response's body: (request, status, fields) → whether to hold this
+    #: response, then (body) → the new body (None: unchanged); responses over
+    #: ``response_body_limit`` bytes pass unchanged
+    response_body: (
+        tuple[
+            Callable[[GatewayRequest, int, list[tuple[str, str]]], bool],
+            Callable[[bytes], bytes | None],
+        ]
+        | None
+    ) = None
+    response_body_limit: int = 0
 
 
 class Observer(Protocol):
@@ -152,7 +163,19 @@ class _Tap:
     """One forwarded response as it goes by: the route's edits to its head, a
     copy for the cache, and the observer told how it ended."""
 
-    __slots__ = ("collector", "ex", "front", "plan", "request", "sent")
+    __slots__ = (
+        "chunks",
+        "collector",
+        "ex",
+        "fields",
+        "front",
+        "holds",
+        "plan",
+        "request",
+        "sent",
+        "size",
+        "status_line",
+    )
 
     def __init__(
         self, front: GatewayFront, ex: Exchange, request: GatewayRequest, plan: Plan
@@ -165,27 +188,77 @@ class _Tap:
         self.collector: Collector | None = request.collector
         request.collector = None
         self.sent = 0
+        #: holding the response to rewrite its body: what came so far
+        self.holds = False
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.fields: list[tuple[str, str]] = []
+        self.status_line = b""
 
     def head(self, status: int, out: list[bytes]) -> None:
         plan = self.plan
         request = self.request
         collector = self.collector
-        if plan.on_response or collector is not None:
+        rewrite = plan.response_body
+        if plan.on_response or collector is not None or rewrite is not None:
             fields = _fields_of(out)
             for change in plan.on_response:
                 change(request, status, fields)
             if collector is not None and not collector.begin(status, fields):
                 self.collector = None
+            for extra in plan.response_headers:
+                fields += extra(request)
             del out[1:]
             out += (_field(n, v) for n, v in fields)
+            if rewrite is not None and rewrite[0](request, status, fields):
+                self.holds = True
+                self.fields = fields
+                self.status_line = out[0]
+            return
         for extra in plan.response_headers:
             out += (_field(n, v) for n, v in extra(request))
 
     def body(self, data: bytes) -> None:
         self.sent += len(data)
+        if self.holds:
+            # (the cache gets the body as it is sent: in held(), or rewritten in release())
+            self.chunks.append(data)
+            self.size += len(data)
+            if self.size > self.plan.response_body_limit:
+                self.holds = False  # too large to rewrite: it goes as it came
+            return
         collector = self.collector
         if collector is not None and not collector.feed(data):
             self.collector = None
+
+    def held(self) -> bytes:
+        body = b"".join(self.chunks)
+        self.chunks = []
+        self._collect(body)
+        return body
+
+    def _collect(self, body: bytes) -> None:
+        collector = self.collector
+        if collector is not None and body and not collector.feed(body):
+            self.collector = None
+
+    def release(self) -> bytes:
+        """The held response, its body rewritten, with its new length."""
+        body = b"".join(self.chunks)
+        self.chunks = []
+        rewrite = self.plan.response_body
+        assert rewrite is not None
+        new = rewrite[1](body)
+        if new is not None:
+            body = new
+        self._collect(body)
+        self.sent = len(body)
+        fields = [
+            _field(n, v) for n, v in self.fields if n not in ("content-length", "transfer-encoding")
+        ]
+        return b"".join(
+            (self.status_line, *fields, b"content-length: %d\r\n\r\n" % len(body), body)
+        )
 
     def complete(self) -> None:
         collector = self.collector

@@ -83,6 +83,7 @@ P_EOF = 16  # the client shut its sending side: nothing more will come
 _BODY_NONE = 0
 _BODY_RAW = 1  # as the upstream sent it (Content-Length, or up to the close)
 _BODY_CHUNKED = 2  # re-chunked
+_BODY_HELD = 3  # kept by the tap until complete, then sent whole (a rewritten body)
 
 
 class Forwarding(Protocol):
@@ -118,12 +119,24 @@ class Forwarding(Protocol):
 
 
 class ResponseTap(Protocol):
-    """Sees a forwarded response go by (a gateway's: its headers, its cache)."""
+    """Sees a forwarded response go by (a gateway's: its headers, its cache).
+
+    A tap that sets ``holds`` in ``head`` keeps the response instead: nothing
+    is sent until it is complete, then ``release()`` gives the whole response
+    to send (a rewritten body); a tap that gives up holding (the body grew
+    too large) clears ``holds`` in ``body`` and ``held()`` gives the body so
+    far, sent after the head as it was, the rest streaming as usual."""
+
+    holds: bool
 
     def head(self, status: int, out: list[bytes]) -> None:
         """The response head as it will be sent: header lines may be appended."""
 
     def body(self, data: bytes) -> None: ...
+
+    def held(self) -> bytes: ...
+
+    def release(self) -> bytes: ...
 
     def complete(self) -> None:
         """The whole response went to the client."""
@@ -174,6 +187,7 @@ class Exchange:
         "has_request_id",
         "head",
         "head_done",
+        "held",
         "hold",
         "hosts",
         "http10",
@@ -215,6 +229,8 @@ class Exchange:
         self.tap: ResponseTap | None = None
         #: body bytes a front waits for before it routes the request (0: none)
         self.hold = 0
+        #: a response the tap holds: its head as it would have gone, and its framing
+        self.held: tuple[list[bytes], int] | None = None
         # the request, as parsed
         self.out: list[bytes] = [b""]
         self.url = b""
@@ -695,6 +711,12 @@ class Exchange:
         tap = self.tap
         if tap is not None:
             tap.head(status, out)
+            if tap.holds and framing != _BODY_NONE:
+                self.held = (out, framing)
+                self.framing = _BODY_HELD
+                self.responded = True
+                down.stats.responses[status_class(status)] += 1
+                return
         out.append(CRLF)
         self.framing = framing
         self.responded = True
@@ -710,6 +732,11 @@ class Exchange:
         tap = self.tap
         if tap is not None:
             tap.body(data)
+            if self.framing == _BODY_HELD:
+                if tap.holds:
+                    return
+                self._unhold(tap)
+                return
         framing = self.framing
         if framing == _BODY_RAW:
             self.down.write(data)
@@ -719,11 +746,38 @@ class Exchange:
             down.write(data)
             down.write(CRLF)
 
+    def _unhold(self, tap: ResponseTap) -> None:
+        """The tap gave up holding: the head as it was, the body so far, then on as usual."""
+        held = self.held
+        assert held is not None
+        out, framing = held
+        self.held = None
+        self.framing = framing
+        out.append(CRLF)
+        down = self.down
+        down.write(b"".join(out))
+        body = tap.held()
+        if body:
+            if framing == _BODY_CHUNKED:
+                down.write(chunk_size_line(len(body)) + body + CRLF)
+            else:
+                down.write(body)
+
+    def _release_held(self) -> None:
+        """A held response is complete: the tap's whole response goes."""
+        tap = self.tap
+        assert tap is not None
+        self.held = None
+        self.framing = _BODY_RAW
+        self.down.write(tap.release())
+
     def response_complete(self, conn: UpstreamConnection) -> None:
         if self.in_interim:
             self.in_interim = False
             return
-        if self.framing == _BODY_CHUNKED:
+        if self.framing == _BODY_HELD:
+            self._release_held()
+        elif self.framing == _BODY_CHUNKED:
             self.down.write(last_chunk(conn.trailers))
         tap = self.tap
         if tap is not None:
@@ -747,8 +801,14 @@ class Exchange:
             and not conn.chunked
         ):
             # A body without a length ends where the connection ends.
-            if self.framing == _BODY_CHUNKED:
+            if self.framing == _BODY_HELD:
+                self._release_held()
+            elif self.framing == _BODY_CHUNKED:
                 down.write(LAST_CHUNK)
+            tap = self.tap
+            if tap is not None:
+                self.tap = None
+                tap.complete()
             self._release(Outcome.SERVER_ERROR if self.status >= 500 else Outcome.SUCCESS)
             self._response_done()
         else:
