@@ -3,7 +3,18 @@ by every replica, which sends them to its sidecars over the agent session.
 
 Keys (values are serialized ``Intention`` messages)::
 
-    /ecosystem/v1/intentions/<source>/<destination>
+    /ecosystem/v1/intentions/<src ns>/<src service>/<dst ns>/<dst service>
+
+each part a name or ``*`` (``*`` is ``*/*``). Each side of an intention is
+``SERVICE`` (namespace ``default``), ``NAMESPACE/SERVICE``, ``NAMESPACE/*``
+or ``*`` (``sdk.IntentionName``); the messages carry the shortest form, so
+``web`` is ``default/web``. Intentions written before namespaces were
+stored at ``/ecosystem/v1/intentions/<source>/<destination>`` with plain
+names: they are read as they are (a plain name is the ``default``
+namespace's, ``*`` is every service, which is what they meant), and the
+next create or delete of that pair moves or removes the old key in the same
+transaction. Should both keys hold the pair (an older replica wrote it
+since), the later write counts.
 
 One intention per (source, destination) pair: creating one for a pair that
 has one replaces it. ``sdk.IntentionSet.decide`` says how a decision is
@@ -30,7 +41,7 @@ from ecosystem.v1 import intention_pb2, intention_pb2_grpc
 from controlplane.registry import ROOT_PREFIX
 from controlplane.store import DeleteOp, PutOp, Store, StoreError
 from controlplane.validation import name_violations
-from sdk import Intention, IntentionSet
+from sdk import Intention, IntentionName, IntentionSet
 from serving.errors import FieldViolation, InvalidArgumentError, NotFoundError, end_call, to_status
 
 __all__ = ["INTENTIONS_PREFIX", "POLL_SECONDS", "IntentionBook", "IntentionServicer"]
@@ -44,20 +55,53 @@ _MAX_DESCRIPTION = 512
 _ACTIONS = (intention_pb2.INTENTION_ACTION_ALLOW, intention_pb2.INTENTION_ACTION_DENY)
 
 
-def _key(source: str, destination: str) -> str:
-    return f"{INTENTIONS_PREFIX}{source}/{destination}"
+def _keys(source: IntentionName, destination: IntentionName) -> tuple[str, str | None]:
+    """The pair's key, and the key it had before namespaces (None: it could have none)."""
+    key = (
+        f"{INTENTIONS_PREFIX}{source.namespace}/{source.service}/"
+        f"{destination.namespace}/{destination.service}"
+    )
+    short_source, short_destination = str(source), str(destination)
+    if "/" in short_source or "/" in short_destination:
+        return key, None
+    return key, f"{INTENTIONS_PREFIX}{short_source}/{short_destination}"
 
 
-def _side_violations(field_name: str, value: str) -> list[FieldViolation]:
-    if value == WILDCARD:
-        return []
-    return name_violations(field_name, value, required=True)
+def _side(field_name: str, value: str) -> tuple[IntentionName | None, list[FieldViolation]]:
+    """``value`` as one side of an intention, or the problems with it."""
+    if not value:
+        return None, [FieldViolation(field_name, "is required")]
+    try:
+        name = IntentionName.parse(value)
+    except ValueError as exc:
+        return None, [FieldViolation(field_name, str(exc))]
+    violations = []
+    for part in (name.namespace, name.service):
+        if part != WILDCARD:
+            violations += name_violations(field_name, part, required=True)
+    return (None if violations else name), violations
 
 
-def _sort_key(intention: intention_pb2.Intention) -> tuple[int, str, str]:
+def _pair(
+    source_field: str, source: str, destination_field: str, destination: str
+) -> tuple[IntentionName, IntentionName]:
+    """Both sides parsed; InvalidArgumentError naming every problem."""
+    src, violations = _side(source_field, source)
+    dst, more = _side(destination_field, destination)
+    violations += more
+    if src is None or dst is None:
+        raise InvalidArgumentError(violations)
+    return src, dst
+
+
+def _sort_key(intention: Intention) -> tuple[int, str, str]:
     # Most specific first: the order in which they are considered.
-    rank = (intention.destination != WILDCARD) * 2 + (intention.source != WILDCARD)
-    return (-rank, intention.destination, intention.source)
+    src, dst = intention.source_name, intention.destination_name
+    return (-(dst.specificity * 3 + src.specificity), dst.qualified, src.qualified)
+
+
+def _arrow(source: IntentionName, destination: IntentionName) -> str:
+    return f"{source.qualified} -> {destination.qualified}"
 
 
 @dataclass(eq=False)
@@ -74,12 +118,23 @@ class IntentionBook:
     async def load(self) -> None:
         """Reads the current set from the store (and notices a change)."""
         result = await self.store.range(INTENTIONS_PREFIX)
-        intentions = []
+        # (source, destination) in the shortest form -> (mod revision, parsed, message)
+        pairs: dict[tuple[str, str], tuple[int, Intention, intention_pb2.Intention]] = {}
         for kv in result.kvs:
             intention = intention_pb2.Intention()
             intention.ParseFromString(kv.value)
-            intentions.append(intention)
-        intentions.sort(key=_sort_key)
+            try:
+                parsed = Intention.from_proto(intention)
+            except ValueError as exc:
+                log.warning("stored intention %s ignored: %s", kv.key, exc)
+                continue
+            # Stored before namespaces, or by hand: carry the shortest form.
+            intention.source, intention.destination = parsed.source, parsed.destination
+            pair = (parsed.source, parsed.destination)
+            if pair not in pairs or pairs[pair][0] < kv.mod_revision:
+                pairs[pair] = (kv.mod_revision, parsed, intention)
+        ordered = sorted(pairs.values(), key=lambda entry: _sort_key(entry[1]))
+        intentions = [message for _revision, _parsed, message in ordered]
         digest = hashlib.sha256(b"allow" if self.default_allow else b"deny")
         for intention in intentions:
             digest.update(intention.SerializeToString(deterministic=True))
@@ -124,34 +179,36 @@ class IntentionBook:
     # -- writes (the servicer's) ----------------------------------------------------
 
     async def create(self, intention: intention_pb2.Intention) -> intention_pb2.Intention:
-        violations = _side_violations("intention.source", intention.source)
-        violations += _side_violations("intention.destination", intention.destination)
+        src, violations = _side("intention.source", intention.source)
+        dst, more = _side("intention.destination", intention.destination)
+        violations += more
         if intention.action not in _ACTIONS:
             violations.append(FieldViolation("intention.action", "must be allow or deny"))
         if len(intention.description) > _MAX_DESCRIPTION:
             violations.append(
                 FieldViolation("intention.description", f"at most {_MAX_DESCRIPTION} characters")
             )
-        if violations:
+        if violations or src is None or dst is None:
             raise InvalidArgumentError(violations)
         stored = intention_pb2.Intention()
         stored.CopyFrom(intention)
+        stored.source, stored.destination = str(src), str(dst)
         stored.create_time = int(time.time())
-        await self.store.txn(
-            [], [PutOp(_key(stored.source, stored.destination), stored.SerializeToString())]
-        )
+        key, legacy = _keys(src, dst)
+        ops: list[PutOp | DeleteOp] = [PutOp(key, stored.SerializeToString())]
+        if legacy is not None:
+            ops.append(DeleteOp(legacy))
+        await self.store.txn([], ops)
         await self.load()
         return stored
 
     async def delete(self, source: str, destination: str) -> None:
-        violations = _side_violations("source", source) + _side_violations(
-            "destination", destination
-        )
-        if violations:
-            raise InvalidArgumentError(violations)
-        result = await self.store.txn([], [DeleteOp(_key(source, destination))])
-        if not result.prev_kvs or result.prev_kvs[0] is None:
-            raise NotFoundError(f"no intention {source} -> {destination}")
+        src, dst = _pair("source", source, "destination", destination)
+        key, legacy = _keys(src, dst)
+        ops = [DeleteOp(key)] + ([DeleteOp(legacy)] if legacy is not None else [])
+        result = await self.store.txn([], ops)
+        if all(prev is None for prev in result.prev_kvs):
+            raise NotFoundError(f"no intention {_arrow(src, dst)}")
         await self.load()
 
 
@@ -177,9 +234,11 @@ class IntentionServicer(intention_pb2_grpc.IntentionServiceServicer):
         async def work() -> intention_pb2.CreateIntentionResponse:
             intention = await self.book.create(request.intention)
             log.info(
-                "intention %s -> %s: %s",
-                intention.source,
-                intention.destination,
+                "intention %s: %s",
+                _arrow(
+                    IntentionName.parse(intention.source),
+                    IntentionName.parse(intention.destination),
+                ),
                 intention_pb2.IntentionAction.Name(intention.action),
             )
             return intention_pb2.CreateIntentionResponse(intention=intention)
@@ -211,17 +270,13 @@ class IntentionServicer(intention_pb2_grpc.IntentionServiceServicer):
         self, request: intention_pb2.CheckIntentionRequest, context: Any
     ) -> Any:
         async def work() -> intention_pb2.CheckIntentionResponse:
-            violations = _side_violations("source", request.source) + _side_violations(
-                "destination", request.destination
-            )
-            if violations:
-                raise InvalidArgumentError(violations)
+            src, dst = _pair("source", request.source, "destination", request.destination)
             await self.book.load()
             intentions = {(i.source, i.destination): i for i in self.book.intentions}
             decision = IntentionSet.of(
                 (Intention.from_proto(i) for i in self.book.intentions),
                 default_allow=self.book.default_allow,
-            ).decide(request.source, request.destination)
+            ).decide(src, dst)
             matched = decision.matched
             return intention_pb2.CheckIntentionResponse(
                 allowed=decision.allowed,

@@ -1,7 +1,9 @@
 """``eco intention``: which service may call which (docs/security.md, "Intentions").
 
 Calls the control plane's IntentionService through the SDK's transport, like
-``eco acl``; errors are printed by ``eco``'s one error handler.
+``eco acl``; errors are printed by ``eco``'s one error handler. Names are
+shown qualified (``default/web``, ``team-a/*``, ``*``) whatever form they
+were written in, so a list says which namespace each side is in.
 """
 
 from __future__ import annotations
@@ -42,10 +44,18 @@ def _call(settings: Settings, method: str, request: Message) -> Any:
     return asyncio.run(main())
 
 
+def _shown(name: str) -> str:
+    """``name`` qualified: ``default/web`` for ``web``, ``*`` for ``*/*``."""
+    try:
+        return sdk.IntentionName.parse(name).qualified
+    except ValueError:
+        return name  # the control plane refuses it and says why
+
+
 def _dict(item: intention_pb2.Intention) -> dict[str, Any]:
     return {
-        "source": item.source,
-        "destination": item.destination,
+        "source": _shown(item.source),
+        "destination": _shown(item.destination),
         "action": "allow" if item.action == _ALLOW else "deny",
         "description": item.description,
         "create_time": datetime.datetime.fromtimestamp(item.create_time, datetime.UTC).isoformat(
@@ -59,16 +69,22 @@ def intention() -> None:
     """Intentions: which service may call which through the sidecars.
 
     \b
-    SRC and DST are service names, or * for every service. The intention
-    naming the destination exactly wins over one with DST *, and then the
-    one naming the source exactly over SRC *; with no intention the default
-    is allow, or deny when the control plane runs with --acl deny.
+    SRC and DST are each
+      SERVICE            that service in namespace default
+      NAMESPACE/SERVICE  that service in that namespace
+      NAMESPACE/*        every service of the namespace
+      * (or */*)         every service of every namespace
+    The most specific destination decides first, then the most specific
+    source (one service > NAMESPACE/* > *); with no intention the default
+    is allow, or deny when the control plane runs with --acl deny. Lists
+    show names qualified: default/web, not web.
     \b
     Examples:
       eco intention create '*' orders --deny
-      eco intention create web orders --allow --description "checkout"
-      eco intention check web orders && echo allowed
-      eco intention delete web orders
+      eco intention create team-a/web orders --allow --description "checkout"
+      eco intention create 'team-b/*' team-b/orders --allow
+      eco intention check team-a/web orders && echo allowed
+      eco intention delete team-a/web orders
     """
 
 
@@ -99,10 +115,11 @@ def create(
     response = _call(
         settings, "CreateIntention", intention_pb2.CreateIntentionRequest(intention=item)
     )
+    created = _dict(response.intention)
     emit(
-        _dict(response.intention),
+        created,
         settings.output,
-        lambda: f"created intention {source} -> {destination}: {action}",
+        lambda: f"created intention {created['source']} -> {created['destination']}: {action}",
     )
 
 
@@ -150,10 +167,11 @@ def delete(settings: Settings, source: str, destination: str) -> None:
     """Delete the intention SRC -> DST (exit 1, "not found", when there is none)."""
     request = intention_pb2.DeleteIntentionRequest(source=source, destination=destination)
     _call(settings, "DeleteIntention", request)
+    deleted = {"source": _shown(source), "destination": _shown(destination)}
     emit(
-        {"deleted": {"source": source, "destination": destination}},
+        {"deleted": deleted},
         settings.output,
-        lambda: f"deleted intention {source} -> {destination}",
+        lambda: f"deleted intention {deleted['source']} -> {deleted['destination']}",
     )
 
 
@@ -175,6 +193,7 @@ def check(settings: Settings, source: str, destination: str) -> None:
         "matched": _dict(response.matched) if response.HasField("matched") else None,
     }
     verdict = "allowed" if response.allowed else "denied"
-    emit(data, settings.output, lambda: f"{source} -> {destination}: {verdict} ({response.reason})")
+    pair = f"{_shown(source)} -> {_shown(destination)}"
+    emit(data, settings.output, lambda: f"{pair}: {verdict} ({response.reason})")
     if not response.allowed:
         raise click.exceptions.Exit(1)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sdk import IntentionDecision, IntentionSet
+from sdk import IntentionDecision, IntentionName, IntentionSet
 
 __all__ = ["IntentionTable"]
 
@@ -60,9 +60,12 @@ class IntentionTable:
         if callback in self._listeners:
             self._listeners.remove(callback)
 
-    def decide(self, source: str, destination: str) -> IntentionDecision:
-        """May ``source`` (a service name; "" for a caller that is not a
-        service) call ``destination``."""
+    def decide(
+        self, source: str | IntentionName, destination: str | IntentionName
+    ) -> IntentionDecision:
+        """May ``source`` call ``destination``: each ``NAMESPACE/SERVICE`` (or a
+        plain ``SERVICE`` of namespace ``default``); "" as source is a caller
+        that is not a service (a node), which only ``*`` sources match."""
         if self._set is None:
             return IntentionDecision(
                 False, None, "no intentions received from the control plane yet"

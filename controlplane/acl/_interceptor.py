@@ -32,7 +32,7 @@ from ecosystem.v1 import registry_pb2 as pb
 
 from controlplane.acl._audit import AuditLog
 from controlplane.acl._store import AclStore, Identity
-from controlplane.acl._table import PUBLIC, TABLE, Entry, Need, message_needs
+from controlplane.acl._table import PUBLIC, TABLE, Entry, Need, intention_need, message_needs
 from controlplane.registry import lease_services
 from serving.acl import PermissionDeniedError, allows, bearer_secret, denied, service_need
 from serving.errors import ServiceError, UnauthenticatedError, end_call, to_status
@@ -176,12 +176,12 @@ def _filter(authorizer: Authorizer, identity: Identity, method: str, response: A
         message.services.extend(kept_services)
     elif response_type is intention_pb2.ListIntentionsResponse:
         # An intention for destination X is X's policy: it is shown to whoever
-        # may read X (the right CheckIntention on X needs). `*` is a name of
-        # its own: a rule must match `*` (service:*:read).
+        # may read X in its namespace (the right CheckIntention on X needs).
+        # `*` is a name of its own: a rule must match `*` (service:*:read).
         kept_intentions = [
             i
             for i in message.intentions
-            if authorizer.allows(identity, service_need(i.destination, "", "read"))
+            if authorizer.allows(identity, intention_need(i.destination, "read"))
         ]
         del message.intentions[:]
         message.intentions.extend(kept_intentions)

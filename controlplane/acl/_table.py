@@ -18,9 +18,18 @@ from ecosystem.v1 import agent_pb2
 
 from controlplane.routes import prune_targets
 from controlplane.store import Store
+from sdk import IntentionName
 from serving.acl import EVENTS_PREFIX, MESSAGING_NEEDS, Need, service_need
 
-__all__ = ["EVENTS_PREFIX", "PUBLIC", "TABLE", "Entry", "Need", "message_needs"]
+__all__ = [
+    "EVENTS_PREFIX",
+    "PUBLIC",
+    "TABLE",
+    "Entry",
+    "Need",
+    "intention_need",
+    "message_needs",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,18 @@ def _selector_read(selector: Any) -> list[Need]:
 
 def _none(_request: Any) -> list[Need]:
     return []
+
+
+def intention_need(destination: str, access: str) -> Need:
+    """``access`` on an intention's destination (``SERVICE``, ``NAMESPACE/SERVICE``,
+    ``NAMESPACE/*`` or ``*``): the service in its namespace, where ``*`` is a
+    name of its own (a rule must match ``*``). A destination that is no such
+    name needs the plain name's right, and is refused as invalid by the call."""
+    try:
+        name = IntentionName.parse(destination)
+    except ValueError:
+        return _service(destination, "", access)
+    return _service(name.service, name.namespace, access)
 
 
 _R = "/ecosystem.v1.RegistryService/"
@@ -125,14 +146,16 @@ TABLE: dict[str, Entry] = {
     _CA + "GetTrustBundle": Entry(_none),
     _CA + "RotateRoot": Entry(lambda r: [Need("operator", "ca", "write")], write=True),
     # Intentions: writing one for a destination is writing that service's
-    # policy (`service:<destination>:write`; `*` needs a rule matching `*`).
+    # policy (`service:<destination>:write`, in its namespace; `NS/*` needs a
+    # service rule matching `*` or the namespace's rule, `*` a namespace rule
+    # matching `*`).
     _I + "CreateIntention": Entry(
-        lambda r: [_service(r.intention.destination, "", "write")], write=True
+        lambda r: [intention_need(r.intention.destination, "write")], write=True
     ),
-    _I + "DeleteIntention": Entry(lambda r: [_service(r.destination, "", "write")], write=True),
+    _I + "DeleteIntention": Entry(lambda r: [intention_need(r.destination, "write")], write=True),
     # Listed: the intentions whose destination the token may read.
     _I + "ListIntentions": Entry(lambda r: [_any("service", "read")], filtered=True),
-    _I + "CheckIntention": Entry(lambda r: [_service(r.destination, "", "read")]),
+    _I + "CheckIntention": Entry(lambda r: [intention_need(r.destination, "read")]),
     # Gateway routes: write on each route an apply names and on each it
     # would prune; lists and the watch show the routes the token may read.
     _G + "ApplyRoutes": Entry(

@@ -19,7 +19,7 @@ Everything here is also exported by :mod:`sdk`.
 """
 
 from sdk.agent._identity import TrustBundle, WorkloadCertificate
-from sdk.agent._intentions import Intention, IntentionDecision, IntentionSet
+from sdk.agent._intentions import Intention, IntentionDecision, IntentionName, IntentionSet
 from sdk.agent._session import AgentSession
 from sdk.agent._types import (
     AgentNode,
@@ -41,6 +41,7 @@ __all__ = [
     "EndpointUpdate",
     "Intention",
     "IntentionDecision",
+    "IntentionName",
     "IntentionSet",
     "ServiceEndpoints",
     "ServiceRef",

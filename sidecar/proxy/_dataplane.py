@@ -50,6 +50,16 @@ def listener_class(protocol: str) -> type[Listener]:
     return cls
 
 
+def inbound_namespace(inbound: InboundConfig, service: str, config: SidecarConfig) -> str:
+    """The namespace of the local service ``service`` an inbound listener fronts
+    ("" is ``default``; the one on ``to``'s port when the name is in several):
+    the destination's namespace in the intentions the listener decides."""
+    _host, port = split_hostport(inbound.to)
+    named = [s for s in config.services if s.name == service]
+    on_port = [s for s in named if s.port == port]
+    return (on_port or named)[0].namespace if named else ""
+
+
 def inbound_service(inbound: InboundConfig, config: SidecarConfig) -> str:
     """The local service an inbound listener fronts: ``service``, or the one on ``to``'s port."""
     if inbound.service:
@@ -85,7 +95,9 @@ class DataPlane:
             target = Target.fixed(name, inbound, [(host, port)])
             listener = self._listener(name, inbound.listen, target, inbound)
             if mesh is not None and service and inbound.protocol in _MESH_PROTOCOLS:
-                listener.mesh = InboundMesh(mesh, service)
+                listener.mesh = InboundMesh(
+                    mesh, service, inbound_namespace(inbound, service, config)
+                )
             self.listeners.append(listener)
             if service:
                 self._inbound.setdefault(service, listener)

@@ -107,6 +107,7 @@ class _Owner:
 @dataclass(frozen=True, slots=True)
 class _Caller:
     tls: bool
+    #: ``NAMESPACE/SERVICE`` ("" for a node or plaintext)
     service: str
 
 
@@ -162,7 +163,7 @@ class GrpcFront(_Owner):
             return IntentionDecision(True, None, "plaintext: no identities to check")
         if not caller.tls:
             return IntentionDecision(True, None, "plaintext: no identities to check")
-        return mesh.mesh.intentions.decide(caller.service, mesh.service)
+        return mesh.decide(caller.service)
 
 
 class TlsConnector(_Owner):

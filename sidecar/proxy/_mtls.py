@@ -12,8 +12,9 @@ workload certificates on both sides:
   connection closed);
 - the caller's SPIFFE ID (the certificate's URI SAN, in this trust domain:
   TLS libraries do not check URI name constraints, so it is checked here)
-  names the calling service, and the intentions decide whether it may call
-  the service the listener fronts (:class:`~sidecar.intentions.IntentionTable`);
+  names the calling service and its namespace, and the intentions decide
+  whether it may call the service the listener fronts, in that service's
+  namespace (:class:`~sidecar.intentions.IntentionTable`);
 - an upstream listener dials an endpoint that has an inbound listener
   (``INBOUND_PORT_KEY`` in its metadata) over TLS with the certificate of
   the sidecar's first local service (the node's when it has none), and
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from sdk import IntentionDecision
+from sdk import IntentionDecision, IntentionName
 from sidecar.config import INBOUND_PORT_KEY
 
 if TYPE_CHECKING:
@@ -68,6 +69,11 @@ class Peer:
     namespace: str = ""
     service: str = ""
     node: str = ""
+
+    @property
+    def intention_name(self) -> str:
+        """The caller as intentions name it: ``NAMESPACE/SERVICE`` ("" for a node)."""
+        return f"{self.namespace}/{self.service}" if self.service else ""
 
 
 def _peer_of(transport: asyncio.BaseTransport, trust_domain: str) -> Peer:
@@ -97,8 +103,8 @@ def _peer_of(transport: asyncio.BaseTransport, trust_domain: str) -> Peer:
 
 @dataclass(eq=False, slots=True)
 class _Tracked:
-    caller: str
-    destination: str
+    caller: IntentionName
+    destination: IntentionName
     on_change: Callable[[IntentionDecision], None]
 
 
@@ -159,16 +165,16 @@ class MeshTls:
         return context
 
     def server_protocol(
-        self, service: str, make: Callable[[], asyncio.BaseProtocol]
+        self, service: str, make: Callable[[], asyncio.BaseProtocol], namespace: str = ""
     ) -> asyncio.BaseProtocol:
         """The protocol for one connection accepted by the inbound listener
-        fronting ``service``: ``make()`` as it is without a bundle, wrapped in
-        TLS with one; a connection that cannot be served yet (no certificate)
-        is closed at once."""
+        fronting ``service`` (of ``namespace``): ``make()`` as it is without a
+        bundle, wrapped in TLS with one; a connection that cannot be served yet
+        (no certificate) is closed at once."""
         if not self.active:
             return make()
         try:
-            context = self._context(_DEFAULT_NAMESPACE, service, server=True)
+            context = self._context(namespace or _DEFAULT_NAMESPACE, service, server=True)
         except LookupError as exc:
             logger.warning("inbound %s: refusing a connection: %s", service, exc)
             return _Refused()
@@ -213,8 +219,10 @@ class MeshTls:
     # -- the inbound check ------------------------------------------------------------------
 
     def authorize(self, transport: asyncio.BaseTransport, destination: str) -> IntentionDecision:
-        """May the TLS peer of ``transport`` call ``destination``? Plaintext
-        connections (no bundle) are allowed: intentions need identities."""
+        """May the TLS peer of ``transport`` (its SPIFFE ID's namespace and
+        service) call ``destination`` (``SERVICE`` of ``default``, or
+        ``NAMESPACE/SERVICE``)? Plaintext connections (no bundle) are allowed:
+        intentions need identities."""
         if transport.get_extra_info("ssl_object") is None:
             return IntentionDecision(True, None, "plaintext: no identities to check")
         bundle = self.identity.bundle
@@ -222,15 +230,16 @@ class MeshTls:
             peer = _peer_of(transport, bundle.trust_domain if bundle else "")
         except PeerError as exc:
             return IntentionDecision(False, None, str(exc))
-        return self.intentions.decide(peer.service, destination)
+        return self.intentions.decide(peer.intention_name, destination)
 
     def caller_of(self, transport: asyncio.BaseTransport) -> str:
-        """The calling service's name ("" for a node or a plaintext connection)."""
+        """The calling service as intentions name it, ``NAMESPACE/SERVICE``
+        ("" for a node or a plaintext connection)."""
         if transport.get_extra_info("ssl_object") is None:
             return ""
         bundle = self.identity.bundle
         try:
-            return _peer_of(transport, bundle.trust_domain if bundle else "").service
+            return _peer_of(transport, bundle.trust_domain if bundle else "").intention_name
         except PeerError:
             return ""
 
@@ -245,7 +254,12 @@ class MeshTls:
         the intentions change, until :meth:`forget`."""
         if transport.get_extra_info("ssl_object") is None:
             return
-        self._tracked[key] = _Tracked(self.caller_of(transport), destination, on_change)
+        caller = self.caller_of(transport)
+        self._tracked[key] = _Tracked(
+            IntentionName.parse(caller) if caller else IntentionName("", ""),
+            IntentionName.parse(destination),
+            on_change,
+        )
 
     def forget(self, key: object) -> None:
         self._tracked.pop(key, None)
@@ -261,21 +275,28 @@ class MeshTls:
 
 class InboundMesh:
     """What one inbound listener needs of the mesh: its TLS and its check, for
-    the local service it fronts."""
+    the local service it fronts (``service`` of ``namespace``, "" is ``default``)."""
 
-    __slots__ = ("mesh", "service")
+    __slots__ = ("destination", "mesh", "namespace", "service")
 
-    def __init__(self, mesh: MeshTls, service: str) -> None:
+    def __init__(self, mesh: MeshTls, service: str, namespace: str = "") -> None:
         self.mesh = mesh
         self.service = service
+        self.namespace = namespace or _DEFAULT_NAMESPACE
+        #: The service as intentions name it: ``NAMESPACE/SERVICE``.
+        self.destination = f"{self.namespace}/{service}"
 
     def factory(
         self, make: Callable[[], asyncio.BaseProtocol]
     ) -> Callable[[], asyncio.BaseProtocol]:
-        return lambda: self.mesh.server_protocol(self.service, make)
+        return lambda: self.mesh.server_protocol(self.service, make, self.namespace)
 
     def authorize(self, transport: asyncio.BaseTransport) -> IntentionDecision:
-        return self.mesh.authorize(transport, self.service)
+        return self.mesh.authorize(transport, self.destination)
+
+    def decide(self, caller: str) -> IntentionDecision:
+        """May ``caller`` (``NAMESPACE/SERVICE``, "" for a node) call this service?"""
+        return self.mesh.intentions.decide(caller, self.destination)
 
     def track(
         self,
@@ -283,7 +304,7 @@ class InboundMesh:
         transport: asyncio.BaseTransport,
         on_change: Callable[[IntentionDecision], None],
     ) -> None:
-        self.mesh.track(key, transport, self.service, on_change)
+        self.mesh.track(key, transport, self.destination, on_change)
 
     def forget(self, key: object) -> None:
         self.mesh.forget(key)

@@ -14,7 +14,7 @@ from ecosystem.v1 import intention_pb2 as ipb
 from ecosystem.v1 import intention_pb2_grpc
 
 from controlplane import ControlPlane
-from controlplane.store import MemoryStore
+from controlplane.store import MemoryStore, PutOp
 from controlplane.testing import test_config
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
@@ -66,7 +66,7 @@ async def test_create_list_check_delete(stub: intention_pb2_grpc.IntentionServic
     answer = await stub.CheckIntention(
         ipb.CheckIntentionRequest(source="api", destination="orders")
     )
-    assert answer.reason == "intention * -> orders denies"
+    assert answer.reason == "intention * -> default/orders denies"
     assert (answer.matched.source, answer.matched.destination) == ("*", "orders")
 
     listed = await stub.ListIntentions(ipb.ListIntentionsRequest())
@@ -90,13 +90,104 @@ async def test_create_list_check_delete(stub: intention_pb2_grpc.IntentionServic
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await stub.DeleteIntention(ipb.DeleteIntentionRequest(source="web", destination="orders"))
     assert missing.value.code() is grpc.StatusCode.NOT_FOUND
-    assert missing.value.details() == "no intention web -> orders"
+    assert missing.value.details() == "no intention default/web -> default/orders"
+
+
+async def test_namespaces_on_either_side(stub: intention_pb2_grpc.IntentionServiceStub) -> None:
+    await create(stub, "*", "orders", DENY)
+    # Written in any form, stored and sent in the shortest one.
+    created = await create(stub, "team-a/web", "default/orders", ALLOW)
+    assert (created.source, created.destination) == ("team-a/web", "orders")
+    await create(stub, "*/*", "team-b/*", DENY)
+    await create(stub, "team-b/*", "team-b/*", ALLOW)
+    assert await check(stub, "team-a/web", "orders")
+    assert not await check(stub, "team-b/web", "orders")
+    assert not await check(stub, "web", "orders")  # default/web is not team-a/web
+    assert await check(stub, "team-b/api", "team-b/orders")
+    assert not await check(stub, "team-a/web", "team-b/orders")
+    assert await check(stub, "team-a/web", "team-c/orders")  # the default (--acl allow)
+
+    listed = await stub.ListIntentions(ipb.ListIntentionsRequest())
+    assert [(i.source, i.destination) for i in listed.intentions] == [
+        ("team-a/web", "orders"),
+        ("*", "orders"),
+        ("team-b/*", "team-b/*"),
+        ("*", "team-b/*"),
+    ]
+    # `web` and `default/web` are one name: the same pair is replaced, not added.
+    await create(stub, "team-a/web", "orders", DENY)
+    assert not await check(stub, "team-a/web", "default/orders")
+    assert len((await stub.ListIntentions(ipb.ListIntentionsRequest())).intentions) == 4
+    await stub.DeleteIntention(
+        ipb.DeleteIntentionRequest(source="team-a/web", destination="default/orders")
+    )
+    await stub.DeleteIntention(
+        ipb.DeleteIntentionRequest(source="team-b/*", destination="team-b/*")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.DeleteIntention(
+            ipb.DeleteIntentionRequest(source="team-b/*", destination="team-b/*")
+        )
+    assert missing.value.details() == "no intention team-b/* -> team-b/*"
+    left = (await stub.ListIntentions(ipb.ListIntentionsRequest())).intentions
+    assert [(i.source, i.destination) for i in left] == [("*", "orders"), ("*", "team-b/*")]
+
+
+async def test_intentions_stored_before_namespaces_mean_the_default_namespace() -> None:
+    store = MemoryStore()
+    old = [
+        ("web", "orders", ALLOW),
+        ("*", "orders", DENY),
+        ("web", "*", DENY),
+    ]
+    async with store:
+        await store.txn(
+            [],
+            [
+                PutOp(
+                    f"/ecosystem/v1/intentions/{src}/{dst}",
+                    ipb.Intention(source=src, destination=dst, action=action).SerializeToString(),
+                )
+                for src, dst, action in old
+            ],
+        )
+        async with (
+            ControlPlane(config(), store=store) as plane,
+            grpc.aio.insecure_channel(plane.address) as channel,
+        ):
+            stub = intention_pb2_grpc.IntentionServiceStub(channel)
+            assert await check(stub, "default/web", "default/orders")
+            assert not await check(stub, "team-b/web", "orders")  # `*` is every namespace
+            assert not await check(stub, "web", "team-b/billing")
+            assert await check(stub, "team-b/web", "team-b/billing")
+            listed = await stub.ListIntentions(ipb.ListIntentionsRequest())
+            assert [(i.source, i.destination) for i in listed.intentions] == [
+                ("web", "orders"),
+                ("*", "orders"),
+                ("web", "*"),
+            ]
+            # Writing an old pair moves it under its new key: still one intention.
+            await create(stub, "default/web", "orders", DENY)
+            assert not await check(stub, "web", "orders")
+            assert len((await stub.ListIntentions(ipb.ListIntentionsRequest())).intentions) == 3
+            keys = [kv.key for kv in (await store.range("/ecosystem/v1/intentions/")).kvs]
+            assert "/ecosystem/v1/intentions/default/web/default/orders" in keys
+            assert "/ecosystem/v1/intentions/web/orders" not in keys
+            # Deleting an old one by either form removes it.
+            await stub.DeleteIntention(
+                ipb.DeleteIntentionRequest(source="*/*", destination="default/orders")
+            )
+            assert await check(stub, "team-b/web", "orders")
+            assert len((await store.range("/ecosystem/v1/intentions/")).kvs) == 2
 
 
 async def test_bad_input_is_refused(stub: intention_pb2_grpc.IntentionServiceStub) -> None:
     for intention, field in (
         (ipb.Intention(source="Web!", destination="orders", action=ALLOW), "intention.source"),
         (ipb.Intention(source="web", destination="", action=ALLOW), "intention.destination"),
+        (ipb.Intention(source="*/web", destination="o", action=ALLOW), "intention.source"),
+        (ipb.Intention(source="Team/web", destination="o", action=ALLOW), "intention.source"),
+        (ipb.Intention(source="a", destination="b/c/d", action=ALLOW), "intention.destination"),
         (ipb.Intention(source="web", destination="orders"), "intention.action"),
         (
             ipb.Intention(source="web", destination="o", action=ALLOW, description="x" * 513),
@@ -180,6 +271,32 @@ async def test_a_token_lists_the_intentions_of_destinations_it_may_read() -> Non
         }
         assert len(await listed(management)) == 5
 
+        # Namespaces: the destination's namespace rules count, for writes and lists.
+        team_b = await token("team-b", "namespace:team-b:write")
+
+        async def write(secret: str, src: str, dst: str) -> grpc.StatusCode:
+            try:
+                await stub.CreateIntention(
+                    ipb.CreateIntentionRequest(
+                        intention=ipb.Intention(source=src, destination=dst, action=ALLOW)
+                    ),
+                    metadata=md(secret),
+                )
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+        assert await write(team_b, "*", "team-b/orders") is grpc.StatusCode.OK
+        assert await write(team_b, "team-a/web", "team-b/*") is grpc.StatusCode.OK
+        for dst in ("orders", "team-a/orders", "*"):
+            assert await write(team_b, "*", dst) is grpc.StatusCode.PERMISSION_DENIED, dst
+        assert await listed(team_b) == {("*", "team-b/orders"), ("team-a/web", "team-b/*")}
+        # A service rule names a service in every namespace, as it does for the registry.
+        assert ("*", "team-b/orders") in await listed(orders)
+        assert ("team-a/web", "team-b/*") not in await listed(orders)
+        denied = await write(orders, "*", "team-b/orders")
+        assert denied is grpc.StatusCode.PERMISSION_DENIED  # read only
+
 
 async def test_replicas_sharing_a_store_agree_within_a_second() -> None:
     store = MemoryStore()
@@ -230,7 +347,7 @@ async def test_a_sidecar_receives_every_change(
         def denied() -> None:
             decision = table.decide("web", "orders")
             assert not decision.allowed
-            assert decision.reason == "intention web -> orders denies"
+            assert decision.reason == "intention default/web -> default/orders denies"
 
         await assert_eventually(denied, timeout=1.0)
         await stub.DeleteIntention(ipb.DeleteIntentionRequest(source="web", destination="orders"))

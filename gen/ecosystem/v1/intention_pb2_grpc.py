@@ -27,8 +27,21 @@ if _version_not_supported:
 
 class IntentionServiceStub:
     """Intentions: which service may call which through the sidecars' proxies.
-    An inbound listener checks the caller's workload identity (its SPIFFE ID)
-    against them; docs/security.md ("Intentions") explains precedence.
+    An inbound listener checks the caller's workload identity (its SPIFFE ID,
+    spiffe://<trust-domain>/ns/<namespace>/svc/<service>) against them;
+    docs/security.md ("Intentions") explains precedence.
+
+    Each side of an intention (`source`, `destination`, and the same fields of
+    the requests) is one string:
+    `SERVICE`            that service in namespace `default`;
+    `NAMESPACE/SERVICE`  that service in that namespace;
+    `NAMESPACE/*`        every service of the namespace;
+    `*` (or `*/*`)       every service of every namespace.
+    `*/SERVICE` is refused (INVALID_ARGUMENT). The control plane stores and
+    returns the shortest form (`web` for `default/web`, `*` for `*/*`), so an
+    intention written before namespaces (plain names) means the same pair of
+    the `default` namespace, and a reader that knows no namespaces still reads
+    plain names.
     """
 
     def __init__(self, channel):
@@ -61,8 +74,21 @@ class IntentionServiceStub:
 
 class IntentionServiceServicer:
     """Intentions: which service may call which through the sidecars' proxies.
-    An inbound listener checks the caller's workload identity (its SPIFFE ID)
-    against them; docs/security.md ("Intentions") explains precedence.
+    An inbound listener checks the caller's workload identity (its SPIFFE ID,
+    spiffe://<trust-domain>/ns/<namespace>/svc/<service>) against them;
+    docs/security.md ("Intentions") explains precedence.
+
+    Each side of an intention (`source`, `destination`, and the same fields of
+    the requests) is one string:
+    `SERVICE`            that service in namespace `default`;
+    `NAMESPACE/SERVICE`  that service in that namespace;
+    `NAMESPACE/*`        every service of the namespace;
+    `*` (or `*/*`)       every service of every namespace.
+    `*/SERVICE` is refused (INVALID_ARGUMENT). The control plane stores and
+    returns the shortest form (`web` for `default/web`, `*` for `*/*`), so an
+    intention written before namespaces (plain names) means the same pair of
+    the `default` namespace, and a reader that knows no namespaces still reads
+    plain names.
     """
 
     def CreateIntention(self, request, context):
@@ -128,8 +154,21 @@ def add_IntentionServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class IntentionService:
     """Intentions: which service may call which through the sidecars' proxies.
-    An inbound listener checks the caller's workload identity (its SPIFFE ID)
-    against them; docs/security.md ("Intentions") explains precedence.
+    An inbound listener checks the caller's workload identity (its SPIFFE ID,
+    spiffe://<trust-domain>/ns/<namespace>/svc/<service>) against them;
+    docs/security.md ("Intentions") explains precedence.
+
+    Each side of an intention (`source`, `destination`, and the same fields of
+    the requests) is one string:
+    `SERVICE`            that service in namespace `default`;
+    `NAMESPACE/SERVICE`  that service in that namespace;
+    `NAMESPACE/*`        every service of the namespace;
+    `*` (or `*/*`)       every service of every namespace.
+    `*/SERVICE` is refused (INVALID_ARGUMENT). The control plane stores and
+    returns the shortest form (`web` for `default/web`, `*` for `*/*`), so an
+    intention written before namespaces (plain names) means the same pair of
+    the `default` namespace, and a reader that knows no namespaces still reads
+    plain names.
     """
 
     @staticmethod

@@ -70,8 +70,8 @@ def mesh(*intentions: Intention, default_allow: bool = False) -> tuple[MeshTls, 
     return MeshTls(FakeIdentity(), table, ("default", "web")), table  # type: ignore[arg-type]
 
 
-def svc(name: str, domain: str = TD) -> FakeTransport:
-    return FakeTransport(cert_der(f"spiffe://{domain}/ns/default/svc/{name}"))
+def svc(name: str, domain: str = TD, namespace: str = "default") -> FakeTransport:
+    return FakeTransport(cert_der(f"spiffe://{domain}/ns/{namespace}/svc/{name}"))
 
 
 def test_the_callers_service_is_checked_against_the_intentions() -> None:
@@ -79,6 +79,25 @@ def test_the_callers_service_is_checked_against_the_intentions() -> None:
     assert m.authorize(svc("web"), "orders").allowed
     denied = m.authorize(svc("api"), "orders")
     assert not denied.allowed and denied.reason == "no intention matches: default deny"
+
+
+def test_the_callers_namespace_and_the_destinations_count() -> None:
+    m, table = mesh(
+        Intention("team-a/web", "orders", True),
+        Intention("team-a/*", "team-b/orders", True),
+    )
+    assert m.authorize(svc("web", namespace="team-a"), "orders").allowed
+    assert m.authorize(svc("web", namespace="team-a"), "default/orders").allowed
+    # web of another namespace (or of default) is another caller.
+    assert not m.authorize(svc("web", namespace="team-b"), "orders").allowed
+    assert not m.authorize(svc("web"), "orders").allowed
+    # orders of team-b is another destination.
+    assert m.authorize(svc("api", namespace="team-a"), "team-b/orders").allowed
+    assert not m.authorize(svc("api", namespace="team-a"), "orders").allowed
+    heard: list[IntentionDecision] = []
+    m.track("conn", svc("web", namespace="team-a"), "orders", heard.append)
+    table.on_intentions(IntentionSet((Intention("team-a/*", "*", False),), True, 2))
+    assert [(d.allowed, d.reason) for d in heard] == [(False, "intention team-a/* -> * denies")]
 
 
 def test_identities_that_name_no_service_of_this_trust_domain() -> None:

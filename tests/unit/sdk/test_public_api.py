@@ -93,6 +93,7 @@ PUBLIC = [
     # Intentions over the agent session.
     "Intention",
     "IntentionDecision",
+    "IntentionName",
     "IntentionSet",
 ]
 
