@@ -85,7 +85,7 @@ class DataPlane:
             name = upstream.service if upstream.key[0] == "default" else "/".join(upstream.key)
             target = Target(name, upstream, router.balancer(upstream.key))
             if mesh is not None and upstream.protocol in _MESH_PROTOCOLS:
-                target.mesh, target.service = mesh, upstream.service
+                target.mesh, target.service = mesh, "/".join(upstream.key)
             self._targets[upstream.key] = target
             self.listeners.append(self._listener(name, upstream.listen, target, upstream))
         for inbound in config.inbound:

@@ -203,7 +203,8 @@ class MeshTls:
 
     def check_server(self, transport: asyncio.BaseTransport, service: str) -> None:
         """Raises ConnectionRefusedError unless the TLS server at the other end of
-        ``transport`` (if it is TLS) is ``service``."""
+        ``transport`` (if it is TLS) is ``service`` (``SERVICE`` of ``default``,
+        or ``NAMESPACE/SERVICE``): its namespace counts as much as its name."""
         if transport.get_extra_info("ssl_object") is None:
             return
         bundle = self.identity.bundle
@@ -211,9 +212,10 @@ class MeshTls:
             peer = _peer_of(transport, bundle.trust_domain if bundle else "")
         except PeerError as exc:
             raise ConnectionRefusedError(f"mutual TLS: the server: {exc}") from exc
-        if peer.service != service:
+        expected = IntentionName.parse(service)
+        if (peer.namespace, peer.service) != (expected.namespace, expected.service):
             raise ConnectionRefusedError(
-                f"mutual TLS: the server is {peer.spiffe_id}, not service {service!r}"
+                f"mutual TLS: the server is {peer.spiffe_id}, not service {expected.qualified!r}"
             )
 
     # -- the inbound check ------------------------------------------------------------------

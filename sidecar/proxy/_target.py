@@ -100,7 +100,8 @@ class Target:
         self._ids = frozenset(e.id for e in balancer.endpoints)
         self._on_removed: list[Callable[[frozenset[str]], None]] = []
         #: For an upstream target: mutual TLS to remote sidecars (set by the data
-        #: plane; sidecar.proxy._mtls.MeshTls) and the service dialled.
+        #: plane; sidecar.proxy._mtls.MeshTls) and the service dialled
+        #: (``NAMESPACE/SERVICE``).
         self.mesh: Any = None
         self.service = ""
 

@@ -147,9 +147,9 @@ def eco_plain(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 class Namespaces:
-    """`orders` (TCP) and `orders-http` in namespace default behind one sidecar's
-    inbound listeners; `web` of team-a and `web` of team-b, each on its own
-    sidecar with upstream listeners to both."""
+    """`orders` (TCP) of namespace default and `orders-http` of namespace shop
+    behind one sidecar's inbound listeners; `web` of team-a and `web` of
+    team-b, each on its own sidecar with upstream listeners to both."""
 
     def __init__(self, plane: ControlPlaneProcess, ca: Path) -> None:
         self.plane, self.ca = plane, ca
@@ -163,7 +163,8 @@ class Namespaces:
         return result.stdout
 
     async def get(self, http: aiohttp.ClientSession, team: str) -> tuple[int, str]:
-        async with http.get(f"http://127.0.0.1:{self.ports[team]['orders-http']}/") as response:
+        port = self.ports[team]["shop/orders-http"]
+        async with http.get(f"http://127.0.0.1:{port}/") as response:
             await response.read()
             return response.status, response.headers.get("x-eco-proxy-error", "")
 
@@ -187,7 +188,7 @@ async def namespaces(tmp_path: Path, ca_plane: ControlPlaneProcess) -> AsyncIter
         "srv",
         f"""services:
   - {{name: orders, address: 127.0.0.1, port: {tcp.port}}}
-  - {{name: orders-http, address: 127.0.0.1, port: {http.port}}}
+  - {{name: orders-http, namespace: shop, address: 127.0.0.1, port: {http.port}}}
 inbound:
   - {{listen: "127.0.0.1:0", to: "127.0.0.1:{tcp.port}", protocol: tcp, service: orders}}
   - {{listen: "127.0.0.1:0", to: "127.0.0.1:{http.port}", protocol: http, service: orders-http}}
@@ -203,7 +204,7 @@ inbound:
   - {{name: web, namespace: {team}, address: 127.0.0.1, port: 9}}
 upstreams:
   - {{service: orders, protocol: tcp, listen: "127.0.0.1:0"}}
-  - {{service: orders-http, protocol: http, listen: "127.0.0.1:0"}}
+  - {{service: orders-http, namespace: shop, protocol: http, listen: "127.0.0.1:0"}}
 """,
             ca_plane.address,
             ca_file=ca,
@@ -224,7 +225,7 @@ upstreams:
                 status = await client.status()
                 assert {p["name"]: p["endpoints"] for p in status["proxy"]} == {
                     "orders": 1,
-                    "orders-http": 1,
+                    "shop/orders-http": 1,
                 }, status["proxy"]
                 ids = [c["spiffe_id"] for c in status["identity"]["certificates"]]
                 assert any(i.endswith(f"/ns/{team}/svc/web") for i in ids), ids
@@ -245,9 +246,9 @@ upstreams:
 async def test_the_callers_namespace_decides(namespaces: Namespaces) -> None:
     mesh = namespaces
     # Every service of every namespace is denied, except team-a's services
-    # calling the default namespace's.
+    # (calling any: default/orders over TCP, shop/orders-http over HTTP).
     mesh.intention("create", "*", "*", "--deny")
-    mesh.intention("create", "team-a/*", "default/*", "--allow")
+    mesh.intention("create", "team-a/*", "*", "--allow")
     mesh.intention("check", "team-a/web", "default/orders")
     mesh.intention("check", "team-b/web", "default/orders", code=1)
 
@@ -270,7 +271,7 @@ async def test_the_callers_namespace_decides(namespaces: Namespaces) -> None:
         # Allow -> deny for the namespace reaches the connections already open
         # within 1.5 s: the TCP one is reset, the HTTP keep-alive one (between
         # the sidecars) refuses its next request.
-        mesh.intention("create", "team-a/*", "default/*", "--deny")
+        mesh.intention("create", "team-a/*", "*", "--deny")
         with pytest.raises(ConnectionResetError):
             assert await asyncio.wait_for(reader.read(100), 1.5) != b""
         writer.close()
@@ -282,7 +283,7 @@ async def test_the_callers_namespace_decides(namespaces: Namespaces) -> None:
 
         # The exact source beats its namespace: team-a's web is allowed again,
         # team-b's web (another service of that name) is not.
-        mesh.intention("create", "team-a/web", "default/*", "--allow")
+        mesh.intention("create", "team-a/web", "*", "--allow")
 
         async def exact_allowed() -> None:
             assert await mesh.get(http, "team-a") == (200, "")

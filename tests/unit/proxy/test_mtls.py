@@ -8,6 +8,7 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -139,3 +140,17 @@ def test_before_the_first_set_nothing_is_allowed() -> None:
     decision = m.authorize(svc("web"), "orders")
     assert not decision.allowed
     assert decision.reason == "no intentions received from the control plane yet"
+
+
+def test_the_server_dialled_must_be_the_service_in_its_namespace() -> None:
+    m, _ = mesh()
+    m.check_server(svc("orders"), "orders")
+    m.check_server(svc("orders"), "default/orders")
+    m.check_server(svc("orders", namespace="team-b"), "team-b/orders")
+    for transport, service in (
+        (svc("orders", namespace="team-b"), "orders"),
+        (svc("orders"), "team-b/orders"),
+        (svc("billing"), "orders"),
+    ):
+        with pytest.raises(ConnectionRefusedError, match="mutual TLS: the server is spiffe://"):
+            m.check_server(transport, service)
