@@ -40,7 +40,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
@@ -392,6 +392,7 @@ class CacheSlot:
         "_sub",
         "_uri",
         "_wait",
+        "_waiting",
         "hit",
         "max_entry_bytes",
         "refusal",
@@ -427,15 +428,23 @@ class CacheSlot:
         self._epoch = cache._epoch
         self._request_time = 0.0
         self._response_time = 0.0
+        #: entering stopped to wait for another request's response: (its flight, the
+        #: request's directives, the key)
+        self._waiting: tuple[asyncio.Future[_Entry | None], Directives, Any] | None = None
 
-    async def __aenter__(self) -> Self:
+    def enter_now(self) -> bool:
+        """Enters the slot without waiting when it can (a hit, a miss to fetch, a
+        bypass: True); False when another request is fetching this response: then
+        ``await slot.__aenter__()`` waits for it (at most ``wait``)."""
         cache, request, config = self._cache, self._request, self._config
         self._request_time = now = cache._clock()
         if request.method not in config.methods:
-            return self._bypass(store=False)
+            self._bypass(store=False)
+            return True
         if request.consumer is not None or "authorization" in request.headers:
             if not config.cache_authorized or request.consumer is None:
-                return self._bypass(store=False)
+                self._bypass(store=False)
+                return True
             self._sub = (request.method, request.consumer.name)
         cc_values = request.headers.get_all("cache-control")
         directives = parse_cache_control(cc_values) if cc_values else {}
@@ -448,34 +457,59 @@ class CacheSlot:
             )
             or ("max-age" in directives and not delta_seconds(directives["max-age"]))
         ):
-            return self._bypass(store=may_store)
+            self._bypass(store=may_store)
+            return True
         entry = self._fresh(directives, now)
         if entry is None and "only-if-cached" in directives:
             cache._misses += 1
             self.refusal = LocalResponse.error(
                 504, "not_cached", "only-if-cached: no fresh response is stored"
             )
-            return self
+            return True
         key = (self._uri, self._sub)
         coalesce = may_store and not (cache._solo and cache._is_solo(key, now))
         flight = cache._flights.get(key) if entry is None and coalesce else None
         if flight is not None:
             cache._coalesced += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(flight), self._wait)
-            # A waiter that goes upstream after all sends its request only now.
-            self._request_time = now = cache._clock()
-            entry = self._fresh(directives, now)
-            coalesce = not cache._is_solo(key, now)
+            self._waiting = (flight, directives, key)
+            return False
+        self._settle(entry, directives, key, coalesce, may_store, now)
+        return True
+
+    def _settle(
+        self,
+        entry: _Entry | None,
+        directives: Directives,
+        key: Any,
+        coalesce: bool,
+        may_store: bool,
+        now: float,
+    ) -> None:
+        cache = self._cache
         if entry is not None:
             cache._hits += 1
             self.hit = cache._serve(entry, self._head_only, now)
             self.x_cache = "HIT"
-            return self
+            return
         cache._misses += 1
         self._storable = may_store
         if coalesce and key not in cache._flights:
             self._flight = cache._flights[key] = asyncio.get_running_loop().create_future()
+
+    async def __aenter__(self) -> Self:
+        if self._waiting is None and self.enter_now():
+            return self
+        assert self._waiting is not None
+        flight, directives, key = self._waiting
+        self._waiting = None
+        cache = self._cache
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(flight), self._wait)
+        # A waiter that goes upstream after all sends its request only now.
+        self._request_time = now = cache._clock()
+        entry = self._fresh(directives, now)
+        coalesce = not cache._is_solo(key, now)
+        self._settle(entry, directives, key, coalesce, True, now)
         return self
 
     async def __aexit__(

@@ -9,15 +9,17 @@ log has the consumer's name, not its credential, and no query string.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from sidecar.gateway.request import GatewayRequest
 
@@ -76,8 +78,93 @@ class AccessLog:
         self._file = None
 
 
+class _Route:
+    """One route's counts, kept as plain numbers (read by the collector when scraped)."""
+
+    __slots__ = (
+        "auth_failures",
+        "buckets",
+        "cache_hits",
+        "codes",
+        "count",
+        "cut_short",
+        "limited",
+        "sum",
+    )
+
+    def __init__(self) -> None:
+        self.codes: dict[int, int] = {}
+        self.buckets = [0] * (len(_BUCKETS) + 1)  # the last: above every bound
+        self.sum = 0.0
+        self.count = 0
+        self.limited = 0
+        self.auth_failures = 0
+        self.cache_hits = 0
+        self.cut_short = 0
+
+
+class _Collector:
+    """Turns the routes' counts into Prometheus families at scrape time."""
+
+    def __init__(self, routes: dict[str, _Route]) -> None:
+        self._routes = routes
+
+    def collect(self) -> Iterator[Metric]:
+        routes = list(self._routes.items())
+        requests = CounterMetricFamily(
+            "eco_gateway_requests",
+            "Requests the gateway answered, by route and status code",
+            labels=["code", "route"],
+        )
+        duration = HistogramMetricFamily(
+            "eco_gateway_request_duration_seconds",
+            "From a request's head to the end of its response, by route",
+            labels=["route"],
+        )
+        families = {
+            attribute: CounterMetricFamily(f"eco_gateway_{name}", text, labels=["route"])
+            for name, attribute, text in _COUNTERS
+        }
+        for name, counts in routes:
+            for code, value in sorted(counts.codes.items()):
+                requests.add_metric([str(code), name], value)
+            cumulative, buckets = 0, []
+            for bound, value in zip((*_BUCKETS, float("inf")), counts.buckets, strict=True):
+                cumulative += value
+                buckets.append((_bound(bound), cumulative))
+            duration.add_metric([name], buckets, counts.sum)
+            for attribute, family in families.items():
+                family.add_metric([name], getattr(counts, attribute))
+        yield requests
+        yield duration
+        yield from families.values()
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+#: The per-route counters besides requests and their duration: (metric, count, help).
+_COUNTERS = (
+    ("rate_limited", "limited", "Requests refused by a rate limit (429), by route"),
+    (
+        "auth_failures",
+        "auth_failures",
+        "Requests refused by authentication or an allow list (401, 403), by route",
+    ),
+    ("cache_hits", "cache_hits", "Requests answered from the response cache, by route"),
+    (
+        "responses_cut_short",
+        "cut_short",
+        "Forwarded responses that did not reach the client whole, by route",
+    ),
+)
+
+
 class Observations:
-    """The gateway's request metrics (its own registry) and access log."""
+    """The gateway's request metrics (its own registry, counted as plain numbers
+    on the request path and turned into Prometheus families when scraped) and
+    access log."""
 
     def __init__(
         self, access_log: AccessLog | None = None, *, clock: Callable[[], float] = time.monotonic
@@ -85,60 +172,31 @@ class Observations:
         self.registry = CollectorRegistry()
         self._clock = clock
         self.access_log = access_log
-        self.requests = Counter(
-            "eco_gateway_requests",
-            "Requests the gateway answered, by route and status code",
-            ["route", "code"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "eco_gateway_request_duration_seconds",
-            "From a request's head to the end of its response, by route",
-            ["route"],
-            buckets=_BUCKETS,
-            registry=self.registry,
-        )
-        self.limited = Counter(
-            "eco_gateway_rate_limited",
-            "Requests refused by a rate limit (429), by route",
-            ["route"],
-            registry=self.registry,
-        )
-        self.auth_failures = Counter(
-            "eco_gateway_auth_failures",
-            "Requests refused by authentication or an allow list (401, 403), by route",
-            ["route"],
-            registry=self.registry,
-        )
-        self.cache_hits = Counter(
-            "eco_gateway_cache_hits",
-            "Requests answered from the response cache, by route",
-            ["route"],
-            registry=self.registry,
-        )
-        self.cut_short = Counter(
-            "eco_gateway_responses_cut_short",
-            "Forwarded responses that did not reach the client whole, by route",
-            ["route"],
-            registry=self.registry,
-        )
+        self._routes: dict[str, _Route] = {}
+        self.registry.register(_Collector(self._routes))
 
     def done(
         self, request: GatewayRequest, status: int, sent: int, *, upstream: bool, complete: bool
     ) -> None:
         route = request.route or NO_ROUTE
         elapsed = max(0.0, self._clock() - request.received)
-        self.requests.labels(route, str(status)).inc()
-        self.duration.labels(route).observe(elapsed)
+        counts = self._routes.get(route)
+        if counts is None:
+            counts = self._routes[route] = _Route()
+        codes = counts.codes
+        codes[status] = codes.get(status, 0) + 1
+        counts.buckets[bisect.bisect_left(_BUCKETS, elapsed)] += 1
+        counts.sum += elapsed
+        counts.count += 1
         if not upstream:
             if status == 429:
-                self.limited.labels(route).inc()
+                counts.limited += 1
             elif status in (401, 403):
-                self.auth_failures.labels(route).inc()
+                counts.auth_failures += 1
             elif request.noted("cache") == "HIT":
-                self.cache_hits.labels(route).inc()
+                counts.cache_hits += 1
         if not complete:
-            self.cut_short.labels(route).inc()
+            counts.cut_short += 1
         log = self.access_log
         if log is not None:
             consumer = request.consumer

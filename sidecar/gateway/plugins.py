@@ -21,8 +21,9 @@ In order, for a request a route takes:
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from sidecar.gateway.auth import (
@@ -39,7 +40,7 @@ from sidecar.gateway.auth import (
     MtlsAuth,
     identity_headers,
 )
-from sidecar.gateway.cache import CacheConfig, ResponseCache
+from sidecar.gateway.cache import CacheConfig, CacheSlot, ResponseCache
 from sidecar.gateway.config import (
     DEFAULT_MAX_BODY,
     Backend,
@@ -188,7 +189,7 @@ class RoutePlans:
         body_limit = 0
         auth = self._auth(route)
         if auth is not None:
-            steps.append(auth.authenticate)
+            steps.append(_auth_step(auth))
             on_forward.append(_add_identity)
             if auth.needs_body:  # (a signed request's digest is checked against its body)
                 body_limit = DEFAULT_MAX_BODY
@@ -260,7 +261,48 @@ def _add_identity(request: GatewayRequest) -> None:
         request.headers.set(name, value)
 
 
+def _auth_step(chain: AuthChain) -> Step:
+    """The authentication step: it waits only when a JWT must be verified
+    (the first time a token is seen, or for keys); key_auth, hmac and mtls
+    never wait, and a token seen before is taken from the plugin's cache."""
+
+    def step(request: GatewayRequest) -> LocalResponse | Awaitable[LocalResponse | None] | None:
+        plugins = chain.plugins
+        plugin: AuthPlugin | None = plugins[0] if len(plugins) == 1 else None
+        if plugin is None:
+            plugin = next((p for p in plugins if p.present(request)), None)
+            if plugin is None:  # no credential: the chain's 401 with every challenge
+                return _at_once(chain.authenticate(request))
+        if isinstance(plugin, JwtAuth):
+            if plugin.accept_cached(request):
+                return None
+            return plugin.authenticate(request)
+        return _at_once(plugin.authenticate(request))
+
+    return step
+
+
+def _at_once(coro: Coroutine[Any, Any, LocalResponse | None]) -> LocalResponse | None:
+    """The result of a coroutine that never waits (key_auth, hmac, mtls, a chain's
+    challenge), run to its end here; one that does wait is a programming error."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a check that never waits has waited")
+
+
 def _rate_limit_step(limiter: RateLimiter) -> Step:
+    if limiter.local_only:
+
+        def local(request: GatewayRequest) -> LocalResponse | None:
+            decision = limiter.decide_now(request)
+            request.note(_RATE, decision)
+            return rate_limit_refusal(decision)
+
+        return local
+
     async def step(request: GatewayRequest) -> LocalResponse | None:
         decision = await limiter.decide(request)
         request.note(_RATE, decision)
@@ -277,21 +319,34 @@ def _rate_limit_headers(request: GatewayRequest) -> Sequence[tuple[str, str]]:
 
 
 def _cache_step(cache: ResponseCache, config: CacheConfig, wait: float) -> Step:
-    async def step(request: GatewayRequest) -> LocalResponse | None:
+    """The cache's step: it waits only while another request fetches the same
+    response (coalescing); a hit or a miss to fetch is decided at once."""
+
+    def step(request: GatewayRequest) -> LocalResponse | Awaitable[LocalResponse | None] | None:
         slot = cache.lookup(request, config, wait=wait)
-        await slot.__aenter__()
-        hit = slot.hit
-        if hit is not None:
-            request.note(_CACHE, "HIT")  # (its headers say x-cache: HIT already)
-            return LocalResponse(hit.status, hit.headers, hit.body)
-        if slot.refusal is not None:
-            request.note(_CACHE, "MISS")
-            return slot.refusal
-        request.note(_CACHE, slot.x_cache)
-        request.collector = slot
-        return None
+        if slot.enter_now():
+            return _cache_verdict(request, slot)
+        return _cache_wait(request, slot)
 
     return step
+
+
+async def _cache_wait(request: GatewayRequest, slot: CacheSlot) -> LocalResponse | None:
+    await slot.__aenter__()
+    return _cache_verdict(request, slot)
+
+
+def _cache_verdict(request: GatewayRequest, slot: CacheSlot) -> LocalResponse | None:
+    hit = slot.hit
+    if hit is not None:
+        request.note(_CACHE, "HIT")  # (its headers say x-cache: HIT already)
+        return LocalResponse(hit.status, hit.headers, hit.body)
+    if slot.refusal is not None:
+        request.note(_CACHE, "MISS")
+        return slot.refusal
+    request.note(_CACHE, slot.x_cache)
+    request.collector = slot
+    return None
 
 
 def _cache_headers(request: GatewayRequest) -> Sequence[tuple[str, str]]:

@@ -134,10 +134,19 @@ class RateLimiter:
         self.store_error_allowed = 0
         self.store_error_denied = 0
 
-    async def decide(self, request: GatewayRequest) -> Decision:
-        """Takes a token from each policy's bucket for ``request``; the first refusal
-        ends it (later policies are not charged). Allowed: the decision of the policy
-        with the fewest tokens left, for the headers."""
+    @property
+    def local_only(self) -> bool:
+        """Whether every policy is local: :meth:`decide_now` decides without waiting."""
+        return not self._global
+
+    def decide_now(self, request: GatewayRequest) -> Decision:
+        """:meth:`decide` for a limiter whose policies are all local (no store to ask)."""
+        assert not self._global, "a global policy asks its store: use decide()"
+        best = self._decide_local(request)
+        assert best is not None
+        return best
+
+    def _decide_local(self, request: GatewayRequest) -> Decision | None:
         best: Decision | None = None
         for policy in self._local:
             decision = self._buckets.take(
@@ -148,6 +157,15 @@ class RateLimiter:
                 return decision
             if best is None or _tighter(decision, best):
                 best = decision
+        return best
+
+    async def decide(self, request: GatewayRequest) -> Decision:
+        """Takes a token from each policy's bucket for ``request``; the first refusal
+        ends it (later policies are not charged). Allowed: the decision of the policy
+        with the fewest tokens left, for the headers."""
+        best = self._decide_local(request)
+        if best is not None and not best.allowed:
+            return best
         for policy in self._global:
             decision = await self._take_global(policy, request)
             if not decision.allowed:
