@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -144,7 +143,10 @@ class Gateway:
             upstreams.append({**upstream, "service": service, "namespace": namespace})
         return SidecarConfig.model_validate(
             {
-                "node": {"id": f"{socket.gethostname()}-gateway"[:128]},
+                "node": {
+                    **(config.node.model_dump() if config.node is not None else {}),
+                    "id": config.node_id,
+                },
                 "controlplane": config.controlplane.model_dump(),
                 "data_dir": str(config.data_dir),
                 "local_api": "127.0.0.1:0",

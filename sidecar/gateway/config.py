@@ -26,7 +26,9 @@ gives every route its defaults and the listener its limits.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -49,6 +51,7 @@ from serving.addresses import is_loopback
 from sidecar._config_file import ConfigError, ConfigProblem, read_config, read_config_file
 from sidecar.config import (
     ControlPlaneLinkConfig,
+    NodeConfig,
     UpstreamConfig,
     normalize_origin,
     split_hostport,
@@ -726,6 +729,18 @@ class GatewayConfig(_Model):
     access_log: Annotated[str | None, AfterValidator(_access_log)] = None
     #: also serve the routes stored in the control plane, followed over a watch
     controlplane_routes: ControlPlaneRoutesConfig | None = None
+    #: the node this gateway is in the registry (its session), as a sidecar's ``node``;
+    #: the id defaults to ``<host name>-gateway-<6 hex of data_dir's absolute path>``,
+    #: so that replicas on one host (each with its data_dir) are different nodes
+    node: NodeConfig | None = None
+
+    @property
+    def node_id(self) -> str:
+        """The node id of this gateway's session with the control plane."""
+        if self.node is not None and "id" in self.node.model_fields_set:
+            return self.node.id
+        place = hashlib.sha256(str(self.data_dir.absolute()).encode()).hexdigest()[:6]
+        return f"{socket.gethostname()[:100]}-gateway-{place}"
 
     @model_validator(mode="after")
     def _complete(self) -> Self:

@@ -495,13 +495,13 @@ class Downstream(asyncio.Protocol):
         if ex is None:
             self.stats.responses[status_class(rejected.status)] += 1
             self.write(error_response(rejected.status, rejected.kind, rejected.message, close=True))
-            self._linger()
+            self.linger()
         elif ex.complete:
             # The bad bytes follow a complete request: answer that one, then close.
             self.close_after = True
             self.queue.clear()
         elif ex.reject(rejected):
-            self._linger()
+            self.linger()
         else:
             self.abort()
 
@@ -531,7 +531,7 @@ class Downstream(asyncio.Protocol):
         else:
             self.queue.append(ex)
 
-    def _linger(self) -> None:
+    def linger(self) -> None:
         """Closes after the answer to a refused request, but first reads (and drops)
         what the client still sends, for a while: closing with unread bytes would
         reset the connection, and the client could lose the answer."""

@@ -450,6 +450,10 @@ class Exchange:
         down.stats.responses[status_class(status)] += 1
         self.responded = True
         self._response_done()
+        if not self.complete:
+            # Answered before its body came (413, a refusal): the rest is not
+            # read through; the connection closes after a bounded linger.
+            down.linger()
 
     def forward(self, fw: Forwarding) -> None:
         """The front has routed the request to ``fw`` (its head rewritten): the
