@@ -91,6 +91,8 @@ class RoutePlans:
         self._store = store
         self._plans: dict[str, Plan] = {}
         self._forwardings: dict[tuple[str, tuple[str, str]], RouteForwarding] = {}
+        #: what lookup answers: made once per route and backend
+        self._routed: dict[tuple[str, tuple[str, str] | None], Routed] = {}
         #: the JWKS caches of the jwt plugins, one per key set (routes naming the same
         #: ``jwks_url`` share it); started and closed with the gateway, and handed
         #: on to the next plans when the routes change
@@ -111,7 +113,12 @@ class RoutePlans:
                 fw = RouteForwarding(name, targets(route, backend), policy)
                 fw.endpoints = backend.endpoints
                 self._forwardings[key] = fw
-            self._plans[route.name] = self._plan(route)
+            plan = self._plans[route.name] = self._plan(route)
+            if route.redirect is not None:
+                self._routed[(route.name, None)] = Routed(plan, None)
+            for backend in route.backends:
+                key = (route.name, backend.key)
+                self._routed[key] = Routed(plan, self._forwardings[key])
 
     # -- per request -------------------------------------------------------------------
 
@@ -122,8 +129,9 @@ class RoutePlans:
         if match is None:
             return None
         backend = match.backend
-        fw = None if backend is None else self._forwardings[(match.name, backend.key)]
-        return Routed(self._plans[match.name], fw)
+        routed = self._routed.get((match.name, None if backend is None else backend.key))
+        assert routed is not None, f"route {match.name} has no plan"
+        return routed
 
     def forwardings(self) -> list[RouteForwarding]:
         return list(self._forwardings.values())

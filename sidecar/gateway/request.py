@@ -19,10 +19,20 @@ __all__ = ["Collector", "Consumer", "GatewayRequest", "Headers", "LocalResponse"
 class Headers:
     """An ordered multi-map of header fields with lower-case names."""
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "changed")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         self._fields: list[tuple[str, str]] = [(n.lower(), v) for n, v in fields]
+        #: a field was set, added or removed since it was made
+        self.changed = False
+
+    @classmethod
+    def lowered(cls, fields: list[tuple[str, str]]) -> Headers:
+        """Headers over ``fields`` whose names are lower case already (kept, not copied)."""
+        headers = cls.__new__(cls)
+        headers._fields = fields
+        headers.changed = False
+        return headers
 
     def get(self, name: str) -> str | None:
         """The first value of ``name`` (None when absent)."""
@@ -40,13 +50,18 @@ class Headers:
         """Replaces every field ``name`` with one."""
         self.remove(name)
         self._fields.append((name.lower(), value))
+        self.changed = True
 
     def add(self, name: str, value: str) -> None:
         self._fields.append((name.lower(), value))
+        self.changed = True
 
     def remove(self, name: str) -> None:
         name = name.lower()
-        self._fields = [(k, v) for k, v in self._fields if k != name]
+        kept = [(k, v) for k, v in self._fields if k != name]
+        if len(kept) != len(self._fields):
+            self._fields = kept
+            self.changed = True
 
     def items(self) -> list[tuple[str, str]]:
         return list(self._fields)

@@ -446,7 +446,7 @@ class GatewayFront:
                     length = int(value)  # a stored GET's, answering a HEAD
                 continue
             fields.append(_field(name, value))
-        if plan is not None:
+        if plan is not None and plan.response_headers:
             given = {name.lower() for name, _ in response.headers}
             for extra in plan.response_headers:
                 # (a refusal may carry them already: a 429 its RateLimit-* fields)
@@ -465,6 +465,8 @@ class GatewayFront:
         fw = routed.forwarding
         assert fw is not None, f"route {plan.name} forwards nowhere"
         body = request.body
+        original = request.target
+        framing_changed = False
         for change in plan.on_forward:
             change(request)
         if request.body is not body and request.body is not None:
@@ -476,8 +478,11 @@ class GatewayFront:
             ex.trailers = None
             ex.replayable = len(new) <= BODY_KEEP
             framing = [("content-length", str(len(new)))]
+            framing_changed = True
         target = plan.rewrite(request) if plan.rewrite is not None else request.target
-        ex.head = _head(ex, request, framing, target)
+        if request.headers.changed or framing_changed or target != original:
+            ex.head = _head(ex, request, framing, target)
+        # (else the head goes as the data plane wrote it: nothing was changed)
         ex.tap = _Tap(self, ex, request, plan)
         ex.forward(fw)
 
@@ -509,24 +514,27 @@ def _fields_of(out: list[bytes]) -> list[tuple[str, str]]:
 def _request(ex: Exchange, strip: frozenset[str]) -> tuple[GatewayRequest, list[tuple[str, str]]]:
     """The request as plugins see it (without the fields in ``strip``), and its
     framing fields (which they do not see)."""
-    lines = ex.head.split(_CRLF)
-    headers = Headers()
+    lines = ex.head.decode("latin-1").split("\r\n")
+    fields: list[tuple[str, str]] = []
     framing: list[tuple[str, str]] = []
     host = ""
+    stripped = False
     for line in lines[1:]:
         if not line:
             break
-        name, _, value = line.partition(b":")
-        key = name.decode("latin-1").lower()
-        text = value.strip().decode("latin-1")
+        name, _, value = line.partition(":")
+        key = name.lower()
+        value = value.strip()
         if key in _FRAMING:
-            framing.append((key, text))
-            continue
-        if key in strip:
-            continue
-        if key == "host" and not host:
-            host = text
-        headers.add(key, text)
+            framing.append((key, value))
+        elif key in strip:
+            stripped = True
+        else:
+            if key == "host" and not host:
+                host = value
+            fields.append((key, value))
+    headers = Headers.lowered(fields)
+    headers.changed = stripped
     path, _, query = ex.url.decode("latin-1").partition("?")
     down = ex.down
     ssl_object = down.transport.get_extra_info("ssl_object")
