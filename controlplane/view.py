@@ -38,6 +38,7 @@ from typing import Any
 
 from ecosystem.v1 import registry_pb2 as pb
 
+from controlplane._frames import length_delimited
 from controlplane.registry import INSTANCES_PREFIX, ROOT_PREFIX, decode_instance
 from controlplane.store import Compacted, EventType, Store, StoreClosed, StoreError, WatchBatch
 from serving.errors import UnavailableError
@@ -56,20 +57,11 @@ _CONTINUES = b"\x18\x01"
 MESSAGE_BYTES = 1024 * 1024
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def frame(event: pb.WatchEvent) -> bytes:
     """``event`` encoded as one element of ``WatchResponse.events``; a
     serialized WatchResponse is any concatenation of such frames."""
     data = event.SerializeToString()
-    return _EVENTS_TAG + _varint(len(data)) + data
+    return length_delimited(_EVENTS_TAG, data)
 
 
 def marker(kind: int, revision: int) -> bytes:
@@ -308,9 +300,7 @@ class InstanceView:
         self._store = store
         self.store_id = store_id
         # Field 2 (store_id) of WatchResponse, appended to every response.
-        self.response_suffix = (
-            b"\x12" + _varint(len(store_id.encode())) + store_id.encode() if store_id else b""
-        )
+        self.response_suffix = length_delimited(b"\x12", store_id.encode()) if store_id else b""
         self._config = config or ViewConfig()
         self._instances: dict[str, pb.Instance] = {}
         self._by_service: dict[tuple[str, str], dict[str, pb.Instance]] = {}

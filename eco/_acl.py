@@ -7,40 +7,18 @@ printed once, by ``bootstrap`` and ``token create``, and nowhere else.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 from typing import Any
 
 import click
 from ecosystem.v1 import acl_pb2
-from google.protobuf.message import Message
 
-import sdk
 from eco._output import emit, render_table
-from eco._settings import Settings, data_options, pass_settings
-from sdk.lowlevel import Transport, client_channels
+from eco._settings import Settings, call, data_options, pass_settings
 
 __all__ = ["acl"]
 
 _RESOURCES = "service, namespace, node, bus, acl, operator"
-
-
-def _call(settings: Settings, method: str, request: Message) -> Any:
-    """One AclService call; SDK errors propagate to ``eco``'s handler."""
-
-    async def main() -> Any:
-        transport = Transport(
-            sdk.resolve_servers(settings.server),
-            timeout=settings.timeout,
-            channel_factory=client_channels(settings.ca_file or "", None),
-            token=settings.token,
-        )
-        try:
-            return await transport.unary(method, request, idempotent=False)
-        finally:
-            await transport.close()
-
-    return asyncio.run(main())
 
 
 def _when(seconds: int) -> str:
@@ -103,7 +81,7 @@ def bootstrap(settings: Settings) -> None:
     127.0.0.1:PORT); a second bootstrap is refused (exit 1, "failed
     precondition"). -o json prints {"secret": …}.
     """
-    response = _call(settings, "Bootstrap", acl_pb2.BootstrapRequest())
+    response = call(settings, "Bootstrap", acl_pb2.BootstrapRequest())
     emit(
         _with_secret(response.token, response.secret),
         settings.output,
@@ -156,7 +134,7 @@ def policy_create(settings: Settings, name: str, rules: tuple[str, ...], descrip
     request = acl_pb2.CreatePolicyRequest(
         policy=acl_pb2.AclPolicy(name=name, description=description, rules=parsed)
     )
-    response = _call(settings, "CreatePolicy", request)
+    response = call(settings, "CreatePolicy", request)
     emit(
         _policy_dict(response.policy),
         settings.output,
@@ -178,7 +156,7 @@ def _policies_table(policies: list[dict[str, Any]]) -> str:
 @pass_settings
 def policy_list(settings: Settings) -> None:
     """List every policy with its rules."""
-    response = _call(settings, "ListPolicies", acl_pb2.ListPoliciesRequest())
+    response = call(settings, "ListPolicies", acl_pb2.ListPoliciesRequest())
     policies = [_policy_dict(p) for p in response.policies]
     emit({"policies": policies}, settings.output, lambda: _policies_table(policies))
 
@@ -189,7 +167,7 @@ def policy_list(settings: Settings) -> None:
 @pass_settings
 def policy_get(settings: Settings, name: str) -> None:
     """Show policy NAME."""
-    response = _call(settings, "GetPolicy", acl_pb2.GetPolicyRequest(name=name))
+    response = call(settings, "GetPolicy", acl_pb2.GetPolicyRequest(name=name))
     data = _policy_dict(response.policy)
     emit(data, settings.output, lambda: _policies_table([data]))
 
@@ -200,7 +178,7 @@ def policy_get(settings: Settings, name: str) -> None:
 @pass_settings
 def policy_delete(settings: Settings, name: str) -> None:
     """Delete policy NAME; tokens that name it lose its rules (within a second)."""
-    _call(settings, "DeletePolicy", acl_pb2.DeletePolicyRequest(name=name))
+    call(settings, "DeletePolicy", acl_pb2.DeletePolicyRequest(name=name))
     emit({"deleted": name}, settings.output, lambda: f"deleted policy {name}")
 
 
@@ -230,7 +208,7 @@ def token_create(settings: Settings, policies: tuple[str, ...], description: str
       eco acl token create --policy sidecar-edge-1 -o json | jq -r .secret > token
     """
     request = acl_pb2.CreateTokenRequest(policies=list(policies), description=description)
-    response = _call(settings, "CreateToken", request)
+    response = call(settings, "CreateToken", request)
     emit(
         _with_secret(response.token, response.secret),
         settings.output,
@@ -243,7 +221,7 @@ def token_create(settings: Settings, policies: tuple[str, ...], description: str
 @pass_settings
 def token_list(settings: Settings) -> None:
     """List every token: accessor id, policies, description (never secrets)."""
-    response = _call(settings, "ListTokens", acl_pb2.ListTokensRequest())
+    response = call(settings, "ListTokens", acl_pb2.ListTokensRequest())
     tokens = [_token_dict(t) for t in response.tokens]
 
     def table() -> str:
@@ -263,5 +241,5 @@ def token_list(settings: Settings) -> None:
 @pass_settings
 def token_delete(settings: Settings, accessor_id: str) -> None:
     """Delete the token ACCESSOR_ID; its secret is refused from then on."""
-    _call(settings, "DeleteToken", acl_pb2.DeleteTokenRequest(accessor_id=accessor_id))
+    call(settings, "DeleteToken", acl_pb2.DeleteTokenRequest(accessor_id=accessor_id))
     emit({"deleted": accessor_id}, settings.output, lambda: f"deleted token {accessor_id}")

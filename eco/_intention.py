@@ -8,40 +8,19 @@ were written in, so a list says which namespace each side is in.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 from typing import Any
 
 import click
 from ecosystem.v1 import intention_pb2
-from google.protobuf.message import Message
 
 import sdk
 from eco._output import emit, render_table
-from eco._settings import Settings, data_options, pass_settings
-from sdk.lowlevel import Transport, client_channels
+from eco._settings import Settings, call, data_options, pass_settings
 
 __all__ = ["intention"]
 
 _ALLOW = intention_pb2.INTENTION_ACTION_ALLOW
-
-
-def _call(settings: Settings, method: str, request: Message) -> Any:
-    """One IntentionService call; SDK errors propagate to ``eco``'s handler."""
-
-    async def main() -> Any:
-        transport = Transport(
-            sdk.resolve_servers(settings.server),
-            timeout=settings.timeout,
-            channel_factory=client_channels(settings.ca_file or "", None),
-            token=settings.token,
-        )
-        try:
-            return await transport.unary(method, request, idempotent=False)
-        finally:
-            await transport.close()
-
-    return asyncio.run(main())
 
 
 def _shown(name: str) -> str:
@@ -112,7 +91,7 @@ def create(
         action=_ALLOW if action == "allow" else intention_pb2.INTENTION_ACTION_DENY,
         description=description,
     )
-    response = _call(
+    response = call(
         settings, "CreateIntention", intention_pb2.CreateIntentionRequest(intention=item)
     )
     created = _dict(response.intention)
@@ -128,7 +107,7 @@ def create(
 @pass_settings
 def list_(settings: Settings) -> None:
     """List every intention, most specific first, and the default."""
-    response = _call(settings, "ListIntentions", intention_pb2.ListIntentionsRequest())
+    response = call(settings, "ListIntentions", intention_pb2.ListIntentionsRequest())
     items = [_dict(i) for i in response.intentions]
     default = "allow" if response.default_allow else "deny"
 
@@ -166,7 +145,7 @@ def list_(settings: Settings) -> None:
 def delete(settings: Settings, source: str, destination: str) -> None:
     """Delete the intention SRC -> DST (exit 1, "not found", when there is none)."""
     request = intention_pb2.DeleteIntentionRequest(source=source, destination=destination)
-    _call(settings, "DeleteIntention", request)
+    call(settings, "DeleteIntention", request)
     deleted = {"source": _shown(source), "destination": _shown(destination)}
     emit(
         {"deleted": deleted},
@@ -186,7 +165,7 @@ def check(settings: Settings, source: str, destination: str) -> None:
     Prints which intention decided, or that the default did.
     """
     request = intention_pb2.CheckIntentionRequest(source=source, destination=destination)
-    response = _call(settings, "CheckIntention", request)
+    response = call(settings, "CheckIntention", request)
     data: dict[str, Any] = {
         "allowed": response.allowed,
         "reason": response.reason,

@@ -9,7 +9,6 @@ Errors are printed by ``eco``'s one error handler.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,9 @@ from ecosystem.v1 import gateway_pb2 as gpb
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-import sdk
 from eco._output import emit, render_table
-from eco._settings import Settings, data_options, pass_settings
-from sdk.lowlevel import Transport, client_channels, struct_to_dict
+from eco._settings import Settings, call, data_options, pass_settings
+from sdk.lowlevel import struct_to_dict
 
 __all__ = ["route"]
 
@@ -38,22 +36,9 @@ class RoutesRefused(click.ClickException):
 
 
 def _call(settings: Settings, method: str, request: Message) -> Any:
-    """One RouteService call; SDK errors propagate to ``eco``'s handler."""
-
-    async def main() -> Any:
-        transport = Transport(
-            sdk.resolve_servers(settings.server),
-            timeout=settings.timeout,
-            channel_factory=client_channels(settings.ca_file or "", None),
-            token=settings.token,
-        )
-        try:
-            # An apply of the same routes twice is one apply; a delete is not.
-            return await transport.unary(method, request, idempotent=method != "DeleteRoute")
-        finally:
-            await transport.close()
-
-    return asyncio.run(main())
+    """One RouteService call: an apply of the same routes twice is one apply
+    (retried), a delete is not."""
+    return call(settings, method, request, idempotent=method != "DeleteRoute")
 
 
 def _dict(item: gpb.Route) -> dict[str, Any]:

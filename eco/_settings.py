@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from eco._output import OutputFormat
 __all__ = [
     "OUTPUT_CHOICE",
     "Settings",
+    "call",
     "check_server",
     "configure_logging",
     "data_options",
@@ -23,6 +25,27 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def call(settings: Settings, method: str, request: Any, *, idempotent: bool = False) -> Any:
+    """One unary call to the control plane with the global options' server, CA
+    file and token; SDK errors propagate to ``eco``'s handler. ``idempotent``
+    calls are retried on UNAVAILABLE (on the next address, with backoff)."""
+    from sdk.lowlevel import Transport, client_channels
+
+    async def main() -> Any:
+        transport = Transport(
+            sdk.resolve_servers(settings.server),
+            timeout=settings.timeout,
+            channel_factory=client_channels(settings.ca_file or "", None),
+            token=settings.token,
+        )
+        try:
+            return await transport.unary(method, request, idempotent=idempotent)
+        finally:
+            await transport.close()
+
+    return asyncio.run(main())
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent
@@ -38,12 +39,36 @@ __all__ = [
     "MAX_FILE_BYTES",
     "ConfigError",
     "ConfigProblem",
+    "Problems",
     "format_loc",
     "read_config",
     "read_config_file",
 ]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class Problems:
+    """Problems a model finds across its fields (a name used twice, a key that
+    needs another), each at its location, raised together as one
+    ValidationError so that a file's reader lists every one with its line."""
+
+    def __init__(self) -> None:
+        self.errors: list[InitErrorDetails] = []
+
+    def __call__(self, loc: tuple[str | int, ...], message: str) -> None:
+        self.errors.append(
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", "{msg}", {"msg": message}),
+                loc=loc,
+                input=None,
+            )
+        )
+
+    def raise_if_any(self, title: str) -> None:
+        if self.errors:
+            raise ValidationError.from_exception_data(title, self.errors)
+
 
 _KINDS = frozenset(k.value for k in CheckKind)
 

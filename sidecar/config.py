@@ -48,7 +48,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sdk.balancer import STRATEGIES, make_balancer
 from serving.addresses import is_loopback
-from sidecar._config_file import ConfigError, ConfigProblem, read_config, read_config_file
+from sidecar._config_file import (
+    ConfigError,
+    ConfigProblem,
+    Problems,
+    read_config,
+    read_config_file,
+)
 from sidecar.bridges.amqp._config import (
     AmqpBindingConfig,
     AmqpBridgeConfig,
@@ -859,16 +865,7 @@ class SidecarConfig(_Model):
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
-        errors: list[InitErrorDetails] = []
-
-        def problem(loc: tuple[str | int, ...], message: str) -> None:
-            errors.append(
-                InitErrorDetails(
-                    type=PydanticCustomError("value_error", "{msg}", {"msg": message}),
-                    loc=loc,
-                    input=None,
-                )
-            )
+        problem = Problems()
 
         services: list[LocalServiceConfig] = []
         seen: dict[tuple[str, str, str], int] = {}
@@ -969,8 +966,7 @@ class SidecarConfig(_Model):
                     "tls.key_file (or insecure: true to serve plaintext)",
                 )
                 break
-        if errors:
-            raise ValidationError.from_exception_data("SidecarConfig", errors)
+        problem.raise_if_any("SidecarConfig")
         object.__setattr__(self, "services", tuple(services))
         return self
 

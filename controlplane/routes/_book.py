@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from ecosystem.v1 import gateway_pb2 as gpb
 from ecosystem.v1 import registry_pb2 as pb
 
+from controlplane._frames import length_delimited
 from controlplane.registry import ROOT_PREFIX
 from controlplane.store import (
     Compacted,
@@ -75,18 +76,9 @@ MESSAGE_BYTES = 1024 * 1024
 _APPLY_ATTEMPTS = 5
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _frame(event: gpb.RouteEvent) -> bytes:
     data = event.SerializeToString()
-    return _EVENTS_TAG + _varint(len(data)) + data
+    return length_delimited(_EVENTS_TAG, data)
 
 
 def _marker(kind: int, revision: int) -> bytes:
@@ -212,7 +204,7 @@ class RouteBook:
         self._store = store
         self.store_id = store_id
         encoded = store_id.encode()
-        self.response_suffix = _STORE_ID_TAG + _varint(len(encoded)) + encoded if encoded else b""
+        self.response_suffix = length_delimited(_STORE_ID_TAG, encoded) if encoded else b""
         self._ring_revisions = ring_revisions
         self._max_pending_bytes = max_pending_bytes
         self._progress_interval = progress_interval

@@ -45,10 +45,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from serving.addresses import is_loopback
-from sidecar._config_file import ConfigError, ConfigProblem, read_config, read_config_file
+from sidecar._config_file import (
+    ConfigError,
+    ConfigProblem,
+    Problems,
+    read_config,
+    read_config_file,
+)
 from sidecar.config import (
     ControlPlaneLinkConfig,
     NodeConfig,
@@ -744,16 +749,7 @@ class GatewayConfig(_Model):
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
-        errors: list[InitErrorDetails] = []
-
-        def problem(loc: tuple[str | int, ...], message: str) -> None:
-            errors.append(
-                InitErrorDetails(
-                    type=PydanticCustomError("value_error", "{msg}", {"msg": message}),
-                    loc=loc,
-                    input=None,
-                )
-            )
+        problem = Problems()
 
         names: dict[str, int] = {}
         registry: list[str] = []
@@ -801,8 +797,7 @@ class GatewayConfig(_Model):
                 "(give controlplane); or keep it on 127.0.0.1",
             )
         routes = self._with_defaults(problem)
-        if errors:
-            raise ValidationError.from_exception_data("GatewayConfig", errors)
+        problem.raise_if_any("GatewayConfig")
         object.__setattr__(self, "routes", routes)
         return self
 

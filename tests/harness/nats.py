@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness._process import OwnedProcess
 from tests.harness.etcd import with_parent_death_signal
 
 __all__ = ["NatsServer", "nats_server_binary"]
@@ -41,16 +42,17 @@ def nats_server_binary() -> str:
     return found
 
 
-class NatsServer:
+class NatsServer(OwnedProcess):
     """One ``nats-server -js`` process. ``start()`` returns once it accepts clients with
     JetStream on; ``stop()`` ends it and removes its directory. ``extra_args`` are
     appended to the command line."""
 
+    LOG_NAME = "nats.log"
+
     def __init__(self, extra_args: tuple[str, ...] = (), *, jetstream: bool = True) -> None:
         self._extra = extra_args
         self._jetstream = jetstream
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._dir: Path | None = None
+        super().__init__()
         self.port = 0
 
     @property
@@ -157,29 +159,6 @@ class NatsServer:
         with contextlib.suppress(ValueError):
             return bool(json.loads(line[5:]).get("jetstream")) or not self._jetstream
         return False
-
-    def log(self) -> str:
-        if self._dir is None:
-            return ""
-        with contextlib.suppress(OSError):
-            return (self._dir / "nats.log").read_text(errors="replace")
-        return ""
-
-    def stop(self) -> None:
-        self._terminate(signal.SIGTERM)
-        directory, self._dir = self._dir, None
-        if directory is not None:
-            shutil.rmtree(directory, ignore_errors=True)
-
-    def _terminate(self, sig: signal.Signals) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _bound_port(ports_dir: Path) -> int:

@@ -14,7 +14,6 @@ survive (nothing is saved).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import signal
 import socket
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness._process import OwnedProcess
 from tests.harness.etcd import with_parent_death_signal
 from tests.harness.ports import free_port
 
@@ -44,13 +44,14 @@ def redis_server_binary() -> str:
     return found
 
 
-class RedisServer:
+class RedisServer(OwnedProcess):
     """One ``redis-server`` process. ``start()`` returns once it answers PING;
     ``stop()`` ends it and removes its directory."""
 
+    LOG_NAME = "redis.log"
+
     def __init__(self) -> None:
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._dir: Path | None = None
+        super().__init__()
         self.port = 0
 
     @property
@@ -141,27 +142,3 @@ class RedisServer:
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
             return False
-
-    def log(self) -> str:
-        if self._dir is None:
-            return ""
-        with contextlib.suppress(OSError):
-            return (self._dir / "redis.log").read_text(errors="replace")
-        return ""
-
-    def stop(self) -> None:
-        self._terminate(signal.SIGTERM)
-        directory, self._dir = self._dir, None
-        if directory is not None:
-            shutil.rmtree(directory, ignore_errors=True)
-
-    def _terminate(self, sig: signal.Signals) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(sig)
-            proc.send_signal(signal.SIGCONT)  # a frozen one too
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
