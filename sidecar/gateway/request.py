@@ -17,22 +17,47 @@ __all__ = ["Collector", "Consumer", "GatewayRequest", "Headers", "LocalResponse"
 
 
 class Headers:
-    """An ordered multi-map of header fields with lower-case names."""
+    """An ordered multi-map of header fields with lower-case names.
 
-    __slots__ = ("_fields", "changed")
+    Made from a request head (:meth:`from_head`), it reads the head's fields
+    only when first asked: a route that looks at no header costs no parse.
+    """
+
+    __slots__ = ("_drop", "_head", "_list", "changed")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
-        self._fields: list[tuple[str, str]] = [(n.lower(), v) for n, v in fields]
+        self._list: list[tuple[str, str]] = [(n.lower(), v) for n, v in fields]
+        self._head: bytes | None = None
+        self._drop: frozenset[str] = frozenset()
         #: a field was set, added or removed since it was made
         self.changed = False
 
     @classmethod
-    def lowered(cls, fields: list[tuple[str, str]]) -> Headers:
-        """Headers over ``fields`` whose names are lower case already (kept, not copied)."""
+    def from_head(cls, head: bytes, drop: frozenset[str]) -> Headers:
+        """The fields of a request ``head`` (its request line and CRLFs included),
+        but those named in ``drop``; read when first asked for."""
         headers = cls.__new__(cls)
-        headers._fields = fields
+        headers._list = []
+        headers._head = head
+        headers._drop = drop
         headers.changed = False
         return headers
+
+    @property
+    def _fields(self) -> list[tuple[str, str]]:
+        head = self._head
+        if head is not None:
+            self._head = None
+            drop = self._drop
+            fields = self._list
+            for line in head.decode("latin-1").split("\r\n")[1:]:
+                if not line:
+                    break
+                name, _, value = line.partition(":")
+                key = name.lower()
+                if key not in drop:
+                    fields.append((key, value.strip()))
+        return self._list
 
     def get(self, name: str) -> str | None:
         """The first value of ``name`` (None when absent)."""
@@ -58,9 +83,10 @@ class Headers:
 
     def remove(self, name: str) -> None:
         name = name.lower()
-        kept = [(k, v) for k, v in self._fields if k != name]
-        if len(kept) != len(self._fields):
-            self._fields = kept
+        fields = self._fields
+        kept = [(k, v) for k, v in fields if k != name]
+        if len(kept) != len(fields):
+            self._list = kept
             self.changed = True
 
     def items(self) -> list[tuple[str, str]]:

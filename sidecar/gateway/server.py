@@ -512,36 +512,27 @@ def _fields_of(out: list[bytes]) -> list[tuple[str, str]]:
 
 
 def _request(ex: Exchange, strip: frozenset[str]) -> tuple[GatewayRequest, list[tuple[str, str]]]:
-    """The request as plugins see it (without the fields in ``strip``), and its
-    framing fields (which they do not see)."""
-    lines = ex.head.decode("latin-1").split("\r\n")
-    fields: list[tuple[str, str]] = []
-    framing: list[tuple[str, str]] = []
-    host = ""
-    stripped = False
-    for line in lines[1:]:
-        if not line:
-            break
-        name, _, value = line.partition(":")
-        key = name.lower()
-        value = value.strip()
-        if key in _FRAMING:
-            framing.append((key, value))
-        elif key in strip:
-            stripped = True
-        else:
-            if key == "host" and not host:
-                host = value
-            fields.append((key, value))
-    headers = Headers.lowered(fields)
-    headers.changed = stripped
+    """The request as plugins see it (its header fields, without those in
+    ``strip``, read only when a route or plugin asks), and its framing fields
+    (which they do not see)."""
+    head = ex.head
+    headers = Headers.from_head(head, strip | _FRAMING)
+    if strip:
+        lowered = head.lower()
+        headers.changed = any(b"\r\n%s:" % name.encode() in lowered for name in strip)
+    if ex.chunked:
+        framing = [("transfer-encoding", "chunked")]
+    elif ex.content_length is not None:
+        framing = [("content-length", str(int(ex.content_length)))]
+    else:
+        framing = []
     path, _, query = ex.url.decode("latin-1").partition("?")
     down = ex.down
     ssl_object = down.transport.get_extra_info("ssl_object")
     peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     request = GatewayRequest(
         method=ex.method.decode("latin-1"),
-        host=_host_only(host),
+        host=_host_only(ex.host.decode("latin-1")),
         path=path,
         query=query,
         headers=headers,

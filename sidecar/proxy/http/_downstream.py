@@ -295,6 +295,8 @@ class Downstream(asyncio.Protocol):
             ex.out += (name, _SEP, value, CRLF)
         elif action == ACT_HOST:  # (every request has one)
             ex.hosts += 1
+            if not ex.host:
+                ex.host = value
             ex.out += (name, _SEP, value, CRLF)
         else:
             ex.special_header(action, name, value)

@@ -189,6 +189,7 @@ class Exchange:
         "head_done",
         "held",
         "hold",
+        "host",
         "hosts",
         "http10",
         "in_interim",
@@ -244,6 +245,8 @@ class Exchange:
         self.has_request_id = False
         self.drop = _EMPTY
         self.hosts = 0
+        #: the Host field's value (the first one's)
+        self.host = b""
         self.te: bytes | None = None
         self.content_length: bytes | None = None
         self.trailers: list[bytes] | None = None
@@ -310,6 +313,7 @@ class Exchange:
             out = drop_named(self.out, _HOST)
             out += (b"host", _SEP, host, CRLF)
             self.out = out
+            self.host = host
 
     def finish_head(self, client_ip: bytes) -> None:
         """Checks the framing and the host (raises :class:`Rejected`), and writes
