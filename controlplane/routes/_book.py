@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
@@ -54,6 +55,7 @@ from serving.errors import (
 from ._validation import apply_violations, route_name_violations
 
 __all__ = [
+    "CHECKED_PRUNE",
     "ROUTES_PREFIX",
     "RouteBook",
     "RouteWatcher",
@@ -63,6 +65,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The routes an apply's ACL check found it would prune (and checked the
+#: caller's right on), for the apply that follows in the same call: routes of
+#: the group that appeared since are not deleted unchecked (None: no check ran).
+CHECKED_PRUNE: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "checked_prune", default=None
+)
 
 ROUTES_PREFIX = ROOT_PREFIX + "routes/"
 # Tag of field 1 (events, length-delimited) and of field 2 (store_id) in
@@ -454,8 +463,14 @@ class RouteBook:
                     ops.append(PutOp(key, wanted.SerializeToString(deterministic=True)))
                     answer.updated.append(route.name)
             if request.prune:
+                checked = CHECKED_PRUNE.get()
                 for name, (old, kv) in sorted(stored.items()):
                     if name not in named and old.group == request.group:
+                        if checked is not None and name not in checked:
+                            raise RevisionConflictError(
+                                f"route {name!r} joined group {request.group!r} while this "
+                                "apply was checked: apply again"
+                            )
                         compares.append(Compare(kv.key, "mod_revision", "==", kv.mod_revision))
                         ops.append(DeleteOp(kv.key))
                         answer.deleted.append(name)
@@ -477,8 +492,10 @@ async def prune_targets(store: Store, request: gpb.ApplyRoutesRequest) -> list[s
         return []
     named = {route.name for route in request.routes}
     current = await store.range(ROUTES_PREFIX)
-    return [
+    targets = [
         route.name
         for route in map(decode_route, current.kvs)
         if route.name not in named and route.group == request.group
     ]
+    CHECKED_PRUNE.set(frozenset(targets))
+    return targets

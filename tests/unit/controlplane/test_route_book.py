@@ -12,8 +12,9 @@ from ecosystem.v1 import gateway_pb2 as gpb
 from ecosystem.v1 import registry_pb2 as pb
 from google.protobuf import struct_pb2
 
-from controlplane.routes import RouteBook, RouteWatcher, route_key
+from controlplane.routes import RouteBook, RouteWatcher, prune_targets, route_key
 from controlplane.store import MemoryStore
+from serving.errors import RevisionConflictError
 from tests.util import assert_eventually
 
 PUT, DELETE = pb.WATCH_EVENT_TYPE_PUT, pb.WATCH_EVENT_TYPE_DELETE
@@ -145,5 +146,23 @@ async def test_an_apply_raced_by_another_writer_reads_again(store: MemoryStore) 
         assert raced and list(answer.updated) == ["a"]
         stored = await book.get("a")
         assert (stored.spec["upstream"], stored.group) == ("mine", "")
+    finally:
+        await book.close()
+
+
+async def test_a_prune_deletes_only_the_routes_its_acl_check_saw(store: MemoryStore) -> None:
+    """A route that joins the group between the ACL check of a pruning apply
+    and the apply itself is not deleted unchecked: the apply is refused."""
+    book = await book_on(store)
+    try:
+        await book.apply(apply("a", "b"))
+        request = apply("a")
+        request.prune = True
+        assert await prune_targets(store, request) == ["b"]  # what the ACL check saw
+        await book.apply(apply("c"))  # joins the group meanwhile
+        with pytest.raises(RevisionConflictError, match="'c' joined group"):
+            await book.apply(request)
+        names = [r.name for r in (await book.list()).routes]
+        assert names == ["a", "b", "c"]  # nothing deleted
     finally:
         await book.close()
