@@ -310,7 +310,9 @@ class ControlPlane:
         intention_pb2_grpc.add_IntentionServiceServicer_to_server(  # type: ignore[no-untyped-call]
             IntentionServicer(self.intentions), server
         )
-        server.add_generic_rpc_handlers((route_handler(RouteServicer(self.routes)),))
+        server.add_generic_rpc_handlers(
+            (route_handler(RouteServicer(self.routes, max_watch_streams=config.max_watch_streams)),)
+        )
         if self.identity is not None:
             self.identity.start()
         try:

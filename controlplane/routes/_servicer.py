@@ -14,7 +14,13 @@ import grpc
 from ecosystem.v1 import gateway_pb2 as gpb
 from google.protobuf.message import Message
 
-from serving.errors import FieldViolation, InvalidArgumentError, end_call, to_status
+from serving.errors import (
+    FieldViolation,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    end_call,
+    to_status,
+)
 
 from ._book import RouteBook
 
@@ -29,8 +35,11 @@ DEFAULT_PROGRESS_MS = 5_000
 class RouteServicer:
     """Serves RouteService from a :class:`RouteBook`."""
 
-    def __init__(self, book: RouteBook) -> None:
+    def __init__(self, book: RouteBook, *, max_watch_streams: int = 10_000) -> None:
         self.book = book
+        #: WatchRoutes streams open at once, at most (RESOURCE_EXHAUSTED past it)
+        self.max_watch_streams = max_watch_streams
+        self.watch_streams = 0
 
     async def _run(self, name: str, context: Any, work: Callable[[], Awaitable[Any]]) -> Any:
         try:
@@ -86,18 +95,25 @@ class RouteServicer:
                 raise InvalidArgumentError(
                     [FieldViolation("progress_interval_ms", "must be 100-60000 (or 0: 5000)")]
                 )
+            if self.watch_streams >= self.max_watch_streams:
+                raise ResourceExhaustedError(
+                    f"this control plane serves {self.max_watch_streams} route watches "
+                    "already; try again later or another address"
+                )
             return self.book.subscribe(request.since_revision, request.store_id)
 
         watcher = await self._run("WatchRoutes", context, subscribe)
         if watcher is None:
             return
         stream = watcher.responses(interval / 1000)
+        self.watch_streams += 1
         try:
             async for response in stream:
                 yield response
         except Exception as exc:
             _fail("WatchRoutes", context, exc)
         finally:
+            self.watch_streams -= 1
             await stream.aclose()
 
 

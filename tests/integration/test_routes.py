@@ -359,3 +359,30 @@ async def test_acl_rights_of_each_route_call(tmp_path: Path) -> None:
             (PUT, "public-b", "v3")
         ]
         call.cancel()
+
+
+async def test_route_watches_are_capped_by_max_watch_streams() -> None:
+    async with (
+        ControlPlane(test_config(max_watch_streams=1)) as cp,
+        grpc.aio.insecure_channel(cp.address) as channel,
+    ):
+        stub = gateway_pb2_grpc.RouteServiceStub(channel)
+        first = stub.WatchRoutes(gpb.WatchRoutesRequest())
+        await first.read()  # open, and counted
+        second = stub.WatchRoutes(gpb.WatchRoutesRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await second.read()
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "route watches" in (err.value.details() or "")
+        first.cancel()
+
+        async def reopened() -> None:
+            third = stub.WatchRoutes(gpb.WatchRoutesRequest())
+            try:
+                await third.read()
+            except grpc.aio.AioRpcError as exc:
+                raise AssertionError(exc.details()) from None
+            finally:
+                third.cancel()
+
+        await assert_eventually(reopened)  # the cancelled one no longer counts
