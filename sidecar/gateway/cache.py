@@ -57,7 +57,7 @@ from sidecar.gateway._freshness import (
     vary_names,
     vary_values,
 )
-from sidecar.gateway.request import GatewayRequest, LocalResponse
+from sidecar.gateway.request import GatewayRequest, LocalResponse, header_lines
 from sidecar.health import Duration
 
 __all__ = [
@@ -159,6 +159,8 @@ class CachedResponse:
     body: bytes
     #: the ``Age`` sent, in seconds
     age: int
+    #: ``headers`` as the answer's head has them (``LocalResponse.lines``)
+    lines: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,8 @@ class _Entry:
     lifetime: float
     #: when it was last stored or served, in the cache's own ticks (which variant is LRU)
     used: int = 0
+    #: ``headers`` as an answer's head has them, written once (``LocalResponse.lines``)
+    lines: bytes = b""
 
 
 @dataclass(slots=True, eq=False)
@@ -293,7 +297,10 @@ class ResponseCache:
         entry.used = self._tick
         age = int(_age(entry, now))
         headers = (*entry.headers, ("age", str(age)), ("x-cache", "HIT"))
-        return CachedResponse(entry.status, headers, b"" if head_only else entry.body, age)
+        if head_only:
+            return CachedResponse(entry.status, headers, b"", age)
+        lines = b"%sage: %d\r\nx-cache: HIT\r\n" % (entry.lines, age)
+        return CachedResponse(entry.status, headers, entry.body, age, lines)
 
     def _add(self, entry: _Entry, names: tuple[str, ...], vary_limit: int) -> bool:
         if entry.size > self.config.max_bytes:
@@ -652,6 +659,7 @@ class CacheSlot:
             response_time=self._response_time,
             initial_age=initial_age,
             lifetime=lifetime,
+            lines=header_lines(stored),
         )
 
 

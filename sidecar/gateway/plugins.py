@@ -91,8 +91,9 @@ class RoutePlans:
         self._store = store
         self._plans: dict[str, Plan] = {}
         self._forwardings: dict[tuple[str, tuple[str, str]], RouteForwarding] = {}
-        #: what lookup answers: made once per route and backend
-        self._routed: dict[tuple[str, tuple[str, str] | None], Routed] = {}
+        #: what lookup answers: made once per route and backend, by their positions
+        #: in the configuration (a route without backends: one, forwarding nowhere)
+        self._routed: list[tuple[Routed, ...]] = []
         #: the JWKS caches of the jwt plugins, one per key set (routes naming the same
         #: ``jwks_url`` share it); started and closed with the gateway, and handed
         #: on to the next plans when the routes change
@@ -114,24 +115,20 @@ class RoutePlans:
                 fw.endpoints = backend.endpoints
                 self._forwardings[key] = fw
             plan = self._plans[route.name] = self._plan(route)
-            if route.redirect is not None:
-                self._routed[(route.name, None)] = Routed(plan, None)
-            for backend in route.backends:
-                key = (route.name, backend.key)
-                self._routed[key] = Routed(plan, self._forwardings[key])
+            self._routed.append(
+                tuple(Routed(plan, self._forwardings[(route.name, b.key)]) for b in route.backends)
+                or (Routed(plan, None),)
+            )
 
     # -- per request -------------------------------------------------------------------
 
     def lookup(self, request: GatewayRequest) -> Routed | None:
-        match = self.router.match(
+        found = self.router.match_index(
             request.host, request.path, request.method, request.headers, request.query
         )
-        if match is None:
+        if found is None:
             return None
-        backend = match.backend
-        routed = self._routed.get((match.name, None if backend is None else backend.key))
-        assert routed is not None, f"route {match.name} has no plan"
-        return routed
+        return self._routed[found[0]][found[1]]
 
     def forwardings(self) -> list[RouteForwarding]:
         return list(self._forwardings.values())
@@ -348,7 +345,7 @@ def _cache_verdict(request: GatewayRequest, slot: CacheSlot) -> LocalResponse | 
     hit = slot.hit
     if hit is not None:
         request.note(_CACHE, "HIT")  # (its headers say x-cache: HIT already)
-        return LocalResponse(hit.status, hit.headers, hit.body)
+        return LocalResponse(hit.status, hit.headers, hit.body, hit.lines)
     if slot.refusal is not None:
         request.note(_CACHE, "MISS")
         return slot.refusal

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
-__all__ = ["Collector", "Consumer", "GatewayRequest", "Headers", "LocalResponse"]
+__all__ = [
+    "ANSWER_FRAMING",
+    "Collector",
+    "Consumer",
+    "GatewayRequest",
+    "Headers",
+    "LocalResponse",
+    "header_lines",
+]
 
 
 class Headers:
@@ -132,7 +140,11 @@ class Collector(Protocol):
 
 @dataclass(slots=True)
 class GatewayRequest:
-    """One request as the plugins see it (see the module docstring)."""
+    """One request as the plugins see it (see the module docstring).
+
+    (The gateway's server makes one per request with positional arguments,
+    which cost less than keywords: a new field goes last.)
+    """
 
     method: str
     host: str  # lower case, without the port
@@ -172,6 +184,19 @@ class GatewayRequest:
         return f"{self.path}?{self.query}" if self.query else self.path
 
 
+#: Header fields of an answer the data plane writes itself (framing, connection).
+ANSWER_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+def header_lines(fields: Iterable[tuple[str, str]]) -> bytes:
+    """``fields`` as an answer's head has them (:attr:`LocalResponse.lines`)."""
+    return b"".join(
+        f"{name}: {value}\r\n".encode("latin-1", "replace")
+        for name, value in fields
+        if name.lower() not in ANSWER_FRAMING
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class LocalResponse:
     """An answer the gateway gives itself, instead of forwarding the request."""
@@ -179,6 +204,11 @@ class LocalResponse:
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    #: ``headers`` as written to the client, when the answer has them already
+    #: (a stored response's): ``name: value`` lines, each ending in CRLF, without
+    #: the fields the data plane writes itself (Content-Length, Transfer-Encoding,
+    #: Connection); None: written from ``headers`` when answered
+    lines: bytes | None = None
 
     @classmethod
     def error(

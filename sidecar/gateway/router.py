@@ -57,6 +57,7 @@ class _Route:
         "methods",
         "query",
         "regex",
+        "unconditional",
     )
 
     def __init__(self, config: RouteConfig, index: int) -> None:
@@ -67,6 +68,8 @@ class _Route:
         self.headers = tuple(match.headers.items())
         self.query = tuple(match.query.items())
         self.regex = match.path_regex
+        #: no method, header or query condition: every request on its host and path
+        self.unconditional = self.methods is None and not self.headers and not self.query
         self.backends = config.backends
         self.cumulative: list[int] = []
         total = 0
@@ -146,7 +149,7 @@ class _Table:
         routes = self.exact.get(path)
         if routes:
             for route in routes:
-                if route.accepts(method, headers, query):
+                if route.unconditional or route.accepts(method, headers, query):
                     return route
         if self.prefix:
             found = self._prefix(path, method, headers, query)
@@ -157,11 +160,11 @@ class _Table:
             if (
                 regex is not None
                 and regex.fullmatch(path)
-                and route.accepts(method, headers, query)
+                and (route.unconditional or route.accepts(method, headers, query))
             ):
                 return route
         for route in self.rest:
-            if route.accepts(method, headers, query):
+            if route.unconditional or route.accepts(method, headers, query):
                 return route
         return None
 
@@ -179,7 +182,7 @@ class _Table:
             routes = prefixes.get(path[:end])
             if routes:
                 for route in routes:
-                    if route.accepts(method, headers, query):
+                    if route.unconditional or route.accepts(method, headers, query):
                         return route
             end = path.rfind("/", 0, end)
         return None
@@ -228,6 +231,28 @@ class Router:
     ) -> Match | None:
         """The route for a request (host in lower case, without its port; the raw
         path and query), with the backend chosen; None when no route takes it."""
+        route = self._find(host, path, method, headers, query)
+        if route is None:
+            return None
+        return Match(route.config, self._choose(route))
+
+    def match_index(
+        self, host: str, path: str, method: str, headers: Headers, query: str = ""
+    ) -> tuple[int, int] | None:
+        """What :meth:`match` finds, as positions: the route's in the
+        configuration and its chosen backend's in ``backends`` (0 for a route
+        without backends); for a caller that keeps its own state per route."""
+        route = self._find(host, path, method, headers, query)
+        if route is None:
+            return None
+        backends = route.backends
+        if len(backends) <= 1:
+            return route.index, 0
+        return route.index, self._choose_index(route)
+
+    def _find(
+        self, host: str, path: str, method: str, headers: Headers, query: str
+    ) -> _Route | None:
         if host.endswith("."):
             host = host[:-1]
         parsed = _Query(query)
@@ -245,16 +270,17 @@ class Router:
                 dot = host.find(".", dot + 1)
         if route is None:
             route = self._any.find(path, method, headers, parsed)
-            if route is None:
-                return None
-        return Match(route.config, self._choose(route))
+        return route
 
     def _choose(self, route: _Route) -> Backend | None:
         backends = route.backends
         if len(backends) <= 1:
             return backends[0] if backends else None
+        return backends[self._choose_index(route)]
+
+    def _choose_index(self, route: _Route) -> int:
         point = self._random() * route.cumulative[-1]
-        return backends[min(bisect.bisect_right(route.cumulative, point), len(backends) - 1)]
+        return min(bisect.bisect_right(route.cumulative, point), len(route.backends) - 1)
 
 
 def rewrite_path(route: RouteConfig, path: str) -> str:

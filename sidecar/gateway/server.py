@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,7 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sidecar.config import ProxyPolicy
-from sidecar.gateway.request import Collector, GatewayRequest, Headers, LocalResponse
+from sidecar.gateway.request import (
+    ANSWER_FRAMING,
+    Collector,
+    GatewayRequest,
+    Headers,
+    LocalResponse,
+)
 from sidecar.proxy._target import Target
 from sidecar.proxy.http import HttpListener
 from sidecar.proxy.http._exchange import BODY_KEEP, Exchange
@@ -54,8 +61,6 @@ MAX_IDLE_PER_ENDPOINT = 64
 #: the data plane, never by a plugin.
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 _CRLF = b"\r\n"
-#: Header fields of an answer the data plane writes itself (framing, connection).
-_ANSWER_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 
 #: A check of a request: None lets it go on, a LocalResponse answers it.
 Step = Callable[[GatewayRequest], Awaitable[LocalResponse | None] | LocalResponse | None]
@@ -277,6 +282,40 @@ class _Tap:
         self.front.observe(self.request, ex.status, self.sent, upstream=True, complete=False)
 
 
+class _Observed:
+    """The tap of a forwarded response a route does nothing with: it only
+    counts the body sent, for the observer told how it ended."""
+
+    __slots__ = ("ex", "front", "request", "sent")
+
+    holds = False
+
+    def __init__(self, front: GatewayFront, ex: Exchange, request: GatewayRequest) -> None:
+        self.front = front
+        self.ex = ex
+        self.request = request
+        self.sent = 0
+
+    def head(self, status: int, out: list[bytes]) -> None:
+        pass
+
+    def body(self, data: bytes) -> None:
+        self.sent += len(data)
+
+    def held(self) -> bytes:  # pragma: no cover - it never holds
+        return b""
+
+    def release(self) -> bytes:  # pragma: no cover - it never holds
+        return b""
+
+    def complete(self) -> None:
+        self.front.observe(self.request, self.ex.status, self.sent, upstream=True, complete=True)
+
+    def abandon(self) -> None:
+        ex = self.ex
+        self.front.observe(self.request, ex.status, self.sent, upstream=True, complete=False)
+
+
 @dataclass
 class GatewayFront:
     """Routes each request and runs its route's plan (see the module docstring)."""
@@ -437,20 +476,28 @@ class GatewayFront:
     def _answer(
         self, ex: Exchange, request: GatewayRequest, response: LocalResponse, plan: Plan | None
     ) -> None:
-        fields = []
         length = None
-        for name, value in response.headers:
-            lower = name.lower()
-            if lower in _ANSWER_FRAMING:
-                if lower == "content-length" and request.method == "HEAD":
-                    length = int(value)  # a stored GET's, answering a HEAD
-                continue
-            fields.append(_field(name, value))
+        lines = response.lines
+        if lines is not None and request.method != "HEAD":
+            fields = [lines]  # (written once for them: a stored response's)
+        else:
+            fields = []
+            for name, value in response.headers:
+                lower = name.lower()
+                if lower in ANSWER_FRAMING:
+                    if lower == "content-length" and request.method == "HEAD":
+                        length = int(value)  # a stored GET's, answering a HEAD
+                    continue
+                fields.append(_field(name, value))
         if plan is not None and plan.response_headers:
-            given = {name.lower() for name, _ in response.headers}
+            given: set[str] | None = None
             for extra in plan.response_headers:
-                # (a refusal may carry them already: a 429 its RateLimit-* fields)
-                fields += (_field(n, v) for n, v in extra(request) if n.lower() not in given)
+                more = extra(request)
+                if more:
+                    if given is None:
+                        given = {name.lower() for name, _ in response.headers}
+                    # (a refusal may carry them already: a 429 its RateLimit-* fields)
+                    fields += (_field(n, v) for n, v in more if n.lower() not in given)
         ex.answer(response.status, fields, response.body, length)
         self.observe(request, response.status, len(response.body), upstream=False, complete=True)
 
@@ -464,26 +511,44 @@ class GatewayFront:
         plan = routed.plan
         fw = routed.forwarding
         assert fw is not None, f"route {plan.name} forwards nowhere"
-        body = request.body
-        original = request.target
-        framing_changed = False
-        for change in plan.on_forward:
-            change(request)
-        if request.body is not body and request.body is not None:
-            # A transform wrote a new body: it goes whole, with its own length.
-            new = request.body
-            ex.body = [new] if new else []
-            ex.body_len = len(new)
-            ex.chunked = False
-            ex.trailers = None
-            ex.replayable = len(new) <= BODY_KEEP
-            framing = [("content-length", str(len(new)))]
-            framing_changed = True
-        target = plan.rewrite(request) if plan.rewrite is not None else request.target
-        if request.headers.changed or framing_changed or target != original:
-            ex.head = _head(ex, request, framing, target)
+        path = request.path
+        query = request.query
+        changed = False
+        on_forward = plan.on_forward
+        if on_forward:
+            body = request.body
+            for change in on_forward:
+                change(request)
+            if request.body is not body and request.body is not None:
+                # A transform wrote a new body: it goes whole, with its own length.
+                new = request.body
+                ex.body = [new] if new else []
+                ex.body_len = len(new)
+                ex.chunked = False
+                ex.trailers = None
+                ex.replayable = len(new) <= BODY_KEEP
+                framing = [("content-length", str(len(new)))]
+                changed = True
+        rewrite = plan.rewrite
+        if rewrite is not None:
+            target = rewrite(request)
+            changed = changed or target != (f"{path}?{query}" if query else path)
+        else:
+            target = ""
+            changed = changed or request.path != path or request.query != query
+        if changed or request.headers.changed:
+            ex.head = _head(ex, request, framing, target or request.target)
         # (else the head goes as the data plane wrote it: nothing was changed)
-        ex.tap = _Tap(self, ex, request, plan)
+        if (
+            plan.on_response
+            or plan.response_headers
+            or plan.response_body is not None
+            or request.collector is not None
+        ):
+            ex.tap = _Tap(self, ex, request, plan)
+        else:
+            # Nothing to do with the response but to tell the observer how it ended.
+            ex.tap = _Observed(self, ex, request)
         ex.forward(fw)
 
 
@@ -516,10 +581,13 @@ def _request(ex: Exchange, strip: frozenset[str]) -> tuple[GatewayRequest, list[
     ``strip``, read only when a route or plugin asks), and its framing fields
     (which they do not see)."""
     head = ex.head
-    headers = Headers.from_head(head, strip | _FRAMING)
-    if strip:
-        lowered = head.lower()
-        headers.changed = any(b"\r\n%s:" % name.encode() in lowered for name in strip)
+    known = _STRIPS.get(strip)
+    if known is None:
+        known = _strip_state(strip)
+    drop, stripped = known
+    headers = Headers.from_head(head, drop)
+    if stripped is not None and stripped.search(head) is not None:
+        headers.changed = True
     if ex.chunked:
         framing = [("transfer-encoding", "chunked")]
     elif ex.content_length is not None:
@@ -527,21 +595,49 @@ def _request(ex: Exchange, strip: frozenset[str]) -> tuple[GatewayRequest, list[
     else:
         framing = []
     path, _, query = ex.url.decode("latin-1").partition("?")
+    raw_host = ex.host
+    host = _HOSTS.get(raw_host)
+    if host is None:
+        host = _host_only(raw_host.decode("latin-1"))
+        if len(_HOSTS) >= _MAX_HOSTS:
+            _HOSTS.clear()
+        _HOSTS[raw_host] = host
     down = ex.down
     ssl_object = down.transport.get_extra_info("ssl_object")
-    peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    # (positional: this runs for every request, and keywords cost more)
     request = GatewayRequest(
-        method=ex.method.decode("latin-1"),
-        host=_host_only(ex.host.decode("latin-1")),
-        path=path,
-        query=query,
-        headers=headers,
-        scheme="https" if ssl_object is not None else "http",
-        client_ip=down.client_ip.decode("latin-1"),
-        peer_certificate=peer,
-        received=time.monotonic(),
+        ex.method.decode("latin-1"),  # method
+        host,
+        path,
+        query,
+        headers,
+        "http" if ssl_object is None else "https",  # scheme
+        down.client_ip.decode("latin-1"),  # client_ip
+        None if ssl_object is None else ssl_object.getpeercert(binary_form=True),
+        "",  # route
+        None,  # consumer
+        None,  # body
+        _monotonic(),  # received
     )
     return request, framing
+
+
+#: per set of stripped fields: the fields a request's Headers leave out, and a
+#: pattern that finds one of the stripped fields in a head (None: none stripped)
+_STRIPS: dict[frozenset[str], tuple[frozenset[str], re.Pattern[bytes] | None]] = {}
+#: the Host fields seen, as routing reads them (lower case, without the port)
+_HOSTS: dict[bytes, str] = {}
+_MAX_HOSTS = 1024
+_monotonic = time.monotonic
+
+
+def _strip_state(strip: frozenset[str]) -> tuple[frozenset[str], re.Pattern[bytes] | None]:
+    stripped = None
+    if strip:
+        names = b"|".join(re.escape(name.encode("latin-1")) for name in sorted(strip))
+        stripped = re.compile(b"\r\n(?:%s):" % names, re.IGNORECASE)
+    known = _STRIPS[strip] = (strip | _FRAMING, stripped)
+    return known
 
 
 def _field(name: str, value: str) -> bytes:
