@@ -35,6 +35,7 @@ SERVER_MODULES: dict[str, str] = {
     "spiffe": "spiffe",
     "redis": "redis",
     "jwt": "pyjwt",
+    "h2": "h2",
 }
 if sys.platform != "win32":
     SERVER_MODULES["uvloop"] = "uvloop"

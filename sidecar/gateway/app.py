@@ -8,7 +8,8 @@
     │                                 per service (it keeps serving from its cache
     │                                 while the control plane is away)
     ├── RoutePlans                    router, plugins, one target and pool per backend
-    ├── GatewayListener               the sidecar's HTTP data plane with the front
+    ├── GatewayListener               the sidecar's HTTP data plane with the front (with
+    │                                 TLS: an Http2Listener, HTTP/2 to clients choosing it)
     ├── RateLimitStore                the shared Redis, when a route's limit is global
     ├── ResponseCache                 what routes with ``cache`` stored
     ├── Observations                  metrics, the access log
@@ -46,6 +47,7 @@ from sidecar.errors import StartupError
 from sidecar.gateway.auth import ConsumerIndex
 from sidecar.gateway.cache import ResponseCache
 from sidecar.gateway.config import Backend, GatewayConfig, RouteConfig
+from sidecar.gateway.http2 import Http2Listener
 from sidecar.gateway.observe import AccessLog, Observations
 from sidecar.gateway.plugins import STRIPPED, RoutePlans
 from sidecar.gateway.ratelimit import LocalBuckets, RateLimitStore
@@ -112,7 +114,8 @@ class Gateway:
             AccessLog(config.access_log) if config.access_log is not None else None
         )
         self.front = GatewayFront(self.plans.lookup, strip=STRIPPED, observer=self.observations)
-        self.listener = GatewayListener(
+        http2 = config.tls is not None and config.tls.http2
+        self.listener = (Http2Listener if http2 else GatewayListener)(
             "gateway",
             config.listen,
             self.front,
@@ -258,20 +261,25 @@ class Gateway:
         for target in self._targets.get(key, ()):
             target.sync()
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        self._client_cas: set[Path] = set()
+    def _ssl_context(self, *, admin: bool = False) -> ssl.SSLContext | None:
+        """The listener's TLS context (HTTP/2 offered by ALPN when ``http2``), or
+        the admin port's (HTTP/1.1, no client certificates)."""
+        if not admin:
+            self._client_cas: set[Path] = set()
         tls = self.config.tls
         if tls is None:
             return None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.set_alpn_protocols(["http/1.1"])
+        h2 = tls.http2 and not admin
+        context.set_alpn_protocols(["h2", "http/1.1"] if h2 else ["http/1.1"])
         try:
             context.load_cert_chain(tls.cert, tls.key)
-            cas = self.config.client_ca_files
+            cas = () if admin else self.config.client_ca_files
             for ca in cas:
                 context.load_verify_locations(cafile=str(ca))
-            self._client_cas = set(cas)
+            if not admin:
+                self._client_cas = set(cas)
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"tls: {exc}") from None
         if cas:
@@ -350,7 +358,8 @@ class Gateway:
                 channel_factory=tls_channel_factory(link.ca_file) if link.ca_file else None,
             )
             middlewares.append(_token_check(self._tokens))
-            ssl_context = self.listener.ssl_context
+            # (its own context: the listener's may offer h2, which the admin port does not speak)
+            ssl_context = self._ssl_context(admin=True)
         app = web.Application(client_max_size=64 * 1024, middlewares=middlewares)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)

@@ -666,7 +666,9 @@ class RouteConfig(_Model):
 
 
 class GatewayTlsConfig(_Model):
-    """The listener's certificate chain and key (PEM): it serves HTTPS (HTTP/1.1).
+    """The listener's certificate chain and key (PEM): it serves HTTPS, over
+    HTTP/2 to clients that choose it by ALPN (``http2``, on by default) and
+    HTTP/1.1 to the others.
 
     Client certificates are asked for (not required) when a route uses the
     ``mtls`` plugin; the handshake trusts every such route's ``ca_file``,
@@ -675,6 +677,8 @@ class GatewayTlsConfig(_Model):
 
     cert: Path
     key: Path
+    #: offer HTTP/2 (ALPN h2, then http/1.1); false: HTTP/1.1 only
+    http2: StrictBool = True
 
     @field_validator("cert", "key")
     @classmethod
