@@ -352,7 +352,12 @@ class Http2Connection(asyncio.Protocol):
         dirty = self.dirty
         if dirty and not self.closed:
             for stream in list(dirty):
-                if stream.send():
+                try:
+                    sent = stream.send()
+                except h2.exceptions.H2Error:
+                    stream.abandon()
+                    sent = True
+                if sent:
                     dirty.discard(stream)
         data = self.h2.data_to_send()
         if data and not self.closed:

@@ -6,10 +6,12 @@ HEADERS, DATA and trailers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
 from httptools import HttpParserError, HttpResponseParser
 
 from sidecar.gateway.http2._head import CONNECTION_SPECIFIC, trailer_block
@@ -96,7 +98,11 @@ class Stream:
 
     def interim(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         if not self.closed:
-            self.conn.h2.send_headers(self.id, [(b":status", b"%d" % status), *fields])
+            try:
+                self.conn.h2.send_headers(self.id, [(b":status", b"%d" % status), *fields])
+            except H2Error:
+                self.abandon()
+                return
             self.conn.flush_soon()
 
     def response_head(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
@@ -128,6 +134,18 @@ class Stream:
         if not self.closed:
             answered = self.head is None and not self.pending and not self.end
             self.reset(ErrorCodes.REFUSED_STREAM if answered else ErrorCodes.INTERNAL_ERROR)
+
+    def abandon(self) -> None:
+        """The h2 library will not send this stream's frames (it closed, or the
+        upstream's head is not valid in HTTP/2): it is reset, when it can be."""
+        conn = self.conn
+        if not self.closed and not conn.closed:
+            with contextlib.suppress(H2Error):
+                conn.h2.reset_stream(self.id, ErrorCodes.INTERNAL_ERROR)
+        self.pending.clear()
+        self.pending_size = 0
+        self.cancel()
+        conn.stream_done(self)
 
     def reset(self, code: ErrorCodes) -> None:
         if self.closed:
@@ -299,7 +317,10 @@ class Hop(asyncio.Transport):
         stream = self.stream
         if stream is not None:
             self.stream = None
-            stream.hop_failed()
+            if self.complete:
+                stream.hop = None  # (its response is whole: it goes on as the windows allow)
+            else:
+                stream.hop_failed()
 
     # -- asyncio.Transport, for the Downstream ----------------------------------------------
 

@@ -29,6 +29,7 @@ from h2.errors import ErrorCodes
 from sidecar.gateway.app import Gateway
 from sidecar.gateway.config import parse_config
 from tests.harness.certs import TestCA
+from tests.integration.test_gateway_auth import _client_certificate
 from tests.util import assert_eventually
 
 BIG = 24 * 1024 * 1024  # bytes of the large body
@@ -76,6 +77,14 @@ class Backend:
         await resp.write_eof()
         return resp
 
+    async def _count(self, request: web.Request) -> web.Response:
+        digest = hashlib.sha256()
+        size = 0
+        async for data in request.content.iter_any():
+            digest.update(data)
+            size += len(data)
+        return web.json_response({"size": size, "sha256": digest.hexdigest()})
+
     async def _hang(self, request: web.Request) -> web.Response:
         try:
             await self.release.wait()
@@ -88,6 +97,7 @@ class Backend:
         app = web.Application()
         app.router.add_get("/big", self._big)
         app.router.add_get("/hang", self._hang)
+        app.router.add_post("/count", self._count)
         app.router.add_route("*", "/{tail:.*}", self._echo)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -267,8 +277,18 @@ def client_context(ca: TestCA) -> ssl.SSLContext:
     return context
 
 
-def _config(tmp_path: Path, ca: TestCA, backend: Backend, extra: str = "") -> Any:
+def _config(
+    tmp_path: Path, ca: TestCA, backend: Backend, extra: str = "", clients: Path | None = None
+) -> Any:
     cert, key = ca.issue_server("gateway")
+    mtls = f"""
+          - name: certified
+            match: {{path_prefix: /certified}}
+            upstream: app
+            endpoints: ["127.0.0.1:{backend.port}"]
+            plugins:
+              mtls: {{ca_file: "{clients}"}}
+    """
     return parse_config(
         f"""
         listen: "127.0.0.1:0"
@@ -277,7 +297,7 @@ def _config(tmp_path: Path, ca: TestCA, backend: Backend, extra: str = "") -> An
         tls: {{cert: "{cert}", key: "{key}"{extra}}}
         consumers:
           - {{name: alice, api_keys: ["k-alice-0001"]}}
-        routes:
+        routes:{mtls if clients is not None else ""}
           - name: private
             match: {{path_prefix: /private}}
             upstream: app
@@ -372,6 +392,36 @@ async def test_a_large_body_follows_the_windows(
         block = bytes(range(256)) * (CHUNK // 256)
         assert r.status == 200 and len(r.body) == BIG
         assert hashlib.sha256(r.body).digest() == hashlib.sha256(block * (BIG // CHUNK)).digest()
+
+
+async def test_a_large_request_body_streams_to_the_backend(
+    gateway: tuple[Gateway, Path], client_context: ssl.SSLContext
+) -> None:
+    gw, _ = gateway
+    body = bytes(range(256)) * (8 * 1024 * 1024 // 256)
+    async with H2Client(gw.address, client_context) as client:
+        stream_id = client.conn.get_next_available_stream_id()
+        client.responses[stream_id] = r = Response()
+        fields = {":method": "POST", ":scheme": "https", ":authority": "a", ":path": "/count"}
+        client.conn.send_headers(stream_id, [(k.encode(), v.encode()) for k, v in fields.items()])
+        sent = 0
+        while sent < len(body):  # as the gateway's windows let it
+            window = min(
+                client.conn.local_flow_control_window(stream_id),
+                client.conn.max_outbound_frame_size,
+            )
+            if window <= 0:
+                await asyncio.sleep(0.001)
+                continue
+            client.conn.send_data(stream_id, body[sent : sent + window])
+            sent += window
+            client.flush()
+            await asyncio.sleep(0)
+        client.conn.end_stream(stream_id)
+        client.flush()
+        await asyncio.wait_for(r.done.wait(), 20)
+        assert r.status == 200
+        assert r.json() == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
 
 
 async def test_a_client_reset_cancels_the_upstream_request(
@@ -471,3 +521,23 @@ async def test_http2_can_be_turned_off(
         assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
         writer.close()
         await writer.wait_closed()
+
+
+async def test_the_client_certificate_reaches_the_mtls_plugin(
+    tmp_path: Path, ca: TestCA, backend: Backend
+) -> None:
+    clients = TestCA.create(tmp_path / "clients", "clients-ca")
+    config = _config(tmp_path, ca, backend, clients=clients.cert_file)
+    with_cert = ssl.create_default_context(cafile=str(ca.cert_file))
+    with_cert.set_alpn_protocols(["h2"])
+    with_cert.load_cert_chain(*_client_certificate(clients, "acme", tmp_path))
+    without = ssl.create_default_context(cafile=str(ca.cert_file))
+    without.set_alpn_protocols(["h2"])
+    async with Gateway(config) as gw:
+        async with H2Client(gw.address, with_cert) as client:
+            r = await client.request("GET", "/certified/x")
+            assert r.status == 200
+            assert r.json()["headers"]["x-consumer-name"] == "acme"
+        async with H2Client(gw.address, without) as client:
+            r = await client.request("GET", "/certified/x")
+            assert r.status == 401 and "ClientCertificate" in r.headers["www-authenticate"]
