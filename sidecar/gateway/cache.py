@@ -161,6 +161,8 @@ class CachedResponse:
     age: int
     #: ``headers`` as the answer's head has them (``LocalResponse.lines``)
     lines: bytes | None = None
+    #: the answer to send for it (None: made from the fields above)
+    response: LocalResponse | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +204,8 @@ class _Entry:
     used: int = 0
     #: ``headers`` as an answer's head has them, written once (``LocalResponse.lines``)
     lines: bytes = b""
+    #: what it was last served as to a GET: served again while its Age is the same
+    served: CachedResponse | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -210,6 +214,10 @@ class _Resource:
 
     vary_names: tuple[str, ...]
     variants: dict[VaryValues, _Entry] = field(default_factory=dict)
+
+
+#: the request's fields the cache reads: credentials, and what the client says of caching
+_REQUEST_FIELDS = ("authorization", "cache-control", "pragma")
 
 
 class ResponseCache:
@@ -296,11 +304,18 @@ class ResponseCache:
         self._tick += 1
         entry.used = self._tick
         age = int(_age(entry, now))
+        served = entry.served
+        if served is not None and served.age == age and not head_only:
+            return served  # (the same response as the last hit's: it is immutable)
         headers = (*entry.headers, ("age", str(age)), ("x-cache", "HIT"))
         if head_only:
             return CachedResponse(entry.status, headers, b"", age)
         lines = b"%sage: %d\r\nx-cache: HIT\r\n" % (entry.lines, age)
-        return CachedResponse(entry.status, headers, entry.body, age, lines)
+        response = LocalResponse(entry.status, headers, entry.body, lines)
+        served = entry.served = CachedResponse(
+            entry.status, headers, entry.body, age, lines, response
+        )
+        return served
 
     def _add(self, entry: _Entry, names: tuple[str, ...], vary_limit: int) -> bool:
         if entry.size > self.config.max_bytes:
@@ -448,24 +463,28 @@ class CacheSlot:
         if request.method not in config.methods:
             self._bypass(store=False)
             return True
-        if request.consumer is not None or "authorization" in request.headers:
-            if not config.cache_authorized or request.consumer is None:
-                self._bypass(store=False)
+        directives: Directives = {}
+        may_store = True
+        if request.consumer is not None or request.headers.has_any(_REQUEST_FIELDS):
+            # (most requests say none of this: they skip it)
+            if request.consumer is not None or "authorization" in request.headers:
+                if not config.cache_authorized or request.consumer is None:
+                    self._bypass(store=False)
+                    return True
+                self._sub = (request.method, request.consumer.name)
+            cc_values = request.headers.get_all("cache-control")
+            directives = parse_cache_control(cc_values) if cc_values else {}
+            may_store = "no-store" not in directives
+            if (
+                "no-cache" in directives
+                or (
+                    not cc_values
+                    and any("no-cache" in v.lower() for v in request.headers.get_all("pragma"))
+                )
+                or ("max-age" in directives and not delta_seconds(directives["max-age"]))
+            ):
+                self._bypass(store=may_store)
                 return True
-            self._sub = (request.method, request.consumer.name)
-        cc_values = request.headers.get_all("cache-control")
-        directives = parse_cache_control(cc_values) if cc_values else {}
-        may_store = "no-store" not in directives
-        if (
-            "no-cache" in directives
-            or (
-                not cc_values
-                and any("no-cache" in v.lower() for v in request.headers.get_all("pragma"))
-            )
-            or ("max-age" in directives and not delta_seconds(directives["max-age"]))
-        ):
-            self._bypass(store=may_store)
-            return True
         entry = self._fresh(directives, now)
         if entry is None and "only-if-cached" in directives:
             cache._misses += 1

@@ -345,6 +345,8 @@ def _cache_verdict(request: GatewayRequest, slot: CacheSlot) -> LocalResponse | 
     hit = slot.hit
     if hit is not None:
         request.note(_CACHE, "HIT")  # (its headers say x-cache: HIT already)
+        if hit.response is not None:
+            return hit.response
         return LocalResponse(hit.status, hit.headers, hit.body, hit.lines)
     if slot.refusal is not None:
         request.note(_CACHE, "MISS")

@@ -8,7 +8,8 @@ and query on the way upstream, or refuse it with a :class:`LocalResponse`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -28,14 +29,19 @@ class Headers:
     """An ordered multi-map of header fields with lower-case names.
 
     Made from a request head (:meth:`from_head`), it reads the head's fields
-    only when first asked: a route that looks at no header costs no parse.
+    only when first asked: a route that looks at no header costs no parse,
+    and one that asks for a few fields by name (:meth:`get`, :meth:`get_all`,
+    ``in``) has them found in the head itself; the whole head is parsed only
+    when it is changed or walked.
     """
 
-    __slots__ = ("_drop", "_head", "_list", "changed")
+    __slots__ = ("_drop", "_head", "_list", "_lower", "changed")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         self._list: list[tuple[str, str]] = [(n.lower(), v) for n, v in fields]
         self._head: bytes | None = None
+        #: the head's fields in lower case, once a field was looked for in it
+        self._lower: bytes | None = None
         self._drop: frozenset[str] = frozenset()
         #: a field was set, added or removed since it was made
         self.changed = False
@@ -47,15 +53,47 @@ class Headers:
         headers = cls.__new__(cls)
         headers._list = []
         headers._head = head
+        headers._lower = None
         headers._drop = drop
         headers.changed = False
         return headers
+
+    def _lowered(self, head: bytes) -> bytes:
+        lowered = self._lower
+        if lowered is None:
+            # (the fields only: the parse stops at the blank line that ends them)
+            stop = head.find(b"\r\n\r\n")
+            lowered = self._lower = (head if stop < 0 else head[: stop + 2]).lower()
+        return lowered
+
+    def _find(self, head: bytes, name: str, first: bool) -> list[str] | None:
+        """The values of the field ``name`` (lower case) in the unparsed ``head``,
+        as the parse would give them; None when the name is not a plain token
+        (then the parse answers)."""
+        needle = _NEEDLES.get(name) or _needle(name)
+        if needle is None:
+            return None
+        if name in self._drop:
+            return []
+        lowered = self._lowered(head)
+        values = []
+        at = lowered.find(needle)
+        while at >= 0:
+            start = at + len(needle)
+            end = head.find(b"\r\n", start)
+            if end < 0:
+                end = len(head)
+            values.append(head[start:end].decode("latin-1").strip())
+            if first:
+                break
+            at = lowered.find(needle, end)
+        return values
 
     @property
     def _fields(self) -> list[tuple[str, str]]:
         head = self._head
         if head is not None:
-            self._head = None
+            self._head = self._lower = None
             drop = self._drop
             fields = self._list
             for line in head.decode("latin-1").split("\r\n")[1:]:
@@ -70,6 +108,11 @@ class Headers:
     def get(self, name: str) -> str | None:
         """The first value of ``name`` (None when absent)."""
         name = name.lower()
+        head = self._head
+        if head is not None:
+            found = self._find(head, name, True)
+            if found is not None:
+                return found[0] if found else None
         for key, value in self._fields:
             if key == name:
                 return value
@@ -77,7 +120,28 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
+        head = self._head
+        if head is not None:
+            found = self._find(head, name, False)
+            if found is not None:
+                return found
         return [value for key, value in self._fields if key == name]
+
+    def has_any(self, names: Collection[str]) -> bool:
+        """Whether a field named in ``names`` (lower case) is present."""
+        head = self._head
+        if head is not None:
+            drop = self._drop
+            lowered = self._lowered(head)
+            for name in names:
+                needle = _NEEDLES.get(name) or _needle(name)
+                if needle is None:
+                    break  # (not a token: the parse answers)
+                if needle in lowered and name not in drop:
+                    return True
+            else:
+                return False
+        return any(key in names for key, _ in self._fields)
 
     def set(self, name: str, value: str) -> None:
         """Replaces every field ``name`` with one."""
@@ -111,6 +175,23 @@ class Headers:
 
     def __repr__(self) -> str:
         return f"Headers({self._fields!r})"
+
+
+#: a field name as HTTP has them (RFC 9110, 5.1), in lower case
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+#: per field name looked for: what finds it in a lowered head (None: not a token)
+_NEEDLES: dict[str, bytes | None] = {}
+_MAX_NEEDLES = 1024
+
+
+def _needle(name: str) -> bytes | None:
+    """What finds the field ``name`` in a lowered head, remembered (None: not a token)."""
+    if name in _NEEDLES:
+        return None
+    needle = b"\r\n%s:" % name.encode() if _TOKEN.fullmatch(name) is not None else None
+    if len(_NEEDLES) < _MAX_NEEDLES:
+        _NEEDLES[name] = needle
+    return needle
 
 
 @dataclass(frozen=True, slots=True)
