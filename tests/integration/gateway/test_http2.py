@@ -135,6 +135,7 @@ class H2Client:
         #: DATA not acknowledged yet (auto_ack off): the client "reads" nothing
         self.auto_ack = True
         self.unacked: list[tuple[int, int]] = []
+        self.trailers: dict[int, dict[str, str]] = {}
         self.goaway: h2.events.ConnectionTerminated | None = None
         self.settings: dict[int, int] = {}
         self.closed = asyncio.Event()
@@ -187,6 +188,10 @@ class H2Client:
                 self.conn.acknowledge_received_data(credit, event.stream_id)  # type: ignore[arg-type]
             else:
                 self.unacked.append((event.stream_id, credit))  # type: ignore[arg-type]
+        elif isinstance(event, h2.events.TrailersReceived):
+            self.trailers[event.stream_id] = {  # type: ignore[index]
+                n.decode(): v.decode() for n, v in event.headers or []
+            }
         elif isinstance(event, h2.events.StreamEnded):
             self.responses[event.stream_id].done.set()  # type: ignore[index]
         elif isinstance(event, h2.events.StreamReset):
@@ -541,3 +546,46 @@ async def test_the_client_certificate_reaches_the_mtls_plugin(
         async with H2Client(gw.address, without) as client:
             r = await client.request("GET", "/certified/x")
             assert r.status == 401 and "ClientCertificate" in r.headers["www-authenticate"]
+
+
+async def test_trailers_pass_both_ways(tmp_path: Path, ca: TestCA) -> None:
+    """A raw backend that reads a chunked request's trailers and answers with its own."""
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head.lower()
+        while (size := int((await reader.readline()).split(b";")[0], 16)) > 0:
+            await reader.readexactly(size + 2)
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    backend = Backend()
+    backend.port = server.sockets[0].getsockname()[1]
+    context = ssl.create_default_context(cafile=str(ca.cert_file))
+    context.set_alpn_protocols(["h2"])
+    try:
+        gw = Gateway(_config(tmp_path, ca, backend))
+        async with gw, H2Client(gw.address, context) as client:
+            fields = [(b":method", b"POST"), (b":scheme", b"https"), (b":path", b"/t")]
+            stream_id = client.conn.get_next_available_stream_id()
+            client.responses[stream_id] = r = Response()
+            client.conn.send_headers(
+                stream_id, [*fields, (b":authority", b"a"), (b"te", b"trailers")]
+            )
+            client.conn.send_data(stream_id, b"body")
+            client.conn.send_headers(stream_id, [(b"x-sum", b"42")], end_stream=True)
+            client.flush()
+            await asyncio.wait_for(r.done.wait(), 10)
+            assert r.status == 200 and bytes(r.body) == b"hello"
+            assert client.trailers[stream_id] == {"x-checksum": "abc"}
+        assert b"x-sum: 42" in seen[0].lower()
+    finally:
+        server.close()
+        await server.wait_closed()
