@@ -387,7 +387,13 @@ async def test_a_large_body_follows_the_windows(
         stream_id = client.send("GET", "/big")
         r = client.responses[stream_id]
         await until(lambda: len(r.body) == 65_535)
-        await asyncio.sleep(0.2)
+
+        async def stalled() -> None:
+            before = backend.sent
+            await asyncio.sleep(0.1)
+            assert backend.sent == before
+
+        await assert_eventually(stalled)
         # The gateway held the rest back, and so (through the pauses) did the backend:
         # what it wrote is what the sockets between hold, not the whole body.
         assert len(r.body) == 65_535
