@@ -12,7 +12,9 @@ Each step is a dict lookup: hosts by name and by suffix, exact paths by
 path, prefixes by walking the path's own segment boundaries from the
 longest configured depth down. Only regex routes are tried one by one (those
 of the request's host groups), so 10,000 routes cost about what 10 do
-(benchmarks/bench_gateway.py, ``route_match``).
+(benchmarks/bench_gateway.py, ``route_match``). When no route has a method,
+header or query condition, host and path alone decide: the routes of the
+last few thousand (host, path) pairs are remembered.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ __all__ = ["Match", "Router", "not_found", "redirect_location", "redirect_respon
 
 #: The most query fields read to match ``query`` conditions.
 MAX_QUERY_FIELDS = 256
+#: The most (host, path) pairs whose route is remembered, and the longest path.
+MAX_KNOWN = 4096
+MAX_KNOWN_PATH = 256
+_UNKNOWN = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +201,16 @@ class Router:
     their own to make the choice deterministic.
     """
 
-    __slots__ = ("_any", "_exact", "_random", "_routes", "_suffix_len", "_wildcard")
+    __slots__ = (
+        "_any",
+        "_exact",
+        "_known",
+        "_known_count",
+        "_random",
+        "_routes",
+        "_suffix_len",
+        "_wildcard",
+    )
 
     def __init__(
         self, routes: Sequence[RouteConfig], *, random: Callable[[], float] = _random.random
@@ -205,8 +220,10 @@ class Router:
         self._exact: dict[str, _Table] = {}
         self._wildcard: dict[str, _Table] = {}  # ".example.com" -> table
         self._any = _Table()
+        unconditional = True
         for index, config in enumerate(self._routes):
             route = _Route(config, index)
+            unconditional = unconditional and route.unconditional
             hosts = config.match.hosts
             if not hosts:
                 self._any.add(route)
@@ -218,6 +235,12 @@ class Router:
         for table in (*self._exact.values(), *self._wildcard.values(), self._any):
             table.seal()
         self._suffix_len = max((len(s) for s in self._wildcard), default=0)
+        #: when no route has a method, header or query condition, the route is a
+        #: function of host and path: the routes found lately, by host then path
+        self._known: dict[str, dict[str, _Route | None]] | None = None
+        self._known_count = 0
+        if unconditional:
+            self._known = {}
 
     @property
     def routes(self) -> tuple[RouteConfig, ...]:
@@ -251,6 +274,27 @@ class Router:
         return route.index, self._choose_index(route)
 
     def _find(
+        self, host: str, path: str, method: str, headers: Headers, query: str
+    ) -> _Route | None:
+        known = self._known
+        if known is None or len(path) > MAX_KNOWN_PATH:
+            return self._search(host, path, method, headers, query)
+        paths = known.get(host)
+        if paths is not None:
+            route = paths.get(path, _UNKNOWN)
+            if route is not _UNKNOWN:
+                return route  # type: ignore[return-value]
+        route = self._search(host, path, method, headers, query)
+        if self._known_count >= MAX_KNOWN:
+            known.clear()
+            self._known_count = 0
+        if paths is None:
+            paths = known[host] = {}
+        paths[path] = route
+        self._known_count += 1
+        return route
+
+    def _search(
         self, host: str, path: str, method: str, headers: Headers, query: str
     ) -> _Route | None:
         if host.endswith("."):

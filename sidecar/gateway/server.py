@@ -536,7 +536,7 @@ class GatewayFront:
         else:
             target = ""
             changed = changed or request.path != path or request.query != query
-        if changed or request.headers.changed:
+        if changed or request.headers.changed or _carries(ex.head, self.strip):
             ex.head = _head(ex, request, framing, target or request.target)
         # (else the head goes as the data plane wrote it: nothing was changed)
         if (
@@ -584,10 +584,8 @@ def _request(ex: Exchange, strip: frozenset[str]) -> tuple[GatewayRequest, list[
     known = _STRIPS.get(strip)
     if known is None:
         known = _strip_state(strip)
-    drop, stripped = known
-    headers = Headers.from_head(head, drop)
-    if stripped is not None and stripped.search(head) is not None:
-        headers.changed = True
+    # (whether the head carries a field in ``strip``: asked when it is forwarded)
+    headers = Headers.from_head(head, known[0])
     if ex.chunked:
         framing = [("transfer-encoding", "chunked")]
     elif ex.content_length is not None:
@@ -629,6 +627,15 @@ _STRIPS: dict[frozenset[str], tuple[frozenset[str], re.Pattern[bytes] | None]] =
 _HOSTS: dict[bytes, str] = {}
 _MAX_HOSTS = 1024
 _monotonic = time.monotonic
+
+
+def _carries(head: bytes, strip: frozenset[str]) -> bool:
+    """Whether ``head`` has a field named in ``strip`` (one a client may not send)."""
+    known = _STRIPS.get(strip)
+    if known is None:
+        known = _strip_state(strip)
+    stripped = known[1]
+    return stripped is not None and stripped.search(head) is not None
 
 
 def _strip_state(strip: frozenset[str]) -> tuple[frozenset[str], re.Pattern[bytes] | None]:

@@ -212,6 +212,19 @@ async def test_a_split_reaches_both_services_and_redirects_are_answered(
         assert status == 404 and body["error"] == "no_route"
 
 
+async def test_a_route_without_authentication_forwards_no_identity_a_client_sent(
+    gateway: tuple[Gateway, Path],
+) -> None:
+    gw, _ = gateway
+    forged = {"X-Consumer-Name": "mallory", "x-consumer-groups": "admins", "x-kept": "1"}
+    async with aiohttp.ClientSession() as http:
+        status, _, body = await fetch(http, "GET", f"http://{gw.address}/split/x", headers=forged)
+        assert status == 200
+        sent = {k.lower(): v for k, v in body["headers"].items()}
+        assert "x-consumer-name" not in sent and "x-consumer-groups" not in sent
+        assert sent["x-kept"] == "1"
+
+
 async def test_the_cache_coalesces_100_concurrent_misses_into_one_request(
     gateway: tuple[Gateway, Path], backends: dict[str, Backend]
 ) -> None:

@@ -12,6 +12,7 @@ import yaml
 from sidecar.gateway.config import GatewayConfig, RouteConfig, parse_config
 from sidecar.gateway.request import Headers
 from sidecar.gateway.router import (
+    MAX_KNOWN,
     Router,
     not_found,
     redirect_location,
@@ -238,3 +239,21 @@ def test_many_routes_each_found() -> None:
     for i in range(0, 2000, 97):
         assert name(router, f"/p{i}/x", host=f"h{i % 50}.example.com") == f"r{i}"
     assert name(router, "/p1/x", host="h2.example.com") is None
+
+
+def test_routes_found_by_host_and_path_alone_stay_right_when_remembered() -> None:
+    # (no route has a method, header or query condition: the router remembers
+    # what it found, for more pairs than it keeps)
+    router = Router(
+        routes(
+            {"match": {"hosts": ["a.example.com"], "path_prefix": "/x"}},
+            {"match": {"path_prefix": "/"}},
+        )
+    )
+    for _ in range(2):
+        for i in range(MAX_KNOWN + 10):
+            host = "a.example.com" if i % 2 else f"h{i}.example.com"
+            found = router.match(host, f"/x/{i}", "GET", Headers())
+            assert found is not None and found.name == ("r0" if i % 2 else "r1")
+        assert router.match("a.example.com", "/y", "GET", Headers()) is not None
+        assert router.match("a.example.com", "/x", "GET", Headers()).name == "r0"  # type: ignore[union-attr]
