@@ -486,7 +486,12 @@ class CacheSlot:
                 self._bypass(store=may_store)
                 return True
         entry = self._fresh(directives, now)
-        if entry is None and "only-if-cached" in directives:
+        if entry is not None:
+            cache._hits += 1
+            self.hit = cache._serve(entry, self._head_only, now)
+            self.x_cache = "HIT"
+            return True
+        if "only-if-cached" in directives:
             cache._misses += 1
             self.refusal = LocalResponse.error(
                 504, "not_cached", "only-if-cached: no fresh response is stored"
@@ -494,12 +499,12 @@ class CacheSlot:
             return True
         key = (self._uri, self._sub)
         coalesce = may_store and not (cache._solo and cache._is_solo(key, now))
-        flight = cache._flights.get(key) if entry is None and coalesce else None
+        flight = cache._flights.get(key) if coalesce else None
         if flight is not None:
             cache._coalesced += 1
             self._waiting = (flight, directives, key)
             return False
-        self._settle(entry, directives, key, coalesce, may_store, now)
+        self._settle(None, directives, key, coalesce, may_store, now)
         return True
 
     def _settle(

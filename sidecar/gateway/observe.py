@@ -179,7 +179,9 @@ class Observations:
         self, request: GatewayRequest, status: int, sent: int, *, upstream: bool, complete: bool
     ) -> None:
         route = request.route or NO_ROUTE
-        elapsed = max(0.0, self._clock() - request.received)
+        elapsed = self._clock() - request.received
+        if elapsed < 0.0:
+            elapsed = 0.0
         counts = self._routes.get(route)
         if counts is None:
             counts = self._routes[route] = _Route()

@@ -309,7 +309,9 @@ class _Observed:
         return b""
 
     def complete(self) -> None:
-        self.front.observe(self.request, self.ex.status, self.sent, upstream=True, complete=True)
+        observer = self.front.observer
+        if observer is not None:
+            observer.done(self.request, self.ex.status, self.sent, upstream=True, complete=True)
 
     def abandon(self) -> None:
         ex = self.ex
@@ -388,7 +390,8 @@ class GatewayFront:
         routed: Routed,
     ) -> None:
         plan = routed.plan
-        for index, step in enumerate(plan.steps):
+        steps = plan.steps
+        for index, step in enumerate(steps) if steps else ():
             outcome = step(request)
             if isinstance(outcome, LocalResponse):
                 self._release(request)
@@ -499,7 +502,11 @@ class GatewayFront:
                     # (a refusal may carry them already: a 429 its RateLimit-* fields)
                     fields += (_field(n, v) for n, v in more if n.lower() not in given)
         ex.answer(response.status, fields, response.body, length)
-        self.observe(request, response.status, len(response.body), upstream=False, complete=True)
+        observer = self.observer
+        if observer is not None:
+            observer.done(
+                request, response.status, len(response.body), upstream=False, complete=True
+            )
 
     def _forward(
         self,
@@ -602,15 +609,21 @@ def _request(ex: Exchange, strip: frozenset[str]) -> tuple[GatewayRequest, list[
         _HOSTS[raw_host] = host
     down = ex.down
     ssl_object = down.transport.get_extra_info("ssl_object")
+    method = _METHODS.get(ex.method) or ex.method.decode("latin-1")
+    client_ip = _CLIENTS.get(down.client_ip)
+    if client_ip is None:
+        if len(_CLIENTS) >= _MAX_CLIENTS:
+            _CLIENTS.clear()
+        client_ip = _CLIENTS[down.client_ip] = down.client_ip.decode("latin-1")
     # (positional: this runs for every request, and keywords cost more)
     request = GatewayRequest(
-        ex.method.decode("latin-1"),  # method
+        method,
         host,
         path,
         query,
         headers,
         "http" if ssl_object is None else "https",  # scheme
-        down.client_ip.decode("latin-1"),  # client_ip
+        client_ip,
         None if ssl_object is None else ssl_object.getpeercert(binary_form=True),
         "",  # route
         None,  # consumer
@@ -626,6 +639,10 @@ _STRIPS: dict[frozenset[str], tuple[frozenset[str], re.Pattern[bytes] | None]] =
 #: the Host fields seen, as routing reads them (lower case, without the port)
 _HOSTS: dict[bytes, str] = {}
 _MAX_HOSTS = 1024
+#: the usual methods and the clients' addresses seen, as strings (made once)
+_METHODS = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH")}
+_CLIENTS: dict[bytes, str] = {}
+_MAX_CLIENTS = 4096
 _monotonic = time.monotonic
 
 
