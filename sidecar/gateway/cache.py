@@ -246,6 +246,26 @@ class ResponseCache:
         """
         return CacheSlot(self, request, config, wait)
 
+    def hit(self, request: GatewayRequest, config: CacheConfig) -> CachedResponse | None:
+        """The stored response for the most common request, served at once: a GET
+        the route caches, without credentials or caching directives, whose entry
+        is fresh. None: anything else, for which :meth:`lookup` decides (what it
+        would decide for this one too; this only skips making a slot)."""
+        if (
+            request.method != "GET"
+            or request.consumer is not None
+            or "GET" not in config.methods
+            or request.headers.has_any(_REQUEST_FIELDS)
+        ):
+            return None
+        now = self._clock()
+        uri = (request.route, request.host, request.path, request.query)
+        entry = self._find(uri, ("GET", ""), request, now)
+        if entry is None:
+            return None
+        self._hits += 1
+        return self._serve(entry, False, now)
+
     def purge(self, route: str, path: str | None = None) -> int:
         """Drops the entries of ``route`` (of ``path`` on it: any query, any variant); the count."""
         self._epoch += 1

@@ -328,6 +328,10 @@ def _cache_step(cache: ResponseCache, config: CacheConfig, wait: float) -> Step:
     response (coalescing); a hit or a miss to fetch is decided at once."""
 
     def step(request: GatewayRequest) -> LocalResponse | Awaitable[LocalResponse | None] | None:
+        hit = cache.hit(request, config)
+        if hit is not None:
+            request.note(_CACHE, "HIT")
+            return hit.response or LocalResponse(hit.status, hit.headers, hit.body, hit.lines)
         slot = cache.lookup(request, config, wait=wait)
         if slot.enter_now():
             return _cache_verdict(request, slot)
