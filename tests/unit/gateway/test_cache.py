@@ -678,3 +678,25 @@ def test_the_public_names() -> None:
         "CachedResponse",
         "ResponseCache",
     ]
+
+
+async def test_a_plain_get_is_served_at_once_as_the_slot_would_serve_it(
+    cache: ResponseCache, clock: Clock
+) -> None:
+    assert cache.hit(req(), ROUTE) is None  # nothing stored yet
+    await ask(cache, req(), headers=[("cache-control", "max-age=60")], body=b"stored")
+    clock.now += 5
+    hit = cache.hit(req(), ROUTE)
+    assert hit is not None and hit.body == b"stored" and hit.age == 5
+    assert ("x-cache", "HIT") in hit.headers and ("age", "5") in hit.headers
+    slot, _ = await ask(cache, req())
+    assert slot.hit == hit  # the same answer through a slot
+    assert cache.stats().hits == 2
+    # Anything but a plain GET is left to the slot.
+    assert cache.hit(req(method="HEAD"), ROUTE) is None
+    assert cache.hit(req(headers=[("Cache-Control", "max-age=1")]), ROUTE) is None
+    assert cache.hit(req(headers=[("authorization", "Bearer x")]), ROUTE) is None
+    assert cache.hit(req(consumer="alice"), ROUTE) is None
+    assert cache.hit(req(), CacheConfig(methods=("HEAD",))) is None
+    clock.now += 60
+    assert cache.hit(req(), ROUTE) is None  # expired
