@@ -368,14 +368,14 @@ class Hop(asyncio.Transport):
         return False
 
     def write_eof(self) -> None:
-        pass
+        return  # never asked (can_write_eof is False): a stream ends with END_STREAM
 
     def get_write_buffer_size(self) -> int:
         stream = self.stream
         return stream.pending_size if stream is not None else 0
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
+        return  # the stream's HTTP/2 flow control is its write buffer's limit
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name in _FROM_CLIENT:

@@ -51,7 +51,7 @@ class FakeControlPlane:
         )
 
     async def close(self) -> None:
-        pass
+        return  # nothing to close: no channel behind it
 
 
 class Clock:
