@@ -10,6 +10,7 @@ outlive the root (issuing one that would is refused: rotate the root).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from collections.abc import Iterable
@@ -476,11 +477,9 @@ class _PairError(Exception):
 
 def _trust_domain_of(certificate: x509.Certificate) -> str:
     uris: list[str] = []
-    try:
+    with contextlib.suppress(x509.ExtensionNotFound):  # no SAN: no URI names
         sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        pass
     for uri in uris:
         domain = uri.removeprefix("spiffe://")
         if uri.startswith("spiffe://") and "/" not in domain:

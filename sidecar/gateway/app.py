@@ -173,28 +173,34 @@ class Gateway:
         in ``refused``), a name the file has is the file's."""
         base = self.file_config
         own = {route.name for route in base.routes}
-        routes = list(base.routes)
         refused: dict[str, str] = {}
-        stored: dict[str, dict[str, Any]] = {}
+        candidates: dict[str, RouteConfig] = {}
         for name, spec in sorted(specs.items()):
             if name in own:
                 refused[name] = "the configuration file has a route of this name"
                 continue
             try:
-                route = RouteConfig.model_validate(spec)
-                base.with_routes([*routes, route])
+                candidates[name] = RouteConfig.model_validate(spec)
             except ValidationError as err:
-                first = err.errors(include_url=False)[0]
-                where = ".".join(str(p) for p in first["loc"])
-                refused[name] = f"{where}: {str(first['msg']).removeprefix('Value error, ')}"
-                continue
-            routes.append(route)
-            stored[name] = spec
+                refused[name] = _first_problem(err)
+        try:
+            merged = base.with_routes([*base.routes, *candidates.values()])
+        except ValidationError:
+            # Some route does not fit the rest of the file (a global limit without
+            # the store…): each is checked against the file alone to find which.
+            for name, route in list(candidates.items()):
+                try:
+                    base.with_routes([*base.routes, route])
+                except ValidationError as err:
+                    refused[name] = _first_problem(err)
+                    del candidates[name]
+            merged = base.with_routes([*base.routes, *candidates.values()])
+        stored = {name: dict(specs[name]) for name in candidates}
         for name, why in refused.items():
             if self.refused.get(name) != why:
                 logger.warning("stored route %s is not served: %s", name, why)
         self.stored, self.refused = stored, refused
-        return base.with_routes(routes)
+        return merged
 
     async def _routes_changed(self, specs: Mapping[str, dict[str, Any]]) -> None:
         """A new set of stored routes: new plans (their plugins started first),
@@ -450,6 +456,13 @@ class Gateway:
             if self.store is None
             else {"url": _redacted(str(self.config.rate_limit_store.url))},  # type: ignore[union-attr]
         }
+
+
+def _first_problem(err: ValidationError) -> str:
+    """The first problem of a refused route, as ``where: what``."""
+    first = err.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {str(first['msg']).removeprefix('Value error, ')}"
 
 
 def _token_check(tokens: TokenChecker) -> Any:

@@ -3,13 +3,14 @@ directory of its own, its log there, and a stop that leaves nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import signal
 import subprocess
 from pathlib import Path
 
-__all__ = ["OwnedProcess"]
+__all__ = ["EcoProcess", "OwnedProcess"]
 
 
 class OwnedProcess:
@@ -45,3 +46,31 @@ class OwnedProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class EcoProcess:
+    """An ``eco`` command run by a test as an asyncio subprocess (``proc``),
+    its output in ``log_path``; a subclass starts it and reads its addresses."""
+
+    proc: asyncio.subprocess.Process | None
+    log_path: Path
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), 15)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()

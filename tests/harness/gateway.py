@@ -14,15 +14,16 @@ cache on disk).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from tests.harness._process import EcoProcess
 from tests.harness.addresses import read_addresses
 from tests.harness.controlplane import ECO
 
@@ -32,7 +33,7 @@ __all__ = ["GATEWAY_SERVING", "GatewayProcess"]
 GATEWAY_SERVING = re.compile(rb"gateway on https?://(\S+): \d+ route\(s\), admin http://(\S+)\n")
 
 
-class GatewayProcess:
+class GatewayProcess(EcoProcess):
     """One `eco gateway` with its own config file, log and data dir."""
 
     def __init__(self, tmp_path: Path, name: str, body: str) -> None:
@@ -90,12 +91,10 @@ class GatewayProcess:
         self._address, self._admin = found
         async with aiohttp.ClientSession() as http:
             while True:
-                try:
+                with contextlib.suppress(aiohttp.ClientError):  # not listening yet
                     async with http.get(f"http://{self._admin}/healthz") as r:
                         if r.status == 200:
                             return
-                except aiohttp.ClientError:
-                    pass
                 self._check_alive(deadline, timeout)
                 await asyncio.sleep(0.02)
 
@@ -105,26 +104,6 @@ class GatewayProcess:
             raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{self.name} not serving in {timeout}s:\n{self.log()}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def wait(self) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), 15)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
 
     async def status(self) -> dict[str, Any]:
         """The admin's ``/status`` document."""

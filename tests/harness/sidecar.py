@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import aiohttp
 import grpc
 from ecosystem.v1 import sidecar_pb2, sidecar_pb2_grpc
 
+from tests.harness._process import EcoProcess
 from tests.harness.addresses import SIDECAR_RUNNING, read_addresses
 from tests.harness.controlplane import ECO
 
@@ -35,7 +35,7 @@ deregister_critical_after: 2s
 """
 
 
-class SidecarProcess:
+class SidecarProcess(EcoProcess):
     """One `eco sidecar` with its own config file and data dir. ``controlplane`` is
     one address or several (every replica); ``body`` is the rest of its YAML;
     ``ca_file``: the CA it trusts when the control plane serves TLS;
@@ -108,26 +108,6 @@ class SidecarProcess:
                 raise AssertionError(f"{self.name} not running in {timeout}s:\n{self.log()}")
             await asyncio.sleep(0.02)
         self._local_api, self._admin = found
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def wait(self) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), 15)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
 
     async def pick_ports(self, service: str = "web", n: int = 8) -> set[int]:
         ports = set()

@@ -98,7 +98,7 @@ async def test_a_key_that_is_not_the_certificates_stops_the_start(tmp_path: Path
     )
     with pytest.raises(StartupError, match="the TLS key does not match the certificate"):
         async with ControlPlane(config):
-            pass
+            raise AssertionError("it started")
 
 
 async def test_a_missing_certificate_file_stops_the_start(tmp_path: Path) -> None:
@@ -110,4 +110,4 @@ async def test_a_missing_certificate_file_stops_the_start(tmp_path: Path) -> Non
     )
     with pytest.raises(StartupError, match=r"--tls-cert .*nope\.pem: No such file"):
         async with ControlPlane(config):
-            pass
+            raise AssertionError("it started")

@@ -114,10 +114,17 @@ async def test_stored_routes_come_change_and_go_without_a_restart(
             await assert_eventually(
                 lambda: _refused(gw, "file", "the configuration file has a route of this name")
             )
+            # One that does not fit the file (a global limit, no store) is left out alone.
+            limit = {"rate": 1, "per": 1, "scope": "global", "on_store_error": "allow"}
+            await routes.ApplyRoutes(
+                gpb_apply(route("global", "/g", port, plugins={"rate_limit": limit}))
+            )
+            await assert_eventually(lambda: _refused_with(gw, "global", "rate_limit_store"))
+            assert await get(http, base + "/b/x") == 200
             await routes.DeleteRoute(gateway_pb2.DeleteRouteRequest(name="b"))
             await assert_eventually(lambda: served("/b/x", 404))
         kept = json.loads((tmp_path / "gw" / "controlplane-routes.json").read_text())
-        assert sorted(kept["routes"]) == ["a", "file"]
+        assert sorted(kept["routes"]) == ["a", "file", "global"]  # as stored; checked on load
     # The control plane is gone: a new gateway serves the routes kept on disk.
     config = config.model_copy(
         update={
@@ -131,3 +138,11 @@ async def test_stored_routes_come_change_and_go_without_a_restart(
 
 def _refused(gw: Gateway, name: str, why: str) -> None:
     assert gw.refused.get(name) == why, gw.refused
+
+
+def gpb_apply(*items: gateway_pb2.Route) -> gateway_pb2.ApplyRoutesRequest:
+    return gateway_pb2.ApplyRoutesRequest(routes=list(items))
+
+
+def _refused_with(gw: Gateway, name: str, words: str) -> None:
+    assert words in gw.refused.get(name, ""), gw.refused

@@ -62,7 +62,7 @@ class FakeIdentity:
     bundle = TrustBundle(TD, (b"root",), 1)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
-        pass
+        return  # the bundle never changes here
 
 
 def mesh(*intentions: Intention, default_allow: bool = False) -> tuple[MeshTls, IntentionTable]:
