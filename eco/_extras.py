@@ -36,6 +36,10 @@ SERVER_MODULES: dict[str, str] = {
     "redis": "redis",
     "jwt": "pyjwt",
     "h2": "h2",
+    "aiobotocore": "aiobotocore",
+    "azure.storage.blob": "azure-storage-blob",
+    "google.cloud.storage": "google-cloud-storage",
+    "asyncssh": "asyncssh",
 }
 if sys.platform != "win32":
     SERVER_MODULES["uvloop"] = "uvloop"

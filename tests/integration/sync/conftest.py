@@ -1,0 +1,14 @@
+"""Every store the sync tests run against; ``target`` is each in turn."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness.storage import STORE_NAMES, StoreTarget
+
+
+@pytest.fixture(params=STORE_NAMES)
+def target(request: pytest.FixtureRequest) -> StoreTarget:
+    """A fresh, empty root on each store in turn."""
+    result: StoreTarget = request.getfixturevalue(f"{request.param}_target")
+    return result
