@@ -53,6 +53,7 @@ test: tools check-gen lint
 	scripts/install-nats.sh
 	scripts/install-rabbitmq.sh
 	scripts/install-redis.sh
+	scripts/install-storage-emulators.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 ## test-unit: the unit tier only (tests/unit: no sockets, no processes, no servers to install)
