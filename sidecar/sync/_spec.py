@@ -9,7 +9,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ConflictPolicy", "Decision", "Mode", "RunReport", "SyncOptions"]
+__all__ = ["ConflictPolicy", "Decision", "Mode", "Progress", "RunReport", "SyncOptions"]
 
 
 class Mode(enum.StrEnum):
@@ -40,10 +40,31 @@ class SyncOptions:
     transfers: int = 8  # concurrent transfers per job
     bandwidth: int | None = None  # bytes per second across the job, None: unlimited
     retries: int = 5
+    # The first retry's delay in seconds; each next one doubles (with jitter).
+    retry_delay: float = 0.2
     # Where the job's state lives (SQLite); the engine creates it.
     state_path: str = ""
     job: str = ""  # the job's name ("" for an ad-hoc run)
+    # Connector settings (a job's named profiles) by role: "source" and
+    # "destination"; a side without one reads its store's standard settings.
     profiles: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("source", "destination"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: a store URL is required")
+        object.__setattr__(self, "mode", Mode(self.mode))
+        object.__setattr__(self, "conflict", ConflictPolicy(self.conflict))
+        if not 0 <= self.max_delete <= 100:
+            raise ValueError("max_delete: a percentage from 0 to 100")
+        if self.transfers < 1:
+            raise ValueError("transfers: at least 1")
+        if self.bandwidth is not None and self.bandwidth <= 0:
+            raise ValueError("bandwidth: bytes per second above 0, or None for unlimited")
+        if self.retries < 0:
+            raise ValueError("retries: 0 or more")
+        if self.retry_delay < 0:
+            raise ValueError("retry_delay: 0 or more seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +75,28 @@ class Decision:
     action: str  # copy-to-destination, copy-to-source, delete-destination, …, conflict, skip
     reason: str
     bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Counters of a run in flight, handed to the ``progress`` callback.
+
+    ``phase`` is "listing", "planning", "transferring" or "done"; the totals
+    are known from "transferring" on.
+    """
+
+    phase: str
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    deletes_total: int = 0
+    deletes_done: int = 0
+    errors: int = 0
+    listed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(slots=True)
@@ -78,4 +121,7 @@ class RunReport:
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The report's fields and ``duration`` (seconds)."""
+        data = dataclasses.asdict(self)
+        data["duration"] = round(max(0.0, self.finished_at - self.started_at), 3)
+        return data

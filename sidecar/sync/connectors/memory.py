@@ -1,0 +1,184 @@
+"""A store held in a dict: the fake :class:`Connector` the engine's unit tests use.
+
+It keeps the protocol's promises the way a real connector must, and asserts
+the engine keeps its side: paths are relative and ``/``-separated, a write
+reads exactly ``size`` bytes from the source, nothing is visible at a path
+until the whole object is in place, and the connector is not used after
+``close()``. Faults can be injected per operation (``fail``) to drive the
+engine's retries, and ``calls`` counts operations so a test can say "nothing
+was transferred".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from sidecar.sync.connectors._base import (
+    MD5,
+    Entry,
+    ResumeToken,
+    SourceOpener,
+    StoreNotFoundError,
+    SyncStoreError,
+)
+
+__all__ = ["MemoryConnector", "MemoryObject"]
+
+#: Bytes per chunk ``read`` yields (small, so chunked paths are exercised).
+CHUNK = 64 * 1024
+
+
+@dataclass(slots=True)
+class MemoryObject:
+    """One stored object (or empty directory when ``is_dir``)."""
+
+    data: bytes
+    mtime: float
+    version: int = 1
+    is_dir: bool = False
+
+
+@dataclass(slots=True)
+class _Fault:
+    error: SyncStoreError
+    times: int
+
+
+@dataclass
+class MemoryConnector:
+    """A :class:`Connector` over a dict; ``objects`` is the store's content.
+
+    ``hashes`` says whether listings carry an MD5 (an object store's cheap
+    hash) or nothing (a filesystem's listing).
+    """
+
+    url: str = "memory://"
+    objects: dict[str, MemoryObject] = field(default_factory=dict)
+    hashes: bool = True
+    exists: bool = True
+    calls: Counter[str] = field(default_factory=Counter)
+    _faults: dict[tuple[str, str], _Fault] = field(default_factory=dict)
+    _closed: bool = False
+    _versions: int = 0
+
+    @property
+    def listed_hashes(self) -> tuple[str, ...]:
+        return (MD5,) if self.hashes else ()
+
+    # -- test helpers -----------------------------------------------------
+
+    def put(self, path: str, data: bytes | str, *, mtime: float | None = None) -> None:
+        """Writes an object directly (as a user of the store would)."""
+        raw = data.encode() if isinstance(data, str) else data
+        self._versions += 1
+        stamp = time.time() if mtime is None else mtime
+        self.objects[_check(path)] = MemoryObject(raw, stamp, self._versions)
+
+    def get(self, path: str) -> bytes:
+        return self.objects[path].data
+
+    def files(self) -> dict[str, bytes]:
+        """Every object's content by path (directories left out)."""
+        return {p: o.data for p, o in sorted(self.objects.items()) if not o.is_dir}
+
+    def fail(self, operation: str, path: str, error: SyncStoreError, times: int = 1) -> None:
+        """The next ``times`` calls of ``operation`` on ``path`` ("*" for any) raise ``error``."""
+        self._faults[(operation, path)] = _Fault(error, times)
+
+    def _maybe_fail(self, operation: str, path: str) -> None:
+        assert not self._closed, f"{self.url}: {operation} after close()"
+        self.calls[operation] += 1
+        for key in ((operation, path), (operation, "*")):
+            fault = self._faults.get(key)
+            if fault is not None and fault.times > 0:
+                fault.times -= 1
+                raise fault.error
+
+    # -- the protocol -----------------------------------------------------
+
+    async def __aenter__(self) -> MemoryConnector:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+
+    def _entry(self, path: str, obj: MemoryObject) -> Entry:
+        hashes = {MD5: hashlib.md5(obj.data).hexdigest()} if self.hashes and not obj.is_dir else {}
+        return Entry(
+            path=path,
+            size=len(obj.data),
+            mtime=obj.mtime,
+            hashes=hashes,
+            etag=None,
+            version=str(obj.version),
+            is_dir=obj.is_dir,
+        )
+
+    async def list(self) -> AsyncIterator[Entry]:
+        self._maybe_fail("list", "*")
+        if not self.exists:
+            raise StoreNotFoundError("no such store", url=self.url)
+        for path, obj in list(self.objects.items()):
+            yield self._entry(path, obj)
+
+    async def stat(self, path: str) -> Entry | None:
+        self._maybe_fail("stat", path)
+        obj = self.objects.get(_check(path))
+        return None if obj is None else self._entry(path, obj)
+
+    async def read(self, path: str, offset: int = 0) -> AsyncIterator[bytes]:
+        self._maybe_fail("read", path)
+        obj = self.objects.get(_check(path))
+        if obj is None:
+            raise SyncStoreError("no such object", url=self.url, path=path)
+        for start in range(offset, len(obj.data), CHUNK):
+            yield obj.data[start : start + CHUNK]
+
+    async def write(
+        self,
+        path: str,
+        source: SourceOpener,
+        size: int,
+        *,
+        mtime: float,
+        resume: ResumeToken | None = None,
+        checkpoint: Callable[[ResumeToken], Awaitable[None]] | None = None,
+    ) -> Entry:
+        self._maybe_fail("write", _check(path))
+        buffer = bytearray()
+        async for chunk in source(0):
+            buffer.extend(chunk)
+        assert len(buffer) == size, f"{path}: source gave {len(buffer)} bytes, engine said {size}"
+        # Only now is the object visible: a write that raised left nothing.
+        self._versions += 1
+        self.objects[path] = MemoryObject(bytes(buffer), mtime, self._versions)
+        return self._entry(path, self.objects[path])
+
+    async def delete(self, path: str) -> None:
+        self._maybe_fail("delete", _check(path))
+        self.objects.pop(path, None)
+
+    async def make_dir(self, path: str) -> None:
+        self._maybe_fail("make_dir", _check(path))
+        self._versions += 1
+        self.objects[path] = MemoryObject(b"", time.time(), self._versions, is_dir=True)
+
+    async def hash(self, path: str, kind: str) -> str | None:
+        self._maybe_fail("hash", path)
+        obj = self.objects.get(_check(path))
+        if obj is None or kind != MD5:
+            return None
+        return hashlib.md5(obj.data).hexdigest()
+
+
+def _check(path: str) -> str:
+    assert path and not path.startswith("/") and "\\" not in path, f"bad path {path!r}"
+    assert all(part not in ("", ".", "..") for part in path.split("/")), f"bad path {path!r}"
+    return path
