@@ -4,12 +4,35 @@ for a test of its own."""
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tests.harness.nats import NatsServer
+from tests.harness.ports import ledger_for
 from tests.harness.redis import RedisServer
+
+
+def _port_ledger_run(config: pytest.Config) -> str:
+    """The run id the workers' port ledger is named by (tests/harness/ports.py)."""
+    uid = getattr(config.option, "testrunuid", None)
+    return str(uid) if uid else f"pid{os.getpid()}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The controller of a run with workers names the run itself, so that it
+    # knows which ledger its workers share and can remove it at the end.
+    controller = not hasattr(config, "workerinput")
+    named = getattr(config.option, "testrunuid", None) is not None
+    if controller and getattr(config.option, "numprocesses", None) and not named:
+        config.option.testrunuid = uuid.uuid4().hex
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        ledger_for(_port_ledger_run(config)).unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)
