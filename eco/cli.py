@@ -25,6 +25,7 @@ from eco._route import route
 from eco._service import service
 from eco._settings import OUTPUT_CHOICE, Settings, check_server, configure_logging
 from eco._sidecar import sidecar_command
+from eco._sync import sync
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "cli", "describe_error", "main"]
 
@@ -175,6 +176,7 @@ cli.add_command(acl)
 cli.add_command(intention)
 cli.add_command(route)
 cli.add_command(gateway_command)
+cli.add_command(sync)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -80,6 +80,7 @@ async def run_sync(
             )
         else:  # a bug or a connector breaking its contract: still a report
             log.exception("sync run %s failed", options.job or options.source)
+            exc = _leaf(exc)
             report.message = f"{type(exc).__name__}: {exc}"
             report.errors.append(
                 {"path": "", "action": "run", "error": type(exc).__name__, "message": str(exc)}
@@ -100,6 +101,13 @@ def _store_error(exc: BaseException) -> SyncStoreError | None:
             if found is not None:
                 return found
     return None
+
+
+def _leaf(exc: Exception) -> Exception:
+    """The first error inside a task group's (the group's own text says nothing)."""
+    while isinstance(exc, ExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _open(

@@ -60,6 +60,13 @@ class MemoryConnector:
     objects: dict[str, MemoryObject] = field(default_factory=dict)
     hashes: bool = True
     exists: bool = True
+    #: Writes larger than this go in parts, with a checkpoint after each
+    #: (0: one piece), as a multipart upload would.
+    part_size: int = 0
+    #: Unfinished multipart uploads: id → bytes held (never listed).
+    uploads: dict[str, bytearray] = field(default_factory=dict)
+    #: Bytes each write read from its source (a resumed write reads fewer).
+    read_from: dict[str, list[int]] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
     _faults: dict[tuple[str, str], _Fault] = field(default_factory=dict)
     _closed: bool = False
@@ -152,14 +159,47 @@ class MemoryConnector:
         checkpoint: Callable[[ResumeToken], Awaitable[None]] | None = None,
     ) -> Entry:
         self._maybe_fail("write", _check(path))
-        buffer = bytearray()
-        async for chunk in source(0):
-            buffer.extend(chunk)
+        if self.part_size and size > self.part_size:
+            buffer = await self._write_parts(path, source, size, resume, checkpoint)
+        else:
+            buffer = bytearray()
+            async for chunk in source(0):
+                buffer.extend(chunk)
+            self.read_from.setdefault(path, []).append(0)
         assert len(buffer) == size, f"{path}: source gave {len(buffer)} bytes, engine said {size}"
         # Only now is the object visible: a write that raised left nothing.
         self._versions += 1
         self.objects[path] = MemoryObject(bytes(buffer), mtime, self._versions)
         return self._entry(path, self.objects[path])
+
+    async def _write_parts(
+        self,
+        path: str,
+        source: SourceOpener,
+        size: int,
+        resume: ResumeToken | None,
+        checkpoint: Callable[[ResumeToken], Awaitable[None]] | None,
+    ) -> bytearray:
+        upload = str(resume["upload"]) if resume else ""
+        if upload not in self.uploads:  # unknown token: start again
+            self._versions += 1
+            upload = f"{path}#{self._versions}"
+            self.uploads[upload] = bytearray()
+        held = self.uploads[upload]
+        offset = len(held) - len(held) % self.part_size
+        del held[offset:]
+        self.read_from.setdefault(path, []).append(offset)
+        part = bytearray()
+        async for chunk in source(offset):
+            part.extend(chunk)
+            while len(part) >= self.part_size:
+                held.extend(part[: self.part_size])
+                del part[: self.part_size]
+                if checkpoint is not None:
+                    await checkpoint({"upload": upload})
+                self._maybe_fail("part", path)
+        held.extend(part)
+        return self.uploads.pop(upload)
 
     async def delete(self, path: str) -> None:
         self._maybe_fail("delete", _check(path))

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from sidecar.sync import ConflictPolicy, Mode, RunReport, StateStore, SyncOptions, run_sync
-from sidecar.sync.connectors._base import IntegrityError, StoreAuthError, StoreThrottledError
+from sidecar.sync.connectors._base import (
+    IntegrityError,
+    StoreAuthError,
+    StoreThrottledError,
+    StoreUnavailableError,
+)
 from sidecar.sync.connectors.memory import MemoryConnector
 
 
@@ -265,3 +270,26 @@ async def test_bandwidth_limit_and_progress(pair: Pair) -> None:
     assert report.to_dict()["duration"] >= 0.15  # 200 kB at 1 MB/s
     assert seen[-1].phase == "done"
     assert max(p.bytes_done for p in seen) == 200_000
+
+
+async def test_a_multipart_upload_resumes_within_a_run_and_in_the_next(pair: Pair) -> None:
+    pair.dst.part_size = 1000
+    data = bytes(range(256)) * 20  # 5,120 bytes: 6 parts
+    pair.src.put("big.bin", data, mtime=3.0)
+    pair.dst.fail("part", "big.bin", StoreUnavailableError("reset"), times=1)
+    report = await pair.run()
+    assert report.status == "completed" and pair.dst.get("big.bin") == data
+    assert pair.dst.read_from["big.bin"] == [0, 1000]  # the retry went on from part 2
+
+    pair.src.put("big.bin", data[::-1], mtime=4.0)
+    pair.dst.fail("part", "big.bin", StoreAuthError("token expired"), times=1)
+    broken = await pair.run()
+    assert broken.status == "failed" and pair.dst.get("big.bin") == data  # nothing partial
+    with StateStore(pair.state) as state:
+        assert list(state.journal()) == [("big.bin", "source>destination")]
+    resumed = await pair.run()
+    assert resumed.status == "completed" and pair.dst.get("big.bin") == data[::-1]
+    assert pair.dst.read_from["big.bin"][-1] == 1000
+    with StateStore(pair.state) as state:
+        assert state.journal() == {}
+    assert pair.dst.uploads == {}
