@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.storage import STORE_NAMES, StoreTarget
+from tests.harness.storage import (  # noqa: F401 - fixtures, for ``target``
+    STORE_NAMES,
+    StoreTarget,
+    file_target,
+    sftp_server,
+    sftp_target,
+)
 
 
 @pytest.fixture(params=STORE_NAMES)
