@@ -179,6 +179,7 @@ class Azurite(Emulator):
     name = "azurite"
 
     def command(self, directory: Path) -> list[str]:
+        # In memory (no --location: azurite refuses both); it runs in ``directory``.
         binary = ROOT / ".tools" / "node_modules" / ".bin" / "azurite-blob"
         if not binary.exists():
             pytest.fail(
@@ -197,8 +198,6 @@ class Azurite(Emulator):
             "--inMemoryPersistence",
             "--disableTelemetry",
             "--silent",
-            "--location",
-            str(directory),
         ]
 
     @property

@@ -1,0 +1,396 @@
+"""``az://container/prefix``: Azure Blob Storage through azure-storage-blob's aio client.
+
+azure-storage-blob is Microsoft's kept SDK; its ``aio`` client runs on
+aiohttp, so listing and transfers are native asyncio (aiohttp's pool holds
+up to 100 connections). Settings: ``AZURE_STORAGE_CONNECTION_STRING`` or
+the profile's ``connection_string``; or ``account_url`` with
+``account_key`` (and ``account_name`` when the URL does not name it) or
+``sas_token``; and ``part_size``.
+
+Small objects go in one Put Blob with a transactional MD5 (the service
+checks it and keeps it as the blob's Content-MD5). Larger ones are staged as
+blocks (each with its MD5 checked by the service) and committed at the end
+with the MD5 of the whole content as Content-MD5 and the source mtime as
+metadata; uncommitted blocks are invisible. The resume token names the
+upload's block-id prefix; a resume asks for the uncommitted block list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobBlock, BlobProperties, ContentSettings
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+
+from sidecar.sync.connectors._base import (
+    MD5,
+    Entry,
+    IntegrityError,
+    ResumeToken,
+    SourceOpener,
+    StoreAuthError,
+    StoreNotFoundError,
+    StoreThrottledError,
+    StoreUnavailableError,
+    SyncStoreError,
+)
+from sidecar.sync.connectors._cloud import (
+    META_MD5,
+    META_MTIME,
+    ObjectRoot,
+    compute_hash,
+    parse_mtime,
+    part_size_from,
+    parts_of,
+    read_exactly,
+)
+from sidecar.sync.connectors._hashing import new_hasher
+
+__all__ = ["AzureConnector"]
+
+log = logging.getLogger(__name__)
+
+_MIN_PART = 64 * 1024
+_MISSING_CONTAINER = frozenset({"ContainerNotFound", "ContainerBeingDeleted"})
+_AUTH_CODES = frozenset(
+    {"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch"}
+)
+_THROTTLE_CODES = frozenset({"ServerBusy", "OperationTimedOut", "IngressOverLimit"})
+
+
+def _md5_of(blob: BlobProperties) -> str | None:
+    settings = blob.content_settings
+    md5 = settings.content_md5 if settings is not None else None
+    return bytes(md5).hex() if md5 else None
+
+
+def _error_code(exc: HttpResponseError) -> str:
+    # Storage's errors carry the service's x-ms-error-code (set by the SDK at
+    # run time; azure-core's type does not declare it).
+    return str(getattr(exc, "error_code", None) or "")
+
+
+class AzureConnector:
+    """An Azure Blob container (and name prefix) as a sync store."""
+
+    listed_hashes: tuple[str, ...] = (MD5,)
+
+    def __init__(self, url: str, settings: Mapping[str, str] | None = None) -> None:
+        self.url = url
+        self._root = ObjectRoot(url, "az")
+        self._settings = dict(settings or {})
+        self._part_size = part_size_from(self._settings, minimum=_MIN_PART)
+        self._service: BlobServiceClient | None = None
+        self._container: ContainerClient | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> AzureConnector:
+        self._ensure()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        service, self._service, self._container = self._service, None, None
+        if service is not None:
+            await service.close()
+
+    def _ensure(self) -> ContainerClient:
+        if self._container is not None:
+            return self._container
+        s = self._settings
+        # The engine owns retries and backoff: the SDK's own are off.
+        options: dict[str, Any] = {"retry_total": 0, "max_single_put_size": self._part_size}
+        conn = s.get("connection_string") or os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        try:
+            if conn:
+                service = BlobServiceClient.from_connection_string(conn, **options)
+            elif s.get("account_url") and (s.get("account_key") or s.get("sas_token")):
+                credential: Any = s.get("sas_token")
+                if s.get("account_key"):
+                    name = (
+                        s.get("account_name") or s["account_url"].split("//", 1)[-1].split(".")[0]
+                    )
+                    credential = {"account_name": name, "account_key": s["account_key"]}
+                service = BlobServiceClient(s["account_url"], credential=credential, **options)
+            else:
+                raise StoreAuthError(
+                    "az: no credentials: set AZURE_STORAGE_CONNECTION_STRING, or a profile's "
+                    "connection_string, or account_url with account_key or sas_token",
+                    url=self.url,
+                )
+        except ValueError as exc:
+            raise StoreAuthError(f"az: bad connection settings: {exc}", url=self.url) from exc
+        self._service = service
+        self._container = service.get_container_client(self._root.bucket)
+        return self._container
+
+    # -- errors ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, path: str) -> Iterator[None]:
+        """Translates azure-core's errors into the sync error tree."""
+        try:
+            yield
+        except SyncStoreError:
+            raise
+        except ClientAuthenticationError as exc:
+            raise StoreAuthError(f"az: {exc.message}", url=self.url, path=path) from exc
+        except HttpResponseError as exc:
+            code, status = _error_code(exc), exc.status_code or 0
+            message = f"az: {code or status}: {exc.message}"
+            if code in _MISSING_CONTAINER or (status == 404 and code != "BlobNotFound"):
+                raise StoreNotFoundError(message, url=self.url, path=path) from exc
+            if code in _AUTH_CODES or status in (401, 403):
+                raise StoreAuthError(message, url=self.url, path=path) from exc
+            if code in _THROTTLE_CODES or status in (429, 503):
+                raise StoreThrottledError(message, url=self.url, path=path) from exc
+            if status >= 500:
+                raise StoreUnavailableError(message, url=self.url, path=path) from exc
+            raise SyncStoreError(message, url=self.url, path=path) from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise StoreUnavailableError(f"az: {exc.message}", url=self.url, path=path) from exc
+        except AzureError as exc:
+            raise SyncStoreError(f"az: {exc.message}", url=self.url, path=path) from exc
+
+    @staticmethod
+    def _blob_missing(exc: SyncStoreError) -> bool:
+        cause = exc.__cause__
+        return isinstance(cause, ResourceNotFoundError) and _error_code(cause) == "BlobNotFound"
+
+    # -- reading -----------------------------------------------------------
+
+    def _entry(self, path: str, blob: BlobProperties) -> Entry:
+        kept = parse_mtime((blob.metadata or {}).get(META_MTIME))
+        modified = blob.last_modified.timestamp() if blob.last_modified else 0.0
+        md5 = _md5_of(blob)
+        is_dir = path.endswith("/")
+        return Entry(
+            path=path.rstrip("/"),
+            size=int(blob.size or 0),
+            mtime=kept if kept is not None else modified,
+            hashes={MD5: md5} if md5 and not is_dir else {},
+            etag=str(blob.etag).strip('"') if blob.etag else None,
+            version=blob.version_id,
+            is_dir=is_dir,
+        )
+
+    async def list(self) -> AsyncIterator[Entry]:
+        container = self._ensure()
+        pages = container.list_blobs(
+            name_starts_with=self._root.list_prefix,
+            include=["metadata"],
+            results_per_page=1000,
+        ).by_page()
+        while True:
+            with self._errors(""):
+                try:
+                    page = await pages.__anext__()
+                except StopAsyncIteration:
+                    return
+                blobs = [blob async for blob in page]
+            for blob in blobs:
+                path = self._root.path(blob.name)
+                if path is not None:
+                    yield self._entry(path, blob)
+
+    async def _properties(self, key: str, path: str) -> BlobProperties | None:
+        try:
+            with self._errors(path):
+                props: BlobProperties = (
+                    await self._ensure().get_blob_client(key).get_blob_properties()
+                )
+                return props
+        except SyncStoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ResourceNotFoundError) and _error_code(cause) in (
+                "BlobNotFound",
+                "",
+            ):
+                return None
+            raise
+
+    async def stat(self, path: str) -> Entry | None:
+        key = self._root.key(path)
+        for candidate, listed in ((key, path), (key + "/", path.rstrip("/") + "/")):
+            props = await self._properties(candidate, path)
+            if props is not None:
+                return self._entry(listed, props)
+        if not path:
+            with self._errors(""):
+                if not await self._ensure().exists():
+                    raise StoreNotFoundError(
+                        f"az: container {self._root.bucket!r} does not exist", url=self.url
+                    )
+        return None
+
+    async def read(self, path: str, offset: int = 0) -> AsyncIterator[bytes]:
+        client = self._ensure().get_blob_client(self._root.key(path))
+        with self._errors(path):
+            try:
+                downloader = await client.download_blob(offset=offset or None)
+            except HttpResponseError as exc:
+                if offset and exc.status_code == 416:
+                    return  # offset at the end: nothing left to read
+                raise
+        chunks = downloader.chunks()
+        while True:
+            with self._errors(path):
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+            yield chunk
+
+    async def hash(self, path: str, kind: str) -> str | None:
+        props = await self._properties(self._root.key(path), path)
+        if props is None:
+            return None
+        if kind == MD5:
+            md5 = _md5_of(props) or (props.metadata or {}).get(META_MD5)
+            if md5:
+                return md5
+        if new_hasher(kind) is None:
+            return None
+        return await compute_hash(self.read(path), kind)
+
+    # -- writing -----------------------------------------------------------
+
+    async def write(
+        self,
+        path: str,
+        source: SourceOpener,
+        size: int,
+        *,
+        mtime: float,
+        resume: ResumeToken | None = None,
+        checkpoint: Callable[[ResumeToken], Awaitable[None]] | None = None,
+    ) -> Entry:
+        key = self._root.key(path)
+        metadata = {META_MTIME: repr(float(mtime))}
+        if size <= self._part_size:
+            return await self._put(path, key, source, size, metadata)
+        return await self._blocks(path, key, source, size, metadata, resume, checkpoint)
+
+    async def _put(
+        self, path: str, key: str, source: SourceOpener, size: int, metadata: dict[str, str]
+    ) -> Entry:
+        data = await read_exactly(source, size)
+        digest = hashlib.md5(data, usedforsecurity=False).digest()
+        client = self._ensure().get_blob_client(key)
+        with self._errors(path):
+            # validate_content sends the MD5 with the body; the service refuses
+            # a body that does not match it, and keeps it as Content-MD5.
+            result = await client.upload_blob(
+                data,
+                overwrite=True,
+                metadata=metadata,
+                validate_content=True,
+                content_settings=ContentSettings(content_md5=bytearray(digest)),
+            )
+        stored = result.get("content_md5")
+        if stored and bytes(stored) != digest:
+            raise IntegrityError(
+                f"az: the store's MD5 {bytes(stored).hex()} is not the MD5 sent {digest.hex()}",
+                url=self.url,
+                path=path,
+            )
+        # Put Blob's answer has what a listing would show (our metadata's
+        # mtime, the ETag, the MD5): no second request.
+        return Entry(
+            path=path,
+            size=size,
+            mtime=float(metadata[META_MTIME]),
+            hashes={MD5: digest.hex()},
+            etag=str(result.get("etag", "")).strip('"') or None,
+            version=result.get("version_id"),
+        )
+
+    async def _blocks(
+        self,
+        path: str,
+        key: str,
+        source: SourceOpener,
+        size: int,
+        metadata: dict[str, str],
+        resume: ResumeToken | None,
+        checkpoint: Callable[[ResumeToken], Awaitable[None]] | None,
+    ) -> Entry:
+        client = self._ensure().get_blob_client(key)
+        prefix = uuid.uuid4().hex[:16]
+        part_size = self._part_size
+        done: list[str] = []
+        if resume and resume.get("blocks") and resume.get("key") == key:
+            theirs, their_size = str(resume["blocks"]), int(resume.get("part_size", part_size))
+            with self._errors(path):
+                try:
+                    _, uncommitted = await client.get_block_list("uncommitted")
+                except ResourceNotFoundError:
+                    uncommitted = []  # no blob and no blocks yet
+            held = {b.id: b.size for b in uncommitted}
+            while (n := held.get(f"{theirs}{len(done):06d}")) is not None and n == min(
+                their_size, size - len(done) * their_size
+            ):
+                done.append(f"{theirs}{len(done):06d}")
+            if done:
+                prefix, part_size = theirs, their_size
+                log.info("az: resuming %s at block %s", key, len(done))
+        token = {"blocks": prefix, "part_size": part_size, "key": key}
+        offset = len(done) * part_size
+        whole = hashlib.md5(usedforsecurity=False) if offset == 0 else None
+        async for data in parts_of(source(offset), part_size, size - offset):
+            block_id = f"{prefix}{len(done):06d}"
+            if whole is not None:
+                whole.update(data)
+            with self._errors(path):
+                await client.stage_block(block_id, data, validate_content=True)
+            done.append(block_id)
+            if checkpoint is not None:
+                await checkpoint(token)
+        if whole is not None:
+            metadata[META_MD5] = whole.hexdigest()
+        settings = ContentSettings(content_md5=bytearray(whole.digest()) if whole else None)
+        with self._errors(path):
+            await client.commit_block_list(
+                [BlobBlock(block_id=b) for b in done], metadata=metadata, content_settings=settings
+            )
+        entry = await self.stat(path)
+        if entry is None or entry.size != size:
+            got = "nothing" if entry is None else f"{entry.size} bytes"
+            raise IntegrityError(
+                f"az: wrote {size} bytes, the store holds {got}", url=self.url, path=path
+            )
+        return entry
+
+    async def delete(self, path: str) -> None:
+        container = self._ensure()
+        key = self._root.key(path)
+        for candidate in (key, key + "/"):
+            try:
+                with self._errors(path):
+                    await container.delete_blob(candidate)
+                return
+            except SyncStoreError as exc:
+                if not self._blob_missing(exc):
+                    raise
+
+    async def make_dir(self, path: str) -> None:
+        client = self._ensure().get_blob_client(self._root.key(path) + "/")
+        with self._errors(path):
+            await client.upload_blob(b"", overwrite=True)
