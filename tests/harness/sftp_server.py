@@ -1,7 +1,7 @@
 """An SFTP server for the sync tests, run as a subprocess by tests/harness/storage.py.
 
 asyncssh's own server (the same library the connector uses as a client, and
-already installed) on 127.0.0.1, port 0, with a chroot at ``--root``:
+already installed) on 127.0.0.1 (port 0 unless ``--port``), with a chroot at ``--root``:
 public-key authentication against ``--authorized-keys`` for any user name,
 and ``--password`` when given. It writes the port it got to ``--port-file``
 (whole, by rename) once it listens, and runs until SIGTERM or its parent dies.
@@ -47,7 +47,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
     server = await asyncssh.listen(
         "127.0.0.1",
-        0,
+        args.port,
         server_factory=lambda: _Server(args.password),
         server_host_keys=[args.host_key],
         authorized_client_keys=args.authorized_keys,
@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--authorized-keys", required=True)
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--password")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
     args = parser.parse_args()
     args.root = os.path.realpath(args.root)
     asyncio.run(_serve(args))

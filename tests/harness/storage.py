@@ -9,6 +9,7 @@ both, and the ``target`` fixture there is parametrised over every store.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,7 @@ class SftpServer(OwnedProcess):
     def __init__(self) -> None:
         super().__init__()
         self.port = 0
+        self.host_public_key = ""
         self._count = 0
 
     @property
@@ -87,13 +89,32 @@ class SftpServer(OwnedProcess):
     def start(self) -> SftpServer:
         self._dir = Path(tempfile.mkdtemp(prefix="eco-sftp-"))
         try:
+            self._make_keys()
             self._launch()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _launch(self) -> None:
+    def halt(self) -> None:
+        """Kills the server (SIGKILL: a crash, connections dropped), keeping its
+        port, keys and files for `resume`."""
+        self._terminate(signal.SIGKILL)
+
+    def resume(self) -> None:
+        """Starts a halted server again on the same port with the same keys."""
+        deadline = time.monotonic() + _SFTP_READY_TIMEOUT
+        while True:
+            try:
+                self._launch()
+                return
+            except RuntimeError:
+                self._terminate(signal.SIGKILL)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _make_keys(self) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*DSA.*")
@@ -104,10 +125,15 @@ class SftpServer(OwnedProcess):
         self.root.mkdir()
         host_key = asyncssh.generate_private_key("ssh-ed25519")
         host_key.write_private_key(str(self._dir / "host_key"))
+        self.host_public_key = host_key.export_public_key("openssh").decode().strip()
         client_key = asyncssh.generate_private_key("ssh-ed25519")
         client_key.write_private_key(str(self.client_key))
         client_key.write_public_key(str(self._dir / "authorized_keys"))
+
+    def _launch(self) -> None:
+        assert self._dir is not None
         port_file = self._dir / "port"
+        port_file.unlink(missing_ok=True)
         cmd = [
             sys.executable,
             str(Path(__file__).with_name("sftp_server.py")),
@@ -121,8 +147,10 @@ class SftpServer(OwnedProcess):
             str(port_file),
             "--password",
             self.PASSWORD,
+            "--port",
+            str(self.port),
         ]
-        with open(self._dir / self.LOG_NAME, "wb") as log_file:
+        with open(self._dir / self.LOG_NAME, "ab") as log_file:
             self._proc = subprocess.Popen(
                 with_parent_death_signal(cmd),
                 stdin=subprocess.DEVNULL,
@@ -137,8 +165,7 @@ class SftpServer(OwnedProcess):
                 raise RuntimeError(f"the SFTP server did not start: {self.log()[-2000:]}")
             time.sleep(0.01)
         self.port = int(port_file.read_text())
-        public = host_key.export_public_key("openssh").decode().strip()
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {public}\n")
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {self.host_public_key}\n")
 
     def subdir(self) -> str:
         """A fresh, empty directory under the root; its path as the server shows it."""

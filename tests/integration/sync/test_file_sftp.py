@@ -1,0 +1,220 @@
+"""What only the file and SFTP connectors do (the conformance suite in
+test_connectors.py covers what every store does): how they treat what is not
+a regular file, a destination that does not exist yet, SSH authentication and
+host keys, a server that goes away and comes back, and the channel pool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.sync.connectors import (
+    Connector,
+    Entry,
+    StoreAuthError,
+    StoreNotFoundError,
+    StoreUnavailableError,
+    open_connector,
+)
+from tests.harness.ports import free_port
+from tests.harness.storage import SftpServer, StoreTarget
+
+MTIME = 1_700_000_000.0
+
+
+async def put(c: Connector, path: str, data: bytes) -> Entry:
+    async def source(offset: int) -> AsyncIterator[bytes]:
+        yield data[offset:]
+
+    return await c.write(path, source, len(data), mtime=MTIME)
+
+
+async def paths(c: Connector) -> set[str]:
+    return {e.path async for e in c.list()}
+
+
+def new_key(path: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*DSA.*")
+        import asyncssh
+
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(path))
+    return str(path)
+
+
+# -- the registry ---------------------------------------------------------------
+
+
+def test_a_store_sdk_is_imported_only_for_its_scheme() -> None:
+    code = (
+        "import sys\n"
+        "from sidecar.sync.connectors import open_connector\n"
+        "open_connector('file:///tmp')\n"
+        "heavy = [m for m in ('asyncssh', 'aiobotocore', 'google.cloud.storage', "
+        "'azure.storage.blob') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# -- file -------------------------------------------------------------------------
+
+
+async def test_file_lists_regular_files_and_directories_only(file_target: StoreTarget) -> None:
+    root = Path(file_target.url.removeprefix("file://"))
+    (root / "real.txt").write_text("x")
+    (root / "link.txt").symlink_to(root / "real.txt")
+    (root / "dangling").symlink_to(root / "nowhere")
+    os.mkfifo(root / "pipe")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(root / "sock"))
+        async with open_connector(file_target.url) as c:
+            assert await paths(c) == {"real.txt"}
+            assert await c.stat("link.txt") is None
+
+
+async def test_file_a_write_never_creates_a_missing_root(tmp_path: Path) -> None:
+    root = tmp_path / "not-yet"
+    async with open_connector(root.as_uri()) as c:
+        with pytest.raises(StoreNotFoundError):
+            await put(c, "a/b.txt", b"x")
+        assert not root.exists()
+        with pytest.raises(StoreNotFoundError):
+            await c.stat("a/b.txt")
+        # The engine can make a destination that does not exist yet.
+        await c.make_dir("")
+        await put(c, "a/b.txt", b"x")
+        assert await paths(c) == {"a/b.txt"}
+
+
+async def test_file_a_stale_partial_file_is_replaced(file_target: StoreTarget) -> None:
+    root = Path(file_target.url.removeprefix("file://"))
+    (root / ".eco-partial.f.txt").write_bytes(b"left by a killed run" * 100)
+    async with open_connector(file_target.url) as c:
+        assert await paths(c) == set()
+        await put(c, "f.txt", b"fresh")
+        assert (root / "f.txt").read_bytes() == b"fresh"
+        assert sorted(os.listdir(root)) == ["f.txt"]
+
+
+# -- SFTP -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_sftp_server() -> Iterator[SftpServer]:
+    """A server of this test's own, to crash and restart."""
+    server = SftpServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_sftp_password_authentication(sftp_server: SftpServer) -> None:
+    target = sftp_server.target()
+    settings = {"password": SftpServer.PASSWORD, "known_hosts": str(sftp_server.known_hosts)}
+    # No key file: only the user's own ~/.ssh keys are offered, which this server
+    # does not know; the password is what gets us in.
+    async with open_connector(target.url, {**settings, "key_file": ""}) as c:
+        await put(c, "p.txt", b"by password")
+        assert await paths(c) == {"p.txt"}
+
+
+async def test_sftp_a_refused_key_is_an_auth_error(sftp_server: SftpServer, tmp_path: Path) -> None:
+    target = sftp_server.target()
+    settings = {**target.settings, "key_file": new_key(tmp_path / "stranger")}
+    async with open_connector(target.url, settings) as c:
+        with pytest.raises(StoreAuthError, match="authentication refused"):
+            await paths(c)
+
+
+async def test_sftp_an_unknown_host_key_is_an_auth_error(
+    sftp_server: SftpServer, tmp_path: Path
+) -> None:
+    target = sftp_server.target()
+    # The server's address, with another key than the server's: a changed host
+    # key, as after a reinstall or with a machine in the middle.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*DSA.*")
+        import asyncssh
+    impostor = asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh")
+    other = tmp_path / "known_hosts"
+    other.write_text(f"[127.0.0.1]:{sftp_server.port} {impostor.decode().strip()}\n")
+    async with open_connector(target.url, {**target.settings, "known_hosts": str(other)}) as c:
+        with pytest.raises(StoreAuthError, match="known_hosts"):
+            await paths(c)
+    async with open_connector(target.url, {**target.settings, "known_hosts": "none"}) as c:
+        assert await paths(c) == set()  # checking turned off (insecure, and says so)
+
+
+async def test_sftp_a_missing_key_file_is_an_auth_error(sftp_server: SftpServer) -> None:
+    target = sftp_server.target()
+    async with open_connector(target.url, {**target.settings, "key_file": "/no/such/key"}) as c:
+        with pytest.raises(StoreAuthError, match="/no/such/key"):
+            await paths(c)
+
+
+async def test_sftp_settings_from_the_environment(
+    sftp_server: SftpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = sftp_server.target()
+    for key, value in target.env.items():
+        monkeypatch.setenv(key, value)
+    async with open_connector(target.url) as c:
+        await put(c, "env.txt", b"x")
+        assert await paths(c) == {"env.txt"}
+
+
+async def test_sftp_a_path_under_the_login_directory(sftp_server: SftpServer) -> None:
+    target = sftp_server.target()
+    # The test server's login directory is its root: /~/tNNNN is /tNNNN.
+    home_url = target.url.replace(f":{sftp_server.port}/", f":{sftp_server.port}/~/")
+    async with open_connector(target.url, target.settings) as c:
+        await put(c, "h.txt", b"x")
+    async with open_connector(home_url, target.settings) as c:
+        assert await paths(c) == {"h.txt"}
+
+
+async def test_sftp_nothing_listening_is_unavailable(sftp_server: SftpServer) -> None:
+    target = sftp_server.target()
+    url = target.url.replace(f":{sftp_server.port}/", f":{free_port()}/")
+    async with open_connector(url, target.settings) as c:
+        with pytest.raises(StoreUnavailableError):
+            await paths(c)
+
+
+async def test_sftp_reconnects_after_the_server_comes_back(
+    own_sftp_server: SftpServer,
+) -> None:
+    target = own_sftp_server.target()
+    async with open_connector(target.url, target.settings) as c:
+        await put(c, "before.txt", b"x")
+        own_sftp_server.halt()
+        with pytest.raises(StoreUnavailableError):
+            await put(c, "during.txt", b"x")
+        own_sftp_server.resume()
+        await put(c, "after.txt", b"x")
+        assert await paths(c) == {"before.txt", "after.txt"}
+
+
+async def test_sftp_concurrent_transfers_over_the_pool(sftp_server: SftpServer) -> None:
+    target = sftp_server.target()
+    settings = {**target.settings, "connections": "2", "channels": "3"}
+    blobs = {f"c/{i:02d}.bin": os.urandom(256 * 1024 + i) for i in range(24)}
+    async with open_connector(target.url, settings) as c:
+        await asyncio.gather(*(put(c, path, data) for path, data in blobs.items()))
+        assert await paths(c) == set(blobs)
+
+        async def read(path: str) -> bytes:
+            return b"".join([chunk async for chunk in c.read(path)])
+
+        contents = await asyncio.gather(*(read(path) for path in blobs))
+        assert dict(zip(blobs, contents, strict=True)) == blobs
