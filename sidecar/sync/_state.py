@@ -153,7 +153,8 @@ class StateStore:
 
     def bind(self, source: str, destination: str) -> bool:
         """Ties the state to the two URLs; state kept for other URLs is dropped
-        (it describes other stores). Returns whether the state was kept."""
+        (it describes other stores). Returns whether what the store holds is
+        this pair's (False: it was another pair's, and is dropped)."""
         rows = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         if rows.get("source") == source and rows.get("destination") == destination:
             return True
@@ -232,8 +233,8 @@ class StateStore:
             (json.dumps(dict(token)), time.time(), path, direction),
         )
 
-    def finish(self, path: str, direction: str) -> None:
-        self._write("DELETE FROM journal WHERE path = ? AND direction = ?", (path, direction))
+    def clear_journal(self) -> None:
+        self._write("DELETE FROM journal")
 
     # -- the manual conflict queue -----------------------------------------
 

@@ -27,7 +27,7 @@ from sidecar.sync._plan import DESTINATION, SOURCE, Plan, make_plan
 from sidecar.sync._spec import Mode, Progress, RunReport, SyncOptions
 from sidecar.sync._state import StateStore
 from sidecar.sync._transfer import Executor, ProgressMeter, TokenBucket, with_retries
-from sidecar.sync.connectors._base import Connector, Entry, SyncStoreError
+from sidecar.sync.connectors._base import Connector, Entry, ResumeToken, SyncStoreError
 
 __all__ = ["run_sync"]
 
@@ -148,14 +148,17 @@ async def _run(
     report: RunReport,
     meter: ProgressMeter,
 ) -> None:
-    if not state.bind(options.source, options.destination):
-        log.warning("state at %s was for other stores; starting afresh", options.state_path)
     bases: dict[str, tuple[Entry | None, Entry | None]] = {}
-    for side, path, entry in state.bases():
-        s, d = bases.get(path, (None, None))
-        bases[path] = (entry, d) if side == SOURCE else (s, entry)
-    resolutions = {c.path: c.resolution for c in state.conflicts() if c.resolution}
-    journal = state.journal()
+    resolutions: dict[str, str | None] = {}
+    journal: dict[tuple[str, str], tuple[int, float, ResumeToken | None]] = {}
+    if state.bind(options.source, options.destination):
+        for side, path, entry in state.bases():
+            s, d = bases.get(path, (None, None))
+            bases[path] = (entry, d) if side == SOURCE else (s, entry)
+        resolutions = {c.path: c.resolution for c in state.conflicts() if c.resolution}
+        journal = state.journal()
+    else:  # (a dry run cannot drop it, so it is ignored instead)
+        log.warning("state at %s was for other stores; starting afresh", options.state_path)
 
     meter.enter("listing")
     async with asyncio.TaskGroup() as group:
@@ -229,6 +232,10 @@ async def _run(
     await executor.run(deletes)
     report.status = "failed" if report.errors else "completed"
     report.message = f"{len(report.errors)} error(s)" if report.errors else ""
+    if not report.errors:
+        # Nothing is in flight after a clean run: what the journal still holds
+        # is for transfers no longer wanted (a source changed or deleted since).
+        state.clear_journal()
 
 
 def _guard(options: SyncOptions, plan: Plan) -> str:
