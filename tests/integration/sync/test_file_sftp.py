@@ -218,3 +218,23 @@ async def test_sftp_concurrent_transfers_over_the_pool(sftp_server: SftpServer) 
 
         contents = await asyncio.gather(*(read(path) for path in blobs))
         assert dict(zip(blobs, contents, strict=True)) == blobs
+
+
+# -- both -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["file_target", "sftp_target"])
+async def test_names_of_255_bytes(store: str, request: pytest.FixtureRequest) -> None:
+    """The longest component a filesystem allows: the partial file it is written
+    under cannot take the prefix, and is named by its hash instead."""
+    target: StoreTarget = request.getfixturevalue(store)
+    names = ["n" * 255, "ü" * 127 + "x", "dir-" + "d" * 251 + "/" + "f" * 255]
+    async with open_connector(target.url, {**target.settings, "part_size": "1024"}) as c:
+        for name in names:
+            entry = await put(c, name, name.encode() * 10)
+            assert entry.size == len(name.encode()) * 10
+        assert await paths(c) == set(names)
+        for name in names:
+            assert b"".join([b async for b in c.read(name)]) == name.encode() * 10
+            await c.delete(name)
+        assert await paths(c) == set()
