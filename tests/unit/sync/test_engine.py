@@ -293,3 +293,30 @@ async def test_a_multipart_upload_resumes_within_a_run_and_in_the_next(pair: Pai
     with StateStore(pair.state) as state:
         assert state.journal() == {}
     assert pair.dst.uploads == {}
+
+
+async def test_state_of_another_pair_is_not_used(pair: Pair) -> None:
+    pair.src.put("a", "1", mtime=1.0)
+    await pair.run()
+    other = SyncOptions("memory://elsewhere", "memory://dst", state_path=pair.state, dry_run=True)
+    dry = await run_sync(other, connectors=(pair.src, pair.dst))
+    assert dry.files_skipped == 1 and dry.decisions == []  # equal, found by comparing
+    moved = SyncOptions("memory://elsewhere", "memory://dst", state_path=pair.state)
+    await run_sync(moved, connectors=(pair.src, pair.dst))
+    with StateStore(pair.state) as state:
+        assert [path for _, path, _ in state.bases()] == ["a", "a"]
+
+
+def test_keep_both_names() -> None:
+    import datetime
+
+    from sidecar.sync._plan import conflict_name
+
+    now = datetime.datetime(2026, 12, 7, 6, 43, 0, tzinfo=datetime.UTC)
+    assert conflict_name("a/b/report.tar.gz", "source", now) == (
+        "a/b/report.tar.conflict-20261207T064300Z-source.gz"
+    )
+    assert conflict_name(".bashrc", "destination", now) == (
+        ".bashrc.conflict-20261207T064300Z-destination"
+    )
+    assert conflict_name("Makefile", "source", now) == "Makefile.conflict-20261207T064300Z-source"

@@ -1,0 +1,63 @@
+"""The sync package's public names, and the CLI's small parsers."""
+
+from __future__ import annotations
+
+import pytest
+
+import sidecar.sync
+from eco._sync import job_name, parse_rate
+
+
+def test_public_names_are_pinned() -> None:
+    assert sidecar.sync.__all__ == [
+        "ConflictPolicy",
+        "Decision",
+        "Mode",
+        "Progress",
+        "QueuedConflict",
+        "RunReport",
+        "StateStore",
+        "SyncOptions",
+        "run_sync",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [
+        ("500", 500),
+        ("500K", 512_000),
+        ("10M", 10 * 1024**2),
+        ("1.5G", int(1.5 * 1024**3)),
+        ("10MiB/s", 10 * 1024**2),
+        ("2mb", 2 * 1024**2),
+    ],
+)
+def test_rates(text: str, rate: int) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("text", ["", "fast", "0", "10X", "-1M"])
+def test_bad_rates(text: str) -> None:
+    with pytest.raises(ValueError, match="not a rate"):
+        parse_rate(text)
+
+
+def test_job_names_are_stable_file_safe_and_distinct() -> None:
+    name = job_name("file:///data/a b", "s3://bucket/x")
+    assert name == job_name("file:///data/a b", "s3://bucket/x")
+    assert name.startswith("file-data-a-b-to-s3-bucket-x-")
+    assert name != job_name("s3://bucket/x", "file:///data/a b")
+    long = job_name("file:///" + "d" * 300, "file:///" + "e" * 300)
+    assert len(long) <= 71 and "/" not in long
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_delete"):
+        sidecar.sync.SyncOptions("file:///a", "file:///b", max_delete=101)
+    with pytest.raises(ValueError, match="transfers"):
+        sidecar.sync.SyncOptions("file:///a", "file:///b", transfers=0)
+    with pytest.raises(ValueError, match="destination"):
+        sidecar.sync.SyncOptions("file:///a", "")
+    options = sidecar.sync.SyncOptions("file:///a", "file:///b", mode="bisync")  # type: ignore[arg-type]
+    assert options.mode is sidecar.sync.Mode.BISYNC
