@@ -41,6 +41,7 @@ from ecosystem.v1 import (
     ca_pb2_grpc,
     intention_pb2,
     intention_pb2_grpc,
+    sync_pb2_grpc,
 )
 from ecosystem.v1 import registry_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -61,6 +62,17 @@ from controlplane.registry import Registry, ensure_store_id
 from controlplane.routes import ROUTE_SERVICE, RouteBook, RouteServicer, route_handler
 from controlplane.servicer import RegistryServicer, handler
 from controlplane.store import Store, open_store
+from controlplane.sync import (
+    RUNS_PREFIX,
+    SYNC_EVENTS_REVISION_KEY,
+    SYNC_SERVICE,
+    SchedulerConfig,
+    SyncBook,
+    SyncCollector,
+    SyncScheduler,
+    SyncServicer,
+    build_run_message,
+)
 from controlplane.tls import ServerCertificates, ServerTLS, TLSSetupError, load_server_tls
 from controlplane.view import InstanceView, ViewConfig
 from serving.process import tune_gc
@@ -138,6 +150,10 @@ class ControlPlane:
         self.intentions: IntentionBook | None = None
         #: The gateway routes this replica follows and serves (RouteService).
         self.routes: RouteBook | None = None
+        #: The sync jobs and runs this replica follows and serves (SyncService).
+        self.sync: SyncBook | None = None
+        #: Schedules the sync jobs' runs while this replica leads.
+        self.sync_scheduler: SyncScheduler | None = None
         self.broker: Broker | None = None
         self.messaging: MessagingServicer | None = None
         self.election: Election | None = None
@@ -248,6 +264,8 @@ class ControlPlane:
         await self.intentions.start()
         self.routes = RouteBook(store, store_id=self.store_id)
         await self.routes.start()
+        self.sync = SyncBook(store)
+        await self.sync.start()
         server = grpc.aio.server(
             options=_SERVER_OPTIONS,
             # The guard first: the ACL check sees only requests that decode.
@@ -313,6 +331,14 @@ class ControlPlane:
         server.add_generic_rpc_handlers(
             (route_handler(RouteServicer(self.routes, max_watch_streams=config.max_watch_streams)),)
         )
+        sync_pb2_grpc.add_SyncServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            SyncServicer(
+                self.sync,
+                max_watch_streams=config.max_watch_streams,
+                is_draining=lambda: self._state is not _State.SERVING,
+            ),
+            server,
+        )
         if self.identity is not None:
             self.identity.start()
         try:
@@ -335,6 +361,7 @@ class ControlPlane:
                 ACL_SERVICE,
                 INTENTION_SERVICE,
                 ROUTE_SERVICE,
+                SYNC_SERVICE,
                 MESSAGING_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
@@ -360,6 +387,23 @@ class ControlPlane:
         assert self.broker is not None  # opened above
         # Registry changes as bus events (eco.events.<namespace>.<service>), once.
         self.election.while_leader("bus-events", EventPublisher(store, self.broker).run)
+        self.sync_scheduler = SyncScheduler(
+            self.sync,
+            SchedulerConfig(
+                claim_timeout=config.sync_claim_timeout, run_timeout=config.sync_run_timeout
+            ),
+        )
+        self.election.while_leader("sync-scheduler", self.sync_scheduler.run)
+        # Sync runs' transitions as bus events (eco.sync.<job>.<kind>), once.
+        sync_events = EventPublisher(
+            store,
+            self.broker,
+            prefix=RUNS_PREFIX,
+            revision_key=SYNC_EVENTS_REVISION_KEY,
+            build=build_run_message,
+        )
+        self.election.while_leader("sync-events", sync_events.run)
+        self.metrics.registry.register(SyncCollector(self.sync, self.sync_scheduler))
         await self.election.start()
         self.spreader = LoadSpreader(
             store,
@@ -581,6 +625,9 @@ class ControlPlane:
         if self.routes is not None:
             # Ends every route watch with UNAVAILABLE: gateways resume elsewhere.
             await self.routes.close()
+        if self.sync is not None:
+            # Ends every sync run watch with UNAVAILABLE: sidecars resume elsewhere.
+            await self.sync.close()
         # Concurrently: with the store unreachable, each revoke waits for its timeout.
         async with asyncio.TaskGroup() as group:
             if self.spreader is not None:

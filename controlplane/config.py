@@ -105,6 +105,12 @@ class ControlPlaneConfig(BaseModel):
     # Seconds a node record is kept after its session was lost and its
     # instances are gone (then `eco node list` forgets it).
     node_retention: float = Field(default=3600.0, ge=0, le=30 * 24 * 3600)
+    # Scheduled sync jobs (docs/sync-jobs.md): a pending run no sidecar on its
+    # node claimed within sync_claim_timeout seconds fails, and so does a
+    # running one whose sidecar sent no heartbeat (every few seconds) for
+    # sync_run_timeout seconds.
+    sync_claim_timeout: float = Field(default=300.0, gt=0, le=7 * 24 * 3600)
+    sync_run_timeout: float = Field(default=60.0, ge=5, le=24 * 3600)
 
     # TLS on the gRPC and admin listeners, one of two ways: a certificate and
     # key the operator provides (PEM files), or a CA (certificate and key) from

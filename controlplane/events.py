@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,11 +227,23 @@ class EventPublisher:
     """
 
     def __init__(
-        self, store: Store, broker: Broker, config: EventPublisherConfig | None = None
+        self,
+        store: Store,
+        broker: Broker,
+        config: EventPublisherConfig | None = None,
+        *,
+        prefix: str = INSTANCES_PREFIX,
+        revision_key: str = EVENTS_REVISION_KEY,
+        build: Callable[[int, Event], OutgoingMessage | None] = build_message,
     ) -> None:
+        """``prefix``, ``revision_key`` and ``build`` publish another kind of
+        key's changes the same way (the sync runs' events: ``controlplane.sync``)."""
         self._store = store
         self._broker = broker
         self._config = config or EventPublisherConfig()
+        self._prefix = prefix
+        self._revision_key = revision_key
+        self._build = build
         #: the last revision whose events were all published
         self.revision = 0
         self._persisted = 0
@@ -257,7 +270,7 @@ class EventPublisher:
             while True:
                 try:
                     async for batch in self._store.watch(
-                        INSTANCES_PREFIX,
+                        self._prefix,
                         start_revision=self.revision + 1,
                         progress_interval=cfg.progress_interval,
                     ):
@@ -297,15 +310,15 @@ class EventPublisher:
                 await self._persist()
 
     async def _resume(self) -> None:
-        kv = await self._store.get(EVENTS_REVISION_KEY)
+        kv = await self._store.get(self._revision_key)
         if kv is not None:
             try:
                 self.revision = int(kv.value.decode())
                 self._persisted = self.revision
-                log.info("registry events resume after revision %d", self.revision)
+                log.info("events of %s resume after revision %d", self._prefix, self.revision)
                 return
             except ValueError:
-                log.error("ignoring a malformed %s: %r", EVENTS_REVISION_KEY, kv.value[:40])
+                log.error("ignoring a malformed %s: %r", self._revision_key, kv.value[:40])
         # First run: from now on, and say so at once, so a crash before the first
         # persist does not skip what happened in between.
         self.revision = self._store.revision
@@ -318,16 +331,15 @@ class EventPublisher:
         # Zero-padded, so that byte order is numeric order and the position only
         # moves forward: a deposed leader's late write cannot undo its successor's.
         value = b"%020d" % revision
-        result = await self._store.txn(
-            [Compare(EVENTS_REVISION_KEY, "value", "<", value)], [PutOp(EVENTS_REVISION_KEY, value)]
-        )
+        key = self._revision_key
+        result = await self._store.txn([Compare(key, "value", "<", value)], [PutOp(key, value)])
         if not result.succeeded:
             log.info("registry events position is already past %d (another publisher)", revision)
         self._persisted = revision
 
     async def _publish(self, revision: int, event: Event) -> bool:
         try:
-            message = build_message(revision, event)
+            message = self._build(revision, event)
         except Exception:
             # A value that does not decode is the registry's bug; one bad key
             # must not stop every later event.

@@ -40,6 +40,7 @@ SERVER_MODULES: dict[str, str] = {
     "azure.storage.blob": "azure-storage-blob",
     "google.cloud.storage": "google-cloud-storage",
     "asyncssh": "asyncssh",
+    "cronsim": "cronsim",
 }
 if sys.platform != "win32":
     SERVER_MODULES["uvloop"] = "uvloop"

@@ -27,6 +27,7 @@ from ecosystem.v1 import (
     intention_pb2_grpc,
     messaging_pb2_grpc,
     registry_pb2_grpc,
+    sync_pb2_grpc,
 )
 
 from sdk._errors import (
@@ -407,6 +408,7 @@ class _Stubs:
         acl_pb2_grpc.AclServiceStub,
         intention_pb2_grpc.IntentionServiceStub,
         gateway_pb2_grpc.RouteServiceStub,
+        sync_pb2_grpc.SyncServiceStub,
     )
     _SERVICES: tuple[type, ...] = (
         registry_pb2_grpc.RegistryServiceServicer,
@@ -415,6 +417,7 @@ class _Stubs:
         acl_pb2_grpc.AclServiceServicer,
         intention_pb2_grpc.IntentionServiceServicer,
         gateway_pb2_grpc.RouteServiceServicer,
+        sync_pb2_grpc.SyncServiceServicer,
     )
 
     def __init__(self, channel: grpc.aio.Channel) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "EVENTS_PREFIX",
     "MESSAGING_NEEDS",
     "RESOURCES",
+    "SYNC_EVENTS_PREFIX",
     "Need",
     "PermissionDeniedError",
     "Rule",
@@ -54,11 +55,14 @@ __all__ = [
     "service_need",
 ]
 
-#: Subjects only the control plane publishes on (registry events).
+#: Subjects only the control plane publishes on (registry events) …
 EVENTS_PREFIX = "eco.events."
+#: … and sync runs' events (docs/sync-jobs.md).
+SYNC_EVENTS_PREFIX = "eco.sync."
+_RESERVED = (EVENTS_PREFIX, SYNC_EVENTS_PREFIX)
 DEFAULT_NAMESPACE = "default"
 
-RESOURCES = ("service", "namespace", "node", "bus", "acl", "operator", "route")
+RESOURCES = ("service", "namespace", "node", "bus", "acl", "operator", "route", "sync")
 ACCESSES = ("read", "write", "deny", "publish", "subscribe")
 _BUS_ONLY = ("publish", "subscribe")
 _PATTERN = re.compile(r"^[A-Za-z0-9*._>/-]{1,256}$")
@@ -171,8 +175,8 @@ def service_need(name: str, namespace: str, access: str) -> Need:
 def allows(rules: Sequence[Rule], need: Need, *, default_allow: bool) -> bool:
     """Whether a token with ``rules`` has ``need``; ``default_allow`` decides
     where no rule does (the control plane's ``--acl allow|deny``). Nobody but
-    the control plane itself publishes on ``eco.events.*``."""
-    if need.resource == "bus" and need.access == "publish" and need.name.startswith(EVENTS_PREFIX):
+    the control plane itself publishes on ``eco.events.*`` and ``eco.sync.*``."""
+    if need.resource == "bus" and need.access == "publish" and need.name.startswith(_RESERVED):
         return False
     if need.anywhere:
         return (
@@ -194,10 +198,11 @@ class PermissionDeniedError(ServiceError):
 
 def denied(need: Need) -> PermissionDeniedError:
     """The refusal of ``need``, saying what would lift it."""
-    if need.resource == "bus" and need.name.startswith(EVENTS_PREFIX):
-        return PermissionDeniedError(
-            f"{excerpt(need.name)}: only the control plane publishes on {EVENTS_PREFIX}*"
-        )
+    for prefix in _RESERVED:
+        if need.resource == "bus" and need.name.startswith(prefix):
+            return PermissionDeniedError(
+                f"{excerpt(need.name)}: only the control plane publishes on {prefix}*"
+            )
     return PermissionDeniedError(
         f"the token lacks {cut(str(need), 300)}: give it a policy with a rule that grants it"
     )

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 import grpc
 import grpc.aio
-from ecosystem.v1 import agent_pb2, gateway_pb2, intention_pb2
+from ecosystem.v1 import agent_pb2, gateway_pb2, intention_pb2, sync_pb2
 from ecosystem.v1 import registry_pb2 as pb
 
 from controlplane.acl._audit import AuditLog
@@ -61,6 +61,7 @@ _RESPONSES: dict[str, type[Any]] = {
     "/ecosystem.v1.IntentionService/ListIntentions": intention_pb2.ListIntentionsResponse,
     "/ecosystem.v1.RouteService/ListRoutes": gateway_pb2.ListRoutesResponse,
     "/ecosystem.v1.RouteService/WatchRoutes": gateway_pb2.WatchRoutesResponse,
+    "/ecosystem.v1.SyncService/ListSyncJobs": sync_pb2.ListSyncJobsResponse,
 }
 _CONNECT = "/ecosystem.v1.AgentService/Connect"
 #: Seconds between two checks that an open agent session's token still holds
@@ -202,6 +203,12 @@ def _filter(authorizer: Authorizer, identity: Identity, method: str, response: A
             message.events.extend(kept_events)
             if not kept_events:
                 message.events.add(type=pb.WATCH_EVENT_TYPE_PROGRESS, revision=last)
+    elif response_type is sync_pb2.ListSyncJobsResponse:
+        kept_jobs = [
+            j for j in message.jobs if authorizer.allows(identity, Need("sync", j.name, "read"))
+        ]
+        del message.jobs[:]
+        message.jobs.extend(kept_jobs)
     else:
         kept_nodes = [
             n for n in message.nodes if authorizer.allows(identity, Need("node", n.node.id, "read"))

@@ -84,6 +84,7 @@ _C = "/ecosystem.v1.AclService/"
 _CA = "/ecosystem.v1.CAService/"
 _I = "/ecosystem.v1.IntentionService/"
 _G = "/ecosystem.v1.RouteService/"
+_S = "/ecosystem.v1.SyncService/"
 
 
 def _route(name: str, access: str) -> Need:
@@ -167,6 +168,20 @@ TABLE: dict[str, Entry] = {
     _G + "GetRoute": Entry(lambda r: [_route(r.name, "read")]),
     _G + "DeleteRoute": Entry(lambda r: [_route(r.name, "write")], write=True),
     _G + "WatchRoutes": Entry(lambda r: [_any("route", "read")], filtered=True),
+    # Sync jobs: `sync:<job>:read|write`; a list shows the jobs the token may
+    # read. The run calls are a sidecar's, for its own node: the right its
+    # token holds for the node's session already.
+    _S + "CreateSyncJob": Entry(lambda r: [Need("sync", r.job.name, "write")], write=True),
+    _S + "UpdateSyncJob": Entry(lambda r: [Need("sync", r.job.name, "write")], write=True),
+    _S + "DeleteSyncJob": Entry(lambda r: [Need("sync", r.name, "write")], write=True),
+    _S + "PauseSyncJob": Entry(lambda r: [Need("sync", r.name, "write")], write=True),
+    _S + "ResumeSyncJob": Entry(lambda r: [Need("sync", r.name, "write")], write=True),
+    _S + "GetSyncJob": Entry(lambda r: [Need("sync", r.name, "read")]),
+    _S + "ListSyncJobs": Entry(lambda r: [_any("sync", "read")], filtered=True),
+    _S + "ListSyncRuns": Entry(lambda r: [Need("sync", r.job, "read")]),
+    _S + "WatchSyncRuns": Entry(lambda r: [Need("node", r.node, "write")]),
+    _S + "ClaimSyncRun": Entry(lambda r: [Need("node", r.node, "write")], write=True),
+    _S + "ReportSyncRun": Entry(lambda r: [Need("node", r.node, "write")], write=True),
     # Health and reflection.
     "/grpc.health.v1.Health/Check": Entry(_none),
     "/grpc.health.v1.Health/Watch": Entry(_none),

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from ecosystem.v1 import acl_pb2, acl_pb2_grpc, gateway_pb2, intention_pb2
+from ecosystem.v1 import acl_pb2, acl_pb2_grpc, gateway_pb2, intention_pb2, sync_pb2
 from ecosystem.v1 import agent_pb2 as apb
 from ecosystem.v1 import registry_pb2 as pb
 from google.protobuf import descriptor_pool, message_factory, struct_pb2
@@ -114,6 +114,22 @@ R, A, M, C = (
 )
 INT = "/ecosystem.v1.IntentionService/"
 RT = "/ecosystem.v1.RouteService/"
+SY = "/ecosystem.v1.SyncService/"
+
+
+def _sync_job() -> dict[str, Any]:
+    return {
+        "job": sync_pb2.SyncJob(
+            name="photos",
+            source="file:///a",
+            destination="file:///b",
+            every_seconds=60,
+            on_node="nas-1",
+        )
+    }
+
+
+_RUN = {"job": "photos", "number": 1, "node": "nas-1"}
 
 
 def _instance() -> dict[str, Any]:
@@ -256,6 +272,21 @@ CASES: dict[str, Case] = {
     RT + "GetRoute": Case(lambda: {"name": "orders"}, "route:orders:read", "route:users:read"),
     RT + "DeleteRoute": Case(lambda: {"name": "orders"}, "route:orders:write", "route:orders:read"),
     RT + "WatchRoutes": Case(dict, "route:orders:read", "service:*:read", "route:*:read"),
+    SY + "CreateSyncJob": Case(_sync_job, "sync:photos:write", "sync:photos:read"),
+    SY + "UpdateSyncJob": Case(_sync_job, "sync:photos:write", "sync:photos:read"),
+    SY + "GetSyncJob": Case(lambda: {"name": "photos"}, "sync:photos:read", "sync:docs:read"),
+    SY + "ListSyncJobs": Case(dict, "sync:photos:read", "route:*:read", "sync:*:read"),
+    SY + "DeleteSyncJob": Case(lambda: {"name": "photos"}, "sync:photos:write", "sync:*:read"),
+    SY + "PauseSyncJob": Case(lambda: {"name": "photos"}, "sync:photos:write", "sync:*:read"),
+    SY + "ResumeSyncJob": Case(lambda: {"name": "photos"}, "sync:photos:write", "sync:*:read"),
+    SY + "ListSyncRuns": Case(lambda: {"job": "photos"}, "sync:photos:read", "sync:docs:read"),
+    SY + "WatchSyncRuns": Case(lambda: {"node": "nas-1"}, "node:nas-1:write", "node:nas-1:read"),
+    SY + "ClaimSyncRun": Case(lambda: dict(_RUN), "node:nas-1:write", "node:nas-1:read"),
+    SY + "ReportSyncRun": Case(
+        lambda: {**_RUN, "status": sync_pb2.SYNC_RUN_STATUS_COMPLETED},
+        "node:nas-1:write",
+        "node:nas-1:read",
+    ),
     "/grpc.health.v1.Health/Check": Case(dict, None),
     "/grpc.health.v1.Health/Watch": Case(dict, None),
     "/grpc.health.v1.Health/List": Case(dict, None),
