@@ -72,9 +72,11 @@ class MemoryConnector:
     _closed: bool = False
     _versions: int = 0
 
-    @property
-    def listed_hashes(self) -> tuple[str, ...]:
-        return (MD5,) if self.hashes else ()
+    #: Set from ``hashes`` on construction (a plain attribute, as the protocol has it).
+    listed_hashes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.listed_hashes = (MD5,) if self.hashes else ()
 
     # -- test helpers -----------------------------------------------------
 

@@ -61,3 +61,11 @@ def test_options_are_checked() -> None:
         sidecar.sync.SyncOptions("file:///a", "")
     options = sidecar.sync.SyncOptions("file:///a", "file:///b", mode="bisync")  # type: ignore[arg-type]
     assert options.mode is sidecar.sync.Mode.BISYNC
+
+
+def test_the_memory_connector_is_a_connector() -> None:
+    from sidecar.sync.connectors._base import Connector
+    from sidecar.sync.connectors.memory import MemoryConnector
+
+    assert isinstance(MemoryConnector(), Connector)
+    assert MemoryConnector(hashes=False).listed_hashes == ()
