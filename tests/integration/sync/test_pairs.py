@@ -1,6 +1,7 @@
 """Copy and mirror between every ordered pair of stores (file, SFTP, S3, GCS,
 Azure Blob: 25 pairs), each against real servers, each case a handful of
-files so the whole matrix stays quick."""
+files so the whole matrix stays quick; then a bisync run that must find both
+sides in step (what a store lists after a write is what the state recorded)."""
 
 from __future__ import annotations
 
@@ -112,3 +113,8 @@ async def test_copy_and_mirror(
         assert mirrored.status == "completed", mirrored
         assert mirrored.files_deleted == 2 and mirrored.files_copied == 1
         assert await _contents(dst) == await _contents(src)
+
+        # What each side lists now is what the state recorded after the
+        # transfers: a two-way run finds nothing to carry either way.
+        settled = await run_sync(dataclasses.replace(options, mode=Mode.BISYNC))
+        assert (settled.status, settled.decisions) == ("completed", [])
