@@ -10,12 +10,14 @@
     ├── EndpointCache       last good endpoints of every upstream, persisted to data_dir
     ├── Router              one balancer per upstream, pick handles for feedback
     ├── LocalApiServer      SidecarService + grpc.health.v1 on local_api
+    ├── SyncExecutor        the node's scheduled sync runs, run here (sidecar.sync.executor)
     └── AdminServer         /healthz, /metrics, /status on admin
 
 Start order: data dir (locked, so two sidecars cannot share it), disk
 cache, checks, local API and admin listeners (a port in use fails the start
-before anything connects), cache persister, health engine, agent session.
-Stop runs the other way: leave (optional), session, listeners, engine,
+before anything connects), cache persister, health engine, agent session, sync runs.
+Stop runs the other way: sync runs (those in progress reported as stopped),
+leave (optional), session, listeners, engine,
 cache (its last write is awaited). Every task belongs to one of these
 parts, and each part cancels and awaits its own.
 """
@@ -68,6 +70,7 @@ from sidecar.proxy._mtls import MeshTls
 from sidecar.relay import RelayBroker
 from sidecar.routing import Router, endpoints_of
 from sidecar.status import status_document
+from sidecar.sync.executor import SyncExecutor
 
 __all__ = ["Sidecar"]
 
@@ -139,6 +142,15 @@ class Sidecar:
         ca_file = config.controlplane.ca_file
         controlplane_channels = channel_factory or (
             tls_channel_factory(ca_file) if ca_file is not None else None
+        )
+        #: Runs the sync jobs the control plane schedules on this node.
+        self.sync_runs = SyncExecutor(
+            config.controlplane.addresses,
+            config.node.id,
+            config.data_dir,
+            token=config.controlplane.secret,
+            channel_factory=controlplane_channels,
+            registry=self.metrics.registry,
         )
         self.relay = RelayBroker(
             config.controlplane.addresses,
@@ -330,6 +342,7 @@ class Sidecar:
         self.identity.attach(self._session)
         self.identity.start()
         await self._session.start()
+        self.sync_runs.start()
         logger.info(
             "sidecar %s running: %d local instance(s), %d upstream(s), local API %s, admin %s",
             node.id,
@@ -364,6 +377,7 @@ class Sidecar:
             return
         self._state = _State.STOPPING
         try:
+            await self.sync_runs.close()
             session = self._session
             if session is not None:
                 leave = self.config.leave_on_shutdown and session.connected
