@@ -10,7 +10,9 @@ directory of its own, waited for until it answers HTTP, stopped at the end:
   query (``Content-Range: bytes */N``) completes the object with the bytes
   received so far, so a resumed upload there would publish a truncated
   object; gcp-storage-emulator answers 308 with the committed range as GCS
-  does. It serves one request at a time and lists in one page;
+  does. It serves one request at a time (tests/harness/gcs_emulator.py
+  gives it a listen queue deep enough for many clients) and lists in one
+  page;
 - azurite (Azure Blob), npm ``azurite`` in .tools/, which
   ``scripts/install-storage-emulators.sh`` installs (``make test`` runs it),
   with ``--skipApiVersionCheck`` (the SDK is newer than the emulator),
@@ -25,6 +27,7 @@ job profile would hold, and the standard environment variables that
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import subprocess
@@ -166,10 +169,12 @@ class GcpStorageEmulator(Emulator):
     name = "gcp-storage-emulator"
 
     def command(self, directory: Path) -> list[str]:
-        binary = Path(sys.executable).with_name("gcp-storage-emulator")
-        if not binary.exists():
+        if importlib.util.find_spec("gcp_storage_emulator") is None:
             pytest.fail(f"gcp-storage-emulator is not installed: {_DEV_INSTALL}", pytrace=False)
-        return [str(binary), "start", "-H", "127.0.0.1", "--port", str(self.port), "-q", "-M"]
+        # Through tests/harness/gcs_emulator.py: the same server, a deeper listen queue.
+        launcher = str(Path(__file__).with_name("gcs_emulator.py"))
+        port = str(self.port)
+        return [sys.executable, launcher, "start", "-H", "127.0.0.1", "--port", port, "-q", "-M"]
 
     def ready_path(self) -> str:
         return "/storage/v1/b"

@@ -10,6 +10,7 @@ directory is a zero-byte ``path/`` marker object (``Entry.is_dir``).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sidecar.sync.connectors._base import SourceOpener, SyncStoreError
@@ -26,6 +27,7 @@ __all__ = [
     "part_size_from",
     "parts_of",
     "read_exactly",
+    "token_fits",
 ]
 
 # Object metadata the connectors write: the source's mtime (seconds since the
@@ -112,6 +114,21 @@ async def parts_of(
         raise SyncStoreError(f"the source ended after {seen} of {total} bytes")
     if buffer:
         yield bytes(buffer)
+
+
+def token_fits(
+    resume: Mapping[str, Any] | None, field: str, key: str, size: int, mtime: float
+) -> bool:
+    """Whether ``resume`` is a token of this connector for this very write: the
+    same key, and a source of the same size and mtime (a token from a write of
+    other content is never continued from: the store would splice the old
+    content's first parts to the new one's end)."""
+    if not resume or not resume.get(field) or resume.get("key") != key:
+        return False
+    try:
+        return int(resume.get("size", -1)) == size and float(resume.get("mtime", -1)) == mtime
+    except (TypeError, ValueError):
+        return False
 
 
 async def read_exactly(source: SourceOpener, size: int) -> bytes:

@@ -57,6 +57,7 @@ from sidecar.sync.connectors._cloud import (
     part_size_from,
     parts_of,
     read_exactly,
+    token_fits,
 )
 from sidecar.sync.connectors._hashing import new_hasher
 
@@ -286,7 +287,7 @@ class AzureConnector:
         metadata = {META_MTIME: repr(float(mtime))}
         if size <= self._part_size:
             return await self._put(path, key, source, size, metadata)
-        return await self._blocks(path, key, source, size, metadata, resume, checkpoint)
+        return await self._blocks(path, key, source, size, mtime, metadata, resume, checkpoint)
 
     async def _put(
         self, path: str, key: str, source: SourceOpener, size: int, metadata: dict[str, str]
@@ -328,6 +329,7 @@ class AzureConnector:
         key: str,
         source: SourceOpener,
         size: int,
+        mtime: float,
         metadata: dict[str, str],
         resume: ResumeToken | None,
         checkpoint: Callable[[ResumeToken], Awaitable[None]] | None,
@@ -336,7 +338,7 @@ class AzureConnector:
         prefix = uuid.uuid4().hex[:16]
         part_size = self._part_size
         done: list[str] = []
-        if resume and resume.get("blocks") and resume.get("key") == key:
+        if resume and token_fits(resume, "blocks", key, size, mtime):
             theirs, their_size = str(resume["blocks"]), int(resume.get("part_size", part_size))
             with self._errors(path):
                 try:
@@ -351,7 +353,7 @@ class AzureConnector:
             if done:
                 prefix, part_size = theirs, their_size
                 log.info("az: resuming %s at block %s", key, len(done))
-        token = {"blocks": prefix, "part_size": part_size, "key": key}
+        token = {"blocks": prefix, "part_size": part_size, "key": key, "size": size, "mtime": mtime}
         offset = len(done) * part_size
         whole = hashlib.md5(usedforsecurity=False) if offset == 0 else None
         async for data in parts_of(source(offset), part_size, size - offset):

@@ -64,6 +64,7 @@ from sidecar.sync.connectors._cloud import (
     part_size_from,
     parts_of,
     read_exactly,
+    token_fits,
 )
 from sidecar.sync.connectors._hashing import new_hasher
 
@@ -263,6 +264,10 @@ class GcsConnector:
         if blob is None:
             raise SyncStoreError(f"gs: no object at {path!r}", url=self.url, path=path)
         size = int(blob.size or 0)
+        # A fresh handle: the SDK then builds the download URL itself (quoted)
+        # instead of using the store's mediaLink, which an emulator may not quote.
+        client = await self._ensure()
+        blob = client.bucket(self._root.bucket).blob(blob.name, generation=blob.generation)
         while offset < size:
             end = min(offset + _READ_CHUNK, size) - 1
             # One generation throughout: an object replaced mid-read fails
@@ -329,7 +334,7 @@ class GcsConnector:
                 timeout=_TIMEOUT,
             )
             return self._verified(path, size, blob, digest.hexdigest())
-        return await self._resumable(path, key, blob, source, size, resume, checkpoint)
+        return await self._resumable(path, key, blob, source, size, mtime, resume, checkpoint)
 
     def _verified(self, path: str, size: int, blob: storage.Blob, md5: str | None) -> Entry:
         entry = self._entry(path, blob)
@@ -372,13 +377,14 @@ class GcsConnector:
         blob: storage.Blob,
         source: SourceOpener,
         size: int,
+        mtime: float,
         resume: ResumeToken | None,
         checkpoint: Callable[[ResumeToken], Awaitable[None]] | None,
     ) -> Entry:
         uri: str | None = None
         offset = 0
         part_size = self._part_size
-        if resume and resume.get("session") and resume.get("key") == key:
+        if resume and token_fits(resume, "session", key, size, mtime):
             state = await self._committed(path, str(resume["session"]), size)
             if isinstance(state, dict):
                 blob._set_properties(state)
@@ -396,7 +402,7 @@ class GcsConnector:
                 retry=None,
                 timeout=_TIMEOUT,
             )
-        token = {"session": uri, "part_size": part_size, "key": key}
+        token = {"session": uri, "part_size": part_size, "key": key, "size": size, "mtime": mtime}
         if checkpoint is not None and offset == 0:
             await checkpoint(token)
         whole = hashlib.md5(usedforsecurity=False) if offset == 0 else None

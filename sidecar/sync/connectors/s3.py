@@ -52,9 +52,11 @@ from sidecar.sync.connectors._cloud import (
     POOL_SIZE,
     ObjectRoot,
     compute_hash,
+    parse_mtime,
     part_size_from,
     parts_of,
     read_exactly,
+    token_fits,
 )
 from sidecar.sync.connectors._hashing import new_hasher
 
@@ -213,8 +215,9 @@ class S3Connector:
         )
 
     async def list(self) -> AsyncIterator[Entry]:
-        # S3 listings carry no user metadata: mtime is LastModified here, and
-        # stat() and write() report the same so that a listing matches them.
+        # S3 listings carry no user metadata: mtime is LastModified here, while
+        # stat() and write() (a HEAD) give the source mtime kept in metadata.
+        # The engine tells changes by ETag and MD5, which agree between them.
         client = await self._ensure()
         paginator = client.get_paginator("list_objects_v2")
         pages = paginator.paginate(
@@ -254,7 +257,9 @@ class S3Connector:
         for candidate, listed in ((key, path), (key + "/", path.rstrip("/") + "/")):
             head = await self._head(candidate, path)
             if head is not None:
-                mtime = head["LastModified"].timestamp()
+                # HEAD has the metadata a listing lacks: the kept source mtime.
+                kept = parse_mtime(head.get("Metadata", {}).get(META_MTIME))
+                mtime = kept if kept is not None else head["LastModified"].timestamp()
                 entry = self._entry(listed, int(head["ContentLength"]), mtime, head.get("ETag"))
                 if head.get("ServerSideEncryption") == "aws:kms" or head.get(
                     "SSECustomerAlgorithm"
@@ -350,7 +355,7 @@ class S3Connector:
         metadata = {META_MTIME: repr(float(mtime))}
         if size <= self._part_size:
             return await self._put(path, key, source, size, metadata)
-        return await self._multipart(path, key, source, size, metadata, resume, checkpoint)
+        return await self._multipart(path, key, source, size, mtime, metadata, resume, checkpoint)
 
     async def _put(
         self, path: str, key: str, source: SourceOpener, size: int, metadata: dict[str, str]
@@ -423,6 +428,7 @@ class S3Connector:
         key: str,
         source: SourceOpener,
         size: int,
+        mtime: float,
         metadata: dict[str, str],
         resume: ResumeToken | None,
         checkpoint: Callable[[ResumeToken], Awaitable[None]] | None,
@@ -431,7 +437,13 @@ class S3Connector:
         done: list[tuple[int, str, bytes]] = []  # (number, etag, md5) of parts in place
         upload_id: str | None = None
         part_size = self._part_size
-        if resume and resume.get("upload_id") and resume.get("key") == key:
+        if (
+            resume
+            and resume.get("upload_id")
+            and not token_fits(resume, "upload_id", key, size, mtime)
+        ):
+            await self._abort(path, key, str(resume["upload_id"]))
+        elif resume and token_fits(resume, "upload_id", key, size, mtime):
             part_size = int(resume.get("part_size", part_size))
             held = await self._resumed_parts(path, key, str(resume["upload_id"]))
             if held is not None:
@@ -452,10 +464,9 @@ class S3Connector:
                     Bucket=self._root.bucket, Key=key, Metadata=metadata
                 )
             upload_id = str(created["UploadId"])
-            token = {"upload_id": upload_id, "part_size": part_size, "key": key}
             if checkpoint is not None:
-                await checkpoint(token)
-        token = {"upload_id": upload_id, "part_size": part_size, "key": key}
+                await checkpoint(self._token(upload_id, part_size, key, size, mtime))
+        token = self._token(upload_id, part_size, key, size, mtime)
         offset = len(done) * part_size
         whole = hashlib.md5(usedforsecurity=False) if offset == 0 else None
         if offset < size or size == 0:
@@ -495,6 +506,25 @@ class S3Connector:
                     Tagging={"TagSet": [{"Key": META_MD5, "Value": whole.hexdigest()}]},
                 )
         return entry
+
+    @staticmethod
+    def _token(upload_id: str, part_size: int, key: str, size: int, mtime: float) -> ResumeToken:
+        return {
+            "upload_id": upload_id,
+            "part_size": part_size,
+            "key": key,
+            "size": size,
+            "mtime": mtime,
+        }
+
+    async def _abort(self, path: str, key: str, upload_id: str) -> None:
+        """Drops an upload that will not be continued (its parts cost storage)."""
+        client = await self._ensure()
+        # Gone already, or not ours to drop: no harm either way.
+        with contextlib.suppress(SyncStoreError), self._errors(path):
+            await client.abort_multipart_upload(
+                Bucket=self._root.bucket, Key=key, UploadId=upload_id
+            )
 
     async def delete(self, path: str) -> None:
         client = await self._ensure()

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.harness.cloud_storage import (  # noqa: F401 - fixtures, for ``target``
+    azure_target,
+    azurite_server,
+    gcs_server,
+    gcs_target,
+    moto_server,
+    s3_target,
+)
 from tests.harness.storage import (  # noqa: F401 - fixtures, for ``target``
     STORE_NAMES,
     StoreTarget,
