@@ -3,12 +3,13 @@ stores and SFTP, and the engine that keeps two of them in step (copy, mirror,
 bisync) against state kept per job and per side. See docs/sync.md."""
 
 from sidecar.sync._spec import ConflictPolicy, Decision, Mode, Progress, RunReport, SyncOptions
-from sidecar.sync._state import QueuedConflict, StateStore
+from sidecar.sync._state import JobBusyError, QueuedConflict, StateStore
 from sidecar.sync.engine import run_sync
 
 __all__ = [
     "ConflictPolicy",
     "Decision",
+    "JobBusyError",
     "Mode",
     "Progress",
     "QueuedConflict",

@@ -19,6 +19,7 @@ The engine calls this from the event loop's thread only.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -30,7 +31,7 @@ from typing import Any
 
 from sidecar.sync.connectors._base import Entry, ResumeToken
 
-__all__ = ["QueuedConflict", "StateStore", "entry_from_json", "entry_to_json"]
+__all__ = ["JobBusyError", "QueuedConflict", "StateStore", "entry_from_json", "entry_to_json"]
 
 SIDES = ("source", "destination")
 
@@ -75,6 +76,10 @@ def entry_from_json(text: str | None) -> Entry | None:
     return Entry(**data)
 
 
+class JobBusyError(RuntimeError):
+    """Another run of the same job (the same state file) is under way."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueuedConflict:
     """A path waiting for ``eco sync resolve`` (or resolved, to apply next run)."""
@@ -105,10 +110,12 @@ class StateStore:
     writes the file: a missing one reads as empty, an existing one is opened
     read-only and every write is dropped."""
 
-    def __init__(self, path: str, *, read_only: bool = False) -> None:
+    def __init__(self, path: str, *, read_only: bool = False, exclusive: bool = False) -> None:
         self.path = path
         self.read_only = read_only
+        self.exclusive = exclusive
         self._db: sqlite3.Connection | None = None
+        self._lock: int | None = None
 
     def open(self) -> StateStore:
         if self.read_only and (not self.path or not os.path.exists(self.path)):
@@ -120,6 +127,8 @@ class StateStore:
             return self
         if self.path:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if self.exclusive:
+                self._take_lock()
         db = sqlite3.connect(self.path or ":memory:", isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -128,10 +137,27 @@ class StateStore:
         self._db = db
         return self
 
+    def _take_lock(self) -> None:
+        """One run of a job at a time: a second would transfer the same files
+        and interleave its state with the first's. The lock is the kernel's
+        (flock), so a run killed with -9 leaves nothing to clean up."""
+        lock = f"{self.path}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            message = f"another run of this job is in progress (it holds {lock})"
+            raise JobBusyError(message) from None
+        self._lock = fd
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock = None
 
     def __enter__(self) -> StateStore:
         return self.open()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from sidecar.sync._plan import DESTINATION, SOURCE, Plan, make_plan
 from sidecar.sync._spec import Mode, Progress, RunReport, SyncOptions
-from sidecar.sync._state import StateStore
+from sidecar.sync._state import JobBusyError, StateStore
 from sidecar.sync._transfer import Executor, ProgressMeter, TokenBucket, with_retries
 from sidecar.sync.connectors._base import Connector, Entry, ResumeToken, SyncStoreError
 
@@ -61,10 +61,14 @@ async def run_sync(
     meter = ProgressMeter(progress)
     try:
         async with contextlib.AsyncExitStack() as stack:
+            # The state first: its lock turns a second run of the job away
+            # before any store is touched.
+            state = StateStore(
+                options.state_path, read_only=options.dry_run, exclusive=not options.dry_run
+            ).open()
+            stack.callback(state.close)
             if connectors is None:
                 connectors = await _open(options, stack)
-            state = StateStore(options.state_path, read_only=options.dry_run).open()
-            stack.callback(state.close)
             await _run(options, connectors, state, report, meter)
     except Exception as exc:
         err = _store_error(exc)
@@ -78,9 +82,12 @@ async def run_sync(
                     "message": str(err),
                 }
             )
-        else:  # a bug or a connector breaking its contract: still a report
-            log.exception("sync run %s failed", options.job or options.source)
+        else:
             exc = _leaf(exc)
+            if isinstance(exc, JobBusyError | ValueError):  # busy, or a URL no connector takes
+                log.warning("sync run %s: %s", options.job or options.source, exc)
+            else:  # a bug or a connector breaking its contract: still a report
+                log.error("sync run %s failed", options.job or options.source, exc_info=exc)
             report.message = f"{type(exc).__name__}: {exc}"
             report.errors.append(
                 {"path": "", "action": "run", "error": type(exc).__name__, "message": str(exc)}

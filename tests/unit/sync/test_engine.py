@@ -320,3 +320,13 @@ def test_keep_both_names() -> None:
         ".bashrc.conflict-20261207T064300Z-destination"
     )
     assert conflict_name("Makefile", "source", now) == "Makefile.conflict-20261207T064300Z-source"
+
+
+async def test_one_run_of_a_job_at_a_time(pair: Pair) -> None:
+    pair.src.put("a", "1", mtime=1.0)
+    with StateStore(pair.state, exclusive=True):
+        busy = await pair.run()
+        assert busy.status == "failed" and "another run of this job" in busy.message
+        assert pair.writes() == 0
+        assert (await pair.run(dry_run=True)).status == "completed"  # a dry run takes no lock
+    assert (await pair.run()).files_copied == 1

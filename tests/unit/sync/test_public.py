@@ -12,6 +12,7 @@ def test_public_names_are_pinned() -> None:
     assert sidecar.sync.__all__ == [
         "ConflictPolicy",
         "Decision",
+        "JobBusyError",
         "Mode",
         "Progress",
         "QueuedConflict",
