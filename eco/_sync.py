@@ -116,9 +116,9 @@ def sync() -> None:
     A five-minute start (docs/sync.md):
       eco sync run file:///data/photos s3://backup/photos            # copy
       eco sync run file:///data/photos s3://backup/photos --mode mirror --dry-run
-      eco sync run file:///srv/share sftp://nas/share --mode bisync --conflict manual
-      eco sync conflicts <NAME>                                      # what waits for you
-      eco sync resolve <NAME> report.odt --keep source
+      eco sync run file:///srv/share sftp://nas/share --mode bisync --conflict manual --name share
+      eco sync conflicts share                                       # what waits for you
+      eco sync resolve share report.odt --keep source
     \b
     Stores: file:///abs/path, s3://bucket/prefix, gs://bucket/prefix,
     az://container/prefix, sftp://user@host[:port]/path (docs/sync-connectors.md).
@@ -398,7 +398,7 @@ def _side(entry: Any) -> str:
     return f"{_size(entry.size)} {when}"
 
 
-@sync.command("resolve")
+@sync.command("resolve", short_help="Settle a queued conflict; the next run applies it.")
 @click.argument("name")
 @click.argument("path")
 @click.option(
