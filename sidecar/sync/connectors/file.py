@@ -52,7 +52,7 @@ __all__ = ["FileConnector"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20  # bytes per read, and per buffered write handed to a thread
-_BATCH = 512  # directory entries read (and stat'ed) per thread hop while listing
+DEFAULT_LIST_PAGE_SIZE = 512  # directory entries read (and stat'ed) per thread hop
 DEFAULT_PART_SIZE = 16 << 20
 
 # One listed child of a directory: a file's entry, or a subdirectory to walk
@@ -75,7 +75,8 @@ def parse_file_url(url: str) -> str:
 
 class FileConnector:
     """A directory tree on this machine. Settings: ``part_size`` (bytes
-    between checkpoints of a write, default 16 MiB)."""
+    between checkpoints of a write, default 16 MiB), ``list_page_size``
+    (directory entries read per thread hop while listing, default 512)."""
 
     # Nothing is known without reading the file; ``hash()`` reads it.
     listed_hashes: tuple[str, ...] = ()
@@ -85,6 +86,9 @@ class FileConnector:
         self.root = parse_file_url(url)
         settings = settings or {}
         self.part_size = positive_int_setting(settings, "part_size", DEFAULT_PART_SIZE)
+        self.list_page_size = positive_int_setting(
+            settings, "list_page_size", DEFAULT_LIST_PAGE_SIZE
+        )
         self._closed = False
 
     def __repr__(self) -> str:
@@ -133,7 +137,7 @@ class FileConnector:
                 return  # removed while we walked: nothing there now
             try:
                 while True:
-                    batch, done = await asyncio.to_thread(_read_batch, it, rel)
+                    batch, done = await asyncio.to_thread(_read_batch, it, rel, self.list_page_size)
                     for item in batch:
                         yield item
                     if done:
@@ -396,11 +400,11 @@ class FileConnector:
         return SyncStoreError(f"{where}: {reason}", url=self.url, path=path)
 
 
-def _read_batch(it: Iterator[os.DirEntry[str]], rel: str) -> tuple[list[_Child], bool]:
-    """Up to ``_BATCH`` visible children from ``it`` (run in a thread), and
+def _read_batch(it: Iterator[os.DirEntry[str]], rel: str, size: int) -> tuple[list[_Child], bool]:
+    """Up to ``size`` entries' visible children from ``it`` (run in a thread), and
     whether the directory is read to its end."""
     out: list[_Child] = []
-    for _ in range(_BATCH):
+    for _ in range(size):
         d = next(it, None)
         if d is None:
             return out, True

@@ -34,6 +34,10 @@ from tests.harness.storage import StoreTarget
 MTIME = 1_700_000_000.0  # whole seconds: every store keeps those exactly
 MIB = 1 << 20
 PART_SIZE = 5 * MIB  # S3's smallest part; the others honour it or clamp to their own minimum
+# Stores whose listing has no object metadata, so a listed mtime is the
+# store's last-modified time, not the one written (S3's ListObjectsV2); stat()
+# returns the written one everywhere.
+LISTS_NO_METADATA = {"s3"}
 
 
 def connect(target: StoreTarget, **settings: str) -> Connector:
@@ -102,7 +106,9 @@ async def test_write_stat_read_round_trip(target: StoreTarget) -> None:
         assert (stat.size, stat.mtime, stat.is_dir) == (len(data), MTIME, False)
         listed = await listing(c)
         assert list(listed) == ["round/trip.bin"]
-        assert (listed["round/trip.bin"].size, listed["round/trip.bin"].mtime) == (len(data), MTIME)
+        assert listed["round/trip.bin"].size == len(data)
+        if target.name not in LISTS_NO_METADATA:
+            assert listed["round/trip.bin"].mtime == MTIME
         assert await content(c, "round/trip.bin") == data
         assert await content(c, "round/trip.bin", 1000) == data[1000:]
         # What a store lists as a content hash is the content's.
@@ -125,9 +131,14 @@ async def test_zero_bytes(target: StoreTarget) -> None:
         assert (await listing(c))["empty.txt"].size == 0
 
 
-async def test_a_listing_of_thousands_is_streamed_in_pages(target: StoreTarget) -> None:
-    count = 2500  # more than one page on every store (S3 and Azure: 1,000; GCS: 1,000)
-    async with connect(target) as c:
+async def test_a_listing_is_streamed_in_pages(target: StoreTarget) -> None:
+    """Several pages of a listing (``list_page_size``: entries per listing
+    request, honoured where the store lets the client choose): every entry
+    once. 350 entries keep the emulators' part of the suite short (a Python
+    GCS emulator takes ~25 ms a write); test_file_sftp.py lists 2,500 where
+    writes are cheap."""
+    count = 350
+    async with connect(target, list_page_size="100") as c:
         limit = asyncio.Semaphore(32)
 
         async def one(i: int) -> None:

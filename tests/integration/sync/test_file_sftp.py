@@ -224,6 +224,25 @@ async def test_sftp_concurrent_transfers_over_the_pool(sftp_server: SftpServer) 
 
 
 @pytest.mark.parametrize("store", ["file_target", "sftp_target"])
+async def test_a_listing_of_thousands(store: str, request: pytest.FixtureRequest) -> None:
+    """2,500 entries in three directories, listed once each (the conformance
+    suite lists fewer, on every store)."""
+    target: StoreTarget = request.getfixturevalue(store)
+    count = 2500
+    async with open_connector(target.url, target.settings) as c:
+        limit = asyncio.Semaphore(32)
+
+        async def one(i: int) -> None:
+            async with limit:
+                await put(c, f"many/{i % 3}/f{i:05d}", b"%d" % i)
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        seen: list[str] = [entry.path async for entry in c.list()]
+        assert len(seen) == count
+        assert set(seen) == {f"many/{i % 3}/f{i:05d}" for i in range(count)}
+
+
+@pytest.mark.parametrize("store", ["file_target", "sftp_target"])
 async def test_names_of_255_bytes(store: str, request: pytest.FixtureRequest) -> None:
     """The longest component a filesystem allows: the partial file it is written
     under cannot take the prefix, and is named by its hash instead."""
