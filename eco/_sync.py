@@ -26,6 +26,7 @@ import click
 from eco._extras import require_server
 from eco._output import OutputFormat, emit, render_table
 from eco._settings import Settings, pass_settings
+from eco._sync_jobs import job, runs
 
 if TYPE_CHECKING:
     from sidecar.sync import Progress, RunReport
@@ -424,3 +425,8 @@ def resolve_command(name: str, path: str, keep: str, state_dir: str | None) -> N
                 f"no conflict queued at {path!r} in job {name!r} (see 'eco sync conflicts {name}')"
             )
     click.echo(f"{path}: keep {keep}; the next run of {name} applies it")
+
+
+# Scheduled jobs, kept in the control plane (eco._sync_jobs, docs/sync-jobs.md).
+sync.add_command(job)
+sync.add_command(runs)
