@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime
 import posixpath
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from sidecar.sync._spec import ConflictPolicy, Decision, Mode, SyncOptions
@@ -152,6 +152,7 @@ class _Planner:
     destination: Mapping[str, Entry]
     bases: Mapping[str, tuple[Entry | None, Entry | None]]
     resolutions: Mapping[str, str | None]
+    inflight: Collection[tuple[str, str]]
     hasher: Hasher
     kinds: tuple[str, ...]
     now: datetime.datetime
@@ -211,6 +212,8 @@ class _Planner:
     async def bisync(self, path: str) -> None:
         s, d = self.source.get(path), self.destination.get(path)
         bs, bd = self.bases.get(path, (None, None))
+        if await self.unfinished(path, s, d, bs, bd):
+            return
         if bs is None or bd is None:
             if s is not None and d is None:
                 self.copy(DESTINATION, s, d, "new on the source")
@@ -258,6 +261,35 @@ class _Planner:
             self.plan.actions.append(Action("record", path, DESTINATION, s, d))
         else:
             await self.conflict(s, d, "changed on both sides")
+
+    async def unfinished(
+        self, path: str, s: Entry | None, d: Entry | None, bs: Entry | None, bd: Entry | None
+    ) -> bool:
+        """A side this job was writing when a run died or gave up (the journal
+        says so) changed because of *us*, not its user: whatever is there (a
+        file renamed into place but not recorded, an upload that failed its
+        check) must not travel back to the other side as an edit. The write
+        is done again (or found done). True when the path is settled so."""
+        for target in (DESTINATION, SOURCE):
+            if (path, target) not in self.inflight:
+                continue
+            ours, theirs = (d, s) if target == DESTINATION else (s, d)
+            base = bd if target == DESTINATION else bs
+            if ours is None or (base is not None and unchanged(ours, base)):
+                continue  # nothing of ours reached it: plan as usual
+            if theirs is None:
+                self.delete(
+                    target, s, d, f"written by an unfinished run; gone from the {other(target)}"
+                )
+            elif s is not None and d is not None and await self.same(s, d, strict=True):
+                self.plan.skipped += 1
+                self.plan.actions.append(Action("record", path, DESTINATION, s, d))
+            else:
+                self.copy(
+                    target, s, d, f"a transfer to the {target} that did not finish, done again"
+                )
+            return True
+        return False
 
     async def conflict(self, s: Entry, d: Entry, why: str) -> None:
         self.plan.conflicts += 1
@@ -309,17 +341,20 @@ async def make_plan(
     bases: Mapping[str, tuple[Entry | None, Entry | None]],
     *,
     resolutions: Mapping[str, str | None] | None = None,
+    inflight: Collection[tuple[str, str]] = (),
     hasher: Hasher,
     kinds: tuple[str, ...] = (),
     now: datetime.datetime | None = None,
 ) -> Plan:
-    """What the run will do, path by path (in path order)."""
+    """What the run will do, path by path (in path order). ``inflight``:
+    (path, side written) of the journal's unfinished transfers."""
     planner = _Planner(
         options,
         source,
         destination,
         bases,
         resolutions or {},
+        inflight,
         hasher,
         kinds,
         now or datetime.datetime.now(datetime.UTC),

@@ -183,6 +183,7 @@ async def _run(
         listing[1].result(),
         bases,
         resolutions=resolutions,
+        inflight={(path, direction.split(">")[-1]) for path, direction in journal},
         hasher=hasher,
         kinds=kinds,
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from sidecar.sync.connectors._base import (
     MD5,
     Entry,
+    IntegrityError,
     ResumeToken,
     SourceOpener,
     StoreNotFoundError,
@@ -69,6 +70,7 @@ class MemoryConnector:
     read_from: dict[str, list[int]] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
     _faults: dict[tuple[str, str], _Fault] = field(default_factory=dict)
+    _corrupt: dict[str, int] = field(default_factory=dict)
     _closed: bool = False
     _versions: int = 0
 
@@ -97,6 +99,11 @@ class MemoryConnector:
     def fail(self, operation: str, path: str, error: SyncStoreError, times: int = 1) -> None:
         """The next ``times`` calls of ``operation`` on ``path`` ("*" for any) raise ``error``."""
         self._faults[(operation, path)] = _Fault(error, times)
+
+    def corrupt(self, path: str, times: int = 1) -> None:
+        """The next ``times`` writes of ``path`` leave a damaged object in
+        place, then raise IntegrityError (a check after upload that failed)."""
+        self._corrupt[path] = times
 
     def _maybe_fail(self, operation: str, path: str) -> None:
         assert not self._closed, f"{self.url}: {operation} after close()"
@@ -171,6 +178,11 @@ class MemoryConnector:
         assert len(buffer) == size, f"{path}: source gave {len(buffer)} bytes, engine said {size}"
         # Only now is the object visible: a write that raised left nothing.
         self._versions += 1
+        if self._corrupt.get(path, 0) > 0:
+            # As a store that kept the object and then failed its check.
+            self._corrupt[path] -= 1
+            self.objects[path] = MemoryObject(bytes(buffer[:-1]) + b"?", mtime, self._versions)
+            raise IntegrityError("stored hash differs (injected)", url=self.url, path=path)
         self.objects[path] = MemoryObject(bytes(buffer), mtime, self._versions)
         return self._entry(path, self.objects[path])
 

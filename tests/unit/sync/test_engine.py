@@ -330,3 +330,18 @@ async def test_one_run_of_a_job_at_a_time(pair: Pair) -> None:
         assert pair.writes() == 0
         assert (await pair.run(dry_run=True)).status == "completed"  # a dry run takes no lock
     assert (await pair.run()).files_copied == 1
+
+
+async def test_a_failed_write_is_not_taken_for_an_edit_on_that_side(pair: Pair) -> None:
+    for name in "abcd":
+        pair.src.put(name, name * 4, mtime=1.0)
+    await pair.run(mode=Mode.BISYNC)
+    pair.src.put("a", "edited on the source", mtime=2.0)
+    pair.dst.corrupt("a", times=2)  # both attempts of the run with --retries 1
+    failed = await pair.run(mode=Mode.BISYNC, retries=1)
+    assert failed.status == "failed" and failed.errors[0]["error"] == "IntegrityError"
+    assert pair.dst.get("a") == b"edited on the sourc?"  # damaged, and left there by the store
+    again = await pair.run(mode=Mode.BISYNC)
+    assert [(d.path, d.action) for d in again.decisions] == [("a", "copy-to-destination")]
+    assert "did not finish" in again.decisions[0].reason
+    assert pair.src.get("a") == pair.dst.get("a") == b"edited on the source"
