@@ -169,14 +169,17 @@ class FileConnector:
         self._check_open()
         split_path(path)
         with self._errors(path):
-            f = await asyncio.to_thread(open, self._abs(path), "rb")
+            # Open and first read in one thread hop: a small file (most of a
+            # many-files sync) is read whole in it.
+            f, chunk = await asyncio.to_thread(_open_and_read, self._abs(path), offset)
             try:
-                if offset:
-                    f.seek(offset)
-                while chunk := await asyncio.to_thread(f.read, _CHUNK):
+                if chunk:
+                    yield chunk
+                while f is not None and (chunk := await asyncio.to_thread(f.read, _CHUNK)):
                     yield chunk
             finally:
-                f.close()
+                if f is not None:
+                    f.close()
 
     async def hash(self, path: str, kind: str) -> str | None:
         self._check_open()
@@ -426,6 +429,23 @@ def _read_batch(it: Iterator[os.DirEntry[str]], rel: str, size: int) -> tuple[li
             # Symlinks, sockets, devices: not data a sync can copy faithfully.
             log.debug("sync file: skipping %s (not a regular file or directory)", path)
     return out, False
+
+
+def _open_and_read(abs_path: str, offset: int) -> tuple[IO[bytes] | None, bytes]:
+    """The file's first chunk from ``offset``, and the open file to read the
+    rest from; None (closed already) when that chunk reached the end."""
+    f = open(abs_path, "rb")  # noqa: SIM115 - returned open, or closed here
+    try:
+        if offset:
+            f.seek(offset)
+        chunk = f.read(_CHUNK)
+    except BaseException:
+        f.close()
+        raise
+    if len(chunk) < _CHUNK:  # a regular file reads short only at its end
+        f.close()
+        return None, chunk
+    return f, chunk
 
 
 def _flush_and_sync(f: IO[Any]) -> None:
