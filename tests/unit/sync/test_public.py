@@ -70,3 +70,29 @@ def test_the_memory_connector_is_a_connector() -> None:
 
     assert isinstance(MemoryConnector(), Connector)
     assert MemoryConnector(hashes=False).listed_hashes == ()
+
+
+def test_progress_is_a_bar_on_a_terminal_and_json_otherwise(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from eco import _sync
+    from sidecar.sync import Progress
+
+    moving = Progress("transferring", 10, 5, 2048, 1024, 2, 1, 0, 12)
+    monkeypatch.setattr(_sync.sys.stderr, "isatty", lambda: True)
+    bar = _sync._ProgressPrinter()
+    bar(moving)
+    bar(Progress("done", 10, 10, 2048, 2048, 2, 2, 0, 12))
+    bar.close()
+    drawn = capsys.readouterr().err
+    assert "\r[###############" in drawn and " 50%  5/10 files" in drawn and drawn.endswith("\n")
+
+    monkeypatch.setattr(_sync.sys.stderr, "isatty", lambda: False)
+    counters = _sync._ProgressPrinter()
+    counters(moving)
+    counters(moving)  # within a second: not repeated
+    counters(Progress("done"))
+    lines = capsys.readouterr().err.splitlines()
+    assert [json.loads(line)["progress"]["phase"] for line in lines] == ["transferring", "done"]
