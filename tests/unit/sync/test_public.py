@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import sidecar.sync
@@ -81,7 +83,7 @@ def test_progress_is_a_bar_on_a_terminal_and_json_otherwise(
     from sidecar.sync import Progress
 
     moving = Progress("transferring", 10, 5, 2048, 1024, 2, 1, 0, 12)
-    monkeypatch.setattr(_sync.sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     bar = _sync._ProgressPrinter()
     bar(moving)
     bar(Progress("done", 10, 10, 2048, 2048, 2, 2, 0, 12))
@@ -89,7 +91,7 @@ def test_progress_is_a_bar_on_a_terminal_and_json_otherwise(
     drawn = capsys.readouterr().err
     assert "\r[###############" in drawn and " 50%  5/10 files" in drawn and drawn.endswith("\n")
 
-    monkeypatch.setattr(_sync.sys.stderr, "isatty", lambda: False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     counters = _sync._ProgressPrinter()
     counters(moving)
     counters(moving)  # within a second: not repeated
