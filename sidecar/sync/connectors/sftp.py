@@ -138,7 +138,9 @@ class SftpConnector:
         async with self._errors(""), self._pool.session() as sftp:
             attrs = await sftp.stat(self.root)
             if attrs.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
-                raise StoreNotFoundError(f"not a directory: {self.root}", url=self.url)
+                raise StoreNotFoundError(
+                    f"not a directory on {self._pool.config.where}: {self.root}", url=self.url
+                )
             # Depth first; the stack holds directories still to read, so memory
             # grows with the number of directories waiting, not with files.
             stack: list[tuple[str, float]] = [("", 0.0)]
@@ -408,7 +410,9 @@ class SftpConnector:
 
     async def _check_root(self, sftp: asyncssh.SFTPClient) -> None:
         if not await sftp.isdir(self.root):
-            raise StoreNotFoundError(f"no such directory: {self.root}", url=self.url)
+            raise StoreNotFoundError(
+                f"no such directory on {self._pool.config.where}: {self.root}", url=self.url
+            )
 
     @contextlib.asynccontextmanager
     async def _errors(self, path: str) -> AsyncIterator[None]:
