@@ -157,6 +157,11 @@ class GcsConnector:
         adapter = HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0)
         client._http.mount("https://", adapter)
         client._http.mount("http://", adapter)
+        # The client fetches each bucket's metadata in the background to label
+        # trace spans: a request per bucket the engine never asked for (and
+        # one that competes with its transfers and throttling). Off.
+        if getattr(client, "_bucket_metadata_cache", None) is not None:
+            client._bucket_metadata_cache = None
         return client
 
     async def _call(self, path: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

@@ -144,7 +144,7 @@ class S3Connector:
         # The engine owns retries and backoff: botocore's own are turned off
         # (one attempt), so a 503 SlowDown reaches the engine at once.
         config = AioConfig(
-            retries={"max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},
             max_pool_connections=POOL_SIZE,
             connect_timeout=10,
             read_timeout=60,

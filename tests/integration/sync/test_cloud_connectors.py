@@ -1,0 +1,312 @@
+"""What is particular to the object stores (S3, GCS, Azure Blob), against their
+emulators: multipart ETags that are not MD5s, resumed uploads that send only
+what the store lacks, throttling passed to the engine at once (no retries
+inside the SDKs), refused credentials and missing buckets.
+
+The shared promises (round trips, listings, names, deletes) are in
+test_connectors.py, over every store.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.sync.connectors import (
+    MD5,
+    Connector,
+    Entry,
+    ResumeToken,
+    SourceOpener,
+    StoreAuthError,
+    StoreNotFoundError,
+    StoreThrottledError,
+    open_connector,
+)
+from tests.harness.cloud_storage import (
+    AZURITE_KEY,
+    Emulator,
+    MotoServer,
+    azurite_connection_string,
+    make_s3_bucket,
+    s3_settings,
+)
+from tests.harness.storage import StoreTarget
+from tests.harness.store_proxy import THROTTLED, StoreProxy
+
+MIB = 1 << 20
+PART = 5 * MIB  # S3's smallest part, a multiple of GCS's 256 KiB
+MTIME = 1_700_000_000.0
+CLOUDS = ("s3", "gcs", "azure")
+EMULATOR_OF = {"s3": "moto_server", "gcs": "gcs_server", "azure": "azurite_server"}
+
+
+@pytest.fixture(params=CLOUDS)
+def cloud(request: pytest.FixtureRequest) -> StoreTarget:
+    """A fresh bucket or container on each cloud emulator in turn."""
+    result: StoreTarget = request.getfixturevalue(f"{request.param}_target")
+    return result
+
+
+def connect(target: StoreTarget, **settings: str) -> Connector:
+    return open_connector(target.url, {**target.settings, **settings})
+
+
+def through(target: StoreTarget, endpoint: str) -> dict[str, str]:
+    """The target's settings with the store at ``endpoint`` (a proxy) instead."""
+    settings = dict(target.settings)
+    if target.name == "s3":
+        settings["endpoint_url"] = endpoint
+    elif target.name == "gcs":
+        settings["emulator_host"] = endpoint
+    else:
+        settings["connection_string"] = azurite_connection_string(endpoint)
+    return settings
+
+
+def source_of(data: bytes, chunk: int = 256 * 1024) -> SourceOpener:
+    async def opener(offset: int) -> AsyncIterator[bytes]:
+        for start in range(offset, len(data), chunk):
+            yield data[start : start + chunk]
+
+    return opener
+
+
+class SourceBroke(Exception):
+    """The source failed mid-transfer (a dropped download, a killed engine)."""
+
+
+async def listing(c: Connector) -> dict[str, Entry]:
+    return {entry.path: entry async for entry in c.list()}
+
+
+async def content(c: Connector, path: str) -> bytes:
+    return b"".join([chunk async for chunk in c.read(path)])
+
+
+# -- hashes ------------------------------------------------------------------
+
+
+async def test_a_multipart_etag_is_not_an_md5_but_hash_answers_from_metadata(
+    s3_target: StoreTarget, moto_server: Emulator
+) -> None:
+    data = os.urandom(2 * PART + 4321)
+    md5 = hashlib.md5(data).hexdigest()
+    async with connect(s3_target, part_size=str(PART)) as c:
+        entry = await c.write("big.bin", source_of(data), len(data), mtime=MTIME)
+        assert entry.etag is not None and entry.etag.endswith("-3"), entry.etag
+        assert MD5 not in entry.hashes
+        listed = (await listing(c))["big.bin"]
+        assert MD5 not in listed.hashes and listed.etag == entry.etag
+        # A single-part object's ETag is its MD5, and is listed as one.
+        small = await c.write("small.bin", source_of(b"small"), 5, mtime=MTIME)
+        assert small.hashes[MD5] == hashlib.md5(b"small").hexdigest()
+
+    # hash() answers from what the upload kept, without reading the object.
+    async with StoreProxy(moto_server.endpoint) as proxy:
+        async with open_connector(s3_target.url, through(s3_target, proxy.endpoint)) as c:
+            assert await c.hash("big.bin", MD5) == md5
+        reads = [(m, p) for m, p in proxy.seen if m == "GET" and "tagging" not in p]
+        assert reads == [], reads
+
+
+@pytest.mark.parametrize("store", ["gcs", "azure"])
+async def test_a_large_objects_listed_md5_is_its_contents(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """GCS computes md5Hash for a resumable upload, and Azure keeps the
+    Content-MD5 committed with the block list: both are the whole content's
+    (S3 lists a multipart ETag, never an MD5: the test above)."""
+    cloud: StoreTarget = request.getfixturevalue(f"{store}_target")
+    data = os.urandom(2 * PART + 99)
+    async with connect(cloud, part_size=str(PART)) as c:
+        entry = await c.write("big.bin", source_of(data), len(data), mtime=MTIME)
+        listed = (await listing(c))["big.bin"]
+        assert entry.hashes[MD5] == listed.hashes[MD5] == hashlib.md5(data).hexdigest()
+        assert listed.mtime == MTIME  # kept in metadata, listed with it
+        assert await c.hash("big.bin", MD5) == hashlib.md5(data).hexdigest()
+
+
+# -- resumed uploads -----------------------------------------------------------
+
+
+async def test_a_resumed_upload_sends_only_the_missing_parts(cloud: StoreTarget) -> None:
+    data = os.urandom(3 * PART + 12345)
+    tokens: list[ResumeToken] = []
+
+    async def checkpoint(token: ResumeToken) -> None:
+        tokens.append(json.loads(json.dumps(token)))  # kept as JSON by the engine
+
+    async def breaks_in_the_third_part(offset: int) -> AsyncIterator[bytes]:
+        async for chunk in source_of(data)(offset):
+            if offset >= 2 * PART + 100_000:
+                raise SourceBroke("killed mid-part")
+            offset += len(chunk)
+            yield chunk
+
+    async with connect(cloud, part_size=str(PART)) as c:
+        with pytest.raises(SourceBroke):
+            await c.write(
+                "big.bin", breaks_in_the_third_part, len(data), mtime=MTIME, checkpoint=checkpoint
+            )
+        assert await c.stat("big.bin") is None  # nothing visible
+
+    asked: list[int] = []
+    sent = 0
+
+    async def counting(offset: int) -> AsyncIterator[bytes]:
+        nonlocal sent
+        asked.append(offset)
+        async for chunk in source_of(data)(offset):
+            sent += len(chunk)
+            yield chunk
+
+    async with connect(cloud, part_size=str(PART)) as c:
+        entry = await c.write(
+            "big.bin", counting, len(data), mtime=MTIME, resume=tokens[-1], checkpoint=checkpoint
+        )
+        # Two whole parts were in the store: only the rest was asked for.
+        assert asked == [2 * PART]
+        assert sent == len(data) - 2 * PART
+        assert entry.size == len(data)
+        assert hashlib.sha256(await content(c, "big.bin")).digest() == hashlib.sha256(data).digest()
+        # After a resume the whole MD5 was not computed while uploading; hash()
+        # still gives the true one (from the store's own, or by reading).
+        assert await c.hash("big.bin", MD5) == hashlib.md5(data).hexdigest()
+
+
+async def test_a_token_the_store_no_longer_knows_starts_again(cloud: StoreTarget) -> None:
+    data = os.urandom(PART + 1)
+    stale = {
+        "s3": {"upload_id": "no-such-upload"},
+        "gcs": {
+            "session": f"{cloud.settings.get('emulator_host')}/upload/storage/v1/b/"
+            f"{cloud.url.split('/')[2]}/o?uploadType=resumable&upload_id=gone"
+        },
+        "azure": {"blocks": "0123456789abcdef"},
+    }[cloud.name]
+    async with connect(cloud, part_size=str(PART)) as c:
+        key = c._root.key("x.bin")  # type: ignore[attr-defined]
+        token = {**stale, "key": key, "size": len(data), "mtime": MTIME, "part_size": PART}
+        asked: list[int] = []
+
+        async def recording(offset: int) -> AsyncIterator[bytes]:
+            asked.append(offset)
+            async for chunk in source_of(data)(offset):
+                yield chunk
+
+        entry = await c.write("x.bin", recording, len(data), mtime=MTIME, resume=token)
+        assert asked == [0] and entry.size == len(data)
+        assert await content(c, "x.bin") == data
+
+
+# -- throttling ----------------------------------------------------------------
+
+
+async def test_throttling_reaches_the_engine_at_once(
+    cloud: StoreTarget, request: pytest.FixtureRequest
+) -> None:
+    """The store's "slow down" (S3 503 SlowDown, Azure 503 ServerBusy, GCS 429)
+    is raised as StoreThrottledError after one request: the SDK does not retry
+    on its own (the engine backs off); the next call goes through."""
+    emulator: Emulator = request.getfixturevalue(EMULATOR_OF[cloud.name])
+    throttle = THROTTLED[cloud.name]
+    async with (
+        StoreProxy(emulator.endpoint) as proxy,
+        open_connector(cloud.url, through(cloud, proxy.endpoint)) as c,
+    ):
+        proxy.fail_next(1, throttle)
+        before = proxy.requests
+        with pytest.raises(StoreThrottledError):
+            await listing(c)
+        assert proxy.requests == before + 1, "the SDK retried by itself"
+        assert await listing(c) == {}
+
+        proxy.fail_next(1, throttle)
+        with pytest.raises(StoreThrottledError):
+            await c.write("t.txt", source_of(b"throttled"), 9, mtime=MTIME)
+        entry = await c.write("t.txt", source_of(b"throttled"), 9, mtime=MTIME)
+        assert entry.size == 9
+        assert await content(c, "t.txt") == b"throttled"
+
+        proxy.fail_next(1, throttle)
+        with pytest.raises(StoreThrottledError):
+            await c.stat("t.txt")
+    assert throttle.status in proxy.answered
+
+
+# -- credentials and missing buckets -------------------------------------------
+
+
+@pytest.fixture
+def moto_with_auth() -> Iterator[MotoServer]:
+    """A moto server that checks credentials (against its IAM, where no key
+    exists): every request is refused as S3 refuses an unknown key."""
+    server = MotoServer(env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_refused_credentials_are_store_auth_errors(
+    cloud: StoreTarget, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    if cloud.name == "s3":
+        server: MotoServer = request.getfixturevalue("moto_with_auth")
+        settings = s3_settings(server.endpoint)
+        url = "s3://some-bucket/root"
+    elif cloud.name == "azure":
+        wrong = base64.b64encode(b"not the account key" * 3).decode()
+        assert wrong != AZURITE_KEY
+        conn = cloud.settings["connection_string"].replace(AZURITE_KEY, wrong)
+        settings, url = {"connection_string": conn}, cloud.url
+    else:
+        # The emulator takes anything; what a client sees first is a key file
+        # that is not one.
+        (tmp_path / "key.json").write_text("{}")
+        settings = {"credentials_file": str(tmp_path / "key.json"), "project": "eco-test"}
+        url = cloud.url
+    # Refused when the connector opens (GCS reads its key file then) or at
+    # the first request: either way before anything is listed or written.
+    with pytest.raises(StoreAuthError):
+        async with open_connector(url, settings) as c:
+            await listing(c)
+    with pytest.raises(StoreAuthError):
+        async with open_connector(url, settings) as c:
+            await c.write("a.txt", source_of(b"a"), 1, mtime=MTIME)
+
+
+async def test_s3_without_any_credentials_is_a_store_auth_error(
+    moto_server: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    bucket = make_s3_bucket(moto_server.endpoint)
+    async with open_connector(f"s3://{bucket}", {"endpoint_url": moto_server.endpoint}) as c:
+        with pytest.raises(StoreAuthError):
+            await listing(c)
+
+
+async def test_a_missing_bucket_is_store_not_found(cloud: StoreTarget) -> None:
+    scheme, _, rest = cloud.url.partition("://")
+    url = f"{scheme}://eco-missing-{os.urandom(4).hex()}/{rest.partition('/')[2]}"
+    async with open_connector(url, cloud.settings) as c:
+        with pytest.raises(StoreNotFoundError):
+            await listing(c)
+        with pytest.raises(StoreNotFoundError):
+            await c.stat("")
+        with pytest.raises(StoreNotFoundError):
+            await c.write("a.txt", source_of(b"a"), 1, mtime=MTIME)
+        with pytest.raises(StoreNotFoundError):
+            await c.write("big.bin", source_of(os.urandom(PART + 1)), PART + 1, mtime=MTIME)
