@@ -48,6 +48,8 @@ _OPTION_OF_FIELD = {
     "max_agent_streams": "--max-agent-streams",
     "max_agent_streams_per_peer": "--max-agent-streams-per-peer",
     "node_retention": "--node-retention",
+    "sync_claim_timeout": "--sync-claim-timeout",
+    "sync_run_timeout": "--sync-run-timeout",
     "tls_cert": "--tls-cert",
     "tls_key": "--tls-key",
     "tls_ca": "--tls-ca",
@@ -218,6 +220,20 @@ def _listen_options(f: Any) -> Any:
     "instances are gone.",
 )
 @click.option(
+    "--sync-claim-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=7 * 24 * 3600),
+    default=300.0,
+    show_default=True,
+    help="Seconds a scheduled sync run waits for a sidecar on its node before it fails.",
+)
+@click.option(
+    "--sync-run-timeout",
+    type=click.FloatRange(5, 24 * 3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds of silence from the sidecar running a sync run before the run fails.",
+)
+@click.option(
     "--tls-cert",
     default="",
     metavar="FILE",
@@ -304,6 +320,8 @@ def controlplane_command(
     max_agent_streams: int,
     max_agent_streams_per_peer: int,
     node_retention: float,
+    sync_claim_timeout: float,
+    sync_run_timeout: float,
     tls_cert: str,
     tls_key: str,
     tls_ca: str,
@@ -360,6 +378,8 @@ def controlplane_command(
         max_agent_streams=max_agent_streams,
         max_agent_streams_per_peer=max_agent_streams_per_peer,
         node_retention=node_retention,
+        sync_claim_timeout=sync_claim_timeout,
+        sync_run_timeout=sync_run_timeout,
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_ca=tls_ca,

@@ -195,6 +195,11 @@ def job() -> None:
     help="Concurrent transfers of a run.",
 )
 @click.option("--bwlimit", callback=_rate, metavar="RATE", help="Bytes per second (500K, 10M).")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace the settings of the existing job NAME (kept paused if it is).",
+)
 @data_options
 @pass_settings
 def add(
@@ -211,12 +216,15 @@ def add(
     max_delete: float,
     transfers: int,
     bwlimit: int | None,
+    replace: bool,
 ) -> None:
     """Add a job: sync SRC to DST on a schedule, on node NODE's sidecar.
 
     Exactly one of --every and --cron. The control plane checks every field
     (exit 2, each refused field named). The node need not be connected yet:
-    its runs wait for its sidecar (and fail after the claim timeout).
+    its runs wait for its sidecar (and fail after the claim timeout). With
+    --replace, an existing job's settings are replaced instead (exit 1, "not
+    found", when there is none); a changed schedule is planned again.
     """
     if (every is None) == (cron is None):
         raise click.UsageError("give exactly one of --every and --cron")
@@ -236,11 +244,15 @@ def add(
         item.every_seconds = every
     else:
         item.cron = cron or ""
-    created = _call(settings, "CreateSyncJob", spb.CreateSyncJobRequest(job=item)).job
+    if replace:
+        stored = _call(settings, "UpdateSyncJob", spb.UpdateSyncJobRequest(job=item)).job
+    else:
+        stored = _call(settings, "CreateSyncJob", spb.CreateSyncJobRequest(job=item)).job
+    verb = "replaced" if replace else "created"
     emit(
-        job_dict(created),
+        job_dict(stored),
         settings.output,
-        lambda: f"created sync job {name} ({_schedule(created)} on node {node})",
+        lambda: f"{verb} sync job {name} ({_schedule(stored)} on node {node})",
     )
 
 

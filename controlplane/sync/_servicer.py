@@ -116,7 +116,10 @@ class SyncServicer:
                 [PutOp(key, job.SerializeToString(deterministic=True))],
             )
             if not result.succeeded:
-                raise AlreadyExistsError(f"sync job {job.name!r} exists (update or delete it)")
+                raise AlreadyExistsError(
+                    f"sync job {job.name!r} exists (replace it with 'eco sync job add --replace', "
+                    "or delete it)"
+                )
             job.revision = result.revision
             log.info("sync job %s created (on node %s)", job.name, job.on_node)
             return spb.CreateSyncJobResponse(job=job)

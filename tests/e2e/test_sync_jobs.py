@@ -109,7 +109,7 @@ async def test_a_job_runs_on_its_node(sqlite_plane: ControlPlaneProcess, tmp_pat
         await sidecar.stop()
 
 
-def test_bad_job_refused_with_fields(sqlite_plane: ControlPlaneProcess) -> None:
+def test_refusals_and_replace(sqlite_plane: ControlPlaneProcess) -> None:
     eco = Eco(sqlite_plane.address)
     refused = eco(
         "sync", "job", "add", "bad.name", "ftp://x/y", "file:///b", "--cron", "99 * * * *",
@@ -121,3 +121,14 @@ def test_bad_job_refused_with_fields(sqlite_plane: ControlPlaneProcess) -> None:
     both = eco("sync", "job", "add", "x", "file:///a", "file:///b", "--on", "n")
     assert both.returncode == 2 and "exactly one of --every and --cron" in both.stderr
     assert eco.ok("sync", "job", "list").strip() == "no sync jobs"
+    add = ("sync", "job", "add", "docs", "file:///a", "file:///b", "--on", "n1")
+    eco.ok(*add, "--every", "1h")
+    again = eco(*add, "--every", "1h")
+    assert again.returncode == 1 and "sync job 'docs' exists" in again.stderr
+    replaced = eco.ok(*add, "--cron", "0 2 * * *", "--replace")
+    assert "replaced sync job docs (cron 0 2 * * * on node n1)" in replaced
+    shown = json.loads(eco.ok("-o", "json", "sync", "job", "get", "docs"))
+    assert (shown["cron"], shown["every_seconds"]) == ("0 2 * * *", None)
+    missing = eco("sync", "job", "add", "nope", "file:///a", "file:///b", "--on", "n1",
+                  "--every", "1m", "--replace")  # fmt: skip
+    assert missing.returncode == 1 and "no sync job 'nope'" in missing.stderr
