@@ -23,6 +23,7 @@ __all__ = [
     "POOL_SIZE",
     "ObjectRoot",
     "compute_hash",
+    "page_size_from",
     "parse_mtime",
     "part_size_from",
     "parts_of",
@@ -74,15 +75,30 @@ class ObjectRoot:
         return key[len(start) :]
 
 
+def _int_setting(settings: Mapping[str, str], key: str, default: int) -> int:
+    raw = settings.get(key)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(str(raw))
+    except ValueError:
+        raise ValueError(f"setting {key}: {raw!r} is not a whole number") from None
+    if value <= 0:
+        raise ValueError(f"setting {key}: {raw!r} must be positive")
+    return value
+
+
 def part_size_from(settings: Mapping[str, str], *, minimum: int, multiple: int = 1) -> int:
-    """The ``part_size`` setting (bytes), checked against the store's limits."""
-    raw = settings.get("part_size")
-    size = DEFAULT_PART_SIZE if raw in (None, "") else int(str(raw))
-    if size < minimum or size % multiple:
-        raise ValueError(
-            f"part_size {size} must be at least {minimum} and a multiple of {multiple} bytes"
-        )
-    return size
+    """The ``part_size`` setting (bytes), raised to the store's minimum and
+    rounded up to the multiple it needs."""
+    size = max(_int_setting(settings, "part_size", DEFAULT_PART_SIZE), minimum)
+    return -(-size // multiple) * multiple
+
+
+def page_size_from(settings: Mapping[str, str], *, maximum: int) -> int:
+    """The ``list_page_size`` setting: entries per listing request (the
+    store's usual 1,000 by default), at most what the store serves."""
+    return min(_int_setting(settings, "list_page_size", 1000), maximum)
 
 
 def parse_mtime(value: str | None) -> float | None:

@@ -53,6 +53,7 @@ from sidecar.sync.connectors._cloud import (
     META_MTIME,
     ObjectRoot,
     compute_hash,
+    page_size_from,
     parse_mtime,
     part_size_from,
     parts_of,
@@ -95,6 +96,7 @@ class AzureConnector:
         self._root = ObjectRoot(url, "az")
         self._settings = dict(settings or {})
         self._part_size = part_size_from(self._settings, minimum=_MIN_PART)
+        self._page_size = page_size_from(self._settings, maximum=5000)
         self._service: BlobServiceClient | None = None
         self._container: ContainerClient | None = None
 
@@ -197,7 +199,7 @@ class AzureConnector:
         pages = container.list_blobs(
             name_starts_with=self._root.list_prefix,
             include=["metadata"],
-            results_per_page=1000,
+            results_per_page=self._page_size,
         ).by_page()
         while True:
             with self._errors(""):

@@ -60,6 +60,7 @@ from sidecar.sync.connectors._cloud import (
     POOL_SIZE,
     ObjectRoot,
     compute_hash,
+    page_size_from,
     parse_mtime,
     part_size_from,
     parts_of,
@@ -93,6 +94,7 @@ class GcsConnector:
         self._root = ObjectRoot(url, "gs")
         self._settings = dict(settings or {})
         self._part_size = part_size_from(self._settings, minimum=_CHUNK_UNIT, multiple=_CHUNK_UNIT)
+        self._page_size = page_size_from(self._settings, maximum=1000)
         self._pool: ThreadPoolExecutor | None = None
         self._client: storage.Client | None = None
 
@@ -227,7 +229,7 @@ class GcsConnector:
     async def list(self) -> AsyncIterator[Entry]:
         client = await self._ensure()
         iterator = client.list_blobs(
-            self._root.bucket, prefix=self._root.list_prefix, page_size=1000, retry=None
+            self._root.bucket, prefix=self._root.list_prefix, page_size=self._page_size, retry=None
         )
         pages = iterator.pages
 

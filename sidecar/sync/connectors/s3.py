@@ -52,6 +52,7 @@ from sidecar.sync.connectors._cloud import (
     POOL_SIZE,
     ObjectRoot,
     compute_hash,
+    page_size_from,
     parse_mtime,
     part_size_from,
     parts_of,
@@ -117,6 +118,7 @@ class S3Connector:
         self._root = ObjectRoot(url, "s3")
         self._settings = dict(settings or {})
         self._part_size = part_size_from(self._settings, minimum=_MIN_PART)
+        self._page_size = page_size_from(self._settings, maximum=1000)
         self._etag_is_md5 = self._settings.get("etag_is_md5", "true").lower() != "false"
         self.listed_hashes = (MD5,) if self._etag_is_md5 else ()
         self._exit: contextlib.AsyncExitStack | None = None
@@ -223,7 +225,7 @@ class S3Connector:
         pages = paginator.paginate(
             Bucket=self._root.bucket,
             Prefix=self._root.list_prefix,
-            PaginationConfig={"PageSize": 1000},
+            PaginationConfig={"PageSize": self._page_size},
         )
         iterator = pages.__aiter__()
         while True:
