@@ -3,7 +3,8 @@
 asyncssh's own server (the same library the connector uses as a client, and
 already installed) on 127.0.0.1 (port 0 unless ``--port``), with a chroot at ``--root``:
 public-key authentication against ``--authorized-keys`` for any user name,
-and ``--password`` when given. It writes the port it got to ``--port-file``
+and ``--password`` when given. Paths under a directory named ``eco-denied…``
+are refused as permission denied. It writes the port it got to ``--port-file``
 (whole, by rename) once it listens, and runs until SIGTERM or its parent dies.
 
 Run it as a script: ``python tests/harness/sftp_server.py --root … --host-key …
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import signal
 import warnings
@@ -39,11 +41,24 @@ class _Server(asyncssh.SSHServer):
         return self._password is not None and password == self._password
 
 
+class _SftpServer(asyncssh.SFTPServer):
+    """asyncssh's server, but a path with a component starting with
+    ``eco-denied`` is refused with EACCES (permission denied), as a directory
+    the server's user may not enter would be (the test server may run as
+    root, whom file modes do not stop)."""
+
+    def map_path(self, path: bytes) -> bytes:
+        local = super().map_path(path)
+        if any(part.startswith(b"eco-denied") for part in local.split(b"/")):
+            raise PermissionError(errno.EACCES, "Permission denied", local.decode(errors="replace"))
+        return local
+
+
 async def _serve(args: argparse.Namespace) -> None:
     root = args.root  # made absolute by main()
 
     def sftp_factory(chan: asyncssh.SSHServerChannel[bytes]) -> asyncssh.SFTPServer:
-        return asyncssh.SFTPServer(chan, chroot=root.encode())
+        return _SftpServer(chan, chroot=root.encode())
 
     server = await asyncssh.listen(
         "127.0.0.1",

@@ -6,6 +6,7 @@ host keys, a server that goes away and comes back, and the channel pool."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -257,3 +258,48 @@ async def test_names_of_255_bytes(store: str, request: pytest.FixtureRequest) ->
             assert b"".join([b async for b in c.read(name)]) == name.encode() * 10
             await c.delete(name)
         assert await paths(c) == set()
+
+
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[None]:
+    """``directory`` refuses new entries even to root: mode 0500 for a user,
+    the immutable attribute (chattr +i) for root, whom modes do not stop."""
+    if os.geteuid() != 0:
+        directory.chmod(0o500)
+        try:
+            yield
+        finally:
+            directory.chmod(0o700)
+        return
+    done = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(
+            f"cannot make {directory} immutable as root (chattr +i: {done.stderr.strip()}); "
+            "run the suite as an unprivileged user or with CAP_LINUX_IMMUTABLE",
+            pytrace=False,
+        )
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+async def test_file_permission_denied_is_an_auth_error(file_target: StoreTarget) -> None:
+    root = Path(file_target.url.removeprefix("file://"))
+    async with open_connector(file_target.url) as c:
+        await c.make_dir("locked")
+        with unwritable(root / "locked"):
+            with pytest.raises(StoreAuthError, match="ermission denied"):
+                await put(c, "locked/file.txt", b"x")
+            assert await paths(c) == {"locked"}
+
+
+async def test_sftp_permission_denied_is_an_auth_error(sftp_target: StoreTarget) -> None:
+    # The test server refuses every path under an "eco-denied…" directory with
+    # EACCES, as OpenSSH's sftp-server answers EACCES and EPERM.
+    async with open_connector(sftp_target.url, sftp_target.settings) as c:
+        await put(c, "open.txt", b"x")
+        with pytest.raises(StoreAuthError, match="ermission denied"):
+            await put(c, "eco-denied/file.txt", b"x")
+        with pytest.raises(StoreAuthError, match="ermission denied"):
+            await c.stat("eco-denied/file.txt")
