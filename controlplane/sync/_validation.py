@@ -90,7 +90,8 @@ def _url_violations(field: str, value: str) -> list[FieldViolation]:
         except ValueError:
             return [FieldViolation(field, f"{excerpt(value)}: the port is not a number 1-65535")]
     elif not parts.netloc:
-        return [FieldViolation(field, f"a {scheme} URL is {scheme}://BUCKET[/prefix]")]
+        where = "CONTAINER" if scheme == "az" else "BUCKET"
+        return [FieldViolation(field, f"{scheme} URLs are {scheme}://{where}[/prefix]")]
     return []
 
 
@@ -115,7 +116,7 @@ def _schedule_violations(job: spb.SyncJob) -> list[FieldViolation]:
             return [
                 FieldViolation(
                     "job.every_seconds",
-                    f"is {every:g}; between {MIN_EVERY_SECONDS:g} and {MAX_EVERY_SECONDS:g} "
+                    f"is {every:g}; between {MIN_EVERY_SECONDS:.0f} and {MAX_EVERY_SECONDS:.0f} "
                     "(31 days)",
                 )
             ]
