@@ -20,6 +20,7 @@ __all__ = [
     "is_partial",
     "parent_dirs",
     "partial_name",
+    "partial_path",
     "positive_int_setting",
     "split_path",
 ]
@@ -48,6 +49,13 @@ def partial_name(name: str) -> str:
         return candidate
     digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()
     return PARTIAL_PREFIX + digest
+
+
+def partial_path(path: str) -> str:
+    """The hidden path a write of the relative ``path`` goes to: its partial
+    name in the same directory."""
+    head, _, name = path.rpartition("/")
+    return f"{head}/{partial_name(name)}" if head else partial_name(name)
 
 
 def is_partial(name: str) -> bool:

@@ -42,10 +42,11 @@ from sidecar.sync.connectors._hashing import new_hasher
 from sidecar.sync.connectors._paths import (
     is_partial,
     parent_dirs,
-    partial_name,
+    partial_path,
     positive_int_setting,
     split_path,
 )
+from sidecar.sync.connectors._source import guarded, source_errors_unwrapped
 
 __all__ = ["FileConnector"]
 
@@ -215,11 +216,11 @@ class FileConnector:
         checkpoint: Callable[[ResumeToken], Awaitable[None]] | None = None,
     ) -> Entry:
         self._check_open()
-        parts = split_path(path)
+        split_path(path)
         final = self._abs(path)
-        partial_rel = "/".join([*parts[:-1], partial_name(parts[-1])])
+        partial_rel = partial_path(path)
         tmp = self._abs(partial_rel)
-        with self._errors(path):
+        with source_errors_unwrapped(), self._errors(path):
             offset = 0
             if resume is not None:
                 offset = await asyncio.to_thread(self._resumable_length, resume, partial_rel, size)
@@ -254,7 +255,7 @@ class FileConnector:
         written = last_checkpoint = offset
         pending: list[bytes] = []
         pending_bytes = 0
-        async for chunk in source(offset):
+        async for chunk in guarded(source(offset)):
             written += len(chunk)
             if written > size:
                 raise IntegrityError(
@@ -339,10 +340,16 @@ class FileConnector:
         target = self._abs(path)
         try:
             os.unlink(target)
-        except IsADirectoryError:
+        except (IsADirectoryError, PermissionError):
+            # Linux says EISDIR for a directory, POSIX allows EPERM.
+            if not os.path.isdir(target):
+                raise
             os.rmdir(target)
         except FileNotFoundError:
             pass  # already gone; its parents may still be empty from an earlier delete
+        with contextlib.suppress(FileNotFoundError):
+            # An interrupted write of this path will not be resumed now.
+            os.unlink(self._abs(partial_path(path)))
         for parent in parent_dirs(path):
             try:
                 os.rmdir(self._abs(parent))

@@ -56,11 +56,12 @@ from sidecar.sync.connectors._hashing import new_hasher
 from sidecar.sync.connectors._paths import (
     is_partial,
     parent_dirs,
-    partial_name,
+    partial_path,
     positive_int_setting,
     split_path,
 )
 from sidecar.sync.connectors._sftp_pool import SftpPool, SftpSettings
+from sidecar.sync.connectors._source import guarded, source_errors_unwrapped
 
 __all__ = ["SftpConnector"]
 
@@ -234,26 +235,29 @@ class SftpConnector:
         resume: ResumeToken | None = None,
         checkpoint: Callable[[ResumeToken], Awaitable[None]] | None = None,
     ) -> Entry:
-        parts = split_path(path)
-        partial_rel = "/".join([*parts[:-1], partial_name(parts[-1])])
+        split_path(path)
+        partial_rel = partial_path(path)
         tmp, final = self._abs(partial_rel), self._abs(path)
-        async with self._errors(path), self._pool.session() as sftp:
-            offset = 0
-            if resume is not None:
-                offset = await self._resumable_length(sftp, resume, partial_rel, size)
-            f = await self._open_partial(sftp, partial_rel, offset)
-            try:
-                written = await self._fill(f, source, offset, size, partial_rel, checkpoint)
-                if written != size:
-                    raise IntegrityError(
-                        f"the source gave {written} bytes, {size} expected", url=self.url, path=path
-                    )
-                await self._fsync(f)
-                await f.utime((mtime, mtime))
-            finally:
-                await f.close()
-            await self._rename(sftp, tmp, final)
-            attrs = await sftp.lstat(final)
+        with source_errors_unwrapped():
+            async with self._errors(path), self._pool.session() as sftp:
+                offset = 0
+                if resume is not None:
+                    offset = await self._resumable_length(sftp, resume, partial_rel, size)
+                f = await self._open_partial(sftp, partial_rel, offset)
+                try:
+                    written = await self._fill(f, source, offset, size, partial_rel, checkpoint)
+                    if written != size:
+                        raise IntegrityError(
+                            f"the source gave {written} bytes, {size} expected",
+                            url=self.url,
+                            path=path,
+                        )
+                    await self._fsync(f)
+                    await f.utime((mtime, mtime))
+                finally:
+                    await f.close()
+                await self._rename(sftp, tmp, final)
+                attrs = await sftp.lstat(final)
         entry = _entry(path, attrs)
         if entry.size != size:
             raise IntegrityError(
@@ -277,7 +281,7 @@ class SftpConnector:
         requests."""
         written = last_checkpoint = flushed = offset
         pending: list[bytes] = []
-        async for chunk in source(offset):
+        async for chunk in guarded(source(offset)):
             written += len(chunk)
             if written > size:
                 raise IntegrityError(
@@ -384,6 +388,9 @@ class SftpConnector:
                 if not await sftp.isdir(target):
                     raise
                 await sftp.rmdir(target)
+            with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                # An interrupted write of this path will not be resumed now.
+                await sftp.remove(self._abs(partial_path(path)))
             for parent in parent_dirs(path):
                 try:
                     await sftp.rmdir(self._abs(parent))

@@ -303,3 +303,36 @@ async def test_sftp_permission_denied_is_an_auth_error(sftp_target: StoreTarget)
             await put(c, "eco-denied/file.txt", b"x")
         with pytest.raises(StoreAuthError, match="ermission denied"):
             await c.stat("eco-denied/file.txt")
+
+
+def local_root(request: pytest.FixtureRequest, target: StoreTarget) -> Path:
+    """Where a file or SFTP target's root is on this machine."""
+    if target.name == "file":
+        return Path(target.url.removeprefix("file://"))
+    server: SftpServer = request.getfixturevalue("sftp_server")
+    return server.root / target.url.rsplit("/", 1)[1]
+
+
+@pytest.mark.parametrize("store", ["file_target", "sftp_target"])
+async def test_deleting_a_path_drops_its_interrupted_write(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """A partial file waits for its write to resume; deleting the path gives
+    that write up: the partial file goes, and the directories it kept."""
+    target: StoreTarget = request.getfixturevalue(store)
+    root = local_root(request, target)
+
+    async def broken(offset: int) -> AsyncIterator[bytes]:
+        yield b"x" * 4096
+        raise ConnectionResetError("the source went away")
+
+    async def checkpoint(token: object) -> None:
+        return None  # the engine would keep it; this test gives the write up instead
+
+    async with open_connector(target.url, {**target.settings, "part_size": "1024"}) as c:
+        with pytest.raises(ConnectionResetError):
+            await c.write("a/b/big.bin", broken, 10_000, mtime=MTIME, checkpoint=checkpoint)
+        assert [p.name for p in (root / "a" / "b").iterdir()] == [".eco-partial.big.bin"]
+        assert await paths(c) == set()
+        await c.delete("a/b/big.bin")
+        assert list(root.iterdir()) == []
