@@ -336,3 +336,22 @@ async def test_deleting_a_path_drops_its_interrupted_write(
         assert await paths(c) == set()
         await c.delete("a/b/big.bin")
         assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("store", ["file_target", "sftp_target"])
+async def test_a_listing_reads_each_directory_when_it_gets_there(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """Streamed, not collected first: a file added to a directory the listing
+    has not reached yet is in it."""
+    target: StoreTarget = request.getfixturevalue(store)
+    root = local_root(request, target)
+    async with open_connector(target.url, {**target.settings, "list_page_size": "1"}) as c:
+        await put(c, "x/1.txt", b"1")
+        await put(c, "y/1.txt", b"1")
+        listing = c.list()
+        first = await anext(listing)
+        later = "y" if first.path.startswith("x/") else "x"
+        (root / later / "2.txt").write_text("added while listing")
+        rest = [entry.path async for entry in listing]
+        assert {first.path, *rest} == {"x/1.txt", "y/1.txt", f"{later}/2.txt"}
