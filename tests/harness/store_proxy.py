@@ -6,17 +6,24 @@ waiting for a real store to be busy.
 Every request is counted (``requests``); ``fail_next(n, …)`` makes the next
 ``n`` answers the given error instead of forwarding them; everything else
 goes to the emulator as it came (Host header included, so signatures made
-for the proxy's address stay valid) and comes back as the emulator answered.
+for the proxy's address stay valid) and comes back as the emulator answered,
+unless ``rewrite`` changes the answer (a store that holds something else).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
-__all__ = ["THROTTLED", "StoreProxy", "Throttle"]
+__all__ = ["THROTTLED", "Rewrite", "StoreProxy", "Throttle"]
+
+# Changes an answer on its way back: (method, path?query, headers, body) →
+# (headers, body). For showing a connector a store that holds something else
+# than what was sent.
+Rewrite = Callable[[str, str, dict[str, str], bytes], tuple[dict[str, str], bytes]]
 
 _HOP_BY_HOP = frozenset(
     {
@@ -76,6 +83,7 @@ class StoreProxy:
         self.seen: list[tuple[str, str]] = []  # (method, path?query) of every request
         self._failing = 0
         self._throttle: Throttle | None = None
+        self.rewrite: Rewrite | None = None
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         self.port = 0
@@ -134,6 +142,10 @@ class StoreProxy:
             payload = await upstream.read()
             self.answered.append(upstream.status)
             out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
+            if self.rewrite is not None:
+                out, payload = self.rewrite(
+                    request.method, request.rel_url.raw_path_qs, out, payload
+                )
             if request.method == "HEAD":
                 # A HEAD's Content-Length is the object's size, not this empty body's.
                 response = web.StreamResponse(status=upstream.status, headers=out)

@@ -170,6 +170,9 @@ class AzureConnector:
         except (ServiceRequestError, ServiceResponseError) as exc:
             raise StoreUnavailableError(f"az: {exc.message}", url=self.url, path=path) from exc
         except AzureError as exc:
+            if str(exc.message).startswith("MD5 mismatch"):
+                # validate_content: what the service answered is not what was sent.
+                raise IntegrityError(f"az: {exc.message}", url=self.url, path=path) from exc
             raise SyncStoreError(f"az: {exc.message}", url=self.url, path=path) from exc
 
     @staticmethod

@@ -22,6 +22,7 @@ from sidecar.sync.connectors import (
     MD5,
     Connector,
     Entry,
+    IntegrityError,
     ResumeToken,
     SourceOpener,
     StoreAuthError,
@@ -204,6 +205,64 @@ async def test_a_token_the_store_no_longer_knows_starts_again(cloud: StoreTarget
         entry = await c.write("x.bin", recording, len(data), mtime=MTIME, resume=token)
         assert asked == [0] and entry.size == len(data)
         assert await content(c, "x.bin") == data
+
+
+Answer = tuple[dict[str, str], bytes]  # what a proxy's rewrite gives back
+
+
+# -- verification ------------------------------------------------------------
+
+
+def _corrupt_s3_etag(method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
+    # The HEAD after CompleteMultipartUpload: another object's ETag.
+    for name in headers:
+        if method == "HEAD" and name.lower() == "etag":
+            headers[name] = '"00000000000000000000000000000000-3"'
+    return headers, body
+
+
+def _corrupt_gcs_md5(method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
+    # The answer to the resumable session's last chunk: another content's MD5.
+    if method == "PUT" and "upload_id" in path and body.startswith(b"{"):
+        resource = json.loads(body)
+        if "md5Hash" in resource:
+            resource["md5Hash"] = base64.b64encode(b"\0" * 16).decode()
+            body = json.dumps(resource).encode()
+    return headers, body
+
+
+def _corrupt_azure_md5(method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
+    # Put Blob's answer: the service kept another MD5 than the one sent.
+    for name in headers:
+        if method == "PUT" and name.lower() == "content-md5" and "comp=" not in path:
+            headers[name] = base64.b64encode(b"\0" * 16).decode()
+    return headers, body
+
+
+async def test_a_store_holding_other_content_is_an_integrity_error(
+    cloud: StoreTarget, request: pytest.FixtureRequest
+) -> None:
+    """What each connector checks after a write (S3: the composite ETag of a
+    multipart upload; GCS: md5Hash of a resumable upload; Azure: the
+    Content-MD5 Put Blob kept), shown a store that answers with another."""
+    emulator: Emulator = request.getfixturevalue(EMULATOR_OF[cloud.name])
+    rewrite, size = {
+        "s3": (_corrupt_s3_etag, 2 * PART + 1),
+        "gcs": (_corrupt_gcs_md5, 2 * PART + 1),
+        "azure": (_corrupt_azure_md5, 1000),
+    }[cloud.name]
+    data = os.urandom(size)
+    settings = {"part_size": str(PART)}
+    async with (
+        StoreProxy(emulator.endpoint) as proxy,
+        open_connector(cloud.url, {**through(cloud, proxy.endpoint), **settings}) as c,
+    ):
+        proxy.rewrite = rewrite
+        with pytest.raises(IntegrityError):
+            await c.write("x.bin", source_of(data), size, mtime=MTIME)
+        proxy.rewrite = None
+        entry = await c.write("x.bin", source_of(data), size, mtime=MTIME)
+        assert entry.size == size
 
 
 # -- throttling ----------------------------------------------------------------
