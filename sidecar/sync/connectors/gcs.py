@@ -97,6 +97,7 @@ class GcsConnector:
         self._page_size = page_size_from(self._settings, maximum=1000)
         self._pool: ThreadPoolExecutor | None = None
         self._client: storage.Client | None = None
+        self._opening = asyncio.Lock()  # one client, however many calls open it at once
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -114,16 +115,18 @@ class GcsConnector:
             return
         if client is not None:
             await asyncio.get_running_loop().run_in_executor(pool, client.close)
-        pool.shutdown(wait=False)
+        # Its threads end once idle; waiting for that off the loop leaves none behind.
+        await asyncio.to_thread(pool.shutdown)
 
     async def _ensure(self) -> storage.Client:
-        if self._client is None:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="eco-gcs")
-            # Finding credentials may read files or ask a metadata server: off the loop.
-            client = await self._call("", self._make_client)
+        if self._client is not None:
+            return self._client
+        async with self._opening:
             if self._client is None:
-                self._client = client
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="eco-gcs")
+                # Finding credentials may read files or ask a metadata server: off the loop.
+                self._client = await self._call("", self._make_client)
         return self._client
 
     def _make_client(self) -> storage.Client:

@@ -18,6 +18,7 @@ metadata is fixed when it starts), in the object's tag ``md5``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -123,6 +124,7 @@ class S3Connector:
         self.listed_hashes = (MD5,) if self._etag_is_md5 else ()
         self._exit: contextlib.AsyncExitStack | None = None
         self._client: Any = None
+        self._opening = asyncio.Lock()  # one client, however many calls open it at once
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -141,6 +143,12 @@ class S3Connector:
     async def _ensure(self) -> Any:
         if self._client is not None:
             return self._client
+        async with self._opening:
+            if self._client is None:
+                await self._open()
+        return self._client
+
+    async def _open(self) -> None:
         s = self._settings
         session = aiobotocore.session.get_session()
         # The engine owns retries and backoff: botocore's own are turned off
@@ -168,7 +176,6 @@ class S3Connector:
         with self._errors(""):
             self._client = await stack.enter_async_context(session.create_client("s3", **kwargs))
         self._exit = stack
-        return self._client
 
     # -- errors ------------------------------------------------------------
 
