@@ -220,13 +220,21 @@ class FileConnector:
         final = self._abs(path)
         partial_rel = partial_path(path)
         tmp = self._abs(partial_rel)
+        # What a checkpoint's token says, besides the length: a token resumes
+        # only the write it came from (same path, size and mtime of the source).
+        token_base: dict[str, object] = {
+            "kind": "file",
+            "partial": partial_rel,
+            "size": size,
+            "mtime": mtime,
+        }
         with source_errors_unwrapped(), self._errors(path):
             offset = 0
             if resume is not None:
-                offset = await asyncio.to_thread(self._resumable_length, resume, partial_rel, size)
+                offset = await asyncio.to_thread(self._resumable_length, resume, token_base, size)
             f = await asyncio.to_thread(self._open_partial, partial_rel, offset)
             try:
-                written = await self._fill(f, source, offset, size, partial_rel, checkpoint)
+                written = await self._fill(f, source, offset, size, token_base, checkpoint)
                 if written != size:
                     raise IntegrityError(
                         f"the source gave {written} bytes, {size} expected", url=self.url, path=path
@@ -248,7 +256,7 @@ class FileConnector:
         source: SourceOpener,
         offset: int,
         size: int,
-        partial_rel: str,
+        token_base: dict[str, object],
         checkpoint: Callable[[ResumeToken], Awaitable[None]] | None,
     ) -> int:
         """Copies the source from ``offset`` into ``f``; returns the bytes now in it."""
@@ -261,7 +269,7 @@ class FileConnector:
                 raise IntegrityError(
                     f"the source gave more than the {size} bytes expected",
                     url=self.url,
-                    path=partial_rel,
+                    path=str(token_base["partial"]),
                 )
             pending.append(chunk)
             pending_bytes += len(chunk)
@@ -273,18 +281,20 @@ class FileConnector:
                     await asyncio.to_thread(f.write, b"".join(pending))
                     pending, pending_bytes = [], 0
                 await asyncio.to_thread(_flush_and_sync, f)
-                await checkpoint(
-                    {"partial": partial_rel, "length": written, "size": size, "kind": "file"}
-                )
+                await checkpoint({**token_base, "length": written})
                 last_checkpoint = written
         if pending:
             await asyncio.to_thread(f.write, b"".join(pending))
         return written
 
-    def _resumable_length(self, token: ResumeToken, partial_rel: str, size: int) -> int:
+    def _resumable_length(
+        self, token: ResumeToken, token_base: Mapping[str, object], size: int
+    ) -> int:
         """How much of the partial file the token vouches for and still holds; 0
-        (start again) for a token of another write or a partial file gone."""
-        if token.get("partial") != partial_rel or token.get("size") != size:
+        (start again) for a token of another write (another path, or a source
+        of another size or mtime) or a partial file gone."""
+        partial_rel = str(token_base["partial"])
+        if any(token.get(key) != value for key, value in token_base.items()):
             log.info(
                 "sync file: resume token is for another write of %s; starting again", partial_rel
             )

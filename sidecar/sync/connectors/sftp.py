@@ -238,14 +238,22 @@ class SftpConnector:
         split_path(path)
         partial_rel = partial_path(path)
         tmp, final = self._abs(partial_rel), self._abs(path)
+        # What a checkpoint's token says, besides the length: a token resumes
+        # only the write it came from (same path, size and mtime of the source).
+        token_base: dict[str, object] = {
+            "kind": "sftp",
+            "partial": partial_rel,
+            "size": size,
+            "mtime": mtime,
+        }
         with source_errors_unwrapped():
             async with self._errors(path), self._pool.session() as sftp:
                 offset = 0
                 if resume is not None:
-                    offset = await self._resumable_length(sftp, resume, partial_rel, size)
+                    offset = await self._resumable_length(sftp, resume, token_base, size)
                 f = await self._open_partial(sftp, partial_rel, offset)
                 try:
-                    written = await self._fill(f, source, offset, size, partial_rel, checkpoint)
+                    written = await self._fill(f, source, offset, size, token_base, checkpoint)
                     if written != size:
                         raise IntegrityError(
                             f"the source gave {written} bytes, {size} expected",
@@ -273,7 +281,7 @@ class SftpConnector:
         source: SourceOpener,
         offset: int,
         size: int,
-        partial_rel: str,
+        token_base: dict[str, object],
         checkpoint: Callable[[ResumeToken], Awaitable[None]] | None,
     ) -> int:
         """Copies the source from ``offset`` into ``f``; returns the bytes now in it.
@@ -287,7 +295,7 @@ class SftpConnector:
                 raise IntegrityError(
                     f"the source gave more than the {size} bytes expected",
                     url=self.url,
-                    path=partial_rel,
+                    path=str(token_base["partial"]),
                 )
             pending.append(chunk)
             if written - flushed >= _CHUNK or (
@@ -297,22 +305,25 @@ class SftpConnector:
                 pending, flushed = [], written
             if checkpoint is not None and written - last_checkpoint >= self.part_size:
                 await self._fsync(f)
-                await checkpoint(
-                    {"partial": partial_rel, "length": written, "size": size, "kind": "sftp"}
-                )
+                await checkpoint({**token_base, "length": written})
                 last_checkpoint = written
         if pending:
             await f.write(b"".join(pending), flushed)
         return written
 
     async def _resumable_length(
-        self, sftp: asyncssh.SFTPClient, token: ResumeToken, partial_rel: str, size: int
+        self,
+        sftp: asyncssh.SFTPClient,
+        token: ResumeToken,
+        token_base: Mapping[str, object],
+        size: int,
     ) -> int:
         """How much of the partial file the token vouches for and the server
-        still holds; 0 (start again) for another write's token or a partial
-        file gone."""
+        still holds; 0 (start again) for another write's token (another path,
+        or a source of another size or mtime) or a partial file gone."""
+        partial_rel = str(token_base["partial"])
         length = token.get("length")
-        if token.get("partial") != partial_rel or token.get("size") != size:
+        if any(token.get(key) != value for key, value in token_base.items()):
             log.info(
                 "sync sftp: resume token is for another write of %s; starting again", partial_rel
             )

@@ -277,21 +277,26 @@ async def test_an_interrupted_write_resumes_from_its_checkpoint(target: StoreTar
         assert list(await listing(c)) == [path]
 
 
-async def test_a_resume_token_for_other_content_starts_again(target: StoreTarget) -> None:
-    """A token from a write of another size (the source changed since) is not
-    continued from: the write starts at byte 0, and what the store holds is the
-    new content, not the old one's first parts with the new one's end."""
-    old = os.urandom(11 * MIB + 1)
+@pytest.mark.parametrize("change", ["size", "mtime"])
+async def test_a_resume_token_for_other_content_starts_again(
+    target: StoreTarget, change: str
+) -> None:
+    """A token from a write of a source that has changed since (another size,
+    or the same size and another mtime) is not continued from: the write
+    starts at byte 0, and what the store holds is the new content, not the old
+    one's first parts with the new one's end."""
+    old = os.urandom(11 * MIB + (1 if change == "size" else 0))
     data = os.urandom(11 * MIB)
+    new_mtime = MTIME + (60 if change == "mtime" else 0)
     tokens: list[ResumeToken] = []
 
     async def checkpoint(token: ResumeToken) -> None:
         tokens.append(json.loads(json.dumps(token)))
 
     async def broken(offset: int) -> AsyncIterator[bytes]:
-        async for chunk in source_of(old[:-1])(offset):
+        async for chunk in source_of(old[: 10 * MIB + 1])(offset):
             yield chunk
-        raise SourceBroke("before the last byte")
+        raise SourceBroke("after two parts")
 
     async with connect(target, part_size=str(PART_SIZE)) as c:
         with pytest.raises(SourceBroke):
@@ -304,9 +309,9 @@ async def test_a_resume_token_for_other_content_starts_again(target: StoreTarget
             async for chunk in source_of(data)(offset):
                 yield chunk
 
-        entry = await c.write("x.bin", recording, len(data), mtime=MTIME, resume=tokens[-1])
+        entry = await c.write("x.bin", recording, len(data), mtime=new_mtime, resume=tokens[-1])
         assert opened_at == [0]
-        assert entry.size == len(data)
+        assert (entry.size, entry.mtime) == (len(data), new_mtime)
         assert await content(c, "x.bin") == data
 
 
