@@ -1,0 +1,90 @@
+"""What the object-store connectors share, without a store: roots and keys,
+parts cut from a source, settings, resume tokens, and the S3 ETag rules."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sidecar.sync.connectors._base import SyncStoreError
+from sidecar.sync.connectors._cloud import (
+    ObjectRoot,
+    page_size_from,
+    part_size_from,
+    parts_of,
+    token_fits,
+)
+from sidecar.sync.connectors.s3 import _composite_etag, _plain_md5
+
+
+def test_a_root_maps_paths_to_keys_and_back() -> None:
+    root = ObjectRoot("s3://bucket/some/prefix/", "s3")
+    assert (root.bucket, root.prefix) == ("bucket", "some/prefix")
+    assert root.key("a/b.txt") == "some/prefix/a/b.txt"
+    assert root.path("some/prefix/a/b.txt") == "a/b.txt"
+    assert root.path("some/prefix/") is None  # the root itself
+    assert root.path("some/prefixed/x") is None  # beside the root, not under it
+    bare = ObjectRoot("gs://bucket", "gs")
+    assert (bare.key("x"), bare.list_prefix, bare.path("x")) == ("x", "", "x")
+    assert ObjectRoot("az://c/with%20space", "az").prefix == "with space"
+    with pytest.raises(ValueError, match="s3://"):
+        ObjectRoot("gs://bucket/x", "s3")
+
+
+def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        for i in range(0, len(data), size):
+            yield data[i : i + size]
+
+    return gen()
+
+
+async def test_parts_are_cut_to_size_whatever_the_source_yields() -> None:
+    data = bytes(range(256)) * 40  # 10,240 bytes
+    parts = [p async for p in parts_of(_chunks(data, 777), 4096, len(data))]
+    assert [len(p) for p in parts] == [4096, 4096, 2048]
+    assert b"".join(parts) == data
+
+
+async def test_a_source_of_the_wrong_length_is_an_error() -> None:
+    with pytest.raises(SyncStoreError, match="ended after 10 of 20"):
+        [p async for p in parts_of(_chunks(b"x" * 10, 3), 4, 20)]
+    with pytest.raises(SyncStoreError, match="more than the 5"):
+        [p async for p in parts_of(_chunks(b"x" * 10, 3), 4, 5)]
+
+
+def test_settings_are_raised_to_the_stores_limits() -> None:
+    assert part_size_from({}, minimum=5 << 20) == 8 << 20
+    assert part_size_from({"part_size": "1"}, minimum=5 << 20) == 5 << 20
+    assert part_size_from({"part_size": str(300_000)}, minimum=1, multiple=262_144) == 524_288
+    assert page_size_from({"list_page_size": "100"}, maximum=1000) == 100
+    assert page_size_from({"list_page_size": "9999"}, maximum=1000) == 1000
+    with pytest.raises(ValueError, match="part_size"):
+        part_size_from({"part_size": "lots"}, minimum=1)
+    with pytest.raises(ValueError, match="list_page_size"):
+        page_size_from({"list_page_size": "0"}, maximum=1000)
+
+
+def test_a_token_fits_only_the_same_write() -> None:
+    token = {"upload_id": "u", "key": "k", "size": 10, "mtime": 1.5}
+    assert token_fits(token, "upload_id", "k", 10, 1.5)
+    assert not token_fits(token, "upload_id", "other", 10, 1.5)
+    assert not token_fits(token, "upload_id", "k", 11, 1.5)
+    assert not token_fits(token, "upload_id", "k", 10, 2.0)
+    assert not token_fits(token, "session", "k", 10, 1.5)
+    assert not token_fits(None, "upload_id", "k", 10, 1.5)
+    assert not token_fits({**token, "size": "many"}, "upload_id", "k", 10, 1.5)
+
+
+def test_only_a_single_part_etag_is_an_md5() -> None:
+    md5 = hashlib.md5(b"x").hexdigest()
+    assert _plain_md5(f'"{md5}"') == md5
+    assert _plain_md5(f'"{md5}-2"') is None
+    assert _plain_md5(None) is None
+    parts = [b"a" * 10, b"b" * 3]
+    digests = [hashlib.md5(p).digest() for p in parts]
+    expected = hashlib.md5(b"".join(digests)).hexdigest() + "-2"
+    assert _composite_etag(digests) == expected
+    assert _composite_etag(digests).split("-")[0] != hashlib.md5(b"".join(parts)).hexdigest()
