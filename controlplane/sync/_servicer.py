@@ -43,6 +43,7 @@ SYNC_SERVICE = spb.DESCRIPTOR.services_by_name["SyncService"].full_name
 #: Bytes of one run report, encoded (the sidecar cuts its decisions to fit).
 MAX_REPORT_BYTES = 256 * 1024
 MAX_RUNS_LISTED = 1_000
+MAX_EXECUTOR = 64
 _ENDS = (
     spb.SYNC_RUN_STATUS_COMPLETED,
     spb.SYNC_RUN_STATUS_FAILED,
@@ -281,6 +282,10 @@ class SyncServicer:
 
     async def ClaimSyncRun(self, request: spb.ClaimSyncRunRequest, context: Any) -> Any:
         async def work() -> spb.ClaimSyncRunResponse:
+            if len(request.executor) > MAX_EXECUTOR:
+                raise InvalidArgumentError(
+                    [FieldViolation("executor", f"at most {MAX_EXECUTOR} characters")]
+                )
             run = await self._run_of(request.job, request.number, request.node)
             if run.status != spb.SYNC_RUN_STATUS_PENDING:
                 raise FailedPreconditionError(
@@ -288,6 +293,7 @@ class SyncServicer:
                     f"{_status(run.status)}, not pending"
                 )
             run.status = spb.SYNC_RUN_STATUS_RUNNING
+            run.executor = request.executor
             run.started_at_ms = run.heartbeat_at_ms = now_ms()
             revision = await self.book.replace_run(run)
             if revision is None:
@@ -323,6 +329,11 @@ class SyncServicer:
                         f"run {run.number} of sync job {run.job!r} is "
                         f"{_status(run.status)}, not running"
                         + (f" ({run.error})" if run.error else "")
+                    )
+                if run.executor and request.executor and run.executor != request.executor:
+                    raise FailedPreconditionError(
+                        f"run {run.number} of sync job {run.job!r} was claimed by another "
+                        f"sidecar process ({run.executor!r}), not {request.executor!r}"
                     )
                 now = now_ms()
                 run.heartbeat_at_ms = now

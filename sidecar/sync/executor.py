@@ -20,6 +20,10 @@ sidecar's ``/metrics`` (``eco_sidecar_sync_*``).
 - On close, runs in progress are stopped and reported FAILED ("the sidecar
   stopped"), so their jobs run again at their next slot instead of after the
   control plane's run timeout.
+- Claims carry an executor id kept in ``<data_dir>/sync/executor-id``: a
+  sidecar restarted on the same data dir (which it holds locked, so the old
+  process is gone) finds the runs its last life left RUNNING and reports them
+  FAILED ("the sidecar restarted during the run") at once.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,8 @@ __all__ = ["MAX_REPORT_BYTES", "SyncExecutor", "options_of", "report_struct"]
 logger = logging.getLogger(__name__)
 
 Runner = Callable[..., Coroutine[Any, Any, RunReport]]
+#: The executor id, in ``<data_dir>/sync``.
+EXECUTOR_ID_FILE = "executor-id"
 #: What the control plane takes of one report (SyncService's limit).
 MAX_REPORT_BYTES = 256 * 1024
 #: Decisions and errors kept in the stored report (their totals are kept too).
@@ -193,6 +200,8 @@ class SyncExecutor:
         self._runs: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        #: kept with the data dir (read or made at start)
+        self.executor_id = ""
         self.connected = False
         self.error = ""
         self.finished = 0
@@ -203,6 +212,7 @@ class SyncExecutor:
 
     def start(self) -> None:
         if self._task is None and not self._closing:
+            self.executor_id = self._executor_id()
             self._task = asyncio.create_task(self._follow(), name=f"sync runs of {self.node}")
 
     async def close(self) -> None:
@@ -220,6 +230,23 @@ class SyncExecutor:
         if runs:
             await asyncio.wait(runs)
         await self._transport.close()
+
+    def _executor_id(self) -> str:
+        """This data dir's executor id (made on first use); a random one, not
+        kept, when the directory cannot be written (logged)."""
+        path = self.data_dir / "sync" / EXECUTOR_ID_FILE
+        kept = ""
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # none yet: made below
+            kept = path.read_text(encoding="ascii").strip()
+        if kept and len(kept) <= 64:
+            return kept
+        made = uuid.uuid4().hex[:16]
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(made + "\n", encoding="ascii")
+        except OSError as exc:
+            logger.warning("%s: cannot keep the sync executor id: %s", path, exc)
+        return made
 
     # -- following the node's runs -----------------------------------------------------
 
@@ -273,7 +300,15 @@ class SyncExecutor:
                 task.cancel()
         for run in runs:
             key = (run.job, run.number)
-            if run.status != spb.SYNC_RUN_STATUS_PENDING or key in self._runs:
+            if key in self._runs:
+                continue
+            if run.status == spb.SYNC_RUN_STATUS_RUNNING and run.executor == self.executor_id:
+                # Left running by this data dir's last sidecar, gone (the dir is locked).
+                task = asyncio.create_task(self._left_behind(run), name=f"sync run {key}")
+                self._runs[key] = task
+                task.add_done_callback(self._forget(key))
+                continue
+            if run.status != spb.SYNC_RUN_STATUS_PENDING:
                 continue
             if len(self._runs) >= self._max_runs:
                 logger.info("sync run %s#%d waits: %d runs in progress", *key, len(self._runs))
@@ -288,10 +323,33 @@ class SyncExecutor:
 
         return forget
 
+    async def _left_behind(self, run: spb.SyncRun) -> None:
+        logger.warning(
+            "sync run %s#%d was left running by this sidecar's last start; reporting it failed",
+            run.job,
+            run.number,
+        )
+        await self._report_end(
+            spb.ReportSyncRunRequest(
+                job=run.job,
+                number=run.number,
+                node=self.node,
+                executor=self.executor_id,
+                status=spb.SYNC_RUN_STATUS_FAILED,
+                counters=run.counters,
+                error="the sidecar restarted during the run",
+            )
+        )
+
     # -- one run -----------------------------------------------------------------------------
 
     async def _execute(self, run: spb.SyncRun) -> None:
-        ids: dict[str, Any] = {"job": run.job, "number": run.number, "node": self.node}
+        ids: dict[str, Any] = {
+            "job": run.job,
+            "number": run.number,
+            "node": self.node,
+            "executor": self.executor_id,
+        }
         try:
             claimed = await self._transport.unary(
                 "ClaimSyncRun", spb.ClaimSyncRunRequest(**ids), idempotent=False

@@ -6,6 +6,7 @@ reports the run as stopped instead of leaving it to the run timeout."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ COMPLETED, FAILED = spb.SYNC_RUN_STATUS_COMPLETED, spb.SYNC_RUN_STATUS_FAILED
 @pytest.fixture
 async def plane() -> AsyncIterator[ControlPlane]:
     async with ControlPlane(test_config()) as cp:
+        assert cp.sync_scheduler is not None
+        # No jitter: a job's first run is due at once.
+        cp.sync_scheduler.config = dataclasses.replace(cp.sync_scheduler.config, max_jitter=0)
         yield cp
 
 
@@ -76,7 +80,7 @@ async def test_runs_a_job_and_reports_it(
             assert first.report.fields["status"].string_value == "completed"
             assert first.started_at_ms and first.finished_at_ms >= first.started_at_ms
 
-        await assert_eventually(copied, timeout=10)
+        await assert_eventually(copied, timeout=30)
         assert sorted(p.name for p in destination.iterdir()) == ["f0.txt", "f1.txt", "f2.txt"]
         assert (tmp_path / "data" / "sync" / "docs.db").exists()
 
@@ -85,7 +89,7 @@ async def test_runs_a_job_and_reports_it(
             done = [r for r in await runs(stub, "docs") if r.status == COMPLETED]
             assert len(done) >= 2 and done[0].counters.files_copied == 0
 
-        await assert_eventually(again, timeout=10)
+        await assert_eventually(again, timeout=30)
         metrics = generate_latest(registry).decode()
         assert 'eco_sidecar_sync_runs_total{job="docs",status="completed"}' in metrics
         assert 'eco_sidecar_sync_files_total{action="copied",job="docs"} 3.0' in metrics
@@ -125,3 +129,52 @@ async def test_a_run_stopped_with_the_sidecar_is_reported(
     listed = await runs(stub, "big")
     assert listed[0].status == FAILED
     assert listed[0].error == "the sidecar stopped during the run"
+
+
+async def test_a_run_left_by_a_crashed_sidecar_is_failed_at_restart(
+    plane: ControlPlane, stub: sync_pb2_grpc.SyncServiceStub, tmp_path: Path
+) -> None:
+    """A run claimed by this data dir's last sidecar (which crashed: no report)
+    is reported failed as soon as the sidecar starts again, not after the run
+    timeout; another sidecar process's runs are left alone."""
+    data = tmp_path / "data"
+    (data / "sync").mkdir(parents=True)
+    (data / "sync" / "executor-id").write_text("previous-life\n")
+    await stub.CreateSyncJob(
+        spb.CreateSyncJobRequest(
+            job=spb.SyncJob(
+                name="big",
+                source="file:///a",
+                destination="file:///b",
+                every_seconds=3600.0,
+                on_node="n1",
+            )
+        )
+    )
+
+    async def pending() -> None:
+        assert [r.status for r in await runs(stub, "big")] == [spb.SYNC_RUN_STATUS_PENDING]
+
+    await assert_eventually(pending, timeout=5)
+    claim = {"job": "big", "number": 1, "node": "n1"}
+    await stub.ClaimSyncRun(spb.ClaimSyncRunRequest(**claim, executor="previous-life"))
+    with pytest.raises(grpc.aio.AioRpcError) as other:
+        await stub.ReportSyncRun(
+            spb.ReportSyncRunRequest(
+                **claim, executor="someone-else", status=spb.SYNC_RUN_STATUS_RUNNING
+            )
+        )
+    assert "claimed by another sidecar process" in (other.value.details() or "")
+    executor = SyncExecutor((plane.address,), "n1", data)
+    executor.start()
+    try:
+        assert executor.executor_id == "previous-life"
+
+        async def failed() -> None:
+            listed = await runs(stub, "big")
+            assert listed[0].status == FAILED
+            assert listed[0].error == "the sidecar restarted during the run"
+
+        await assert_eventually(failed, timeout=30)
+    finally:
+        await executor.close()

@@ -66,7 +66,7 @@ class SyncJob(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., mode: _Optional[str] = ..., checksum: _Optional[bool] = ..., conflict: _Optional[str] = ..., max_delete: _Optional[float] = ..., transfers: _Optional[int] = ..., bandwidth: _Optional[int] = ..., every_seconds: _Optional[float] = ..., cron: _Optional[str] = ..., on_node: _Optional[str] = ..., paused: _Optional[bool] = ..., revision: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., next_run_at_ms: _Optional[int] = ..., last_run: _Optional[int] = ..., last_status: _Optional[_Union[SyncRunStatus, str]] = ...) -> None: ...
 
 class SyncRun(_message.Message):
-    __slots__ = ("job", "number", "node", "status", "scheduled_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "spec", "counters", "report", "error", "revision", "slots")
+    __slots__ = ("job", "number", "node", "status", "scheduled_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "spec", "counters", "report", "error", "revision", "slots", "executor")
     JOB_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class SyncRun(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     job: str
     number: int
     node: str
@@ -95,7 +96,8 @@ class SyncRun(_message.Message):
     error: str
     revision: int
     slots: int
-    def __init__(self, job: _Optional[str] = ..., number: _Optional[int] = ..., node: _Optional[str] = ..., status: _Optional[_Union[SyncRunStatus, str]] = ..., scheduled_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., heartbeat_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., spec: _Optional[_Union[SyncJob, _Mapping]] = ..., counters: _Optional[_Union[SyncRunCounters, _Mapping]] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ..., revision: _Optional[int] = ..., slots: _Optional[int] = ...) -> None: ...
+    executor: str
+    def __init__(self, job: _Optional[str] = ..., number: _Optional[int] = ..., node: _Optional[str] = ..., status: _Optional[_Union[SyncRunStatus, str]] = ..., scheduled_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., heartbeat_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., spec: _Optional[_Union[SyncJob, _Mapping]] = ..., counters: _Optional[_Union[SyncRunCounters, _Mapping]] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ..., revision: _Optional[int] = ..., slots: _Optional[int] = ..., executor: _Optional[str] = ...) -> None: ...
 
 class SyncRunCounters(_message.Message):
     __slots__ = ("files_copied", "bytes_copied", "files_deleted", "files_skipped", "conflicts", "errors", "duration_seconds")
@@ -226,14 +228,16 @@ class WatchSyncRunsResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[SyncRun, _Mapping]]] = ...) -> None: ...
 
 class ClaimSyncRunRequest(_message.Message):
-    __slots__ = ("job", "number", "node")
+    __slots__ = ("job", "number", "node", "executor")
     JOB_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     job: str
     number: int
     node: str
-    def __init__(self, job: _Optional[str] = ..., number: _Optional[int] = ..., node: _Optional[str] = ...) -> None: ...
+    executor: str
+    def __init__(self, job: _Optional[str] = ..., number: _Optional[int] = ..., node: _Optional[str] = ..., executor: _Optional[str] = ...) -> None: ...
 
 class ClaimSyncRunResponse(_message.Message):
     __slots__ = ("run",)
@@ -242,7 +246,7 @@ class ClaimSyncRunResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[SyncRun, _Mapping]] = ...) -> None: ...
 
 class ReportSyncRunRequest(_message.Message):
-    __slots__ = ("job", "number", "node", "status", "counters", "report", "error")
+    __slots__ = ("job", "number", "node", "status", "counters", "report", "error", "executor")
     JOB_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +254,7 @@ class ReportSyncRunRequest(_message.Message):
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     job: str
     number: int
     node: str
@@ -257,7 +262,8 @@ class ReportSyncRunRequest(_message.Message):
     counters: SyncRunCounters
     report: _struct_pb2.Struct
     error: str
-    def __init__(self, job: _Optional[str] = ..., number: _Optional[int] = ..., node: _Optional[str] = ..., status: _Optional[_Union[SyncRunStatus, str]] = ..., counters: _Optional[_Union[SyncRunCounters, _Mapping]] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    executor: str
+    def __init__(self, job: _Optional[str] = ..., number: _Optional[int] = ..., node: _Optional[str] = ..., status: _Optional[_Union[SyncRunStatus, str]] = ..., counters: _Optional[_Union[SyncRunCounters, _Mapping]] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ..., executor: _Optional[str] = ...) -> None: ...
 
 class ReportSyncRunResponse(_message.Message):
     __slots__ = ("run",)
