@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from bus import SubscriptionSpec
 from controlplane import ControlPlane
+from controlplane.store import MemoryStore
 from controlplane.testing import test_config
 from tests.harness.acl import acl_plane, bearer
 from tests.util import assert_eventually
@@ -377,3 +378,58 @@ def _struct(data: dict[str, Any]) -> Any:
     value = struct_pb2.Struct()
     value.update(data)
     return value
+
+
+async def test_replicas_one_scheduler_and_failover() -> None:
+    """Two replicas over one store: either answers; only the leader schedules,
+    so each slot makes one run; when the leader dies, the other schedules on
+    with the next numbers (no run made twice, none skipped)."""
+    async with MemoryStore() as store:
+        a = ControlPlane(test_config(leader_ttl=1.0), store=store)
+        b = ControlPlane(test_config(leader_ttl=1.0), store=store)
+        await a.start()
+        await b.start()
+        try:
+
+            async def one_leader() -> None:
+                assert [a.is_leader, b.is_leader].count(True) == 1
+
+            await assert_eventually(one_leader, timeout=10)
+            leader, follower = (a, b) if a.is_leader else (b, a)
+            async with (
+                grpc.aio.insecure_channel(leader.address) as to_leader,
+                grpc.aio.insecure_channel(follower.address) as to_follower,
+            ):
+                on_leader = sync_pb2_grpc.SyncServiceStub(to_leader)
+                on_follower = sync_pb2_grpc.SyncServiceStub(to_follower)
+                await on_follower.CreateSyncJob(
+                    spb.CreateSyncJobRequest(job=job(every_seconds=1.0))
+                )
+                for number in (1, 2):
+                    await finish_next(on_follower if number == 1 else on_leader, number)
+                await leader.abort()
+
+                async def taken_over() -> None:
+                    assert follower.is_leader
+
+                await assert_eventually(taken_over, timeout=10)
+                # Run 3 may be the old leader's last; run 4 is the new one's.
+                await finish_next(on_follower, 3)
+                await finish_next(on_follower, 4)
+                numbers = [r.number for r in await runs(on_follower, "photos")]
+                assert numbers[-4:] == [4, 3, 2, 1] and len(numbers) <= 5
+        finally:
+            await a.stop(grace=0)
+            await b.stop(grace=0)
+
+
+async def finish_next(stub: sync_pb2_grpc.SyncServiceStub, number: int) -> None:
+    """Waits for run ``number`` of photos, then claims and completes it."""
+
+    async def scheduled() -> None:
+        assert number in [r.number for r in await runs(stub, "photos")]
+
+    await assert_eventually(scheduled, timeout=15)
+    request = {"job": "photos", "number": number, "node": "nas-1"}
+    await stub.ClaimSyncRun(spb.ClaimSyncRunRequest(**request))
+    await stub.ReportSyncRun(spb.ReportSyncRunRequest(**request, status=COMPLETED))
