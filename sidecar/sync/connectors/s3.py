@@ -23,6 +23,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -170,8 +171,11 @@ class S3Connector:
         ):
             if s.get(ours):
                 kwargs[theirs] = s[ours]
-        if "region_name" not in kwargs and not session.get_config_variable("region"):
-            kwargs["region_name"] = "us-east-1"
+        if "region_name" not in kwargs:
+            # AWS_REGION is what the AWS CLI v2 and the other SDKs read;
+            # botocore reads only AWS_DEFAULT_REGION and ~/.aws/config.
+            region = os.environ.get("AWS_REGION") or session.get_config_variable("region")
+            kwargs["region_name"] = region or "us-east-1"
         stack = contextlib.AsyncExitStack()
         with self._errors(""):
             self._client = await stack.enter_async_context(session.create_client("s3", **kwargs))

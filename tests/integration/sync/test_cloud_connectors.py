@@ -91,6 +91,23 @@ async def content(c: Connector, path: str) -> bytes:
     return b"".join([chunk async for chunk in c.read(path)])
 
 
+# -- settings from the environment --------------------------------------------
+
+
+async def test_the_standard_environment_alone_reaches_the_store(
+    cloud: StoreTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``eco`` reads when a job names no profile: AWS_ENDPOINT_URL and the
+    AWS keys and region; STORAGE_EMULATOR_HOST; AZURE_STORAGE_CONNECTION_STRING."""
+    for name, value in cloud.env.items():
+        monkeypatch.setenv(name, value)
+    async with open_connector(cloud.url) as c:
+        entry = await c.write("env.txt", source_of(b"from the environment"), 20, mtime=MTIME)
+        assert entry.size == 20
+        assert await content(c, "env.txt") == b"from the environment"
+        assert list(await listing(c)) == ["env.txt"]
+
+
 # -- hashes ------------------------------------------------------------------
 
 
