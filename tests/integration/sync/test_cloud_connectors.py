@@ -317,6 +317,49 @@ async def test_throttling_reaches_the_engine_at_once(
     assert throttle.status in proxy.answered
 
 
+async def test_a_throttled_part_is_resumed_not_restarted(
+    cloud: StoreTarget, request: pytest.FixtureRequest
+) -> None:
+    """A "slow down" in the middle of a large upload: the write raises
+    StoreThrottledError, and the engine's retry (the same write with the last
+    checkpoint's token) sends only what the store lacks."""
+    emulator: Emulator = request.getfixturevalue(EMULATOR_OF[cloud.name])
+    data = os.urandom(3 * PART + 1)
+    tokens: list[ResumeToken] = []
+    read = 0
+
+    async def counting(offset: int) -> AsyncIterator[bytes]:
+        nonlocal read
+        async for chunk in source_of(data)(offset):
+            read += len(chunk)
+            yield chunk
+
+    async with (
+        StoreProxy(emulator.endpoint) as proxy,
+        open_connector(cloud.url, {**through(cloud, proxy.endpoint), "part_size": str(PART)}) as c,
+    ):
+
+        async def checkpoint(token: ResumeToken) -> None:
+            tokens.append(json.loads(json.dumps(token)))
+            if read >= PART and proxy.answered.count(THROTTLED[cloud.name].status) == 0:
+                proxy.fail_next(1, THROTTLED[cloud.name])  # the second part's request
+
+        with pytest.raises(StoreThrottledError):
+            await c.write("big.bin", counting, len(data), mtime=MTIME, checkpoint=checkpoint)
+        asked: list[int] = []
+
+        async def resumed(offset: int) -> AsyncIterator[bytes]:
+            asked.append(offset)
+            async for chunk in source_of(data)(offset):
+                yield chunk
+
+        entry = await c.write(
+            "big.bin", resumed, len(data), mtime=MTIME, resume=tokens[-1], checkpoint=checkpoint
+        )
+        assert asked == [PART] and entry.size == len(data)
+        assert hashlib.sha256(await content(c, "big.bin")).digest() == hashlib.sha256(data).digest()
+
+
 # -- credentials and missing buckets -------------------------------------------
 
 
