@@ -210,6 +210,16 @@ class SyncExecutor:
     def running(self) -> list[tuple[str, int]]:
         return sorted(self._runs)
 
+    def status(self) -> dict[str, Any]:
+        """This executor in the sidecar's ``/status``."""
+        return {
+            "following": self.connected,
+            "error": self.error,
+            "executor": self.executor_id,
+            "running": [f"{job}#{number}" for job, number in self.running],
+            "finished": self.finished,
+        }
+
     def start(self) -> None:
         if self._task is None and not self._closing:
             self.executor_id = self._executor_id()

@@ -79,6 +79,8 @@ async def test_a_job_runs_on_its_node(sqlite_plane: ControlPlaneProcess, tmp_pat
             metrics = await answer.text()
         assert 'eco_sidecar_sync_runs_total{job="photos",status="completed"}' in metrics
         assert 'eco_sidecar_sync_bytes_total{job="photos"} 3000.0' in metrics
+        status = (await sidecar.status())["sync_runs"]
+        assert status["following"] is True and status["finished"] >= 1
 
         # The control plane dies with runs due; the sidecar keeps its state.
         before = max(int(r["number"]) for r in eco.json("sync", "runs", "photos")["runs"])
