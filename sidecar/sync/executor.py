@@ -402,7 +402,8 @@ class SyncExecutor:
             status = report.status if report.status in _STATUS else "failed"
             if status != "completed":
                 error = report.message or "; ".join(
-                    f"{e.get('path', '')}: {e.get('error', e)}" for e in report.errors[:3]
+                    f"{e.get('path') or '-'}: {e.get('message') or e.get('error', '')}"
+                    for e in report.errors[:3]
                 )
         except asyncio.CancelledError:
             status, error = (
@@ -415,7 +416,10 @@ class SyncExecutor:
             )
             if not self._closing:
                 raise
-        except (ValueError, OSError) as exc:
+        except Exception as exc:
+            # A bad setting (ValueError), the data dir (OSError), or a runner
+            # that broke its word never to raise: the run still gets its end.
+            logger.warning("sync run %s#%d cannot run: %s", run.job, run.number, exc)
             status, error = "failed", f"cannot run: {exc}"
         finally:
             self._metrics.active.dec()
