@@ -14,8 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
+from ecosystem.v1 import messaging_pb2, messaging_pb2_grpc, sync_pb2_grpc
 from ecosystem.v1 import sync_pb2 as spb
-from ecosystem.v1 import sync_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -366,6 +366,15 @@ async def test_acl_rights(tmp_path: Path) -> None:
                 spb.ClaimSyncRunRequest(job="photos", number=1, node="nas-2"), metadata=reader
             )
         assert "node:nas-2:write" in (other.value.details() or "")
+        # Only the control plane publishes run events, the management token aside.
+        bus = messaging_pb2_grpc.MessagingServiceStub(acl.channel)
+        with pytest.raises(grpc.aio.AioRpcError) as forged:
+            await bus.Publish(
+                messaging_pb2.PublishRequest(subject="eco.sync.photos.completed", data=b"{}"),
+                metadata=admin,
+            )
+        assert forged.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "only the control plane publishes on eco.sync.*" in (forged.value.details() or "")
         # The node's own right lets a sidecar watch its runs.
         stream = stub.WatchSyncRuns(spb.WatchSyncRunsRequest(node="nas-1"), metadata=reader)
         assert isinstance(await anext(aiter(stream)), spb.WatchSyncRunsResponse)
