@@ -3,7 +3,9 @@ sidecar`` on node nas-1, and ``eco sync job add`` of a file:// → file:// job
 every second on that node. Its runs happen on the sidecar, show in ``eco sync
 runs``, publish started/completed on the bus and count in the sidecar's
 /metrics; a control plane killed and restarted while runs are due does not
-lose the job: the run due meanwhile happens once it is back."""
+lose the job: the run due meanwhile happens once it is back, and a run
+scheduled while the sidecar was away is claimed after the control plane
+restarted."""
 
 from __future__ import annotations
 
@@ -101,6 +103,33 @@ async def test_a_job_runs_on_its_node(sqlite_plane: ControlPlaneProcess, tmp_pat
         numbers = [int(r["number"]) for r in history]
         assert numbers == list(range(max(numbers), 0, -1))
         assert any(int(r["slots"]) >= 2 for r in history if int(r["number"]) > before)
+
+        # A run scheduled while its sidecar is away, then the control plane
+        # restarted: the same run is claimed and done when both are back.
+        await sidecar.stop()
+
+        def waiting() -> None:
+            runs = eco.json("sync", "runs", "photos")["runs"]
+            assert runs[0]["status"] == "pending", runs[0]
+
+        await assert_eventually(waiting, timeout=20)
+        scheduled = int(eco.json("sync", "runs", "photos")["runs"][0]["number"])
+        sqlite_plane.kill(signal.SIGKILL)
+        sqlite_plane.start()
+        await sidecar.start()
+
+        def done_after_restart() -> None:
+            runs = {int(r["number"]): r for r in eco.json("sync", "runs", "photos")["runs"]}
+            assert runs[scheduled]["status"] == "completed", runs[scheduled]
+
+        await assert_eventually(done_after_restart, timeout=30)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://{sqlite_plane.admin_address}/metrics") as answer,
+        ):
+            plane_metrics = await answer.text()
+        assert "eco_controlplane_sync_jobs 1.0" in plane_metrics
+        assert "eco_controlplane_sync_runs_scheduled_total" in plane_metrics
 
         eco.ok("sync", "job", "pause", "photos")
         assert json.loads(eco.ok("-o", "json", "sync", "job", "get", "photos"))["paused"] is True
