@@ -44,7 +44,6 @@ from sidecar.sync.connectors._base import (
     SourceOpener,
     StoreAuthError,
     StoreNotFoundError,
-    StoreThrottledError,
     StoreUnavailableError,
     SyncStoreError,
 )
@@ -62,6 +61,13 @@ from sidecar.sync.connectors._cloud import (
     token_fits,
 )
 from sidecar.sync.connectors._hashing import new_hasher
+from sidecar.sync.connectors._s3_rules import (
+    MISSING_OBJECT,
+    composite_etag,
+    error_code,
+    plain_md5,
+    translate,
+)
 
 __all__ = ["S3Connector"]
 
@@ -71,43 +77,13 @@ log = logging.getLogger(__name__)
 
 _MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
 _READ_CHUNK = 1024 * 1024
-_AUTH_CODES = frozenset(
-    {
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "InvalidToken",
-        "ExpiredToken",
-        "InvalidClientTokenId",
-        "AuthorizationHeaderMalformed",
-    }
-)
-_THROTTLE_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable"}
-)
-_MISSING_OBJECT = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
-def _code(exc: ClientError) -> tuple[str, int]:
-    error = exc.response.get("Error", {})
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return str(error.get("Code", "")), status
-
-
-def _plain_md5(etag: str | None) -> str | None:
-    """The MD5 a single-part ETag is, or None for a multipart (``…-N``) one."""
-    if not etag:
-        return None
-    value = etag.strip('"').lower()
-    if len(value) == 32 and all(c in "0123456789abcdef" for c in value):
-        return value
-    return None
-
-
-def _composite_etag(part_md5s: list[bytes]) -> str:
-    """The ETag S3 gives a multipart object: MD5 of the parts' MD5s, ``-N``."""
-    digest = hashlib.md5(b"".join(part_md5s), usedforsecurity=False).hexdigest()
-    return f"{digest}-{len(part_md5s)}"
+def _encrypted(answer: Mapping[str, Any]) -> bool:
+    """Whether S3's answer is for an object whose ETag is no MD5 even in one part."""
+    return answer.get("ServerSideEncryption") == "aws:kms" or bool(
+        answer.get("SSECustomerAlgorithm")
+    )
 
 
 class S3Connector:
@@ -191,17 +167,7 @@ class S3Connector:
         except SyncStoreError:
             raise
         except ClientError as exc:
-            code, status = _code(exc)
-            message = f"s3: {code or status}: {exc}"
-            if code == "NoSuchBucket":
-                raise StoreNotFoundError(message, url=self.url, path=path) from exc
-            if code in _AUTH_CODES or status in (401, 403):
-                raise StoreAuthError(message, url=self.url, path=path) from exc
-            if code in _THROTTLE_CODES or status in (429, 503):
-                raise StoreThrottledError(message, url=self.url, path=path) from exc
-            if status >= 500:
-                raise StoreUnavailableError(message, url=self.url, path=path) from exc
-            raise SyncStoreError(message, url=self.url, path=path) from exc
+            raise translate(exc, self.url, path) from exc
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise StoreAuthError(f"s3: {exc}", url=self.url, path=path) from exc
         except (BotoCoreError, OSError, TimeoutError) as exc:
@@ -215,8 +181,10 @@ class S3Connector:
 
     # -- reading -----------------------------------------------------------
 
-    def _entry(self, path: str, size: int, mtime: float, etag: str | None) -> Entry:
-        md5 = _plain_md5(etag) if self._etag_is_md5 else None
+    def _entry(
+        self, path: str, size: int, mtime: float, etag: str | None, *, encrypted: bool = False
+    ) -> Entry:
+        md5 = plain_md5(etag) if self._etag_is_md5 and not encrypted else None
         is_dir = path.endswith("/")
         return Entry(
             path=path.rstrip("/"),
@@ -261,7 +229,7 @@ class S3Connector:
                 return result
         except SyncStoreError as exc:
             cause = exc.__cause__
-            if isinstance(cause, ClientError) and _code(cause)[0] in _MISSING_OBJECT:
+            if isinstance(cause, ClientError) and error_code(cause)[0] in MISSING_OBJECT:
                 return None
             raise
 
@@ -273,12 +241,8 @@ class S3Connector:
                 # HEAD has the metadata a listing lacks: the kept source mtime.
                 kept = parse_mtime(head.get("Metadata", {}).get(META_MTIME))
                 mtime = kept if kept is not None else head["LastModified"].timestamp()
-                entry = self._entry(listed, int(head["ContentLength"]), mtime, head.get("ETag"))
-                if head.get("ServerSideEncryption") == "aws:kms" or head.get(
-                    "SSECustomerAlgorithm"
-                ):
-                    entry = Entry(entry.path, entry.size, entry.mtime, {}, entry.etag)
-                return entry
+                size, etag = int(head["ContentLength"]), head.get("ETag")
+                return self._entry(listed, size, mtime, etag, encrypted=_encrypted(head))
         if not path:
             await self._check_bucket()
         return None
@@ -289,7 +253,7 @@ class S3Connector:
             try:
                 await client.head_bucket(Bucket=self._root.bucket)
             except ClientError as exc:
-                if _code(exc)[1] == 404:
+                if error_code(exc)[1] == 404:
                     raise StoreNotFoundError(
                         f"s3: bucket {self._root.bucket!r} does not exist", url=self.url
                     ) from exc
@@ -304,7 +268,7 @@ class S3Connector:
             try:
                 response = await client.get_object(**kwargs)
             except ClientError as exc:
-                if offset and _code(exc)[0] == "InvalidRange":
+                if offset and error_code(exc)[0] == "InvalidRange":
                     return  # offset at the end: nothing left to read
                 raise
         async with response["Body"] as body:
@@ -323,11 +287,8 @@ class S3Connector:
             kept = head.get("Metadata", {}).get(META_MD5)
             if kept:
                 return str(kept)
-            encrypted = head.get("ServerSideEncryption") == "aws:kms" or head.get(
-                "SSECustomerAlgorithm"
-            )
-            plain = _plain_md5(head.get("ETag"))
-            if plain and not encrypted and self._etag_is_md5:
+            plain = plain_md5(head.get("ETag"))
+            if plain and not _encrypted(head) and self._etag_is_md5:
                 return plain
             tagged = await self._md5_tag(path)
             if tagged:
@@ -385,12 +346,9 @@ class S3Connector:
                 ContentMD5=base64.b64encode(digest.digest()).decode(),
                 Metadata=metadata,
             )
-        encrypted = response.get("ServerSideEncryption") == "aws:kms" or response.get(
-            "SSECustomerAlgorithm"
-        )
         etag = response.get("ETag")
-        got = _plain_md5(etag)
-        if encrypted or got is None or not self._etag_is_md5:
+        got = plain_md5(etag)
+        if _encrypted(response) or got is None or not self._etag_is_md5:
             # The ETag is no MD5 here: ask the store what it holds.
             return await self._verified(path, size)
         if got != digest.hexdigest():
@@ -442,7 +400,7 @@ class S3Connector:
                     )
             except SyncStoreError as exc:
                 cause = exc.__cause__
-                if isinstance(cause, ClientError) and _code(cause)[0] == "NoSuchUpload":
+                if isinstance(cause, ClientError) and error_code(cause)[0] == "NoSuchUpload":
                     return None
                 raise
             parts.extend(page.get("Parts", ()))
@@ -481,7 +439,7 @@ class S3Connector:
                 while (part := by_number.get(len(done) + 1)) is not None and (
                     int(part["Size"]) == min(part_size, size - len(done) * part_size)
                 ):
-                    md5 = _plain_md5(part.get("ETag"))
+                    md5 = plain_md5(part.get("ETag"))
                     if md5 is None:
                         break
                     done.append((len(done) + 1, str(part["ETag"]), bytes.fromhex(md5)))
@@ -497,7 +455,7 @@ class S3Connector:
         token = self._token(upload_id, part_size, key, size, mtime)
         offset = len(done) * part_size
         whole = hashlib.md5(usedforsecurity=False) if offset == 0 else None
-        if offset < size or size == 0:
+        if offset < size:
             async for data in parts_of(source(offset), part_size, size - offset):
                 number = len(done) + 1
                 digest = hashlib.md5(data, usedforsecurity=False).digest()
@@ -522,7 +480,7 @@ class S3Connector:
                 UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e, _ in done]},
             )
-        entry = await self._verified(path, size, _composite_etag([m for _, _, m in done]))
+        entry = await self._verified(path, size, composite_etag([m for _, _, m in done]))
         if whole is not None:
             # Multipart metadata is fixed when the upload starts: the whole MD5
             # (known only now) goes in a tag. After a resume the sent parts were

@@ -16,7 +16,7 @@ from sidecar.sync.connectors._cloud import (
     parts_of,
     token_fits,
 )
-from sidecar.sync.connectors.s3 import _composite_etag, _plain_md5
+from sidecar.sync.connectors._s3_rules import composite_etag, plain_md5
 
 
 def test_a_root_maps_paths_to_keys_and_back() -> None:
@@ -80,11 +80,11 @@ def test_a_token_fits_only_the_same_write() -> None:
 
 def test_only_a_single_part_etag_is_an_md5() -> None:
     md5 = hashlib.md5(b"x").hexdigest()
-    assert _plain_md5(f'"{md5}"') == md5
-    assert _plain_md5(f'"{md5}-2"') is None
-    assert _plain_md5(None) is None
+    assert plain_md5(f'"{md5}"') == md5
+    assert plain_md5(f'"{md5}-2"') is None
+    assert plain_md5(None) is None
     parts = [b"a" * 10, b"b" * 3]
     digests = [hashlib.md5(p).digest() for p in parts]
     expected = hashlib.md5(b"".join(digests)).hexdigest() + "-2"
-    assert _composite_etag(digests) == expected
-    assert _composite_etag(digests).split("-")[0] != hashlib.md5(b"".join(parts)).hexdigest()
+    assert composite_etag(digests) == expected
+    assert composite_etag(digests).split("-")[0] != hashlib.md5(b"".join(parts)).hexdigest()
