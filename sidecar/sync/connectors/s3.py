@@ -135,7 +135,7 @@ class S3Connector:
             max_pool_connections=POOL_SIZE,
             connect_timeout=10,
             read_timeout=60,
-            s3={"addressing_style": s.get("addressing_style", "path")},
+            s3={"addressing_style": s.get("addressing_style") or self._default_addressing()},
         )
         kwargs: dict[str, Any] = {"config": config}
         for ours, theirs in (
@@ -156,6 +156,12 @@ class S3Connector:
         with self._errors(""):
             self._client = await stack.enter_async_context(session.create_client("s3", **kwargs))
         self._exit = stack
+
+    def _default_addressing(self) -> str:
+        # S3-compatible servers and emulators expect host/bucket/key; AWS
+        # prefers bucket.host/key, which botocore's "auto" picks there.
+        custom = self._settings.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+        return "path" if custom else "auto"
 
     # -- errors ------------------------------------------------------------
 
