@@ -352,9 +352,25 @@ class SyncBook:
             await asyncio.gather(*(self.with_status(job, plans.get(job.name)) for job in jobs))
         )
 
-    async def list_runs(self, name: str, limit: int) -> list[spb.SyncRun]:
-        result = await self.store.range(runs_prefix(name))
-        return [decode_run(kv) for kv in reversed(result.kvs[-limit:])]
+    async def list_runs(
+        self, name: str, limit: int, *, max_bytes: int = 3 * 1024 * 1024
+    ) -> list[spb.SyncRun]:
+        """The newest ``limit`` runs of a job, newest first, as many as fit in
+        ``max_bytes`` (a response under a stock client's 4 MiB; at least one)."""
+        kv = await self.store.get(state_key(name))
+        last = Plan.decode(kv).last if kv is not None else 0
+        numbers = range(last, max(0, last - limit), -1)
+        found = await asyncio.gather(*(self.store.get(run_key(name, n)) for n in numbers))
+        runs: list[spb.SyncRun] = []
+        size = 0
+        for item in found:
+            if item is None:
+                continue  # beyond the kept history
+            size += len(item.value)
+            if runs and size > max_bytes:
+                break
+            runs.append(decode_run(item))
+        return runs
 
     async def get_run(self, name: str, number: int) -> spb.SyncRun | None:
         kv = await self.store.get(run_key(name, number))
