@@ -156,6 +156,8 @@ class GcsConnector:
                 project=project or credentials.project_id, credentials=credentials
             )
         else:
+            # project None: no project looked up (objects in a bucket need none;
+            # only creating or listing buckets would).
             client = storage.Client(project=project)
         # The engine owns retries: none in the transport either; a pool as
         # large as the thread pool.
