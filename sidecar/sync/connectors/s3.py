@@ -133,6 +133,10 @@ class S3Connector:
         config = AioConfig(
             retries={"total_max_attempts": 1, "mode": "standard"},
             max_pool_connections=POOL_SIZE,
+            # Every PUT carries Content-MD5, which S3 checks: botocore's own
+            # CRC32 of every body (its default) would be a second pass for
+            # nothing, so only where S3 requires one (DeleteObjects).
+            request_checksum_calculation="when_required",
             connect_timeout=10,
             read_timeout=60,
             s3={"addressing_style": s.get("addressing_style") or self._default_addressing()},
