@@ -193,11 +193,21 @@ class SyncBook:
     # -- following the store ----------------------------------------------------
 
     async def _load(self) -> None:
-        result = await self.store.range(SYNC_PREFIX)
+        """The jobs, the plans, and of the runs only each job's latest (the one
+        that may be active: a job's next run is made only after it ends), all
+        read at one revision; the run history stays in the store."""
+        jobs = await self.store.range(JOBS_PREFIX)
+        revision = jobs.revision
+        plans = await self.store.range(STATE_PREFIX, revision=revision)
         self.jobs, self.plans, self.active = {}, {}, {}
-        for kv in result.kvs:
+        for kv in (*jobs.kvs, *plans.kvs):
             self._put(kv)
-        self._set_revision(result.revision)
+        latest = [run_key(name, plan.last) for name, plan in self.plans.items() if plan.last]
+        found = await asyncio.gather(*(self.store.get(key, revision=revision) for key in latest))
+        for run in found:
+            if run is not None:
+                self._put(run)
+        self._set_revision(revision)
         self._wake_all()
 
     def _set_revision(self, revision: int) -> None:
