@@ -143,14 +143,18 @@ class Sidecar:
         controlplane_channels = channel_factory or (
             tls_channel_factory(ca_file) if ca_file is not None else None
         )
-        #: Runs the sync jobs the control plane schedules on this node.
-        self.sync_runs = SyncExecutor(
-            config.controlplane.addresses,
-            config.node.id,
-            config.data_dir,
-            token=config.controlplane.secret,
-            channel_factory=controlplane_channels,
-            registry=self.metrics.registry,
+        #: Runs the sync jobs the control plane schedules on this node (None: sync_jobs off).
+        self.sync_runs = (
+            SyncExecutor(
+                config.controlplane.addresses,
+                config.node.id,
+                config.data_dir,
+                token=config.controlplane.secret,
+                channel_factory=controlplane_channels,
+                registry=self.metrics.registry,
+            )
+            if config.sync_jobs
+            else None
         )
         self.relay = RelayBroker(
             config.controlplane.addresses,
@@ -342,7 +346,8 @@ class Sidecar:
         self.identity.attach(self._session)
         self.identity.start()
         await self._session.start()
-        self.sync_runs.start()
+        if self.sync_runs is not None:
+            self.sync_runs.start()
         logger.info(
             "sidecar %s running: %d local instance(s), %d upstream(s), local API %s, admin %s",
             node.id,
@@ -377,7 +382,8 @@ class Sidecar:
             return
         self._state = _State.STOPPING
         try:
-            await self.sync_runs.close()
+            if self.sync_runs is not None:
+                await self.sync_runs.close()
             session = self._session
             if session is not None:
                 leave = self.config.leave_on_shutdown and session.connected

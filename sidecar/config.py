@@ -829,6 +829,8 @@ class SidecarConfig(_Model):
     deregister_critical_after: Duration = 60.0
     sync_interval: Duration = 30.0
     leave_on_shutdown: StrictBool = True
+    #: run the sync jobs the control plane schedules on this node (docs/sync-jobs.md)
+    sync_jobs: StrictBool = True
 
     @field_validator("local_api")
     @classmethod

@@ -84,7 +84,7 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
         "updates_rejected": session.updates_rejected if session else 0,
     }
     doc["bus"] = sidecar.relay.status()
-    doc["sync_runs"] = sidecar.sync_runs.status()
+    doc["sync_runs"] = sidecar.sync_runs.status() if sidecar.sync_runs is not None else None
     doc["cache"] = {
         "source": cache.source.value,
         "version": cache.version,

@@ -35,3 +35,10 @@ def test_public_names_are_pinned() -> None:
         "slots_through",
     }
     assert all(hasattr(controlplane.sync, name) for name in controlplane.sync.__all__)
+
+
+def test_sidecar_runs_sync_jobs_unless_told_not_to() -> None:
+    from sidecar.config import SidecarConfig
+
+    assert SidecarConfig().sync_jobs is True
+    assert SidecarConfig(sync_jobs=False).sync_jobs is False
