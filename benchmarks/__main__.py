@@ -38,6 +38,7 @@ STANDALONE = {
     "proxyless": "benchmarks.bench_proxyless",
     "security": "benchmarks.bench_security",
     "sidecar": "benchmarks.bench_sidecar",
+    "sync": "benchmarks.bench_sync",
 }
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.jsonl"
