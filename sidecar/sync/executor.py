@@ -483,7 +483,10 @@ class SyncExecutor:
         backoff = Backoff(initial=0.2, maximum=5.0)
         while True:
             try:
-                await self._transport.unary("ReportSyncRun", request, idempotent=True)
+                limit = min(10.0, max(0.2, deadline - loop.time()))
+                await self._transport.unary(
+                    "ReportSyncRun", request, idempotent=True, time_limit=limit
+                )
                 return
             except _ENDED as err:
                 logger.warning(
