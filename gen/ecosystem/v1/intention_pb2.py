@@ -24,35 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x63osystem/v1/intention.proto\x12\x0c\x65\x63osystem.v1\"\x89\x01\n\tIntention\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12-\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1d.ecosystem.v1.IntentionAction\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x0b\x63reate_time\x18\x05 \x01(\x03\"D\n\x16\x43reateIntentionRequest\x12*\n\tintention\x18\x01 \x01(\x0b\x32\x17.ecosystem.v1.Intention\"E\n\x17\x43reateIntentionResponse\x12*\n\tintention\x18\x01 \x01(\x0b\x32\x17.ecosystem.v1.Intention\"\x17\n\x15ListIntentionsRequest\"\\\n\x16ListIntentionsResponse\x12+\n\nintentions\x18\x01 \x03(\x0b\x32\x17.ecosystem.v1.Intention\x12\x15\n\rdefault_allow\x18\x02 \x01(\x08\"=\n\x16\x44\x65leteIntentionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\"\x19\n\x17\x44\x65leteIntentionResponse\"<\n\x15\x43heckIntentionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\"c\n\x16\x43heckIntentionResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12(\n\x07matched\x18\x02 \x01(\x0b\x32\x17.ecosystem.v1.Intention\x12\x0e\n\x06reason\x18\x03 \x01(\t\"c\n\x0cIntentionSet\x12+\n\nintentions\x18\x01 \x03(\x0b\x32\x17.ecosystem.v1.Intention\x12\x15\n\rdefault_allow\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\x03*j\n\x0fIntentionAction\x12 \n\x1cINTENTION_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16INTENTION_ACTION_ALLOW\x10\x01\x12\x19\n\x15INTENTION_ACTION_DENY\x10\x02\x32\x8c\x03\n\x10IntentionService\x12^\n\x0f\x43reateIntention\x12$.ecosystem.v1.CreateIntentionRequest\x1a%.ecosystem.v1.CreateIntentionResponse\x12[\n\x0eListIntentions\x12#.ecosystem.v1.ListIntentionsRequest\x1a$.ecosystem.v1.ListIntentionsResponse\x12^\n\x0f\x44\x65leteIntention\x12$.ecosystem.v1.DeleteIntentionRequest\x1a%.ecosystem.v1.DeleteIntentionResponse\x12[\n\x0e\x43heckIntention\x12#.ecosystem.v1.CheckIntentionRequest\x1a$.ecosystem.v1.CheckIntentionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x63osystem/v1/intention.proto\x12\x0c\x65\x63osystem.v1\"\xed\x01\n\tIntention\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12-\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1d.ecosystem.v1.IntentionAction\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x0b\x63reate_time\x18\x05 \x01(\x03\x12\x33\n\x06labels\x18\x06 \x03(\x0b\x32#.ecosystem.v1.Intention.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x16\x43reateIntentionRequest\x12*\n\tintention\x18\x01 \x01(\x0b\x32\x17.ecosystem.v1.Intention\"E\n\x17\x43reateIntentionResponse\x12*\n\tintention\x18\x01 \x01(\x0b\x32\x17.ecosystem.v1.Intention\"\x17\n\x15ListIntentionsRequest\"\\\n\x16ListIntentionsResponse\x12+\n\nintentions\x18\x01 \x03(\x0b\x32\x17.ecosystem.v1.Intention\x12\x15\n\rdefault_allow\x18\x02 \x01(\x08\"=\n\x16\x44\x65leteIntentionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\"\x19\n\x17\x44\x65leteIntentionResponse\"<\n\x15\x43heckIntentionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\"c\n\x16\x43heckIntentionResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12(\n\x07matched\x18\x02 \x01(\x0b\x32\x17.ecosystem.v1.Intention\x12\x0e\n\x06reason\x18\x03 \x01(\t\"c\n\x0cIntentionSet\x12+\n\nintentions\x18\x01 \x03(\x0b\x32\x17.ecosystem.v1.Intention\x12\x15\n\rdefault_allow\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\x03*j\n\x0fIntentionAction\x12 \n\x1cINTENTION_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16INTENTION_ACTION_ALLOW\x10\x01\x12\x19\n\x15INTENTION_ACTION_DENY\x10\x02\x32\x8c\x03\n\x10IntentionService\x12^\n\x0f\x43reateIntention\x12$.ecosystem.v1.CreateIntentionRequest\x1a%.ecosystem.v1.CreateIntentionResponse\x12[\n\x0eListIntentions\x12#.ecosystem.v1.ListIntentionsRequest\x1a$.ecosystem.v1.ListIntentionsResponse\x12^\n\x0f\x44\x65leteIntention\x12$.ecosystem.v1.DeleteIntentionRequest\x1a%.ecosystem.v1.DeleteIntentionResponse\x12[\n\x0e\x43heckIntention\x12#.ecosystem.v1.CheckIntentionRequest\x1a$.ecosystem.v1.CheckIntentionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ecosystem.v1.intention_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INTENTIONACTION']._serialized_start=800
-  _globals['_INTENTIONACTION']._serialized_end=906
+  _globals['_INTENTION_LABELSENTRY']._loaded_options = None
+  _globals['_INTENTION_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_INTENTIONACTION']._serialized_start=900
+  _globals['_INTENTIONACTION']._serialized_end=1006
   _globals['_INTENTION']._serialized_start=47
-  _globals['_INTENTION']._serialized_end=184
-  _globals['_CREATEINTENTIONREQUEST']._serialized_start=186
-  _globals['_CREATEINTENTIONREQUEST']._serialized_end=254
-  _globals['_CREATEINTENTIONRESPONSE']._serialized_start=256
-  _globals['_CREATEINTENTIONRESPONSE']._serialized_end=325
-  _globals['_LISTINTENTIONSREQUEST']._serialized_start=327
-  _globals['_LISTINTENTIONSREQUEST']._serialized_end=350
-  _globals['_LISTINTENTIONSRESPONSE']._serialized_start=352
-  _globals['_LISTINTENTIONSRESPONSE']._serialized_end=444
-  _globals['_DELETEINTENTIONREQUEST']._serialized_start=446
-  _globals['_DELETEINTENTIONREQUEST']._serialized_end=507
-  _globals['_DELETEINTENTIONRESPONSE']._serialized_start=509
-  _globals['_DELETEINTENTIONRESPONSE']._serialized_end=534
-  _globals['_CHECKINTENTIONREQUEST']._serialized_start=536
-  _globals['_CHECKINTENTIONREQUEST']._serialized_end=596
-  _globals['_CHECKINTENTIONRESPONSE']._serialized_start=598
-  _globals['_CHECKINTENTIONRESPONSE']._serialized_end=697
-  _globals['_INTENTIONSET']._serialized_start=699
-  _globals['_INTENTIONSET']._serialized_end=798
-  _globals['_INTENTIONSERVICE']._serialized_start=909
-  _globals['_INTENTIONSERVICE']._serialized_end=1305
+  _globals['_INTENTION']._serialized_end=284
+  _globals['_INTENTION_LABELSENTRY']._serialized_start=239
+  _globals['_INTENTION_LABELSENTRY']._serialized_end=284
+  _globals['_CREATEINTENTIONREQUEST']._serialized_start=286
+  _globals['_CREATEINTENTIONREQUEST']._serialized_end=354
+  _globals['_CREATEINTENTIONRESPONSE']._serialized_start=356
+  _globals['_CREATEINTENTIONRESPONSE']._serialized_end=425
+  _globals['_LISTINTENTIONSREQUEST']._serialized_start=427
+  _globals['_LISTINTENTIONSREQUEST']._serialized_end=450
+  _globals['_LISTINTENTIONSRESPONSE']._serialized_start=452
+  _globals['_LISTINTENTIONSRESPONSE']._serialized_end=544
+  _globals['_DELETEINTENTIONREQUEST']._serialized_start=546
+  _globals['_DELETEINTENTIONREQUEST']._serialized_end=607
+  _globals['_DELETEINTENTIONRESPONSE']._serialized_start=609
+  _globals['_DELETEINTENTIONRESPONSE']._serialized_end=634
+  _globals['_CHECKINTENTIONREQUEST']._serialized_start=636
+  _globals['_CHECKINTENTIONREQUEST']._serialized_end=696
+  _globals['_CHECKINTENTIONRESPONSE']._serialized_start=698
+  _globals['_CHECKINTENTIONRESPONSE']._serialized_end=797
+  _globals['_INTENTIONSET']._serialized_start=799
+  _globals['_INTENTIONSET']._serialized_end=898
+  _globals['_INTENTIONSERVICE']._serialized_start=1009
+  _globals['_INTENTIONSERVICE']._serialized_end=1405
 # @@protoc_insertion_point(module_scope)

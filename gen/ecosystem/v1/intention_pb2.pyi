@@ -17,18 +17,27 @@ INTENTION_ACTION_ALLOW: IntentionAction
 INTENTION_ACTION_DENY: IntentionAction
 
 class Intention(_message.Message):
-    __slots__ = ("source", "destination", "action", "description", "create_time")
+    __slots__ = ("source", "destination", "action", "description", "create_time", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     source: str
     destination: str
     action: IntentionAction
     description: str
     create_time: int
-    def __init__(self, source: _Optional[str] = ..., destination: _Optional[str] = ..., action: _Optional[_Union[IntentionAction, str]] = ..., description: _Optional[str] = ..., create_time: _Optional[int] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, source: _Optional[str] = ..., destination: _Optional[str] = ..., action: _Optional[_Union[IntentionAction, str]] = ..., description: _Optional[str] = ..., create_time: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateIntentionRequest(_message.Message):
     __slots__ = ("intention",)

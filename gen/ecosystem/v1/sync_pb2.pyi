@@ -24,7 +24,14 @@ SYNC_RUN_STATUS_FAILED: SyncRunStatus
 SYNC_RUN_STATUS_GUARDED: SyncRunStatus
 
 class SyncJob(_message.Message):
-    __slots__ = ("name", "source", "destination", "mode", "checksum", "conflict", "max_delete", "transfers", "bandwidth", "every_seconds", "cron", "on_node", "paused", "revision", "created_at_ms", "updated_at_ms", "next_run_at_ms", "last_run", "last_status")
+    __slots__ = ("name", "source", "destination", "mode", "checksum", "conflict", "max_delete", "transfers", "bandwidth", "every_seconds", "cron", "on_node", "paused", "revision", "created_at_ms", "updated_at_ms", "next_run_at_ms", "last_run", "last_status", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +51,7 @@ class SyncJob(_message.Message):
     NEXT_RUN_AT_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_RUN_FIELD_NUMBER: _ClassVar[int]
     LAST_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     destination: str
@@ -63,7 +71,8 @@ class SyncJob(_message.Message):
     next_run_at_ms: int
     last_run: int
     last_status: SyncRunStatus
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., mode: _Optional[str] = ..., checksum: _Optional[bool] = ..., conflict: _Optional[str] = ..., max_delete: _Optional[float] = ..., transfers: _Optional[int] = ..., bandwidth: _Optional[int] = ..., every_seconds: _Optional[float] = ..., cron: _Optional[str] = ..., on_node: _Optional[str] = ..., paused: _Optional[bool] = ..., revision: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., next_run_at_ms: _Optional[int] = ..., last_run: _Optional[int] = ..., last_status: _Optional[_Union[SyncRunStatus, str]] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., mode: _Optional[str] = ..., checksum: _Optional[bool] = ..., conflict: _Optional[str] = ..., max_delete: _Optional[float] = ..., transfers: _Optional[int] = ..., bandwidth: _Optional[int] = ..., every_seconds: _Optional[float] = ..., cron: _Optional[str] = ..., on_node: _Optional[str] = ..., paused: _Optional[bool] = ..., revision: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., next_run_at_ms: _Optional[int] = ..., last_run: _Optional[int] = ..., last_status: _Optional[_Union[SyncRunStatus, str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SyncRun(_message.Message):
     __slots__ = ("job", "number", "node", "status", "scheduled_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "spec", "counters", "report", "error", "revision", "slots", "executor")
