@@ -20,13 +20,21 @@ from __future__ import annotations
 
 import datetime
 import posixpath
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sidecar.sync._spec import ConflictPolicy, Decision, Mode, SyncOptions
 from sidecar.sync.connectors._base import MD5, SHA256, Entry
 
-__all__ = ["Action", "Plan", "conflict_name", "make_plan", "same_content", "unchanged"]
+__all__ = [
+    "Action",
+    "Plan",
+    "Planner",
+    "conflict_name",
+    "make_plan",
+    "same_content",
+    "unchanged",
+]
 
 #: Asks one side for a content hash: (side, path, kind) → hex/base64 or None.
 Hasher = Callable[[str, str, str], Awaitable[str | None]]
@@ -61,20 +69,53 @@ class Action:
         return self.source if side == SOURCE else self.destination
 
 
+#: Decisions kept in a plan (and so in the run report); past it they are counted.
+MAX_DECISIONS = 10_000
+
+#: Where a plan's actions go as they are decided (a list, or the run's scratch table).
+ActionSink = Callable[[Action], None]
+
+
 @dataclass(slots=True)
 class Plan:
-    actions: list[Action] = field(default_factory=list)
+    """What a run will do, in counts, the first ``max_decisions`` decisions,
+    and each action handed to ``sink`` as it is decided (nothing here grows
+    with the number of paths past that cap)."""
+
+    sink: ActionSink
     decisions: list[Decision] = field(default_factory=list)
+    decisions_truncated: int = 0
+    max_decisions: int = MAX_DECISIONS
     skipped: int = 0
     conflicts: int = 0
     listed: dict[str, int] = field(default_factory=lambda: {SOURCE: 0, DESTINATION: 0})
+    deleted: dict[str, int] = field(default_factory=lambda: {SOURCE: 0, DESTINATION: 0})
+    writes: int = 0  # copies, directories and keep-both pairs to make
+    copies: int = 0  # of which copies and directories (a dry run's "would copy")
+    bytes: int = 0  # bytes the decisions move
+    bytes_copied: int = 0  # of which by copies and directories
 
     def deletes(self, side: str) -> int:
-        return sum(1 for a in self.actions if a.kind == "delete" and a.side == side)
+        return self.deleted[side]
+
+    def act(self, action: Action) -> None:
+        """An action with no decision of its own (bookkeeping)."""
+        self.sink(action)
 
     def add(self, action: Action, decision: str, reason: str, size: int = 0) -> None:
-        self.actions.append(action)
-        self.decisions.append(Decision(action.path, decision, reason, size))
+        self.sink(action)
+        if action.kind == "delete":
+            self.deleted[action.side] += 1
+        elif action.kind in ("copy", "mkdir", "keep-both"):
+            self.writes += 1
+            if action.kind != "keep-both":
+                self.copies += 1
+                self.bytes_copied += size
+        self.bytes += size
+        if len(self.decisions) < self.max_decisions:
+            self.decisions.append(Decision(action.path, decision, reason, size))
+        else:
+            self.decisions_truncated += 1
 
 
 def unchanged(current: Entry, base: Entry) -> bool:
@@ -133,12 +174,12 @@ def conflict_name(path: str, side: str, now: datetime.datetime) -> str:
     return posixpath.join(head, f"{stem}.conflict-{stamp}-{side}{ext}")
 
 
-def _parents(paths: Mapping[str, Entry]) -> set[str]:
+def _parents(paths: Iterable[Entry]) -> set[str]:
     found: set[str] = set()
-    for path, entry in paths.items():
+    for entry in paths:
         if entry.is_dir:
             continue
-        head = posixpath.dirname(path)
+        head = posixpath.dirname(entry.path)
         while head and head not in found:
             found.add(head)
             head = posixpath.dirname(head)
@@ -146,18 +187,33 @@ def _parents(paths: Mapping[str, Entry]) -> set[str]:
 
 
 @dataclass(slots=True)
-class _Planner:
+class Planner:
+    """Decides one path at a time, in path order (:meth:`step`), into ``plan``.
+
+    ``occupied(dir)`` says whether a file is listed under a directory on
+    either side (such a directory is not deleted, only forgotten)."""
+
     options: SyncOptions
-    source: Mapping[str, Entry]
-    destination: Mapping[str, Entry]
-    bases: Mapping[str, tuple[Entry | None, Entry | None]]
-    resolutions: Mapping[str, str | None]
-    inflight: Collection[tuple[str, str]]
+    plan: Plan
+    occupied: Callable[[str], bool]
     hasher: Hasher
-    kinds: tuple[str, ...]
-    now: datetime.datetime
-    plan: Plan = field(default_factory=Plan)
-    occupied: set[str] = field(default_factory=set)
+    resolutions: Mapping[str, str | None] = field(default_factory=dict)
+    inflight: Collection[tuple[str, str]] = ()
+    kinds: tuple[str, ...] = ()
+    now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
+
+    async def step(
+        self, path: str, s: Entry | None, d: Entry | None, bs: Entry | None, bd: Entry | None
+    ) -> None:
+        """Plans ``path``: ``s``/``d`` as listed now, ``bs``/``bd`` the base."""
+        if s is not None:
+            self.plan.listed[SOURCE] += 1
+        if d is not None:
+            self.plan.listed[DESTINATION] += 1
+        if self.options.mode is Mode.BISYNC:
+            await self.bisync(path, s, d, bs, bd)
+        else:
+            await self.one_way(path, s, d, bs, bd)
 
     async def same(self, s: Entry, d: Entry, *, strict: bool = False) -> bool:
         return await same_content(
@@ -173,20 +229,20 @@ class _Planner:
     def delete(self, side: str, s: Entry | None, d: Entry | None, reason: str) -> None:
         entry = s if side == SOURCE else d
         assert entry is not None
-        if entry.is_dir and entry.path in self.occupied:
+        if entry.is_dir and self.occupied(entry.path):
             # Not empty any more: files are (or will be) under it.
-            self.plan.actions.append(Action("forget", entry.path))
+            self.plan.act(Action("forget", entry.path))
             return
         self.plan.add(Action("delete", entry.path, side, s, d), f"delete-{side}", reason)
 
-    async def one_way(self, path: str) -> None:
-        s, d = self.source.get(path), self.destination.get(path)
-        bs, bd = self.bases.get(path, (None, None))
+    async def one_way(
+        self, path: str, s: Entry | None, d: Entry | None, bs: Entry | None, bd: Entry | None
+    ) -> None:
         if s is None:
             if d is not None and self.options.mode is Mode.MIRROR:
                 self.delete(DESTINATION, s, d, "not on the source")
             elif d is None:
-                self.plan.actions.append(Action("forget", path))
+                self.plan.act(Action("forget", path))
             else:
                 self.plan.skipped += 1  # only on the destination: copy keeps it
             return
@@ -199,7 +255,7 @@ class _Planner:
             self.plan.skipped += 1
         elif await self.same(s, d):
             self.plan.skipped += 1
-            self.plan.actions.append(Action("record", path, DESTINATION, s, d))
+            self.plan.act(Action("record", path, DESTINATION, s, d))
         else:
             changed = bs is None or not unchanged(s, bs)
             self.copy(
@@ -209,9 +265,9 @@ class _Planner:
                 "changed on the source" if changed else "changed on the destination",
             )
 
-    async def bisync(self, path: str) -> None:
-        s, d = self.source.get(path), self.destination.get(path)
-        bs, bd = self.bases.get(path, (None, None))
+    async def bisync(
+        self, path: str, s: Entry | None, d: Entry | None, bs: Entry | None, bd: Entry | None
+    ) -> None:
         if await self.unfinished(path, s, d, bs, bd):
             return
         if bs is None or bd is None:
@@ -222,7 +278,7 @@ class _Planner:
             elif s is not None and d is not None:
                 if await self.same(s, d, strict=True):
                     self.plan.skipped += 1
-                    self.plan.actions.append(Action("record", path, DESTINATION, s, d))
+                    self.plan.act(Action("record", path, DESTINATION, s, d))
                 else:
                     await self.conflict(s, d, "new on both sides, different")
             return
@@ -231,7 +287,7 @@ class _Planner:
         if not s_changed and not d_changed:
             self.plan.skipped += 1
         elif s is None and d is None:
-            self.plan.actions.append(Action("forget", path))
+            self.plan.act(Action("forget", path))
         elif s_changed and not d_changed:
             if s is None:
                 self.delete(DESTINATION, s, d, "deleted on the source")
@@ -258,7 +314,7 @@ class _Planner:
             )
         elif await self.same(s, d, strict=True):
             self.plan.skipped += 1
-            self.plan.actions.append(Action("record", path, DESTINATION, s, d))
+            self.plan.act(Action("record", path, DESTINATION, s, d))
         else:
             await self.conflict(s, d, "changed on both sides")
 
@@ -283,7 +339,7 @@ class _Planner:
                 )
             elif s is not None and d is not None and await self.same(s, d, strict=True):
                 self.plan.skipped += 1
-                self.plan.actions.append(Action("record", path, DESTINATION, s, d))
+                self.plan.act(Action("record", path, DESTINATION, s, d))
             else:
                 self.copy(
                     target, s, d, f"a transfer to the {target} that did not finish, done again"
@@ -345,23 +401,25 @@ async def make_plan(
     hasher: Hasher,
     kinds: tuple[str, ...] = (),
     now: datetime.datetime | None = None,
-) -> Plan:
-    """What the run will do, path by path (in path order). ``inflight``:
-    (path, side written) of the journal's unfinished transfers."""
-    planner = _Planner(
+) -> tuple[Plan, list[Action]]:
+    """The plan of listings held in memory (small sets; the engine streams
+    through :class:`Planner` instead), with its actions in path order.
+    ``inflight``: (path, side written) of the journal's unfinished transfers."""
+    actions: list[Action] = []
+    plan = Plan(actions.append)
+    occupied = _parents(source.values()) | _parents(destination.values())
+    planner = Planner(
         options,
-        source,
-        destination,
-        bases,
+        plan,
+        occupied.__contains__,
+        hasher,
         resolutions or {},
         inflight,
-        hasher,
         kinds,
         now or datetime.datetime.now(datetime.UTC),
     )
-    planner.occupied = _parents(source) | _parents(destination)
-    planner.plan.listed = {SOURCE: len(source), DESTINATION: len(destination)}
-    step = planner.bisync if options.mode is Mode.BISYNC else planner.one_way
     for path in sorted(set(source) | set(destination) | set(bases)):
-        await step(path)
-    return planner.plan
+        await planner.step(
+            path, source.get(path), destination.get(path), *bases.get(path, (None, None))
+        )
+    return plan, actions

@@ -38,6 +38,9 @@ class SyncOptions:
     max_delete: float = 50.0  # percent of the destination; 100 disables the guard
     dry_run: bool = False
     transfers: int = 8  # concurrent transfers per job
+    # Concurrent calls per store across every run in the process (a budget
+    # per store, see sidecar.sync._limits); None: the connector's default.
+    max_connections: int | None = None
     bandwidth: int | None = None  # bytes per second across the job, None: unlimited
     retries: int = 5
     # The first retry's delay in seconds; each next one doubles (with jitter).
@@ -59,6 +62,8 @@ class SyncOptions:
             raise ValueError("max_delete: a percentage from 0 to 100")
         if self.transfers < 1:
             raise ValueError("transfers: at least 1")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections: at least 1, or None for the store's default")
         if self.bandwidth is not None and self.bandwidth <= 0:
             raise ValueError("bandwidth: bytes per second above 0, or None for unlimited")
         if self.retries < 0:
@@ -117,7 +122,9 @@ class RunReport:
     files_skipped: int = 0
     conflicts: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
+    # The first 10,000 decisions, in path order; the rest are counted here.
     decisions: list[Decision] = field(default_factory=list)
+    decisions_truncated: int = 0
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:

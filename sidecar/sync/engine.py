@@ -4,15 +4,20 @@
 scheduled job call. Its order of work:
 
 1. open the state database (read-only for a dry run) and both connectors;
-2. list both sides at once (streamed; only the entries are kept);
-3. plan every path (:mod:`sidecar.sync._plan`);
-4. the deletion guard: a plan deleting more than ``max_delete`` percent of a
-   side's entries stops here, before *any* change (copies included), so a
-   mistaken run leaves both sides as they were;
+2. list both sides at once, each streamed into the run's scratch database
+   (:mod:`sidecar.sync._scratch`; memory does not grow with the listing);
+3. plan every path in path order (:mod:`sidecar.sync._plan`), walking the two
+   listings and the state through one cursor; the actions go to the scratch
+   database, the report keeps counts and the first decisions;
+4. the deletion guard, on the plan's totals: a plan deleting more than
+   ``max_delete`` percent of a side's entries stops here, before *any* change
+   (copies included), so a mistaken run leaves both sides as they were;
 5. a dry run stops here too, with the plan in the report;
 6. transfers and directory creations, then deletions (so a rename, seen as a
-   delete and a create, never leaves the data on neither side), each recorded
-   in the state after it is verified.
+   delete and a create, never leaves the data on neither side), fed from the
+   scratch table through a bounded queue, each recorded in the state after it
+   is verified; every call to a store holds one of its process-wide
+   connection slots (:mod:`sidecar.sync._limits`).
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from sidecar.sync._plan import DESTINATION, SOURCE, Plan, make_plan
+from sidecar.sync._feed import FeedingExecutor
+from sidecar.sync._limits import LimitedConnector, default_connections, store_key, store_slots
+from sidecar.sync._plan import DESTINATION, SOURCE, Plan, Planner
+from sidecar.sync._scratch import BATCH, Scratch
 from sidecar.sync._spec import Mode, Progress, RunReport, SyncOptions
 from sidecar.sync._state import JobBusyError, StateStore
-from sidecar.sync._transfer import Executor, ProgressMeter, TokenBucket, with_retries
-from sidecar.sync.connectors._base import Connector, Entry, ResumeToken, SyncStoreError
+from sidecar.sync._transfer import ProgressMeter, TokenBucket, with_retries
+from sidecar.sync.connectors._base import Connector, ResumeToken, SyncStoreError
 
 __all__ = ["run_sync"]
 
@@ -35,6 +43,9 @@ log = logging.getLogger(__name__)
 
 #: Actions that change a store, in the order they run (deletions last).
 _WRITES = ("copy", "mkdir", "keep-both")
+
+#: Actions that only write the job's state (done before the transfers).
+_BOOKKEEPING = ("record", "forget", "queue")
 
 
 async def run_sync(
@@ -67,9 +78,12 @@ async def run_sync(
                 options.state_path, read_only=options.dry_run, exclusive=not options.dry_run
             ).open()
             stack.callback(state.close)
+            # A dry run writes nothing beside the state: its scratch is a temporary file.
+            scratch = Scratch("" if options.dry_run else options.state_path).open()
+            stack.callback(scratch.close)
             if connectors is None:
                 connectors = await _open(options, stack)
-            await _run(options, connectors, state, report, meter)
+            await _run(options, connectors, state, scratch, report, meter)
     except Exception as exc:
         err = _store_error(exc)
         if err is not None:
@@ -131,64 +145,95 @@ async def _open(
 
 
 async def _list(
-    connector: Connector, meter: ProgressMeter, options: SyncOptions
-) -> dict[str, Entry]:
-    """Every entry of one side; a throttled or broken listing starts again."""
+    connector: Connector, side: str, scratch: Scratch, meter: ProgressMeter, options: SyncOptions
+) -> None:
+    """One side's listing into the scratch database; a throttled or broken
+    listing starts again (from an empty table)."""
 
-    async def once() -> dict[str, Entry]:
-        entries: dict[str, Entry] = {}
-        async for entry in connector.list():
-            entries[entry.path] = entry
-            meter.listed += 1
-            meter.emit()
-        return entries
+    def listed() -> None:
+        meter.listed += 1
+        meter.emit()
 
-    return await with_retries(
+    async def once() -> int:
+        scratch.clear(side)
+        return await scratch.fill(side, connector.list(), listed)
+
+    await with_retries(
         once, retries=options.retries, delay=options.retry_delay, what=f"list {connector.url}"
     )
+
+
+async def _limited(options: SyncOptions, pair: tuple[Connector, Connector]) -> dict[str, Connector]:
+    """The two connectors with their stores' process-wide slots held around each call."""
+    keys = [store_key(c) for c in pair]
+    slots = [
+        await store_slots(key, options.max_connections or default_connections(c))
+        for key, c in zip(keys, pair, strict=True)
+    ]
+    src = LimitedConnector(pair[0], (keys[0], slots[0]), (keys[1], slots[1]))
+    dst = LimitedConnector(pair[1], (keys[1], slots[1]), (keys[0], slots[0]))
+    return {SOURCE: src, DESTINATION: dst}
+
+
+async def _plan(
+    options: SyncOptions,
+    sides: dict[str, Connector],
+    state: StateStore,
+    scratch: Scratch,
+    journal: dict[tuple[str, str], tuple[int, float, ResumeToken | None]],
+) -> Plan:
+    """Plans every path into the scratch database's action table."""
+    resolutions = {c.path: c.resolution for c in state.conflicts() if c.resolution}
+
+    async def hasher(side: str, path: str, kind: str) -> str | None:
+        return await sides[side].hash(path, kind)
+
+    sink = scratch.sink()
+    plan = Plan(sink)
+    planner = Planner(
+        options,
+        plan,
+        scratch.occupied,
+        hasher,
+        resolutions,
+        inflight={(path, direction.split(">")[-1]) for path, direction in journal},
+        kinds=tuple(
+            k for k in sides[SOURCE].listed_hashes if k in sides[DESTINATION].listed_hashes
+        ),
+    )
+    for count, (path, s, d, bs, bd) in enumerate(scratch.walk(), 1):
+        await planner.step(path, s, d, bs, bd)
+        if count % BATCH == 0:
+            await asyncio.sleep(0)  # a long plan lets the process's other work run
+    sink.flush()
+    return plan
 
 
 async def _run(
     options: SyncOptions,
     pair: tuple[Connector, Connector],
     state: StateStore,
+    scratch: Scratch,
     report: RunReport,
     meter: ProgressMeter,
 ) -> None:
-    bases: dict[str, tuple[Entry | None, Entry | None]] = {}
-    resolutions: dict[str, str | None] = {}
     journal: dict[tuple[str, str], tuple[int, float, ResumeToken | None]] = {}
     if state.bind(options.source, options.destination):
-        for side, path, entry in state.bases():
-            s, d = bases.get(path, (None, None))
-            bases[path] = (entry, d) if side == SOURCE else (s, entry)
-        resolutions = {c.path: c.resolution for c in state.conflicts() if c.resolution}
         journal = state.journal()
+        scratch.attach_bases(options.state_path)
     else:  # (a dry run cannot drop it, so it is ignored instead)
         log.warning("state at %s was for other stores; starting afresh", options.state_path)
 
     meter.enter("listing")
     async with asyncio.TaskGroup() as group:
-        listing = [group.create_task(_list(c, meter, options)) for c in pair]
-    sides = {SOURCE: pair[0], DESTINATION: pair[1]}
-
-    async def hasher(side: str, path: str, kind: str) -> str | None:
-        return await sides[side].hash(path, kind)
+        for side, connector in zip((SOURCE, DESTINATION), pair, strict=True):
+            group.create_task(_list(connector, side, scratch, meter, options))
+    sides = await _limited(options, pair)
 
     meter.enter("planning")
-    kinds = tuple(k for k in pair[0].listed_hashes if k in pair[1].listed_hashes)
-    plan = await make_plan(
-        options,
-        listing[0].result(),
-        listing[1].result(),
-        bases,
-        resolutions=resolutions,
-        inflight={(path, direction.split(">")[-1]) for path, direction in journal},
-        hasher=hasher,
-        kinds=kinds,
-    )
-    del listing, bases  # the plan holds what is still needed
+    plan = await _plan(options, sides, state, scratch, journal)
     report.decisions = plan.decisions
+    report.decisions_truncated = plan.decisions_truncated
     report.files_skipped = plan.skipped
     report.conflicts = plan.conflicts
 
@@ -197,26 +242,23 @@ async def _run(
         report.status = "guarded"
         report.message = guard
         return
-    writes = [a for a in plan.actions if a.kind in _WRITES]
-    deletes = [a for a in plan.actions if a.kind == "delete"]
+    deletes = plan.deletes(SOURCE) + plan.deletes(DESTINATION)
     if options.dry_run:
-        report.files_copied = sum(1 for a in writes if a.kind != "keep-both")
-        report.bytes_copied = sum(
-            d.bytes for d in plan.decisions if d.action.startswith(("copy", "mkdir"))
-        )
-        report.files_deleted = len(deletes)
+        report.files_copied = plan.copies
+        report.bytes_copied = plan.bytes_copied
+        report.files_deleted = deletes
         report.status = "completed"
         report.message = (
             f"dry run: would copy {report.files_copied} file(s) ({report.bytes_copied} bytes),"
-            f" delete {len(deletes)}, settle {plan.conflicts} conflict(s); nothing changed"
+            f" delete {deletes}, settle {plan.conflicts} conflict(s); nothing changed"
         )
         return
 
-    meter.files_total = len(writes)
-    meter.bytes_total = sum(d.bytes for d in plan.decisions)
-    meter.deletes_total = len(deletes)
+    meter.files_total = plan.writes
+    meter.bytes_total = plan.bytes
+    meter.deletes_total = deletes
     meter.enter("transferring")
-    executor = Executor(
+    executor = FeedingExecutor(
         options,
         sides,
         state,
@@ -225,19 +267,19 @@ async def _run(
         journal=journal,
         bucket=TokenBucket(options.bandwidth) if options.bandwidth else None,
     )
-    bookkeeping = [a for a in plan.actions if a.kind not in (*_WRITES, "delete")]
-    await executor.run(bookkeeping + writes)
+    await executor.run(scratch.actions(_BOOKKEEPING))
+    await executor.run(scratch.actions(_WRITES))
     if report.errors and options.mode is not Mode.COPY:
         # A side that could not be brought up to date is not to be pruned
         # to match the other: its deletions wait for a clean run.
         report.status = "failed"
         report.message = (
-            f"{len(report.errors)} error(s); {len(deletes)} deletion(s) not done"
+            f"{len(report.errors)} error(s); {deletes} deletion(s) not done"
             if deletes
             else f"{len(report.errors)} error(s)"
         )
         return
-    await executor.run(deletes)
+    await executor.run(scratch.actions(("delete",)))
     report.status = "failed" if report.errors else "completed"
     report.message = f"{len(report.errors)} error(s)" if report.errors else ""
     if not report.errors:
