@@ -9,7 +9,7 @@ STAMP    := $(VENV)/.installed
 BUF      := .tools/node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit fuzz lint gen check-gen bench install tools clean
+.PHONY: run test test-unit fuzz lint gen check-gen schemas bench install tools clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
@@ -38,6 +38,11 @@ gen: $(STAMP)
 ## check-gen: fail when the committed generated code differs from proto/
 check-gen: $(STAMP)
 	scripts/gen.sh $(PY) --check
+
+## schemas: regenerate schemas/ (the JSON Schemas of the files eco reads) from the models;
+## a unit test fails when a committed schema differs from them
+schemas: $(STAMP)
+	$(PY) -m eco._schemas schemas
 
 ## lint: buf lint + format, ruff, mypy over hand-written code, the import layers (pyproject.toml)
 lint: tools

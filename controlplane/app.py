@@ -39,8 +39,10 @@ from ecosystem.v1 import (
     agent_pb2_grpc,
     ca_pb2,
     ca_pb2_grpc,
+    catalog_pb2_grpc,
     intention_pb2,
     intention_pb2_grpc,
+    platform_pb2_grpc,
     sync_pb2_grpc,
 )
 from ecosystem.v1 import registry_pb2 as pb
@@ -52,6 +54,12 @@ from bus.servicer import MESSAGING_SERVICE, MessagingServicer, add_messaging
 from controlplane.acl import AclInterceptor, AclServicer, AclStore, AuditLog, Authorizer, Need
 from controlplane.admin import admin_runner
 from controlplane.agent import AgentLimits, AgentServicer, AgentSettings, LoadSpreader, Reaper
+from controlplane.catalog import (
+    CATALOG_SERVICE,
+    PLATFORM_SERVICE,
+    CatalogServicer,
+    PlatformServicer,
+)
 from controlplane.config import ControlPlaneConfig, is_loopback, parse_hostport
 from controlplane.events import EventPublisher
 from controlplane.identity import CAServicer, IdentityAuthority, load_or_create_roots
@@ -339,6 +347,12 @@ class ControlPlane:
             ),
             server,
         )
+        platform_pb2_grpc.add_PlatformServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            PlatformServicer(store, self._view), server
+        )
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            CatalogServicer(store, self.sync), server
+        )
         if self.identity is not None:
             self.identity.start()
         try:
@@ -362,6 +376,8 @@ class ControlPlane:
                 INTENTION_SERVICE,
                 ROUTE_SERVICE,
                 SYNC_SERVICE,
+                PLATFORM_SERVICE,
+                CATALOG_SERVICE,
                 MESSAGING_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,

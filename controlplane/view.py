@@ -43,7 +43,7 @@ from controlplane.registry import INSTANCES_PREFIX, ROOT_PREFIX, decode_instance
 from controlplane.store import Compacted, EventType, Store, StoreClosed, StoreError, WatchBatch
 from serving.errors import UnavailableError
 
-__all__ = ["InstanceView", "Selector", "ViewConfig", "Watcher"]
+__all__ = ["InstanceView", "Selector", "ViewConfig", "Watcher", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +305,9 @@ class InstanceView:
         self._instances: dict[str, pb.Instance] = {}
         self._by_service: dict[tuple[str, str], dict[str, pb.Instance]] = {}
         self._by_node: dict[str, dict[str, pb.Instance]] = {}
+        # Lists and watches by platform or zone read these, not every instance.
+        self._by_platform: dict[str, dict[str, pb.Instance]] = {}
+        self._by_zone: dict[str, dict[str, pb.Instance]] = {}
         self._ring: deque[tuple[int, tuple[_Change, ...]]] = deque()
         self._ring_count = 0
         self._floor = 0  # the ring holds every change after this revision
@@ -375,6 +378,8 @@ class InstanceView:
         self._instances.clear()
         self._by_service.clear()
         self._by_node.clear()
+        self._by_platform.clear()
+        self._by_zone.clear()
         for kv in result.kvs:
             self._index(kv.key, decode_instance(kv))
         self._ring.clear()
@@ -436,17 +441,28 @@ class InstanceView:
 
     def _index(self, key: str, inst: pb.Instance) -> None:
         old = self._instances.get(key)
-        if old is not None and old.node != inst.node:
-            _drop(self._by_node, old.node, key)
+        if old is not None:
+            if old.node != inst.node:
+                _drop(self._by_node, old.node, key)
+            if old.platform != inst.platform:
+                _drop(self._by_platform, old.platform, key)
+            if old.zone != inst.zone:
+                _drop(self._by_zone, old.zone, key)
         self._instances[key] = inst
         self._by_service.setdefault((inst.namespace, inst.service), {})[key] = inst
         if inst.node:
             self._by_node.setdefault(inst.node, {})[key] = inst
+        if inst.platform:
+            self._by_platform.setdefault(inst.platform, {})[key] = inst
+        if inst.zone:
+            self._by_zone.setdefault(inst.zone, {})[key] = inst
 
     def _unindex(self, key: str, inst: pb.Instance) -> None:
         del self._instances[key]
         _drop(self._by_service, (inst.namespace, inst.service), key)
         _drop(self._by_node, inst.node, key)
+        _drop(self._by_platform, inst.platform, key)
+        _drop(self._by_zone, inst.zone, key)
 
     def _remember(self, revision: int, changes: tuple[_Change, ...]) -> None:
         self._ring.append((revision, changes))
@@ -500,29 +516,45 @@ class InstanceView:
             ) from None
 
     def select(self, selector: Selector) -> list[pb.Instance]:
+        """The instances ``selector`` matches, by namespace, service and id.
+
+        Read from the smallest index that covers the selector (a service, a
+        platform, a zone); the other fields filter that set. Only a selector
+        with none of the three (tags or health alone, or nothing) reads every
+        instance."""
+        found = [inst for inst in self._pool(selector) if selector.matches(inst)]
+        found.sort(key=lambda i: (i.namespace, i.service, i.id))
+        return found
+
+    def _pool(self, selector: Selector) -> Iterable[pb.Instance]:
+        pools: list[dict[str, pb.Instance]] = []
         if selector.service and selector.namespace:
-            pool: Iterable[pb.Instance] = self._by_service.get(
-                (selector.namespace, selector.service), {}
-            ).values()
-        elif selector.service:
-            pool = (
+            pools.append(self._by_service.get((selector.namespace, selector.service), {}))
+        if selector.platform:
+            pools.append(self._by_platform.get(selector.platform, {}))
+        if selector.zone:
+            pools.append(self._by_zone.get(selector.zone, {}))
+        if pools:
+            return min(pools, key=len).values()
+        if selector.service:
+            return (
                 inst
                 for (_ns, svc), group in self._by_service.items()
                 if svc == selector.service
                 for inst in group.values()
             )
-        else:
-            pool = self._instances.values()
-        found = [inst for inst in pool if selector.matches(inst)]
-        found.sort(key=lambda i: (i.namespace, i.service, i.id))
-        return found
+        return self._instances.values()
+
+    def platform_instance_count(self, platform: str) -> int:
+        """How many instances name ``platform`` (from the index)."""
+        return len(self._by_platform.get(platform, {}))
 
     def service(self, namespace: str, name: str) -> tuple[pb.Service, list[pb.Instance]] | None:
         group = self._by_service.get((namespace, name))
         if not group:
             return None
         instances = sorted(group.values(), key=lambda i: i.id)
-        return _summarize(namespace, name, instances), instances
+        return summarize(namespace, name, instances), instances
 
     def items(self) -> ItemsView[str, pb.Instance]:
         """Every instance by store key (a live view: do not await while iterating)."""
@@ -555,7 +587,7 @@ class InstanceView:
 
     def services(self, namespace: str = "") -> list[pb.Service]:
         return [
-            _summarize(ns, name, list(group.values()))
+            summarize(ns, name, list(group.values()))
             for (ns, name), group in sorted(self._by_service.items())
             if not namespace or ns == namespace
         ]
@@ -644,7 +676,8 @@ def _drop(index: dict[Any, dict[str, pb.Instance]], group: Any, key: str) -> Non
             del index[group]
 
 
-def _summarize(namespace: str, name: str, instances: list[pb.Instance]) -> pb.Service:
+def summarize(namespace: str, name: str, instances: list[pb.Instance]) -> pb.Service:
+    """A service's summary (its instance counts by health) over ``instances``."""
     counts = {status: 0 for status in pb.HealthStatus.values()}
     for inst in instances:
         counts[inst.health] = counts.get(inst.health, 0) + 1

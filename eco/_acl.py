@@ -18,7 +18,7 @@ from eco._settings import Settings, call, data_options, pass_settings
 
 __all__ = ["acl"]
 
-_RESOURCES = "service, namespace, node, bus, acl, operator, route, sync"
+_RESOURCES = "service, namespace, node, bus, acl, operator, route, sync, platform, dataset"
 
 
 def _when(seconds: int) -> str:

@@ -22,10 +22,12 @@ from eco._intention import intention
 from eco._node import node, wait
 from eco._output import OutputFormat
 from eco._route import route
+from eco._schemas import schema_command
 from eco._service import service
 from eco._settings import OUTPUT_CHOICE, Settings, check_server, configure_logging
 from eco._sidecar import sidecar_command
 from eco._sync import sync
+from eco._validate import validate_command
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "cli", "describe_error", "main"]
 
@@ -177,6 +179,8 @@ cli.add_command(intention)
 cli.add_command(route)
 cli.add_command(gateway_command)
 cli.add_command(sync)
+cli.add_command(validate_command)
+cli.add_command(schema_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,7 +62,18 @@ SYNC_EVENTS_PREFIX = "eco.sync."
 _RESERVED = (EVENTS_PREFIX, SYNC_EVENTS_PREFIX)
 DEFAULT_NAMESPACE = "default"
 
-RESOURCES = ("service", "namespace", "node", "bus", "acl", "operator", "route", "sync")
+RESOURCES = (
+    "service",
+    "namespace",
+    "node",
+    "bus",
+    "acl",
+    "operator",
+    "route",
+    "sync",
+    "platform",
+    "dataset",
+)
 ACCESSES = ("read", "write", "deny", "publish", "subscribe")
 _BUS_ONLY = ("publish", "subscribe")
 _PATTERN = re.compile(r"^[A-Za-z0-9*._>/-]{1,256}$")

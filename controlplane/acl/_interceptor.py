@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 import grpc
 import grpc.aio
-from ecosystem.v1 import agent_pb2, gateway_pb2, intention_pb2, sync_pb2
+from ecosystem.v1 import agent_pb2, catalog_pb2, gateway_pb2, intention_pb2, platform_pb2, sync_pb2
 from ecosystem.v1 import registry_pb2 as pb
 
 from controlplane.acl._audit import AuditLog
@@ -62,6 +62,9 @@ _RESPONSES: dict[str, type[Any]] = {
     "/ecosystem.v1.RouteService/ListRoutes": gateway_pb2.ListRoutesResponse,
     "/ecosystem.v1.RouteService/WatchRoutes": gateway_pb2.WatchRoutesResponse,
     "/ecosystem.v1.SyncService/ListSyncJobs": sync_pb2.ListSyncJobsResponse,
+    "/ecosystem.v1.PlatformService/GetPlatform": platform_pb2.GetPlatformResponse,
+    "/ecosystem.v1.PlatformService/ListPlatforms": platform_pb2.ListPlatformsResponse,
+    "/ecosystem.v1.CatalogService/ListDatasets": catalog_pb2.ListDatasetsResponse,
 }
 _CONNECT = "/ecosystem.v1.AgentService/Connect"
 #: Seconds between two checks that an open agent session's token still holds
@@ -209,6 +212,35 @@ def _filter(authorizer: Authorizer, identity: Identity, method: str, response: A
         ]
         del message.jobs[:]
         message.jobs.extend(kept_jobs)
+    elif response_type is platform_pb2.ListPlatformsResponse:
+        kept_platforms = [
+            p
+            for p in message.platforms
+            if authorizer.allows(identity, Need("platform", p.name, "read"))
+        ]
+        del message.platforms[:]
+        message.platforms.extend(kept_platforms)
+    elif response_type is platform_pb2.GetPlatformResponse:
+        kept_instances = [i for i in message.instances if authorizer.may_read_instance(identity, i)]
+        del message.instances[:]
+        message.instances.extend(kept_instances)
+        kept_services = [
+            s
+            for s in message.services
+            if authorizer.allows(
+                identity, Need("service", s.name, "read", s.namespace or "default")
+            )
+        ]
+        del message.services[:]
+        message.services.extend(kept_services)
+    elif response_type is catalog_pb2.ListDatasetsResponse:
+        kept_datasets = [
+            d
+            for d in message.datasets
+            if authorizer.allows(identity, Need("dataset", d.name, "read"))
+        ]
+        del message.datasets[:]
+        message.datasets.extend(kept_datasets)
     else:
         kept_nodes = [
             n for n in message.nodes if authorizer.allows(identity, Need("node", n.node.id, "read"))

@@ -85,6 +85,8 @@ _CA = "/ecosystem.v1.CAService/"
 _I = "/ecosystem.v1.IntentionService/"
 _G = "/ecosystem.v1.RouteService/"
 _S = "/ecosystem.v1.SyncService/"
+_P = "/ecosystem.v1.PlatformService/"
+_D = "/ecosystem.v1.CatalogService/"
 
 
 def _route(name: str, access: str) -> Need:
@@ -182,6 +184,21 @@ TABLE: dict[str, Entry] = {
     _S + "WatchSyncRuns": Entry(lambda r: [Need("node", r.node, "write")]),
     _S + "ClaimSyncRun": Entry(lambda r: [Need("node", r.node, "write")], write=True),
     _S + "ReportSyncRun": Entry(lambda r: [Need("node", r.node, "write")], write=True),
+    # Platforms and datasets: `platform:<name>:read|write`, `dataset:<name>:
+    # read|write`; lists show what the token may read, and a platform's
+    # instances and services the ones the token may read.
+    _P + "RegisterPlatform": Entry(
+        lambda r: [Need("platform", r.platform.name, "write")], write=True
+    ),
+    _P + "GetPlatform": Entry(lambda r: [Need("platform", r.name, "read")], filtered=True),
+    _P + "ListPlatforms": Entry(lambda r: [_any("platform", "read")], filtered=True),
+    _P + "DeregisterPlatform": Entry(lambda r: [Need("platform", r.name, "write")], write=True),
+    _P + "WatchPlatforms": Entry(lambda r: [Need("platform", "*", "read")]),
+    _D + "AddDataset": Entry(lambda r: [Need("dataset", r.dataset.name, "write")], write=True),
+    _D + "UpdateDataset": Entry(lambda r: [Need("dataset", r.dataset.name, "write")], write=True),
+    _D + "GetDataset": Entry(lambda r: [Need("dataset", r.name, "read")]),
+    _D + "ListDatasets": Entry(lambda r: [_any("dataset", "read")], filtered=True),
+    _D + "RemoveDataset": Entry(lambda r: [Need("dataset", r.name, "write")], write=True),
     # Health and reflection.
     "/grpc.health.v1.Health/Check": Entry(_none),
     "/grpc.health.v1.Health/Watch": Entry(_none),
