@@ -41,6 +41,7 @@ SERVER_MODULES: dict[str, str] = {
     "google.cloud.storage": "google-cloud-storage",
     "asyncssh": "asyncssh",
     "cronsim": "cronsim",
+    "jsonschema": "jsonschema",
 }
 if sys.platform != "win32":
     SERVER_MODULES["uvloop"] = "uvloop"
