@@ -9,27 +9,38 @@ directory is a zero-byte ``path/`` marker object (``Entry.is_dir``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+import asyncio
+import hashlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from sidecar.sync.connectors._base import SourceOpener, SyncStoreError
 from sidecar.sync.connectors._hashing import new_hasher
 
 __all__ = [
+    "DEFAULT_PART_CONCURRENCY",
     "DEFAULT_PART_SIZE",
+    "DEFAULT_UPLOAD_CUTOFF",
     "META_MD5",
     "META_MTIME",
     "POOL_SIZE",
     "ObjectRoot",
     "compute_hash",
+    "concurrency_from",
+    "cutoff_from",
+    "digest_of",
     "page_size_from",
     "parse_mtime",
+    "part_count",
     "part_size_from",
     "parts_of",
     "read_exactly",
+    "send_parts",
     "token_fits",
 ]
+
+T = TypeVar("T")
 
 # Object metadata the connectors write: the source's mtime (seconds since the
 # epoch, as text) and the MD5 of the whole content computed while uploading
@@ -37,10 +48,18 @@ __all__ = [
 META_MTIME = "mtime"
 META_MD5 = "md5"
 
-# Objects up to this size go in one request; larger ones in parts of it.
-# 8 MiB: above S3's 5 MiB part minimum, a multiple of GCS's 256 KiB chunk
-# unit, small enough that 16 concurrent transfers hold 128 MiB at most.
+# Objects above ``upload_cutoff`` go in parts of ``part_size``, up to
+# ``part_concurrency`` of one object's parts in flight at once; smaller ones
+# in one request. 8 MiB parts: above S3's 5 MiB minimum, a multiple of GCS's
+# 256 KiB chunk unit. The cutoff is parts in flight x part size, so a
+# transfer holds at most 32 MiB (plus the part being read) either way:
+# 8 transfers, 256 MiB. Measured on moto and azurite (docs/benchmarks.md,
+# "Sync"): one request beats parts up to tens of MiB (a multipart upload
+# costs a create, a complete and a HEAD beside the parts), and 4 parts at
+# once carry a large object at about the speed of one request.
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
+DEFAULT_PART_CONCURRENCY = 4
+DEFAULT_UPLOAD_CUTOFF = DEFAULT_PART_CONCURRENCY * DEFAULT_PART_SIZE
 
 # Connections per connector: the engine runs up to ~16 transfers at once,
 # and listing or stat calls go beside them.
@@ -95,6 +114,20 @@ def part_size_from(settings: Mapping[str, str], *, minimum: int, multiple: int =
     return -(-size // multiple) * multiple
 
 
+def concurrency_from(settings: Mapping[str, str]) -> int:
+    """The ``part_concurrency`` setting: one object's parts sent at once."""
+    return _int_setting(settings, "part_concurrency", DEFAULT_PART_CONCURRENCY)
+
+
+def cutoff_from(settings: Mapping[str, str], *, part_size: int, maximum: int) -> int:
+    """The ``upload_cutoff`` setting (bytes): the largest object sent in one
+    request (larger ones go in parts); at least one part, at most what the
+    store takes in one request. Its default is the bytes of a transfer's
+    parts in flight (``part_concurrency`` x ``part_size``)."""
+    default = concurrency_from(settings) * part_size
+    return min(max(_int_setting(settings, "upload_cutoff", default), part_size), maximum)
+
+
 def page_size_from(settings: Mapping[str, str], *, maximum: int) -> int:
     """The ``list_page_size`` setting: entries per listing request (the
     store's usual 1,000 by default), at most what the store serves."""
@@ -116,20 +149,29 @@ async def parts_of(
     """The source's bytes re-cut into parts of exactly ``part_size`` (the last
     one shorter), ``total`` bytes in all; a source that ends early or runs
     over is an error, never a silently short object."""
-    buffer = bytearray()
+    # The pieces of the part being gathered, joined once when it is whole:
+    # each byte is copied once (a growing bytearray sliced into bytes copied
+    # every part three times, 3 x 64 MiB for a 64 MiB object).
+    pending: list[memoryview] = []
+    held = 0
     seen = 0
     async for chunk in chunks:
         seen += len(chunk)
         if seen > total:
             raise SyncStoreError(f"the source gave more than the {total} bytes expected")
-        buffer += chunk
-        while len(buffer) >= part_size:
-            yield bytes(buffer[:part_size])
-            del buffer[:part_size]
+        view = memoryview(chunk)
+        while held + len(view) >= part_size:
+            take = part_size - held
+            pending.append(view[:take])
+            yield pending[0].tobytes() if len(pending) == 1 else b"".join(pending)
+            pending, held, view = [], 0, view[take:]
+        if view:
+            pending.append(view)
+            held += len(view)
     if seen < total:
         raise SyncStoreError(f"the source ended after {seen} of {total} bytes")
-    if buffer:
-        yield bytes(buffer)
+    if pending:
+        yield pending[0].tobytes() if len(pending) == 1 else b"".join(pending)
 
 
 def token_fits(
@@ -150,8 +192,9 @@ def token_fits(
 async def read_exactly(source: SourceOpener, size: int) -> bytes:
     """The whole (small) source in memory, ``size`` bytes or an error."""
     data = b""
+    # One part of the whole size (read to the end: a longer source is an error).
     async for part in parts_of(source(0), max(size, 1), size):
-        data += part
+        data = part
     return data
 
 
@@ -164,3 +207,119 @@ async def compute_hash(chunks: AsyncIterator[bytes], kind: str) -> str | None:
     async for chunk in chunks:
         hasher.update(chunk)
     return hasher.result()
+
+
+def part_count(size: int, part_size: int) -> int:
+    return max(1, -(-size // part_size))
+
+
+async def _missing(
+    source: SourceOpener, size: int, part_size: int, held: Collection[int]
+) -> AsyncGenerator[tuple[int, bytes], None]:
+    """(number, bytes) of each part (numbered from 1) not in ``held``: the
+    source is opened once per run of missing parts, at its first byte, and
+    read only to the run's end, so held parts are neither sent nor read."""
+    last = part_count(size, part_size)
+    number = 1
+    while number <= last:
+        if number in held:
+            number += 1
+            continue
+        end = number
+        while end < last and end + 1 not in held:
+            end += 1
+        start, stop = (number - 1) * part_size, min(end * part_size, size)
+        chunks = _upto(source(start), stop - start)
+        async for data in parts_of(chunks, part_size, stop - start):
+            yield number, data
+            number += 1
+        number = end + 1
+
+
+async def _upto(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """The first ``limit`` bytes of ``chunks`` (the source is closed after them)."""
+    try:
+        async for chunk in chunks:
+            if len(chunk) >= limit:
+                if limit:
+                    yield chunk[:limit]
+                return
+            limit -= len(chunk)
+            yield chunk
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+# Below this, an MD5 (under ~1 ms) costs less than the hop to a thread.
+_HASH_INLINE = 1 << 20
+
+
+async def digest_of(data: bytes) -> Any:
+    """A hashlib MD5 of ``data``, computed off the event loop when it is big."""
+    if len(data) < _HASH_INLINE:
+        return hashlib.md5(data, usedforsecurity=False)
+    return await asyncio.to_thread(hashlib.md5, data, usedforsecurity=False)
+
+
+def _digests(data: bytes, whole: Any) -> bytes:
+    # In a worker thread: hashlib lets go of the GIL over big buffers, so an
+    # 8 MiB part's MD5 (~10 ms) does not stall the event loop's other transfers.
+    if whole is not None:
+        whole.update(data)
+    return hashlib.md5(data, usedforsecurity=False).digest()
+
+
+async def send_parts(
+    source: SourceOpener,
+    size: int,
+    part_size: int,
+    *,
+    held: Collection[int],
+    concurrency: int,
+    whole: Any,
+    send: Callable[[int, bytes, bytes], Awaitable[T]],
+) -> dict[int, T]:
+    """Sends the parts of the source not in ``held`` (numbers from 1), up to
+    ``concurrency`` at once: ``send(number, data, md5)`` for each, answered
+    by number. Parts are read in order (``whole``, a hashlib MD5 or None,
+    sees every byte read, in order); the next one only when a slot is free,
+    so at most ``concurrency`` parts are in memory, plus the one being read.
+
+    When a part or the source fails, no new part is started; the parts in
+    flight are let finish (whole parts the store keeps for a resume) and the
+    first error is raised. A cancellation cancels the parts in flight."""
+    answers: dict[int, T] = {}
+    failed: list[BaseException] = []
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(number: int, data: bytes, digest: bytes) -> None:
+        try:
+            answers[number] = await send(number, data, digest)
+        except Exception as exc:
+            failed.append(exc)
+        finally:
+            slots.release()
+
+    parts = _missing(source, size, part_size, held)
+    try:
+        async with asyncio.TaskGroup() as group:
+            while not failed:
+                await slots.acquire()
+                if failed:
+                    break
+                try:
+                    number, data = await anext(parts)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    failed.append(exc)  # the source's: parts in flight still finish
+                    break
+                digest = await asyncio.to_thread(_digests, data, whole)
+                group.create_task(one(number, data, digest))
+    finally:
+        await parts.aclose()
+    if failed:
+        raise failed[0]
+    return answers

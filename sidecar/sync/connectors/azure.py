@@ -5,14 +5,16 @@ aiohttp, so listing and transfers are native asyncio (aiohttp's pool holds
 up to 100 connections). Settings: ``AZURE_STORAGE_CONNECTION_STRING`` or
 the profile's ``connection_string``; or ``account_url`` with
 ``account_key`` (and ``account_name`` when the URL does not name it) or
-``sas_token``; and ``part_size``.
+``sas_token``; and ``part_size``, ``part_concurrency``, ``upload_cutoff``.
 
-Small objects go in one Put Blob with a transactional MD5 (the service
-checks it and keeps it as the blob's Content-MD5). Larger ones are staged as
-blocks (each with its MD5 checked by the service) and committed at the end
-with the MD5 of the whole content as Content-MD5 and the source mtime as
-metadata; uncommitted blocks are invisible. The resume token names the
-upload's block-id prefix; a resume asks for the uncommitted block list.
+Objects up to ``upload_cutoff`` go in one Put Blob with a transactional MD5
+(the service checks it and keeps it as the blob's Content-MD5). Larger ones
+are staged as blocks, up to ``part_concurrency`` at once (each with its MD5
+checked by the service), and committed at the end with the MD5 of the
+whole content as Content-MD5 and the source mtime as metadata; uncommitted
+blocks are invisible. The resume token names the upload's block-id prefix;
+a resume asks for the uncommitted block list and stages only the blocks
+missing from it.
 """
 
 from __future__ import annotations
@@ -53,11 +55,15 @@ from sidecar.sync.connectors._cloud import (
     META_MTIME,
     ObjectRoot,
     compute_hash,
+    concurrency_from,
+    cutoff_from,
+    digest_of,
     page_size_from,
     parse_mtime,
+    part_count,
     part_size_from,
-    parts_of,
     read_exactly,
+    send_parts,
     token_fits,
 )
 from sidecar.sync.connectors._hashing import new_hasher
@@ -67,6 +73,7 @@ __all__ = ["AzureConnector"]
 log = logging.getLogger(__name__)
 
 _MIN_PART = 64 * 1024
+_MAX_PUT = 5000 * 1024 * 1024  # Put Blob's largest body (service version 2019-12-12 on)
 _MISSING_CONTAINER = frozenset({"ContainerNotFound", "ContainerBeingDeleted"})
 _AUTH_CODES = frozenset(
     {"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch"}
@@ -78,6 +85,12 @@ def _md5_of(blob: BlobProperties) -> str | None:
     settings = blob.content_settings
     md5 = settings.content_md5 if settings is not None else None
     return bytes(md5).hex() if md5 else None
+
+
+def _block_id(prefix: str, number: int) -> str:
+    """Block ``number`` (from 1) of the upload named ``prefix``: all of one
+    blob's block ids have one length, as the service requires."""
+    return f"{prefix}{number - 1:06d}"
 
 
 def _error_code(exc: HttpResponseError) -> str:
@@ -97,6 +110,8 @@ class AzureConnector:
         self._settings = dict(settings or {})
         self._part_size = part_size_from(self._settings, minimum=_MIN_PART)
         self._page_size = page_size_from(self._settings, maximum=5000)
+        self._part_concurrency = concurrency_from(self._settings)
+        self._cutoff = cutoff_from(self._settings, part_size=self._part_size, maximum=_MAX_PUT)
         self._service: BlobServiceClient | None = None
         self._container: ContainerClient | None = None
 
@@ -119,7 +134,7 @@ class AzureConnector:
             return self._container
         s = self._settings
         # The engine owns retries and backoff: the SDK's own are off.
-        options: dict[str, Any] = {"retry_total": 0, "max_single_put_size": self._part_size}
+        options: dict[str, Any] = {"retry_total": 0, "max_single_put_size": self._cutoff}
         conn = s.get("connection_string") or os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         try:
             if conn:
@@ -290,7 +305,7 @@ class AzureConnector:
     ) -> Entry:
         key = self._root.key(path)
         metadata = {META_MTIME: repr(float(mtime))}
-        if size <= self._part_size:
+        if size <= self._cutoff:
             return await self._put(path, key, source, size, metadata)
         return await self._blocks(path, key, source, size, mtime, metadata, resume, checkpoint)
 
@@ -298,16 +313,18 @@ class AzureConnector:
         self, path: str, key: str, source: SourceOpener, size: int, metadata: dict[str, str]
     ) -> Entry:
         data = await read_exactly(source, size)
-        digest = hashlib.md5(data, usedforsecurity=False).digest()
+        digest = (await digest_of(data)).digest()
         client = self._ensure().get_blob_client(key)
         with self._errors(path):
-            # validate_content sends the MD5 with the body; the service refuses
-            # a body that does not match it, and keeps it as Content-MD5.
+            # The MD5 (computed once, off the loop when the body is big) goes
+            # as the request's Content-MD5: the service refuses a body that
+            # does not match it, and keeps it as the blob's Content-MD5.
+            # (validate_content would hash the body again, on the loop.)
             result = await client.upload_blob(
                 data,
                 overwrite=True,
                 metadata=metadata,
-                validate_content=True,
+                transactional_content_md5=bytearray(digest),
                 content_settings=ContentSettings(content_md5=bytearray(digest)),
             )
         stored = result.get("content_md5")
@@ -342,7 +359,7 @@ class AzureConnector:
         client = self._ensure().get_blob_client(key)
         prefix = uuid.uuid4().hex[:16]
         part_size = self._part_size
-        done: list[str] = []
+        held: set[int] = set()  # numbers (from 1) of whole blocks staged already
         if resume and token_fits(resume, "blocks", key, size, mtime):
             theirs, their_size = str(resume["blocks"]), int(resume.get("part_size", part_size))
             with self._errors(path):
@@ -350,33 +367,50 @@ class AzureConnector:
                     _, uncommitted = await client.get_block_list("uncommitted")
                 except ResourceNotFoundError:
                     uncommitted = []  # no blob and no blocks yet
-            held = {b.id: b.size for b in uncommitted}
-            while (n := held.get(f"{theirs}{len(done):06d}")) is not None and n == min(
-                their_size, size - len(done) * their_size
-            ):
-                done.append(f"{theirs}{len(done):06d}")
-            if done:
+            sizes = {b.id: b.size for b in uncommitted}
+            # Blocks were in flight together: any whole one counts, not only
+            # a run from the first; the rest is staged again.
+            for number in range(1, part_count(size, their_size) + 1):
+                whole_size = min(their_size, size - (number - 1) * their_size)
+                if sizes.get(_block_id(theirs, number)) == whole_size:
+                    held.add(number)
+            if held:
                 prefix, part_size = theirs, their_size
-                log.info("az: resuming %s at block %s", key, len(done))
+                log.info("az: resuming %s: %s blocks staged", key, len(held))
         token = {"blocks": prefix, "part_size": part_size, "key": key, "size": size, "mtime": mtime}
-        offset = len(done) * part_size
-        whole = hashlib.md5(usedforsecurity=False) if offset == 0 else None
-        async for data in parts_of(source(offset), part_size, size - offset):
-            block_id = f"{prefix}{len(done):06d}"
-            if whole is not None:
-                whole.update(data)
+        if checkpoint is not None:
+            await checkpoint(token)  # before any block: a resume finds them all
+        whole = hashlib.md5(usedforsecurity=False) if not held else None
+
+        async def send(number: int, data: bytes, digest: bytes) -> None:
             with self._errors(path):
-                await client.stage_block(block_id, data, validate_content=True)
-            done.append(block_id)
+                # The MD5 computed off the loop goes as the block's
+                # Content-MD5, which the service checks (validate_content
+                # would hash the block again, on the loop).
+                await client.stage_block(
+                    _block_id(prefix, number), data, transactional_content_md5=digest
+                )
             if checkpoint is not None:
-                await checkpoint(token)
+                await checkpoint(token)  # the same token: a block more is staged
+
+        await send_parts(
+            source,
+            size,
+            part_size,
+            held=held,
+            concurrency=self._part_concurrency,
+            whole=whole,
+            send=send,
+        )
         if whole is not None:
             metadata[META_MD5] = whole.hexdigest()
         settings = ContentSettings(content_md5=bytearray(whole.digest()) if whole else None)
+        blocks = [
+            BlobBlock(block_id=_block_id(prefix, n))
+            for n in range(1, part_count(size, part_size) + 1)
+        ]
         with self._errors(path):
-            await client.commit_block_list(
-                [BlobBlock(block_id=b) for b in done], metadata=metadata, content_settings=settings
-            )
+            await client.commit_block_list(blocks, metadata=metadata, content_settings=settings)
         entry = await self.stat(path)
         if entry is None or entry.size != size:
             got = "nothing" if entry is None else f"{entry.size} bytes"

@@ -6,7 +6,8 @@ are native asyncio with one connection pool. Settings come from the standard
 AWS environment and files (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_ENDPOINT_URL``, ``AWS_REGION``, profiles), overridden by a job's
 profile keys ``endpoint_url``, ``access_key_id``, ``secret_access_key``,
-``session_token``, ``region``, ``part_size``, ``etag_is_md5``.
+``session_token``, ``region``, ``part_size``, ``part_concurrency``,
+``upload_cutoff``, ``etag_is_md5``.
 
 Hashes: a single-part object's ETag is the MD5 of its content (unless the
 bucket encrypts with SSE-KMS or SSE-C: ``etag_is_md5=false`` then); a
@@ -53,11 +54,15 @@ from sidecar.sync.connectors._cloud import (
     POOL_SIZE,
     ObjectRoot,
     compute_hash,
+    concurrency_from,
+    cutoff_from,
+    digest_of,
     page_size_from,
     parse_mtime,
+    part_count,
     part_size_from,
-    parts_of,
     read_exactly,
+    send_parts,
     token_fits,
 )
 from sidecar.sync.connectors._hashing import new_hasher
@@ -76,6 +81,7 @@ _Parts = list[dict[str, Any]]  # ListParts entries (``list`` is a method name be
 log = logging.getLogger(__name__)
 
 _MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
+_MAX_PUT = 5 * 1024**3  # S3's largest single PUT
 _READ_CHUNK = 1024 * 1024
 
 
@@ -97,6 +103,8 @@ class S3Connector:
         self._settings = dict(settings or {})
         self._part_size = part_size_from(self._settings, minimum=_MIN_PART)
         self._page_size = page_size_from(self._settings, maximum=1000)
+        self._part_concurrency = concurrency_from(self._settings)
+        self._cutoff = cutoff_from(self._settings, part_size=self._part_size, maximum=_MAX_PUT)
         self._etag_is_md5 = self._settings.get("etag_is_md5", "true").lower() != "false"
         self.listed_hashes = (MD5,) if self._etag_is_md5 else ()
         self._exit: contextlib.AsyncExitStack | None = None
@@ -337,7 +345,9 @@ class S3Connector:
     ) -> Entry:
         key = self._root.key(path)
         metadata = {META_MTIME: repr(float(mtime))}
-        if size <= self._part_size:
+        if size <= self._cutoff:
+            if resume and resume.get("upload_id"):
+                await self._abort(path, key, str(resume["upload_id"]))  # one request now
             return await self._put(path, key, source, size, metadata)
         return await self._multipart(path, key, source, size, mtime, metadata, resume, checkpoint)
 
@@ -346,7 +356,7 @@ class S3Connector:
     ) -> Entry:
         client = await self._ensure()
         data = await read_exactly(source, size)
-        digest = hashlib.md5(data, usedforsecurity=False)
+        digest = await digest_of(data)
         metadata[META_MD5] = digest.hexdigest()
         with self._errors(path):
             response = await client.put_object(
@@ -430,7 +440,7 @@ class S3Connector:
         checkpoint: Callable[[ResumeToken], Awaitable[None]] | None,
     ) -> Entry:
         client = await self._ensure()
-        done: list[tuple[int, str, bytes]] = []  # (number, etag, md5) of parts in place
+        held: dict[int, tuple[str, bytes]] = {}  # number: (etag, md5) of parts in place
         upload_id: str | None = None
         part_size = self._part_size
         if (
@@ -441,59 +451,70 @@ class S3Connector:
             await self._abort(path, key, str(resume["upload_id"]))
         elif resume and token_fits(resume, "upload_id", key, size, mtime):
             part_size = int(resume.get("part_size", part_size))
-            held = await self._resumed_parts(path, key, str(resume["upload_id"]))
-            if held is not None:
+            listed = await self._resumed_parts(path, key, str(resume["upload_id"]))
+            if listed is not None:
                 upload_id = str(resume["upload_id"])
-                by_number = {int(p["PartNumber"]): p for p in held}
-                # Only a run of whole parts from the first counts; the rest is sent again.
-                while (part := by_number.get(len(done) + 1)) is not None and (
-                    int(part["Size"]) == min(part_size, size - len(done) * part_size)
-                ):
-                    md5 = plain_md5(part.get("ETag"))
-                    if md5 is None:
-                        break
-                    done.append((len(done) + 1, str(part["ETag"]), bytes.fromhex(md5)))
-                log.info("s3: resuming %s at part %s of upload %s", key, len(done) + 1, upload_id)
+                last = part_count(size, part_size)
+                # Parts were in flight together: any whole part counts, not
+                # only a run from the first; the rest is sent again.
+                for part in listed:
+                    number, md5 = int(part["PartNumber"]), plain_md5(part.get("ETag"))
+                    whole_size = min(part_size, size - (number - 1) * part_size)
+                    if md5 and 1 <= number <= last and int(part["Size"]) == whole_size:
+                        held[number] = (str(part["ETag"]), bytes.fromhex(md5))
+                log.info(
+                    "s3: resuming %s: %s of %s parts held by upload %s",
+                    key,
+                    len(held),
+                    last,
+                    upload_id,
+                )
         if upload_id is None:
             with self._errors(path):
                 created = await client.create_multipart_upload(
                     Bucket=self._root.bucket, Key=key, Metadata=metadata
                 )
             upload_id = str(created["UploadId"])
-            if checkpoint is not None:
-                await checkpoint(self._token(upload_id, part_size, key, size, mtime))
         token = self._token(upload_id, part_size, key, size, mtime)
-        offset = len(done) * part_size
-        whole = hashlib.md5(usedforsecurity=False) if offset == 0 else None
-        if offset < size:
-            async for data in parts_of(source(offset), part_size, size - offset):
-                number = len(done) + 1
-                digest = hashlib.md5(data, usedforsecurity=False).digest()
-                if whole is not None:
-                    whole.update(data)
-                with self._errors(path):
-                    response = await client.upload_part(
-                        Bucket=self._root.bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=data,
-                        ContentMD5=base64.b64encode(digest).decode(),
-                    )
-                done.append((number, str(response["ETag"]), digest))
-                if checkpoint is not None:
-                    await checkpoint(token)
+        if checkpoint is not None:
+            await checkpoint(token)
+        whole = hashlib.md5(usedforsecurity=False) if not held else None
+
+        async def send(number: int, data: bytes, digest: bytes) -> tuple[str, bytes]:
+            with self._errors(path):
+                response = await client.upload_part(
+                    Bucket=self._root.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                    ContentMD5=base64.b64encode(digest).decode(),
+                )
+            if checkpoint is not None:
+                await checkpoint(token)  # the same token: a part more is in place
+            return str(response["ETag"]), digest
+
+        sent = await send_parts(
+            source,
+            size,
+            part_size,
+            held=held.keys(),
+            concurrency=self._part_concurrency,
+            whole=whole,
+            send=send,
+        )
+        done = sorted({**held, **sent}.items())
         with self._errors(path):
             await client.complete_multipart_upload(
                 Bucket=self._root.bucket,
                 Key=key,
                 UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e, _ in done]},
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, (e, _) in done]},
             )
-        entry = await self._verified(path, size, composite_etag([m for _, _, m in done]))
+        entry = await self._verified(path, size, composite_etag([m for _, (_, m) in done]))
         if whole is not None:
             # Multipart metadata is fixed when the upload starts: the whole MD5
-            # (known only now) goes in a tag. After a resume the sent parts were
+            # (known only now) goes in a tag. After a resume the held parts were
             # not read again, so there is none and hash() reads the object.
             with self._errors(path):
                 await client.put_object_tagging(

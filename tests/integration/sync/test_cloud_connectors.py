@@ -9,6 +9,7 @@ test_connectors.py, over every store.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -116,7 +117,7 @@ async def test_a_multipart_etag_is_not_an_md5_but_hash_answers_from_metadata(
 ) -> None:
     data = os.urandom(2 * PART + 4321)
     md5 = hashlib.md5(data).hexdigest()
-    async with connect(s3_target, part_size=str(PART)) as c:
+    async with connect(s3_target, part_size=str(PART), upload_cutoff=str(PART)) as c:
         entry = await c.write("big.bin", source_of(data), len(data), mtime=MTIME)
         assert entry.etag is not None and entry.etag.endswith("-3"), entry.etag
         assert MD5 not in entry.hashes
@@ -143,7 +144,7 @@ async def test_a_large_objects_listed_md5_is_its_contents(
     (S3 lists a multipart ETag, never an MD5: the test above)."""
     cloud: StoreTarget = request.getfixturevalue(f"{store}_target")
     data = os.urandom(2 * PART + 99)
-    async with connect(cloud, part_size=str(PART)) as c:
+    async with connect(cloud, part_size=str(PART), upload_cutoff=str(PART)) as c:
         entry = await c.write("big.bin", source_of(data), len(data), mtime=MTIME)
         listed = (await listing(c))["big.bin"]
         assert entry.hashes[MD5] == listed.hashes[MD5] == hashlib.md5(data).hexdigest()
@@ -168,7 +169,7 @@ async def test_a_resumed_upload_sends_only_the_missing_parts(cloud: StoreTarget)
             offset += len(chunk)
             yield chunk
 
-    async with connect(cloud, part_size=str(PART)) as c:
+    async with connect(cloud, part_size=str(PART), upload_cutoff=str(PART)) as c:
         with pytest.raises(SourceBroke):
             await c.write(
                 "big.bin", breaks_in_the_third_part, len(data), mtime=MTIME, checkpoint=checkpoint
@@ -185,7 +186,7 @@ async def test_a_resumed_upload_sends_only_the_missing_parts(cloud: StoreTarget)
             sent += len(chunk)
             yield chunk
 
-    async with connect(cloud, part_size=str(PART)) as c:
+    async with connect(cloud, part_size=str(PART), upload_cutoff=str(PART)) as c:
         entry = await c.write(
             "big.bin", counting, len(data), mtime=MTIME, resume=tokens[-1], checkpoint=checkpoint
         )
@@ -199,6 +200,158 @@ async def test_a_resumed_upload_sends_only_the_missing_parts(cloud: StoreTarget)
         assert await c.hash("big.bin", MD5) == hashlib.md5(data).hexdigest()
 
 
+# -- parts in flight together (S3 parts, Azure blocks) -------------------------
+
+
+@pytest.fixture(params=("s3", "azure"))
+def parallel_cloud(request: pytest.FixtureRequest) -> StoreTarget:
+    """The stores whose uploads send several parts of one object at once."""
+    result: StoreTarget = request.getfixturevalue(f"{request.param}_target")
+    return result
+
+
+def _azure_block(prefix: str, number: int) -> str:
+    return f"{prefix}{number - 1:06d}"
+
+
+async def _stage(
+    c: Connector, name: str, key: str, data: bytes, numbers: tuple[int, ...]
+) -> ResumeToken:
+    """An upload of ``data`` holding only parts ``numbers`` (from 1), as parts
+    in flight together leave it when the run is killed; its resume token."""
+    token: dict[str, object] = {"part_size": PART, "key": key, "size": len(data), "mtime": MTIME}
+    if name == "s3":
+        client = await c._ensure()  # type: ignore[attr-defined]
+        bucket = c._root.bucket  # type: ignore[attr-defined]
+        created = await client.create_multipart_upload(Bucket=bucket, Key=key)
+        for n in numbers:
+            await client.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=created["UploadId"],
+                PartNumber=n,
+                Body=data[(n - 1) * PART : n * PART],
+            )
+        token["upload_id"] = created["UploadId"]
+    else:
+        blob = c._ensure().get_blob_client(key)  # type: ignore[attr-defined]
+        prefix = os.urandom(8).hex()
+        for n in numbers:
+            await blob.stage_block(_azure_block(prefix, n), data[(n - 1) * PART : n * PART])
+        token["blocks"] = prefix
+    return token
+
+
+async def _held(c: Connector, name: str, key: str, token: ResumeToken) -> int:
+    """Bytes of whole parts the store holds for the upload ``token`` names."""
+    size = int(token["size"])
+    whole = {n: min(PART, size - (n - 1) * PART) for n in range(1, -(-size // PART) + 1)}
+    if name == "s3":
+        client = await c._ensure()  # type: ignore[attr-defined]
+        bucket = c._root.bucket  # type: ignore[attr-defined]
+        page = await client.list_parts(Bucket=bucket, Key=key, UploadId=token["upload_id"])
+        sizes = {int(p["PartNumber"]): int(p["Size"]) for p in page.get("Parts", ())}
+    else:
+        blob = c._ensure().get_blob_client(key)  # type: ignore[attr-defined]
+        _, blocks = await blob.get_block_list("uncommitted")
+        ids = {b.id: b.size for b in blocks}
+        sizes = {n: ids.get(_azure_block(str(token["blocks"]), n), -1) for n in whole}
+    return sum(n_size for n, n_size in whole.items() if sizes.get(n) == n_size)
+
+
+async def test_a_resume_sends_only_the_parts_missing_between_held_ones(
+    parallel_cloud: StoreTarget,
+) -> None:
+    """Parts in flight together finish in any order: a killed run can leave
+    parts 1, 3 and 5 in the store and not 2 and 4. The resume reads and sends
+    exactly those two (the source opened at each), and nothing is visible
+    before the object is complete."""
+    cloud = parallel_cloud
+    data = os.urandom(4 * PART + 777)  # five parts, the last short
+    async with connect(cloud, part_size=str(PART), upload_cutoff=str(PART)) as c:
+        key = c._root.key("big.bin")  # type: ignore[attr-defined]
+        token = await _stage(c, cloud.name, key, data, (1, 3, 5))
+        assert await c.stat("big.bin") is None
+        asked: list[int] = []
+        sent = 0
+
+        async def recording(offset: int) -> AsyncIterator[bytes]:
+            nonlocal sent
+            asked.append(offset)
+            async for chunk in source_of(data)(offset):
+                sent += len(chunk)
+                yield chunk
+
+        entry = await c.write("big.bin", recording, len(data), mtime=MTIME, resume=token)
+        assert asked == [PART, 3 * PART] and sent == 2 * PART
+        assert entry.size == len(data)
+        assert await content(c, "big.bin") == data
+        assert await c.hash("big.bin", MD5) == hashlib.md5(data).hexdigest()
+
+
+async def test_an_upload_cancelled_with_parts_in_flight_resumes_with_what_the_store_holds(
+    parallel_cloud: StoreTarget,
+) -> None:
+    """The engine killed while four parts are in flight (after one is in
+    place): nothing is visible, and the resume sends exactly the bytes of the
+    parts the store does not hold whole."""
+    cloud = parallel_cloud
+    data = os.urandom(6 * PART + 5)
+    tokens: list[ResumeToken] = []
+    one_in_place = asyncio.Event()
+
+    async def checkpoint(token: ResumeToken) -> None:
+        tokens.append(json.loads(json.dumps(token)))
+        if len(tokens) >= 2:  # the first is before any part, each next after one
+            one_in_place.set()
+
+    async with connect(
+        cloud, part_size=str(PART), upload_cutoff=str(PART), part_concurrency="4"
+    ) as c:
+        key = c._root.key("big.bin")  # type: ignore[attr-defined]
+        write = asyncio.create_task(
+            c.write("big.bin", source_of(data), len(data), mtime=MTIME, checkpoint=checkpoint)
+        )
+        await one_in_place.wait()
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        assert await c.stat("big.bin") is None
+        held = await _held(c, cloud.name, key, tokens[-1])
+        assert PART <= held < len(data)
+        sent = 0
+
+        async def counting(offset: int) -> AsyncIterator[bytes]:
+            nonlocal sent
+            async for chunk in source_of(data)(offset):
+                sent += len(chunk)
+                yield chunk
+
+        entry = await c.write("big.bin", counting, len(data), mtime=MTIME, resume=tokens[-1])
+        assert sent == len(data) - held
+        assert entry.size == len(data)
+        assert await content(c, "big.bin") == data
+
+
+async def test_an_object_up_to_the_cutoff_goes_in_one_request(
+    parallel_cloud: StoreTarget, request: pytest.FixtureRequest
+) -> None:
+    """Above the part size but within ``upload_cutoff``: one PUT, no upload of parts."""
+    cloud = parallel_cloud
+    emulator: Emulator = request.getfixturevalue(EMULATOR_OF[cloud.name])
+    data = os.urandom(2 * PART)
+    settings = {"part_size": str(PART), "upload_cutoff": str(2 * PART)}
+    async with (
+        StoreProxy(emulator.endpoint) as proxy,
+        open_connector(cloud.url, {**through(cloud, proxy.endpoint), **settings}) as c,
+    ):
+        entry = await c.write("mid.bin", source_of(data), len(data), mtime=MTIME)
+        puts = [q for m, q in proxy.seen if m in ("PUT", "POST")]
+        assert len(puts) == 1 and "partNumber" not in puts[0] and "blockid" not in puts[0]
+        assert entry.hashes[MD5] == hashlib.md5(data).hexdigest()
+        assert await content(c, "mid.bin") == data
+
+
 async def test_a_token_the_store_no_longer_knows_starts_again(cloud: StoreTarget) -> None:
     data = os.urandom(PART + 1)
     stale = {
@@ -209,7 +362,7 @@ async def test_a_token_the_store_no_longer_knows_starts_again(cloud: StoreTarget
         },
         "azure": {"blocks": "0123456789abcdef"},
     }[cloud.name]
-    async with connect(cloud, part_size=str(PART)) as c:
+    async with connect(cloud, part_size=str(PART), upload_cutoff=str(PART)) as c:
         key = c._root.key("x.bin")  # type: ignore[attr-defined]
         token = {**stale, "key": key, "size": len(data), "mtime": MTIME, "part_size": PART}
         asked: list[int] = []
@@ -269,7 +422,7 @@ async def test_a_store_holding_other_content_is_an_integrity_error(
         "azure": (_corrupt_azure_md5, 1000),
     }[cloud.name]
     data = os.urandom(size)
-    settings = {"part_size": str(PART)}
+    settings = {"part_size": str(PART), "upload_cutoff": str(PART)}
     async with (
         StoreProxy(emulator.endpoint) as proxy,
         open_connector(cloud.url, {**through(cloud, proxy.endpoint), **settings}) as c,
@@ -327,6 +480,7 @@ async def test_a_throttled_part_is_resumed_not_restarted(
     data = os.urandom(3 * PART + 1)
     tokens: list[ResumeToken] = []
     read = 0
+    one_at_a_time = {"part_size": str(PART), "upload_cutoff": str(PART), "part_concurrency": "1"}
 
     async def counting(offset: int) -> AsyncIterator[bytes]:
         nonlocal read
@@ -336,7 +490,9 @@ async def test_a_throttled_part_is_resumed_not_restarted(
 
     async with (
         StoreProxy(emulator.endpoint) as proxy,
-        open_connector(cloud.url, {**through(cloud, proxy.endpoint), "part_size": str(PART)}) as c,
+        # One part at a time, so "the second part's request" is one request
+        # (parts in flight together: test_parts_in_flight_…).
+        open_connector(cloud.url, {**through(cloud, proxy.endpoint), **one_at_a_time}) as c,
     ):
 
         async def checkpoint(token: ResumeToken) -> None:

@@ -241,7 +241,7 @@ async def test_an_interrupted_write_resumes_from_its_checkpoint(target: StoreTar
 
         return opener
 
-    async with connect(target, part_size=str(PART_SIZE)) as c:
+    async with connect(target, part_size=str(PART_SIZE), upload_cutoff=str(PART_SIZE)) as c:
         with pytest.raises(SourceBroke):
             await c.write(
                 path, breaking_source(11 * MIB), len(data), mtime=MTIME, checkpoint=checkpoint
@@ -262,7 +262,7 @@ async def test_an_interrupted_write_resumes_from_its_checkpoint(target: StoreTar
 
         return opener
 
-    async with connect(target, part_size=str(PART_SIZE)) as c:
+    async with connect(target, part_size=str(PART_SIZE), upload_cutoff=str(PART_SIZE)) as c:
         entry = await c.write(
             path,
             recording_source(),
@@ -298,7 +298,7 @@ async def test_a_resume_token_for_other_content_starts_again(
             yield chunk
         raise SourceBroke("after two parts")
 
-    async with connect(target, part_size=str(PART_SIZE)) as c:
+    async with connect(target, part_size=str(PART_SIZE), upload_cutoff=str(PART_SIZE)) as c:
         with pytest.raises(SourceBroke):
             await c.write("x.bin", broken, len(old), mtime=MTIME, checkpoint=checkpoint)
         assert tokens

@@ -3,17 +3,20 @@ parts cut from a source, settings, resume tokens, and the S3 ETag rules."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
 
-from sidecar.sync.connectors._base import SyncStoreError
+from sidecar.sync.connectors._base import SourceOpener, SyncStoreError
 from sidecar.sync.connectors._cloud import (
     ObjectRoot,
+    cutoff_from,
     page_size_from,
     part_size_from,
     parts_of,
+    send_parts,
     token_fits,
 )
 from sidecar.sync.connectors._s3_rules import composite_etag, plain_md5
@@ -55,7 +58,69 @@ async def test_a_source_of_the_wrong_length_is_an_error() -> None:
         [p async for p in parts_of(_chunks(b"x" * 10, 3), 4, 5)]
 
 
+def _opener(data: bytes, opened: list[int]) -> SourceOpener:
+    def opener(offset: int) -> AsyncIterator[bytes]:
+        opened.append(offset)
+        return _chunks(data[offset:], 1000)
+
+    return opener
+
+
+async def test_parts_go_at_most_n_at_once_and_held_ones_are_not_read() -> None:
+    data = bytes(range(256)) * 100  # 25,600 bytes: parts of 4,096, seven of them
+    opened: list[int] = []
+    in_flight = peak = 0
+    whole = hashlib.md5()
+
+    async def send(number: int, part: bytes, digest: bytes) -> int:
+        nonlocal in_flight, peak
+        assert digest == hashlib.md5(part).digest()
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.001 * (8 - number))  # later parts finish first
+        in_flight -= 1
+        return len(part)
+
+    sent = await send_parts(
+        _opener(data, opened), len(data), 4096, held=(), concurrency=3, whole=whole, send=send
+    )
+    assert sorted(sent) == [1, 2, 3, 4, 5, 6, 7] and peak == 3
+    assert whole.digest() == hashlib.md5(data).digest()  # every byte, in order
+    opened.clear()
+    sent = await send_parts(
+        _opener(data, opened),
+        len(data),
+        4096,
+        held={1, 3, 4, 7},
+        concurrency=3,
+        whole=None,
+        send=send,
+    )
+    assert sorted(sent) == [2, 5, 6] and opened == [4096, 4 * 4096]
+
+
+async def test_a_failed_part_stops_new_ones_and_lets_those_in_flight_finish() -> None:
+    data = b"x" * 10 * 100
+    finished: list[int] = []
+
+    async def send(number: int, part: bytes, digest: bytes) -> None:
+        if number == 2:
+            raise SyncStoreError("refused")
+        await asyncio.sleep(0.01)
+        finished.append(number)
+
+    with pytest.raises(SyncStoreError, match="refused"):
+        await send_parts(
+            _opener(data, []), len(data), 100, held=(), concurrency=3, whole=None, send=send
+        )
+    assert 1 in finished and 3 in finished and 10 not in finished
+
+
 def test_settings_are_raised_to_the_stores_limits() -> None:
+    assert cutoff_from({}, part_size=8 << 20, maximum=1 << 40) == 32 << 20
+    assert cutoff_from({"part_concurrency": "2"}, part_size=8 << 20, maximum=1 << 40) == 16 << 20
+    assert cutoff_from({"upload_cutoff": "1"}, part_size=5 << 20, maximum=1 << 40) == 5 << 20
+    assert cutoff_from({"upload_cutoff": str(1 << 40)}, part_size=1, maximum=100) == 100
     assert part_size_from({}, minimum=5 << 20) == 8 << 20
     assert part_size_from({"part_size": "1"}, minimum=5 << 20) == 5 << 20
     assert part_size_from({"part_size": str(300_000)}, minimum=1, multiple=262_144) == 524_288
