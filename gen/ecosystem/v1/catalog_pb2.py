@@ -25,37 +25,41 @@ _sym_db = _symbol_database.Default()
 from ecosystem.v1 import sync_pb2 as ecosystem_dot_v1_dot_sync__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x63osystem/v1/catalog.proto\x12\x0c\x65\x63osystem.v1\x1a\x17\x65\x63osystem/v1/sync.proto\"\xd7\x01\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x0e\n\x06schema\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12)\n\x06\x63opies\x18\x08 \x03(\x0b\x32\x19.ecosystem.v1.DatasetCopy\x12\x17\n\x0f\x63reate_revision\x18\t \x01(\x03\x12\x14\n\x0cmod_revision\x18\n \x01(\x03\"\xc8\x01\n\x0b\x44\x61tasetCopy\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x19\n\x11last_synced_at_ms\x18\x05 \x01(\x03\x12\x17\n\x0flast_synced_run\x18\x06 \x01(\x03\x12\x10\n\x08last_run\x18\x07 \x01(\x03\x12\x30\n\x0blast_status\x18\x08 \x01(\x0e\x32\x1b.ecosystem.v1.SyncRunStatus\";\n\x11\x41\x64\x64\x44\x61tasetRequest\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Dataset\"<\n\x12\x41\x64\x64\x44\x61tasetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Dataset\"Y\n\x14UpdateDatasetRequest\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Dataset\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\"P\n\x15UpdateDatasetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Dataset\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x12GetDatasetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Dataset\"D\n\x13ListDatasetsRequest\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\"Q\n\x14ListDatasetsResponse\x12\'\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x15.ecosystem.v1.Dataset\x12\x10\n\x08revision\x18\x02 \x01(\x03\"N\n\x14RemoveDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x19\n\x11\x65xpected_revision\x18\x03 \x01(\x03\")\n\x15RemoveDatasetResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x32\xbd\x03\n\x0e\x43\x61talogService\x12O\n\nAddDataset\x12\x1f.ecosystem.v1.AddDatasetRequest\x1a .ecosystem.v1.AddDatasetResponse\x12X\n\rUpdateDataset\x12\".ecosystem.v1.UpdateDatasetRequest\x1a#.ecosystem.v1.UpdateDatasetResponse\x12O\n\nGetDataset\x12\x1f.ecosystem.v1.GetDatasetRequest\x1a .ecosystem.v1.GetDatasetResponse\x12U\n\x0cListDatasets\x12!.ecosystem.v1.ListDatasetsRequest\x1a\".ecosystem.v1.ListDatasetsResponse\x12X\n\rRemoveDataset\x12\".ecosystem.v1.RemoveDatasetRequest\x1a#.ecosystem.v1.RemoveDatasetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x63osystem/v1/catalog.proto\x12\x0c\x65\x63osystem.v1\x1a\x17\x65\x63osystem/v1/sync.proto\"\xb9\x02\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x0e\n\x06schema\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12)\n\x06\x63opies\x18\x08 \x03(\x0b\x32\x19.ecosystem.v1.DatasetCopy\x12\x17\n\x0f\x63reate_revision\x18\t \x01(\x03\x12\x14\n\x0cmod_revision\x18\n \x01(\x03\x12\x31\n\x06labels\x18\x0b \x03(\x0b\x32!.ecosystem.v1.Dataset.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x01\n\x0b\x44\x61tasetCopy\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x19\n\x11last_synced_at_ms\x18\x05 \x01(\x03\x12\x17\n\x0flast_synced_run\x18\x06 \x01(\x03\x12\x10\n\x08last_run\x18\x07 \x01(\x03\x12\x30\n\x0blast_status\x18\x08 \x01(\x0e\x32\x1b.ecosystem.v1.SyncRunStatus\";\n\x11\x41\x64\x64\x44\x61tasetRequest\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Dataset\"<\n\x12\x41\x64\x64\x44\x61tasetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Dataset\"Y\n\x14UpdateDatasetRequest\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Dataset\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\"P\n\x15UpdateDatasetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Dataset\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x12GetDatasetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.ecosystem.v1.Dataset\"D\n\x13ListDatasetsRequest\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\"Q\n\x14ListDatasetsResponse\x12\'\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x15.ecosystem.v1.Dataset\x12\x10\n\x08revision\x18\x02 \x01(\x03\"N\n\x14RemoveDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x19\n\x11\x65xpected_revision\x18\x03 \x01(\x03\")\n\x15RemoveDatasetResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x32\xbd\x03\n\x0e\x43\x61talogService\x12O\n\nAddDataset\x12\x1f.ecosystem.v1.AddDatasetRequest\x1a .ecosystem.v1.AddDatasetResponse\x12X\n\rUpdateDataset\x12\".ecosystem.v1.UpdateDatasetRequest\x1a#.ecosystem.v1.UpdateDatasetResponse\x12O\n\nGetDataset\x12\x1f.ecosystem.v1.GetDatasetRequest\x1a .ecosystem.v1.GetDatasetResponse\x12U\n\x0cListDatasets\x12!.ecosystem.v1.ListDatasetsRequest\x1a\".ecosystem.v1.ListDatasetsResponse\x12X\n\rRemoveDataset\x12\".ecosystem.v1.RemoveDatasetRequest\x1a#.ecosystem.v1.RemoveDatasetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ecosystem.v1.catalog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DATASET_LABELSENTRY']._loaded_options = None
+  _globals['_DATASET_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_DATASET']._serialized_start=70
-  _globals['_DATASET']._serialized_end=285
-  _globals['_DATASETCOPY']._serialized_start=288
-  _globals['_DATASETCOPY']._serialized_end=488
-  _globals['_ADDDATASETREQUEST']._serialized_start=490
-  _globals['_ADDDATASETREQUEST']._serialized_end=549
-  _globals['_ADDDATASETRESPONSE']._serialized_start=551
-  _globals['_ADDDATASETRESPONSE']._serialized_end=611
-  _globals['_UPDATEDATASETREQUEST']._serialized_start=613
-  _globals['_UPDATEDATASETREQUEST']._serialized_end=702
-  _globals['_UPDATEDATASETRESPONSE']._serialized_start=704
-  _globals['_UPDATEDATASETRESPONSE']._serialized_end=784
-  _globals['_GETDATASETREQUEST']._serialized_start=786
-  _globals['_GETDATASETREQUEST']._serialized_end=819
-  _globals['_GETDATASETRESPONSE']._serialized_start=821
-  _globals['_GETDATASETRESPONSE']._serialized_end=881
-  _globals['_LISTDATASETSREQUEST']._serialized_start=883
-  _globals['_LISTDATASETSREQUEST']._serialized_end=951
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=953
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=1034
-  _globals['_REMOVEDATASETREQUEST']._serialized_start=1036
-  _globals['_REMOVEDATASETREQUEST']._serialized_end=1114
-  _globals['_REMOVEDATASETRESPONSE']._serialized_start=1116
-  _globals['_REMOVEDATASETRESPONSE']._serialized_end=1157
-  _globals['_CATALOGSERVICE']._serialized_start=1160
-  _globals['_CATALOGSERVICE']._serialized_end=1605
+  _globals['_DATASET']._serialized_end=383
+  _globals['_DATASET_LABELSENTRY']._serialized_start=338
+  _globals['_DATASET_LABELSENTRY']._serialized_end=383
+  _globals['_DATASETCOPY']._serialized_start=386
+  _globals['_DATASETCOPY']._serialized_end=586
+  _globals['_ADDDATASETREQUEST']._serialized_start=588
+  _globals['_ADDDATASETREQUEST']._serialized_end=647
+  _globals['_ADDDATASETRESPONSE']._serialized_start=649
+  _globals['_ADDDATASETRESPONSE']._serialized_end=709
+  _globals['_UPDATEDATASETREQUEST']._serialized_start=711
+  _globals['_UPDATEDATASETREQUEST']._serialized_end=800
+  _globals['_UPDATEDATASETRESPONSE']._serialized_start=802
+  _globals['_UPDATEDATASETRESPONSE']._serialized_end=882
+  _globals['_GETDATASETREQUEST']._serialized_start=884
+  _globals['_GETDATASETREQUEST']._serialized_end=917
+  _globals['_GETDATASETRESPONSE']._serialized_start=919
+  _globals['_GETDATASETRESPONSE']._serialized_end=979
+  _globals['_LISTDATASETSREQUEST']._serialized_start=981
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1049
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1051
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1132
+  _globals['_REMOVEDATASETREQUEST']._serialized_start=1134
+  _globals['_REMOVEDATASETREQUEST']._serialized_end=1212
+  _globals['_REMOVEDATASETRESPONSE']._serialized_start=1214
+  _globals['_REMOVEDATASETRESPONSE']._serialized_end=1255
+  _globals['_CATALOGSERVICE']._serialized_start=1258
+  _globals['_CATALOGSERVICE']._serialized_end=1703
 # @@protoc_insertion_point(module_scope)

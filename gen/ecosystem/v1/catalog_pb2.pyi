@@ -8,7 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Dataset(_message.Message):
-    __slots__ = ("name", "location", "platform", "owner", "schema", "tags", "description", "copies", "create_revision", "mod_revision")
+    __slots__ = ("name", "location", "platform", "owner", "schema", "tags", "description", "copies", "create_revision", "mod_revision", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +26,7 @@ class Dataset(_message.Message):
     COPIES_FIELD_NUMBER: _ClassVar[int]
     CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     location: str
     platform: str
@@ -29,7 +37,8 @@ class Dataset(_message.Message):
     copies: _containers.RepeatedCompositeFieldContainer[DatasetCopy]
     create_revision: int
     mod_revision: int
-    def __init__(self, name: _Optional[str] = ..., location: _Optional[str] = ..., platform: _Optional[str] = ..., owner: _Optional[str] = ..., schema: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., copies: _Optional[_Iterable[_Union[DatasetCopy, _Mapping]]] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., location: _Optional[str] = ..., platform: _Optional[str] = ..., owner: _Optional[str] = ..., schema: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., copies: _Optional[_Iterable[_Union[DatasetCopy, _Mapping]]] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DatasetCopy(_message.Message):
     __slots__ = ("location", "job", "direction", "dataset", "last_synced_at_ms", "last_synced_run", "last_run", "last_status")
