@@ -34,9 +34,11 @@ __all__ = [
     "API_VERSION",
     "KINDS",
     "MANAGED_PREFIX",
+    "DatasetDocument",
     "DocumentError",
     "IntentionDocument",
     "LoadedDocument",
+    "PlatformDocument",
     "RouteDocument",
     "ServiceDocument",
     "SyncJobDocument",
@@ -228,11 +230,61 @@ class SyncJobDocument(_Document):
     spec: SyncJobSpec
 
 
+# -- Platform --------------------------------------------------------------------------
+
+
+class PlatformMetadata(LabelledMetadata):
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        description="A DNS label: lowercase letters, digits and '-'; instances name it.",
+    )
+
+
+class PlatformSpec(_Strict):
+    kind: Literal["core", "cloud", "onprem"]
+    provider: str = Field("", description="aws, gcp, azure, …; required for a cloud platform.")
+    regions: list[str] = Field(default_factory=list, description="The regions it spans.")
+    description: str = Field("", max_length=1024)
+
+
+class PlatformDocument(_Document):
+    """A platform: the core, a public cloud account, or an on-premise site."""
+
+    kind: Literal["Platform"]
+    metadata: PlatformMetadata
+    spec: PlatformSpec
+
+
+# -- Dataset ---------------------------------------------------------------------------
+
+
+class DatasetSpec(_Strict):
+    location: str = Field(min_length=1, description="A connector URI: file://, s3://, ….")
+    platform: str = Field("", description="The registered platform it lives on.")
+    owner: str = Field("", max_length=256, description="Who owns it (a team or a person).")
+    schema_: dict[str, Any] | None = Field(
+        None, alias="schema", description="Its records' JSON Schema (a mapping)."
+    )
+    tags: list[str] = Field(default_factory=list)
+    description: str = Field("", max_length=1024)
+
+
+class DatasetDocument(_Document):
+    """A dataset of the data catalog."""
+
+    kind: Literal["Dataset"]
+    metadata: LabelledMetadata
+    spec: DatasetSpec
+
+
 #: Every kind apply knows, by name, in the order apply writes them.
 KINDS: dict[str, type[BaseModel]] = {
+    "Platform": PlatformDocument,
     "Service": ServiceDocument,
     "Intention": IntentionDocument,
     "Route": RouteDocument,
+    "Dataset": DatasetDocument,
     "SyncJob": SyncJobDocument,
 }
 
