@@ -150,8 +150,14 @@ async def _probe(location: str, timeout: float) -> str:
     try:
         async with asyncio.timeout(timeout):
             async with open_connector(location) as connector:
-                async for _ in connector.list():
-                    break
+                # One entry (or none: an empty location is reachable) is enough.
+                entries = connector.list()
+                try:
+                    await anext(aiter(entries), None)
+                finally:
+                    close = getattr(entries, "aclose", None)
+                    if close is not None:
+                        await close()
     except TimeoutError:
         return f"no answer within {timeout:g}s"
     except StoreNotFoundError as exc:

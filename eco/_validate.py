@@ -10,8 +10,10 @@ loader the program that uses it reads it with (so ``eco validate`` says what
 ``FILE:LINE: FIELD: message``.
 
 A directory is walked for ``*.yaml``/``*.yml``; there, a file of no kind eco
-reads (a compose file, a Kubernetes manifest) is skipped rather than an
-error, as is a file of documents none of which is ``ecosystem/…``.
+reads is skipped rather than an error: one whose kind cannot be told, a
+compose file (``compose.yaml``, ``docker-compose.yml``, ``compose.*.yaml``),
+and a file of documents none of which is ``apiVersion: ecosystem/…`` (a
+Kubernetes manifest).
 
 Exit status: 0 every file is valid; 2 a problem in at least one; 1 a file or
 directory could not be read (the check is then incomplete, which outweighs
@@ -56,6 +58,8 @@ _MODELINE = re.compile(
     r"^#\s*yaml-language-server\s*:.*\$schema=\S*?([A-Za-z][\w-]*)\.schema\.json"
 )
 _TOP_KEY = re.compile(r"^([A-Za-z_][\w.-]*)\s*:(?:\s|$)", re.MULTILINE)
+#: Compose files (whose ``services:`` would read as a sidecar's), by their standard names.
+_COMPOSE = re.compile(r"^(docker-)?compose(\.[\w.-]+)?\.ya?ml$")
 _API_VERSION = re.compile(r"^apiVersion\s*:\s*['\"]?([^'\"\s#]+)", re.MULTILINE)
 
 
@@ -191,6 +195,8 @@ def validate_file(path: Path, kind: str | None = None, *, walked: bool = False) 
     except _Unreadable as exc:
         return _Result(source, kind or "", "unreadable", (Problem(source, 0, "", str(exc)),))
     if kind is None:
+        if walked and _COMPOSE.match(path.name):
+            return _Result(source, "", "skipped", note="a compose file")
         kind, why = detect_kind(text, path.name)
         if not kind:
             if walked:
