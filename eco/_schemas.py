@@ -48,6 +48,7 @@ __all__ = [
     "render_schema",
     "schema_command",
     "schema_for",
+    "spec_model",
     "unlisted_validators",
     "write_schemas",
 ]
@@ -301,8 +302,37 @@ def schema_for(kind: FileKind) -> dict[str, Any]:
     if description:
         out["description"] = inspect.cleandoc(description)
     if kind.document:
-        body = _with_kind(body, kind)
+        body = _with_spec(_with_kind(body, kind))
     return {**out, **body}
+
+
+def spec_model(kind: str) -> type[BaseModel] | None:
+    """The model a document's free-form ``spec`` is checked against, beyond the
+    document's own (a Route's spec is a gateway route: ``eco route apply`` and
+    every gateway check it so); None when the document's model says it all."""
+    if kind == "Route":
+        from sidecar.gateway.config import RouteConfig
+
+        return RouteConfig
+    return None
+
+
+def _with_spec(body: dict[str, Any]) -> dict[str, Any]:
+    """A Route document's ``spec`` described as the gateway's route (its name optional:
+    metadata.name gives it)."""
+    model = spec_model(body["properties"]["kind"]["const"])
+    if model is None:
+        return body
+    spec = model.model_json_schema(schema_generator=_generator(), mode="validation")
+    for name, value in spec.pop("$defs", {}).items():
+        body.setdefault("$defs", {})[name] = value
+    spec.pop("title", None)
+    spec["required"] = [r for r in spec.get("required", []) if r != "name"]
+    if not spec["required"]:
+        del spec["required"]
+    spec["description"] = "The route, as a gateway's config file writes it (name: metadata.name)."
+    body["properties"]["spec"] = spec
+    return body
 
 
 def _with_kind(body: dict[str, Any], kind: FileKind) -> dict[str, Any]:

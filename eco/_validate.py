@@ -177,7 +177,47 @@ def _document_problems(path: Path, source: str) -> list[Problem]:
             problems.append(
                 Problem(source, error.line, error.field, error.message, loaded.kind or DOCUMENTS)
             )
+        if loaded.document is not None:
+            problems += _spec_problems(source, loaded)
     return problems
+
+
+def _spec_problems(source: str, loaded: Any) -> list[Problem]:
+    """A document's spec checked against the model its kind's spec is (a Route's: the
+    gateway's route), each problem at its line under ``spec``."""
+    import pydantic
+
+    from eco._schemas import spec_model
+    from sidecar._config_file import format_loc
+
+    model = spec_model(loaded.kind)
+    if model is None:
+        return []
+    document = loaded.document
+    try:
+        model.model_validate({"name": document.metadata.name, **document.spec})
+    except pydantic.ValidationError as err:
+        out = []
+        for error in err.errors(include_url=False):
+            loc: tuple[str | int, ...] = ("spec", *error["loc"])
+            if loc == ("spec", "name"):
+                loc = ("metadata", "name")
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown field"
+            elif error["type"] == "missing":
+                message = "required"
+            line = next(
+                (
+                    loaded.lines[loc[:end]]
+                    for end in range(len(loc), 0, -1)
+                    if loc[:end] in loaded.lines
+                ),
+                loaded.line,
+            )
+            out.append(Problem(source, line, format_loc(loc), message, loaded.kind))
+        return out
+    return []
 
 
 def _foreign_documents(text: str) -> bool:

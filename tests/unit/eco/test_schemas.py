@@ -229,6 +229,12 @@ def test_the_doc_examples_the_models_take_pass_the_schemas() -> None:
         ("sidecar", "grace: soon", "grace: 'soon' is not valid under any of the given schemas"),
         ("sidecar", "services: [{name: web, port: 80}]", "'address' is a required property"),
         ("gateway", "routes: [{name: a, match: {}, upstream: b, timout: 1s}]", "'timout'"),
+        (
+            "route",
+            "{apiVersion: ecosystem/v1, kind: Route, metadata: {name: a}, spec: {colour: 1}}",
+            "spec: Additional properties are not allowed ('colour'",
+        ),
+        ("documents", "{kind: Platform, spec: {kind: moon}}", "'metadata' is a required property"),
     ],
 )
 def test_the_schemas_refuse_what_the_models_refuse(kind: str, text: str, expected: str) -> None:

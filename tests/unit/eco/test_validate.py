@@ -351,3 +351,38 @@ def test_usage_errors() -> None:
     result = CliRunner().invoke(cli, ["validate", "--registry", "x.yaml"])
     assert result.exit_code == 2
     assert "--registry checks the control plane" in result.output
+
+
+def test_a_route_documents_spec_is_checked_as_a_gateway_route(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "routes.yaml",
+        """\
+        apiVersion: ecosystem/v1
+        kind: Route
+        metadata: {name: orders}
+        spec:
+          match: {path_prefix: /orders}
+          upstream: orders
+          timeout: soon
+          colour: red
+        ---
+        apiVersion: ecosystem/v1
+        kind: Route
+        metadata: {name: both}
+        spec: {match: {path_prefix: /b}, upstream: b, redirect: {status: 302, path: /c}}
+        ---
+        apiVersion: ecosystem/v1
+        kind: Route
+        metadata: {name: fine}
+        spec: {match: {path_prefix: /ok}, upstream: ok}
+        """,
+    )
+    result = eco(path)
+    assert result.exit_code == 2, result.output
+    assert result.stdout.splitlines() == [
+        f"{path}:7: spec.timeout: 'soon' is not a duration: "
+        "use e.g. '500ms', '1s', '2m' or '1m30s'",
+        f"{path}:8: spec.colour: unknown field",
+        f"{path}:13: spec: give one of upstream, split and redirect, not upstream and redirect",
+    ]
