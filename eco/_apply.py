@@ -23,6 +23,7 @@ import yaml
 import sdk
 from eco._documents import KINDS, DocumentError, LoadedDocument, load_documents
 from eco._kinds import Handler, IntentionHandler, ServiceHandler, StaleError, Unit
+from eco._kinds_catalog import DatasetHandler, PlatformHandler
 from eco._kinds_named import RouteHandler, SyncJobHandler
 from eco._output import OutputFormat, emit
 from eco._settings import Settings, data_options, pass_settings
@@ -48,7 +49,14 @@ _SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 #: Every kind apply handles, in the order it writes them (deletes go in reverse).
 HANDLERS: dict[str, Handler] = {
     handler.kind: handler
-    for handler in (ServiceHandler(), IntentionHandler(), RouteHandler(), SyncJobHandler())
+    for handler in (
+        PlatformHandler(),
+        ServiceHandler(),
+        IntentionHandler(),
+        RouteHandler(),
+        DatasetHandler(),
+        SyncJobHandler(),
+    )
 }
 
 

@@ -37,6 +37,21 @@ spec:
 
 OTHERS = """\
 apiVersion: ecosystem/v1
+kind: Platform
+metadata: {name: aws-eu, labels: {env: prod}}
+spec: {kind: cloud, provider: aws, regions: [eu-west-1], description: Shop in the EU}
+---
+apiVersion: ecosystem/v1
+kind: Dataset
+metadata: {name: orders-eu}
+spec:
+  location: s3://orders/eu
+  platform: aws-eu
+  owner: team-a
+  schema: {type: object, properties: {id: {type: string}}}
+  tags: [pii]
+---
+apiVersion: ecosystem/v1
 kind: Intention
 metadata: {name: web-to-db, labels: {owner: team-a}}
 spec: {source: shop/web, destination: default/db, action: allow, description: reads}
@@ -76,9 +91,7 @@ def config(tmp_path: Path) -> Path:
     return directory
 
 
-def test_apply_reapply_update_and_diff(
-    sqlite_plane: ControlPlaneProcess, config: Path
-) -> None:
+def test_apply_reapply_update_and_diff(sqlite_plane: ControlPlaneProcess, config: Path) -> None:
     eco = Eco(sqlite_plane.address)
     # diff before anything exists: everything would be created (exit 1).
     before = eco("diff", "-f", str(config))
@@ -94,12 +107,15 @@ def test_apply_reapply_update_and_diff(
         "created Intention shop/web -> db",
         "created Route orders",
         "created SyncJob nightly",
+        "created Platform aws-eu",
+        "created Dataset orders-eu",
     ):
         assert line in out, out
-    assert "6 created" in out
+    assert "8 created" in out
+    assert out.index("Platform aws-eu") < out.index("Dataset orders-eu")
 
     # The same files again: nothing changes, and diff says so (exit 0, no output).
-    assert eco.ok("apply", "-f", str(config)).strip() == "no changes (6 unchanged)"
+    assert eco.ok("apply", "-f", str(config)).strip() == "no changes (8 unchanged)"
     same = eco("diff", "-f", str(config))
     assert (same.returncode, same.stdout) == (0, ""), same.stderr
 
@@ -121,10 +137,8 @@ def test_apply_reapply_update_and_diff(
     assert "-    port: 5432\n+    port: 5433" in changed.stdout, changed.stdout
     assert "web" not in changed.stdout.replace("Service/default/db", "")
     result = eco.json("apply", "-f", str(config))
-    assert result["summary"] == {"unchanged": 5, "updated": 1}
-    assert {"kind": "Service", "name": "default/db/db-1", "result": "updated"} in result[
-        "results"
-    ]
+    assert result["summary"] == {"unchanged": 7, "updated": 1}
+    assert {"kind": "Service", "name": "default/db/db-1", "result": "updated"} in result["results"]
 
 
 def test_prune_deletes_only_what_apply_owns(
@@ -153,7 +167,7 @@ def test_prune_deletes_only_what_apply_owns(
     assert "-  - id: web-1" in diff.stdout and "web-9" not in diff.stdout
 
     dry = eco.json("apply", "-f", str(config), "--prune", "--dry-run")
-    assert dry["summary"] == {"unchanged": 1, "would delete": 5}
+    assert dry["summary"] == {"unchanged": 1, "would delete": 7}
     pruned = eco.ok("apply", "-f", str(config), "--prune")
     for line in (
         "deleted Service shop/web/web-1",
@@ -161,8 +175,12 @@ def test_prune_deletes_only_what_apply_owns(
         "deleted Intention shop/web -> db",
         "deleted Route orders",
         "deleted SyncJob nightly",
+        "deleted Platform aws-eu",
+        "deleted Dataset orders-eu",
     ):
         assert line in pruned, pruned
+    # Deletions in reverse order: the dataset before the platform it names.
+    assert pruned.index("Dataset orders-eu") < pruned.index("Platform aws-eu")
     ids = [i["id"] for i in eco.json("service", "get", "web", "--namespace", "shop")["instances"]]
     assert ids == ["web-9"]  # created by hand: survives
     intentions = eco.json("intention", "list")["intentions"]
@@ -179,17 +197,29 @@ def test_a_change_made_meanwhile_is_a_conflict(
     eco.ok("apply", "-f", str(config))
     edited = config / "services.yaml"
     edited.write_text(SERVICES.replace("10.0.0.1", "10.0.0.11").replace("5432", "5433"))
-    write(config, "others.yml", OTHERS.replace("5s", "6s").replace("every: 1d", "every: 2d"))
+    edits = {
+        "5s": "6s",
+        "every: 1d": "every: 2d",
+        "team-a}": "team-b}",
+        "owner: team-a": "owner: b",
+    }
+    others = OTHERS
+    for old, new in edits.items():
+        others = others.replace(old, new)
+    write(config, "others.yml", others)
     loaded = load_documents([config])
     plan = make_plan(settings, loaded, owner="default", prune=False)
-    assert plan.changes == 4
+    assert plan.changes == 6
     # Someone changes three of the objects between apply's read and its write.
     eco.ok("service", "register", "web", "--namespace", "shop", "--id", "web-1",
            "--address", "10.0.0.99", "--port", "8080")  # fmt: skip
     eco.ok("sync", "job", "pause", "nightly")
     route = write(config.parent, "routes.yaml", "routes: [{name: orders, upstream: x}]")
     eco.ok("route", "apply", "-f", str(route))
+    eco.ok("catalog", "add", "orders-eu", "--location", "s3://orders/eu", "--replace")
     results = {r.key: r for r in execute(settings, plan, owner="default")}
+    assert results["orders-eu"].verb == "conflict"
+    assert results["shop/web -> db"].verb == "updated"
     assert results["shop/web/web-1"].verb == "conflict"
     assert results["nightly"].verb == "conflict"
     assert results["orders"].verb == "conflict"
@@ -216,16 +246,19 @@ def test_export_apply_export_round_trip(
     assert "eco.apply" not in first
     documents = list(yaml.safe_load_all(first))
     assert [d["kind"] for d in documents] == [
-        "Service", "Service", "Service", "Intention", "Intention", "Route", "SyncJob",
+        "Platform", "Service", "Service", "Service", "Intention", "Intention", "Route",
+        "Dataset", "SyncJob",
     ]  # fmt: skip
     assert eco.ok("export", "--kind", "Route").count("kind: Route") == 1
 
-    fresh = ControlPlaneProcess(f"sqlite://{tmp_path / 'fresh.db'}", tmp_path / "fresh.log")
+    home = tmp_path / "fresh"
+    home.mkdir()
+    fresh = ControlPlaneProcess(f"sqlite://{home / 'cp.db'}", home / "cp.log", cwd=home)
     fresh.start()
     try:
         copy = write(tmp_path, "all.yaml", first)
         out = Eco(fresh.address).ok("apply", "-f", str(copy))
-        assert "9 created" in out, out
+        assert "10 created" in out, out
         assert Eco(fresh.address).ok("export") == first
         no_diff = Eco(fresh.address)("diff", "-f", str(copy))
         assert no_diff.returncode == 0, no_diff.stdout
