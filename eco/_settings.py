@@ -7,15 +7,21 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-import sdk
 from eco._output import OutputFormat
 
+if TYPE_CHECKING:
+    import sdk
+
 __all__ = [
+    "CA_FILE_ENV",
+    "DEFAULT_SERVER",
     "OUTPUT_CHOICE",
+    "SERVER_ENV",
+    "TOKEN_ENV",
     "Settings",
     "call",
     "check_server",
@@ -26,11 +32,20 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The SDK's names (sdk._transport), kept here so that the global options need
+# no SDK import: a command that never calls the control plane (``eco sync
+# run``, ``eco validate``) does without gRPC. A unit test keeps them equal.
+DEFAULT_SERVER = "127.0.0.1:7400"
+SERVER_ENV = "ECO_SERVER"
+CA_FILE_ENV = "ECO_CA_FILE"
+TOKEN_ENV = "ECO_TOKEN"
+
 
 def call(settings: Settings, method: str, request: Any, *, idempotent: bool = False) -> Any:
     """One unary call to the control plane with the global options' server, CA
     file and token; SDK errors propagate to ``eco``'s handler. ``idempotent``
     calls are retried on UNAVAILABLE (on the next address, with backoff)."""
+    import sdk
     from sdk.lowlevel import Transport, client_channels
 
     async def main() -> Any:
@@ -52,7 +67,7 @@ def call(settings: Settings, method: str, request: Any, *, idempotent: bool = Fa
 class Settings:
     """What the global options say; commands read it from the click context."""
 
-    server: str = sdk.DEFAULT_SERVER
+    server: str = DEFAULT_SERVER
     output: OutputFormat = OutputFormat.TABLE
     timeout: float = 5.0
     verbose: int = 0
@@ -62,6 +77,8 @@ class Settings:
     token: str = ""
 
     def client(self) -> sdk.Client:
+        import sdk
+
         return sdk.Client(
             self.server, timeout=self.timeout, ca_file=self.ca_file or "", token=self.token
         )
@@ -75,8 +92,10 @@ OUTPUT_CHOICE = click.Choice([f.value for f in OutputFormat], case_sensitive=Fal
 
 def check_server(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click callback: ``value`` must be HOST:PORT[,HOST:PORT…]."""
-    if value is None:
-        return None
+    if value is None or value == DEFAULT_SERVER:
+        return value  # the default is valid: no SDK import to say so
+    import sdk
+
     try:
         sdk.resolve_servers(value)
     except ValueError as err:

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from eco._extras import require_server
+from eco._lazy import LazyGroup
 from eco._output import OutputFormat, emit, render_table
 from eco._settings import Settings, pass_settings
-from eco._sync_jobs import job, runs
 
 if TYPE_CHECKING:
     from sidecar.sync import Progress, RunReport
@@ -109,7 +109,12 @@ _STATE_DIR = click.option(
 )
 
 
-@click.group("sync")
+# job and runs (scheduled jobs, kept in the control plane: eco._sync_jobs,
+# docs/sync-jobs.md) talk gRPC and protobuf: imported only when they run,
+# so that ``eco sync run`` between two stores starts without them.
+@click.group(
+    "sync", cls=LazyGroup, lazy={"job": "eco._sync_jobs:job", "runs": "eco._sync_jobs:runs"}
+)
 def sync() -> None:
     """Keep two stores in step: directories, S3, GCS, Azure Blob, SFTP.
 
@@ -425,8 +430,3 @@ def resolve_command(name: str, path: str, keep: str, state_dir: str | None) -> N
                 f"no conflict queued at {path!r} in job {name!r} (see 'eco sync conflicts {name}')"
             )
     click.echo(f"{path}: keep {keep}; the next run of {name} applies it")
-
-
-# Scheduled jobs, kept in the control plane (eco._sync_jobs, docs/sync-jobs.md).
-sync.add_command(job)
-sync.add_command(runs)

@@ -8,26 +8,25 @@ INVALID_ARGUMENT); 130 interrupted.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-import sdk
-from eco._acl import acl
-from eco._bus import bus
-from eco._ca import ca
-from eco._controlplane import controlplane_command, dev_command
-from eco._gateway import gateway_command
-from eco._intention import intention
-from eco._node import node, wait
+from eco._lazy import LazyGroup
 from eco._output import OutputFormat
-from eco._route import route
-from eco._schemas import schema_command
-from eco._service import service
-from eco._settings import OUTPUT_CHOICE, Settings, check_server, configure_logging
-from eco._sidecar import sidecar_command
-from eco._sync import sync
-from eco._validate import validate_command
+from eco._settings import (
+    CA_FILE_ENV,
+    DEFAULT_SERVER,
+    OUTPUT_CHOICE,
+    SERVER_ENV,
+    TOKEN_ENV,
+    Settings,
+    check_server,
+    configure_logging,
+)
+
+if TYPE_CHECKING:
+    import sdk
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "cli", "describe_error", "main"]
 
@@ -36,21 +35,49 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-class _EcoGroup(click.Group):
+# Each command's module, imported only when that command runs (or for
+# ``eco --help``): see eco/_lazy.py.
+_COMMANDS = {
+    "acl": "eco._acl:acl",
+    "bus": "eco._bus:bus",
+    "ca": "eco._ca:ca",
+    "controlplane": "eco._controlplane:controlplane_command",
+    "dev": "eco._controlplane:dev_command",
+    "gateway": "eco._gateway:gateway_command",
+    "intention": "eco._intention:intention",
+    "node": "eco._node:node",
+    "route": "eco._route:route",
+    "schema": "eco._schemas:schema_command",
+    "service": "eco._service:service",
+    "sidecar": "eco._sidecar:sidecar_command",
+    "sync": "eco._sync:sync",
+    "validate": "eco._validate:validate_command",
+    "wait": "eco._node:wait",
+}
+
+
+class _EcoGroup(LazyGroup):
     """Turns SDK errors from any subcommand into one line and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except sdk.EcoError as err:
+        except Exception as err:
+            # Only a command that imported the SDK can raise its errors.
+            loaded = sys.modules.get("sdk")
+            if loaded is None or not isinstance(err, loaded.EcoError):
+                raise
             settings = ctx.find_object(Settings) or Settings()
             for line in describe_error(err, settings.server):
                 click.echo(f"eco: {line}", err=True)
-            ctx.exit(EXIT_USAGE if isinstance(err, sdk.InvalidArgumentError) else EXIT_FAILURE)
+            usage = isinstance(err, loaded.InvalidArgumentError)
+            ctx.exit(EXIT_USAGE if usage else EXIT_FAILURE)
 
 
 def describe_error(err: sdk.EcoError, server: str) -> list[str]:
     """Lines naming what went wrong; the first says it all."""
+    import sdk  # an SDK error was raised: the SDK is imported already
+
     servers = ", ".join(sdk.resolve_servers(server))
     if isinstance(err, sdk.InvalidArgumentError):
         if not err.field_violations:
@@ -88,13 +115,14 @@ def _tls_problem(detail: str) -> str:
 
 @click.group(
     cls=_EcoGroup,
+    lazy=_COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option(
     "--server",
     metavar="HOST:PORT[,HOST:PORT…]",
-    envvar=sdk.SERVER_ENV,
-    default=sdk.DEFAULT_SERVER,
+    envvar=SERVER_ENV,
+    default=DEFAULT_SERVER,
     show_default=True,
     show_envvar=True,
     callback=check_server,
@@ -117,14 +145,14 @@ def _tls_problem(detail: str) -> str:
 )
 @click.option(
     "--ca-file",
-    envvar=sdk.CA_FILE_ENV,
+    envvar=CA_FILE_ENV,
     show_envvar=True,
     type=click.Path(exists=True, dir_okay=False),
     help="Speak TLS to the control plane, trusting the CA certificates (PEM) in FILE.",
 )
 @click.option(
     "--token",
-    envvar=sdk.TOKEN_ENV,
+    envvar=TOKEN_ENV,
     show_envvar=True,
     default="",
     metavar="SECRET",
@@ -164,23 +192,6 @@ def cli(
     settings.token = token.strip()
     settings.verbose = verbose
     configure_logging(verbose)
-
-
-cli.add_command(controlplane_command)
-cli.add_command(dev_command)
-cli.add_command(service)
-cli.add_command(sidecar_command)
-cli.add_command(node)
-cli.add_command(wait)
-cli.add_command(bus)
-cli.add_command(ca)
-cli.add_command(acl)
-cli.add_command(intention)
-cli.add_command(route)
-cli.add_command(gateway_command)
-cli.add_command(sync)
-cli.add_command(validate_command)
-cli.add_command(schema_command)
 
 
 def main(argv: list[str] | None = None) -> None:
