@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._dataset_rules import (
     DATASET_SCHEME,
     SCHEMES,
+    dataset_name_violations,
     dataset_reference,
     dataset_violations,
     location_violations,
@@ -36,6 +37,7 @@ __all__ = [
     "SyncJobs",
     "dataset_key",
     "dataset_matches",
+    "dataset_name_violations",
     "dataset_reference",
     "dataset_references",
     "dataset_violations",

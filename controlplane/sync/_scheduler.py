@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from ecosystem.v1 import sync_pb2 as spb
 
+from controlplane.catalog import resolve_datasets
 from controlplane.store import Compare, DeleteOp, Op, PutOp, StoreClosed, StoreError
 
 from ._book import Plan, SyncBook, job_key, run_key, state_key
@@ -145,12 +146,16 @@ class SyncScheduler:
         spec.CopyFrom(job)
         for field in ("revision", "next_run_at_ms", "last_run", "last_status"):
             spec.ClearField(field)
+        # dataset:NAME ends become the datasets' locations as they are now.
+        unresolved = await resolve_datasets(self.book.store, spec)
         run = spb.SyncRun(
             job=name,
             number=number,
             node=job.on_node,
-            status=spb.SYNC_RUN_STATUS_PENDING,
+            status=spb.SYNC_RUN_STATUS_FAILED if unresolved else spb.SYNC_RUN_STATUS_PENDING,
             scheduled_at_ms=int(now * 1000),
+            finished_at_ms=int(now * 1000) if unresolved else 0,
+            error=unresolved,
             spec=spec,
             slots=slots.covered,
         )

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from ecosystem.v1 import sync_pb2 as spb
 
+from controlplane.catalog import unknown_datasets
 from controlplane.store import Compare, PutOp
 from serving.errors import (
     AlreadyExistsError,
@@ -108,6 +109,7 @@ class SyncServicer:
     async def CreateSyncJob(self, request: spb.CreateSyncJobRequest, context: Any) -> Any:
         async def work() -> spb.CreateSyncJobResponse:
             _checked(request.job)
+            await self._known_datasets(request.job)
             job = _stored_job(request.job)
             job.paused = False
             job.created_at_ms = job.updated_at_ms = now_ms()
@@ -126,6 +128,12 @@ class SyncServicer:
             return spb.CreateSyncJobResponse(job=job)
 
         return await self._run("CreateSyncJob", context, work)
+
+    async def _known_datasets(self, job: spb.SyncJob) -> None:
+        """A job's ``dataset:NAME`` ends must name datasets of the catalog."""
+        violations = await unknown_datasets(self.store, job)
+        if violations:
+            raise InvalidArgumentError(violations)
 
     async def _change(
         self, name: str, change: Callable[[spb.SyncJob], None], expected: int = 0
@@ -155,6 +163,7 @@ class SyncServicer:
     async def UpdateSyncJob(self, request: spb.UpdateSyncJobRequest, context: Any) -> Any:
         async def work() -> spb.UpdateSyncJobResponse:
             _checked(request.job)
+            await self._known_datasets(request.job)
             wanted = _stored_job(request.job)
 
             def change(job: spb.SyncJob) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from cronsim import CronSim, CronSimError
 from ecosystem.v1 import sync_pb2 as spb
 
+from controlplane.catalog import dataset_name_violations, dataset_reference
 from controlplane.validation import node_violations as registry_node_violations
 from serving.errors import FieldViolation, cut, excerpt
 
@@ -68,6 +69,10 @@ def node_violations(field: str, value: str) -> list[FieldViolation]:
 def _url_violations(field: str, value: str) -> list[FieldViolation]:
     if not value:
         return [FieldViolation(field, "is required (a URL such as file:///data or s3://bucket)")]
+    dataset = dataset_reference(value)
+    if dataset is not None:
+        # A dataset of the catalog (that it exists is the servicer's check).
+        return dataset_name_violations(field, dataset)
     if len(value) > MAX_URL:
         return [FieldViolation(field, f"is {len(value)} characters; at most {MAX_URL}")]
     try:
