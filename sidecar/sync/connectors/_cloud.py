@@ -163,15 +163,22 @@ async def parts_of(
         while held + len(view) >= part_size:
             take = part_size - held
             pending.append(view[:take])
-            yield pending[0].tobytes() if len(pending) == 1 else b"".join(pending)
+            part = _joined(pending)
             pending, held, view = [], 0, view[take:]
+            yield part  # the pieces are let go first: one copy of the part is held
         if view:
             pending.append(view)
             held += len(view)
     if seen < total:
         raise SyncStoreError(f"the source ended after {seen} of {total} bytes")
     if pending:
-        yield pending[0].tobytes() if len(pending) == 1 else b"".join(pending)
+        part = _joined(pending)
+        pending.clear()
+        yield part
+
+
+def _joined(pieces: list[memoryview]) -> bytes:
+    return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
 
 
 def token_fits(
