@@ -23,9 +23,11 @@ import tenacity
 from ecosystem.v1 import (
     acl_pb2_grpc,
     agent_pb2_grpc,
+    catalog_pb2_grpc,
     gateway_pb2_grpc,
     intention_pb2_grpc,
     messaging_pb2_grpc,
+    platform_pb2_grpc,
     registry_pb2_grpc,
     sync_pb2_grpc,
 )
@@ -409,6 +411,8 @@ class _Stubs:
         intention_pb2_grpc.IntentionServiceStub,
         gateway_pb2_grpc.RouteServiceStub,
         sync_pb2_grpc.SyncServiceStub,
+        platform_pb2_grpc.PlatformServiceStub,
+        catalog_pb2_grpc.CatalogServiceStub,
     )
     _SERVICES: tuple[type, ...] = (
         registry_pb2_grpc.RegistryServiceServicer,
@@ -418,6 +422,8 @@ class _Stubs:
         intention_pb2_grpc.IntentionServiceServicer,
         gateway_pb2_grpc.RouteServiceServicer,
         sync_pb2_grpc.SyncServiceServicer,
+        platform_pb2_grpc.PlatformServiceServicer,
+        catalog_pb2_grpc.CatalogServiceServicer,
     )
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
