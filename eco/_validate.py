@@ -174,8 +174,10 @@ def _document_problems(path: Path, source: str) -> list[Problem]:
     problems = []
     for loaded in load_documents([path]):
         for error in loaded.errors:
+            # "required", as the configuration files say it
+            message = "required" if error.message == "Field required" else error.message
             problems.append(
-                Problem(source, error.line, error.field, error.message, loaded.kind or DOCUMENTS)
+                Problem(source, error.line, error.field, message, loaded.kind or DOCUMENTS)
             )
         if loaded.document is not None:
             problems += _spec_problems(source, loaded)
@@ -286,7 +288,7 @@ def _table(results: list[_Result]) -> str:
 @click.option(
     "--registry",
     is_flag=True,
-    help="Check the live registry instead of files (see eco validate --help).",
+    help="Check the live registry (through the control plane) instead of files.",
 )
 @click.option(
     "--probe-timeout",

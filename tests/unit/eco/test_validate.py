@@ -308,7 +308,7 @@ def test_a_directory_checks_the_files_eco_reads_and_skips_the_others(tmp_path: P
     result = eco(tmp_path / "deploy")
     root = tmp_path / "deploy"
     lines = result.stdout.splitlines()
-    assert f"{root / 'apply/web.yml'}:1: metadata: Field required" in lines, lines
+    assert f"{root / 'apply/web.yml'}:1: metadata: required" in lines, lines
     assert f"{root / 'k8s/daemonset.yaml'}: skipped (documents of another tool)" in lines
     assert f"{root / 'sidecar.yaml'}: ok (sidecar)" in lines
     assert f"{root / 'compose.yaml'}: skipped (a compose file)" in lines
