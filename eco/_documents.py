@@ -383,16 +383,43 @@ def _validate(
     try:
         model = KINDS[kind].model_validate(data)
     except pydantic.ValidationError as exc:
-        errors = []
-        for problem in exc.errors():
-            loc = tuple(p for p in problem["loc"] if isinstance(p, str | int))
-            # A validator's own message reads "Value error, …": keep the "…".
-            message = str(problem["msg"]).removeprefix("Value error, ")
-            if problem["type"] == "extra_forbidden":
-                message = "unknown field"
-            errors.append(DocumentError(file, _line_of(loc, lines), _dotted(loc), message))
-        return LoadedDocument(file, line, kind, None, tuple(errors), lines)
+        return LoadedDocument(file, line, kind, None, _errors(file, exc, (), lines), lines)
+    if isinstance(model, RouteDocument):
+        try:
+            _check_route(model)
+        except pydantic.ValidationError as exc:
+            # The gateway's model sees the spec alone: its fields are under spec.
+            errors = _errors(file, exc, ("spec",), lines)
+            return LoadedDocument(file, line, kind, None, errors, lines)
     return LoadedDocument(file, line, kind, model, (), lines)
+
+
+def _errors(
+    file: str,
+    exc: pydantic.ValidationError,
+    under: tuple[str, ...],
+    lines: dict[tuple[str | int, ...], int],
+) -> tuple[DocumentError, ...]:
+    errors = []
+    for problem in exc.errors():
+        loc = under + tuple(p for p in problem["loc"] if isinstance(p, str | int))
+        # A validator's own message reads "Value error, …": keep the "…".
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown field"
+        errors.append(DocumentError(file, _line_of(loc, lines), _dotted(loc), message))
+    return tuple(errors)
+
+
+def _check_route(document: RouteDocument) -> None:
+    """Checks a route's spec with the gateway's own route model, as a gateway
+    will (pydantic.ValidationError); without the server extra (no gateway
+    model installed) the control plane and the gateways check it instead."""
+    try:
+        from sidecar.gateway.config import RouteConfig
+    except ImportError:
+        return
+    RouteConfig.model_validate({**document.spec, "name": document.metadata.name})
 
 
 def _read_file(path: Path) -> Iterator[LoadedDocument]:

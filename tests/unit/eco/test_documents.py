@@ -19,6 +19,16 @@ metadata: {name: nightly}
 spec: {source: file:///a, destination: file:///b, on_node: n1, every: 15m}
 """
 
+ROUTE = """\
+apiVersion: ecosystem/v1
+kind: Route
+metadata: {name: orders}
+spec:
+  match: {path_prefix: /orders}
+  upstream: orders
+  timeout: 5s
+"""
+
 
 def errors(tmp_path: Path, text: str, name: str = "doc.yaml") -> list[DocumentError]:
     path = tmp_path / name
@@ -45,6 +55,8 @@ def test_a_good_document_loads(tmp_path: Path) -> None:
         (GOOD.replace("every: 15m", "every: soon"), 4, "spec.every", "not a duration"),
         (GOOD.replace("every: 15m", "every: 1h, cron: '0 * * * *'"), 4, "spec", "exactly one of"),
         ("- just\n- a list\n", 1, "", "a document is a mapping"),
+        (ROUTE.replace("5s", "forever"), 7, "spec.timeout", "is not a duration"),
+        (ROUTE + "  bogus: 1\n", 8, "spec.bogus", "unknown field"),
         ("kind: Service\nmetadata: {name: [\n", 3, "", "not valid YAML"),
     ],
 )
