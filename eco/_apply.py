@@ -325,6 +325,12 @@ def apply_command(
         return "\n".join([*lines, summary + (" (dry run: nothing changed)" if dry_run else "")])
 
     emit(data, settings.output, text)
+    if counts.get("conflict"):
+        click.echo(
+            "eco: objects changed by someone else since apply read them were left as they are; "
+            "see them with 'eco diff', then apply again",
+            err=True,
+        )
     if counts.get("conflict") or counts.get("failed"):
         raise SystemExit(EXIT_CONFLICT)
 
