@@ -181,6 +181,52 @@ def _document_problems(path: Path, source: str) -> list[Problem]:
             )
         if loaded.document is not None:
             problems += _spec_problems(source, loaded)
+    problems += _duplicate_keys(path.read_text(encoding="utf-8", errors="replace"), source)
+    return sorted(problems, key=lambda p: p.line)
+
+
+def _duplicate_keys(text: str, source: str) -> list[Problem]:
+    """Keys given twice in one mapping: YAML keeps the last one silently (so does the
+    documents' loader), and a value the author wrote is lost without a word."""
+    import yaml
+
+    from sidecar._config_file import format_loc
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        roots = list(yaml.compose_all(text, Loader=loader))
+    except (yaml.YAMLError, RecursionError):
+        return []  # the loader reports what is wrong with the YAML itself
+    problems: list[Problem] = []
+    seen: set[int] = set()
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...], kind: str) -> None:
+        if id(node) in seen:  # reached again through an alias
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                name = str(key.value)
+                if name in keys:
+                    line = key.start_mark.line + 1
+                    problems.append(
+                        Problem(source, line, format_loc((*path, name)), "duplicate key", kind)
+                    )
+                keys.add(name)
+                walk(value, (*path, name), kind)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*path, index), kind)
+
+    for root in roots:
+        kind = DOCUMENTS
+        if isinstance(root, yaml.MappingNode):
+            for key, value in root.value:
+                if key.value == "kind" and isinstance(value, yaml.ScalarNode):
+                    kind = str(value.value)
+        if root is not None:
+            walk(root, (), kind)
     return problems
 
 

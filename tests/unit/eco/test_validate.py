@@ -386,3 +386,24 @@ def test_a_route_documents_spec_is_checked_as_a_gateway_route(tmp_path: Path) ->
         f"{path}:8: spec.colour: unknown field",
         f"{path}:13: spec: give one of upstream, split and redirect, not upstream and redirect",
     ]
+
+
+def test_a_key_given_twice_in_a_document_is_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "dup.yaml",
+        """\
+        apiVersion: ecosystem/v1
+        kind: Service
+        metadata: {name: web}
+        spec:
+          instances:
+            - id: web-1
+              address: 10.0.0.1
+              port: 80
+              port: 8080
+        """,
+    )
+    result = eco(path)
+    assert result.exit_code == 2, result.output
+    assert result.stdout.splitlines() == [f"{path}:9: spec.instances[0].port: duplicate key"]
