@@ -170,6 +170,10 @@ async def _probe(location: str, timeout: float) -> str:
         return str(exc)
     except OSError as exc:
         return f"cannot reach it: {exc.strerror or exc}"
+    except Exception as exc:
+        # Whatever else a store's SDK raises still means "not reachable from here",
+        # and is one finding, not the end of every other check.
+        return f"{type(exc).__name__}: {exc}"
     return ""
 
 
