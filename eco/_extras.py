@@ -49,9 +49,16 @@ if sys.platform != "win32":
 
 def missing_server_modules() -> list[str]:
     """The distributions of the ``server`` extra that cannot be imported here."""
-    return [
-        dist for module, dist in SERVER_MODULES.items() if importlib.util.find_spec(module) is None
-    ]
+    return [dist for module, dist in SERVER_MODULES.items() if not _importable(module)]
+
+
+def _importable(module: str) -> bool:
+    # find_spec("azure.storage.blob") imports "azure" first, and raises when
+    # even that is missing rather than answering None.
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def require_server(command: str, *, what: str = "runs a server") -> None:
