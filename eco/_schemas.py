@@ -375,7 +375,11 @@ def _documents_schema(kind: FileKind) -> dict[str, Any]:
         # if/then rather than a bare oneOf: an editor then reports the fields of the
         # document's own kind, not "matches none of N schemas".
         "allOf": [
-            {"if": {"properties": {"kind": {"const": name}}}, "then": {"$ref": ref}}
+            {
+                # required too: a document without kind: is not every kind at once
+                "if": {"required": ["kind"], "properties": {"kind": {"const": name}}},
+                "then": {"$ref": ref},
+            }
             for name, ref in choices
         ],
         "$defs": defs,

@@ -201,6 +201,10 @@ def test_the_combined_schema_names_the_kinds_problem_and_refuses_unknown_kinds()
         for e in errors(DOCUMENTS_KIND, document)
     )
     assert any("'Gizmo' is not one of" in e for e in errors(DOCUMENTS_KIND, {"kind": "Gizmo"}))
+    # without kind: that one problem, not every kind's
+    assert errors(DOCUMENTS_KIND, {"metadata": {"name": "x"}}) == [
+        ": 'kind' is a required property"
+    ]
 
 
 def test_the_doc_examples_the_models_take_pass_the_schemas() -> None:
