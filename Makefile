@@ -8,6 +8,9 @@ PY       := $(BIN)/python
 STAMP    := $(VENV)/.installed
 BUF      := .tools/node_modules/.bin/buf
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many worker processes (pytest-xdist): its
+# tests mostly wait on servers and sockets, so three share two cores well.
+TEST_WORKERS ?= 3
 
 .PHONY: run test test-unit fuzz lint gen check-gen schemas bench install tools clean
 
@@ -59,7 +62,7 @@ test: tools check-gen lint
 	scripts/install-rabbitmq.sh
 	scripts/install-redis.sh
 	scripts/install-storage-emulators.sh
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## test-unit: the unit tier only (tests/unit: no sockets, no processes, no servers to install)
 test-unit: $(STAMP)
