@@ -137,15 +137,16 @@ def _one_or_many(inner: dict[str, Any]) -> dict[str, Any]:
 
 
 def _duration(inner: dict[str, Any]) -> dict[str, Any]:
+    # Forms described on the branches: the field's own description stays its documentation.
     return {
         "anyOf": [
-            {"type": "number"},
+            {"type": "number", "description": "seconds"},
             {
                 "type": "string",
                 "pattern": r"^\s*[+-]?\s*(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d))+)\s*$",
+                "description": "a duration such as 500ms, 1.5s, 2m or 1m30s",
             },
-        ],
-        "description": "seconds, or a duration such as 500ms, 1.5s, 2m or 1m30s",
+        ]
     }
 
 
@@ -157,18 +158,20 @@ def _health(inner: dict[str, Any]) -> dict[str, Any]:
 
 def _jitter(inner: dict[str, Any]) -> dict[str, Any]:
     return {
-        "anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
-        "description": "a fraction of the interval (0.1), a percentage (10%) or a duration",
+        "anyOf": [
+            {"type": "number", "minimum": 0, "description": "a fraction of the interval"},
+            {"type": "string", "description": "a percentage (10%) or a duration (200ms)"},
+        ]
     }
 
 
 def _statuses(inner: dict[str, Any]) -> dict[str, Any]:
-    one = {"anyOf": [{"type": "integer"}, {"type": "string"}]}
-    pair = {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}
-    return {
-        "anyOf": [one, {"type": "array", "items": {"anyOf": [one, pair]}}],
-        "description": "a status code, a range such as '200-399', or a list of them",
+    one = {
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "description": "a status code, or a range such as '200-399'",
     }
+    pair = {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}
+    return {"anyOf": [one, {"type": "array", "items": {"anyOf": [one, pair]}}]}
 
 
 #: ``mode="before"`` validators (module.qualname) → the schema of what they take.
