@@ -117,10 +117,11 @@ def head(kind: str, metadata: dict[str, Any], spec: Any) -> dict[str, Any]:
 
 
 def conditional(settings: Settings, method: str, request: Any) -> Any:
-    """A write guarded by a revision: a refused precondition is :class:`StaleError`."""
+    """A write guarded by a revision: a refused precondition, or an object
+    gone since it was read, is :class:`StaleError`."""
     try:
         return call(settings, method, request)
-    except sdk.ConflictError as err:
+    except (sdk.ConflictError, sdk.NotFoundError) as err:
         raise StaleError(err.message) from None
 
 

@@ -5,6 +5,7 @@ export → apply into a fresh control plane → export giving the same text."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,24 @@ def test_export_apply_export_round_trip(
         assert no_diff.returncode == 0, no_diff.stdout
     finally:
         fresh.stop()
+
+
+def test_prune_reports_a_platform_still_in_use(
+    sqlite_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    eco = Eco(sqlite_plane.address)
+    platform = write(
+        tmp_path,
+        "platform.yaml",
+        "apiVersion: ecosystem/v1\nkind: Platform\nmetadata: {name: lab}\nspec: {kind: onprem}\n",
+    )
+    eco.ok("apply", "-f", str(platform))
+    # A dataset created by hand names the platform.
+    eco.ok("catalog", "add", "scans", "--location", "file:///srv/scans", "--platform", "lab")
+    empty = write(tmp_path, "empty.yaml", SERVICES.split("---")[1])
+    result = eco("-o", "json", "apply", "-f", str(empty), "--prune")
+    assert result.returncode == 1, result.stderr
+    outcome = {r["name"]: r for r in json.loads(result.stdout)["results"]}
+    assert outcome["lab"]["result"] == "failed"
+    assert "scans" in outcome["lab"]["detail"], outcome
+    assert eco.json("platform", "get", "lab")["name"] == "lab"
