@@ -202,6 +202,13 @@ class Planner:
     kinds: tuple[str, ...] = ()
     now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
 
+    def as_base(self) -> None:
+        """A path both sides list exactly as their base (the caller found so
+        without building the entries): nothing to decide, in any mode."""
+        self.plan.listed[SOURCE] += 1
+        self.plan.listed[DESTINATION] += 1
+        self.plan.skipped += 1
+
     async def step(
         self, path: str, s: Entry | None, d: Entry | None, bs: Entry | None, bd: Entry | None
     ) -> None:

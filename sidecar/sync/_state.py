@@ -19,6 +19,7 @@ The engine calls this from the event loop's thread only.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -116,6 +117,8 @@ class StateStore:
         self.exclusive = exclusive
         self._db: sqlite3.Connection | None = None
         self._lock: int | None = None
+        # Inside grouped(): [transactions since the last commit, commit every].
+        self._group: list[int] | None = None
 
     def open(self) -> StateStore:
         if self.read_only and (not self.path or not os.path.exists(self.path)):
@@ -291,18 +294,54 @@ class StateStore:
     def transaction(self) -> _Transaction:
         return _Transaction(self)
 
+    @contextlib.contextmanager
+    def grouped(self, every: int = 5000) -> Iterator[None]:
+        """Commits the transactions inside ``every`` at a time, not one by
+        one: bookkeeping of a million paths (each a record or a forget)
+        costs a commit per path otherwise. What a kill loses is bookkeeping
+        the next run redoes; not for transfers, which commit each."""
+        if self.read_only or self._group is not None:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._group = [0, every]
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+        finally:
+            self._group = None
+
+    def _grouped_commit(self) -> None:
+        """One more transaction done inside :meth:`grouped`."""
+        group = self._group
+        assert group is not None
+        group[0] += 1
+        if group[0] >= group[1]:
+            group[0] = 0
+            self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+
 
 class _Transaction:
-    """BEGIN … COMMIT (ROLLBACK on an exception); nothing on a read-only store."""
+    """BEGIN … COMMIT (ROLLBACK on an exception); nothing on a read-only store.
+    Inside :meth:`StateStore.grouped`, part of the group's transaction."""
 
     def __init__(self, store: StateStore) -> None:
         self._store = store
 
     def __enter__(self) -> None:
-        if not self._store.read_only:
+        if not self._store.read_only and self._store._group is None:
             self._store.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if self._store.read_only:
             return
+        if self._store._group is not None:
+            if exc_type is None:
+                self._store._grouped_commit()
+            return  # an error rolls the whole group back as it passes out
         self._store.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -201,8 +201,11 @@ async def _plan(
             k for k in sides[SOURCE].listed_hashes if k in sides[DESTINATION].listed_hashes
         ),
     )
-    for count, (path, s, d, bs, bd) in enumerate(scratch.walk(), 1):
-        await planner.step(path, s, d, bs, bd)
+    for count, (path, entries) in enumerate(scratch.walk(), 1):
+        if entries is None:
+            planner.as_base()
+        else:
+            await planner.step(path, *entries)
         if count % BATCH == 0:
             await asyncio.sleep(0)  # a long plan lets the process's other work run
     sink.flush()
@@ -267,7 +270,8 @@ async def _run(
         journal=journal,
         bucket=TokenBucket(options.bandwidth) if options.bandwidth else None,
     )
-    await executor.run(scratch.actions(_BOOKKEEPING))
+    with state.grouped():  # a commit per recorded path would cost more than the rest
+        await executor.run(scratch.actions(_BOOKKEEPING))
     await executor.run(scratch.actions(_WRITES))
     if report.errors and options.mode is not Mode.COPY:
         # A side that could not be brought up to date is not to be pruned
