@@ -39,11 +39,14 @@ EXIT_INTERRUPTED = 130
 # ``eco --help``): see eco/_lazy.py.
 _COMMANDS = {
     "acl": "eco._acl:acl",
+    "apply": "eco._apply:apply_command",
     "bus": "eco._bus:bus",
     "ca": "eco._ca:ca",
     "catalog": "eco._catalog:catalog",
     "controlplane": "eco._controlplane:controlplane_command",
     "dev": "eco._controlplane:dev_command",
+    "diff": "eco._apply:diff_command",
+    "export": "eco._apply:export_command",
     "gateway": "eco._gateway:gateway_command",
     "intention": "eco._intention:intention",
     "node": "eco._node:node",
