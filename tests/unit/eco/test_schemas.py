@@ -42,7 +42,8 @@ def test_the_committed_schemas_are_what_the_models_give() -> None:
     )
     assert not stale and not extra, (
         f"schemas/ differs from the models (stale or missing: {stale}; of no kind: {extra}): "
-        "run make schemas and commit schemas/"
+        "run make schemas and commit schemas/ (the schemas are pydantic's output: another "
+        "pydantic version than the one that wrote them may also differ)"
     )
 
 
