@@ -50,7 +50,7 @@ GATEWAY = "gateway"
 DOCUMENTS = "documents"
 #: What ``--kind`` takes: the two configuration files, and apply documents of any kind.
 FILE_KINDS = (SIDECAR, GATEWAY, DOCUMENTS)
-#: The bytes of a file read to tell its kind (its leading comments and top-level keys).
+#: Leading lines of a file searched for a ``# eco: KIND`` comment or a modeline.
 _HINT_LINES = 40
 
 _HINT = re.compile(r"^#\s*eco\s*:\s*([A-Za-z][\w-]*)\s*$")
@@ -168,7 +168,7 @@ def _config_problems(path: Path, source: str, kind: str) -> list[Problem]:
     return []
 
 
-def _document_problems(path: Path, source: str) -> list[Problem]:
+def _document_problems(path: Path, source: str, text: str) -> list[Problem]:
     from eco._documents import load_documents
 
     problems = []
@@ -181,7 +181,7 @@ def _document_problems(path: Path, source: str) -> list[Problem]:
             )
         if loaded.document is not None:
             problems += _spec_problems(source, loaded)
-    problems += _duplicate_keys(path.read_text(encoding="utf-8", errors="replace"), source)
+    problems += _duplicate_keys(text, source)
     return sorted(problems, key=lambda p: p.line)
 
 
@@ -293,7 +293,7 @@ def validate_file(path: Path, kind: str | None = None, *, walked: bool = False) 
         if walked and kind == DOCUMENTS and _foreign_documents(text):
             return _Result(source, "", "skipped", note="documents of another tool")
     if kind == DOCUMENTS:
-        problems = _document_problems(path, source)
+        problems = _document_problems(path, source, text)
     else:
         problems = _config_problems(path, source, kind)
     return _Result(source, kind, "invalid" if problems else "ok", tuple(problems))
