@@ -407,3 +407,16 @@ def test_a_key_given_twice_in_a_document_is_reported(tmp_path: Path) -> None:
     result = eco(path)
     assert result.exit_code == 2, result.output
     assert result.stdout.splitlines() == [f"{path}:9: spec.instances[0].port: duplicate key"]
+
+
+@pytest.mark.parametrize("args", [["validate", "x.yaml"], ["schema", "sidecar"]])
+def test_without_the_server_extra_it_says_what_to_install(
+    args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eco import _extras
+
+    monkeypatch.setitem(_extras.SERVER_MODULES, "no_such_module_here", "no-such-dist")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert f"'eco {args[0]}' " in result.output
+    assert "pip install 'ecosystem[server]'" in result.output
