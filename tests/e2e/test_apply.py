@@ -286,3 +286,10 @@ def test_prune_reports_a_platform_still_in_use(
     assert outcome["lab"]["result"] == "failed"
     assert "scans" in outcome["lab"]["detail"], outcome
     assert eco.json("platform", "get", "lab")["name"] == "lab"
+
+
+def test_diff_exits_2_when_the_registry_cannot_be_read(config: Path) -> None:
+    result = Eco("127.0.0.1:1")("--timeout", "1", "diff", "-f", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "eco: cannot read the registry:" in result.stderr
+    assert result.stdout == ""
