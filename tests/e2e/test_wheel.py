@@ -375,7 +375,8 @@ def test_the_sdk_alone_installs_and_loads_no_server_code(base_python: Path, tmp_
         timeout=60,
     )
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
-    for command in (["controlplane"], ["sidecar"], ["dev"], ["ca", "init", "--dir", "ca"]):
+    commands = (["controlplane"], ["sidecar"], ["dev"], ["ca", "init", "--dir", "ca"])
+    for command in (*commands, ["apply", "-f", "x.yaml"], ["validate", "x.yaml"]):
         refused = subprocess.run(
             [str(eco), *command], cwd=tmp_path, env=_env(), capture_output=True, text=True
         )

@@ -25,7 +25,15 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from ecosystem.v1 import acl_pb2, acl_pb2_grpc, gateway_pb2, intention_pb2, sync_pb2
+from ecosystem.v1 import (
+    acl_pb2,
+    acl_pb2_grpc,
+    catalog_pb2,
+    gateway_pb2,
+    intention_pb2,
+    platform_pb2,
+    sync_pb2,
+)
 from ecosystem.v1 import agent_pb2 as apb
 from ecosystem.v1 import registry_pb2 as pb
 from google.protobuf import descriptor_pool, message_factory, struct_pb2
@@ -115,6 +123,8 @@ R, A, M, C = (
 INT = "/ecosystem.v1.IntentionService/"
 RT = "/ecosystem.v1.RouteService/"
 SY = "/ecosystem.v1.SyncService/"
+PL = "/ecosystem.v1.PlatformService/"
+DS = "/ecosystem.v1.CatalogService/"
 
 
 def _sync_job() -> dict[str, Any]:
@@ -130,6 +140,14 @@ def _sync_job() -> dict[str, Any]:
 
 
 _RUN = {"job": "photos", "number": 1, "node": "nas-1"}
+
+
+def _platform() -> dict[str, Any]:
+    return {"platform": platform_pb2.Platform(name="eu", kind=platform_pb2.PLATFORM_KIND_CORE)}
+
+
+def _dataset() -> dict[str, Any]:
+    return {"dataset": catalog_pb2.Dataset(name="orders", location="file:///data/orders")}
 
 
 def _instance() -> dict[str, Any]:
@@ -286,6 +304,18 @@ CASES: dict[str, Case] = {
         lambda: {**_RUN, "status": sync_pb2.SYNC_RUN_STATUS_COMPLETED},
         "node:nas-1:write",
         "node:nas-1:read",
+    ),
+    PL + "RegisterPlatform": Case(_platform, "platform:eu:write", "platform:eu:read"),
+    PL + "GetPlatform": Case(lambda: {"name": "eu"}, "platform:eu:read", "platform:us:read"),
+    PL + "ListPlatforms": Case(dict, "platform:eu:read", "dataset:*:read", "platform:*:read"),
+    PL + "DeregisterPlatform": Case(lambda: {"name": "eu"}, "platform:eu:write", "platform:*:read"),
+    PL + "WatchPlatforms": Case(dict, "platform:*:read", "platform:eu:read"),
+    DS + "AddDataset": Case(_dataset, "dataset:orders:write", "dataset:orders:read"),
+    DS + "UpdateDataset": Case(_dataset, "dataset:orders:write", "dataset:orders:read"),
+    DS + "GetDataset": Case(lambda: {"name": "orders"}, "dataset:orders:read", "dataset:x:read"),
+    DS + "ListDatasets": Case(dict, "dataset:orders:read", "platform:*:read", "dataset:*:read"),
+    DS + "RemoveDataset": Case(
+        lambda: {"name": "orders"}, "dataset:orders:write", "dataset:*:read"
     ),
     "/grpc.health.v1.Health/Check": Case(dict, None),
     "/grpc.health.v1.Health/Watch": Case(dict, None),
