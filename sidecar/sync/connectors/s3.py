@@ -36,6 +36,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
 )
+from botocore.handlers import convert_body_to_file_like_object
 
 from sidecar.sync.connectors._base import (
     MD5,
@@ -166,7 +167,16 @@ class S3Connector:
             kwargs["region_name"] = region or "us-east-1"
         stack = contextlib.AsyncExitStack()
         with self._errors(""):
-            self._client = await stack.enter_async_context(session.create_client("s3", **kwargs))
+            client = await stack.enter_async_context(session.create_client("s3", **kwargs))
+        # botocore wraps a bytes Body in a BytesIO (to rewind it for its own
+        # retries, which are off here), and aiohttp then copies it whole, on
+        # the event loop, to get at its buffer: 8 MiB per part for nothing.
+        # The bytes are sent as they are.
+        for operation in ("PutObject", "UploadPart"):
+            client.meta.events.unregister(
+                f"before-parameter-build.s3.{operation}", convert_body_to_file_like_object
+            )
+        self._client = client
         self._exit = stack
 
     def _default_addressing(self) -> str:
