@@ -167,8 +167,19 @@ def job() -> None:
 
 @job.command("add")
 @click.argument("name")
-@click.argument("source", metavar="SRC")
-@click.argument("destination", metavar="DST")
+@click.argument("source", metavar="SRC", required=False)
+@click.argument("destination", metavar="DST", required=False)
+@click.option(
+    "--from",
+    "from_",
+    metavar="SRC",
+    help="The source, instead of the SRC argument (a URL or dataset:NAME).",
+)
+@click.option(
+    "--to",
+    metavar="DST",
+    help="The destination, instead of the DST argument (a URL or dataset:NAME).",
+)
 @click.option(
     "--every", callback=_every, metavar="DURATION", help="Run every DURATION (30s, 15m, 1h, 1d)."
 )
@@ -205,8 +216,10 @@ def job() -> None:
 def add(
     settings: Settings,
     name: str,
-    source: str,
-    destination: str,
+    source: str | None,
+    destination: str | None,
+    from_: str | None,
+    to: str | None,
     every: float | None,
     cron: str | None,
     node: str,
@@ -220,6 +233,8 @@ def add(
 ) -> None:
     """Add a job: sync SRC to DST on a schedule, on node NODE's sidecar.
 
+    SRC and DST are URLs or catalog datasets (dataset:NAME, resolved to the
+    dataset's location for each run), given as arguments or as --from/--to.
     Exactly one of --every and --cron. The control plane checks every field
     (exit 2, each refused field named). The node need not be connected yet:
     its runs wait for its sidecar (and fail after the claim timeout). With
@@ -228,6 +243,11 @@ def add(
     """
     if (every is None) == (cron is None):
         raise click.UsageError("give exactly one of --every and --cron")
+    if from_ is not None and to is None and source is not None and destination is None:
+        # `add NAME DST --from SRC`: the one argument is the destination.
+        source, destination = None, source
+    source = _one_of(source, from_, "SRC", "--from")
+    destination = _one_of(destination, to, "DST", "--to")
     item = spb.SyncJob(
         name=name,
         source=source,
@@ -254,6 +274,15 @@ def add(
         settings.output,
         lambda: f"{verb} sync job {name} ({_schedule(stored)} on node {node})",
     )
+
+
+def _one_of(argument: str | None, option: str | None, metavar: str, flag: str) -> str:
+    if argument is not None and option is not None:
+        raise click.UsageError(f"give {metavar} or {flag}, not both")
+    value = argument if argument is not None else option
+    if value is None:
+        raise click.UsageError(f"missing {metavar} (or {flag})")
+    return value
 
 
 @job.command("list")

@@ -95,7 +95,8 @@ class CatalogServicer:
     async def _checked(self, dataset: cpb.Dataset) -> cpb.Dataset:
         violations = dataset_violations(dataset)
         platform = dataset.platform
-        if not violations and platform and await self.store.get(platform_key(platform)) is None:
+        shaped = platform and not any(v.field == "dataset.platform" for v in violations)
+        if shaped and await self.store.get(platform_key(platform)) is None:
             violations.append(
                 FieldViolation(
                     "dataset.platform",

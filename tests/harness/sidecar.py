@@ -39,7 +39,8 @@ class SidecarProcess(EcoProcess):
     """One `eco sidecar` with its own config file and data dir. ``controlplane`` is
     one address or several (every replica); ``body`` is the rest of its YAML;
     ``ca_file``: the CA it trusts when the control plane serves TLS;
-    ``token_file``: the file holding its ACL token."""
+    ``token_file``: the file holding its ACL token; ``platform``: its node's
+    platform (none when empty)."""
 
     def __init__(
         self,
@@ -50,8 +51,10 @@ class SidecarProcess(EcoProcess):
         timing: str = TIMING,
         ca_file: Path | None = None,
         token_file: Path | None = None,
+        platform: str = "",
     ) -> None:
         self.name = name
+        self.platform = platform
         self.token_file = token_file
         self.addresses = [controlplane] if isinstance(controlplane, str) else list(controlplane)
         self.ca_file = ca_file
@@ -75,7 +78,9 @@ class SidecarProcess(EcoProcess):
 
     def _write_config(self) -> None:
         self.config_path.write_text(
-            f"node: {{id: {self.name}, zone: z1, region: r1}}\n"
+            f"node: {{id: {self.name}, zone: z1, region: r1"
+            + (f", platform: {self.platform}" if self.platform else "")
+            + "}\n"
             f"controlplane: {{addresses: {json.dumps(self.addresses)}"
             + (f", ca_file: {json.dumps(str(self.ca_file))}" if self.ca_file else "")
             + (f", token_file: {json.dumps(str(self.token_file))}" if self.token_file else "")
