@@ -48,6 +48,7 @@ _COMMANDS = {
     "diff": "eco._apply:diff_command",
     "export": "eco._apply:export_command",
     "gateway": "eco._gateway:gateway_command",
+    "init": "eco._init:init_command",
     "intention": "eco._intention:intention",
     "node": "eco._node:node",
     "platform": "eco._platform:platform",
