@@ -1,9 +1,11 @@
 """``eco sync job …`` and ``eco sync runs``: scheduled sync jobs, kept in the
 control plane (docs/sync-jobs.md).
 
-A job names two stores, a schedule (``--every 15m`` or ``--cron "…"``) and the
-node whose sidecar runs it (``--on NODE``); the control plane's elected
-replica schedules its runs and the sidecar runs them where the data is.
+A job names two stores, a schedule (``--every 15m`` or ``--cron "…"``) and
+where it runs: the node whose sidecar runs it (``--on NODE`` or ``--on
+node:NODE``) or a platform, any of whose sidecars may (``--on
+platform:NAME``); the control plane's elected replica schedules its runs and
+the sidecar runs them where the data is.
 Errors the control plane returns (a bad field, a missing job) are printed by
 ``eco``'s one error handler (exit 2 for a refused field, 1 otherwise).
 """
@@ -23,7 +25,7 @@ from eco._output import emit, render_table
 from eco._settings import Settings, call, data_options, pass_settings
 from sdk.lowlevel import struct_to_dict
 
-__all__ = ["job", "parse_every", "runs"]
+__all__ = ["job", "parse_every", "parse_placement", "runs"]
 
 _MODES = ("copy", "mirror", "bisync")
 _POLICIES = ("newer", "keep-both", "source", "destination", "manual")
@@ -37,6 +39,38 @@ def parse_every(text: str) -> float:
     if not compact or _DURATION.sub("", compact):
         raise ValueError(f"not a duration: {text!r} (e.g. 30s, 15m, 1h30m, 1d)")
     return sum(float(n) * _SECONDS[unit] for n, unit in _DURATION.findall(compact))
+
+
+def parse_placement(text: str) -> tuple[str, str]:
+    """``--on``'s value → (node, platform), one of them set: ``node:NAME``,
+    ``platform:NAME``, or a bare NAME, which is a node (ValueError when empty)."""
+    kind, sep, name = text.partition(":")
+    if not sep:
+        kind, name = "node", text
+    if kind not in ("node", "platform"):
+        raise ValueError(
+            f"{text!r}: say node:NAME or platform:NAME (a bare NAME is a node), not {kind}:"
+        )
+    if not name:
+        raise ValueError(f"{text!r}: the {kind}'s name is missing")
+    return (name, "") if kind == "node" else ("", name)
+
+
+def _placement(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, str]:
+    try:
+        return parse_placement(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
+
+def where(item: spb.SyncJob) -> str:
+    """Where a job runs, as ``--on`` takes it: NODE, or platform:NAME."""
+    return f"platform:{item.on_platform}" if item.on_platform else item.on_node
+
+
+def _run_where(item: spb.SyncRun) -> str:
+    """The node that runs it, or the platform whose sidecars it waits for."""
+    return item.node or (f"platform:{item.platform}" if item.platform else "")
 
 
 def _every(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -103,6 +137,7 @@ def job_dict(item: spb.SyncJob) -> dict[str, Any]:
         "every_seconds": item.every_seconds if which == "every_seconds" else None,
         "cron": item.cron if which == "cron" else None,
         "on_node": item.on_node,
+        "on_platform": item.on_platform,
         "paused": item.paused,
         "revision": item.revision,
         "created_at": _when(item.created_at_ms),
@@ -120,6 +155,7 @@ def run_dict(item: spb.SyncRun) -> dict[str, Any]:
         "job": item.job,
         "number": item.number,
         "node": item.node,
+        "platform": item.platform,
         "status": _status(item.status),
         "slots": item.slots,
         "scheduled_at": _when(item.scheduled_at_ms),
@@ -151,14 +187,16 @@ def job() -> None:
 
     The control plane's elected replica schedules each job's runs (never two
     at once; missed runs after an outage run once); the sidecar on the job's
-    node runs them, so the data moves where it lives. Each run publishes
-    eco.sync.<job>.started|completed|failed on the bus.
+    node, or one of the sidecars of its platform, runs them, so the data moves
+    where it lives. Each run publishes eco.sync.<job>.started|completed|failed
+    on the bus.
 
     \b
     Examples:
       eco sync job add photos file:///data/photos s3://backup/photos --every 15m --on nas-1
       eco sync job add share sftp://nas/share gs://b/share --cron "0 2 * * *" --on core-3 \\
           --mode mirror --max-delete 10
+      eco sync job add logs file:///var/log/app s3://logs/app --every 1h --on platform:onprem
       eco sync job list
       eco sync job pause photos
       eco sync runs photos -o json
@@ -185,7 +223,13 @@ def job() -> None:
 )
 @click.option("--cron", metavar="EXPR", help='Run when a cron expression fires, UTC ("0 2 * * *").')
 @click.option(
-    "--on", "node", required=True, metavar="NODE", help="The node whose sidecar runs the job."
+    "--on",
+    "placement",
+    required=True,
+    callback=_placement,
+    metavar="NODE|node:NODE|platform:NAME",
+    help="Where the job runs: a node's sidecar (a bare name is a node), or any one sidecar "
+    "of a registered platform (platform:NAME).",
 )
 @click.option("--mode", type=click.Choice(_MODES), default="copy", show_default=True)
 @click.option("--checksum", is_flag=True, help="Compare by hash, not size and time.")
@@ -222,7 +266,7 @@ def add(
     to: str | None,
     every: float | None,
     cron: str | None,
-    node: str,
+    placement: tuple[str, str],
     mode: str,
     checksum: bool,
     conflict: str,
@@ -231,13 +275,16 @@ def add(
     bwlimit: int | None,
     replace: bool,
 ) -> None:
-    """Add a job: sync SRC to DST on a schedule, on node NODE's sidecar.
+    """Add a job: sync SRC to DST on a schedule, on a node's sidecar or a platform's.
 
     SRC and DST are URLs or catalog datasets (dataset:NAME, resolved to the
     dataset's location for each run), given as arguments or as --from/--to.
     Exactly one of --every and --cron. The control plane checks every field
     (exit 2, each refused field named). The node need not be connected yet:
     its runs wait for its sidecar (and fail after the claim timeout). With
+    --on platform:NAME (a registered platform), each run is offered to every
+    sidecar whose node.platform is NAME and run by the one that claims it
+    first; `eco sync runs` shows which node ran it. With
     --replace, an existing job's settings are replaced instead (exit 1, "not
     found", when there is none); a changed schedule is planned again.
     """
@@ -258,7 +305,8 @@ def add(
         max_delete=max_delete,
         transfers=transfers,
         bandwidth=bwlimit or 0,
-        on_node=node,
+        on_node=placement[0],
+        on_platform=placement[1],
     )
     if every is not None:
         item.every_seconds = every
@@ -272,8 +320,12 @@ def add(
     emit(
         job_dict(stored),
         settings.output,
-        lambda: f"{verb} sync job {name} ({_schedule(stored)} on node {node})",
+        lambda: f"{verb} sync job {name} ({_schedule(stored)} on {_on(stored)})",
     )
+
+
+def _on(item: spb.SyncJob) -> str:
+    return f"platform {item.on_platform}" if item.on_platform else f"node {item.on_node}"
 
 
 def _one_of(argument: str | None, option: str | None, metavar: str, flag: str) -> str:
@@ -289,21 +341,25 @@ def _one_of(argument: str | None, option: str | None, metavar: str, flag: str) -
 @data_options
 @pass_settings
 def list_(settings: Settings) -> None:
-    """List the jobs: schedule, stores, node, next run and the last run's status."""
+    """List the jobs: schedule, stores, where they run, next run and the last run's status.
+
+    ON is the job's node, or platform:NAME for a job any sidecar of platform
+    NAME may run.
+    """
     items = _call(settings, "ListSyncJobs", spb.ListSyncJobsRequest()).jobs
 
     def table() -> str:
         if not items:
             return "no sync jobs"
         return render_table(
-            ("NAME", "SCHEDULE", "SOURCE", "DESTINATION", "NODE", "MODE", "NEXT", "LAST"),
+            ("NAME", "SCHEDULE", "SOURCE", "DESTINATION", "ON", "MODE", "NEXT", "LAST"),
             [
                 (
                     i.name,
                     _schedule(i) + (" (paused)" if i.paused else ""),
                     i.source,
                     i.destination,
-                    i.on_node,
+                    where(i),
                     i.mode or "copy",
                     "-" if i.paused else _when(i.next_run_at_ms),
                     f"#{i.last_run} {_status(i.last_status)}" if i.last_run else None,
@@ -372,7 +428,11 @@ def resume(settings: Settings, name: str) -> None:
 @data_options
 @pass_settings
 def runs(settings: Settings, name: str, limit: int) -> None:
-    """A job's run history, newest first (-o json: with each run's report)."""
+    """A job's run history, newest first (-o json: with each run's report).
+
+    NODE is the node whose sidecar ran it; a platform's run not claimed yet
+    shows platform:NAME.
+    """
     items = _call(settings, "ListSyncRuns", spb.ListSyncRunsRequest(job=name, limit=limit)).runs
 
     def table() -> str:
@@ -394,7 +454,7 @@ def runs(settings: Settings, name: str, limit: int) -> None:
                 (
                     f"#{r.number}",
                     _status(r.status),
-                    r.node,
+                    _run_where(r),
                     _when(r.scheduled_at_ms),
                     f"{r.counters.duration_seconds:.1f}" if r.finished_at_ms else None,
                     r.counters.files_copied,

@@ -20,7 +20,7 @@ from ._dataset_rules import (
 )
 from ._datasets import CATALOG_SERVICE, CatalogServicer, SyncJobs, dataset_matches
 from ._keys import DATASETS_PREFIX, PLATFORMS_PREFIX, dataset_key, platform_key
-from ._platform_rules import KINDS, kind_name, platform_violations
+from ._platform_rules import KINDS, kind_name, platform_name_violations, platform_violations
 from ._platforms import PLATFORM_SERVICE, PlatformServicer, platform_matches
 from ._resolve import dataset_references, resolve_datasets, unknown_datasets
 
@@ -45,6 +45,7 @@ __all__ = [
     "location_violations",
     "platform_key",
     "platform_matches",
+    "platform_name_violations",
     "platform_violations",
     "resolve_datasets",
     "schema_problems",

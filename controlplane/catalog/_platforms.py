@@ -16,8 +16,10 @@ import grpc
 from ecosystem.v1 import agent_pb2
 from ecosystem.v1 import platform_pb2 as ppb
 from ecosystem.v1 import registry_pb2 as pb
+from ecosystem.v1 import sync_pb2 as spb
 
 from controlplane.agent import NODES_PREFIX
+from controlplane.registry import ROOT_PREFIX
 from controlplane.store import Compacted, EventType, Store, StoreClosed
 from controlplane.view import InstanceView, Selector, summarize
 from serving.errors import (
@@ -40,7 +42,7 @@ from ._keys import (
 from ._objects import delete_object, put_object
 from ._platform_rules import platform_name_violations, platform_violations
 
-__all__ = ["PLATFORM_SERVICE", "PlatformServicer", "platform_matches"]
+__all__ = ["PLATFORM_SERVICE", "SYNC_JOBS_PREFIX", "PlatformServicer", "platform_matches"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ DEFAULT_MAX_INSTANCES = 1_000
 MAX_INSTANCES = 10_000
 #: Names shown of what still uses a platform, in a refused deregistration.
 _SHOWN = 5
+#: Where the sync jobs are kept (``controlplane.sync.JOBS_PREFIX``: that package
+#: imports this one, so the prefix is written out here; a test keeps them equal).
+SYNC_JOBS_PREFIX = ROOT_PREFIX + "sync/jobs/"
 
 
 def platform_matches(platform: ppb.Platform, request: ppb.ListPlatformsRequest) -> bool:
@@ -146,6 +151,15 @@ class PlatformServicer:
         result = await self.store.range(DATASETS_PREFIX)
         return [d.name for d in map(decode_dataset, result.kvs) if d.platform == name]
 
+    async def _sync_jobs(self, name: str) -> list[str]:
+        """The sync jobs that run on this platform (``on_platform``)."""
+        result = await self.store.range(SYNC_JOBS_PREFIX)
+        return [
+            job.name
+            for job in (spb.SyncJob.FromString(kv.value) for kv in result.kvs)
+            if job.on_platform == name
+        ]
+
     async def GetPlatform(self, request: ppb.GetPlatformRequest, context: Any) -> Any:
         async def work() -> ppb.GetPlatformResponse:
             _checked_name(request.name)
@@ -213,9 +227,15 @@ class PlatformServicer:
         ]
         nodes = [status.node.id for status in await self._nodes(name)]
         datasets = await self._datasets(name)
+        jobs = await self._sync_jobs(name)
         uses = [
             f"{len(found)} {noun}(s) ({_sample(found)})"
-            for noun, found in (("instance", instances), ("node", nodes), ("dataset", datasets))
+            for noun, found in (
+                ("instance", instances),
+                ("node", nodes),
+                ("dataset", datasets),
+                ("sync job", jobs),
+            )
             if found
         ]
         if uses:

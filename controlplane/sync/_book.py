@@ -18,7 +18,10 @@ a plan another writer changed.
 One store watch per replica follows ``/ecosystem/v1/sync/`` and keeps what the
 scheduler and the sidecars' streams need in memory: the jobs, the plans, and
 the runs still pending or running (finished runs are read from the store when
-asked for). A node's stream is woken when its set of runs changes.
+asked for). A second one follows the node records (``/ecosystem/v1/nodes/``,
+written when a sidecar's session connects or ends) for each node's platform:
+a pending run of a platform's job is offered to every node of that platform.
+A node's stream is woken when its set of runs changes.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ecosystem.v1 import agent_pb2
 from ecosystem.v1 import sync_pb2 as spb
 
+from controlplane.agent import NODES_PREFIX
 from controlplane.registry import ROOT_PREFIX
 from controlplane.store import (
     Compacted,
@@ -152,9 +157,13 @@ class SyncBook:
         self.plans: dict[str, Plan] = {}
         #: job → its pending or running run (at most one, by the scheduler's rule)
         self.active: dict[str, spb.SyncRun] = {}
+        #: node id → the platform its sidecar registered (Node.platform; nodes without one left out)
+        self.node_platforms: dict[str, str] = {}
         self._watchers: dict[str, set[NodeWatcher]] = {}
         self._revision = 0
         self._task: asyncio.Task[None] | None = None
+        self._nodes_task: asyncio.Task[None] | None = None
+        self._nodes_revision = 0
         self._closed = False
         self._tick = asyncio.Event()
         #: set (and replaced) at every change: the scheduler waits on it
@@ -166,16 +175,21 @@ class SyncBook:
 
     async def start(self) -> None:
         await self._load()
+        nodes_revision = await self._load_nodes()
         self._task = asyncio.create_task(self._follow(), name="sync-book")
+        self._nodes_task = asyncio.create_task(
+            self._follow_nodes(nodes_revision), name="sync-book-nodes"
+        )
 
     async def close(self) -> None:
         self._closed = True
         self.close_watchers()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._nodes_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._nodes_task = None
 
     async def wait_for(self, revision: int, timeout: float = 5.0) -> None:
         """Returns once every change up to ``revision`` is in the book."""
@@ -216,28 +230,64 @@ class SyncBook:
         tick.set()
 
     async def _follow(self) -> None:
-        failures = 0
-        while True:
-            try:
-                async for batch in self.store.watch(
-                    SYNC_PREFIX,
-                    start_revision=self._revision + 1,
-                    progress_interval=self._progress_interval,
-                ):
-                    failures = 0
-                    self._apply(batch)
-            except Compacted:
-                log.warning("the sync jobs fell behind the store's history; reloading")
-                await self._load()
-            except StoreClosed as exc:
-                log.error("store closed under the sync jobs: %s", exc)
-                self.close_watchers()
-                return
-            except StoreError as exc:
-                failures += 1
-                delay = min(2.0, 0.1 * 2**failures)
-                log.warning("sync jobs watch failed (%s); resuming in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+        await _follow_prefix(
+            self.store,
+            SYNC_PREFIX,
+            "sync jobs",
+            lambda: self._revision,
+            self._apply,
+            self._load,
+            self._progress_interval,
+        )
+        self.close_watchers()
+
+    async def _load_nodes(self) -> int:
+        """Each node's platform, from the node records; the revision read at."""
+        result = await self.store.range(NODES_PREFIX)
+        before, self.node_platforms = self.node_platforms, {}
+        for kv in result.kvs:
+            self._put_node(kv)
+        self._nodes_revision = result.revision
+        for node in set(before) | set(self.node_platforms):
+            if before.get(node) != self.node_platforms.get(node):
+                self._wake(node)
+        return result.revision
+
+    async def _follow_nodes(self, revision: int) -> None:
+        self._nodes_revision = revision
+        await _follow_prefix(
+            self.store,
+            NODES_PREFIX,
+            "sync jobs' node records",
+            lambda: self._nodes_revision,
+            self._apply_nodes,
+            self._load_nodes,
+            self._progress_interval,
+        )
+
+    def _apply_nodes(self, batch: WatchBatch) -> None:
+        self._nodes_revision = max(self._nodes_revision, batch.revision)
+        for event in batch.events:
+            node = event.kv.key[len(NODES_PREFIX) :]
+            before = self.node_platforms.get(node)
+            if event.type is EventType.PUT:
+                self._put_node(event.kv)
+            else:
+                self.node_platforms.pop(node, None)
+            if self.node_platforms.get(node) != before:
+                self._wake(node)
+
+    def _put_node(self, kv: KeyValue) -> None:
+        node = kv.key[len(NODES_PREFIX) :]
+        try:
+            platform = agent_pb2.NodeStatus.FromString(kv.value).node.platform
+        except ValueError as exc:
+            log.error("cannot read %s: %s", kv.key, exc)
+            return
+        if platform:
+            self.node_platforms[node] = platform
+        else:
+            self.node_platforms.pop(node, None)
 
     def close_watchers(self) -> None:
         for watchers in self._watchers.values():
@@ -260,6 +310,15 @@ class SyncBook:
             changed, self.changed = self.changed, asyncio.Event()
             changed.set()
 
+    def _offered_to(self, run: spb.SyncRun) -> set[str]:
+        """The watched nodes whose set ``run`` is in: its node, or, while no
+        node has claimed it, every watched node of its platform."""
+        if run.node:
+            return {run.node}
+        if run.platform:
+            return {n for n in self._watchers if self.node_platforms.get(n) == run.platform}
+        return set()
+
     def _put(self, kv: KeyValue) -> set[str]:
         """Takes in one key; returns the nodes whose runs changed."""
         key = kv.key
@@ -275,10 +334,12 @@ class SyncBook:
                 if run.status in ACTIVE:
                     if current is None or current.number <= run.number:
                         self.active[run.job] = run
-                        return {run.node} | ({current.node} if current else set())
+                        return self._offered_to(run) | (
+                            self._offered_to(current) if current else set()
+                        )
                 elif current is not None and current.number == run.number:
                     del self.active[run.job]
-                    return {run.node}
+                    return self._offered_to(run) | self._offered_to(current)
         except (ValueError, KeyError, TypeError) as exc:
             # A value this version cannot read must not stop the others.
             log.error("cannot read %s: %s", key, exc)
@@ -294,15 +355,22 @@ class SyncBook:
             current = self.active.get(job)
             if current is not None and f"{current.number:012d}" == number:
                 del self.active[job]
-                return {current.node}
+                return self._offered_to(current)
         return set()
 
     # -- node watchers -------------------------------------------------------------
 
     def runs_of(self, node: str) -> list[spb.SyncRun]:
-        """The pending and running runs of ``node``, by job."""
+        """The pending and running runs of ``node``, and the pending runs of
+        its platform's jobs that no node has claimed yet, by job."""
+        platform = self.node_platforms.get(node)
         return sorted(
-            (run for run in self.active.values() if run.node == node), key=lambda r: r.job
+            (
+                run
+                for run in self.active.values()
+                if run.node == node or (platform and not run.node and run.platform == platform)
+            ),
+            key=lambda r: r.job,
         )
 
     def subscribe(self, node: str) -> NodeWatcher:
@@ -414,6 +482,39 @@ class SyncBook:
         return result.revision if result.succeeded else None
 
 
+async def _follow_prefix(
+    store: Store,
+    prefix: str,
+    what: str,
+    seen: Callable[[], int],
+    apply: Callable[[WatchBatch], None],
+    reload: Callable[[], Awaitable[Any]],
+    progress_interval: float,
+) -> None:
+    """Follows ``prefix`` from ``seen() + 1`` on, handing each batch to
+    ``apply``; reloads on compaction, retries store errors with backoff;
+    returns when the store closes."""
+    failures = 0
+    while True:
+        try:
+            async for batch in store.watch(
+                prefix, start_revision=seen() + 1, progress_interval=progress_interval
+            ):
+                failures = 0
+                apply(batch)
+        except Compacted:
+            log.warning("the %s fell behind the store's history; reloading", what)
+            await reload()
+        except StoreClosed as exc:
+            log.error("store closed under the %s: %s", what, exc)
+            return
+        except StoreError as exc:
+            failures += 1
+            delay = min(2.0, 0.1 * 2**failures)
+            log.warning("%s watch failed (%s); resuming in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+
+
 def run_dict(run: spb.SyncRun) -> dict[str, Any]:
     """A run as the bus events carry it (JSON-ready)."""
     status = spb.SyncRunStatus.Name(run.status).removeprefix("SYNC_RUN_STATUS_").lower()
@@ -422,6 +523,7 @@ def run_dict(run: spb.SyncRun) -> dict[str, Any]:
         "job": run.job,
         "number": run.number,
         "node": run.node,
+        "platform": run.platform,
         "status": status,
         "scheduled_at_ms": run.scheduled_at_ms,
         "started_at_ms": run.started_at_ms,

@@ -6,10 +6,10 @@ clock is injected, so the rules are tested without waiting):
 - A job without a plan, or whose schedule changed, is planned: its first slot
   (now for ``every``, the next firing for cron) plus a jitter.
 - A job whose run is due and that has no pending or running run gets one
-  (PENDING, on the job's node, with a copy of the job's settings), and its
-  next slot is planned. A run that starts late covers every slot up to now
-  (``slots``): missed runs after an outage, a failover or a long previous run
-  run once, not N times.
+  (PENDING, on the job's node or offered to its platform's sidecars, with a
+  copy of the job's settings), and its next slot is planned. A run that
+  starts late covers every slot up to now (``slots``): missed runs after an
+  outage, a failover or a long previous run run once, not N times.
 - A paused job's slots pass unrun (its plan moves on), so resuming it does
   not start a run at once.
 - A run that no sidecar claims within ``claim_timeout``, or whose sidecar
@@ -152,6 +152,7 @@ class SyncScheduler:
             job=name,
             number=number,
             node=job.on_node,
+            platform=job.on_platform,
             status=spb.SYNC_RUN_STATUS_FAILED if unresolved else spb.SYNC_RUN_STATUS_PENDING,
             scheduled_at_ms=int(now * 1000),
             finished_at_ms=int(now * 1000) if unresolved else 0,
@@ -166,10 +167,10 @@ class SyncScheduler:
         if await self._write(job, plan, planned, ops, [Compare(ops[0].key, "version", "==", 0)]):
             self.scheduled += 1
             log.info(
-                "sync run %s#%d scheduled on node %s%s",
+                "sync run %s#%d scheduled on %s%s",
                 name,
                 number,
-                job.on_node,
+                _where(run),
                 f" (covers {slots.covered} slots)" if slots.covered > 1 else "",
             )
 
@@ -202,10 +203,17 @@ class SyncScheduler:
         if run.status == spb.SYNC_RUN_STATUS_PENDING:
             waited = now * 1000 - max(run.scheduled_at_ms, since)
             limit = self.config.claim_timeout
-            reason = (
-                f"no sidecar on node {run.node!r} claimed the run within {limit:g}s "
-                f"(is a sidecar with node id {run.node!r} running and connected?)"
-            )
+            if run.node:
+                reason = (
+                    f"no sidecar on node {run.node!r} claimed the run within {limit:g}s "
+                    f"(is a sidecar with node id {run.node!r} running and connected?)"
+                )
+            else:
+                reason = (
+                    f"no sidecar of platform {run.platform!r} claimed the run within "
+                    f"{limit:g}s (is a sidecar with node.platform {run.platform!r} running "
+                    "and connected?)"
+                )
         else:
             waited = now * 1000 - max(run.heartbeat_at_ms, since)
             limit = self.config.run_timeout
@@ -225,3 +233,7 @@ class SyncScheduler:
         self.timed_out += 1
         log.warning("sync run %s#%d failed: %s", run.job, run.number, reason)
         return True
+
+
+def _where(run: spb.SyncRun) -> str:
+    return f"platform {run.platform}" if run.platform and not run.node else f"node {run.node}"

@@ -3,7 +3,10 @@
 Who may change or read which job, and which node's runs a sidecar may take,
 is the ACL interceptor's business (``controlplane.acl``): jobs need
 ``sync:<job>:read|write``, the run calls ``node:<node>:write`` (what a sidecar's
-token holds for its own node already).
+token holds for its own node already). Which platform a node is on is what
+its sidecar's session registered (the node record, ``Node.platform``): a
+node claims a run of a platform's job only when its record names that
+platform.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from ecosystem.v1 import agent_pb2
 from ecosystem.v1 import sync_pb2 as spb
 
-from controlplane.catalog import unknown_datasets
+from controlplane.agent import NODES_PREFIX
+from controlplane.catalog import platform_key, unknown_datasets
 from controlplane.store import Compare, PutOp
 from serving.errors import (
     AlreadyExistsError,
@@ -110,21 +115,23 @@ class SyncServicer:
         async def work() -> spb.CreateSyncJobResponse:
             _checked(request.job)
             await self._known_datasets(request.job)
+            placed = await self._known_platform(request.job)
             job = _stored_job(request.job)
             job.paused = False
             job.created_at_ms = job.updated_at_ms = now_ms()
             key = job_key(job.name)
             result = await self.store.txn(
-                [Compare(key, "version", "==", 0)],
+                [Compare(key, "version", "==", 0), *placed],
                 [PutOp(key, job.SerializeToString(deterministic=True))],
             )
             if not result.succeeded:
+                await self._known_platform(request.job)  # deregistered meanwhile?
                 raise AlreadyExistsError(
                     f"sync job {job.name!r} exists (replace it with 'eco sync job add --replace', "
                     "or delete it)"
                 )
             job.revision = result.revision
-            log.info("sync job %s created (on node %s)", job.name, job.on_node)
+            log.info("sync job %s created (on %s)", job.name, _placement(job))
             return spb.CreateSyncJobResponse(job=job)
 
         return await self._run("CreateSyncJob", context, work)
@@ -135,10 +142,33 @@ class SyncServicer:
         if violations:
             raise InvalidArgumentError(violations)
 
+    async def _known_platform(self, job: spb.SyncJob) -> list[Compare]:
+        """A job's on_platform must be a registered platform; the compares
+        that keep it so while the job is written."""
+        if not job.on_platform:
+            return []
+        key = platform_key(job.on_platform)
+        if await self.store.get(key) is None:
+            raise InvalidArgumentError(
+                [
+                    FieldViolation(
+                        "job.on_platform",
+                        f"{job.on_platform!r} is not a registered platform (register it with "
+                        "'eco platform register', or list them with 'eco platform list')",
+                    )
+                ]
+            )
+        return [Compare(key, "exists", "==", True)]
+
     async def _change(
-        self, name: str, change: Callable[[spb.SyncJob], None], expected: int = 0
+        self,
+        name: str,
+        change: Callable[[spb.SyncJob], None],
+        expected: int = 0,
+        placed: Callable[[], Awaitable[list[Compare]]] | None = None,
     ) -> spb.SyncJob:
-        """Reads a job, changes it and writes it back if nobody else did meanwhile."""
+        """Reads a job, changes it and writes it back if nobody else did
+        meanwhile (and, with ``placed``, while the compares it gives hold)."""
         for _attempt in range(_JOB_ATTEMPTS):
             current, plan = await self.book.read_job(name)
             if current is None:
@@ -151,8 +181,9 @@ class SyncServicer:
             change(job)
             job.updated_at_ms = now_ms()
             key = job_key(name)
+            guards = await placed() if placed is not None else []
             result = await self.store.txn(
-                [Compare(key, "mod_revision", "==", current.revision)],
+                [Compare(key, "mod_revision", "==", current.revision), *guards],
                 [PutOp(key, job.SerializeToString(deterministic=True))],
             )
             if result.succeeded:
@@ -171,7 +202,12 @@ class SyncServicer:
                 job.CopyFrom(wanted)
                 job.paused, job.created_at_ms = paused, created
 
-            job = await self._change(request.job.name, change, request.expected_revision)
+            job = await self._change(
+                request.job.name,
+                change,
+                request.expected_revision,
+                lambda: self._known_platform(request.job),
+            )
             log.info("sync job %s updated", job.name)
             return spb.UpdateSyncJobResponse(job=job)
 
@@ -274,7 +310,10 @@ class SyncServicer:
             self.watch_streams -= 1
             self.book.unsubscribe(watcher)
 
-    async def _run_of(self, job: str, number: int, node: str) -> spb.SyncRun:
+    async def _run_of(
+        self, job: str, number: int, node: str, *, claiming: bool = False
+    ) -> spb.SyncRun:
+        """The run, when ``node`` may take it (``claiming``) or report on it."""
         violations = job_name_violations("job", job) + node_violations("node", node)
         if number <= 0:
             violations.append(FieldViolation("number", "is required (the run's number, ≥ 1)"))
@@ -283,11 +322,31 @@ class SyncServicer:
         run = await self.book.get_run(job, number)
         if run is None:
             raise NotFoundError(f"no run {number} of sync job {job!r}")
+        if not run.node and run.platform:
+            if not claiming:
+                raise FailedPreconditionError(
+                    f"run {number} of sync job {job!r} is not claimed by any node yet"
+                )
+            platform = await self._platform_of(node)
+            if platform != run.platform:
+                on = f"on platform {platform!r}" if platform else "on no platform"
+                raise FailedPreconditionError(
+                    f"run {number} of sync job {job!r} is for the sidecars of platform "
+                    f"{run.platform!r}; node {node!r} is {on} (its sidecar's node.platform)"
+                )
+            return run
         if run.node != node:
             raise FailedPreconditionError(
                 f"run {number} of sync job {job!r} is assigned to node {run.node!r}, not {node!r}"
             )
         return run
+
+    async def _platform_of(self, node: str) -> str:
+        """The platform ``node``'s sidecar registered ("" when none or no record)."""
+        kv = await self.store.get(NODES_PREFIX + node)
+        if kv is None:
+            return ""
+        return agent_pb2.NodeStatus.FromString(kv.value).node.platform
 
     async def ClaimSyncRun(self, request: spb.ClaimSyncRunRequest, context: Any) -> Any:
         async def work() -> spb.ClaimSyncRunResponse:
@@ -295,19 +354,24 @@ class SyncServicer:
                 raise InvalidArgumentError(
                     [FieldViolation("executor", f"at most {MAX_EXECUTOR} characters")]
                 )
-            run = await self._run_of(request.job, request.number, request.node)
+            run = await self._run_of(request.job, request.number, request.node, claiming=True)
             if run.status != spb.SYNC_RUN_STATUS_PENDING:
+                by = f" on node {run.node!r}" if run.platform and run.node else ""
                 raise FailedPreconditionError(
                     f"run {run.number} of sync job {run.job!r} is "
-                    f"{_status(run.status)}, not pending"
+                    f"{_status(run.status)}{by}, not pending"
                 )
+            # A platform's run becomes the claiming node's; the write below is
+            # a compare-and-set on the run, so of two claims one wins.
+            run.node = request.node
             run.status = spb.SYNC_RUN_STATUS_RUNNING
             run.executor = request.executor
             run.started_at_ms = run.heartbeat_at_ms = now_ms()
             revision = await self.book.replace_run(run)
             if revision is None:
                 raise FailedPreconditionError(
-                    f"run {run.number} of sync job {run.job!r} changed meanwhile; not claimed"
+                    f"run {run.number} of sync job {run.job!r} changed meanwhile (claimed by "
+                    "another sidecar, or failed); not claimed"
                 )
             run.revision = revision
             log.info("sync run %s#%d claimed by node %s", run.job, run.number, run.node)
@@ -380,3 +444,7 @@ def _fail(name: str, context: Any, exc: Exception) -> None:
     if status.code == grpc.StatusCode.INTERNAL.value[0]:
         log.exception("SyncService/%s failed", name, exc_info=exc)
     end_call(context, status)
+
+
+def _placement(job: spb.SyncJob) -> str:
+    return f"platform {job.on_platform}" if job.on_platform else f"node {job.on_node}"

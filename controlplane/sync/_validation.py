@@ -17,7 +17,11 @@ from urllib.parse import urlsplit
 from cronsim import CronSim, CronSimError
 from ecosystem.v1 import sync_pb2 as spb
 
-from controlplane.catalog import dataset_name_violations, dataset_reference
+from controlplane.catalog import (
+    dataset_name_violations,
+    dataset_reference,
+    platform_name_violations,
+)
 from controlplane.validation import node_violations as registry_node_violations
 from serving.errors import FieldViolation, cut, excerpt
 
@@ -31,6 +35,7 @@ __all__ = [
     "job_name_violations",
     "job_violations",
     "node_violations",
+    "placement_violations",
 ]
 
 MODES = ("copy", "mirror", "bisync")
@@ -169,5 +174,29 @@ def job_violations(job: spb.SyncJob) -> list[FieldViolation]:
             FieldViolation("job.bandwidth", f"is {job.bandwidth}; bytes per second, 0: unlimited")
         )
     violations += _schedule_violations(job)
-    violations += node_violations("job.on_node", job.on_node)
+    violations += placement_violations(job)
     return violations
+
+
+def placement_violations(job: spb.SyncJob) -> list[FieldViolation]:
+    """The problems of where a job runs: exactly one of a node and a platform
+    (that the platform is registered is the servicer's check)."""
+    if job.on_node and job.on_platform:
+        return [
+            FieldViolation(
+                "job.on_platform",
+                "is not for use with job.on_node: a job runs on one node or on any sidecar "
+                "of one platform",
+            )
+        ]
+    if job.on_platform:
+        return platform_name_violations("job.on_platform", job.on_platform)
+    if not job.on_node:
+        return [
+            FieldViolation(
+                "job.on_node",
+                "is required, or job.on_platform (the node whose sidecar runs the job, or "
+                "the platform whose sidecars do)",
+            )
+        ]
+    return node_violations("job.on_node", job.on_node)

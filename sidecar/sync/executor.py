@@ -1,9 +1,11 @@
 """Runs the scheduled sync jobs of this sidecar's node, where the data lives.
 
 The control plane schedules runs (``controlplane.sync``); a
-:class:`SyncExecutor` follows the runs assigned to its node
-(``SyncService/WatchSyncRuns``: the node's pending and running runs, the whole
-set each time), claims each pending one (``ClaimSyncRun``: one sidecar wins),
+:class:`SyncExecutor` follows the runs offered to its node
+(``SyncService/WatchSyncRuns``: the node's pending and running runs, and the
+pending runs of jobs on the node's platform, the whole set each time), claims
+each pending one (``ClaimSyncRun``: one sidecar wins; of a platform's several
+sidecars the others are refused and drop it),
 runs it with :func:`sidecar.sync.run_sync` (state in
 ``<data_dir>/sync/<job>.db``, so the next run compares against this one's),
 sends a heartbeat with the counters so far every ``heartbeat`` seconds, and
@@ -198,6 +200,8 @@ class SyncExecutor:
         self._runner = runner
         #: (job, number) → the task running it
         self._runs: dict[tuple[str, int], asyncio.Task[None]] = {}
+        #: the runs of ``_runs`` this sidecar has claimed (the others are still trying)
+        self._claimed: set[tuple[str, int]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         #: kept with the data dir (read or made at start)
@@ -305,8 +309,12 @@ class SyncExecutor:
         listed = {(run.job, run.number) for run in runs}
         for key, task in list(self._runs.items()):
             if key not in listed and not task.done():
-                # Its job was deleted, or the control plane gave up on it.
-                logger.warning("sync run %s#%d was withdrawn; stopping it", *key)
+                if key in self._claimed:
+                    # Its job was deleted, or the control plane gave up on it.
+                    logger.warning("sync run %s#%d was withdrawn; stopping it", *key)
+                else:
+                    # Not claimed yet: another sidecar of the platform took it.
+                    logger.debug("sync run %s#%d was taken elsewhere", *key)
                 task.cancel()
         for run in runs:
             key = (run.job, run.number)
@@ -316,6 +324,7 @@ class SyncExecutor:
                 # Left running by this data dir's last sidecar, gone (the dir is locked).
                 task = asyncio.create_task(self._left_behind(run), name=f"sync run {key}")
                 self._runs[key] = task
+                self._claimed.add(key)
                 task.add_done_callback(self._forget(key))
                 continue
             if run.status != spb.SYNC_RUN_STATUS_PENDING:
@@ -330,6 +339,7 @@ class SyncExecutor:
     def _forget(self, key: tuple[str, int]) -> Callable[[asyncio.Task[None]], None]:
         def forget(_task: asyncio.Task[None]) -> None:
             self._runs.pop(key, None)
+            self._claimed.discard(key)
 
         return forget
 
@@ -371,6 +381,7 @@ class SyncExecutor:
             logger.warning("sync run %s#%d: claim failed: %s", run.job, run.number, err)
             return
         run = claimed.run
+        self._claimed.add((run.job, run.number))
         logger.info(
             "sync run %s#%d started: %s → %s",
             run.job,

@@ -1,7 +1,9 @@
 """A sidecar's SyncExecutor against a real control plane: it takes the runs
 of its node, runs them with the engine (directories here), reports their
 ends with the report, counts them in its metrics, and, stopped mid-run,
-reports the run as stopped instead of leaving it to the run timeout."""
+reports the run as stopped instead of leaving it to the run timeout. A job
+on a platform runs on one of that platform's sidecars at a time (their
+sessions say their platform), never on another platform's."""
 
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ from typing import Any
 
 import grpc
 import pytest
+from ecosystem.v1 import platform_pb2 as ppb
+from ecosystem.v1 import platform_pb2_grpc, sync_pb2_grpc
 from ecosystem.v1 import sync_pb2 as spb
-from ecosystem.v1 import sync_pb2_grpc
 from prometheus_client import CollectorRegistry, generate_latest
 
 from controlplane import ControlPlane
 from controlplane.testing import test_config
-from sidecar.sync import RunReport
+from sidecar.sync import RunReport, run_sync
 from sidecar.sync.executor import SyncExecutor
+from tests.integration.agent_stream import Stream
 from tests.util import assert_eventually
 
 COMPLETED, FAILED = spb.SYNC_RUN_STATUS_COMPLETED, spb.SYNC_RUN_STATUS_FAILED
@@ -178,3 +182,104 @@ async def test_a_run_left_by_a_crashed_sidecar_is_failed_at_restart(
         await assert_eventually(failed, timeout=30)
     finally:
         await executor.close()
+
+
+async def test_a_platform_job_runs_on_one_of_its_sidecars_at_a_time(
+    plane: ControlPlane, stub: sync_pb2_grpc.SyncServiceStub, tmp_path: Path
+) -> None:
+    """Two sidecars of platform plant-7 and one of platform depot: the job's
+    runs happen on plant-7's, one at a time, each recorded with the node that
+    ran it; depot's never runs one; with one of
+    plant-7's sidecars gone the other takes every run."""
+    async with grpc.aio.insecure_channel(plane.address) as channel:
+        platforms = platform_pb2_grpc.PlatformServiceStub(channel)
+        for name in ("plant-7", "depot"):
+            await platforms.RegisterPlatform(
+                ppb.RegisterPlatformRequest(
+                    platform=ppb.Platform(name=name, kind=ppb.PLATFORM_KIND_ONPREM)
+                )
+            )
+        sessions = [
+            Stream(channel, "edge-1", platform="plant-7"),
+            Stream(channel, "edge-2", platform="plant-7"),
+            Stream(channel, "store-1", platform="depot"),
+        ]
+        for session in sessions:
+            await session.connect()
+        source, destination = tmp_path / "src", tmp_path / "dst"
+        source.mkdir()
+        destination.mkdir()
+        (source / "a.txt").write_text("a" * 100)
+        running: set[str] = set()
+        overlaps: list[set[str]] = []
+        ran: list[str] = []
+
+        def runner_of(node: str) -> Any:
+            async def runner(options: Any, *, progress: Any = None) -> RunReport:
+                running.add(node)
+                if len(running) > 1:
+                    overlaps.append(set(running))
+                try:
+                    report = await run_sync(options, progress=progress)
+                    await asyncio.sleep(0.3)  # long enough for a second claim to try
+                    ran.append(node)
+                    return report
+                finally:
+                    running.discard(node)
+
+            return runner
+
+        executors = {
+            node: SyncExecutor(
+                (plane.address,), node, tmp_path / node, heartbeat=0.2, runner=runner_of(node)
+            )
+            for node in ("edge-1", "edge-2", "store-1")
+        }
+        for executor in executors.values():
+            executor.start()
+        try:
+            created = await stub.CreateSyncJob(
+                spb.CreateSyncJobRequest(
+                    job=spb.SyncJob(
+                        name="plant",
+                        source=source.as_uri(),
+                        destination=destination.as_uri(),
+                        every_seconds=1.0,
+                        on_platform="plant-7",
+                    )
+                )
+            )
+            assert created.job.on_platform == "plant-7" and not created.job.on_node
+
+            async def several() -> None:
+                done = [r for r in await runs(stub, "plant") if r.status == COMPLETED]
+                assert len(done) >= 4, done
+
+            await assert_eventually(several, timeout=30)
+            listed = await runs(stub, "plant")
+            done = [r for r in listed if r.status == COMPLETED]
+            assert {r.node for r in done} <= {"edge-1", "edge-2"}, done
+            assert all(r.platform == "plant-7" and r.executor for r in done)
+            assert (destination / "a.txt").read_text() == "a" * 100
+            assert overlaps == [] and "store-1" not in ran
+            assert executors["store-1"].finished == 0
+
+            # One sidecar of the platform gone: the other runs what follows.
+            await executors["edge-1"].close()
+            last = max(r.number for r in await runs(stub, "plant"))
+
+            async def on_the_other() -> None:
+                later = [
+                    r
+                    for r in await runs(stub, "plant")
+                    if r.number > last + 1 and r.status == COMPLETED
+                ]
+                assert len(later) >= 2 and {r.node for r in later} == {"edge-2"}, later
+
+            await assert_eventually(on_the_other, timeout=30)
+            assert overlaps == []
+        finally:
+            for executor in executors.values():
+                await executor.close()
+            for session in sessions:
+                session.drop()

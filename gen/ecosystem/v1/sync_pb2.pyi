@@ -24,7 +24,7 @@ SYNC_RUN_STATUS_FAILED: SyncRunStatus
 SYNC_RUN_STATUS_GUARDED: SyncRunStatus
 
 class SyncJob(_message.Message):
-    __slots__ = ("name", "source", "destination", "mode", "checksum", "conflict", "max_delete", "transfers", "bandwidth", "every_seconds", "cron", "on_node", "paused", "revision", "created_at_ms", "updated_at_ms", "next_run_at_ms", "last_run", "last_status", "labels")
+    __slots__ = ("name", "source", "destination", "mode", "checksum", "conflict", "max_delete", "transfers", "bandwidth", "every_seconds", "cron", "on_node", "paused", "revision", "created_at_ms", "updated_at_ms", "next_run_at_ms", "last_run", "last_status", "labels", "on_platform")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class SyncJob(_message.Message):
     LAST_RUN_FIELD_NUMBER: _ClassVar[int]
     LAST_STATUS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    ON_PLATFORM_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     destination: str
@@ -72,10 +73,11 @@ class SyncJob(_message.Message):
     last_run: int
     last_status: SyncRunStatus
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., mode: _Optional[str] = ..., checksum: _Optional[bool] = ..., conflict: _Optional[str] = ..., max_delete: _Optional[float] = ..., transfers: _Optional[int] = ..., bandwidth: _Optional[int] = ..., every_seconds: _Optional[float] = ..., cron: _Optional[str] = ..., on_node: _Optional[str] = ..., paused: _Optional[bool] = ..., revision: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., next_run_at_ms: _Optional[int] = ..., last_run: _Optional[int] = ..., last_status: _Optional[_Union[SyncRunStatus, str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    on_platform: str
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., mode: _Optional[str] = ..., checksum: _Optional[bool] = ..., conflict: _Optional[str] = ..., max_delete: _Optional[float] = ..., transfers: _Optional[int] = ..., bandwidth: _Optional[int] = ..., every_seconds: _Optional[float] = ..., cron: _Optional[str] = ..., on_node: _Optional[str] = ..., paused: _Optional[bool] = ..., revision: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., next_run_at_ms: _Optional[int] = ..., last_run: _Optional[int] = ..., last_status: _Optional[_Union[SyncRunStatus, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., on_platform: _Optional[str] = ...) -> None: ...
 
 class SyncRun(_message.Message):
-    __slots__ = ("job", "number", "node", "status", "scheduled_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "spec", "counters", "report", "error", "revision", "slots", "executor")
+    __slots__ = ("job", "number", "node", "status", "scheduled_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "spec", "counters", "report", "error", "revision", "slots", "executor", "platform")
     JOB_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +93,7 @@ class SyncRun(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
     job: str
     number: int
     node: str
@@ -106,7 +109,8 @@ class SyncRun(_message.Message):
     revision: int
     slots: int
     executor: str
-    def __init__(self, job: _Optional[str] = ..., number: _Optional[int] = ..., node: _Optional[str] = ..., status: _Optional[_Union[SyncRunStatus, str]] = ..., scheduled_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., heartbeat_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., spec: _Optional[_Union[SyncJob, _Mapping]] = ..., counters: _Optional[_Union[SyncRunCounters, _Mapping]] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ..., revision: _Optional[int] = ..., slots: _Optional[int] = ..., executor: _Optional[str] = ...) -> None: ...
+    platform: str
+    def __init__(self, job: _Optional[str] = ..., number: _Optional[int] = ..., node: _Optional[str] = ..., status: _Optional[_Union[SyncRunStatus, str]] = ..., scheduled_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., heartbeat_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., spec: _Optional[_Union[SyncJob, _Mapping]] = ..., counters: _Optional[_Union[SyncRunCounters, _Mapping]] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ..., revision: _Optional[int] = ..., slots: _Optional[int] = ..., executor: _Optional[str] = ..., platform: _Optional[str] = ...) -> None: ...
 
 class SyncRunCounters(_message.Message):
     __slots__ = ("files_copied", "bytes_copied", "files_deleted", "files_skipped", "conflicts", "errors", "duration_seconds")

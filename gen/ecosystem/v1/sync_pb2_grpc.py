@@ -28,9 +28,10 @@ if _version_not_supported:
 class SyncServiceStub:
     """Scheduled data-sync jobs (docs/sync-jobs.md). A job is stored in the
     control plane; the elected replica schedules its runs (never two of one
-    job at once, a missed slot run once); a sidecar on the job's node follows
-    the runs assigned to it (WatchSyncRuns), claims each (ClaimSyncRun), runs
-    it where the data lives and reports how it went (ReportSyncRun). Every
+    job at once, a missed slot run once); a sidecar on the job's node, or one
+    of the sidecars on the job's platform, follows the runs offered to it
+    (WatchSyncRuns), claims each (ClaimSyncRun: one sidecar wins), runs it
+    where the data lives and reports how it went (ReportSyncRun). Every
     replica answers every call: the jobs and runs live in the shared store.
 
     The run calls are a service of their own, not messages on the agent
@@ -105,9 +106,10 @@ class SyncServiceStub:
 class SyncServiceServicer:
     """Scheduled data-sync jobs (docs/sync-jobs.md). A job is stored in the
     control plane; the elected replica schedules its runs (never two of one
-    job at once, a missed slot run once); a sidecar on the job's node follows
-    the runs assigned to it (WatchSyncRuns), claims each (ClaimSyncRun), runs
-    it where the data lives and reports how it went (ReportSyncRun). Every
+    job at once, a missed slot run once); a sidecar on the job's node, or one
+    of the sidecars on the job's platform, follows the runs offered to it
+    (WatchSyncRuns), claims each (ClaimSyncRun: one sidecar wins), runs it
+    where the data lives and reports how it went (ReportSyncRun). Every
     replica answers every call: the jobs and runs live in the shared store.
 
     The run calls are a service of their own, not messages on the agent
@@ -175,8 +177,9 @@ class SyncServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchSyncRuns(self, request, context):
-        """For sidecars: the pending and running runs of one node, the whole set
-        at once each time it changes, and again every few seconds while it does
+        """For sidecars: the pending and running runs of one node, and the pending
+        runs of its platform's jobs (the platform its sidecar's session
+        registered, Node.platform), the whole set at once each time it changes, and again every few seconds while it does
         not (a sidecar that hears nothing for long reconnects). Ends with
         UNAVAILABLE when the control plane shuts down.
         """
@@ -185,8 +188,10 @@ class SyncServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClaimSyncRun(self, request, context):
-        """For sidecars: takes a pending run of the node (it becomes RUNNING);
-        FAILED_PRECONDITION when it is no longer pending.
+        """For sidecars: takes a pending run of the node, or of the node's platform
+        (it becomes RUNNING, on that node); FAILED_PRECONDITION when it is no
+        longer pending (another sidecar of the platform claimed it first) or the
+        node is not on the run's platform.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -270,9 +275,10 @@ def add_SyncServiceServicer_to_server(servicer, server):
 class SyncService:
     """Scheduled data-sync jobs (docs/sync-jobs.md). A job is stored in the
     control plane; the elected replica schedules its runs (never two of one
-    job at once, a missed slot run once); a sidecar on the job's node follows
-    the runs assigned to it (WatchSyncRuns), claims each (ClaimSyncRun), runs
-    it where the data lives and reports how it went (ReportSyncRun). Every
+    job at once, a missed slot run once); a sidecar on the job's node, or one
+    of the sidecars on the job's platform, follows the runs offered to it
+    (WatchSyncRuns), claims each (ClaimSyncRun: one sidecar wins), runs it
+    where the data lives and reports how it went (ReportSyncRun). Every
     replica answers every call: the jobs and runs live in the shared store.
 
     The run calls are a service of their own, not messages on the agent

@@ -1,11 +1,11 @@
-"""``eco sync job``'s duration parser, and the public names of controlplane.sync."""
+"""``eco sync job``'s duration and placement parsers, and the public names of controlplane.sync."""
 
 from __future__ import annotations
 
 import pytest
 
 import controlplane.sync
-from eco._sync_jobs import parse_every
+from eco._sync_jobs import parse_every, parse_placement
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,28 @@ def test_sidecar_runs_sync_jobs_unless_told_not_to() -> None:
 
     assert SidecarConfig().sync_jobs is True
     assert SidecarConfig(sync_jobs=False).sync_jobs is False
+
+
+@pytest.mark.parametrize(
+    ("text", "placement"),
+    [("nas-1", ("nas-1", "")), ("node:nas-1", ("nas-1", "")),
+     ("platform:plant-7", ("", "plant-7"))],
+)  # fmt: skip
+def test_placements(text: str, placement: tuple[str, str]) -> None:
+    assert parse_placement(text) == placement
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("site:x", "say node:NAME or platform:NAME"), ("platform:", "platform's name is missing"),
+     ("node:", "node's name is missing")],
+)  # fmt: skip
+def test_not_placements(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_placement(text)
+
+
+def test_the_platforms_keep_the_sync_jobs_where_the_sync_package_does() -> None:
+    from controlplane.catalog._platforms import SYNC_JOBS_PREFIX
+
+    assert SYNC_JOBS_PREFIX == controlplane.sync.JOBS_PREFIX
