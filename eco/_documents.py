@@ -196,7 +196,14 @@ class RouteDocument(_Document):
 class SyncJobSpec(_Strict):
     source: str = Field(min_length=1, description="A connector URI: file://, s3://, gs://, ….")
     destination: str = Field(min_length=1)
-    on_node: str = Field(min_length=1, description="The node whose sidecar runs the job.")
+    on_node: str | None = Field(
+        None, min_length=1, description="The node whose sidecar runs the job (or on_platform)."
+    )
+    on_platform: str | None = Field(
+        None,
+        min_length=1,
+        description="Or the registered platform any one of whose sidecars runs each run.",
+    )
     every: str | float | None = Field(
         None, description="Run every this long (30s, 15m, 1h30m, 1d, or seconds)."
     )
@@ -219,6 +226,8 @@ class SyncJobSpec(_Strict):
     def _one_schedule(self) -> SyncJobSpec:
         if (self.every is None) == (self.cron is None):
             raise ValueError("give exactly one of every and cron")
+        if (self.on_node is None) == (self.on_platform is None):
+            raise ValueError("give exactly one of on_node and on_platform")
         return self
 
 

@@ -134,11 +134,11 @@ class SyncJobHandler:
         metadata: dict[str, Any] = {"name": name}
         if labels:
             metadata["labels"] = dict(sorted(labels.items()))
-        body: dict[str, Any] = {
-            "source": spec["source"],
-            "destination": spec["destination"],
-            "on_node": spec["on_node"],
-        }
+        body: dict[str, Any] = {"source": spec["source"], "destination": spec["destination"]}
+        if spec.get("on_platform"):
+            body["on_platform"] = spec["on_platform"]
+        else:
+            body["on_node"] = spec["on_node"]
         if spec.get("every") is not None:
             body["every"] = format_duration(parse_duration(spec["every"]))
         else:
@@ -164,6 +164,7 @@ class SyncJobHandler:
                 "source": item.source,
                 "destination": item.destination,
                 "on_node": item.on_node,
+                "on_platform": item.on_platform,
                 "every": item.every_seconds if which == "every_seconds" else None,
                 "cron": item.cron if which == "cron" else None,
                 "mode": item.mode,
@@ -197,7 +198,8 @@ class SyncJobHandler:
             name=unit.key,
             source=spec["source"],
             destination=spec["destination"],
-            on_node=spec["on_node"],
+            on_node=spec.get("on_node", ""),
+            on_platform=spec.get("on_platform", ""),
             mode=spec.get("mode", "copy"),
             checksum=spec.get("checksum", False),
             conflict=spec.get("conflict", "newer"),

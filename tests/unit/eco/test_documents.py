@@ -38,9 +38,10 @@ def errors(tmp_path: Path, text: str, name: str = "doc.yaml") -> list[DocumentEr
 
 def test_a_good_document_loads(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(GOOD)
-    (loaded,) = load_documents([tmp_path])
-    assert (loaded.kind, loaded.line, loaded.errors) == ("SyncJob", 1, ())
-    assert loaded.document is not None
+    (tmp_path / "b.yaml").write_text(GOOD.replace("on_node: n1", "on_platform: plant-7"))
+    for loaded in load_documents([tmp_path]):
+        assert (loaded.kind, loaded.line, loaded.errors) == ("SyncJob", 1, ())
+        assert loaded.document is not None
 
 
 @pytest.mark.parametrize(
@@ -48,7 +49,8 @@ def test_a_good_document_loads(tmp_path: Path) -> None:
     [
         ("apiVersion: ecosystem/v1\nkind: Gizmo\nmetadata: {name: a}\n", 2, "kind", "unknown kind"),
         ("apiVersion: ecosystem/v1\nmetadata: {name: a}\n", 1, "kind", "missing"),
-        (GOOD.replace("on_node: n1, ", ""), 4, "spec.on_node", "Field required"),
+        (GOOD.replace("on_node: n1, ", ""), 4, "spec", "exactly one of on_node and on_platform"),
+        (GOOD.replace("on_node: n1", "on_node: n1, on_platform: p"), 4, "spec", "exactly one of"),
         (GOOD.replace("every: 15m", "every: 15m, transfers: lots"), 4, "spec.transfers", "integer"),
         (GOOD + "colour: blue\n", 5, "colour", "unknown field"),
         (GOOD.replace("ecosystem/v1", "ecosystem/v2"), 1, "apiVersion", "ecosystem/v1"),
