@@ -83,6 +83,7 @@ from controlplane.sync import (
 )
 from controlplane.tls import ServerCertificates, ServerTLS, TLSSetupError, load_server_tls
 from controlplane.view import InstanceView, ViewConfig
+from controlplane.xds import ADS_SERVICE, AdsServicer, NodeBook, XdsCache, add_ads
 from serving.process import tune_gc
 from serving.rpc_guard import MalformedRequestGuard
 
@@ -162,6 +163,10 @@ class ControlPlane:
         self.sync: SyncBook | None = None
         #: Schedules the sync jobs' runs while this replica leads.
         self.sync_scheduler: SyncScheduler | None = None
+        #: The registry as xDS resources, and the xDS clients (nodes) served.
+        self.xds: XdsCache | None = None
+        self.xds_nodes = NodeBook()
+        self._ads: AdsServicer | None = None
         self.broker: Broker | None = None
         self.messaging: MessagingServicer | None = None
         self.election: Election | None = None
@@ -353,6 +358,9 @@ class ControlPlane:
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(  # type: ignore[no-untyped-call]
             CatalogServicer(store, self.sync), server
         )
+        self.xds = XdsCache(self._view)
+        await self.xds.start()
+        self._ads = add_ads(server, self.xds, self.xds_nodes)
         if self.identity is not None:
             self.identity.start()
         try:
@@ -379,6 +387,7 @@ class ControlPlane:
                 PLATFORM_SERVICE,
                 CATALOG_SERVICE,
                 MESSAGING_SERVICE,
+                ADS_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ),
@@ -455,6 +464,8 @@ class ControlPlane:
 
     async def _start_admin(self, listen: str, ssl_context: ssl.SSLContext | None) -> None:
         runner = admin_runner(healthz=self._healthz, metrics=self._metrics)
+        # What each xDS client was sent, ACKed and NACKed (docs/xds.md).
+        runner.app.router.add_get("/xds", self._xds_status)
         await runner.setup()
         self._admin = runner
         host, port = parse_hostport(listen)
@@ -492,6 +503,15 @@ class ControlPlane:
             "eco_controlplane_agent_streams",
             "Sidecar streams connected to this replica",
             lambda: agent.stream_count,
+        )
+        ads, nodes = self._ads, self.xds_nodes
+        self.metrics.gauge(
+            "eco_controlplane_xds_streams",
+            "xDS (ADS) streams connected to this replica",
+            lambda: ads.streams if ads is not None else 0,
+        )
+        self.metrics.gauge(
+            "eco_controlplane_xds_nacks", "xDS responses clients rejected", lambda: nodes.nacks
         )
 
     async def _set_health(self, serving: bool) -> None:
@@ -552,6 +572,18 @@ class ControlPlane:
         if refusal is not None:
             return refusal
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def _xds_status(self, request: web.Request) -> web.Response:
+        refusal = await self._admin_refusal(request)
+        if refusal is not None:
+            return refusal
+        cache = self.xds
+        body = {
+            "revision": cache.snapshot.revision if cache is not None else 0,
+            "clusters": len(cache.snapshot.clusters) if cache is not None else 0,
+            **self.xds_nodes.as_json(),
+        }
+        return web.json_response(body)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains and stops; idempotent. ``grace`` overrides the configured one."""
@@ -644,6 +676,10 @@ class ControlPlane:
         if self.sync is not None:
             # Ends every sync run watch with UNAVAILABLE: sidecars resume elsewhere.
             await self.sync.close()
+        if self.xds is not None:
+            # Ends every xDS stream with UNAVAILABLE: clients keep their last
+            # configuration and reconnect.
+            await self.xds.close()
         # Concurrently: with the store unreachable, each revoke waits for its timeout.
         async with asyncio.TaskGroup() as group:
             if self.spreader is not None:

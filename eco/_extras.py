@@ -42,6 +42,7 @@ SERVER_MODULES: dict[str, str] = {
     "asyncssh": "asyncssh",
     "cronsim": "cronsim",
     "jsonschema": "jsonschema",
+    "envoy.service.discovery.v3": "xds-protos",
 }
 if sys.platform != "win32":
     SERVER_MODULES["uvloop"] = "uvloop"

@@ -87,6 +87,7 @@ _G = "/ecosystem.v1.RouteService/"
 _S = "/ecosystem.v1.SyncService/"
 _P = "/ecosystem.v1.PlatformService/"
 _D = "/ecosystem.v1.CatalogService/"
+_X = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 
 
 def _route(name: str, access: str) -> Need:
@@ -199,6 +200,10 @@ TABLE: dict[str, Entry] = {
     _D + "GetDataset": Entry(lambda r: [Need("dataset", r.name, "read")]),
     _D + "ListDatasets": Entry(lambda r: [_any("dataset", "read")], filtered=True),
     _D + "RemoveDataset": Entry(lambda r: [Need("dataset", r.name, "write")], write=True),
+    # xDS: a stream names any service (a wildcard all of them) and what it
+    # is sent is not filtered per token: read on every service.
+    _X + "StreamAggregatedResources": Entry(lambda r: [Need("service", "*", "read")]),
+    _X + "DeltaAggregatedResources": Entry(lambda r: [Need("service", "*", "read")]),
     # Health and reflection.
     "/grpc.health.v1.Health/Check": Entry(_none),
     "/grpc.health.v1.Health/Watch": Entry(_none),

@@ -125,6 +125,8 @@ RT = "/ecosystem.v1.RouteService/"
 SY = "/ecosystem.v1.SyncService/"
 PL = "/ecosystem.v1.PlatformService/"
 DS = "/ecosystem.v1.CatalogService/"
+XDS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
+_CDS = {"node": {"id": "n1"}, "type_url": "type.googleapis.com/envoy.config.cluster.v3.Cluster"}
 
 
 def _sync_job() -> dict[str, Any]:
@@ -316,6 +318,12 @@ CASES: dict[str, Case] = {
     DS + "ListDatasets": Case(dict, "dataset:orders:read", "platform:*:read", "dataset:*:read"),
     DS + "RemoveDataset": Case(
         lambda: {"name": "orders"}, "dataset:orders:write", "dataset:*:read"
+    ),
+    XDS + "StreamAggregatedResources": Case(
+        lambda: dict(_CDS), "service:*:read", "service:web:read"
+    ),
+    XDS + "DeltaAggregatedResources": Case(
+        lambda: dict(_CDS), "service:*:read", "service:web:read"
     ),
     "/grpc.health.v1.Health/Check": Case(dict, None),
     "/grpc.health.v1.Health/Watch": Case(dict, None),

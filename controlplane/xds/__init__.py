@@ -1,0 +1,43 @@
+"""The xDS server: the registry as Listener, RouteConfiguration, Cluster and
+ClusterLoadAssignment resources over the Aggregated Discovery Service, for
+gRPC's proxyless clients in any language (and Envoy). docs/xds.md says how
+to use it.
+
+- ``XdsCache`` follows the registry view and builds the resources once per
+  revision, shared by every stream;
+- ``AdsServicer`` serves one session per stream and records, per node, what
+  it was sent, ACKed and NACKed in a ``NodeBook``.
+"""
+
+from controlplane.xds._cache import Snapshot, XdsCache
+from controlplane.xds._resources import (
+    CLUSTER,
+    ENDPOINTS,
+    LB_POLICY_KEY,
+    LISTENER,
+    ROUTE,
+    TYPES,
+    ServiceName,
+)
+from controlplane.xds._servicer import ADS_SERVICE, AdsServicer, add_ads, node_kind
+from controlplane.xds._status import NodeBook, NodeStatus, Rejection, TypeStatus
+
+__all__ = [
+    "ADS_SERVICE",
+    "CLUSTER",
+    "ENDPOINTS",
+    "LB_POLICY_KEY",
+    "LISTENER",
+    "ROUTE",
+    "TYPES",
+    "AdsServicer",
+    "NodeBook",
+    "NodeStatus",
+    "Rejection",
+    "ServiceName",
+    "Snapshot",
+    "TypeStatus",
+    "XdsCache",
+    "add_ads",
+    "node_kind",
+]

@@ -1,0 +1,257 @@
+"""xDS resources of the whole registry, rebuilt per revision and shared.
+
+The cache is one more subscriber of the registry view (like a Watch stream,
+with a selector matching everything): when the view publishes a revision, the
+services it touched are rebuilt (a RESYNC rebuilds all of them), and a new
+immutable :class:`Snapshot` replaces the old one. Each resource is packed
+into a ``google.protobuf.Any`` once; a service whose Cluster or endpoints come
+out byte-for-byte the same keeps its previous object, so that a stream can
+tell what changed by identity and a thousand subscribers of one change share
+one build. Streams register a wake-up event and are all woken per snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from ecosystem.v1 import registry_pb2 as pb
+from google.protobuf import any_pb2
+
+from controlplane.view import InstanceView, Selector, Watcher
+from controlplane.xds._resources import (
+    CLUSTER,
+    ENDPOINTS,
+    LISTENER,
+    ROUTE,
+    ServiceName,
+    api_listener,
+    cluster,
+    lb_policy,
+    load_assignment,
+    pack,
+    route_configuration,
+)
+
+__all__ = ["Snapshot", "XdsCache"]
+
+log = logging.getLogger(__name__)
+
+#: Listeners, routes and empty placeholders remembered by name (they depend
+#: on the name alone); past this many the memo starts over.
+_MEMO_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every service's Cluster and ClusterLoadAssignment at one registry revision."""
+
+    revision: int
+    clusters: Mapping[str, any_pb2.Any]
+    endpoints: Mapping[str, any_pb2.Any]
+
+    @property
+    def version(self) -> str:
+        """The ``version_info`` of responses built from it: the registry revision."""
+        return str(self.revision)
+
+
+class XdsCache:
+    """Follows the view and publishes snapshots; ``start`` once, ``close`` once."""
+
+    def __init__(self, view: InstanceView) -> None:
+        self._view = view
+        self._snapshot = Snapshot(0, MappingProxyType({}), MappingProxyType({}))
+        self._clusters: dict[str, any_pb2.Any] = {}
+        self._endpoints: dict[str, any_pb2.Any] = {}
+        self._memo: dict[tuple[str, str], any_pb2.Any] = {}
+        self._listeners: set[asyncio.Event] = set()
+        self._wake = asyncio.Event()
+        self._watcher: Watcher | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+        #: Snapshots built, and how long the last one took (seconds).
+        self.builds = 0
+        self.last_build_seconds = 0.0
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    async def start(self) -> None:
+        """Builds the first snapshot from the view, then follows it."""
+        view = self._view
+        self._watcher = view.subscribe(Selector(), view.revision, wake=self._wake)
+        self._rebuild(None)
+        self._task = asyncio.create_task(self._follow(), name="xds-cache")
+
+    async def close(self) -> None:
+        """Stops following; every stream is woken and finds the cache closed."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._watcher is not None:
+            self._view.unsubscribe(self._watcher)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+        self._notify()
+
+    def listen(self, wake: asyncio.Event) -> None:
+        """``wake`` is set at every new snapshot, and when the cache closes."""
+        self._listeners.add(wake)
+
+    def unlisten(self, wake: asyncio.Event) -> None:
+        self._listeners.discard(wake)
+
+    @property
+    def listener_count(self) -> int:
+        return len(self._listeners)
+
+    # -- resources by type and name ----------------------------------------
+
+    def resources(
+        self, type_url: str, names: Iterable[str] | None, *, proxyless: bool = True
+    ) -> dict[str, any_pb2.Any]:
+        """The resources of ``type_url`` a client subscribed to (``names``;
+        None for all of them), by name. A well-formed name of a service
+        without instances gets an empty cluster (calls fail UNAVAILABLE
+        until one registers), not "does not exist". Names that are not
+        service names are left out (the client times them out as missing)."""
+        snapshot = self._snapshot
+        if type_url in (CLUSTER, ENDPOINTS):
+            current = snapshot.clusters if type_url == CLUSTER else snapshot.endpoints
+            if names is None:
+                return dict(current)
+            found: dict[str, any_pb2.Any] = {}
+            for name in names:
+                resource = current.get(name)
+                if resource is None:
+                    resource = self._placeholder(type_url, name)
+                if resource is not None:
+                    found[name] = resource
+            return found
+        if names is None:
+            # A wildcard listener or route subscription is an Envoy's: its
+            # socket listeners are not served yet (docs/xds.md).
+            return {}
+        found = {}
+        for name in names:
+            resource = self._named(type_url, name, proxyless)
+            if resource is not None:
+                found[name] = resource
+        return found
+
+    def _named(self, type_url: str, name: str, proxyless: bool) -> any_pb2.Any | None:
+        key = (type_url, name)
+        memo = self._memo.get(key)
+        if memo is not None:
+            return memo
+        try:
+            service = ServiceName.parse(name)
+        except ValueError:
+            return None
+        if type_url == LISTENER:
+            if not proxyless:
+                return None
+            resource = pack(api_listener(name, service))
+        elif type_url == ROUTE:
+            if name != service.resource:
+                return None
+            resource = pack(route_configuration(service))
+        else:
+            return None
+        return self._remember(key, resource)
+
+    def _placeholder(self, type_url: str, name: str) -> any_pb2.Any | None:
+        key = (type_url, name)
+        memo = self._memo.get(key)
+        if memo is not None:
+            return memo
+        try:
+            service = ServiceName.parse(name)
+        except ValueError:
+            return None
+        if service.resource != name:
+            return None
+        message = cluster(service, ()) if type_url == CLUSTER else load_assignment(service, ())
+        return self._remember(key, pack(message))
+
+    def _remember(self, key: tuple[str, str], resource: any_pb2.Any) -> any_pb2.Any:
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[key] = resource
+        return resource
+
+    # -- following the view -------------------------------------------------
+
+    async def _follow(self) -> None:
+        watcher = self._watcher
+        assert watcher is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if watcher.closed:
+                log.info("xDS cache: the registry view closed; no more snapshots")
+                self.closed = True
+                self._notify()
+                return
+            if watcher.resync:
+                watcher.resync = False
+                watcher.discard_pending()
+                self._rebuild(None)
+            elif watcher.pending:
+                frames, _ = watcher.take(watcher.pending_bytes)
+                batch = pb.WatchResponse.FromString(b"".join(frames))
+                touched = {
+                    (event.instance.namespace, event.instance.service)
+                    for event in batch.events
+                    if event.HasField("instance")
+                }
+                self._rebuild(touched)
+
+    def _rebuild(self, touched: set[tuple[str, str]] | None) -> None:
+        """Rebuilds the ``touched`` services (None: all) and publishes."""
+        started = time.perf_counter()
+        view = self._view
+        if touched is None:
+            touched = {(svc.namespace, svc.name) for svc in view.services()}
+            gone = set(self._clusters) - {ServiceName(s, ns).resource for ns, s in touched}
+            for resource in gone:
+                self._clusters.pop(resource, None)
+                self._endpoints.pop(resource, None)
+        for namespace, service in touched:
+            name = ServiceName(service, namespace)
+            found = view.service(namespace, service)
+            if found is None:
+                self._clusters.pop(name.resource, None)
+                self._endpoints.pop(name.resource, None)
+                continue
+            _summary, instances = found
+            _policy, complaint = lb_policy(instances)
+            if complaint:
+                log.warning("xDS cluster %s: %s", name.resource, complaint)
+            self._keep(self._clusters, name.resource, pack(cluster(name, instances)))
+            self._keep(self._endpoints, name.resource, pack(load_assignment(name, instances)))
+        self._snapshot = Snapshot(
+            view.revision,
+            MappingProxyType(dict(self._clusters)),
+            MappingProxyType(dict(self._endpoints)),
+        )
+        self.builds += 1
+        self.last_build_seconds = time.perf_counter() - started
+        self._notify()
+
+    @staticmethod
+    def _keep(current: dict[str, any_pb2.Any], name: str, fresh: any_pb2.Any) -> None:
+        previous = current.get(name)
+        if previous is None or previous.value != fresh.value:
+            current[name] = fresh
+
+    def _notify(self) -> None:
+        for wake in self._listeners:
+            wake.set()
