@@ -31,6 +31,7 @@ from controlplane.xds._resources import (
     ServiceName,
     api_listener,
     cluster,
+    endpoint_instances,
     lb_policy,
     load_assignment,
     pack,
@@ -69,6 +70,7 @@ class XdsCache:
         self._clusters: dict[str, any_pb2.Any] = {}
         self._endpoints: dict[str, any_pb2.Any] = {}
         self._memo: dict[tuple[str, str], any_pb2.Any] = {}
+        self._problems: dict[str, tuple[str, ...]] = {}
         self._listeners: set[asyncio.Event] = set()
         self._wake = asyncio.Event()
         self._watcher: Watcher | None = None
@@ -224,17 +226,24 @@ class XdsCache:
             for resource in gone:
                 self._clusters.pop(resource, None)
                 self._endpoints.pop(resource, None)
+                self._problems.pop(resource, None)
         for namespace, service in touched:
             name = ServiceName(service, namespace)
             found = view.service(namespace, service)
             if found is None:
                 self._clusters.pop(name.resource, None)
                 self._endpoints.pop(name.resource, None)
+                self._problems.pop(name.resource, None)
                 continue
             _summary, instances = found
             _policy, complaint = lb_policy(instances)
-            if complaint:
-                log.warning("xDS cluster %s: %s", name.resource, complaint)
+            _kept, problems = endpoint_instances(instances)
+            found_problems = tuple(filter(None, (complaint, *problems)))
+            if found_problems != self._problems.get(name.resource, ()):
+                # Said once, not at every change of the service.
+                for problem in found_problems:
+                    log.warning("xDS cluster %s: %s", name.resource, problem)
+            self._problems[name.resource] = found_problems
             self._keep(self._clusters, name.resource, pack(cluster(name, instances)))
             self._keep(self._endpoints, name.resource, pack(load_assignment(name, instances)))
         self._snapshot = Snapshot(

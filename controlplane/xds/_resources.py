@@ -29,6 +29,8 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
+from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from controlplane.validation import DEFAULT_NAMESPACE
@@ -83,6 +85,14 @@ _ADS = config_source_pb2.ConfigSource(
     ads=config_source_pb2.AggregatedConfigSource(),
     resource_api_version=config_source_pb2.V3,
 )
+_LEAST_REQUEST = cluster_pb2.LoadBalancingPolicy()
+for _name, _config in (
+    ("envoy.load_balancing_policies.least_request", least_request_pb2.LeastRequest()),
+    ("envoy.load_balancing_policies.round_robin", round_robin_pb2.RoundRobin()),
+):
+    _entry = _LEAST_REQUEST.policies.add()
+    _entry.typed_extension_config.name = _name
+    _entry.typed_extension_config.typed_config.Pack(_config)
 _ROUTER = hcm_pb2.HttpFilter(name="router")
 _ROUTER.typed_config.Pack(router_pb2.Router())
 
@@ -164,9 +174,15 @@ def cluster(name: ServiceName, instances: Sequence[pb.Instance]) -> cluster_pb2.
     result = cluster_pb2.Cluster(
         name=name.resource,
         type=cluster_pb2.Cluster.EDS,
-        lb_policy=policy,
         connect_timeout=duration_pb2.Duration(seconds=5),
     )
+    if policy == cluster_pb2.Cluster.LEAST_REQUEST:
+        # In the policy list, with round robin after it: a client without
+        # least request (gRPC's C-core) takes the next one instead of
+        # rejecting the cluster, as it does the old enum field.
+        result.load_balancing_policy.CopyFrom(_LEAST_REQUEST)
+    else:
+        result.lb_policy = policy
     result.eds_cluster_config.eds_config.CopyFrom(_ADS)
     result.eds_cluster_config.service_name = name.resource
     return result
@@ -180,18 +196,52 @@ def is_ip(address: str) -> bool:
     return True
 
 
+_RANK = {
+    pb.HEALTH_STATUS_PASSING: 0,
+    pb.HEALTH_STATUS_UNKNOWN: 1,
+    pb.HEALTH_STATUS_UNSPECIFIED: 1,
+    pb.HEALTH_STATUS_WARNING: 2,
+    pb.HEALTH_STATUS_CRITICAL: 3,
+}
+
+
+def endpoint_instances(instances: Iterable[pb.Instance]) -> tuple[list[pb.Instance], list[str]]:
+    """The instances that become endpoints, by id, and why others do not.
+
+    A host name is left out (EDS carries IP addresses). Two instances at one
+    address and port are one endpoint, the healthier one (then the first
+    id): the gRPC client rejects a ClusterLoadAssignment that lists an
+    address twice, and would then miss every later change of the service."""
+    kept: dict[tuple[str, int], pb.Instance] = {}
+    problems: list[str] = []
+    for inst in sorted(instances, key=lambda i: i.id):
+        if not is_ip(inst.address):
+            problems.append(f"instance {inst.id}: {inst.address!r} is a host name, not an IP")
+            continue
+        key = (ipaddress.ip_address(inst.address).compressed, inst.port)
+        other = kept.get(key)
+        if other is not None:
+            if _RANK.get(inst.health, 1) < _RANK.get(other.health, 1):
+                kept[key], inst = inst, other
+            problems.append(
+                f"instances {kept[key].id} and {inst.id} are both at "
+                f"{inst.address} port {inst.port}: {kept[key].id} is used"
+            )
+            continue
+        kept[key] = inst
+    return sorted(kept.values(), key=lambda i: i.id), problems
+
+
 def load_assignment(
     name: ServiceName, instances: Sequence[pb.Instance]
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The service's endpoints grouped by locality (region, zone), each with
     its health and weight; each locality weighs the sum of its endpoints'
-    weights (gRPC requires a weight on every locality). Instances whose
-    address is a host name are left out (EDS carries IP addresses)."""
+    weights (gRPC requires a weight on every locality). Which instances are
+    left out: see :func:`endpoint_instances`."""
     localities: dict[tuple[str, str], endpoint_components_pb2.LocalityLbEndpoints] = {}
     totals: dict[tuple[str, str], int] = {}
-    for inst in sorted(instances, key=lambda i: i.id):
-        if not is_ip(inst.address):
-            continue
+    for inst in endpoint_instances(instances)[0]:
         key = (inst.region, inst.zone)
         group = localities.get(key)
         if group is None:

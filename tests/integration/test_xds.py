@@ -1,0 +1,520 @@
+"""xDS against real processes: a control plane on 127.0.0.1:0, two (then
+three) grpcio backends registered in its registry, and a grpcio client in a
+subprocess that dials ``xds:///orders`` with nothing but a bootstrap file
+(GRPC_XDS_BOOTSTRAP, written by ``eco xds bootstrap``): gRPC's own xDS
+resolver and balancer, no SDK code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import grpc.aio
+import pytest
+from ecosystem.v1 import registry_pb2 as pb
+from ecosystem.v1 import registry_pb2_grpc as pb_grpc
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from controlplane import ControlPlane, ControlPlaneConfig
+from controlplane.xds import CLUSTER, ENDPOINTS, LISTENER, ROUTE
+from tests.harness.controlplane import ECO
+from tests.util import assert_eventually
+
+pytestmark = pytest.mark.timeout(120)
+
+METHOD = "/demo.Echo/Who"
+
+#: The client: one call every 20 ms, one JSON line per call on stdout.
+CLIENT = """
+import json, sys, time
+import grpc
+channel = grpc.insecure_channel(sys.argv[1])
+who = channel.unary_unary(sys.argv[2])
+while True:
+    try:
+        print(json.dumps({"ok": who(b"", timeout=2).decode()}), flush=True)
+    except grpc.RpcError as err:
+        print(json.dumps({"error": err.code().name, "details": err.details()}), flush=True)
+    time.sleep(0.02)
+"""
+
+
+@dataclass
+class Backend:
+    name: str
+    server: grpc.aio.Server
+    port: int
+
+
+async def start_backend(name: str) -> Backend:
+    """A grpcio server whose one method answers with its name."""
+
+    async def who(_request: bytes, _context: Any) -> bytes:
+        return name.encode()
+
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "demo.Echo", {"Who": grpc.unary_unary_rpc_method_handler(who)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return Backend(name, server, port)
+
+
+@dataclass
+class Client:
+    """The xDS client process and the replies it has printed."""
+
+    proc: asyncio.subprocess.Process
+    lines: list[dict[str, str]] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+
+    async def read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.lines.append(json.loads(raw))
+
+    def recent(self, count: int) -> list[dict[str, str]]:
+        return self.lines[-count:]
+
+    async def replies_from(self, names: set[str], *, timeout: float = 15.0) -> Counter[str]:
+        """Waits until the next 40 calls all succeed and reach exactly ``names``."""
+
+        async def check() -> Counter[str]:
+            start = len(self.lines)
+            await assert_eventually(lambda: _at_least(self.lines, start + 40), timeout=5.0)
+            window = self.lines[start : start + 40]
+            errors = [line for line in window if "ok" not in line]
+            assert not errors, errors[:3]
+            seen = Counter(line["ok"] for line in window)
+            assert set(seen) == names, seen
+            return seen
+
+        return await assert_eventually(check, timeout=timeout, interval=0.1)
+
+
+def _at_least(lines: list[Any], count: int) -> None:
+    assert len(lines) >= count, f"{len(lines)} replies so far"
+
+
+@contextlib.asynccontextmanager
+async def xds_client(bootstrap: Path, target: str, log: Path) -> AsyncIterator[Client]:
+    env = {**os.environ, "GRPC_XDS_BOOTSTRAP": str(bootstrap)}
+    with log.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CLIENT,
+            target,
+            METHOD,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+        )
+    client = Client(proc)
+    client.reader = asyncio.create_task(client.read())
+    try:
+        yield client
+    finally:
+        proc.kill()
+        await proc.wait()
+        client.reader.cancel()
+        await asyncio.wait({client.reader})
+
+
+def write_bootstrap(tmp_path: Path, server: str, node: str) -> Path:
+    """``eco xds bootstrap``, the command a user runs."""
+    out = tmp_path / f"{node}.json"
+    subprocess.run(
+        [str(ECO), "xds", "bootstrap", "--node", node, "--server", server, "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def instance(backend: Backend, health: int = pb.HEALTH_STATUS_PASSING, **extra: Any) -> pb.Instance:
+    return pb.Instance(
+        id=backend.name,
+        service="orders",
+        address="127.0.0.1",
+        port=backend.port,
+        zone="z1",
+        region="r1",
+        health=health,  # type: ignore[arg-type]
+        liveness=pb.LIVENESS_PERSISTENT,
+        **extra,
+    )
+
+
+def config(**overrides: Any) -> ControlPlaneConfig:
+    values: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:0",
+        "store_url": "memory://",
+        "grace": 0.5,
+        "drain_delay": 0,
+    }
+    values.update(overrides)
+    return ControlPlaneConfig(**values)
+
+
+@pytest.fixture
+async def plane() -> AsyncIterator[ControlPlane]:
+    async with ControlPlane(config()) as cp:
+        yield cp
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[list[Backend]]:
+    started = [await start_backend(name) for name in ("a", "b", "c")]
+    yield started
+    for backend in started:
+        await backend.server.stop(0)
+
+
+async def register(address: str, *instances: pb.Instance) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.RegistryServiceStub(channel)
+        for inst in instances:
+            await stub.RegisterInstance(pb.RegisterInstanceRequest(instance=inst), timeout=5)
+
+
+async def xds_status(plane: ControlPlane) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://{plane.admin_address}/xds") as response,
+    ):
+        assert response.status == 200
+        return dict(await response.json())
+
+
+async def test_calls_are_balanced_follow_health_and_new_instances(
+    plane: ControlPlane, backends: list[Backend], tmp_path: Path
+) -> None:
+    a, b, c = backends
+    await register(plane.address, instance(a), instance(b))
+    bootstrap = write_bootstrap(tmp_path, plane.address, "orders-client-1")
+    async with xds_client(bootstrap, "xds:///orders", tmp_path / "client.log") as client:
+        seen = await client.replies_from({"a", "b"}, timeout=30)
+        # Round robin: both get a fair share.
+        assert min(seen.values()) >= 15, seen
+
+        await register(plane.address, instance(a, pb.HEALTH_STATUS_CRITICAL))
+        await client.replies_from({"b"})
+
+        await register(plane.address, instance(c))
+        await client.replies_from({"b", "c"})
+
+        await register(plane.address, instance(a))
+        await client.replies_from({"a", "b", "c"})
+
+    status = await xds_status(plane)
+    [node] = [n for n in status["nodes"] if n["node"] == "orders-client-1"]
+    assert node["kind"] == "proxyless"
+    assert node["types"]["ClusterLoadAssignment"]["state"] == "ACKED", node
+    assert node["types"]["Listener"]["subscribed"] == ["orders"]
+
+
+# -- the protocol, spoken by a raw ADS stream ----------------------------------
+
+
+class Ads:
+    """One ADS stream from the test: requests written, responses read."""
+
+    def __init__(self, channel: grpc.aio.Channel, node: str = "raw-1") -> None:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        self.call = stub.StreamAggregatedResources()
+        self.node = node
+        self._pending: asyncio.Task[Any] | None = None
+
+    async def ask(
+        self,
+        type_url: str,
+        names: tuple[str, ...] = (),
+        *,
+        answering: discovery_pb2.DiscoveryResponse | None = None,
+        error: str = "",
+    ) -> None:
+        request = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names)
+        request.node.id = self.node
+        request.node.user_agent_name = "gRPC Python"
+        if answering is not None:
+            request.response_nonce = answering.nonce
+            request.version_info = answering.version_info
+        if error:
+            request.error_detail.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            request.error_detail.message = error
+        await self.call.write(request)
+
+    def _read(self) -> asyncio.Task[Any]:
+        # One read at a time, kept across a wait that timed out: the message
+        # it brings is the next one.
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self.call.read())
+        return self._pending
+
+    async def next(self, timeout: float = 5.0) -> discovery_pb2.DiscoveryResponse:
+        read = self._read()
+        done, _ = await asyncio.wait({read}, timeout=timeout)
+        assert done, f"no response within {timeout}s"
+        self._pending = None
+        response = read.result()
+        assert response is not grpc.aio.EOF, await self.call.details()
+        return response  # type: ignore[no-any-return]
+
+    async def nothing_for(self, seconds: float) -> None:
+        done, _ = await asyncio.wait({self._read()}, timeout=seconds)
+        assert not done, "a response came"
+
+    async def close(self) -> None:
+        self.call.cancel()
+        if self._pending is not None:
+            await asyncio.wait({self._pending})
+            if not self._pending.cancelled():
+                self._pending.exception()  # retrieved: a cancelled call's error
+
+
+def _unpack(response: discovery_pb2.DiscoveryResponse, kind: type[Any]) -> dict[str, Any]:
+    found = {}
+    for packed in response.resources:
+        message = kind()
+        assert packed.Unpack(message), packed.type_url
+        found[
+            message.cluster_name if kind is endpoint_pb2.ClusterLoadAssignment else message.name
+        ] = message
+    return found
+
+
+@pytest.fixture
+async def channel(plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(plane.address) as ch:
+        yield ch
+
+
+async def test_resources_carry_health_weight_locality_and_the_registry_revision(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    def at(name: str, port: int, zone: str, **extra: Any) -> pb.Instance:
+        return pb.Instance(
+            id=name,
+            service="orders",
+            namespace="shop",
+            address="10.0.0.1",
+            port=port,
+            region="eu",
+            zone=zone,
+            liveness=pb.LIVENESS_PERSISTENT,
+            **extra,
+        )
+
+    await register(
+        plane.address,
+        at("p", 1001, "eu-1", health=pb.HEALTH_STATUS_PASSING, weight=3),
+        at("w", 1002, "eu-1", health=pb.HEALTH_STATUS_WARNING),
+        at("c", 1003, "eu-2", health=pb.HEALTH_STATUS_CRITICAL, weight=2),
+        at("u", 1004, "eu-2", health=pb.HEALTH_STATUS_UNKNOWN, metadata={"lb_policy": "ring_hash"}),
+        # A second registration of p's address: one endpoint, not two.
+        at("p2", 1001, "eu-1", health=pb.HEALTH_STATUS_CRITICAL),
+        # A host name: EDS carries IP addresses only.
+        pb.Instance(
+            id="h",
+            service="orders",
+            namespace="shop",
+            address="orders.internal",
+            port=1,
+            liveness=pb.LIVENESS_PERSISTENT,
+        ),
+    )
+    ads = Ads(channel)
+    await ads.ask(LISTENER, ("orders.shop",))
+    lds = await ads.next()
+    assert lds.version_info == str(plane.view.revision)
+    [listener] = _unpack(lds, listener_pb2.Listener).values()
+    manager = hcm_pb2.HttpConnectionManager()
+    assert listener.api_listener.api_listener.Unpack(manager)
+    assert manager.rds.route_config_name == "orders.shop"
+    assert manager.rds.config_source.HasField("ads")
+
+    await ads.ask(LISTENER, ("orders.shop",), answering=lds)
+    await ads.ask(ROUTE, ("orders.shop",))
+    rds = await ads.next()
+    [route] = _unpack(rds, route_pb2.RouteConfiguration).values()
+    assert route.virtual_hosts[0].routes[0].route.cluster == "orders.shop"
+
+    await ads.ask(ROUTE, ("orders.shop",), answering=rds)
+    await ads.ask(CLUSTER, ())  # a wildcard: every cluster
+    cds = await ads.next()
+    clusters = _unpack(cds, cluster_pb2.Cluster)
+    assert set(clusters) == {"orders.shop"}
+    assert clusters["orders.shop"].type == cluster_pb2.Cluster.EDS
+    # Most instances that name a policy name ring hash.
+    assert clusters["orders.shop"].lb_policy == cluster_pb2.Cluster.RING_HASH
+
+    await ads.ask(CLUSTER, (), answering=cds)
+    await ads.ask(ENDPOINTS, ("orders.shop",))
+    eds = await ads.next()
+    [assignment] = _unpack(eds, endpoint_pb2.ClusterLoadAssignment).values()
+    by_zone = {group.locality.zone: group for group in assignment.endpoints}
+    assert set(by_zone) == {"eu-1", "eu-2"}
+    health = {
+        lb.endpoint.hostname: (
+            health_check_pb2.HealthStatus.Name(lb.health_status),
+            lb.load_balancing_weight.value,
+        )
+        for group in assignment.endpoints
+        for lb in group.lb_endpoints
+    }
+    assert health == {
+        "p": ("HEALTHY", 3),
+        "w": ("DEGRADED", 1),
+        "c": ("UNHEALTHY", 2),
+        "u": ("UNKNOWN", 1),
+    }
+    # Every locality has a weight: the sum of its endpoints'.
+    assert by_zone["eu-1"].load_balancing_weight.value == 4
+    assert by_zone["eu-2"].load_balancing_weight.value == 3
+    assert by_zone["eu-1"].locality.region == "eu"
+
+
+async def test_a_nack_is_recorded_and_logged_and_nothing_is_resent_until_a_change(
+    plane: ControlPlane, channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = pb.Instance(
+        id="a", service="orders", address="10.0.0.1", port=80, liveness=pb.LIVENESS_PERSISTENT
+    )
+    await register(plane.address, a)
+    ads = Ads(channel, node="picky-1")
+    await ads.ask(ENDPOINTS, ("orders.default",))
+    first = await ads.next()
+    await ads.ask(ENDPOINTS, ("orders.default",), answering=first)
+
+    a.port = 81
+    await register(plane.address, a)
+    second = await ads.next()
+    assert int(second.version_info) > int(first.version_info)
+    # The client refuses it: it keeps the first version.
+    caplog.set_level("WARNING", logger="controlplane.xds")
+    refused = discovery_pb2.DiscoveryResponse(nonce=second.nonce, version_info=first.version_info)
+    await ads.ask(ENDPOINTS, ("orders.default",), answering=refused, error="port 81 is cursed")
+    await ads.nothing_for(0.5)  # not resent: the client would only refuse it again
+
+    status = await xds_status(plane)
+    [node] = [n for n in status["nodes"] if n["node"] == "picky-1"]
+    eds = node["types"]["ClusterLoadAssignment"]
+    assert eds["state"] == "NACKED"
+    assert eds["acked_version"] == first.version_info
+    assert eds["last_nack"]["version"] == second.version_info
+    assert eds["last_nack"]["resources"] == ["orders.default"]
+    assert eds["last_nack"]["error"] == "port 81 is cursed"
+    assert any(
+        "picky-1 rejected ClusterLoadAssignment" in r.getMessage()
+        and "orders.default" in r.getMessage()
+        and "port 81 is cursed" in r.getMessage()
+        for r in caplog.records
+    )
+
+    # A stale answer (an old nonce) changes nothing.
+    await ads.ask(ENDPOINTS, ("orders.default",), answering=first)
+    await ads.nothing_for(0.3)
+
+    # The next change is sent, and its ACK clears the state.
+    a.port = 82
+    await register(plane.address, a)
+    third = await ads.next()
+    await ads.ask(ENDPOINTS, ("orders.default",), answering=third)
+
+    async def acked() -> None:
+        status = await xds_status(plane)
+        [node] = [n for n in status["nodes"] if n["node"] == "picky-1"]
+        assert node["types"]["ClusterLoadAssignment"]["state"] == "ACKED"
+        assert node["types"]["ClusterLoadAssignment"]["acked_version"] == third.version_info
+
+    await assert_eventually(acked)
+    await ads.close()
+
+
+async def test_one_change_is_built_once_and_sent_only_to_whom_it_concerns(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    inst = {
+        svc: pb.Instance(
+            id="i", service=svc, address="10.0.0.2", port=80, liveness=pb.LIVENESS_PERSISTENT
+        )
+        for svc in ("orders", "users")
+    }
+    await register(plane.address, *inst.values())
+    streams = []
+    for i in range(6):
+        ads = Ads(channel, node=f"n{i}")
+        service = "orders" if i % 2 == 0 else "users"
+        await ads.ask(ENDPOINTS, (f"{service}.default",))
+        await ads.ask(ENDPOINTS, (f"{service}.default",), answering=await ads.next())
+        streams.append((service, ads))
+    assert plane.xds is not None
+    builds = plane.xds.builds
+
+    inst["orders"].health = pb.HEALTH_STATUS_CRITICAL
+    await register(plane.address, inst["orders"])
+    for service, ads in streams:
+        if service == "orders":
+            [cla] = _unpack(await ads.next(), endpoint_pb2.ClusterLoadAssignment).values()
+            status = cla.endpoints[0].lb_endpoints[0].health_status
+            assert status == health_check_pb2.UNHEALTHY
+        else:
+            await ads.nothing_for(0.2)
+    assert plane.xds.builds == builds + 1
+    for _, ads in streams:
+        await ads.close()
+
+
+async def test_a_stream_without_a_node_id_or_delta_gets_a_clear_status(
+    channel: grpc.aio.Channel,
+) -> None:
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    call = stub.StreamAggregatedResources()
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call.read()
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "node.id" in (refused.value.details() or "")
+
+    delta = stub.DeltaAggregatedResources()
+    await delta.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER))
+    with pytest.raises(grpc.aio.AioRpcError) as unimplemented:
+        await delta.read()
+    assert unimplemented.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert "StreamAggregatedResources" in (unimplemented.value.details() or "")
+
+
+async def test_streams_end_unavailable_when_the_control_plane_stops(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    ads = Ads(channel)
+    await ads.ask(CLUSTER)
+    await ads.next()
+    await plane.stop()
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await ads.call.read()
+    assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
