@@ -9,6 +9,8 @@ end: an ``eco controlplane`` process and ``eco sidecar`` processes.
 - A run in progress on a sidecar while the control plane is killed (-9) and
   started again: the run finishes, its end is reported to the restarted
   control plane, and the next runs happen.
+- ``eco apply`` of a SyncJob document with ``on_platform``: applied after
+  its platform, read back unchanged, exported as written.
 """
 
 from __future__ import annotations
@@ -150,3 +152,36 @@ async def test_a_run_in_progress_survives_a_control_plane_restart(
         assert numbers == list(range(max(numbers), 0, -1))
     finally:
         await sidecar.stop()
+
+
+def test_a_platform_job_from_a_document(sqlite_plane: ControlPlaneProcess, tmp_path: Path) -> None:
+    """A SyncJob document with on_platform is applied after its platform,
+    reads back unchanged (diff says nothing), and exports as it was written."""
+    eco = Eco(sqlite_plane.address)
+    path = tmp_path / "sync.yaml"
+    path.write_text(
+        "apiVersion: ecosystem/v1\n"
+        "kind: Platform\n"
+        "metadata: {name: plant-7}\n"
+        "spec: {kind: onprem}\n"
+        "---\n"
+        "apiVersion: ecosystem/v1\n"
+        "kind: SyncJob\n"
+        "metadata: {name: logs}\n"
+        "spec: {source: file:///var/log/app, destination: s3://logs/app,\n"
+        "       on_platform: plant-7, every: 1h}\n"
+    )
+    out = eco.ok("apply", "-f", str(path))
+    assert "created Platform plant-7" in out and "created SyncJob logs" in out, out
+    same = eco("diff", "-f", str(path))
+    assert (same.returncode, same.stdout) == (0, ""), same.stdout + same.stderr
+    shown = eco.json("sync", "job", "get", "logs")
+    assert (shown["on_node"], shown["on_platform"]) == ("", "plant-7")
+    exported = eco.ok("export", "--kind", "SyncJob")
+    assert "on_platform: plant-7" in exported and "on_node" not in exported, exported
+    both = path.read_text().replace("on_platform: plant-7", "on_platform: plant-7, on_node: n1")
+    path.write_text(both)
+    refused = eco("apply", "-f", str(path))
+    assert refused.returncode == 2 and "exactly one of on_node and on_platform" in (
+        refused.stdout + refused.stderr
+    )
