@@ -30,9 +30,10 @@ $(BUF):
 
 tools: $(STAMP) $(BUF)
 
-## run: the control plane on the embedded SQLite store, plus what `eco dev` starts
+## run: the control plane on the embedded SQLite store, plus what `eco dev` starts;
+## ARGS go to eco dev: make run ARGS="--listen 127.0.0.1:7500 --sidecar-listen 127.0.0.1:7510"
 run: $(STAMP)
-	$(BIN)/eco dev
+	$(BIN)/eco dev $(ARGS)
 
 ## gen: regenerate gen/ from proto/ (the only way gen/ changes)
 gen: $(STAMP)

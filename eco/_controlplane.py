@@ -1,4 +1,6 @@
-"""``eco controlplane`` and ``eco dev``: run the control plane in this process.
+"""``eco controlplane`` and ``eco dev``: run the control plane in this process
+(``eco dev`` beside a sidecar, or a template's sidecars and gateway: eco/_dev.py
+reads and checks what it runs).
 
 The control plane is imported inside the commands, so that the registry
 commands (``eco service …``) start fast and need nothing but the SDK; the
@@ -8,22 +10,29 @@ commands check first that the server dependencies are installed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from eco._dev import (
+    DEV_SIDECAR_ADMIN,
+    DEV_SIDECAR_LISTEN,
+    Stack,
+    builtin_sidecar,
+    claim_ports,
+    override_ports,
+    port_of,
+    read_template,
+    run_stack,
+)
 from eco._extras import require_server
 from eco._process import raise_open_files_limit
 from eco._settings import Settings, configure_logging, pass_settings
 
 if TYPE_CHECKING:
     from controlplane import ControlPlaneConfig
-    from sidecar.config import SidecarConfig
 
 __all__ = ["DEFAULT_STORE", "controlplane_command", "dev_command"]
 
@@ -399,6 +408,18 @@ def controlplane_command(
     ctx.exit(run(config))
 
 
+def _check_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None or value.strip().lower() == "off":
+        return value
+    from sidecar.config import split_hostport
+
+    try:
+        split_hostport(value, allow_zero=True)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+    return value.strip()
+
+
 @click.command("dev")
 @_listen_options
 @click.option(
@@ -410,12 +431,46 @@ def controlplane_command(
     help="sqlite://PATH to keep state between runs, memory:// for a throwaway.",
 )
 @click.option(
+    "--from",
+    "from_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Run a template 'eco init' wrote: the sidecar and gateway of each file in "
+    "DIR/config/, then 'eco apply -f DIR/apply/'.",
+)
+@click.option(
     "--sidecar-config",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Run the local sidecar with this config file instead of the built-in one "
     "(its control-plane addresses are replaced by this control plane's).",
 )
-@click.option("--no-sidecar", is_flag=True, help="Run only the control plane.")
+@click.option(
+    "--sidecar-listen",
+    metavar="HOST:PORT",
+    callback=_check_address,
+    help=f"The sidecar's local API (SDK) address  [default: {DEV_SIDECAR_LISTEN}, or the "
+    "config file's local_api]",
+)
+@click.option(
+    "--sidecar-admin",
+    metavar="HOST:PORT",
+    callback=_check_address,
+    help=f"The sidecar's admin HTTP (/status, /metrics) address, or 'off'  [default: "
+    f"{DEV_SIDECAR_ADMIN}, or the config file's admin]",
+)
+@click.option(
+    "--gateway-listen",
+    metavar="HOST:PORT",
+    callback=_check_address,
+    help="With --from: the gateway's listener  [default: its config file's listen]",
+)
+@click.option(
+    "--gateway-admin",
+    metavar="HOST:PORT",
+    callback=_check_address,
+    help="With --from: the gateway's admin HTTP, or 'off'  [default: its config file's admin]",
+)
+@click.option("--no-sidecar", is_flag=True, help="Run only the control plane (and apply).")
 @pass_settings
 @click.pass_context
 def dev_command(
@@ -424,7 +479,12 @@ def dev_command(
     listen: str,
     admin_listen: str,
     store_url: str,
+    from_dir: Path | None,
     sidecar_config: Path | None,
+    sidecar_listen: str | None,
+    sidecar_admin: str | None,
+    gateway_listen: str | None,
+    gateway_admin: str | None,
     no_sidecar: bool,
 ) -> None:
     """Run a local development stack and show what to try next.
@@ -434,100 +494,44 @@ def dev_command(
     sidecar beside it: its local API on 127.0.0.1:7410, its admin HTTP
     (/status, /metrics) on 127.0.0.1:7411. Stop both with Ctrl-C.
 
+    With --from DIR, runs a template written by 'eco init' instead: the
+    sidecar and the gateway of each file in DIR/config/ (their addresses
+    of the control plane replaced by this one's), then applies DIR/apply/.
+
+    Every port it opens has a flag (the other listeners of a config file, its
+    upstreams' and bridges', are changed in that file). A port in use is
+    named, with the flag that changes it, and nothing starts (exit 1).
+
     \b
     Examples:
       eco dev --store memory://
+      eco dev --listen 127.0.0.1:7500 --admin-listen off --sidecar-listen 127.0.0.1:7510
       eco dev --sidecar-config sidecar.yaml
+      eco init --template cloud shop && eco dev --from shop
     """
     require_server("dev")
+    if from_dir is not None and sidecar_config is not None:
+        raise click.UsageError("give --from or --sidecar-config, not both")
+    if from_dir is None and (gateway_listen or gateway_admin):
+        raise click.UsageError("--gateway-listen and --gateway-admin go with --from")
     config = _config(listen=listen, admin_listen=admin_listen, store_url=store_url, grace=2.0)
-    sidecar = None if no_sidecar else _dev_sidecar_config(sidecar_config)
-    configure_logging(settings.verbose, base=logging.INFO)
-    raise_open_files_limit()
-    ctx.exit(asyncio.run(_run_dev(config, sidecar)))
-
-
-def _dev_sidecar_config(path: Path | None) -> SidecarConfig:
-    """The sidecar `eco dev` runs: the user's file, or a node named "dev"."""
-    from sidecar.config import ConfigError, SidecarConfig, load_config
-
-    if path is None:
-        return SidecarConfig.model_validate({"node": {"id": "dev"}})
-    try:
-        return load_config(path)
-    except ConfigError as err:
-        raise click.UsageError(str(err)) from None
-    except OSError as err:
-        raise click.UsageError(f"{path}: {err.strerror}") from None
-
-
-async def _run_dev(config: ControlPlaneConfig, sidecar_config: SidecarConfig | None) -> int:
-    from controlplane import ControlPlane, StartupError
-    from serving.process import tune_gc
-    from sidecar.app import Sidecar
-    from sidecar.config import ControlPlaneLinkConfig
-    from sidecar.errors import StartupError as SidecarStartupError
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            os._exit(128 + signum)  # the second signal: leave at once
-        stop.set()
-
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            plane = await stack.enter_async_context(ControlPlane(config))
-            local = ""
-            if sidecar_config is not None:
-                # Entered after the control plane, so it stops first.
-                link = ControlPlaneLinkConfig(
-                    addresses=(plane.address,), token=sidecar_config.controlplane.token
-                )
-                running = await stack.enter_async_context(
-                    Sidecar(sidecar_config.model_copy(update={"controlplane": link}))
-                )
-                local = f"{running.local_api_address} (admin {running.admin_address or 'off'})"
-            tune_gc()
-            # Before the tour is printed: a script that waits for it and then
-            # stops the stack must get a clean stop, not the default SIGTERM.
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, on_signal, signum)
-            click.echo(next_steps(plane.address, plane.admin_address, config.store_url, local))
-            await stop.wait()
-            click.echo("stopping (Ctrl-C again to exit at once)…", err=True)
-    except (StartupError, SidecarStartupError) as err:
-        click.echo(f"eco: {err}", err=True)
-        return 1
-    finally:
-        # Installed until the drain above is over, so a second signal cuts it short.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    return 0
-
-
-def next_steps(address: str, admin_address: str, store_url: str, sidecar: str = "") -> str:
-    """The short tour printed by ``eco dev`` once everything is up."""
-    server = "" if address == DEFAULT_LISTEN else f" --server {address}"
-    admin = f"metrics on http://{admin_address}/metrics" if admin_address else "admin HTTP off"
-    return "\n".join(
-        [
-            f"Control plane ready on {address} (store {store_url}; {admin}).",
-            *([f"Sidecar 'dev' ready: local API on {sidecar}."] if sidecar else []),
-            "",
-            "Try, in another terminal:",
-            f"  eco{server} service register web --address 127.0.0.1 --port 8080 --tag v1",
-            f"  eco{server} service list",
-            f"  eco{server} service get web",
-            f"  eco{server} service watch web        # one JSON event per line; Ctrl-C to stop",
-            f"  eco{server} service deregister web --id <id printed by register>",
+    stack = Stack(
+        ports=[
+            port_of(config.listen, "", "", "--listen", True),
             *(
-                [f"  eco{server} node list                 # the sidecars and their sync state"]
-                if sidecar
+                [port_of(config.admin_listen, "", "", "--admin-listen", True)]
+                if config.admin_listen
                 else []
             ),
-            "",
-            "Stop with Ctrl-C.",
         ]
     )
+    if from_dir is not None:
+        read_template(stack, from_dir, with_servers=not no_sidecar)
+    elif not no_sidecar:
+        source = str(sidecar_config) if sidecar_config is not None else ""
+        stack.sidecars.append((source, builtin_sidecar(sidecar_config)))
+    override_ports(stack, sidecar_listen, sidecar_admin, gateway_listen, gateway_admin)
+    claim_ports(stack)
+    configure_logging(settings.verbose, base=logging.INFO)
+    raise_open_files_limit()
+    ctx.exit(asyncio.run(run_stack(config, stack)))
