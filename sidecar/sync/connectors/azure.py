@@ -25,6 +25,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from azure.core.exceptions import (
@@ -134,7 +135,11 @@ class AzureConnector:
             return self._container
         s = self._settings
         # The engine owns retries and backoff: the SDK's own are off.
-        options: dict[str, Any] = {"retry_total": 0, "max_single_put_size": self._cutoff}
+        options: dict[str, Any] = {
+            "retry_total": 0,
+            "max_single_put_size": self._cutoff,
+            "use_env_settings": _env_names_a_proxy_or_netrc(),
+        }
         conn = s.get("connection_string") or os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         try:
             if conn:
@@ -435,3 +440,19 @@ class AzureConnector:
         client = self._ensure().get_blob_client(self._root.key(path) + "/")
         with self._errors(path):
             await client.upload_blob(b"", overwrite=True)
+
+
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "WS_PROXY", "WSS_PROXY")
+
+
+def _env_names_a_proxy_or_netrc() -> bool:
+    """Whether the SDK's HTTP session must honour the environment: a proxy
+    variable (either case) or a netrc file. Honouring it costs two thread hops
+    per request (the netrc file read and the proxy looked up each time), a
+    third of a small blob's CPU here, so it is on only when there is
+    something to honour."""
+    if any(os.environ.get(name) or os.environ.get(name.lower()) for name in _PROXY_VARIABLES):
+        return True
+    netrc = os.environ.get("NETRC")
+    candidates = [Path(netrc)] if netrc else [Path.home() / ".netrc", Path.home() / "_netrc"]
+    return any(path.is_file() for path in candidates)
