@@ -31,6 +31,7 @@ from sidecar.sync.connectors import (
     StoreThrottledError,
     open_connector,
 )
+from sidecar.sync.connectors.azure import _PROXY_VARIABLES, _env_names_a_proxy_or_netrc
 from tests.harness.cloud_storage import (
     AZURITE_KEY,
     Emulator,
@@ -585,3 +586,32 @@ async def test_a_missing_bucket_is_store_not_found(cloud: StoreTarget) -> None:
             await c.write("a.txt", source_of(b"a"), 1, mtime=MTIME)
         with pytest.raises(StoreNotFoundError):
             await c.write("big.bin", source_of(os.urandom(PART + 1)), PART + 1, mtime=MTIME)
+
+
+@pytest.mark.parametrize(
+    ("variables", "netrc", "honoured"),
+    [
+        ({}, False, False),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, False, True),
+        ({"https_proxy": "http://proxy:3128"}, False, True),
+        ({"ALL_PROXY": ""}, False, False),
+        ({}, True, True),
+    ],
+)
+def test_the_azure_session_honours_the_environment_only_when_it_names_something(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    variables: dict[str, str],
+    netrc: bool,
+    honoured: bool,
+) -> None:
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.delenv("NETRC", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    if netrc:
+        (tmp_path / ".netrc").write_text("machine example.com login a password b\n")
+    assert _env_names_a_proxy_or_netrc() is honoured

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -154,34 +153,3 @@ def test_only_a_single_part_etag_is_an_md5() -> None:
     expected = hashlib.md5(b"".join(digests)).hexdigest() + "-2"
     assert composite_etag(digests) == expected
     assert composite_etag(digests).split("-")[0] != hashlib.md5(b"".join(parts)).hexdigest()
-
-
-@pytest.mark.parametrize(
-    ("variables", "netrc", "honoured"),
-    [
-        ({}, False, False),
-        ({"HTTPS_PROXY": "http://proxy:3128"}, False, True),
-        ({"https_proxy": "http://proxy:3128"}, False, True),
-        ({"ALL_PROXY": ""}, False, False),
-        ({}, True, True),
-    ],
-)
-def test_the_azure_session_honours_the_environment_only_when_it_names_something(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    variables: dict[str, str],
-    netrc: bool,
-    honoured: bool,
-) -> None:
-    from sidecar.sync.connectors.azure import _PROXY_VARIABLES, _env_names_a_proxy_or_netrc
-
-    for name in _PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.delenv("NETRC", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for name, value in variables.items():
-        monkeypatch.setenv(name, value)
-    if netrc:
-        (tmp_path / ".netrc").write_text("machine example.com login a password b\n")
-    assert _env_names_a_proxy_or_netrc() is honoured
