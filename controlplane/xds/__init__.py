@@ -5,8 +5,9 @@ to use it.
 
 - ``XdsCache`` follows the registry view and builds the resources once per
   revision, shared by every stream;
-- ``AdsServicer`` serves one session per stream and records, per node, what
-  it was sent, ACKed and NACKed in a ``NodeBook``.
+- ``AdsServicer`` serves one session per stream (state of the world or
+  incremental) and records, per node, what it was sent, ACKed and NACKed
+  in a ``NodeBook``.
 """
 
 from controlplane.xds._cache import Snapshot, XdsCache
@@ -19,7 +20,8 @@ from controlplane.xds._resources import (
     TYPES,
     ServiceName,
 )
-from controlplane.xds._servicer import ADS_SERVICE, AdsServicer, add_ads, node_kind
+from controlplane.xds._servicer import ADS_SERVICE, AdsServicer, add_ads
+from controlplane.xds._session import node_kind
 from controlplane.xds._status import NodeBook, NodeStatus, Rejection, TypeStatus
 
 __all__ = [

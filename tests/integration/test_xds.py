@@ -489,23 +489,112 @@ async def test_one_change_is_built_once_and_sent_only_to_whom_it_concerns(
         await ads.close()
 
 
-async def test_a_stream_without_a_node_id_or_delta_gets_a_clear_status(
+async def test_a_stream_without_a_node_id_gets_a_clear_status(
     channel: grpc.aio.Channel,
 ) -> None:
     stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-    call = stub.StreamAggregatedResources()
-    await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER))
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await call.read()
-    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "node.id" in (refused.value.details() or "")
+    for call, request in (
+        (stub.StreamAggregatedResources(), discovery_pb2.DiscoveryRequest(type_url=CLUSTER)),
+        (stub.DeltaAggregatedResources(), discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER)),
+    ):
+        await call.write(request)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call.read()
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "node.id" in (refused.value.details() or "")
 
-    delta = stub.DeltaAggregatedResources()
-    await delta.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER))
-    with pytest.raises(grpc.aio.AioRpcError) as unimplemented:
-        await delta.read()
-    assert unimplemented.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "StreamAggregatedResources" in (unimplemented.value.details() or "")
+
+def _delta(
+    node: str = "",
+    subscribe: tuple[str, ...] = (),
+    unsubscribe: tuple[str, ...] = (),
+    nonce: str = "",
+    error: str = "",
+    initial: dict[str, str] | None = None,
+) -> discovery_pb2.DeltaDiscoveryRequest:
+    request = discovery_pb2.DeltaDiscoveryRequest(
+        type_url=ENDPOINTS,
+        resource_names_subscribe=subscribe,
+        resource_names_unsubscribe=unsubscribe,
+        response_nonce=nonce,
+        initial_resource_versions=initial or {},
+    )
+    request.node.id = node
+    if error:
+        request.error_detail.message = error
+    return request
+
+
+async def test_delta_sends_what_changed_removals_and_skips_what_a_client_holds(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    inst = {
+        svc: pb.Instance(
+            id="i", service=svc, address="10.0.0.3", port=80, liveness=pb.LIVENESS_PERSISTENT
+        )
+        for svc in ("orders", "users")
+    }
+    await register(plane.address, *inst.values())
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    call = stub.DeltaAggregatedResources()
+    await call.write(_delta("delta-1", subscribe=("orders.default", "users.default")))
+    first = await asyncio.wait_for(call.read(), 5)
+    versions = {r.name: r.version for r in first.resources}
+    assert set(versions) == {"orders.default", "users.default"}
+    assert first.system_version_info == str(plane.view.revision)
+    await call.write(_delta(nonce=first.nonce))
+
+    # One service changes: only its resource comes.
+    inst["orders"].port = 81
+    await register(plane.address, inst["orders"])
+    second = await asyncio.wait_for(call.read(), 5)
+    assert [r.name for r in second.resources] == ["orders.default"]
+    cla = endpoint_pb2.ClusterLoadAssignment()
+    assert second.resources[0].resource.Unpack(cla)
+    assert cla.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value == 81
+    await call.write(_delta(nonce=second.nonce, error="no port 81 here"))
+
+    # A wildcard subscription of clusters, on another stream.
+    clusters = stub.DeltaAggregatedResources()
+    wildcard = _delta("delta-2")
+    wildcard.type_url = CLUSTER
+    await clusters.write(wildcard)
+    listed = await asyncio.wait_for(clusters.read(), 5)
+    assert {r.name for r in listed.resources} == {"orders.default", "users.default"}
+
+    # A service without instances: named, it is an empty assignment (calls
+    # fail UNAVAILABLE, not "does not exist"); in a wildcard, a removal.
+    async with grpc.aio.insecure_channel(plane.address) as registry_channel:
+        registry = pb_grpc.RegistryServiceStub(registry_channel)
+        await registry.DeregisterInstance(
+            pb.DeregisterInstanceRequest(service="users", id="i"), timeout=5
+        )
+    third = await asyncio.wait_for(call.read(), 5)
+    assert [r.name for r in third.resources] == ["users.default"]
+    assert third.resources[0].resource.Unpack(cla) and not cla.endpoints
+    gone = await asyncio.wait_for(clusters.read(), 5)
+    assert list(gone.removed_resources) == ["users.default"]
+    assert not gone.resources
+    clusters.cancel()
+    status = await xds_status(plane)
+    [node] = [n for n in status["nodes"] if n["node"] == "delta-1"]
+    nack = node["types"]["ClusterLoadAssignment"]["last_nack"]
+    assert (nack["version"], nack["resources"], nack["error"]) == (
+        second.system_version_info,
+        ["orders.default"],
+        "no port 81 here",
+    )
+    call.cancel()
+
+    # A client that comes back holding the current version is not sent it again.
+    again = stub.DeltaAggregatedResources()
+    current = second.resources[0].version
+    await again.write(
+        _delta("delta-1", subscribe=("orders.default",), initial={"orders.default": current})
+    )
+    empty = await asyncio.wait_for(again.read(), 5)
+    assert not empty.resources and not empty.removed_resources
+    again.cancel()
 
 
 async def test_streams_end_unavailable_when_the_control_plane_stops(

@@ -1,0 +1,185 @@
+"""What every ADS stream shares, state of the world or incremental.
+
+Each stream is one session, in the manner of the reference control planes: a
+reader task queues the client's requests; the session's loop waits on
+"request, new snapshot or shutdown", handles what was queued, then writes
+what is due. The first request must name its node; what the node is sent,
+ACKs and NACKs goes into the :class:`NodeBook`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+
+from controlplane.xds._cache import XdsCache
+from controlplane.xds._resources import TYPES
+from controlplane.xds._status import NodeBook, NodeStatus, Rejection
+
+__all__ = ["WILDCARD", "Session", "StreamError", "next_nonce", "node_kind", "short_type"]
+
+log = logging.getLogger(__name__)
+
+#: Requests a client may have queued before the stream is ended (a client
+#: that sends far faster than it is answered is broken).
+_INBOX = 1_000
+#: The resource name that subscribes to every resource of its type.
+WILDCARD = "*"
+_nonces = itertools.count(1)
+
+
+def next_nonce() -> str:
+    """A nonce no response of this process has carried."""
+    return str(next(_nonces))
+
+
+def node_kind(node: base_pb2.Node) -> str:
+    """``envoy`` for an Envoy proxy (its user agent says so), else
+    ``proxyless`` (a gRPC library's xDS client)."""
+    return "envoy" if node.user_agent_name.lower() == "envoy" else "proxyless"
+
+
+def short_type(type_url: str) -> str:
+    """``Listener`` for ``type.googleapis.com/envoy.config.listener.v3.Listener``."""
+    return type_url.rsplit(".", 1)[-1]
+
+
+class StreamError(Exception):
+    """Ends the stream with ``code`` and ``details``."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class Session(abc.ABC):
+    """One stream. Subclasses say how a request is handled (``handle``) and
+    what is due to be sent (``due``)."""
+
+    def __init__(self, cache: XdsCache, book: NodeBook, peer: str) -> None:
+        self.cache = cache
+        self.book = book
+        self.peer = peer
+        self.node: NodeStatus | None = None
+        self._unknown: set[str] = set()
+
+    async def run(self, requests: AsyncIterator[Any], context: Any) -> None:
+        wake = asyncio.Event()
+        inbox: deque[Any] = deque()
+        ended = asyncio.Event()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    if len(inbox) >= _INBOX:
+                        raise StreamError(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"more than {_INBOX} requests queued unanswered",
+                        )
+                    inbox.append(request)
+                    wake.set()
+            finally:
+                ended.set()
+                wake.set()
+
+        reader = asyncio.create_task(read(), name=f"xds-reader {self.peer}")
+        self.cache.listen(wake)
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while inbox:
+                    self.handle(inbox.popleft())
+                if reader.done() and not reader.cancelled():
+                    failure = reader.exception()
+                    if failure is not None:
+                        raise failure
+                if self.cache.closed:
+                    raise StreamError(
+                        grpc.StatusCode.UNAVAILABLE, "control plane is shutting down; reconnect"
+                    )
+                if self.node is not None:
+                    for response in self.due():
+                        await context.write(response)
+                if ended.is_set() and not inbox:
+                    return
+        finally:
+            self.cache.unlisten(wake)
+            reader.cancel()
+            await asyncio.wait({reader})
+            if self.node is not None:
+                self.book.close(self.node)
+
+    @abc.abstractmethod
+    def handle(self, request: Any) -> None:
+        """Takes one request of the client into the session's state."""
+
+    @abc.abstractmethod
+    def due(self) -> Iterator[Any]:
+        """The responses owed now (for new subscriptions or a new snapshot)."""
+
+    # -- shared steps -------------------------------------------------------
+
+    def open_node(self, node: base_pb2.Node, what: str) -> NodeStatus:
+        """The stream's node, from its first request (which must name it)."""
+        if self.node is not None:
+            return self.node
+        if not node.id:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node.id: the first {what} of a stream must name its node "
+                "(the bootstrap file's node.id; eco xds bootstrap --node ID writes one)",
+            )
+        locality = "/".join(p for p in (node.locality.region, node.locality.zone) if p)
+        self.node = self.book.open(
+            node.id, node_kind(node), node.user_agent_name, node.cluster, locality
+        )
+        log.info(
+            "xDS node %s connected (%s, %s) from %s",
+            node.id,
+            self.node.kind,
+            node.user_agent_name or "no user agent",
+            self.peer,
+        )
+        return self.node
+
+    def served(self, type_url: str) -> bool:
+        """Whether ``type_url`` is served; says once per stream when it is not."""
+        if type_url in TYPES:
+            return True
+        if type_url not in self._unknown:
+            self._unknown.add(type_url)
+            log.warning(
+                "xDS node %s asked for %s, which is not served (only %s)",
+                self.node.node_id if self.node is not None else "?",
+                type_url or "no type_url",
+                ", ".join(short_type(t) for t in TYPES),
+            )
+        return False
+
+    def rejected(
+        self, type_url: str, version: str, resources: list[str], error: str, keeps: str
+    ) -> None:
+        """Records and logs a NACK of ``version`` (which held ``resources``)."""
+        assert self.node is not None
+        self.node.of(type_url).nack = Rejection(version, resources, error, time.time())
+        self.book.nacks += 1
+        log.warning(
+            "xDS node %s rejected %s version %s (%s): %s; it keeps version %s",
+            self.node.node_id,
+            short_type(type_url),
+            version,
+            ", ".join(resources) or "no resources",
+            error,
+            keeps or "none",
+        )
