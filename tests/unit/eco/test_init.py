@@ -56,7 +56,7 @@ def test_each_template_has_its_files_with_the_name_put_everywhere(template: str)
     assert "name: acme-7" in files["apply/platform.yaml"]
     assert "id: acme-7-1" in files["config/sidecar.yaml"]
     assert "acme-7/eco:" in files["kubernetes/controlplane.yaml"]
-    assert "for port in 7400 7401 7410 7411" in files["scripts/check.sh"]
+    assert 'ports="7400 7401 7410 7411' in files["scripts/check.sh"]
 
 
 def test_init_writes_the_files_scripts_executable(tmp_path: Path) -> None:

@@ -46,8 +46,14 @@ else
     lack "root privileges" "run install.sh as root: sudo scripts/install.sh"
 fi
 
-# The ports the units listen on (see systemd/ and config/).
-for port in __PORTS__; do
+# The ports the units listen on (see systemd/ and config/): unless they run
+# here already (install.sh run again, to upgrade), nothing may hold them.
+ports="__PORTS__"
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet __NAME__-controlplane.service 2>/dev/null; then
+    ok "__NAME__ runs here already (its ports are not checked)"
+    ports=""
+fi
+for port in $ports; do
     if "$python" - "$port" 2>/dev/null <<'PY'; then
 import socket, sys
 s = socket.socket()
