@@ -325,7 +325,8 @@ class SyncServicer:
         if not run.node and run.platform:
             if not claiming:
                 raise FailedPreconditionError(
-                    f"run {number} of sync job {job!r} is not claimed by any node yet"
+                    f"run {number} of sync job {job!r} is {_status(run.status)}, not claimed "
+                    "by any node"
                 )
             platform = await self._platform_of(node)
             if platform != run.platform:

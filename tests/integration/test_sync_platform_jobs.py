@@ -138,7 +138,7 @@ async def test_a_run_is_offered_to_the_platform_and_claimed_once(
         early = await refused(
             stub.ReportSyncRun(spb.ReportSyncRunRequest(**ids, node="edge-1", status=RUNNING))
         )
-        assert "not claimed by any node yet" in (early.details() or "")
+        assert "is pending, not claimed by any node" in (early.details() or "")
         other = await refused(stub.ClaimSyncRun(spb.ClaimSyncRunRequest(**ids, node="store-1")))
         assert other.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "platform 'plant-7'" in (other.details() or "")
