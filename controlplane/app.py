@@ -83,7 +83,15 @@ from controlplane.sync import (
 )
 from controlplane.tls import ServerCertificates, ServerTLS, TLSSetupError, load_server_tls
 from controlplane.view import InstanceView, ViewConfig
-from controlplane.xds import ADS_SERVICE, AdsServicer, NodeBook, XdsCache, add_ads
+from controlplane.xds import (
+    ADS_SERVICE,
+    CSDS_SERVICE,
+    AdsServicer,
+    NodeBook,
+    XdsCache,
+    add_ads,
+    add_csds,
+)
 from serving.process import tune_gc
 from serving.rpc_guard import MalformedRequestGuard
 
@@ -361,6 +369,7 @@ class ControlPlane:
         self.xds = XdsCache(self._view)
         await self.xds.start()
         self._ads = add_ads(server, self.xds, self.xds_nodes)
+        add_csds(server, self.xds_nodes)
         if self.identity is not None:
             self.identity.start()
         try:
@@ -388,6 +397,7 @@ class ControlPlane:
                 CATALOG_SERVICE,
                 MESSAGING_SERVICE,
                 ADS_SERVICE,
+                CSDS_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ),

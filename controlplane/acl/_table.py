@@ -88,6 +88,7 @@ _S = "/ecosystem.v1.SyncService/"
 _P = "/ecosystem.v1.PlatformService/"
 _D = "/ecosystem.v1.CatalogService/"
 _X = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
+_XS = "/envoy.service.status.v3.ClientStatusDiscoveryService/"
 
 
 def _route(name: str, access: str) -> Need:
@@ -204,6 +205,9 @@ TABLE: dict[str, Entry] = {
     # is sent is not filtered per token: read on every service.
     _X + "StreamAggregatedResources": Entry(lambda r: [Need("service", "*", "read")]),
     _X + "DeltaAggregatedResources": Entry(lambda r: [Need("service", "*", "read")]),
+    # What every xDS client holds: read on every node.
+    _XS + "FetchClientStatus": Entry(lambda r: [Need("node", "*", "read")]),
+    _XS + "StreamClientStatus": Entry(lambda r: [Need("node", "*", "read")]),
     # Health and reflection.
     "/grpc.health.v1.Health/Check": Entry(_none),
     "/grpc.health.v1.Health/Watch": Entry(_none),

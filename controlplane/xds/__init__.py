@@ -7,10 +7,12 @@ to use it.
   revision, shared by every stream;
 - ``AdsServicer`` serves one session per stream (state of the world or
   incremental) and records, per node, what it was sent, ACKed and NACKed
-  in a ``NodeBook``.
+  in a ``NodeBook``;
+- ``CsdsServicer`` serves that book as the Client Status Discovery Service.
 """
 
 from controlplane.xds._cache import Snapshot, XdsCache
+from controlplane.xds._csds import CSDS_SERVICE, CsdsServicer, add_csds, client_config
 from controlplane.xds._resources import (
     CLUSTER,
     ENDPOINTS,
@@ -27,12 +29,14 @@ from controlplane.xds._status import NodeBook, NodeStatus, Rejection, TypeStatus
 __all__ = [
     "ADS_SERVICE",
     "CLUSTER",
+    "CSDS_SERVICE",
     "ENDPOINTS",
     "LB_POLICY_KEY",
     "LISTENER",
     "ROUTE",
     "TYPES",
     "AdsServicer",
+    "CsdsServicer",
     "NodeBook",
     "NodeStatus",
     "Rejection",
@@ -41,5 +45,7 @@ __all__ = [
     "TypeStatus",
     "XdsCache",
     "add_ads",
+    "add_csds",
+    "client_config",
     "node_kind",
 ]

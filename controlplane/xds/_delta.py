@@ -132,5 +132,5 @@ class DeltaSession(Session):
         sub.nonce_resources = changed
         status = self.node.of(type_url)
         status.sent_version = response.system_version_info
-        status.sent_resources = sorted(sub.sent)
+        status.resources = sub.sent
         return response

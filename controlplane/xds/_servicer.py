@@ -106,7 +106,7 @@ class _WorldSession(Session):
         version = self.cache.snapshot.version
         status = self.node.of(type_url)
         status.sent_version = version
-        status.sent_resources = sorted(resources)
+        status.resources = resources
         return discovery_pb2.DiscoveryResponse(
             version_info=version,
             type_url=type_url,

@@ -4,7 +4,8 @@ A node is identified by the ``node.id`` of its bootstrap. Per resource type
 the book keeps the names it subscribed to, the version last sent, the
 version it last ACKed, and its last NACK (the version, the resources in that
 response, and the client's error message). The admin listener serves it as
-JSON (``GET /xds``); a NACK is also one warning line in the log.
+JSON (``GET /xds``) and over CSDS (``controlplane.xds._csds``); a NACK is
+also one warning line in the log.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class TypeStatus:
 
     names: list[str] = field(default_factory=list)  # ["*"]: everything
     sent_version: str = ""
-    sent_resources: list[str] = field(default_factory=list)
+    #: What the node holds by the last response, by name (shared objects).
+    resources: dict[str, Any] = field(default_factory=dict)
     acked_version: str = ""
     nack: Rejection | None = None
 
@@ -63,6 +65,7 @@ class TypeStatus:
         return {
             "state": self.state,
             "subscribed": self.names,
+            "resources": sorted(self.resources),
             "sent_version": self.sent_version,
             "acked_version": self.acked_version,
             "last_nack": self.nack.as_json() if self.nack is not None else None,
@@ -139,10 +142,13 @@ class NodeBook:
     def get(self, node_id: str) -> NodeStatus | None:
         return self._nodes.get(node_id)
 
+    def nodes(self) -> list[NodeStatus]:
+        """Every node remembered, by id."""
+        return sorted(self._nodes.values(), key=lambda s: s.node_id)
+
     @property
     def connected(self) -> int:
         return sum(1 for status in self._nodes.values() if status.streams)
 
     def as_json(self) -> dict[str, Any]:
-        nodes = sorted(self._nodes.values(), key=lambda s: s.node_id)
-        return {"nodes": [status.as_json() for status in nodes]}
+        return {"nodes": [status.as_json() for status in self.nodes()]}

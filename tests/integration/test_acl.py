@@ -126,6 +126,7 @@ SY = "/ecosystem.v1.SyncService/"
 PL = "/ecosystem.v1.PlatformService/"
 DS = "/ecosystem.v1.CatalogService/"
 XDS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
+CSDS = "/envoy.service.status.v3.ClientStatusDiscoveryService/"
 _CDS = {"node": {"id": "n1"}, "type_url": "type.googleapis.com/envoy.config.cluster.v3.Cluster"}
 
 
@@ -325,6 +326,8 @@ CASES: dict[str, Case] = {
     XDS + "DeltaAggregatedResources": Case(
         lambda: dict(_CDS), "service:*:read", "service:web:read"
     ),
+    CSDS + "FetchClientStatus": Case(dict, "node:*:read", "node:web-1:read"),
+    CSDS + "StreamClientStatus": Case(dict, "node:*:read", "node:web-1:read"),
     "/grpc.health.v1.Health/Check": Case(dict, None),
     "/grpc.health.v1.Health/Watch": Case(dict, None),
     "/grpc.health.v1.Health/List": Case(dict, None),

@@ -25,6 +25,7 @@ import grpc.aio
 import pytest
 from ecosystem.v1 import registry_pb2 as pb
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
+from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -34,6 +35,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from controlplane import ControlPlane, ControlPlaneConfig
 from controlplane.xds import CLUSTER, ENDPOINTS, LISTENER, ROUTE
@@ -47,7 +49,13 @@ METHOD = "/demo.Echo/Who"
 #: The client: one call every 20 ms, one JSON line per call on stdout.
 CLIENT = """
 import json, sys, time
-import grpc
+from concurrent import futures
+import grpc, grpc_csds
+# What this client's xDS client received, over CSDS (grpcio-csds).
+debug = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+grpc_csds.add_csds_servicer(debug)
+print(json.dumps({"csds": debug.add_insecure_port("127.0.0.1:0")}), flush=True)
+debug.start()
 channel = grpc.insecure_channel(sys.argv[1])
 who = channel.unary_unary(sys.argv[2])
 while True:
@@ -89,11 +97,20 @@ class Client:
     proc: asyncio.subprocess.Process
     lines: list[dict[str, str]] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
+    #: Where the client serves CSDS (what its xDS client received).
+    csds_port: int = 0
 
     async def read(self) -> None:
         assert self.proc.stdout is not None
+        first = json.loads(await self.proc.stdout.readline())
+        self.csds_port = first["csds"]
         async for raw in self.proc.stdout:
             self.lines.append(json.loads(raw))
+
+    async def received(self) -> dict[tuple[str, str], str]:
+        """What the client's own CSDS says it holds: (type, name) → status."""
+        await assert_eventually(lambda: _at_least([1] if self.csds_port else [], 1))
+        return await csds_statuses(f"127.0.0.1:{self.csds_port}")
 
     def recent(self, count: int) -> list[dict[str, str]]:
         return self.lines[-count:]
@@ -201,6 +218,24 @@ async def register(address: str, *instances: pb.Instance) -> None:
             await stub.RegisterInstance(pb.RegisterInstanceRequest(instance=inst), timeout=5)
 
 
+async def csds_statuses(address: str, node: str = "") -> dict[tuple[str, str], str]:
+    """FetchClientStatus at ``address``: (short type, name) → client status."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+        request = csds_pb2.ClientStatusRequest()
+        if node:
+            request.node_matchers.add().node_id.exact = node
+        response = await stub.FetchClientStatus(request, timeout=5)
+    return {
+        (entry.type_url.rsplit(".", 1)[-1], entry.name): dump_pb2.ClientResourceStatus.Name(
+            entry.client_status
+        )
+        + (f": {entry.error_state.details}" if entry.error_state.details else "")
+        for config in response.config
+        for entry in config.generic_xds_configs
+    }
+
+
 async def xds_status(plane: ControlPlane) -> dict[str, Any]:
     async with (
         aiohttp.ClientSession() as session,
@@ -229,6 +264,16 @@ async def test_calls_are_balanced_follow_health_and_new_instances(
 
         await register(plane.address, instance(a))
         await client.replies_from({"a", "b", "c"})
+
+        expected = {
+            ("Listener", "orders"): "ACKED",
+            ("RouteConfiguration", "orders.default"): "ACKED",
+            ("Cluster", "orders.default"): "ACKED",
+            ("ClusterLoadAssignment", "orders.default"): "ACKED",
+        }
+        # The client's CSDS and the control plane's agree on what it holds.
+        assert await client.received() == expected
+        assert await csds_statuses(plane.address, "orders-client-1") == expected
 
     status = await xds_status(plane)
     [node] = [n for n in status["nodes"] if n["node"] == "orders-client-1"]
@@ -428,6 +473,9 @@ async def test_a_nack_is_recorded_and_logged_and_nothing_is_resent_until_a_chang
     assert eds["last_nack"]["version"] == second.version_info
     assert eds["last_nack"]["resources"] == ["orders.default"]
     assert eds["last_nack"]["error"] == "port 81 is cursed"
+    assert await csds_statuses(plane.address, "picky-1") == {
+        ("ClusterLoadAssignment", "orders.default"): "NACKED: port 81 is cursed"
+    }
     assert any(
         "picky-1 rejected ClusterLoadAssignment" in r.getMessage()
         and "orders.default" in r.getMessage()
