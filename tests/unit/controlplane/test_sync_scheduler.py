@@ -1,7 +1,8 @@
 """The sync scheduler's rules with an injected clock, on the memory store:
 due times from ``every`` and cron (with jitter), one run of a job at a time,
 missed slots run once, paused jobs' slots skipped, a changed schedule
-re-planned; the run events built from store events; the job checks' lists
+re-planned; a platform's run offered to the nodes of that platform until one
+claims it; the run events built from store events; the job checks' lists
 kept equal to the engine's."""
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from ecosystem.v1 import agent_pb2
 from ecosystem.v1 import sync_pb2 as spb
 
+from controlplane.agent import NODES_PREFIX
 from controlplane.store import Event, EventType, KeyValue, MemoryStore
 from controlplane.sync import (
     CONFLICTS,
@@ -27,6 +30,7 @@ from controlplane.sync import (
 )
 from controlplane.sync._book import job_key, run_key
 from sidecar.sync import ConflictPolicy, Mode
+from tests.util import assert_eventually
 
 T0 = datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC).timestamp()
 
@@ -191,6 +195,71 @@ async def test_history_is_bounded(book: SyncBook) -> None:
 
 def _kv(run: spb.SyncRun, revision: int) -> KeyValue:
     return KeyValue(run_key(run.job, run.number), run.SerializeToString(), 1, revision, 1)
+
+
+async def put_node(book: SyncBook, node: str, platform: str) -> None:
+    status = agent_pb2.NodeStatus(node=agent_pb2.Node(id=node, platform=platform))
+    await book.store.put(NODES_PREFIX + node, status.SerializeToString())
+
+
+async def test_a_platform_run_is_offered_to_its_nodes_until_claimed(book: SyncBook) -> None:
+    clock = Clock()
+    config = SchedulerConfig(max_jitter=0, claim_timeout=30)
+    scheduler = SyncScheduler(book, config, clock=clock)
+    for node, platform in (("edge-1", "plant-7"), ("edge-2", "plant-7"), ("store-1", "depot")):
+        await put_node(book, node, platform)
+    watchers = {node: book.subscribe(node) for node in ("edge-1", "edge-2", "store-1")}
+    job = every(60)
+    job.on_node, job.on_platform = "", "plant-7"
+    await put_job(book, job)
+    await step(book, scheduler)
+    for watcher in watchers.values():
+        watcher.wake.clear()
+    (run,) = await step(book, scheduler)
+    assert (run.node, run.platform, run.status) == ("", "plant-7", spb.SYNC_RUN_STATUS_PENDING)
+    assert (
+        [r.number for r in book.runs_of("edge-1")]
+        == [1]
+        == [r.number for r in book.runs_of("edge-2")]
+    )
+    assert book.runs_of("store-1") == [] and book.runs_of("ghost") == []
+    assert watchers["edge-1"].wake.is_set() and watchers["edge-2"].wake.is_set()
+    assert not watchers["store-1"].wake.is_set()
+
+    # A node that moves to the platform is offered it (and woken).
+    await put_node(book, "store-1", "plant-7")
+
+    async def offered() -> None:
+        assert [r.number for r in book.runs_of("store-1")] == [1]
+
+    await assert_eventually(offered, timeout=5)
+    assert watchers["store-1"].wake.is_set()
+
+    # Claimed by edge-1: edge-1's run only; the others are woken to drop it.
+    for watcher in watchers.values():
+        watcher.wake.clear()
+    run.node, run.status = "edge-1", spb.SYNC_RUN_STATUS_RUNNING
+    assert await book.replace_run(run) is not None
+    await book.wait_for(book.store.revision)
+    assert [r.node for r in book.runs_of("edge-1")] == ["edge-1"]
+    assert book.runs_of("edge-2") == [] == book.runs_of("store-1")
+    assert all(w.wake.is_set() for w in watchers.values())
+    for watcher in watchers.values():
+        book.unsubscribe(watcher)
+
+
+async def test_an_unclaimed_platform_run_fails_naming_the_platform(book: SyncBook) -> None:
+    clock = Clock()
+    scheduler = SyncScheduler(book, SchedulerConfig(max_jitter=0, claim_timeout=30), clock=clock)
+    job = every(3600)
+    job.on_node, job.on_platform = "", "depot"
+    await put_job(book, job)
+    await step(book, scheduler)
+    await step(book, scheduler)
+    clock.now = T0 + 31
+    (run,) = await step(book, scheduler)
+    assert run.status == spb.SYNC_RUN_STATUS_FAILED and run.node == ""
+    assert run.error.startswith("no sidecar of platform 'depot' claimed the run within 30s")
 
 
 def test_run_messages_once_per_transition() -> None:
