@@ -107,6 +107,19 @@ def _int_setting(settings: Mapping[str, str], key: str, default: int) -> int:
     return value
 
 
+def flag_setting(settings: Mapping[str, str], key: str, default: bool) -> bool:
+    """A yes/no setting: ``true`` or ``false`` (any case; ``1``/``0``, ``yes``/``no`` too)."""
+    raw = settings.get(key)
+    if raw is None or str(raw).strip() == "":
+        return default
+    value = str(raw).strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError(f"setting {key}: {raw!r} is not true or false")
+
+
 def part_size_from(settings: Mapping[str, str], *, minimum: int, multiple: int = 1) -> int:
     """The ``part_size`` setting (bytes), raised to the store's minimum and
     rounded up to the multiple it needs."""

@@ -7,7 +7,7 @@ AWS environment and files (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_ENDPOINT_URL``, ``AWS_REGION``, profiles), overridden by a job's
 profile keys ``endpoint_url``, ``access_key_id``, ``secret_access_key``,
 ``session_token``, ``region``, ``part_size``, ``part_concurrency``,
-``upload_cutoff``, ``etag_is_md5``.
+``upload_cutoff``, ``etag_is_md5``, ``payload_signing``.
 
 Hashes: a single-part object's ETag is the MD5 of its content (unless the
 bucket encrypts with SSE-KMS or SSE-C: ``etag_is_md5=false`` then); a
@@ -58,6 +58,7 @@ from sidecar.sync.connectors._cloud import (
     concurrency_from,
     cutoff_from,
     digest_of,
+    flag_setting,
     page_size_from,
     parse_mtime,
     part_count,
@@ -106,7 +107,8 @@ class S3Connector:
         self._page_size = page_size_from(self._settings, maximum=1000)
         self._part_concurrency = concurrency_from(self._settings)
         self._cutoff = cutoff_from(self._settings, part_size=self._part_size, maximum=_MAX_PUT)
-        self._etag_is_md5 = self._settings.get("etag_is_md5", "true").lower() != "false"
+        self._etag_is_md5 = flag_setting(self._settings, "etag_is_md5", True)
+        self._payload_signing = flag_setting(self._settings, "payload_signing", False)
         self.listed_hashes = (MD5,) if self._etag_is_md5 else ()
         self._exit: contextlib.AsyncExitStack | None = None
         self._client: Any = None
@@ -148,7 +150,15 @@ class S3Connector:
             request_checksum_calculation="when_required",
             connect_timeout=10,
             read_timeout=60,
-            s3={"addressing_style": s.get("addressing_style") or self._default_addressing()},
+            s3={
+                "addressing_style": s.get("addressing_style") or self._default_addressing(),
+                # Every body goes with its Content-MD5, which the store checks;
+                # the SHA-256 of the body in the signature is a second hash,
+                # on the event loop, that botocore adds only on plain HTTP
+                # (over HTTPS it already sends UNSIGNED-PAYLOAD with a
+                # Content-MD5). ``payload_signing: true`` turns it on.
+                "payload_signing_enabled": self._payload_signing,
+            },
         )
         kwargs: dict[str, Any] = {"config": config}
         for ours, theirs in (

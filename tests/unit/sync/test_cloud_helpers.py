@@ -13,6 +13,7 @@ from sidecar.sync.connectors._base import SourceOpener, SyncStoreError
 from sidecar.sync.connectors._cloud import (
     ObjectRoot,
     cutoff_from,
+    flag_setting,
     page_size_from,
     part_size_from,
     parts_of,
@@ -153,3 +154,14 @@ def test_only_a_single_part_etag_is_an_md5() -> None:
     expected = hashlib.md5(b"".join(digests)).hexdigest() + "-2"
     assert composite_etag(digests) == expected
     assert composite_etag(digests).split("-")[0] != hashlib.md5(b"".join(parts)).hexdigest()
+
+
+def test_a_flag_setting_takes_true_or_false_and_names_anything_else() -> None:
+    assert flag_setting({}, "etag_is_md5", True) is True
+    assert flag_setting({"etag_is_md5": ""}, "etag_is_md5", False) is False
+    assert flag_setting({"etag_is_md5": "FALSE"}, "etag_is_md5", True) is False
+    assert flag_setting({"payload_signing": "yes"}, "payload_signing", False) is True
+    with pytest.raises(
+        ValueError, match="setting payload_signing: 'sometimes' is not true or false"
+    ):
+        flag_setting({"payload_signing": "sometimes"}, "payload_signing", False)
