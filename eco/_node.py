@@ -7,9 +7,12 @@ import time
 import click
 
 from eco._output import emit, render_table
-from eco._settings import Settings, data_options, pass_settings
+from eco._settings import Settings, call, data_options, pass_settings
 
 __all__ = ["node", "wait"]
+
+#: eco's exit status for bad input (eco.cli.EXIT_USAGE; eco.cli imports this module lazily).
+EXIT_USAGE = 2
 
 
 @click.group()
@@ -96,18 +99,33 @@ def wait(settings: Settings, revision: int, wait_timeout: float) -> None:
     """Wait until a change has reached every sidecar that needs it.
 
     Returns once every connected sidecar subscribed to a service changed at
-    REVISION has applied it. On timeout it names the sidecars that have not,
-    and exits 1.
+    REVISION has applied it; when none is (no sidecar uses that service), it
+    says so and returns at once. On timeout it names the sidecars that have
+    not, and exits 1. A REVISION newer than the store's is an error at once
+    (exit 2): no write has made it yet.
 
     \b
     Examples:
       eco wait --revision 42
       eco wait --revision 42 --timeout 5 -o json
     """
+    current = _store_revision(settings)
+    if revision > current:
+        click.echo(
+            f"eco: revision {revision} is newer than the store's revision ({current}): "
+            "no write has made it yet; give a revision a write printed",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_USAGE)
     with settings.client() as client:
         result = client.wait_for_revision(revision, timeout=wait_timeout)
 
     def table() -> str:
+        if result.applied and not result.affected:
+            return (
+                f"revision {revision}: no connected sidecar is affected (none uses a service "
+                "changed at that revision), so there is nothing to wait for"
+            )
         if result.applied:
             return f"revision {revision} applied by all {result.affected} affected sidecar(s)"
         lines = [
@@ -127,3 +145,13 @@ def wait(settings: Settings, revision: int, wait_timeout: float) -> None:
     emit(result.to_dict(), settings.output, table)
     if not result.applied:
         raise click.exceptions.Exit(1)
+
+
+def _store_revision(settings: Settings) -> int:
+    """The store's current revision, from the smallest read that carries it."""
+    from ecosystem.v1 import registry_pb2
+
+    response = call(
+        settings, "ListServices", registry_pb2.ListServicesRequest(page_size=1), idempotent=True
+    )
+    return int(response.revision)

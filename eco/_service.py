@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import click
 
 from eco._output import emit, json_line, render_table
@@ -191,7 +193,9 @@ def list_services(settings: Settings, namespace: str) -> None:
 def get_service(settings: Settings, name: str, namespace: str) -> None:
     """Show service NAME and each of its instances with their health.
 
-    Health is one of PASSING, WARNING, CRITICAL or UNKNOWN.
+    Health is one of PASSING, WARNING, CRITICAL or UNKNOWN. WEIGHT is the
+    stored weight, as -o json gives it (0 balances as 1); METADATA lists the
+    KEY=VALUE entries.
 
     \b
     Examples:
@@ -228,13 +232,14 @@ def get_service(settings: Settings, name: str, namespace: str) -> None:
                 i.node,
                 i.platform,
                 i.zone,
-                i.weight or 1,
+                i.weight,
                 i.tags,
+                [f"{k}={v}" for k, v in sorted(i.metadata.items())],
             )
             for i in detail.instances
         ]
         headers = ("ID", "ENDPOINT", "HEALTH", "LIVENESS", "NODE", "PLATFORM", "ZONE")
-        return header + "\n\n" + render_table((*headers, "WEIGHT", "TAGS"), rows)
+        return header + "\n\n" + render_table((*headers, "WEIGHT", "TAGS", "METADATA"), rows)
 
     emit(detail.to_dict(), settings.output, table)
 
@@ -252,6 +257,26 @@ def get_service(settings: Settings, name: str, namespace: str) -> None:
 @click.option("--zone", default="", help="Only instances in this zone.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only instances with this tag.")
 @click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Exit 0 after N PUT or DELETE events (the snapshot's PUTs count).",
+)
+@click.option(
+    "--timeout",
+    "watch_timeout",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    metavar="SECONDS",
+    help="Stop after SECONDS: exit 0, or 1 when --count events have not all come by then.",
+)
+@click.option(
+    "--progress",
+    is_flag=True,
+    help="Print the PROGRESS events the control plane sends while nothing changes.",
+)
+@click.option(
     "--progress-interval",
     type=click.FloatRange(0.1, 60.0),
     default=5.0,
@@ -268,25 +293,70 @@ def watch(
     platform: str,
     zone: str,
     tags: tuple[str, ...],
+    count: int | None,
+    watch_timeout: float | None,
+    progress: bool,
     progress_interval: float,
 ) -> None:
-    """Stream changes to instances of NAME (or of every service) until Ctrl-C.
+    """Stream changes to instances of NAME (or of every service) until Ctrl-C,
+    --count events or --timeout.
 
-    Prints one JSON object per line: "type" (PUT, DELETE, RESYNC,
-    SNAPSHOT_END or PROGRESS), "revision", and for PUT and DELETE the
-    "instance". Without --since it starts with RESYNC, the current instances
-    as PUTs and SNAPSHOT_END. It survives control-plane restarts, resuming
-    after the last revision printed. The output is JSON lines whatever -o says.
+    Prints one JSON object per line: "type" (PUT, DELETE, RESYNC or
+    SNAPSHOT_END, and PROGRESS with --progress), "revision", and for PUT and
+    DELETE the "instance". Without --since it starts with RESYNC, the current
+    instances as PUTs and SNAPSHOT_END. It survives control-plane restarts,
+    resuming after the last revision printed. The output is JSON lines
+    whatever -o says.
 
     \b
     Examples:
       eco service watch web
+      eco service watch web --count 1 --timeout 30    # wait for one change
       eco service watch --since 1042 | jq -c 'select(.type=="DELETE")'
     """
-    with settings.client() as client:
+    seen = asyncio.run(
+        _watch(
+            settings,
+            name,
+            namespace=namespace,
+            platform=platform,
+            zone=zone,
+            tags=tags,
+            since=since,
+            count=count,
+            watch_timeout=watch_timeout,
+            progress=progress,
+            progress_interval=progress_interval,
+        )
+    )
+    if count is not None and seen < count:
+        click.echo(f"eco: {seen} of {count} event(s) came within {watch_timeout:g}s", err=True)
+        raise click.exceptions.Exit(1)
+
+
+async def _watch(
+    settings: Settings,
+    name: str,
+    *,
+    namespace: str,
+    platform: str,
+    zone: str,
+    tags: tuple[str, ...],
+    since: int,
+    count: int | None,
+    watch_timeout: float | None,
+    progress: bool,
+    progress_interval: float,
+) -> int:
+    """Prints the watch's events until ``count`` changes or ``watch_timeout``
+    seconds; returns how many PUT and DELETE events it printed."""
+    import sdk
+
+    seen = 0
+    async with settings.async_client() as client:
         # Fail fast when nothing answers: the watch itself would retry forever.
-        client.list_services(namespace=namespace)
-        with client.watch(
+        await client.list_services(namespace=namespace)
+        events = client.watch(
             name,
             namespace=namespace,
             platform=platform,
@@ -294,6 +364,19 @@ def watch(
             tags=tags,
             since_revision=since,
             progress_interval=progress_interval,
-        ) as events:
-            for event in events:
-                click.echo(json_line(event.to_dict()))
+        )
+        try:
+            async with asyncio.timeout(watch_timeout):
+                async for event in events:
+                    if event.type is sdk.WatchEventType.PROGRESS and not progress:
+                        continue
+                    click.echo(json_line(event.to_dict()))
+                    if event.type in (sdk.WatchEventType.PUT, sdk.WatchEventType.DELETE):
+                        seen += 1
+                        if count is not None and seen >= count:
+                            break
+        except TimeoutError:
+            pass  # --timeout: the watch ends here, as asked
+        finally:
+            await events.aclose()
+    return seen

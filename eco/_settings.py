@@ -83,6 +83,14 @@ class Settings:
             self.server, timeout=self.timeout, ca_file=self.ca_file or "", token=self.token
         )
 
+    def async_client(self) -> sdk.AsyncClient:
+        """The asyncio client, for commands that wait on several things at once."""
+        import sdk
+
+        return sdk.AsyncClient(
+            self.server, timeout=self.timeout, ca_file=self.ca_file or "", token=self.token
+        )
+
 
 #: Hands a command the shared :class:`Settings`.
 pass_settings = click.make_pass_decorator(Settings, ensure=True)

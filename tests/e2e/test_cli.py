@@ -147,10 +147,13 @@ def test_tables_and_yaml_for_people_and_scripts(eco: Eco) -> None:
     assert json.loads(eco.ok("service", "list", "-o", "json"))["services"][0]["name"] == "web"
 
 
+PROGRESS_EVERY = ("--progress-interval", "0.5")
+
+
 def test_watch_prints_one_json_object_per_line(eco: Eco) -> None:
     eco.ok("service", "register", "web", "--address", "127.0.0.1", "--port", "8080", "--id", "w1")
     watcher = subprocess.Popen(
-        [ECO, "--server", eco.server, "service", "watch", "web", "--progress-interval", "0.5"],
+        [ECO, "--server", eco.server, "service", "watch", "web", "--progress", *PROGRESS_EVERY],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
