@@ -59,6 +59,8 @@ STORE_ID_KEY = ROOT_PREFIX + "meta/store-id"
 #: is; the ACL check of KeepAlive and RevokeLease asks).
 LEASE_HOLDERS_PREFIX = ROOT_PREFIX + "lease-holders/"
 DEFAULT_LEASE_TTL = 10
+#: The longest service name an id is made from (an id is at most 128 characters).
+_ID_PREFIX_MAX = 128 - 13
 
 
 def instance_key(namespace: str, service: str, instance_id: str) -> str:
@@ -148,6 +150,8 @@ class Registry:
         return self._store.revision
 
     async def register(self, req: pb.RegisterInstanceRequest) -> Registration:
+        if req.HasField("instance") and not req.instance.id:
+            req = await self._with_id(req)
         validate_register(req)
         inst = pb.Instance()
         inst.CopyFrom(req.instance)
@@ -206,6 +210,32 @@ class Registry:
             result.revision,
         )
         return Registration(inst, result.revision, lease_id, ttl)
+
+    async def _with_id(self, req: pb.RegisterInstanceRequest) -> pb.RegisterInstanceRequest:
+        """A copy of ``req`` with the instance id filled in: the id of the
+        instance of that service already registered at the same address and
+        port (so registering it again updates it rather than adding a
+        duplicate), else a new ``<service>-<12 hex digits>``.
+
+        This is the one place ids are made: the SDK and ``eco`` send none when
+        the caller gave none. Two id-less registrations of the same endpoint
+        racing each other may still both add one."""
+        named = pb.RegisterInstanceRequest()
+        named.CopyFrom(req)
+        inst = named.instance
+        namespace = inst.namespace or DEFAULT_NAMESPACE
+        if inst.service and "/" not in inst.service and "/" not in namespace:
+            found = await self._store.range(f"{INSTANCES_PREFIX}{namespace}/{inst.service}/")
+            for kv in found.kvs:
+                current = pb.Instance.FromString(kv.value)
+                if current.address == inst.address and current.port == inst.port:
+                    inst.id = current.id
+                    return named
+        # A service name too long for an id is refused by validation anyway;
+        # the id made for it then is not another problem to report.
+        prefix = f"{inst.service}-" if 0 < len(inst.service) <= _ID_PREFIX_MAX else ""
+        inst.id = f"{prefix}{uuid.uuid4().hex[:12]}"
+        return named
 
     async def _conflict(self, key: str, expected: int) -> NoReturn:
         current = await self._store.get(key)

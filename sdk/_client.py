@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
-import uuid
+import random
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -36,11 +36,16 @@ from sdk._types import (
     health_filter,
 )
 from sdk._watch import watch_events
+from sdk.balancer import NoEndpointsError
 from sdk.bus import BusClient
 
 __all__ = ["AsyncClient"]
 
 logger = logging.getLogger(__name__)
+
+#: The health states :meth:`AsyncClient.resolve` keeps: an instance that is
+#: WARNING still serves (as the balancers count it).
+USABLE_HEALTH = (HealthStatus.PASSING, HealthStatus.WARNING)
 
 #: Nodes asked for per ListNodes page (the most the control plane gives).
 _NODES_PAGE = 1_000
@@ -165,7 +170,10 @@ class AsyncClient:
     ) -> Instance:
         """Registers (or replaces) one instance and returns it as stored.
 
-        Without ``id`` a unique one is made (``"<service>-<12 hex digits>"``).
+        Without ``id`` the control plane picks it: the id of the instance of
+        ``service`` already registered at ``address`` and ``port`` (which is
+        then updated, not duplicated), else a new ``"<service>-<12 hex
+        digits>"``.
         A persistent instance stays until deregistered. An ``ephemeral`` one
         joins this client's lease, which the client keeps alive in the
         background and re-creates if the control plane loses it; it goes
@@ -175,14 +183,12 @@ class AsyncClient:
         revision N" (RevisionMismatchError); such writes are not retried.
         """
         self._check_open()
-        if id is None:
-            id = f"{service}-{uuid.uuid4().hex[:12]}"
         # Only what the wire cannot carry is refused here; the control plane
         # validates the rest and names each bad field (InvalidArgumentError).
         if port < 0 or weight < 0:
             raise ValueError("port and weight must not be negative")
         instance = registry_pb2.Instance(
-            id=id,
+            id=id or "",
             service=service,
             namespace=namespace,
             node=node,
@@ -207,7 +213,7 @@ class AsyncClient:
             "RegisterInstance", request, idempotent=expected_revision is None
         )
         # Registered as persistent now: no longer ours to keep alive.
-        await self._lease.release(instance_key(namespace, service, id))
+        await self._lease.release(instance_key(namespace, service, response.instance.id))
         return Instance.from_proto(response.instance)
 
     async def deregister(
@@ -307,6 +313,65 @@ class AsyncClient:
         return InstanceList(
             instances=tuple(Instance.from_proto(i) for i in instances),
             revision=int(response.revision),
+        )
+
+    async def resolve(
+        self,
+        service: str,
+        *,
+        namespace: str = "",
+        platform: str = "",
+        zone: str = "",
+        tags: Iterable[str] = (),
+    ) -> InstanceList:
+        """The instances of ``service`` a caller may send requests to now: those
+        whose health is PASSING or WARNING (and that match every other given
+        filter), with the revision they were read at. Empty when none is."""
+        return await self.list_instances(
+            service=service,
+            namespace=namespace,
+            platform=platform,
+            zone=zone,
+            tags=tags,
+            health=USABLE_HEALTH,
+        )
+
+    async def pick(
+        self,
+        service: str,
+        *,
+        namespace: str = "",
+        platform: str = "",
+        zone: str = "",
+        tags: Iterable[str] = (),
+    ) -> Instance:
+        """One instance of ``service`` to call, from :meth:`resolve`'s, chosen at
+        random in proportion to its weight (0 counts as 1).
+
+        One read per call: to call a service often, use a ``ServiceChannel``
+        (``docs/proxyless.md``) or a balancer fed by :meth:`watch`
+        (``docs/load-balancing.md``). Raises :class:`NoEndpointsError` when no
+        instance is PASSING or WARNING; its ``total`` says how many are
+        registered.
+        """
+        tags = tuple(tags)
+        usable = await self.resolve(
+            service, namespace=namespace, platform=platform, zone=zone, tags=tags
+        )
+        if usable.instances:
+            weights = [i.weight or 1 for i in usable.instances]
+            return random.choices(usable.instances, weights=weights)[0]
+        every = await self.list_instances(
+            service=service, namespace=namespace, platform=platform, zone=zone, tags=tags
+        )
+        total = len(every.instances)
+        detail = (
+            f"none of its {total} instance(s) is PASSING or WARNING"
+            if total
+            else "it has no registered instance"
+        )
+        raise NoEndpointsError(
+            f"no instance of {service!r} to call: {detail}", total=total, unavailable=total
         )
 
     async def _all_pages(self, method: str, request: Any, field: str) -> tuple[list[Any], Any]:

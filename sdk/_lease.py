@@ -96,6 +96,8 @@ class LeaseKeeper:
                 self._stale = True
                 await self._restore_locked()
                 stored = await self._send(instance, expected_revision)
+            # An id the control plane chose is the one to keep alive and restore.
+            instance.id = stored.id
             key = instance_key(instance.namespace, instance.service, instance.id)
             self._held[key] = instance
             self._ensure_task()

@@ -251,6 +251,40 @@ class Client:
             )
         )
 
+    def resolve(
+        self,
+        service: str,
+        *,
+        namespace: str = "",
+        platform: str = "",
+        zone: str = "",
+        tags: Iterable[str] = (),
+    ) -> InstanceList:
+        """See :meth:`AsyncClient.resolve`."""
+        portal, client = self._open()
+        return portal.run(
+            client.resolve(
+                service, namespace=namespace, platform=platform, zone=zone, tags=tuple(tags)
+            )
+        )
+
+    def pick(
+        self,
+        service: str,
+        *,
+        namespace: str = "",
+        platform: str = "",
+        zone: str = "",
+        tags: Iterable[str] = (),
+    ) -> Instance:
+        """See :meth:`AsyncClient.pick`."""
+        portal, client = self._open()
+        return portal.run(
+            client.pick(
+                service, namespace=namespace, platform=platform, zone=zone, tags=tuple(tags)
+            )
+        )
+
     def watch(
         self,
         service: str = "",
