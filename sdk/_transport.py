@@ -29,6 +29,7 @@ from ecosystem.v1 import (
     messaging_pb2_grpc,
     platform_pb2_grpc,
     registry_pb2_grpc,
+    sidecar_pb2,
     sync_pb2_grpc,
 )
 
@@ -37,6 +38,7 @@ from sdk._errors import (
     DeadlineExceededError,
     EcoError,
     UnavailableError,
+    UnimplementedError,
     translated,
 )
 from sdk._retry import RetryPolicy
@@ -45,6 +47,7 @@ __all__ = [
     "CA_FILE_ENV",
     "DEFAULT_SERVER",
     "SERVER_ENV",
+    "SIDECAR_LOCAL_API",
     "TOKEN_ENV",
     "CaFile",
     "ChannelFactory",
@@ -86,6 +89,15 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 Sleep = Callable[[float], Awaitable[None]]
+
+#: The ``reason`` of the UnimplementedError a call gets from a sidecar's local
+#: API: the address is a sidecar, not a control plane (a common slip, since
+#: both speak gRPC on neighbouring ports).
+SIDECAR_LOCAL_API = "SIDECAR_LOCAL_API"
+_SIDECAR_SERVICE = sidecar_pb2.DESCRIPTOR.services_by_name["SidecarService"].full_name
+# grpc.health.v1.HealthCheckRequest{service: SidecarService}, encoded by hand:
+# the health package is a server extra, and this is one string field.
+_SIDECAR_HEALTH_CHECK = b"\x0a" + bytes([len(_SIDECAR_SERVICE)]) + _SIDECAR_SERVICE.encode()
 
 
 def resolve_servers(servers: str | Sequence[str] | None = None) -> tuple[str, ...]:
@@ -332,6 +344,17 @@ class Transport:
         try:
             with self._translated(index):
                 return await getattr(stub, method)(request, timeout=time_limit, metadata=metadata)
+        except UnimplementedError as error:
+            if await self._is_sidecar(index, metadata):
+                address = self._addresses[index]
+                raise UnimplementedError(
+                    f"{address} is a sidecar's local API, not a control plane "
+                    f"(it does not serve {method})",
+                    code=error.code,
+                    address=address,
+                    reason=SIDECAR_LOCAL_API,
+                ) from error
+            raise
         except DeadlineExceededError:
             # Silence for the whole time limit: the address is hung or cut off
             # (a frozen process, a partition), which no connection error will
@@ -341,6 +364,18 @@ class Transport:
             if loop.time() - started >= 0.9 * time_limit:
                 self._fail_over(index)
             raise
+
+    async def _is_sidecar(self, index: int, metadata: tuple[tuple[str, str], ...] | None) -> bool:
+        """Whether ``addresses[index]`` serves the sidecar's local API: its
+        health service knows the SidecarService (a control plane's does not)."""
+        check = self.channel(index).unary_unary(
+            "/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None
+        )
+        try:
+            await check(_SIDECAR_HEALTH_CHECK, timeout=1.0, metadata=metadata)
+        except grpc.RpcError:
+            return False
+        return True
 
     def mark_unresponsive(self, address: str) -> None:
         """Moves later calls off ``address``, as UNAVAILABLE from it would: for

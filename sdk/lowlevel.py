@@ -13,16 +13,19 @@ application needs — start with :class:`sdk.AsyncClient`.
 - :class:`PublishBatcher`, :class:`AckBatcher`: coalesce concurrent publishes
   and acks into ``PublishBatch`` and ``Ack`` calls; :func:`publish_request`
   builds one ``PublishRequest``.
+- :data:`SIDECAR_LOCAL_API`: the ``reason`` of the :class:`sdk.UnimplementedError`
+  a call gets when its address is a sidecar's local API, not a control plane.
 - :func:`struct_to_dict`: a ``google.protobuf.Struct`` (a stored route's
   spec) as plain JSON values, whole numbers as integers.
 """
 
 from sdk._retry import Backoff
 from sdk._struct import struct_to_dict
-from sdk._transport import Transport, client_channels
+from sdk._transport import SIDECAR_LOCAL_API, Transport, client_channels
 from sdk.bus import AckBatcher, PublishBatcher, publish_request
 
 __all__ = [
+    "SIDECAR_LOCAL_API",
     "AckBatcher",
     "Backoff",
     "PublishBatcher",
