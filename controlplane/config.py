@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from controlplane.store.sqlite import missing_directory
 from serving.addresses import is_loopback
 
 __all__ = ["TLS_CA_AUTO", "ControlPlaneConfig", "is_loopback", "parse_hostport"]
@@ -260,4 +262,13 @@ class ControlPlaneConfig(BaseModel):
                 f"{value!r} is not a store URL: use memory://, sqlite://PATH "
                 "or etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
             )
+        scheme, _, path = value.partition("://")
+        if scheme == "sqlite" and path:
+            missing = missing_directory(Path(path))
+            if missing is not None:
+                raise ValueError(
+                    f"{missing} does not exist: only the store file's own directory "
+                    f"({Path(path).parent.name}/) is created; create the directories "
+                    "first, or check the path"
+                )
         return value

@@ -64,8 +64,8 @@ __all__ = [
 def open_store(url: str) -> Store:
     """Builds (but does not start) the store a URL names: ``memory://``,
     ``sqlite://PATH`` (``sqlite://data/eco.db`` is relative to the working
-    directory, ``sqlite:///var/lib/eco.db`` absolute; missing parent directories
-    are created when the store starts) or
+    directory, ``sqlite:///var/lib/eco.db`` absolute; missing directories are
+    created when the store starts, and logged) or
     ``etcd://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...][/PREFIX][?ca=&cert=&key=]``
     (see `controlplane.store.etcd`). Raises ValueError, naming the problem, for
     anything else."""

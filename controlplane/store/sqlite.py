@@ -108,6 +108,34 @@ def _event(row: _HistoryRow) -> Event:
     return Event(kind, KeyValue(key, value, crev, mrev, ver, lease), prev)
 
 
+def missing_directory(path: Path) -> Path | None:
+    """The highest missing directory above the store file ``path`` when more than
+    the file's own directory is missing (None when at most that one is): a
+    mistyped path must not grow a tree of directories where nobody looks, so
+    ``eco controlplane`` refuses it (see ``ControlPlaneConfig``)."""
+    parent = path.parent
+    if parent.is_dir() or parent.parent.is_dir():
+        return None
+    missing = parent.parent
+    while not missing.parent.is_dir() and missing.parent != missing:
+        missing = missing.parent
+    return missing
+
+
+def _make_parent(path: Path) -> None:
+    """Creates the file's missing directories, and says so in the log."""
+    parent = path.parent
+    if parent.is_dir():
+        return
+    if parent.exists():
+        raise StoreError(f"{path}: cannot create the store file: {parent} is not a directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create {parent}: {exc.strerror or exc}") from exc
+    logger.info("created the store's directory %s", parent)
+
+
 class _SqliteFile:
     """Blocking access to the database file; only ever used from the worker thread."""
 
@@ -117,7 +145,7 @@ class _SqliteFile:
         self._compact_revision = 1
 
     def open(self) -> Snapshot:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(self._path)
         # Autocommit mode: transactions are delimited explicitly in flush().
         conn = sqlite3.connect(self._path, isolation_level=None, timeout=2.0)
         self._conn = conn
@@ -260,8 +288,10 @@ class _SqliteJournal:
 
 
 class SqliteStore(Engine):
-    """A durable `Store` in the SQLite file at ``path`` (parent directories are
-    created on start). One process at a time may use the file."""
+    """A durable `Store` in the SQLite file at ``path`` (missing directories are
+    created on start, with a log line; ``eco controlplane`` creates only the
+    file's own, see :func:`missing_directory`). One process at a time may use
+    the file."""
 
     def __init__(
         self, path: str | os.PathLike[str], history_limit: int = DEFAULT_HISTORY_LIMIT
