@@ -18,6 +18,7 @@ an alias inside the node it names is refused too. A value YAML cannot build
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = [
     "format_loc",
     "read_config",
     "read_config_file",
+    "unknown_key_message",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -389,15 +391,25 @@ def _problem(
 ) -> ConfigProblem:
     clean = _clean_loc(loc)
     if kind == "extra_forbidden":
-        allowed = _fields_at(model, clean[:-1])
-        message = f"unknown key {clean[-1]!r}" + (
-            f" (expected one of: {', '.join(allowed)})" if allowed else ""
-        )
+        message = unknown_key_message(str(clean[-1]), _fields_at(model, clean[:-1]))
     elif kind == "missing":
         message = "required"
     else:
         message = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     return ConfigProblem(_line(root, clean), format_loc(clean), _shorten(message))
+
+
+def unknown_key_message(key: str, allowed: Sequence[str]) -> str:
+    """What every loader of these files says of a key its model does not take:
+    ``unknown key 'helth' (expected one of: …); did you mean 'health'?``, the
+    suggestion when a key allowed there is close to it."""
+    message = f"unknown key {key!r}"
+    if allowed:
+        message += f" (expected one of: {', '.join(allowed)})"
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    return message
 
 
 def _shorten(message: str) -> str:

@@ -54,6 +54,7 @@ from sidecar._config_file import (
     Problems,
     read_config,
     read_config_file,
+    unknown_key_message,
 )
 from sidecar.bridges.amqp._config import (
     AmqpBindingConfig,
@@ -666,9 +667,8 @@ def _with_known_keys(err: ValidationError, model: type[BaseModel]) -> Validation
     for error in err.errors(include_url=False):
         loc, kind, message = tuple(error["loc"]), error["type"], str(error["msg"])
         if kind == "extra_forbidden":
-            keys = ", ".join(_keys_at(model, loc[:-1]))
             kind = "value_error"
-            message = f"unknown key {loc[-1]!r}" + (f" (expected one of: {keys})" if keys else "")
+            message = unknown_key_message(str(loc[-1]), _keys_at(model, loc[:-1]))
         # "{msg}": a message may hold braces (templates) that are not placeholders.
         error_type = PydanticCustomError(kind, "{msg}", {"msg": message})
         details.append(InitErrorDetails(type=error_type, loc=loc, input=error.get("input")))

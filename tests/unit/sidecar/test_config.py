@@ -162,7 +162,7 @@ def test_admin_off_and_balancer_options() -> None:
               adresses: ["127.0.0.1:7400"]
             """,
             "sidecar.yaml:3: controlplane.adresses: unknown key 'adresses' "
-            "(expected one of: addresses, ca_file, token, token_file)",
+            "(expected one of: addresses, ca_file, token, token_file); did you mean 'addresses'?",
         ),
         (
             """\
