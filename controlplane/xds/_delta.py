@@ -59,6 +59,7 @@ class DeltaSession(Session):
         sub = self.subs.get(type_url)
         if sub is None:
             sub = self.subs[type_url] = _Subscription()
+            self.changed = True
             sub.claimed = dict(request.initial_resource_versions)
             # An empty first request for listeners or clusters is a wildcard.
             sub.wildcard = type_url in (LISTENER, CLUSTER) and not request.resource_names_subscribe
@@ -73,6 +74,8 @@ class DeltaSession(Session):
                 )
             else:
                 status.acked_version = sub.nonce_version
+        if request.resource_names_subscribe or request.resource_names_unsubscribe:
+            self.changed = True
         for name in request.resource_names_subscribe:
             if name == WILDCARD:
                 sub.wildcard = True

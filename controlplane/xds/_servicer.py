@@ -76,9 +76,10 @@ class _WorldSession(Session):
         wanted = None if wildcard else names - {WILDCARD}
         if sub is None:
             self.subs[type_url] = _Subscription(wanted)
+            self.changed = True
         elif wanted != sub.names:
             sub.names = wanted
-            sub.due = True
+            sub.due = self.changed = True
         status.names = [WILDCARD] if wanted is None else sorted(wanted)
 
     def due(self) -> Iterator[discovery_pb2.DiscoveryResponse]:

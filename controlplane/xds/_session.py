@@ -1,9 +1,9 @@
 """What every ADS stream shares, state of the world or incremental.
 
 Each stream is one session, in the manner of the reference control planes: a
-reader task queues the client's requests; the session's loop waits on
-"request, new snapshot or shutdown", handles what was queued, then writes
-what is due. The first request must name its node; what the node is sent,
+reader task takes the client's requests into the session's state; the
+session's loop waits on "changed subscription, new snapshot or shutdown"
+and writes what is due. The first request must name its node; what the node is sent,
 ACKs and NACKs goes into the :class:`NodeBook`.
 """
 
@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -29,9 +28,6 @@ __all__ = ["WILDCARD", "Session", "StreamError", "next_nonce", "node_kind", "sho
 
 log = logging.getLogger(__name__)
 
-#: Requests a client may have queued before the stream is ended (a client
-#: that sends far faster than it is answered is broken).
-_INBOX = 1_000
 #: The resource name that subscribes to every resource of its type.
 WILDCARD = "*"
 _nonces = itertools.count(1)
@@ -71,35 +67,35 @@ class Session(abc.ABC):
         self.book = book
         self.peer = peer
         self.node: NodeStatus | None = None
+        #: Set by ``handle`` when a subscription changed: responses may be due.
+        self.changed = False
         self._unknown: set[str] = set()
 
     async def run(self, requests: AsyncIterator[Any], context: Any) -> None:
         wake = asyncio.Event()
-        inbox: deque[Any] = deque()
         ended = asyncio.Event()
 
         async def read() -> None:
+            # Requests are taken in here, as they come: most are ACKs, which
+            # change no subscription and owe no response, and waking the
+            # writing loop for each would cost a task switch per client per
+            # push. The loop is woken when one does.
             try:
                 async for request in requests:
-                    if len(inbox) >= _INBOX:
-                        raise StreamError(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"more than {_INBOX} requests queued unanswered",
-                        )
-                    inbox.append(request)
-                    wake.set()
+                    self.handle(request)
+                    if self.changed:
+                        wake.set()
             finally:
                 ended.set()
                 wake.set()
 
         reader = asyncio.create_task(read(), name=f"xds-reader {self.peer}")
         self.cache.listen(wake)
+        seen = -1  # the snapshot revision last looked at
         try:
             while True:
                 await wake.wait()
                 wake.clear()
-                while inbox:
-                    self.handle(inbox.popleft())
                 if reader.done() and not reader.cancelled():
                     failure = reader.exception()
                     if failure is not None:
@@ -108,10 +104,12 @@ class Session(abc.ABC):
                     raise StreamError(
                         grpc.StatusCode.UNAVAILABLE, "control plane is shutting down; reconnect"
                     )
-                if self.node is not None:
+                revision = self.cache.snapshot.revision
+                if self.node is not None and (revision != seen or self.changed):
+                    seen, self.changed = revision, False
                     for response in self.due():
                         await context.write(response)
-                if ended.is_set() and not inbox:
+                if ended.is_set():
                     return
         finally:
             self.cache.unlisten(wake)

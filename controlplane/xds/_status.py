@@ -111,6 +111,7 @@ class NodeBook:
 
     def __init__(self) -> None:
         self._nodes: OrderedDict[str, NodeStatus] = OrderedDict()
+        self._idle = 0  # about how many nodes have no stream
         self.nacks = 0
 
     def open(
@@ -121,6 +122,8 @@ class NodeBook:
         if status is None or status.kind != kind:
             status = NodeStatus(node_id, kind, user_agent)
             self._nodes[node_id] = status
+        elif status.streams == 0:
+            self._idle = max(0, self._idle - 1)
         self._nodes.move_to_end(node_id)
         status.user_agent, status.cluster, status.locality = user_agent, cluster, locality
         status.streams += 1
@@ -132,12 +135,16 @@ class NodeBook:
         status.streams = max(0, status.streams - 1)
         if status.streams == 0:
             status.disconnected_at = time.time()
-            self._forget_old()
+            self._idle += 1
+            if self._idle > 2 * _RETAINED:
+                self._forget_old()
 
     def _forget_old(self) -> None:
+        # Now and then rather than at every close: a scan of every node.
         idle = [node for node, status in self._nodes.items() if status.streams == 0]
         for node in idle[: max(0, len(idle) - _RETAINED)]:
             del self._nodes[node]
+        self._idle = min(len(idle), _RETAINED)
 
     def get(self, node_id: str) -> NodeStatus | None:
         return self._nodes.get(node_id)
