@@ -1,7 +1,9 @@
-"""``eco xds bootstrap``: the file a gRPC xDS client reads to find the control plane."""
+"""``eco xds``: the bootstrap file a gRPC xDS client reads to find the control
+plane, and what every xDS client was sent and did with it (over CSDS)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -11,7 +13,8 @@ from typing import Any
 
 import click
 
-from eco._settings import Settings, check_server, pass_settings
+from eco._output import emit, render_table
+from eco._settings import Settings, check_server, data_options, pass_settings
 
 __all__ = ["bootstrap_document", "xds"]
 
@@ -32,6 +35,7 @@ def xds() -> None:
     Examples:
       eco xds bootstrap --node orders-client-1 --out xds-bootstrap.json
       GRPC_XDS_BOOTSTRAP=xds-bootstrap.json python my_client.py
+      eco xds status
     """
 
 
@@ -145,3 +149,95 @@ def bootstrap(
         Path(temporary).unlink(missing_ok=True)
         raise
     click.echo(f"wrote {out} (node {node_id}); set GRPC_XDS_BOOTSTRAP={out.resolve()}", err=True)
+
+
+def _fetch(settings: Settings, node_id: str) -> Any:
+    """FetchClientStatus from the first control plane that answers."""
+    from eco._extras import require_server
+
+    require_server("xds status", what="reads the xDS API types")
+    import grpc
+    import grpc.aio
+    from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+
+    from sdk.lowlevel import client_channels
+
+    request = csds_pb2.ClientStatusRequest(exclude_resource_contents=True)
+    if node_id:
+        request.node_matchers.add().node_id.exact = node_id
+    metadata = (("authorization", f"Bearer {settings.token}"),) if settings.token else None
+    factory = client_channels(settings.ca_file or None, None)
+    addresses = [a.strip() for a in settings.server.split(",") if a.strip()]
+
+    async def main() -> Any:
+        failure: grpc.aio.AioRpcError | None = None
+        for address in addresses:
+            channel = factory(address) if factory else grpc.aio.insecure_channel(address)
+            try:
+                stub = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+                return await stub.FetchClientStatus(
+                    request, timeout=settings.timeout, metadata=metadata
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise click.ClickException(
+                        f"control plane at {address}: {err.code().name}: {err.details()}"
+                    ) from None
+                failure = err
+            finally:
+                await channel.close(None)
+        assert failure is not None
+        raise click.ClickException(
+            f"cannot reach control plane at {', '.join(addresses)}: {failure.details()}"
+        )
+
+    return asyncio.run(main())
+
+
+@xds.command("status")
+@click.option("--node", "node_id", default="", metavar="ID", help="Only this node.")
+@data_options
+@pass_settings
+def status(settings: Settings, node_id: str) -> None:
+    """Show what each xDS client holds and whether it applied it.
+
+    One row per client (node) and resource: the version it was last sent,
+    and ACKED (applied), NACKED (rejected: ERROR says why; the client keeps
+    running the version before it) or REQUESTED (no answer yet). Read from
+    the control plane's CSDS (it needs node:*:read with --acl deny); a
+    control plane shows the clients connected to it since it started.
+
+    \b
+    Examples:
+      eco xds status
+      eco xds status --node web-1 -o json
+    """
+    response = _fetch(settings, node_id)
+    from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
+
+    rows = [
+        {
+            "node": config.node.id,
+            "user_agent": config.node.user_agent_name,
+            "type": entry.type_url.rsplit(".", 1)[-1],
+            "name": entry.name,
+            "version": entry.version_info,
+            "status": dump_pb2.ClientResourceStatus.Name(entry.client_status),
+            "error": entry.error_state.details,
+        }
+        for config in response.config
+        for entry in config.generic_xds_configs
+    ]
+
+    def table() -> str:
+        if not rows:
+            return "no xDS clients" + (f" named {node_id}" if node_id else "") + " have connected"
+        return render_table(
+            ("NODE", "TYPE", "RESOURCE", "VERSION", "STATUS", "ERROR"),
+            [
+                (r["node"], r["type"], r["name"], r["version"], r["status"], r["error"])
+                for r in rows
+            ],
+        )
+
+    emit({"resources": rows}, settings.output, table)

@@ -476,6 +476,21 @@ async def test_a_nack_is_recorded_and_logged_and_nothing_is_resent_until_a_chang
     assert await csds_statuses(plane.address, "picky-1") == {
         ("ClusterLoadAssignment", "orders.default"): "NACKED: port 81 is cursed"
     }
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [str(ECO), "--server", plane.address, "xds", "status", "--node", "picky-1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.splitlines()[1].split(None, 5) == [
+        "picky-1",
+        "ClusterLoadAssignment",
+        "orders.default",
+        second.version_info,
+        "NACKED",
+        "port 81 is cursed",
+    ], shown.stdout
     assert any(
         "picky-1 rejected ClusterLoadAssignment" in r.getMessage()
         and "orders.default" in r.getMessage()
@@ -655,3 +670,40 @@ async def test_streams_end_unavailable_when_the_control_plane_stops(
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await ads.call.read()
     assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_bootstrap_files_and_their_errors(tmp_path: Path) -> None:
+    def eco(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(ECO), *args], capture_output=True, text=True, check=False)
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here: the gRPC client reads it\n")
+    out = tmp_path / "boot.json"
+    done = eco(
+        "--server", "cp1:7400,cp2:7400", "--ca-file", str(ca),
+        "xds", "bootstrap", "--node", "web-1", "--zone", "eu-1a", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"GRPC_XDS_BOOTSTRAP={out}" in done.stderr
+    document = json.loads(out.read_text())
+    assert [s["server_uri"] for s in document["xds_servers"]] == ["cp1:7400", "cp2:7400"]
+    assert document["xds_servers"][0]["channel_creds"] == [
+        {"type": "tls", "config": {"ca_certificate_file": str(ca)}}
+    ]
+    assert document["xds_servers"][0]["server_features"] == ["xds_v3"]
+    assert document["node"] == {"id": "web-1", "locality": {"zone": "eu-1a"}}
+
+    plain = json.loads(eco("xds", "bootstrap", "--node", "n", "--server", "h:1").stdout)
+    assert plain["xds_servers"][0]["channel_creds"] == [{"type": "insecure"}]
+
+    bad = eco("xds", "bootstrap", "--node", "no spaces", "--out", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2
+    assert "--node" in bad.stderr and "letters, digits" in bad.stderr
+    assert not (tmp_path / "bad.json").exists()
+
+    nowhere = eco("xds", "bootstrap", "--node", "n", "--out", str(tmp_path / "no" / "b.json"))
+    assert nowhere.returncode == 2
+    assert "--out" in nowhere.stderr and "does not exist" in nowhere.stderr
+
+    wrong = eco("xds", "bootstrap", "--node", "n", "--server", "nohostport")
+    assert wrong.returncode == 2 and "--server" in wrong.stderr
