@@ -473,7 +473,7 @@ class ControlPlane:
         log.info("control plane %s: ACLs %s", self.replica, config.acl_mode)
 
     async def _start_admin(self, listen: str, ssl_context: ssl.SSLContext | None) -> None:
-        runner = admin_runner(healthz=self._healthz, metrics=self._metrics)
+        runner = admin_runner(healthz=self._healthz, metrics=self._metrics, console=self)
         # What each xDS client was sent, ACKed and NACKed (docs/xds.md).
         runner.app.router.add_get("/xds", self._xds_status)
         await runner.setup()

@@ -1,0 +1,163 @@
+"""The console's live feed: one watch on the registry view, fanned out to browsers.
+
+The feed subscribes to the view as a Watch stream does (``InstanceView.subscribe``
+with an empty selector: every instance), and owns one task. It never sends
+instances to a browser: what a browser may see depends on its token, so it
+sends only "something changed at revision R", and the page fetches its own
+content again, filtered as any page read is. Changes the view does not carry
+(a sidecar applying an update, a route, a sync run, a bus stream's depth) are
+noticed by comparing a fingerprint of them every ``poll`` seconds.
+
+Each browser has a bounded queue of one signal: a newer one replaces the one
+not yet sent (the page refetches the latest state either way), so a slow
+browser costs no memory. ``close()`` cancels the task and ends every stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
+from controlplane.view import Selector, Watcher
+from serving.errors import UnavailableError
+
+if TYPE_CHECKING:
+    from controlplane.app import ControlPlane
+
+__all__ = ["Listener", "LiveFeed"]
+
+log = logging.getLogger(__name__)
+
+#: What ends a listener's stream.
+_END = -1
+
+
+class Listener:
+    """One browser's stream: the latest revision not yet sent, or the end."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+
+    def offer(self, revision: int) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()  # the newer signal replaces it
+        self._queue.put_nowait(revision)
+
+    async def next(self, timeout: float) -> int | None:
+        """The next revision (``_END``: the feed closed), or None after ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
+        except TimeoutError:
+            return None
+
+
+class LiveFeed:
+    """Signals every listener within ``poll`` seconds of a change (at once for instances)."""
+
+    def __init__(self, plane: ControlPlane, *, poll: float = 0.25) -> None:
+        self._plane = plane
+        self._poll = poll
+        self._listeners: set[Listener] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._watcher: Watcher | None = None
+        self._closed = False
+        self._fingerprint: Hashable = None
+        #: The revision last signalled.
+        self.revision = 0
+
+    @property
+    def listener_count(self) -> int:
+        return len(self._listeners)
+
+    def start(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._run(), name="console-live-feed")
+
+    def listen(self) -> Listener:
+        """A new listener; UnavailableError once the feed is closed."""
+        if self._closed:
+            raise UnavailableError("the control plane is shutting down")
+        listener = Listener()
+        self._listeners.add(listener)
+        self.start()
+        return listener
+
+    def leave(self, listener: Listener) -> None:
+        self._listeners.discard(listener)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._end_all()
+
+    def _end_all(self) -> None:
+        for listener in self._listeners:
+            listener.offer(_END)
+        self._listeners.clear()
+
+    async def _run(self) -> None:
+        view = self._plane.view
+        try:
+            self._watcher = watcher = view.subscribe(Selector(), view.revision)
+        except UnavailableError:
+            self._end_all()
+            return
+        self._fingerprint = await self._fingerprint_now()
+        try:
+            while not watcher.closed:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll):
+                        await watcher.wake.wait()
+                if watcher.closed:
+                    break
+                # The events themselves are not needed: the pages read the view.
+                watcher.discard_pending()
+                watcher.resync = False
+                watcher.wake.clear()
+                fingerprint = await self._fingerprint_now()
+                if fingerprint != self._fingerprint:
+                    self._fingerprint = fingerprint
+                    self.revision = self._plane.store.revision
+                    for listener in self._listeners:
+                        listener.offer(self.revision)
+        except Exception:
+            log.exception("the console's live feed failed; browsers will reconnect")
+        finally:
+            view.unsubscribe(watcher)
+            self._watcher = None
+            self._closed = True
+            self._end_all()
+
+    async def _fingerprint_now(self) -> Hashable:
+        """What the pages show, in brief: a change to it is a change to signal."""
+        plane = self._plane
+        sessions: tuple[object, ...] = ()
+        if plane.agent is not None:
+            sessions = tuple(
+                sorted(
+                    (node, s.connected, s.applied_version, s.sent_version, s.last_error)
+                    for node, s in plane.agent.sessions.items()
+                )
+            )
+        streams: tuple[object, ...] = ()
+        if plane.broker is not None:
+            with contextlib.suppress(Exception):
+                streams = tuple(
+                    (
+                        s.name,
+                        s.messages,
+                        tuple(
+                            (c.name, c.pending, c.dead_lettered, c.subscribers) for c in s.consumers
+                        ),
+                    )
+                    for s in await plane.broker.streams()
+                )
+        return (plane.store.revision, plane.view.revision, plane.serving, sessions, streams)
