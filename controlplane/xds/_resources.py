@@ -73,7 +73,8 @@ _POLICIES = {
 _HEALTH: dict[int, int] = {
     pb.HEALTH_STATUS_PASSING: health_check_pb2.HEALTHY,
     # Envoy uses DEGRADED endpoints only when too few are HEALTHY; the gRPC
-    # xDS client sends them nothing (docs/xds.md).
+    # xDS client sends them nothing (docs/xds.md). HEALTHY when no instance
+    # is better (load_assignment).
     pb.HEALTH_STATUS_WARNING: health_check_pb2.DEGRADED,
     pb.HEALTH_STATUS_CRITICAL: health_check_pb2.UNHEALTHY,
     pb.HEALTH_STATUS_UNKNOWN: health_check_pb2.UNKNOWN,
@@ -238,10 +239,17 @@ def load_assignment(
     """The service's endpoints grouped by locality (region, zone), each with
     its health and weight; each locality weighs the sum of its endpoints'
     weights (gRPC requires a weight on every locality). Which instances are
-    left out: see :func:`endpoint_instances`."""
+    left out: see :func:`endpoint_instances`.
+
+    WARNING instances are DEGRADED while some instance is PASSING or
+    UNKNOWN, and HEALTHY when none is: the SDK's health tiers (the best tier
+    left is used). gRPC's xDS client sends DEGRADED endpoints nothing, so a
+    service whose instances all warn would otherwise get no calls at all."""
     localities: dict[tuple[str, str], endpoint_components_pb2.LocalityLbEndpoints] = {}
     totals: dict[tuple[str, str], int] = {}
-    for inst in endpoint_instances(instances)[0]:
+    kept = endpoint_instances(instances)[0]
+    warning_tier = pb.HEALTH_STATUS_WARNING if not any(_RANK[i.health] < 2 for i in kept) else -1
+    for inst in kept:
         key = (inst.region, inst.zone)
         group = localities.get(key)
         if group is None:
@@ -257,7 +265,9 @@ def load_assignment(
         socket.address = inst.address
         socket.port_value = inst.port
         endpoint.endpoint.hostname = inst.id
-        endpoint.health_status = health_of(inst.health)
+        endpoint.health_status = (
+            health_check_pb2.HEALTHY if inst.health == warning_tier else health_of(inst.health)
+        )
         endpoint.load_balancing_weight.value = weight
     result = endpoint_pb2.ClusterLoadAssignment(cluster_name=name.resource)
     for key in sorted(localities):

@@ -265,6 +265,17 @@ async def test_calls_are_balanced_follow_health_and_new_instances(
         await register(plane.address, instance(a))
         await client.replies_from({"a", "b", "c"})
 
+        # Warning instances get calls only when no better one is left.
+        await register(plane.address, instance(a, pb.HEALTH_STATUS_WARNING))
+        await client.replies_from({"b", "c"})
+        await register(
+            plane.address,
+            instance(b, pb.HEALTH_STATUS_CRITICAL),
+            instance(c, pb.HEALTH_STATUS_CRITICAL),
+        )
+        await client.replies_from({"a"})
+        await register(plane.address, instance(b), instance(c))
+
         expected = {
             ("Listener", "orders"): "ACKED",
             ("RouteConfiguration", "orders.default"): "ACKED",
