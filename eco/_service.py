@@ -330,7 +330,8 @@ def watch(
         )
     )
     if count is not None and seen < count:
-        click.echo(f"eco: {seen} of {count} event(s) came within {watch_timeout:g}s", err=True)
+        within = f" within {watch_timeout:g}s" if watch_timeout is not None else ""
+        click.echo(f"eco: {seen} of {count} event(s) came{within}", err=True)
         raise click.exceptions.Exit(1)
 
 
