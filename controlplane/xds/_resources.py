@@ -6,10 +6,13 @@ both named ``<service>.<namespace>``. A proxyless gRPC client that dials
 (an HttpConnectionManager with no socket) whose RouteConfiguration, also
 named ``orders.default``, sends every call to the cluster ``orders.default``.
 
-What a gRPC client rejects (a NACK of the whole response) is kept out here
-rather than sent: an endpoint whose address is a host name (EDS carries IP
-addresses), a balancing policy it has no implementation of, a locality
-without ``load_balancing_weight``.
+What a gRPC client rejects (a NACK of the whole response, after which it
+misses every later change of those resources) is kept out here rather than
+sent: an endpoint whose address is a host name (EDS carries IP addresses),
+the same address twice in one assignment, least request in the old enum
+field (gRPC's C-core has none; the policy list lets it fall back to round
+robin), a locality without ``load_balancing_weight``. Each was seen as a
+NACK from grpcio's xDS client before it was kept out.
 """
 
 from __future__ import annotations

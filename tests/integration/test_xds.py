@@ -39,6 +39,7 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from controlplane import ControlPlane, ControlPlaneConfig
 from controlplane.xds import CLUSTER, ENDPOINTS, LISTENER, ROUTE
+from tests.harness.certs import TestCA
 from tests.harness.controlplane import ECO
 from tests.util import assert_eventually
 
@@ -160,11 +161,23 @@ async def xds_client(bootstrap: Path, target: str, log: Path) -> AsyncIterator[C
         await asyncio.wait({client.reader})
 
 
-def write_bootstrap(tmp_path: Path, server: str, node: str) -> Path:
+def write_bootstrap(tmp_path: Path, server: str, node: str, ca: Path | None = None) -> Path:
     """``eco xds bootstrap``, the command a user runs."""
     out = tmp_path / f"{node}.json"
+    trust = ["--ca-file", str(ca)] if ca is not None else []
     subprocess.run(
-        [str(ECO), "xds", "bootstrap", "--node", node, "--server", server, "--out", str(out)],
+        [
+            str(ECO),
+            *trust,
+            "xds",
+            "bootstrap",
+            "--node",
+            node,
+            "--server",
+            server,
+            "--out",
+            str(out),
+        ],
         check=True,
         capture_output=True,
     )
@@ -211,8 +224,14 @@ async def backends() -> AsyncIterator[list[Backend]]:
         await backend.server.stop(0)
 
 
-async def register(address: str, *instances: pb.Instance) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def register(address: str, *instances: pb.Instance, ca: Path | None = None) -> None:
+    if ca is None:
+        opened = grpc.aio.insecure_channel(address)
+    else:
+        root = await asyncio.to_thread(ca.read_bytes)
+        credentials = grpc.ssl_channel_credentials(root)
+        opened = grpc.aio.secure_channel(address, credentials)
+    async with opened as channel:
         stub = pb_grpc.RegistryServiceStub(channel)
         for inst in instances:
             await stub.RegisterInstance(pb.RegisterInstanceRequest(instance=inst), timeout=5)
@@ -291,6 +310,19 @@ async def test_calls_are_balanced_follow_health_and_new_instances(
     assert node["kind"] == "proxyless"
     assert node["types"]["ClusterLoadAssignment"]["state"] == "ACKED", node
     assert node["types"]["Listener"]["subscribed"] == ["orders"]
+
+
+async def test_a_client_reaches_a_tls_control_plane_with_its_bootstrap(
+    backends: list[Backend], tmp_path: Path
+) -> None:
+    test_ca = TestCA.create(tmp_path)
+    cert, key = test_ca.issue_server("cp")
+    async with ControlPlane(config(tls_cert=str(cert), tls_key=str(key))) as plane:
+        a, b, _ = backends
+        await register(plane.address, instance(a), instance(b), ca=test_ca.cert_file)
+        bootstrap = write_bootstrap(tmp_path, plane.address, "tls-client", ca=test_ca.cert_file)
+        async with xds_client(bootstrap, "xds:///orders", tmp_path / "client.log") as client:
+            await client.replies_from({"a", "b"}, timeout=30)
 
 
 # -- the protocol, spoken by a raw ADS stream ----------------------------------
