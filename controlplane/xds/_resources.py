@@ -11,8 +11,9 @@ misses every later change of those resources) is kept out here rather than
 sent: an endpoint whose address is a host name (EDS carries IP addresses),
 the same address twice in one assignment, least request in the old enum
 field (gRPC's C-core has none; the policy list lets it fall back to round
-robin), a locality without ``load_balancing_weight``. Each was seen as a
-NACK from grpcio's xDS client before it was kept out.
+robin), a locality without ``load_balancing_weight``. The duplicate
+address and the least-request enum were seen as NACKs from grpcio's xDS
+client before they were kept out.
 """
 
 from __future__ import annotations
