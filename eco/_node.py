@@ -110,7 +110,7 @@ def wait(settings: Settings, revision: int, wait_timeout: float) -> None:
       eco wait --revision 42 --timeout 5 -o json
     """
     current = _store_revision(settings)
-    if revision > current:
+    if current is not None and revision > current:
         click.echo(
             f"eco: revision {revision} is newer than the store's revision ({current}): "
             "no write has made it yet; give a revision a write printed",
@@ -147,11 +147,18 @@ def wait(settings: Settings, revision: int, wait_timeout: float) -> None:
         raise click.exceptions.Exit(1)
 
 
-def _store_revision(settings: Settings) -> int:
-    """The store's current revision, from the smallest read that carries it."""
+def _store_revision(settings: Settings) -> int | None:
+    """The store's current revision, from the smallest read that carries it;
+    None when the token may not read the registry (the wait itself may still
+    be allowed: it then runs without this check)."""
     from ecosystem.v1 import registry_pb2
 
-    response = call(
-        settings, "ListServices", registry_pb2.ListServicesRequest(page_size=1), idempotent=True
-    )
+    import sdk
+
+    try:
+        response = call(
+            settings, "ListServices", registry_pb2.ListServicesRequest(page_size=1), idempotent=True
+        )
+    except sdk.PermissionDeniedError:
+        return None
     return int(response.revision)
