@@ -750,3 +750,37 @@ def test_bootstrap_files_and_their_errors(tmp_path: Path) -> None:
 
     wrong = eco("xds", "bootstrap", "--node", "n", "--server", "nohostport")
     assert wrong.returncode == 2 and "--server" in wrong.stderr
+
+
+async def test_csds_filters_nodes_and_refuses_a_bad_pattern(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    streams = []
+    for node in ("web-1", "web-2", "batch-1"):
+        ads = Ads(channel, node=node)
+        await ads.ask(CLUSTER)
+        await ads.next()
+        streams.append(ads)
+    stub = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+
+    async def nodes(**pattern: Any) -> list[str]:
+        request = csds_pb2.ClientStatusRequest(exclude_resource_contents=True)
+        matcher = request.node_matchers.add().node_id
+        for kind, value in pattern.items():
+            if kind == "safe_regex":
+                matcher.safe_regex.regex = value
+            else:
+                setattr(matcher, kind, value)
+        response = await stub.FetchClientStatus(request, timeout=5)
+        return sorted(config.node.id for config in response.config)
+
+    assert await nodes(prefix="web-") == ["web-1", "web-2"]
+    assert await nodes(suffix="-1") == ["batch-1", "web-1"]
+    assert await nodes(safe_regex="b.*") == ["batch-1"]
+    assert await nodes(exact="nobody") == []
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await nodes(safe_regex="(")
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "node_matchers[0].node_id.safe_regex.regex" in (refused.value.details() or "")
+    for ads in streams:
+        await ads.close()
