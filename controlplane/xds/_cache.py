@@ -239,9 +239,9 @@ class XdsCache:
             _policy, complaint = lb_policy(instances)
             _kept, problems = endpoint_instances(instances)
             found_problems = tuple(filter(None, (complaint, *problems)))
-            if found_problems != self._problems.get(name.resource, ()):
-                # Said once, not at every change of the service.
-                for problem in found_problems:
+            known = self._problems.get(name.resource, ())
+            for problem in found_problems:
+                if problem not in known:  # said once, not at every change of the service
                     log.warning("xDS cluster %s: %s", name.resource, problem)
             self._problems[name.resource] = found_problems
             self._keep(self._clusters, name.resource, pack(cluster(name, instances)))

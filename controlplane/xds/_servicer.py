@@ -149,7 +149,11 @@ class AdsServicer:
             await session.run(requests, context)
         except StreamError as exc:
             node = session.node.node_id if session.node is not None else "(no node yet)"
-            log.warning("xDS stream of node %s from %s ended: %s", node, session.peer, exc.details)
+            # A shutdown ends every stream: one line each would flood the log.
+            level = logging.INFO if exc.code is grpc.StatusCode.UNAVAILABLE else logging.WARNING
+            log.log(
+                level, "xDS stream of node %s from %s ended: %s", node, session.peer, exc.details
+            )
             await context.abort(exc.code, exc.details)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
