@@ -331,10 +331,13 @@ async def test_a_client_reaches_a_tls_control_plane_with_its_bootstrap(
 class Ads:
     """One ADS stream from the test: requests written, responses read."""
 
-    def __init__(self, channel: grpc.aio.Channel, node: str = "raw-1") -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, node: str = "raw-1", agent: str = "gRPC Python"
+    ) -> None:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         self.call = stub.StreamAggregatedResources()
         self.node = node
+        self.agent = agent
         self._pending: asyncio.Task[Any] | None = None
 
     async def ask(
@@ -347,7 +350,7 @@ class Ads:
     ) -> None:
         request = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names)
         request.node.id = self.node
-        request.node.user_agent_name = "gRPC Python"
+        request.node.user_agent_name = self.agent
         if answering is not None:
             request.response_nonce = answering.nonce
             request.version_info = answering.version_info
@@ -784,3 +787,30 @@ async def test_csds_filters_nodes_and_refuses_a_bad_pattern(
     assert "node_matchers[0].node_id.safe_regex.regex" in (refused.value.details() or "")
     for ads in streams:
         await ads.close()
+
+
+async def test_an_envoy_gets_every_cluster_and_no_api_listeners(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    await register(
+        plane.address,
+        *(
+            pb.Instance(
+                id="i", service=svc, address="10.0.0.4", port=80, liveness=pb.LIVENESS_PERSISTENT
+            )
+            for svc in ("orders", "users")
+        ),
+    )
+    envoy = Ads(channel, node="edge-1", agent="envoy")
+    await envoy.ask(CLUSTER)
+    clusters = await envoy.next()
+    assert set(_unpack(clusters, cluster_pb2.Cluster)) == {"orders.default", "users.default"}
+    await envoy.ask(CLUSTER, answering=clusters)
+    await envoy.ask(LISTENER)
+    listeners = await envoy.next()
+    assert not listeners.resources  # its socket listeners are not served yet
+    status = await xds_status(plane)
+    [node] = [n for n in status["nodes"] if n["node"] == "edge-1"]
+    assert node["kind"] == "envoy"
+    assert node["types"]["Listener"]["subscribed"] == ["*"]
+    await envoy.close()
