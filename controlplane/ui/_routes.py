@@ -29,7 +29,11 @@ FRAGMENT_HEADER = "X-Eco-Fragment"
 #: Seconds between keep-alive comments on an idle event stream.
 KEEPALIVE = 15.0
 _MAX_SECRET = 512
-_STATIC_TYPES = {"console.js": "text/javascript", "console.css": "text/css"}
+_STATIC_TYPES = {
+    "console.js": "text/javascript",
+    "console.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
 _SECURITY_HEADERS = {
     # Scripts and styles from /ui/static only: a value shown on a page can never run.
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
@@ -39,6 +43,10 @@ _SECURITY_HEADERS = {
 }
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={**_SECURITY_HEADERS, "Location": location})
 
 
 class _LoginNeeded(Exception):
@@ -85,7 +93,7 @@ class Console:
                 status=401, text=exc.message or "a token is required", headers=_SECURITY_HEADERS
             )
         target = "/ui/login" + ("?expired=1" if exc.message else "")
-        response = web.HTTPSeeOther(target, headers=_SECURITY_HEADERS)
+        response = _see_other(target)
         if exc.message:
             response.del_cookie(COOKIE, path="/ui/")
         return response
@@ -218,7 +226,7 @@ class Console:
                 content_type="text/html",
                 headers=_SECURITY_HEADERS,
             )
-        response = web.HTTPSeeOther("/ui/services", headers=_SECURITY_HEADERS)
+        response = _see_other("/ui/services")
         response.set_cookie(
             COOKIE,
             secret,
@@ -230,7 +238,7 @@ class Console:
         return response
 
     async def logout(self, _request: web.Request) -> web.Response:
-        response = web.HTTPSeeOther("/ui/login", headers=_SECURITY_HEADERS)
+        response = _see_other("/ui/login")
         response.del_cookie(COOKIE, path="/ui/")
         return response
 

@@ -25,10 +25,29 @@
     }
   }
 
+  // A filter takes effect as soon as it is chosen; the address keeps only
+  // the filters that are set (it can be bookmarked or shared).
+  function applyFilters(form) {
+    var params = new URLSearchParams();
+    new FormData(form).forEach(function (value, key) {
+      if (value) {
+        params.append(key, value);
+      }
+    });
+    var query = params.toString();
+    location.assign(form.getAttribute("action") + (query ? "?" + query : ""));
+  }
+
   function wireFilters(root) {
-    root.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
-      select.addEventListener("change", function () {
-        select.form.submit();
+    root.querySelectorAll("form.filters").forEach(function (form) {
+      form.addEventListener("submit", function (event) {
+        event.preventDefault();
+        applyFilters(form);
+      });
+      form.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
+        select.addEventListener("change", function () {
+          applyFilters(form);
+        });
       });
     });
   }
@@ -78,18 +97,19 @@
     }
     var source = new EventSource("/ui/events");
     var lost = false;
-    function onRevision(event) {
-      if (lost) {
-        lost = false;
-        setState("live", false);
-        refresh();
-      } else if (event.data !== body.dataset.revision) {
+    // "hello" opens each connection (a reconnection included): refresh when
+    // the page missed something. "change": something shown changed (not only
+    // the registry's revision: a sidecar's ack, a stream's depth): refresh.
+    source.addEventListener("hello", function (event) {
+      if (lost || event.data !== body.dataset.revision) {
         refresh();
       }
-      liveState.textContent = "live";
-    }
-    source.addEventListener("hello", onRevision);
-    source.addEventListener("change", onRevision);
+      lost = false;
+      setState("live", false);
+    });
+    source.addEventListener("change", function () {
+      refresh();
+    });
     source.addEventListener("error", function () {
       lost = true;
       setState("lost", true);
