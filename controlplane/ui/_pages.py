@@ -49,6 +49,15 @@ def _select(name: str, label: str, values: list[str], chosen: str) -> str:
     )
 
 
+def _totals(counts: dict[str, int]) -> str:
+    """Instance counts by health, as coloured badges."""
+    badges = " ".join(
+        f'<span class="badge health-{name}" data-testid="total-{name}">{count} {name}</span>'
+        for name, count in counts.items()
+    )
+    return f'<p class="totals">{badges}</p>'
+
+
 def _h1(title: str, count: int | None = None) -> str:
     extra = f' <span class="count">({count})</span>' if count is not None else ""
     return f"<h1>{esc(title)}{extra}</h1>"
@@ -110,11 +119,7 @@ def services(data: ConsoleData, wanted: ServiceFilter) -> str:
         totals["warning"] += row.summary.warning_count
         totals["critical"] += row.summary.critical_count
         totals["unknown"] += row.summary.unknown_count
-    summary = " ".join(
-        f'<span class="badge health-{name}" data-testid="total-{name}">{count} {name}</span>'
-        for name, count in totals.items()
-    )
-    return f'{_h1("Services", len(rows))}<p class="totals">{summary}</p>{form}{body}'
+    return f"{_h1('Services', len(rows))}{_totals(totals)}{form}{body}"
 
 
 def service(data: ConsoleData, namespace: str, name: str) -> str | None:
@@ -162,10 +167,14 @@ def service(data: ConsoleData, namespace: str, name: str) -> str | None:
     head = (
         f'<p><a href="/ui/services">← services</a></p>'
         f"{_h1(f'{summary.namespace}/{summary.name}', summary.instance_count)}"
-        f'<p class="totals">{_badge("passing")} {summary.passing_count} '
-        f"{_badge('warning')} {summary.warning_count} "
-        f"{_badge('critical')} {summary.critical_count} "
-        f"{_badge('unknown')} {summary.unknown_count}</p>"
+        + _totals(
+            {
+                "passing": summary.passing_count,
+                "warning": summary.warning_count,
+                "critical": summary.critical_count,
+                "unknown": summary.unknown_count,
+            }
+        )
     )
     return head + "".join(blocks)
 
@@ -381,7 +390,8 @@ async def sync(data: ConsoleData) -> str:
             f"<h2>{esc(job.name)}{' (paused)' if job.paused else ''}</h2>"
             '<dl class="facts">'
             f"<dt>from</dt><dd>{esc(job.source)}</dd><dt>to</dt><dd>{esc(job.destination)}</dd>"
-            f"<dt>mode</dt><dd>{esc(job.mode)}</dd><dt>schedule</dt><dd>{esc(schedule)}</dd>"
+            f"<dt>mode</dt><dd>{esc(job.mode or 'copy')}</dd>"
+            f"<dt>schedule</dt><dd>{esc(schedule)}</dd>"
             f"<dt>next run</dt><dd>{esc(when(job.next_run_at_ms))}</dd>"
             f"</dl><h3>Last runs</h3>{run_rows}</section>"
         )

@@ -23,15 +23,22 @@ import pytest
 from ecosystem.v1 import agent_pb2 as apb
 from ecosystem.v1 import (
     agent_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
     intention_pb2,
     intention_pb2_grpc,
     messaging_pb2,
     messaging_pb2_grpc,
     platform_pb2,
     platform_pb2_grpc,
+    sync_pb2,
+    sync_pb2_grpc,
 )
 from ecosystem.v1 import registry_pb2 as pb
 from ecosystem.v1 import registry_pb2_grpc as registry_grpc
+from google.protobuf import struct_pb2
 
 from controlplane import ControlPlane
 from controlplane.testing import test_config
@@ -185,6 +192,42 @@ async def _populate(channel: grpc.aio.Channel) -> None:
     )
     for n in range(3):
         await bus.Publish(messaging_pb2.PublishRequest(subject="orders.created", data=b"%d" % n))
+    spec = struct_pb2.Struct()
+    spec.update(
+        {
+            "name": "shop",
+            "match": {"path_prefix": "/shop"},
+            "upstream": "web",
+        }
+    )
+    routes = gateway_pb2_grpc.RouteServiceStub(channel)
+    await routes.ApplyRoutes(
+        gateway_pb2.ApplyRoutesRequest(routes=[gateway_pb2.Route(name="shop", spec=spec)])
+    )
+    sync = sync_pb2_grpc.SyncServiceStub(channel)
+    await sync.CreateSyncJob(
+        sync_pb2.CreateSyncJobRequest(
+            job=sync_pb2.SyncJob(
+                name="photos",
+                source="file:///data/photos",
+                destination="s3://backup/photos",
+                every_seconds=3600.0,
+                on_node="nas-1",
+            )
+        )
+    )
+    catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
+    await catalog.AddDataset(
+        catalog_pb2.AddDatasetRequest(
+            dataset=catalog_pb2.Dataset(
+                name="orders-eu",
+                location="s3://orders-eu/data",
+                platform="cloud",
+                owner="team-orders",
+                tags=["orders"],
+            )
+        )
+    )
     intentions = intention_pb2_grpc.IntentionServiceStub(channel)
     await intentions.CreateIntention(
         intention_pb2.CreateIntentionRequest(
@@ -225,6 +268,17 @@ async def test_every_page_loads_without_console_errors(tmp_path: Path) -> None:
                         row = page.locator("[data-testid=node-row][data-node=node-a]")
                         await row.locator(".badge", has_text="in step").wait_for(timeout=10_000)
                         assert await page.get_by_test_id("in-step-count").inner_text() == "1"
+                    for testid, count in {
+                        "platforms": 2,
+                        "routes": 1,
+                        "intentions": 1,
+                        "datasets": 1,
+                    }.items():
+                        if slug == testid:
+                            rows = page.locator(f"[data-testid={testid}] tbody tr")
+                            assert await rows.count() == count
+                    if slug == "sync":
+                        assert await page.locator("[data-testid=sync-job]").count() == 1
                     if slug == "bus":
                         depth = page.locator("[data-stream=orders] [data-testid=stream-depth]")
                         assert (await depth.inner_text()).startswith("3 messages")
@@ -287,7 +341,18 @@ async def test_a_filter_narrows_the_list() -> None:
         await register(
             channel,
             _instance(
-                "cache", "cache-1", port=6379, platform="cloud", health=pb.HEALTH_STATUS_CRITICAL
+                "cache",
+                "cache-1",
+                port=6379,
+                platform="cloud",
+                health=pb.HEALTH_STATUS_CRITICAL,
+                checks=[
+                    pb.CheckStatus(
+                        name="exec",
+                        status=pb.HEALTH_STATUS_CRITICAL,
+                        output="<img src=x onerror=boom()> exit 1",
+                    )
+                ],
             ),
         )
         async with browser_page() as (page, errors):
@@ -316,6 +381,11 @@ async def test_a_filter_narrows_the_list() -> None:
                 "cache",
                 "db",
             ]
+            # A check's output is shown as text: it never becomes markup on the page.
+            await page.click("a[href='/ui/services/default/cache']")
+            output = page.locator("[data-testid=check-row] pre")
+            assert await output.inner_text() == "<img src=x onerror=boom()> exit 1"
+            assert await page.locator("main img").count() == 0
             assert errors == []
             bad = await page.goto(f"http://{plane.admin_address}/ui/services?health=sick")
             assert bad is not None and bad.status == 400
