@@ -96,8 +96,16 @@ def bootstrap_document(
     callback=check_server,
     help="Control plane(s) the client asks; default: eco's own --server.",
 )
-@click.option("--region", default="", help="The client's region (its node locality).")
-@click.option("--zone", default="", help="The client's zone (its node locality).")
+@click.option(
+    "--region",
+    default="",
+    help="The client's region: instances in it are preferred over the others.",
+)
+@click.option(
+    "--zone",
+    default="",
+    help="The client's zone: instances in it come first, then its region, then the rest.",
+)
 @click.option("--cluster", default="", help="The client's node cluster (free text).")
 @pass_settings
 def bootstrap(

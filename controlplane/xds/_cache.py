@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from ecosystem.v1 import registry_pb2 as pb
+from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 
 from controlplane.view import InstanceView, Selector, Watcher
@@ -35,6 +36,7 @@ from controlplane.xds._resources import (
     lb_policy,
     load_assignment,
     pack,
+    prioritized,
     route_configuration,
 )
 
@@ -71,6 +73,8 @@ class XdsCache:
         self._endpoints: dict[str, any_pb2.Any] = {}
         self._memo: dict[tuple[str, str], any_pb2.Any] = {}
         self._problems: dict[str, tuple[str, ...]] = {}
+        # (assignment name, region, zone) -> (the shared assignment, its variant)
+        self._nearby: dict[tuple[str, str, str], tuple[any_pb2.Any, any_pb2.Any]] = {}
         self._listeners: set[asyncio.Event] = set()
         self._wake = asyncio.Event()
         self._watcher: Watcher | None = None
@@ -117,25 +121,35 @@ class XdsCache:
     # -- resources by type and name ----------------------------------------
 
     def resources(
-        self, type_url: str, names: Iterable[str] | None, *, proxyless: bool = True
+        self,
+        type_url: str,
+        names: Iterable[str] | None,
+        *,
+        proxyless: bool = True,
+        locality: tuple[str, str] = ("", ""),
     ) -> dict[str, any_pb2.Any]:
         """The resources of ``type_url`` a client subscribed to (``names``;
         None for all of them), by name. A well-formed name of a service
         without instances gets an empty cluster (calls fail UNAVAILABLE
         until one registers), not "does not exist". Names that are not
-        service names are left out (the client times them out as missing)."""
+        service names are left out (the client times them out as missing).
+        A client that gave its ``locality`` (region, zone) gets endpoints
+        with priorities: its zone, its region, the rest."""
         snapshot = self._snapshot
         if type_url in (CLUSTER, ENDPOINTS):
             current = snapshot.clusters if type_url == CLUSTER else snapshot.endpoints
-            if names is None:
-                return dict(current)
             found: dict[str, any_pb2.Any] = {}
-            for name in names:
-                resource = current.get(name)
-                if resource is None:
-                    resource = self._placeholder(type_url, name)
-                if resource is not None:
-                    found[name] = resource
+            if names is None:
+                found = dict(current)
+            else:
+                for name in names:
+                    resource = current.get(name)
+                    if resource is None:
+                        resource = self._placeholder(type_url, name)
+                    if resource is not None:
+                        found[name] = resource
+            if type_url == ENDPOINTS and any(locality):
+                found = {name: self._near(name, res, locality) for name, res in found.items()}
             return found
         if names is None:
             # A wildcard listener or route subscription is an Envoy's: its
@@ -147,6 +161,21 @@ class XdsCache:
             if resource is not None:
                 found[name] = resource
         return found
+
+    def _near(self, name: str, resource: any_pb2.Any, locality: tuple[str, str]) -> any_pb2.Any:
+        """``resource`` (an assignment) with priorities for ``locality``: built
+        once per assignment and locality, shared by the clients there."""
+        key = (name, *locality)
+        known = self._nearby.get(key)
+        if known is not None and known[0] is resource:
+            return known[1]
+        assignment = endpoint_pb2.ClusterLoadAssignment()
+        resource.Unpack(assignment)
+        near = pack(prioritized(assignment, *locality))
+        if len(self._nearby) >= _MEMO_LIMIT:
+            self._nearby.clear()
+        self._nearby[key] = (resource, near)
+        return near
 
     def _named(self, type_url: str, name: str, proxyless: bool) -> any_pb2.Any | None:
         key = (type_url, name)

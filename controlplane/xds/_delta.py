@@ -102,9 +102,10 @@ class DeltaSession(Session):
     ) -> discovery_pb2.DeltaDiscoveryResponse | None:
         assert self.node is not None
         proxyless = self.node.kind == "proxyless"
-        current = self.cache.resources(type_url, sub.names, proxyless=proxyless)
+        near = self.locality
+        current = self.cache.resources(type_url, sub.names, proxyless=proxyless, locality=near)
         if sub.wildcard:
-            current.update(self.cache.resources(type_url, None, proxyless=proxyless))
+            current.update(self.cache.resources(type_url, None, proxyless=proxyless, locality=near))
         if sub.claimed:
             # What the client already holds (from before a reconnect) is not resent.
             for name, version in sub.claimed.items():

@@ -52,6 +52,7 @@ __all__ = [
     "health_of",
     "load_assignment",
     "pack",
+    "prioritized",
     "route_configuration",
 ]
 
@@ -278,6 +279,31 @@ def load_assignment(
         group = localities[key]
         group.load_balancing_weight.CopyFrom(wrappers_pb2.UInt32Value(value=totals[key]))
         result.endpoints.append(group)
+    return result
+
+
+def prioritized(
+    assignment: endpoint_pb2.ClusterLoadAssignment, region: str, zone: str
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """``assignment`` for a client in ``region``/``zone``: its own zone's
+    localities first (priority 0), then the rest of its region, then the
+    others; gRPC moves down a priority only when the one above has no usable
+    endpoint. Priorities are numbered without gaps, as clients require."""
+    result = endpoint_pb2.ClusterLoadAssignment()
+    result.CopyFrom(assignment)
+
+    def distance(group: endpoint_components_pb2.LocalityLbEndpoints) -> int:
+        locality = group.locality
+        if region and locality.region != region:
+            return 2
+        if zone and locality.zone != zone:
+            return 1
+        return 0
+
+    distances = [distance(group) for group in result.endpoints]
+    rank = {d: i for i, d in enumerate(sorted(set(distances)))}
+    for group, d in zip(result.endpoints, distances, strict=True):
+        group.priority = rank[d]
     return result
 
 

@@ -94,7 +94,7 @@ class _WorldSession(Session):
             return None
         assert self.node is not None
         resources = self.cache.resources(
-            type_url, sub.names, proxyless=self.node.kind == "proxyless"
+            type_url, sub.names, proxyless=self.node.kind == "proxyless", locality=self.locality
         )
         unchanged = resources.keys() == sub.sent.keys() and all(
             resources[name] is sub.sent[name] for name in resources

@@ -67,6 +67,8 @@ class Session(abc.ABC):
         self.book = book
         self.peer = peer
         self.node: NodeStatus | None = None
+        #: The client's (region, zone), from its bootstrap: endpoints near it first.
+        self.locality = ("", "")
         #: Set by ``handle`` when a subscription changed: responses may be due.
         self.changed = False
         self._unknown: set[str] = set()
@@ -138,7 +140,8 @@ class Session(abc.ABC):
                 f"node.id: the first {what} of a stream must name its node "
                 "(the bootstrap file's node.id; eco xds bootstrap --node ID writes one)",
             )
-        locality = "/".join(p for p in (node.locality.region, node.locality.zone) if p)
+        self.locality = (node.locality.region, node.locality.zone)
+        locality = "/".join(p for p in self.locality if p)
         self.node = self.book.open(
             node.id, node_kind(node), node.user_agent_name, node.cluster, locality
         )

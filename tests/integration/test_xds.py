@@ -161,37 +161,31 @@ async def xds_client(bootstrap: Path, target: str, log: Path) -> AsyncIterator[C
         await asyncio.wait({client.reader})
 
 
-def write_bootstrap(tmp_path: Path, server: str, node: str, ca: Path | None = None) -> Path:
-    """``eco xds bootstrap``, the command a user runs."""
+def write_bootstrap(
+    tmp_path: Path, server: str, node: str, ca: Path | None = None, *more: str
+) -> Path:
+    """``eco xds bootstrap``, the command a user runs (``more``: its options)."""
     out = tmp_path / f"{node}.json"
     trust = ["--ca-file", str(ca)] if ca is not None else []
-    subprocess.run(
-        [
-            str(ECO),
-            *trust,
-            "xds",
-            "bootstrap",
-            "--node",
-            node,
-            "--server",
-            server,
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    command = ["xds", "bootstrap", "--node", node, "--server", server, "--out", str(out)]
+    subprocess.run([str(ECO), *trust, *command, *more], check=True, capture_output=True)
     return out
 
 
-def instance(backend: Backend, health: int = pb.HEALTH_STATUS_PASSING, **extra: Any) -> pb.Instance:
+def instance(
+    backend: Backend,
+    health: int = pb.HEALTH_STATUS_PASSING,
+    zone: str = "z1",
+    region: str = "r1",
+    **extra: Any,
+) -> pb.Instance:
     return pb.Instance(
         id=backend.name,
         service="orders",
         address="127.0.0.1",
         port=backend.port,
-        zone="z1",
-        region="r1",
+        zone=zone,
+        region=region,
         health=health,  # type: ignore[arg-type]
         liveness=pb.LIVENESS_PERSISTENT,
         **extra,
@@ -323,6 +317,26 @@ async def test_a_client_reaches_a_tls_control_plane_with_its_bootstrap(
         bootstrap = write_bootstrap(tmp_path, plane.address, "tls-client", ca=test_ca.cert_file)
         async with xds_client(bootstrap, "xds:///orders", tmp_path / "client.log") as client:
             await client.replies_from({"a", "b"}, timeout=30)
+
+
+async def test_a_client_with_a_zone_prefers_it_and_fails_over_outward(
+    plane: ControlPlane, backends: list[Backend], tmp_path: Path
+) -> None:
+    a, b, c = backends
+    await register(
+        plane.address, instance(a, zone="z1"), instance(b, zone="z2"), instance(c, region="r2")
+    )
+    bootstrap = write_bootstrap(
+        tmp_path, plane.address, "zoned", None, "--region", "r1", "--zone", "z1"
+    )
+    async with xds_client(bootstrap, "xds:///orders", tmp_path / "client.log") as client:
+        await client.replies_from({"a"}, timeout=30)
+        await register(plane.address, instance(a, pb.HEALTH_STATUS_CRITICAL, zone="z1"))
+        await client.replies_from({"b"})  # the same region before another
+        await register(plane.address, instance(b, pb.HEALTH_STATUS_CRITICAL, zone="z2"))
+        await client.replies_from({"c"})
+        await register(plane.address, instance(a, zone="z1"))
+        await client.replies_from({"a"})
 
 
 # -- the protocol, spoken by a raw ADS stream ----------------------------------
