@@ -74,6 +74,7 @@ class DeltaSession(Session):
                 )
             else:
                 status.acked_version = sub.nonce_version
+        self.check_names(type_url, request.resource_names_subscribe)
         if request.resource_names_subscribe or request.resource_names_unsubscribe:
             self.changed = True
         for name in request.resource_names_subscribe:

@@ -70,6 +70,7 @@ class _WorldSession(Session):
             else:
                 status.acked_version = request.version_info
         names = frozenset(request.resource_names)
+        self.check_names(type_url, names)
         wildcard = type_url in (LISTENER, CLUSTER) and (
             WILDCARD in names or (not names and (sub is None or sub.names is None))
         )

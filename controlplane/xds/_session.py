@@ -14,14 +14,14 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 
 from controlplane.xds._cache import XdsCache
-from controlplane.xds._resources import TYPES
+from controlplane.xds._resources import LISTENER, TYPES, ServiceName
 from controlplane.xds._status import NodeBook, NodeStatus, Rejection
 
 __all__ = ["WILDCARD", "Session", "StreamError", "next_nonce", "node_kind", "short_type"]
@@ -72,6 +72,7 @@ class Session(abc.ABC):
         #: Set by ``handle`` when a subscription changed: responses may be due.
         self.changed = False
         self._unknown: set[str] = set()
+        self._bad_names: set[str] = set()
 
     async def run(self, requests: AsyncIterator[Any], context: Any) -> None:
         wake = asyncio.Event()
@@ -167,6 +168,26 @@ class Session(abc.ABC):
                 ", ".join(short_type(t) for t in TYPES),
             )
         return False
+
+    def check_names(self, type_url: str, names: Iterable[str]) -> None:
+        """Says once per stream and name when a target is no service name:
+        the client is sent nothing for it and reports "does not exist" only
+        after its own timeout."""
+        if type_url != LISTENER:
+            return
+        for name in names:
+            if name == WILDCARD or name in self._bad_names:
+                continue
+            try:
+                ServiceName.parse(name)
+            except ValueError as exc:
+                self._bad_names.add(name)
+                log.warning(
+                    "xDS node %s dials xds:///%s, which names no service: %s",
+                    self.node.node_id if self.node is not None else "?",
+                    name,
+                    exc,
+                )
 
     def rejected(
         self, type_url: str, version: str, resources: list[str], error: str, keeps: str

@@ -419,7 +419,7 @@ async def channel(plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel]:
 
 
 async def test_resources_carry_health_weight_locality_and_the_registry_revision(
-    plane: ControlPlane, channel: grpc.aio.Channel
+    plane: ControlPlane, channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
 ) -> None:
     def at(name: str, port: int, zone: str, **extra: Any) -> pb.Instance:
         return pb.Instance(
@@ -463,6 +463,16 @@ async def test_resources_carry_health_weight_locality_and_the_registry_revision(
     assert manager.rds.config_source.HasField("ads")
 
     await ads.ask(LISTENER, ("orders.shop",), answering=lds)
+    # A target that names no service gets nothing, and the log says why.
+    caplog.set_level("WARNING", logger="controlplane.xds")
+    await ads.ask(LISTENER, ("orders.shop", "Orders"), answering=lds)
+    lds = await ads.next()
+    assert set(_unpack(lds, listener_pb2.Listener)) == {"orders.shop"}
+    assert any(
+        "raw-1 dials xds:///Orders, which names no service" in r.getMessage()
+        for r in caplog.records
+    )
+    await ads.ask(LISTENER, ("orders.shop", "Orders"), answering=lds)
     await ads.ask(ROUTE, ("orders.shop",))
     rds = await ads.next()
     [route] = _unpack(rds, route_pb2.RouteConfiguration).values()
