@@ -43,6 +43,7 @@ from google.protobuf import struct_pb2
 from controlplane import ControlPlane
 from controlplane.testing import test_config
 from tests.harness.acl import acl_plane, bearer
+from tests.harness.ports import free_port
 from tests.harness.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.e2e
@@ -472,10 +473,16 @@ async def test_with_acls_the_console_asks_for_a_token_and_shows_what_it_may_read
             assert [e for e in errors if not any(r in e for r in refusals)] == []
 
 
-async def test_the_page_says_when_it_has_lost_the_control_plane() -> None:
-    plane = ControlPlane(test_config())
+async def test_the_page_says_when_it_has_lost_the_control_plane_and_recovers(
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite://{tmp_path / 'cp.db'}"
+    config = test_config(store_url=store, admin_listen=f"127.0.0.1:{free_port()}")
+    plane = ControlPlane(config)
     await plane.start()
     try:
+        async with grpc.aio.insecure_channel(plane.address) as channel:
+            await register(channel, _instance("web", "web-1", port=8080))
         async with browser_page() as (page, _errors):
             await page.goto(f"http://{plane.admin_address}/ui/services")
             await _live(page)
@@ -485,6 +492,16 @@ async def test_the_page_says_when_it_has_lost_the_control_plane() -> None:
             await banner.wait_for(state="visible", timeout=5_000)
             assert "may be stale" in await banner.inner_text()
             assert await page.get_by_test_id("live-state").inner_text() == "lost"
+            # What it showed stays on the page, marked stale.
+            assert await page.locator("[data-service=web]").count() == 1
             await _screenshot(page, "stale")
+
+            # Back on the same ports: the page reconnects by itself and catches up.
+            plane = ControlPlane(test_config(store_url=store, admin_listen=config.admin_listen))
+            await plane.start()
+            async with grpc.aio.insecure_channel(plane.address) as channel:
+                await register(channel, _instance("db", "db-1", port=5432))
+            await banner.wait_for(state="hidden", timeout=10_000)
+            await page.locator("[data-service=db]").wait_for(timeout=5_000)
     finally:
         await plane.stop(grace=0)
