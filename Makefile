@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # tests mostly wait on servers and sockets, so three share two cores well.
 TEST_WORKERS ?= 3
 
-.PHONY: run test test-unit fuzz lint gen check-gen schemas bench install tools clean
+.PHONY: run test test-unit fuzz lint gen check-gen docs schemas bench install tools clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
@@ -35,11 +35,12 @@ tools: $(STAMP) $(BUF)
 run: $(STAMP)
 	$(BIN)/eco dev $(ARGS)
 
-## gen: regenerate gen/ from proto/ (the only way gen/ changes)
+## gen: regenerate gen/ from proto/ (the only way gen/ changes), and docs/reference/:
+## the API reference from proto/ and the SDK reference from sdk.__all__ (scripts/gen_reference.py)
 gen: $(STAMP)
 	scripts/gen.sh $(PY) gen
 
-## check-gen: fail when the committed generated code differs from proto/
+## check-gen: fail when the committed generated code or docs/reference/ differs from proto/ and sdk
 check-gen: $(STAMP)
 	scripts/gen.sh $(PY) --check
 
@@ -57,8 +58,13 @@ lint: tools
 	$(BIN)/mypy bus controlplane eco sdk serving sidecar
 	$(BIN)/lint-imports --no-cache
 
+## docs: the docs site (mkdocs.yml) from docs/ into site/, warnings as errors: a link to
+## a missing page or anchor, or a page left out of the nav, fails
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
+
 ## test: everything the suite needs, then the whole suite
-test: tools check-gen lint
+test: tools check-gen lint docs
 	scripts/install-nats.sh
 	scripts/install-rabbitmq.sh
 	scripts/install-redis.sh

@@ -6,7 +6,8 @@ instances to a browser: what a browser may see depends on its token, so it
 sends only "something changed at revision R", and the page fetches its own
 content again, filtered as any page read is. Changes the view does not carry
 (a sidecar applying an update, a route, a sync run, a bus stream's depth) are
-noticed by comparing a fingerprint of them every ``poll`` seconds.
+noticed by comparing a fingerprint of them every ``poll`` seconds (the bus
+streams every second).
 
 Each browser has a bounded queue of one signal: a newer one replaces the one
 not yet sent (the page refetches the latest state either way), so a slow
@@ -31,6 +32,8 @@ __all__ = ["Listener", "LiveFeed"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two looks at the bus streams' depths.
+_STREAMS_EVERY = 1.0
 #: What ends a listener's stream.
 _END = -1
 
@@ -66,6 +69,8 @@ class LiveFeed:
         self._watcher: Watcher | None = None
         self._closed = False
         self._fingerprint: Hashable = None
+        self._streams: tuple[object, ...] = ()
+        self._streams_due = 0.0
         #: The revision last signalled.
         self.revision = 0
 
@@ -147,10 +152,12 @@ class LiveFeed:
                     for node, s in plane.agent.sessions.items()
                 )
             )
-        streams: tuple[object, ...] = ()
-        if plane.broker is not None:
-            with contextlib.suppress(Exception):
-                streams = tuple(
+        loop = asyncio.get_running_loop()
+        if plane.broker is not None and loop.time() >= self._streams_due:
+            # At most once a second: with NATS, listing streams is a round trip each.
+            self._streams_due = loop.time() + _STREAMS_EVERY
+            try:
+                self._streams = tuple(
                     (
                         s.name,
                         s.messages,
@@ -160,4 +167,6 @@ class LiveFeed:
                     )
                     for s in await plane.broker.streams()
                 )
-        return (plane.store.revision, plane.view.revision, plane.serving, sessions, streams)
+            except Exception as exc:  # the bus page shows the error itself
+                log.debug("the console could not list the bus streams: %s", exc)
+        return (plane.store.revision, plane.view.revision, plane.serving, sessions, self._streams)

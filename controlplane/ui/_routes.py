@@ -100,12 +100,16 @@ class Console:
 
     # -- pages -------------------------------------------------------------------------
 
-    def _page(
+    def page(
         self,
         slug: str,
         title: str,
         build: Callable[[ConsoleData, web.Request], Awaitable[str | None]],
     ) -> _Handler:
+        """The handler of page ``slug``: ``build`` makes its content (None: not
+        found) for the caller; the whole page, or the content alone for a live
+        refresh (``X-Eco-Fragment``)."""
+
         async def handler(request: web.Request) -> web.StreamResponse:
             try:
                 identity, secret = await self._who(request)
@@ -289,19 +293,17 @@ def add_console(app: web.Application, plane: ControlPlane) -> Console:
     router = app.router
     router.add_get("/ui", home)
     router.add_get("/ui/", home)
-    router.add_get("/ui/services", console._page("services", "Services", _services))
+    router.add_get("/ui/services", console.page("services", "Services", _services))
+    router.add_get("/ui/services/{namespace}/{name}", console.page("services", "Service", _service))
+    router.add_get("/ui/nodes", console.page("nodes", "Nodes", _simple(_pages.nodes)))
     router.add_get(
-        "/ui/services/{namespace}/{name}", console._page("services", "Service", _service)
+        "/ui/platforms", console.page("platforms", "Platforms", _simple(_pages.platforms))
     )
-    router.add_get("/ui/nodes", console._page("nodes", "Nodes", _simple(_pages.nodes)))
-    router.add_get(
-        "/ui/platforms", console._page("platforms", "Platforms", _simple(_pages.platforms))
-    )
-    router.add_get("/ui/bus", console._page("bus", "Bus", _simple(_pages.bus)))
-    router.add_get("/ui/routes", console._page("routes", "Gateway routes", _simple(_pages.routes)))
-    router.add_get("/ui/sync", console._page("sync", "Sync jobs", _simple(_pages.sync)))
-    router.add_get("/ui/intentions", console._page("intentions", "Intentions", _intentions))
-    router.add_get("/ui/datasets", console._page("datasets", "Datasets", _simple(_pages.datasets)))
+    router.add_get("/ui/bus", console.page("bus", "Bus", _simple(_pages.bus)))
+    router.add_get("/ui/routes", console.page("routes", "Gateway routes", _simple(_pages.routes)))
+    router.add_get("/ui/sync", console.page("sync", "Sync jobs", _simple(_pages.sync)))
+    router.add_get("/ui/intentions", console.page("intentions", "Intentions", _intentions))
+    router.add_get("/ui/datasets", console.page("datasets", "Datasets", _simple(_pages.datasets)))
     router.add_get("/ui/events", console.events)
     router.add_get("/ui/login", console.login_form)
     router.add_post("/ui/login", console.login)
