@@ -30,13 +30,7 @@ async def run_command(argv: tuple[str, ...], timeout: float) -> ProbeResult:
     a chatty command cannot block on a full pipe.
     """
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = await _spawn(argv)
     except OSError as exc:
         return ProbeResult(HealthStatus.CRITICAL, f"cannot run {argv[0]!r}: {exc.strerror or exc}")
     output = bytearray()
@@ -56,6 +50,28 @@ async def run_command(argv: tuple[str, ...], timeout: float) -> ProbeResult:
             _kill_group(proc.pid)
             await proc.wait()
     return ProbeResult(_status_of(code), _describe(code, _text(output)))
+
+
+async def _spawn(argv: tuple[str, ...]) -> asyncio.subprocess.Process:
+    """Starts the child. The process exists before its pipes are connected:
+    a probe cancelled in between still has it killed, not left running."""
+    spawning = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    )
+    try:
+        return await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            proc = await spawning
+            _kill_group(proc.pid)
+            await proc.wait()
+        raise
 
 
 async def _drain(stream: asyncio.StreamReader, into: bytearray) -> None:

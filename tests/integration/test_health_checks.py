@@ -573,6 +573,28 @@ async def test_closing_the_engine_kills_a_running_command(tmp_path: Path) -> Non
     await assert_eventually(lambda: _assert_no_members(pgid))
 
 
+@pytest.mark.parametrize("turns", [1, 2, 3, 5, 8])
+async def test_a_probe_cancelled_while_its_command_starts_leaves_nothing_running(
+    tmp_path: Path, turns: int
+) -> None:
+    """Cancelled after the fork but before the pipes are connected (a busy
+    loop makes that window wide): the child's whole group is killed still."""
+    from sidecar.health._exec import run_command
+
+    pids = tmp_path / "pids"
+    script = f"sleep 30 & echo $$ > {pids}.tmp; mv {pids}.tmp {pids}; wait"
+    probe = asyncio.create_task(run_command(("sh", "-c", script), 10.0))
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    probe.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await probe
+    await asyncio.sleep(0.3)  # a shell that got to run has written its group id by now
+    if pids.exists():
+        pgid = int(pids.read_text())
+        await assert_eventually(lambda: _assert_no_members(pgid))
+
+
 # -- TTL ------------------------------------------------------------------------------------
 
 
