@@ -162,3 +162,36 @@ def test_signatures_show_annotations_as_written_and_wrap_when_long() -> None:
         "f(\n    name: str,\n    *,\n    colour: Colour = Colour.RED,\n"
         "    tags: list[str] | None = None,\n) -> int"
     )
+
+
+def test_fenced_blocks_in_list_items_reach_the_left_margin_and_others_are_left_alone() -> None:
+    markdown = (
+        "- **Its own CA**, then\n"
+        "\n"
+        "  ```sh\n"
+        "  eco controlplane \\\n"
+        "    --tls-ca ca.pem\n"
+        "  ```\n"
+        "\n"
+        "  It issues itself a certificate.\n"
+        "```markdown\n"
+        "  ```sh\n"
+        "  kept as written inside a block at the margin\n"
+        "  ```\n"
+        "```\n"
+    )
+    assert hooks.dedent_fences(markdown) == (
+        "- **Its own CA**, then\n"
+        "\n"
+        "```sh\n"
+        "eco controlplane \\\n"
+        "  --tls-ca ca.pem\n"
+        "```\n"
+        "\n"
+        "  It issues itself a certificate.\n"
+        "```markdown\n"
+        "  ```sh\n"
+        "  kept as written inside a block at the margin\n"
+        "  ```\n"
+        "```\n"
+    )
