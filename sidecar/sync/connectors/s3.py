@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
+import email.utils
 import hashlib
 import logging
 import os
@@ -37,6 +39,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 from botocore.handlers import convert_body_to_file_like_object
+from botocore.utils import parse_timestamp
 
 from sidecar.sync.connectors._base import (
     MD5,
@@ -139,6 +142,8 @@ class S3Connector:
     async def _open(self) -> None:
         s = self._settings
         session = aiobotocore.session.get_session()
+        parsers = session.get_component("response_parser_factory")
+        parsers.set_parser_defaults(timestamp_parser=_timestamp)
         # The engine owns retries and backoff: botocore's own are turned off
         # (one attempt), so a 503 SlowDown reaches the engine at once.
         config = AioConfig(
@@ -578,3 +583,23 @@ class S3Connector:
             await client.put_object(
                 Bucket=self._root.bucket, Key=self._root.key(path) + "/", Body=b""
             )
+
+
+def _timestamp(value: Any) -> datetime.datetime:
+    """A response's timestamp: what botocore's own parser gives, without its
+    general-purpose date parsing (a tenth of a small object's CPU here) for
+    the two forms S3 sends, HTTP dates (``Last-Modified``) and ISO 8601 with
+    a zone (listings)."""
+    if isinstance(value, str):
+        try:
+            parsed = (
+                email.utils.parsedate_to_datetime(value)
+                if value.endswith("GMT")
+                else datetime.datetime.fromisoformat(value)
+            )
+        except (TypeError, ValueError):
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    fallback: datetime.datetime = parse_timestamp(value)
+    return fallback

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from botocore.utils import parse_timestamp
 
 from sidecar.sync.connectors import (
     MD5,
@@ -32,6 +33,7 @@ from sidecar.sync.connectors import (
     open_connector,
 )
 from sidecar.sync.connectors.azure import _PROXY_VARIABLES, _env_names_a_proxy_or_netrc
+from sidecar.sync.connectors.s3 import _timestamp
 from tests.harness.cloud_storage import (
     AZURITE_KEY,
     Emulator,
@@ -615,3 +617,18 @@ def test_the_azure_session_honours_the_environment_only_when_it_names_something(
     if netrc:
         (tmp_path / ".netrc").write_text("machine example.com login a password b\n")
     assert _env_names_a_proxy_or_netrc() is honoured
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Mon, 07 Dec 2026 13:00:00 GMT",
+        "2026-12-07T13:00:00.000Z",
+        "2026-12-07T13:00:00.250+02:00",
+        "2026-12-07T13:00:00",
+        1796648132,
+        "1796648132.5",
+    ],
+)
+def test_s3_timestamps_read_as_botocore_reads_them(value: object) -> None:
+    assert _timestamp(value).timestamp() == parse_timestamp(value).timestamp()
