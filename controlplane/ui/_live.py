@@ -59,11 +59,15 @@ class Listener:
 
 
 class LiveFeed:
-    """Signals every listener within ``poll`` seconds of a change (at once for instances)."""
+    """Signals every listener within ``poll`` seconds of a change (at once for
+    instances), at most once every ``min_gap`` seconds. Its task runs while a
+    page listens: the first listener starts it, and it stops when none is left."""
 
-    def __init__(self, plane: ControlPlane, *, poll: float = 0.25) -> None:
+    def __init__(self, plane: ControlPlane, *, poll: float = 0.25, min_gap: float = 0.2) -> None:
         self._plane = plane
         self._poll = poll
+        # Signals at most every ``min_gap`` seconds, however fast the registry changes.
+        self._min_gap = min_gap
         self._listeners: set[Listener] = set()
         self._task: asyncio.Task[None] | None = None
         self._watcher: Watcher | None = None
@@ -96,11 +100,11 @@ class LiveFeed:
 
     async def close(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
         self._end_all()
 
     def _end_all(self) -> None:
@@ -113,15 +117,21 @@ class LiveFeed:
         try:
             self._watcher = watcher = view.subscribe(Selector(), view.revision)
         except UnavailableError:
+            self._closed = True
             self._end_all()
             return
-        self._fingerprint = await self._fingerprint_now()
+        idle = False
         try:
+            self._fingerprint = await self._fingerprint_now()
             while not watcher.closed:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll):
                         await watcher.wake.wait()
                 if watcher.closed:
+                    break
+                if not self._listeners:
+                    # Nobody is looking: stop until a page opens its stream again.
+                    idle = True
                     break
                 # The events themselves are not needed: the pages read the view.
                 watcher.discard_pending()
@@ -133,13 +143,19 @@ class LiveFeed:
                     self.revision = self._plane.store.revision
                     for listener in self._listeners:
                         listener.offer(self.revision)
+                    # Changes in the meantime gather in the watcher and go as one.
+                    await asyncio.sleep(self._min_gap)
         except Exception:
             log.exception("the console's live feed failed; browsers will reconnect")
         finally:
+            # No await in here: a listener that joins now finds the task gone
+            # and starts another.
             view.unsubscribe(watcher)
             self._watcher = None
-            self._closed = True
-            self._end_all()
+            self._task = None
+            if not idle:
+                self._closed = True
+                self._end_all()
 
     async def _fingerprint_now(self) -> Hashable:
         """What the pages show, in brief: a change to it is a change to signal."""

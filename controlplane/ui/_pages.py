@@ -22,6 +22,8 @@ __all__ = [
     "sync",
 ]
 
+#: Rows of the services and nodes lists; the counts above them cover every one.
+MAX_ROWS = 500
 _HEALTH_CHOICES = ("", "passing", "warning", "critical", "unknown")
 _NODE_STATES = {
     agent_pb2.NODE_SYNC_STATUS_SYNCED: "in step",
@@ -49,6 +51,16 @@ def _select(name: str, label: str, values: list[str], chosen: str) -> str:
     )
 
 
+def _more(count: int, what: str, hint: str) -> str:
+    """The note under a list cut at ``MAX_ROWS``; "" when nothing was cut."""
+    if count <= MAX_ROWS:
+        return ""
+    return (
+        f'<p class="note" data-testid="more">The first {MAX_ROWS} of {count} {esc(what)}: '
+        f"{esc(hint)}.</p>"
+    )
+
+
 def _totals(counts: dict[str, int]) -> str:
     """Instance counts by health, as coloured badges."""
     badges = " ".join(
@@ -68,6 +80,7 @@ def _h1(title: str, count: int | None = None) -> str:
 
 def services(data: ConsoleData, wanted: ServiceFilter) -> str:
     rows = data.services(wanted)
+    shown = rows[:MAX_ROWS]
     options = data.options()
     form = (
         '<form class="filters" method="get" action="/ui/services" data-testid="filters">'
@@ -106,7 +119,7 @@ def services(data: ConsoleData, wanted: ServiceFilter) -> str:
                     esc(", ".join(row.tags)),
                 ],
             )
-            for row in rows
+            for row in shown
         ),
         empty="No services match."
         if any((wanted.namespace, wanted.platform, wanted.tag, wanted.health))
@@ -119,7 +132,8 @@ def services(data: ConsoleData, wanted: ServiceFilter) -> str:
         totals["warning"] += row.summary.warning_count
         totals["critical"] += row.summary.critical_count
         totals["unknown"] += row.summary.unknown_count
-    return f"{_h1('Services', len(rows))}{_totals(totals)}{form}{body}"
+    more = _more(len(rows), "services", "filter to narrow the list")
+    return f"{_h1('Services', len(rows))}{_totals(totals)}{form}{body}{more}"
 
 
 def service(data: ConsoleData, namespace: str, name: str) -> str | None:
@@ -188,7 +202,7 @@ async def nodes(data: ConsoleData) -> str:
     connected = [n for n in found if n.connected]
     in_step = [n for n in connected if n.status == agent_pb2.NODE_SYNC_STATUS_SYNCED]
     rows = []
-    for n in found:
+    for n in found[:MAX_ROWS]:
         state = _NODE_STATES.get(n.status, "unknown")
         rows.append(
             (
@@ -231,7 +245,8 @@ async def nodes(data: ConsoleData) -> str:
         f'<strong data-testid="view-revision">{revision}</strong>. '
         "<code>eco wait --revision R</code> waits for a change to reach them.</p>"
     )
-    return _h1("Nodes", len(found)) + convergence + body
+    more = _more(len(found), "nodes", "eco node list -o json lists them all")
+    return _h1("Nodes", len(found)) + convergence + body + more
 
 
 # -- platforms -----------------------------------------------------------------------
