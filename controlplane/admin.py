@@ -1,8 +1,9 @@
 """The control plane's admin HTTP (``/healthz``, ``/metrics``, the web console
 at ``/ui/``) and the limits it serves under.
 
-Its clients are health checkers and metrics scrapers: a few connections, from
-a few hosts. Any more, or a client that sends its request slowly, is held to
+Its clients are health checkers, metrics scrapers and operators' browsers
+(each open console page holds one connection for its event stream): a few
+connections, from a few hosts. Any more, or a client that sends its request slowly, is held to
 :data:`ADMIN_LIMITS` (defined in `serving.http_limits`, for the sidecar's
 admin port too), so that the port can never take the file descriptors the
 gRPC API needs.
