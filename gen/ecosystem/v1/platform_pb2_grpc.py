@@ -102,9 +102,10 @@ class PlatformServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeregisterPlatform(self, request, context):
-        """Deletes a platform. FAILED_PRECONDITION while instances, nodes or
-        datasets still name it, unless force; NOT_FOUND when there is none;
-        ABORTED when expected_revision is set and no longer current.
+        """Deletes a platform. FAILED_PRECONDITION while instances, nodes,
+        datasets or sync jobs (on_platform) still name it, unless force;
+        NOT_FOUND when there is none; ABORTED when expected_revision is set and
+        no longer current.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
