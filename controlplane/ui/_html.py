@@ -116,12 +116,22 @@ Lost the control plane: this page shows the state as of revision
 """
 
 
-def login(message: str, status_note: str = "") -> str:
+def login(message: str, *, default_allow: bool) -> str:
     note = (
         f'<p class="error" role="alert" data-testid="login-error">{esc(message)}</p>'
         if message
         else ""
     )
+    if default_allow:
+        intro = (
+            "ACLs are off here (<code>--acl allow</code>): no token is needed. A token's "
+            "secret is applied as the API applies it (its deny rules hide what they name)."
+        )
+    else:
+        intro = (
+            "This control plane runs with ACLs (<code>--acl deny</code>): log in with an "
+            "ACL token's secret. You will see what its policies let it read."
+        )
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -134,8 +144,7 @@ def login(message: str, status_note: str = "") -> str:
 <body>
 <main class="login">
 <h1>Ecosystem console</h1>
-<p>This control plane runs with ACLs (<code>--acl deny</code>): log in with an ACL
-token's secret. You will see what its policies let it read.{esc(status_note)}</p>
+<p>{intro}</p>
 {note}
 <form method="post" action="/ui/login">
 <label for="token">Token secret</label>

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from controlplane.acl import Authorizer, Identity
+from controlplane.store import StoreError
 from controlplane.ui import _html, _pages
 from controlplane.ui._data import ConsoleData, ConsoleError, ServiceFilter
 from controlplane.ui._live import LiveFeed
@@ -204,13 +205,10 @@ class Console:
         message = ""
         if request.query.get("expired"):
             message = "The token is no longer valid (unknown or deleted): log in again."
-        note = (
-            ""
-            if not self.authorizer.default_allow
-            else (" ACLs are off here (--acl allow): a token only narrows what you see.")
-        )
         return web.Response(
-            text=_html.login(message, note), content_type="text/html", headers=_SECURITY_HEADERS
+            text=_html.login(message, default_allow=self.authorizer.default_allow),
+            content_type="text/html",
+            headers=_SECURITY_HEADERS,
         )
 
     async def login(self, request: web.Request) -> web.Response:
@@ -226,7 +224,7 @@ class Console:
         if problem:
             return web.Response(
                 status=401,
-                text=_html.login(problem),
+                text=_html.login(problem, default_allow=self.authorizer.default_allow),
                 content_type="text/html",
                 headers=_SECURITY_HEADERS,
             )
@@ -290,6 +288,22 @@ def add_console(app: web.Application, plane: ControlPlane) -> Console:
     async def home(_request: web.Request) -> web.Response:
         raise web.HTTPFound("/ui/services")
 
+    @web.middleware
+    async def store_trouble(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """A console request that needed the store while it does not answer: 503."""
+        if not request.path.startswith("/ui"):
+            return await handler(request)
+        try:
+            return await handler(request)
+        except StoreError as exc:
+            log.warning("console %s: the store does not answer: %s", request.path, exc)
+            return web.Response(
+                status=503,
+                text=f"the control plane cannot reach its store ({exc}); try again shortly\n",
+                headers=_SECURITY_HEADERS,
+            )
+
+    app.middlewares.append(store_trouble)
     router = app.router
     router.add_get("/ui", home)
     router.add_get("/ui/", home)
