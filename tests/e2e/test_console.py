@@ -45,6 +45,7 @@ from controlplane.testing import test_config
 from tests.harness.acl import acl_plane, bearer
 from tests.harness.ports import free_port
 from tests.harness.sidecar import SidecarProcess
+from tests.util import assert_eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -193,6 +194,29 @@ async def _populate(channel: grpc.aio.Channel) -> None:
     )
     for n in range(3):
         await bus.Publish(messaging_pb2.PublishRequest(subject="orders.created", data=b"%d" % n))
+    # Durable consumers: "billing" takes the three and acknowledges none (pending);
+    # "audit" gives up on each after one delivery (dead letters).
+    for durable, settings in (
+        ("billing", {}),
+        ("audit", {"max_deliver": 1, "ack_wait_ms": 100}),
+    ):
+        call = bus.Subscribe(
+            messaging_pb2.SubscribeRequest(subject="orders.>", durable=durable, **settings)
+        )
+        received = 0
+        async for response in call:
+            received += len(response.batch.messages) or response.HasField("message")
+            if received == 3:
+                break
+        if durable == "audit":
+
+            async def dead_lettered() -> None:
+                listed = await bus.ListStreams(messaging_pb2.ListStreamsRequest())
+                (audit,) = (c for c in listed.streams[0].consumers if c.name == "audit")
+                assert audit.dead_lettered == 3
+
+            await assert_eventually(dead_lettered)
+        call.cancel()
     spec = struct_pb2.Struct()
     spec.update(
         {
@@ -283,6 +307,10 @@ async def test_every_page_loads_without_console_errors(tmp_path: Path) -> None:
                     if slug == "bus":
                         depth = page.locator("[data-stream=orders] [data-testid=stream-depth]")
                         assert (await depth.inner_text()).startswith("3 messages")
+                        billing = page.locator("[data-consumer=billing] td")
+                        assert await billing.nth(1).inner_text() == "3"  # pending acks
+                        audit = page.locator("[data-consumer=audit].health-critical td")
+                        assert await audit.nth(3).inner_text() == "3"  # dead letters
                     await _live(page)
                     await _screenshot(page, slug)
                 await page.click("nav a[href='/ui/services']")
