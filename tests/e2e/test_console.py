@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from ecosystem.v1 import agent_pb2 as apb
@@ -469,8 +470,18 @@ async def test_with_acls_the_console_asks_for_a_token_and_shows_what_it_may_read
         await register(acl.channel, _instance("web", "web-1", port=8080), acl.management)
         await register(acl.channel, _instance("db", "db-1", port=5432), acl.management)
         reader = await acl.token("service:web:read")
+        base = f"http://{plane.admin_address}/ui/"
+        # Without a browser: the token as a header; the event stream needs one too.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "events") as refused:
+                assert refused.status == 401
+            async with http.get(
+                base + "services", headers={"Authorization": f"Bearer {reader}"}
+            ) as listed:
+                assert listed.status == 200
+                text = await listed.text()
+                assert 'data-service="web"' in text and 'data-service="db"' not in text
         async with browser_page() as (page, errors):
-            base = f"http://{plane.admin_address}/ui/"
             await page.goto(base + "services")
             await page.wait_for_url("**/ui/login")
             await _screenshot(page, "login")
