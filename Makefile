@@ -5,6 +5,9 @@ PYTHON   ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
 PY       := $(BIN)/python
+# What `make run` needs (the server extra) and what the rest needs (dev: the
+# server extra plus the tests' and linters' tools); a dev install makes both.
+RUN_STAMP := $(VENV)/.installed-server
 STAMP    := $(VENV)/.installed
 BUF      := .tools/node_modules/.bin/buf
 PYTEST_ARGS ?=
@@ -19,6 +22,14 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@ $(RUN_STAMP)
+
+# Only what running needs: no test runner, linters or type checker. The pip a
+# Python 3.11 venv comes with installs it editable; not upgrading it saves seconds.
+$(RUN_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[server]'
 	@touch $@
 
 install: $(STAMP)
@@ -32,7 +43,7 @@ tools: $(STAMP) $(BUF)
 
 ## run: the control plane on the embedded SQLite store, plus what `eco dev` starts;
 ## ARGS go to eco dev: make run ARGS="--listen 127.0.0.1:7500 --sidecar-listen 127.0.0.1:7510"
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/eco dev $(ARGS)
 
 ## gen: regenerate gen/ from proto/ (the only way gen/ changes), and docs/reference/:
@@ -69,6 +80,7 @@ test: tools check-gen lint docs
 	scripts/install-rabbitmq.sh
 	scripts/install-redis.sh
 	scripts/install-storage-emulators.sh
+	scripts/install-chromium.sh
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## test-unit: the unit tier only (tests/unit: no sockets, no processes, no servers to install)

@@ -59,6 +59,7 @@ _COMMANDS = {
     "sync": "eco._sync:sync",
     "validate": "eco._validate:validate_command",
     "wait": "eco._node:wait",
+    "xds": "eco._xds:xds",
 }
 
 
@@ -83,6 +84,7 @@ class _EcoGroup(LazyGroup):
 def describe_error(err: sdk.EcoError, server: str) -> list[str]:
     """Lines naming what went wrong; the first says it all."""
     import sdk  # an SDK error was raised: the SDK is imported already
+    from sdk.lowlevel import SIDECAR_LOCAL_API
 
     servers = ", ".join(sdk.resolve_servers(server))
     if isinstance(err, sdk.InvalidArgumentError):
@@ -99,6 +101,12 @@ def describe_error(err: sdk.EcoError, server: str) -> list[str]:
         return [f"cannot reach control plane at {servers}: {detail}"]
     if isinstance(err, sdk.DeadlineExceededError):
         return [f"control plane at {servers} did not answer in time: {err.message}"]
+    if isinstance(err, sdk.UnimplementedError) and err.reason == SIDECAR_LOCAL_API:
+        return [
+            f"{err.address or servers} is a sidecar's local API, not a control plane; "
+            "use --server (or ECO_SERVER) with the control plane's address "
+            f"(eco dev's: {DEFAULT_SERVER})",
+        ]
     if isinstance(err, sdk.NotFoundError):
         return [f"not found: {err.message}"]
     if isinstance(err, sdk.ConflictError):
