@@ -46,7 +46,12 @@ def _parse_meta(
 @click.option(
     "--port", required=True, type=click.IntRange(1, 65535), help="Port it serves on (1-65535)."
 )
-@click.option("--id", "instance_id", help="Instance id; generated as NAME-<hex> when omitted.")
+@click.option(
+    "--id",
+    "instance_id",
+    help="Instance id. Omitted: that of the instance already at --address and --port "
+    "(updated, not duplicated), else a new NAME-<12 hex digits>.",
+)
 @click.option("--namespace", default="", help="Namespace (empty: default).")
 @click.option("--node", default="", help="Node (host) it runs on.")
 @click.option("--platform", default="", help="Platform it runs on, e.g. core, aws, onprem.")
@@ -86,7 +91,8 @@ def register(
 ) -> None:
     """Register a persistent instance of service NAME (it stays until deregistered).
 
-    Registering the same --id again replaces the instance.
+    Registering the same --id again replaces the instance; so does registering
+    the same address and port again without --id.
 
     \b
     Example:
