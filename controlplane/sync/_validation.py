@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
 from ecosystem.v1 import sync_pb2 as spb
 
 from controlplane.catalog import (
+    SCHEMES,
     dataset_name_violations,
     dataset_reference,
+    location_violations,
     platform_name_violations,
 )
 from controlplane.validation import node_violations as registry_node_violations
@@ -40,12 +41,9 @@ __all__ = [
 
 MODES = ("copy", "mirror", "bisync")
 CONFLICTS = ("newer", "keep-both", "source", "destination", "manual")
-#: URL schemes the connectors know (docs/sync.md).
-SCHEMES = ("file", "s3", "gs", "az", "sftp")
 MAX_JOB_NAME = 64
 MIN_EVERY_SECONDS = 1.0
 MAX_EVERY_SECONDS = 31 * 24 * 3600.0
-MAX_URL = 2048
 MAX_TRANSFERS = 256
 # A bus subject token: no '.', '*' or '>' (eco.sync.<name>.started).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -72,37 +70,11 @@ def node_violations(field: str, value: str) -> list[FieldViolation]:
 
 
 def _url_violations(field: str, value: str) -> list[FieldViolation]:
-    if not value:
-        return [FieldViolation(field, "is required (a URL such as file:///data or s3://bucket)")]
     dataset = dataset_reference(value)
     if dataset is not None:
         # A dataset of the catalog (that it exists is the servicer's check).
         return dataset_name_violations(field, dataset)
-    if len(value) > MAX_URL:
-        return [FieldViolation(field, f"is {len(value)} characters; at most {MAX_URL}")]
-    try:
-        parts = urlsplit(value)
-    except ValueError as exc:
-        return [FieldViolation(field, f"{excerpt(value)} is not a URL: {exc}")]
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        known = ", ".join(f"{s}://" for s in SCHEMES)
-        shown = f"scheme {scheme!r}" if scheme else "no scheme"
-        return [FieldViolation(field, f"{excerpt(value)} has {shown}; known: {known}")]
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            return [FieldViolation(field, "a file URL is file:///absolute/path")]
-    elif scheme == "sftp":
-        if not parts.hostname:
-            return [FieldViolation(field, "an sftp URL is sftp://user@host[:port]/path")]
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            return [FieldViolation(field, f"{excerpt(value)}: the port is not a number 1-65535")]
-    elif not parts.netloc:
-        where = "CONTAINER" if scheme == "az" else "BUCKET"
-        return [FieldViolation(field, f"{scheme} URLs are {scheme}://{where}[/prefix]")]
-    return []
+    return location_violations(field, value)
 
 
 def cron_problem(expression: str) -> str:
