@@ -840,7 +840,10 @@ class GatewayConfig(_Model):
         out = []
         for i, route in enumerate(self.routes):
             own = route.policy.model_dump(include=route.policy.model_fields_set)
-            if not base and route.timeout is None:
+            if route.redirect is not None or (not base and route.timeout is None):
+                # A redirect forwards nothing: no policy applies to it (and a
+                # policy on it would be refused when the routes are checked again,
+                # as with_routes does for the routes stored in the control plane).
                 out.append(route)
                 continue
             merged = {**base, **own}

@@ -426,3 +426,20 @@ def test_consumers_and_their_credentials_are_unique(tmp_path: Path) -> None:
         "top-level tls",
     ]
     assert "k-shared" not in "".join(lines)  # keys are never echoed
+
+
+def test_a_redirect_route_under_a_top_level_policy_takes_no_policy_and_checks_again() -> None:
+    config = parse(
+        """\
+        policy: {timeout: 3s, retries: 2}
+        routes:
+          - {name: a, upstream: svc, endpoints: ["127.0.0.1:9001"]}
+          - {name: home, redirect: {scheme: https}}
+        """
+    )
+    forward, redirect = config.routes
+    assert "timeout" in forward.policy.model_fields_set
+    assert redirect.policy.model_fields_set == set()
+    # What the gateway does when routes stored in the control plane join the file's.
+    again = config.with_routes([*config.routes])
+    assert [route.name for route in again.routes] == ["a", "home"]
