@@ -88,7 +88,7 @@ def builtin_sidecar(path: Path | None) -> SidecarConfig:
     try:
         return load_config(path)
     except ConfigError as err:
-        raise click.UsageError(str(err)) from None
+        raise click.UsageError("\n".join(err.lines())) from None
     except OSError as err:
         raise click.UsageError(f"{path}: {err.strerror}") from None
 

@@ -56,8 +56,8 @@ def sidecar_command(ctx: click.Context, settings: Settings, config_path: Path, c
     unreachable), and serves the local API and admin HTTP. Upstreams with a
     `listen` address and `inbound` entries are proxy listeners (tcp, http or
     grpc): applications dial 127.0.0.1:PORT and the sidecar forwards. A bad
-    configuration file is one error naming the line and the field, and
-    exit status 2; nothing is started.
+    configuration file prints every problem (file, line and field, a
+    suggestion for a misspelt key) and exits 2; nothing is started.
 
     \b
     Examples:
@@ -70,9 +70,8 @@ def sidecar_command(ctx: click.Context, settings: Settings, config_path: Path, c
     try:
         config = load_config(config_path)
     except ConfigError as err:
-        # --check is where one looks at a file: every problem, one a line; a start
-        # names the first and counts the rest.
-        lines = err.lines() if check else [str(err)]
+        # Every problem, one a line (up to MAX_PROBLEMS_SHOWN), with or without --check.
+        lines = err.lines()
         for line in lines[:MAX_PROBLEMS_SHOWN]:
             click.echo(f"eco: {line}", err=True)
         if len(lines) > MAX_PROBLEMS_SHOWN:

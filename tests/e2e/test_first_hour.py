@@ -292,6 +292,24 @@ def test_the_store_file_s_own_directory_is_made_and_no_more(tmp_path: Path) -> N
     assert not (tmp_path / "missing").exists()
 
 
+def test_a_sidecar_that_cannot_start_lists_every_problem(tmp_path: Path) -> None:
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(
+        "node: {id: web-1}\n"
+        "servics:\n"
+        "  - {name: web, port: 8080}\n"
+        "controlplane: {addresses: ['127.0.0.1:7400'], timeout: soon}\n"
+    )
+    for command in (["sidecar", "--config", str(config)], ["dev", "--sidecar-config", str(config)]):
+        result = subprocess.run(
+            [ECO, *command], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"{config}:2: servics:" in result.stderr, result.stderr
+        assert "did you mean 'services'?" in result.stderr
+        assert f"{config}:4: controlplane.timeout:" in result.stderr, result.stderr
+
+
 # -- the README's own sidecar, beside the dev one ---------------------------------
 
 
