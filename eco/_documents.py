@@ -214,6 +214,18 @@ class SyncJobSpec(_Strict):
     max_delete: float = Field(50.0, ge=0, le=100, description="Deletion guard, percent.")
     transfers: int = Field(8, ge=1, le=256)
     bandwidth: int = Field(0, ge=0, description="Bytes per second; 0: unlimited.")
+    source_profile: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="A named profile of connector settings for the source's store, defined "
+        "on the host that runs the job (its sidecar's sync.profiles_file); only the name is "
+        "stored.",
+    )
+    destination_profile: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="The same for the destination's store.",
+    )
 
     @pydantic.field_validator("every")
     @classmethod

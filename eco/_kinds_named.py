@@ -119,6 +119,8 @@ _JOB_DEFAULTS: dict[str, Any] = {
     "max_delete": 50.0,
     "transfers": 8,
     "bandwidth": 0,
+    "source_profile": "",
+    "destination_profile": "",
 }
 
 
@@ -173,6 +175,8 @@ class SyncJobHandler:
                 "max_delete": item.max_delete if item.HasField("max_delete") else None,
                 "transfers": item.transfers,
                 "bandwidth": item.bandwidth,
+                "source_profile": item.source_profile,
+                "destination_profile": item.destination_profile,
             }
             body = self._body(item.name, user_labels(item.labels), spec)
             units.append(
@@ -206,6 +210,8 @@ class SyncJobHandler:
             max_delete=spec.get("max_delete", 50.0),
             transfers=spec.get("transfers", 8),
             bandwidth=spec.get("bandwidth", 0),
+            source_profile=spec.get("source_profile", ""),
+            destination_profile=spec.get("destination_profile", ""),
             labels={**metadata.get("labels", {}), **marks(owner)},
         )
         if "every" in spec:

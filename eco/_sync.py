@@ -186,6 +186,27 @@ def sync() -> None:
     show_default=True,
     help="Retries of a throttled, failed or mismatched transfer, with backoff.",
 )
+@click.option(
+    "--source-profile",
+    metavar="NAME",
+    default="",
+    help="Connector settings for SRC's store (credentials, endpoint) from the named profile "
+    "in the profiles file, over the store's standard environment.",
+)
+@click.option(
+    "--destination-profile",
+    metavar="NAME",
+    default="",
+    help="The same for DST's store.",
+)
+@click.option(
+    "--profiles",
+    "profiles_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The profiles file (YAML: profiles: {NAME: {KEY: VALUE}}) [default: "
+    "$ECO_SYNC_PROFILES or ~/.config/eco/sync-profiles.yaml].",
+)
 @click.option("--name", metavar="NAME", help="The run's name: its state is NAME.db.")
 @_STATE_DIR
 @click.option(
@@ -208,6 +229,9 @@ def run_command(
     transfers: int,
     bwlimit: int | None,
     retries: int,
+    source_profile: str,
+    destination_profile: str,
+    profiles_file: Path | None,
     name: str | None,
     state_dir: str | None,
     progress: bool,
@@ -227,9 +251,17 @@ def run_command(
       eco sync run file:///home/me/notes sftp://me@nas/notes --mode bisync --conflict keep-both
       eco sync run file:///data s3://bucket/data --mode mirror --dry-run -o json
       eco sync run file:///data gs://bucket/data --transfers 32 --bwlimit 20M
+      eco sync run file:///data s3://backup/data --destination-profile minio
     """
     require_server("sync run", what="moves data with the stores' SDKs")
-    from sidecar.sync import ConflictPolicy, Mode, SyncOptions, run_sync
+    from sidecar.sync import (
+        ConflictPolicy,
+        Mode,
+        SyncOptions,
+        load_profiles,
+        profile_settings,
+        run_sync,
+    )
 
     fmt = _format(settings, output)
     job = name or job_name(source, destination)
@@ -247,6 +279,13 @@ def run_command(
             retries=retries,
             state_path=str(resolve_state_dir(state_dir) / f"{job}.db"),
             job=job,
+            profiles=profile_settings(
+                source,
+                destination,
+                source_profile,
+                destination_profile,
+                lambda: load_profiles(profiles_file, explicit=profiles_file is not None),
+            ),
         )
         _check_urls(source, destination)
     except ValueError as err:

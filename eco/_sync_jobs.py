@@ -134,6 +134,8 @@ def job_dict(item: spb.SyncJob) -> dict[str, Any]:
         "max_delete": item.max_delete if item.HasField("max_delete") else 50.0,
         "transfers": item.transfers or 8,
         "bandwidth": item.bandwidth or None,
+        "source_profile": item.source_profile or None,
+        "destination_profile": item.destination_profile or None,
         "every_seconds": item.every_seconds if which == "every_seconds" else None,
         "cron": item.cron if which == "cron" else None,
         "on_node": item.on_node,
@@ -251,6 +253,19 @@ def job() -> None:
 )
 @click.option("--bwlimit", callback=_rate, metavar="RATE", help="Bytes per second (500K, 10M).")
 @click.option(
+    "--source-profile",
+    metavar="NAME",
+    default="",
+    help="Read SRC's store with the named profile of connector settings (credentials, "
+    "endpoint), defined on the host that runs the job, not here (docs/sync.md).",
+)
+@click.option(
+    "--destination-profile",
+    metavar="NAME",
+    default="",
+    help="The same for DST's store.",
+)
+@click.option(
     "--replace",
     is_flag=True,
     help="Replace the settings of the existing job NAME (kept paused if it is).",
@@ -273,6 +288,8 @@ def add(
     max_delete: float,
     transfers: int,
     bwlimit: int | None,
+    source_profile: str,
+    destination_profile: str,
     replace: bool,
 ) -> None:
     """Add a job: sync SRC to DST on a schedule, on a node's sidecar or a platform's.
@@ -287,6 +304,12 @@ def add(
     first; `eco sync runs` shows which node ran it. With
     --replace, an existing job's settings are replaced instead (exit 1, "not
     found", when there is none); a changed schedule is planned again.
+
+    --source-profile and --destination-profile name profiles of connector
+    settings (credentials, an endpoint) that the sidecar running the job looks
+    up in its host's profiles (its config's sync.profiles_file); only the
+    names are stored in the control plane. A run naming a profile its host
+    does not define fails, saying so.
     """
     if (every is None) == (cron is None):
         raise click.UsageError("give exactly one of --every and --cron")
@@ -305,6 +328,8 @@ def add(
         max_delete=max_delete,
         transfers=transfers,
         bandwidth=bwlimit or 0,
+        source_profile=source_profile,
+        destination_profile=destination_profile,
         on_node=placement[0],
         on_platform=placement[1],
     )

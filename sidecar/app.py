@@ -152,6 +152,7 @@ class Sidecar:
                 token=config.controlplane.secret,
                 channel_factory=controlplane_channels,
                 registry=self.metrics.registry,
+                profiles=config.sync.load_profiles,
             )
             if config.sync_jobs
             else None

@@ -65,6 +65,7 @@ from sidecar.bridges.amqp._config import (
     AmqpQueueConfig,
 )
 from sidecar.health import AnyCheckConfig, CheckConfig, Duration, format_duration
+from sidecar.sync import SyncHostConfig
 
 __all__ = [
     "BRIDGE_PROTOCOLS",
@@ -831,6 +832,8 @@ class SidecarConfig(_Model):
     leave_on_shutdown: StrictBool = True
     #: run the sync jobs the control plane schedules on this node (docs/sync-jobs.md)
     sync_jobs: StrictBool = True
+    #: where those jobs find their named profiles (docs/sync.md, "Named profiles")
+    sync: SyncHostConfig = Field(default_factory=SyncHostConfig)
 
     @field_validator("local_api")
     @classmethod

@@ -37,6 +37,7 @@ __all__ = [
     "job_violations",
     "node_violations",
     "placement_violations",
+    "profile_name_violations",
 ]
 
 MODES = ("copy", "mirror", "bisync")
@@ -51,6 +52,24 @@ _NAME_RULE = (
     f"letters, digits, '-' and '_', starting with a letter or digit, at most {MAX_JOB_NAME} "
     "characters (it is a token of the bus subject eco.sync.<name>.*)"
 )
+
+
+# A profile's name (the sidecar's rule, sidecar.sync._profiles, written out
+# here for the same reason as MODES): the control plane keeps the name only.
+_PROFILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def profile_name_violations(field: str, value: str) -> list[FieldViolation]:
+    """The problems of a named profile ("" names none)."""
+    if value and _PROFILE.fullmatch(value) is None:
+        return [
+            FieldViolation(
+                field,
+                f"{excerpt(value)} is not a valid profile name: letters, digits, '-', '_' and "
+                "'.', starting with a letter or digit, at most 64 characters",
+            )
+        ]
+    return []
 
 
 def job_name_violations(field: str, value: str) -> list[FieldViolation]:
@@ -145,6 +164,8 @@ def job_violations(job: spb.SyncJob) -> list[FieldViolation]:
         violations.append(
             FieldViolation("job.bandwidth", f"is {job.bandwidth}; bytes per second, 0: unlimited")
         )
+    violations += profile_name_violations("job.source_profile", job.source_profile)
+    violations += profile_name_violations("job.destination_profile", job.destination_profile)
     violations += _schedule_violations(job)
     violations += placement_violations(job)
     return violations

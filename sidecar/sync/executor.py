@@ -22,6 +22,11 @@ sidecar's ``/metrics`` (``eco_sidecar_sync_*``).
 - On close, runs in progress are stopped and reported FAILED ("the sidecar
   stopped"), so their jobs run again at their next slot instead of after the
   control plane's run timeout.
+- A job's named profiles (``source_profile``, ``destination_profile``) are
+  looked up here, in this host's profiles (``profiles``: the sidecar config's
+  ``sync`` section, see :mod:`sidecar.sync._profiles`), so credentials never
+  pass through the control plane; a name this host does not define fails
+  the run, naming the profile and the file looked in.
 - Claims carry an executor id kept in ``<data_dir>/sync/executor-id``: a
   sidecar restarted on the same data dir (which it holds locked, so the old
   process is gone) finds the runs its last life left RUNNING and reports them
@@ -47,6 +52,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 import sdk
 from sdk import ChannelFactory
 from sdk.lowlevel import Backoff, Transport
+from sidecar.sync._profiles import Profiles, load_profiles, profile_settings
 from sidecar.sync._spec import ConflictPolicy, Mode, Progress, RunReport, SyncOptions
 from sidecar.sync.engine import run_sync
 
@@ -70,8 +76,16 @@ _ENDED = (sdk.FailedPreconditionError, sdk.NotFoundError)
 _REFUSED_RETRY = 60.0
 
 
-def options_of(run: spb.SyncRun, data_dir: Path) -> SyncOptions:
-    """The engine's options for ``run`` (ValueError when its settings do not fit)."""
+def _default_profiles() -> Profiles:
+    return load_profiles(None)
+
+
+def options_of(
+    run: spb.SyncRun, data_dir: Path, profiles: Callable[[], Profiles] = _default_profiles
+) -> SyncOptions:
+    """The engine's options for ``run`` (ValueError when its settings do not fit,
+    or it names a profile ``profiles`` does not define: the message names the
+    profile and the file looked in)."""
     spec = run.spec
     return SyncOptions(
         source=spec.source,
@@ -84,6 +98,13 @@ def options_of(run: spb.SyncRun, data_dir: Path) -> SyncOptions:
         bandwidth=spec.bandwidth or None,
         state_path=str(data_dir / "sync" / f"{run.job}.db"),
         job=run.job,
+        profiles=profile_settings(
+            spec.source,
+            spec.destination,
+            spec.source_profile,
+            spec.destination_profile,
+            profiles,
+        ),
     )
 
 
@@ -184,6 +205,7 @@ class SyncExecutor:
         silence: float = 20.0,
         report_patience: float = 300.0,
         runner: Runner = run_sync,
+        profiles: Callable[[], Profiles] = _default_profiles,
     ) -> None:
         if max_runs < 1 or not heartbeat > 0 or not silence > 0:
             raise ValueError("max_runs must be ≥ 1, heartbeat and silence > 0")
@@ -198,6 +220,8 @@ class SyncExecutor:
         self._silence = silence
         self._patience = report_patience
         self._runner = runner
+        #: this host's named profiles, as of each run that names one
+        self._profiles = profiles
         #: (job, number) → the task running it
         self._runs: dict[tuple[str, int], asyncio.Task[None]] = {}
         #: the runs of ``_runs`` this sidecar has claimed (the others are still trying)
@@ -394,7 +418,7 @@ class SyncExecutor:
         progress: list[Progress] = []
         status, report, error = "failed", None, ""
         try:
-            options = options_of(run, self.data_dir)
+            options = options_of(run, self.data_dir, self._profiles)
             (self.data_dir / "sync").mkdir(parents=True, exist_ok=True)
             work: asyncio.Task[RunReport] = asyncio.create_task(
                 self._runner(options, progress=progress.append)

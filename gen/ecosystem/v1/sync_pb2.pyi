@@ -24,7 +24,7 @@ SYNC_RUN_STATUS_FAILED: SyncRunStatus
 SYNC_RUN_STATUS_GUARDED: SyncRunStatus
 
 class SyncJob(_message.Message):
-    __slots__ = ("name", "source", "destination", "mode", "checksum", "conflict", "max_delete", "transfers", "bandwidth", "every_seconds", "cron", "on_node", "paused", "revision", "created_at_ms", "updated_at_ms", "next_run_at_ms", "last_run", "last_status", "labels", "on_platform")
+    __slots__ = ("name", "source", "destination", "mode", "checksum", "conflict", "max_delete", "transfers", "bandwidth", "every_seconds", "cron", "on_node", "paused", "revision", "created_at_ms", "updated_at_ms", "next_run_at_ms", "last_run", "last_status", "labels", "on_platform", "source_profile", "destination_profile")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,8 @@ class SyncJob(_message.Message):
     LAST_STATUS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ON_PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_PROFILE_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     destination: str
@@ -74,7 +76,9 @@ class SyncJob(_message.Message):
     last_status: SyncRunStatus
     labels: _containers.ScalarMap[str, str]
     on_platform: str
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., mode: _Optional[str] = ..., checksum: _Optional[bool] = ..., conflict: _Optional[str] = ..., max_delete: _Optional[float] = ..., transfers: _Optional[int] = ..., bandwidth: _Optional[int] = ..., every_seconds: _Optional[float] = ..., cron: _Optional[str] = ..., on_node: _Optional[str] = ..., paused: _Optional[bool] = ..., revision: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., next_run_at_ms: _Optional[int] = ..., last_run: _Optional[int] = ..., last_status: _Optional[_Union[SyncRunStatus, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., on_platform: _Optional[str] = ...) -> None: ...
+    source_profile: str
+    destination_profile: str
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., mode: _Optional[str] = ..., checksum: _Optional[bool] = ..., conflict: _Optional[str] = ..., max_delete: _Optional[float] = ..., transfers: _Optional[int] = ..., bandwidth: _Optional[int] = ..., every_seconds: _Optional[float] = ..., cron: _Optional[str] = ..., on_node: _Optional[str] = ..., paused: _Optional[bool] = ..., revision: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., next_run_at_ms: _Optional[int] = ..., last_run: _Optional[int] = ..., last_status: _Optional[_Union[SyncRunStatus, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., on_platform: _Optional[str] = ..., source_profile: _Optional[str] = ..., destination_profile: _Optional[str] = ...) -> None: ...
 
 class SyncRun(_message.Message):
     __slots__ = ("job", "number", "node", "status", "scheduled_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "spec", "counters", "report", "error", "revision", "slots", "executor", "platform")

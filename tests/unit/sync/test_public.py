@@ -16,11 +16,16 @@ def test_public_names_are_pinned() -> None:
         "Decision",
         "JobBusyError",
         "Mode",
+        "ProfileError",
+        "Profiles",
         "Progress",
         "QueuedConflict",
         "RunReport",
         "StateStore",
+        "SyncHostConfig",
         "SyncOptions",
+        "load_profiles",
+        "profile_settings",
         "run_sync",
     ]
 
