@@ -809,6 +809,16 @@ async def test_csds_filters_nodes_and_refuses_a_bad_pattern(
         await nodes(safe_regex="(")
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "node_matchers[0].node_id.safe_regex.regex" in (refused.value.details() or "")
+
+    # The streaming form answers each request in turn.
+    stream = stub.StreamClientStatus()
+    for prefix, expected in (("web-", 2), ("batch-", 1)):
+        request = csds_pb2.ClientStatusRequest()
+        request.node_matchers.add().node_id.prefix = prefix
+        await stream.write(request)
+        answer = await asyncio.wait_for(stream.read(), 5)
+        assert len(answer.config) == expected
+    stream.cancel()
     for ads in streams:
         await ads.close()
 
