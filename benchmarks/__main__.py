@@ -39,6 +39,7 @@ STANDALONE = {
     "security": "benchmarks.bench_security",
     "sidecar": "benchmarks.bench_sidecar",
     "sync": "benchmarks.bench_sync",
+    "xds": "benchmarks.bench_xds",
 }
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.jsonl"

@@ -101,7 +101,8 @@ def _listen_options(f: Any) -> Any:
         default=DEFAULT_ADMIN_LISTEN,
         show_default=True,
         metavar="HOST:PORT",
-        help="Admin HTTP address serving /healthz and /metrics ('off' to disable).",
+        help="Admin HTTP address serving /healthz, /metrics, /xds and the web "
+        "console at /ui/ ('off' to disable).",
     )(f)
     return click.option(
         "--listen",

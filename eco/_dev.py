@@ -350,7 +350,11 @@ def next_steps(
     """The short tour printed by ``eco dev`` once everything is up."""
     ready = ready or []
     server = "" if address == DEFAULT_SERVER else f" --server {address}"
-    admin = f"metrics on http://{admin_address}/metrics" if admin_address else "admin HTTP off"
+    admin = (
+        f"console on http://{admin_address}/ui/, metrics on http://{admin_address}/metrics"
+        if admin_address
+        else "admin HTTP off"
+    )
     if template is not None:
         tries = [
             (f"eco{server} platform list", ""),
