@@ -356,6 +356,10 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+#: Decisions the text report lists (the JSON report has the engine's first 10,000).
+_TEXT_DECISIONS = 200
+
+
 def _report_text(report: RunReport) -> str:
     title = "dry run of " if report.dry_run else ""
     lines = [
@@ -373,11 +377,17 @@ def _report_text(report: RunReport) -> str:
         lines.append(
             render_table(
                 ["PATH", "ACTION", "REASON"],
-                [(d.path, d.action, d.reason) for d in report.decisions[:200]],
+                [(d.path, d.action, d.reason) for d in report.decisions[:_TEXT_DECISIONS]],
             )
         )
-        if len(report.decisions) > 200:
-            lines.append(f"… and {len(report.decisions) - 200} more (-o json lists all)")
+        more = len(report.decisions) - _TEXT_DECISIONS + report.decisions_truncated
+        if more > 0:
+            listed = (
+                f"-o json lists the first {len(report.decisions):,}"
+                if report.decisions_truncated
+                else "-o json lists them all"
+            )
+            lines.append(f"… and {more:,} more ({listed})")
     for error in report.errors:
         lines.append(f"error: {error['path'] or '-'}: {error['error']}: {error['message']}")
     return "\n".join(lines)

@@ -110,9 +110,11 @@ def options_of(
 
 def report_struct(report: RunReport) -> struct_pb2.Struct:
     """The report as the control plane keeps it: JSON, its decisions and
-    errors cut to the first 100 (with their totals), under 256 KiB."""
+    errors cut to the first 100 (with their totals, counting the decisions
+    the run's own report left out), under 256 KiB."""
     data = report.to_dict()
-    data["decisions_total"] = len(data["decisions"])
+    # The report keeps the first MAX_DECISIONS and counts the rest: both are in the total.
+    data["decisions_total"] = len(data["decisions"]) + report.decisions_truncated
     data["errors_total"] = len(data["errors"])
     data["decisions"] = data["decisions"][:_KEPT]
     data["errors"] = data["errors"][:_KEPT]
