@@ -216,3 +216,57 @@ def test_every_known_setting_is_documented() -> None:
     for scheme, keys in KNOWN_SETTINGS.items():
         for key in keys:
             assert f"`{key}`" in docs, (scheme, key)
+
+
+def test_an_apply_document_carries_the_names_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``eco apply``: a SyncJob document's profile names go into the job it
+    writes, and a job read back gives the same document (no endless diff)."""
+    import eco._kinds_named as kinds
+    from eco._documents import SyncJobDocument
+
+    document = SyncJobDocument.model_validate(
+        {
+            "apiVersion": "ecosystem/v1",
+            "kind": "SyncJob",
+            "metadata": {"name": "up"},
+            "spec": {
+                "source": "file:///data",
+                "destination": "s3://backup/data",
+                "on_node": "nas-1",
+                "every": "1h",
+                "destination_profile": "minio",
+            },
+        }
+    )
+    handler = kinds.SyncJobHandler()
+    [unit] = handler.units(document)
+    assert unit.body["spec"]["destination_profile"] == "minio"
+    assert "source_profile" not in unit.body["spec"]
+    sent: list[spb.SyncJob] = []
+
+    def call(settings: object, method: str, request: object, **_: object) -> object:
+        if method == "CreateSyncJob":
+            assert isinstance(request, spb.CreateSyncJobRequest)
+            sent.append(request.job)
+            return spb.CreateSyncJobResponse(job=request.job)
+        return spb.ListSyncJobsResponse(jobs=sent)
+
+    monkeypatch.setattr(kinds, "call", call)
+    monkeypatch.setattr(kinds, "conditional", lambda s, m, r: call(s, m, r))
+    handler.write(None, unit, None, "default")  # type: ignore[arg-type]
+    assert sent[0].destination_profile == "minio" and sent[0].source_profile == ""
+    [live] = handler.read(None)  # type: ignore[arg-type]
+    assert live.body == unit.body
+
+    with pytest.raises(ValueError, match="destination_profile"):
+        SyncJobDocument.model_validate(
+            {
+                "apiVersion": "ecosystem/v1",
+                "kind": "SyncJob",
+                "metadata": {"name": "up"},
+                "spec": {
+                    **document.spec.model_dump(exclude_none=True),
+                    "destination_profile": "a b",
+                },
+            }
+        )
