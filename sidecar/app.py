@@ -58,6 +58,7 @@ from sidecar.config import (
     UpstreamConfig,
     metadata_fits,
 )
+from sidecar.envoy import EnvoyProcess
 from sidecar.errors import BadRequestError, StartupError, UnknownInstanceError, UnknownServiceError
 from sidecar.health import CheckKind, HealthChecker, HealthEngine, HealthTransition
 from sidecar.identity import SidecarIdentity
@@ -129,8 +130,13 @@ class Sidecar:
         caller = (
             (config.services[0].namespace, config.services[0].name) if config.services else None
         )
+        #: ``dataplane: envoy``: the Envoy serving the proxy listeners (docs/envoy.md);
+        #: the Python data plane then has none of them.
+        self.envoy = EnvoyProcess(config) if config.dataplane == "envoy" else None
         self.dataplane = DataPlane(
-            config, self.router, MeshTls(self.identity, self.intentions, caller)
+            _without_listeners(config) if self.envoy is not None else config,
+            self.router,
+            MeshTls(self.identity, self.intentions, caller),
         )
         self._servicer = SidecarServicer(
             self.cache,
@@ -254,7 +260,11 @@ class Sidecar:
         ]
 
     def _metadata(self, service: LocalServiceConfig) -> dict[str, str]:
-        port = self.dataplane.inbound_port(service.name)
+        port = (
+            self.envoy.inbound_port(service.name)
+            if self.envoy is not None
+            else self.dataplane.inbound_port(service.name)
+        )
         if port is None:
             return service.metadata
         return {**service.metadata, INBOUND_PORT_KEY: str(port)}
@@ -317,6 +327,8 @@ class Sidecar:
         if self._admin is not None and config.admin is not None:
             await self._admin.start(config.admin, guard=self._guard_of("admin"))
         await self.dataplane.start()
+        if self.envoy is not None:
+            await self.envoy.start()
         await self.cache.start()
         await self.engine.start()
         node = config.node
@@ -393,6 +405,8 @@ class Sidecar:
                 await session.close()
             await self.identity.close()
             await self.dataplane.drain(self.config.drain_grace)
+            if self.envoy is not None:
+                await self.envoy.stop()
             for bridge in self._bridges:
                 await bridge.stop()
             await self._local_api.stop(grace=1.0)
@@ -543,6 +557,13 @@ class Sidecar:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _without_listeners(config: SidecarConfig) -> SidecarConfig:
+    """``config`` without the proxy listeners Envoy serves (the upstreams stay:
+    the local API resolves them)."""
+    upstreams = tuple(u.model_copy(update={"listen": None}) for u in config.upstreams)
+    return config.model_copy(update={"upstreams": upstreams, "inbound": ()})
 
 
 def _node_metadata(configured: dict[str, str]) -> dict[str, str]:

@@ -795,6 +795,53 @@ class ListenerTlsConfig(_Model):
         return value
 
 
+#: Where the proxy listeners run: the sidecar's own (``python``) or an Envoy it supervises.
+DATAPLANES = ("python", "envoy")
+
+
+class EnvoyConfig(_Model):
+    """The Envoy process of ``dataplane: envoy`` (docs/envoy.md).
+
+    ``binary``: the Envoy executable (null: ``.tools/envoy-venv/bin/envoy``
+    under the working directory, which ``scripts/install-envoy.sh`` installs,
+    else ``envoy`` on PATH); ``admin``: Envoy's admin address, on loopback
+    (port 0: any free port); ``concurrency``: worker threads; ``log_level``:
+    Envoy's own log level; ``restart_backoff`` / ``max_restart_backoff``: how
+    long a crashed Envoy waits before it is started again (doubling).
+    """
+
+    binary: Path | None = None
+    admin: str = "127.0.0.1:0"
+    concurrency: StrictInt = Field(default=1, ge=1, le=256)
+    log_level: Literal["trace", "debug", "info", "warning", "error", "critical", "off"] = "warning"
+    restart_backoff: Duration = 0.5
+    max_restart_backoff: Duration = 30.0
+
+    @field_validator("admin")
+    @classmethod
+    def _check_admin(cls, value: str) -> str:
+        host, _port = split_hostport(value, allow_zero=True)
+        if not is_loopback(host):
+            raise ValueError(
+                f"{value}: Envoy's admin page can stop the proxy; keep it on loopback (127.0.0.1)"
+            )
+        return value.strip()
+
+    @field_validator("binary")
+    @classmethod
+    def _check_binary(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value}: no such file (scripts/install-envoy.sh installs Envoy)")
+        return value
+
+    @field_validator("restart_backoff", "max_restart_backoff")
+    @classmethod
+    def _check_backoff(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+
 class SidecarConfig(_Model):
     """Everything one ``eco sidecar`` process needs to know.
 
@@ -834,6 +881,18 @@ class SidecarConfig(_Model):
     sync_jobs: StrictBool = True
     #: where those jobs find their named profiles (docs/sync.md, "Named profiles")
     sync: SyncHostConfig = Field(default_factory=SyncHostConfig)
+    #: where the proxy listeners run: ``python`` (the sidecar's own) or ``envoy`` (docs/envoy.md)
+    dataplane: str = "python"
+    envoy: EnvoyConfig = Field(default_factory=EnvoyConfig)
+
+    @field_validator("dataplane")
+    @classmethod
+    def _check_dataplane(cls, value: str) -> str:
+        if value not in DATAPLANES:
+            raise ValueError(
+                f"unknown data plane {value!r}; expected one of {', '.join(DATAPLANES)}"
+            )
+        return value
 
     @field_validator("local_api")
     @classmethod
@@ -963,6 +1022,15 @@ class SidecarConfig(_Model):
                     f"{inbound.service!r} is not one of the local services "
                     f"({', '.join(sorted(local_names)) or 'none'})",
                 )
+        if self.dataplane == "envoy":
+            # Envoy is configured once, by the control plane: it cannot report a
+            # port it picked back into the instance metadata.
+            at_zero = [
+                (("upstreams", i, "listen"), u.listen) for i, u in enumerate(self.upstreams)
+            ] + [(("inbound", i, "listen"), entry.listen) for i, entry in enumerate(self.inbound)]
+            for loc, listen in at_zero:
+                if listen is not None and split_hostport(listen, allow_zero=True)[1] == 0:
+                    problem(loc, "port 0 is not supported with dataplane: envoy; give a port")
         if self.tls is None and not self.insecure:
             for where, listen in self.exposed_listeners():
                 problem(

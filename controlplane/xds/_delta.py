@@ -102,11 +102,9 @@ class DeltaSession(Session):
         self, type_url: str, sub: _Subscription
     ) -> discovery_pb2.DeltaDiscoveryResponse | None:
         assert self.node is not None
-        proxyless = self.node.kind == "proxyless"
-        near = self.locality
-        current = self.cache.resources(type_url, sub.names, proxyless=proxyless, locality=near)
+        current = self.resources(type_url, sub.names)
         if sub.wildcard:
-            current.update(self.cache.resources(type_url, None, proxyless=proxyless, locality=near))
+            current.update(self.resources(type_url, None))
         if sub.claimed:
             # What the client already holds (from before a reconnect) is not resent.
             for name, version in sub.claimed.items():

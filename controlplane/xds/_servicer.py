@@ -94,9 +94,7 @@ class _WorldSession(Session):
         if sub is None:
             return None
         assert self.node is not None
-        resources = self.cache.resources(
-            type_url, sub.names, proxyless=self.node.kind == "proxyless", locality=self.locality
-        )
+        resources = self.resources(type_url, sub.names)
         unchanged = resources.keys() == sub.sent.keys() and all(
             resources[name] is sub.sent[name] for name in resources
         )

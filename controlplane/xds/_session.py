@@ -21,7 +21,8 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 
 from controlplane.xds._cache import XdsCache
-from controlplane.xds._resources import LISTENER, TYPES, ServiceName
+from controlplane.xds._envoy import PREFIX, EnvoyPlan, plan_of
+from controlplane.xds._resources import ENDPOINTS, LISTENER, ROUTE, TYPES, ServiceName
 from controlplane.xds._status import NodeBook, NodeStatus, Rejection
 
 __all__ = ["WILDCARD", "Session", "StreamError", "next_nonce", "node_kind", "short_type"]
@@ -73,6 +74,8 @@ class Session(abc.ABC):
         self.changed = False
         self._unknown: set[str] = set()
         self._bad_names: set[str] = set()
+        #: A sidecar's Envoy: its socket listeners and their clusters (docs/envoy.md).
+        self.plan: EnvoyPlan | None = None
 
     async def run(self, requests: AsyncIterator[Any], context: Any) -> None:
         wake = asyncio.Event()
@@ -153,7 +156,26 @@ class Session(abc.ABC):
             node.user_agent_name or "no user agent",
             self.peer,
         )
+        if self.node.kind == "envoy":
+            self.plan = plan_of(node.metadata)
+            for problem in self.plan.problems if self.plan is not None else ():
+                log.warning("xDS node %s: listener left out: %s", node.id, problem)
         return self.node
+
+    def resources(self, type_url: str, names: Iterable[str] | None) -> dict[str, Any]:
+        """What the client is sent of ``type_url`` for ``names`` (None: all).
+        A sidecar's Envoy gets its own listeners and clusters (built once
+        per stream) and the shared endpoints; everyone else, the cache's."""
+        assert self.node is not None
+        plan = self.plan
+        if plan is None or type_url in (ENDPOINTS, ROUTE):
+            return self.cache.resources(
+                type_url, names, proxyless=self.node.kind == "proxyless", locality=self.locality
+            )
+        current = plan.listeners if type_url == LISTENER else plan.clusters
+        if names is None:
+            return dict(current)
+        return {name: current[name] for name in names if name in current}
 
     def served(self, type_url: str) -> bool:
         """Whether ``type_url`` is served; says once per stream when it is not."""
@@ -176,7 +198,7 @@ class Session(abc.ABC):
         if type_url != LISTENER:
             return
         for name in names:
-            if name == WILDCARD or name in self._bad_names:
+            if name == WILDCARD or name in self._bad_names or name.startswith(PREFIX):
                 continue
             try:
                 ServiceName.parse(name)

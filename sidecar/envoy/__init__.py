@@ -1,0 +1,25 @@
+"""Envoy as the sidecar's data plane (``dataplane: envoy``; docs/envoy.md).
+
+The sidecar starts and supervises an Envoy (:class:`EnvoyProcess`) whose
+bootstrap names the sidecar's node and points at the control plane's ADS;
+the control plane builds Envoy's listeners from the listeners the bootstrap
+lists (:func:`envoy_listeners`). The sidecar keeps its other jobs.
+"""
+
+from sidecar.envoy._bootstrap import (
+    DEFAULT_BINARY,
+    EnvoyListener,
+    bootstrap,
+    envoy_listeners,
+    find_binary,
+)
+from sidecar.envoy._process import EnvoyProcess
+
+__all__ = [
+    "DEFAULT_BINARY",
+    "EnvoyListener",
+    "EnvoyProcess",
+    "bootstrap",
+    "envoy_listeners",
+    "find_binary",
+]
