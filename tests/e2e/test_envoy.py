@@ -1,5 +1,5 @@
-"""``dataplane: envoy`` end to end: a control plane, `eco sidecar` processes
-whose proxy listeners Envoy serves, real backends.
+"""``dataplane: envoy`` end to end: a control plane, an `eco sidecar` whose
+proxy listeners Envoy serves, real backends.
 
 An application dials the sidecar's upstream listener, which is Envoy's; the
 control plane gave Envoy that listener (from the listeners the sidecar wrote
@@ -9,8 +9,12 @@ scripts/install-envoy.sh (`make test` runs it).
 
 from __future__ import annotations
 
+import asyncio
 import json
-import subprocess
+import os
+import signal
+import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -38,7 +42,7 @@ def envoy_binary() -> Path:
 
 @pytest.fixture
 def plane(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
-    plane = ControlPlaneProcess("memory://", tmp_path / "controlplane.log")
+    plane = ControlPlaneProcess(f"sqlite://{tmp_path / 'cp.db'}", tmp_path / "controlplane.log")
     plane.start()
     yield plane
     plane.stop()
@@ -46,7 +50,7 @@ def plane(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
 
 def envoy_pids(sidecar: SidecarProcess) -> list[int]:
     """The Envoy processes running this sidecar's bootstrap."""
-    bootstrap = str(sidecar.data_dir / "envoy" / "bootstrap.json")
+    bootstrap = str(sidecar.data_dir / "envoy" / "bootstrap.json").encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -55,14 +59,37 @@ def envoy_pids(sidecar: SidecarProcess) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if bootstrap.encode() in argv:
+        if bootstrap in argv:
             found.append(int(entry.name))
     return found
 
 
-def eco(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(ECO), *args], capture_output=True, text=True, timeout=30, check=False
+async def eco(plane: ControlPlaneProcess, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        str(ECO),
+        "--server",
+        plane.address,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, f"eco {' '.join(args)}: {err.decode()}"
+    return out.decode()
+
+
+async def register(plane: ControlPlaneProcess, service: str, name: str, backend: Backend) -> None:
+    await eco(
+        plane,
+        "service",
+        "register",
+        service,
+        "--id",
+        name,
+        "--address",
+        "127.0.0.1",
+        "--port",
+        str(backend.port),
     )
 
 
@@ -75,12 +102,44 @@ async def get(port: int, path: str = "/") -> tuple[int, dict[str, str], str]:
         return response.status, dict(response.headers), await response.text()
 
 
+async def backends_seen(port: int, n: int = 10) -> set[str]:
+    seen = set()
+    for _ in range(n):
+        status, headers, _ = await get(port)
+        assert status == 200, status
+        seen.add(headers["x-backend"])
+    return seen
+
+
+async def wait_serving(port: int, names: set[str], timeout: float = 15.0) -> None:
+    async def exactly() -> None:
+        try:
+            seen = await backends_seen(port)
+        except aiohttp.ClientError as exc:
+            raise AssertionError(f"not serving yet: {exc}") from None
+        assert seen == names
+
+    await assert_eventually(exactly, timeout=timeout, interval=0.05)
+
+
 class Mesh:
-    def __init__(self, client: SidecarProcess, servers: list[Backend], http: int, grpc_port: int):
+    def __init__(self, plane: ControlPlaneProcess, client: SidecarProcess, backends: list[Backend]):
+        self.plane = plane
         self.client = client
-        self.servers = servers
-        self.http = http
-        self.grpc = grpc_port
+        self.backends = backends
+        self.http = 0
+        self.grpc = 0
+
+
+def client_body(http_port: int, grpc_port: int, extra: str = "") -> str:
+    return (
+        "dataplane: envoy\n"
+        f"envoy: {{binary: {json.dumps(str(envoy_binary()))}, restart_backoff: 200ms}}\n"
+        "upstreams:\n"
+        f'  - {{service: orders, protocol: http, listen: "127.0.0.1:{http_port}", retries: 0,'
+        " outlier: {consecutive_failures: 0}}\n"
+        f'  - {{service: greeter, protocol: grpc, listen: "127.0.0.1:{grpc_port}"}}\n' + extra
+    )
 
 
 @pytest.fixture
@@ -90,62 +149,119 @@ async def mesh(tmp_path: Path, plane: ControlPlaneProcess) -> AsyncIterator[Mesh
         Backend("http_backend.py", "--name", "h2").start(),
         Backend("grpc_backend.py", "--name", "g1").start(),
     ]
-    owner = SidecarProcess(
-        tmp_path,
-        "owner",
-        "services:\n"
-        + "".join(
-            f"  - {{name: {svc}, id: {name}, address: 127.0.0.1, port: {b.port}}}\n"
-            for svc, name, b in (
-                ("orders", "h1", backends[0]),
-                ("orders", "h2", backends[1]),
-                ("greeter", "g1", backends[2]),
-            )
-        ),
-        plane.address,
-    )
-    http_port, grpc_port = free_port(), free_port()
-    client = SidecarProcess(
-        tmp_path,
-        "client",
-        "dataplane: envoy\n"
-        f"envoy: {{binary: {json.dumps(str(envoy_binary()))}}}\n"
-        "upstreams:\n"
-        f'  - {{service: orders, protocol: http, listen: "127.0.0.1:{http_port}",'
-        " outlier: {consecutive_failures: 0}}\n"
-        f'  - {{service: greeter, protocol: grpc, listen: "127.0.0.1:{grpc_port}"}}\n',
-        plane.address,
-    )
-    await owner.start()
-    await client.start()
     try:
-        yield Mesh(client, backends, http_port, grpc_port)
+        await register(plane, "orders", "h1", backends[0])
+        await register(plane, "orders", "h2", backends[1])
+        await register(plane, "greeter", "g1", backends[2])
+        http_port, grpc_port = free_port(), free_port()
+        client = SidecarProcess(
+            tmp_path, "client", client_body(http_port, grpc_port), plane.address
+        )
+        await client.start()
+        mesh = Mesh(plane, client, backends)
+        mesh.http, mesh.grpc = http_port, grpc_port
+        try:
+            yield mesh
+        finally:
+            await client.stop()
+            assert not envoy_pids(client), "Envoy outlived its sidecar"
     finally:
-        await client.stop()
-        await owner.stop()
         for backend in backends:
             backend.stop()
 
 
-async def wait_serving(port: int, names: set[str]) -> None:
-    async def both() -> None:
-        seen = set()
-        for _ in range(8):
-            status, headers, _ = await get(port)
-            assert status == 200
-            seen.add(headers["x-backend"])
-        assert seen == names
-
-    await assert_eventually(both, timeout=15)
+async def grpc_serving(port: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10, wait_for_ready=True)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_http_and_grpc_go_through_envoy_one_hop(mesh: Mesh) -> None:
     await wait_serving(mesh.http, {"h1", "h2"})
-    # The HTTP listener is Envoy's, not the sidecar's.
+    # The listener is Envoy's, not the sidecar's own.
     _status, headers, _body = await get(mesh.http)
-    assert headers.get("server") == "envoy" or "x-envoy-upstream-service-time" in headers
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.grpc}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10, wait_for_ready=True)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert "x-envoy-upstream-service-time" in headers
+    await grpc_serving(mesh.grpc)
     assert len(envoy_pids(mesh.client)) == 1
+    # The sidecar keeps its other jobs: its local API resolves the same service.
+    resolved = await mesh.client.resolve("orders")
+    assert {e.port for e in resolved.endpoints} == {b.port for b in mesh.backends[:2]}
+
+
+async def test_a_deregistered_instance_gets_no_new_requests_within_a_second(mesh: Mesh) -> None:
+    await wait_serving(mesh.http, {"h1", "h2"})
+    await eco(mesh.plane, "service", "deregister", "orders", "--id", "h2")
+    removed = time.monotonic()
+    await wait_serving(mesh.http, {"h1"}, timeout=1.0)
+    assert time.monotonic() - removed < 1.0
+    assert await backends_seen(mesh.http, 20) == {"h1"}
+
+
+async def test_a_killed_envoy_is_started_again_by_the_sidecar(mesh: Mesh) -> None:
+    await wait_serving(mesh.http, {"h1", "h2"})
+    [first] = envoy_pids(mesh.client)
+    os.kill(first, signal.SIGKILL)
+
+    def restarted() -> int:
+        pids = envoy_pids(mesh.client)
+        assert pids and pids != [first], pids
+        return pids[0]
+
+    await assert_eventually(restarted, timeout=10)
+    await wait_serving(mesh.http, {"h1", "h2"})
+    await grpc_serving(mesh.grpc)
+    assert "Envoy exited with status -9; starting it again" in mesh.client.log()
+
+
+async def test_the_control_plane_restarted_envoy_keeps_serving_then_resyncs(mesh: Mesh) -> None:
+    await wait_serving(mesh.http, {"h1", "h2"})
+    mesh.plane.kill()
+    # Down: Envoy serves what it holds.
+    assert await backends_seen(mesh.http, 20) == {"h1", "h2"}
+    await grpc_serving(mesh.grpc)
+    mesh.plane.start()
+    third = Backend("http_backend.py", "--name", "h3").start()
+    try:
+        await register(mesh.plane, "orders", "h3", third)
+        # Envoy reconnects (its backoff is up to a few seconds) and takes the change.
+        await wait_serving(mesh.http, {"h1", "h2", "h3"}, timeout=30)
+    finally:
+        third.stop()
+
+
+async def test_a_listener_envoy_rejects_is_reported_and_the_rest_keeps_serving(
+    tmp_path: Path, plane: ControlPlaneProcess
+) -> None:
+    backend = Backend("http_backend.py", "--name", "h1").start()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        await register(plane, "orders", "h1", backend)
+        http_port = free_port()
+        busy = taken.getsockname()[1]
+        body = client_body(http_port, free_port()).replace(
+            "upstreams:\n",
+            f'upstreams:\n  - {{service: stock, protocol: tcp, listen: "127.0.0.1:{busy}"}}\n',
+        )
+        client = SidecarProcess(tmp_path, "client", body, plane.address)
+        await client.start()
+        try:
+            await wait_serving(http_port, {"h1"})
+
+            async def nacked() -> str:
+                table = await eco(plane, "xds", "status", "--node", "client")
+                assert "NACKED" in table, table
+                return table
+
+            table = await assert_eventually(nacked, timeout=10)
+            assert "Listener" in table
+            assert str(busy) in table or "sidecar/upstream/stock.default" in table
+            # The listeners Envoy took keep serving.
+            assert await backends_seen(http_port) == {"h1"}
+        finally:
+            await client.stop()
+    finally:
+        taken.close()
+        backend.stop()
