@@ -55,7 +55,9 @@ def sidecar_command(ctx: click.Context, settings: Settings, config_path: Path, c
     upstream services (also on disk, for when the control plane is
     unreachable), and serves the local API and admin HTTP. Upstreams with a
     `listen` address and `inbound` entries are proxy listeners (tcp, http or
-    grpc): applications dial 127.0.0.1:PORT and the sidecar forwards. A bad
+    grpc): applications dial 127.0.0.1:PORT and the sidecar forwards (or,
+    with `dataplane: envoy`, an Envoy it runs and restarts: docs/envoy.md;
+    --check says which data plane serves each listener). A bad
     configuration file prints every problem (file, line and field, a
     suggestion for a misspelt key) and exits 2; nothing is started.
 
@@ -78,16 +80,28 @@ def sidecar_command(ctx: click.Context, settings: Settings, config_path: Path, c
             click.echo(f"eco: … and {len(lines) - MAX_PROBLEMS_SHOWN} more problems", err=True)
         ctx.exit(EXIT_USAGE)
     if check:
+        # Which data plane serves each proxy listener: the sidecar's own, or Envoy.
+        plane = config.dataplane
         listeners = [
-            f"{u.protocol} {u.listen} -> {u.service}" for u in config.upstreams if u.listen
-        ] + [f"{i.protocol} {i.listen} -> {i.to} (inbound)" for i in config.inbound]
+            f"{u.protocol} {u.listen} -> {u.service} [{plane}]"
+            for u in config.upstreams
+            if u.listen
+        ] + [f"{i.protocol} {i.listen} -> {i.to} (inbound) [{plane}]" for i in config.inbound]
         click.echo(
             f"{config_path}: ok — node {config.node.id}, {len(config.services)} local "
             f"service(s), {len(config.upstreams)} upstream(s), control plane "
-            f"{', '.join(config.controlplane.addresses)}"
+            f"{', '.join(config.controlplane.addresses)}, data plane {plane}"
         )
         for line in listeners:
             click.echo(f"  proxy: {line}")
+        if plane == "envoy":
+            from sidecar.envoy import find_binary
+
+            try:
+                click.echo(f"  envoy: {find_binary(config.envoy.binary)}")
+            except FileNotFoundError as exc:
+                click.echo(f"eco: {exc}", err=True)
+                ctx.exit(EXIT_FAILURE)
         ctx.exit(0)
     configure_logging(settings.verbose, base=logging.INFO)
     raise_open_files_limit()

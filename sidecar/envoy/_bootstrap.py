@@ -52,14 +52,17 @@ class EnvoyListener:
 
 def find_binary(configured: Path | None) -> Path:
     """The Envoy to run: ``envoy.binary``, else the one the install script
-    put in ``.tools/envoy-venv``, else ``envoy`` on PATH. Raises
+    put in ``.tools/envoy-venv`` (of the working directory or of the
+    checkout), else ``envoy`` on PATH. Raises
     FileNotFoundError naming the install step when there is none."""
     if configured is not None:
         if not configured.is_file():
             raise FileNotFoundError(f"envoy.binary: {configured}: no such file; run {_INSTALL}")
         return configured
-    if DEFAULT_BINARY.is_file():
-        return DEFAULT_BINARY.resolve()
+    # Under the working directory, then under the checkout this package runs from.
+    for candidate in (DEFAULT_BINARY, Path(__file__).resolve().parents[2] / DEFAULT_BINARY):
+        if candidate.is_file():
+            return candidate.resolve()
     on_path = shutil.which("envoy")
     if on_path is not None:
         return Path(on_path)
