@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ecosystem.v1 import registry_pb2 as pb
@@ -24,6 +24,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 
 from controlplane.view import InstanceView, Selector, Watcher
+from controlplane.xds._envoy import INBOUND_PORT_KEY
+from controlplane.xds._envoy import PREFIX as ENVOY_PREFIX
 from controlplane.xds._resources import (
     CLUSTER,
     ENDPOINTS,
@@ -56,6 +58,10 @@ class Snapshot:
     revision: int
     clusters: Mapping[str, any_pb2.Any]
     endpoints: Mapping[str, any_pb2.Any]
+    #: A sidecar's Envoy's endpoints (``sidecar/<service>.<namespace>``): the
+    #: port of the inbound listener in front of an instance where it has one.
+    #: Only services with such an instance; the others get the shared one renamed.
+    via_inbound: Mapping[str, any_pb2.Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def version(self) -> str:
@@ -71,6 +77,8 @@ class XdsCache:
         self._snapshot = Snapshot(0, MappingProxyType({}), MappingProxyType({}))
         self._clusters: dict[str, any_pb2.Any] = {}
         self._endpoints: dict[str, any_pb2.Any] = {}
+        self._via: dict[str, any_pb2.Any] = {}
+        self._renamed: dict[str, tuple[any_pb2.Any, any_pb2.Any]] = {}
         self._memo: dict[tuple[str, str], any_pb2.Any] = {}
         self._problems: dict[str, tuple[str, ...]] = {}
         # (assignment name, region, zone) -> (the shared assignment, its variant)
@@ -148,6 +156,12 @@ class XdsCache:
                         resource = self._placeholder(type_url, name)
                     if resource is not None:
                         found[name] = resource
+            if type_url == ENDPOINTS and names is not None:
+                for name in names:
+                    if name.startswith(ENVOY_PREFIX):
+                        resource = self._via_inbound(snapshot, name)
+                        if resource is not None:
+                            found[name] = resource
             if type_url == ENDPOINTS and any(locality):
                 found = {name: self._near(name, res, locality) for name, res in found.items()}
             return found
@@ -161,6 +175,28 @@ class XdsCache:
             if resource is not None:
                 found[name] = resource
         return found
+
+    def _via_inbound(self, snapshot: Snapshot, name: str) -> any_pb2.Any | None:
+        """The endpoints a sidecar's Envoy dials for ``sidecar/<service>``: the
+        inbound listeners' ports, or the shared assignment renamed (once per change)."""
+        shared_name = name.removeprefix(ENVOY_PREFIX)
+        via = snapshot.via_inbound.get(shared_name)
+        if via is not None:
+            return via
+        shared = snapshot.endpoints.get(shared_name) or self._placeholder(ENDPOINTS, shared_name)
+        if shared is None:
+            return None
+        known = self._renamed.get(name)
+        if known is not None and known[0] is shared:
+            return known[1]
+        assignment = endpoint_pb2.ClusterLoadAssignment()
+        shared.Unpack(assignment)
+        assignment.cluster_name = name
+        renamed = pack(assignment)
+        if len(self._renamed) >= _MEMO_LIMIT:
+            self._renamed.clear()
+        self._renamed[name] = (shared, renamed)
+        return renamed
 
     def _near(self, name: str, resource: any_pb2.Any, locality: tuple[str, str]) -> any_pb2.Any:
         """``resource`` (an assignment) with priorities for ``locality``: built
@@ -255,6 +291,7 @@ class XdsCache:
             for resource in gone:
                 self._clusters.pop(resource, None)
                 self._endpoints.pop(resource, None)
+                self._via.pop(resource, None)
                 self._problems.pop(resource, None)
         for namespace, service in touched:
             name = ServiceName(service, namespace)
@@ -262,6 +299,7 @@ class XdsCache:
             if found is None:
                 self._clusters.pop(name.resource, None)
                 self._endpoints.pop(name.resource, None)
+                self._via.pop(name.resource, None)
                 self._problems.pop(name.resource, None)
                 continue
             _summary, instances = found
@@ -275,10 +313,21 @@ class XdsCache:
             self._problems[name.resource] = found_problems
             self._keep(self._clusters, name.resource, pack(cluster(name, instances)))
             self._keep(self._endpoints, name.resource, pack(load_assignment(name, instances)))
+            if any(INBOUND_PORT_KEY in inst.metadata for inst in instances):
+                via = load_assignment(
+                    name,
+                    instances,
+                    port_key=INBOUND_PORT_KEY,
+                    resource=ENVOY_PREFIX + name.resource,
+                )
+                self._keep(self._via, name.resource, pack(via))
+            else:
+                self._via.pop(name.resource, None)
         self._snapshot = Snapshot(
             view.revision,
             MappingProxyType(dict(self._clusters)),
             MappingProxyType(dict(self._endpoints)),
+            MappingProxyType(dict(self._via)),
         )
         self.builds += 1
         self.last_build_seconds = time.perf_counter() - started

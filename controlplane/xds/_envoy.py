@@ -13,10 +13,12 @@ bootstrap (docs/envoy.md, "What the sidecar tells the control plane")::
 
 and each entry becomes one Listener and one Cluster, both named
 ``sidecar/<name>`` (a ``/`` is in no proxyless listener name, so the two
-never collide). An upstream's cluster takes its endpoints by EDS from the
-service's shared ClusterLoadAssignment (``<service>.<namespace>``); an
-inbound's cluster is the one local address. Pure functions, no I/O: an entry
-that cannot be read is left out and its problem returned, never raised.
+never collide). An upstream's cluster takes its endpoints by EDS as
+``sidecar/<service>.<namespace>``: the service's endpoints, dialed on the
+port of the inbound listener in front of an instance where it has one (as
+the Python data plane does); an inbound's cluster is the one local address.
+Pure functions, no I/O: an entry that cannot be read is left out and its
+problem returned, never raised.
 """
 
 from __future__ import annotations
@@ -42,8 +44,12 @@ from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, wrap
 
 from controlplane.xds._resources import _ADS, _ROUTER, ServiceName, pack
 
-__all__ = ["LISTENERS_KEY", "PREFIX", "EnvoyPlan", "plan_of"]
+__all__ = ["INBOUND_PORT_KEY", "LISTENERS_KEY", "PREFIX", "EnvoyPlan", "plan_of"]
 
+#: Instance metadata a sidecar sets on a service behind its inbound listener:
+#: that listener's port, which other sidecars' Envoys dial instead
+#: (``sidecar.config.INBOUND_PORT_KEY``; the control plane does not import the sidecar).
+INBOUND_PORT_KEY = "eco.inbound.port"
 #: The node metadata key holding the sidecar's listeners.
 LISTENERS_KEY = "eco.listeners"
 #: The first part of every resource name built here.
@@ -241,7 +247,9 @@ class _Spec:
         else:
             result.type = cluster_pb2.Cluster.EDS
             result.eds_cluster_config.eds_config.CopyFrom(_ADS)
-            result.eds_cluster_config.service_name = self.target
+            # Its own name for the endpoints: where an instance has a sidecar's
+            # inbound listener in front, that listener's port (the cache builds it).
+            result.eds_cluster_config.service_name = PREFIX + self.target
             result.lb_policy = self._lb_policy()
             panic = self.policy.get("panic_threshold")
             if panic is not None:

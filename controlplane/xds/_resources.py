@@ -239,7 +239,7 @@ def endpoint_instances(instances: Iterable[pb.Instance]) -> tuple[list[pb.Instan
 
 
 def load_assignment(
-    name: ServiceName, instances: Sequence[pb.Instance]
+    name: ServiceName, instances: Sequence[pb.Instance], *, port_key: str = "", resource: str = ""
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The service's endpoints grouped by locality (region, zone), each with
     its health and weight; each locality weighs the sum of its endpoints'
@@ -249,7 +249,11 @@ def load_assignment(
     WARNING instances are DEGRADED while some instance is PASSING or
     UNKNOWN, and HEALTHY when none is: the SDK's health tiers (the best tier
     left is used). gRPC's xDS client sends DEGRADED endpoints nothing, so a
-    service whose instances all warn would otherwise get no calls at all."""
+    service whose instances all warn would otherwise get no calls at all.
+
+    With ``port_key``, an instance whose metadata gives a port under that
+    key is dialed on that port (a sidecar's inbound listener in front of
+    it); ``resource`` names the assignment (default: the service's)."""
     localities: dict[tuple[str, str], endpoint_components_pb2.LocalityLbEndpoints] = {}
     totals: dict[tuple[str, str], int] = {}
     kept = endpoint_instances(instances)[0]
@@ -269,12 +273,16 @@ def load_assignment(
         socket = endpoint.endpoint.address.socket_address
         socket.address = inst.address
         socket.port_value = inst.port
+        if port_key:
+            via = inst.metadata.get(port_key, "")
+            if via.isdigit() and 1 <= int(via) <= 65535:
+                socket.port_value = int(via)
         endpoint.endpoint.hostname = inst.id
         endpoint.health_status = (
             health_check_pb2.HEALTHY if inst.health == warning_tier else health_of(inst.health)
         )
         endpoint.load_balancing_weight.value = weight
-    result = endpoint_pb2.ClusterLoadAssignment(cluster_name=name.resource)
+    result = endpoint_pb2.ClusterLoadAssignment(cluster_name=resource or name.resource)
     for key in sorted(localities):
         group = localities[key]
         group.load_balancing_weight.CopyFrom(wrappers_pb2.UInt32Value(value=totals[key]))

@@ -265,3 +265,53 @@ async def test_a_listener_envoy_rejects_is_reported_and_the_rest_keeps_serving(
     finally:
         taken.close()
         backend.stop()
+
+
+async def envoy_stat(sidecar: SidecarProcess, name: str) -> int:
+    admin = (sidecar.data_dir / "envoy" / "admin-address").read_text().strip()
+    async with aiohttp.ClientSession() as http, http.get(f"http://{admin}/stats") as response:
+        for line in (await response.text()).splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+    raise AssertionError(f"no stat {name}")
+
+
+async def test_two_hops_through_the_inbound_envoy_of_the_instance(
+    tmp_path: Path, plane: ControlPlaneProcess
+) -> None:
+    backend = Backend("http_backend.py", "--name", "h1").start()
+    inbound_port, http_port = free_port(), free_port()
+    binary = json.dumps(str(envoy_binary()))
+    server = SidecarProcess(
+        tmp_path,
+        "server",
+        f"dataplane: envoy\nenvoy: {{binary: {binary}}}\n"
+        f"services:\n  - {{name: orders, id: h1, address: 127.0.0.1, port: {backend.port}}}\n"
+        f'inbound:\n  - {{listen: "127.0.0.1:{inbound_port}", to: "127.0.0.1:{backend.port}",'
+        " protocol: http}\n",
+        plane.address,
+    )
+    client = SidecarProcess(
+        tmp_path,
+        "client",
+        f"dataplane: envoy\nenvoy: {{binary: {binary}}}\n"
+        f'upstreams:\n  - {{service: orders, protocol: http, listen: "127.0.0.1:{http_port}"}}\n',
+        plane.address,
+    )
+    try:
+        await server.start()
+        await client.start()
+        await wait_serving(http_port, {"h1"})
+        # The instance is registered with the inbound listener's port, and the
+        # client's Envoy dials that listener (the server's Envoy), not the backend.
+        before = await envoy_stat(server, "http.inbound_orders.downstream_rq_total")
+        assert await backends_seen(http_port, 5) == {"h1"}
+        after = await envoy_stat(server, "http.inbound_orders.downstream_rq_total")
+        assert after - before == 5
+        resolved = await client.resolve("orders")
+        assert resolved.endpoints[0].metadata["eco.inbound.port"] == str(inbound_port)
+    finally:
+        await client.stop()
+        await server.stop()
+        backend.stop()

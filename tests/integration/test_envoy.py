@@ -97,13 +97,13 @@ def test_the_bootstrap_lists_the_listeners_and_the_control_plane_builds_them() -
     assert sorted(plan.listeners) == sorted(plan.clusters)
     orders = cluster_pb2.Cluster()
     plan.clusters["sidecar/upstream/orders.default"].Unpack(orders)
-    assert orders.eds_cluster_config.service_name == "orders.default"
+    assert orders.eds_cluster_config.service_name == "sidecar/orders.default"
     assert orders.connect_timeout.seconds == 2
     assert orders.circuit_breakers.thresholds[0].max_requests.value == 7
     assert orders.outlier_detection.consecutive_5xx.value == 4
     stock = cluster_pb2.Cluster()
     plan.clusters["sidecar/upstream/stock.shop"].Unpack(stock)
-    assert stock.eds_cluster_config.service_name == "stock.shop"
+    assert stock.eds_cluster_config.service_name == "sidecar/stock.shop"
     assert stock.typed_extension_protocol_options  # HTTP/2 to the backends
     inbound = cluster_pb2.Cluster()
     plan.clusters["sidecar/inbound/web"].Unpack(inbound)
