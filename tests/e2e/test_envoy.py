@@ -315,3 +315,70 @@ async def test_two_hops_through_the_inbound_envoy_of_the_instance(
         await client.stop()
         await server.stop()
         backend.stop()
+
+
+async def test_the_proxy_policy_holds_in_envoy(tmp_path: Path, plane: ControlPlaneProcess) -> None:
+    """Timeouts, retries, outlier ejection and circuit breaking, as the Python
+    data plane's tests check them (tests/integration/proxy/test_http.py)."""
+    good = Backend("http_backend.py", "--name", "ok").start()
+    bad = Backend("http_backend.py", "--name", "bad", "--fail", "503").start()
+    echo = Backend("tcp_backend.py", "--mode", "echo").start()
+    ports = {name: free_port() for name in ("retry", "eject", "limit", "tcp")}
+    try:
+        for service in ("retry", "eject", "limit"):
+            await register(plane, service, f"{service}-ok", good)
+            await register(plane, service, f"{service}-bad", bad)
+        await register(plane, "echo", "echo-1", echo)
+        body = (
+            f"dataplane: envoy\nenvoy: {{binary: {json.dumps(str(envoy_binary()))}}}\n"
+            "upstreams:\n"
+            f'  - {{service: retry, protocol: http, listen: "127.0.0.1:{ports["retry"]}",'
+            " retries: 2, retry_on: [503], timeout: 1s, outlier: {consecutive_failures: 0}}\n"
+            f'  - {{service: eject, protocol: http, listen: "127.0.0.1:{ports["eject"]}",'
+            " retries: 0, outlier: {consecutive_failures: 2, base_ejection: 30s}}\n"
+            f'  - {{service: limit, protocol: http, listen: "127.0.0.1:{ports["limit"]}",'
+            " retries: 0, circuit_breaker: {max_requests: 1, max_pending: 1},"
+            " outlier: {consecutive_failures: 0}}\n"
+            f'  - {{service: echo, protocol: tcp, listen: "127.0.0.1:{ports["tcp"]}"}}\n'
+        )
+        client = SidecarProcess(tmp_path, "client", body, plane.address)
+        await client.start()
+        try:
+
+            async def up() -> None:
+                try:
+                    status, _, _ = await get(ports["retry"])
+                except aiohttp.ClientError as exc:
+                    raise AssertionError(exc) from None
+                assert status == 200
+
+            await assert_eventually(up, timeout=15, interval=0.05)
+            # retry_on 503: the bad endpoint's answer is retried on the good one.
+            for _ in range(10):
+                status, headers, _ = await get(ports["retry"])
+                assert (status, headers["x-backend"]) == (200, "ok")
+            # timeout: a whole request is bounded.
+            started = time.monotonic()
+            status, _, _ = await get(ports["retry"], "/hang")
+            assert status == 504 and time.monotonic() - started < 3
+            # outlier: two 503s in a row eject the bad endpoint.
+            answers = [await get(ports["eject"]) for _ in range(12)]
+            assert any(status == 503 for status, _, _ in answers)
+            assert [
+                s for s, _, _ in await asyncio.gather(*(get(ports["eject"]) for _ in range(8)))
+            ] == [200] * 8
+            # circuit breaker: one request in flight, one waiting; the rest fail at once.
+            slow = await asyncio.gather(*(get(ports["limit"], "/slow?ms=800") for _ in range(6)))
+            overloaded = [h for s, h, _ in slow if s == 503 and h.get("x-envoy-overloaded")]
+            assert overloaded, [s for s, _, _ in slow]
+            # tcp: bytes both ways.
+            reader, writer = await asyncio.open_connection("127.0.0.1", ports["tcp"])
+            writer.write(b"ping\n")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readline(), 5) == b"ping\n"
+            writer.close()
+        finally:
+            await client.stop()
+    finally:
+        for backend in (good, bad, echo):
+            backend.stop()
