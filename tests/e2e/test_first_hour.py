@@ -22,6 +22,7 @@ import sdk
 import sdk.lowlevel
 from tests.e2e.test_cli import ECO, Eco
 from tests.harness.controlplane import ControlPlaneProcess
+from tests.harness.readme import readme_sidecar_config
 from tests.harness.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.e2e
@@ -311,13 +312,6 @@ def test_a_sidecar_that_cannot_start_lists_every_problem(tmp_path: Path) -> None
 
 
 # -- the README's own sidecar, beside the dev one ---------------------------------
-
-
-def readme_sidecar_config() -> str:
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    start = readme.index("cat > my-sidecar.yaml <<'EOF'\n")
-    body = readme[start:].split("\n", 1)[1]
-    return body[: body.index("\nEOF\n") + 1]
 
 
 def test_the_readme_sidecar_holds_nothing_the_dev_sidecar_holds(tmp_path: Path) -> None:
