@@ -53,8 +53,8 @@ PYTHON_END = "## Console"
 SKIPPED = {"source .venv/bin/activate"}
 
 # A reader's pause after starting something in the background that prints
-# nothing until something happens (a subscriber): long enough for it to subscribe.
-SETTLE = 2.0
+# nothing until something happens (a subscriber): long enough for it to subscribe
+SETTLE = 5.0  # a loaded CI machine starts a Python process in 1-2 s
 
 
 @dataclass
