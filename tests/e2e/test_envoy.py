@@ -184,9 +184,13 @@ async def test_http_and_grpc_go_through_envoy_one_hop(mesh: Mesh) -> None:
     assert "x-envoy-upstream-service-time" in headers
     await grpc_serving(mesh.grpc)
     assert len(envoy_pids(mesh.client)) == 1
+
     # The sidecar keeps its other jobs: its local API resolves the same service.
-    resolved = await mesh.client.resolve("orders")
-    assert {e.port for e in resolved.endpoints} == {b.port for b in mesh.backends[:2]}
+    async def resolved() -> None:
+        answer = await mesh.client.resolve("orders")
+        assert {e.port for e in answer.endpoints} == {b.port for b in mesh.backends[:2]}
+
+    await assert_eventually(resolved, timeout=10)
 
 
 async def test_a_deregistered_instance_gets_no_new_requests_within_a_second(mesh: Mesh) -> None:
@@ -309,8 +313,12 @@ async def test_two_hops_through_the_inbound_envoy_of_the_instance(
         assert await backends_seen(http_port, 5) == {"h1"}
         after = await envoy_stat(server, "http.inbound_orders.downstream_rq_total")
         assert after - before == 5
-        resolved = await client.resolve("orders")
-        assert resolved.endpoints[0].metadata["eco.inbound.port"] == str(inbound_port)
+
+        async def advertised() -> None:
+            answer = await client.resolve("orders")
+            assert [e.metadata["eco.inbound.port"] for e in answer.endpoints] == [str(inbound_port)]
+
+        await assert_eventually(advertised, timeout=10)
     finally:
         await client.stop()
         await server.stop()
@@ -382,3 +390,16 @@ async def test_the_proxy_policy_holds_in_envoy(tmp_path: Path, plane: ControlPla
     finally:
         for backend in (good, bad, echo):
             backend.stop()
+
+
+async def test_envoy_does_not_outlive_a_killed_sidecar(mesh: Mesh) -> None:
+    await wait_serving(mesh.http, {"h1", "h2"})
+    assert envoy_pids(mesh.client)
+    assert mesh.client.proc is not None
+    mesh.client.proc.kill()
+    await mesh.client.proc.wait()
+
+    def gone() -> None:
+        assert not envoy_pids(mesh.client)
+
+    await assert_eventually(gone, timeout=5)
