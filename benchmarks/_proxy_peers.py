@@ -17,6 +17,7 @@ to install them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -171,7 +172,12 @@ class SidecarMesh:
 
     SERVICES = ("tcp", "http", "grpc")
 
-    def __init__(self, workdir: Path, nginx_port: int, grpc_port: int) -> None:
+    def __init__(
+        self, workdir: Path, nginx_port: int, grpc_port: int, dataplane: str = "python"
+    ) -> None:
+        # dataplane "envoy": both sidecars run `dataplane: envoy` (docs/xds.md), whose
+        # listeners need their ports up front; Envoy from scripts/install-envoy.sh.
+        self.dataplane = dataplane
         self.controlplane = ControlPlaneServer(workdir / "controlplane")
         self.controlplane.store_url = "memory://"
         self.ports: dict[str, int] = {}
@@ -185,19 +191,24 @@ class SidecarMesh:
                     f"  - {{service: {name}, protocol: {mode}, "
                     f'listen: "127.0.0.1:{self.ports[name]}"}}\n'
                 )
+            inbound_port = free_port() if dataplane == "envoy" else 0
             inbound.append(
-                f'  - {{listen: "127.0.0.1:0", to: "127.0.0.1:{backend}", protocol: {mode}, '
+                f'  - {{listen: "127.0.0.1:{inbound_port}", to: "127.0.0.1:{backend}", '
+                f"protocol: {mode}, "
                 f"service: bench-{mode}}}\n"
             )
         cp = self.controlplane.target
+        head = ""
+        if dataplane == "envoy":
+            head = f"dataplane: envoy\nenvoy: {{binary: {json.dumps(str(_envoy()))}}}\n"
         self.server = SidecarServer(
             workdir / "server",
             "bench-server",
             cp,
-            "services:\n" + "".join(services) + "inbound:\n" + "".join(inbound),
+            head + "services:\n" + "".join(services) + "inbound:\n" + "".join(inbound),
         )
         self.client = SidecarServer(
-            workdir / "client", "bench-client", cp, "upstreams:\n" + "".join(upstreams)
+            workdir / "client", "bench-client", cp, head + "upstreams:\n" + "".join(upstreams)
         )
 
     def __enter__(self) -> SidecarMesh:
@@ -252,13 +263,39 @@ class SidecarMesh:
     def route_ports(self, *modes: str) -> list[tuple[str, int, int, dict[str, int]]]:
         """``(mode, hops, port, role → pid)``: one hop (``bench-direct-*``), then two
         hops (``bench-*``) for each mode."""
-        one = {"client_sidecar": self.client.pid}
-        both = one | {"server_sidecar": self.server.pid}
+        if self.dataplane == "envoy":  # the processes that carry the traffic
+            one = {"client_envoy": _envoy_pid(self.client.workdir / "data")}
+            both = one | {"server_envoy": _envoy_pid(self.server.workdir / "data")}
+        else:
+            one = {"client_sidecar": self.client.pid}
+            both = one | {"server_sidecar": self.server.pid}
         return [
             (mode, hops, self.ports[prefix + mode], both if hops == 2 else one)
             for hops, prefix in ((1, "bench-direct-"), (2, "bench-"))
             for mode in modes
         ]
+
+
+def _envoy() -> Path:
+    """The Envoy scripts/install-envoy.sh installs (or ``envoy`` on PATH)."""
+    installed = Path(__file__).resolve().parents[1] / ".tools" / "envoy-venv" / "bin" / "envoy"
+    if installed.is_file():
+        return installed
+    found = shutil.which("envoy")
+    if found is None:
+        raise ServerError("no Envoy: run scripts/install-envoy.sh (make bench runs it)")
+    return Path(found)
+
+
+def _envoy_pid(data_dir: Path) -> int:
+    """The Envoy a sidecar with this data dir runs (found by its bootstrap path)."""
+    bootstrap = str(data_dir / "envoy" / "bootstrap.json").encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if bootstrap in (entry / "cmdline").read_bytes().split(b"\0"):
+                    return int(entry.name)
+    raise ServerError(f"no Envoy runs {bootstrap.decode()}")
 
 
 def _answers(port: int) -> bool:

@@ -8,7 +8,10 @@ directory, stopped at the end (also on an error or Ctrl-C):
 - nginx, one worker, ``/`` → ``200 hello\\n``, ``/large.bin`` a large file;
 - HAProxy, ``nbthread 1``, a tcp-mode and an http-mode listener to nginx;
 - a gRPC backend (``grpc.health.v1``, the proxyless benchmark's);
-- ``eco controlplane --store memory://`` and two ``eco sidecar`` processes.
+- ``eco controlplane --store memory://`` and two ``eco sidecar`` processes
+  (and again, system ``envoy``, with ``dataplane: envoy``: the routes below
+  through Envoy, one worker thread each; its lines carry the Envoy
+  processes' CPU and RSS).
   The server sidecar registers nginx as ``bench-tcp`` and ``bench-http`` with
   an inbound listener each (tcp, http), nginx again as ``bench-direct-tcp``
   and ``bench-direct-http`` without one, and the gRPC backend as
@@ -47,6 +50,7 @@ the machine does not land on one route only. Measurements:
 Budgets (``budget``/``budget_op``/``within_budget`` on our lines): tcp ≥ 1.0 x
 HAProxy tcp and http ≥ 0.5 x HAProxy http (one hop); added p50 ≤ 1 ms and p99
 ≤ 3 ms over two hops at 1,000 requests/s; ≤ 0.25 vCPU per 1,000 requests/s.
+``envoy``: tcp and http ≥ 1.0 x HAProxy (one hop), gRPC ≥ 0.7 x direct.
 When the sidecars cannot start, their lines carry ``error`` and the peers'
 figures are still reported. See docs/benchmarks.md, "Data plane".
 """
@@ -86,6 +90,8 @@ CONNECTIONS = 50  # wrk's
 LATENCY_CONNECTIONS = 20
 GRPC_CONCURRENCY = 32
 RPS_BUDGET = {"tcp": 1.0, "http": 0.5}  # times HAProxy's, same mode, one hop
+ENVOY_RPS_BUDGET = {"tcp": 1.0, "http": 1.0}  # dataplane: envoy, times HAProxy's, one hop
+ENVOY_GRPC_BUDGET = 0.7  # dataplane: envoy, times a direct channel's calls/s, one hop
 ADDED_P50_BUDGET_MS = 1.0  # two hops
 ADDED_P99_BUDGET_MS = 3.0
 VCPU_BUDGET = 0.25  # per 1,000 requests/s
@@ -200,14 +206,14 @@ def _rps(routes: list[_Route], sizes: _Sizes) -> list[dict[str, Any]]:
             row["rps_per_vcpu"] = row["rps"] / sum(vcpu.values()) if any(vcpu.values()) else None
     for (system, mode, hops), row in rows.items():
         peer = rows.get(("haproxy", mode, 1))
-        if system != "ecosystem" or peer is None or mode is None:
+        if system not in ("ecosystem", "envoy") or peer is None or mode is None:
             continue
         ratio = row["rps"] / peer["rps"] if peer["rps"] else math.nan
         row.update(ratio_to_haproxy=ratio, haproxy_rps=peer["rps"])
         if row.get("rps_per_vcpu") and peer.get("rps_per_vcpu"):
             row["per_vcpu_ratio_to_haproxy"] = row["rps_per_vcpu"] / peer["rps_per_vcpu"]
         if hops == 1:
-            _judge(row, ratio, ">=", RPS_BUDGET[mode])
+            _judge(row, ratio, ">=", (ENVOY_RPS_BUDGET if system == "envoy" else RPS_BUDGET)[mode])
     return list(rows.values())
 
 
@@ -393,6 +399,8 @@ async def _grpc(routes: list[_Route], sizes: _Sizes) -> list[dict[str, Any]]:
             row["added_sequential_p50_ms"] = (
                 figures["sequential_p50_ms"] - direct["sequential_p50_ms"]
             )
+            if route.system == "envoy" and route.hops == 1:
+                _judge(row, row["ratio_to_direct"], ">=", ENVOY_GRPC_BUDGET)
         if vcpu:
             row["vcpu_per_1000_calls_per_s"] = sum(vcpu.values()) / (figures["calls_per_s"] / 1000)
         rows.append(row)
@@ -415,7 +423,8 @@ def _rss(pids: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
 def _ours(mesh: SidecarMesh | None, *modes: str) -> list[_Route]:
     if mesh is None:
         return []
-    return [_Route("ecosystem", *route) for route in mesh.route_ports(*modes)]
+    system = "envoy" if mesh.dataplane == "envoy" else "ecosystem"
+    return [_Route(system, *route) for route in mesh.route_ports(*modes)]
 
 
 def _first_and_last_line(text: str) -> str:
@@ -442,14 +451,28 @@ def _measure(workdir: Path, sizes: _Sizes, emit: Callable[[dict[str, Any]], None
         except ServerError as exc:
             _progress(f"the sidecars did not start: {exc}")
             failure = f"the sidecars did not start: {_first_and_last_line(str(exc))}"
+        _progress("control plane and two sidecars with dataplane: envoy")
+        envoy_mesh: SidecarMesh | None = None
+        try:
+            envoy_mesh = stack.enter_context(
+                SidecarMesh(workdir / "envoy-mesh", nginx.port, grpc_port, dataplane="envoy")
+            )
+        except ServerError as exc:
+            _progress(f"the envoy sidecars did not start: {exc}")
+            for bench in ("proxy_rps", "proxy_latency", "proxy_bulk", "proxy_grpc"):
+                emit({"bench": bench, "system": "envoy", "error": _first_and_last_line(str(exc))})
         hp = {"haproxy": haproxy.pid}
         routes = [
             _Route("direct", None, 0, nginx.port),
             _Route("haproxy", "tcp", 1, haproxy.tcp_port, hp),
             _Route("haproxy", "http", 1, haproxy.http_port, hp),
         ]
-        ours = _ours(mesh, "tcp", "http")
-        grpc_routes = [_Route("direct", "grpc", 0, grpc_port), *_ours(mesh, "grpc")]
+        ours = _ours(mesh, "tcp", "http") + _ours(envoy_mesh, "tcp", "http")
+        grpc_routes = [
+            _Route("direct", "grpc", 0, grpc_port),
+            *_ours(mesh, "grpc"),
+            *_ours(envoy_mesh, "grpc"),
+        ]
         if failure:
             for bench in ("proxy_rps", "proxy_latency", "proxy_bulk", "proxy_grpc"):
                 emit({"bench": bench, "system": "ecosystem", "error": failure})
@@ -464,6 +487,9 @@ def _measure(workdir: Path, sizes: _Sizes, emit: Callable[[dict[str, Any]], None
             mesh.server.check_alive()
             processes[("ecosystem", "client_sidecar")] = mesh.client.pid
             processes[("ecosystem", "server_sidecar")] = mesh.server.pid
+        if envoy_mesh is not None:
+            for role, pid in envoy_mesh.route_ports("tcp")[-1][3].items():
+                processes[("envoy", role)] = pid
         for row in _rss(processes):
             emit(row)
 
