@@ -403,3 +403,59 @@ async def test_envoy_does_not_outlive_a_killed_sidecar(mesh: Mesh) -> None:
         assert not envoy_pids(mesh.client)
 
     await assert_eventually(gone, timeout=5)
+
+
+# -- the gRPC proxy cases (tests/integration/proxy/test_grpc.py), through Envoy ------------------
+
+
+def _md(pairs: object) -> dict[str, object]:
+    return {key: value for key, value in pairs or ()}  # type: ignore[attr-defined]
+
+
+async def test_the_grpc_proxy_cases_pass_through_envoy(mesh: Mesh) -> None:
+    options = [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20),
+    ]
+    await grpc_serving(mesh.grpc)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.grpc}", options=options) as channel:
+        unary = channel.unary_unary("/test.Echo/Unary")
+        # Metadata both ways, binary headers and trailers.
+        binary = bytes(range(256))
+        call = unary(b"hello\x00world", metadata=(("x-echo-bin", binary),), timeout=5)
+        assert await call == b"hello\x00world"
+        assert _md(await call.initial_metadata())["x-backend"] == "g1"
+        trailing = _md(await call.trailing_metadata())
+        assert trailing["x-trailer"] == "g1" and trailing["x-echo-bin"] == binary
+        # Every streaming kind.
+        stream = channel.unary_stream("/test.Echo/ServerStream")(b"5", timeout=5)
+        assert [m async for m in stream] == [f"g1:{i}".encode() for i in range(5)]
+        upload = channel.stream_unary("/test.Echo/ClientStream")(
+            iter([b"a", b"bc", b"d"]), timeout=5
+        )
+        assert await upload == b"abcd"
+        bidi = channel.stream_stream("/test.Echo/Bidi")(timeout=5)
+        for i in range(3):
+            await bidi.write(f"m{i}".encode())
+            assert await bidi.read() == f"m{i}".encode()
+        await bidi.done_writing()
+        assert await bidi.read() is grpc.aio.EOF  # type: ignore[attr-defined]
+        # Application statuses with their details pass through.
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await channel.unary_unary("/test.Echo/Fail")(b"NOT_FOUND", timeout=5)
+        assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+        assert failed.value.details() == "failed by g1"
+        # Large messages.
+        payload = os.urandom(8 << 20)
+        assert await unary(payload, timeout=20) == payload
+        # The client's deadline reaches the backend.
+        sleep = channel.unary_unary("/test.Echo/Sleep")(b"0", timeout=1.0)
+        assert await sleep == b"g1"
+        seen = int(_md(await sleep.trailing_metadata())["x-deadline-ms"])  # type: ignore[arg-type]
+        assert 500 < seen <= 1050
+        # Past it, the client gets DEADLINE_EXCEEDED in time.
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await channel.unary_unary("/test.Echo/Sleep")(b"3000", timeout=0.3)
+        assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 2.0
