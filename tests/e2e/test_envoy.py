@@ -188,9 +188,12 @@ async def test_http_and_grpc_go_through_envoy_one_hop(mesh: Mesh) -> None:
     # The sidecar keeps its other jobs: its local API resolves the same service.
     async def resolved() -> None:
         answer = await mesh.client.resolve("orders")
-        assert {e.port for e in answer.endpoints} == {b.port for b in mesh.backends[:2]}
+        ports = {e.port for e in answer.endpoints}
+        want = {b.port for b in mesh.backends[:2]}
+        assert ports == want, (ports, want, await mesh.client.status())
 
-    await assert_eventually(resolved, timeout=10)
+    # Generous: on a loaded machine the sidecar's own session may connect late.
+    await assert_eventually(resolved, timeout=30)
 
 
 async def test_a_deregistered_instance_gets_no_new_requests_within_a_second(mesh: Mesh) -> None:
