@@ -11,7 +11,11 @@
      "proxy": [{"name", "protocol", "listen", "endpoints", "ejected", "panicking",
                 "circuit": {"open", "connections", "max_connections", …},
                 "stats": {"requests", "active", "responses", "errors", "retries",
-                          "ejections", "latency_ms": {"p50_le", "p99_le", "mean"}, …}}, …]}
+                          "ejections", "latency_ms": {"p50_le", "p99_le", "mean"}, …}}, …],
+     "envoy": {"binary", "pid", "admin", "restarts", "last_exit", "listeners"}}
+
+``proxy`` lists the listeners the Python data plane serves; with ``dataplane:
+envoy`` those are Envoy's, described under ``envoy`` (absent otherwise).
 """
 
 from __future__ import annotations
@@ -133,6 +137,8 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
         )
     doc["upstreams"] = upstreams
     doc["proxy"] = sidecar.dataplane.status()
+    if sidecar.envoy is not None:
+        doc["envoy"] = sidecar.envoy.status()
     doc["bridges"] = [bridge.status() for bridge in sidecar.bridges]
     doc["identity"] = sidecar.identity.status()
     doc["intentions"] = sidecar.intentions.status()

@@ -184,6 +184,11 @@ async def test_http_and_grpc_go_through_envoy_one_hop(mesh: Mesh) -> None:
     assert "x-envoy-upstream-service-time" in headers
     await grpc_serving(mesh.grpc)
     assert len(envoy_pids(mesh.client)) == 1
+    envoy = (await mesh.client.status())["envoy"]
+    assert envoy["pid"] in envoy_pids(mesh.client)
+    assert sorted(envoy["listeners"]) == sorted(
+        f"127.0.0.1:{port}" for port in (mesh.http, mesh.grpc)
+    )
 
     # The sidecar keeps its other jobs: its local API resolves the same service.
     async def resolved() -> None:
