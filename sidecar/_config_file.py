@@ -32,8 +32,6 @@ from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent
 from yaml.resolver import Resolver
 
-from sidecar.health import CheckKind
-
 __all__ = [
     "MAX_ALIAS_NODES",
     "MAX_DEPTH",
@@ -72,7 +70,13 @@ class Problems:
             raise ValidationError.from_exception_data(title, self.errors)
 
 
-_KINDS = frozenset(k.value for k in CheckKind)
+def _check_kinds() -> frozenset[str]:
+    # Imported when a check's error is placed: the health package (probes,
+    # gRPC, HTTP clients) is not what reading a file needs up front.
+    from sidecar.health import CheckKind
+
+    return frozenset(k.value for k in CheckKind)
+
 
 #: The largest configuration file read, in bytes (UTF-8).
 MAX_FILE_BYTES = 1024 * 1024
@@ -343,7 +347,7 @@ def _clean_loc(loc: Sequence[str | int]) -> tuple[str | int, ...]:
             part == "checks"
             and i + 2 < len(loc)
             and isinstance(loc[i + 1], int)
-            and loc[i + 2] in _KINDS
+            and loc[i + 2] in _check_kinds()
         ):
             out.append(loc[i + 1])
             i += 3
