@@ -132,7 +132,7 @@ class Sidecar:
         )
         #: ``dataplane: envoy``: the Envoy serving the proxy listeners (docs/envoy.md);
         #: the Python data plane then has none of them.
-        self.envoy = EnvoyProcess(config) if config.dataplane == "envoy" else None
+        self.envoy = EnvoyProcess(config, self.identity) if config.dataplane == "envoy" else None
         self.dataplane = DataPlane(
             _without_listeners(config) if self.envoy is not None else config,
             self.router,

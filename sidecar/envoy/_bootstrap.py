@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import InboundConfig, ProxyPolicy, SidecarConfig, split_hostport
+from sidecar.envoy._sds import SDS_CLUSTER
 from sidecar.proxy._dataplane import inbound_service
 
 __all__ = [
     "DEFAULT_BINARY",
     "LISTENERS_KEY",
+    "SDS_SOCKET",
     "XDS_CLUSTER",
     "EnvoyListener",
     "bootstrap",
@@ -34,6 +36,8 @@ DEFAULT_BINARY = Path(".tools/envoy-venv/bin/envoy")
 LISTENERS_KEY = "eco.listeners"
 #: The static cluster of the control plane's addresses.
 XDS_CLUSTER = "eco_controlplane"
+#: The sidecar's Secret Discovery Service socket, in ``<data_dir>/envoy/``.
+SDS_SOCKET = "sds.sock"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _INSTALL = "scripts/install-envoy.sh (make test runs it)"
 
@@ -182,6 +186,28 @@ def _controlplane_cluster(config: SidecarConfig) -> dict[str, Any]:
     return cluster
 
 
+def _sds_cluster(config: SidecarConfig) -> dict[str, Any]:
+    """The sidecar's own SDS server, on a Unix socket: the keys stay on this host."""
+    path = (config.data_dir / "envoy" / SDS_SOCKET).resolve()
+    return {
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(path)}}}}]}
+            ],
+        },
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS: {
+                "@type": "type.googleapis.com/" + _HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+    }
+
+
 def bootstrap(config: SidecarConfig) -> dict[str, Any]:
     """Envoy's bootstrap document (JSON), for the sidecar's node."""
     node = config.node
@@ -210,7 +236,7 @@ def bootstrap(config: SidecarConfig) -> dict[str, Any]:
             "lds_config": ads,
             "cds_config": ads,
         },
-        "static_resources": {"clusters": [_controlplane_cluster(config)]},
+        "static_resources": {"clusters": [_controlplane_cluster(config), _sds_cluster(config)]},
         "admin": {
             "address": {
                 "socket_address": {"address": admin_host.strip("[]"), "port_value": admin_port}

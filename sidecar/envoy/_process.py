@@ -22,11 +22,15 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.config import SidecarConfig
-from sidecar.envoy._bootstrap import bootstrap, envoy_listeners, find_binary
+from sidecar.envoy._bootstrap import SDS_SOCKET, bootstrap, envoy_listeners, find_binary
+from sidecar.envoy._sds import SecretServer
 from sidecar.errors import StartupError
+
+if TYPE_CHECKING:
+    from sidecar.identity import SidecarIdentity
 
 __all__ = ["EnvoyProcess"]
 
@@ -46,6 +50,8 @@ def _die_with_the_sidecar() -> None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+#: A Unix socket's path is at most this long (Linux's sun_path, less its NUL).
+_MAX_SOCKET_PATH = 107
 _STABLE = 60.0  # seconds up after which a crash starts the backoff over
 _LEVELS = {
     "trace": logging.DEBUG,
@@ -58,11 +64,22 @@ _LEVELS = {
 
 
 class EnvoyProcess:
-    """One supervised Envoy; ``start`` once, ``stop`` (idempotent) once."""
+    """One supervised Envoy; ``start`` once, ``stop`` (idempotent) once. With
+    ``identity``, the sidecar's certificates reach Envoy by SDS (sidecar.envoy._sds)."""
 
-    def __init__(self, config: SidecarConfig) -> None:
+    def __init__(self, config: SidecarConfig, identity: SidecarIdentity | None = None) -> None:
         self.config = config
         self.directory = config.data_dir / "envoy"
+        #: Envoy's workload certificates and trust bundle (None: no identity given).
+        self.secrets = (
+            SecretServer(
+                identity,
+                [(s.namespace, s.name) for s in config.services],
+                self.directory / SDS_SOCKET,
+            )
+            if identity is not None
+            else None
+        )
         self.bootstrap_path = self.directory / "bootstrap.json"
         self._admin_path = self.directory / "admin-address"
         self.listeners = envoy_listeners(config)
@@ -106,6 +123,14 @@ class EnvoyProcess:
         except FileNotFoundError as exc:
             raise StartupError(str(exc)) from None
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.secrets is not None:
+            path = str(self.secrets.path)
+            if len(path.encode()) > _MAX_SOCKET_PATH:
+                raise StartupError(
+                    f"data_dir: {self.config.data_dir} is too long for Envoy's secrets socket "
+                    f"({path}: over {_MAX_SOCKET_PATH} bytes); choose a shorter data_dir"
+                )
+            await self.secrets.start()
         document = json.dumps(bootstrap(self.config), indent=1)
         # The bootstrap may hold the control-plane token: readable by the sidecar's user only.
         descriptor = os.open(self.bootstrap_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -245,3 +270,5 @@ class EnvoyProcess:
             task.cancel()
         if self._pumps:
             await asyncio.wait(set(self._pumps))
+        if self.secrets is not None:
+            await self.secrets.stop()
