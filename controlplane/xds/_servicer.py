@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2, discovery_pb2
 from google.protobuf import any_pb2
 
 from controlplane.xds._cache import XdsCache
 from controlplane.xds._delta import DeltaSession
 from controlplane.xds._resources import CLUSTER, LISTENER, TYPES
-from controlplane.xds._session import WILDCARD, Session, StreamError, next_nonce
+from controlplane.xds._session import WILDCARD, Session, StreamError
 from controlplane.xds._status import NodeBook
 
 __all__ = ["ADS_SERVICE", "AdsServicer", "add_ads"]
@@ -39,6 +39,8 @@ ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].
 @dataclass(slots=True)
 class _Subscription:
     names: frozenset[str] | None  # None: wildcard
+    #: The names of the last request taken: an ACK naming the same changes nothing.
+    asked: frozenset[str] | None = None
     nonce: str = ""
     sent: dict[str, any_pb2.Any] = field(default_factory=dict)
     due: bool = True  # a response is owed even if nothing changed
@@ -70,26 +72,32 @@ class _WorldSession(Session):
             else:
                 status.acked_version = request.version_info
         names = frozenset(request.resource_names)
+        if sub is not None and names == sub.asked:
+            return  # most requests: an ACK of a subscription as it was
         self.check_names(type_url, names)
         wildcard = type_url in (LISTENER, CLUSTER) and (
             WILDCARD in names or (not names and (sub is None or sub.names is None))
         )
         wanted = None if wildcard else names - {WILDCARD}
         if sub is None:
-            self.subs[type_url] = _Subscription(wanted)
+            self.subs[type_url] = _Subscription(wanted, names)
             self.changed = True
-        elif wanted != sub.names:
-            sub.names = wanted
-            sub.due = self.changed = True
+        else:
+            sub.asked = names
+            if wanted != sub.names:
+                sub.names = wanted
+                sub.due = self.changed = True
         status.names = [WILDCARD] if wanted is None else sorted(wanted)
 
-    def due(self) -> Iterator[discovery_pb2.DiscoveryResponse]:
+    def due(self) -> Iterator[bytes]:
         for type_url in TYPES:
             response = self._response(type_url)
             if response is not None:
                 yield response
 
-    def _response(self, type_url: str) -> discovery_pb2.DiscoveryResponse | None:
+    def _response(self, type_url: str) -> bytes | None:
+        """The response due for ``type_url``, serialized: the cache encodes
+        one per resource set and snapshot, shared by every stream sent it."""
         sub = self.subs.get(type_url)
         if sub is None:
             return None
@@ -102,17 +110,11 @@ class _WorldSession(Session):
             return None
         sub.due = False
         sub.sent = resources
-        sub.nonce = next_nonce()
-        version = self.cache.snapshot.version
+        version, sub.nonce, encoded = self.cache.encoded(type_url, resources)
         status = self.node.of(type_url)
         status.sent_version = version
         status.resources = resources
-        return discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            type_url=type_url,
-            nonce=sub.nonce,
-            resources=[resources[name] for name in sorted(resources)],
-        )
+        return encoded
 
 
 class AdsServicer:
@@ -163,8 +165,28 @@ class AdsServicer:
             self._streams -= 1
 
 
+def _serialize(response: Any) -> bytes:
+    """A response as sent: bytes already serialized (state of the world,
+    shared by the streams sent the same) or a message (incremental)."""
+    return response if type(response) is bytes else response.SerializeToString()
+
+
 def add_ads(server: grpc.aio.Server, cache: XdsCache, book: NodeBook) -> AdsServicer:
-    """Serves ADS from ``cache`` on ``server``, recording nodes in ``book``."""
+    """Serves ADS from ``cache`` on ``server``, recording nodes in ``book``.
+    The handlers are the generated ones' but for the response serializer
+    (``_serialize``)."""
     servicer = AdsServicer(cache, book)
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamAggregatedResources,
+            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=_serialize,
+        ),
+        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.DeltaAggregatedResources,
+            request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=_serialize,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
     return servicer
