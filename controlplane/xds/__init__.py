@@ -13,6 +13,7 @@ to use it.
 
 from controlplane.xds._cache import Snapshot, XdsCache
 from controlplane.xds._csds import CSDS_SERVICE, CsdsServicer, add_csds, client_config
+from controlplane.xds._envoy import EnvoyMesh
 from controlplane.xds._resources import (
     CLUSTER,
     ENDPOINTS,
@@ -37,6 +38,7 @@ __all__ = [
     "TYPES",
     "AdsServicer",
     "CsdsServicer",
+    "EnvoyMesh",
     "NodeBook",
     "NodeStatus",
     "Rejection",

@@ -277,6 +277,9 @@ def load_assignment(
             via = inst.metadata.get(port_key, "")
             if via.isdigit() and 1 <= int(via) <= 65535:
                 socket.port_value = int(via)
+                # A sidecar's inbound listener: mutual TLS when the CA is on (_envoy.py).
+                match = endpoint.metadata.filter_metadata["envoy.transport_socket_match"]
+                match.fields["eco.mtls"].bool_value = True
         endpoint.endpoint.hostname = inst.id
         endpoint.health_status = (
             health_check_pb2.HEALTHY if inst.health == warning_tier else health_of(inst.health)

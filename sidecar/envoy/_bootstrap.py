@@ -17,7 +17,7 @@ from typing import Any
 
 from sidecar.config import InboundConfig, ProxyPolicy, SidecarConfig, split_hostport
 from sidecar.envoy._sds import SDS_CLUSTER
-from sidecar.proxy._dataplane import inbound_service
+from sidecar.proxy._dataplane import inbound_namespace, inbound_service
 
 __all__ = [
     "DEFAULT_BINARY",
@@ -34,6 +34,8 @@ __all__ = [
 DEFAULT_BINARY = Path(".tools/envoy-venv/bin/envoy")
 #: The node metadata key holding the listeners.
 LISTENERS_KEY = "eco.listeners"
+#: The node metadata key naming the identity upstream connections present.
+CALLER_KEY = "eco.caller"
 #: The static cluster of the control plane's addresses.
 XDS_CLUSTER = "eco_controlplane"
 #: The sidecar's Secret Discovery Service socket, in ``<data_dir>/envoy/``.
@@ -141,6 +143,10 @@ def envoy_listeners(config: SidecarConfig) -> list[EnvoyListener]:
             "to_address": to_host.strip("[]"),
             "to_port": to_port,
         }
+        service = inbound_service(inbound, config)
+        if service:  # the destination of the intentions, and its certificate
+            spec["service"] = service
+            spec["namespace"] = inbound_namespace(inbound, service, config) or "default"
         found.append(EnvoyListener(name, f"inbound[{i}]", inbound.protocol, inbound.listen, spec))
     return found
 
@@ -208,6 +214,15 @@ def _sds_cluster(config: SidecarConfig) -> dict[str, Any]:
     }
 
 
+def _caller(config: SidecarConfig) -> dict[str, Any]:
+    """Whose certificate upstream connections present: the first local
+    service's, as in the Python data plane (none listed: the node's)."""
+    if not config.services:
+        return {}
+    first = config.services[0]
+    return {CALLER_KEY: {"namespace": first.namespace or "default", "service": first.name}}
+
+
 def bootstrap(config: SidecarConfig) -> dict[str, Any]:
     """Envoy's bootstrap document (JSON), for the sidecar's node."""
     node = config.node
@@ -225,6 +240,7 @@ def bootstrap(config: SidecarConfig) -> dict[str, Any]:
             "metadata": {
                 "eco.dataplane": "envoy",
                 LISTENERS_KEY: [listener.spec for listener in envoy_listeners(config)],
+                **_caller(config),
             },
         },
         "dynamic_resources": {

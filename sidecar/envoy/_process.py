@@ -185,6 +185,12 @@ class EnvoyProcess:
             "--log-format",
             "[%l] %v",
             "--disable-hot-restart",
+            # A listener whose rules changed (intentions) closes the connections it
+            # holds within a second, instead of over Envoy's default ten minutes.
+            "--drain-time-s",
+            "1",
+            "--drain-strategy",
+            "immediate",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

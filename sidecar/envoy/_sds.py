@@ -8,8 +8,8 @@ sees one. Each certificate and the trust bundle is one secret:
 
 - ``eco/node``: the node's certificate and key;
 - ``eco/svc/<namespace>/<service>``: a local service's;
-- ``eco/trust-bundle``: the CA's roots, accepting only peers whose URI SAN is
-  a SPIFFE ID of the trust domain (``spiffe://<domain>/``).
+- ``eco/trust-bundle``: the CA's roots (the listeners and clusters add which
+  SPIFFE IDs they accept: the control plane knows the trust domain).
 
 The control plane's listeners and clusters name these secrets
 (controlplane/xds/_envoy.py spells the same names). The service is
@@ -35,7 +35,6 @@ import grpc
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
-from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2
 
 if TYPE_CHECKING:
@@ -100,13 +99,9 @@ class SecretServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore
         bundle = self.identity.bundle
         if bundle is None:
             return found
+        # The roots only: each listener and cluster says which SPIFFE IDs it accepts.
         validation = common_pb2.CertificateValidationContext()
         validation.trusted_ca.inline_bytes = bundle.pem
-        # TLS libraries do not check URI name constraints: only this trust domain's peers.
-        validation.match_typed_subject_alt_names.add(
-            san_type=common_pb2.SubjectAltNameMatcher.URI,
-            matcher=string_pb2.StringMatcher(prefix=f"spiffe://{bundle.trust_domain}/"),
-        )
         found[BUNDLE_SECRET] = secret_pb2.Secret(name=BUNDLE_SECRET, validation_context=validation)
         certificates = {NODE_SECRET: self.identity.node_certificate}
         for namespace, service in self.services:
