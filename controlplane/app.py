@@ -87,6 +87,7 @@ from controlplane.xds import (
     ADS_SERVICE,
     CSDS_SERVICE,
     AdsServicer,
+    EnvoyMesh,
     NodeBook,
     XdsCache,
     add_ads,
@@ -367,6 +368,9 @@ class ControlPlane:
             CatalogServicer(store, self.sync), server
         )
         self.xds = XdsCache(self._view)
+        if self.identity is not None and self.intentions is not None:
+            # Sidecars' Envoys then speak mutual TLS and follow the intentions.
+            self.xds.mesh = EnvoyMesh.following(self.identity.trust_domain, self.intentions)
         await self.xds.start()
         self._ads = add_ads(server, self.xds, self.xds_nodes)
         add_csds(server, self.xds_nodes)

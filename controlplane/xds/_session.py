@@ -76,6 +76,8 @@ class Session(abc.ABC):
         self._bad_names: set[str] = set()
         #: A sidecar's Envoy: its socket listeners and their clusters (docs/envoy.md).
         self.plan: EnvoyPlan | None = None
+        self._metadata: Any = None
+        self._mesh_version = 0
 
     async def run(self, requests: AsyncIterator[Any], context: Any) -> None:
         wake = asyncio.Event()
@@ -96,11 +98,10 @@ class Session(abc.ABC):
                 wake.set()
 
         reader = asyncio.create_task(read(), name=f"xds-reader {self.peer}")
-        cache = self.cache
-        cache.listen(wake)
-        # Looked up once: a push runs this loop once per stream.
-        write = context.write
+        self.cache.listen(wake)
         seen = -1  # the snapshot revision last looked at
+        if self.cache.mesh is not None:  # intentions changed: a sidecar's Envoy is replanned
+            self.cache.mesh.listen(wake)
         try:
             while True:
                 await wake.wait()
@@ -109,18 +110,21 @@ class Session(abc.ABC):
                     failure = reader.exception()
                     if failure is not None:
                         raise failure
-                if cache.closed:
+                if self.cache.closed:
                     raise StreamError(
                         grpc.StatusCode.UNAVAILABLE, "control plane is shutting down; reconnect"
                     )
-                revision = cache.snapshot.revision
+                self._replan()
+                revision = self.cache.snapshot.revision
                 if self.node is not None and (revision != seen or self.changed):
                     seen, self.changed = revision, False
                     for response in self.due():
-                        await write(response)
+                        await context.write(response)
                 if ended.is_set():
                     return
         finally:
+            if self.cache.mesh is not None:
+                self.cache.mesh.unlisten(wake)
             self.cache.unlisten(wake)
             reader.cancel()
             await asyncio.wait({reader})
@@ -160,10 +164,22 @@ class Session(abc.ABC):
             self.peer,
         )
         if self.node.kind == "envoy":
-            self.plan = plan_of(node.metadata)
+            mesh = self.cache.mesh
+            self._metadata, self._mesh_version = node.metadata, mesh.version if mesh else 0
+            self.plan = plan_of(node.metadata, mesh)
             for problem in self.plan.problems if self.plan is not None else ():
                 log.warning("xDS node %s: listener left out: %s", node.id, problem)
         return self.node
+
+    def _replan(self) -> None:
+        """A sidecar's Envoy: its listeners again after the intentions changed
+        (those unchanged stay the same objects: they are not sent again)."""
+        mesh = self.cache.mesh
+        if self.plan is None or mesh is None or mesh.version == self._mesh_version:
+            return
+        self._mesh_version = mesh.version
+        self.plan = plan_of(self._metadata, mesh, self.plan)
+        self.changed = True
 
     def resources(self, type_url: str, names: Iterable[str] | None) -> dict[str, Any]:
         """What the client is sent of ``type_url`` for ``names`` (None: all).
