@@ -13,6 +13,7 @@ one build. Streams register a wake-up event and are all woken per snapshot.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,7 @@ from types import MappingProxyType
 
 from ecosystem.v1 import registry_pb2 as pb
 from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from controlplane.view import InstanceView, Selector, Watcher
@@ -83,6 +85,10 @@ class XdsCache:
         self._problems: dict[str, tuple[str, ...]] = {}
         # (assignment name, region, zone) -> (the shared assignment, its variant)
         self._nearby: dict[tuple[str, str, str], tuple[any_pb2.Any, any_pb2.Any]] = {}
+        # (type, (name, id of resource)...) -> (the resources, nonce, response bytes)
+        self._encoded: dict[tuple[object, ...], tuple[tuple[object, ...], str, bytes]] = {}
+        self._encoded_revision = -1
+        self._nonces = itertools.count(1)
         self._listeners: set[asyncio.Event] = set()
         self._wake = asyncio.Event()
         self._watcher: Watcher | None = None
@@ -177,6 +183,34 @@ class XdsCache:
             if resource is not None:
                 found[name] = resource
         return found
+
+    def encoded(
+        self, type_url: str, resources: Mapping[str, any_pb2.Any]
+    ) -> tuple[str, str, bytes]:
+        """A state-of-the-world response of ``resources`` at the current
+        snapshot: its version, nonce and serialized bytes, built once and
+        shared by every stream sent the same resources (a thousand clients
+        of one service are sent one buffer). The nonce names that content:
+        a stream sent it twice was sent the same response twice."""
+        snapshot = self._snapshot
+        if self._encoded_revision != snapshot.revision or len(self._encoded) >= _MEMO_LIMIT:
+            self._encoded.clear()
+            self._encoded_revision = snapshot.revision
+        ordered = sorted(resources.items())
+        key = (type_url, *((name, id(resource)) for name, resource in ordered))
+        known = self._encoded.get(key)
+        if known is None:
+            nonce = str(next(self._nonces))
+            response = discovery_pb2.DiscoveryResponse(
+                version_info=snapshot.version,
+                type_url=type_url,
+                nonce=nonce,
+                resources=[resource for _, resource in ordered],
+            )
+            # The resources are kept with it: their ids in the key stay theirs.
+            known = (tuple(resources.values()), nonce, response.SerializeToString())
+            self._encoded[key] = known
+        return snapshot.version, known[1], known[2]
 
     def _via_inbound(self, snapshot: Snapshot, name: str) -> any_pb2.Any | None:
         """The endpoints a sidecar's Envoy dials for ``sidecar/<service>``: the

@@ -98,7 +98,10 @@ class Session(abc.ABC):
                 wake.set()
 
         reader = asyncio.create_task(read(), name=f"xds-reader {self.peer}")
-        self.cache.listen(wake)
+        cache = self.cache
+        cache.listen(wake)
+        # Looked up once: a push runs this loop once per stream.
+        write = context.write
         seen = -1  # the snapshot revision last looked at
         if self.cache.mesh is not None:  # intentions changed: a sidecar's Envoy is replanned
             self.cache.mesh.listen(wake)
@@ -110,16 +113,16 @@ class Session(abc.ABC):
                     failure = reader.exception()
                     if failure is not None:
                         raise failure
-                if self.cache.closed:
+                if cache.closed:
                     raise StreamError(
                         grpc.StatusCode.UNAVAILABLE, "control plane is shutting down; reconnect"
                     )
                 self._replan()
-                revision = self.cache.snapshot.revision
+                revision = cache.snapshot.revision
                 if self.node is not None and (revision != seen or self.changed):
                     seen, self.changed = revision, False
                     for response in self.due():
-                        await context.write(response)
+                        await write(response)
                 if ended.is_set():
                     return
         finally:
