@@ -158,8 +158,12 @@ class Mesh:
         self.client, self.server, self.ports = client, server, ports
 
 
-@pytest.fixture
+@pytest.fixture(
+    params=[("envoy", "envoy"), ("python", "envoy"), ("envoy", "python")],
+    ids=["envoy-to-envoy", "python-to-envoy", "envoy-to-python"],
+)
 async def mesh(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     plane: ControlPlaneProcess,
     ca_dir: Path,  # noqa: F811
@@ -169,7 +173,9 @@ async def mesh(
         "tcp": Backend("tcp_backend.py", "--mode", "echo").start(),
     }
     ports = {name: free_port() for name in ("http", "tcp", "in-http", "in-tcp")}
-    server_body = envoy_config() + "services:\n"
+    # The data planes of the client and of the server: the two mix on one path.
+    client_plane, server_plane = request.param
+    server_body = (envoy_config() if server_plane == "envoy" else "") + "services:\n"
     server_body += "".join(
         f"  - {{name: orders-{proto}, address: 127.0.0.1, port: {b.port}}}\n"
         for proto, b in backends.items()
@@ -179,7 +185,7 @@ async def mesh(
         f"protocol: {proto}, service: orders-{proto}}}\n"
         for proto, b in backends.items()
     )
-    client_body = envoy_config() + (
+    client_body = (envoy_config() if client_plane == "envoy" else "") + (
         "services:\n  - {name: web, address: 127.0.0.1, port: 9}\nupstreams:\n"
         + "".join(
             f'  - {{service: orders-{proto}, protocol: {proto}, listen: "127.0.0.1:{ports[proto]}",'
@@ -296,14 +302,14 @@ async def test_two_hops_are_mutual_tls_and_follow_the_intentions(
     await assert_eventually(http_ok, timeout=10, interval=0.2)
     await assert_eventually(tcp_ok, timeout=10, interval=0.2)
 
-    # A renewal reaches the server's Envoy without a restart: its inbound
-    # listener presents a new certificate, and calls go on.
-    [pid] = envoy_pids(mesh.server)
+    # A renewal reaches the server's Envoy without a restart (the same process):
+    # its inbound listener presents a new certificate, and calls go on.
+    pids = envoy_pids(mesh.server)
     first = await presented_serial(mesh.ports["in-http"], ca)
 
     async def renewed() -> None:
         assert await presented_serial(mesh.ports["in-http"], ca) != first
 
     await assert_eventually(renewed, timeout=TTL * 2, interval=0.5)
-    assert envoy_pids(mesh.server) == [pid]
+    assert envoy_pids(mesh.server) == pids
     await http_ok()
