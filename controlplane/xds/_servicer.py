@@ -25,7 +25,7 @@ from controlplane.xds._cache import XdsCache
 from controlplane.xds._delta import DeltaSession
 from controlplane.xds._resources import CLUSTER, LISTENER, TYPES
 from controlplane.xds._session import WILDCARD, Session, StreamError
-from controlplane.xds._status import NodeBook
+from controlplane.xds._status import NodeBook, TypeStatus
 
 __all__ = ["ADS_SERVICE", "AdsServicer", "add_ads"]
 
@@ -38,6 +38,7 @@ ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].
 
 @dataclass(slots=True)
 class _Subscription:
+    status: TypeStatus  # the node's, of this type (CSDS shows it)
     names: frozenset[str] | None  # None: wildcard
     #: The names of the last request taken: an ACK naming the same changes nothing.
     asked: frozenset[str] | None = None
@@ -57,7 +58,7 @@ class _WorldSession(Session):
         if not self.served(type_url):
             return
         sub = self.subs.get(type_url)
-        status = node.of(type_url)
+        status = node.of(type_url) if sub is None else sub.status
         if request.response_nonce:
             if sub is None or request.response_nonce != sub.nonce:
                 return  # stale: answers a response that a newer one replaced
@@ -80,7 +81,7 @@ class _WorldSession(Session):
         )
         wanted = None if wildcard else names - {WILDCARD}
         if sub is None:
-            self.subs[type_url] = _Subscription(wanted, names)
+            self.subs[type_url] = _Subscription(status, wanted, names)
             self.changed = True
         else:
             sub.asked = names
@@ -111,7 +112,7 @@ class _WorldSession(Session):
         sub.due = False
         sub.sent = resources
         version, sub.nonce, encoded = self.cache.encoded(type_url, resources)
-        status = self.node.of(type_url)
+        status = sub.status
         status.sent_version = version
         status.resources = resources
         return encoded

@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -50,6 +50,40 @@ def short_type(type_url: str) -> str:
     return type_url.rsplit(".", 1)[-1]
 
 
+class _Wake(asyncio.Event):
+    """A stream's wake-up, set by the cache at each snapshot: an event whose
+    ``wait`` takes the loop it was made on rather than looking the running
+    loop up, which costs a getpid system call per stream per push. It has
+    one waiter, the stream's own loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._home = loop
+        self._pending = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._pending
+
+    def set(self) -> None:
+        self._pending = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._pending = False
+
+    async def wait(self) -> Literal[True]:
+        if not self._pending:
+            self._waiter = self._home.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return True
+
+
 class StreamError(Exception):
     """Ends the stream with ``code`` and ``details``."""
 
@@ -80,7 +114,7 @@ class Session(abc.ABC):
         self._mesh_version = 0
 
     async def run(self, requests: AsyncIterator[Any], context: Any) -> None:
-        wake = asyncio.Event()
+        wake = _Wake(asyncio.get_running_loop())
         ended = asyncio.Event()
 
         async def read() -> None:
