@@ -26,7 +26,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from tests.e2e.test_envoy import envoy_binary, envoy_pids
-from tests.e2e.test_mtls import ca_dir, run_eco  # noqa: F401 - ca_dir: the fixture
+from tests.e2e.test_mtls import ca_dir, health, run_eco  # noqa: F401 - ca_dir: the fixture
 from tests.harness.controlplane import ControlPlaneProcess
 from tests.harness.ports import free_port
 from tests.harness.sidecar import SidecarProcess
@@ -171,8 +171,9 @@ async def mesh(
     backends = {
         "http": Backend("http_backend.py", "--name", "h1").start(),
         "tcp": Backend("tcp_backend.py", "--mode", "echo").start(),
+        "grpc": Backend("grpc_backend.py", "--name", "g1").start(),
     }
-    ports = {name: free_port() for name in ("http", "tcp", "in-http", "in-tcp")}
+    ports = {name: free_port() for name in ("http", "tcp", "grpc", "in-http", "in-tcp", "in-grpc")}
     # The data planes of the client and of the server: the two mix on one path.
     client_plane, server_plane = request.param
     server_body = (envoy_config() if server_plane == "envoy" else "") + "services:\n"
@@ -263,12 +264,17 @@ async def test_two_hops_are_mutual_tls_and_follow_the_intentions(
     async def tcp_ok() -> None:
         assert await tcp_echo(mesh.ports["tcp"], b"ping" * 1000) == b"ping" * 1000
 
+    async def grpc_is(code: grpc.StatusCode) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['grpc']}") as channel:
+            assert await health(channel) == code
+
     await assert_eventually(http_ok, timeout=30, interval=0.2)
     await assert_eventually(tcp_ok, timeout=10, interval=0.2)
+    await assert_eventually(lambda: grpc_is(grpc.StatusCode.OK), timeout=10, interval=0.2)
 
     # The inbound listeners speak TLS only: plaintext gets nothing, and a TLS
     # client trusting the CA without a certificate of its own is refused.
-    for name in ("in-http", "in-tcp"):
+    for name in ("in-http", "in-tcp", "in-grpc"):
         reader, writer = await asyncio.open_connection("127.0.0.1", mesh.ports[name])
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
@@ -286,6 +292,7 @@ async def test_two_hops_are_mutual_tls_and_follow_the_intentions(
     # A deny: 403 for HTTP, the connection closed for TCP, within seconds.
     intention(plane, ca, "create", "web", "orders-http", "--deny")
     intention(plane, ca, "create", "web", "orders-tcp", "--deny")
+    intention(plane, ca, "create", "web", "orders-grpc", "--deny")
 
     async def http_denied() -> None:
         assert (await http_status(mesh.ports["http"]))[0] == 403
@@ -295,12 +302,17 @@ async def test_two_hops_are_mutual_tls_and_follow_the_intentions(
 
     await assert_eventually(http_denied, timeout=10, interval=0.2)
     await assert_eventually(tcp_denied, timeout=10, interval=0.2)
+    await assert_eventually(
+        lambda: grpc_is(grpc.StatusCode.PERMISSION_DENIED), timeout=10, interval=0.2
+    )
 
     # Removed: allowed again (the default of --acl allow).
     intention(plane, ca, "delete", "web", "orders-http")
     intention(plane, ca, "delete", "web", "orders-tcp")
+    intention(plane, ca, "delete", "web", "orders-grpc")
     await assert_eventually(http_ok, timeout=10, interval=0.2)
     await assert_eventually(tcp_ok, timeout=10, interval=0.2)
+    await assert_eventually(lambda: grpc_is(grpc.StatusCode.OK), timeout=10, interval=0.2)
 
     # A renewal reaches the server's Envoy without a restart (the same process):
     # its inbound listener presents a new certificate, and calls go on.
