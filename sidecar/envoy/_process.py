@@ -1,13 +1,15 @@
 """The Envoy process of ``dataplane: envoy``: started, watched, restarted, stopped.
 
-:meth:`EnvoyProcess.start` writes the bootstrap (``<data_dir>/envoy/``),
+:meth:`EnvoyProcess.start` starts the sidecar's SDS server (with an
+identity: sidecar.envoy._sds), writes the bootstrap (``<data_dir>/envoy/``),
 starts Envoy and waits until its admin port answers; a binary that is
 missing or exits at once is a :class:`~sidecar.errors.StartupError`. After
 that a supervisor task restarts Envoy whenever it exits, after
 ``envoy.restart_backoff`` (doubling up to ``envoy.max_restart_backoff``;
 back to the first step once it ran a minute). Envoy's output goes to the
 sidecar's log, one line each, under ``sidecar.envoy``. :meth:`stop` ends
-the supervisor, then Envoy (SIGTERM, SIGKILL after the grace), and awaits it.
+the supervisor, then Envoy (SIGTERM, SIGKILL after the grace), awaits it,
+and stops the SDS server.
 """
 
 from __future__ import annotations
@@ -131,6 +133,23 @@ class EnvoyProcess:
                     f"({path}: over {_MAX_SOCKET_PATH} bytes); choose a shorter data_dir"
                 )
             await self.secrets.start()
+        try:
+            await self._launch(timeout)
+        except BaseException:
+            if self.secrets is not None:  # nothing left listening when Envoy did not start
+                await self.secrets.stop()
+            raise
+        self._supervisor = asyncio.create_task(self._supervise(), name="envoy-supervisor")
+        logger.info(
+            "Envoy %s running (pid %s, admin %s): %s",
+            self._binary,
+            self.pid,
+            self.admin_address,
+            ", ".join(f"{lst.protocol} {lst.listen}" for lst in self.listeners) or "no listeners",
+        )
+
+    async def _launch(self, timeout: float) -> None:
+        """Writes the bootstrap, starts Envoy and waits for its admin port."""
         document = json.dumps(bootstrap(self.config), indent=1)
         # The bootstrap may hold the control-plane token: readable by the sidecar's user only.
         descriptor = os.open(self.bootstrap_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -152,14 +171,6 @@ class EnvoyProcess:
                 raise StartupError(f"Envoy ({self._binary}) did not start within {timeout:g}s")
             self._read_admin()
             await asyncio.sleep(0.05)
-        self._supervisor = asyncio.create_task(self._supervise(), name="envoy-supervisor")
-        logger.info(
-            "Envoy %s running (pid %s, admin %s): %s",
-            self._binary,
-            self.pid,
-            self.admin_address,
-            ", ".join(f"{lst.protocol} {lst.listen}" for lst in self.listeners) or "no listeners",
-        )
 
     def _read_admin(self) -> None:
         with contextlib.suppress(OSError):
