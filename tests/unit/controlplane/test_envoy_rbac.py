@@ -81,3 +81,35 @@ def test_the_more_specific_destination_wins_then_the_default() -> None:
     assert matches(principal, spiffe("team-a", "web"))
     assert not matches(principal, spiffe("team-b", "web"))
     assert not matches(principal, spiffe("team-a", "web").replace(TD, "other.test"))
+
+
+def test_a_changed_intention_rebuilds_only_the_listener_it_is_about() -> None:
+    from google.protobuf import struct_pb2
+
+    from controlplane.xds._envoy import EnvoyMesh, plan_of
+
+    def inbound(service: str, port: int) -> dict[str, str | int]:
+        return {"name": f"inbound/{service}", "direction": "inbound", "protocol": "http",
+                "address": "127.0.0.1", "port": port, "to_address": "127.0.0.1",
+                "to_port": port + 1, "service": service, "namespace": "default"}  # fmt: skip
+
+    metadata = struct_pb2.Struct()
+    metadata.update({"eco.listeners": [inbound("orders", 9000), inbound("billing", 9100)]})
+    current = IntentionSet((), default_allow=True)
+    mesh = EnvoyMesh(TD, lambda: current)
+    first = plan_of(metadata, mesh)
+    assert first is not None and not first.problems
+    current = IntentionSet((Intention("web", "orders", allow=False),), default_allow=True)
+    mesh.changed()
+    second = plan_of(metadata, mesh, first)
+    assert second is not None
+    orders, billing = "sidecar/inbound/orders", "sidecar/inbound/billing"
+    assert second.listeners[billing] is first.listeners[billing]  # not sent again
+    assert second.listeners[orders] is not first.listeners[orders]
+    assert second.listeners[orders].value != first.listeners[orders].value
+    assert second.clusters[orders] is first.clusters[orders]
+    # Without a mesh (no CA): no TLS and no RBAC on the listener.
+    plain = plan_of(metadata)
+    assert plain is not None
+    assert b"envoy.transport_sockets.tls" not in plain.listeners[orders].value
+    assert b"envoy.transport_sockets.tls" in second.listeners[orders].value
