@@ -56,7 +56,7 @@ def sidecar_command(ctx: click.Context, settings: Settings, config_path: Path, c
     unreachable), and serves the local API and admin HTTP. Upstreams with a
     `listen` address and `inbound` entries are proxy listeners (tcp, http or
     grpc): applications dial 127.0.0.1:PORT and the sidecar forwards (or,
-    with `dataplane: envoy`, an Envoy it runs and restarts: docs/envoy.md;
+    with `dataplane: envoy`, an Envoy it runs and restarts: docs/xds.md;
     --check says which data plane serves each listener). A bad
     configuration file prints every problem (file, line and field, a
     suggestion for a misspelt key) and exits 2; nothing is started.

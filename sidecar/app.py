@@ -130,7 +130,7 @@ class Sidecar:
         caller = (
             (config.services[0].namespace, config.services[0].name) if config.services else None
         )
-        #: ``dataplane: envoy``: the Envoy serving the proxy listeners (docs/envoy.md);
+        #: ``dataplane: envoy``: the Envoy serving the proxy listeners (docs/xds.md);
         #: the Python data plane then has none of them.
         self.envoy = EnvoyProcess(config, self.identity) if config.dataplane == "envoy" else None
         self.dataplane = DataPlane(

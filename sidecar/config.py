@@ -800,7 +800,7 @@ DATAPLANES = ("python", "envoy")
 
 
 class EnvoyConfig(_Model):
-    """The Envoy process of ``dataplane: envoy`` (docs/envoy.md).
+    """The Envoy process of ``dataplane: envoy`` (docs/xds.md).
 
     ``binary``: the Envoy executable (null: ``.tools/envoy-venv/bin/envoy``
     under the working directory, which ``scripts/install-envoy.sh`` installs,
@@ -881,7 +881,7 @@ class SidecarConfig(_Model):
     sync_jobs: StrictBool = True
     #: where those jobs find their named profiles (docs/sync.md, "Named profiles")
     sync: SyncHostConfig = Field(default_factory=SyncHostConfig)
-    #: where the proxy listeners run: ``python`` (the sidecar's own) or ``envoy`` (docs/envoy.md)
+    #: where the proxy listeners run: ``python`` (the sidecar's own) or ``envoy`` (docs/xds.md)
     dataplane: str = "python"
     envoy: EnvoyConfig = Field(default_factory=EnvoyConfig)
 

@@ -1,7 +1,7 @@
 """Socket listeners for an Envoy that a sidecar runs (``dataplane: envoy``).
 
 The sidecar writes its proxy listeners into the node metadata of Envoy's
-bootstrap (docs/envoy.md, "What the sidecar tells the control plane")::
+bootstrap (docs/xds.md, "Envoy as the sidecar's data plane")::
 
     eco.dataplane: envoy
     eco.listeners:

@@ -1,4 +1,4 @@
-"""Envoy as the sidecar's data plane (``dataplane: envoy``; docs/envoy.md).
+"""Envoy as the sidecar's data plane (``dataplane: envoy``; docs/xds.md).
 
 The sidecar starts and supervises an Envoy (:class:`EnvoyProcess`) whose
 bootstrap names the sidecar's node and points at the control plane's ADS;
