@@ -341,7 +341,9 @@ def get(settings: Settings, name: str, max_instances: int) -> None:
 @platform.command("deregister")
 @click.argument("name")
 @click.option(
-    "--force", is_flag=True, help="Even while instances, nodes or datasets still name it."
+    "--force",
+    is_flag=True,
+    help="Even while instances, nodes, datasets or sync jobs still name it.",
 )
 @click.option(
     "--if-revision",
