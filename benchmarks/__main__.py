@@ -31,6 +31,7 @@ from benchmarks._servers import EtcdServer, ServerError
 STANDALONE = {
     "balancer": "benchmarks.bench_balancer",
     "bus": "benchmarks.bench_bus",
+    "envoy": "benchmarks.bench_envoy",
     "gateway": "benchmarks.bench_gateway",
     "ha": "benchmarks.bench_ha",
     "health": "benchmarks.bench_health",
