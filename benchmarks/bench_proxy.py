@@ -36,7 +36,10 @@ the machine does not land on one route only. Measurements:
 - ``proxy_latency``: an open-loop client at 1,000 requests/s on 20 keep-alive
   connections, in 1 s slices (10; quick 3) after 0.2 s of warm-up each;
   latency from each request's scheduled send time; p50/p90/p99 and
-  ``added_*_ms`` = the route's minus direct's.
+  ``added_*_ms`` = the route's minus direct's. Here also ``haproxy`` over two
+  hops: a second HAProxy (one thread) in front of the first; the two-hop
+  lines of the sidecars (Python and Envoy) carry its added p50/p99 as
+  ``haproxy_chained_added_*_ms``.
 - ``proxy_cpu``: user + system CPU of the proxy processes during that run,
   as vCPU per 1,000 requests/s (two hops: both sidecars together).
 - ``proxy_rss``: VmRSS (and VmHWM) of each proxy process after the runs, in MB
@@ -265,7 +268,7 @@ def _latency(routes: list[_Route], sizes: _Sizes) -> list[dict[str, Any]]:
                     within_budget=within_p50 and within_p99 and not errors[route.key],
                 )
         rows.append(row)
-        if route.pids:
+        if route.pids and not (route.system == "haproxy" and route.hops == 2):
             vcpu = cpu[route.key].vcpu()
             per_1000 = sum(vcpu.values()) / (RATE / 1000)
             cpu_row = route.row(
@@ -282,6 +285,12 @@ def _latency(routes: list[_Route], sizes: _Sizes) -> list[dict[str, Any]]:
             if route.system == "ecosystem":
                 _judge(cpu_row, per_1000, "<=", VCPU_BUDGET)
             cpu_rows.append(cpu_row)
+    chained = {row["mode"]: row for row in rows if row["system"] == "haproxy" and row["hops"] == 2}
+    for row in rows:
+        peer = chained.get(row["mode"])
+        if row["system"] in ("ecosystem", "envoy") and row["hops"] == 2 and peer is not None:
+            for name in ("added_p50_ms", "added_p99_ms"):
+                row[f"haproxy_chained_{name}"] = peer.get(name, math.nan)
     return rows + cpu_rows
 
 
@@ -461,6 +470,15 @@ def _measure(workdir: Path, sizes: _Sizes, emit: Callable[[dict[str, Any]], None
             _progress(f"the envoy sidecars did not start: {exc}")
             for bench in ("proxy_rps", "proxy_latency", "proxy_bulk", "proxy_grpc"):
                 emit({"bench": bench, "system": "envoy", "error": _first_and_last_line(str(exc))})
+        # HAProxy chained twice (two hops, like client and server sidecar): a second
+        # HAProxy in front of the first, for the latency run only.
+        chained: list[_Route] = []
+        for mode, first_port in (("tcp", haproxy.tcp_port), ("http", haproxy.http_port)):
+            second = HaproxyServer(workdir / f"haproxy-chain-{mode}", first_port)
+            stack.enter_context(second)
+            port = second.tcp_port if mode == "tcp" else second.http_port
+            pids = {"haproxy": haproxy.pid, "haproxy_front": second.pid}
+            chained.append(_Route("haproxy", mode, 2, port, pids))
         hp = {"haproxy": haproxy.pid}
         routes = [
             _Route("direct", None, 0, nginx.port),
@@ -476,9 +494,12 @@ def _measure(workdir: Path, sizes: _Sizes, emit: Callable[[dict[str, Any]], None
         if failure:
             for bench in ("proxy_rps", "proxy_latency", "proxy_bulk", "proxy_grpc"):
                 emit({"bench": bench, "system": "ecosystem", "error": failure})
-        for measurement in (_rps, _latency, _bulk):
-            for row in measurement(routes + ours, sizes):
-                emit(row)
+        for row in _rps(routes + ours, sizes):
+            emit(row)
+        for row in _latency(routes + ours + chained, sizes):
+            emit(row)
+        for row in _bulk(routes + ours, sizes):
+            emit(row)
         for row in asyncio.run(_grpc(grpc_routes, sizes)):
             emit(row)
         processes = {("haproxy", "haproxy"): haproxy.pid}
