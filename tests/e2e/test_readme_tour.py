@@ -446,16 +446,19 @@ def run_sidecar(tour: Tour, ran: Ran | Background) -> None:
     # A reader waits for it to be up: its admin answers and it is connected.
     status_url = f"http://{tour.address('my sidecar admin')}/status"
     deadline = time.monotonic() + 20
-    while True:
+    while not _connected(status_url):
         assert sidecar.proc.poll() is None, sidecar.describe("my sidecar exited")
-        try:
-            with urllib.request.urlopen(status_url, timeout=2) as response:
-                if json.loads(response.read())["connected"]:
-                    break
-        except OSError:
-            pass
         assert time.monotonic() < deadline, sidecar.describe("my sidecar not connected")
         time.sleep(0.1)
+
+
+def _connected(status_url: str) -> bool:
+    """Whether the sidecar's /status says it is connected (False while it does not answer)."""
+    try:
+        with urllib.request.urlopen(status_url, timeout=2) as response:
+            return bool(json.loads(response.read())["connected"])
+    except OSError:
+        return False
 
 
 def node_list_both(tour: Tour, ran: Ran | Background) -> None:
