@@ -57,13 +57,11 @@ See docs/benchmarks.md, "Message bus".
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
 import math
 import os
-import signal
 import statistics
 import struct
 import sys
@@ -72,7 +70,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from benchmarks._bus_processes import (
@@ -83,7 +80,8 @@ from benchmarks._bus_processes import (
     relay_available,
 )
 from benchmarks._bus_routes import DIRECT, RECEIVE_WINDOW, NatsRoute, Route, SdkRoute
-from benchmarks._report import Reporter, percentile
+from benchmarks._cli import streaming_main
+from benchmarks._report import percentile
 from benchmarks._servers import ServerError, cpu_seconds
 
 __all__ = ["run"]
@@ -523,29 +521,15 @@ def run(quick: bool, emit: Callable[[dict[str, Any]], None] | None = None) -> li
     return rows
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_bus",
+    return streaming_main(
+        argv,
+        name="bus",
         description="The message bus through the control plane (embedded and NATS) beside "
         "a direct nats-py client: msgs/s and latency; one JSON object per line.",
+        quick_help="2 s per measurement (full: 5 s)",
+        run=run,
     )
-    parser.add_argument("--quick", action="store_true", help="2 s per measurement (full: 5 s)")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    reporter = Reporter(None)
-    try:
-        run(args.quick, emit=reporter.emit)
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        _progress("interrupted; everything started was stopped")
-        return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -27,19 +27,16 @@ See docs/benchmarks.md, "Data plane".
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import http.client
 import os
-import signal
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
@@ -48,8 +45,9 @@ from ecosystem.v1 import registry_pb2 as pb
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
 from ecosystem.v1 import sidecar_pb2, sidecar_pb2_grpc
 
+from benchmarks._cli import streaming_main
 from benchmarks._proxy_peers import NginxServer, _envoy, _envoy_pid, tool
-from benchmarks._report import Reporter, percentile
+from benchmarks._report import percentile
 from benchmarks._servers import ControlPlaneServer, ServerError, free_port, rss_bytes
 from benchmarks.bench_sidecar import SidecarServer
 
@@ -313,29 +311,15 @@ def run(quick: bool, emit: Callable[[dict[str, Any]], None] | None = None) -> li
     return rows
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_envoy",
+    return streaming_main(
+        argv,
+        name="envoy",
         description="Envoy mode beside the Python data plane: RSS with 10,000 endpoints, "
         "and registry write to change seen in traffic; one JSON object per line.",
+        quick_help="10 changes instead of 40",
+        run=run,
     )
-    parser.add_argument("--quick", action="store_true", help="10 changes instead of 40")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    reporter = Reporter(None)
-    try:
-        run(args.quick, emit=reporter.emit)
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        _progress("interrupted; everything started was stopped")
-        return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -60,12 +60,10 @@ figures are still reported. See docs/benchmarks.md, "Data plane".
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import math
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -73,16 +71,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks._cli import streaming_main
 from benchmarks._proxy_load import CpuUse, WrkResult, constant_rate, download, wrk
 from benchmarks._proxy_peers import HaproxyServer, NginxServer, SidecarMesh, tool, tool_version
-from benchmarks._report import Reporter
 from benchmarks._servers import ServerError, peak_rss_bytes, rss_bytes
 from benchmarks.bench_proxyless import _backend as grpc_backend
 
@@ -541,29 +538,15 @@ def run(quick: bool, emit: Callable[[dict[str, Any]], None] | None = None) -> li
     return rows
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_proxy",
+    return streaming_main(
+        argv,
+        name="proxy",
         description="The sidecar's proxy listeners beside HAProxy against nginx: "
         "requests/s, added latency, CPU, RSS, bulk MB/s, gRPC; one JSON object per line.",
+        quick_help="shorter runs, a 64 MiB file",
+        run=run,
     )
-    parser.add_argument("--quick", action="store_true", help="shorter runs, a 64 MiB file")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    reporter = Reporter(None)
-    try:
-        run(args.quick, emit=reporter.emit)
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        _progress("interrupted; everything started was stopped")
-        return 130
-    return 0
 
 
 if __name__ == "__main__":
