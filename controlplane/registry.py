@@ -226,7 +226,11 @@ class Registry:
         namespace = inst.namespace or DEFAULT_NAMESPACE
         if inst.service and "/" not in inst.service and "/" not in namespace:
             found = await self._store.range(f"{INSTANCES_PREFIX}{namespace}/{inst.service}/")
+            # A service of thousands: only a record holding the address is parsed.
+            address = inst.address.encode()
             for kv in found.kvs:
+                if address not in kv.value:
+                    continue
                 current = pb.Instance.FromString(kv.value)
                 if current.address == inst.address and current.port == inst.port:
                     inst.id = current.id
