@@ -37,6 +37,7 @@ SERVER_MODULES: dict[str, str] = {
     "jwt": "pyjwt",
     "h2": "h2",
     "aiobotocore": "aiobotocore",
+    "obstore": "obstore",
     "azure.storage.blob": "azure-storage-blob",
     "google.cloud.storage": "google-cloud-storage",
     "asyncssh": "asyncssh",

@@ -1,5 +1,6 @@
 """What S3 says and what it means: its error codes mapped once onto the sync
-error tree, and which ETags are MD5s.
+error tree (for botocore's ClientError and for obstore's errors alike), and
+which ETags are MD5s.
 
 A single-part object's ETag is the MD5 of its content (without SSE-KMS or
 SSE-C); a multipart object's is ``md5(md5(part 1) ‖ … ‖ md5(part N))-N``, a
@@ -9,8 +10,11 @@ hash of the parts' hashes that equals no hash of the content.
 from __future__ import annotations
 
 import hashlib
+import re
+from typing import TYPE_CHECKING
 
-from botocore.exceptions import ClientError
+if TYPE_CHECKING:  # botocore is imported only when a request goes through it
+    from botocore.exceptions import ClientError
 
 from sidecar.sync.connectors._base import (
     StoreAuthError,
@@ -20,7 +24,15 @@ from sidecar.sync.connectors._base import (
     SyncStoreError,
 )
 
-__all__ = ["MISSING_OBJECT", "composite_etag", "error_code", "plain_md5", "translate"]
+__all__ = [
+    "MISSING_OBJECT",
+    "classify",
+    "composite_etag",
+    "error_code",
+    "obstore_code",
+    "plain_md5",
+    "translate",
+]
 
 AUTH_CODES = frozenset(
     {
@@ -64,7 +76,11 @@ def composite_etag(part_md5s: list[bytes]) -> str:
 def translate(exc: ClientError, url: str, path: str) -> SyncStoreError:
     """The sync error for what S3 answered (raised ``from`` it by the caller)."""
     code, status = error_code(exc)
-    message = f"s3: {code or status}: {exc}"
+    return classify(code, status, f"s3: {code or status}: {exc}", url, path)
+
+
+def classify(code: str, status: int, message: str, url: str, path: str) -> SyncStoreError:
+    """The sync error for S3's error ``code`` and HTTP ``status``."""
     if code == "NoSuchBucket":
         return StoreNotFoundError(message, url=url, path=path)
     if code in AUTH_CODES or status in (401, 403):
@@ -74,3 +90,16 @@ def translate(exc: ClientError, url: str, path: str) -> SyncStoreError:
     if status >= 500:
         return StoreUnavailableError(message, url=url, path=path)
     return SyncStoreError(message, url=url, path=path)
+
+
+_STATUS = re.compile(r"status code: (\d{3})")
+_CODE = re.compile(r"<Code>([A-Za-z0-9.]+)</Code>")
+
+
+def obstore_code(message: str) -> tuple[str, int]:
+    """S3's error code and HTTP status in an obstore error's message (which
+    quotes the answer: ``… status code: 503 Service Unavailable: <Error><Code>
+    SlowDown</Code>…``); ("", 0) when no answer came (refused, reset, timed out)."""
+    status = _STATUS.search(message)
+    code = _CODE.search(message)
+    return (code.group(1) if code else ""), (int(status.group(1)) if status else 0)

@@ -30,17 +30,6 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
-import aiobotocore.session
-from aiobotocore.config import AioConfig
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-from botocore.handlers import convert_body_to_file_like_object
-from botocore.utils import parse_timestamp
-
 from sidecar.sync.connectors._base import (
     MD5,
     Entry,
@@ -71,6 +60,7 @@ from sidecar.sync.connectors._cloud import (
     token_fits,
 )
 from sidecar.sync.connectors._hashing import new_hasher
+from sidecar.sync.connectors._s3_fast import FastS3, nameable
 from sidecar.sync.connectors._s3_rules import (
     MISSING_OBJECT,
     composite_etag,
@@ -116,11 +106,14 @@ class S3Connector:
         self._exit: contextlib.AsyncExitStack | None = None
         self._client: Any = None
         self._opening = asyncio.Lock()  # one client, however many calls open it at once
+        self._fast: FastS3 | None = None  # obstore, for single-request reads and writes
+        self._fast_checked = False
 
     # -- lifecycle ---------------------------------------------------------
 
     async def __aenter__(self) -> S3Connector:
-        await self._ensure()
+        # Each library's client is made when a request first needs it (no I/O
+        # either way): a run that needs only obstore never loads botocore.
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -139,7 +132,25 @@ class S3Connector:
                 await self._open()
         return self._client
 
+    def _fast_store(self) -> FastS3 | None:
+        """The obstore side (``_s3_fast``), made on first use; None when these
+        settings need aiobotocore for every request."""
+        if not self._fast_checked:
+            self._fast_checked = True
+            if self._etag_is_md5:
+                addressing = self._settings.get("addressing_style") or self._default_addressing()
+                self._fast = FastS3.create(
+                    self.url, self._root.bucket, self._settings, path_style=addressing == "path"
+                )
+        return self._fast
+
     async def _open(self) -> None:
+        # aiobotocore (and botocore, ~0.5 s to import) only when a request
+        # needs it: a run that only reads and writes small objects never does.
+        import aiobotocore.session
+        from aiobotocore.config import AioConfig
+        from botocore.handlers import convert_body_to_file_like_object
+
         s = self._settings
         session = aiobotocore.session.get_session()
         parsers = session.get_component("response_parser_factory")
@@ -209,18 +220,41 @@ class S3Connector:
             yield
         except SyncStoreError:
             raise
-        except ClientError as exc:
-            raise translate(exc, self.url, path) from exc
-        except (NoCredentialsError, PartialCredentialsError) as exc:
-            raise StoreAuthError(f"s3: {exc}", url=self.url, path=path) from exc
-        except (BotoCoreError, OSError, TimeoutError) as exc:
+        except Exception as exc:
+            error = self._translated(exc, path)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _translated(self, exc: Exception, path: str) -> SyncStoreError | None:
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        if isinstance(exc, ClientError):
+            return translate(exc, self.url, path)
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return StoreAuthError(f"s3: {exc}", url=self.url, path=path)
+        if isinstance(exc, BotoCoreError | OSError | TimeoutError) or type(
+            exc
+        ).__module__.startswith("aiohttp"):
             # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
             # ConnectionClosedError and aiohttp's connection errors (OSError).
-            raise StoreUnavailableError(f"s3: {exc}", url=self.url, path=path) from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("aiohttp"):
-                raise StoreUnavailableError(f"s3: {exc}", url=self.url, path=path) from exc
-            raise
+            return StoreUnavailableError(f"s3: {exc}", url=self.url, path=path)
+        return None
+
+    @staticmethod
+    def _code(exc: SyncStoreError) -> str:
+        """S3's error code behind a translated botocore error ("" for others)."""
+        cause = exc.__cause__
+        if cause is None or not type(cause).__module__.startswith("botocore"):
+            return ""
+        from botocore.exceptions import ClientError
+
+        return error_code(cause)[0] if isinstance(cause, ClientError) else ""
 
     # -- reading -----------------------------------------------------------
 
@@ -271,8 +305,7 @@ class S3Connector:
                 result: dict[str, Any] = await client.head_object(Bucket=self._root.bucket, Key=key)
                 return result
         except SyncStoreError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and error_code(cause)[0] in MISSING_OBJECT:
+            if self._code(exc) in MISSING_OBJECT:
                 return None
             raise
 
@@ -292,28 +325,37 @@ class S3Connector:
 
     async def _check_bucket(self) -> None:
         client = await self._ensure()
-        with self._errors(""):
-            try:
+        try:
+            with self._errors(""):
                 await client.head_bucket(Bucket=self._root.bucket)
-            except ClientError as exc:
-                if error_code(exc)[1] == 404:
-                    raise StoreNotFoundError(
-                        f"s3: bucket {self._root.bucket!r} does not exist", url=self.url
-                    ) from exc
-                raise
+        except SyncStoreError as exc:
+            cause = exc.__cause__
+            response = getattr(cause, "response", None)
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if response else 0
+            if status == 404:
+                raise StoreNotFoundError(
+                    f"s3: bucket {self._root.bucket!r} does not exist", url=self.url
+                ) from cause
+            raise
 
     async def read(self, path: str, offset: int = 0) -> AsyncIterator[bytes]:
+        key = self._root.key(path)
+        fast = self._fast_store()
+        if fast is not None and nameable(key):
+            async for chunk in fast.read(key, path, offset, _READ_CHUNK):
+                yield chunk
+            return
         client = await self._ensure()
         kwargs: dict[str, Any] = {"Bucket": self._root.bucket, "Key": self._root.key(path)}
         if offset:
             kwargs["Range"] = f"bytes={offset}-"
-        with self._errors(path):
-            try:
+        try:
+            with self._errors(path):
                 response = await client.get_object(**kwargs)
-            except ClientError as exc:
-                if offset and error_code(exc)[0] == "InvalidRange":
-                    return  # offset at the end: nothing left to read
-                raise
+        except SyncStoreError as exc:
+            if offset and self._code(exc) == "InvalidRange":
+                return  # offset at the end: nothing left to read
+            raise
         async with response["Body"] as body:
             while True:
                 with self._errors(path):
@@ -379,21 +421,33 @@ class S3Connector:
     async def _put(
         self, path: str, key: str, source: SourceOpener, size: int, metadata: dict[str, str]
     ) -> Entry:
-        client = await self._ensure()
         data = await read_exactly(source, size)
         digest = await digest_of(data)
         metadata[META_MD5] = digest.hexdigest()
-        with self._errors(path):
-            response = await client.put_object(
-                Bucket=self._root.bucket,
-                Key=key,
-                Body=data,
-                ContentMD5=base64.b64encode(digest.digest()).decode(),
-                Metadata=metadata,
-            )
-        etag = response.get("ETag")
+        fast = self._fast_store()
+        if fast is not None and nameable(key):
+            # obstore signs the body's SHA-256 (S3 refuses a body that does not
+            # match it); the ETag it answers is checked against the MD5 below.
+            etag = await fast.put(key, path, data, metadata)
+            encrypted = False
+            if plain_md5(etag) != digest.hexdigest():
+                # Not the MD5 sent: an encrypting bucket (whose ETags are no
+                # MD5s), or another content. The HEAD says which.
+                head = await self._head(key, path)
+                encrypted = head is not None and _encrypted(head)
+        else:
+            client = await self._ensure()
+            with self._errors(path):
+                response = await client.put_object(
+                    Bucket=self._root.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentMD5=base64.b64encode(digest.digest()).decode(),
+                    Metadata=metadata,
+                )
+            etag, encrypted = response.get("ETag"), _encrypted(response)
         got = plain_md5(etag)
-        if _encrypted(response) or got is None or not self._etag_is_md5:
+        if encrypted or got is None or not self._etag_is_md5:
             # The ETag is no MD5 here: ask the store what it holds.
             return await self._verified(path, size)
         if got != digest.hexdigest():
@@ -402,9 +456,10 @@ class S3Connector:
                 url=self.url,
                 path=path,
             )
-        # The store checked the body against Content-MD5 (BadDigest otherwise)
-        # and its ETag is that MD5: the object is exactly what was sent, and
-        # no HEAD is needed to say so (it would halve small-file throughput).
+        # The store checked the body (Content-MD5 through aiobotocore, the
+        # signed SHA-256 through obstore) and its ETag is its MD5: the object
+        # is exactly what was sent, and no HEAD is needed to say so (it would
+        # halve small-file throughput).
         return Entry(
             path=path,
             size=size,
@@ -444,8 +499,7 @@ class S3Connector:
                         PartNumberMarker=marker,
                     )
             except SyncStoreError as exc:
-                cause = exc.__cause__
-                if isinstance(cause, ClientError) and error_code(cause)[0] == "NoSuchUpload":
+                if self._code(exc) == "NoSuchUpload":
                     return None
                 raise
             parts.extend(page.get("Parts", ()))
@@ -601,5 +655,7 @@ def _timestamp(value: Any) -> datetime.datetime:
             parsed = None
         if parsed is not None and parsed.tzinfo is not None:
             return parsed
+    from botocore.utils import parse_timestamp
+
     fallback: datetime.datetime = parse_timestamp(value)
     return fallback

@@ -1,0 +1,168 @@
+"""The S3 connector's per-object requests through obstore (the Rust
+``object_store`` crate's Python bindings): reading an object and writing one
+in a single PUT.
+
+Why a second library beside aiobotocore: botocore spends about 1 ms of
+Python CPU on each request (signing, event hooks, parsing), and an
+aiohttp request adds its socket work on the event loop's thread. obstore
+signs and sends in Rust, on threads of its own: 0.35 ms of this process's
+CPU per 4 KiB PUT or GET against 1.2 to 1.4 ms through aiobotocore, measured
+on moto (docs/benchmarks.md, "Sync"). For a run of small files that is
+most of the difference.
+
+Why not for everything: obstore has no multipart upload that can be
+continued by upload id after the process dies (the engine's resume), no
+HEAD with user metadata (the kept mtime), no object tags, and its paths
+cannot name every S3 key: a key ending in ``/`` (an empty directory's
+marker), or with an empty, ``.`` or ``..`` segment, is refused or changed
+(``dir/`` becomes ``dir``), and one such key in a bucket fails a whole
+listing. So listings, HEADs, multipart uploads, deletes and markers stay
+with aiobotocore, and so does any key obstore cannot name
+(:func:`nameable`).
+
+It is used only when the keys are given (a profile's ``access_key_id`` and
+``secret_access_key``, or ``AWS_ACCESS_KEY_ID`` and
+``AWS_SECRET_ACCESS_KEY``), the region is known without reading AWS's
+files, and ETags are MD5s (``etag_is_md5``, the default): credentials from
+files, SSO or an instance role, and encrypted buckets, go through
+aiobotocore, which resolves and checks them as the AWS CLI does.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import obstore
+from obstore.store import S3Store
+
+from sidecar.sync.connectors._base import StoreUnavailableError, SyncStoreError
+from sidecar.sync.connectors._s3_rules import classify, obstore_code
+
+if TYPE_CHECKING:
+    from obstore import PutResult
+
+__all__ = ["FastS3", "nameable"]
+
+# The engine owns retries and backoff: obstore's own are off, so a 503
+# SlowDown reaches the engine after one request.
+_NO_RETRIES: Any = {"max_retries": 0, "retry_timeout": datetime.timedelta(0)}
+_POOL = "32"  # idle connections kept, as aiobotocore's pool (_cloud.POOL_SIZE)
+_MESSAGE_CUT = 600
+
+
+def nameable(key: str) -> bool:
+    """Whether obstore's paths can name ``key`` exactly (else aiobotocore serves it)."""
+    if not key or key.endswith("/") or key.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in key.split("/"))
+
+
+def _aws_config_file() -> bool:
+    path = os.environ.get("AWS_CONFIG_FILE") or str(Path.home() / ".aws" / "config")
+    return Path(path).expanduser().is_file()
+
+
+class FastS3:
+    """An obstore S3Store for one bucket, made from a connector's settings and
+    the standard AWS environment; ``None`` from :meth:`create` when the
+    settings need aiobotocore's credential or region resolution."""
+
+    def __init__(self, store: S3Store, url: str) -> None:
+        self._store = store
+        self._url = url
+
+    @classmethod
+    def create(
+        cls, url: str, bucket: str, settings: Mapping[str, str], *, path_style: bool
+    ) -> FastS3 | None:
+        env = os.environ
+        if settings.get("access_key_id") and settings.get("secret_access_key"):
+            key_id, secret = settings["access_key_id"], settings["secret_access_key"]
+            token = settings.get("session_token") or None
+        elif env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+            if settings.get("access_key_id") or settings.get("secret_access_key"):
+                return None  # half a key in the profile: botocore says what is wrong
+            key_id, secret = env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+            token = settings.get("session_token") or env.get("AWS_SESSION_TOKEN") or None
+        else:
+            return None
+        region = settings.get("region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if not region:
+            if _aws_config_file():
+                return None  # the region may be in AWS's config file: botocore reads it
+            region = "us-east-1"
+        endpoint = (
+            settings.get("endpoint_url")
+            or env.get("AWS_ENDPOINT_URL_S3")
+            or env.get("AWS_ENDPOINT_URL")
+            or None
+        )
+        config: dict[str, Any] = {
+            "access_key_id": key_id,
+            "secret_access_key": secret,
+            "region": region,
+            "virtual_hosted_style_request": not path_style,
+        }
+        if token:
+            config["session_token"] = token
+        if endpoint:
+            config["endpoint"] = endpoint.rstrip("/")
+        client: Any = {
+            "allow_http": bool(endpoint and endpoint.startswith("http://")),
+            "connect_timeout": datetime.timedelta(seconds=10),
+            "timeout": datetime.timedelta(seconds=300),
+            "pool_max_idle_per_host": _POOL,
+        }
+        try:
+            store = S3Store(bucket, config=config, client_options=client, retry_config=_NO_RETRIES)  # type: ignore[arg-type]
+        except Exception as exc:  # a malformed endpoint or region: aiobotocore's message is clearer
+            if type(exc).__module__.startswith("obstore") or isinstance(exc, ValueError):
+                return None
+            raise
+        return cls(store, url)
+
+    def _error(self, exc: Exception, path: str) -> SyncStoreError:
+        text = str(exc).split("\n\nDebug source:", 1)[0]
+        code, status = obstore_code(text)
+        if len(text) > _MESSAGE_CUT:
+            text = text[:_MESSAGE_CUT] + "…"
+        message = f"s3: {code or status or 'unreachable'}: {text}"
+        error = classify(code, status, message, self._url, path)
+        if status == 0 and type(error) is SyncStoreError:
+            # No answer at all: refused, reset or timed out on the way.
+            return StoreUnavailableError(message, url=self._url, path=path)
+        return error
+
+    async def put(self, key: str, path: str, data: bytes, metadata: dict[str, str]) -> str | None:
+        """One PUT of ``data`` with ``metadata`` (user metadata); the ETag."""
+        try:
+            result: PutResult = await obstore.put_async(
+                self._store, key, data, attributes=dict(metadata), use_multipart=False
+            )
+        except Exception as exc:
+            raise self._error(exc, path) from exc
+        return result["e_tag"]
+
+    async def read(self, key: str, path: str, offset: int, chunk: int) -> AsyncIterator[bytes]:
+        """The object's bytes from ``offset``; nothing when ``offset`` is its end."""
+        options: Any = {"range": {"offset": offset}} if offset else None
+        try:
+            result = await obstore.get_async(self._store, key, options=options)
+        except Exception as exc:
+            error = self._error(exc, path)
+            if offset and obstore_code(str(exc))[0] == "InvalidRange":
+                return  # offset at the end: nothing left to read
+            raise error from exc
+        stream = result.stream(min_chunk_size=chunk)
+        while True:
+            try:
+                piece = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                raise self._error(exc, path) from exc
+            yield bytes(piece)
