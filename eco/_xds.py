@@ -47,9 +47,12 @@ def bootstrap_document(
     region: str = "",
     zone: str = "",
     cluster: str = "",
+    token_file: str | None = None,
 ) -> dict[str, Any]:
     """The gRPC xDS bootstrap (JSON) for ``node``, pointing at ``servers`` in
-    order; TLS when ``ca_file`` is given, plaintext otherwise."""
+    order; TLS when ``ca_file`` is given, plaintext otherwise. With
+    ``token_file`` (a token envelope, :func:`serving.acl.token_envelope`) the
+    client presents that token on its xDS calls (call credentials, over TLS only)."""
     if not _NODE_ID.match(node):
         raise ValueError(
             f"--node {node!r}: a node id is 1-254 letters, digits and . _ : / @ -, "
@@ -65,11 +68,18 @@ def bootstrap_document(
         node_doc["cluster"] = cluster
     if locality:
         node_doc["locality"] = locality
+    server: dict[str, Any] = {"channel_creds": [creds], "server_features": ["xds_v3"]}
+    if token_file:
+        if not ca_file:
+            raise ValueError(
+                "--token-file: gRPC sends a token only over TLS; "
+                "give eco --ca-file (the control plane's CA)"
+            )
+        server["call_creds"] = [
+            {"type": "jwt_token_file", "config": {"jwt_token_file": token_file}}
+        ]
     return {
-        "xds_servers": [
-            {"server_uri": address, "channel_creds": [creds], "server_features": ["xds_v3"]}
-            for address in servers
-        ],
+        "xds_servers": [{"server_uri": address, **server} for address in servers],
         "node": node_doc,
     }
 
@@ -107,6 +117,15 @@ def bootstrap_document(
     help="The client's zone: instances in it come first, then its region, then the rest.",
 )
 @click.option("--cluster", default="", help="The client's node cluster (free text).")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write eco's --token (ECO_TOKEN) here, readable by its owner only, and have "
+    "the client send it on its xDS calls (needed under --acl deny; TLS only: give "
+    "--ca-file). The client needs GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true "
+    "in gRPC releases that gate this.",
+)
 @pass_settings
 def bootstrap(
     settings: Settings,
@@ -116,6 +135,7 @@ def bootstrap(
     region: str,
     zone: str,
     cluster: str,
+    token_file: Path | None,
 ) -> None:
     """Write a gRPC xDS bootstrap file for one client.
 
@@ -128,8 +148,16 @@ def bootstrap(
       eco xds bootstrap --node web-1
       eco --server cp.internal:7400 --ca-file ca.pem xds bootstrap --node web-1 --out boot.json
       eco xds bootstrap --node web-1 --zone eu-west-1a --out /etc/grpc/xds.json
+      ECO_TOKEN=… eco --ca-file ca.pem xds bootstrap --node web-1 \\
+          --out boot.json --token-file /etc/grpc/xds-token.jwt
     """
     addresses = [a.strip() for a in (servers or settings.server).split(",") if a.strip()]
+    if token_file is not None and not settings.token:
+        raise click.BadParameter(
+            "no token to write: give eco --token or set ECO_TOKEN (a token whose "
+            "policy grants service:*:read)",
+            param_hint="--token-file",
+        )
     try:
         document = bootstrap_document(
             addresses,
@@ -138,25 +166,36 @@ def bootstrap(
             region=region,
             zone=zone,
             cluster=cluster,
+            token_file=str(token_file.resolve()) if token_file is not None else None,
         )
     except ValueError as err:
-        raise click.BadParameter(str(err).split(": ", 1)[-1], param_hint="--node") from None
+        option, _, message = str(err).partition(": ")
+        raise click.BadParameter(message, param_hint=option.split()[0]) from None
+    if token_file is not None:
+        from serving.acl import token_envelope
+
+        _write_private(token_file, token_envelope(settings.token), "--token-file")
     text = json.dumps(document, indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)
         return
-    directory = out.resolve().parent
+    _write_private(out, text, "--out")
+    click.echo(f"wrote {out} (node {node_id}); set GRPC_XDS_BOOTSTRAP={out.resolve()}", err=True)
+
+
+def _write_private(path: Path, text: str, option: str) -> None:
+    """Writes ``text`` to ``path`` atomically, readable by its owner only."""
+    directory = path.resolve().parent
     if not directory.is_dir():
-        raise click.BadParameter(f"directory {directory} does not exist", param_hint="--out")
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{out.name}.", suffix=".tmp")
+        raise click.BadParameter(f"directory {directory} does not exist", param_hint=option)
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.replace(temporary, out)
+        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    click.echo(f"wrote {out} (node {node_id}); set GRPC_XDS_BOOTSTRAP={out.resolve()}", err=True)
 
 
 def _fetch(settings: Settings, node_id: str) -> Any:

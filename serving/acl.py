@@ -25,6 +25,9 @@ What grants what: ``write`` grants ``read``; on the bus, ``write`` grants
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -53,6 +56,7 @@ __all__ = [
     "grants_somewhere",
     "parse_rule",
     "service_need",
+    "token_envelope",
 ]
 
 #: Subjects only the control plane publishes on (registry events) …
@@ -230,11 +234,47 @@ def bearer(value: str) -> str:
 
 
 def bearer_secret(metadata: Iterable[tuple[str, Any]] | None) -> str:
-    """The token a gRPC call presents in its ``authorization`` metadata ("" for none)."""
+    """The token a gRPC call presents in its ``authorization`` metadata ("" for
+    none), taken out of its envelope when it comes in one (:func:`token_envelope`)."""
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str):
-            return bearer(value)
+            return _unwrapped(bearer(value))
     return ""
+
+
+#: The ``exp`` of an envelope: 2100-01-01. The token inside decides how long
+#: it is good for; the client reads the file again only after this.
+_ENVELOPE_EXPIRY = 4_102_444_800
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def token_envelope(secret: str) -> str:
+    """``secret`` as the ``token`` claim of an unsigned JWT.
+
+    gRPC's xDS clients send call credentials named in their bootstrap file
+    only as a JWT read from a file (``jwt_token_file``), which they parse for
+    its ``exp``; ``eco xds bootstrap --token-file`` writes this envelope there.
+    It proves nothing by itself: the token inside is checked like any other."""
+    return (
+        f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'exp': _ENVELOPE_EXPIRY, 'token': secret})}."
+    )
+
+
+def _unwrapped(secret: str) -> str:
+    """The token in an envelope, else ``secret`` as it is (a token's own
+    secret is URL-safe base64: it has no dots)."""
+    if secret.count(".") != 2:
+        return secret
+    payload = secret.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):
+        return secret
+    token = claims.get("token") if isinstance(claims, dict) else None
+    return token if isinstance(token, str) and token else secret
 
 
 def _publish(subject: str) -> Need:

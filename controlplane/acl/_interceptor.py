@@ -112,7 +112,8 @@ class Authorizer:
                 return _OPEN
             raise UnauthenticatedError(
                 "this control plane requires a token (--acl deny): pass --token or set "
-                "ECO_TOKEN (sidecar: controlplane.token or token_file)"
+                "ECO_TOKEN (sidecar: controlplane.token or token_file; gRPC xDS client: "
+                "eco xds bootstrap --token-file)"
             )
         identity = await self.store.resolve(secret)
         if identity is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -59,13 +60,19 @@ class AclPlane:
 
 
 @contextlib.asynccontextmanager
-async def acl_plane(tmp_path: Path, **config: object) -> AsyncIterator[AclPlane]:
-    """A memory-store control plane on 127.0.0.1 with ``--acl deny``, bootstrapped."""
+async def acl_plane(
+    tmp_path: Path, *, root_ca: Path | None = None, **config: object
+) -> AsyncIterator[AclPlane]:
+    """A memory-store control plane on 127.0.0.1 with ``--acl deny``, bootstrapped
+    (reached over TLS trusting ``root_ca`` when given: with ``tls_cert``/``tls_key``)."""
     settings = test_config(acl="deny", **config)
-    async with (
-        ControlPlane(settings) as cp,
-        grpc.aio.insecure_channel(cp.address) as channel,
-    ):
-        stub = acl_pb2_grpc.AclServiceStub(channel)
-        boot = await stub.Bootstrap(acl_pb2.BootstrapRequest())
-        yield AclPlane(cp, channel, str(boot.secret))
+    async with ControlPlane(settings) as cp:
+        if root_ca is None:
+            opened = grpc.aio.insecure_channel(cp.address)
+        else:
+            credentials = grpc.ssl_channel_credentials(await asyncio.to_thread(root_ca.read_bytes))
+            opened = grpc.aio.secure_channel(cp.address, credentials)
+        async with opened as channel:
+            stub = acl_pb2_grpc.AclServiceStub(channel)
+            boot = await stub.Bootstrap(acl_pb2.BootstrapRequest())
+            yield AclPlane(cp, channel, str(boot.secret))
