@@ -8,6 +8,11 @@ into a ``google.protobuf.Any`` once; a service whose Cluster or endpoints come
 out byte-for-byte the same keeps its previous object, so that a stream can
 tell what changed by identity and a thousand subscribers of one change share
 one build. Streams register a wake-up event and are all woken per snapshot.
+
+While no stream listens, nothing is built: the services touched are noted
+and built when a snapshot is next asked for, so a control plane that serves
+no xDS client does not pay for one (a change to a service of ten thousand
+instances rebuilds all of its endpoints).
 """
 
 from __future__ import annotations
@@ -91,6 +96,9 @@ class XdsCache:
         self._nonces = itertools.count(1)
         self._listeners: set[asyncio.Event] = set()
         self._wake = asyncio.Event()
+        # Services changed since the last build while nobody listened (None: all).
+        self._stale: set[tuple[str, str]] | None = set()
+        self._is_stale = False
         self._watcher: Watcher | None = None
         self._task: asyncio.Task[None] | None = None
         self.closed = False
@@ -102,13 +110,16 @@ class XdsCache:
 
     @property
     def snapshot(self) -> Snapshot:
+        """The resources at the view's revision (built now if changes waited)."""
+        if self._is_stale:
+            self._rebuild(self._stale)
         return self._snapshot
 
     async def start(self) -> None:
         """Builds the first snapshot from the view, then follows it."""
         view = self._view
         self._watcher = view.subscribe(Selector(), view.revision, wake=self._wake)
-        self._rebuild(None)
+        self._changed(None)
         self._task = asyncio.create_task(self._follow(), name="xds-cache")
 
     async def close(self) -> None:
@@ -151,7 +162,7 @@ class XdsCache:
         service names are left out (the client times them out as missing).
         A client that gave its ``locality`` (region, zone) gets endpoints
         with priorities: its zone, its region, the rest."""
-        snapshot = self._snapshot
+        snapshot = self.snapshot
         if type_url in (CLUSTER, ENDPOINTS):
             current = snapshot.clusters if type_url == CLUSTER else snapshot.endpoints
             found: dict[str, any_pb2.Any] = {}
@@ -192,7 +203,7 @@ class XdsCache:
         shared by every stream sent the same resources (a thousand clients
         of one service are sent one buffer). The nonce names that content:
         a stream sent it twice was sent the same response twice."""
-        snapshot = self._snapshot
+        snapshot = self.snapshot
         if self._encoded_revision != snapshot.revision or len(self._encoded) >= _MEMO_LIMIT:
             self._encoded.clear()
             self._encoded_revision = snapshot.revision
@@ -306,7 +317,7 @@ class XdsCache:
             if watcher.resync:
                 watcher.resync = False
                 watcher.discard_pending()
-                self._rebuild(None)
+                self._changed(None)
             elif watcher.pending:
                 frames, _ = watcher.take(watcher.pending_bytes)
                 batch = pb.WatchResponse.FromString(b"".join(frames))
@@ -315,7 +326,17 @@ class XdsCache:
                     for event in batch.events
                     if event.HasField("instance")
                 }
-                self._rebuild(touched)
+                self._changed(touched)
+
+    def _changed(self, touched: set[tuple[str, str]] | None) -> None:
+        """Rebuilds now for the streams listening, or notes what to build later."""
+        if touched is None or self._stale is None:
+            self._stale = None
+        else:
+            self._stale |= touched
+        self._is_stale = True
+        if self._listeners:
+            self._rebuild(self._stale)
 
     def _rebuild(self, touched: set[tuple[str, str]] | None) -> None:
         """Rebuilds the ``touched`` services (None: all) and publishes."""
@@ -365,6 +386,8 @@ class XdsCache:
             MappingProxyType(dict(self._endpoints)),
             MappingProxyType(dict(self._via)),
         )
+        self._stale = set()
+        self._is_stale = False
         self.builds += 1
         self.last_build_seconds = time.perf_counter() - started
         self._notify()

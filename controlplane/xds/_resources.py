@@ -18,6 +18,7 @@ client before they were kept out.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -194,12 +195,19 @@ def cluster(name: ServiceName, instances: Sequence[pb.Instance]) -> cluster_pb2.
     return result
 
 
-def is_ip(address: str) -> bool:
+@functools.lru_cache(maxsize=65_536)
+def _canonical_ip(address: str) -> str | None:
+    """``address`` in its compressed form, or None for a host name. Cached:
+    a service's endpoints are rebuilt at each of its changes, and parsing
+    every address again was most of that work."""
     try:
-        ipaddress.ip_address(address)
+        return ipaddress.ip_address(address).compressed
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def is_ip(address: str) -> bool:
+    return _canonical_ip(address) is not None
 
 
 _RANK = {
@@ -221,10 +229,11 @@ def endpoint_instances(instances: Iterable[pb.Instance]) -> tuple[list[pb.Instan
     kept: dict[tuple[str, int], pb.Instance] = {}
     problems: list[str] = []
     for inst in sorted(instances, key=lambda i: i.id):
-        if not is_ip(inst.address):
+        canonical = _canonical_ip(inst.address)
+        if canonical is None:
             problems.append(f"instance {inst.id}: {inst.address!r} is a host name, not an IP")
             continue
-        key = (ipaddress.ip_address(inst.address).compressed, inst.port)
+        key = (canonical, inst.port)
         other = kept.get(key)
         if other is not None:
             if _RANK.get(inst.health, 1) < _RANK.get(other.health, 1):

@@ -622,6 +622,54 @@ async def test_one_change_is_built_once_and_sent_only_to_whom_it_concerns(
         await ads.close()
 
 
+async def test_nothing_is_built_while_no_client_listens_and_the_first_gets_every_change(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    assert plane.xds is not None
+    builds = plane.xds.builds
+    instances = [
+        pb.Instance(
+            id=f"i{i}",
+            service="orders",
+            address=f"10.0.0.{i}",
+            port=80,
+            liveness=pb.LIVENESS_PERSISTENT,
+        )
+        for i in (1, 2, 3)
+    ]
+    await register(plane.address, *instances)
+    instances[1].health = pb.HEALTH_STATUS_CRITICAL
+    await register(plane.address, instances[1])
+    await asyncio.sleep(0.2)  # the cache has seen the changes, and built nothing
+    assert plane.xds.builds == builds
+
+    ads = Ads(channel, node="late")
+    await ads.ask(ENDPOINTS, ("orders.default",))
+    first = await ads.next()
+    [cla] = _unpack(first, endpoint_pb2.ClusterLoadAssignment).values()
+    statuses = {
+        ep.endpoint.address.socket_address.address: ep.health_status
+        for locality in cla.endpoints
+        for ep in locality.lb_endpoints
+    }
+    assert statuses == {
+        "10.0.0.1": health_check_pb2.HEALTHY,
+        "10.0.0.2": health_check_pb2.UNHEALTHY,
+        "10.0.0.3": health_check_pb2.HEALTHY,
+    }
+    # With a client listening, a change is built and sent at once.
+    await ads.ask(ENDPOINTS, ("orders.default",), answering=first)
+    instances[1].health = pb.HEALTH_STATUS_PASSING
+    await register(plane.address, instances[1])
+    [cla] = _unpack(await ads.next(), endpoint_pb2.ClusterLoadAssignment).values()
+    assert all(
+        ep.health_status == health_check_pb2.HEALTHY
+        for locality in cla.endpoints
+        for ep in locality.lb_endpoints
+    )
+    await ads.close()
+
+
 async def test_a_stream_without_a_node_id_gets_a_clear_status(
     channel: grpc.aio.Channel,
 ) -> None:
