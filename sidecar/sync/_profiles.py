@@ -42,6 +42,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+# The models' validators are built when a profiles file or a sidecar config is
+# first validated (``defer_build``), not when ``eco sync run`` imports this
+# module: most runs name no profile.
+
 from sidecar._config_file import Problems, read_config_file
 
 __all__ = [
@@ -149,7 +153,7 @@ def _unknown_setting(key: str) -> str:
 class ProfilesFile(BaseModel):
     """A profiles file: ``profiles: {NAME: {KEY: VALUE, …}, …}``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     profiles: dict[str, Any] = {}
 
@@ -167,7 +171,7 @@ class SyncHostConfig(BaseModel):
     named profiles. At most one of ``profiles_file`` and ``profiles``; with
     neither, ``$ECO_SYNC_PROFILES`` and then the default path apply."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     #: a profiles file, read each time a run names a profile
     profiles_file: Path | None = None
