@@ -7,20 +7,27 @@ The control plane runs as its own process (``eco controlplane``, SQLite
 store) with one service of a few instances. Four client processes open N
 ADS streams between them (state of the world, as gRPC's xDS clients speak
 it, 100 per connection), each subscribed to that service's
-ClusterLoadAssignment and ACKing every response, like a client would. Each
-round flips one instance's health with RegisterInstance and times, per
-stream, from just before the call to the arrival of the response carrying
-the new revision (CLOCK_MONOTONIC, shared by the processes).
+ClusterLoadAssignment and ACKing every response with its version and
+nonce, like a client would. Each round flips one instance's health with
+RegisterInstance and times, per stream, from just before the call to the
+arrival of the response carrying the new revision (CLOCK_MONOTONIC, shared
+by the processes).
 
 - ``p50_ms``, ``p99_ms``, ``max_ms``: over every stream and every round;
 - ``server_cpu_ms_per_change``: the server's CPU time per change, pushing
   it to every stream and taking every ACK (steadier than latency on a busy
   machine);
+- ``client_cpu_ms_per_change``: the client processes' CPU time per change,
+  reading every response and ACKing it, all four added up;
 - ``budget_ms``: ARCHITECTURE §11 (p99 ≤ 100 ms for 1,000 clients).
 
 The client processes share the machine's cores with the server, and each
-reads its streams on one Python event loop: the figure includes that
-reading, so the server's own share is lower.
+reads its streams on one event loop (uvloop, as the control plane runs):
+the figure includes that reading, so the server's own share is lower. To
+keep their share small, the clients speak raw bytes with gRPC: a response
+is decoded once for what a client checks before ACKing (version, nonce,
+type, resource names), and an ACK is the subscription's fields, encoded
+once, followed by that version and nonce.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +47,9 @@ import grpc
 import grpc.aio
 from ecosystem.v1 import registry_pb2 as pb
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from benchmarks._report import percentile
 from benchmarks._servers import ControlPlaneServer, cpu_seconds
@@ -48,6 +58,8 @@ __all__ = ["run"]
 
 ENDPOINTS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 SERVICE = "orders"
+_RESOURCE = f"{SERVICE}.default"
+_ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 #: Streams per channel (one HTTP/2 connection carries this many).
 _PER_CHANNEL = 100
 BUDGET_MS = 100.0
@@ -55,39 +67,93 @@ BUDGET_MS = 100.0
 _WORKERS = 4
 
 
-class _Stream:
-    """One subscribed client: reads, ACKs, and notes when each version came."""
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
-    def __init__(
-        self, channel: grpc.aio.Channel, node: str, progress: asyncio.Event | None = None
-    ) -> None:
-        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+
+def _string_field(number: int, value: bytes) -> bytes:
+    """A length-delimited protobuf field: its tag, its length, its bytes."""
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+#: DiscoveryRequest fields (envoy/service/discovery/v3/discovery.proto).
+_VERSION_INFO, _NODE, _RESOURCE_NAMES, _TYPE_URL, _RESPONSE_NONCE = 1, 2, 3, 4, 5
+
+
+class _Stream:
+    """One subscribed client: reads, ACKs, and notes when each version came.
+
+    It speaks raw bytes with gRPC: a response is decoded once, here, for
+    the version, nonce, type and resource names a client checks before
+    ACKing, and the ACK is the subscription's fields (encoded once) with
+    that version and nonce after them, as protobuf allows."""
+
+    def __init__(self, channel: grpc.aio.Channel, node: str, arrivals: _Arrivals) -> None:
+        # No serializers: requests and responses are bytes.
+        method = channel.stream_stream(_ADS_METHOD, None, None)
+        self.call = method(None)
         self.node = node
         self.arrived: dict[int, float] = {}
-        self.ready = asyncio.Event()
-        self.progress = progress or asyncio.Event()
+        self.arrivals = arrivals
+        self.subscription = _string_field(_TYPE_URL, ENDPOINTS.encode()) + _string_field(
+            _RESOURCE_NAMES, _RESOURCE.encode()
+        )
 
     async def run(self) -> None:
-        request = discovery_pb2.DiscoveryRequest(
-            type_url=ENDPOINTS, resource_names=[f"{SERVICE}.default"]
-        )
-        request.node.id = self.node
-        await self.call.write(request)
+        node = base_pb2.Node(id=self.node).SerializeToString()
+        await self.call.write(self.subscription + _string_field(_NODE, node))
+        read, write, subscription = self.call.read, self.call.write, self.subscription
+        arrived, arrivals = self.arrived, self.arrivals
         while True:
-            response = await self.call.read()
-            if response is grpc.aio.EOF:  # type: ignore[attr-defined]
+            raw = await read()
+            if raw is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
             # CLOCK_MONOTONIC: one clock for every process on the machine.
-            self.arrived[int(response.version_info)] = time.monotonic()
-            self.progress.set()
-            self.ready.set()
-            ack = discovery_pb2.DiscoveryRequest(
-                type_url=ENDPOINTS,
-                resource_names=[f"{SERVICE}.default"],
-                version_info=response.version_info,
-                response_nonce=response.nonce,
+            at = time.monotonic()
+            response = discovery_pb2.DiscoveryResponse.FromString(raw)
+            if response.type_url != ENDPOINTS or [
+                endpoint_pb2.ClusterLoadAssignment.FromString(r.value).cluster_name
+                for r in response.resources
+            ] != [_RESOURCE]:
+                raise RuntimeError(f"{self.node} was sent something else: {response}")
+            version = response.version_info
+            revision = int(version)
+            if revision not in arrived:
+                arrived[revision] = at
+                arrivals.add(revision)
+            await write(
+                subscription
+                + _string_field(_VERSION_INFO, version.encode())
+                + _string_field(_RESPONSE_NONCE, response.nonce.encode())
             )
-            await self.call.write(ack)
+
+
+class _Arrivals:
+    """How many of a process's streams have each revision; wakes whoever
+    waits for all of them (one counter per revision, not a scan per arrival)."""
+
+    def __init__(self, streams: int) -> None:
+        self.streams = streams
+        self.counts: dict[int, int] = {}
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+
+    def add(self, revision: int) -> None:
+        count = self.counts[revision] = self.counts.get(revision, 0) + 1
+        if count == self.streams:
+            waiter = self._waiting.pop(revision, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def every(self, revision: int) -> None:
+        """Returns once every stream has ``revision``."""
+        if self.counts.get(revision, 0) < self.streams:
+            waiter = self._waiting[revision] = asyncio.get_running_loop().create_future()
+            await waiter
 
 
 def _instance(index: int, health: int) -> pb.Instance:
@@ -103,41 +169,62 @@ def _instance(index: int, health: int) -> pb.Instance:
 
 async def _worker(target: str, first: int, count: int) -> None:
     """A client process: ``count`` streams; says "ready", then "rev N" once
-    every stream has revision N; at end of input, the arrival times (JSON)."""
+    every stream has revision N; at end of input, the arrival times and the
+    process's CPU time since "ready" (JSON)."""
     channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, -(-count // _PER_CHANNEL)))]
-    progress = asyncio.Event()
+    arrivals = _Arrivals(count)
     streams = [
-        _Stream(channels[i // _PER_CHANNEL], f"bench-{first + i}", progress) for i in range(count)
+        _Stream(channels[i // _PER_CHANNEL], f"bench-{first + i}", arrivals) for i in range(count)
     ]
     tasks = [asyncio.create_task(stream.run()) for stream in streams]
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in streams)), 120)
-    print("ready", flush=True)
     try:
+        await asyncio.wait_for(_first_responses(streams, tasks), 120)
+        print("ready", flush=True)
+        cpu_before = time.process_time()
         while True:
             line = await reader.readline()
             if not line:
                 break
             revision = int(line)
-            while True:
-                progress.clear()
-                if all(revision in s.arrived for s in streams):
-                    break
-                await progress.wait()
+            await _unless_failed(arrivals.every(revision), tasks)
             print(f"rev {revision}", flush=True)
-        arrivals: dict[int, list[float]] = {}
+        cpu = time.process_time() - cpu_before
+        by_revision: dict[int, list[float]] = {}
         for stream in streams:
             for revision, at in stream.arrived.items():
-                arrivals.setdefault(revision, []).append(at)
-        print(json.dumps(arrivals), flush=True)
+                by_revision.setdefault(revision, []).append(at)
+        print(json.dumps({"arrivals": by_revision, "cpu_seconds": cpu}), flush=True)
     finally:
         for stream in streams:
             stream.call.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for channel in channels:
             await channel.close(None)
+
+
+async def _first_responses(streams: list[_Stream], tasks: list[asyncio.Task[None]]) -> None:
+    """Until every stream has had its first response (or one failed)."""
+    while not all(stream.arrived for stream in streams):
+        await _unless_failed(asyncio.sleep(0.05), tasks)
+
+
+async def _unless_failed(
+    waiting: Coroutine[Any, Any, None], tasks: list[asyncio.Task[None]]
+) -> None:
+    """Awaits ``waiting``; a stream that ends first raises its error here."""
+    waiter = asyncio.ensure_future(waiting)
+    try:
+        done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        waiter.cancel()
+        raise
+    if waiter not in done:
+        waiter.cancel()
+        failed = next(task for task in done if task is not waiter)
+        raise RuntimeError(f"an ADS stream ended: {failed.exception() or 'by the server'}")
 
 
 async def _measure(target: str, clients: int, rounds: int, pid: int = 0) -> dict[str, Any]:
@@ -196,8 +283,11 @@ async def _measure(target: str, clients: int, rounds: int, pid: int = 0) -> dict
         for worker in workers:
             assert worker.stdin is not None
             worker.stdin.close()
+        client_cpu = 0.0
         for worker in workers:
-            arrivals = json.loads(await line_of(worker))
+            report = json.loads(await line_of(worker))
+            client_cpu += report["cpu_seconds"]
+            arrivals = report["arrivals"]
             for revision, started in starts.items():
                 latencies.extend((at - started) * 1000 for at in arrivals[str(revision)])
     finally:
@@ -220,6 +310,8 @@ async def _measure(target: str, clients: int, rounds: int, pid: int = 0) -> dict
         "max_ms": round(latencies[-1], 2),
         # The server's CPU per change: the push and taking the ACKs, all clients.
         "server_cpu_ms_per_change": round(cpu * 1000 / rounds, 1) if pid else None,
+        # The client processes' CPU per change: reading every response, ACKing it.
+        "client_cpu_ms_per_change": round(client_cpu * 1000 / rounds, 1),
         "value": round(p99, 2),
         "unit": "ms",
         "stat": "p99",
@@ -252,7 +344,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         first, count = (int(part) for part in args.worker.split(":"))
-        asyncio.run(_worker(args.target, first, count))
+        try:
+            import uvloop  # as the control plane runs
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            asyncio.run(_worker(args.target, first, count))
+        else:
+            uvloop.run(_worker(args.target, first, count))
         return
     for line in run(args.quick, args.clients, args.target):
         print(json.dumps(line), flush=True)
