@@ -18,6 +18,7 @@ instances rebuilds all of its endpoints).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import time
@@ -49,7 +50,7 @@ from controlplane.xds._resources import (
     route_configuration,
 )
 
-__all__ = ["Snapshot", "XdsCache"]
+__all__ = ["Encoded", "Snapshot", "XdsCache"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,20 @@ class Snapshot:
         return str(self.revision)
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A state-of-the-world response as sent: the resources it holds, what
+    names its content (each name with its resource's identity: the same
+    content at two snapshots when no resource in it was rebuilt), and its
+    version, nonce and bytes."""
+
+    resources: Mapping[str, any_pb2.Any]
+    content: tuple[tuple[str, int], ...]
+    version: str
+    nonce: str
+    data: bytes
+
+
 class XdsCache:
     """Follows the view and publishes snapshots; ``start`` once, ``close`` once."""
 
@@ -90,8 +105,15 @@ class XdsCache:
         self._problems: dict[str, tuple[str, ...]] = {}
         # (assignment name, region, zone) -> (the shared assignment, its variant)
         self._nearby: dict[tuple[str, str, str], tuple[any_pb2.Any, any_pb2.Any]] = {}
-        # (type, (name, id of resource)...) -> (the resources, nonce, response bytes)
-        self._encoded: dict[tuple[object, ...], tuple[tuple[object, ...], str, bytes]] = {}
+        # Encodings at the current snapshot (``_encoded_revision``):
+        # (type, ((name, id of resource), ...)) -> the response;
+        self._encoded: dict[tuple[object, ...], Encoded] = {}
+        # (type, names, proxyless, locality) -> the response of that subscription;
+        self._responses: dict[tuple[object, ...], Encoded] = {}
+        # (type, changed (name, id)s, removed names) -> (resources, nonce, bytes).
+        self._deltas: dict[tuple[object, ...], tuple[tuple[object, ...], str, bytes]] = {}
+        # id of a resource -> (the resource, its digest version)
+        self._versions: dict[int, tuple[any_pb2.Any, str]] = {}
         self._encoded_revision = -1
         self._nonces = itertools.count(1)
         self._listeners: set[asyncio.Event] = set()
@@ -195,20 +217,42 @@ class XdsCache:
                 found[name] = resource
         return found
 
-    def encoded(
-        self, type_url: str, resources: Mapping[str, any_pb2.Any]
-    ) -> tuple[str, str, bytes]:
+    def response(
+        self,
+        type_url: str,
+        names: frozenset[str] | None,
+        *,
+        proxyless: bool = True,
+        locality: tuple[str, str] = ("", ""),
+    ) -> Encoded:
+        """The state-of-the-world response for a subscription to ``names``
+        (None: all) at the current snapshot, as :meth:`resources` selects
+        them: looked up and encoded once per subscription and snapshot, so
+        the thousand streams subscribed alike cost one build between them
+        and a dictionary look-up each."""
+        self._current_revision()
+        key = (type_url, names, proxyless, locality)
+        found = self._responses.get(key)
+        if found is None:
+            found = self.encode(
+                type_url, self.resources(type_url, names, proxyless=proxyless, locality=locality)
+            )
+            if len(self._responses) >= _MEMO_LIMIT:
+                self._responses.clear()
+            self._responses[key] = found
+        return found
+
+    def encode(self, type_url: str, resources: Mapping[str, any_pb2.Any]) -> Encoded:
         """A state-of-the-world response of ``resources`` at the current
-        snapshot: its version, nonce and serialized bytes, built once and
-        shared by every stream sent the same resources (a thousand clients
-        of one service are sent one buffer). The nonce names that content:
-        a stream sent it twice was sent the same response twice."""
-        snapshot = self.snapshot
-        if self._encoded_revision != snapshot.revision or len(self._encoded) >= _MEMO_LIMIT:
-            self._encoded.clear()
-            self._encoded_revision = snapshot.revision
+        snapshot, serialized once and shared by every stream sent the same
+        resources (a thousand clients of one service are sent one buffer).
+        The nonce names that content: a stream sent it twice was sent the
+        same response twice."""
+        snapshot = self._snapshot
+        self._current_revision()
         ordered = sorted(resources.items())
-        key = (type_url, *((name, id(resource)) for name, resource in ordered))
+        content = tuple((name, id(resource)) for name, resource in ordered)
+        key = (type_url, content)
         known = self._encoded.get(key)
         if known is None:
             nonce = str(next(self._nonces))
@@ -218,10 +262,70 @@ class XdsCache:
                 nonce=nonce,
                 resources=[resource for _, resource in ordered],
             )
-            # The resources are kept with it: their ids in the key stay theirs.
-            known = (tuple(resources.values()), nonce, response.SerializeToString())
+            # It holds the resources: the identities in its content stay theirs.
+            known = Encoded(
+                MappingProxyType(dict(ordered)),
+                content,
+                snapshot.version,
+                nonce,
+                response.SerializeToString(),
+            )
             self._encoded[key] = known
-        return snapshot.version, known[1], known[2]
+        return known
+
+    def delta(
+        self,
+        type_url: str,
+        changed: list[tuple[str, any_pb2.Any]],
+        removed: list[str],
+    ) -> tuple[str, bytes]:
+        """An incremental response carrying ``changed`` (name, resource; in
+        name order) and the names ``removed``, at the current snapshot: its
+        nonce and bytes, serialized once and shared by every stream owed
+        the same delta (a thousand clients of one changed service are sent
+        one buffer). Each resource's version is its digest, taken once."""
+        snapshot = self._snapshot
+        self._current_revision()
+        key = (type_url, tuple((name, id(res)) for name, res in changed), tuple(removed))
+        known = self._deltas.get(key)
+        if known is None:
+            nonce = str(next(self._nonces))
+            response = discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=snapshot.version,
+                type_url=type_url,
+                nonce=nonce,
+                removed_resources=removed,
+            )
+            for name, resource in changed:
+                entry = response.resources.add(name=name, version=self.version_of(resource))
+                entry.resource.CopyFrom(resource)
+            # The resources are kept with it: their ids in the key stay theirs.
+            known = (tuple(res for _, res in changed), nonce, response.SerializeToString())
+            self._deltas[key] = known
+        return known[1], known[2]
+
+    def version_of(self, resource: any_pb2.Any) -> str:
+        """A resource's version in incremental responses: a digest of its
+        bytes (the same after a restart), taken once per resource object."""
+        known = self._versions.get(id(resource))
+        if known is not None and known[0] is resource:
+            return known[1]
+        version = hashlib.blake2b(resource.value, digest_size=8).hexdigest()
+        if len(self._versions) >= _MEMO_LIMIT:
+            self._versions.clear()
+        self._versions[id(resource)] = (resource, version)
+        return version
+
+    def _current_revision(self) -> None:
+        """Forgets the encodings of older snapshots (and past the memo limit)."""
+        revision = self._snapshot.revision
+        if self._encoded_revision != revision or len(self._encoded) >= _MEMO_LIMIT:
+            self._encoded.clear()
+            self._responses.clear()
+            self._deltas.clear()
+            self._encoded_revision = revision
+        elif len(self._deltas) >= _MEMO_LIMIT:
+            self._deltas.clear()
 
     def _via_inbound(self, snapshot: Snapshot, name: str) -> any_pb2.Any | None:
         """The endpoints a sidecar's Envoy dials for ``sidecar/<service>``: the

@@ -8,11 +8,15 @@ restart: a client that reconnects and lists what it has in
 those removed. A NACK is recorded and not resent, as in the state-of-the-
 world stream; subscriptions in a request with a stale nonce still count
 (they are deltas and cannot be repeated).
+
+A delta is encoded once per snapshot and content (the resources changed
+and the names removed), and the streams owed the same delta are sent the
+same bytes, as state-of-the-world responses are; its nonce names that
+content.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -21,15 +25,10 @@ from google.protobuf import any_pb2
 
 from controlplane.xds._cache import XdsCache
 from controlplane.xds._resources import CLUSTER, LISTENER, TYPES
-from controlplane.xds._session import WILDCARD, Session, next_nonce
+from controlplane.xds._session import WILDCARD, Session
 from controlplane.xds._status import NodeBook
 
-__all__ = ["DeltaSession", "resource_version"]
-
-
-def resource_version(resource: any_pb2.Any) -> str:
-    """A resource's version in delta responses: a digest of its bytes."""
-    return hashlib.blake2b(resource.value, digest_size=8).hexdigest()
+__all__ = ["DeltaSession"]
 
 
 @dataclass(slots=True)
@@ -90,7 +89,7 @@ class DeltaSession(Session):
                 sub.sent.pop(name, None)
         status.names = ([WILDCARD] if sub.wildcard else []) + sorted(sub.names)
 
-    def due(self) -> Iterator[discovery_pb2.DeltaDiscoveryResponse]:
+    def due(self) -> Iterator[bytes]:
         for type_url in TYPES:
             sub = self.subs.get(type_url)
             if sub is not None:
@@ -98,9 +97,7 @@ class DeltaSession(Session):
                 if response is not None:
                     yield response
 
-    def _response(
-        self, type_url: str, sub: _Subscription
-    ) -> discovery_pb2.DeltaDiscoveryResponse | None:
+    def _response(self, type_url: str, sub: _Subscription) -> bytes | None:
         assert self.node is not None
         current = self.resources(type_url, sub.names)
         if sub.wildcard:
@@ -109,7 +106,7 @@ class DeltaSession(Session):
             # What the client already holds (from before a reconnect) is not resent.
             for name, version in sub.claimed.items():
                 resource = current.get(name)
-                if resource is not None and resource_version(resource) == version:
+                if resource is not None and self.cache.version_of(resource) == version:
                     sub.sent[name] = resource
             sub.claimed = {}
         changed = sorted(name for name, res in current.items() if sub.sent.get(name) is not res)
@@ -119,21 +116,15 @@ class DeltaSession(Session):
         sub.due = False
         for name in removed:
             del sub.sent[name]
-        response = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=self.cache.snapshot.version,
-            type_url=type_url,
-            nonce=next_nonce(),
-            removed_resources=removed,
-        )
         for name in changed:
-            resource = current[name]
-            sub.sent[name] = resource
-            entry = response.resources.add(name=name, version=resource_version(resource))
-            entry.resource.CopyFrom(resource)
-        sub.nonce = response.nonce
-        sub.nonce_version = response.system_version_info
+            sub.sent[name] = current[name]
+        # Encoded once per delta and snapshot, shared by the streams owed the same.
+        sub.nonce, encoded = self.cache.delta(
+            type_url, [(name, current[name]) for name in changed], removed
+        )
+        sub.nonce_version = self.cache.snapshot.version
         sub.nonce_resources = changed
         status = self.node.of(type_url)
-        status.sent_version = response.system_version_info
+        status.sent_version = sub.nonce_version
         status.resources = sub.sent
-        return response
+        return encoded

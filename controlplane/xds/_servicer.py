@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2, discovery_pb2
-from google.protobuf import any_pb2
 
-from controlplane.xds._cache import XdsCache
+from controlplane.xds._cache import Encoded, XdsCache
 from controlplane.xds._delta import DeltaSession
 from controlplane.xds._resources import CLUSTER, LISTENER, TYPES
 from controlplane.xds._session import WILDCARD, Session, StreamError
@@ -43,7 +42,8 @@ class _Subscription:
     #: The names of the last request taken: an ACK naming the same changes nothing.
     asked: frozenset[str] | None = None
     nonce: str = ""
-    sent: dict[str, any_pb2.Any] = field(default_factory=dict)
+    #: The response last sent (its resources are what the client holds).
+    last: Encoded | None = None
     due: bool = True  # a response is owed even if nothing changed
 
 
@@ -66,7 +66,7 @@ class _WorldSession(Session):
                 self.rejected(
                     type_url,
                     status.sent_version,
-                    sorted(sub.sent),
+                    sorted(sub.last.resources) if sub.last is not None else [],
                     request.error_detail.message,
                     request.version_info,
                 )
@@ -98,24 +98,24 @@ class _WorldSession(Session):
 
     def _response(self, type_url: str) -> bytes | None:
         """The response due for ``type_url``, serialized: the cache encodes
-        one per resource set and snapshot, shared by every stream sent it."""
+        one per subscription and snapshot, shared by every stream sent it."""
         sub = self.subs.get(type_url)
         if sub is None:
             return None
-        assert self.node is not None
-        resources = self.resources(type_url, sub.names)
-        unchanged = resources.keys() == sub.sent.keys() and all(
-            resources[name] is sub.sent[name] for name in resources
-        )
+        encoded = self.response(type_url, sub.names)
+        last = sub.last
+        # What the stream holds is kept alive by ``last``: equal identities
+        # in the content are the same resources, so nothing changed for it.
+        unchanged = last is not None and (encoded is last or encoded.content == last.content)
         if unchanged and not sub.due:
             return None
         sub.due = False
-        sub.sent = resources
-        version, sub.nonce, encoded = self.cache.encoded(type_url, resources)
+        sub.last = encoded
+        sub.nonce = encoded.nonce
         status = sub.status
-        status.sent_version = version
-        status.resources = resources
-        return encoded
+        status.sent_version = encoded.version
+        status.resources = encoded.resources
+        return encoded.data
 
 
 class AdsServicer:
@@ -133,14 +133,15 @@ class AdsServicer:
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> None:
-        await self._serve(_WorldSession, request_iterator, context)
+        await self._serve(_WorldSession, context)
 
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> None:
-        await self._serve(DeltaSession, request_iterator, context)
+        await self._serve(DeltaSession, context)
 
-    async def _serve(self, kind: type[Session], requests: AsyncIterator[Any], context: Any) -> None:
+    async def _serve(self, kind: type[Session], context: Any) -> None:
+        """One stream: its session reads the requests from ``context``."""
         if self.cache.closed:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, "control plane is shutting down; reconnect"
@@ -148,7 +149,7 @@ class AdsServicer:
         session = kind(self.cache, self.book, context.peer() or "")
         self._streams += 1
         try:
-            await session.run(requests, context)
+            await session.run(context)
         except StreamError as exc:
             node = session.node.node_id if session.node is not None else "(no node yet)"
             # A shutdown ends every stream: one line each would flood the log.
@@ -166,27 +167,22 @@ class AdsServicer:
             self._streams -= 1
 
 
-def _serialize(response: Any) -> bytes:
-    """A response as sent: bytes already serialized (state of the world,
-    shared by the streams sent the same) or a message (incremental)."""
-    return response if type(response) is bytes else response.SerializeToString()
-
-
 def add_ads(server: grpc.aio.Server, cache: XdsCache, book: NodeBook) -> AdsServicer:
     """Serves ADS from ``cache`` on ``server``, recording nodes in ``book``.
-    The handlers are the generated ones' but for the response serializer
-    (``_serialize``)."""
+    The handlers are the generated ones' but for the responses, which the
+    sessions serialize (once per content, shared by the streams sent it):
+    gRPC sends their bytes as they are, without a serializer to call."""
     servicer = AdsServicer(cache, book)
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
             servicer.StreamAggregatedResources,
             request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-            response_serializer=_serialize,
+            response_serializer=None,
         ),
         "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
             servicer.DeltaAggregatedResources,
             request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-            response_serializer=_serialize,
+            response_serializer=None,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))

@@ -11,32 +11,25 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 
-from controlplane.xds._cache import XdsCache
+from controlplane.xds._cache import Encoded, XdsCache
 from controlplane.xds._envoy import PREFIX, EnvoyPlan, plan_of
 from controlplane.xds._resources import ENDPOINTS, LISTENER, ROUTE, TYPES, ServiceName
 from controlplane.xds._status import NodeBook, NodeStatus, Rejection
 
-__all__ = ["WILDCARD", "Session", "StreamError", "next_nonce", "node_kind", "short_type"]
+__all__ = ["WILDCARD", "Session", "StreamError", "node_kind", "short_type"]
 
 log = logging.getLogger(__name__)
 
 #: The resource name that subscribes to every resource of its type.
 WILDCARD = "*"
-_nonces = itertools.count(1)
-
-
-def next_nonce() -> str:
-    """A nonce no response of this process has carried."""
-    return str(next(_nonces))
 
 
 def node_kind(node: base_pb2.Node) -> str:
@@ -113,7 +106,9 @@ class Session(abc.ABC):
         self._metadata: Any = None
         self._mesh_version = 0
 
-    async def run(self, requests: AsyncIterator[Any], context: Any) -> None:
+    async def run(self, context: Any) -> None:
+        """Serves the stream until the client ends it, the cache closes or
+        the call is cancelled; requests are read with ``context.read``."""
         wake = _Wake(asyncio.get_running_loop())
         ended = asyncio.Event()
 
@@ -121,9 +116,15 @@ class Session(abc.ABC):
             # Requests are taken in here, as they come: most are ACKs, which
             # change no subscription and owe no response, and waking the
             # writing loop for each would cost a task switch per client per
-            # push. The loop is woken when one does.
+            # push. The loop is woken when one does. Read from the context,
+            # not the request iterator: the iterator adds two generator
+            # layers to every ACK of every stream.
+            receive = context.read
             try:
-                async for request in requests:
+                while True:
+                    request = await receive()
+                    if request is grpc.aio.EOF:  # type: ignore[attr-defined]
+                        return
                     self.handle(request)
                     if self.changed:
                         wake.set()
@@ -173,8 +174,9 @@ class Session(abc.ABC):
         """Takes one request of the client into the session's state."""
 
     @abc.abstractmethod
-    def due(self) -> Iterator[Any]:
-        """The responses owed now (for new subscriptions or a new snapshot)."""
+    def due(self) -> Iterator[bytes]:
+        """The responses owed now (for new subscriptions or a new snapshot),
+        serialized."""
 
     # -- shared steps -------------------------------------------------------
 
@@ -232,6 +234,18 @@ class Session(abc.ABC):
         if names is None:
             return dict(current)
         return {name: current[name] for name in names if name in current}
+
+    def response(self, type_url: str, names: frozenset[str] | None) -> Encoded:
+        """The state-of-the-world response of ``type_url`` for ``names``
+        (None: all): the cache's, shared by every stream subscribed alike,
+        or, for a sidecar's Envoy's own listeners and clusters, encoded
+        from its plan."""
+        assert self.node is not None
+        if self.plan is None or type_url in (ENDPOINTS, ROUTE):
+            return self.cache.response(
+                type_url, names, proxyless=self.node.kind == "proxyless", locality=self.locality
+            )
+        return self.cache.encode(type_url, self.resources(type_url, names))
 
     def served(self, type_url: str) -> bool:
         """Whether ``type_url`` is served; says once per stream when it is not."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ class TypeStatus:
     names: list[str] = field(default_factory=list)  # ["*"]: everything
     sent_version: str = ""
     #: What the node holds by the last response, by name (shared objects).
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: Mapping[str, Any] = field(default_factory=dict)
     acked_version: str = ""
     nack: Rejection | None = None
 
