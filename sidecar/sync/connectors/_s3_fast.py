@@ -157,6 +157,15 @@ class FastS3:
             if offset and obstore_code(str(exc))[0] == "InvalidRange":
                 return  # offset at the end: nothing left to read
             raise error from exc
+        if result.meta["size"] - offset <= chunk:
+            # One chunk's worth (a small file): one call, no stream to step through.
+            try:
+                whole = await result.bytes_async()
+            except Exception as exc:
+                raise self._error(exc, path) from exc
+            if whole:
+                yield bytes(whole)
+            return
         stream = result.stream(min_chunk_size=chunk)
         while True:
             try:
