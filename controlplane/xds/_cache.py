@@ -248,7 +248,7 @@ class XdsCache:
         resources (a thousand clients of one service are sent one buffer).
         The nonce names that content: a stream sent it twice was sent the
         same response twice."""
-        snapshot = self._snapshot
+        snapshot = self.snapshot
         self._current_revision()
         ordered = sorted(resources.items())
         content = tuple((name, id(resource)) for name, resource in ordered)
@@ -284,7 +284,7 @@ class XdsCache:
         nonce and bytes, serialized once and shared by every stream owed
         the same delta (a thousand clients of one changed service are sent
         one buffer). Each resource's version is its digest, taken once."""
-        snapshot = self._snapshot
+        snapshot = self.snapshot
         self._current_revision()
         key = (type_url, tuple((name, id(res)) for name, res in changed), tuple(removed))
         known = self._deltas.get(key)
@@ -318,7 +318,7 @@ class XdsCache:
 
     def _current_revision(self) -> None:
         """Forgets the encodings of older snapshots (and past the memo limit)."""
-        revision = self._snapshot.revision
+        revision = self.snapshot.revision
         if self._encoded_revision != revision or len(self._encoded) >= _MEMO_LIMIT:
             self._encoded.clear()
             self._responses.clear()
