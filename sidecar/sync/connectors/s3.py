@@ -1,4 +1,6 @@
-"""``s3://bucket/prefix``: Amazon S3 and S3-compatible stores through aiobotocore.
+"""``s3://bucket/prefix``: Amazon S3 and S3-compatible stores through aiobotocore,
+with obstore for single-request reads and writes (``_s3_fast`` says why and
+when).
 
 aiobotocore is botocore (the SDK the AWS CLI and boto3 use: signing, endpoint
 and credential resolution, paginators) on aiohttp, so listing and transfers
@@ -208,7 +210,11 @@ class S3Connector:
     def _default_addressing(self) -> str:
         # S3-compatible servers and emulators expect host/bucket/key; AWS
         # prefers bucket.host/key, which botocore's "auto" picks there.
-        custom = self._settings.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+        custom = (
+            self._settings.get("endpoint_url")
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
         return "path" if custom else "auto"
 
     # -- errors ------------------------------------------------------------

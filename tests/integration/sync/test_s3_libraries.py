@@ -118,3 +118,19 @@ async def test_keys_from_the_aws_credentials_file_reach_the_store(
         entry = await c.write("file.txt", source_of(b"from the file"), 13, mtime=MTIME)
         assert entry.size == 13
         assert b"".join([chunk async for chunk in c.read("file.txt")]) == b"from the file"
+
+
+async def test_the_s3_specific_endpoint_variable_is_honoured(
+    s3_target: StoreTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``AWS_ENDPOINT_URL_S3`` (what the AWS CLI reads for S3 alone) reaches
+    the store for every request, with path-style addressing as for
+    ``AWS_ENDPOINT_URL``."""
+    for name, value in s3_target.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_target.env["AWS_ENDPOINT_URL"])
+    async with open_connector(s3_target.url) as c:
+        await c.write("s3-only.txt", source_of(b"endpoint"), 8, mtime=MTIME)
+        assert b"".join([chunk async for chunk in c.read("s3-only.txt")]) == b"endpoint"
+        assert [e.path async for e in c.list()] == ["s3-only.txt"]
