@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -467,3 +468,81 @@ async def test_the_grpc_proxy_cases_pass_through_envoy(mesh: Mesh) -> None:
             await channel.unary_unary("/test.Echo/Sleep")(b"3000", timeout=0.3)
         assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 2.0
+
+
+# -- a NACK of a registry change: reported, the last good endpoints keep serving ------------------
+
+
+def interface_missing_here() -> str:
+    """An interface name this host does not have (so Envoy cannot use a zone index naming it)."""
+    for i in range(9, 100):
+        name = f"eth{i}"
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            return name
+    raise AssertionError("every name eth9..eth99 is an interface of this host")
+
+
+async def xds_rows(plane: ControlPlaneProcess, node: str, resource: str) -> list[dict[str, str]]:
+    answer = json.loads(await eco(plane, "xds", "status", "--node", node, "-o", "json"))
+    return [row for row in answer["resources"] if row["name"] == resource]
+
+
+async def test_an_endpoint_envoy_rejects_is_reported_and_the_last_good_ones_keep_serving(
+    mesh: Mesh,
+) -> None:
+    """An instance registered with a link-local IPv6 address whose zone index
+    names an interface of its own host (``fe80::1%eth9``): the registry takes
+    it (an IP address), and so does the control plane, which cannot know the
+    interfaces of each Envoy's host; an Envoy whose host has no such interface
+    rejects the service's endpoints. The NACK names the resource and Envoy's
+    error, Envoy keeps the endpoints it had, and the next assignment without
+    the bad instance is taken."""
+    await wait_serving(mesh.http, {"h1", "h2"})
+    endpoints = "sidecar/orders.default"  # the client Envoy's ClusterLoadAssignment for orders
+    address = f"fe80::1%{interface_missing_here()}"
+    await eco(
+        mesh.plane,
+        "service",
+        "register",
+        "orders",
+        "--id",
+        "far",
+        "--address",
+        address,
+        "--port",
+        str(mesh.backends[0].port),
+    )
+
+    async def nacked(after: int = 0) -> dict[str, str]:
+        [row] = await xds_rows(mesh.plane, "client", endpoints)
+        assert row["type"] == "ClusterLoadAssignment", row
+        assert row["status"] == "NACKED" and int(row["version"]) > after, row
+        return row
+
+    row = await assert_eventually(nacked, timeout=10, interval=0.2)
+    assert f"malformed IP address: {address}" in row["error"], row
+    # The control plane's log says it too, with the other resources of that response.
+    logged = (
+        rf"rejected ClusterLoadAssignment version {row['version']} \([^)]*{re.escape(endpoints)}"
+    )
+    assert re.search(logged, mesh.plane.log()), mesh.plane.log()[-2000:]
+    # Envoy runs the last assignment it took: both instances, every request answered.
+    assert await backends_seen(mesh.http, 20) == {"h1", "h2"}
+
+    # Every assignment of the service holds the bad instance while it is
+    # registered: a new instance is rejected with it, and not served.
+    third = Backend("http_backend.py", "--name", "h3").start()
+    try:
+        await register(mesh.plane, "orders", "h3", third)
+        await assert_eventually(lambda: nacked(int(row["version"])), timeout=10, interval=0.2)
+        assert await backends_seen(mesh.http, 20) == {"h1", "h2"}
+
+        # Without it, the next assignment is taken, the new instance with it.
+        await eco(mesh.plane, "service", "deregister", "orders", "--id", "far")
+        await wait_serving(mesh.http, {"h1", "h2", "h3"})
+        [row] = await xds_rows(mesh.plane, "client", endpoints)
+        assert row["status"] == "ACKED" and not row["error"], row
+    finally:
+        third.stop()
