@@ -1,9 +1,12 @@
 """Data plane: the sidecar's proxy listeners side by side with HAProxy, against nginx.
 
-``python -m benchmarks.bench_proxy [--quick]`` (or ``python -m benchmarks --only
-proxy``) prints one JSON object per line; ``run(quick)`` returns the same
-objects. Everything is a real process on free 127.0.0.1 ports in a temporary
-directory, stopped at the end (also on an error or Ctrl-C):
+``python -m benchmarks.bench_proxy [--quick] [--dataplane python|envoy]`` (or
+``python -m benchmarks --only proxy``) prints one JSON object per line;
+``run(quick)`` returns the same objects. ``--dataplane`` (repeatable; default
+both) starts only the sidecars of that data plane: ``--quick --dataplane
+envoy`` measures Envoy mode beside HAProxy in about two minutes. Everything is
+a real process on free 127.0.0.1 ports in a temporary directory, stopped at
+the end (also on an error or Ctrl-C):
 
 - nginx, one worker, ``/`` → ``200 hello\\n``, ``/large.bin`` a large file;
 - HAProxy, ``nbthread 1``, a tcp-mode and an http-mode listener to nginx;
@@ -60,8 +63,10 @@ figures are still reported. See docs/benchmarks.md, "Data plane".
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import statistics
@@ -96,6 +101,8 @@ ADDED_P50_BUDGET_MS = 1.0  # two hops
 ADDED_P99_BUDGET_MS = 3.0
 VCPU_BUDGET = 0.25  # per 1,000 requests/s
 _READY_TIMEOUT = 30.0
+#: The sidecars' data planes measured (``--dataplane``): the Python one and Envoy mode.
+DATAPLANES = ("python", "envoy")
 
 
 @dataclass(frozen=True)
@@ -441,7 +448,12 @@ def _first_and_last_line(text: str) -> str:
 # -- entry points ------------------------------------------------------------------------------
 
 
-def _measure(workdir: Path, sizes: _Sizes, emit: Callable[[dict[str, Any]], None]) -> None:
+def _measure(
+    workdir: Path,
+    sizes: _Sizes,
+    emit: Callable[[dict[str, Any]], None],
+    dataplanes: tuple[str, ...] = DATAPLANES,
+) -> None:
     with contextlib.ExitStack() as stack:
         _progress(f"nginx with a {sizes.large_bytes // 2**20} MiB file, HAProxy, gRPC backend")
         nginx = NginxServer(workdir / "nginx", sizes.large_bytes)
@@ -449,24 +461,28 @@ def _measure(workdir: Path, sizes: _Sizes, emit: Callable[[dict[str, Any]], None
         haproxy = HaproxyServer(workdir / "haproxy", nginx.port)
         stack.enter_context(haproxy)
         grpc_port = stack.enter_context(grpc_backend())
-        _progress("control plane and two sidecars")
         mesh: SidecarMesh | None = None
         failure = ""
-        try:
-            mesh = stack.enter_context(SidecarMesh(workdir / "mesh", nginx.port, grpc_port))
-        except ServerError as exc:
-            _progress(f"the sidecars did not start: {exc}")
-            failure = f"the sidecars did not start: {_first_and_last_line(str(exc))}"
-        _progress("control plane and two sidecars with dataplane: envoy")
+        if "python" in dataplanes:
+            _progress("control plane and two sidecars")
+            try:
+                mesh = stack.enter_context(SidecarMesh(workdir / "mesh", nginx.port, grpc_port))
+            except ServerError as exc:
+                _progress(f"the sidecars did not start: {exc}")
+                failure = f"the sidecars did not start: {_first_and_last_line(str(exc))}"
         envoy_mesh: SidecarMesh | None = None
-        try:
-            envoy_mesh = stack.enter_context(
-                SidecarMesh(workdir / "envoy-mesh", nginx.port, grpc_port, dataplane="envoy")
-            )
-        except ServerError as exc:
-            _progress(f"the envoy sidecars did not start: {exc}")
-            for bench in ("proxy_rps", "proxy_latency", "proxy_bulk", "proxy_grpc"):
-                emit({"bench": bench, "system": "envoy", "error": _first_and_last_line(str(exc))})
+        if "envoy" in dataplanes:
+            _progress("control plane and two sidecars with dataplane: envoy")
+            try:
+                envoy_mesh = stack.enter_context(
+                    SidecarMesh(workdir / "envoy-mesh", nginx.port, grpc_port, dataplane="envoy")
+                )
+            except ServerError as exc:
+                _progress(f"the envoy sidecars did not start: {exc}")
+                for bench in ("proxy_rps", "proxy_latency", "proxy_bulk", "proxy_grpc"):
+                    emit(
+                        {"bench": bench, "system": "envoy", "error": _first_and_last_line(str(exc))}
+                    )
         # HAProxy chained twice (two hops, like client and server sidecar): a second
         # HAProxy in front of the first, for the latency run only.
         chained: list[_Route] = []
@@ -512,10 +528,15 @@ def _measure(workdir: Path, sizes: _Sizes, emit: Callable[[dict[str, Any]], None
             emit(row)
 
 
-def run(quick: bool, emit: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def run(
+    quick: bool,
+    emit: Callable[[dict[str, Any]], None] | None = None,
+    dataplanes: tuple[str, ...] = DATAPLANES,
+) -> list[dict[str, Any]]:
     """Runs every measurement; every process started is stopped on the way out.
-    Rows are also passed to ``emit`` as they come. Raises ServerError when a
-    tool is missing or a peer cannot start."""
+    Rows are also passed to ``emit`` as they come; ``dataplanes`` says whose
+    sidecars to start (the peers always run). Raises ServerError when a tool is
+    missing or a peer cannot start."""
     for name in ("wrk", "haproxy", "nginx"):
         tool(name)
     rows: list[dict[str, Any]] = []
@@ -530,22 +551,40 @@ def run(quick: bool, emit: Callable[[dict[str, Any]], None] | None = None) -> li
             "bench": "proxy_setup",
             "quick": quick,
             "cores": os.cpu_count(),
+            "dataplanes": list(dataplanes),
             **{name: tool_version(name) for name in ("wrk", "haproxy", "nginx")},
         }
     )
     with tempfile.TemporaryDirectory(prefix="eco-bench-proxy-") as workdir:
-        _measure(Path(workdir), QUICK if quick else FULL, collect)
+        _measure(Path(workdir), QUICK if quick else FULL, collect, dataplanes)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
+    description = (
+        "The sidecar's proxy listeners beside HAProxy against nginx: "
+        "requests/s, added latency, CPU, RSS, bulk MB/s, gRPC; one JSON object per line."
+    )
+    quick_help = "shorter runs, a 64 MiB file"
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_proxy", description=description
+    )
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument(
+        "--dataplane",
+        action="append",
+        choices=DATAPLANES,
+        help="start only the sidecars of this data plane (repeatable; default: both); "
+        "HAProxy and the direct routes always run",
+    )
+    args = parser.parse_args(argv)
+    dataplanes = tuple(args.dataplane or DATAPLANES)
     return streaming_main(
-        argv,
+        ["--quick"] if args.quick else [],
         name="proxy",
-        description="The sidecar's proxy listeners beside HAProxy against nginx: "
-        "requests/s, added latency, CPU, RSS, bulk MB/s, gRPC; one JSON object per line.",
-        quick_help="shorter runs, a 64 MiB file",
-        run=run,
+        description=description,
+        quick_help=quick_help,
+        run=functools.partial(run, dataplanes=dataplanes),
     )
 
 
