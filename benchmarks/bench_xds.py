@@ -21,6 +21,9 @@ by the processes).
   reading every response and ACKing it, all four added up;
 - ``budget_ms``: ARCHITECTURE §11 (p99 ≤ 100 ms for 1,000 clients).
 
+After the last round, the control plane's CSDS must show every client
+ACKed the last version, or the run fails.
+
 The client processes share the machine's cores with the server, and each
 reads its streams on one event loop (uvloop, as the control plane runs):
 the figure includes that reading, so the server's own share is lower. To
@@ -47,9 +50,11 @@ import grpc
 import grpc.aio
 from ecosystem.v1 import registry_pb2 as pb
 from ecosystem.v1 import registry_pb2_grpc as pb_grpc
+from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from benchmarks._report import percentile
 from benchmarks._servers import ControlPlaneServer, cpu_seconds
@@ -280,6 +285,7 @@ async def _measure(target: str, clients: int, rounds: int, pid: int = 0) -> dict
             await asyncio.gather(*(line_of(w) for w in workers))
         await asyncio.sleep(0.25)  # the last ACKs in
         cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
+        await _every_client_acked(registry_channel, clients, str(revision))
         for worker in workers:
             assert worker.stdin is not None
             worker.stdin.close()
@@ -318,6 +324,32 @@ async def _measure(target: str, clients: int, rounds: int, pid: int = 0) -> dict
         "budget_ms": BUDGET_MS,
         "within_budget": p99 <= BUDGET_MS,
     }
+
+
+async def _every_client_acked(channel: grpc.aio.Channel, clients: int, version: str) -> None:
+    """Checks with the control plane's CSDS that every client ACKed
+    ``version`` (the clients' hand-encoded ACKs are taken as a client's),
+    waiting up to a few seconds for the last ACKs."""
+    stub = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+    request = csds_pb2.ClientStatusRequest(exclude_resource_contents=True)
+    request.node_matchers.add().node_id.prefix = "bench-"
+    deadline = time.monotonic() + 5.0
+    while True:
+        response = await stub.FetchClientStatus(request, timeout=10)
+        acked = sum(
+            1
+            for config in response.config
+            for entry in config.generic_xds_configs
+            if entry.version_info == version and entry.client_status == dump_pb2.ACKED
+        )
+        if acked == clients:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{acked} of {clients} clients ACKed version {version} (CSDS): "
+                "the benchmark's clients do not ACK as a client does"
+            )
+        await asyncio.sleep(0.2)
 
 
 def run(quick: bool = False, clients: int | None = None, target: str = "") -> list[dict[str, Any]]:
