@@ -670,6 +670,86 @@ async def test_nothing_is_built_while_no_client_listens_and_the_first_gets_every
     await ads.close()
 
 
+async def test_streams_owed_the_same_response_share_it_and_each_node_s_ack_counts_alone(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    """A response is encoded once per content and snapshot and its nonce
+    names that content, so clients subscribed alike are sent the same
+    bytes; each node's ACK (or its silence) is still its own."""
+    inst = {
+        svc: pb.Instance(
+            id="i", service=svc, address="10.0.0.4", port=80, liveness=pb.LIVENESS_PERSISTENT
+        )
+        for svc in ("orders", "users")
+    }
+    await register(plane.address, *inst.values())
+    alike = [Ads(channel, node=f"alike-{i}") for i in range(2)]
+    both = Ads(channel, node="both")
+    streams: list[tuple[Ads, tuple[str, ...]]] = [
+        (alike[0], ("orders.default",)),
+        (alike[1], ("orders.default",)),
+        (both, ("orders.default", "users.default")),
+    ]
+    for ads, names in streams:
+        await ads.ask(ENDPOINTS, names)
+        await ads.ask(ENDPOINTS, names, answering=await ads.next())
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    deltas = [stub.DeltaAggregatedResources() for _ in range(3)]
+    subscribed: list[tuple[str, ...]] = [
+        ("orders.default",),
+        ("orders.default",),
+        ("orders.default", "users.default"),
+    ]
+    for i, (call, names) in enumerate(zip(deltas, subscribed, strict=True)):
+        await call.write(_delta(f"delta-{i}", subscribe=names))
+        await call.write(_delta(nonce=(await asyncio.wait_for(call.read(), 5)).nonce))
+
+    inst["orders"].health = pb.HEALTH_STATUS_CRITICAL
+    await register(plane.address, inst["orders"])
+    first, second, wider = [await ads.next() for ads in (*alike, both)]
+    assert first.SerializeToString() == second.SerializeToString()
+    assert set(_unpack(wider, endpoint_pb2.ClusterLoadAssignment)) == {
+        "orders.default",
+        "users.default",
+    }
+    assert wider.nonce != first.nonce and wider.version_info == first.version_info
+    # Only the orders endpoints changed: every delta stream is owed the same one.
+    changes = [await asyncio.wait_for(call.read(), 5) for call in deltas]
+    assert len({change.SerializeToString() for change in changes}) == 1
+    assert [r.name for r in changes[0].resources] == ["orders.default"]
+
+    # One of the alike clients ACKs, the other stays silent; the delta
+    # streams one NACKs, two ACK: the shared nonce names each node's own.
+    await alike[0].ask(ENDPOINTS, ("orders.default",), answering=first)
+    await both.ask(ENDPOINTS, ("orders.default", "users.default"), answering=wider)
+    await deltas[0].write(_delta(nonce=changes[0].nonce, error="not this one"))
+    for call, change in zip(deltas[1:], changes[1:], strict=True):
+        await call.write(_delta(nonce=change.nonce))
+
+    async def states() -> dict[str, str]:
+        found = {}
+        for node in ("alike-0", "alike-1", "both", "delta-0", "delta-1", "delta-2"):
+            statuses = await csds_statuses(plane.address, node)
+            found[node] = statuses[("ClusterLoadAssignment", "orders.default")]
+        return found
+
+    async def settled() -> None:
+        assert await states() == {
+            "alike-0": "ACKED",
+            "alike-1": "REQUESTED",
+            "both": "ACKED",
+            "delta-0": "NACKED: not this one",
+            "delta-1": "ACKED",
+            "delta-2": "ACKED",
+        }
+
+    await assert_eventually(settled)
+    for ads in (*alike, both):
+        await ads.close()
+    for call in deltas:
+        call.cancel()
+
+
 async def test_a_stream_without_a_node_id_gets_a_clear_status(
     channel: grpc.aio.Channel,
 ) -> None:
