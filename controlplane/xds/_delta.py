@@ -50,7 +50,9 @@ class DeltaSession(Session):
         self.subs: dict[str, _Subscription] = {}
 
     def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
-        node = self.open_node(request.node, "DeltaDiscoveryRequest")
+        node = self.node
+        if node is None:
+            node = self.open_node(request.node, "DeltaDiscoveryRequest")
         type_url = request.type_url
         if not self.served(type_url):
             return

@@ -53,7 +53,11 @@ class _WorldSession(Session):
         self.subs: dict[str, _Subscription] = {}
 
     def handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
-        node = self.open_node(request.node, "DiscoveryRequest")
+        # After the first request, the node is known: request.node is not
+        # looked at (reading it builds a message wrapper per ACK).
+        node = self.node
+        if node is None:
+            node = self.open_node(request.node, "DiscoveryRequest")
         type_url = request.type_url
         if not self.served(type_url):
             return
