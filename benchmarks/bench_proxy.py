@@ -4,9 +4,11 @@
 ``python -m benchmarks --only proxy``) prints one JSON object per line;
 ``run(quick)`` returns the same objects. ``--dataplane`` (repeatable; default
 both) starts only the sidecars of that data plane: ``--quick --dataplane
-envoy`` measures Envoy mode beside HAProxy in about two minutes. Everything is
-a real process on free 127.0.0.1 ports in a temporary directory, stopped at
-the end (also on an error or Ctrl-C):
+envoy`` measures Envoy mode beside HAProxy in about two minutes;
+``--envoy-options`` measures instead what each option of Envoy mode's http
+listener costs (benchmarks._proxy_envoy). Everything is a real process on
+free 127.0.0.1 ports in a temporary directory, stopped at the end (also on an
+error or Ctrl-C):
 
 - nginx, one worker, ``/`` → ``200 hello\\n``, ``/large.bin`` a large file;
 - HAProxy, ``nbthread 1``, a tcp-mode and an http-mode listener to nginx;
@@ -83,6 +85,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks._cli import streaming_main
+from benchmarks._proxy_envoy import measure_options
 from benchmarks._proxy_load import CpuUse, WrkResult, constant_rate, download, wrk
 from benchmarks._proxy_peers import HaproxyServer, NginxServer, SidecarMesh, tool, tool_version
 from benchmarks._servers import ServerError, peak_rss_bytes, rss_bytes
@@ -560,6 +563,25 @@ def run(
     return rows
 
 
+def run_envoy_options(
+    quick: bool, emit: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Envoy mode's HTTP listener with one option changed at a time, beside
+    HAProxy (benchmarks._proxy_envoy): 3 (quick) or 8 rounds of 2 s each."""
+    for name in ("wrk", "haproxy", "nginx"):
+        tool(name)
+    rows: list[dict[str, Any]] = []
+
+    def collect(row: dict[str, Any]) -> None:
+        rows.append(row)
+        if emit is not None:
+            emit(row)
+
+    with tempfile.TemporaryDirectory(prefix="eco-bench-envoy-options-") as workdir:
+        measure_options(Path(workdir), 3 if quick else 8, 2, collect)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     description = (
         "The sidecar's proxy listeners beside HAProxy against nginx: "
@@ -577,6 +599,12 @@ def main(argv: list[str] | None = None) -> int:
         help="start only the sidecars of this data plane (repeatable; default: both); "
         "HAProxy and the direct routes always run",
     )
+    parser.add_argument(
+        "--envoy-options",
+        action="store_true",
+        help="instead: what each option of Envoy mode's http listener costs (requests per "
+        "CPU second with that option changed, beside HAProxy); see docs/benchmarks.md",
+    )
     args = parser.parse_args(argv)
     dataplanes = tuple(args.dataplane or DATAPLANES)
     return streaming_main(
@@ -584,7 +612,9 @@ def main(argv: list[str] | None = None) -> int:
         name="proxy",
         description=description,
         quick_help=quick_help,
-        run=functools.partial(run, dataplanes=dataplanes),
+        run=run_envoy_options
+        if args.envoy_options
+        else functools.partial(run, dataplanes=dataplanes),
     )
 
 
