@@ -528,6 +528,17 @@ async def test_an_endpoint_envoy_rejects_is_reported_and_the_last_good_ones_keep
         rf"rejected ClusterLoadAssignment version {row['version']} \([^)]*{re.escape(endpoints)}"
     )
     assert re.search(logged, mesh.plane.log()), mesh.plane.log()[-2000:]
+    # And its admin page's /xds, with the version Envoy keeps.
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://{mesh.plane.admin_address}/xds") as response,
+    ):
+        [node] = [n for n in (await response.json())["nodes"] if n["node"] == "client"]
+    status = node["types"]["ClusterLoadAssignment"]
+    assert status["last_nack"]["version"] == row["version"], status
+    assert endpoints in status["last_nack"]["resources"], status
+    assert address in status["last_nack"]["error"], status
+    assert int(status["acked_version"]) < int(row["version"]), status
     # Envoy runs the last assignment it took: both instances, every request answered.
     assert await backends_seen(mesh.http, 20) == {"h1", "h2"}
 
