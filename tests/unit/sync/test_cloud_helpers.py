@@ -6,10 +6,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from sidecar.sync.connectors._base import SourceOpener, SyncStoreError
+from sidecar.sync.connectors._base import (
+    SourceOpener,
+    StoreAuthError,
+    StoreNotFoundError,
+    StoreThrottledError,
+    StoreUnavailableError,
+    SyncStoreError,
+)
 from sidecar.sync.connectors._cloud import (
     ObjectRoot,
     cutoff_from,
@@ -20,7 +28,8 @@ from sidecar.sync.connectors._cloud import (
     send_parts,
     token_fits,
 )
-from sidecar.sync.connectors._s3_rules import composite_etag, plain_md5
+from sidecar.sync.connectors._s3_fast import FastS3, nameable
+from sidecar.sync.connectors._s3_rules import classify, composite_etag, obstore_code, plain_md5
 
 
 def test_a_root_maps_paths_to_keys_and_back() -> None:
@@ -165,3 +174,67 @@ def test_a_flag_setting_takes_true_or_false_and_names_anything_else() -> None:
         ValueError, match="setting payload_signing: 'sometimes' is not true or false"
     ):
         flag_setting({"payload_signing": "sometimes"}, "payload_signing", False)
+
+
+@pytest.mark.parametrize(
+    ("key", "fits"),
+    [
+        ("a.txt", True),
+        ("dir/sub/name with spaces.txt", True),
+        ("50%/ünï.txt", True),
+        ("dir/", False),  # an empty directory's marker: obstore would drop the slash
+        ("a//b", False),
+        ("a/./b", False),
+        ("a/../b", False),
+        ("/a", False),
+        ("", False),
+    ],
+)
+def test_keys_obstore_names_exactly_and_the_rest(key: str, fits: bool) -> None:
+    assert nameable(key) is fits
+
+
+def test_s3_error_codes_are_read_from_obstore_messages() -> None:
+    throttled = (
+        "Generic S3 error: Error performing PUT http://h/b/a in 1ms - Server returned "
+        'non-2xx status code: 503 Service Unavailable: <?xml version="1.0"?>'
+        "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+    )
+    assert obstore_code(throttled) == ("SlowDown", 503)
+    assert obstore_code("Generic S3 error: HTTP error: error sending request") == ("", 0)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error"),
+    [
+        ("NoSuchBucket", 404, StoreNotFoundError),
+        ("InvalidAccessKeyId", 403, StoreAuthError),
+        ("", 401, StoreAuthError),
+        ("SlowDown", 503, StoreThrottledError),
+        ("", 429, StoreThrottledError),
+        ("InternalError", 500, StoreUnavailableError),
+        ("InvalidRange", 416, SyncStoreError),
+    ],
+)
+def test_s3_codes_map_onto_the_error_tree(code: str, status: int, error: type) -> None:
+    assert type(classify(code, status, "m", "s3://b", "p")) is error
+
+
+def test_obstore_serves_s3_only_when_the_keys_and_region_are_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", f"{tmp_path}/none")
+    keys = {"access_key_id": "k", "secret_access_key": "s"}
+    assert FastS3.create("s3://b", "b", {}, path_style=True) is None  # botocore's chain
+    assert FastS3.create("s3://b", "b", {"access_key_id": "k"}, path_style=True) is None
+    assert FastS3.create("s3://b", "b", keys, path_style=True) is not None
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    assert FastS3.create("s3://b", "b", {}, path_style=True) is not None
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-west-3\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    assert FastS3.create("s3://b", "b", {}, path_style=True) is None  # the region is in the file
+    assert FastS3.create("s3://b", "b", {"region": "eu-west-3"}, path_style=True) is not None
