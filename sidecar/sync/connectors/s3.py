@@ -141,8 +141,13 @@ class S3Connector:
             self._fast_checked = True
             if self._etag_is_md5:
                 addressing = self._settings.get("addressing_style") or self._default_addressing()
+                # "auto" as botocore reads it: virtual-hosted unless the bucket's
+                # name cannot be a host name under TLS (it has a dot).
+                path_style = addressing == "path" or (
+                    addressing == "auto" and "." in self._root.bucket
+                )
                 self._fast = FastS3.create(
-                    self.url, self._root.bucket, self._settings, path_style=addressing == "path"
+                    self.url, self._root.bucket, self._settings, path_style=path_style
                 )
         return self._fast
 
