@@ -50,6 +50,7 @@ __all__ = ["FastS3", "nameable"]
 # The engine owns retries and backoff: obstore's own are off, so a 503
 # SlowDown reaches the engine after one request.
 _NO_RETRIES: Any = {"max_retries": 0, "retry_timeout": datetime.timedelta(0)}
+_NO_LIMIT = datetime.timedelta(days=365)
 _POOL = "32"  # idle connections kept, as aiobotocore's pool (_cloud.POOL_SIZE)
 _MESSAGE_CUT = 600
 
@@ -114,7 +115,12 @@ class FastS3:
         client: Any = {
             "allow_http": bool(endpoint and endpoint.startswith("http://")),
             "connect_timeout": datetime.timedelta(seconds=10),
-            "timeout": datetime.timedelta(seconds=300),
+            # A stalled connection is one where no byte came for a minute (as
+            # aiobotocore's read timeout); the whole request has no bound of
+            # its own, since a read streams an object of any size (obstore's
+            # default, 30 s for the whole request, would cut a large one off).
+            "read_timeout": datetime.timedelta(seconds=60),
+            "timeout": _NO_LIMIT,
             "pool_max_idle_per_host": _POOL,
         }
         try:
