@@ -24,8 +24,9 @@ It is used only when the keys are given (a profile's ``access_key_id`` and
 ``secret_access_key``, or ``AWS_ACCESS_KEY_ID`` and
 ``AWS_SECRET_ACCESS_KEY``), the region is known without reading AWS's
 files, and ETags are MD5s (``etag_is_md5``, the default): credentials from
-files, SSO or an instance role, and encrypted buckets, go through
-aiobotocore, which resolves and checks them as the AWS CLI does.
+files, SSO or an instance role, a private CA (``AWS_CA_BUNDLE``), and
+encrypted buckets, go through aiobotocore, which resolves and checks them as
+the AWS CLI does.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class FastS3:
         cls, url: str, bucket: str, settings: Mapping[str, str], *, path_style: bool
     ) -> FastS3 | None:
         env = os.environ
+        if env.get("AWS_CA_BUNDLE"):
+            return None  # a private CA: botocore reads the bundle, as the AWS CLI does
         if settings.get("access_key_id") and settings.get("secret_access_key"):
             key_id, secret = settings["access_key_id"], settings["secret_access_key"]
             token = settings.get("session_token") or None

@@ -223,7 +223,13 @@ def test_s3_codes_map_onto_the_error_tree(code: str, status: int, error: type) -
 def test_obstore_serves_s3_only_when_the_keys_and_region_are_given(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_CA_BUNDLE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", f"{tmp_path}/none")
     keys = {"access_key_id": "k", "secret_access_key": "s"}
@@ -238,3 +244,5 @@ def test_obstore_serves_s3_only_when_the_keys_and_region_are_given(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     assert FastS3.create("s3://b", "b", {}, path_style=True) is None  # the region is in the file
     assert FastS3.create("s3://b", "b", {"region": "eu-west-3"}, path_style=True) is not None
+    monkeypatch.setenv("AWS_CA_BUNDLE", f"{tmp_path}/ca.pem")
+    assert FastS3.create("s3://b", "b", {"region": "eu-west-3"}, path_style=True) is None
