@@ -24,9 +24,9 @@ It is used only when the keys are given (a profile's ``access_key_id`` and
 ``secret_access_key``, or ``AWS_ACCESS_KEY_ID`` and
 ``AWS_SECRET_ACCESS_KEY``), the region is known without reading AWS's
 files, and ETags are MD5s (``etag_is_md5``, the default): credentials from
-files, SSO or an instance role, a private CA (``AWS_CA_BUNDLE``), and
-encrypted buckets, go through aiobotocore, which resolves and checks them as
-the AWS CLI does.
+files, SSO or an instance role, a private CA (``AWS_CA_BUNDLE``), FIPS or
+dual-stack endpoints, and encrypted buckets, go through aiobotocore, which
+resolves and checks them as the AWS CLI does.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ __all__ = ["FastS3", "nameable"]
 # SlowDown reaches the engine after one request.
 _NO_RETRIES: Any = {"max_retries": 0, "retry_timeout": datetime.timedelta(0)}
 _NO_LIMIT = datetime.timedelta(days=365)
+_BOTOCORE_ONLY = ("AWS_CA_BUNDLE", "AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT")
 _POOL = "32"  # idle connections kept, as aiobotocore's pool (_cloud.POOL_SIZE)
 _MESSAGE_CUT = 600
 
@@ -82,8 +83,10 @@ class FastS3:
         cls, url: str, bucket: str, settings: Mapping[str, str], *, path_style: bool
     ) -> FastS3 | None:
         env = os.environ
-        if env.get("AWS_CA_BUNDLE"):
-            return None  # a private CA: botocore reads the bundle, as the AWS CLI does
+        if any(env.get(name) for name in _BOTOCORE_ONLY):
+            # A private CA, FIPS or dual-stack endpoints: botocore's endpoint
+            # rules and bundle handling apply, as in the AWS CLI.
+            return None
         if settings.get("access_key_id") and settings.get("secret_access_key"):
             key_id, secret = settings["access_key_id"], settings["secret_access_key"]
             token = settings.get("session_token") or None
