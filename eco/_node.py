@@ -42,10 +42,15 @@ def _ago(ms: int) -> str:
 @pass_settings
 def list_nodes(settings: Settings) -> None:
     """List every sidecar: where it is connected, when it was last seen, and
-    whether it has applied the latest update (SYNCED) or not (STALE).
+    whether it has applied the latest update (SYNCED) or not (STALE); then
+    every xDS client (gRPC proxyless, or Envoy, a sidecar's included): the
+    worst state of what it was sent (ACKED, REQUESTED, or NACKED with the
+    resource and the client's error: it keeps running what it had before).
 
     The control plane answers in pages; this follows them all. A sidecar
-    gone for an hour (its instances removed) is no longer listed.
+    gone for an hour (its instances removed) is no longer listed. xDS
+    clients are those of the replica that answers (eco xds status has each
+    resource).
 
     \b
     Examples:
@@ -54,8 +59,26 @@ def list_nodes(settings: Settings) -> None:
     """
     with settings.client() as client:
         nodes = client.list_nodes()
+    from eco._xds import client_summaries
+
+    xds_clients, xds_error = client_summaries(settings)
 
     def table() -> str:
+        if xds_error:
+            xds_table = xds_error
+        elif not xds_clients:
+            xds_table = "no xDS clients have connected"
+        else:
+            xds_table = render_table(
+                ("XDS CLIENT", "KIND", "STATE", "APPLIED", "ERROR"),
+                [
+                    (c["node"], c["kind"], c["state"], ",".join(c["versions"]), c["error"])
+                    for c in xds_clients
+                ],
+            )
+        return sidecars() + "\n\n" + xds_table
+
+    def sidecars() -> str:
         if not nodes:
             return "no sidecars have connected"
         return render_table(
@@ -75,7 +98,10 @@ def list_nodes(settings: Settings) -> None:
             ],
         )
 
-    emit({"nodes": [n.to_dict() for n in nodes]}, settings.output, table)
+    data: dict[str, object] = {"nodes": [n.to_dict() for n in nodes], "xds_clients": xds_clients}
+    if xds_error:
+        data["xds_error"] = xds_error
+    emit(data, settings.output, table)
 
 
 @click.command("wait")

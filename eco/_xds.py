@@ -16,7 +16,7 @@ import click
 from eco._output import emit, render_table
 from eco._settings import Settings, check_server, data_options, pass_settings
 
-__all__ = ["bootstrap_document", "xds"]
+__all__ = ["bootstrap_document", "client_summaries", "xds"]
 
 # What a node id may hold: printable, no spaces (it names the node in logs,
 # in the control plane's /xds status and in the client's own CSDS dump).
@@ -239,6 +239,49 @@ def _fetch(settings: Settings, node_id: str) -> Any:
         )
 
     return asyncio.run(main())
+
+
+#: A client's state is its worst resource's (CSDS client status names).
+_WORST_FIRST = ("NACKED", "REQUESTED", "DOES_NOT_EXIST", "UNKNOWN", "ACKED")
+
+
+def client_summaries(settings: Settings) -> tuple[list[dict[str, Any]], str]:
+    """One row per xDS client the control plane serves (its kind, the worst
+    state of its resources, the versions it applied, its NACK), and why they
+    could not be read ("" when they were): for ``eco node list``."""
+    from eco._extras import SERVER_INSTALL, missing_server_modules
+
+    if missing_server_modules():
+        return [], f"xDS clients not listed: reading them needs {SERVER_INSTALL}"
+    try:
+        response = _fetch(settings, "")
+    except click.ClickException as err:
+        return [], f"xDS clients not listed: {err.message}"
+    from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
+
+    rows = []
+    for config in response.config:
+        entries = [
+            (dump_pb2.ClientResourceStatus.Name(e.client_status), e)
+            for e in config.generic_xds_configs
+        ]
+        states = {state for state, _ in entries}
+        nacked = [
+            f"{e.type_url.rsplit('.', 1)[-1]} {e.name}: {e.error_state.details}"
+            for state, e in entries
+            if state == "NACKED"
+        ]
+        versions = sorted({e.version_info for state, e in entries if state == "ACKED"})
+        rows.append(
+            {
+                "node": config.node.id,
+                "kind": "envoy" if config.node.user_agent_name == "envoy" else "proxyless",
+                "state": next((s for s in _WORST_FIRST if s in states), "REQUESTED"),
+                "versions": versions,
+                "error": "; ".join(nacked),
+            }
+        )
+    return rows, ""
 
 
 @xds.command("status")

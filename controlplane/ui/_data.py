@@ -22,6 +22,7 @@ from controlplane.acl import Authorizer, Identity, Need
 from controlplane.acl._table import intention_need
 from controlplane.catalog import CatalogServicer, PlatformServicer
 from controlplane.view import Selector, summarize
+from controlplane.xds import NodeStatus
 from sdk import StreamInfo
 
 if TYPE_CHECKING:
@@ -236,6 +237,13 @@ class ConsoleData:
             token = response.next_page_token
             if not token:
                 return found
+
+    def xds_nodes(self) -> list[NodeStatus]:
+        """The xDS clients this replica has served (connected, or recently),
+        those the caller may read, by node id."""
+        return [
+            n for n in self.plane.xds_nodes.nodes() if self.may(Need("node", n.node_id, "read"))
+        ]
 
     @property
     def revision(self) -> int:

@@ -168,6 +168,17 @@ class LiveFeed:
                     for node, s in plane.agent.sessions.items()
                 )
             )
+        xds = tuple(
+            (
+                n.node_id,
+                n.streams,
+                tuple(
+                    (name, t.state, t.acked_version, t.nack.at if t.nack else 0.0)
+                    for name, t in n.types.items()
+                ),
+            )
+            for n in plane.xds_nodes.nodes()
+        )
         loop = asyncio.get_running_loop()
         if plane.broker is not None and loop.time() >= self._streams_due:
             # At most once a second: with NATS, listing streams is a round trip each.
@@ -185,4 +196,11 @@ class LiveFeed:
                 )
             except Exception as exc:  # the bus page shows the error itself
                 log.debug("the console could not list the bus streams: %s", exc)
-        return (plane.store.revision, plane.view.revision, plane.serving, sessions, self._streams)
+        return (
+            plane.store.revision,
+            plane.view.revision,
+            plane.serving,
+            sessions,
+            xds,
+            self._streams,
+        )

@@ -246,7 +246,58 @@ async def nodes(data: ConsoleData) -> str:
         "<code>eco wait --revision R</code> waits for a change to reach them.</p>"
     )
     more = _more(len(found), "nodes", "eco node list -o json lists them all")
-    return _h1("Nodes", len(found)) + convergence + body + more
+    return _h1("Nodes", len(found)) + convergence + body + more + _xds_clients(data)
+
+
+#: Worst first: a node's state is the worst of its resource types'.
+_XDS_STATES = ("NACKED", "SENT", "REQUESTED", "ACKED")
+
+
+def _xds_clients(data: ConsoleData) -> str:
+    """The xDS clients (gRPC proxyless and Envoy) this replica serves: the
+    state of what each was sent, and its last NACK (the resource and why)."""
+    found = data.xds_nodes()
+    rows = []
+    for n in found[:MAX_ROWS]:
+        states = {status.state for status in n.types.values()}
+        state = next((s for s in _XDS_STATES if s in states), "REQUESTED")
+        nacks = [(name, t.nack) for name, t in n.types.items() if t.nack is not None]
+        last = max(nacks, key=lambda item: item[1].at, default=None)
+        nack = ""
+        if last is not None:
+            name, rejection = last
+            nack = (
+                f"{name} {', '.join(rejection.resources)} v{rejection.version}: {rejection.error}"
+            )
+        acked = ", ".join(
+            f"{name} v{t.acked_version}" for name, t in sorted(n.types.items()) if t.acked_version
+        )
+        rows.append(
+            (
+                f'class="xds-node state-{state.lower()}" data-testid="xds-row" '
+                f'data-node="{esc(n.node_id)}"',
+                [
+                    esc(n.node_id),
+                    esc(n.kind),
+                    f'<span class="badge xds-{state.lower()}">{esc(state)}</span>',
+                    esc(acked or "—"),
+                    esc(nack or "—"),
+                    "connected" if n.streams else esc(when(int(n.disconnected_at * 1000))),
+                ],
+            )
+        )
+    body = table(
+        ["xDS client", "Kind", "State", "Applied", "Last NACK", "Connected"],
+        rows,
+        empty="No xDS client has connected to this replica (docs/xds.md).",
+        test_id="xds-nodes",
+    )
+    more = _more(len(found), "xDS clients", "eco xds status -o json lists them all")
+    return (
+        f'<h2 data-testid="xds-heading">xDS clients <span class="count">({len(found)})</span></h2>'
+        + body
+        + more
+    )
 
 
 # -- platforms -----------------------------------------------------------------------
