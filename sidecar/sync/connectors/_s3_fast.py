@@ -24,9 +24,10 @@ It is used only when the keys are given (a profile's ``access_key_id`` and
 ``secret_access_key``, or ``AWS_ACCESS_KEY_ID`` and
 ``AWS_SECRET_ACCESS_KEY``), the region is known without reading AWS's
 files, and ETags are MD5s (``etag_is_md5``, the default): credentials from
-files, SSO or an instance role, a private CA (``AWS_CA_BUNDLE``), FIPS or
-dual-stack endpoints, and encrypted buckets, go through aiobotocore, which
-resolves and checks them as the AWS CLI does.
+files, SSO or an instance role, FIPS or dual-stack endpoints, and encrypted
+buckets, go through aiobotocore, which resolves and checks them as the AWS
+CLI does. ``AWS_CA_BUNDLE`` is honoured by both (obstore trusts its
+certificates beside the system's).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ __all__ = ["FastS3", "nameable"]
 # SlowDown reaches the engine after one request.
 _NO_RETRIES: Any = {"max_retries": 0, "retry_timeout": datetime.timedelta(0)}
 _NO_LIMIT = datetime.timedelta(days=365)
-_BOTOCORE_ONLY = ("AWS_CA_BUNDLE", "AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT")
+_BOTOCORE_ONLY = ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT")
 _POOL = "32"  # idle connections kept, as aiobotocore's pool (_cloud.POOL_SIZE)
 _MESSAGE_CUT = 600
 
@@ -84,8 +85,7 @@ class FastS3:
     ) -> FastS3 | None:
         env = os.environ
         if any(env.get(name) for name in _BOTOCORE_ONLY):
-            # A private CA, FIPS or dual-stack endpoints: botocore's endpoint
-            # rules and bundle handling apply, as in the AWS CLI.
+            # FIPS or dual-stack endpoints: botocore's endpoint rules apply.
             return None
         if settings.get("access_key_id") and settings.get("secret_access_key"):
             key_id, secret = settings["access_key_id"], settings["secret_access_key"]
@@ -129,6 +129,14 @@ class FastS3:
             "timeout": _NO_LIMIT,
             "pool_max_idle_per_host": _POOL,
         }
+        bundle = env.get("AWS_CA_BUNDLE")
+        if bundle:
+            # The CA bundle botocore and the AWS CLI read (a private CA's MinIO):
+            # its certificates are trusted beside the system's.
+            try:
+                client["root_certificate"] = Path(bundle).expanduser().read_bytes()
+            except OSError:
+                return None  # botocore says what is wrong with it
         try:
             store = S3Store(bucket, config=config, client_options=client, retry_config=_NO_RETRIES)  # type: ignore[arg-type]
         except Exception as exc:  # a malformed endpoint or region: aiobotocore's message is clearer

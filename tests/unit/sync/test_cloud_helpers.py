@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import certifi
 import pytest
 
 from sidecar.sync.connectors._base import (
@@ -229,6 +230,8 @@ def test_obstore_serves_s3_only_when_the_keys_and_region_are_given(
         "AWS_REGION",
         "AWS_DEFAULT_REGION",
         "AWS_CA_BUNDLE",
+        "AWS_USE_FIPS_ENDPOINT",
+        "AWS_USE_DUALSTACK_ENDPOINT",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", f"{tmp_path}/none")
@@ -244,5 +247,10 @@ def test_obstore_serves_s3_only_when_the_keys_and_region_are_given(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     assert FastS3.create("s3://b", "b", {}, path_style=True) is None  # the region is in the file
     assert FastS3.create("s3://b", "b", {"region": "eu-west-3"}, path_style=True) is not None
-    monkeypatch.setenv("AWS_CA_BUNDLE", f"{tmp_path}/ca.pem")
+    monkeypatch.setenv("AWS_CA_BUNDLE", certifi.where())  # a private CA's bundle is trusted
+    assert FastS3.create("s3://b", "b", {"region": "eu-west-3"}, path_style=True) is not None
+    monkeypatch.setenv("AWS_CA_BUNDLE", f"{tmp_path}/missing.pem")
+    assert FastS3.create("s3://b", "b", {"region": "eu-west-3"}, path_style=True) is None
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    monkeypatch.setenv("AWS_USE_FIPS_ENDPOINT", "true")
     assert FastS3.create("s3://b", "b", {"region": "eu-west-3"}, path_style=True) is None
