@@ -42,10 +42,6 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-# The models' validators are built when a profiles file or a sidecar config is
-# first validated (``defer_build``), not when ``eco sync run`` imports this
-# module: most runs name no profile.
-
 from sidecar._config_file import Problems, read_config_file
 
 __all__ = [
@@ -153,6 +149,9 @@ def _unknown_setting(key: str) -> str:
 class ProfilesFile(BaseModel):
     """A profiles file: ``profiles: {NAME: {KEY: VALUE, …}, …}``."""
 
+    # The models' validators are built when a profiles file or a sidecar
+    # config is first validated (``defer_build``), not when ``eco sync run``
+    # imports this module: most runs name no profile.
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     profiles: dict[str, Any] = {}
