@@ -540,15 +540,7 @@ def run(
     Rows are also passed to ``emit`` as they come; ``dataplanes`` says whose
     sidecars to start (the peers always run). Raises ServerError when a tool is
     missing or a peer cannot start."""
-    for name in ("wrk", "haproxy", "nginx"):
-        tool(name)
-    rows: list[dict[str, Any]] = []
-
-    def collect(row: dict[str, Any]) -> None:
-        rows.append(row)
-        if emit is not None:
-            emit(row)
-
+    rows, collect = _collector(emit)
     collect(
         {
             "bench": "proxy_setup",
@@ -563,11 +555,11 @@ def run(
     return rows
 
 
-def run_envoy_options(
-    quick: bool, emit: Callable[[dict[str, Any]], None] | None = None
-) -> list[dict[str, Any]]:
-    """Envoy mode's HTTP listener with one option changed at a time, beside
-    HAProxy (benchmarks._proxy_envoy): 3 (quick) or 8 rounds of 2 s each."""
+def _collector(
+    emit: Callable[[dict[str, Any]], None] | None,
+) -> tuple[list[dict[str, Any]], Callable[[dict[str, Any]], None]]:
+    """Checks the peers' tools are installed; the rows kept, and what keeps
+    each row and passes it to ``emit`` as it comes."""
     for name in ("wrk", "haproxy", "nginx"):
         tool(name)
     rows: list[dict[str, Any]] = []
@@ -576,6 +568,16 @@ def run_envoy_options(
         rows.append(row)
         if emit is not None:
             emit(row)
+
+    return rows, collect
+
+
+def run_envoy_options(
+    quick: bool, emit: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Envoy mode's HTTP listener with one option changed at a time, beside
+    HAProxy (benchmarks._proxy_envoy): 3 (quick) or 8 rounds of 2 s each."""
+    rows, collect = _collector(emit)
 
     with tempfile.TemporaryDirectory(prefix="eco-bench-envoy-options-") as workdir:
         measure_options(Path(workdir), 3 if quick else 8, 2, collect)
