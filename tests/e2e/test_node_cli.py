@@ -107,7 +107,9 @@ async def test_node_list_shows_xds_clients_and_a_nack_with_its_resource_and_erro
     async with grpc.aio.insecure_channel(sqlite_plane.address) as channel:
         # A proxyless client's stream, spoken by hand: it rejects what it is sent.
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-        request = discovery_pb2.DiscoveryRequest(type_url=endpoints, resource_names=["orders.default"])
+        request = discovery_pb2.DiscoveryRequest(
+            type_url=endpoints, resource_names=["orders.default"]
+        )
         request.node.id = "web-1"
         request.node.user_agent_name = "gRPC Go"
         await call.write(request)
