@@ -373,10 +373,18 @@ def metrics(tour: Tour, ran: Ran | Background) -> None:
     ), lines
 
 
-def node_list_dev(tour: Tour, ran: Ran | Background) -> None:
-    header, *rows = ok(ran).stdout.splitlines()
+def _node_list(ran: Ran | Background) -> list[list[str]]:
+    """The sidecars' rows of ``eco node list`` (node, state), checking that
+    the xDS clients' part below them says none has connected."""
+    sidecars, _, xds = ok(ran).stdout.partition("\n\n")
+    header, *rows = sidecars.splitlines()
     assert header.split()[:2] == ["NODE", "STATE"]
-    assert [row.split()[:2] for row in rows] == [["dev", "SYNCED"]]
+    assert xds.strip() == "no xDS clients have connected", xds
+    return [row.split()[:2] for row in rows]
+
+
+def node_list_dev(tour: Tour, ran: Ran | Background) -> None:
+    assert _node_list(ran) == [["dev", "SYNCED"]]
 
 
 def wait_revision(tour: Tour, ran: Ran | Background) -> None:
@@ -462,8 +470,7 @@ def _connected(status_url: str) -> bool:
 
 
 def node_list_both(tour: Tour, ran: Ran | Background) -> None:
-    _, *rows = ok(ran).stdout.splitlines()
-    assert [row.split()[:2] for row in rows] == [["dev", "SYNCED"], ["my-host", "SYNCED"]]
+    assert _node_list(ran) == [["dev", "SYNCED"], ["my-host", "SYNCED"]]
 
 
 def my_status(tour: Tour, ran: Ran | Background) -> None:
