@@ -48,6 +48,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sdk.balancer import STRATEGIES, make_balancer
 from serving.addresses import is_loopback
+from serving.envoy_names import INBOUND_PORT_KEY
 from sidecar._config_file import (
     ConfigError,
     ConfigProblem,
@@ -393,9 +394,6 @@ BALANCER_OPTIONS = (
 
 #: The protocols a proxy listener speaks.
 PROTOCOLS = ("tcp", "http", "grpc")
-#: Instance metadata naming the port of the sidecar's inbound listener in front
-#: of that instance: a client sidecar dials it instead of the instance's port.
-INBOUND_PORT_KEY = "eco.inbound.port"
 
 
 class CircuitBreakerConfig(_Model):

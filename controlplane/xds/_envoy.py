@@ -66,6 +66,15 @@ from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, wrap
 
 from controlplane.xds._resources import _ADS, _ROUTER, ServiceName, pack
 from sdk import IntentionName, IntentionSet
+from serving.envoy_names import (
+    BUNDLE_SECRET,
+    CALLER_KEY,
+    INBOUND_PORT_KEY,
+    LISTENERS_KEY,
+    NODE_SECRET,
+    SDS_CLUSTER,
+    service_secret,
+)
 
 if TYPE_CHECKING:
     from controlplane.intentions import IntentionBook
@@ -81,32 +90,15 @@ __all__ = [
     "plan_of",
 ]
 
-#: Instance metadata a sidecar sets on a service behind its inbound listener:
-#: that listener's port, which other sidecars' Envoys dial instead
-#: (``sidecar.config.INBOUND_PORT_KEY``; the control plane does not import the sidecar).
-INBOUND_PORT_KEY = "eco.inbound.port"
-#: The node metadata key holding the sidecar's listeners.
-LISTENERS_KEY = "eco.listeners"
 #: The first part of every resource name built here.
 PREFIX = "sidecar/"
 _PROTOCOLS = ("tcp", "http", "grpc")
 _LEAST = {"least_connections", "p2c_ewma"}
 _HTTP2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-#: The node metadata key naming the identity upstream connections present:
-#: ``{namespace, service}`` of the sidecar's first local service (absent: the node's).
-CALLER_KEY = "eco.caller"
 #: Endpoint metadata (under ``envoy.transport_socket_match``) of an endpoint
 #: dialed through a sidecar's inbound listener: mutual TLS when the CA is on.
 MTLS_MATCH = "eco.mtls"
-# The sidecar's SDS server and its secrets' names (sidecar/envoy/_sds.py spells the same).
-_SDS_CLUSTER = "eco_sds"
-_NODE_SECRET = "eco/node"
-_BUNDLE_SECRET = "eco/trust-bundle"
 _TLS = "envoy.transport_sockets.tls"
-
-
-def _service_secret(namespace: str, service: str) -> str:
-    return f"eco/svc/{namespace or 'default'}/{service}"
 
 
 _SDS = config_source_pb2.ConfigSource(
@@ -116,7 +108,7 @@ _SDS = config_source_pb2.ConfigSource(
         transport_api_version=config_source_pb2.V3,
         grpc_services=[
             grpc_service_pb2.GrpcService(
-                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=_SDS_CLUSTER)
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=SDS_CLUSTER)
             )
         ],
     ),
@@ -183,9 +175,9 @@ def plan_of(
     security = None
     if mesh is not None:
         caller = document.get(CALLER_KEY)
-        secret = _NODE_SECRET
+        secret = NODE_SECRET
         if isinstance(caller, dict) and caller.get("service"):
-            secret = _service_secret(str(caller.get("namespace") or ""), str(caller["service"]))
+            secret = service_secret(str(caller.get("namespace") or ""), str(caller["service"]))
         security = _Security(mesh.trust_domain, mesh.intentions(), secret)
     listeners: dict[str, any_pb2.Any] = {}
     clusters: dict[str, any_pb2.Any] = {}
@@ -238,7 +230,7 @@ class _Security:
         combined.default_validation_context.match_typed_subject_alt_names.add(
             san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=peer
         )
-        combined.validation_context_sds_secret_config.name = _BUNDLE_SECRET
+        combined.validation_context_sds_secret_config.name = BUNDLE_SECRET
         combined.validation_context_sds_secret_config.sds_config.CopyFrom(_SDS)
         return context
 
@@ -249,7 +241,7 @@ class _Security:
         context.require_client_certificate.value = True
         context.common_tls_context.CopyFrom(
             self._context(
-                _service_secret(namespace, service),
+                service_secret(namespace, service),
                 string_pb2.StringMatcher(prefix=f"spiffe://{self.trust_domain}/"),
             )
         )

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving.envoy_names import CALLER_KEY, LISTENERS_KEY, SDS_CLUSTER
 from sidecar.config import InboundConfig, ProxyPolicy, SidecarConfig, split_hostport
-from sidecar.envoy._sds import SDS_CLUSTER
 from sidecar.proxy._dataplane import inbound_namespace, inbound_service
 
 __all__ = [
     "DEFAULT_BINARY",
-    "LISTENERS_KEY",
     "SDS_SOCKET",
     "XDS_CLUSTER",
     "EnvoyListener",
@@ -32,10 +31,6 @@ __all__ = [
 
 #: Where scripts/install-envoy.sh puts Envoy (under the working directory).
 DEFAULT_BINARY = Path(".tools/envoy-venv/bin/envoy")
-#: The node metadata key holding the listeners.
-LISTENERS_KEY = "eco.listeners"
-#: The node metadata key naming the identity upstream connections present.
-CALLER_KEY = "eco.caller"
 #: The static cluster of the control plane's addresses.
 XDS_CLUSTER = "eco_controlplane"
 #: The sidecar's Secret Discovery Service socket, in ``<data_dir>/envoy/``.

@@ -37,31 +37,20 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import any_pb2
 
+from serving.envoy_names import BUNDLE_SECRET, NODE_SECRET, service_secret
+
 if TYPE_CHECKING:
     from sidecar.identity import SidecarIdentity
 
 __all__ = [
-    "BUNDLE_SECRET",
-    "NODE_SECRET",
-    "SDS_CLUSTER",
     "SECRET_TYPE",
     "SecretServer",
-    "service_secret",
 ]
 
 logger = logging.getLogger("sidecar.envoy")
 
 #: The type of every resource served here.
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-#: The bootstrap's static cluster that reaches this server.
-SDS_CLUSTER = "eco_sds"
-NODE_SECRET = "eco/node"
-BUNDLE_SECRET = "eco/trust-bundle"
-
-
-def service_secret(namespace: str, service: str) -> str:
-    """The secret holding a local service's certificate and key."""
-    return f"eco/svc/{namespace or 'default'}/{service}"
 
 
 def _pack(secret: secret_pb2.Secret) -> any_pb2.Any:

@@ -5,7 +5,7 @@ target balances over the service's endpoints with the balancer the local API
 uses too (one view of in-flight requests and ejections per service).
 ``inbound[]`` become inbound listeners in front of a local application; the
 local service they front is registered with the listener's port in its
-metadata (:data:`~sidecar.config.INBOUND_PORT_KEY`), so client sidecars dial
+metadata (:data:`~serving.envoy_names.INBOUND_PORT_KEY`), so client sidecars dial
 the listener instead of the application.
 
 With a :class:`~sidecar.proxy._mtls.MeshTls` (``mesh``), connections between

@@ -463,31 +463,18 @@ async def test_the_nodes_page_counts_the_sidecars_in_step_live() -> None:
 
 
 async def test_the_nodes_page_shows_xds_clients_and_a_nack_live() -> None:
-    from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: F401  # the type registered
-    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+    from controlplane.xds import ENDPOINTS
+    from tests.integration.test_xds import Ads
 
-    endpoints = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
     async with (
         ControlPlane(test_config()) as plane,
         grpc.aio.insecure_channel(plane.address) as channel,
     ):
         await register(channel, _instance("orders", "orders-1", port=80))
         # A proxyless gRPC client's stream, spoken by hand.
-        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-        request = discovery_pb2.DiscoveryRequest(
-            type_url=endpoints, resource_names=["orders.default"]
-        )
-        request.node.id = "web-1"
-        request.node.user_agent_name = "gRPC Go"
-        await call.write(request)
-        first = await call.read()
-        ack = discovery_pb2.DiscoveryRequest(
-            type_url=endpoints,
-            resource_names=["orders.default"],
-            response_nonce=first.nonce,
-            version_info=first.version_info,
-        )
-        await call.write(ack)
+        ads = Ads(channel, node="web-1", agent="gRPC Go")
+        await ads.ask(ENDPOINTS, ("orders.default",))
+        await ads.ask(ENDPOINTS, ("orders.default",), answering=await ads.next())
         async with browser_page() as (page, errors):
             await page.goto(f"http://{plane.admin_address}/ui/nodes")
             await _live(page)
@@ -496,21 +483,16 @@ async def test_the_nodes_page_shows_xds_clients_and_a_nack_live() -> None:
             assert "proxyless" in await row.inner_text()
 
             await register(channel, _instance("orders", "orders-2", port=81))
-            update = await call.read()
-            nack = discovery_pb2.DiscoveryRequest(
-                type_url=endpoints,
-                resource_names=["orders.default"],
-                response_nonce=update.nonce,
-                version_info=first.version_info,
+            update = await ads.next()
+            await ads.ask(
+                ENDPOINTS, ("orders.default",), answering=update, error="priority 0 is empty"
             )
-            nack.error_detail.message = "priority 0 is empty"
-            await call.write(nack)
             # Rejected: the row turns NACKED and says what and why, without a reload.
             await row.locator(".badge", has_text="NACKED").wait_for(timeout=LIVE * 1000)
             text = await row.inner_text()
             assert "orders.default" in text and "priority 0 is empty" in text, text
             assert errors == []
-        call.cancel()
+        await ads.close()
 
 
 async def test_with_acls_the_console_asks_for_a_token_and_shows_what_it_may_read(

@@ -26,7 +26,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from tests.e2e.test_envoy import envoy_binary, envoy_pids
-from tests.e2e.test_mtls import ca_dir, health, run_eco  # noqa: F401 - ca_dir: the fixture
+from tests.e2e.test_mtls import ca_dir, ca_plane, health, run_eco  # noqa: F401 - ca_dir: the fixture
 from tests.harness.controlplane import ControlPlaneProcess
 from tests.harness.ports import free_port
 from tests.harness.sidecar import SidecarProcess
@@ -42,19 +42,8 @@ SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Sec
 
 @pytest.fixture
 def plane(tmp_path: Path, ca_dir: Path) -> Iterator[ControlPlaneProcess]:  # noqa: F811
-    process = ControlPlaneProcess(
-        "memory://",
-        tmp_path / "controlplane.log",
-        (
-            "--tls-ca", str(ca_dir / "ca.pem"), "--tls-ca-key", str(ca_dir / "ca-key.pem"),
-            "--workload-cert-ttl", str(TTL),
-        ),
-    )  # fmt: skip
-    process.start()
-    try:
+    with ca_plane(tmp_path, ca_dir, "--workload-cert-ttl", str(TTL)) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def envoy_config() -> str:

@@ -9,6 +9,7 @@ connections already open within a second."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import subprocess
@@ -45,18 +46,26 @@ def ca_dir(tmp_path: Path) -> Path:
     return directory
 
 
-@pytest.fixture
-def plane(tmp_path: Path, ca_dir: Path) -> Iterator[ControlPlaneProcess]:
+@contextlib.contextmanager
+def ca_plane(tmp_path: Path, ca_dir: Path, *extra: str) -> Iterator[ControlPlaneProcess]:
+    """A control plane (memory store) whose CA is the one in ``ca_dir``;
+    ``extra``: more of its options."""
     process = ControlPlaneProcess(
         "memory://",
         tmp_path / "controlplane.log",
-        ("--tls-ca", str(ca_dir / "ca.pem"), "--tls-ca-key", str(ca_dir / "ca-key.pem")),
+        ("--tls-ca", str(ca_dir / "ca.pem"), "--tls-ca-key", str(ca_dir / "ca-key.pem"), *extra),
     )
     process.start()
     try:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def plane(tmp_path: Path, ca_dir: Path) -> Iterator[ControlPlaneProcess]:
+    with ca_plane(tmp_path, ca_dir) as process:
+        yield process
 
 
 @pytest.fixture

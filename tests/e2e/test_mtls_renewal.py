@@ -25,6 +25,7 @@ from tests.e2e.test_mtls import (  # noqa: F401 - fixtures: the mesh, over this 
     Mesh,
     backends,
     ca_dir,
+    ca_plane,
     echo,
     health,
     mesh,
@@ -41,19 +42,8 @@ TTL = 3
 
 @pytest.fixture
 def plane(tmp_path: Path, ca_dir: Path) -> Iterator[ControlPlaneProcess]:  # noqa: F811
-    process = ControlPlaneProcess(
-        "memory://",
-        tmp_path / "controlplane.log",
-        (
-            "--tls-ca", str(ca_dir / "ca.pem"), "--tls-ca-key", str(ca_dir / "ca-key.pem"),
-            "--workload-cert-ttl", str(TTL),
-        ),
-    )  # fmt: skip
-    process.start()
-    try:
+    with ca_plane(tmp_path, ca_dir, "--workload-cert-ttl", str(TTL)) as process:
         yield process
-    finally:
-        process.stop()
 
 
 async def expiries(sidecar: SidecarProcess) -> dict[str, str]:

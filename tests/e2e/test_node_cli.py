@@ -97,30 +97,20 @@ async def test_wait_rejects_a_bad_revision(sqlite_plane: ControlPlaneProcess) ->
 async def test_node_list_shows_xds_clients_and_a_nack_with_its_resource_and_error(
     sqlite_plane: ControlPlaneProcess,
 ) -> None:
-    from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: F401  # the type registered
-    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+    from controlplane.xds import ENDPOINTS
+    from tests.integration.test_xds import Ads
 
-    endpoints = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
     listed = json.loads((await eco(sqlite_plane, "node", "list", "-o", "json")).stdout)
     assert listed["xds_clients"] == [] and "xds_error" not in listed
 
     async with grpc.aio.insecure_channel(sqlite_plane.address) as channel:
         # A proxyless client's stream, spoken by hand: it rejects what it is sent.
-        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-        request = discovery_pb2.DiscoveryRequest(
-            type_url=endpoints, resource_names=["orders.default"]
+        ads = Ads(channel, node="web-1", agent="gRPC Go")
+        await ads.ask(ENDPOINTS, ("orders.default",))
+        response = await ads.next()
+        await ads.ask(
+            ENDPOINTS, ("orders.default",), answering=response, error="priority 0 is empty"
         )
-        request.node.id = "web-1"
-        request.node.user_agent_name = "gRPC Go"
-        await call.write(request)
-        response = await call.read()
-        nack = discovery_pb2.DiscoveryRequest(
-            type_url=endpoints,
-            resource_names=["orders.default"],
-            response_nonce=response.nonce,
-        )
-        nack.error_detail.message = "priority 0 is empty"
-        await call.write(nack)
 
         async def shown() -> None:
             table = (await eco(sqlite_plane, "node", "list")).stdout
@@ -135,4 +125,4 @@ async def test_node_list_shows_xds_clients_and_a_nack_with_its_resource_and_erro
         listed = json.loads((await eco(sqlite_plane, "node", "list", "-o", "json")).stdout)
         (client,) = listed["xds_clients"]
         assert (client["node"], client["kind"], client["state"]) == ("web-1", "proxyless", "NACKED")
-        call.cancel()
+        await ads.close()
