@@ -126,6 +126,8 @@ class LimitedConnector:
         self.inner = inner
         self.url = inner.url
         self.listed_hashes = inner.listed_hashes
+        # A connector that does not say (an older or a wrapping one) is not local.
+        self.local: bool = getattr(inner, "local", False)
         self._own = own[1]
         distinct = dict(sorted({own[0]: own[1], peer[0]: peer[1]}.items()))
         self._pair = tuple(distinct.values())

@@ -21,14 +21,17 @@ from sidecar.sync._plan import DESTINATION, Action, other
 from sidecar.sync._spec import Progress, RunReport, SyncOptions
 from sidecar.sync._state import StateStore
 from sidecar.sync.connectors._base import (
+    MD5,
     Connector,
     Entry,
     IntegrityError,
     ResumeToken,
+    Source,
     StoreThrottledError,
     StoreUnavailableError,
     SyncStoreError,
 )
+from sidecar.sync.connectors._hashing import compute_hash
 
 __all__ = ["Executor", "ProgressMeter", "TokenBucket", "with_retries"]
 
@@ -272,9 +275,19 @@ class Executor:
         def opener(offset: int) -> AsyncIterator[bytes]:
             return self._metered(reader.read(entry.path, offset))
 
+        async def md5() -> str | None:
+            # Listed by the source, or read here first when the bytes are on
+            # this host (not metered: no network, nothing sent yet).
+            known = entry.hashes.get(MD5)
+            if known or not reader.local:
+                return known
+            return await compute_hash(reader.read(entry.path), MD5)
+
+        source = Source(opener, md5)
+
         async def attempt() -> Entry:
             written = await writer.write(
-                to_path, opener, entry.size, mtime=entry.mtime, resume=token, checkpoint=checkpoint
+                to_path, source, entry.size, mtime=entry.mtime, resume=token, checkpoint=checkpoint
             )
             if written.size != entry.size:
                 raise IntegrityError(

@@ -201,6 +201,39 @@ def _journal_token(state: Path) -> str | None:
     return None if row is None else str(row[0])
 
 
+def test_a_large_file_goes_to_s3_in_one_streamed_put_checked_by_its_md5(
+    tmp_path: Path,
+    s3_target: StoreTarget,  # noqa: F811  (the fixture imported above)
+) -> None:
+    """Above what a transfer holds in memory (32 MiB), under the cutoff (200
+    MiB): the file is hashed where it lies, then streamed in one PUT whose
+    Content-MD5 the store checks; the hash pass is not counted as sent."""
+    src, state = tmp_path / "src", tmp_path / "state"
+    src.mkdir()
+    data = os.urandom(40 * 1024 * 1024)
+    (src / "large.bin").write_bytes(data)
+    args = [src.as_uri(), s3_target.url, "--state-dir", str(state), "--name", "one", "-o", "json"]
+    result = eco_sync("run", *args, env=s3_target.env)
+    assert result.returncode == 0, result.stderr
+    assert report_of(result)["bytes_copied"] == len(data)
+    assert last_progress(result.stderr)["bytes_done"] == len(data)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_target.settings["endpoint_url"],
+        aws_access_key_id=s3_target.settings["access_key_id"],
+        aws_secret_access_key=s3_target.settings["secret_access_key"],
+        region_name=s3_target.settings["region"],
+    )
+    bucket, prefix = s3_target.url.removeprefix("s3://").split("/", 1)
+    try:
+        head = s3.head_object(Bucket=bucket, Key=f"{prefix}/large.bin")
+        md5 = hashlib.md5(data).hexdigest()
+        assert head["ETag"].strip('"') == md5  # one part: its ETag is its MD5
+        assert head["Metadata"]["md5"] == md5
+    finally:
+        s3.close()
+
+
 async def test_kill_9_in_a_multipart_upload_then_resume(
     tmp_path: Path,
     s3_target: StoreTarget,  # noqa: F811  (the fixture imported above)
@@ -209,7 +242,11 @@ async def test_kill_9_in_a_multipart_upload_then_resume(
     src.mkdir()
     data = os.urandom(40 * 1024 * 1024)  # five 8 MiB parts
     (src / "large.bin").write_bytes(data)
+    # Parts above 8 MiB (by default an object of this size streams in one PUT).
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("profiles:\n  parts:\n    upload_cutoff: 8388608\n")
     args = [src.as_uri(), s3_target.url, "--state-dir", str(state), "--name", "up", "-o", "json"]
+    args += ["--profiles", str(profiles), "--destination-profile", "parts"]
     s3 = boto3.client(
         "s3",
         endpoint_url=s3_target.settings["endpoint_url"],

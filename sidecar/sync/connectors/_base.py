@@ -26,12 +26,14 @@ __all__ = [
     "Entry",
     "IntegrityError",
     "ResumeToken",
+    "Source",
     "SourceOpener",
     "StoreAuthError",
     "StoreNotFoundError",
     "StoreThrottledError",
     "StoreUnavailableError",
     "SyncStoreError",
+    "known_md5",
 ]
 
 # Content hash kinds, as the engine names them. Values are lowercase hex for
@@ -101,6 +103,37 @@ ResumeToken = Mapping[str, Any]
 SourceOpener = Callable[[int], AsyncIterator[bytes]]
 
 
+class Source:
+    """What the engine gives a write to read: a :data:`SourceOpener` (called
+    with an offset) that also knows the MD5 of the whole content when it can
+    be had without moving the bytes over a network: listed by the reading
+    store, or computed by reading a local file first.
+
+    A store that checks a body against a Content-MD5 sent ahead of it can
+    then take a large object in one streamed request instead of parts
+    (``s3``); any other write just calls it."""
+
+    def __init__(
+        self,
+        opener: SourceOpener,
+        md5: Callable[[], Awaitable[str | None]] | None = None,
+    ) -> None:
+        self._opener = opener
+        self._md5 = md5
+
+    def __call__(self, offset: int) -> AsyncIterator[bytes]:
+        return self._opener(offset)
+
+    async def md5(self) -> str | None:
+        """The content's MD5 (lowercase hex), or None when it is not known cheaply."""
+        return None if self._md5 is None else await self._md5()
+
+
+async def known_md5(source: SourceOpener) -> str | None:
+    """``source``'s MD5 when it is a :class:`Source` that knows it, else None."""
+    return await source.md5() if isinstance(source, Source) else None
+
+
 @runtime_checkable
 class Connector(Protocol):
     """A store the engine can list, read, write and delete in.
@@ -113,6 +146,9 @@ class Connector(Protocol):
     url: str
     # Hash kinds ``list()`` reports without extra requests, best first.
     listed_hashes: tuple[str, ...]
+    # Whether the bytes are on this host (a directory, memory): reading them
+    # twice costs no network, so a write may hash them before sending them.
+    local: bool
 
     async def __aenter__(self) -> Connector: ...
 

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from sidecar.sync.connectors._base import SourceOpener, SyncStoreError
-from sidecar.sync.connectors._hashing import new_hasher
 
 __all__ = [
     "DEFAULT_PART_CONCURRENCY",
@@ -26,10 +25,11 @@ __all__ = [
     "META_MTIME",
     "POOL_SIZE",
     "ObjectRoot",
-    "compute_hash",
     "concurrency_from",
     "cutoff_from",
     "digest_of",
+    "exactly",
+    "in_memory_from",
     "page_size_from",
     "parse_mtime",
     "part_count",
@@ -132,13 +132,23 @@ def concurrency_from(settings: Mapping[str, str]) -> int:
     return _int_setting(settings, "part_concurrency", DEFAULT_PART_CONCURRENCY)
 
 
-def cutoff_from(settings: Mapping[str, str], *, part_size: int, maximum: int) -> int:
+def cutoff_from(
+    settings: Mapping[str, str], *, part_size: int, maximum: int, default: int | None = None
+) -> int:
     """The ``upload_cutoff`` setting (bytes): the largest object sent in one
     request (larger ones go in parts); at least one part, at most what the
-    store takes in one request. Its default is the bytes of a transfer's
-    parts in flight (``part_concurrency`` x ``part_size``)."""
-    default = concurrency_from(settings) * part_size
+    store takes in one request. Its default is ``default``, else the bytes
+    of a transfer's parts in flight (``part_concurrency`` x ``part_size``)."""
+    if default is None:
+        default = in_memory_from(settings, part_size=part_size)
     return min(max(_int_setting(settings, "upload_cutoff", default), part_size), maximum)
+
+
+def in_memory_from(settings: Mapping[str, str], *, part_size: int) -> int:
+    """The most a transfer holds in memory: its parts in flight
+    (``part_concurrency`` x ``part_size``); an object this small is read
+    whole and sent in one request."""
+    return concurrency_from(settings) * part_size
 
 
 def page_size_from(settings: Mapping[str, str], *, maximum: int) -> int:
@@ -190,6 +200,25 @@ async def parts_of(
         yield part
 
 
+async def exactly(chunks: AsyncIterator[bytes], total: int) -> AsyncIterator[bytes]:
+    """``chunks`` as they come, checked to be ``total`` bytes in all: a source
+    that ends early or runs over is an error before a byte too many is passed
+    on (a streamed body with a Content-Length must not come up short)."""
+    seen = 0
+    try:
+        async for chunk in chunks:
+            seen += len(chunk)
+            if seen > total:
+                raise SyncStoreError(f"the source gave more than the {total} bytes expected")
+            yield chunk
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if seen < total:
+        raise SyncStoreError(f"the source ended after {seen} of {total} bytes")
+
+
 def _joined(pieces: list[memoryview]) -> bytes:
     return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
 
@@ -216,17 +245,6 @@ async def read_exactly(source: SourceOpener, size: int) -> bytes:
     async for part in parts_of(source(0), max(size, 1), size):
         data = part
     return data
-
-
-async def compute_hash(chunks: AsyncIterator[bytes], kind: str) -> str | None:
-    """``kind`` of the bytes ``chunks`` yields (reading them all), or None when
-    this process cannot compute that kind."""
-    hasher = new_hasher(kind)
-    if hasher is None:
-        return None
-    async for chunk in chunks:
-        hasher.update(chunk)
-    return hasher.result()
 
 
 def part_count(size: int, part_size: int) -> int:

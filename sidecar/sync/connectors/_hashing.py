@@ -11,13 +11,15 @@ for that kind, which callers pass on as "cannot provide".
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from sidecar.sync.connectors._base import CRC32C, MD5, SHA256
 
-__all__ = ["Hasher", "new_hasher"]
+__all__ = ["Hasher", "compute_hash", "new_hasher"]
 
 
 class Hasher(Protocol):
@@ -64,3 +66,23 @@ def new_hasher(kind: str) -> Hasher | None:
         except ImportError:
             return None
     return None
+
+
+# Below this, hashing a chunk costs less than the hop to a worker thread.
+_OFF_LOOP = 256 * 1024
+
+
+async def compute_hash(chunks: AsyncIterator[bytes], kind: str) -> str | None:
+    """``kind`` of the bytes ``chunks`` yields (reading them all), or None when
+    this process cannot compute that kind. Large chunks are hashed in a
+    worker thread (hashlib lets go of the GIL over big buffers): a 1 MiB
+    chunk's MD5 would hold the event loop for about 1.5 ms."""
+    hasher = new_hasher(kind)
+    if hasher is None:
+        return None
+    async for chunk in chunks:
+        if len(chunk) >= _OFF_LOOP:
+            await asyncio.to_thread(hasher.update, chunk)
+        else:
+            hasher.update(chunk)
+    return hasher.result()

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # botocore is imported only when a request goes through it
     from botocore.exceptions import ClientError
 
 from sidecar.sync.connectors._base import (
+    IntegrityError,
     StoreAuthError,
     StoreNotFoundError,
     StoreThrottledError,
@@ -49,6 +50,9 @@ THROTTLE_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable"}
 )
 MISSING_OBJECT = frozenset({"NoSuchKey", "404", "NotFound"})
+# The body the store got is not the one whose Content-MD5 (or signed SHA-256)
+# came with it: refused, nothing stored, worth sending again.
+DIGEST_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
 
 
 def error_code(exc: ClientError) -> tuple[str, int]:
@@ -83,6 +87,8 @@ def classify(code: str, status: int, message: str, url: str, path: str) -> SyncS
     """The sync error for S3's error ``code`` and HTTP ``status``."""
     if code == "NoSuchBucket":
         return StoreNotFoundError(message, url=url, path=path)
+    if code in DIGEST_CODES:
+        return IntegrityError(message, url=url, path=path)
     if code in AUTH_CODES or status in (401, 403):
         return StoreAuthError(message, url=url, path=path)
     if code in THROTTLE_CODES or status in (429, 503):

@@ -55,7 +55,6 @@ from sidecar.sync.connectors._cloud import (
     META_MD5,
     META_MTIME,
     ObjectRoot,
-    compute_hash,
     concurrency_from,
     cutoff_from,
     digest_of,
@@ -67,7 +66,7 @@ from sidecar.sync.connectors._cloud import (
     send_parts,
     token_fits,
 )
-from sidecar.sync.connectors._hashing import new_hasher
+from sidecar.sync.connectors._hashing import compute_hash, new_hasher
 
 __all__ = ["AzureConnector"]
 
@@ -104,6 +103,7 @@ class AzureConnector:
     """An Azure Blob container (and name prefix) as a sync store."""
 
     listed_hashes: tuple[str, ...] = (MD5,)
+    local = False
 
     def __init__(self, url: str, settings: Mapping[str, str] | None = None) -> None:
         self.url = url

@@ -81,6 +81,7 @@ class FileConnector:
 
     # Nothing is known without reading the file; ``hash()`` reads it.
     listed_hashes: tuple[str, ...] = ()
+    local = True
 
     def __init__(self, url: str, settings: Mapping[str, str] | None = None) -> None:
         self.url = url

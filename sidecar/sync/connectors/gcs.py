@@ -59,7 +59,6 @@ from sidecar.sync.connectors._cloud import (
     META_MTIME,
     POOL_SIZE,
     ObjectRoot,
-    compute_hash,
     page_size_from,
     parse_mtime,
     part_size_from,
@@ -67,7 +66,7 @@ from sidecar.sync.connectors._cloud import (
     read_exactly,
     token_fits,
 )
-from sidecar.sync.connectors._hashing import new_hasher
+from sidecar.sync.connectors._hashing import compute_hash, new_hasher
 
 __all__ = ["GcsConnector"]
 
@@ -88,6 +87,7 @@ class GcsConnector:
     """A GCS bucket (and object-name prefix) as a sync store."""
 
     listed_hashes: tuple[str, ...] = (CRC32C, MD5)
+    local = False
 
     def __init__(self, url: str, settings: Mapping[str, str] | None = None) -> None:
         self.url = url

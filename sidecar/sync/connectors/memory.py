@@ -76,6 +76,7 @@ class MemoryConnector:
 
     #: Set from ``hashes`` on construction (a plain attribute, as the protocol has it).
     listed_hashes: tuple[str, ...] = ()
+    local = True
 
     def __post_init__(self) -> None:
         self.listed_hashes = (MD5,) if self.hashes else ()

@@ -27,6 +27,7 @@ import contextlib
 import datetime
 import email.utils
 import hashlib
+import io
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -42,17 +43,19 @@ from sidecar.sync.connectors._base import (
     StoreNotFoundError,
     StoreUnavailableError,
     SyncStoreError,
+    known_md5,
 )
 from sidecar.sync.connectors._cloud import (
     META_MD5,
     META_MTIME,
     POOL_SIZE,
     ObjectRoot,
-    compute_hash,
     concurrency_from,
     cutoff_from,
     digest_of,
+    exactly,
     flag_setting,
+    in_memory_from,
     page_size_from,
     parse_mtime,
     part_count,
@@ -61,7 +64,7 @@ from sidecar.sync.connectors._cloud import (
     send_parts,
     token_fits,
 )
-from sidecar.sync.connectors._hashing import new_hasher
+from sidecar.sync.connectors._hashing import compute_hash, new_hasher
 from sidecar.sync.connectors._s3_fast import FastS3, nameable
 from sidecar.sync.connectors._s3_rules import (
     MISSING_OBJECT,
@@ -79,6 +82,11 @@ log = logging.getLogger(__name__)
 
 _MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
 _MAX_PUT = 5 * 1024**3  # S3's largest single PUT
+# upload_cutoff's default: objects up to 200 MiB go in one PUT (streamed when
+# too big for memory), a common default among sync tools; a multipart upload
+# costs a create, a complete, a HEAD and a tag beside its parts
+# (docs/benchmarks.md, "Sync").
+_STREAMED_CUTOFF = 200 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
 
 
@@ -89,10 +97,32 @@ def _encrypted(answer: Mapping[str, Any]) -> bool:
     )
 
 
+class _StreamedBody:
+    """A request body botocore takes (it has ``read``, as a file has) and
+    aiohttp streams (it is an async iterable); ``failure`` keeps the source's
+    error, which aiohttp reports only as a failed connection."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self.failure: Exception | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        raise io.UnsupportedOperation("a streamed body is read by iterating it")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._chunks:
+                yield chunk
+        except Exception as exc:
+            self.failure = exc
+            raise
+
+
 class S3Connector:
     """An S3 bucket (and key prefix) as a sync store."""
 
     listed_hashes: tuple[str, ...]
+    local = False
 
     def __init__(self, url: str, settings: Mapping[str, str] | None = None) -> None:
         self.url = url
@@ -101,7 +131,11 @@ class S3Connector:
         self._part_size = part_size_from(self._settings, minimum=_MIN_PART)
         self._page_size = page_size_from(self._settings, maximum=1000)
         self._part_concurrency = concurrency_from(self._settings)
-        self._cutoff = cutoff_from(self._settings, part_size=self._part_size, maximum=_MAX_PUT)
+        self._cutoff = cutoff_from(
+            self._settings, part_size=self._part_size, maximum=_MAX_PUT, default=_STREAMED_CUTOFF
+        )
+        held = in_memory_from(self._settings, part_size=self._part_size)
+        self._in_memory = min(held, self._cutoff)
         self._etag_is_md5 = flag_setting(self._settings, "etag_is_md5", True)
         self._payload_signing = flag_setting(self._settings, "payload_signing", False)
         self.listed_hashes = (MD5,) if self._etag_is_md5 else ()
@@ -423,9 +457,16 @@ class S3Connector:
     ) -> Entry:
         key = self._root.key(path)
         metadata = {META_MTIME: repr(float(mtime))}
-        if size <= self._cutoff:
+        md5: str | None = None
+        if size <= self._cutoff and size > self._in_memory:
+            # Too big to hold, small enough for one request: one streamed PUT
+            # when the MD5 can go ahead of the body (the store checks it).
+            md5 = await known_md5(source)
+        if size <= self._in_memory or md5 is not None:
             if resume and resume.get("upload_id"):
                 await self._abort(path, key, str(resume["upload_id"]))  # one request now
+            if md5 is not None:
+                return await self._streamed_put(path, key, source, size, metadata, md5)
             return await self._put(path, key, source, size, metadata)
         return await self._multipart(path, key, source, size, mtime, metadata, resume, checkpoint)
 
@@ -457,15 +498,60 @@ class S3Connector:
                     Metadata=metadata,
                 )
             etag, encrypted = response.get("ETag"), _encrypted(response)
+        return await self._stored(path, size, metadata, etag, encrypted=encrypted)
+
+    async def _streamed_put(
+        self,
+        path: str,
+        key: str,
+        source: SourceOpener,
+        size: int,
+        metadata: dict[str, str],
+        md5: str,
+    ) -> Entry:
+        """One PutObject whose body streams from the source (a chunk in memory
+        at a time), with the MD5 known ahead as its Content-MD5: S3 refuses a
+        body that does not match, so nothing else is ever visible."""
+        client = await self._ensure()
+        metadata[META_MD5] = md5
+        body = _StreamedBody(exactly(source(0), size))
+        try:
+            with self._errors(path):
+                response = await client.put_object(
+                    Bucket=self._root.bucket,
+                    Key=key,
+                    Body=body,
+                    ContentLength=size,
+                    ContentMD5=base64.b64encode(bytes.fromhex(md5)).decode(),
+                    Metadata=metadata,
+                )
+        except Exception:
+            if body.failure is not None:
+                # The source failed, not the store: its error, as it raised it.
+                raise body.failure from None
+            raise
+        return await self._stored(
+            path, size, metadata, response.get("ETag"), encrypted=_encrypted(response)
+        )
+
+    async def _stored(
+        self,
+        path: str,
+        size: int,
+        metadata: dict[str, str],
+        etag: str | None,
+        *,
+        encrypted: bool,
+    ) -> Entry:
+        """The entry a single PUT made, checked: its ETag is the MD5 sent."""
+        sent = metadata[META_MD5]
         got = plain_md5(etag)
         if encrypted or got is None or not self._etag_is_md5:
             # The ETag is no MD5 here: ask the store what it holds.
             return await self._verified(path, size)
-        if got != digest.hexdigest():
+        if got != sent:
             raise IntegrityError(
-                f"s3: stored ETag {got} is not the MD5 sent {digest.hexdigest()}",
-                url=self.url,
-                path=path,
+                f"s3: stored ETag {got} is not the MD5 sent {sent}", url=self.url, path=path
             )
         # The store checked the body (Content-MD5 through aiobotocore, the
         # signed SHA-256 through obstore) and its ETag is its MD5: the object

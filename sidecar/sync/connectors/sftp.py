@@ -110,6 +110,7 @@ class SftpConnector:
 
     # SFTP servers keep no content hashes; ``hash()`` reads the file.
     listed_hashes: tuple[str, ...] = ()
+    local = False
 
     def __init__(self, url: str, settings: Mapping[str, str] | None = None) -> None:
         self.url = url

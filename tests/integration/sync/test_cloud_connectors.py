@@ -26,10 +26,12 @@ from sidecar.sync.connectors import (
     Entry,
     IntegrityError,
     ResumeToken,
+    Source,
     SourceOpener,
     StoreAuthError,
     StoreNotFoundError,
     StoreThrottledError,
+    SyncStoreError,
     open_connector,
 )
 from sidecar.sync.connectors.azure import _PROXY_VARIABLES, _env_names_a_proxy_or_netrc
@@ -360,6 +362,75 @@ async def test_an_object_up_to_the_cutoff_goes_in_one_request(
         assert len(puts) == 1 and "partNumber" not in puts[0] and "blockid" not in puts[0]
         assert entry.hashes[MD5] == hashlib.md5(data).hexdigest()
         assert await content(c, "mid.bin") == data
+
+
+def known(data: bytes, md5: str | None = None) -> Source:
+    """``data`` as a source that knows its MD5 (``md5``, when given, says otherwise)."""
+
+    async def told() -> str:
+        return md5 or hashlib.md5(data).hexdigest()
+
+    return Source(source_of(data), told)
+
+
+# Memory for two parts in flight (10 MiB), under the default cutoff (200 MiB).
+TWO_PARTS = {"part_size": str(PART), "part_concurrency": "2"}
+
+
+async def test_s3_streams_an_object_too_big_for_memory_in_one_put_when_its_md5_is_known(
+    s3_target: StoreTarget, moto_server: Emulator
+) -> None:
+    data = os.urandom(3 * PART)
+    async with (
+        StoreProxy(moto_server.endpoint) as proxy,
+        open_connector(s3_target.url, {**through(s3_target, proxy.endpoint), **TWO_PARTS}) as c,
+    ):
+        entry = await c.write("one.bin", known(data), len(data), mtime=MTIME)
+        puts = [q for m, q in proxy.seen if m in ("PUT", "POST")]
+        assert len(puts) == 1 and "partNumber" not in puts[0] and "uploads" not in puts[0]
+        assert entry.hashes[MD5] == entry.etag == hashlib.md5(data).hexdigest()
+        assert await content(c, "one.bin") == data
+        assert (await c.stat("one.bin")) == entry
+
+        # The same object from a source that cannot tell its MD5 goes in parts.
+        proxy.seen.clear()
+        entry = await c.write("parts.bin", source_of(data), len(data), mtime=MTIME)
+        assert sum("partNumber" in q for m, q in proxy.seen if m == "PUT") == 3
+        assert entry.etag is not None and entry.etag.endswith("-3")
+        assert await c.hash("parts.bin", MD5) == hashlib.md5(data).hexdigest()
+
+
+async def test_s3_keeps_no_streamed_object_whose_md5_is_not_the_one_told(
+    s3_target: StoreTarget,
+) -> None:
+    data = os.urandom(3 * PART)
+    wrong = hashlib.md5(b"another content").hexdigest()
+    async with connect(s3_target, **TWO_PARTS) as c:
+        # S3 refuses the body (BadDigest); the emulator stores it, and the
+        # ETag it answers gives the mismatch away: an IntegrityError either way.
+        with pytest.raises(IntegrityError):
+            await c.write("bad.bin", known(data, wrong), len(data), mtime=MTIME)
+
+
+async def test_s3_a_streamed_source_that_fails_raises_its_own_error(
+    s3_target: StoreTarget,
+) -> None:
+    data = os.urandom(3 * PART)
+
+    async def broken(offset: int) -> AsyncIterator[bytes]:
+        yield data[:PART]
+        raise SourceBroke("the download dropped")
+
+    async def told() -> str:
+        return hashlib.md5(data).hexdigest()
+
+    async with connect(s3_target, **TWO_PARTS) as c:
+        with pytest.raises(SourceBroke, match="dropped"):
+            await c.write("broken.bin", Source(broken, told), len(data), mtime=MTIME)
+        with pytest.raises(SyncStoreError, match="ended after"):
+            short = Source(source_of(data[:PART]), told)
+            await c.write("short.bin", short, len(data), mtime=MTIME)
+        assert await listing(c) == {}  # nothing visible
 
 
 async def test_a_token_the_store_no_longer_knows_starts_again(cloud: StoreTarget) -> None:

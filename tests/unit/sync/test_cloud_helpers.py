@@ -12,16 +12,20 @@ import certifi
 import pytest
 
 from sidecar.sync.connectors._base import (
+    IntegrityError,
+    Source,
     SourceOpener,
     StoreAuthError,
     StoreNotFoundError,
     StoreThrottledError,
     StoreUnavailableError,
     SyncStoreError,
+    known_md5,
 )
 from sidecar.sync.connectors._cloud import (
     ObjectRoot,
     cutoff_from,
+    exactly,
     flag_setting,
     page_size_from,
     part_size_from,
@@ -67,6 +71,28 @@ async def test_a_source_of_the_wrong_length_is_an_error() -> None:
         [p async for p in parts_of(_chunks(b"x" * 10, 3), 4, 20)]
     with pytest.raises(SyncStoreError, match="more than the 5"):
         [p async for p in parts_of(_chunks(b"x" * 10, 3), 4, 5)]
+
+
+async def test_a_streamed_body_of_the_wrong_length_stops_before_the_extra_byte() -> None:
+    passed: list[bytes] = []
+    with pytest.raises(SyncStoreError, match="more than the 5"):
+        async for chunk in exactly(_chunks(b"x" * 10, 3), 5):
+            passed.append(chunk)
+    assert sum(map(len, passed)) <= 5
+    with pytest.raises(SyncStoreError, match="ended after 10 of 20"):
+        [c async for c in exactly(_chunks(b"x" * 10, 3), 20)]
+    assert b"".join([c async for c in exactly(_chunks(b"abcdef", 4), 6)]) == b"abcdef"
+
+
+async def test_a_source_tells_its_md5_only_when_it_knows_it() -> None:
+    async def md5() -> str | None:
+        return hashlib.md5(b"abc").hexdigest()
+
+    opener = _opener(b"abc", [])
+    assert await known_md5(opener) is None  # a bare opener knows nothing
+    assert await known_md5(Source(opener)) is None
+    assert await known_md5(Source(opener, md5)) == hashlib.md5(b"abc").hexdigest()
+    assert b"".join([c async for c in Source(opener, md5)(1)]) == b"bc"
 
 
 def _opener(data: bytes, opened: list[int]) -> SourceOpener:
@@ -132,6 +158,7 @@ def test_settings_are_raised_to_the_stores_limits() -> None:
     assert cutoff_from({"part_concurrency": "2"}, part_size=8 << 20, maximum=1 << 40) == 16 << 20
     assert cutoff_from({"upload_cutoff": "1"}, part_size=5 << 20, maximum=1 << 40) == 5 << 20
     assert cutoff_from({"upload_cutoff": str(1 << 40)}, part_size=1, maximum=100) == 100
+    assert cutoff_from({}, part_size=8 << 20, maximum=1 << 40, default=200 << 20) == 200 << 20
     assert part_size_from({}, minimum=5 << 20) == 8 << 20
     assert part_size_from({"part_size": "1"}, minimum=5 << 20) == 5 << 20
     assert part_size_from({"part_size": str(300_000)}, minimum=1, multiple=262_144) == 524_288
@@ -215,6 +242,8 @@ def test_s3_error_codes_are_read_from_obstore_messages() -> None:
         ("", 429, StoreThrottledError),
         ("InternalError", 500, StoreUnavailableError),
         ("InvalidRange", 416, SyncStoreError),
+        ("BadDigest", 400, IntegrityError),  # the body is not what its Content-MD5 says
+        ("XAmzContentSHA256Mismatch", 400, IntegrityError),
     ],
 )
 def test_s3_codes_map_onto_the_error_tree(code: str, status: int, error: type) -> None:
