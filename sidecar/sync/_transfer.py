@@ -275,15 +275,16 @@ class Executor:
         def opener(offset: int) -> AsyncIterator[bytes]:
             return self._metered(reader.read(entry.path, offset))
 
-        async def md5() -> str | None:
-            # Listed by the source, or read here first when the bytes are on
-            # this host (not metered: no network, nothing sent yet).
-            known = entry.hashes.get(MD5)
-            if known or not reader.local:
-                return known
+        async def hash_here() -> str | None:
+            # Bytes on this host, read before they are sent (not metered: no
+            # network, nothing sent yet).
             return await compute_hash(reader.read(entry.path), MD5)
 
-        source = Source(opener, md5)
+        source = Source(
+            opener,
+            listed_md5=entry.hashes.get(MD5),
+            hash_here=hash_here if reader.local else None,
+        )
 
         async def attempt() -> Entry:
             written = await writer.write(

@@ -34,6 +34,7 @@ __all__ = [
     "StoreUnavailableError",
     "SyncStoreError",
     "known_md5",
+    "md5_to_be_had",
 ]
 
 # Content hash kinds, as the engine names them. Values are lowercase hex for
@@ -105,33 +106,51 @@ SourceOpener = Callable[[int], AsyncIterator[bytes]]
 
 class Source:
     """What the engine gives a write to read: a :data:`SourceOpener` (called
-    with an offset) that also knows the MD5 of the whole content when it can
-    be had without moving the bytes over a network: listed by the reading
-    store, or computed by reading a local file first.
+    with an offset) that also says what it knows of the content's MD5
+    without moving the bytes over a network: the MD5 its store listed
+    (``listed_md5``), or that it can compute one by reading bytes that are
+    on this host (``local``: a file, hashed where it lies).
 
     A store that checks a body against a Content-MD5 sent ahead of it can
     then take a large object in one streamed request instead of parts
-    (``s3``); any other write just calls it."""
+    (``s3``); one that sets an object's MD5 at the end of a block upload
+    computes it only where the source could tell it too (``az``). Any other
+    write just calls it."""
 
     def __init__(
         self,
         opener: SourceOpener,
-        md5: Callable[[], Awaitable[str | None]] | None = None,
+        *,
+        listed_md5: str | None = None,
+        hash_here: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self._opener = opener
-        self._md5 = md5
+        self.listed_md5 = listed_md5
+        self._hash_here = hash_here
+
+    @property
+    def local(self) -> bool:
+        return self._hash_here is not None
 
     def __call__(self, offset: int) -> AsyncIterator[bytes]:
         return self._opener(offset)
 
     async def md5(self) -> str | None:
-        """The content's MD5 (lowercase hex), or None when it is not known cheaply."""
-        return None if self._md5 is None else await self._md5()
+        """The content's MD5 (lowercase hex): the listed one, else one computed
+        here by reading a local source; None when neither is to be had."""
+        if self.listed_md5 or self._hash_here is None:
+            return self.listed_md5
+        return await self._hash_here()
 
 
 async def known_md5(source: SourceOpener) -> str | None:
-    """``source``'s MD5 when it is a :class:`Source` that knows it, else None."""
+    """``source``'s MD5 when it is a :class:`Source` that can tell it, else None."""
     return await source.md5() if isinstance(source, Source) else None
+
+
+def md5_to_be_had(source: SourceOpener) -> bool:
+    """Whether ``source`` can tell its MD5 without the bytes crossing a network."""
+    return isinstance(source, Source) and (bool(source.listed_md5) or source.local)
 
 
 @runtime_checkable

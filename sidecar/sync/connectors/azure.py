@@ -10,8 +10,9 @@ the profile's ``connection_string``; or ``account_url`` with
 Objects up to ``upload_cutoff`` go in one Put Blob with a transactional MD5
 (the service checks it and keeps it as the blob's Content-MD5). Larger ones
 are staged as blocks, up to ``part_concurrency`` at once (each with its MD5
-checked by the service), and committed at the end with the MD5 of the
-whole content as Content-MD5 and the source mtime as metadata; uncommitted
+checked by the service), and committed at the end with the source mtime as
+metadata and, where the source can tell its MD5 as well (a local file, a
+listed MD5), the MD5 of the whole content as Content-MD5; uncommitted
 blocks are invisible. The resume token names the upload's block-id prefix;
 a resume asks for the uncommitted block list and stages only the blocks
 missing from it.
@@ -44,12 +45,14 @@ from sidecar.sync.connectors._base import (
     Entry,
     IntegrityError,
     ResumeToken,
+    Source,
     SourceOpener,
     StoreAuthError,
     StoreNotFoundError,
     StoreThrottledError,
     StoreUnavailableError,
     SyncStoreError,
+    md5_to_be_had,
 )
 from sidecar.sync.connectors._cloud import (
     META_MD5,
@@ -385,7 +388,13 @@ class AzureConnector:
         token = {"blocks": prefix, "part_size": part_size, "key": key, "size": size, "mtime": mtime}
         if checkpoint is not None:
             await checkpoint(token)  # before any block: a resume finds them all
-        whole = hashlib.md5(usedforsecurity=False) if not held else None
+        # The whole content's MD5, kept as the blob's Content-MD5, is a second
+        # pass over every byte beside the blocks' own: taken only where the
+        # source could tell its MD5 too (a local file, a listed MD5), which
+        # it is then checked against before anything is visible. A blob from
+        # a source without one (an S3 multipart object, an SFTP file) has
+        # none either, and hash() reads it.
+        whole = hashlib.md5(usedforsecurity=False) if not held and md5_to_be_had(source) else None
 
         async def send(number: int, data: bytes, digest: bytes) -> None:
             with self._errors(path):
@@ -408,6 +417,14 @@ class AzureConnector:
             send=send,
         )
         if whole is not None:
+            told = source.listed_md5 if isinstance(source, Source) else None
+            if told and told != whole.hexdigest():
+                raise IntegrityError(
+                    f"az: the source's bytes have MD5 {whole.hexdigest()}, not the {told} it"
+                    " listed (changed while being read?); nothing committed",
+                    url=self.url,
+                    path=path,
+                )
             metadata[META_MD5] = whole.hexdigest()
         settings = ContentSettings(content_md5=bytearray(whole.digest()) if whole else None)
         blocks = [

@@ -145,16 +145,47 @@ async def test_a_large_objects_listed_md5_is_its_contents(
     store: str, request: pytest.FixtureRequest
 ) -> None:
     """GCS computes md5Hash for a resumable upload, and Azure keeps the
-    Content-MD5 committed with the block list: both are the whole content's
-    (S3 lists a multipart ETag, never an MD5: the test above)."""
+    Content-MD5 committed with the block list (from a source that can tell
+    its MD5: a local file here): both are the whole content's (S3 lists a
+    multipart ETag, never an MD5: the test above)."""
     cloud: StoreTarget = request.getfixturevalue(f"{store}_target")
     data = os.urandom(2 * PART + 99)
+
+    async def hash_here() -> str:
+        return hashlib.md5(data).hexdigest()
+
+    local = Source(source_of(data), hash_here=hash_here)
     async with connect(cloud, part_size=str(PART), upload_cutoff=str(PART)) as c:
-        entry = await c.write("big.bin", source_of(data), len(data), mtime=MTIME)
+        entry = await c.write("big.bin", local, len(data), mtime=MTIME)
         listed = (await listing(c))["big.bin"]
         assert entry.hashes[MD5] == listed.hashes[MD5] == hashlib.md5(data).hexdigest()
         assert listed.mtime == MTIME  # kept in metadata, listed with it
         assert await c.hash("big.bin", MD5) == hashlib.md5(data).hexdigest()
+
+
+async def test_azure_takes_a_blocks_md5_only_where_the_source_could_tell_one(
+    azure_target: StoreTarget,
+) -> None:
+    """The whole content's MD5 is a second pass over every byte: from a source
+    that cannot tell its MD5 (an S3 multipart object), the blob has none
+    either and hash() reads it; a listed MD5 the bytes do not match is an
+    IntegrityError before anything is committed."""
+    data = os.urandom(2 * PART + 99)
+    md5 = hashlib.md5(data).hexdigest()
+    async with connect(azure_target, part_size=str(PART), upload_cutoff=str(PART)) as c:
+        entry = await c.write("unknown.bin", source_of(data), len(data), mtime=MTIME)
+        assert MD5 not in entry.hashes
+        assert MD5 not in (await listing(c))["unknown.bin"].hashes
+        assert await c.hash("unknown.bin", MD5) == md5  # read and computed
+
+        listed = Source(source_of(data), listed_md5=md5)
+        entry = await c.write("listed.bin", listed, len(data), mtime=MTIME)
+        assert entry.hashes[MD5] == md5
+
+        stale = Source(source_of(data), listed_md5=hashlib.md5(b"before").hexdigest())
+        with pytest.raises(IntegrityError, match="nothing committed"):
+            await c.write("stale.bin", stale, len(data), mtime=MTIME)
+        assert "stale.bin" not in await listing(c)
 
 
 # -- resumed uploads -----------------------------------------------------------
@@ -367,10 +398,7 @@ async def test_an_object_up_to_the_cutoff_goes_in_one_request(
 def known(data: bytes, md5: str | None = None) -> Source:
     """``data`` as a source that knows its MD5 (``md5``, when given, says otherwise)."""
 
-    async def told() -> str:
-        return md5 or hashlib.md5(data).hexdigest()
-
-    return Source(source_of(data), told)
+    return Source(source_of(data), listed_md5=md5 or hashlib.md5(data).hexdigest())
 
 
 # Memory for two parts in flight (10 MiB), under the default cutoff (200 MiB).
@@ -421,14 +449,12 @@ async def test_s3_a_streamed_source_that_fails_raises_its_own_error(
         yield data[:PART]
         raise SourceBroke("the download dropped")
 
-    async def told() -> str:
-        return hashlib.md5(data).hexdigest()
-
+    told = hashlib.md5(data).hexdigest()
     async with connect(s3_target, **TWO_PARTS) as c:
         with pytest.raises(SourceBroke, match="dropped"):
-            await c.write("broken.bin", Source(broken, told), len(data), mtime=MTIME)
+            await c.write("broken.bin", Source(broken, listed_md5=told), len(data), mtime=MTIME)
         with pytest.raises(SyncStoreError, match="ended after"):
-            short = Source(source_of(data[:PART]), told)
+            short = Source(source_of(data[:PART]), listed_md5=told)
             await c.write("short.bin", short, len(data), mtime=MTIME)
         assert await listing(c) == {}  # nothing visible
 

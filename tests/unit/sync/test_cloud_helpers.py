@@ -21,6 +21,7 @@ from sidecar.sync.connectors._base import (
     StoreUnavailableError,
     SyncStoreError,
     known_md5,
+    md5_to_be_had,
 )
 from sidecar.sync.connectors._cloud import (
     ObjectRoot,
@@ -85,14 +86,25 @@ async def test_a_streamed_body_of_the_wrong_length_stops_before_the_extra_byte()
 
 
 async def test_a_source_tells_its_md5_only_when_it_knows_it() -> None:
-    async def md5() -> str | None:
+    hashed: list[bool] = []
+
+    async def hash_here() -> str | None:
+        hashed.append(True)
         return hashlib.md5(b"abc").hexdigest()
 
     opener = _opener(b"abc", [])
+    listed = hashlib.md5(b"listed").hexdigest()
     assert await known_md5(opener) is None  # a bare opener knows nothing
-    assert await known_md5(Source(opener)) is None
-    assert await known_md5(Source(opener, md5)) == hashlib.md5(b"abc").hexdigest()
-    assert b"".join([c async for c in Source(opener, md5)(1)]) == b"bc"
+    assert not md5_to_be_had(opener)
+    assert await known_md5(Source(opener)) is None and not md5_to_be_had(Source(opener))
+    assert await known_md5(Source(opener, listed_md5=listed)) == listed
+    local = Source(opener, hash_here=hash_here)
+    assert md5_to_be_had(local) and not hashed  # saying so costs no read
+    assert await known_md5(local) == hashlib.md5(b"abc").hexdigest() and hashed
+    both = Source(opener, listed_md5=listed, hash_here=hash_here)
+    hashed.clear()
+    assert await known_md5(both) == listed and not hashed  # the listed one, no read
+    assert b"".join([c async for c in local(1)]) == b"bc"
 
 
 def _opener(data: bytes, opened: list[int]) -> SourceOpener:
