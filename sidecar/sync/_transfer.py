@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from sidecar.sync._limits import unlimited
 from sidecar.sync._plan import DESTINATION, Action, other
 from sidecar.sync._spec import Progress, RunReport, SyncOptions
 from sidecar.sync._state import StateStore
@@ -31,7 +32,6 @@ from sidecar.sync.connectors._base import (
     StoreUnavailableError,
     SyncStoreError,
 )
-from sidecar.sync.connectors._hashing import compute_hash
 
 __all__ = ["Executor", "ProgressMeter", "TokenBucket", "with_retries"]
 
@@ -276,9 +276,10 @@ class Executor:
             return self._metered(reader.read(entry.path, offset))
 
         async def hash_here() -> str | None:
-            # Bytes on this host, read before they are sent (not metered: no
-            # network, nothing sent yet).
-            return await compute_hash(reader.read(entry.path), MD5)
+            # Bytes on this host, hashed where they lie before they are sent
+            # (not metered: no network, nothing sent yet), inside the write,
+            # which holds the reading store's slot already.
+            return await unlimited(reader).hash(entry.path, MD5)
 
         source = Source(
             opener,

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from botocore.utils import parse_timestamp
 
+from sidecar.sync import SyncOptions, run_sync
 from sidecar.sync.connectors import (
     MD5,
     Connector,
@@ -426,6 +427,35 @@ async def test_s3_streams_an_object_too_big_for_memory_in_one_put_when_its_md5_i
         assert sum("partNumber" in q for m, q in proxy.seen if m == "PUT") == 3
         assert entry.etag is not None and entry.etag.endswith("-3")
         assert await c.hash("parts.bin", MD5) == hashlib.md5(data).hexdigest()
+
+
+async def test_s3_a_run_hashes_local_files_first_and_streams_them_on_one_slot_each(
+    s3_target: StoreTarget, tmp_path: Path
+) -> None:
+    """Files too big for memory go from a directory in one streamed PUT each,
+    hashed where they lie first; the hash is part of the write and takes no
+    slot of its own, so two transfers on one connection per store finish
+    (a slot taken for the hash would wait forever on the writes holding them)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {f"f{i}.bin": os.urandom(3 * PART) for i in range(3)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    options = SyncOptions(
+        source=src.as_uri(),
+        destination=s3_target.url,
+        transfers=2,
+        max_connections=1,
+        state_path=str(tmp_path / "state.db"),
+        profiles={"destination": {**s3_target.settings, **TWO_PARTS}},
+    )
+    report = await asyncio.wait_for(run_sync(options), timeout=60)
+    assert report.status == "completed" and report.errors == []
+    assert report.files_copied == 3 and report.bytes_copied == 9 * PART
+    async with connect(s3_target) as c:
+        for name, data in files.items():
+            entry = await c.stat(name)
+            assert entry is not None and entry.etag == hashlib.md5(data).hexdigest()  # one part
 
 
 async def test_s3_keeps_no_streamed_object_whose_md5_is_not_the_one_told(
