@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
-from tests.harness.cloud_storage import moto_server, s3_target  # noqa: F401  (fixtures)
+from tests.harness.cloud_storage import moto_server, s3_client, s3_target  # noqa: F401  (fixtures)
 from tests.harness.storage import StoreTarget
 from tests.util import assert_eventually
 
@@ -217,13 +216,7 @@ def test_a_large_file_goes_to_s3_in_one_streamed_put_checked_by_its_md5(
     assert result.returncode == 0, result.stderr
     assert report_of(result)["bytes_copied"] == len(data)
     assert last_progress(result.stderr)["bytes_done"] == len(data)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_target.settings["endpoint_url"],
-        aws_access_key_id=s3_target.settings["access_key_id"],
-        aws_secret_access_key=s3_target.settings["secret_access_key"],
-        region_name=s3_target.settings["region"],
-    )
+    s3 = s3_client(s3_target.settings)
     bucket, prefix = s3_target.url.removeprefix("s3://").split("/", 1)
     try:
         head = s3.head_object(Bucket=bucket, Key=f"{prefix}/large.bin")
@@ -247,13 +240,7 @@ async def test_kill_9_in_a_multipart_upload_then_resume(
     profiles.write_text("profiles:\n  parts:\n    upload_cutoff: 8388608\n")
     args = [src.as_uri(), s3_target.url, "--state-dir", str(state), "--name", "up", "-o", "json"]
     args += ["--profiles", str(profiles), "--destination-profile", "parts"]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_target.settings["endpoint_url"],
-        aws_access_key_id=s3_target.settings["access_key_id"],
-        aws_secret_access_key=s3_target.settings["secret_access_key"],
-        region_name=s3_target.settings["region"],
-    )
+    s3 = s3_client(s3_target.settings)
     bucket, prefix = s3_target.url.removeprefix("s3://").split("/", 1)
     key = f"{prefix}/large.bin"
     try:

@@ -13,12 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
 import yaml
 
 from tests.e2e.test_cli import Eco
-from tests.harness.cloud_storage import moto_server, s3_target  # noqa: F401  (fixtures)
+from tests.harness.cloud_storage import moto_server, s3_client, s3_target  # noqa: F401  (fixtures)
 from tests.harness.controlplane import ControlPlaneProcess
 from tests.harness.storage import StoreTarget
 
@@ -47,13 +46,7 @@ def eco_sync(
 
 
 def keys(target: StoreTarget) -> list[str]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=target.settings["endpoint_url"],
-        aws_access_key_id=target.settings["access_key_id"],
-        aws_secret_access_key=target.settings["secret_access_key"],
-        region_name=target.settings["region"],
-    )
+    s3 = s3_client(target.settings)
     bucket, prefix = target.url.removeprefix("s3://").split("/", 1)
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", [])
     return sorted(item["Key"].removeprefix(prefix + "/") for item in listed)

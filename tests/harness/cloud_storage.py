@@ -39,6 +39,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -262,16 +263,21 @@ def s3_env(settings: dict[str, str]) -> dict[str, str]:
     }
 
 
-def make_s3_bucket(endpoint: str) -> str:
-    bucket = _fresh_name("s3")
-    settings = s3_settings(endpoint)
-    client = boto3.client(
+def s3_client(settings: dict[str, str]) -> Any:
+    """A boto3 S3 client for a connector's settings (``s3_settings``, a target's),
+    to look at what a test wrote; the caller closes it."""
+    return boto3.client(
         "s3",
-        endpoint_url=endpoint,
+        endpoint_url=settings["endpoint_url"],
         aws_access_key_id=settings["access_key_id"],
         aws_secret_access_key=settings["secret_access_key"],
         region_name=settings["region"],
     )
+
+
+def make_s3_bucket(endpoint: str) -> str:
+    bucket = _fresh_name("s3")
+    client = s3_client(s3_settings(endpoint))
     client.create_bucket(Bucket=bucket)
     client.close()
     return bucket

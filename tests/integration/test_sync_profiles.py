@@ -12,7 +12,6 @@ import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import boto3
 import grpc
 import pytest
 import yaml
@@ -21,7 +20,7 @@ from ecosystem.v1 import sync_pb2_grpc
 
 from controlplane import ControlPlane
 from controlplane.testing import test_config
-from tests.harness.cloud_storage import moto_server, s3_target  # noqa: F401  (fixtures)
+from tests.harness.cloud_storage import moto_server, s3_client, s3_target  # noqa: F401  (fixtures)
 from tests.harness.sidecar import SidecarProcess
 from tests.harness.storage import StoreTarget
 from tests.util import assert_eventually
@@ -38,13 +37,7 @@ async def plane() -> AsyncIterator[ControlPlane]:
 
 
 def _keys(target: StoreTarget) -> list[str]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=target.settings["endpoint_url"],
-        aws_access_key_id=target.settings["access_key_id"],
-        aws_secret_access_key=target.settings["secret_access_key"],
-        region_name=target.settings["region"],
-    )
+    s3 = s3_client(target.settings)
     bucket, prefix = target.url.removeprefix("s3://").split("/", 1)
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", [])
     return sorted(item["Key"].removeprefix(prefix + "/") for item in listed)

@@ -13,11 +13,10 @@ import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from sidecar.sync.connectors import MD5, SourceOpener, open_connector
-from tests.harness.cloud_storage import Emulator
+from tests.harness.cloud_storage import Emulator, s3_client
 from tests.harness.storage import StoreTarget
 
 MTIME = 1_700_000_000.0
@@ -47,18 +46,10 @@ async def test_a_key_obstore_cannot_name_round_trips_exactly(
         stat = await c.stat(path)
         assert stat is not None and stat.mtime == MTIME
     bucket, _, prefix = s3_target.url.removeprefix("s3://").partition("/")
-    client = boto3.client("s3", endpoint_url=moto_server.endpoint, **_boto(s3_target.settings))
+    client = s3_client(s3_target.settings)
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
     client.close()
     assert keys == [f"{prefix}/{path}"]
-
-
-def _boto(settings: dict[str, str]) -> dict[str, str]:
-    return {
-        "aws_access_key_id": settings["access_key_id"],
-        "aws_secret_access_key": settings["secret_access_key"],
-        "region_name": settings["region"],
-    }
 
 
 async def test_a_read_from_the_end_of_an_object_gives_nothing(s3_target: StoreTarget) -> None:
