@@ -25,6 +25,7 @@ __all__ = [
     "META_MTIME",
     "POOL_SIZE",
     "ObjectRoot",
+    "Part",
     "concurrency_from",
     "cutoff_from",
     "digest_of",
@@ -166,15 +167,46 @@ def parse_mtime(value: str | None) -> float | None:
         return None
 
 
+class Part:
+    """One part of a source, as the pieces it was read in (views of the
+    source's chunks: nothing copied yet). A sender that needs one buffer
+    takes :meth:`joined` (one copy); one whose store takes a streamed body
+    sends :meth:`stream`, so the part is never copied in this process."""
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self, pieces: list[memoryview]) -> None:
+        self.pieces = pieces
+        self.size = sum(len(piece) for piece in pieces)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def joined(self) -> bytes:
+        return _joined(self.pieces)
+
+    async def stream(self) -> AsyncIterator[memoryview]:
+        for piece in self.pieces:
+            yield piece
+
+
 async def parts_of(
     chunks: AsyncIterator[bytes], part_size: int, total: int
 ) -> AsyncIterator[bytes]:
     """The source's bytes re-cut into parts of exactly ``part_size`` (the last
     one shorter), ``total`` bytes in all; a source that ends early or runs
     over is an error, never a silently short object."""
-    # The pieces of the part being gathered, joined once when it is whole:
-    # each byte is copied once (a growing bytearray sliced into bytes copied
-    # every part three times, 3 x 64 MiB for a 64 MiB object).
+    async for part in _parts(chunks, part_size, total):
+        data = part.joined()
+        part.pieces.clear()  # let go of the pieces first: one copy of the part is held
+        yield data
+
+
+async def _parts(chunks: AsyncIterator[bytes], part_size: int, total: int) -> AsyncIterator[Part]:
+    """As :func:`parts_of`, each part as its pieces (:class:`Part`)."""
+    # The pieces of the part being gathered, views of the chunks: a byte is
+    # copied once at most, when a part is joined (a growing bytearray sliced
+    # into bytes copied every part three times, 3 x 64 MiB for 64 MiB).
     pending: list[memoryview] = []
     held = 0
     seen = 0
@@ -186,18 +218,16 @@ async def parts_of(
         while held + len(view) >= part_size:
             take = part_size - held
             pending.append(view[:take])
-            part = _joined(pending)
+            whole = Part(pending)
             pending, held, view = [], 0, view[take:]
-            yield part  # the pieces are let go first: one copy of the part is held
+            yield whole
         if view:
             pending.append(view)
             held += len(view)
     if seen < total:
         raise SyncStoreError(f"the source ended after {seen} of {total} bytes")
     if pending:
-        part = _joined(pending)
-        pending.clear()
-        yield part
+        yield Part(pending)
 
 
 async def exactly(chunks: AsyncIterator[bytes], total: int) -> AsyncIterator[bytes]:
@@ -253,8 +283,8 @@ def part_count(size: int, part_size: int) -> int:
 
 async def _missing(
     source: SourceOpener, size: int, part_size: int, held: Collection[int]
-) -> AsyncGenerator[tuple[int, bytes], None]:
-    """(number, bytes) of each part (numbered from 1) not in ``held``: the
+) -> AsyncGenerator[tuple[int, Part], None]:
+    """(number, part) of each part (numbered from 1) not in ``held``: the
     source is opened once per run of missing parts, at its first byte, and
     read only to the run's end, so held parts are neither sent nor read."""
     last = part_count(size, part_size)
@@ -268,8 +298,8 @@ async def _missing(
             end += 1
         start, stop = (number - 1) * part_size, min(end * part_size, size)
         chunks = _upto(source(start), stop - start)
-        async for data in parts_of(chunks, part_size, stop - start):
-            yield number, data
+        async for part in _parts(chunks, part_size, stop - start):
+            yield number, part
             number += 1
         number = end + 1
 
@@ -301,12 +331,15 @@ async def digest_of(data: bytes) -> Any:
     return await asyncio.to_thread(hashlib.md5, data, usedforsecurity=False)
 
 
-def _digests(data: bytes, whole: Any) -> bytes:
+def _digests(part: Part, whole: Any) -> bytes:
     # In a worker thread: hashlib lets go of the GIL over big buffers, so an
     # 8 MiB part's MD5 (~10 ms) does not stall the event loop's other transfers.
-    if whole is not None:
-        whole.update(data)
-    return hashlib.md5(data, usedforsecurity=False).digest()
+    md5 = hashlib.md5(usedforsecurity=False)
+    for piece in part.pieces:
+        if whole is not None:
+            whole.update(piece)
+        md5.update(piece)
+    return md5.digest()
 
 
 async def send_parts(
@@ -317,13 +350,14 @@ async def send_parts(
     held: Collection[int],
     concurrency: int,
     whole: Any,
-    send: Callable[[int, bytes, bytes], Awaitable[T]],
+    send: Callable[[int, Part, bytes], Awaitable[T]],
 ) -> dict[int, T]:
     """Sends the parts of the source not in ``held`` (numbers from 1), up to
-    ``concurrency`` at once: ``send(number, data, md5)`` for each, answered
-    by number. Parts are read in order (``whole``, a hashlib MD5 or None,
-    sees every byte read, in order); the next one only when a slot is free,
-    so at most ``concurrency`` parts are in memory, plus the one being read.
+    ``concurrency`` at once: ``send(number, part, md5)`` for each (a
+    :class:`Part`, the MD5 of its bytes), answered by number. Parts are read
+    in order (``whole``, a hashlib MD5 or None, sees every byte read, in
+    order); the next one only when a slot is free, so at most
+    ``concurrency`` parts are in memory, plus the one being read.
 
     When a part or the source fails, no new part is started; the parts in
     flight are let finish (whole parts the store keeps for a resume) and the
@@ -332,7 +366,7 @@ async def send_parts(
     failed: list[BaseException] = []
     slots = asyncio.Semaphore(concurrency)
 
-    async def one(number: int, data: bytes, digest: bytes) -> None:
+    async def one(number: int, data: Part, digest: bytes) -> None:
         try:
             answers[number] = await send(number, data, digest)
         except Exception as exc:

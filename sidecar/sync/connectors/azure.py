@@ -58,6 +58,7 @@ from sidecar.sync.connectors._cloud import (
     META_MD5,
     META_MTIME,
     ObjectRoot,
+    Part,
     concurrency_from,
     cutoff_from,
     digest_of,
@@ -396,13 +397,19 @@ class AzureConnector:
         # none either, and hash() reads it.
         whole = hashlib.md5(usedforsecurity=False) if not held and md5_to_be_had(source) else None
 
-        async def send(number: int, data: bytes, digest: bytes) -> None:
+        async def send(number: int, part: Part, digest: bytes) -> None:
             with self._errors(path):
                 # The MD5 computed off the loop goes as the block's
                 # Content-MD5, which the service checks (validate_content
-                # would hash the block again, on the loop).
+                # would hash the block again, on the loop). The block goes
+                # as the pieces it was read in: joining them into one buffer
+                # would copy every byte once more, and the HTTP client again
+                # to put the headers before it.
                 await client.stage_block(
-                    _block_id(prefix, number), data, transactional_content_md5=digest
+                    _block_id(prefix, number),
+                    part.stream(),  # type: ignore[arg-type]  # the aio client streams it
+                    length=len(part),
+                    transactional_content_md5=digest,
                 )
             if checkpoint is not None:
                 await checkpoint(token)  # the same token: a block more is staged

@@ -50,6 +50,7 @@ from sidecar.sync.connectors._cloud import (
     META_MTIME,
     POOL_SIZE,
     ObjectRoot,
+    Part,
     concurrency_from,
     cutoff_from,
     digest_of,
@@ -656,14 +657,14 @@ class S3Connector:
             await checkpoint(token)
         whole = hashlib.md5(usedforsecurity=False) if not held else None
 
-        async def send(number: int, data: bytes, digest: bytes) -> tuple[str, bytes]:
+        async def send(number: int, part: Part, digest: bytes) -> tuple[str, bytes]:
             with self._errors(path):
                 response = await client.upload_part(
                     Bucket=self._root.bucket,
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=data,
+                    Body=part.joined(),
                     ContentMD5=base64.b64encode(digest).decode(),
                 )
             if checkpoint is not None:

@@ -25,6 +25,7 @@ from sidecar.sync.connectors._base import (
 )
 from sidecar.sync.connectors._cloud import (
     ObjectRoot,
+    Part,
     cutoff_from,
     exactly,
     flag_setting,
@@ -121,9 +122,10 @@ async def test_parts_go_at_most_n_at_once_and_held_ones_are_not_read() -> None:
     in_flight = peak = 0
     whole = hashlib.md5()
 
-    async def send(number: int, part: bytes, digest: bytes) -> int:
+    async def send(number: int, part: Part, digest: bytes) -> int:
         nonlocal in_flight, peak
-        assert digest == hashlib.md5(part).digest()
+        assert digest == hashlib.md5(part.joined()).digest()
+        assert b"".join([piece async for piece in part.stream()]) == part.joined()
         in_flight += 1
         peak = max(peak, in_flight)
         await asyncio.sleep(0.001 * (8 - number))  # later parts finish first
@@ -152,7 +154,7 @@ async def test_a_failed_part_stops_new_ones_and_lets_those_in_flight_finish() ->
     data = b"x" * 10 * 100
     finished: list[int] = []
 
-    async def send(number: int, part: bytes, digest: bytes) -> None:
+    async def send(number: int, part: Part, digest: bytes) -> None:
         if number == 2:
             raise SyncStoreError("refused")
         await asyncio.sleep(0.01)
