@@ -196,7 +196,7 @@ class EndpointPool:
                 await self._ready_event.wait()
         except TimeoutError:
             raise NoEndpointsError(
-                f"{self._label}: no endpoint list received within {limit:.3g}s"
+                f"{self._label}: no endpoint list received within {round(limit, 3):g}s"
             ) from None
         self._check_open()
 
