@@ -74,6 +74,7 @@ from sidecar.sync.connectors._s3_rules import (
     plain_md5,
     translate,
 )
+from sidecar.sync.connectors._source import SourceFailed, guarded, source_errors_unwrapped
 
 __all__ = ["S3Connector"]
 
@@ -100,22 +101,23 @@ def _encrypted(answer: Mapping[str, Any]) -> bool:
 
 class _StreamedBody:
     """A request body botocore takes (it has ``read``, as a file has) and
-    aiohttp streams (it is an async iterable); ``failure`` keeps the source's
-    error, which aiohttp reports only as a failed connection."""
+    aiohttp streams (it is an async iterable). The source's errors come out
+    :func:`guarded`; ``failure`` keeps the first, which aiohttp reports only
+    as a failed connection."""
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
-        self.failure: Exception | None = None
+        self.failure: SourceFailed | None = None
 
     def read(self, size: int = -1) -> bytes:
         raise io.UnsupportedOperation("a streamed body is read by iterating it")
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._chunks:
+            async for chunk in guarded(self._chunks):
                 yield chunk
-        except Exception as exc:
-            self.failure = exc
+        except SourceFailed as failed:
+            self.failure = failed
             raise
 
 
@@ -459,7 +461,7 @@ class S3Connector:
         key = self._root.key(path)
         metadata = {META_MTIME: repr(float(mtime))}
         md5: str | None = None
-        if size <= self._cutoff and size > self._in_memory:
+        if self._in_memory < size <= self._cutoff:
             # Too big to hold, small enough for one request: one streamed PUT
             # when the MD5 can go ahead of the body (the store checks it).
             md5 = await known_md5(source)
@@ -489,17 +491,25 @@ class S3Connector:
                 head = await self._head(key, path)
                 encrypted = head is not None and _encrypted(head)
         else:
-            client = await self._ensure()
-            with self._errors(path):
-                response = await client.put_object(
-                    Bucket=self._root.bucket,
-                    Key=key,
-                    Body=data,
-                    ContentMD5=base64.b64encode(digest.digest()).decode(),
-                    Metadata=metadata,
-                )
-            etag, encrypted = response.get("ETag"), _encrypted(response)
+            etag, encrypted = await self._put_object(path, key, data, digest.digest(), metadata)
         return await self._stored(path, size, metadata, etag, encrypted=encrypted)
+
+    async def _put_object(
+        self, path: str, key: str, body: Any, md5: bytes, metadata: dict[str, str], **more: Any
+    ) -> tuple[str | None, bool]:
+        """One PutObject through aiobotocore with ``md5`` as its Content-MD5;
+        the ETag answered and whether the bucket encrypts (its ETags no MD5s)."""
+        client = await self._ensure()
+        with self._errors(path):
+            response = await client.put_object(
+                Bucket=self._root.bucket,
+                Key=key,
+                Body=body,
+                ContentMD5=base64.b64encode(md5).decode(),
+                Metadata=metadata,
+                **more,
+            )
+        return response.get("ETag"), _encrypted(response)
 
     async def _streamed_put(
         self,
@@ -513,27 +523,20 @@ class S3Connector:
         """One PutObject whose body streams from the source (a chunk in memory
         at a time), with the MD5 known ahead as its Content-MD5: S3 refuses a
         body that does not match, so nothing else is ever visible."""
-        client = await self._ensure()
         metadata[META_MD5] = md5
         body = _StreamedBody(exactly(source(0), size))
-        try:
-            with self._errors(path):
-                response = await client.put_object(
-                    Bucket=self._root.bucket,
-                    Key=key,
-                    Body=body,
-                    ContentLength=size,
-                    ContentMD5=base64.b64encode(bytes.fromhex(md5)).decode(),
-                    Metadata=metadata,
+        with source_errors_unwrapped():
+            try:
+                etag, encrypted = await self._put_object(
+                    path, key, body, bytes.fromhex(md5), metadata, ContentLength=size
                 )
-        except Exception:
-            if body.failure is not None:
-                # The source failed, not the store: its error, as it raised it.
-                raise body.failure from None
-            raise
-        return await self._stored(
-            path, size, metadata, response.get("ETag"), encrypted=_encrypted(response)
-        )
+            except Exception:
+                if body.failure is not None:
+                    # The source failed, not the store (aiohttp reports it as a
+                    # failed connection): its error, as it raised it.
+                    raise body.failure from None
+                raise
+        return await self._stored(path, size, metadata, etag, encrypted=encrypted)
 
     async def _stored(
         self,
