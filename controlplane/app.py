@@ -678,6 +678,10 @@ class ControlPlane:
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.wait({self._health_task})
+        if self.election is not None:
+            # The leader-only work (the sync scheduler reads the sync book) ends
+            # before what it uses is closed; the lease goes below.
+            await self.election.stop()
         if self.identity is not None:
             await self.identity.close()
         if self.certificates is not None:

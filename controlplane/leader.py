@@ -145,16 +145,20 @@ class Election:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"election-{self.candidate}")
 
-    async def close(self, *, revoke: bool = True) -> None:
-        """Stops campaigning and leader-only work; with ``revoke``, gives up the
-        lease so that another candidate leads at once. Idempotent."""
-        if self._closed:
-            return
+    async def stop(self) -> None:
+        """Stops campaigning and the leader-only work, keeping the lease (it runs
+        out, or :meth:`close` gives it up): a stopping replica ends the work
+        before it closes what the work uses. Idempotent."""
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
+
+    async def close(self, *, revoke: bool = True) -> None:
+        """Stops campaigning and leader-only work; with ``revoke``, gives up the
+        lease so that another candidate leads at once. Idempotent."""
+        await self.stop()
         lease, self._lease = self._lease, 0
         if lease and revoke:
             try:

@@ -37,6 +37,7 @@ from ecosystem.v1 import sync_pb2 as spb
 
 from controlplane.catalog import resolve_datasets
 from controlplane.store import Compare, DeleteOp, Op, PutOp, StoreClosed, StoreError
+from serving.errors import UnavailableError
 
 from ._book import Plan, SyncBook, job_key, run_key, state_key
 from ._schedule import first_slot, jitter, schedule_key, slots_through
@@ -102,7 +103,7 @@ class SyncScheduler:
                     await self.step()
                 except StoreClosed:
                     raise
-                except StoreError as exc:
+                except (StoreError, UnavailableError) as exc:  # the book is behind
                     log.warning("sync scheduler step failed (%s); trying again", exc)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.config.tick):

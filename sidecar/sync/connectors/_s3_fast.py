@@ -32,8 +32,12 @@ certificates beside the system's).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +60,29 @@ _NO_LIMIT = datetime.timedelta(days=365)
 _BOTOCORE_ONLY = ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT")
 _POOL = "32"  # idle connections kept, as aiobotocore's pool (_cloud.POOL_SIZE)
 _MESSAGE_CUT = 600
+_EXIT_WAIT = 2.0  # at most, for obstore's threads to finish handing back results
+
+
+def _let_handovers_finish() -> None:
+    """Waits, at interpreter exit, until no thread of obstore's runtime is
+    inside Python. Each result reaches the event loop from one of its threads
+    through ``call_soon_threadsafe``, which lets go of the GIL to wake the
+    loop; the loop may have taken the result and the program may be exiting
+    before that thread has the GIL back. One that asks for it once
+    finalisation has begun is ended by the interpreter, and a Rust thread
+    ended that way aborts the whole process (SIGABRT, exit code 134) after
+    a run that succeeded. atexit hooks run before that point, while such a
+    thread can still finish."""
+    deadline = time.monotonic() + _EXIT_WAIT
+    me = threading.get_ident()
+    while time.monotonic() < deadline:
+        ours = {t.ident for t in threading.enumerate() if not isinstance(t, threading._DummyThread)}
+        if all(ident == me or ident in ours for ident in sys._current_frames()):
+            return
+        time.sleep(0.001)  # lets go of the GIL: the thread takes it and finishes
+
+
+atexit.register(_let_handovers_finish)
 
 
 def nameable(key: str) -> bool:

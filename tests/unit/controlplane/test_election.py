@@ -170,6 +170,22 @@ async def test_a_crashed_leader_is_replaced_after_its_ttl(store: MemoryStore) ->
     assert timeline.overlaps == 0
 
 
+async def test_stop_ends_the_work_and_keeps_the_lease_until_close(store: MemoryStore) -> None:
+    """A stopping replica ends its leader-only work first (before it closes
+    what the work uses), and still holds the office until it gives it up."""
+    timeline = Timeline()
+    async with candidates(store, ["a"], timeline, ttl=5) as elections:
+        election = elections["a"]
+        await one_leader(elections, timeline)
+        await election.stop()
+        assert timeline.stops == ["a"] and not election.is_leader
+        stored = await store.get(LEADER_KEY)
+        assert stored is not None and stored.lease == election.lease_id
+        await election.close()
+        assert await store.get(LEADER_KEY) is None
+        await election.close()  # idempotent
+
+
 async def test_failing_work_is_started_again_while_leading(store: MemoryStore) -> None:
     runs = 0
 
