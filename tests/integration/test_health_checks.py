@@ -622,13 +622,17 @@ async def test_mixed_checks_on_one_engine_report_through_a_stream(
 ) -> None:
     listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     tcp_port = listener.sockets[0].getsockname()[1]
+    # A probe may take up to 1 s: 150 probes at once on a loaded machine can
+    # take longer than FAST's 100 ms, which would turn a passing check critical
+    # (a timeout is a failure), and that is not what this test is about.
+    often = {**FAST, "interval": "1s", "timeout": "1s"}
     try:
         async with HealthEngine() as engine, engine.subscribe() as stream:
             for i in range(50):
-                engine.add(f"web-{i}", parse_check({"http": http_server.url, **FAST}))
-                engine.add(f"web-{i}", parse_check({"tcp": f"127.0.0.1:{tcp_port}", **FAST}))
+                engine.add(f"web-{i}", parse_check({"http": http_server.url, **often}))
+                engine.add(f"web-{i}", parse_check({"tcp": f"127.0.0.1:{tcp_port}", **often}))
                 engine.add(
-                    f"web-{i}", parse_check({"grpc": f"127.0.0.1:{grpc_server.port}", **FAST})
+                    f"web-{i}", parse_check({"grpc": f"127.0.0.1:{grpc_server.port}", **often})
                 )
             seen: set[str] = set()
             async for transition in stream:
