@@ -17,7 +17,9 @@ names do. A profiles file is YAML::
 Where the host finds them: ``eco sync run --profiles FILE``, else
 ``$ECO_SYNC_PROFILES``, else ``$XDG_CONFIG_HOME/eco/sync-profiles.yaml``
 (``~/.config/eco/sync-profiles.yaml``); a sidecar reads ``sync.profiles_file``
-or inline ``sync.profiles`` of its config first (:class:`SyncHostConfig`).
+or inline ``sync.profiles`` of its config first (``SyncHostConfig``, with the
+file's model in :mod:`sidecar.sync._profile_models`, which imports pydantic:
+this module does not, so a run naming no profile starts without it).
 A file is read each time a run names a profile, so an edit (a rotated key)
 takes effect at the next run without a restart.
 
